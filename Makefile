@@ -1,0 +1,38 @@
+# sregistry: the usual entry points. `make demo` and `make test` work on a fresh machine.
+CARGO ?= cargo
+
+.PHONY: build test lint bench fuzz demo deps clean
+
+build:
+	$(CARGO) build --release
+
+deps:
+	@bash scripts/install-deps.sh
+
+# The test suite: unit, property and integration tests (real binary, real siftool files,
+# real multi-process contention). Uses cargo-nextest when installed.
+test: deps
+	@if command -v cargo-nextest >/dev/null 2>&1; then \
+		$(CARGO) nextest run --no-fail-fast; \
+	else \
+		$(CARGO) test --no-fail-fast; \
+	fi
+
+lint:
+	$(CARGO) fmt --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+# Benchmarks against the Python client and cp; writes docs/benchmarks.md.
+bench: deps
+	bash bench/run.sh
+
+# Fuzz targets live in fuzz/ (a cargo-fuzz workspace, nightly toolchain).
+fuzz:
+	@if [ -f fuzz/Cargo.toml ]; then bash fuzz/run.sh; else echo "no fuzz targets yet (see docs/development.md)"; fi
+
+demo: deps build
+	bash scripts/demo.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf demo-cache

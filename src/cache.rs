@@ -1,0 +1,627 @@
+//! The cache: the one door through which commands and library users reach the index and
+//! the store.
+//!
+//! # What each operation locks
+//!
+//! | operation        | index lock | outside the lock                         |
+//! |------------------|------------|------------------------------------------|
+//! | `get`, `list`, `inspect`, `info` | shared, milliseconds | stat of the blob          |
+//! | `add`            | exclusive, milliseconds | copy and hash into `tmp/` before it |
+//! | `tag`, `pin`     | exclusive  |                                          |
+//! | `rm`             | exclusive  | unlink of blobs moved aside under the lock |
+//! | last-use update  | exclusive, only if free at once and the stored time is older than 10 min | |
+//!
+//! # Invariants kept here
+//!
+//! * A blob is renamed into `blobs/` (under the exclusive lock) before the name that
+//!   refers to it is committed, so a committed name never points to a blob still being
+//!   written, and gc (which also needs the lock) cannot remove a blob between its
+//!   creation and its first name.
+//! * A blob is removed only under the exclusive lock, after the index shows no name uses
+//!   it; it is moved to `tmp/` then and unlinked after the lock is released.
+//! * `get` never prints a path it has not just seen exist.
+//! * Nothing here reads the time except through [`crate::clock::now`].
+
+use std::collections::BTreeMap;
+use std::fs::{self, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use crate::clock;
+use crate::digest::Digest;
+use crate::index::{
+    BlobRecord, Index, IndexError, IndexStats, LAST_USE_RESOLUTION, Named, RefRecord,
+};
+use crate::lock::{self, LockOptions};
+use crate::reference::Reference;
+use crate::store::{self, Store, StoreError};
+use crate::testhook;
+
+/// Environment variable naming the cache root.
+pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
+/// Directory of the current on-disk format (a format change means a new directory).
+pub const FORMAT_DIR: &str = "v1";
+
+const CACHEDIR_TAG: &str = "Signature: 8a477f597d28d172789f06886806bc55\n\
+# This file is a cache directory tag created by sregistry.\n\
+# For information about cache directory tags, see https://bford.info/cachedir/\n";
+
+/// Cache failures. Each names the image or path involved and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "no image `{name}` in the cache `{cache}` (see `sregistry list`, or add it with `sregistry add FILE --name {name}`)"
+    )]
+    NotFound { name: String, cache: PathBuf },
+    #[error(
+        "image `{name}` now points to {current}, and blob {wanted} is not in the cache `{cache}`"
+    )]
+    DigestNotFound {
+        name: String,
+        wanted: Digest,
+        current: Digest,
+        cache: PathBuf,
+    },
+    #[error(
+        "image `{name}` is in the index but its file `{path}` is missing (removed from outside sregistry); run `sregistry verify`, then add or pull it again"
+    )]
+    BlobMissing { name: String, path: PathBuf },
+    #[error("image `{name}` is pinned; run `sregistry unpin {name}` first")]
+    Pinned { name: String },
+    #[error("`{path}` is {what}, not a regular file; give the path of an image file")]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("`{path}` is empty; an image file has content")]
+    Empty { path: PathBuf },
+    #[error(
+        "`{path}` is a symbolic link; --move would move the link, not the image (add it without --move)"
+    )]
+    MoveSymlink { path: PathBuf },
+    #[error("cannot open `{path}`: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot prepare the cache at `{path}`: {source}")]
+    Layout { path: PathBuf, source: io::Error },
+    #[error("cannot remove a blob from the cache: {source} (at `{path}`)")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
+    NoRoot,
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl CacheError {
+    /// True for errors that mean "no such image" (exit code 3).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            CacheError::NotFound { .. } | CacheError::DigestNotFound { .. }
+        )
+    }
+}
+
+/// Modes the cache applies explicitly, whatever each user's umask.
+#[derive(Clone, Debug)]
+pub struct Modes {
+    pub dir: u32,
+    pub file: u32,
+}
+
+impl Default for Modes {
+    fn default() -> Self {
+        Modes {
+            dir: 0o755,
+            file: 0o644,
+        }
+    }
+}
+
+/// One cache directory.
+#[derive(Clone, Debug)]
+pub struct Cache {
+    root: PathBuf,
+    v1: PathBuf,
+    store: Store,
+    index: Index,
+    modes: Modes,
+}
+
+/// A name and everything known about it, as `list`, `inspect` and `add` report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Entry {
+    pub name: String,
+    pub digest: Digest,
+    pub size: Option<u64>,
+    pub added: u64,
+    pub last_used: Option<u64>,
+    pub pinned: bool,
+    pub source: Option<String>,
+    pub labels: BTreeMap<String, String>,
+    pub media_type: Option<String>,
+    pub path: PathBuf,
+}
+
+/// Options of [`Cache::add`].
+#[derive(Clone, Debug, Default)]
+pub struct AddOptions {
+    /// Rename the file in when it is on the cache's filesystem.
+    pub move_file: bool,
+    pub labels: BTreeMap<String, String>,
+    /// What to record as the source (defaults to the absolute source path).
+    pub source: Option<String>,
+    pub media_type: Option<String>,
+}
+
+/// What [`Cache::remove`] did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Removed {
+    pub names: Vec<String>,
+    pub blobs: Vec<Digest>,
+    pub bytes_freed: u64,
+}
+
+/// What `info` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct Info {
+    pub root: PathBuf,
+    pub format: &'static str,
+    pub index: PathBuf,
+    #[serde(flatten)]
+    pub stats: IndexStats,
+    pub lock: &'static str,
+}
+
+impl Cache {
+    /// The cache root from `--cache`, else `$SREGISTRY_CACHE`, else
+    /// `${XDG_CACHE_HOME:-~/.cache}/sregistry`.
+    pub fn resolve_root(explicit: Option<&Path>) -> Result<PathBuf, CacheError> {
+        let nonempty = |k: &str| {
+            std::env::var_os(k)
+                .filter(|v| !v.is_empty())
+                .map(PathBuf::from)
+        };
+        let root = if let Some(p) = explicit {
+            p.to_path_buf()
+        } else if let Some(p) = nonempty(CACHE_ENV) {
+            p
+        } else if let Some(p) = nonempty("XDG_CACHE_HOME") {
+            p.join("sregistry")
+        } else if let Some(h) = nonempty("HOME") {
+            h.join(".cache").join("sregistry")
+        } else {
+            return Err(CacheError::NoRoot);
+        };
+        Ok(std::path::absolute(&root).unwrap_or(root))
+    }
+
+    /// A handle on the cache at `root`. Touches nothing on disk; writing operations
+    /// create the layout when they first need it.
+    pub fn open(root: &Path, lock_opts: LockOptions) -> Cache {
+        let modes = Modes::default();
+        let v1 = root.join(FORMAT_DIR);
+        let lock_opts = LockOptions {
+            file_mode: modes.file,
+            ..lock_opts
+        };
+        Cache {
+            root: root.to_path_buf(),
+            store: Store::new(&v1, modes.dir),
+            index: Index::new(&v1, lock_opts, modes.file),
+            v1,
+            modes,
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.index
+    }
+
+    /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
+    pub fn ensure_layout(&self) -> Result<(), CacheError> {
+        if self.store.tmp_dir().is_dir() && self.store.blobs_dir().is_dir() {
+            return Ok(());
+        }
+        let layout = |path: &Path| {
+            let p = path.to_path_buf();
+            move |source| CacheError::Layout { path: p, source }
+        };
+        for dir in [
+            self.root.clone(),
+            self.v1.clone(),
+            self.v1.join("locks"),
+            self.v1.join("quarantine"),
+        ] {
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(layout(&dir))?;
+                use std::os::unix::fs::PermissionsExt;
+                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(self.modes.dir));
+            }
+        }
+        self.store.create_dirs().map_err(layout(&self.v1))?;
+        let tag = self.root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
+        }
+        Ok(())
+    }
+
+    /// Whether anything was ever written here.
+    fn exists(&self) -> bool {
+        self.v1.is_dir()
+    }
+
+    fn not_found(&self, r: &Reference) -> CacheError {
+        CacheError::NotFound {
+            name: r.without_digest().to_string(),
+            cache: self.root.clone(),
+        }
+    }
+
+    /// Add the file at `src` under `name`; returns the new entry. The copy (or rename)
+    /// and the hashing happen before the index lock is taken.
+    pub fn add(
+        &self,
+        src: &Path,
+        name: &Reference,
+        opts: &AddOptions,
+    ) -> Result<Entry, CacheError> {
+        let name = name.without_digest();
+        let open_err = |source| CacheError::Open {
+            path: src.to_path_buf(),
+            source,
+        };
+        if opts.move_file
+            && fs::symlink_metadata(src)
+                .map_err(open_err)?
+                .file_type()
+                .is_symlink()
+        {
+            return Err(CacheError::MoveSymlink {
+                path: src.to_path_buf(),
+            });
+        }
+        // O_NONBLOCK: opening a FIFO must not hang waiting for a writer.
+        let mut file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+            .open(src)
+            .map_err(open_err)?;
+        let meta = file.metadata().map_err(open_err)?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let what = if ft.is_dir() {
+                "a directory"
+            } else if ft.is_fifo() {
+                "a FIFO"
+            } else if ft.is_socket() {
+                "a socket"
+            } else if ft.is_block_device() || ft.is_char_device() {
+                "a device"
+            } else {
+                "not a file"
+            };
+            return Err(CacheError::NotAFile {
+                path: src.to_path_buf(),
+                what,
+            });
+        }
+        if meta.len() == 0 {
+            return Err(CacheError::Empty {
+                path: src.to_path_buf(),
+            });
+        }
+        self.ensure_layout()?;
+        let abs_src = std::path::absolute(src).unwrap_or_else(|_| src.to_path_buf());
+        let mut remove_source_after = false;
+        let staged = if opts.move_file {
+            drop(file);
+            match self.store.stage_move(src) {
+                Ok(s) => s,
+                Err(StoreError::CrossDevice { .. }) => {
+                    let mut f = fs::File::open(src).map_err(open_err)?;
+                    remove_source_after = true;
+                    self.store.stage_copy(&mut f, src, Some(meta.len()))?
+                }
+                Err(e) => return Err(e.into()),
+            }
+        } else {
+            self.store.stage_copy(&mut file, src, Some(meta.len()))?
+        };
+        let now = clock::now();
+        let digest = staged.digest();
+        let size = staged.size();
+        let record = RefRecord {
+            digest,
+            added: now,
+            source: Some(
+                opts.source
+                    .clone()
+                    .unwrap_or_else(|| abs_src.display().to_string()),
+            ),
+            labels: opts.labels.clone(),
+        };
+        let key = name.key();
+        testhook::pause("add-staged");
+        let mut w = self.index.write()?;
+        let (path, _new) = staged.commit(&self.store)?;
+        testhook::pause("add-blob-committed");
+        w.put_blob(
+            &digest,
+            &BlobRecord {
+                size,
+                added: now,
+                media_type: opts.media_type.clone(),
+                remote_digest: None,
+            },
+        )?;
+        w.put_ref(&key, &record)?;
+        w.set_last_use(&key, now)?;
+        let pinned = w.is_pinned(&key)?;
+        let blob = w.get_blob(&digest)?;
+        testhook::pause("add-index-uncommitted");
+        w.commit()?;
+        if remove_source_after {
+            let _ = fs::remove_file(src);
+        }
+        Ok(Entry {
+            name: key,
+            digest,
+            size: Some(size),
+            added: now,
+            last_used: Some(now),
+            pinned,
+            source: record.source,
+            labels: record.labels,
+            media_type: blob.and_then(|b| b.media_type),
+            path,
+        })
+    }
+
+    /// The path of the blob `r` names: the hot path. Takes the shared lock for a lookup,
+    /// checks the file exists, and records the use when the stored time is stale.
+    pub fn get(&self, r: &Reference) -> Result<PathBuf, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let key = r.key();
+        let (path, stale) = {
+            let rd = self.index.read()?;
+            let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+            let digest = match r.digest() {
+                Some(want) if *want != rec.digest => {
+                    if rd.get_blob(want)?.is_none() {
+                        return Err(CacheError::DigestNotFound {
+                            name: key,
+                            wanted: *want,
+                            current: rec.digest,
+                            cache: self.root.clone(),
+                        });
+                    }
+                    *want
+                }
+                _ => rec.digest,
+            };
+            let path = self.store.blob_path(&digest);
+            if !path.is_file() {
+                return Err(CacheError::BlobMissing { name: key, path });
+            }
+            let now = clock::now();
+            let stale = rd
+                .last_use(&key)?
+                .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
+            (path, stale)
+        };
+        if stale {
+            self.touch(&key);
+        }
+        Ok(path)
+    }
+
+    /// Record a use of `key` if the index lock is free right now; a busy index means
+    /// someone else is writing, and the next `get` will record it.
+    fn touch(&self, key: &str) {
+        let Ok(Some(mut w)) = self.index.try_write(std::time::Duration::from_millis(50)) else {
+            return;
+        };
+        if matches!(w.get_ref(key), Ok(Some(_))) && w.set_last_use(key, clock::now()).is_ok() {
+            let _ = w.commit();
+        }
+    }
+
+    fn entry_of(&self, n: Named) -> Entry {
+        Entry {
+            path: self.store.blob_path(&n.record.digest),
+            digest: n.record.digest,
+            size: n.blob.as_ref().map(|b| b.size),
+            added: n.record.added,
+            last_used: n.last_use,
+            pinned: n.pinned,
+            source: n.record.source,
+            labels: n.record.labels,
+            media_type: n.blob.and_then(|b| b.media_type),
+            name: n.name,
+        }
+    }
+
+    /// Every name (sorted), or those matching `pattern` (a glob with `*`/`?`, else a
+    /// substring).
+    pub fn list(&self, pattern: Option<&str>) -> Result<Vec<Entry>, CacheError> {
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
+        let all = self.index.read()?.all()?;
+        Ok(all
+            .into_iter()
+            .filter(|n| pattern.is_none_or(|p| crate::reference::matches_pattern(p, &n.name)))
+            .map(|n| self.entry_of(n))
+            .collect())
+    }
+
+    /// Everything known about one name.
+    pub fn entry(&self, r: &Reference) -> Result<Entry, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let key = r.key();
+        let rd = self.index.read()?;
+        let record = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+        let blob = rd.get_blob(&record.digest)?;
+        let last_use = rd.last_use(&key)?;
+        let pinned = rd.is_pinned(&key)?;
+        Ok(self.entry_of(Named {
+            name: key,
+            record,
+            blob,
+            last_use,
+            pinned,
+        }))
+    }
+
+    /// Fail with "not found" (or "pinned") under the shared lock, before a write opens the
+    /// index: a refused command leaves the index file byte-for-byte unchanged.
+    fn precheck(&self, names: &[Reference], refuse_pinned: bool) -> Result<(), CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(&names[0]));
+        }
+        let rd = self.index.read()?;
+        for r in names {
+            let key = r.key();
+            if rd.get_ref(&key)?.is_none() {
+                return Err(self.not_found(r));
+            }
+            if refuse_pinned && rd.is_pinned(&key)? {
+                return Err(CacheError::Pinned { name: key });
+            }
+        }
+        Ok(())
+    }
+
+    /// Point `dst` at the blob `src` points at.
+    pub fn tag(&self, src: &Reference, dst: &Reference) -> Result<Entry, CacheError> {
+        self.precheck(std::slice::from_ref(src), false)?;
+        let mut w = self.index.write()?;
+        let rec = w.get_ref(&src.key())?.ok_or_else(|| self.not_found(src))?;
+        let path = self.store.blob_path(&rec.digest);
+        if !path.is_file() {
+            return Err(CacheError::BlobMissing {
+                name: src.key(),
+                path,
+            });
+        }
+        let now = clock::now();
+        let new = RefRecord { added: now, ..rec };
+        let key = dst.key();
+        w.put_ref(&key, &new)?;
+        w.set_last_use(&key, now)?;
+        let blob = w.get_blob(&new.digest)?;
+        let pinned = w.is_pinned(&key)?;
+        w.commit()?;
+        Ok(self.entry_of(Named {
+            name: key,
+            record: new,
+            blob,
+            last_use: Some(now),
+            pinned,
+        }))
+    }
+
+    /// Remove names. All must exist and be unpinned, or nothing changes. A blob no name
+    /// uses any more is deleted too, unless `keep_blobs`.
+    pub fn remove(&self, names: &[Reference], keep_blobs: bool) -> Result<Removed, CacheError> {
+        if names.is_empty() {
+            return Ok(Removed::default());
+        }
+        self.precheck(names, true)?;
+        let mut out = Removed::default();
+        let mut aside = Vec::new();
+        {
+            let mut w = self.index.write()?;
+            for r in names {
+                let key = r.key();
+                if w.get_ref(&key)?.is_none() {
+                    return Err(self.not_found(r));
+                }
+                if w.is_pinned(&key)? {
+                    return Err(CacheError::Pinned { name: key });
+                }
+            }
+            let mut candidates = Vec::new();
+            for r in names {
+                let key = r.key();
+                if let Some(rec) = w.remove_ref(&key)? {
+                    out.names.push(key);
+                    candidates.push(rec.digest);
+                }
+            }
+            if !keep_blobs {
+                candidates.sort();
+                candidates.dedup();
+                for d in candidates {
+                    if !w.names_of(&d)?.is_empty() {
+                        continue;
+                    }
+                    let size = w.get_blob(&d)?.map(|b| b.size).unwrap_or(0);
+                    w.remove_blob(&d)?;
+                    let moved =
+                        self.store
+                            .unlink_later(&d)
+                            .map_err(|source| CacheError::Remove {
+                                path: self.store.blob_path(&d),
+                                source,
+                            })?;
+                    if let Some(p) = moved {
+                        aside.push(p);
+                        out.bytes_freed += size;
+                    }
+                    out.blobs.push(d);
+                }
+            }
+            w.commit()?;
+        }
+        store::unlink_now(&aside);
+        Ok(out)
+    }
+
+    /// Pin or unpin a name; returns whether that changed anything.
+    pub fn set_pin(&self, r: &Reference, pinned: bool) -> Result<bool, CacheError> {
+        self.precheck(std::slice::from_ref(r), false)?;
+        let key = r.key();
+        let mut w = self.index.write()?;
+        if w.get_ref(&key)?.is_none() {
+            return Err(self.not_found(r));
+        }
+        let changed = w.set_pin(&key, pinned, clock::now())?;
+        w.commit()?;
+        Ok(changed)
+    }
+
+    /// Cache root, counts and sizes.
+    pub fn info(&self, lock_kind: lock::Kind) -> Result<Info, CacheError> {
+        let stats = if self.exists() {
+            self.index.read()?.stats()?
+        } else {
+            IndexStats::default()
+        };
+        Ok(Info {
+            root: self.root.clone(),
+            format: FORMAT_DIR,
+            index: self.index.db_path().to_path_buf(),
+            stats,
+            lock: match lock_kind {
+                lock::Kind::Ofd => "ofd",
+                lock::Kind::Flock => "flock",
+            },
+        })
+    }
+}

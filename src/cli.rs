@@ -1,0 +1,162 @@
+//! Command-line interface: the arguments of every subcommand, and their help text.
+//!
+//! Short help comes from `help = "..."`/the first doc line, long help (`--help`) from the
+//! rest of the doc comment. Kept in the library so completions and docs are generated
+//! from the same definitions the binary parses.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// A content-addressed container-image cache that a whole cluster can share.
+///
+/// Images are stored once under their BLAKE3 digest, read-only; names such as
+/// `lab/tool:1.2` point at them. `sregistry get NAME` prints the cached path, so batch
+/// jobs can run `singularity run $(sregistry get lab/tool:1.2)`.
+///
+/// Exit codes: 0 ok, 1 error, 2 usage (bad arguments or a malformed name), 3 not found,
+/// 4 verify found a problem.
+#[derive(Debug, Parser)]
+#[command(
+    name = "sregistry",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub struct Cli {
+    /// Cache directory [default: $SREGISTRY_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/sregistry]
+    #[arg(long, global = true, value_name = "DIR")]
+    pub cache: Option<PathBuf>,
+
+    /// Print machine-readable JSON on stdout instead of text
+    #[arg(long, global = true)]
+    pub json: bool,
+
+    /// Print nothing on stderr but errors
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    Add(AddArgs),
+    Get(GetArgs),
+    #[command(visible_alias = "images")]
+    List(ListArgs),
+    Inspect(InspectArgs),
+    Tag(TagArgs),
+    Rm(RmArgs),
+    Pin(PinArgs),
+    Unpin(PinArgs),
+    Info(InfoArgs),
+    Completions(CompletionsArgs),
+}
+
+/// Add an image file to the cache under a name, and print its cached path.
+///
+/// The file is copied into the cache and hashed in the same pass (or, with --move,
+/// renamed in without a copy when it is on the cache's filesystem). Identical content
+/// under several names is stored once. Adding under a name that exists re-points the
+/// name; the old content stays until `sregistry gc` or `rm` finds no name uses it.
+///
+/// Example: sregistry add ./tool.sif --name lab/tool:1.2 --label maintainer=alice
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// The image file to add
+    #[arg(value_name = "FILE")]
+    pub file: PathBuf,
+    /// Name for it: [host/][namespace/]name[:tag] (default namespace `library`, tag `latest`)
+    #[arg(long, short = 'n', value_name = "REF")]
+    pub name: String,
+    /// Move the file into the cache instead of copying it (a rename; copies across filesystems)
+    #[arg(long = "move")]
+    pub move_file: bool,
+    /// Attach a label (repeatable)
+    #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
+    pub labels: Vec<String>,
+}
+
+/// Print the absolute path of a cached image, and nothing else.
+///
+/// Made for `singularity run $(sregistry get lab/tool:1.2)`: stdout holds only the path and a
+/// newline. A name that is not cached exits with code 3 and a one-line message on stderr.
+/// `NAME@blake3:<hex>` asks for that exact content.
+#[derive(Debug, Args)]
+pub struct GetArgs {
+    /// Image name: [host/][namespace/]name[:tag][@blake3:<hex>]
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+/// List cached images: name, short digest, size, when added and last used.
+///
+/// PATTERN filters names: with `*` or `?` it is a glob over the whole name
+/// (`'lab/*:1.*'`), otherwise a substring (`lab/`). Sorted by name. --json prints every
+/// field, with the path.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only names matching this glob or substring
+    #[arg(value_name = "PATTERN")]
+    pub pattern: Option<String>,
+}
+
+/// Show everything recorded about an image, and its SIF header and objects.
+///
+/// For SIF files (what Apptainer and SingularityCE run) it also shows the architecture,
+/// id and creation time, and each object: definition file, labels, partitions with their
+/// filesystem and architecture, signatures.
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// Image name
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+/// Give a cached image another name (no copy).
+#[derive(Debug, Args)]
+pub struct TagArgs {
+    /// Existing image name
+    #[arg(value_name = "SRC")]
+    pub source: String,
+    /// New name for the same content
+    #[arg(value_name = "DST")]
+    pub target: String,
+}
+
+/// Remove names from the cache; content no name uses any more is deleted at once.
+///
+/// All names must exist and be unpinned, or nothing is removed.
+#[derive(Debug, Args)]
+pub struct RmArgs {
+    /// Image names to remove
+    #[arg(value_name = "REF", required = true)]
+    pub references: Vec<String>,
+    /// Keep content that no name uses any more (until `sregistry gc`)
+    #[arg(long)]
+    pub keep_blob: bool,
+}
+
+/// Pin an image so that gc never removes it (unpin undoes it).
+#[derive(Debug, Args)]
+pub struct PinArgs {
+    /// Image name
+    #[arg(value_name = "REF")]
+    pub reference: String,
+}
+
+/// Show the cache's location, format, counts and total size.
+#[derive(Debug, Args)]
+pub struct InfoArgs {}
+
+/// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+///
+/// Example: sregistry completions bash > /etc/bash_completion.d/sregistry
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_name = "SHELL")]
+    pub shell: clap_complete::Shell,
+}

@@ -1,0 +1,17 @@
+//! `sregistry get REF`: print the cached path of an image (the hot path).
+
+use anyhow::Result;
+
+use super::{Ctx, output, parse_ref};
+use crate::cli::GetArgs;
+
+pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
+    let r = parse_ref(&args.reference)?;
+    let path = ctx.cache.get(&r)?;
+    if ctx.json {
+        output::json(&serde_json::json!({ "name": r.key(), "path": path }))?;
+    } else {
+        output::line(path.display())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! `sregistry inspect REF`: the index record, and the SIF header and objects of the file.
+
+use std::io::Read;
+
+use anyhow::Result;
+
+use super::{Ctx, output, parse_ref};
+use crate::cli::InspectArgs;
+use crate::clock;
+use crate::exit::{ExitStatus, Reported};
+use crate::sif;
+
+pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
+    let r = parse_ref(&args.reference)?;
+    let entry = ctx.cache.entry(&r)?;
+    let present = entry.path.is_file();
+    let sif_result = if present { read_sif(&entry.path) } else { None };
+    if ctx.json {
+        let mut v = serde_json::to_value(output::EntryJson::from(&entry))?;
+        v["present"] = present.into();
+        v["sif"] = match &sif_result {
+            Some(Ok(info)) => serde_json::to_value(info)?,
+            Some(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+            None => serde_json::Value::Null,
+        };
+        output::json(&v)?;
+    } else {
+        let mut s = String::new();
+        let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<10} {v}\n"));
+        kv("name:", entry.name.clone());
+        kv("digest:", entry.digest.to_string());
+        kv("path:", entry.path.display().to_string());
+        kv(
+            "size:",
+            entry
+                .size
+                .map(|b| format!("{} ({b} bytes)", output::size(b)))
+                .unwrap_or_else(|| "unknown".into()),
+        );
+        kv("added:", format!("{} UTC", clock::format_utc(entry.added)));
+        kv(
+            "last used:",
+            entry
+                .last_used
+                .map(|t| format!("{} UTC", clock::format_utc(t)))
+                .unwrap_or_else(|| "never".into()),
+        );
+        kv("pinned:", if entry.pinned { "yes" } else { "no" }.into());
+        if let Some(src) = &entry.source {
+            kv("source:", src.clone());
+        }
+        for (k, v) in &entry.labels {
+            kv("label:", format!("{k}={v}"));
+        }
+        match &sif_result {
+            Some(Ok(info)) => s.push_str(&format!("\n{info}")),
+            Some(Err(e)) => kv("format:", format!("not a readable SIF file ({e})")),
+            None if !present => kv("file:", "MISSING (run `sregistry verify`)".into()),
+            None => kv("format:", "not a SIF file".into()),
+        }
+        output::line(s.trim_end())?;
+    }
+    if !present {
+        eprintln!(
+            "error: the file of `{}` is missing from the cache (`{}`); run `sregistry verify`",
+            entry.name,
+            entry.path.display()
+        );
+        return Err(Reported {
+            status: ExitStatus::Failure,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// `None` when the file is not SIF at all; `Some(Err)` when it starts like one but does
+/// not parse.
+fn read_sif(path: &std::path::Path) -> Option<Result<sif::SifInfo, sif::SifError>> {
+    let mut prefix = [0u8; 64];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut prefix))
+        .ok()?;
+    if !sif::looks_like_sif(&prefix[..n]) {
+        return None;
+    }
+    Some(sif::parse_path(path))
+}

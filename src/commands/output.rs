@@ -1,0 +1,105 @@
+//! The printer: data to stdout (text or `--json`), never anything else there.
+//!
+//! Times print as RFC 3339 UTC in JSON and as ages ("3 hours ago") in text; sizes as
+//! exact bytes in JSON and binary units in text.
+
+use std::io::{self, Write};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cache::Entry;
+use crate::clock;
+
+/// JSON shape of one cache entry.
+#[derive(Serialize)]
+pub struct EntryJson<'a> {
+    pub name: &'a str,
+    pub digest: String,
+    pub size: Option<u64>,
+    pub added: String,
+    pub last_used: Option<String>,
+    pub pinned: bool,
+    pub source: Option<&'a str>,
+    pub labels: &'a std::collections::BTreeMap<String, String>,
+    pub media_type: Option<&'a str>,
+    pub path: &'a PathBuf,
+}
+
+impl<'a> From<&'a Entry> for EntryJson<'a> {
+    fn from(e: &'a Entry) -> Self {
+        EntryJson {
+            name: &e.name,
+            digest: e.digest.to_string(),
+            size: e.size,
+            added: clock::rfc3339(e.added),
+            last_used: e.last_used.map(clock::rfc3339),
+            pinned: e.pinned,
+            source: e.source.as_deref(),
+            labels: &e.labels,
+            media_type: e.media_type.as_deref(),
+            path: &e.path,
+        }
+    }
+}
+
+/// Write `value` as pretty JSON and a newline to stdout.
+pub fn json<T: Serialize + ?Sized>(value: &T) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::other)?;
+    out.write_all(b"\n")?;
+    out.flush()
+}
+
+/// Write one line to stdout.
+pub fn line(s: impl std::fmt::Display) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "{s}")?;
+    out.flush()
+}
+
+/// Binary-unit size: `1.5 GiB`.
+pub fn size(bytes: u64) -> String {
+    humansize::format_size(bytes, humansize::BINARY)
+}
+
+/// How long ago a Unix time was, coarsely: `just now`, `5 minutes ago`, `3 days ago`.
+pub fn age(then: u64) -> String {
+    let secs = clock::now().saturating_sub(then);
+    let (n, unit) = match secs {
+        0..60 => return "just now".into(),
+        60..3600 => (secs / 60, "minute"),
+        3600..86_400 => (secs / 3600, "hour"),
+        86_400..2_592_000 => (secs / 86_400, "day"),
+        2_592_000..31_536_000 => (secs / 2_592_000, "month"),
+        _ => (secs / 31_536_000, "year"),
+    };
+    format!("{n} {unit}{} ago", if n == 1 { "" } else { "s" })
+}
+
+/// Print rows as left-aligned columns separated by two spaces.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> io::Result<()> {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    let mut put = |cells: &mut dyn Iterator<Item = &str>| -> io::Result<()> {
+        let mut line = String::new();
+        for (i, c) in cells.enumerate() {
+            if i + 1 < widths.len() {
+                line.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            } else {
+                line.push_str(c);
+            }
+        }
+        writeln!(out, "{}", line.trim_end())
+    };
+    put(&mut header.iter().copied())?;
+    for r in rows {
+        put(&mut r.iter().map(String::as_str))?;
+    }
+    out.flush()
+}

@@ -1,0 +1,30 @@
+//! `sregistry rm REF...`: remove names, and content no name uses any more.
+
+use anyhow::Result;
+
+use super::{Ctx, output, parse_ref};
+use crate::cli::RmArgs;
+
+pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
+    let refs = args
+        .references
+        .iter()
+        .map(|s| parse_ref(s))
+        .collect::<Result<Vec<_>>>()?;
+    let removed = ctx.cache.remove(&refs, args.keep_blob)?;
+    if ctx.json {
+        return Ok(output::json(&removed)?);
+    }
+    for n in &removed.names {
+        output::line(format!("removed {n}"))?;
+    }
+    if !removed.blobs.is_empty() {
+        ctx.say(format!(
+            "deleted {} blob{}, freed {}",
+            removed.blobs.len(),
+            if removed.blobs.len() == 1 { "" } else { "s" },
+            output::size(removed.bytes_freed)
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,23 @@
+//! `sregistry tag SRC DST`: another name for the same content.
+
+use anyhow::Result;
+
+use super::{Ctx, output, parse_ref};
+use crate::cli::TagArgs;
+
+pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
+    let src = parse_ref(&args.source)?;
+    let dst = parse_ref(&args.target)?;
+    let entry = ctx.cache.tag(&src, &dst)?;
+    if ctx.json {
+        output::json(&output::EntryJson::from(&entry))?;
+    } else {
+        ctx.say(format!(
+            "{} now points to {} (as {})",
+            entry.name,
+            entry.digest.short(),
+            src.key()
+        ));
+    }
+    Ok(())
+}

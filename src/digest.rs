@@ -1,0 +1,221 @@
+//! BLAKE3 content digests: how blobs are named.
+//!
+//! A [`Digest`] prints as `blake3:<64 lower-case hex>` and parses only from exactly that
+//! form. [`HashingWriter`] hashes bytes in the same pass that writes them, so content is
+//! never read twice on the way into the store; [`hash_file`] re-hashes a file already on
+//! disk (memory-mapped, multi-threaded for large files).
+
+use std::fmt;
+use std::io::{self, Write};
+use std::path::Path;
+use std::str::FromStr;
+
+/// The algorithm prefix of every digest this crate writes.
+pub const ALGORITHM: &str = "blake3";
+
+/// A BLAKE3 digest of a blob's full content.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Digest([u8; 32]);
+
+/// Why a string is not a digest.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DigestError {
+    #[error("digest `{0}` does not start with `blake3:` (only BLAKE3 digests name cached blobs)")]
+    Algorithm(String),
+    #[error("digest `{0}` is not 64 lower-case hex characters after `blake3:`")]
+    Hex(String),
+}
+
+impl Digest {
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Digest(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// The 64-character lower-case hex form, without the algorithm prefix.
+    pub fn hex(&self) -> String {
+        let mut s = String::with_capacity(64);
+        for b in self.0 {
+            s.push(char::from(HEX[(b >> 4) as usize]));
+            s.push(char::from(HEX[(b & 0xf) as usize]));
+        }
+        s
+    }
+
+    /// The first 12 hex characters, as `list` shows them.
+    pub fn short(&self) -> String {
+        self.hex()[..12].to_string()
+    }
+
+    /// Parse the bare 64-hex form (as used in blob file names).
+    pub fn from_hex(hex: &str) -> Option<Digest> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in bytes.chunks_exact(2).enumerate() {
+            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Digest(out))
+    }
+
+    /// Digest of an in-memory buffer.
+    pub fn of(data: &[u8]) -> Digest {
+        Digest(*blake3::hash(data).as_bytes())
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{ALGORITHM}:{}", self.hex())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl FromStr for Digest {
+    type Err = DigestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let Some(hex) = s.strip_prefix("blake3:") else {
+            return Err(DigestError::Algorithm(s.to_string()));
+        };
+        Digest::from_hex(hex).ok_or_else(|| DigestError::Hex(s.to_string()))
+    }
+}
+
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Digest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A writer that hashes and counts every byte it passes on to `inner`.
+pub struct HashingWriter<W> {
+    inner: W,
+    hasher: blake3::Hasher,
+    written: u64,
+}
+
+/// Above this size a chunk is hashed on several threads.
+const PARALLEL_CHUNK: usize = 1 << 20;
+
+impl<W: Write> HashingWriter<W> {
+    pub fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: blake3::Hasher::new(),
+            written: 0,
+        }
+    }
+
+    /// Bytes written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// The digest and size of everything written, and the inner writer.
+    pub fn finish(self) -> (Digest, u64, W) {
+        (
+            Digest(*self.hasher.finalize().as_bytes()),
+            self.written,
+            self.inner,
+        )
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        let done = &buf[..n];
+        if done.len() >= PARALLEL_CHUNK {
+            self.hasher.update_rayon(done);
+        } else {
+            self.hasher.update(done);
+        }
+        self.written += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Hash a file on disk: memory-mapped and multi-threaded when it is large.
+pub fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap_rayon(path)?;
+    let size = hasher.count();
+    Ok((Digest(*hasher.finalize().as_bytes()), size))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn digest_of_empty_input_is_the_published_blake3_value() {
+        assert_eq!(
+            Digest::of(b"").to_string(),
+            "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
+    }
+
+    #[test]
+    fn upper_case_or_short_hex_is_refused() {
+        let good = Digest::of(b"x").to_string();
+        assert!(good.parse::<Digest>().is_ok());
+        assert!(good.to_uppercase().parse::<Digest>().is_err());
+        assert!(good[..good.len() - 1].parse::<Digest>().is_err());
+        assert!(format!("sha256:{}", &good[7..]).parse::<Digest>().is_err());
+    }
+
+    #[test]
+    fn hashing_writer_matches_one_shot_hash_across_chunk_sizes() {
+        let data: Vec<u8> = (0..3 * PARALLEL_CHUNK + 17)
+            .map(|i| (i * 31) as u8)
+            .collect();
+        let mut w = HashingWriter::new(Vec::new());
+        for chunk in data.chunks(PARALLEL_CHUNK + 5) {
+            w.write_all(chunk).unwrap();
+        }
+        let (d, n, out) = w.finish();
+        assert_eq!(n as usize, data.len());
+        assert_eq!(out, data);
+        assert_eq!(d, Digest::of(&data));
+    }
+
+    proptest! {
+        #[test]
+        fn digest_display_parse_round_trips(bytes in proptest::array::uniform32(any::<u8>())) {
+            let d = Digest::from_bytes(bytes);
+            prop_assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
+        }
+    }
+}

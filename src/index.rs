@@ -1,0 +1,697 @@
+//! The index: which name points to which blob, in a redb database.
+//!
+//! # Protocol
+//!
+//! `v1/index.redb` is opened only while this process holds `v1/index.lock`
+//! ([`crate::lock`]):
+//!
+//! * **read**: the lock shared, the database opened read-only ([`redb::ReadOnlyDatabase`]);
+//!   any number of processes on any number of nodes at once.
+//! * **write**: the lock exclusive, the database opened read-write, one write transaction,
+//!   committed durably, the database closed, then the lock released.
+//!
+//! redb itself refuses a second opener outright (`DatabaseAlreadyOpen`) instead of waiting;
+//! our lock turns that into a bounded, announced wait. Both holds last milliseconds: no
+//! hashing, copying or downloading happens under the index lock, and no other lock is
+//! waited for while it is held.
+//!
+//! After a crash of a writer, a read-only open fails with `RepairAborted`: the reader
+//! then takes the exclusive lock, opens read-write (which repairs), and reads again.
+//!
+//! # Tables (values are JSON, so fields can be added with defaults)
+//!
+//! | table       | key              | value                                   |
+//! |-------------|------------------|-----------------------------------------|
+//! | `refs`      | name (`ns/n:tag`) | [`RefRecord`]: digest, added, source, labels |
+//! | `blobs`     | digest hex       | [`BlobRecord`]: size, added, media type, remote digest |
+//! | `blob_refs` | digest hex       | (multimap) every name pointing at it    |
+//! | `last_use`  | name             | Unix seconds; written only when older than [`LAST_USE_RESOLUTION`] |
+//! | `pins`      | name             | Unix seconds when pinned                |
+//! | `meta`      | `schema_version` | [`SCHEMA_VERSION`]                      |
+//!
+//! Migrations are an append-only list ([`MIGRATIONS`]); never remove an entry from it.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+
+use redb::{
+    Database, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::digest::Digest;
+use crate::lock::{self, LockError, LockGuard, LockOptions, Mode};
+
+const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("refs");
+const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
+const BLOB_REFS: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::new("blob_refs");
+const LAST_USE: TableDefinition<&str, u64> = TableDefinition::new("last_use");
+const PINS: TableDefinition<&str, u64> = TableDefinition::new("pins");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+
+/// The schema this build writes: the number of [`MIGRATIONS`].
+pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
+/// `last_use` is rewritten only when the stored time is older than this (seconds).
+pub const LAST_USE_RESOLUTION: u64 = 600;
+/// redb page cache per open (the index is small; this keeps `get` lean).
+const CACHE_BYTES: usize = 8 << 20;
+
+type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
+
+/// Append-only list of schema migrations; entry `i` takes schema `i` to `i + 1`.
+/// Never remove or reorder an entry.
+pub const MIGRATIONS: &[Migration] = &[create_v1_tables];
+
+fn create_v1_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(REFS)?;
+    txn.open_table(BLOBS)?;
+    txn.open_multimap_table(BLOB_REFS)?;
+    txn.open_table(LAST_USE)?;
+    txn.open_table(PINS)?;
+    Ok(())
+}
+
+/// What a name records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefRecord {
+    pub digest: Digest,
+    /// Unix seconds when this name was (last) pointed at its digest.
+    pub added: u64,
+    /// Where the content came from: a remote reference, or the local file path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What a blob records.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlobRecord {
+    pub size: u64,
+    /// Unix seconds when the blob entered the cache.
+    pub added: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    /// The remote's own digest of this content (e.g. `sha256:...`), when pulled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_digest: Option<String>,
+}
+
+/// Index failures, each naming the index file.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the index `{path}` cannot be read: {source} (run `sregistry doctor`)")]
+    Db { path: PathBuf, source: redb::Error },
+    #[error(
+        "the index `{path}` has a damaged record for `{key}`: {detail} (run `sregistry doctor`)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        detail: String,
+    },
+    #[error(
+        "the index `{path}` was written by a newer sregistry (schema {found}, this one knows {SCHEMA_VERSION}); upgrade sregistry"
+    )]
+    NewerSchema { path: PathBuf, found: u64 },
+}
+
+/// Decode a record stored in the index. Public so fuzzing can reach it.
+pub fn decode_ref(bytes: &[u8]) -> Result<RefRecord, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+/// Decode a blob record stored in the index.
+pub fn decode_blob(bytes: &[u8]) -> Result<BlobRecord, serde_json::Error> {
+    serde_json::from_slice(bytes)
+}
+
+fn encode<T: Serialize>(v: &T) -> Vec<u8> {
+    // Serializing these plain structs to a Vec cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+/// Handle on the index of one cache.
+#[derive(Clone, Debug)]
+pub struct Index {
+    db_path: PathBuf,
+    lock_path: PathBuf,
+    lock_opts: LockOptions,
+    file_mode: u32,
+}
+
+impl Index {
+    /// The index of the cache version directory `v1`.
+    pub fn new(v1: &Path, lock_opts: LockOptions, file_mode: u32) -> Index {
+        Index {
+            db_path: v1.join("index.redb"),
+            lock_path: v1.join("index.lock"),
+            lock_opts,
+            file_mode,
+        }
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    fn db_err(&self) -> impl Fn(redb::Error) -> IndexError + '_ {
+        move |source| IndexError::Db {
+            path: self.db_path.clone(),
+            source,
+        }
+    }
+
+    /// Open for reading under the shared lock.
+    pub fn read(&self) -> Result<IndexReader, IndexError> {
+        let mut repaired = false;
+        loop {
+            let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
+            if !self.db_path.exists() {
+                return Ok(IndexReader {
+                    txn: None,
+                    _db: None,
+                    _lock: guard,
+                    path: self.db_path.clone(),
+                });
+            }
+            let opened = redb::Builder::new()
+                .set_cache_size(CACHE_BYTES)
+                .open_read_only(&self.db_path);
+            match opened {
+                Ok(db) => {
+                    let txn = db.begin_read().map_err(|e| self.db_err()(e.into()))?;
+                    let reader = IndexReader {
+                        txn: Some(txn),
+                        _db: Some(db),
+                        _lock: guard,
+                        path: self.db_path.clone(),
+                    };
+                    reader.check_schema()?;
+                    return Ok(reader);
+                }
+                Err(redb::DatabaseError::RepairAborted) if !repaired => {
+                    // A writer died mid-commit: repair under the exclusive lock, read again.
+                    drop(guard);
+                    self.repair()?;
+                    repaired = true;
+                }
+                Err(e) => return Err(self.db_err()(e.into())),
+            }
+        }
+    }
+
+    fn repair(&self) -> Result<(), IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        let db = self.open_rw()?;
+        db.close().map_err(|e| self.db_err()(e.into()))
+    }
+
+    fn open_rw(&self) -> Result<Database, IndexError> {
+        let fresh = !self.db_path.exists();
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(&self.db_path)
+            .map_err(|e| self.db_err()(e.into()))?;
+        if fresh {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(
+                &self.db_path,
+                std::fs::Permissions::from_mode(self.file_mode),
+            );
+        }
+        Ok(db)
+    }
+
+    /// Open for writing under the exclusive lock; changes land with [`IndexWriter::commit`].
+    pub fn write(&self) -> Result<IndexWriter, IndexError> {
+        let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        self.writer(guard)
+    }
+
+    /// Open for writing only if the exclusive lock is free within `wait`; `None` if not.
+    pub fn try_write(&self, wait: std::time::Duration) -> Result<Option<IndexWriter>, IndexError> {
+        let opts = LockOptions {
+            timeout: wait,
+            announce: false,
+            ..self.lock_opts.clone()
+        };
+        match lock::lock(&self.lock_path, Mode::Exclusive, &opts) {
+            Ok(guard) => self.writer(guard).map(Some),
+            Err(LockError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn writer(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
+        let db = self.open_rw()?;
+        let txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
+        let mut w = IndexWriter {
+            txn: Some(txn),
+            db: Some(db),
+            _lock: guard,
+            path: self.db_path.clone(),
+        };
+        w.migrate()?;
+        Ok(w)
+    }
+}
+
+/// A name with everything the index knows about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Named {
+    pub name: String,
+    pub record: RefRecord,
+    pub blob: Option<BlobRecord>,
+    pub last_use: Option<u64>,
+    pub pinned: bool,
+}
+
+/// A read snapshot under the shared lock. Fields drop in order: transaction, database,
+/// then the lock.
+pub struct IndexReader {
+    txn: Option<ReadTransaction>,
+    _db: Option<ReadOnlyDatabase>,
+    _lock: LockGuard,
+    path: PathBuf,
+}
+
+macro_rules! open_or_empty {
+    ($txn:expr, $def:expr, $path:expr) => {
+        match $txn.open_table($def) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => {
+                return Err(IndexError::Db {
+                    path: $path.clone(),
+                    source: e.into(),
+                })
+            }
+        }
+    };
+}
+
+fn dberr(path: &Path) -> impl Fn(redb::StorageError) -> IndexError + '_ {
+    move |e| IndexError::Db {
+        path: path.to_path_buf(),
+        source: e.into(),
+    }
+}
+
+fn corrupt(path: &Path, key: &str, e: impl std::fmt::Display) -> IndexError {
+    IndexError::Corrupt {
+        path: path.to_path_buf(),
+        key: key.to_string(),
+        detail: e.to_string(),
+    }
+}
+
+fn get_ref_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<RefRecord>, IndexError> {
+    match t.get(key).map_err(dberr(path))? {
+        Some(v) => decode_ref(v.value())
+            .map(Some)
+            .map_err(|e| corrupt(path, key, e)),
+        None => Ok(None),
+    }
+}
+
+fn get_blob_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    hex: &str,
+    path: &Path,
+) -> Result<Option<BlobRecord>, IndexError> {
+    match t.get(hex).map_err(dberr(path))? {
+        Some(v) => decode_blob(v.value())
+            .map(Some)
+            .map_err(|e| corrupt(path, hex, e)),
+        None => Ok(None),
+    }
+}
+
+fn get_u64_in(
+    t: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<u64>, IndexError> {
+    Ok(t.get(key).map_err(dberr(path))?.map(|v| v.value()))
+}
+
+impl IndexReader {
+    fn check_schema(&self) -> Result<(), IndexError> {
+        let Some(txn) = &self.txn else { return Ok(()) };
+        if let Some(meta) = open_or_empty!(txn, META, self.path)
+            && let Some(v) = get_u64_in(&meta, "schema_version", &self.path)?
+            && v > SCHEMA_VERSION
+        {
+            return Err(IndexError::NewerSchema {
+                path: self.path.clone(),
+                found: v,
+            });
+        }
+        Ok(())
+    }
+
+    /// The record of one name.
+    pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(None);
+        };
+        match open_or_empty!(txn, REFS, self.path) {
+            Some(t) => get_ref_in(&t, key, &self.path),
+            None => Ok(None),
+        }
+    }
+
+    /// The record of one blob.
+    pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(None);
+        };
+        match open_or_empty!(txn, BLOBS, self.path) {
+            Some(t) => get_blob_in(&t, &d.hex(), &self.path),
+            None => Ok(None),
+        }
+    }
+
+    /// When the name was last used, as recorded.
+    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(None);
+        };
+        match open_or_empty!(txn, LAST_USE, self.path) {
+            Some(t) => get_u64_in(&t, key, &self.path),
+            None => Ok(None),
+        }
+    }
+
+    /// Whether the name is pinned.
+    pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(false);
+        };
+        match open_or_empty!(txn, PINS, self.path) {
+            Some(t) => Ok(get_u64_in(&t, key, &self.path)?.is_some()),
+            None => Ok(false),
+        }
+    }
+
+    /// Every name, sorted, with its blob record, last use and pin.
+    pub fn all(&self) -> Result<Vec<Named>, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(Vec::new());
+        };
+        let p = &self.path;
+        let Some(refs) = open_or_empty!(txn, REFS, self.path) else {
+            return Ok(Vec::new());
+        };
+        let blobs = open_or_empty!(txn, BLOBS, self.path);
+        let mut last: HashMap<String, u64> = HashMap::new();
+        if let Some(t) = open_or_empty!(txn, LAST_USE, self.path) {
+            for row in t.iter().map_err(dberr(p))? {
+                let (k, v) = row.map_err(dberr(p))?;
+                last.insert(k.value().to_string(), v.value());
+            }
+        }
+        let mut pins: HashSet<String> = HashSet::new();
+        if let Some(t) = open_or_empty!(txn, PINS, self.path) {
+            for row in t.iter().map_err(dberr(p))? {
+                pins.insert(row.map_err(dberr(p))?.0.value().to_string());
+            }
+        }
+        let mut blob_cache: HashMap<Digest, Option<BlobRecord>> = HashMap::new();
+        let mut out = Vec::with_capacity(refs.len().map_err(dberr(p))? as usize);
+        for row in refs.iter().map_err(dberr(p))? {
+            let (k, v) = row.map_err(dberr(p))?;
+            let name = k.value().to_string();
+            let record = decode_ref(v.value()).map_err(|e| corrupt(p, &name, e))?;
+            let blob = match blob_cache.get(&record.digest) {
+                Some(b) => b.clone(),
+                None => {
+                    let b = match &blobs {
+                        Some(t) => get_blob_in(t, &record.digest.hex(), p)?,
+                        None => None,
+                    };
+                    blob_cache.insert(record.digest, b.clone());
+                    b
+                }
+            };
+            out.push(Named {
+                last_use: last.get(&name).copied(),
+                pinned: pins.contains(&name),
+                name,
+                record,
+                blob,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Counts for `info`: (names, blobs, total blob bytes, pins, schema version).
+    pub fn stats(&self) -> Result<IndexStats, IndexError> {
+        let mut s = IndexStats::default();
+        let Some(txn) = &self.txn else { return Ok(s) };
+        let p = &self.path;
+        if let Some(t) = open_or_empty!(txn, REFS, self.path) {
+            s.names = t.len().map_err(dberr(p))?;
+        }
+        if let Some(t) = open_or_empty!(txn, BLOBS, self.path) {
+            for row in t.iter().map_err(dberr(p))? {
+                let (k, v) = row.map_err(dberr(p))?;
+                let b = decode_blob(v.value()).map_err(|e| corrupt(p, k.value(), e))?;
+                s.blobs += 1;
+                s.bytes += b.size;
+            }
+        }
+        if let Some(t) = open_or_empty!(txn, PINS, self.path) {
+            s.pins = t.len().map_err(dberr(p))?;
+        }
+        if let Some(t) = open_or_empty!(txn, META, self.path) {
+            s.schema_version = get_u64_in(&t, "schema_version", p)?.unwrap_or(0);
+        }
+        Ok(s)
+    }
+}
+
+/// Summary counts of an index.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct IndexStats {
+    pub names: u64,
+    pub blobs: u64,
+    pub bytes: u64,
+    pub pins: u64,
+    pub schema_version: u64,
+}
+
+/// One write transaction under the exclusive lock. Dropped without
+/// [`commit`](IndexWriter::commit), it changes nothing.
+pub struct IndexWriter {
+    txn: Option<WriteTransaction>,
+    db: Option<Database>,
+    _lock: LockGuard,
+    path: PathBuf,
+}
+
+impl IndexWriter {
+    fn txn(&self) -> &WriteTransaction {
+        // Present from construction until commit consumes self.
+        self.txn
+            .as_ref()
+            .expect("write transaction present until commit")
+    }
+
+    fn err(&self) -> impl Fn(redb::Error) -> IndexError + '_ {
+        move |source| IndexError::Db {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn migrate(&mut self) -> Result<(), IndexError> {
+        let txn = self.txn();
+        let mut meta = txn.open_table(META).map_err(|e| self.err()(e.into()))?;
+        let current = get_u64_in(&meta, "schema_version", &self.path)?.unwrap_or(0);
+        if current > SCHEMA_VERSION {
+            return Err(IndexError::NewerSchema {
+                path: self.path.clone(),
+                found: current,
+            });
+        }
+        for m in &MIGRATIONS[current as usize..] {
+            m(txn).map_err(self.err())?;
+        }
+        if current != SCHEMA_VERSION {
+            meta.insert("schema_version", SCHEMA_VERSION)
+                .map_err(|e| self.err()(e.into()))?;
+        }
+        Ok(())
+    }
+
+    pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+        let t = self
+            .txn()
+            .open_table(REFS)
+            .map_err(|e| self.err()(e.into()))?;
+        get_ref_in(&t, key, &self.path)
+    }
+
+    pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
+        let t = self
+            .txn()
+            .open_table(BLOBS)
+            .map_err(|e| self.err()(e.into()))?;
+        get_blob_in(&t, &d.hex(), &self.path)
+    }
+
+    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
+        let t = self
+            .txn()
+            .open_table(LAST_USE)
+            .map_err(|e| self.err()(e.into()))?;
+        get_u64_in(&t, key, &self.path)
+    }
+
+    pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
+        let t = self
+            .txn()
+            .open_table(PINS)
+            .map_err(|e| self.err()(e.into()))?;
+        Ok(get_u64_in(&t, key, &self.path)?.is_some())
+    }
+
+    /// Names pointing at a blob.
+    pub fn names_of(&self, d: &Digest) -> Result<Vec<String>, IndexError> {
+        let t = self
+            .txn()
+            .open_multimap_table(BLOB_REFS)
+            .map_err(|e| self.err()(e.into()))?;
+        let mut out = Vec::new();
+        for v in t.get(d.hex().as_str()).map_err(dberr(&self.path))? {
+            out.push(v.map_err(dberr(&self.path))?.value().to_string());
+        }
+        Ok(out)
+    }
+
+    /// Point `key` at `record.digest`; returns the record it replaces, if any.
+    pub fn put_ref(
+        &mut self,
+        key: &str,
+        record: &RefRecord,
+    ) -> Result<Option<RefRecord>, IndexError> {
+        let old = self.get_ref(key)?;
+        let txn = self.txn();
+        let mut refs = txn.open_table(REFS).map_err(|e| self.err()(e.into()))?;
+        let mut back = txn
+            .open_multimap_table(BLOB_REFS)
+            .map_err(|e| self.err()(e.into()))?;
+        if let Some(o) = &old {
+            back.remove(o.digest.hex().as_str(), key)
+                .map_err(dberr(&self.path))?;
+        }
+        refs.insert(key, encode(record).as_slice())
+            .map_err(dberr(&self.path))?;
+        back.insert(record.digest.hex().as_str(), key)
+            .map_err(dberr(&self.path))?;
+        Ok(old)
+    }
+
+    /// Remove a name (with its last-use and pin entries); returns its record.
+    pub fn remove_ref(&mut self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+        let txn = self.txn();
+        let mut refs = txn.open_table(REFS).map_err(|e| self.err()(e.into()))?;
+        let old = match refs.remove(key).map_err(dberr(&self.path))? {
+            Some(v) => Some(decode_ref(v.value()).map_err(|e| corrupt(&self.path, key, e))?),
+            None => None,
+        };
+        if let Some(o) = &old {
+            let mut back = txn
+                .open_multimap_table(BLOB_REFS)
+                .map_err(|e| self.err()(e.into()))?;
+            back.remove(o.digest.hex().as_str(), key)
+                .map_err(dberr(&self.path))?;
+            let mut lu = txn.open_table(LAST_USE).map_err(|e| self.err()(e.into()))?;
+            lu.remove(key).map_err(dberr(&self.path))?;
+            let mut pins = txn.open_table(PINS).map_err(|e| self.err()(e.into()))?;
+            pins.remove(key).map_err(dberr(&self.path))?;
+        }
+        Ok(old)
+    }
+
+    /// Record a blob (keeps the first `added` time when it is already known).
+    pub fn put_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
+        if self.get_blob(d)?.is_some() {
+            return Ok(());
+        }
+        let mut t = self
+            .txn()
+            .open_table(BLOBS)
+            .map_err(|e| self.err()(e.into()))?;
+        t.insert(d.hex().as_str(), encode(record).as_slice())
+            .map_err(dberr(&self.path))?;
+        Ok(())
+    }
+
+    /// Forget a blob.
+    pub fn remove_blob(&mut self, d: &Digest) -> Result<(), IndexError> {
+        let mut t = self
+            .txn()
+            .open_table(BLOBS)
+            .map_err(|e| self.err()(e.into()))?;
+        t.remove(d.hex().as_str()).map_err(dberr(&self.path))?;
+        Ok(())
+    }
+
+    pub fn set_last_use(&mut self, key: &str, when: u64) -> Result<(), IndexError> {
+        let mut t = self
+            .txn()
+            .open_table(LAST_USE)
+            .map_err(|e| self.err()(e.into()))?;
+        t.insert(key, when).map_err(dberr(&self.path))?;
+        Ok(())
+    }
+
+    /// Pin or unpin a name; returns whether that changed anything.
+    pub fn set_pin(&mut self, key: &str, pinned: bool, when: u64) -> Result<bool, IndexError> {
+        let mut t = self
+            .txn()
+            .open_table(PINS)
+            .map_err(|e| self.err()(e.into()))?;
+        let changed = if pinned {
+            t.insert(key, when).map_err(dberr(&self.path))?.is_none()
+        } else {
+            t.remove(key).map_err(dberr(&self.path))?.is_some()
+        };
+        Ok(changed)
+    }
+
+    /// Make the changes durable, close the database, release the lock.
+    pub fn commit(mut self) -> Result<(), IndexError> {
+        if let Some(txn) = self.txn.take() {
+            txn.commit().map_err(|e| self.err()(e.into()))?;
+        }
+        if let Some(db) = self.db.take() {
+            db.close().map_err(|e| self.err()(e.into()))?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for IndexWriter {
+    fn drop(&mut self) {
+        // Abort an uncommitted transaction before the database and lock go.
+        if let Some(txn) = self.txn.take() {
+            let _ = txn.abort();
+        }
+        self.db.take();
+    }
+}

@@ -1,0 +1,495 @@
+//! File locks that work across processes and nodes, with bounded, announced waits.
+//!
+//! # Protocol
+//!
+//! A lock file is opened read-write (NFS needs that for write locks) and locked with
+//! open-file-description (OFD) `fcntl` locks, which the kernel and the cluster
+//! filesystems treat as POSIX byte-range locks: coherent across nodes on NFSv4, Lustre
+//! (with `flock` or `localflock` off) and GPFS, unlike `flock`, which GPFS keeps per node.
+//! OFD locks belong to the open file, not the process, so two opens in one process
+//! exclude each other like two processes do, and closing another descriptor of the same
+//! file does not drop them.
+//!
+//! Two bytes of each lock file are used:
+//!
+//! * byte 0, the *turnstile*: a writer takes it exclusive before waiting for byte 1;
+//!   a reader passes through it (shared, released at once) before taking byte 1. So a
+//!   queued writer stops new readers from entering and cannot be starved by a steady
+//!   stream of them.
+//! * byte 1, the *lock proper*: shared for readers, exclusive for the writer.
+//!
+//! Every wait is bounded by `SREGISTRY_LOCK_TIMEOUT` (seconds, or with a unit: `90s`,
+//! `5m`; default 5 minutes). After one second of waiting, "waiting for lock on `PATH`"
+//! goes to stderr (unless the caller asked for quiet). A timeout is an error that names
+//! the lock file and the variable that raises the bound.
+//!
+//! `SREGISTRY_LOCK=flock` switches to whole-file `flock(2)` locks (no turnstile) for
+//! filesystems without working `fcntl` locks; `sregistry doctor` says when that is needed.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Environment variable bounding every lock wait.
+pub const TIMEOUT_ENV: &str = "SREGISTRY_LOCK_TIMEOUT";
+/// Environment variable choosing the lock primitive (`ofd`, the default, or `flock`).
+pub const KIND_ENV: &str = "SREGISTRY_LOCK";
+/// Default bound on a lock wait.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+/// How long a wait goes on before it is announced on stderr.
+const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);
+
+const TURNSTILE: i64 = 0;
+const MAIN: i64 = 1;
+
+/// Shared (many readers) or exclusive (one writer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Shared,
+    Exclusive,
+}
+
+/// The locking primitive.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// `fcntl(F_OFD_SETLK[W])` byte-range locks (default).
+    Ofd,
+    /// `flock(2)` whole-file locks.
+    Flock,
+}
+
+/// How locks are taken: primitive, bound and whether waits are announced.
+#[derive(Clone, Debug)]
+pub struct LockOptions {
+    pub kind: Kind,
+    pub timeout: Duration,
+    pub announce: bool,
+    /// Mode bits for lock files this process creates (applied whatever the umask).
+    pub file_mode: u32,
+}
+
+impl Default for LockOptions {
+    fn default() -> Self {
+        LockOptions {
+            kind: Kind::Ofd,
+            timeout: DEFAULT_TIMEOUT,
+            announce: true,
+            file_mode: 0o644,
+        }
+    }
+}
+
+impl LockOptions {
+    /// Defaults, overridden by `SREGISTRY_LOCK_TIMEOUT` and `SREGISTRY_LOCK`.
+    pub fn from_env() -> Result<LockOptions, LockError> {
+        let mut o = LockOptions::default();
+        if let Some(v) = std::env::var_os(TIMEOUT_ENV) {
+            let v = v.to_string_lossy().into_owned();
+            o.timeout = parse_timeout(&v).ok_or(LockError::BadSetting {
+                var: TIMEOUT_ENV,
+                value: v,
+                hint: "a number of seconds, or a number with `s`, `m` or `h`",
+            })?;
+        }
+        if let Some(v) = std::env::var_os(KIND_ENV) {
+            o.kind = match v.to_string_lossy().as_ref() {
+                "ofd" | "fcntl" | "" => Kind::Ofd,
+                "flock" => Kind::Flock,
+                other => {
+                    return Err(LockError::BadSetting {
+                        var: KIND_ENV,
+                        value: other.to_string(),
+                        hint: "`ofd` or `flock`",
+                    });
+                }
+            };
+        }
+        Ok(o)
+    }
+}
+
+fn parse_timeout(v: &str) -> Option<Duration> {
+    let v = v.trim();
+    let (num, mult) = match v.as_bytes().last()? {
+        b's' => (&v[..v.len() - 1], 1.0),
+        b'm' => (&v[..v.len() - 1], 60.0),
+        b'h' => (&v[..v.len() - 1], 3600.0),
+        _ => (v, 1.0),
+    };
+    let secs: f64 = num.trim().parse().ok()?;
+    (secs.is_finite() && secs >= 0.0 && secs * mult < 1e9)
+        .then(|| Duration::from_secs_f64(secs * mult))
+}
+
+/// Lock failures, each naming the lock file.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("timed out after {secs} s waiting for lock on `{path}` (another sregistry process holds it; raise {TIMEOUT_ENV} to wait longer)", secs = .waited.as_secs())]
+    Timeout { path: PathBuf, waited: Duration },
+    #[error("cannot open lock file `{path}`: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot lock `{path}`: {source} (if this filesystem lacks fcntl locks, try {KIND_ENV}=flock; see `sregistry doctor`)"
+    )]
+    Lock { path: PathBuf, source: io::Error },
+    #[error("{var}=`{value}` is not valid: expected {hint}")]
+    BadSetting {
+        var: &'static str,
+        value: String,
+        hint: &'static str,
+    },
+}
+
+/// A held lock; released when dropped (closing the file releases an OFD lock).
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+    path: PathBuf,
+    mode: Mode,
+}
+
+impl LockGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+}
+
+/// Take `mode` on the lock file at `path`, creating it if needed, waiting at most
+/// `opts.timeout`.
+pub fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, LockError> {
+    let file = open_lock_file(path, opts)?;
+    let deadline = Instant::now() + opts.timeout;
+    let start = Instant::now();
+    let mut announced = false;
+    let err = |source| LockError::Lock {
+        path: path.to_path_buf(),
+        source,
+    };
+    match opts.kind {
+        Kind::Flock => {
+            let op = match mode {
+                Mode::Shared => libc::LOCK_SH,
+                Mode::Exclusive => libc::LOCK_EX,
+            };
+            acquire(
+                &file,
+                Req::Flock(op),
+                path,
+                opts,
+                start,
+                deadline,
+                &mut announced,
+            )?;
+        }
+        Kind::Ofd => match mode {
+            Mode::Shared => {
+                let turn = Req::Ofd(libc::F_RDLCK as i16, TURNSTILE);
+                acquire(&file, turn, path, opts, start, deadline, &mut announced)?;
+                let main = Req::Ofd(libc::F_RDLCK as i16, MAIN);
+                let got = acquire(&file, main, path, opts, start, deadline, &mut announced);
+                ofd(&file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, TURNSTILE).map_err(err)?;
+                got?;
+            }
+            Mode::Exclusive => {
+                let turn = Req::Ofd(libc::F_WRLCK as i16, TURNSTILE);
+                acquire(&file, turn, path, opts, start, deadline, &mut announced)?;
+                let main = Req::Ofd(libc::F_WRLCK as i16, MAIN);
+                let got = acquire(&file, main, path, opts, start, deadline, &mut announced);
+                ofd(&file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, TURNSTILE).map_err(err)?;
+                got?;
+            }
+        },
+    }
+    Ok(LockGuard {
+        _file: file,
+        path: path.to_path_buf(),
+        mode,
+    })
+}
+
+/// Try once to take `mode` without waiting; `Ok(None)` when another process holds it.
+pub fn try_lock(
+    path: &Path,
+    mode: Mode,
+    opts: &LockOptions,
+) -> Result<Option<LockGuard>, LockError> {
+    let quick = LockOptions {
+        timeout: Duration::ZERO,
+        announce: false,
+        ..opts.clone()
+    };
+    match lock(path, mode, &quick) {
+        Ok(g) => Ok(Some(g)),
+        Err(LockError::Timeout { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn open_lock_file(path: &Path, opts: &LockOptions) -> Result<File, LockError> {
+    let open_err = |source| LockError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(opts.file_mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => {
+            // Set the mode explicitly: the umask may have narrowed it.
+            use std::os::unix::fs::PermissionsExt;
+            let _ = f.set_permissions(std::fs::Permissions::from_mode(opts.file_mode));
+            Ok(f)
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(path)
+            .map_err(open_err),
+        Err(e) => Err(open_err(e)),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Req {
+    /// `fcntl` OFD lock of one byte: (type, offset).
+    Ofd(i16, i64),
+    /// `flock` operation.
+    Flock(i32),
+}
+
+/// Take one lock request: a non-blocking try, then (if contended) a blocking wait on a
+/// helper thread so the wait can be bounded and announced.
+fn acquire(
+    file: &File,
+    req: Req,
+    path: &Path,
+    opts: &LockOptions,
+    start: Instant,
+    deadline: Instant,
+    announced: &mut bool,
+) -> Result<(), LockError> {
+    let lock_err = |source| LockError::Lock {
+        path: path.to_path_buf(),
+        source,
+    };
+    match try_once(file, req) {
+        Ok(true) => return Ok(()),
+        Ok(false) => {}
+        Err(e) => return Err(lock_err(e)),
+    }
+    if opts.timeout.is_zero() {
+        return Err(LockError::Timeout {
+            path: path.to_path_buf(),
+            waited: Duration::ZERO,
+        });
+    }
+    // The waiting thread gets its own descriptor of the same open file description, so
+    // the lock it takes is ours. If we give up, it releases what it got and goes away.
+    let twin = file.try_clone().map_err(lock_err)?;
+    let (tx, rx) = mpsc::channel::<io::Result<()>>();
+    std::thread::spawn(move || {
+        let res = wait_blocking(&twin, req);
+        if let Err(mpsc::SendError(Ok(()))) = tx.send(res) {
+            // Nobody waits any more: undo the lock we were too late to hand over.
+            let _ = undo(&twin, req);
+        }
+    });
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            break;
+        }
+        let mut step = deadline - now;
+        if opts.announce && !*announced {
+            let until_announce = ANNOUNCE_AFTER.saturating_sub(now - start);
+            step = step.min(until_announce.max(Duration::from_millis(1)));
+        }
+        match rx.recv_timeout(step) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(e)) => return Err(lock_err(e)),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if opts.announce && !*announced && start.elapsed() >= ANNOUNCE_AFTER {
+                    eprintln!("waiting for lock on `{}`", path.display());
+                    *announced = true;
+                }
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    // Last chance: the thread may have succeeded just now.
+    if let Ok(Ok(())) = rx.try_recv() {
+        return Ok(());
+    }
+    Err(LockError::Timeout {
+        path: path.to_path_buf(),
+        waited: start.elapsed(),
+    })
+}
+
+fn try_once(file: &File, req: Req) -> io::Result<bool> {
+    let res = match req {
+        Req::Ofd(ty, off) => ofd(file, libc::F_OFD_SETLK, ty, off),
+        Req::Flock(op) => flock(file, op | libc::LOCK_NB),
+    };
+    match res {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::EACCES)) => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+fn wait_blocking(file: &File, req: Req) -> io::Result<()> {
+    loop {
+        let res = match req {
+            Req::Ofd(ty, off) => ofd(file, libc::F_OFD_SETLKW, ty, off),
+            Req::Flock(op) => flock(file, op),
+        };
+        match res {
+            Err(e) if e.raw_os_error() == Some(libc::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
+
+fn undo(file: &File, req: Req) -> io::Result<()> {
+    match req {
+        Req::Ofd(_, off) => ofd(file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, off),
+        Req::Flock(_) => flock(file, libc::LOCK_UN),
+    }
+}
+
+fn ofd(file: &File, cmd: libc::c_int, ty: i16, offset: i64) -> io::Result<()> {
+    // SAFETY: an all-zero `flock` struct is a valid value; the fields we need are set
+    // below, and `l_pid` must stay 0 for OFD locks.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = ty;
+    fl.l_whence = libc::SEEK_SET as i16;
+    fl.l_start = offset;
+    fl.l_len = 1;
+    // SAFETY: the descriptor is open for the lifetime of `file`; `fl` is a valid flock.
+    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn flock(file: &File, op: i32) -> io::Result<()> {
+    // SAFETY: the descriptor is open for the lifetime of `file`.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), op) };
+    if rc == -1 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Whether OFD locks work on the filesystem holding `dir`: two opens of one probe file
+/// must exclude each other. Used by `doctor`.
+pub fn probe_ofd(dir: &Path) -> io::Result<bool> {
+    let probe = dir.join(format!(".lock-probe-{}", std::process::id()));
+    let a = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&probe)?;
+    let b = OpenOptions::new().read(true).write(true).open(&probe);
+    let _ = std::fs::remove_file(&probe);
+    let b = b?;
+    ofd(&a, libc::F_OFD_SETLK, libc::F_WRLCK as i16, MAIN)?;
+    let excluded = !try_once(&b, Req::Ofd(libc::F_WRLCK as i16, MAIN))?;
+    Ok(excluded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(timeout_ms: u64) -> LockOptions {
+        LockOptions {
+            timeout: Duration::from_millis(timeout_ms),
+            announce: false,
+            ..LockOptions::default()
+        }
+    }
+
+    #[test]
+    fn readers_share_and_a_writer_excludes_them_within_one_process() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let o = opts(50);
+        let r1 = lock(&p, Mode::Shared, &o).unwrap();
+        let r2 = lock(&p, Mode::Shared, &o).unwrap();
+        assert!(matches!(
+            lock(&p, Mode::Exclusive, &o),
+            Err(LockError::Timeout { .. })
+        ));
+        drop((r1, r2));
+        let w = lock(&p, Mode::Exclusive, &o).unwrap();
+        assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_none());
+        drop(w);
+        assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_waiting_writer_gets_the_lock_when_the_reader_leaves() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let r = lock(&p, Mode::Shared, &opts(50)).unwrap();
+        let p2 = p.clone();
+        let t = std::thread::spawn(move || lock(&p2, Mode::Exclusive, &opts(5_000)).map(|_| ()));
+        std::thread::sleep(Duration::from_millis(100));
+        drop(r);
+        t.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn timeout_error_names_the_lock_file_and_the_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.lock");
+        let _w = lock(&p, Mode::Exclusive, &opts(10)).unwrap();
+        let e = lock(&p, Mode::Shared, &opts(100)).unwrap_err().to_string();
+        assert!(e.contains("index.lock") && e.contains(TIMEOUT_ENV), "{e}");
+    }
+
+    #[test]
+    fn flock_kind_also_excludes() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let o = LockOptions {
+            kind: Kind::Flock,
+            ..opts(20)
+        };
+        let _w = lock(&p, Mode::Exclusive, &o).unwrap();
+        assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_none());
+    }
+
+    #[test]
+    fn timeouts_parse_with_units() {
+        assert_eq!(parse_timeout("90"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_timeout("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_timeout("0.5s"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_timeout("-1"), None);
+        assert_eq!(parse_timeout("soon"), None);
+    }
+
+    #[test]
+    fn ofd_locks_work_here() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(probe_ofd(dir.path()).unwrap());
+    }
+}

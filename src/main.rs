@@ -1,0 +1,49 @@
+//! The `sregistry` binary: parse arguments, run the command, map errors to exit codes.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use sregistry::cli::Cli;
+use sregistry::exit::{self, ExitStatus};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+                    ExitStatus::Success.into()
+                }
+                _ => ExitStatus::Usage.into(),
+            };
+        }
+    };
+    match sregistry::commands::run(cli) {
+        Ok(()) => ExitStatus::Success.into(),
+        Err(e) if exit::is_broken_pipe(&e) => ExitStatus::Success.into(),
+        Err(e) => {
+            let status = exit::status_of(&e);
+            if e.downcast_ref::<exit::Reported>().is_none() {
+                eprintln!("error: {}", one_line(&e));
+            }
+            status.into()
+        }
+    }
+}
+
+/// The error and its causes on one line, each cause once.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out.replace('\n', " ")
+}

@@ -1,0 +1,455 @@
+//! The blob store: image files named by their BLAKE3 digest.
+//!
+//! # Layout
+//!
+//! ```text
+//! <cache>/v1/blobs/blake3/<first 2 hex>/<64 hex>   complete blobs, mode 0444
+//! <cache>/v1/tmp/                                   files being ingested or deleted
+//! ```
+//!
+//! # What it promises
+//!
+//! * A file under `blobs/` is complete and its content hashes to its name. Content goes
+//!   to a new file in `tmp/` (same filesystem), is hashed in the same pass that writes it,
+//!   is made read-only and fsynced; only then is it renamed into place, and the directory
+//!   is fsynced. A crash at any instant leaves at most a file in `tmp/`.
+//! * [`Staged::commit`] is the only way into `blobs/`, and is called by the cache while it
+//!   holds the exclusive index lock, so a blob cannot be created and collected at once.
+//!   When the blob already exists, the staged copy is dropped: content is stored once.
+//! * Deleting a blob ([`Store::unlink_later`]) renames it into `tmp/` first (under the
+//!   index lock) and unlinks it after the lock is released; a process that has the file
+//!   open keeps reading it.
+//!
+//! The store never takes locks itself; [`crate::cache`] does.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::digest::{Digest, HashingWriter};
+
+/// Mode of every blob file.
+pub const BLOB_MODE: u32 = 0o444;
+/// Prefix of ingest files in `tmp/`.
+pub const INGEST_PREFIX: &str = "ingest-";
+/// Prefix of blobs waiting to be unlinked in `tmp/`.
+pub const DELETE_PREFIX: &str = "delete-";
+/// Size of the copy buffer.
+const COPY_BUF: usize = 4 << 20;
+
+/// Store failures, each naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write into the cache at `{path}`: {source}{hint}", hint = space_hint(.source))]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "`{path}` changed size while it was being added ({before} bytes, then {after}); add it again when nothing writes to it"
+    )]
+    Changed {
+        path: PathBuf,
+        before: u64,
+        after: u64,
+    },
+    #[error("`{path}` and the cache are on different filesystems, so it cannot be moved in")]
+    CrossDevice { path: PathBuf },
+}
+
+fn space_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => " (free space or quota, or run `sregistry gc`)",
+        Some(libc::EFBIG) => " (the file is larger than this process may write)",
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (check the cache's permissions with `sregistry doctor`)"
+        }
+        _ => "",
+    }
+}
+
+/// The blob store under `<cache>/v1`.
+#[derive(Clone, Debug)]
+pub struct Store {
+    blobs: PathBuf,
+    tmp: PathBuf,
+    dir_mode: u32,
+}
+
+/// A file in `tmp/` whose digest and size are known, not yet in `blobs/`. Dropping it
+/// removes the file.
+#[derive(Debug)]
+pub struct Staged {
+    path: Option<PathBuf>,
+    digest: Digest,
+    size: u64,
+}
+
+impl Staged {
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Put the staged file in place as the blob for its digest (or drop it when that blob
+    /// exists already). Returns the blob path and whether it was new. The caller must
+    /// hold the exclusive index lock.
+    pub fn commit(mut self, store: &Store) -> Result<(PathBuf, bool), StoreError> {
+        let dest = store.blob_path(&self.digest);
+        let Some(src) = self.path.take() else {
+            return Ok((dest, false));
+        };
+        let werr = |path: &Path, source| StoreError::Write {
+            path: path.to_path_buf(),
+            source,
+        };
+        if dest.exists() {
+            let _ = fs::remove_file(&src);
+            return Ok((dest, false));
+        }
+        let dir = dest.parent().unwrap_or(&store.blobs);
+        if !dir.exists() {
+            store.make_dir(dir).map_err(|e| werr(dir, e))?;
+        }
+        fs::rename(&src, &dest).map_err(|e| {
+            let _ = fs::remove_file(&src);
+            werr(&dest, e)
+        })?;
+        sync_dir(dir).map_err(|e| werr(dir, e))?;
+        Ok((dest, true))
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        if let Some(p) = self.path.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// A name in `tmp/` no other process or thread will pick.
+pub fn unique_name(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let salt = Digest::of(format!("{}-{nanos}-{n}", std::process::id()).as_bytes());
+    format!("{prefix}{}-{}", std::process::id(), &salt.hex()[..12])
+}
+
+impl Store {
+    /// The store of the cache version directory `v1` (it need not exist yet).
+    pub fn new(v1: &Path, dir_mode: u32) -> Store {
+        Store {
+            blobs: v1.join("blobs").join(crate::digest::ALGORITHM),
+            tmp: v1.join("tmp"),
+            dir_mode,
+        }
+    }
+
+    /// Where the blob with this digest lives.
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        let mut p = self.blobs.join(&hex[..2]);
+        p.push(hex);
+        p
+    }
+
+    /// The blobs root (`v1/blobs/blake3`).
+    pub fn blobs_dir(&self) -> &Path {
+        &self.blobs
+    }
+
+    /// The staging directory (`v1/tmp`).
+    pub fn tmp_dir(&self) -> &Path {
+        &self.tmp
+    }
+
+    fn make_dir(&self, dir: &Path) -> io::Result<()> {
+        match fs::create_dir_all(dir) {
+            Ok(()) => {
+                // Explicit mode, whatever the umask (ignored when another user owns it).
+                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode));
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn new_tmp_file(&self) -> Result<(File, PathBuf), StoreError> {
+        let path = self.tmp.join(unique_name(INGEST_PREFIX));
+        let f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_CLOEXEC)
+            .open(&path)
+            .map_err(|source| StoreError::Write {
+                path: path.clone(),
+                source,
+            })?;
+        Ok((f, path))
+    }
+
+    /// Copy `src` into `tmp/`, hashing in the same pass. `expected` is the size the
+    /// source had when opened; a different count is [`StoreError::Changed`].
+    pub fn stage_copy(
+        &self,
+        src: &mut dyn Read,
+        src_path: &Path,
+        expected: Option<u64>,
+    ) -> Result<Staged, StoreError> {
+        let (file, path) = self.new_tmp_file()?;
+        // From here on the staged file is removed on every error path.
+        let mut staged = Staged {
+            path: Some(path.clone()),
+            digest: Digest::from_bytes([0; 32]),
+            size: 0,
+        };
+        let werr = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let mut w = HashingWriter::new(file);
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(source) => {
+                    return Err(StoreError::Read {
+                        path: src_path.to_path_buf(),
+                        source,
+                    });
+                }
+            };
+            w.write_all(&buf[..n]).map_err(werr)?;
+            if w.written() == n as u64 {
+                crate::testhook::pause("add-mid-copy");
+            }
+        }
+        let (digest, size, file) = w.finish();
+        if let Some(before) = expected
+            && before != size
+        {
+            return Err(StoreError::Changed {
+                path: src_path.to_path_buf(),
+                before,
+                after: size,
+            });
+        }
+        finish_file(&file).map_err(werr)?;
+        staged.digest = digest;
+        staged.size = size;
+        Ok(staged)
+    }
+
+    /// Move `src` into `tmp/` by rename (no copy), then hash it there. Fails with
+    /// [`StoreError::CrossDevice`] when `src` is on another filesystem.
+    pub fn stage_move(&self, src: &Path) -> Result<Staged, StoreError> {
+        let path = self.tmp.join(unique_name(INGEST_PREFIX));
+        if let Err(e) = fs::rename(src, &path) {
+            return Err(if e.raw_os_error() == Some(libc::EXDEV) {
+                StoreError::CrossDevice {
+                    path: src.to_path_buf(),
+                }
+            } else {
+                StoreError::Write { path, source: e }
+            });
+        }
+        let mut staged = Staged {
+            path: Some(path.clone()),
+            digest: Digest::from_bytes([0; 32]),
+            size: 0,
+        };
+        let werr = |source| StoreError::Write {
+            path: path.clone(),
+            source,
+        };
+        let (digest, size) = crate::digest::hash_file(&path).map_err(werr)?;
+        let file = OpenOptions::new().read(true).open(&path).map_err(werr)?;
+        finish_file(&file).map_err(werr)?;
+        staged.digest = digest;
+        staged.size = size;
+        Ok(staged)
+    }
+
+    /// Move a blob out of `blobs/` into `tmp/` (call under the exclusive index lock);
+    /// returns the new path for [`unlink_now`] once the lock is released.
+    pub fn unlink_later(&self, d: &Digest) -> io::Result<Option<PathBuf>> {
+        let from = self.blob_path(d);
+        let to = self.tmp.join(format!("{DELETE_PREFIX}{}", unique_name("")));
+        match fs::rename(&from, &to) {
+            Ok(()) => Ok(Some(to)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Create the directories of the store with the configured mode.
+    pub fn create_dirs(&self) -> io::Result<()> {
+        self.make_dir(&self.blobs)?;
+        self.make_dir(&self.tmp)
+    }
+}
+
+/// Unlink files moved aside by [`Store::unlink_later`].
+pub fn unlink_now(paths: &[PathBuf]) {
+    for p in paths {
+        let _ = fs::remove_file(p);
+    }
+}
+
+/// Make a staged file read-only and durable.
+fn finish_file(file: &File) -> io::Result<()> {
+    file.set_permissions(fs::Permissions::from_mode(BLOB_MODE))?;
+    file.sync_all()
+}
+
+/// fsync a directory so a rename in it is durable.
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::new(&dir.path().join("v1"), 0o755);
+        s.create_dirs().unwrap();
+        (dir, s)
+    }
+
+    fn tmp_entries(s: &Store) -> usize {
+        fs::read_dir(s.tmp_dir()).unwrap().count()
+    }
+
+    #[test]
+    fn committed_blob_is_read_only_and_named_by_its_content() {
+        let (_d, s) = store();
+        let data = b"hello sif".repeat(1000);
+        let staged = s
+            .stage_copy(&mut &data[..], Path::new("src"), Some(data.len() as u64))
+            .unwrap();
+        let (path, new) = staged.commit(&s).unwrap();
+        assert!(new);
+        assert_eq!(fs::read(&path).unwrap(), data);
+        assert_eq!(path, s.blob_path(&Digest::of(&data)));
+        assert_eq!(fs::metadata(&path).unwrap().mode() & 0o777, BLOB_MODE);
+        assert_eq!(tmp_entries(&s), 0);
+    }
+
+    #[test]
+    fn identical_content_is_stored_once() {
+        let (_d, s) = store();
+        let a = s
+            .stage_copy(&mut &b"same"[..], Path::new("a"), None)
+            .unwrap();
+        let b = s
+            .stage_copy(&mut &b"same"[..], Path::new("b"), None)
+            .unwrap();
+        let (pa, new_a) = a.commit(&s).unwrap();
+        let (pb, new_b) = b.commit(&s).unwrap();
+        assert_eq!(pa, pb);
+        assert!(new_a && !new_b);
+        assert_eq!(tmp_entries(&s), 0);
+    }
+
+    #[test]
+    fn dropped_stage_leaves_nothing_in_tmp() {
+        let (_d, s) = store();
+        let staged = s
+            .stage_copy(&mut &b"abandoned"[..], Path::new("x"), None)
+            .unwrap();
+        assert_eq!(tmp_entries(&s), 1);
+        drop(staged);
+        assert_eq!(tmp_entries(&s), 0);
+        assert!(!s.blob_path(&Digest::of(b"abandoned")).exists());
+    }
+
+    #[test]
+    fn size_change_during_copy_is_refused_and_cleaned_up() {
+        let (_d, s) = store();
+        let e = s
+            .stage_copy(&mut &b"short"[..], Path::new("f"), Some(99))
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                StoreError::Changed {
+                    before: 99,
+                    after: 5,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert_eq!(tmp_entries(&s), 0);
+    }
+
+    #[test]
+    fn failing_reader_leaves_nothing_behind() {
+        struct Broken(u32);
+        impl Read for Broken {
+            fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+                if self.0 == 0 {
+                    return Err(io::Error::other("device gone"));
+                }
+                self.0 -= 1;
+                buf[0] = 7;
+                Ok(1)
+            }
+        }
+        let (_d, s) = store();
+        let e = s
+            .stage_copy(&mut Broken(3), Path::new("dev"), None)
+            .unwrap_err();
+        assert!(e.to_string().contains("device gone"));
+        assert_eq!(tmp_entries(&s), 0);
+    }
+
+    #[test]
+    fn move_renames_without_copying() {
+        let (d, s) = store();
+        let src = d.path().join("image.sif");
+        fs::write(&src, b"moved content").unwrap();
+        let ino = fs::metadata(&src).unwrap().ino();
+        let (path, _) = s.stage_move(&src).unwrap().commit(&s).unwrap();
+        assert!(!src.exists());
+        assert_eq!(
+            fs::metadata(&path).unwrap().ino(),
+            ino,
+            "content was copied"
+        );
+        assert_eq!(fs::read(&path).unwrap(), b"moved content");
+    }
+
+    #[test]
+    fn unlink_later_moves_the_blob_aside_first() {
+        let (_d, s) = store();
+        let (path, _) = s
+            .stage_copy(&mut &b"old"[..], Path::new("o"), None)
+            .unwrap()
+            .commit(&s)
+            .unwrap();
+        let open = File::open(&path).unwrap();
+        let aside = s.unlink_later(&Digest::of(b"old")).unwrap().unwrap();
+        assert!(!path.exists() && aside.starts_with(s.tmp_dir()));
+        unlink_now(&[aside]);
+        let mut still = String::new();
+        (&open).read_to_string(&mut still).unwrap();
+        assert_eq!(still, "old", "an open reader lost its data");
+        assert_eq!(s.unlink_later(&Digest::of(b"old")).unwrap(), None);
+    }
+}

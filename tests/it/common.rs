@@ -1,0 +1,245 @@
+//! Shared helpers: a temp cache per test, real SIF files from `siftool`, cache snapshots.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command as StdCommand, Stdio};
+
+use assert_cmd::Command;
+
+/// The peer corpus of real SIF files, used in place (never copied into the repo).
+pub fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/sif-peer")
+}
+
+/// A temporary directory holding a cache (`cache/`) and input files.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub cache: PathBuf,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = dir.path().join("cache");
+        Env { dir, cache }
+    }
+
+    /// `sregistry` with this cache, and no influence from the caller's environment.
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_sregistry"));
+        self.scrub(c.env("SREGISTRY_CACHE", &self.cache));
+        c
+    }
+
+    /// The same as a plain `std::process::Command`, for spawning many at once.
+    pub fn std_cmd(&self) -> StdCommand {
+        let mut c = StdCommand::new(env!("CARGO_BIN_EXE_sregistry"));
+        c.env("SREGISTRY_CACHE", &self.cache)
+            .env_remove("SREGISTRY_NOW")
+            .env_remove("SREGISTRY_LOCK")
+            .env_remove("SREGISTRY_TEST_PAUSE")
+            .env_remove("SREGISTRY_LOCK_TIMEOUT")
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn scrub<'a>(&self, c: &'a mut Command) -> &'a mut Command {
+        c.env_remove("SREGISTRY_NOW")
+            .env_remove("SREGISTRY_LOCK")
+            .env_remove("SREGISTRY_TEST_PAUSE")
+            .env_remove("SREGISTRY_LOCK_TIMEOUT")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write a plain input file.
+    pub fn file(&self, name: &str, content: &[u8]) -> PathBuf {
+        let p = self.path(name);
+        fs::write(&p, content).expect("write input");
+        p
+    }
+
+    /// Build a real SIF with `siftool`: one squashfs system partition (amd64) holding
+    /// `payload`, plus a definition file.
+    pub fn sif(&self, name: &str, payload: &str) -> PathBuf {
+        let work = self.path(&format!("{name}.d"));
+        let root = work.join("root");
+        fs::create_dir_all(&root).unwrap();
+        fs::write(root.join("payload.txt"), payload).unwrap();
+        let sqfs = work.join("fs.sqfs");
+        run(StdCommand::new("mksquashfs").arg(&root).arg(&sqfs).args([
+            "-noappend",
+            "-quiet",
+            "-all-root",
+            "-mkfs-time",
+            "0",
+            "-all-time",
+            "0",
+        ]));
+        let def = work.join("def");
+        fs::write(&def, format!("Bootstrap: scratch\n# {payload}\n")).unwrap();
+        let out = self.path(name);
+        let _ = fs::remove_file(&out);
+        run(StdCommand::new("siftool").arg("new").arg(&out));
+        run(StdCommand::new("siftool")
+            .args(["add", "--datatype", "1"])
+            .arg(&out)
+            .arg(&def));
+        run(StdCommand::new("siftool")
+            .args([
+                "add",
+                "--datatype",
+                "4",
+                "--parttype",
+                "2",
+                "--partfs",
+                "1",
+                "--partarch",
+                "2",
+            ])
+            .arg(&out)
+            .arg(&sqfs));
+        out
+    }
+
+    pub fn blobs(&self) -> Vec<PathBuf> {
+        let root = self.cache.join("v1/blobs/blake3");
+        let mut out = Vec::new();
+        if let Ok(dirs) = fs::read_dir(&root) {
+            for d in dirs.flatten() {
+                for f in fs::read_dir(d.path()).unwrap().flatten() {
+                    out.push(f.path());
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    pub fn tmp_entries(&self) -> Vec<PathBuf> {
+        match fs::read_dir(self.cache.join("v1/tmp")) {
+            Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Every blob's content hashes to its file name.
+    pub fn assert_blobs_verify(&self) {
+        for b in self.blobs() {
+            let data = fs::read(&b).unwrap();
+            let name = b.file_name().unwrap().to_str().unwrap();
+            assert_eq!(
+                sregistry::Digest::of(&data).hex(),
+                name,
+                "blob {} does not match its name",
+                b.display()
+            );
+            let mode = fs::metadata(&b).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o444, "blob {} is writable", b.display());
+        }
+    }
+
+    /// Names in the index, via `list --json`.
+    pub fn names(&self) -> Vec<String> {
+        let out = self.cmd().args(["list", "--json"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "list failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// Path, size and mode of everything under the cache, with the index's content hash:
+    /// equal snapshots mean nothing changed.
+    pub fn snapshot(&self) -> BTreeMap<PathBuf, (u64, u32, String)> {
+        let mut out = BTreeMap::new();
+        if !self.cache.exists() {
+            return out;
+        }
+        for e in walk(&self.cache) {
+            let m = fs::symlink_metadata(&e).unwrap();
+            let h = if m.is_file() {
+                sregistry::Digest::of(&fs::read(&e).unwrap()).hex()
+            } else {
+                String::new()
+            };
+            out.insert(
+                e,
+                (
+                    if m.is_file() { m.len() } else { 0 },
+                    m.permissions().mode(),
+                    h,
+                ),
+            );
+        }
+        out
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    if let Ok(rd) = fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+pub fn run(c: &mut StdCommand) {
+    let out = c
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {c:?}: {e} (is it installed?)"));
+    assert!(
+        out.status.success(),
+        "{c:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// stdout of a successful run, trimmed.
+pub fn stdout_of(c: &mut Command) -> String {
+    let out = c.output().unwrap();
+    assert!(
+        out.status.success(),
+        "command failed ({:?}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim_end()
+        .to_string()
+}
+
+/// Assert a failed run: exit code, and one non-empty line on stderr mentioning `needle`.
+pub fn assert_fails(c: &mut Command, code: i32, needle: &str) -> String {
+    let out = c.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(
+        out.stdout.is_empty(),
+        "stdout not empty: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
+    err
+}

@@ -1,0 +1,167 @@
+//! Many processes on one cache at once: every command succeeds, nothing is lost.
+
+use std::process::{Child, Stdio};
+
+use crate::common::*;
+
+fn wait_all(children: Vec<(String, Child)>) {
+    let mut failures = Vec::new();
+    for (what, child) in children {
+        let out = child.wait_with_output().unwrap();
+        if !out.status.success() {
+            failures.push(format!("{what}: {}", String::from_utf8_lossy(&out.stderr)));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+/// 32 concurrent adds (some sharing content) and 32 concurrent gets: all succeed, every
+/// name lands, every blob verifies, tmp/ is empty.
+#[test]
+fn concurrent_adds_and_gets_all_succeed_and_lose_nothing() {
+    let env = Env::new();
+    let seed = env.file("seed.img", b"seed image");
+    let seed_path = stdout_of(env.cmd().arg("add").arg(&seed).args(["--name", "seed"]));
+    let mut children = Vec::new();
+    for i in 0..32 {
+        // Every fourth file repeats content, so dedupe races too.
+        let content = format!("image {}", if i % 4 == 0 { 0 } else { i }).repeat(1000);
+        let f = env.file(&format!("in{i}.img"), content.as_bytes());
+        let child = env
+            .std_cmd()
+            .arg("add")
+            .arg(&f)
+            .args(["--name", &format!("lab/img{i}:v1")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((format!("add {i}"), child));
+        let child = env
+            .std_cmd()
+            .args(["get", "seed"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((format!("get {i}"), child));
+    }
+    wait_all(children);
+    let names = env.names();
+    for i in 0..32 {
+        assert!(
+            names.contains(&format!("lab/img{i}:v1")),
+            "lab/img{i}:v1 lost"
+        );
+    }
+    assert_eq!(names.len(), 33);
+    assert_eq!(stdout_of(env.cmd().args(["get", "seed"])), seed_path);
+    assert_eq!(
+        env.blobs().len(),
+        1 + 1 + 24,
+        "dedupe failed under contention"
+    );
+    env.assert_blobs_verify();
+    assert!(
+        env.tmp_entries().is_empty(),
+        "left in tmp: {:?}",
+        env.tmp_entries()
+    );
+}
+
+/// Concurrent writers to the same name: the name ends up pointing at one of the contents,
+/// and every get during the race returned a path that existed.
+#[test]
+fn concurrent_writers_to_one_name_leave_it_consistent() {
+    let env = Env::new();
+    let first = env.file("first.img", b"first");
+    stdout_of(env.cmd().arg("add").arg(&first).args(["--name", "hot"]));
+    let mut children = Vec::new();
+    for i in 0..16 {
+        let f = env.file(&format!("v{i}.img"), format!("version {i}").as_bytes());
+        let c = env
+            .std_cmd()
+            .arg("add")
+            .arg(&f)
+            .args(["--name", "hot"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((format!("add {i}"), c));
+        let g = env
+            .std_cmd()
+            .args(["get", "hot"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((format!("get {i}"), g));
+    }
+    wait_all(children);
+    let p = stdout_of(env.cmd().args(["get", "hot"]));
+    let content = String::from_utf8(std::fs::read(p).unwrap()).unwrap();
+    assert!(content.starts_with("version "), "{content}");
+    assert_eq!(env.names(), ["library/hot:latest"]);
+    env.assert_blobs_verify();
+    assert!(env.tmp_entries().is_empty());
+}
+
+/// A held index lock makes a reader wait (bounded), then fail with a message naming the
+/// lock file and the variable that raises the bound.
+#[test]
+fn a_stuck_writer_makes_readers_time_out_with_a_clear_message() {
+    let env = Env::new();
+    let f = env.file("a.img", b"locked");
+    stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "x"]));
+    // Park a writer inside its index transaction (test hook), holding the lock.
+    let g = env.file("b.img", b"other");
+    let mut parked = env
+        .std_cmd()
+        .env("SREGISTRY_TEST_PAUSE", "add-index-uncommitted")
+        .arg("add")
+        .arg(&g)
+        .args(["--name", "y"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for_pause(&mut parked);
+    let out = env
+        .cmd()
+        .env("SREGISTRY_LOCK_TIMEOUT", "1.5")
+        .args(["get", "x"])
+        .output()
+        .unwrap();
+    parked.kill().unwrap();
+    parked.wait().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("waiting for lock on"), "{err}");
+    assert!(
+        err.contains("index.lock") && err.contains("SREGISTRY_LOCK_TIMEOUT"),
+        "{err}"
+    );
+    // Once the writer is gone, the lock is free again.
+    stdout_of(env.cmd().args(["get", "x"]));
+}
+
+/// Read the child's stderr until it says it paused at its hook.
+pub fn wait_for_pause(child: &mut Child) {
+    use std::io::{BufRead, BufReader};
+    let stderr = child.stderr.take().expect("stderr piped");
+    let mut lines = BufReader::new(stderr).lines();
+    loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("paused at") => break,
+            Some(Ok(_)) => continue,
+            other => panic!("child ended before pausing: {other:?}"),
+        }
+    }
+    // Keep draining in the background so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real `sregistry` binary against a temporary cache per test.
+//! One test binary (see `Cargo.toml`), one module per area.
+
+mod common;
+
+mod bad_input;
+mod contention;
+mod crash;
+mod local;
