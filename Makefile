@@ -1,7 +1,7 @@
 # sregistry: the usual entry points. `make demo` and `make test` work on a fresh machine.
 CARGO ?= cargo
 
-.PHONY: build test lint bench fuzz demo deps clean
+.PHONY: build test lint bench fuzz demo deps clean soak
 
 build:
 	$(CARGO) build --release
@@ -17,6 +17,10 @@ test: deps
 	else \
 		$(CARGO) test --no-fail-fast; \
 	fi
+
+# The crash loop at length: kill add and gc at random moments 5,000 times.
+soak: deps
+	SREGISTRY_CRASH_ITERATIONS=5000 $(CARGO) test --test it crash_loop -- --nocapture
 
 lint:
 	$(CARGO) fmt --check

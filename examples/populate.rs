@@ -69,7 +69,7 @@ fn parse(arg: Option<&String>, what: &str) -> Result<Option<u64>, String> {
 
 fn run(root: &Path, names: u64, blobs: u64, batch: u64) -> anyhow::Result<()> {
     let start = Instant::now();
-    let cache = Cache::open(root, LockOptions::default());
+    let cache = Cache::open(root, LockOptions::default())?;
     cache.ensure_layout()?;
     let store = cache.store();
 

@@ -37,6 +37,7 @@ use crate::index::{
 };
 use crate::lock::{self, LockOptions};
 use crate::reference::Reference;
+use crate::settings::{Settings, SettingsError};
 use crate::store::{self, Store, StoreError};
 use crate::testhook;
 
@@ -69,6 +70,18 @@ pub enum CacheError {
         "image `{name}` is in the index but its file `{path}` is missing (removed from outside sregistry); run `sregistry verify`, then add or pull it again"
     )]
     BlobMissing { name: String, path: PathBuf },
+    #[error(
+        "image `{name}` was quarantined by verify because its content no longer matches its digest (now at `{path}`); run `sregistry verify --repair`, or add it again"
+    )]
+    Quarantined { name: String, path: PathBuf },
+    #[error(
+        "image `{name}` is corrupt: `{path}` hashes to {actual}, not its name; run `sregistry verify` to quarantine it"
+    )]
+    Corrupt {
+        name: String,
+        path: PathBuf,
+        actual: Digest,
+    },
     #[error("image `{name}` is pinned; run `sregistry unpin {name}` first")]
     Pinned { name: String },
     #[error("`{path}` is {what}, not a regular file; give the path of an image file")]
@@ -88,6 +101,8 @@ pub enum CacheError {
     #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
     NoRoot,
     #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Index(#[from] IndexError),
@@ -101,21 +116,13 @@ impl CacheError {
             CacheError::NotFound { .. } | CacheError::DigestNotFound { .. }
         )
     }
-}
 
-/// Modes the cache applies explicitly, whatever each user's umask.
-#[derive(Clone, Debug)]
-pub struct Modes {
-    pub dir: u32,
-    pub file: u32,
-}
-
-impl Default for Modes {
-    fn default() -> Self {
-        Modes {
-            dir: 0o755,
-            file: 0o644,
-        }
+    /// True for content that failed verification (exit code 4).
+    pub fn is_verify_problem(&self) -> bool {
+        matches!(
+            self,
+            CacheError::Corrupt { .. } | CacheError::Quarantined { .. }
+        )
     }
 }
 
@@ -126,7 +133,7 @@ pub struct Cache {
     v1: PathBuf,
     store: Store,
     index: Index,
-    modes: Modes,
+    settings: Settings,
 }
 
 /// A name and everything known about it, as `list`, `inspect` and `add` report it.
@@ -197,22 +204,38 @@ impl Cache {
         Ok(std::path::absolute(&root).unwrap_or(root))
     }
 
-    /// A handle on the cache at `root`. Touches nothing on disk; writing operations
-    /// create the layout when they first need it.
-    pub fn open(root: &Path, lock_opts: LockOptions) -> Cache {
-        let modes = Modes::default();
+    /// A handle on the cache at `root`, with the settings recorded in it (see
+    /// [`crate::settings`]). Changes nothing on disk; writing operations create the
+    /// layout when they first need it.
+    pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
+        let v1 = root.join(FORMAT_DIR);
+        let settings = Settings::load(&v1)?;
+        Ok(Cache::with_settings(root, lock_opts, settings))
+    }
+
+    /// A handle with the given settings (used by `init` before they are recorded).
+    pub fn with_settings(root: &Path, lock_opts: LockOptions, settings: Settings) -> Cache {
         let v1 = root.join(FORMAT_DIR);
         let lock_opts = LockOptions {
-            file_mode: modes.file,
+            file_mode: settings.file_mode,
             ..lock_opts
         };
         Cache {
             root: root.to_path_buf(),
-            store: Store::new(&v1, modes.dir),
-            index: Index::new(&v1, lock_opts, modes.file),
+            store: Store::new(&v1, settings.dir_mode),
+            index: Index::new(&v1, lock_opts, settings.file_mode),
             v1,
-            modes,
+            settings,
         }
+    }
+
+    pub fn settings(&self) -> &Settings {
+        &self.settings
+    }
+
+    /// The format directory (`<cache>/v1`).
+    pub fn v1(&self) -> &Path {
+        &self.v1
     }
 
     pub fn root(&self) -> &Path {
@@ -245,7 +268,8 @@ impl Cache {
             if !dir.is_dir() {
                 fs::create_dir_all(&dir).map_err(layout(&dir))?;
                 use std::os::unix::fs::PermissionsExt;
-                let _ = fs::set_permissions(&dir, fs::Permissions::from_mode(self.modes.dir));
+                let _ =
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(self.settings.dir_mode));
             }
         }
         self.store.create_dirs().map_err(layout(&self.v1))?;
@@ -414,6 +438,9 @@ impl Cache {
             };
             let path = self.store.blob_path(&digest);
             if !path.is_file() {
+                if let Some(q) = crate::verify::quarantined(self, &digest) {
+                    return Err(CacheError::Quarantined { name: key, path: q });
+                }
                 return Err(CacheError::BlobMissing { name: key, path });
             }
             let now = clock::now();
@@ -424,6 +451,26 @@ impl Cache {
         };
         if stale {
             self.touch(&key);
+        }
+        Ok(path)
+    }
+
+    /// [`Cache::get`], then re-hash the file before answering (`get --verify`).
+    pub fn get_verified(&self, r: &Reference) -> Result<PathBuf, CacheError> {
+        let path = self.get(r)?;
+        let (actual, _) = crate::digest::hash_file(&path).map_err(|source| CacheError::Open {
+            path: path.clone(),
+            source,
+        })?;
+        let expected = path
+            .file_name()
+            .and_then(|n| Digest::from_hex(&n.to_string_lossy()));
+        if expected != Some(actual) {
+            return Err(CacheError::Corrupt {
+                name: r.key(),
+                path,
+                actual,
+            });
         }
         Ok(path)
     }

@@ -52,6 +52,10 @@ pub enum Command {
     Pin(PinArgs),
     Unpin(PinArgs),
     Info(InfoArgs),
+    Gc(GcArgs),
+    Verify(VerifyArgs),
+    Init(InitArgs),
+    Doctor(DoctorArgs),
     Completions(CompletionsArgs),
 }
 
@@ -89,6 +93,9 @@ pub struct GetArgs {
     /// Image name: [host/][namespace/]name[:tag][@blake3:<hex>]
     #[arg(value_name = "REF")]
     pub reference: String,
+    /// Re-hash the file before answering; exit 4 if it does not match its digest
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// List cached images: name, short digest, size, when added and last used.
@@ -150,6 +157,91 @@ pub struct PinArgs {
 /// Show the cache's location, format, counts and total size.
 #[derive(Debug, Args)]
 pub struct InfoArgs {}
+
+/// Remove what is not needed, to keep the cache bounded (run it from cron).
+///
+/// Always removes content no name uses and leftovers of interrupted commands in tmp/
+/// (older than --tmp-grace). With --max-age, removes names not used for that long; with
+/// --max-size, removes least recently used names until the content fits. Never removes
+/// pinned names or names used within --min-idle. `get` waits at most milliseconds while gc
+/// runs; a job that has an image open keeps reading it.
+///
+/// Sizes: 500G, 1.5TiB (binary), 200GB (decimal). Durations: 90d, 12h, 1d12h, 30m.
+///
+/// Example (nightly): sregistry gc --max-size 2T --max-age 90d -q
+#[derive(Debug, Args)]
+pub struct GcArgs {
+    /// Evict least recently used names until the content fits in SIZE
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub max_size: Option<u64>,
+    /// Remove names not used for DURATION
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub max_age: Option<u64>,
+    /// Never remove names used within DURATION
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
+    pub min_idle: u64,
+    /// Age after which leftovers in tmp/ are removed
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "6h")]
+    pub tmp_grace: u64,
+    /// Show what would be removed; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+}
+
+/// Re-hash cached content and check the cache; quarantine what is corrupt.
+///
+/// Reports corrupt blobs (moved to quarantine/, so `get` refuses them), names whose content
+/// is missing, orphan and foreign files under blobs/, and stray tmp/ files. Exits 4 when it
+/// found a problem. --repair restores content from a name's recorded local source file when
+/// that file still has the right digest.
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// Only these images (default: everything)
+    #[arg(value_name = "REF")]
+    pub references: Vec<String>,
+    /// Restore broken content from its recorded source where possible
+    #[arg(long)]
+    pub repair: bool,
+    /// Age after which a tmp/ file counts as stray
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "6h")]
+    pub tmp_grace: u64,
+}
+
+/// Create a cache; with --shared, one that a Unix group shares.
+///
+/// A shared cache gets setgid, group-writable directories, group-writable index and lock
+/// files, and read-only content, with modes set explicitly whatever each user's umask. The
+/// settings are recorded in the cache, so every later command by any member keeps them.
+/// Run it on an existing cache to convert it.
+///
+/// Example: sregistry init --shared --group hpc-containers /shared/containers
+#[derive(Debug, Args)]
+pub struct InitArgs {
+    /// The cache directory (default: the usual cache location)
+    #[arg(value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Make it a group cache
+    #[arg(long, requires = "group")]
+    pub shared: bool,
+    /// The group that shares it (name or number)
+    #[arg(long, value_name = "GROUP", requires = "shared")]
+    pub group: Option<String>,
+}
+
+/// Check the cache: permissions, locks, filesystem, free space, index health.
+///
+/// Says which filesystem the cache is on (NFS, Lustre, GPFS are recognised) and what that
+/// means for locking across nodes. Exits 4 with the list of problems if any check fails.
+#[derive(Debug, Args)]
+pub struct DoctorArgs {}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    crate::units::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> Result<u64, String> {
+    crate::units::parse_duration(s).map_err(|e| e.to_string())
+}
 
 /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
 ///

@@ -51,10 +51,13 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
         {
             return ExitStatus::Usage;
         }
-        if let Some(c) = cause.downcast_ref::<CacheError>()
-            && c.is_not_found()
-        {
-            return ExitStatus::NotFound;
+        if let Some(c) = cause.downcast_ref::<CacheError>() {
+            if c.is_not_found() {
+                return ExitStatus::NotFound;
+            }
+            if c.is_verify_problem() {
+                return ExitStatus::Problem;
+            }
         }
     }
     ExitStatus::Failure

@@ -214,20 +214,59 @@ impl Index {
         db.close().map_err(|e| self.db_err()(e.into()))
     }
 
+    /// Open read-write (caller holds the exclusive lock). A missing index is first built
+    /// complete under a temporary name and renamed into place, so a crash during creation
+    /// never leaves a half-written `index.redb` behind.
     fn open_rw(&self) -> Result<Database, IndexError> {
-        let fresh = !self.db_path.exists();
-        let db = redb::Builder::new()
-            .set_cache_size(CACHE_BYTES)
-            .create(&self.db_path)
-            .map_err(|e| self.db_err()(e.into()))?;
-        if fresh {
-            use std::os::unix::fs::PermissionsExt;
-            let _ = std::fs::set_permissions(
-                &self.db_path,
-                std::fs::Permissions::from_mode(self.file_mode),
-            );
+        if !self.db_path.exists() {
+            self.create_fresh()?;
         }
-        Ok(db)
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .open(&self.db_path)
+            .map_err(|e| self.db_err()(e.into()))
+    }
+
+    fn create_fresh(&self) -> Result<(), IndexError> {
+        let dir = self.db_path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".index.redb.new-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let io = |source: std::io::Error| self.db_err()(redb::StorageError::Io(source).into());
+        let db = redb::Builder::new()
+            .create(&tmp)
+            .map_err(|e| self.db_err()(e.into()))?;
+        let txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
+        let mut meta = txn.open_table(META).map_err(|e| self.db_err()(e.into()))?;
+        for m in MIGRATIONS {
+            m(&txn).map_err(self.db_err())?;
+        }
+        meta.insert("schema_version", SCHEMA_VERSION)
+            .map_err(|e| self.db_err()(e.into()))?;
+        drop(meta);
+        txn.commit().map_err(|e| self.db_err()(e.into()))?;
+        db.close().map_err(|e| self.db_err()(e.into()))?;
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(self.file_mode))
+            .map_err(io)?;
+        std::fs::File::open(&tmp)
+            .and_then(|f| f.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&tmp, &self.db_path).map_err(io)?;
+        crate::store::sync_dir(dir).map_err(io)?;
+        Ok(())
+    }
+
+    /// Check every page's checksum and rebuild the allocator state, under the exclusive
+    /// lock (`doctor`). `Ok(false)` means redb found damage and repaired what it could.
+    pub fn check_integrity(&self) -> Result<bool, IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        if !self.db_path.exists() {
+            return Ok(true);
+        }
+        let mut db = self.open_rw()?;
+        let ok = db.check_integrity().map_err(|e| self.db_err()(e.into()))?;
+        db.close().map_err(|e| self.db_err()(e.into()))?;
+        Ok(ok)
     }
 
     /// Open for writing under the exclusive lock; changes land with [`IndexWriter::commit`].
@@ -347,6 +386,70 @@ fn get_u64_in(
     Ok(t.get(key).map_err(dberr(path))?.map(|v| v.value()))
 }
 
+/// Every name with its blob record, last use and pin, from open tables.
+fn all_in(
+    refs: &impl ReadableTable<&'static str, &'static [u8]>,
+    blobs: Option<&impl ReadableTable<&'static str, &'static [u8]>>,
+    last_use: Option<&impl ReadableTable<&'static str, u64>>,
+    pins: Option<&impl ReadableTable<&'static str, u64>>,
+    p: &Path,
+) -> Result<Vec<Named>, IndexError> {
+    let mut last: HashMap<String, u64> = HashMap::new();
+    if let Some(t) = last_use {
+        for row in t.iter().map_err(dberr(p))? {
+            let (k, v) = row.map_err(dberr(p))?;
+            last.insert(k.value().to_string(), v.value());
+        }
+    }
+    let mut pinned: HashSet<String> = HashSet::new();
+    if let Some(t) = pins {
+        for row in t.iter().map_err(dberr(p))? {
+            pinned.insert(row.map_err(dberr(p))?.0.value().to_string());
+        }
+    }
+    let mut blob_cache: HashMap<Digest, Option<BlobRecord>> = HashMap::new();
+    let mut out = Vec::with_capacity(refs.len().map_err(dberr(p))? as usize);
+    for row in refs.iter().map_err(dberr(p))? {
+        let (k, v) = row.map_err(dberr(p))?;
+        let name = k.value().to_string();
+        let record = decode_ref(v.value()).map_err(|e| corrupt(p, &name, e))?;
+        let blob = match blob_cache.get(&record.digest) {
+            Some(b) => b.clone(),
+            None => {
+                let b = match blobs {
+                    Some(t) => get_blob_in(t, &record.digest.hex(), p)?,
+                    None => None,
+                };
+                blob_cache.insert(record.digest, b.clone());
+                b
+            }
+        };
+        out.push(Named {
+            last_use: last.get(&name).copied(),
+            pinned: pinned.contains(&name),
+            name,
+            record,
+            blob,
+        });
+    }
+    Ok(out)
+}
+
+/// Every blob record of an open table.
+fn blobs_in(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    p: &Path,
+) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
+    let mut out = Vec::new();
+    for row in t.iter().map_err(dberr(p))? {
+        let (k, v) = row.map_err(dberr(p))?;
+        let hex = k.value();
+        let d = Digest::from_hex(hex).ok_or_else(|| corrupt(p, hex, "not a digest"))?;
+        out.push((d, decode_blob(v.value()).map_err(|e| corrupt(p, hex, e))?));
+    }
+    Ok(out)
+}
+
 impl IndexReader {
     fn check_schema(&self) -> Result<(), IndexError> {
         let Some(txn) = &self.txn else { return Ok(()) };
@@ -411,50 +514,30 @@ impl IndexReader {
         let Some(txn) = &self.txn else {
             return Ok(Vec::new());
         };
-        let p = &self.path;
         let Some(refs) = open_or_empty!(txn, REFS, self.path) else {
             return Ok(Vec::new());
         };
         let blobs = open_or_empty!(txn, BLOBS, self.path);
-        let mut last: HashMap<String, u64> = HashMap::new();
-        if let Some(t) = open_or_empty!(txn, LAST_USE, self.path) {
-            for row in t.iter().map_err(dberr(p))? {
-                let (k, v) = row.map_err(dberr(p))?;
-                last.insert(k.value().to_string(), v.value());
-            }
+        let last = open_or_empty!(txn, LAST_USE, self.path);
+        let pins = open_or_empty!(txn, PINS, self.path);
+        all_in(
+            &refs,
+            blobs.as_ref(),
+            last.as_ref(),
+            pins.as_ref(),
+            &self.path,
+        )
+    }
+
+    /// Every blob record.
+    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(Vec::new());
+        };
+        match open_or_empty!(txn, BLOBS, self.path) {
+            Some(t) => blobs_in(&t, &self.path),
+            None => Ok(Vec::new()),
         }
-        let mut pins: HashSet<String> = HashSet::new();
-        if let Some(t) = open_or_empty!(txn, PINS, self.path) {
-            for row in t.iter().map_err(dberr(p))? {
-                pins.insert(row.map_err(dberr(p))?.0.value().to_string());
-            }
-        }
-        let mut blob_cache: HashMap<Digest, Option<BlobRecord>> = HashMap::new();
-        let mut out = Vec::with_capacity(refs.len().map_err(dberr(p))? as usize);
-        for row in refs.iter().map_err(dberr(p))? {
-            let (k, v) = row.map_err(dberr(p))?;
-            let name = k.value().to_string();
-            let record = decode_ref(v.value()).map_err(|e| corrupt(p, &name, e))?;
-            let blob = match blob_cache.get(&record.digest) {
-                Some(b) => b.clone(),
-                None => {
-                    let b = match &blobs {
-                        Some(t) => get_blob_in(t, &record.digest.hex(), p)?,
-                        None => None,
-                    };
-                    blob_cache.insert(record.digest, b.clone());
-                    b
-                }
-            };
-            out.push(Named {
-                last_use: last.get(&name).copied(),
-                pinned: pins.contains(&name),
-                name,
-                record,
-                blob,
-            });
-        }
-        Ok(out)
     }
 
     /// Counts for `info`: (names, blobs, total blob bytes, pins, schema version).
@@ -672,6 +755,26 @@ impl IndexWriter {
             t.remove(key).map_err(dberr(&self.path))?.is_some()
         };
         Ok(changed)
+    }
+
+    /// Every name, sorted, with its blob record, last use and pin.
+    pub fn all(&self) -> Result<Vec<Named>, IndexError> {
+        let txn = self.txn();
+        let e = |e: redb::TableError| self.err()(e.into());
+        let refs = txn.open_table(REFS).map_err(e)?;
+        let blobs = txn.open_table(BLOBS).map_err(e)?;
+        let last = txn.open_table(LAST_USE).map_err(e)?;
+        let pins = txn.open_table(PINS).map_err(e)?;
+        all_in(&refs, Some(&blobs), Some(&last), Some(&pins), &self.path)
+    }
+
+    /// Every blob record.
+    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
+        let t = self
+            .txn()
+            .open_table(BLOBS)
+            .map_err(|e| self.err()(e.into()))?;
+        blobs_in(&t, &self.path)
     }
 
     /// Make the changes durable, close the database, release the lock.

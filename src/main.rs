@@ -7,6 +7,11 @@ use sregistry::cli::Cli;
 use sregistry::exit::{self, ExitStatus};
 
 fn main() -> ExitCode {
+    // Past RLIMIT_FSIZE a write must fail with EFBIG (reported, cleaned up), not kill us.
+    // SAFETY: setting a signal to SIG_IGN at start-up, before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {

@@ -301,6 +301,102 @@ impl Store {
     }
 }
 
+/// A file found under `blobs/` by [`Store::scan`].
+#[derive(Clone, Debug)]
+pub struct Found {
+    pub path: PathBuf,
+    /// `None` when the file name is not a digest, or it sits in the wrong fan-out directory.
+    pub digest: Option<Digest>,
+    pub size: u64,
+}
+
+/// A file found in `tmp/` by [`Store::scan_tmp`].
+#[derive(Clone, Debug)]
+pub struct TmpFile {
+    pub path: PathBuf,
+    /// Seconds since the Unix epoch of the last modification.
+    pub mtime: u64,
+    pub size: u64,
+    /// A blob moved aside for deletion (always safe to unlink).
+    pub deleting: bool,
+}
+
+impl Store {
+    /// Every file under `blobs/` (no lock needed: the listing is a snapshot, and callers
+    /// re-check against the index under the lock).
+    pub fn scan(&self) -> io::Result<Vec<Found>> {
+        let mut out = Vec::new();
+        let top = match fs::read_dir(&self.blobs) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for fan in top {
+            let fan = fan?;
+            let fan_name = fan.file_name().to_string_lossy().into_owned();
+            if !fan.file_type()?.is_dir() {
+                out.push(Found {
+                    size: fan.metadata().map(|m| m.len()).unwrap_or(0),
+                    path: fan.path(),
+                    digest: None,
+                });
+                continue;
+            }
+            for f in fs::read_dir(fan.path())? {
+                let f = f?;
+                let name = f.file_name().to_string_lossy().into_owned();
+                let digest = Digest::from_hex(&name).filter(|_| name.starts_with(&fan_name));
+                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                out.push(Found {
+                    path: f.path(),
+                    digest,
+                    size,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every entry of `tmp/`.
+    pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
+        let mut out = Vec::new();
+        let rd = match fs::read_dir(&self.tmp) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
+        };
+        for e in rd {
+            let e = e?;
+            let Ok(meta) = e.metadata() else { continue };
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            out.push(TmpFile {
+                deleting: e.file_name().to_string_lossy().starts_with(DELETE_PREFIX),
+                path: e.path(),
+                mtime,
+                size: meta.len(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Move a file out of `blobs/` into `quarantine/` (call under the exclusive index
+    /// lock). Returns where it went.
+    pub fn quarantine(&self, from: &Path, quarantine_dir: &Path) -> io::Result<PathBuf> {
+        let name = from
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "unknown".into());
+        let to = quarantine_dir.join(format!("{name}.{}", unique_name("")));
+        fs::rename(from, &to)?;
+        Ok(to)
+    }
+}
+
 /// Unlink files moved aside by [`Store::unlink_later`].
 pub fn unlink_now(paths: &[PathBuf]) {
     for p in paths {

@@ -7,7 +7,11 @@ use crate::cli::GetArgs;
 
 pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let path = ctx.cache.get(&r)?;
+    let path = if args.verify {
+        ctx.cache.get_verified(&r)?
+    } else {
+        ctx.cache.get(&r)?
+    };
     if ctx.json {
         output::json(&serde_json::json!({ "name": r.key(), "path": path }))?;
     } else {

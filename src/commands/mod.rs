@@ -4,14 +4,18 @@
 
 pub mod add;
 pub mod completions;
+pub mod doctor;
+pub mod gc;
 pub mod get;
 pub mod info;
+pub mod init;
 pub mod inspect;
 pub mod list;
 pub mod output;
 pub mod pin;
 pub mod rm;
 pub mod tag;
+pub mod verify;
 
 use anyhow::Result;
 
@@ -49,9 +53,12 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let mut lock = LockOptions::from_env()?;
     lock.announce = !cli.quiet;
+    if let Command::Init(args) = &cli.command {
+        return init::run(args, cli.cache.as_deref(), &lock, cli.json, cli.quiet);
+    }
     let root = Cache::resolve_root(cli.cache.as_deref())?;
     let ctx = Ctx {
-        cache: Cache::open(&root, lock.clone()),
+        cache: Cache::open(&root, lock.clone())?,
         json: cli.json,
         quiet: cli.quiet,
         lock,
@@ -66,6 +73,9 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pin(a) => pin::run(&ctx, a, true),
         Command::Unpin(a) => pin::run(&ctx, a, false),
         Command::Info(a) => info::run(&ctx, a),
-        Command::Completions(_) => unreachable!("handled above"),
+        Command::Gc(a) => gc::run(&ctx, a),
+        Command::Verify(a) => verify::run(&ctx, a),
+        Command::Doctor(a) => doctor::run(&ctx, a),
+        Command::Completions(_) | Command::Init(_) => unreachable!("handled above"),
     }
 }

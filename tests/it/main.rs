@@ -6,4 +6,7 @@ mod common;
 mod bad_input;
 mod contention;
 mod crash;
+mod gc;
 mod local;
+mod shared;
+mod verify;

@@ -1,0 +1,306 @@
+//! `doctor`: check that a cache is usable by this user on this node, and say why not.
+//!
+//! Each check gives `ok`, `warn` or `fail` with a one-line detail that names the path and
+//! what to do. Checks: the cache exists; its settings; permissions (the shared-cache modes
+//! of [`crate::shared`], and that this user can write); that `fcntl` locks exclude each
+//! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
+//! what it means for locks across nodes; free space; the index's integrity; leftovers in
+//! `tmp/` and `quarantine/`.
+
+use std::ffi::CString;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::cache::Cache;
+use crate::lock;
+use crate::shared;
+
+/// The outcome of one check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    #[serde(rename = "ok")]
+    Pass,
+    Warn,
+    Fail,
+}
+
+/// One check's result.
+#[derive(Clone, Debug, Serialize)]
+pub struct Check {
+    pub check: &'static str,
+    pub status: Status,
+    pub detail: String,
+}
+
+fn check(name: &'static str, status: Status, detail: impl Into<String>) -> Check {
+    Check {
+        check: name,
+        status,
+        detail: detail.into(),
+    }
+}
+
+fn can_access(p: &Path, mode: i32) -> bool {
+    CString::new(p.as_os_str().as_bytes())
+        // SAFETY: a valid NUL-terminated path.
+        .map(|c| unsafe { libc::access(c.as_ptr(), mode) } == 0)
+        .unwrap_or(false)
+}
+
+/// Run every check on `cache`.
+pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
+    use Status::*;
+    let mut out = Vec::new();
+    let root = cache.root();
+    let v1 = cache.v1();
+    if !v1.is_dir() {
+        out.push(check(
+            "cache",
+            Fail,
+            format!(
+                "no cache at `{}`; `sregistry init` creates one (so does the first `add`)",
+                root.display()
+            ),
+        ));
+        return out;
+    }
+    out.push(check("cache", Pass, format!("`{}`", root.display())));
+    let settings = cache.settings();
+    out.push(match (&settings.group, settings.gid) {
+        (Some(g), Some(gid)) if settings.shared => check(
+            "settings",
+            Pass,
+            format!("shared with group `{g}` (gid {gid})"),
+        ),
+        _ => check("settings", Pass, "private cache (no `init --shared`)"),
+    });
+
+    // Permissions.
+    let mut bad = Vec::new();
+    let gid = settings.gid.filter(|_| settings.shared);
+    for p in shared::walk(root) {
+        let Ok(meta) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
+        let in_blobs = p.starts_with(cache.store().blobs_dir());
+        let in_tmp = p.starts_with(cache.store().tmp_dir()) || p.starts_with(v1.join("quarantine"));
+        let problem = if meta.is_dir() {
+            match gid {
+                Some(g) if mode & 0o2070 != 0o2070 || meta.gid() != g => Some(format!(
+                    "{rel}: {mode:o}, gid {}; want 2775 and gid {g}",
+                    meta.gid()
+                )),
+                _ if mode & 0o700 != 0o700 => {
+                    Some(format!("{rel}: {mode:o}; the owner cannot use it"))
+                }
+                _ => None,
+            }
+        } else if in_blobs {
+            match gid {
+                Some(g) if mode != 0o444 || meta.gid() != g => Some(format!(
+                    "{rel}: {mode:o}, gid {}; want 444 and gid {g}",
+                    meta.gid()
+                )),
+                _ if mode != 0o444 => Some(format!("{rel}: {mode:o}; blobs must be 444")),
+                _ => None,
+            }
+        } else if in_tmp {
+            None
+        } else {
+            match gid {
+                Some(g) if mode & 0o060 != 0o060 || meta.gid() != g => Some(format!(
+                    "{rel}: {mode:o}, gid {}; want 664 and gid {g}",
+                    meta.gid()
+                )),
+                _ => None,
+            }
+        };
+        bad.extend(problem);
+    }
+    out.push(if bad.is_empty() {
+        check("permissions", Pass, "modes and group as the settings say")
+    } else {
+        let n = bad.len();
+        bad.truncate(3);
+        check(
+            "permissions",
+            Fail,
+            format!(
+                "{n} path(s) off: {}; `sregistry init{}` fixes them",
+                bad.join("; "),
+                if gid.is_some() {
+                    " --shared --group G DIR"
+                } else {
+                    ""
+                }
+            ),
+        )
+    });
+    let writable = [
+        v1.to_path_buf(),
+        cache.store().tmp_dir().to_path_buf(),
+        cache.index().lock_path().to_path_buf(),
+    ]
+    .into_iter()
+    .filter(|p| p.exists() && !can_access(p, libc::W_OK))
+    .map(|p| format!("`{}`", p.display()))
+    .collect::<Vec<_>>();
+    out.push(if writable.is_empty() {
+        check("access", Pass, "this user can read and write the cache")
+    } else {
+        check(
+            "access",
+            Fail,
+            format!(
+                "this user cannot write {}; ask the cache's admin to add you to its group",
+                writable.join(", ")
+            ),
+        )
+    });
+
+    // Locks.
+    let probe_dir = v1.join("locks");
+    out.push(match lock_kind {
+        lock::Kind::Flock => check("locks", Warn, "SREGISTRY_LOCK=flock: whole-file flock locks (node-local on GPFS, need `-o flock` on Lustre)"),
+        lock::Kind::Ofd => match lock::probe_ofd(if probe_dir.is_dir() { &probe_dir } else { v1 }) {
+            Ok(true) => check("locks", Pass, "fcntl (OFD) locks exclude each other here"),
+            Ok(false) => check("locks", Fail, "fcntl locks do not exclude each other here; set SREGISTRY_LOCK=flock or move the cache"),
+            Err(e) => check("locks", Fail, format!("fcntl locks fail here ({e}); set SREGISTRY_LOCK=flock or move the cache")),
+        },
+    });
+
+    // Filesystem.
+    match shared::filesystem(root) {
+        Ok(fs) => {
+            let opts = shared::mount_options(root).unwrap_or_default();
+            let has = |o: &str| {
+                opts.split(',')
+                    .any(|x| x == o || x.starts_with(&format!("{o}=")))
+            };
+            let status = match fs.name {
+                "nfs" if has("nolock") || has("local_lock") => Fail,
+                "lustre" if has("localflock") => Warn,
+                "lustre" if !has("flock") => Fail,
+                _ => Pass,
+            };
+            let mut detail = format!(
+                "{} ({}) {}",
+                fs.name,
+                if fs.cluster { "cluster" } else { "local" },
+                fs.advice
+            );
+            if !opts.is_empty() && fs.cluster {
+                detail.push_str(&format!(" Mount options: {opts}."));
+            }
+            out.push(check("filesystem", status, detail));
+        }
+        Err(e) => out.push(check(
+            "filesystem",
+            Warn,
+            format!("cannot statfs `{}`: {e}", root.display()),
+        )),
+    }
+
+    // Space.
+    match shared::space(root) {
+        Ok((free, total)) => {
+            let human = |b| crate::commands::output::size(b);
+            let status = if free < 1 << 30 {
+                Fail
+            } else if total > 0 && free * 10 < total {
+                Warn
+            } else {
+                Pass
+            };
+            out.push(check(
+                "space",
+                status,
+                format!(
+                    "{} free of {}{}",
+                    human(free),
+                    human(total),
+                    if status == Pass {
+                        ""
+                    } else {
+                        "; run `sregistry gc --max-size ...`"
+                    }
+                ),
+            ));
+        }
+        Err(e) => out.push(check("space", Warn, format!("cannot statvfs: {e}"))),
+    }
+
+    // Index.
+    let index = cache.index().db_path().display().to_string();
+    let health = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let stats = cache.index().read()?.stats()?;
+        let intact = cache.index().check_integrity()?;
+        Ok::<_, crate::index::IndexError>((stats, intact))
+    }));
+    out.push(match health {
+        Ok(Ok((s, true))) => check(
+            "index",
+            Pass,
+            format!(
+                "`{index}`: {} names, {} blobs, schema {}",
+                s.names, s.blobs, s.schema_version
+            ),
+        ),
+        Ok(Ok((_, false))) => check(
+            "index",
+            Warn,
+            format!("`{index}` had damage that redb repaired; run `sregistry verify`"),
+        ),
+        Ok(Err(e)) => check(
+            "index",
+            Fail,
+            format!("{e}; if it cannot be read, move it aside and re-add the images"),
+        ),
+        Err(_) => check(
+            "index",
+            Fail,
+            format!("`{index}` is damaged beyond reading; move it aside and re-add the images"),
+        ),
+    });
+
+    // Leftovers.
+    let tmp = cache.store().scan_tmp().unwrap_or_default();
+    let old = tmp
+        .iter()
+        .filter(|t| {
+            t.deleting
+                || crate::clock::now().saturating_sub(t.mtime) >= crate::gc::DEFAULT_TMP_GRACE
+        })
+        .count();
+    out.push(if old == 0 {
+        check("tmp", Pass, format!("{} file(s) in flight", tmp.len()))
+    } else {
+        check(
+            "tmp",
+            Warn,
+            format!("{old} leftover file(s) of interrupted commands; `sregistry gc` removes them"),
+        )
+    });
+    let q = std::fs::read_dir(v1.join("quarantine"))
+        .map(|r| r.count())
+        .unwrap_or(0);
+    out.push(if q == 0 {
+        check("quarantine", Pass, "empty")
+    } else {
+        check(
+            "quarantine",
+            Warn,
+            format!(
+                "{q} corrupt blob(s) kept in `{}` for inspection; delete them when done",
+                v1.join("quarantine").display()
+            ),
+        )
+    });
+    out
+}

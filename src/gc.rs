@@ -1,0 +1,350 @@
+//! Garbage collection: keep the cache bounded, from cron, while jobs keep using it.
+//!
+//! # Protocol
+//!
+//! 1. Without any lock: list `blobs/` and `tmp/` (a snapshot; everything is re-checked).
+//! 2. Under the **exclusive index lock** (milliseconds to a second or two for 100,000
+//!    names): read every name, its last use and pin, and every blob record; choose the
+//!    victims; remove the victim names and blob records in one transaction; rename the
+//!    victim blob files into `tmp/` (`delete-*`); commit; release the lock.
+//! 3. Without any lock: unlink the renamed files and stale `tmp/` entries.
+//!
+//! A `get` therefore waits at most for step 2, never for the unlinks; a job that already
+//! has an image open keeps reading it after its name is gone.
+//!
+//! # Policy
+//!
+//! * Always: blobs no name uses (including files under `blobs/` the index does not know,
+//!   which only a crash between blob and name can leave) and `tmp/` entries older than
+//!   the grace period (`--tmp-grace`, default 6 h: an `add` in flight keeps touching its
+//!   file), and `delete-*` leftovers of an interrupted gc or rm, at once.
+//! * `--max-age D`: names not used for `D` go.
+//! * `--max-size S`: least recently used names go until the blobs that remain fit in `S`.
+//! * Never: pinned names, or names used (or added) within `--min-idle` (default 1 h), so
+//!   an image a running job just asked for is not pulled from under it.
+//!
+//! "Used" is the later of the recorded last use and the time the name was added.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use crate::cache::{Cache, CacheError};
+use crate::clock;
+use crate::digest::Digest;
+use crate::index::{BlobRecord, Named};
+use crate::store;
+
+/// Default `--min-idle`: one hour.
+pub const DEFAULT_MIN_IDLE: u64 = 3600;
+/// Default grace period of `tmp/` files: six hours.
+pub const DEFAULT_TMP_GRACE: u64 = 6 * 3600;
+
+/// What gc may remove.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    pub max_size: Option<u64>,
+    pub max_age: Option<u64>,
+    pub min_idle: u64,
+    pub tmp_grace: u64,
+    pub dry_run: bool,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        GcOptions {
+            max_size: None,
+            max_age: None,
+            min_idle: DEFAULT_MIN_IDLE,
+            tmp_grace: DEFAULT_TMP_GRACE,
+            dry_run: false,
+        }
+    }
+}
+
+/// What gc removed (or, with `dry_run`, would remove).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GcReport {
+    pub dry_run: bool,
+    /// Names removed, with why (`max-age` or `max-size`).
+    pub names: Vec<RemovedName>,
+    /// Blobs removed.
+    pub blobs: Vec<RemovedBlob>,
+    /// Stale entries removed from `tmp/`.
+    pub tmp_files: usize,
+    /// Bytes freed (blobs and tmp files).
+    pub bytes_freed: u64,
+    /// Bytes of blobs that remain.
+    pub bytes_kept: u64,
+    /// `--max-size` could not be met: what is left is pinned or recently used.
+    pub over_budget: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RemovedName {
+    pub name: String,
+    pub reason: &'static str,
+    pub last_used: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct RemovedBlob {
+    pub digest: Digest,
+    pub size: u64,
+}
+
+/// When a name was last used: the later of its recorded use and its addition.
+fn used_at(n: &Named) -> u64 {
+    n.last_use.unwrap_or(0).max(n.record.added)
+}
+
+/// The victims: decided from a consistent view of the index.
+struct Plan {
+    names: Vec<RemovedName>,
+    blobs: Vec<(Digest, u64)>,
+    orphans: Vec<store::Found>,
+    bytes_kept: u64,
+    over_budget: bool,
+}
+
+fn plan(
+    names: &[Named],
+    blob_records: &[(Digest, BlobRecord)],
+    on_disk: &[store::Found],
+    opts: &GcOptions,
+    now: u64,
+) -> Plan {
+    let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
+    let protected = |n: &Named| n.pinned || now.saturating_sub(used_at(n)) < opts.min_idle;
+    let mut removed: HashSet<&str> = HashSet::new();
+    let mut out_names = Vec::new();
+    if let Some(age) = opts.max_age {
+        for n in names {
+            if !protected(n) && now.saturating_sub(used_at(n)) >= age {
+                removed.insert(&n.name);
+                out_names.push(RemovedName {
+                    name: n.name.clone(),
+                    reason: "max-age",
+                    last_used: used_at(n),
+                });
+            }
+        }
+    }
+    // How many remaining names use each blob.
+    let mut users: HashMap<Digest, usize> = HashMap::new();
+    for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
+        *users.entry(n.record.digest).or_default() += 1;
+    }
+    let mut kept: u64 = users
+        .keys()
+        .map(|d| size_of.get(d).copied().unwrap_or(0))
+        .sum();
+    let mut over_budget = false;
+    if let Some(max) = opts.max_size {
+        let mut lru: Vec<&Named> = names
+            .iter()
+            .filter(|n| !removed.contains(n.name.as_str()) && !protected(n))
+            .collect();
+        lru.sort_by(|a, b| {
+            used_at(a)
+                .cmp(&used_at(b))
+                .then_with(|| a.name.cmp(&b.name))
+        });
+        let mut i = 0;
+        while kept > max && i < lru.len() {
+            let n = lru[i];
+            i += 1;
+            removed.insert(&n.name);
+            out_names.push(RemovedName {
+                name: n.name.clone(),
+                reason: "max-size",
+                last_used: used_at(n),
+            });
+            if let Some(c) = users.get_mut(&n.record.digest) {
+                *c -= 1;
+                if *c == 0 {
+                    users.remove(&n.record.digest);
+                    kept -= size_of.get(&n.record.digest).copied().unwrap_or(0);
+                }
+            }
+        }
+        over_budget = kept > max;
+    }
+    let blobs: Vec<(Digest, u64)> = blob_records
+        .iter()
+        .filter(|(d, _)| !users.contains_key(d))
+        .map(|(d, b)| (*d, b.size))
+        .collect();
+    let known: HashSet<Digest> = blob_records.iter().map(|(d, _)| *d).collect();
+    let orphans = on_disk
+        .iter()
+        .filter(|f| f.digest.is_some_and(|d| !known.contains(&d)))
+        .cloned()
+        .collect();
+    Plan {
+        names: out_names,
+        blobs,
+        orphans,
+        bytes_kept: kept,
+        over_budget,
+    }
+}
+
+/// Run gc on `cache`.
+pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
+    let mut report = GcReport {
+        dry_run: opts.dry_run,
+        ..GcReport::default()
+    };
+    if !cache.v1().is_dir() {
+        return Ok(report);
+    }
+    let io_err = |path: PathBuf| move |source| CacheError::Remove { path, source };
+    let store = cache.store();
+    let on_disk = store
+        .scan()
+        .map_err(io_err(store.blobs_dir().to_path_buf()))?;
+    let tmp = store
+        .scan_tmp()
+        .map_err(io_err(store.tmp_dir().to_path_buf()))?;
+    let now = clock::now();
+    let stale_tmp: Vec<&store::TmpFile> = tmp
+        .iter()
+        .filter(|t| t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace)
+        .collect();
+    let mut aside: Vec<PathBuf> = Vec::new();
+    if opts.dry_run {
+        let rd = cache.index().read()?;
+        let p = plan(&rd.all()?, &rd.blobs()?, &on_disk, opts, now);
+        fill(&mut report, &p);
+    } else {
+        let mut w = cache.index().write()?;
+        let p = plan(&w.all()?, &w.blobs()?, &on_disk, opts, now);
+        for n in &p.names {
+            w.remove_ref(&n.name)?;
+        }
+        for (d, _) in &p.blobs {
+            w.remove_blob(d)?;
+        }
+        for (d, _) in &p.blobs {
+            if let Some(moved) = store.unlink_later(d).map_err(io_err(store.blob_path(d)))? {
+                aside.push(moved);
+            }
+        }
+        for o in &p.orphans {
+            // Re-check under the lock: a concurrent add may have recorded it since the scan.
+            if let Some(d) = o.digest
+                && w.get_blob(&d)?.is_none()
+                && let Some(moved) = store.unlink_later(&d).map_err(io_err(o.path.clone()))?
+            {
+                aside.push(moved);
+            }
+        }
+        w.commit()?;
+        fill(&mut report, &p);
+    }
+    for t in &stale_tmp {
+        report.tmp_files += 1;
+        report.bytes_freed += t.size;
+    }
+    if !opts.dry_run {
+        store::unlink_now(&aside);
+        let stale: Vec<PathBuf> = stale_tmp.iter().map(|t| t.path.clone()).collect();
+        store::unlink_now(&stale);
+    }
+    Ok(report)
+}
+
+fn fill(report: &mut GcReport, p: &Plan) {
+    report.names = p.names.clone();
+    report.blobs = p
+        .blobs
+        .iter()
+        .map(|(d, s)| RemovedBlob {
+            digest: *d,
+            size: *s,
+        })
+        .chain(p.orphans.iter().filter_map(|o| {
+            o.digest.map(|d| RemovedBlob {
+                digest: d,
+                size: o.size,
+            })
+        }))
+        .collect();
+    report.bytes_freed += report.blobs.iter().map(|b| b.size).sum::<u64>();
+    report.bytes_kept = p.bytes_kept;
+    report.over_budget = p.over_budget;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::RefRecord;
+
+    fn named(name: &str, content: &[u8], added: u64, last: Option<u64>, pinned: bool) -> Named {
+        Named {
+            name: name.into(),
+            record: RefRecord {
+                digest: Digest::of(content),
+                added,
+                source: None,
+                labels: Default::default(),
+            },
+            blob: None,
+            last_use: last,
+            pinned,
+        }
+    }
+
+    fn blob(content: &[u8], size: u64) -> (Digest, BlobRecord) {
+        (
+            Digest::of(content),
+            BlobRecord {
+                size,
+                added: 0,
+                media_type: None,
+                remote_digest: None,
+            },
+        )
+    }
+
+    #[test]
+    fn max_size_evicts_least_recently_used_first_and_frees_shared_blobs_only_when_unused() {
+        let now = 1_000_000;
+        let names = vec![
+            named("old", b"a", 0, Some(10), false),
+            named("older-twin", b"b", 0, Some(5), false),
+            named("twin", b"b", 0, Some(900_000), false),
+            named("new", b"c", 0, Some(990_000), false),
+        ];
+        let blobs = vec![blob(b"a", 100), blob(b"b", 100), blob(b"c", 100)];
+        let opts = GcOptions {
+            max_size: Some(150),
+            ..GcOptions::default()
+        };
+        let p = plan(&names, &blobs, &[], &opts, now);
+        let gone: Vec<&str> = p.names.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(gone, ["older-twin", "old", "twin"]);
+        assert_eq!(p.bytes_kept, 100);
+        assert!(!p.over_budget);
+    }
+
+    #[test]
+    fn pinned_and_recently_used_names_are_never_chosen() {
+        let now = 1_000_000;
+        let names = vec![
+            named("pinned", b"a", 0, Some(0), true),
+            named("recent", b"b", 0, Some(now - 60), false),
+        ];
+        let blobs = vec![blob(b"a", 100), blob(b"b", 100)];
+        let opts = GcOptions {
+            max_size: Some(0),
+            max_age: Some(1),
+            ..GcOptions::default()
+        };
+        let p = plan(&names, &blobs, &[], &opts, now);
+        assert!(p.names.is_empty());
+        assert!(p.over_budget);
+    }
+}

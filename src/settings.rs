@@ -1,0 +1,95 @@
+//! Settings recorded in the cache itself (`v1/settings.json`), so that every later
+//! command, by any user, keeps them: the modes new files and directories get, and the
+//! group of a shared cache.
+//!
+//! Written once by `sregistry init`; read (one small file) by every command that opens
+//! the cache. A cache without the file uses private defaults (0755 directories, 0644
+//! index and lock files). Blobs are always 0444.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// File name under `v1/`.
+pub const FILE: &str = "settings.json";
+
+/// The recorded settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// A group cache made with `init --shared`.
+    #[serde(default)]
+    pub shared: bool,
+    /// Group name and id of a shared cache.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// Mode of directories the cache creates (e.g. `0o2775`: setgid, group-writable).
+    pub dir_mode: u32,
+    /// Mode of the index and lock files.
+    pub file_mode: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            shared: false,
+            group: None,
+            gid: None,
+            dir_mode: 0o755,
+            file_mode: 0o644,
+        }
+    }
+}
+
+/// Settings that cannot be read.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "cannot read the cache settings `{path}`: {detail} (fix or remove the file; `sregistry doctor` checks it)"
+)]
+pub struct SettingsError {
+    pub path: PathBuf,
+    pub detail: String,
+}
+
+impl Settings {
+    /// Settings of a shared cache for group `gid`.
+    pub fn shared(group: &str, gid: u32) -> Settings {
+        Settings {
+            shared: true,
+            group: Some(group.to_string()),
+            gid: Some(gid),
+            dir_mode: 0o2775,
+            file_mode: 0o664,
+        }
+    }
+
+    /// Read `v1/settings.json`, or the defaults when there is none.
+    pub fn load(v1: &Path) -> Result<Settings, SettingsError> {
+        let path = v1.join(FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SettingsError {
+                path,
+                detail: e.to_string(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Settings::default()),
+            Err(e) => Err(SettingsError {
+                path,
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// Write `v1/settings.json` (mode: the file mode, made read-only for others).
+    pub fn save(&self, v1: &Path) -> io::Result<()> {
+        let path = v1.join(FILE);
+        let tmp = v1.join(format!(".{FILE}.tmp"));
+        let body = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        fs::write(&tmp, body)?;
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(self.file_mode & 0o644))?;
+        fs::rename(&tmp, &path)
+    }
+}

@@ -1,0 +1,369 @@
+//! verify: re-hash every blob and check the cache's structure; quarantine what is corrupt.
+//!
+//! # Protocol
+//!
+//! 1. Under the shared index lock: read every name and blob record. Without a lock: list
+//!    `blobs/` and `tmp/`.
+//! 2. Without any lock: re-hash the blobs in parallel, memory-mapped (large files with
+//!    BLAKE3's multi-threaded hasher one after another, small ones on one thread each),
+//!    and compare with their names and recorded sizes.
+//! 3. Under the exclusive index lock, briefly: move each corrupt blob into `quarantine/`,
+//!    so `get` can never hand it out again (`get` then says it was quarantined and what
+//!    to run). With `--repair`, put back content whose recorded local source still has the
+//!    right digest.
+//!
+//! Problems (exit code 4): corrupt blobs, names whose blob is missing, orphan files under
+//! `blobs/` that the index does not know, foreign files there, and `tmp/` entries older
+//! than the grace period. Blobs the index knows but no name uses are reported for
+//! information only: `gc` removes them.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use serde::Serialize;
+
+use crate::cache::{Cache, CacheError};
+use crate::clock;
+use crate::digest::Digest;
+use crate::reference::Reference;
+use crate::store::Found;
+
+/// Files at least this large are hashed one at a time with all threads.
+const BIG: u64 = 32 << 20;
+
+/// What to verify.
+#[derive(Clone, Debug, Default)]
+pub struct VerifyOptions {
+    /// Only the blobs of these names (all when empty).
+    pub names: Vec<Reference>,
+    pub repair: bool,
+    /// Age after which a `tmp/` entry is stray (seconds).
+    pub tmp_grace: u64,
+}
+
+/// One finding about a blob or a name.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<Digest>,
+    /// Names affected.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<String>,
+    pub detail: String,
+}
+
+/// The outcome of a verify run.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct VerifyReport {
+    pub blobs_checked: usize,
+    pub bytes_checked: u64,
+    pub problems: Vec<Finding>,
+    /// Blobs the index knows but no name uses (gc removes them; not a problem).
+    pub unreferenced: usize,
+    pub repaired: Vec<String>,
+    /// Repairs that were asked for but could not be done, with why.
+    pub not_repaired: Vec<String>,
+}
+
+impl VerifyReport {
+    pub fn is_clean(&self) -> bool {
+        self.problems.is_empty()
+    }
+}
+
+/// The digest and size of one file, or why it could not be read.
+pub type Hashed = Result<(Digest, u64), String>;
+
+/// Hash many files in parallel; returns (digest, size) or the error text per path.
+pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
+    let sizes: Vec<u64> = files
+        .iter()
+        .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
+        .collect();
+    let results: Vec<Mutex<Option<Hashed>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    let hash = |i: usize, parallel: bool| {
+        let r = if parallel {
+            crate::digest::hash_file(&files[i])
+        } else {
+            hash_file_single(&files[i])
+        };
+        if let Ok(mut slot) = results[i].lock() {
+            *slot = Some(r.map_err(|e| e.to_string()));
+        }
+    };
+    // Large files: one at a time, each on every core.
+    for i in (0..files.len()).filter(|&i| sizes[i] >= BIG) {
+        hash(i, true);
+    }
+    // Small files: one per thread.
+    let small: Vec<usize> = (0..files.len()).filter(|&i| sizes[i] < BIG).collect();
+    let next = AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    std::thread::scope(|s| {
+        for _ in 0..threads.min(small.len().max(1)) {
+            s.spawn(|| {
+                loop {
+                    let k = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(&i) = small.get(k) else { break };
+                    hash(i, false);
+                }
+            });
+        }
+    });
+    results
+        .into_iter()
+        .map(|m| {
+            m.into_inner()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| Err("not hashed".into()))
+        })
+        .collect()
+}
+
+fn hash_file_single(path: &std::path::Path) -> std::io::Result<(Digest, u64)> {
+    let mut h = blake3::Hasher::new();
+    h.update_mmap(path)?;
+    Ok((Digest::from_bytes(*h.finalize().as_bytes()), h.count()))
+}
+
+/// Run verify on `cache`.
+pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheError> {
+    let mut report = VerifyReport::default();
+    if !cache.v1().is_dir() {
+        return Ok(report);
+    }
+    let store = cache.store();
+    let io_err = |path: PathBuf| move |source| CacheError::Remove { path, source };
+    let (names, blob_records) = {
+        let rd = cache.index().read()?;
+        (rd.all()?, rd.blobs()?)
+    };
+    let wanted: Option<HashSet<String>> = if opts.names.is_empty() {
+        None
+    } else {
+        let keys: HashSet<String> = opts.names.iter().map(|r| r.key()).collect();
+        for r in &opts.names {
+            if !names.iter().any(|n| n.name == r.key()) {
+                return Err(CacheError::NotFound {
+                    name: r.key(),
+                    cache: cache.root().to_path_buf(),
+                });
+            }
+        }
+        Some(keys)
+    };
+    let mut users: HashMap<Digest, Vec<String>> = HashMap::new();
+    for n in &names {
+        users
+            .entry(n.record.digest)
+            .or_default()
+            .push(n.name.clone());
+    }
+    let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
+    let on_disk: Vec<Found> = store
+        .scan()
+        .map_err(io_err(store.blobs_dir().to_path_buf()))?;
+    let disk_set: HashSet<Digest> = on_disk.iter().filter_map(|f| f.digest).collect();
+
+    // Which blobs to hash.
+    let to_hash: Vec<&Found> = on_disk
+        .iter()
+        .filter(|f| match (&wanted, f.digest) {
+            (_, None) => false,
+            (None, Some(_)) => true,
+            (Some(w), Some(d)) => users
+                .get(&d)
+                .is_some_and(|ns| ns.iter().any(|n| w.contains(n))),
+        })
+        .collect();
+    let paths: Vec<PathBuf> = to_hash.iter().map(|f| f.path.clone()).collect();
+    let hashed = hash_all(&paths);
+    let mut corrupt: Vec<(Digest, PathBuf)> = Vec::new();
+    for (f, r) in to_hash.iter().zip(hashed) {
+        let Some(d) = f.digest else { continue };
+        report.blobs_checked += 1;
+        match r {
+            Ok((got, size)) => {
+                report.bytes_checked += size;
+                let size_ok = size_of.get(&d).is_none_or(|&s| s == size);
+                if got != d || !size_ok {
+                    corrupt.push((d, f.path.clone()));
+                    report.problems.push(Finding {
+                        kind: "corrupt",
+                        path: f.path.clone(),
+                        digest: Some(d),
+                        names: users.get(&d).cloned().unwrap_or_default(),
+                        detail: if got != d {
+                            format!("content hashes to {got}")
+                        } else {
+                            format!("size {size} differs from the recorded {}", size_of[&d])
+                        },
+                    });
+                }
+            }
+            Err(e) => report.problems.push(Finding {
+                kind: "unreadable",
+                path: f.path.clone(),
+                digest: Some(d),
+                names: users.get(&d).cloned().unwrap_or_default(),
+                detail: e,
+            }),
+        }
+    }
+    // Names whose blob is missing.
+    for (d, ns) in &users {
+        let ns: Vec<String> = ns
+            .iter()
+            .filter(|n| wanted.as_ref().is_none_or(|w| w.contains(*n)))
+            .cloned()
+            .collect();
+        if !ns.is_empty() && !disk_set.contains(d) {
+            report.problems.push(Finding {
+                kind: "missing",
+                path: store.blob_path(d),
+                digest: Some(*d),
+                names: ns,
+                detail: "the index names this blob but its file is gone".into(),
+            });
+        }
+    }
+    if wanted.is_none() {
+        let known: HashSet<Digest> = size_of.keys().copied().collect();
+        for f in &on_disk {
+            match f.digest {
+                None => report.problems.push(Finding {
+                    kind: "foreign",
+                    path: f.path.clone(),
+                    digest: None,
+                    names: vec![],
+                    detail: "not a blob name, or in the wrong directory".into(),
+                }),
+                Some(d) if !known.contains(&d) => report.problems.push(Finding {
+                    kind: "orphan",
+                    path: f.path.clone(),
+                    digest: Some(d),
+                    names: vec![],
+                    detail: "a file the index does not know (`sregistry gc` removes it)".into(),
+                }),
+                _ => {}
+            }
+        }
+        report.unreferenced = known.iter().filter(|d| !users.contains_key(d)).count();
+        let now = clock::now();
+        for t in store
+            .scan_tmp()
+            .map_err(io_err(store.tmp_dir().to_path_buf()))?
+        {
+            if t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace {
+                report.problems.push(Finding {
+                    kind: "stray-tmp",
+                    path: t.path.clone(),
+                    digest: None,
+                    names: vec![],
+                    detail: "left by an interrupted command (`sregistry gc` removes it)".into(),
+                });
+            }
+        }
+    }
+    if !corrupt.is_empty() || opts.repair {
+        quarantine_and_repair(cache, &corrupt, &users, &mut report, opts.repair)?;
+    }
+    Ok(report)
+}
+
+/// Under the exclusive lock: move corrupt blobs to `quarantine/`; with `repair`, put back
+/// content from recorded local sources that still hash right.
+fn quarantine_and_repair(
+    cache: &Cache,
+    corrupt: &[(Digest, PathBuf)],
+    users: &HashMap<Digest, Vec<String>>,
+    report: &mut VerifyReport,
+    repair: bool,
+) -> Result<(), CacheError> {
+    let store = cache.store();
+    let qdir = cache.v1().join("quarantine");
+    // Stage repairs before taking the lock: copying and hashing never hold it.
+    let mut staged = Vec::new();
+    if repair {
+        let broken: Vec<Digest> = report
+            .problems
+            .iter()
+            .filter(|f| matches!(f.kind, "corrupt" | "missing"))
+            .filter_map(|f| f.digest)
+            .collect();
+        let rd = cache.index().read()?;
+        for d in broken {
+            let names = users.get(&d).cloned().unwrap_or_default();
+            let source = names
+                .iter()
+                .find_map(|n| rd.get_ref(n).ok().flatten().and_then(|r| r.source));
+            match source {
+                Some(src) if src.contains("://") => report.not_repaired.push(format!(
+                    "{}: its source `{src}` is remote, and pulling is not supported yet; add it again",
+                    names.join(", ")
+                )),
+                Some(src) => {
+                    let path = PathBuf::from(&src);
+                    let fresh = std::fs::File::open(&path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|mut f| store.stage_copy(&mut f, &path, None).map_err(|e| e.to_string()));
+                    match fresh {
+                        Ok(s) if s.digest() == d => staged.push((s, names)),
+                        Ok(_) => report.not_repaired.push(format!(
+                            "{}: its source `{src}` has changed; add it again",
+                            names.join(", ")
+                        )),
+                        Err(e) => report.not_repaired.push(format!(
+                            "{}: its source `{src}` cannot be read ({e}); add it again",
+                            names.join(", ")
+                        )),
+                    }
+                }
+                None => report
+                    .not_repaired
+                    .push(format!("{}: no source recorded; add it again", names.join(", "))),
+            }
+        }
+    }
+    let w = cache.index().write()?;
+    for (d, path) in corrupt {
+        // Only if the file there is still the one we found corrupt (not re-added since).
+        if store.blob_path(d) == *path && path.exists() {
+            let hashed = hash_file_single(path).map(|(g, _)| g);
+            if hashed.as_ref().is_ok_and(|g| g != d) || hashed.is_err() {
+                store
+                    .quarantine(path, &qdir)
+                    .map_err(|source| CacheError::Remove {
+                        path: path.clone(),
+                        source,
+                    })?;
+            }
+        }
+    }
+    for (s, names) in staged {
+        s.commit(store)?;
+        report.repaired.extend(names);
+    }
+    w.commit()?;
+    Ok(())
+}
+
+/// Where a quarantined copy of `d` is, if any (for `get`'s message).
+pub fn quarantined(cache: &Cache, d: &Digest) -> Option<PathBuf> {
+    let hex = d.hex();
+    std::fs::read_dir(cache.v1().join("quarantine"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with(&hex))
+        })
+}

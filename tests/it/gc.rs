@@ -1,0 +1,405 @@
+//! gc: each policy, dry runs, what must survive, and gc racing the writers and readers.
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::common::*;
+
+const T0: u64 = 2_000_000_000;
+const DAY: u64 = 86_400;
+
+fn at(env: &Env, t: u64) -> assert_cmd::Command {
+    let mut c = env.cmd();
+    c.env("SREGISTRY_NOW", t.to_string());
+    c
+}
+
+/// A cache with four 1000-byte images added at T0, used at different times.
+fn aged_cache() -> Env {
+    let env = Env::new();
+    for (i, name) in ["a", "b", "c", "d"].iter().enumerate() {
+        let f = env.file(&format!("{name}.img"), &vec![i as u8 + 1; 1000]);
+        stdout_of(at(&env, T0).arg("add").arg(&f).args(["--name", name]));
+    }
+    // Uses: a never again, b at +10 d, c at +20 d, d at +29 d.
+    stdout_of(at(&env, T0 + 10 * DAY).args(["get", "b"]));
+    stdout_of(at(&env, T0 + 20 * DAY).args(["get", "c"]));
+    stdout_of(at(&env, T0 + 29 * DAY).args(["get", "d"]));
+    env
+}
+
+fn gc_json(env: &Env, t: u64, args: &[&str]) -> serde_json::Value {
+    let out = stdout_of(at(env, t).args(["gc", "--json"]).args(args));
+    serde_json::from_str(&out).unwrap()
+}
+
+fn removed_names(v: &serde_json::Value) -> Vec<String> {
+    v["names"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn gc_max_age_removes_names_unused_that_long() {
+    let env = aged_cache();
+    let v = gc_json(&env, T0 + 30 * DAY, &["--max-age", "15d"]);
+    assert_eq!(removed_names(&v), ["library/a:latest", "library/b:latest"]);
+    assert_eq!(v["blobs"].as_array().unwrap().len(), 2);
+    assert_eq!(v["bytes_freed"], 2000);
+    assert_eq!(env.names(), ["library/c:latest", "library/d:latest"]);
+    assert_eq!(env.blobs().len(), 2);
+    assert!(env.tmp_entries().is_empty(), "victims left in tmp/");
+}
+
+#[test]
+fn gc_max_size_evicts_least_recently_used_until_it_fits() {
+    let env = aged_cache();
+    let v = gc_json(&env, T0 + 30 * DAY, &["--max-size", "2500"]);
+    assert_eq!(removed_names(&v), ["library/a:latest", "library/b:latest"]);
+    assert_eq!(v["bytes_kept"], 2000);
+    assert_eq!(v["over_budget"], false);
+    assert_eq!(env.blobs().len(), 2);
+}
+
+#[test]
+fn gc_keeps_pinned_names_and_names_used_recently() {
+    let env = aged_cache();
+    stdout_of(at(&env, T0 + 30 * DAY).args(["pin", "a"]));
+    // d was used 1 day before; with --min-idle 2d it must stay even at size 0.
+    let v = gc_json(
+        &env,
+        T0 + 30 * DAY,
+        &["--max-size", "0", "--min-idle", "2d"],
+    );
+    assert_eq!(removed_names(&v), ["library/b:latest", "library/c:latest"]);
+    assert_eq!(v["over_budget"], true);
+    assert_eq!(env.names(), ["library/a:latest", "library/d:latest"]);
+}
+
+#[test]
+fn gc_keeps_names_used_recently_by_default() {
+    let env = aged_cache();
+    // Everything was used or added within the hour before: the default --min-idle keeps all.
+    let v = gc_json(
+        &env,
+        T0 + 29 * DAY + 60,
+        &["--max-size", "0", "--max-age", "1s"],
+    );
+    assert_eq!(
+        removed_names(&v),
+        ["library/a:latest", "library/b:latest", "library/c:latest"]
+    );
+    assert_eq!(env.names(), ["library/d:latest"]);
+}
+
+#[test]
+fn gc_dry_run_changes_nothing() {
+    let env = aged_cache();
+    let before = env.snapshot();
+    let v = gc_json(&env, T0 + 30 * DAY, &["--max-size", "0", "--dry-run"]);
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(removed_names(&v).len(), 4);
+    assert_eq!(env.snapshot(), before);
+}
+
+#[test]
+fn gc_always_removes_unreferenced_blobs_and_old_tmp_files_but_not_young_ones() {
+    let env = Env::new();
+    let v1 = env.file("v1.img", b"old content");
+    let v2 = env.file("v2.img", b"new content");
+    stdout_of(env.cmd().arg("add").arg(&v1).args(["--name", "x"]));
+    stdout_of(env.cmd().arg("add").arg(&v2).args(["--name", "x"]));
+    assert_eq!(env.blobs().len(), 2);
+    // A leftover of a killed add, and an orphan blob file the index never knew.
+    let tmp_file = env.cache.join("v1/tmp/ingest-999-leftover");
+    fs::write(&tmp_file, b"partial").unwrap();
+    let orphan_digest = sregistry::Digest::of(b"orphan");
+    let orphan_dir = env
+        .cache
+        .join(format!("v1/blobs/blake3/{}", &orphan_digest.hex()[..2]));
+    fs::create_dir_all(&orphan_dir).unwrap();
+    fs::write(orphan_dir.join(orphan_digest.hex()), b"orphan").unwrap();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Young tmp file: kept.
+    let v = gc_json(&env, now, &[]);
+    assert_eq!(v["tmp_files"], 0);
+    assert!(tmp_file.exists(), "an in-flight tmp file was removed");
+    assert_eq!(v["blobs"].as_array().unwrap().len(), 2, "{v}");
+    assert_eq!(env.blobs().len(), 1);
+    // Seven hours later it is stale.
+    let v = gc_json(&env, now + 7 * 3600, &[]);
+    assert_eq!(v["tmp_files"], 1);
+    assert!(!tmp_file.exists());
+    assert_eq!(
+        fs::read(stdout_of(env.cmd().args(["get", "x"]))).unwrap(),
+        b"new content"
+    );
+}
+
+#[test]
+fn gc_quiet_prints_nothing_and_text_output_summarises() {
+    let env = aged_cache();
+    let out = at(&env, T0 + 30 * DAY)
+        .args(["gc", "-q", "--max-age", "15d"])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(out.stdout.is_empty() && out.stderr.is_empty(), "{out:?}");
+    let out = at(&env, T0 + 40 * DAY)
+        .args(["gc", "--max-age", "15d"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("removed library/c:latest (max-age"), "{text}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1000 B freed"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn gc_refuses_bad_sizes_and_durations_with_usage_errors() {
+    let env = aged_cache();
+    for args in [
+        &["--max-size", "lots"][..],
+        &["--max-age", "1.5h"],
+        &["--min-idle", ""],
+    ] {
+        let out = env.cmd().arg("gc").args(args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not understood"));
+    }
+}
+
+/// Adds of content that gc keeps collecting, racing repeated gc: no name may ever point
+/// to a missing blob.
+#[test]
+fn gc_racing_adds_of_the_same_content_never_leaves_a_dangling_name() {
+    let env = Env::new();
+    let f = env.file("same.img", &vec![42u8; 64 * 1024]);
+    let adder = {
+        let cmds: Vec<_> = (0..40)
+            .map(|i| {
+                let mut add = env.std_cmd();
+                add.arg("add")
+                    .arg(&f)
+                    .args(["--name", &format!("race/n{i}")]);
+                let mut rm = env.std_cmd();
+                rm.args(["rm", "--keep-blob", &format!("race/n{}", i)]);
+                (i, add, rm)
+            })
+            .collect();
+        std::thread::spawn(move || {
+            for (i, mut add, mut rm) in cmds {
+                let out = add.output().unwrap();
+                assert!(
+                    out.status.success(),
+                    "add {i}: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                // Leave every third name in place; drop the rest so the blob is unreferenced again.
+                if i % 3 != 0 {
+                    let out = rm.output().unwrap();
+                    assert!(
+                        out.status.success(),
+                        "rm {i}: {}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                }
+            }
+        })
+    };
+    let mut gcs = 0;
+    while !adder.is_finished() {
+        let out = env.std_cmd().args(["gc", "-q"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "gc: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        gcs += 1;
+        for n in env.names() {
+            // The adder may remove a name between list and get (exit 3); what must never
+            // happen is a name whose blob is gone (exit 1).
+            let out = env.cmd().args(["get", &n]).output().unwrap();
+            match out.status.code() {
+                Some(0) => {
+                    let p = String::from_utf8(out.stdout).unwrap();
+                    assert!(std::path::Path::new(p.trim()).is_file(), "{n}: {p}");
+                }
+                Some(3) => {}
+                _ => panic!("{n}: {}", String::from_utf8_lossy(&out.stderr)),
+            }
+        }
+    }
+    adder.join().unwrap();
+    assert!(gcs > 3, "gc hardly ran ({gcs})");
+    let names = env.names();
+    assert_eq!(names.len(), 14);
+    for n in names {
+        stdout_of(env.cmd().args(["get", &n]));
+    }
+    env.assert_blobs_verify();
+}
+
+/// 64 concurrent readers while a writer adds and gc runs: every get succeeds.
+#[test]
+fn concurrent_gets_never_fail_while_a_writer_adds_and_gc_runs() {
+    let env = Env::new();
+    let f = env.file("hot.img", b"hot image");
+    let hot = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "hot"]));
+    let inputs: Vec<_> = (0..10)
+        .map(|i| env.file(&format!("w{i}.img"), format!("w{i}").as_bytes()))
+        .collect();
+    let writer_env = inputs.clone();
+    let cache = env.cache.clone();
+    let bin = env!("CARGO_BIN_EXE_sregistry");
+    let writer = std::thread::spawn(move || {
+        for (i, f) in writer_env.iter().enumerate() {
+            let out = std::process::Command::new(bin)
+                .env("SREGISTRY_CACHE", &cache)
+                .arg("add")
+                .arg(f)
+                .args(["--name", &format!("w/{i}")])
+                .output()
+                .unwrap();
+            assert!(out.status.success());
+            let out = std::process::Command::new(bin)
+                .env("SREGISTRY_CACHE", &cache)
+                .args(["gc", "-q", "--max-size", "0"])
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    });
+    let readers: Vec<_> = (0..64)
+        .map(|_| {
+            env.std_cmd()
+                .args(["get", "hot"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut failures = Vec::new();
+    for r in readers {
+        let out = r.wait_with_output().unwrap();
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        if !out.status.success() || path != hot {
+            failures.push(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+    }
+    writer.join().unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} gets failed: {failures:?}",
+        failures.len()
+    );
+}
+
+/// Kill add and gc at random moments, many times: afterwards a gc and a verify are clean
+/// and every add that reported success is still there. `SREGISTRY_CRASH_ITERATIONS`
+/// raises the count for a long run (`make soak`).
+#[test]
+fn crash_loop_of_killed_adds_and_gcs_leaves_a_verifiable_cache() {
+    let iterations: u64 = std::env::var("SREGISTRY_CRASH_ITERATIONS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(200);
+    let env = Env::new();
+    let inputs: Vec<_> = (0..8)
+        .map(|i| env.file(&format!("c{i}.img"), &vec![i as u8; 32 * 1024 * (i + 1)]))
+        .collect();
+    let mut done = std::collections::BTreeSet::new();
+    let mut killed = 0u64;
+    let mut seed: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut rand = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for i in 0..iterations {
+        let r = rand();
+        let name = format!("crash/n{}", r % 16);
+        let mut cmd = env.std_cmd();
+        if r % 4 == 0 {
+            cmd.args(["gc", "-q", "--tmp-grace", "0"]);
+        } else {
+            cmd.arg("add")
+                .arg(&inputs[(r % 8) as usize])
+                .args(["--name", &name]);
+        }
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_micros(rand() % 6000));
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        use std::os::unix::process::ExitStatusExt;
+        if out.status.signal().is_some() {
+            killed += 1;
+        }
+        if out.status.success() && r % 4 != 0 {
+            done.insert((i, format!("{name}:latest")));
+        } else if let Some(code) = out.status.code().filter(|&c| c != 0) {
+            panic!(
+                "a command failed on its own (exit {code}): {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+    }
+    // What a nightly cron would do, then the weekly check.
+    let out = env
+        .std_cmd()
+        .args(["gc", "-q", "--tmp-grace", "0"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = env
+        .std_cmd()
+        .args(["verify", "--tmp-grace", "1h"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "verify after the crash loop: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // gc here evicts no names, so every name an add reported done must be there.
+    let names = env.names();
+    for (_, n) in &done {
+        assert!(names.contains(n), "{n} was reported added but is gone");
+    }
+    for n in &names {
+        stdout_of(env.cmd().args(["get", n]));
+    }
+    assert!(
+        !done.is_empty(),
+        "no add ever completed; the kill timing is off"
+    );
+    assert!(
+        killed >= iterations / 10,
+        "only {killed} of {iterations} were killed mid-way"
+    );
+    env.assert_blobs_verify();
+}

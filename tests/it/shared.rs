@@ -1,0 +1,330 @@
+//! A cache shared by a Unix group: two real users, umask 077, every member can use what
+//! another added. Also: disk full, and doctor.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::common::*;
+
+const GROUP: &str = "sregtest";
+const USERS: [&str; 2] = ["sregtest-alice", "sregtest-bob"];
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Create the group and the two users once (idempotent).
+fn ensure_users() {
+    let _ = Command::new("groupadd").arg(GROUP).output();
+    for u in USERS {
+        let _ = Command::new("useradd")
+            .args(["-M", "-N", "-G", GROUP, "-s", "/bin/sh", u])
+            .output();
+        let out = Command::new("id").arg(u).output().unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains(GROUP),
+            "user {u} not set up: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// A copy of the binary every user can execute, in a directory every user can enter.
+fn public_binary(dir: &Path) -> PathBuf {
+    let bin = dir.join("sregistry");
+    fs::copy(env!("CARGO_BIN_EXE_sregistry"), &bin).unwrap();
+    fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
+    bin
+}
+
+/// Run the binary as `user` with umask 077.
+fn as_user(user: &str, bin: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("setpriv")
+        .args(["--reuid", user, "--regid", "users", "--init-groups", "--"])
+        .args(["sh", "-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(bin)
+        .args(args)
+        .env("SREGISTRY_CACHE", cache)
+        .env_remove("SREGISTRY_NOW")
+        .output()
+        .unwrap()
+}
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn group_members_share_a_cache_whatever_their_umask() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED group_members_share_a_cache_whatever_their_umask: needs root to create users"
+        );
+        return;
+    }
+    ensure_users();
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = public_binary(env.dir.path());
+    let cache = env.cache.clone();
+    let init = env
+        .cmd()
+        .args(["init", "--shared", "--group", GROUP])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(
+        init.status.success(),
+        "{}",
+        String::from_utf8_lossy(&init.stderr)
+    );
+    let input = env.file("tool.img", b"a shared image");
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let [alice, bob] = USERS;
+
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    // Modes are the cache's, not alice's umask.
+    let gid = fs::metadata(&cache).unwrap().gid();
+    let blob = fs::metadata(&path).unwrap();
+    assert_eq!(blob.permissions().mode() & 0o7777, 0o444);
+    assert_eq!(blob.gid(), gid);
+    let fan = Path::new(&path).parent().unwrap();
+    assert_eq!(
+        fs::metadata(fan).unwrap().permissions().mode() & 0o7777,
+        0o2775
+    );
+
+    // bob reads, tags, removes and collects what alice added.
+    assert_eq!(ok(as_user(bob, &bin, &cache, &["get", "lab/tool:1"])), path);
+    let cat = Command::new("setpriv")
+        .args([
+            "--reuid",
+            bob,
+            "--regid",
+            "users",
+            "--init-groups",
+            "cat",
+            &path,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(cat.stdout, b"a shared image");
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &["tag", "lab/tool:1", "lab/tool:2"],
+    ));
+    ok(as_user(bob, &bin, &cache, &["rm", "lab/tool:1"]));
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &["rm", "--keep-blob", "lab/tool:2"],
+    ));
+    ok(as_user(bob, &bin, &cache, &["gc"]));
+    assert!(
+        !Path::new(&path).exists(),
+        "bob's gc could not remove alice's blob"
+    );
+    // And alice can use the cache after bob wrote its index.
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:3"],
+    ));
+    let doctor = as_user(bob, &bin, &cache, &["doctor"]);
+    assert!(
+        doctor.status.success(),
+        "{}",
+        String::from_utf8_lossy(&doctor.stdout)
+    );
+}
+
+#[test]
+fn doctor_reports_a_broken_permission_and_names_the_fix() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED doctor_reports_a_broken_permission_and_names_the_fix: needs root for groups"
+        );
+        return;
+    }
+    ensure_users();
+    let env = Env::new();
+    env.cmd()
+        .args(["init", "--shared", "--group", GROUP])
+        .arg(&env.cache)
+        .assert()
+        .success();
+    stdout_of(env.cmd().args(["doctor"]));
+    fs::set_permissions(
+        env.cache.join("v1/index.lock"),
+        fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    let out = env.cmd().args(["doctor"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("FAIL permissions") && text.contains("index.lock"),
+        "{text}"
+    );
+    // Running init again repairs it.
+    env.cmd()
+        .args(["init", "--shared", "--group", GROUP])
+        .arg(&env.cache)
+        .assert()
+        .success();
+    stdout_of(env.cmd().args(["doctor"]));
+}
+
+#[test]
+fn doctor_on_a_healthy_private_cache_passes_and_names_the_filesystem() {
+    let env = Env::new();
+    let f = env.file("a.img", b"x");
+    stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["doctor", "--json"]))).unwrap();
+    let checks = v.as_array().unwrap();
+    for name in [
+        "cache",
+        "permissions",
+        "locks",
+        "filesystem",
+        "space",
+        "index",
+    ] {
+        let c = checks
+            .iter()
+            .find(|c| c["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} check"));
+        assert_ne!(c["status"], "fail", "{c}");
+    }
+    let out = env
+        .cmd()
+        .env("SREGISTRY_CACHE", env.path("nowhere"))
+        .args(["doctor"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL cache"));
+}
+
+/// A write past RLIMIT_FSIZE fails cleanly: exit 1, nothing in blobs/ or tmp/, index as
+/// it was.
+#[test]
+fn add_past_the_file_size_limit_fails_cleanly() {
+    let env = Env::new();
+    let seed = env.file("seed.img", b"seed");
+    stdout_of(env.cmd().arg("add").arg(&seed).args(["--name", "seed"]));
+    let big = env.file("big.img", &vec![1u8; 4 << 20]);
+    let before = env.snapshot();
+    let mut cmd = env.std_cmd();
+    cmd.arg("add").arg(&big).args(["--name", "big"]);
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setrlimit is async-signal-safe; called in the child before exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1 << 20,
+                rlim_max: 1 << 20,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let out = cmd.output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("larger than this process may write"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(env.snapshot(), before, "the failed add changed the cache");
+}
+
+/// A full filesystem (a 5 MiB tmpfs): clear error, nothing partial, and the cache still
+/// works for what fits.
+#[test]
+fn add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable: mounting a tmpfs needs root"
+        );
+        return;
+    }
+    let env = Env::new();
+    let mnt = env.path("small");
+    fs::create_dir(&mnt).unwrap();
+    let m = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=5m", "none"])
+        .arg(&mnt)
+        .output()
+        .unwrap();
+    assert!(
+        m.status.success(),
+        "mount: {}",
+        String::from_utf8_lossy(&m.stderr)
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let cache = mnt.join("cache");
+    let small = env.file("small.img", &vec![3u8; 512 * 1024]);
+    let big = env.file("big.img", &vec![4u8; 8 << 20]);
+    stdout_of(
+        env.cmd()
+            .env("SREGISTRY_CACHE", &cache)
+            .arg("add")
+            .arg(&small)
+            .args(["--name", "small"]),
+    );
+    let out = env
+        .cmd()
+        .env("SREGISTRY_CACHE", &cache)
+        .arg("add")
+        .arg(&big)
+        .args(["--name", "big"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("No space left") && err.contains("sregistry gc"),
+        "{err}"
+    );
+    assert_eq!(
+        fs::read_dir(cache.join("v1/tmp")).unwrap().count(),
+        0,
+        "partial file left in tmp/"
+    );
+    let names = stdout_of(
+        env.cmd()
+            .env("SREGISTRY_CACHE", &cache)
+            .args(["list", "--json"]),
+    );
+    assert!(names.contains("library/small:latest") && !names.contains("big"));
+    stdout_of(
+        env.cmd()
+            .env("SREGISTRY_CACHE", &cache)
+            .args(["get", "small"]),
+    );
+}

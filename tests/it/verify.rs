@@ -1,0 +1,132 @@
+//! verify and get --verify: damage from outside is found, reported, quarantined.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
+use crate::common::*;
+
+fn damaged_cache() -> (Env, String, String) {
+    let env = Env::new();
+    let a = env.file("a.img", b"content of a");
+    let b = env.file("b.img", b"content of b");
+    let c = env.file("c.img", b"content of c");
+    let pa = stdout_of(env.cmd().arg("add").arg(&a).args(["--name", "flipped"]));
+    let pb = stdout_of(env.cmd().arg("add").arg(&b).args(["--name", "deleted"]));
+    stdout_of(env.cmd().arg("add").arg(&c).args(["--name", "healthy"]));
+    // Flip a byte (make it writable first), delete a blob, plant an orphan and a stray.
+    fs::set_permissions(&pa, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(&pa).unwrap();
+    bytes[3] ^= 0x01;
+    fs::write(&pa, &bytes).unwrap();
+    fs::set_permissions(&pa, fs::Permissions::from_mode(0o444)).unwrap();
+    fs::remove_file(&pb).unwrap();
+    let od = sregistry::Digest::of(b"orphan");
+    let dir = env
+        .cache
+        .join(format!("v1/blobs/blake3/{}", &od.hex()[..2]));
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join(od.hex()), b"orphan").unwrap();
+    fs::write(env.cache.join("v1/tmp/ingest-1-stray"), b"stray").unwrap();
+    (env, pa, pb)
+}
+
+#[test]
+fn verify_reports_each_kind_of_damage_and_exits_four() {
+    let (env, flipped, deleted) = damaged_cache();
+    let out = env
+        .cmd()
+        .args(["verify", "--json", "--tmp-grace", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let problems = v["problems"].as_array().unwrap();
+    let kinds: Vec<&str> = problems
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap())
+        .collect();
+    for k in ["corrupt", "missing", "orphan", "stray-tmp"] {
+        assert!(kinds.contains(&k), "{k} not reported: {v}");
+    }
+    let corrupt = problems.iter().find(|p| p["kind"] == "corrupt").unwrap();
+    assert_eq!(corrupt["path"], flipped);
+    assert_eq!(corrupt["names"][0], "library/flipped:latest");
+    let missing = problems.iter().find(|p| p["kind"] == "missing").unwrap();
+    assert_eq!(missing["path"], deleted);
+    assert_eq!(v["blobs_checked"], 3);
+}
+
+#[test]
+fn verify_quarantines_corrupt_content_and_get_refuses_it() {
+    let (env, flipped, _) = damaged_cache();
+    let out = env.cmd().args(["verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        !std::path::Path::new(&flipped).exists(),
+        "corrupt blob still in blobs/"
+    );
+    let q: Vec<_> = fs::read_dir(env.cache.join("v1/quarantine"))
+        .unwrap()
+        .collect();
+    assert_eq!(q.len(), 1);
+    let err = assert_fails(env.cmd().args(["get", "flipped"]), 4, "quarantined");
+    assert!(err.contains("verify --repair"), "{err}");
+    assert_fails(env.cmd().args(["get", "deleted"]), 1, "missing");
+    stdout_of(env.cmd().args(["get", "healthy"]));
+}
+
+#[test]
+fn verify_repair_restores_content_from_an_unchanged_source() {
+    let (env, flipped, _) = damaged_cache();
+    let out = env.cmd().args(["verify", "--repair"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("repaired    library/flipped:latest"),
+        "{text}"
+    );
+    assert!(
+        text.contains("repaired    library/deleted:latest"),
+        "{text}"
+    );
+    assert_eq!(fs::read(&flipped).unwrap(), b"content of a");
+    // After a gc for the leftovers, the cache verifies clean.
+    stdout_of(env.cmd().args(["gc", "--tmp-grace", "0"]));
+    stdout_of(env.cmd().args(["verify"]));
+}
+
+#[test]
+fn get_verify_rehashes_and_refuses_altered_content() {
+    let env = Env::new();
+    let f = env.file("a.img", b"pristine");
+    let p = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "x"]));
+    assert_eq!(stdout_of(env.cmd().args(["get", "--verify", "x"])), p);
+    fs::set_permissions(&p, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&p, b"tampered").unwrap();
+    // Plain get trusts the store (the hot path); --verify does not.
+    assert_eq!(stdout_of(env.cmd().args(["get", "x"])), p);
+    assert_fails(env.cmd().args(["get", "--verify", "x"]), 4, "corrupt");
+}
+
+#[test]
+fn verify_of_named_images_checks_only_those() {
+    let (env, _, _) = damaged_cache();
+    stdout_of(env.cmd().args(["verify", "healthy"]));
+    let out = env.cmd().args(["verify", "flipped"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    assert_fails(env.cmd().args(["verify", "ghost"]), 3, "ghost");
+}
+
+/// Large blobs go through the multi-threaded path; the result must be the same.
+#[test]
+fn verify_checks_large_blobs_on_all_threads() {
+    let env = Env::new();
+    let data: Vec<u8> = (0..40u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let f = env.file("big.img", &data);
+    stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "big"]));
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["verify", "--json"]))).unwrap();
+    assert_eq!(v["bytes_checked"], data.len() as u64);
+    assert!(v["problems"].as_array().unwrap().is_empty());
+}
