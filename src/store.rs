@@ -217,26 +217,15 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let mut w = HashingWriter::new(file);
-        let mut buf = vec![0u8; COPY_BUF];
-        loop {
-            let n = match src.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(source) => {
-                    return Err(StoreError::Read {
-                        path: src_path.to_path_buf(),
-                        source,
-                    });
-                }
-            };
-            w.write_all(&buf[..n]).map_err(werr)?;
-            if w.written() == n as u64 {
-                crate::testhook::pause("add-mid-copy");
-            }
-        }
-        let (digest, size, file) = w.finish();
+        let mut file = file;
+        let pipelined = expected.is_some_and(|n| n >= PIPELINE_MIN);
+        let (digest, size) = copy_and_hash(src, &mut file, pipelined).map_err(|f| match f {
+            CopyFail::Read(source) => StoreError::Read {
+                path: src_path.to_path_buf(),
+                source,
+            },
+            CopyFail::Write(source) => werr(source),
+        })?;
         if let Some(before) = expected
             && before != size
         {
@@ -395,6 +384,101 @@ impl Store {
         fs::rename(from, &to)?;
         Ok(to)
     }
+}
+
+/// Files at least this large are copied with hashing on a second thread.
+const PIPELINE_MIN: u64 = 8 << 20;
+
+enum CopyFail {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// Fill `buf` from `src` until it is full or the source ends; returns the byte count.
+fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
+
+/// Copy `src` to `dst` and hash exactly the bytes written, in one pass over the data.
+/// `pipelined`: one thread reads and writes while another hashes the chunks just written
+/// (a few buffers circulate between them), so a large copy costs about max(copy, hash)
+/// rather than their sum.
+fn copy_and_hash(
+    src: &mut dyn Read,
+    dst: &mut File,
+    pipelined: bool,
+) -> Result<(Digest, u64), CopyFail> {
+    let mut first = true;
+    let mut after_chunk = || {
+        if std::mem::take(&mut first) {
+            crate::testhook::pause("add-mid-copy");
+        }
+    };
+    if !pipelined {
+        let mut w = HashingWriter::new(dst);
+        let mut buf = vec![0u8; COPY_BUF];
+        loop {
+            let n = read_full(src, &mut buf).map_err(CopyFail::Read)?;
+            if n == 0 {
+                break;
+            }
+            w.write_all(&buf[..n]).map_err(CopyFail::Write)?;
+            after_chunk();
+        }
+        let (d, n, _) = w.finish();
+        return Ok((d, n));
+    }
+    let (work_tx, work_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(2);
+    let (free_tx, free_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..4 {
+        let _ = free_tx.send(vec![0u8; COPY_BUF]);
+    }
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || {
+            let mut h = blake3::Hasher::new();
+            for (buf, n) in work_rx {
+                h.update(&buf[..n]);
+                let _ = free_tx.send(buf);
+            }
+            h
+        });
+        let mut total: u64 = 0;
+        let mut outcome = Ok(());
+        while let Ok(mut buf) = free_rx.recv() {
+            let n = match read_full(src, &mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) => {
+                    outcome = Err(CopyFail::Read(e));
+                    break;
+                }
+            };
+            if let Err(e) = dst.write_all(&buf[..n]) {
+                outcome = Err(CopyFail::Write(e));
+                break;
+            }
+            total += n as u64;
+            after_chunk();
+            if work_tx.send((buf, n)).is_err() {
+                break;
+            }
+        }
+        drop(work_tx);
+        let h = hasher
+            .join()
+            .map_err(|_| CopyFail::Write(io::Error::other("the hashing thread panicked")))?;
+        outcome?;
+        Ok((Digest::from_bytes(*h.finalize().as_bytes()), total))
+    })
 }
 
 /// Unlink files moved aside by [`Store::unlink_later`].

@@ -45,8 +45,13 @@ impl<'a> From<&'a Entry> for EntryJson<'a> {
 
 /// Write `value` as pretty JSON and a newline to stdout.
 pub fn json<T: Serialize + ?Sized>(value: &T) -> io::Result<()> {
-    let mut out = io::stdout().lock();
-    serde_json::to_writer_pretty(&mut out, value).map_err(io::Error::other)?;
+    // Buffered: stdout is line-buffered, and pretty JSON has many short lines.
+    let mut out = io::BufWriter::with_capacity(1 << 16, io::stdout().lock());
+    serde_json::to_writer_pretty(&mut out, value).map_err(|e| {
+        e.io_error_kind()
+            .map(io::Error::from)
+            .unwrap_or_else(|| io::Error::other(e))
+    })?;
     out.write_all(b"\n")?;
     out.flush()
 }
