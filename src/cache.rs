@@ -38,7 +38,7 @@ use crate::index::{
 use crate::lock::{self, LockOptions};
 use crate::reference::Reference;
 use crate::settings::{Settings, SettingsError};
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Staged, Store, StoreError};
 use crate::testhook;
 
 /// Environment variable naming the cache root.
@@ -148,7 +148,18 @@ pub struct Entry {
     pub source: Option<String>,
     pub labels: BTreeMap<String, String>,
     pub media_type: Option<String>,
+    /// The remote's digest of the content (`sha256:...`), when pulled or pushed.
+    pub remote_digest: Option<String>,
     pub path: PathBuf,
+}
+
+/// Where content came from, recorded with its name.
+#[derive(Clone, Debug, Default)]
+pub struct Provenance {
+    pub source: String,
+    pub labels: BTreeMap<String, String>,
+    pub media_type: Option<String>,
+    pub remote_digest: Option<String>,
 }
 
 /// Options of [`Cache::add`].
@@ -362,18 +373,42 @@ impl Cache {
         } else {
             self.store.stage_copy(&mut file, src, Some(meta.len()))?
         };
+        let source = opts
+            .source
+            .clone()
+            .unwrap_or_else(|| abs_src.display().to_string());
+        let entry = self.commit_staged(
+            staged,
+            &name,
+            Provenance {
+                source,
+                labels: opts.labels.clone(),
+                media_type: opts.media_type.clone(),
+                remote_digest: None,
+            },
+        )?;
+        if remove_source_after {
+            let _ = fs::remove_file(src);
+        }
+        Ok(entry)
+    }
+
+    /// Put staged content in place and point `name` at it, under the exclusive index lock
+    /// (the one commit path of `add` and of every pull).
+    pub fn commit_staged(
+        &self,
+        staged: Staged,
+        name: &Reference,
+        prov: Provenance,
+    ) -> Result<Entry, CacheError> {
         let now = clock::now();
         let digest = staged.digest();
         let size = staged.size();
         let record = RefRecord {
             digest,
             added: now,
-            source: Some(
-                opts.source
-                    .clone()
-                    .unwrap_or_else(|| abs_src.display().to_string()),
-            ),
-            labels: opts.labels.clone(),
+            source: Some(prov.source),
+            labels: prov.labels,
         };
         let key = name.key();
         testhook::pause("add-staged");
@@ -385,8 +420,8 @@ impl Cache {
             &BlobRecord {
                 size,
                 added: now,
-                media_type: opts.media_type.clone(),
-                remote_digest: None,
+                media_type: prov.media_type.clone(),
+                remote_digest: prov.remote_digest.clone(),
             },
         )?;
         w.put_ref(&key, &record)?;
@@ -395,9 +430,6 @@ impl Cache {
         let blob = w.get_blob(&digest)?;
         testhook::pause("add-index-uncommitted");
         w.commit()?;
-        if remove_source_after {
-            let _ = fs::remove_file(src);
-        }
         Ok(Entry {
             name: key,
             digest,
@@ -407,9 +439,36 @@ impl Cache {
             pinned,
             source: record.source,
             labels: record.labels,
-            media_type: blob.and_then(|b| b.media_type),
+            media_type: blob.as_ref().and_then(|b| b.media_type.clone()),
+            remote_digest: blob.and_then(|b| b.remote_digest),
             path,
         })
+    }
+
+    /// Record the remote's digest of a blob (after a push computed it), so later pushes
+    /// need not hash the file again.
+    pub fn record_remote_digest(&self, d: &Digest, remote: &str) -> Result<(), CacheError> {
+        let mut w = self.index.write()?;
+        if let Some(mut b) = w.get_blob(d)?
+            && b.remote_digest.as_deref() != Some(remote)
+        {
+            b.remote_digest = Some(remote.to_string());
+            w.replace_blob(d, &b)?;
+            w.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The per-pull lock of a remote reference (`v1/locks/<hash>.lock`), held exclusive for
+    /// a whole download. Taken before the index lock, never while holding it.
+    pub fn pull_lock(&self, remote: &str) -> Result<crate::lock::LockGuard, CacheError> {
+        let path = self.v1.join("locks").join(crate::remote::lock_name(remote));
+        Ok(crate::lock::lock(
+            &path,
+            crate::lock::Mode::Exclusive,
+            self.index.lock_options(),
+        )
+        .map_err(IndexError::from)?)
     }
 
     /// The path of the blob `r` names: the hot path. Takes the shared lock for a lookup,
@@ -496,7 +555,8 @@ impl Cache {
             pinned: n.pinned,
             source: n.record.source,
             labels: n.record.labels,
-            media_type: n.blob.and_then(|b| b.media_type),
+            media_type: n.blob.as_ref().and_then(|b| b.media_type.clone()),
+            remote_digest: n.blob.and_then(|b| b.remote_digest),
             name: n.name,
         }
     }

@@ -52,6 +52,11 @@ pub enum Command {
     Pin(PinArgs),
     Unpin(PinArgs),
     Info(InfoArgs),
+    Pull(PullArgs),
+    Push(PushArgs),
+    Search(SearchArgs),
+    Login(LoginArgs),
+    Logout(LogoutArgs),
     Gc(GcArgs),
     Verify(VerifyArgs),
     Init(InitArgs),
@@ -88,11 +93,18 @@ pub struct AddArgs {
 /// Made for `singularity run $(sregistry get lab/tool:1.2)`: stdout holds only the path and a
 /// newline. A name that is not cached exits with code 3 and a one-line message on stderr.
 /// `NAME@blake3:<hex>` asks for that exact content.
+///
+/// With a remote reference (oras://, https://, s3://) it prints the cached path if that
+/// remote was pulled before, and otherwise pulls it first: however many jobs ask at the
+/// same moment, it is downloaded once, and every one of them prints the same path.
 #[derive(Debug, Args)]
 pub struct GetArgs {
-    /// Image name: [host/][namespace/]name[:tag][@blake3:<hex>]
+    /// Image name [host/][namespace/]name[:tag][@blake3:<hex>], or a remote reference
     #[arg(value_name = "REF")]
     pub reference: String,
+    /// Allow plain HTTP to a remote that is not on this machine
+    #[arg(long)]
+    pub insecure: bool,
     /// Re-hash the file before answering; exit 4 if it does not match its digest
     #[arg(long)]
     pub verify: bool,
@@ -157,6 +169,93 @@ pub struct PinArgs {
 /// Show the cache's location, format, counts and total size.
 #[derive(Debug, Args)]
 pub struct InfoArgs {}
+
+/// Download an image into the cache and print its cached path.
+///
+/// REMOTE is oras://HOST[:PORT]/REPOSITORY[:TAG|@sha256:...] (a SIF artifact in an OCI
+/// registry, as `apptainer push oras://` writes it), https://URL, or s3://BUCKET/KEY. Every
+/// byte is checked while it streams in: the registry's sha256 and the declared size; a
+/// broken transfer is resumed. The image is named after REMOTE without its scheme unless
+/// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json;
+/// S3 settings from the AWS_* environment variables.
+///
+/// Example: sregistry pull oras://registry.example.org/lab/tool:1.2
+#[derive(Debug, Args)]
+pub struct PullArgs {
+    /// oras://..., https://... or s3://...
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+    /// Local name for it
+    #[arg(long, short = 'n', value_name = "REF")]
+    pub name: Option<String>,
+    /// Allow plain HTTP to a host that is not on this machine
+    #[arg(long)]
+    pub insecure: bool,
+    /// S3 endpoint URL (else AWS_ENDPOINT_URL)
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+}
+
+/// Upload a cached image to an OCI registry (as a SIF artifact) or to S3.
+///
+/// Blobs the registry already has are not sent again.
+///
+/// Example: sregistry push lab/tool:1.2 oras://registry.example.org/lab/tool:1.2
+#[derive(Debug, Args)]
+pub struct PushArgs {
+    /// The cached image
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// oras://HOST/REPOSITORY[:TAG] or s3://BUCKET/KEY
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+    /// Allow plain HTTP to a host that is not on this machine
+    #[arg(long)]
+    pub insecure: bool,
+    /// S3 endpoint URL (else AWS_ENDPOINT_URL)
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
+}
+
+/// List the tags of a repository (oras://HOST/REPO), or a registry's catalog (oras://HOST).
+#[derive(Debug, Args)]
+pub struct SearchArgs {
+    /// oras://HOST[/REPOSITORY]
+    #[arg(value_name = "REMOTE")]
+    pub remote: String,
+    /// Allow plain HTTP to a host that is not on this machine
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Store credentials for a registry, after checking them against it.
+///
+/// Saved in ~/.config/sregistry/credentials.json with mode 0600 (a file others can read is
+/// refused). The password is read from stdin with --password-stdin, else from
+/// SREGISTRY_PASSWORD.
+#[derive(Debug, Args)]
+pub struct LoginArgs {
+    /// Registry host[:port]
+    #[arg(value_name = "HOST")]
+    pub host: String,
+    /// User name
+    #[arg(long, short = 'u')]
+    pub username: String,
+    /// Read the password from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+    /// Allow plain HTTP to a host that is not on this machine
+    #[arg(long)]
+    pub insecure: bool,
+}
+
+/// Forget the stored credentials for a registry.
+#[derive(Debug, Args)]
+pub struct LogoutArgs {
+    /// Registry host[:port]
+    #[arg(value_name = "HOST")]
+    pub host: String,
+}
 
 /// Remove what is not needed, to keep the cache bounded (run it from cron).
 ///

@@ -51,6 +51,14 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
         {
             return ExitStatus::Usage;
         }
+        if let Some(r) = cause.downcast_ref::<crate::remote::RemoteError>() {
+            if r.is_not_found() {
+                return ExitStatus::NotFound;
+            }
+            if r.is_usage() {
+                return ExitStatus::Usage;
+            }
+        }
         if let Some(c) = cause.downcast_ref::<CacheError>() {
             if c.is_not_found() {
                 return ExitStatus::NotFound;

@@ -154,6 +154,10 @@ impl Index {
         }
     }
 
+    pub fn lock_options(&self) -> &LockOptions {
+        &self.lock_opts
+    }
+
     pub fn db_path(&self) -> &Path {
         &self.db_path
     }
@@ -725,6 +729,17 @@ impl IndexWriter {
         if self.get_blob(d)?.is_some() {
             return Ok(());
         }
+        let mut t = self
+            .txn()
+            .open_table(BLOBS)
+            .map_err(|e| self.err()(e.into()))?;
+        t.insert(d.hex().as_str(), encode(record).as_slice())
+            .map_err(dberr(&self.path))?;
+        Ok(())
+    }
+
+    /// Overwrite a blob's record.
+    pub fn replace_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
         let mut t = self
             .txn()
             .open_table(BLOBS)

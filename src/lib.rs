@@ -30,6 +30,7 @@ pub mod gc;
 pub mod index;
 pub mod lock;
 pub mod reference;
+pub mod remote;
 pub mod settings;
 pub mod shared;
 pub mod sif;

@@ -123,6 +123,18 @@ impl Staged {
     }
 }
 
+impl Staged {
+    /// Take over a complete, read-only, fsynced file in `tmp/` whose BLAKE3 digest and
+    /// size the caller computed while writing it.
+    pub fn adopt(path: PathBuf, digest: Digest, size: u64) -> Staged {
+        Staged {
+            path: Some(path),
+            digest,
+            size,
+        }
+    }
+}
+
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(p) = self.path.take() {
@@ -181,6 +193,12 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// A new, empty ingest file in `tmp/` (mode 0600) for a caller that writes it itself
+    /// (downloads); see [`Staged::adopt`].
+    pub fn new_ingest_file(&self) -> Result<(File, PathBuf), StoreError> {
+        self.new_tmp_file()
     }
 
     fn new_tmp_file(&self) -> Result<(File, PathBuf), StoreError> {
@@ -394,6 +412,32 @@ enum CopyFail {
     Write(io::Error),
 }
 
+/// How far behind the copy the writeback of a large file may lag.
+const WRITEBACK_LAG: u64 = 64 << 20;
+
+/// Streaming writes: start writeback of the chunk just written, and wait for the one
+/// [`WRITEBACK_LAG`] behind it, so the disk works while we copy and the final fsync finds
+/// little left to do (and a large add does not fill memory with dirty pages). Advisory:
+/// errors are left for the final fsync to report.
+fn start_writeback(dst: &File, offset: u64, len: u64) {
+    use std::os::fd::AsRawFd;
+    let fd = dst.as_raw_fd();
+    // SAFETY: sync_file_range only reads its integer arguments; `fd` is open.
+    unsafe {
+        libc::sync_file_range(fd, offset as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
+        if offset >= WRITEBACK_LAG {
+            libc::sync_file_range(
+                fd,
+                (offset - WRITEBACK_LAG) as i64,
+                len as i64,
+                libc::SYNC_FILE_RANGE_WAIT_BEFORE
+                    | libc::SYNC_FILE_RANGE_WRITE
+                    | libc::SYNC_FILE_RANGE_WAIT_AFTER,
+            );
+        }
+    }
+}
+
 /// Fill `buf` from `src` until it is full or the source ends; returns the byte count.
 fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     let mut n = 0;
@@ -466,6 +510,7 @@ fn copy_and_hash(
                 outcome = Err(CopyFail::Write(e));
                 break;
             }
+            start_writeback(dst, total, n as u64);
             total += n as u64;
             after_chunk();
             if work_tx.send((buf, n)).is_err() {

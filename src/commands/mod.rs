@@ -11,9 +11,13 @@ pub mod info;
 pub mod init;
 pub mod inspect;
 pub mod list;
+pub mod login;
 pub mod output;
 pub mod pin;
+pub mod pull;
+pub mod push;
 pub mod rm;
+pub mod search;
 pub mod tag;
 pub mod verify;
 
@@ -38,6 +42,22 @@ impl Ctx {
         if !self.quiet {
             eprintln!("{msg}");
         }
+    }
+}
+
+/// Options for remotes from the command line: a progress bar only on a terminal and
+/// without --quiet.
+pub fn remote_options(
+    ctx: &Ctx,
+    insecure: bool,
+    endpoint: Option<String>,
+) -> crate::remote::RemoteOptions {
+    use std::io::IsTerminal;
+    crate::remote::RemoteOptions {
+        insecure,
+        endpoint,
+        progress: !ctx.quiet && std::io::stderr().is_terminal(),
+        labels: Default::default(),
     }
 }
 
@@ -73,6 +93,11 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Pin(a) => pin::run(&ctx, a, true),
         Command::Unpin(a) => pin::run(&ctx, a, false),
         Command::Info(a) => info::run(&ctx, a),
+        Command::Pull(a) => pull::run(&ctx, a),
+        Command::Push(a) => push::run(&ctx, a),
+        Command::Search(a) => search::run(&ctx, a),
+        Command::Login(a) => login::run(&ctx, a),
+        Command::Logout(a) => login::logout(&ctx, a),
         Command::Gc(a) => gc::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),

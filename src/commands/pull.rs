@@ -1,0 +1,26 @@
+//! `sregistry pull REMOTE [--name REF]`: download into the cache, print the path.
+
+use anyhow::Result;
+
+use super::{Ctx, output, parse_ref};
+use crate::cli::PullArgs;
+use crate::remote::{self, RemoteRef};
+
+pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
+    let r = RemoteRef::parse(&args.remote)?;
+    let name = args.name.as_deref().map(parse_ref).transpose()?;
+    let opts = super::remote_options(ctx, args.insecure, args.endpoint.clone());
+    let entry = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
+    if ctx.json {
+        output::json(&output::EntryJson::from(&entry))?;
+    } else {
+        ctx.say(format!(
+            "pulled {} as {} ({})",
+            r,
+            entry.name,
+            entry.digest.short()
+        ));
+        output::line(entry.path.display())?;
+    }
+    Ok(())
+}

@@ -1,0 +1,368 @@
+//! Credentials and registry authentication.
+//!
+//! # Where credentials come from (first match wins)
+//!
+//! 1. `sregistry login HOST`: `${SREGISTRY_CONFIG_DIR:-${XDG_CONFIG_HOME:-~/.config}/sregistry}/credentials.json`,
+//!    written with mode 0600; refused (with the `chmod` to run) if group or others can read it.
+//! 2. `${DOCKER_CONFIG:-~/.docker}/config.json`, as `docker login` and `oras login` write
+//!    it (`auths.HOST.auth` = base64 `user:password`). Credential helpers (`credsStore`)
+//!    are not run.
+//!
+//! # Challenges
+//!
+//! A `401` carries `WWW-Authenticate`: `Basic realm="..."` (send the credentials) or
+//! `Bearer realm="...",service="...",scope="..."` (ask the realm for a token for that scope,
+//! with the credentials if there are any, then retry with the token). Tokens are kept per
+//! scope for the life of the command and fetched again on a `401`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use super::RemoteError;
+
+/// A user name and password (or token) for one registry.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    pub username: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({}, ***)", self.username)
+    }
+}
+
+impl Credentials {
+    /// The `Authorization: Basic` value.
+    pub fn basic(&self) -> String {
+        let raw = format!("{}:{}", self.username, self.password);
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(raw)
+        )
+    }
+}
+
+/// A parsed `WWW-Authenticate` challenge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Challenge {
+    /// `basic` or `bearer` (lower-cased).
+    pub scheme: String,
+    /// Parameters with lower-cased names.
+    pub params: BTreeMap<String, String>,
+}
+
+/// Parse a `WWW-Authenticate` header value (one challenge; the first if several).
+/// Returns `None` for anything that is not `scheme [param=value, ...]`.
+pub fn parse_challenge(header: &str) -> Option<Challenge> {
+    let h = header.trim();
+    let (scheme, rest) = match h.find(char::is_whitespace) {
+        Some(i) => (&h[..i], h[i..].trim_start()),
+        None => (h, ""),
+    };
+    if scheme.is_empty()
+        || !scheme
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return None;
+    }
+    let mut params = BTreeMap::new();
+    let b = rest.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        while i < b.len() && (b[i] == b',' || b[i].is_ascii_whitespace()) {
+            i += 1;
+        }
+        if i >= b.len() {
+            break;
+        }
+        let start = i;
+        while i < b.len() && b[i] != b'=' && b[i] != b',' && !b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let key = rest[start..i].to_ascii_lowercase();
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= b.len() || b[i] != b'=' {
+            // A token68 or a bare word: not a parameter we use.
+            if key.is_empty() {
+                return None;
+            }
+            continue;
+        }
+        i += 1;
+        while i < b.len() && b[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        let mut value = String::new();
+        if i < b.len() && b[i] == b'"' {
+            i += 1;
+            let mut closed = false;
+            while i < b.len() {
+                match b[i] {
+                    b'\\' if i + 1 < b.len() => {
+                        value.push(char::from(b[i + 1]));
+                        i += 2;
+                    }
+                    b'"' => {
+                        i += 1;
+                        closed = true;
+                        break;
+                    }
+                    _ => {
+                        // Copy one UTF-8 character.
+                        let ch = rest[i..].chars().next()?;
+                        value.push(ch);
+                        i += ch.len_utf8();
+                    }
+                }
+            }
+            if !closed {
+                return None;
+            }
+        } else {
+            let vs = i;
+            while i < b.len() && b[i] != b',' && !b[i].is_ascii_whitespace() {
+                i += 1;
+            }
+            value = rest[vs..i].to_string();
+        }
+        if key.is_empty() {
+            return None;
+        }
+        params.insert(key, value);
+    }
+    Some(Challenge {
+        scheme: scheme.to_ascii_lowercase(),
+        params,
+    })
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Store {
+    #[serde(default)]
+    auths: BTreeMap<String, StoredAuth>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct StoredAuth {
+    username: String,
+    password: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DockerConfig {
+    #[serde(default)]
+    auths: BTreeMap<String, DockerAuth>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct DockerAuth {
+    #[serde(default)]
+    auth: Option<String>,
+    #[serde(default)]
+    username: Option<String>,
+    #[serde(default)]
+    password: Option<String>,
+}
+
+fn config_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("SREGISTRY_CONFIG_DIR")
+        .or_else(|| env("XDG_CONFIG_HOME").map(|p| p.join("sregistry")))
+        .or_else(|| env("HOME").map(|h| h.join(".config").join("sregistry")))
+}
+
+/// The file `sregistry login` writes.
+pub fn credentials_path() -> Option<PathBuf> {
+    config_dir().map(|d| d.join("credentials.json"))
+}
+
+fn docker_config_path() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    env("DOCKER_CONFIG")
+        .map(|d| d.join("config.json"))
+        .or_else(|| env("HOME").map(|h| h.join(".docker").join("config.json")))
+}
+
+fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
+    let cred_err = |detail: String| RemoteError::Credentials {
+        path: path.clone(),
+        detail,
+    };
+    let meta = match fs::metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::default()),
+        Err(e) => return Err(cred_err(e.to_string())),
+    };
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(cred_err(format!(
+            "group or others can read it (mode {:o}); run `chmod 600 {}`",
+            meta.permissions().mode() & 0o777,
+            path.display()
+        )));
+    }
+    let bytes = fs::read(path).map_err(|e| cred_err(e.to_string()))?;
+    serde_json::from_slice(&bytes).map_err(|e| cred_err(format!("not valid JSON: {e}")))
+}
+
+/// Credentials for `host` (`host[:port]`), if any are stored.
+pub fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
+    if let Some(path) = credentials_path()
+        && let Some(a) = read_store(&path)?.auths.get(host)
+    {
+        return Ok(Some(Credentials {
+            username: a.username.clone(),
+            password: a.password.clone(),
+        }));
+    }
+    let Some(path) = docker_config_path() else {
+        return Ok(None);
+    };
+    let Ok(bytes) = fs::read(&path) else {
+        return Ok(None);
+    };
+    let cfg: DockerConfig =
+        serde_json::from_slice(&bytes).map_err(|e| RemoteError::Credentials {
+            path: path.clone(),
+            detail: format!("not valid JSON: {e}"),
+        })?;
+    let keys = [
+        host.to_string(),
+        format!("https://{host}"),
+        format!("http://{host}"),
+    ];
+    for k in keys {
+        if let Some(a) = cfg.auths.get(&k) {
+            if let (Some(u), Some(p)) = (&a.username, &a.password) {
+                return Ok(Some(Credentials {
+                    username: u.clone(),
+                    password: p.clone(),
+                }));
+            }
+            if let Some(enc) = &a.auth {
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(enc.trim())
+                    .map_err(|e| RemoteError::Credentials {
+                        path: path.clone(),
+                        detail: format!("auths.{k}.auth is not base64: {e}"),
+                    })?;
+                let raw = String::from_utf8_lossy(&raw);
+                if let Some((u, p)) = raw.split_once(':') {
+                    return Ok(Some(Credentials {
+                        username: u.to_string(),
+                        password: p.to_string(),
+                    }));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Store (or, with `None`, remove) the credentials for `host`; returns the file.
+pub fn store_credentials(host: &str, creds: Option<&Credentials>) -> Result<PathBuf, RemoteError> {
+    let path = credentials_path().ok_or_else(|| RemoteError::Credentials {
+        path: PathBuf::from("~/.config/sregistry/credentials.json"),
+        detail: "no home directory: set HOME or SREGISTRY_CONFIG_DIR".into(),
+    })?;
+    let cred_err = |detail: String| RemoteError::Credentials {
+        path: path.clone(),
+        detail,
+    };
+    let mut store = read_store(&path)?;
+    match creds {
+        Some(c) => {
+            store.auths.insert(
+                host.to_string(),
+                StoredAuth {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                },
+            );
+        }
+        None => {
+            store.auths.remove(host);
+        }
+    }
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| cred_err(e.to_string()))?;
+    let tmp = dir.join(".credentials.json.tmp");
+    let body = serde_json::to_vec_pretty(&store).map_err(|e| cred_err(e.to_string()))?;
+    {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| cred_err(e.to_string()))?;
+        f.write_all(&body).map_err(|e| cred_err(e.to_string()))?;
+        f.sync_all().map_err(|e| cred_err(e.to_string()))?;
+    }
+    fs::rename(&tmp, &path).map_err(|e| cred_err(e.to_string()))?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_challenges_parse_with_quoted_and_bare_values() {
+        let c = parse_challenge(
+            r#"Bearer realm="https://auth.example.org/token",service="registry.example.org",scope="repository:lab/tool:pull,push""#,
+        )
+        .unwrap();
+        assert_eq!(c.scheme, "bearer");
+        assert_eq!(c.params["realm"], "https://auth.example.org/token");
+        assert_eq!(c.params["scope"], "repository:lab/tool:pull,push");
+        let c = parse_challenge("Basic realm=Registry").unwrap();
+        assert_eq!(c.scheme, "basic");
+        assert_eq!(c.params["realm"], "Registry");
+        let c = parse_challenge(r#"Bearer realm="a\"b", error="invalid_token""#).unwrap();
+        assert_eq!(c.params["realm"], "a\"b");
+        assert_eq!(c.params["error"], "invalid_token");
+    }
+
+    #[test]
+    fn malformed_challenges_are_refused_not_panicked_on() {
+        for bad in [
+            "",
+            "   ",
+            "Bearer realm=\"unterminated",
+            "B@d x=y",
+            "Bearer =x",
+        ] {
+            assert!(parse_challenge(bad).is_none(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn basic_header_encodes_user_and_password() {
+        let c = Credentials {
+            username: "alice".into(),
+            password: "s3cret".into(),
+        };
+        assert_eq!(c.basic(), "Basic YWxpY2U6czNjcmV0");
+        assert!(!format!("{c:?}").contains("s3cret"));
+    }
+}

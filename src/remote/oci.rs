@@ -1,0 +1,854 @@
+//! The OCI distribution protocol, for SIF images stored as ORAS artifacts.
+//!
+//! # The artifact
+//!
+//! What `apptainer push oras://` writes, and what this module reads and writes: an OCI image
+//! manifest whose config has media type `application/vnd.sylabs.sif.config.v1+json` (an
+//! empty JSON object) and whose one layer is the SIF file itself, media type
+//! `application/vnd.sylabs.sif.layer.v1.sif`, with the file name in the
+//! `org.opencontainers.image.title` annotation. The prototype layer type of Singularity
+//! before 3.7 (`appliciation/vnd.sylabs.sif.layer.tar`, typo included) is accepted on pull.
+//!
+//! # Requests
+//!
+//! Manifests are fetched with an `Accept` header naming the OCI and Docker manifest types
+//! (the registry answers 404 without it), at most 4 MiB, and checked against the digest
+//! when pulled by digest. The layer is fetched as a stream through [`Sink`] (declared size
+//! enforced, sha256 checked, BLAKE3 computed); a connection that drops mid-blob is resumed
+//! with `Range`. Uploads are `POST` then `PUT <Location>&digest=` (a single-request
+//! upload is answered `202` by some registries and stores nothing); a blob the registry
+//! already has (`HEAD`) is not sent again.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::Path;
+
+use futures_util::StreamExt;
+use reqwest::header::{
+    ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION, RANGE,
+    WWW_AUTHENTICATE,
+};
+use reqwest::{Method, RequestBuilder, Response, StatusCode};
+use serde::{Deserialize, Serialize};
+
+use super::auth::{self, Challenge, Credentials};
+use super::transport::Transport;
+use super::verify::Sink;
+use super::{Fetched, RemoteError, RemoteOptions};
+use crate::cache::{Cache, Entry};
+use crate::store::Staged;
+
+pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+pub const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
+pub const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
+pub const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
+/// The prototype layer type of Singularity before 3.7 (sic).
+pub const SIF_LAYER_PROTO: &str = "appliciation/vnd.sylabs.sif.layer.tar";
+pub const TITLE: &str = "org.opencontainers.image.title";
+/// Largest manifest accepted.
+const MAX_MANIFEST: u64 = 4 << 20;
+
+/// `host[:port]/repository[:tag|@sha256:<hex>]`
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OciRef {
+    pub host: String,
+    pub repository: String,
+    pub tag: Option<String>,
+    pub digest: Option<String>,
+}
+
+impl OciRef {
+    /// Parse the part after `oras://`.
+    pub fn parse(s: &str) -> Result<OciRef, String> {
+        let (host, rest) = s
+            .split_once('/')
+            .ok_or("expected oras://HOST/REPOSITORY[:TAG]")?;
+        if host.is_empty()
+            || host
+                .bytes()
+                .any(|b| !(b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
+        {
+            return Err(format!("`{host}` is not a host name"));
+        }
+        let (path, digest) = match rest.split_once('@') {
+            Some((p, d)) => {
+                let hex = d
+                    .strip_prefix("sha256:")
+                    .ok_or("digests are sha256:<64 hex>")?;
+                if hex.len() != 64
+                    || !hex
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+                {
+                    return Err("digests are sha256:<64 lower-case hex>".into());
+                }
+                (p, Some(d.to_string()))
+            }
+            None => (rest, None),
+        };
+        let (repo, tag) = match path.rsplit_once(':') {
+            Some((r, t)) if !t.contains('/') => (r, Some(t.to_string())),
+            _ => (path, None),
+        };
+        if repo.is_empty() {
+            return Err("the repository is empty".into());
+        }
+        if repo != repo.to_ascii_lowercase() {
+            return Err(format!("repository `{repo}` must be lower-case"));
+        }
+        // Reuse the local grammar for path parts and tags.
+        let probe = format!("x.invalid/{repo}:{}", tag.as_deref().unwrap_or("latest"));
+        crate::reference::Reference::parse(&probe).map_err(|e| e.reason().to_string())?;
+        let tag = if tag.is_none() && digest.is_none() {
+            Some("latest".to_string())
+        } else {
+            tag
+        };
+        Ok(OciRef {
+            host: host.to_ascii_lowercase(),
+            repository: repo.to_string(),
+            tag,
+            digest,
+        })
+    }
+
+    /// What to ask the registry for: the digest if given, else the tag.
+    pub fn reference(&self) -> &str {
+        self.digest
+            .as_deref()
+            .or(self.tag.as_deref())
+            .unwrap_or("latest")
+    }
+
+    /// The local name: `host/repository:tag`, or `:sha256-<hex>` for a digest.
+    pub fn local_name(&self) -> String {
+        let tag = match (&self.tag, &self.digest) {
+            (Some(t), _) => t.clone(),
+            (None, Some(d)) => d.replace(':', "-"),
+            (None, None) => "latest".into(),
+        };
+        format!("{}/{}:{}", self.host, self.repository, tag)
+    }
+}
+
+impl fmt::Display for OciRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.host, self.repository)?;
+        if let Some(t) = &self.tag {
+            write!(f, ":{t}")?;
+        }
+        if let Some(d) = &self.digest {
+            write!(f, "@{d}")?;
+        }
+        Ok(())
+    }
+}
+
+/// An OCI descriptor.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Descriptor {
+    pub media_type: String,
+    pub digest: String,
+    pub size: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub annotations: Option<std::collections::BTreeMap<String, String>>,
+}
+
+/// An OCI image manifest (the fields this module uses).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    pub schema_version: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub media_type: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_type: Option<String>,
+    pub config: Descriptor,
+    #[serde(default)]
+    pub layers: Vec<Descriptor>,
+}
+
+/// Parse a manifest body. Public so fuzzing can reach it.
+pub fn parse_manifest(body: &[u8]) -> Result<Manifest, String> {
+    let v: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("manifests").is_some() {
+        return Err(
+            "it is an index of several manifests (multi-platform); pull one of them by digest"
+                .into(),
+        );
+    }
+    let m: Manifest =
+        serde_json::from_value(v).map_err(|e| format!("not an image manifest: {e}"))?;
+    if m.schema_version != 2 {
+        return Err(format!(
+            "schemaVersion {} (only 2 is known)",
+            m.schema_version
+        ));
+    }
+    Ok(m)
+}
+
+/// The SIF layer of a manifest.
+pub fn sif_layer(m: &Manifest) -> Result<&Descriptor, String> {
+    let sifs: Vec<&Descriptor> = m
+        .layers
+        .iter()
+        .filter(|l| l.media_type == SIF_LAYER || l.media_type == SIF_LAYER_PROTO)
+        .collect();
+    match sifs.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "no layer of type {SIF_LAYER} (layers: {})",
+            m.layers
+                .iter()
+                .map(|l| l.media_type.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        _ => Err("more than one SIF layer".into()),
+    }
+}
+
+/// A registry session: base URL, credentials, and the tokens obtained so far.
+pub struct Session<'t> {
+    t: &'t Transport,
+    host: String,
+    base: String,
+    creds: Option<Credentials>,
+    basic: bool,
+    tokens: HashMap<String, String>,
+}
+
+impl<'t> Session<'t> {
+    pub fn new(t: &'t Transport, host: &str, creds: Option<Credentials>) -> Session<'t> {
+        Session {
+            t,
+            host: host.to_string(),
+            base: format!("{}://{host}", t.scheme_for(host)),
+            creds,
+            basic: false,
+            tokens: HashMap::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn with_auth(&self, rb: RequestBuilder, scope: &str) -> RequestBuilder {
+        if let Some(tok) = self.tokens.get(scope) {
+            rb.header(AUTHORIZATION, format!("Bearer {tok}"))
+        } else if self.basic
+            && let Some(c) = &self.creds
+        {
+            rb.header(AUTHORIZATION, c.basic())
+        } else {
+            rb
+        }
+    }
+
+    /// Send with authentication: on a `401`, answer the challenge (basic or token for
+    /// `scope`) and try once more.
+    pub async fn send(
+        &mut self,
+        scope: &str,
+        url: &str,
+        make: &dyn Fn() -> RequestBuilder,
+    ) -> Result<Response, RemoteError> {
+        for round in 0..2 {
+            let resp = {
+                let this = &*self;
+                self.t.send(url, &|| this.with_auth(make(), scope)).await?
+            };
+            if resp.status() != StatusCode::UNAUTHORIZED || round == 1 {
+                return self.check_denied(resp, scope);
+            }
+            let header = resp
+                .headers()
+                .get(WWW_AUTHENTICATE)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            let challenge = auth::parse_challenge(&header)
+                .ok_or_else(|| self.unauthorized(format!("no usable challenge in `{header}`")))?;
+            self.answer(&challenge, scope).await?;
+        }
+        unreachable!("the loop returns on its second round")
+    }
+
+    fn unauthorized(&self, detail: String) -> RemoteError {
+        RemoteError::Unauthorized {
+            host: self.host.clone(),
+            user: self.creds.as_ref().map(|c| c.username.clone()),
+            detail,
+        }
+    }
+
+    fn check_denied(&self, resp: Response, scope: &str) -> Result<Response, RemoteError> {
+        match resp.status() {
+            StatusCode::UNAUTHORIZED => Err(if self.creds.is_none() {
+                self.unauthorized("credentials are required".into())
+            } else {
+                self.unauthorized("the registry did not accept them".into())
+            }),
+            StatusCode::FORBIDDEN => Err(RemoteError::Denied {
+                host: self.host.clone(),
+                repository: scope.split(':').nth(1).unwrap_or("").to_string(),
+                action: if scope.ends_with("push") {
+                    "push"
+                } else {
+                    "pull"
+                },
+                detail: String::new(),
+            }),
+            _ => Ok(resp),
+        }
+    }
+
+    async fn answer(&mut self, c: &Challenge, scope: &str) -> Result<(), RemoteError> {
+        match c.scheme.as_str() {
+            "basic" => {
+                if self.creds.is_none() {
+                    return Err(self.unauthorized("credentials are required".into()));
+                }
+                if self.basic {
+                    return Err(self.unauthorized("the registry did not accept them".into()));
+                }
+                self.basic = true;
+                Ok(())
+            }
+            "bearer" => {
+                let realm = c
+                    .params
+                    .get("realm")
+                    .ok_or_else(|| self.unauthorized("the challenge has no realm".into()))?;
+                self.t.check_url(realm)?;
+                let mut q: Vec<(&str, &str)> = Vec::new();
+                if let Some(s) = c.params.get("service") {
+                    q.push(("service", s));
+                }
+                if !scope.is_empty() {
+                    q.push(("scope", scope));
+                }
+                let creds = self.creds.clone();
+                let client = self.t.client().clone();
+                let make = || {
+                    let rb = client.get(realm.as_str()).query(&q);
+                    match &creds {
+                        Some(c) => rb.header(AUTHORIZATION, c.basic()),
+                        None => rb,
+                    }
+                };
+                let resp = self.t.send(realm, &make).await?;
+                if resp.status() == StatusCode::UNAUTHORIZED
+                    || resp.status() == StatusCode::FORBIDDEN
+                {
+                    return Err(
+                        self.unauthorized(format!("the token service `{realm}` refused them"))
+                    );
+                }
+                let resp = ok_or_status(resp, realm).await?;
+                let body = read_limited(resp, realm, 1 << 20).await?;
+                #[derive(Deserialize)]
+                struct Tok {
+                    token: Option<String>,
+                    access_token: Option<String>,
+                }
+                let t: Tok = serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
+                    url: realm.clone(),
+                    detail: format!("token answer is not JSON: {e}"),
+                })?;
+                let tok = t
+                    .token
+                    .or(t.access_token)
+                    .ok_or_else(|| RemoteError::Protocol {
+                        url: realm.clone(),
+                        detail: "token answer has no token".into(),
+                    })?;
+                self.tokens.insert(scope.to_string(), tok);
+                Ok(())
+            }
+            other => Err(self.unauthorized(format!("unsupported authentication scheme `{other}`"))),
+        }
+    }
+}
+
+async fn ok_or_status(resp: Response, url: &str) -> Result<Response, RemoteError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status().as_u16();
+    let body = read_limited(resp, url, 64 << 10).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&body);
+    let detail = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["errors"][0]["message"].as_str().map(|m| format!(": {m}")))
+        .unwrap_or_default();
+    Err(RemoteError::Status {
+        url: url.to_string(),
+        status,
+        detail,
+    })
+}
+
+async fn read_limited(resp: Response, url: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+    let mut out = Vec::new();
+    let mut stream = resp.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| RemoteError::Network {
+            url: url.to_string(),
+            detail: super::transport::error_chain(&e),
+            attempts: 1,
+        })?;
+        if out.len() as u64 + chunk.len() as u64 > limit {
+            return Err(RemoteError::TooLong {
+                url: url.to_string(),
+                limit,
+            });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+fn pull_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull")
+}
+
+fn push_scope(repo: &str) -> String {
+    format!("repository:{repo}:pull,push")
+}
+
+/// Fetch and check the manifest of `r`: (manifest, its digest, its bytes).
+pub async fn fetch_manifest(
+    s: &mut Session<'_>,
+    r: &OciRef,
+) -> Result<(Manifest, String, Vec<u8>), RemoteError> {
+    let url = s.url(&format!("/v2/{}/manifests/{}", r.repository, r.reference()));
+    let client = s.t.client().clone();
+    let make = || {
+        client.get(url.as_str()).header(
+            ACCEPT,
+            format!("{MANIFEST_OCI}, {MANIFEST_DOCKER}, {INDEX_OCI}"),
+        )
+    };
+    let resp = s.send(&pull_scope(&r.repository), &url, &make).await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(RemoteError::NotFound {
+            host: r.host.clone(),
+            what: format!("{}:{}", r.repository, r.reference()),
+        });
+    }
+    let resp = ok_or_status(resp, &url).await?;
+    let body = read_limited(resp, &url, MAX_MANIFEST).await?;
+    let digest = {
+        use sha2::Digest as _;
+        format!("sha256:{}", super::hex(&sha2::Sha256::digest(&body)))
+    };
+    if let Some(want) = &r.digest
+        && *want != digest
+    {
+        return Err(RemoteError::DigestMismatch {
+            url,
+            expected: want.clone(),
+            actual: digest,
+        });
+    }
+    let m = parse_manifest(&body).map_err(|detail| RemoteError::NotSif {
+        url: url.clone(),
+        detail,
+    })?;
+    Ok((m, digest, body))
+}
+
+/// Download the SIF layer of `r` into `tmp/`, verified.
+pub async fn pull(
+    t: &Transport,
+    cache: &Cache,
+    r: &OciRef,
+    opts: &RemoteOptions,
+) -> Result<(Staged, Fetched), RemoteError> {
+    let creds = auth::credentials_for(&r.host)?;
+    let mut s = Session::new(t, &r.host, creds);
+    let (m, _mdigest, _) = fetch_manifest(&mut s, r).await?;
+    let layer = sif_layer(&m)
+        .map_err(|detail| RemoteError::NotSif {
+            url: s.url(&format!("/v2/{}/manifests/{}", r.repository, r.reference())),
+            detail,
+        })?
+        .clone();
+    let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
+    let mut sink = Sink::new(cache.store(), &url, Some(layer.size))?;
+    download(&mut s, &pull_scope(&r.repository), &url, &mut sink, opts).await?;
+    let (staged, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
+    Ok((
+        staged,
+        Fetched {
+            media_type: Some(layer.media_type.clone()),
+            remote_digest: Some(sha),
+            ..Fetched::default()
+        },
+    ))
+}
+
+/// Stream `url` into `sink`, resuming with `Range` when the connection drops.
+pub async fn download(
+    s: &mut Session<'_>,
+    scope: &str,
+    url: &str,
+    sink: &mut Sink,
+    opts: &RemoteOptions,
+) -> Result<(), RemoteError> {
+    let bar = super::http::progress(opts, sink.written());
+    let client = s.t.client().clone();
+    let mut resumes = 0;
+    loop {
+        let from = sink.written();
+        let make = || {
+            let rb = client.get(url);
+            if from > 0 {
+                rb.header(RANGE, format!("bytes={from}-"))
+            } else {
+                rb
+            }
+        };
+        let resp = s.send(scope, url, &make).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(RemoteError::NotFound {
+                host: s.host.clone(),
+                what: url.to_string(),
+            });
+        }
+        let resp = ok_or_status(resp, url).await?;
+        if from > 0 {
+            let start = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok());
+            if resp.status() != StatusCode::PARTIAL_CONTENT || start != Some(from) {
+                sink.reset()?;
+            }
+        }
+        let mut stream = resp.bytes_stream();
+        let mut broke = None;
+        while let Some(chunk) = stream.next().await {
+            match chunk {
+                Ok(c) => {
+                    sink.write(&c)?;
+                    if let Some(b) = &bar {
+                        b.set_position(sink.written());
+                    }
+                }
+                Err(e) => {
+                    broke = Some(super::transport::error_chain(&e));
+                    break;
+                }
+            }
+        }
+        match broke {
+            None => break,
+            Some(detail) => {
+                resumes += 1;
+                if resumes >= s.t.attempts() {
+                    return Err(RemoteError::Network {
+                        url: url.to_string(),
+                        detail,
+                        attempts: resumes,
+                    });
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(200 * resumes as u64)).await;
+            }
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    Ok(())
+}
+
+/// Upload a cached image as a SIF artifact; returns where it went and its sha256.
+pub async fn push(
+    t: &Transport,
+    path: &Path,
+    entry: &Entry,
+    r: &OciRef,
+    _opts: &RemoteOptions,
+) -> Result<(String, Option<String>), RemoteError> {
+    let creds = auth::credentials_for(&r.host)?;
+    let mut s = Session::new(t, &r.host, creds);
+    let scope = push_scope(&r.repository);
+    let size = std::fs::metadata(path)
+        .map_err(|source| RemoteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?
+        .len();
+    let layer_digest = match &entry.remote_digest {
+        Some(d) if d.starts_with("sha256:") => d.clone(),
+        _ => super::sha256_of_file(path)?,
+    };
+    let config = b"{}".to_vec();
+    let config_digest = {
+        use sha2::Digest as _;
+        format!("sha256:{}", super::hex(&sha2::Sha256::digest(&config)))
+    };
+    upload_blob(
+        &mut s,
+        &scope,
+        &r.repository,
+        &config_digest,
+        Body::Bytes(config.clone()),
+    )
+    .await?;
+    upload_blob(
+        &mut s,
+        &scope,
+        &r.repository,
+        &layer_digest,
+        Body::File(path.to_path_buf(), size),
+    )
+    .await?;
+    let title = entry
+        .source
+        .as_deref()
+        .and_then(|src| Path::new(src.split(['?', '#']).next().unwrap_or(src)).file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".sif"))
+        .unwrap_or_else(|| {
+            format!(
+                "{}.sif",
+                entry
+                    .name
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or("image")
+                    .replace(':', "_")
+            )
+        });
+    let manifest = Manifest {
+        schema_version: 2,
+        media_type: Some(MANIFEST_OCI.into()),
+        artifact_type: None,
+        config: Descriptor {
+            media_type: SIF_CONFIG.into(),
+            digest: config_digest,
+            size: config.len() as u64,
+            annotations: None,
+        },
+        layers: vec![Descriptor {
+            media_type: SIF_LAYER.into(),
+            digest: layer_digest.clone(),
+            size,
+            annotations: Some([(TITLE.to_string(), title)].into_iter().collect()),
+        }],
+    };
+    let body = serde_json::to_vec(&manifest).map_err(|e| RemoteError::Protocol {
+        url: r.to_string(),
+        detail: e.to_string(),
+    })?;
+    let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
+    let url = s.url(&format!("/v2/{}/manifests/{tag}", r.repository));
+    let client = s.t.client().clone();
+    let make = || {
+        client
+            .put(url.as_str())
+            .header(CONTENT_TYPE, MANIFEST_OCI)
+            .body(body.clone())
+    };
+    let resp = s.send(&scope, &url, &make).await?;
+    ok_or_status(resp, &url).await?;
+    Ok((
+        format!("oras://{}/{}:{tag}", r.host, r.repository),
+        Some(layer_digest),
+    ))
+}
+
+enum Body {
+    Bytes(Vec<u8>),
+    File(std::path::PathBuf, u64),
+}
+
+/// `HEAD` the blob; if missing, `POST` an upload and `PUT` the content to its location.
+async fn upload_blob(
+    s: &mut Session<'_>,
+    scope: &str,
+    repo: &str,
+    digest: &str,
+    body: Body,
+) -> Result<(), RemoteError> {
+    let head_url = s.url(&format!("/v2/{repo}/blobs/{digest}"));
+    let client = s.t.client().clone();
+    let resp = s
+        .send(scope, &head_url, &|| {
+            client.request(Method::HEAD, head_url.as_str())
+        })
+        .await?;
+    if resp.status().is_success() {
+        return Ok(());
+    }
+    let post_url = s.url(&format!("/v2/{repo}/blobs/uploads/"));
+    let resp = s
+        .send(scope, &post_url, &|| {
+            client.post(post_url.as_str()).header(CONTENT_LENGTH, 0)
+        })
+        .await?;
+    let resp = ok_or_status(resp, &post_url).await?;
+    let location = resp
+        .headers()
+        .get(LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| RemoteError::Protocol {
+            url: post_url.clone(),
+            detail: "the upload answer has no Location".into(),
+        })?
+        .to_string();
+    let mut put_url = if location.starts_with("http://") || location.starts_with("https://") {
+        location
+    } else {
+        s.url(&location)
+    };
+    put_url.push(if put_url.contains('?') { '&' } else { '?' });
+    put_url.push_str(&format!("digest={digest}"));
+    let make = || {
+        let rb = client
+            .put(put_url.as_str())
+            .header(CONTENT_TYPE, "application/octet-stream");
+        match &body {
+            Body::Bytes(b) => rb.header(CONTENT_LENGTH, b.len()).body(b.clone()),
+            Body::File(p, size) => match std::fs::File::open(p) {
+                Ok(f) => {
+                    let f = tokio::fs::File::from_std(f);
+                    let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+                    rb.header(CONTENT_LENGTH, *size)
+                        .body(reqwest::Body::wrap_stream(stream))
+                }
+                // Reported by the request itself failing below.
+                Err(_) => rb.body(Vec::new()),
+            },
+        }
+    };
+    let resp = s.send(scope, &put_url, &make).await?;
+    ok_or_status(resp, &put_url).await?;
+    Ok(())
+}
+
+/// Tags of a repository (`host/repo`), or the catalog of a registry (`host`).
+pub async fn search(
+    t: &Transport,
+    target: &str,
+    _opts: &RemoteOptions,
+) -> Result<Vec<String>, RemoteError> {
+    let (host, repo) = match target.split_once('/') {
+        Some((h, r)) if !r.is_empty() => (h, Some(r.trim_end_matches('/'))),
+        Some((h, _)) => (h, None),
+        None => (target, None),
+    };
+    let creds = auth::credentials_for(host)?;
+    let mut s = Session::new(t, host, creds);
+    let (path, scope, field) = match repo {
+        Some(r) => (format!("/v2/{r}/tags/list"), pull_scope(r), "tags"),
+        None => (
+            "/v2/_catalog".to_string(),
+            "registry:catalog:*".to_string(),
+            "repositories",
+        ),
+    };
+    let url = s.url(&path);
+    let client = t.client().clone();
+    let resp = s.send(&scope, &url, &|| client.get(url.as_str())).await?;
+    if resp.status() == StatusCode::NOT_FOUND {
+        return Err(RemoteError::NotFound {
+            host: host.to_string(),
+            what: repo.unwrap_or("catalog").to_string(),
+        });
+    }
+    let resp = ok_or_status(resp, &url).await?;
+    let body = read_limited(resp, &url, 16 << 20).await?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
+            url: url.clone(),
+            detail: e.to_string(),
+        })?;
+    let mut out: Vec<String> = v[field]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|x| x.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    out.sort();
+    Ok(out)
+}
+
+/// Check credentials against `/v2/` (answering a challenge if there is one).
+pub async fn check_login(
+    t: &Transport,
+    host: &str,
+    creds: &Credentials,
+    _opts: &RemoteOptions,
+) -> Result<(), RemoteError> {
+    let mut s = Session::new(t, host, Some(creds.clone()));
+    let url = s.url("/v2/");
+    let client = t.client().clone();
+    let resp = s.send("", &url, &|| client.get(url.as_str())).await?;
+    ok_or_status(resp, &url).await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oras_references_parse_tags_digests_and_defaults() {
+        let r = OciRef::parse("127.0.0.1:5000/lab/tool:1.2").unwrap();
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str(), r.reference()),
+            ("127.0.0.1:5000", "lab/tool", "1.2")
+        );
+        let r = OciRef::parse("reg.example.org/tool").unwrap();
+        assert_eq!(r.reference(), "latest");
+        let d = format!("sha256:{}", "a".repeat(64));
+        let r = OciRef::parse(&format!("reg.example.org/tool@{d}")).unwrap();
+        assert_eq!(r.reference(), d);
+        assert_eq!(
+            r.local_name(),
+            format!("reg.example.org/tool:sha256-{}", "a".repeat(64))
+        );
+        for bad in [
+            "host",
+            "host/",
+            "host/Tool",
+            "host/tool@md5:00",
+            "host/../x",
+            "ho st/x",
+        ] {
+            assert!(OciRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn manifests_with_one_sif_layer_are_accepted_and_indexes_refused() {
+        let m = br#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json",
+            "config":{"mediaType":"application/vnd.sylabs.sif.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},
+            "layers":[{"mediaType":"application/vnd.sylabs.sif.layer.v1.sif","digest":"sha256:00","size":10,
+            "annotations":{"org.opencontainers.image.title":"x.sif"}}]}"#;
+        let m = parse_manifest(m).unwrap();
+        assert_eq!(sif_layer(&m).unwrap().size, 10);
+        assert!(
+            parse_manifest(br#"{"schemaVersion":2,"manifests":[]}"#)
+                .unwrap_err()
+                .contains("index")
+        );
+        assert!(parse_manifest(b"not json").is_err());
+        let docker = br#"{"schemaVersion":2,"config":{"mediaType":"a","digest":"b","size":1},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar","digest":"c","size":1}]}"#;
+        assert!(sif_layer(&parse_manifest(docker).unwrap()).is_err());
+    }
+}

@@ -1,0 +1,162 @@
+//! S3-compatible object stores, through the `object_store` crate.
+//!
+//! Bucket and key come from `s3://BUCKET/KEY`; endpoint, region and credentials from the
+//! usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+//! `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`), and
+//! `--endpoint URL` (which wins). Path-style requests; plain HTTP only to loopback or with
+//! `--insecure`. Downloads stream through the verifying [`Sink`] with the object's size as
+//! the limit; uploads are multipart, 16 MiB at a time.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+
+use super::verify::Sink;
+use super::{Fetched, RemoteError, RemoteOptions};
+use crate::cache::Cache;
+use crate::store::Staged;
+
+fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
+    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    let endpoint = opts.endpoint.clone().or_else(|| {
+        std::env::var("AWS_ENDPOINT_URL")
+            .ok()
+            .filter(|v| !v.is_empty())
+    });
+    if let Some(ep) = &endpoint {
+        let host = ep
+            .split_once("://")
+            .map(|x| x.1)
+            .unwrap_or(ep)
+            .split('/')
+            .next()
+            .unwrap_or("");
+        let plain = ep.starts_with("http://");
+        if plain && !opts.insecure && !super::transport::is_loopback(host) {
+            return Err(RemoteError::Insecure {
+                host: host.to_string(),
+            });
+        }
+        b = b
+            .with_endpoint(ep)
+            .with_allow_http(plain)
+            .with_virtual_hosted_style_request(false);
+    }
+    if std::env::var_os("AWS_REGION").is_none() && std::env::var_os("AWS_DEFAULT_REGION").is_none()
+    {
+        b = b.with_region("us-east-1");
+    }
+    let url = format!("s3://{bucket}");
+    let store = b.build().map_err(|e| RemoteError::S3 {
+        url: url.clone(),
+        detail: e.to_string(),
+    })?;
+    Ok((Arc::new(store), url))
+}
+
+fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
+    match e {
+        object_store::Error::NotFound { .. } => RemoteError::NotFound {
+            host: url.to_string(),
+            what: url.to_string(),
+        },
+        other => {
+            let text = super::transport::error_chain(&other);
+            let hint = if text.contains("SignatureDoesNotMatch")
+                || text.contains("InvalidAccessKeyId")
+                || text.contains("403")
+            {
+                " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            } else {
+                ""
+            };
+            RemoteError::S3 {
+                url: url.to_string(),
+                detail: format!("{text}{hint}"),
+            }
+        }
+    }
+}
+
+/// Download `s3://bucket/key` into `tmp/`, verified.
+pub async fn pull(
+    cache: &Cache,
+    bucket: &str,
+    key: &str,
+    opts: &RemoteOptions,
+) -> Result<(Staged, Fetched), RemoteError> {
+    let (store, _) = open(bucket, opts)?;
+    let url = format!("s3://{bucket}/{key}");
+    let path = object_store::path::Path::from(key);
+    let res = store.get(&path).await.map_err(|e| s3_err(&url, e))?;
+    let size = res.meta.size;
+    let etag = res.meta.e_tag.clone();
+    let modified = Some(res.meta.last_modified.to_rfc2822());
+    let mut sink = Sink::new(cache.store(), &url, Some(size))?;
+    let bar = super::http::progress(opts, 0);
+    if let Some(b) = &bar {
+        b.set_length(size);
+    }
+    let mut stream = res.into_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| s3_err(&url, e))?;
+        sink.write(&chunk)?;
+        if let Some(b) = &bar {
+            b.set_position(sink.written());
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let (staged, sha) = sink.finish(Some(size), None)?;
+    Ok((
+        staged,
+        Fetched {
+            media_type: None,
+            remote_digest: Some(sha),
+            etag,
+            last_modified: modified,
+        },
+    ))
+}
+
+/// Upload a file to `s3://bucket/key` (multipart).
+pub async fn push(
+    file: &Path,
+    bucket: &str,
+    key: &str,
+    opts: &RemoteOptions,
+) -> Result<(String, Option<String>), RemoteError> {
+    use tokio::io::AsyncReadExt;
+    let (store, _) = open(bucket, opts)?;
+    let url = format!("s3://{bucket}/{key}");
+    let path = object_store::path::Path::from(key);
+    let upload = store
+        .put_multipart(&path)
+        .await
+        .map_err(|e| s3_err(&url, e))?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+    let mut f = tokio::fs::File::open(file)
+        .await
+        .map_err(|source| RemoteError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
+    let mut buf = vec![0u8; 4 << 20];
+    loop {
+        let n = f.read(&mut buf).await.map_err(|source| RemoteError::Io {
+            path: file.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
+        w.write(&buf[..n]);
+    }
+    w.finish().await.map_err(|e| s3_err(&url, e))?;
+    Ok((url, None))
+}
