@@ -288,7 +288,19 @@ impl<'t> Session<'t> {
     }
 
     fn check_denied(&self, resp: Response, scope: &str) -> Result<Response, RemoteError> {
+        let insufficient = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|h| h.to_str().ok())
+            .and_then(auth::parse_challenge)
+            .is_some_and(|c| c.params.get("error").is_some_and(|e| e == "insufficient_scope"));
         match resp.status() {
+            StatusCode::UNAUTHORIZED if insufficient && self.creds.is_some() => Err(RemoteError::Denied {
+                host: self.host.clone(),
+                repository: scope.split(':').nth(1).unwrap_or("").to_string(),
+                action: if scope.ends_with("push") { "push" } else { "pull" },
+                detail: " (the token service granted less than was asked)".into(),
+            }),
             StatusCode::UNAUTHORIZED => Err(if self.creds.is_none() {
                 self.unauthorized("credentials are required".into())
             } else {

@@ -39,6 +39,9 @@ impl Env {
     pub fn std_cmd(&self) -> StdCommand {
         let mut c = StdCommand::new(env!("CARGO_BIN_EXE_sregistry"));
         c.env("SREGISTRY_CACHE", &self.cache)
+            .env("SREGISTRY_CONFIG_DIR", self.dir.path().join("config"))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
+            .env_remove("SREGISTRY_PASSWORD")
             .env_remove("SREGISTRY_NOW")
             .env_remove("SREGISTRY_LOCK")
             .env_remove("SREGISTRY_TEST_PAUSE")
@@ -48,7 +51,11 @@ impl Env {
     }
 
     fn scrub<'a>(&self, c: &'a mut Command) -> &'a mut Command {
-        c.env_remove("SREGISTRY_NOW")
+        // Credentials come only from this test's own directories.
+        c.env("SREGISTRY_CONFIG_DIR", self.dir.path().join("config"))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
+            .env_remove("SREGISTRY_PASSWORD")
+            .env_remove("SREGISTRY_NOW")
             .env_remove("SREGISTRY_LOCK")
             .env_remove("SREGISTRY_TEST_PAUSE")
             .env_remove("SREGISTRY_LOCK_TIMEOUT")

@@ -1,0 +1,200 @@
+//! Pull, push, search and login against a real registry (Debian's docker-registry):
+//! anonymous, htpasswd and token auth; concurrent gets that must download once.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use crate::common::*;
+use crate::registry::Registry;
+
+/// The sha256 digest the registry knows a file by.
+fn sha256_of(path: &std::path::Path) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(fs::read(path).unwrap()))
+}
+
+fn login(env: &Env, reg: &Registry, user: &str, password: &str) -> std::process::Output {
+    env.cmd()
+        .args(["login", &reg.addr, "-u", user, "--password-stdin"])
+        .write_stdin(password)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn oras_push_then_pull_round_trip_is_byte_identical() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "round trip");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool:1.0"]));
+    stdout_of(env.cmd().args(["push", "lab/tool:1.0", &reg.oras("lab/tool:1.0")]));
+    // A fresh cache pulls it back.
+    let other = Env::new();
+    let path = stdout_of(other.cmd().args(["pull", &reg.oras("lab/tool:1.0")]));
+    assert_eq!(fs::read(&path).unwrap(), fs::read(&sif).unwrap());
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(
+        other.cmd().args(["inspect", "--json", &format!("{}/lab/tool:1.0", reg.addr)]),
+    ))
+    .unwrap();
+    assert_eq!(v["source"], reg.oras("lab/tool:1.0"));
+    assert_eq!(v["media_type"], "application/vnd.sylabs.sif.layer.v1.sif");
+    assert_eq!(v["sif"]["header"]["arch"], "amd64");
+    other.assert_blobs_verify();
+    assert!(other.tmp_entries().is_empty());
+    // `search` lists the tag and the repository.
+    assert_eq!(stdout_of(other.cmd().args(["search", &format!("oras://{}/lab/tool", reg.addr)])), "1.0");
+    assert_eq!(stdout_of(other.cmd().args(["search", &format!("oras://{}", reg.addr)])), "lab/tool");
+}
+
+#[test]
+fn push_skips_blobs_the_registry_already_has() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "pushed twice");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:a")]));
+    let uploads = |log: &str| log.lines().filter(|l| l.contains("POST /v2/lab/tool/blobs/uploads")).count();
+    assert_eq!(uploads(&reg.log()), 2, "config and layer");
+    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:b")]));
+    assert_eq!(uploads(&reg.log()), 2, "a second push uploaded again:\n{}", reg.log());
+    let other = Env::new();
+    let path = stdout_of(other.cmd().args(["pull", &reg.oras("lab/tool:b"), "--name", "mine/tool:b"]));
+    assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
+    assert_eq!(other.names(), ["mine/tool:b"]);
+}
+
+/// 32 jobs ask for the same uncached image at once: one download, one path.
+#[test]
+fn concurrent_gets_of_one_uncached_image_download_once() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "wanted by many");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+    let jobs = Env::new();
+    let remote = reg.oras("lab/tool:1");
+    let children: Vec<_> = (0..32)
+        .map(|_| {
+            jobs.std_cmd()
+                .args(["get", &remote])
+                .env("SREGISTRY_CONFIG_DIR", jobs.dir.path().join("config"))
+                .env("DOCKER_CONFIG", jobs.dir.path().join("docker"))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut paths = std::collections::BTreeSet::new();
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    }
+    assert_eq!(paths.len(), 1, "different paths: {paths:?}");
+    let path = paths.into_iter().next().unwrap();
+    assert_eq!(fs::read(&path).unwrap(), fs::read(&sif).unwrap());
+    assert_eq!(reg.blob_gets(&sha256_of(&sif)), 1, "the blob was downloaded more than once:\n{}", reg.log());
+    assert!(jobs.tmp_entries().is_empty());
+}
+
+/// Once pulled, `get` of the remote answers from the cache, even with the registry gone.
+#[test]
+fn get_of_a_pulled_remote_needs_no_registry() {
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "offline later");
+    let remote;
+    let path;
+    {
+        let reg = Registry::anonymous();
+        stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+        stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+        remote = reg.oras("lab/tool:1");
+        path = stdout_of(env.cmd().args(["get", &remote]));
+    }
+    assert_eq!(stdout_of(env.cmd().args(["get", &remote])), path);
+}
+
+#[test]
+fn unknown_remote_tag_exits_three_and_plain_http_elsewhere_is_refused() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    assert_fails(env.cmd().args(["pull", &reg.oras("lab/none:1")]), 3, "lab/none:1");
+    assert_fails(env.cmd().args(["pull", "http://example.org/x.sif"]), 1, "plain HTTP");
+    assert_fails(env.cmd().args(["pull", "ftp://example.org/x.sif"]), 2, "unknown scheme");
+    assert!(env.blobs().is_empty());
+}
+
+#[test]
+fn htpasswd_registry_needs_the_right_password() {
+    let reg = Registry::htpasswd("alice", "correct-horse");
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "private");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    // No credentials: a clear refusal.
+    assert_fails(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]), 1, "sregistry login");
+    // A wrong password is refused at login and nothing is stored.
+    let out = login(&env, &reg, "alice", "wrong");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refused the credentials of `alice`"));
+    assert!(!env.path("config/credentials.json").exists());
+    // The right one is stored 0600 and works for push and pull.
+    let out = login(&env, &reg, "alice", "correct-horse");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let creds = env.path("config/credentials.json");
+    assert_eq!(fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
+    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+    let path = stdout_of(env.cmd().args(["pull", &reg.oras("lab/tool:1"), "--name", "copy"]));
+    assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
+    // A credentials file others can read is refused, with the fix.
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
+    assert_fails(env.cmd().args(["pull", &reg.oras("lab/tool:1")]), 1, "chmod 600");
+    fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
+    env.cmd().args(["logout", &reg.addr]).assert().success();
+    assert_fails(env.cmd().args(["pull", &reg.oras("lab/tool:1")]), 1, "credentials are required");
+}
+
+/// Credentials written by `docker login` / `oras login` are used as they are.
+#[test]
+fn docker_config_credentials_are_honoured() {
+    use base64::Engine as _;
+    let reg = Registry::htpasswd("bob", "pw-bob");
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "docker config");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    fs::create_dir_all(env.path("docker")).unwrap();
+    let auth = base64::engine::general_purpose::STANDARD.encode("bob:pw-bob");
+    fs::write(
+        env.path("docker/config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+    let bad = base64::engine::general_purpose::STANDARD.encode("bob:nope");
+    fs::write(
+        env.path("docker/config.json"),
+        format!(r#"{{"auths":{{"{}":{{"auth":"{bad}"}}}}}}"#, reg.addr),
+    )
+    .unwrap();
+    assert_fails(env.cmd().args(["pull", &reg.oras("lab/tool:1")]), 1, "refused the credentials of `bob`");
+}
+
+/// Token auth: tokens are fetched per scope; a token for one repository cannot push to
+/// another.
+#[test]
+fn token_auth_grants_push_only_where_the_token_allows() {
+    let reg = Registry::token("carol", "tok-pass", "lab/allowed");
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "token");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    let out = login(&env, &reg, "carol", "tok-pass");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(login(&env, &reg, "carol", "bad").status.code(), Some(1));
+    // login with a bad password must not have overwritten the good one.
+    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/allowed:1")]));
+    let path = stdout_of(env.cmd().args(["pull", &reg.oras("lab/allowed:1"), "--name", "copy"]));
+    assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
+    let err = assert_fails(env.cmd().args(["push", "lab/tool", &reg.oras("lab/other:1")]), 1, "lab/other");
+    assert!(err.contains("push"), "{err}");
+}
