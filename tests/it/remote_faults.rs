@@ -1,0 +1,1 @@
+//! (being written) Fault injection against pulls: a small server beside the real registry.
