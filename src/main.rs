@@ -24,7 +24,27 @@ fn main() -> ExitCode {
             };
         }
     };
-    match sregistry::commands::run(cli) {
+    // A panic is a bug; still, the user gets one line and exit code 1, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!(
+            "error: internal error: {msg}{at} (this is a bug in sregistry; please report it)"
+        );
+    }));
+    let outcome = std::panic::catch_unwind(|| sregistry::commands::run(cli));
+    let Ok(outcome) = outcome else {
+        return ExitStatus::Failure.into();
+    };
+    match outcome {
         Ok(()) => ExitStatus::Success.into(),
         Err(e) if exit::is_broken_pipe(&e) => ExitStatus::Success.into(),
         Err(e) => {

@@ -2,8 +2,10 @@
 //! there deterministically.
 //!
 //! When `SREGISTRY_TEST_PAUSE` equals the point's name, the process writes
-//! `paused at <point>` to stderr and sleeps until it is killed. Unset (always, outside
-//! tests), each call is one environment lookup.
+//! `paused at <point>` to stderr and sleeps until it is killed, or, when
+//! `SREGISTRY_TEST_RESUME` names a file, until that file exists (so a test can change the
+//! world at that instant and let the command go on). Unset (always, outside tests), each
+//! call is one environment lookup.
 
 /// The environment variable naming the point to stop at.
 pub const PAUSE_ENV: &str = "SREGISTRY_TEST_PAUSE";
@@ -12,8 +14,13 @@ pub const PAUSE_ENV: &str = "SREGISTRY_TEST_PAUSE";
 pub fn pause(point: &str) {
     if std::env::var_os(PAUSE_ENV).is_some_and(|v| v == point) {
         eprintln!("paused at {point}");
+        let resume = std::env::var_os("SREGISTRY_TEST_RESUME").map(std::path::PathBuf::from);
         loop {
-            std::thread::sleep(std::time::Duration::from_secs(3600));
+            match &resume {
+                Some(f) if f.exists() => return,
+                Some(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+                None => std::thread::sleep(std::time::Duration::from_secs(3600)),
+            }
         }
     }
 }

@@ -203,3 +203,194 @@ fn unwritable_cache_location_is_named_in_the_error() {
     assert!(err.contains("not-a-dir"), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
 }
+
+/// A file that shrinks while it is being added is refused; nothing partial is kept.
+#[test]
+fn add_of_a_file_that_shrinks_while_being_added_fails_cleanly() {
+    let env = seeded();
+    let f = env.file("shrinking.img", &vec![9u8; 12 << 20]);
+    let resume = env.path("resume");
+    let before = env.snapshot();
+    let mut child = env
+        .std_cmd()
+        .env("SREGISTRY_TEST_PAUSE", "add-mid-copy")
+        .env("SREGISTRY_TEST_RESUME", &resume)
+        .arg("add")
+        .arg(&f)
+        .args(["--name", "x"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    assert!(line.starts_with("paused at"), "{line}");
+    // Shrink the file under the running add, then let it go on.
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(1 << 20)
+        .unwrap();
+    fs::write(&resume, b"").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{rest}");
+    assert!(
+        rest.contains("changed size while it was being added"),
+        "{rest}"
+    );
+    assert_eq!(rest.trim_end().lines().count(), 1, "{rest}");
+    assert_eq!(env.snapshot(), before);
+}
+
+/// A damaged index (truncated, or random bytes) is reported by every command, naming the
+/// index and the way out; nothing panics, and doctor says what to do.
+#[test]
+fn a_damaged_index_is_reported_by_every_command_without_a_panic() {
+    for damage in ["truncated", "random"] {
+        let env = seeded();
+        let index = env.cache.join("v1/index.redb");
+        let good = fs::read(&index).unwrap();
+        let bad: Vec<u8> = match damage {
+            "truncated" => good[..good.len() / 3].to_vec(),
+            _ => (0..good.len())
+                .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+                .collect(),
+        };
+        fs::write(&index, &bad).unwrap();
+        let f = env.file("new.img", b"new");
+        let commands: Vec<Vec<String>> = vec![
+            vec!["get".into(), "seed:1".into()],
+            vec!["list".into()],
+            vec!["inspect".into(), "seed:1".into()],
+            vec![
+                "add".into(),
+                f.display().to_string(),
+                "--name".into(),
+                "n".into(),
+            ],
+            vec!["rm".into(), "seed:1".into()],
+            vec!["gc".into()],
+            vec!["verify".into()],
+            vec!["info".into()],
+        ];
+        for args in commands {
+            let out = env.cmd().args(&args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{damage} {args:?}: {err}");
+            assert!(
+                err.contains("index.redb") && err.contains("doctor"),
+                "{damage} {args:?}: {err}"
+            );
+            assert!(
+                !err.contains("panicked") && !err.contains("internal error"),
+                "{damage} {args:?}: {err}"
+            );
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{damage} {args:?}: {err}"
+            );
+        }
+        let out = env.cmd().args(["doctor"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(4));
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("FAIL index") && text.contains("move it aside"),
+            "{damage}: {text}"
+        );
+        assert_eq!(
+            fs::read(&index).unwrap(),
+            bad,
+            "{damage}: a command rewrote the damaged index"
+        );
+    }
+}
+
+/// A cache directory reached through a symlink works like the directory itself.
+#[test]
+fn a_cache_directory_behind_a_symlink_works() {
+    let env = Env::new();
+    let real = env.path("real-cache");
+    fs::create_dir(&real).unwrap();
+    let link = env.path("linked-cache");
+    std::os::unix::fs::symlink(&real, &link).unwrap();
+    let f = env.file("a.img", b"through a link");
+    let p = stdout_of(
+        env.cmd()
+            .env("SREGISTRY_CACHE", &link)
+            .arg("add")
+            .arg(&f)
+            .args(["--name", "a"]),
+    );
+    assert_eq!(fs::read(&p).unwrap(), b"through a link");
+    assert!(real.join("v1/index.redb").is_file());
+    assert_eq!(
+        stdout_of(env.cmd().env("SREGISTRY_CACHE", &real).args(["get", "a"])).len(),
+        p.len() - link.as_os_str().len() + real.as_os_str().len()
+    );
+}
+
+/// A cache on a read-only filesystem: reads work, writes fail with the reason, nothing
+/// changes.
+#[test]
+fn a_read_only_cache_refuses_writes_cleanly() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "SKIPPED a_read_only_cache_refuses_writes_cleanly: remounting read-only needs root"
+        );
+        return;
+    }
+    let env = Env::new();
+    let mnt = env.path("ro");
+    fs::create_dir(&mnt).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .arg(&mnt)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "mount {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    run(&["-t", "tmpfs", "-o", "size=8m", "none"]);
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _guard = Unmount(mnt.clone());
+    let cache = mnt.join("cache");
+    let f = env.file("a.img", b"read only later");
+    stdout_of(
+        env.cmd()
+            .env("SREGISTRY_CACHE", &cache)
+            .arg("add")
+            .arg(&f)
+            .args(["--name", "a"]),
+    );
+    run(&["-o", "remount,ro"]);
+    let before = env.snapshot_of(&cache);
+    let g = env.file("b.img", b"second");
+    let out = env
+        .cmd()
+        .env("SREGISTRY_CACHE", &cache)
+        .arg("add")
+        .arg(&g)
+        .args(["--name", "b"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("Read-only file system"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_eq!(env.snapshot_of(&cache), before);
+}

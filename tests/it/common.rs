@@ -171,11 +171,16 @@ impl Env {
     /// Path, size and mode of everything under the cache, with the index's content hash:
     /// equal snapshots mean nothing changed.
     pub fn snapshot(&self) -> BTreeMap<PathBuf, (u64, u32, String)> {
+        self.snapshot_of(&self.cache)
+    }
+
+    /// [`Env::snapshot`] of another cache directory.
+    pub fn snapshot_of(&self, cache: &Path) -> BTreeMap<PathBuf, (u64, u32, String)> {
         let mut out = BTreeMap::new();
-        if !self.cache.exists() {
+        if !cache.exists() {
             return out;
         }
-        for e in walk(&self.cache) {
+        for e in walk(cache) {
             let m = fs::symlink_metadata(&e).unwrap();
             let h = if m.is_file() {
                 sregistry::Digest::of(&fs::read(&e).unwrap()).hex()
