@@ -138,7 +138,8 @@ impl Registry {
         self.log()
             .lines()
             .filter(|l| {
-                l.contains(&format!("GET /v2/")) && l.contains(&format!("/blobs/{digest} HTTP"))
+                l.contains("GET /v2/")
+                    && l.contains(&format!("/blobs/{digest} HTTP"))
                     && (l.contains("\" 200 ") || l.contains("\" 206 "))
             })
             .count()

@@ -27,15 +27,25 @@ fn oras_push_then_pull_round_trip_is_byte_identical() {
     let reg = Registry::anonymous();
     let env = Env::new();
     let sif = env.sif("tool.sif", "round trip");
-    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool:1.0"]));
-    stdout_of(env.cmd().args(["push", "lab/tool:1.0", &reg.oras("lab/tool:1.0")]));
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/tool:1.0"]),
+    );
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool:1.0", &reg.oras("lab/tool:1.0")]),
+    );
     // A fresh cache pulls it back.
     let other = Env::new();
     let path = stdout_of(other.cmd().args(["pull", &reg.oras("lab/tool:1.0")]));
     assert_eq!(fs::read(&path).unwrap(), fs::read(&sif).unwrap());
-    let v: serde_json::Value = serde_json::from_str(&stdout_of(
-        other.cmd().args(["inspect", "--json", &format!("{}/lab/tool:1.0", reg.addr)]),
-    ))
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(other.cmd().args([
+        "inspect",
+        "--json",
+        &format!("{}/lab/tool:1.0", reg.addr),
+    ])))
     .unwrap();
     assert_eq!(v["source"], reg.oras("lab/tool:1.0"));
     assert_eq!(v["media_type"], "application/vnd.sylabs.sif.layer.v1.sif");
@@ -43,8 +53,22 @@ fn oras_push_then_pull_round_trip_is_byte_identical() {
     other.assert_blobs_verify();
     assert!(other.tmp_entries().is_empty());
     // `search` lists the tag and the repository.
-    assert_eq!(stdout_of(other.cmd().args(["search", &format!("oras://{}/lab/tool", reg.addr)])), "1.0");
-    assert_eq!(stdout_of(other.cmd().args(["search", &format!("oras://{}", reg.addr)])), "lab/tool");
+    assert_eq!(
+        stdout_of(
+            other
+                .cmd()
+                .args(["search", &format!("oras://{}/lab/tool", reg.addr)])
+        ),
+        "1.0"
+    );
+    assert_eq!(
+        stdout_of(
+            other
+                .cmd()
+                .args(["search", &format!("oras://{}", reg.addr)])
+        ),
+        "lab/tool"
+    );
 }
 
 #[test]
@@ -53,13 +77,33 @@ fn push_skips_blobs_the_registry_already_has() {
     let env = Env::new();
     let sif = env.sif("tool.sif", "pushed twice");
     stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
-    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:a")]));
-    let uploads = |log: &str| log.lines().filter(|l| l.contains("POST /v2/lab/tool/blobs/uploads")).count();
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:a")]),
+    );
+    let uploads = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("POST /v2/lab/tool/blobs/uploads"))
+            .count()
+    };
     assert_eq!(uploads(&reg.log()), 2, "config and layer");
-    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:b")]));
-    assert_eq!(uploads(&reg.log()), 2, "a second push uploaded again:\n{}", reg.log());
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:b")]),
+    );
+    assert_eq!(
+        uploads(&reg.log()),
+        2,
+        "a second push uploaded again:\n{}",
+        reg.log()
+    );
     let other = Env::new();
-    let path = stdout_of(other.cmd().args(["pull", &reg.oras("lab/tool:b"), "--name", "mine/tool:b"]));
+    let path =
+        stdout_of(
+            other
+                .cmd()
+                .args(["pull", &reg.oras("lab/tool:b"), "--name", "mine/tool:b"]),
+        );
     assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
     assert_eq!(other.names(), ["mine/tool:b"]);
 }
@@ -71,7 +115,10 @@ fn concurrent_gets_of_one_uncached_image_download_once() {
     let env = Env::new();
     let sif = env.sif("tool.sif", "wanted by many");
     stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
-    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
+    );
     let jobs = Env::new();
     let remote = reg.oras("lab/tool:1");
     let children: Vec<_> = (0..32)
@@ -89,13 +136,22 @@ fn concurrent_gets_of_one_uncached_image_download_once() {
     let mut paths = std::collections::BTreeSet::new();
     for c in children {
         let out = c.wait_with_output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
     }
     assert_eq!(paths.len(), 1, "different paths: {paths:?}");
     let path = paths.into_iter().next().unwrap();
     assert_eq!(fs::read(&path).unwrap(), fs::read(&sif).unwrap());
-    assert_eq!(reg.blob_gets(&sha256_of(&sif)), 1, "the blob was downloaded more than once:\n{}", reg.log());
+    assert_eq!(
+        reg.blob_gets(&sha256_of(&sif)),
+        1,
+        "the blob was downloaded more than once:\n{}",
+        reg.log()
+    );
     assert!(jobs.tmp_entries().is_empty());
 }
 
@@ -109,7 +165,10 @@ fn get_of_a_pulled_remote_needs_no_registry() {
     {
         let reg = Registry::anonymous();
         stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
-        stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+        stdout_of(
+            env.cmd()
+                .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
+        );
         remote = reg.oras("lab/tool:1");
         path = stdout_of(env.cmd().args(["get", &remote]));
     }
@@ -120,9 +179,21 @@ fn get_of_a_pulled_remote_needs_no_registry() {
 fn unknown_remote_tag_exits_three_and_plain_http_elsewhere_is_refused() {
     let reg = Registry::anonymous();
     let env = Env::new();
-    assert_fails(env.cmd().args(["pull", &reg.oras("lab/none:1")]), 3, "lab/none:1");
-    assert_fails(env.cmd().args(["pull", "http://example.org/x.sif"]), 1, "plain HTTP");
-    assert_fails(env.cmd().args(["pull", "ftp://example.org/x.sif"]), 2, "unknown scheme");
+    assert_fails(
+        env.cmd().args(["pull", &reg.oras("lab/none:1")]),
+        3,
+        "lab/none:1",
+    );
+    assert_fails(
+        env.cmd().args(["pull", "http://example.org/x.sif"]),
+        1,
+        "plain HTTP",
+    );
+    assert_fails(
+        env.cmd().args(["pull", "ftp://example.org/x.sif"]),
+        2,
+        "unknown scheme",
+    );
     assert!(env.blobs().is_empty());
 }
 
@@ -133,7 +204,12 @@ fn htpasswd_registry_needs_the_right_password() {
     let sif = env.sif("tool.sif", "private");
     stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
     // No credentials: a clear refusal.
-    assert_fails(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]), 1, "sregistry login");
+    assert_fails(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
+        1,
+        "sregistry login",
+    );
     // A wrong password is refused at login and nothing is stored.
     let out = login(&env, &reg, "alice", "wrong");
     assert_eq!(out.status.code(), Some(1), "{out:?}");
@@ -141,18 +217,39 @@ fn htpasswd_registry_needs_the_right_password() {
     assert!(!env.path("config/credentials.json").exists());
     // The right one is stored 0600 and works for push and pull.
     let out = login(&env, &reg, "alice", "correct-horse");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let creds = env.path("config/credentials.json");
-    assert_eq!(fs::metadata(&creds).unwrap().permissions().mode() & 0o777, 0o600);
-    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
-    let path = stdout_of(env.cmd().args(["pull", &reg.oras("lab/tool:1"), "--name", "copy"]));
+    assert_eq!(
+        fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
+    );
+    let path = stdout_of(
+        env.cmd()
+            .args(["pull", &reg.oras("lab/tool:1"), "--name", "copy"]),
+    );
     assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
     // A credentials file others can read is refused, with the fix.
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
-    assert_fails(env.cmd().args(["pull", &reg.oras("lab/tool:1")]), 1, "chmod 600");
+    assert_fails(
+        env.cmd().args(["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "chmod 600",
+    );
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o600)).unwrap();
     env.cmd().args(["logout", &reg.addr]).assert().success();
-    assert_fails(env.cmd().args(["pull", &reg.oras("lab/tool:1")]), 1, "credentials are required");
+    assert_fails(
+        env.cmd().args(["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "credentials are required",
+    );
 }
 
 /// Credentials written by `docker login` / `oras login` are used as they are.
@@ -170,14 +267,21 @@ fn docker_config_credentials_are_honoured() {
         format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, reg.addr),
     )
     .unwrap();
-    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/tool:1")]));
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
+    );
     let bad = base64::engine::general_purpose::STANDARD.encode("bob:nope");
     fs::write(
         env.path("docker/config.json"),
         format!(r#"{{"auths":{{"{}":{{"auth":"{bad}"}}}}}}"#, reg.addr),
     )
     .unwrap();
-    assert_fails(env.cmd().args(["pull", &reg.oras("lab/tool:1")]), 1, "refused the credentials of `bob`");
+    assert_fails(
+        env.cmd().args(["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "refused the credentials of `bob`",
+    );
 }
 
 /// Token auth: tokens are fetched per scope; a token for one repository cannot push to
@@ -189,12 +293,27 @@ fn token_auth_grants_push_only_where_the_token_allows() {
     let sif = env.sif("tool.sif", "token");
     stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
     let out = login(&env, &reg, "carol", "tok-pass");
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(login(&env, &reg, "carol", "bad").status.code(), Some(1));
     // login with a bad password must not have overwritten the good one.
-    stdout_of(env.cmd().args(["push", "lab/tool", &reg.oras("lab/allowed:1")]));
-    let path = stdout_of(env.cmd().args(["pull", &reg.oras("lab/allowed:1"), "--name", "copy"]));
+    stdout_of(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/allowed:1")]),
+    );
+    let path = stdout_of(
+        env.cmd()
+            .args(["pull", &reg.oras("lab/allowed:1"), "--name", "copy"]),
+    );
     assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
-    let err = assert_fails(env.cmd().args(["push", "lab/tool", &reg.oras("lab/other:1")]), 1, "lab/other");
+    let err = assert_fails(
+        env.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/other:1")]),
+        1,
+        "lab/other",
+    );
     assert!(err.contains("push"), "{err}");
 }
