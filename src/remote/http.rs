@@ -74,15 +74,19 @@ pub async fn pull(
     }
     let mut sink = Sink::new(cache.store(), url, size)?;
     let mut s = Session::new(t, &host, None);
-    super::oci::download(&mut s, "", url, &mut sink, opts).await?;
+    let known = super::oci::Validators {
+        etag,
+        last_modified: modified,
+    };
+    let used = super::oci::download(&mut s, "", url, &mut sink, opts, known).await?;
     let (staged, sha) = sink.finish(size, None)?;
     Ok((
         staged,
         Fetched {
             media_type: None,
             remote_digest: Some(sha),
-            etag,
-            last_modified: modified,
+            etag: used.etag,
+            last_modified: used.last_modified,
         },
     ))
 }

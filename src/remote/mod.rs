@@ -59,7 +59,7 @@ pub enum RemoteError {
     )]
     Insecure { host: String },
     #[error(
-        "cannot reach `{url}`: {detail} (check the address and the network; retried {attempts} times)"
+        "cannot reach `{url}`: {detail} (check the address and the network; {attempts} attempts)"
     )]
     Network {
         url: String,
@@ -97,6 +97,14 @@ pub enum RemoteError {
     },
     #[error("`{url}` sent more than the {limit} bytes declared; nothing was stored")]
     TooLong { url: String, limit: u64 },
+    #[error(
+        "`{url}` ended after {got} bytes on each of {attempts} attempts (the connection broke off); nothing was stored"
+    )]
+    BrokeOff {
+        url: String,
+        got: u64,
+        attempts: u32,
+    },
     #[error("`{url}` ended after {got} of {expected} bytes; nothing was stored")]
     Truncated {
         url: String,

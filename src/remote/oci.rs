@@ -293,14 +293,24 @@ impl<'t> Session<'t> {
             .get(WWW_AUTHENTICATE)
             .and_then(|h| h.to_str().ok())
             .and_then(auth::parse_challenge)
-            .is_some_and(|c| c.params.get("error").is_some_and(|e| e == "insufficient_scope"));
+            .is_some_and(|c| {
+                c.params
+                    .get("error")
+                    .is_some_and(|e| e == "insufficient_scope")
+            });
         match resp.status() {
-            StatusCode::UNAUTHORIZED if insufficient && self.creds.is_some() => Err(RemoteError::Denied {
-                host: self.host.clone(),
-                repository: scope.split(':').nth(1).unwrap_or("").to_string(),
-                action: if scope.ends_with("push") { "push" } else { "pull" },
-                detail: " (the token service granted less than was asked)".into(),
-            }),
+            StatusCode::UNAUTHORIZED if insufficient && self.creds.is_some() => {
+                Err(RemoteError::Denied {
+                    host: self.host.clone(),
+                    repository: scope.split(':').nth(1).unwrap_or("").to_string(),
+                    action: if scope.ends_with("push") {
+                        "push"
+                    } else {
+                        "pull"
+                    },
+                    detail: " (the token service granted less than was asked)".into(),
+                })
+            }
             StatusCode::UNAUTHORIZED => Err(if self.creds.is_none() {
                 self.unauthorized("credentials are required".into())
             } else {
@@ -494,7 +504,15 @@ pub async fn pull(
         .clone();
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
     let mut sink = Sink::new(cache.store(), &url, Some(layer.size))?;
-    download(&mut s, &pull_scope(&r.repository), &url, &mut sink, opts).await?;
+    download(
+        &mut s,
+        &pull_scope(&r.repository),
+        &url,
+        &mut sink,
+        opts,
+        Validators::default(),
+    )
+    .await?;
     let (staged, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
     Ok((
         staged,
@@ -506,25 +524,48 @@ pub async fn pull(
     ))
 }
 
-/// Stream `url` into `sink`, resuming with `Range` when the connection drops.
+/// The validators of the response a download was completed from.
+#[derive(Clone, Debug, Default)]
+pub struct Validators {
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
+
+fn header_str(resp: &Response, name: reqwest::header::HeaderName) -> Option<String> {
+    resp.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+}
+
+/// Stream `url` into `sink`, resuming with `Range` when the connection drops. A resume
+/// carries `If-Range` with the content's validator (its ETag, else its Last-Modified), so
+/// a file replaced in between comes back whole (`200`) and the download starts over
+/// instead of splicing two versions; a `206` whose ETag differs starts over too.
 pub async fn download(
     s: &mut Session<'_>,
     scope: &str,
     url: &str,
     sink: &mut Sink,
     opts: &RemoteOptions,
-) -> Result<(), RemoteError> {
+    known: Validators,
+) -> Result<Validators, RemoteError> {
     let bar = super::http::progress(opts, sink.written());
     let client = s.t.client().clone();
-    let mut resumes = 0;
+    let mut seen = known;
+    let mut failures = 0;
     loop {
         let from = sink.written();
+        let if_range = seen.etag.clone().or_else(|| seen.last_modified.clone());
         let make = || {
             let rb = client.get(url);
-            if from > 0 {
-                rb.header(RANGE, format!("bytes={from}-"))
-            } else {
-                rb
+            if from == 0 {
+                return rb;
+            }
+            let rb = rb.header(RANGE, format!("bytes={from}-"));
+            match &if_range {
+                Some(v) => rb.header(reqwest::header::IF_RANGE, v.as_str()),
+                None => rb,
             }
         };
         let resp = s.send(scope, url, &make).await?;
@@ -535,6 +576,8 @@ pub async fn download(
             });
         }
         let resp = ok_or_status(resp, url).await?;
+        let etag = header_str(&resp, reqwest::header::ETAG);
+        let modified = header_str(&resp, reqwest::header::LAST_MODIFIED);
         if from > 0 {
             let start = resp
                 .headers()
@@ -543,12 +586,25 @@ pub async fn download(
                 .and_then(|v| v.strip_prefix("bytes "))
                 .and_then(|v| v.split('-').next())
                 .and_then(|v| v.parse::<u64>().ok());
+            let changed = matches!((&seen.etag, &etag), (Some(a), Some(b)) if a != b);
+            if resp.status() == StatusCode::PARTIAL_CONTENT && changed {
+                // The server ignored If-Range and sent part of another version.
+                sink.reset()?;
+                seen = Validators::default();
+                continue;
+            }
             if resp.status() != StatusCode::PARTIAL_CONTENT || start != Some(from) {
                 sink.reset()?;
             }
         }
+        if sink.written() == 0 {
+            seen = Validators {
+                etag,
+                last_modified: modified,
+            };
+        }
         let mut stream = resp.bytes_stream();
-        let mut broke = None;
+        let mut broke = false;
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(c) => {
@@ -557,31 +613,29 @@ pub async fn download(
                         b.set_position(sink.written());
                     }
                 }
-                Err(e) => {
-                    broke = Some(super::transport::error_chain(&e));
+                Err(_) => {
+                    broke = true;
                     break;
                 }
             }
         }
-        match broke {
-            None => break,
-            Some(detail) => {
-                resumes += 1;
-                if resumes >= s.t.attempts() {
-                    return Err(RemoteError::Network {
-                        url: url.to_string(),
-                        detail,
-                        attempts: resumes,
-                    });
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(200 * resumes as u64)).await;
-            }
+        if !broke {
+            break;
         }
+        failures += 1;
+        if failures >= s.t.attempts() {
+            return Err(RemoteError::BrokeOff {
+                url: url.to_string(),
+                got: sink.written(),
+                attempts: failures,
+            });
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200 * failures as u64)).await;
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    Ok(())
+    Ok(seen)
 }
 
 /// Upload a cached image as a SIF artifact; returns where it went and its sha256.

@@ -22,9 +22,9 @@ use crate::store::Staged;
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     let endpoint = opts.endpoint.clone().or_else(|| {
-        std::env::var("AWS_ENDPOINT_URL")
-            .ok()
-            .filter(|v| !v.is_empty())
+        ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
     });
     if let Some(ep) = &endpoint {
         let host = ep
@@ -59,10 +59,14 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
 
 fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
     match e {
-        object_store::Error::NotFound { .. } => RemoteError::NotFound {
-            host: url.to_string(),
-            what: url.to_string(),
-        },
+        object_store::Error::NotFound { .. } => {
+            let rest = url.strip_prefix("s3://").unwrap_or(url);
+            let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            RemoteError::NotFound {
+                host: format!("S3 bucket {bucket}"),
+                what: key.to_string(),
+            }
+        }
         other => {
             let text = super::transport::error_chain(&other);
             let hint = if text.contains("SignatureDoesNotMatch")
@@ -146,16 +150,24 @@ pub async fn push(
             source,
         })?;
     let mut buf = vec![0u8; 4 << 20];
-    loop {
-        let n = f.read(&mut buf).await.map_err(|source| RemoteError::Io {
-            path: file.to_path_buf(),
-            source,
-        })?;
-        if n == 0 {
-            break;
+    // On any failure, abort the multipart upload so no parts are left on the server.
+    let fed: Result<(), RemoteError> = async {
+        loop {
+            let n = f.read(&mut buf).await.map_err(|source| RemoteError::Io {
+                path: file.to_path_buf(),
+                source,
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
+            w.write(&buf[..n]);
         }
-        w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
-        w.write(&buf[..n]);
+    }
+    .await;
+    if let Err(e) = fed {
+        let _ = w.abort().await;
+        return Err(e);
     }
     w.finish().await.map_err(|e| s3_err(&url, e))?;
     Ok((url, None))

@@ -1,1 +1,457 @@
-//! (being written) Interop with PyPI oras and skopeo; S3 against s3s-fs.
+//! Interop with other clients, so that "it round-trips with itself" is not the only proof:
+//! what `sregistry push` writes, PyPI `oras` and `skopeo` read back byte for byte; what
+//! PyPI `oras` pushes the way `apptainer push` does, `sregistry pull` reads; and S3 pushes
+//! and pulls against a real S3 server (`s3s-fs`, files on disk).
+//!
+//! Every tool is required: a missing one fails the test with what to install.
+
+use std::fs;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::common::*;
+use crate::registry::{Registry, free_port};
+
+const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
+const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
+const TITLE: &str = "org.opencontainers.image.title";
+
+const APT_SKOPEO: &str = "apt-get install skopeo";
+const CARGO_S3S: &str = "cargo install s3s-fs --version 0.14.1 --features binary --locked";
+
+/// `tests/support/NAME`
+fn support(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/support")
+        .join(name)
+}
+
+/// The sha256 digest a registry knows `data` by.
+fn sha256_of(data: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(data))
+}
+
+/// How long one run of another client may take: a hung tool (oras-py retries a refused
+/// connection for minutes) fails the test instead of stalling it.
+const TOOL_LIMIT: Duration = Duration::from_secs(15);
+
+/// Run `c` to completion within [`TOOL_LIMIT`]; `install` says how to get it if missing.
+fn output_within(c: &mut Command, what: &str, install: &str) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("stdout"), dir.path().join("stderr"));
+    let mut child = c
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(&out).unwrap())
+        .stderr(fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {what} ({e}): {install}"));
+    let deadline = Instant::now() + TOOL_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "{what} did not finish within {TOOL_LIMIT:?}: {}",
+                fs::read_to_string(&err).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Output {
+        status,
+        stdout: fs::read(&out).unwrap(),
+        stderr: fs::read(&err).unwrap(),
+    }
+}
+
+/// Run `tests/support/oras_py.py ARGS` (PyPI `oras`); its last stdout line is JSON.
+fn oras_py(args: &[&str]) -> serde_json::Value {
+    let out = output_within(
+        Command::new("python3")
+            .arg(support("oras_py.py"))
+            .args(args),
+        "python3",
+        "apt-get install python3",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    if out.status.code() == Some(4) {
+        panic!("PyPI oras is missing: {}", err.trim());
+    }
+    assert!(
+        out.status.success(),
+        "oras-py {args:?} failed ({:?}): {err}",
+        out.status
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last)
+        .unwrap_or_else(|e| panic!("oras-py printed no JSON ({e}): {stdout}\n{err}"))
+}
+
+/// The one layer of a manifest, after checking the manifest is a SIF artifact as
+/// Apptainer writes it (config `{}` of the SIF config type, one SIF layer).
+fn sif_layer_of(manifest: &serde_json::Value) -> &serde_json::Value {
+    assert_eq!(manifest["config"]["mediaType"], SIF_CONFIG, "{manifest}");
+    assert_eq!(manifest["config"]["digest"], sha256_of(b"{}"), "{manifest}");
+    assert_eq!(manifest["config"]["size"], 2, "{manifest}");
+    let layers = manifest["layers"].as_array().expect("layers");
+    assert_eq!(layers.len(), 1, "{manifest}");
+    assert_eq!(layers[0]["mediaType"], SIF_LAYER, "{manifest}");
+    &layers[0]
+}
+
+/// A SIF in a fresh cache, pushed to `reg` as `REPO_TAG`: (the cache, the SIF's bytes).
+fn pushed_sif(reg: &Registry, repo_tag: &str, payload: &str) -> (Env, Vec<u8>) {
+    let env = Env::new();
+    let sif = env.sif("tool.sif", payload);
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", repo_tag]));
+    stdout_of(env.cmd().args(["push", repo_tag, &reg.oras(repo_tag)]));
+    let bytes = fs::read(&sif).unwrap();
+    (env, bytes)
+}
+
+#[test]
+fn sif_pushed_by_sregistry_is_pulled_byte_identical_by_pypi_oras() {
+    let reg = Registry::anonymous();
+    let (env, original) = pushed_sif(&reg, "lab/tool:1", "read by oras-py");
+    let out = env.path("oras-out");
+    fs::create_dir(&out).unwrap();
+    let v = oras_py(&[
+        "pull",
+        &format!("{}/lab/tool:1", reg.addr),
+        out.to_str().unwrap(),
+    ]);
+    let layer = sif_layer_of(&v["manifest"]);
+    assert_eq!(layer["digest"], sha256_of(&original));
+    assert_eq!(layer["size"], original.len() as u64);
+    let title = layer["annotations"][TITLE]
+        .as_str()
+        .unwrap_or_else(|| panic!("the layer has no {TITLE} annotation: {layer}"));
+    assert!(
+        title.ends_with(".sif") && title.len() > 4 && !title.contains('/'),
+        "the title annotation does not name a .sif file: `{title}`"
+    );
+    // oras-py names the file after the title annotation.
+    let files: Vec<&str> = v["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap())
+        .collect();
+    let expected = out.join(title);
+    assert_eq!(files, [expected.to_str().unwrap()]);
+    assert!(
+        fs::read(&expected).unwrap() == original,
+        "oras-py pulled different bytes"
+    );
+}
+
+#[test]
+fn sif_pushed_by_sregistry_is_copied_byte_identical_by_skopeo() {
+    let reg = Registry::anonymous();
+    let (env, original) = pushed_sif(&reg, "lab/copied:2", "read by skopeo");
+    // A policy of our own: the result must not depend on /etc/containers/policy.json.
+    let policy = env.file(
+        "policy.json",
+        br#"{"default":[{"type":"insecureAcceptAnything"}]}"#,
+    );
+    let out = env.path("skopeo-out");
+    let run = output_within(
+        Command::new("skopeo")
+            .arg("--policy")
+            .arg(&policy)
+            .args(["copy", "--src-tls-verify=false", "--src-no-creds"])
+            .arg(format!("docker://{}/lab/copied:2", reg.addr))
+            .arg(format!("dir:{}", out.display())),
+        "skopeo",
+        APT_SKOPEO,
+    );
+    assert!(
+        run.status.success(),
+        "skopeo copy failed ({:?}): {}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&fs::read(out.join("manifest.json")).unwrap()).unwrap();
+    let layer = sif_layer_of(&manifest);
+    let digest = layer["digest"].as_str().unwrap();
+    assert_eq!(digest, sha256_of(&original));
+    // `dir:` stores each blob under its hex digest.
+    let hex = digest.strip_prefix("sha256:").unwrap();
+    let blob = fs::read(out.join(hex))
+        .unwrap_or_else(|e| panic!("skopeo did not store the layer {digest}: {e}"));
+    assert!(blob == original, "skopeo copied different bytes");
+    let config_hex = sha256_of(b"{}");
+    let config = fs::read(out.join(config_hex.strip_prefix("sha256:").unwrap())).unwrap();
+    assert_eq!(config, b"{}");
+}
+
+#[test]
+fn sif_pushed_by_pypi_oras_with_apptainer_media_types_is_pulled_by_sregistry() {
+    let reg = Registry::anonymous();
+    let src = Env::new();
+    let sif = src.sif("from-oras.sif", "pushed by oras-py");
+    let original = fs::read(&sif).unwrap();
+    let target = format!("{}/lab/apptainer:3", reg.addr);
+    let v = oras_py(&[
+        "push",
+        &target,
+        sif.to_str().unwrap(),
+        SIF_LAYER,
+        SIF_CONFIG,
+    ]);
+    // What the registry holds is the artifact `apptainer push` writes.
+    let layer = sif_layer_of(&v["manifest"]);
+    assert_eq!(layer["digest"], sha256_of(&original));
+    assert_eq!(layer["annotations"][TITLE], "from-oras.sif");
+
+    let env = Env::new();
+    let remote = reg.oras("lab/apptainer:3");
+    let path = stdout_of(env.cmd().args(["pull", &remote]));
+    assert!(
+        fs::read(&path).unwrap() == original,
+        "sregistry pulled different bytes"
+    );
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", &target]))).unwrap();
+    assert_eq!(v["source"], remote.as_str(), "{v}");
+    assert_eq!(v["media_type"], SIF_LAYER, "{v}");
+    assert_eq!(v["size"], original.len() as u64, "{v}");
+    assert_eq!(v["path"], path.as_str(), "{v}");
+    env.assert_blobs_verify();
+    assert_eq!(env.blobs().len(), 1);
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+}
+
+// ---------------------------------------------------------------------------------------
+// S3 against s3s-fs
+
+const BUCKET: &str = "sifs";
+const ACCESS_KEY: &str = "sregistry-test-access";
+const SECRET_KEY: &str = "sregistry-test-secret-0123456789";
+
+/// `s3s-fs` on 127.0.0.1, serving a temp root whose directories are buckets. Killed when
+/// dropped.
+struct S3Server {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    port: u16,
+    log: PathBuf,
+    child: Child,
+}
+
+impl S3Server {
+    /// A server with one (empty) bucket, [`BUCKET`].
+    fn start() -> S3Server {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        fs::create_dir_all(root.join(BUCKET)).unwrap();
+        let log = dir.path().join("s3s-fs.log");
+        let port = free_port();
+        let out = fs::File::create(&log).unwrap();
+        let mut child = Command::new("s3s-fs")
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&root)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run s3s-fs ({e}): {CARGO_S3S}"));
+        let addr = format!("127.0.0.1:{port}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if TcpStream::connect(&addr).is_ok() {
+                break;
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!(
+                    "s3s-fs exited ({status}) before listening on {addr}: {}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                );
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("s3s-fs did not start listening on {addr}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        S3Server {
+            _dir: dir,
+            root,
+            port,
+            log,
+            child,
+        }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Where s3s-fs keeps `s3://BUCKET/key`.
+    fn object(&self, key: &str) -> PathBuf {
+        self.root.join(BUCKET).join(key)
+    }
+
+    /// Every regular file under the bucket, relative to it (s3s-fs may keep its own
+    /// bookkeeping elsewhere under the root).
+    fn objects(&self) -> Vec<PathBuf> {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
+            for e in fs::read_dir(dir).unwrap().flatten() {
+                let p = e.path();
+                if e.file_type().unwrap().is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().to_path_buf());
+                }
+            }
+        }
+        let mut out = Vec::new();
+        let bucket = self.root.join(BUCKET);
+        walk(&bucket, &bucket, &mut out);
+        out.sort();
+        out
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for S3Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `sregistry ARGS... --endpoint` against `s3`, with these credentials and no other AWS_*
+/// variable from the caller's environment.
+fn s3_cmd(env: &Env, s3: &S3Server, secret: &str, args: &[&str]) -> assert_cmd::Command {
+    let mut c = env.cmd();
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", secret)
+        .env("AWS_REGION", "us-east-1")
+        .args(args)
+        .args(["--endpoint", &s3.endpoint()]);
+    c
+}
+
+#[test]
+fn s3_push_then_pull_round_trip_is_byte_identical() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "through s3");
+    let original = fs::read(&sif).unwrap();
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/tool:s3"]),
+    );
+    let remote = format!("s3://{BUCKET}/images/x.sif");
+    let out = s3_cmd(&env, &s3, SECRET_KEY, &["push", "lab/tool:s3", &remote])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "push failed ({:?}): {}\ns3s-fs log:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        s3.log()
+    );
+    // The object is on the server's disk, whole.
+    assert_eq!(s3.objects(), [PathBuf::from("images/x.sif")]);
+    assert!(
+        fs::read(s3.object("images/x.sif")).unwrap() == original,
+        "the stored object differs from the SIF"
+    );
+
+    // A fresh cache pulls it back.
+    let other = Env::new();
+    let path = stdout_of(&mut s3_cmd(
+        &other,
+        &s3,
+        SECRET_KEY,
+        &["pull", &remote, "--name", "lab/tool:back"],
+    ));
+    assert!(
+        fs::read(&path).unwrap() == original,
+        "the pulled image differs from the SIF"
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(other.cmd().args([
+        "inspect",
+        "--json",
+        "lab/tool:back",
+    ])))
+    .unwrap();
+    assert_eq!(v["source"], remote.as_str(), "{v}");
+    assert_eq!(v["size"], original.len() as u64, "{v}");
+    other.assert_blobs_verify();
+    assert_eq!(other.blobs().len(), 1);
+    assert!(other.tmp_entries().is_empty(), "{:?}", other.tmp_entries());
+}
+
+#[test]
+fn s3_with_a_wrong_secret_fails_with_a_clear_error() {
+    let s3 = S3Server::start();
+    let wrong = "not-the-secret-at-all-0000000000";
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "wrong secret");
+    let original = fs::read(&sif).unwrap();
+
+    // Pull: the object is there, but the signature is wrong.
+    fs::create_dir_all(s3.object("images")).unwrap();
+    fs::write(s3.object("images/there.sif"), &original).unwrap();
+    let remote = format!("s3://{BUCKET}/images/there.sif");
+    let err = assert_fails(&mut s3_cmd(&env, &s3, wrong, &["pull", &remote]), 1, "S3");
+    assert!(
+        err.contains(&remote),
+        "the error does not name {remote}: {err}"
+    );
+    assert!(
+        err.contains("AWS_SECRET_ACCESS_KEY"),
+        "the error does not point at the credentials: {err}"
+    );
+    assert!(env.blobs().is_empty(), "{:?}", env.blobs());
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+
+    // Push: nothing reaches the bucket.
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/tool:s3"]),
+    );
+    let target = format!("s3://{BUCKET}/images/new.sif");
+    let err = assert_fails(
+        &mut s3_cmd(&env, &s3, wrong, &["push", "lab/tool:s3", &target]),
+        1,
+        "S3",
+    );
+    assert!(
+        err.contains(&target),
+        "the error does not name {target}: {err}"
+    );
+    assert!(
+        err.contains("AWS_SECRET_ACCESS_KEY"),
+        "the error does not point at the credentials: {err}"
+    );
+    assert_eq!(s3.objects(), [PathBuf::from("images/there.sif")]);
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+}

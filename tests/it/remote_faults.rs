@@ -1,1 +1,725 @@
-//! (being written) Fault injection against pulls: a small server beside the real registry.
+//! Fault injection against pulls: a small HTTP/1.1 server of our own (std threads, one
+//! request per connection, `Connection: close`) that serves a SIF artifact the way an OCI
+//! registry does, or a plain file, and misbehaves in one chosen way per route. Each test
+//! names the danger it guards; the failing ones check that nothing reached the cache.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use sha2::Digest as _;
+
+use crate::common::*;
+
+const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
+const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
+const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
+
+// ---------------------------------------------------------------------------------------
+// The server
+// ---------------------------------------------------------------------------------------
+
+/// One request as the server saw it.
+#[derive(Clone, Debug)]
+struct Seen {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Seen {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The first byte asked for by `Range: bytes=N-`.
+    fn range_start(&self) -> Option<u64> {
+        self.header("Range")?
+            .strip_prefix("bytes=")?
+            .strip_suffix('-')?
+            .parse()
+            .ok()
+    }
+}
+
+/// What to answer. `Content-Length` is the body's length unless `close_delimited`; a
+/// `HEAD` gets the headers only.
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+    /// Send only this many bytes of the body, then close (the declared length stays).
+    cut: Option<usize>,
+    /// Declare no length: the body ends when the connection closes.
+    close_delimited: bool,
+}
+
+impl Reply {
+    fn new(status: u16) -> Reply {
+        Reply {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+            cut: None,
+            close_delimited: false,
+        }
+    }
+
+    fn header(mut self, k: &str, v: &str) -> Reply {
+        self.headers.push((k.to_string(), v.to_string()));
+        self
+    }
+
+    fn body(mut self, b: &[u8]) -> Reply {
+        self.body = b.to_vec();
+        self
+    }
+
+    fn cut(mut self, n: usize) -> Reply {
+        self.cut = Some(n);
+        self
+    }
+
+    fn close_delimited(mut self) -> Reply {
+        self.close_delimited = true;
+        self
+    }
+}
+
+/// Answers one path: gets the request and how many times (1-based) this method and path
+/// were asked for, this one included.
+type Handler = Box<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
+
+/// A fault-injecting server on 127.0.0.1, stopped when dropped.
+struct FaultServer {
+    /// `127.0.0.1:PORT`
+    addr: String,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl FaultServer {
+    fn start(routes: Vec<(String, Handler)>) -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().unwrap().to_string();
+        let routes: Arc<HashMap<String, Handler>> = Arc::new(routes.into_iter().collect());
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (seen, stop) = (seen.clone(), stop.clone());
+            thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let (routes, seen) = (routes.clone(), seen.clone());
+                    thread::spawn(move || serve(conn, &routes, &seen));
+                }
+            });
+        }
+        FaultServer { addr, seen, stop }
+    }
+
+    /// Every request so far.
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    /// The requests with this method and path.
+    fn requests(&self, method: &str, path: &str) -> Vec<Seen> {
+        self.seen()
+            .into_iter()
+            .filter(|r| r.method == method && r.path == path)
+            .collect()
+    }
+
+    /// The `Range` headers sent for `path`, in order (`None` for requests without one).
+    fn ranges(&self, path: &str) -> Vec<Option<String>> {
+        self.requests("GET", path)
+            .iter()
+            .map(|r| r.header("Range").map(str::to_string))
+            .collect()
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for FaultServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so it sees the flag.
+        let _ = TcpStream::connect(&self.addr);
+    }
+}
+
+/// One connection: read the request head, answer, close.
+fn serve(mut conn: TcpStream, routes: &HashMap<String, Handler>, seen: &Mutex<Vec<Seen>>) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
+    let Some(req) = read_request(&mut conn) else {
+        return;
+    };
+    let nth = {
+        let mut s = seen.lock().unwrap();
+        s.push(req.clone());
+        s.iter()
+            .filter(|r| r.method == req.method && r.path == req.path)
+            .count()
+    };
+    let reply = match routes.get(&req.path) {
+        Some(h) => h(&req, nth),
+        None => Reply::new(404),
+    };
+    let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
+    for (k, v) in &reply.headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if !reply.close_delimited {
+        head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
+    }
+    head.push_str("Connection: close\r\n\r\n");
+    let mut out = head.into_bytes();
+    if req.method != "HEAD" {
+        let n = reply.cut.unwrap_or(reply.body.len()).min(reply.body.len());
+        out.extend_from_slice(&reply.body[..n]);
+    }
+    if conn.write_all(&out).and_then(|_| conn.flush()).is_err() {
+        return;
+    }
+    let _ = conn.shutdown(Shutdown::Write);
+    // Let the client close first: closing with its bytes unread would send a reset, and
+    // a reset can throw away what was sent before it.
+    let mut scratch = [0u8; 4096];
+    while matches!(conn.read(&mut scratch), Ok(n) if n > 0) {}
+}
+
+fn read_request(conn: &mut TcpStream) -> Option<Seen> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut chunk).ok()?;
+        if n == 0 || buf.len() > 64 << 10 {
+            return None;
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let text = String::from_utf8_lossy(&buf);
+    let head = text.split("\r\n\r\n").next()?;
+    let mut lines = head.split("\r\n");
+    let mut first = lines.next()?.split(' ');
+    let method = first.next()?.to_string();
+    let target = first.next()?;
+    let path = target.split('?').next()?.to_string();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(Seen {
+        method,
+        path,
+        headers,
+    })
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        206 => "Partial Content",
+        307 => "Temporary Redirect",
+        404 => "Not Found",
+        416 => "Range Not Satisfiable",
+        500 => "Internal Server Error",
+        _ => "Other",
+    }
+}
+
+/// Serve `body` in full, or from `Range: bytes=N-` with `206` and a `Content-Range`.
+fn with_range(req: &Seen, body: &[u8]) -> Reply {
+    let len = body.len();
+    match req.range_start() {
+        Some(from) if (from as usize) < len => Reply::new(206)
+            .header("Content-Range", &format!("bytes {from}-{}/{len}", len - 1))
+            .body(&body[from as usize..]),
+        Some(_) => Reply::new(416).header("Content-Range", &format!("bytes */{len}")),
+        None => Reply::new(200).body(body),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The artifact
+// ---------------------------------------------------------------------------------------
+
+/// A real SIF file from the peer corpus, read in place.
+fn source_sif() -> Vec<u8> {
+    let p = fixtures().join("one-group.sif");
+    fs::read(&p).unwrap_or_else(|e| panic!("cannot read the fixture {}: {e}", p.display()))
+}
+
+fn sha256(data: &[u8]) -> String {
+    format!("sha256:{:x}", sha2::Sha256::digest(data))
+}
+
+/// The ORAS manifest of a SIF artifact whose layer is `blob`.
+fn sif_manifest(blob: &[u8]) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_OCI,
+        "config": {
+            "mediaType": SIF_CONFIG,
+            "digest": sha256(b"{}"),
+            "size": 2,
+        },
+        "layers": [{
+            "mediaType": SIF_LAYER,
+            "digest": sha256(blob),
+            "size": blob.len(),
+            "annotations": { "org.opencontainers.image.title": "x.sif" },
+        }],
+    }))
+    .unwrap()
+}
+
+fn manifest_path(kind: &str) -> String {
+    format!("/v2/fault/{kind}/manifests/1")
+}
+
+fn blob_path(kind: &str, blob: &[u8]) -> String {
+    format!("/v2/fault/{kind}/blobs/{}", sha256(blob))
+}
+
+/// `oras://127.0.0.1:PORT/fault/KIND:1`
+fn oras(server: &FaultServer, kind: &str) -> String {
+    format!("oras://{}/fault/{kind}:1", server.addr)
+}
+
+/// A registry holding one SIF artifact of `source` at `/v2/fault/KIND/manifests/1`,
+/// whose blob is answered by `blob`.
+fn artifact_server(kind: &str, source: &[u8], blob: Handler) -> FaultServer {
+    let manifest = sif_manifest(source);
+    let serve_manifest: Handler = Box::new(move |_, _| {
+        Reply::new(200)
+            .header("Content-Type", MANIFEST_OCI)
+            .header("Docker-Content-Digest", &sha256(&manifest))
+            .body(&manifest)
+    });
+    FaultServer::start(vec![
+        (manifest_path(kind), serve_manifest),
+        (blob_path(kind, source), blob),
+    ])
+}
+
+/// Nothing of a failed pull is left: no blob, nothing in `tmp/`, no name.
+fn assert_nothing_stored(env: &Env) {
+    assert!(env.blobs().is_empty(), "blobs stored: {:?}", env.blobs());
+    assert!(
+        env.tmp_entries().is_empty(),
+        "left in tmp/: {:?}",
+        env.tmp_entries()
+    );
+    assert!(env.names().is_empty(), "names added: {:?}", env.names());
+}
+
+/// `inspect --json NAME`
+fn inspect(env: &Env, name: &str) -> serde_json::Value {
+    serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// ORAS pulls
+// ---------------------------------------------------------------------------------------
+
+/// A registry (or a proxy in front of it) that sends other bytes than the manifest names
+/// must not get them into the cache: the sha256 is checked before anything is committed.
+#[test]
+fn blob_whose_content_does_not_match_its_digest_is_not_stored() {
+    let source = source_sif();
+    let mut forged = source.clone();
+    let mid = forged.len() / 2;
+    forged[mid] ^= 0xff;
+    let served = forged.clone();
+    let server = artifact_server(
+        "wrong-digest",
+        &source,
+        Box::new(move |_, _| Reply::new(200).body(&served)),
+    );
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "wrong-digest")]),
+        1,
+        "does not match",
+    );
+    assert!(err.contains(&sha256(&source)), "expected digest: {err}");
+    assert!(err.contains(&sha256(&forged)), "actual digest: {err}");
+    assert!(err.contains("nothing was stored"), "{err}");
+    assert_nothing_stored(&env);
+}
+
+/// A connection that dies mid-blob on every attempt: resumed with `Range` from where it
+/// stopped, then given up after the retries, and the partial file removed.
+#[test]
+fn blob_cut_short_on_every_attempt_is_not_stored() {
+    let source = source_sif();
+    let served = source.clone();
+    // Whatever is asked for, half of it is sent before the connection closes.
+    let server = artifact_server(
+        "truncated",
+        &source,
+        Box::new(move |req, _| {
+            let r = with_range(req, &served);
+            let n = r.body.len() / 2;
+            r.cut(n)
+        }),
+    );
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd()
+            .args(["pull", &oras(&server, "truncated")])
+            .env("SREGISTRY_RETRIES", "1"),
+        1,
+        &server.url(&blob_path("truncated", &source)),
+    );
+    assert!(
+        err.contains("before message length") || err.contains("ended after"),
+        "the error does not say the body was cut short: {err}"
+    );
+    let half = source.len() / 2;
+    assert_eq!(
+        server.ranges(&blob_path("truncated", &source)),
+        [None, Some(format!("bytes={half}-"))],
+        "one GET and one resume from the bytes received"
+    );
+    assert_nothing_stored(&env);
+}
+
+/// A body with no declared length that stops early looks complete to HTTP; the size in
+/// the manifest must catch it.
+#[test]
+fn blob_without_length_that_ends_early_is_refused_as_truncated() {
+    let source = source_sif();
+    let half = source[..source.len() / 2].to_vec();
+    let server = artifact_server(
+        "short",
+        &source,
+        Box::new(move |_, _| Reply::new(200).body(&half).close_delimited()),
+    );
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "short")]),
+        1,
+        "ended after",
+    );
+    let expected = format!("after {} of {} bytes", source.len() / 2, source.len());
+    assert!(err.contains(&expected), "{err}");
+    assert_nothing_stored(&env);
+}
+
+/// More bytes than the manifest declares (and a Content-Length that agrees with the
+/// server, not the manifest) are refused as soon as they pass the declared size.
+#[test]
+fn blob_longer_than_the_manifest_declares_is_refused() {
+    let source = source_sif();
+    let mut longer = source.clone();
+    longer.extend_from_slice(&[0x5a; 100]);
+    let server = artifact_server(
+        "too-long",
+        &source,
+        Box::new(move |_, _| Reply::new(200).body(&longer)),
+    );
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "too-long")]),
+        1,
+        &format!("more than the {} bytes declared", source.len()),
+    );
+    assert!(err.contains("nothing was stored"), "{err}");
+    assert_nothing_stored(&env);
+}
+
+/// A registry that fails once with 500 is asked again, and the pull still stores exactly
+/// the registry's bytes.
+#[test]
+fn blob_that_fails_once_with_500_is_retried_and_stored_intact() {
+    let source = source_sif();
+    let served = source.clone();
+    let server = artifact_server(
+        "flaky",
+        &source,
+        Box::new(move |req, nth| {
+            if nth == 1 {
+                Reply::new(500)
+                    .header("Content-Type", "application/json")
+                    .body(br#"{"errors":[{"code":"UNKNOWN","message":"try again"}]}"#)
+            } else {
+                with_range(req, &served)
+            }
+        }),
+    );
+    let env = Env::new();
+    let remote = oras(&server, "flaky");
+    let path = stdout_of(env.cmd().args(["pull", &remote, "--name", "lab/flaky:1"]));
+    assert_eq!(fs::read(&path).unwrap(), source, "the cached file differs");
+    let blob = blob_path("flaky", &source);
+    assert_eq!(
+        server.requests("GET", &blob).len(),
+        2,
+        "{:#?}",
+        server.seen()
+    );
+    assert_eq!(server.ranges(&blob), [None, None], "a 500 is not a resume");
+    let manifests = server.requests("GET", &manifest_path("flaky"));
+    assert_eq!(manifests.len(), 1);
+    let accept = manifests[0].header("Accept").unwrap_or("");
+    assert!(accept.contains(MANIFEST_OCI), "Accept: {accept}");
+    let v = inspect(&env, "lab/flaky:1");
+    assert_eq!(v["source"], remote);
+    assert_eq!(v["media_type"], SIF_LAYER);
+    assert_eq!(env.names(), ["lab/flaky:1"]);
+    assert_eq!(env.blobs().len(), 1);
+    env.assert_blobs_verify();
+    assert!(env.tmp_entries().is_empty());
+}
+
+/// A blob URL that redirects to itself must end with a clear error, not a hang and not a
+/// retry loop.
+#[test]
+fn blob_that_redirects_to_itself_fails_with_too_many_redirects() {
+    let source = source_sif();
+    let kind = "redirect-loop";
+    let holder: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
+    let target = holder.clone();
+    let server = artifact_server(
+        kind,
+        &source,
+        Box::new(move |_, _| Reply::new(307).header("Location", &target.lock().unwrap())),
+    );
+    let blob = blob_path(kind, &source);
+    *holder.lock().unwrap() = server.url(&blob);
+    let env = Env::new();
+    assert_fails(
+        env.cmd().args(["pull", &oras(&server, kind)]),
+        1,
+        "too many redirects",
+    );
+    let hops = server.requests("GET", &blob).len();
+    assert!(
+        (10..=11).contains(&hops),
+        "{hops} requests for the blob: the redirect limit is 10 and a loop is not retried"
+    );
+    assert_nothing_stored(&env);
+}
+
+/// A tag that names an index (several platforms) is not a SIF artifact: refused with a
+/// message that says so, and no blob is fetched.
+#[test]
+fn oci_index_instead_of_a_manifest_is_refused() {
+    let index = serde_json::to_vec(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": INDEX_OCI,
+        "manifests": [{
+            "mediaType": MANIFEST_OCI,
+            "digest": sha256(b"elsewhere"),
+            "size": 512,
+            "platform": { "architecture": "amd64", "os": "linux" },
+        }],
+    }))
+    .unwrap();
+    let serve_index: Handler = Box::new(move |_, _| {
+        Reply::new(200)
+            .header("Content-Type", INDEX_OCI)
+            .body(&index)
+    });
+    let server = FaultServer::start(vec![(manifest_path("index"), serve_index)]);
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "index")]),
+        1,
+        "is not a SIF artifact",
+    );
+    assert!(err.contains("index of several manifests"), "{err}");
+    assert!(
+        server.seen().iter().all(|r| !r.path.contains("/blobs/")),
+        "a blob was fetched: {:#?}",
+        server.seen()
+    );
+    assert_nothing_stored(&env);
+}
+
+/// A tag the registry does not know is "not found" (exit 3), not a generic failure.
+#[test]
+fn unknown_tag_exits_three() {
+    let missing: Handler = Box::new(|_, _| {
+        Reply::new(404)
+            .header("Content-Type", "application/json")
+            .body(br#"{"errors":[{"code":"MANIFEST_UNKNOWN","message":"manifest unknown"}]}"#)
+    });
+    let server = FaultServer::start(vec![(manifest_path("missing"), missing)]);
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "missing")]),
+        3,
+        "was not found",
+    );
+    assert!(err.contains("fault/missing:1"), "{err}");
+    assert_eq!(server.requests("GET", &manifest_path("missing")).len(), 1);
+    assert_nothing_stored(&env);
+}
+
+// ---------------------------------------------------------------------------------------
+// Plain URLs
+// ---------------------------------------------------------------------------------------
+
+const FILE: &str = "/files/image.sif";
+const ETAG: &str = "\"sif-5e1f-v1\"";
+const LAST_MODIFIED: &str = "Wed, 21 Oct 2015 07:28:00 GMT";
+
+/// A file server for `FILE`: `HEAD` with the validators, and the first `GET` cut off
+/// halfway through; later `GET`s are answered by `resume`.
+fn file_server(source: &[u8], resume: fn(&Seen, &[u8]) -> Reply) -> FaultServer {
+    let body = source.to_vec();
+    let handler: Handler = Box::new(move |req, nth| {
+        let reply = if req.method == "GET" && nth == 1 {
+            Reply::new(200).body(&body).cut(body.len() / 2)
+        } else if req.method == "GET" {
+            resume(req, &body)
+        } else {
+            Reply::new(200).body(&body)
+        };
+        reply
+            .header("Content-Type", "application/octet-stream")
+            .header("Accept-Ranges", "bytes")
+            .header("ETag", ETAG)
+            .header("Last-Modified", LAST_MODIFIED)
+    });
+    FaultServer::start(vec![(FILE.to_string(), handler)])
+}
+
+/// A download that drops halfway is resumed from the bytes received, and the result is
+/// the server's file, with its validators recorded.
+#[test]
+fn http_pull_resumes_a_dropped_download_with_range() {
+    let source = source_sif();
+    let server = file_server(&source, with_range);
+    let env = Env::new();
+    let url = server.url(FILE);
+    let path = stdout_of(
+        env.cmd()
+            .args(["pull", &url, "--name", "lab/image:1"])
+            .env("SREGISTRY_RETRIES", "3"),
+    );
+    assert_eq!(fs::read(&path).unwrap(), source, "the cached file differs");
+    assert_eq!(server.requests("HEAD", FILE).len(), 1);
+    let half = source.len() / 2;
+    assert_eq!(
+        server.ranges(FILE),
+        [None, Some(format!("bytes={half}-"))],
+        "one GET, then one resume from the bytes received"
+    );
+    let v = inspect(&env, "lab/image:1");
+    assert_eq!(v["source"], url);
+    assert_eq!(v["labels"]["org.sregistry.etag"], ETAG);
+    assert_eq!(v["labels"]["org.sregistry.last-modified"], LAST_MODIFIED);
+    assert_eq!(v["size"], source.len());
+    assert_eq!(env.names(), ["lab/image:1"]);
+    env.assert_blobs_verify();
+    assert!(env.tmp_entries().is_empty());
+}
+
+/// A server that ignores `Range` and sends the whole file again: the download starts
+/// over instead of appending the whole file to the half it had.
+#[test]
+fn http_pull_starts_over_when_the_server_ignores_range() {
+    let source = source_sif();
+    let server = file_server(&source, |_, body| Reply::new(200).body(body));
+    let env = Env::new();
+    let url = server.url(FILE);
+    let path = stdout_of(env.cmd().args(["pull", &url]).env("SREGISTRY_RETRIES", "3"));
+    assert_eq!(fs::read(&path).unwrap(), source, "the cached file differs");
+    let ranges = server.ranges(FILE);
+    assert_eq!(ranges.len(), 2, "{ranges:?}");
+    assert_eq!(ranges[0], None);
+    assert!(
+        ranges[1]
+            .as_deref()
+            .is_some_and(|r| r.starts_with("bytes=") && r != "bytes=0-"),
+        "the second GET was not a resume: {ranges:?}"
+    );
+    let name = format!("{}/files/image.sif:latest", server.addr);
+    assert_eq!(env.names(), [name.as_str()]);
+    let v = inspect(&env, &name);
+    assert_eq!(v["source"], url);
+    assert_eq!(v["labels"]["org.sregistry.etag"], ETAG);
+    assert_eq!(env.blobs().len(), 1);
+    env.assert_blobs_verify();
+    assert!(env.tmp_entries().is_empty());
+}
+
+/// The file is replaced between the dropped GET and the resume (same size, new ETag). A
+/// resume must not stitch the first half of the old file to the second half of the new
+/// one: a plain URL has no digest to catch it, so only `If-Range` (or comparing the
+/// validators of the `206`) can. The server below answers as a real one would: `206`
+/// when `If-Range` matches its current ETag or is absent, `200` with the whole new file
+/// when `If-Range` names an older one.
+#[test]
+fn http_resume_after_the_file_changed_does_not_splice_two_versions() {
+    const NEW_ETAG: &str = "\"sif-5e1f-v2\"";
+    let old = source_sif();
+    let mut new = old.clone();
+    // Different in both halves, so a splice is neither file.
+    new[old.len() / 4] ^= 0xff;
+    new[old.len() * 3 / 4] ^= 0xff;
+    let (old_body, new_body) = (old.clone(), new.clone());
+    let handler: Handler = Box::new(move |req, nth| {
+        if req.method == "HEAD" || nth == 1 {
+            let r = Reply::new(200).header("ETag", ETAG).body(&old_body);
+            return if req.method == "GET" {
+                r.cut(old_body.len() / 2)
+            } else {
+                r
+            };
+        }
+        let r = match req.header("If-Range") {
+            Some(v) if v != NEW_ETAG => Reply::new(200).body(&new_body),
+            _ => with_range(req, &new_body),
+        };
+        r.header("ETag", NEW_ETAG)
+    });
+    let server = FaultServer::start(vec![(FILE.to_string(), handler)]);
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args(["pull", &server.url(FILE), "--name", "lab/changed:1"])
+        .env("SREGISTRY_RETRIES", "3")
+        .output()
+        .unwrap();
+    assert!(env.tmp_entries().is_empty());
+    if out.status.success() {
+        let path = String::from_utf8(out.stdout).unwrap();
+        let got = fs::read(path.trim_end()).unwrap();
+        let half = old.len() / 2;
+        let spliced = [&old[..half], &new[half..]].concat();
+        assert!(
+            got == old || got == new,
+            "the cached file is neither version{} (ranges sent: {:?})",
+            if got == spliced {
+                ": it is the old file's first half and the new one's second half"
+            } else {
+                ""
+            },
+            server.ranges(FILE)
+        );
+    } else {
+        assert_nothing_stored(&env);
+    }
+}
