@@ -26,9 +26,13 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
 
-# Benchmarks against the Python client and cp; writes docs/benchmarks.md.
+# Benchmarks: the local commands against the Python client and cp (docs/benchmarks.md),
+# gc/verify/get under load (docs/benchmarks-gc-verify.md), pull/push against curl and
+# PyPI oras (docs/benchmarks-remote.md). BENCH_QUICK=1 for a quick smoke run.
 bench: deps
 	bash bench/run.sh
+	bash bench/gc_verify.sh
+	bash bench/remote.sh
 
 # Fuzz targets live in fuzz/ (a cargo-fuzz workspace, nightly toolchain).
 fuzz:

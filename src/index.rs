@@ -366,17 +366,26 @@ fn corrupt(path: &Path, key: &str, e: impl std::fmt::Display) -> IndexError {
     }
 }
 
+/// Read and decode one JSON record; a record that does not decode is `Corrupt`.
+fn get_json_in<T: serde::de::DeserializeOwned>(
+    t: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<T>, IndexError> {
+    match t.get(key).map_err(dberr(path))? {
+        Some(v) => serde_json::from_slice(v.value())
+            .map(Some)
+            .map_err(|e| corrupt(path, key, e)),
+        None => Ok(None),
+    }
+}
+
 fn get_ref_in(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
     path: &Path,
 ) -> Result<Option<RefRecord>, IndexError> {
-    match t.get(key).map_err(dberr(path))? {
-        Some(v) => decode_ref(v.value())
-            .map(Some)
-            .map_err(|e| corrupt(path, key, e)),
-        None => Ok(None),
-    }
+    get_json_in(t, key, path)
 }
 
 fn get_blob_in(
@@ -384,12 +393,7 @@ fn get_blob_in(
     hex: &str,
     path: &Path,
 ) -> Result<Option<BlobRecord>, IndexError> {
-    match t.get(hex).map_err(dberr(path))? {
-        Some(v) => decode_blob(v.value())
-            .map(Some)
-            .map_err(|e| corrupt(path, hex, e)),
-        None => Ok(None),
-    }
+    get_json_in(t, hex, path)
 }
 
 fn get_u64_in(

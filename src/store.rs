@@ -333,10 +333,8 @@ impl Store {
     /// re-check against the index under the lock).
     pub fn scan(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
-        let top = match fs::read_dir(&self.blobs) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
+        let Some(top) = read_dir_if_present(&self.blobs)? else {
+            return Ok(out);
         };
         for fan in top {
             let fan = fan?;
@@ -367,10 +365,8 @@ impl Store {
     /// Every entry of `tmp/`.
     pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
-        let rd = match fs::read_dir(&self.tmp) {
-            Ok(rd) => rd,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
-            Err(e) => return Err(e),
+        let Some(rd) = read_dir_if_present(&self.tmp)? else {
+            return Ok(out);
         };
         for e in rd {
             let e = e?;
@@ -524,6 +520,15 @@ fn copy_and_hash(
         outcome?;
         Ok((Digest::from_bytes(*h.finalize().as_bytes()), total))
     })
+}
+
+/// `read_dir`, with a missing directory as `None` (a cache not written to yet).
+fn read_dir_if_present(dir: &Path) -> io::Result<Option<fs::ReadDir>> {
+    match fs::read_dir(dir) {
+        Ok(rd) => Ok(Some(rd)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Unlink files moved aside by [`Store::unlink_later`].
