@@ -1,13 +1,15 @@
 //! `get` latency under load, for benchmarks (`bench/gc_verify.sh`).
 //!
 //! ```text
-//! cargo run --release --example get_load -- SREGISTRY_BIN CACHE NAME READERS SECONDS [ADD_FILE...]
+//! cargo run --release --example get_load -- SREGISTRY_BIN CACHE NAME READERS SECONDS PERIOD_MS [ADD_FILE...]
 //! ```
 //!
-//! Runs READERS threads that each run `SREGISTRY_BIN get NAME` back to back for SECONDS,
-//! timing every process, while one writer thread runs `add` of the given files in a loop
-//! (under fresh names) and a `gc` after every tenth add. Prints one JSON object: the
-//! number of gets, failures, and the p50, p90, p99 and max latency in milliseconds.
+//! Runs READERS threads that each run `SREGISTRY_BIN get NAME` once every PERIOD_MS
+//! (open loop, staggered starts: the way many batch jobs ask, not a busy loop that would
+//! only measure CPU starvation on a small machine) for SECONDS, timing every process from
+//! spawn to exit, while one writer thread runs `add` of the given files back to back
+//! (under fresh names) and a `gc` after every tenth add. Prints one JSON object: the number
+//! of gets, failures, writes, and the p50, p90, p99 and max latency in milliseconds.
 
 use std::process::{Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -16,20 +18,23 @@ use std::time::{Duration, Instant};
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.len() < 5 {
-        eprintln!("usage: get_load SREGISTRY_BIN CACHE NAME READERS SECONDS [ADD_FILE...]");
+    if args.len() < 6 {
+        eprintln!(
+            "usage: get_load SREGISTRY_BIN CACHE NAME READERS SECONDS PERIOD_MS [ADD_FILE...]"
+        );
         return ExitCode::from(2);
     }
     let (bin, cache, name) = (args[0].clone(), args[1].clone(), args[2].clone());
     let readers: usize = args[3].parse().unwrap_or(64);
     let secs: u64 = args[4].parse().unwrap_or(10);
-    let files: Vec<String> = args[5..].to_vec();
+    let period = Duration::from_millis(args[5].parse().unwrap_or(100));
+    let files: Vec<String> = args[6..].to_vec();
     let stop = Arc::new(AtomicBool::new(false));
     let lat = Arc::new(Mutex::new(Vec::<f64>::new()));
     let failures = Arc::new(Mutex::new(0u64));
     let writes = Arc::new(Mutex::new(0u64));
     let mut handles = Vec::new();
-    for _ in 0..readers {
+    for k in 0..readers {
         let (bin, cache, name, stop, lat, failures) = (
             bin.clone(),
             cache.clone(),
@@ -40,6 +45,8 @@ fn main() -> ExitCode {
         );
         handles.push(std::thread::spawn(move || {
             let mut mine = Vec::new();
+            // Stagger the readers over one period.
+            std::thread::sleep(period * k as u32 / readers.max(1) as u32);
             while !stop.load(Ordering::Relaxed) {
                 let t = Instant::now();
                 let ok = Command::new(&bin)
@@ -52,6 +59,9 @@ fn main() -> ExitCode {
                 mine.push(t.elapsed().as_secs_f64() * 1000.0);
                 if !ok {
                     *failures.lock().unwrap() += 1;
+                }
+                if let Some(rest) = period.checked_sub(t.elapsed()) {
+                    std::thread::sleep(rest);
                 }
             }
             lat.lock().unwrap().extend(mine);

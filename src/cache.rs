@@ -411,6 +411,7 @@ impl Cache {
             labels: prov.labels,
         };
         let key = name.key();
+        staged.place(&self.store);
         testhook::pause("add-staged");
         let mut w = self.index.write()?;
         let (path, _new) = staged.commit(&self.store)?;

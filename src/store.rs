@@ -94,6 +94,27 @@ impl Staged {
         self.size
     }
 
+    /// Best effort, before the index lock is taken: hard-link the staged file into place
+    /// and fsync the directory, so that [`Staged::commit`] under the lock usually finds the
+    /// blob there and only has to drop the staged copy (the lock is then held for the
+    /// index transaction alone). Until the name is committed the blob is unreferenced, and
+    /// gc may remove it; `commit` then puts it back from the staged file, which is kept
+    /// until then.
+    pub fn place(&self, store: &Store) {
+        let Some(src) = &self.path else { return };
+        let dest = store.blob_path(&self.digest);
+        if dest.exists() {
+            return;
+        }
+        let dir = dest.parent().unwrap_or(&store.blobs).to_path_buf();
+        if !dir.exists() && store.make_dir(&dir).is_err() {
+            return;
+        }
+        if fs::hard_link(src, &dest).is_ok() {
+            let _ = sync_dir(&dir);
+        }
+    }
+
     /// Put the staged file in place as the blob for its digest (or drop it when that blob
     /// exists already). Returns the blob path and whether it was new. The caller must
     /// hold the exclusive index lock.
