@@ -13,10 +13,10 @@
 //!
 //! # Invariants kept here
 //!
-//! * A blob is renamed into `blobs/` (under the exclusive lock) before the name that
-//!   refers to it is committed, so a committed name never points to a blob still being
-//!   written, and gc (which also needs the lock) cannot remove a blob between its
-//!   creation and its first name.
+//! * A blob is complete in `blobs/` before the name that refers to it is committed: it is
+//!   linked into place before the lock is taken, and checked (and, if gc collected the
+//!   unreferenced link meanwhile, put back) under the exclusive lock, the lock gc needs
+//!   too, so a committed name never points to a missing or partial blob.
 //! * A blob is removed only under the exclusive lock, after the index shows no name uses
 //!   it; it is moved to `tmp/` then and unlinked after the lock is released.
 //! * `get` never prints a path it has not just seen exist.

@@ -13,9 +13,10 @@
 //!   to a new file in `tmp/` (same filesystem), is hashed in the same pass that writes it,
 //!   is made read-only and fsynced; only then is it renamed into place, and the directory
 //!   is fsynced. A crash at any instant leaves at most a file in `tmp/`.
-//! * [`Staged::commit`] is the only way into `blobs/`, and is called by the cache while it
-//!   holds the exclusive index lock, so a blob cannot be created and collected at once.
-//!   When the blob already exists, the staged copy is dropped: content is stored once.
+//! * [`Staged::place`] (before the lock, best effort: a hard link) and [`Staged::commit`]
+//!   (under the exclusive index lock: makes sure the blob is there) are the only ways into
+//!   `blobs/`. When the blob already exists, the staged copy is dropped: content is stored
+//!   once.
 //! * Deleting a blob ([`Store::unlink_later`]) renames it into `tmp/` first (under the
 //!   index lock) and unlinks it after the lock is released; a process that has the file
 //!   open keeps reading it.
