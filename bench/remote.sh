@@ -96,8 +96,7 @@ md = ["# Benchmarks: pull and push", "",
       "| measure | sregistry | anchor | target | result |", "|---|---|---|---|---|"]
 md += ["| " + " | ".join(r) + " |" for r in rows]
 md += ["", "Each run of `sregistry pull` starts with an empty cache and ends with the blob verified (sha256 and size against the manifest, BLAKE3 computed), fsynced and committed; curl only writes the bytes. Each push goes to a freshly started, empty registry, so every byte is sent (sregistry also hashes the file with sha256 first, as the manifest needs the digest).", ""]
-out = "
-".join(md)
+out = "\n".join(md)
 print(out)
 if quick != "1":
     open("docs/benchmarks-remote.md", "w").write(out)

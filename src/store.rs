@@ -437,7 +437,7 @@ const WRITEBACK_LAG: u64 = 64 << 20;
 /// [`WRITEBACK_LAG`] behind it, so the disk works while we copy and the final fsync finds
 /// little left to do (and a large add does not fill memory with dirty pages). Advisory:
 /// errors are left for the final fsync to report.
-fn start_writeback(dst: &File, offset: u64, len: u64) {
+pub(crate) fn start_writeback(dst: &File, offset: u64, len: u64) {
     use std::os::fd::AsRawFd;
     let fd = dst.as_raw_fd();
     // SAFETY: sync_file_range only reads its integer arguments; `fd` is open.

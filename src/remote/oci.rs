@@ -608,7 +608,7 @@ pub async fn download(
         while let Some(chunk) = stream.next().await {
             match chunk {
                 Ok(c) => {
-                    sink.write(&c)?;
+                    sink.write(c)?;
                     if let Some(b) = &bar {
                         b.set_position(sink.written());
                     }

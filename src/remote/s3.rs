@@ -107,7 +107,7 @@ pub async fn pull(
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| s3_err(&url, e))?;
-        sink.write(&chunk)?;
+        sink.write(chunk)?;
         if let Some(b) = &bar {
             b.set_position(sink.written());
         }

@@ -1,10 +1,14 @@
 //! The verifying sink: every byte from a remote goes through it on its way into `tmp/`.
 //!
 //! It counts bytes and refuses more than the declared size, hashes with sha256 (to check
-//! the remote's digest) and BLAKE3 (the cache's own name for the content) in the same
-//! pass, and writes to a new file in `tmp/`. [`Sink::finish`] checks the count and the
-//! digest, makes the file read-only and durable, and hands back a [`Staged`] file that
-//! the cache commits. Dropped before that (any error), the file is removed.
+//! the remote's digest) and BLAKE3 (the cache's own name for the content), and writes to a
+//! new file in `tmp/`. The hashing runs on a second thread fed with the very chunks that
+//! were written (reference-counted, not copied), so receiving, writing and hashing
+//! overlap; every chunk is hashed exactly once, in order. Writeback to disk is started as
+//! the file grows, so the final fsync has little left to do. [`Sink::finish`] checks the
+//! count and the digest, makes the file read-only and durable, and hands back a
+//! [`Staged`] file that the cache commits. Dropped before that (any error), the file is
+//! removed.
 //!
 //! A download that breaks off can continue where it stopped ([`Sink::written`] bytes in;
 //! the hash state carries on) or start over ([`Sink::reset`]) when the server ignores a
@@ -13,21 +17,82 @@
 use std::fs::File;
 use std::io::{Seek, Write};
 use std::path::PathBuf;
+use std::sync::mpsc;
 
+use bytes::Bytes;
 use sha2::Digest as _;
 
 use super::RemoteError;
 use crate::digest::Digest;
 use crate::store::{Staged, Store};
 
+/// Start writeback every this many bytes.
+const WRITEBACK_STEP: u64 = 8 << 20;
+
+enum Msg {
+    Chunk(Bytes),
+    Reset,
+}
+
+/// The hashing thread: sha256 and BLAKE3 of every chunk, in order.
+struct Hasher {
+    tx: Option<mpsc::SyncSender<Msg>>,
+    handle: Option<std::thread::JoinHandle<(sha2::Sha256, blake3::Hasher)>>,
+}
+
+impl Hasher {
+    fn start() -> Hasher {
+        let (tx, rx) = mpsc::sync_channel::<Msg>(64);
+        let handle = std::thread::spawn(move || {
+            let mut sha = sha2::Sha256::new();
+            let mut b3 = blake3::Hasher::new();
+            for m in rx {
+                match m {
+                    Msg::Chunk(c) => {
+                        sha.update(&c);
+                        b3.update(&c);
+                    }
+                    Msg::Reset => {
+                        sha = sha2::Sha256::new();
+                        b3 = blake3::Hasher::new();
+                    }
+                }
+            }
+            (sha, b3)
+        });
+        Hasher {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    fn send(&self, m: Msg) -> bool {
+        self.tx.as_ref().is_some_and(|tx| tx.send(m).is_ok())
+    }
+
+    fn finish(mut self) -> Option<(sha2::Sha256, blake3::Hasher)> {
+        drop(self.tx.take());
+        self.handle.take()?.join().ok()
+    }
+}
+
+impl Drop for Hasher {
+    fn drop(&mut self) {
+        drop(self.tx.take());
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// Where a download is being written and what it has hashed so far.
 pub struct Sink {
     file: Option<File>,
     path: PathBuf,
     url: String,
-    sha: sha2::Sha256,
-    b3: blake3::Hasher,
+    hasher: Option<Hasher>,
     written: u64,
+    synced: u64,
     limit: Option<u64>,
 }
 
@@ -43,9 +108,9 @@ impl Sink {
             file: Some(file),
             path,
             url: url.to_string(),
-            sha: sha2::Sha256::new(),
-            b3: blake3::Hasher::new(),
+            hasher: Some(Hasher::start()),
             written: 0,
+            synced: 0,
             limit,
         })
     }
@@ -66,7 +131,7 @@ impl Sink {
     }
 
     /// Take the next bytes of the content.
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), RemoteError> {
+    pub fn write(&mut self, chunk: Bytes) -> Result<(), RemoteError> {
         let next = self.written + chunk.len() as u64;
         if let Some(limit) = self.limit
             && next > limit
@@ -79,12 +144,23 @@ impl Sink {
         let Some(f) = self.file.as_mut() else {
             return Err(self.io(std::io::Error::other("sink already finished")));
         };
-        if let Err(e) = f.write_all(chunk) {
+        if let Err(e) = f.write_all(&chunk) {
             return Err(self.io(e));
         }
-        self.sha.update(chunk);
-        self.b3.update(chunk);
+        if !self
+            .hasher
+            .as_ref()
+            .is_some_and(|h| h.send(Msg::Chunk(chunk)))
+        {
+            return Err(self.io(std::io::Error::other("the hashing thread stopped")));
+        }
         self.written = next;
+        if self.written - self.synced >= WRITEBACK_STEP {
+            if let Some(f) = &self.file {
+                crate::store::start_writeback(f, self.synced, self.written - self.synced);
+            }
+            self.synced = self.written;
+        }
         Ok(())
     }
 
@@ -96,9 +172,11 @@ impl Sink {
                 return Err(self.io(e));
             }
         }
-        self.sha = sha2::Sha256::new();
-        self.b3 = blake3::Hasher::new();
+        if !self.hasher.as_ref().is_some_and(|h| h.send(Msg::Reset)) {
+            return Err(self.io(std::io::Error::other("the hashing thread stopped")));
+        }
         self.written = 0;
+        self.synced = 0;
         Ok(())
     }
 
@@ -118,7 +196,12 @@ impl Sink {
                 got: self.written,
             });
         }
-        let sha = format!("sha256:{}", super::hex(&self.sha.clone().finalize()));
+        let (sha, b3) = self
+            .hasher
+            .take()
+            .and_then(Hasher::finish)
+            .ok_or_else(|| self.io(std::io::Error::other("the hashing thread stopped")))?;
+        let sha = format!("sha256:{}", super::hex(&sha.finalize()));
         if let Some(want) = expected_sha
             && want != sha
         {
@@ -139,7 +222,7 @@ impl Sink {
                 return Err(self.io(e));
             }
         }
-        let digest = Digest::from_bytes(*self.b3.finalize().as_bytes());
+        let digest = Digest::from_bytes(*b3.finalize().as_bytes());
         let staged = Staged::adopt(std::mem::take(&mut self.path), digest, self.written);
         Ok((staged, sha))
     }
