@@ -81,3 +81,5 @@ print(out)
 if quick != "1":
     open("docs/benchmarks-gc-verify.md", "w").write(out)
 PY
+# The big files are not needed after the report.
+rm -rf "$work"/verify-cache "$work"/gc-cache "$work"/gc-cache.pristine

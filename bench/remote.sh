@@ -101,3 +101,4 @@ print(out)
 if quick != "1":
     open("docs/benchmarks-remote.md", "w").write(out)
 PY
+rm -rf "$work"/cache "$work"/pulled "$work"/data "$work"/image.sif "$work"/curl.out
