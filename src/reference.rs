@@ -126,10 +126,13 @@ impl Reference {
             return Err(err("it starts or ends with `/`"));
         }
         let lowered = name_part.to_ascii_lowercase();
-        if lowered.len() > MAX_NAME_LEN {
-            return Err(err(&format!(
+        let too_long = || {
+            err(&format!(
                 "the name is longer than {MAX_NAME_LEN} characters"
-            )));
+            ))
+        };
+        if lowered.len() > MAX_NAME_LEN {
+            return Err(too_long());
         }
         let mut parts: Vec<&str> = lowered.split('/').collect();
         let host = if parts.len() > 1 && looks_like_host(parts[0]) {
@@ -145,6 +148,10 @@ impl Reference {
         let mut path: Vec<String> = parts.into_iter().map(str::to_string).collect();
         if host.is_none() && path.len() == 1 {
             path.insert(0, DEFAULT_NAMESPACE.to_string());
+            // The limit is on the name as stored and printed, namespace included.
+            if lowered.len() + DEFAULT_NAMESPACE.len() + 1 > MAX_NAME_LEN {
+                return Err(too_long());
+            }
         }
         Ok(Reference {
             host,
@@ -429,6 +436,20 @@ mod tests {
         assert!(e.to_string().len() < 400, "error message not cut short");
         let long_name = "a".repeat(MAX_NAME_LEN + 1);
         assert!(Reference::parse(&long_name).is_err());
+    }
+
+    /// Found by fuzzing: a 255-character name without a namespace became 263 characters
+    /// with `library/`, and its printed form no longer parsed.
+    #[test]
+    fn a_name_at_the_length_limit_still_round_trips_with_its_default_namespace() {
+        let at_limit = "a".repeat(MAX_NAME_LEN);
+        assert!(
+            Reference::parse(&at_limit).is_err(),
+            "would print as an unparsable name"
+        );
+        let fits = "a".repeat(MAX_NAME_LEN - DEFAULT_NAMESPACE.len() - 1);
+        let r = Reference::parse(&fits).unwrap();
+        assert_eq!(Reference::parse(&r.to_string()).unwrap(), r);
     }
 
     #[test]

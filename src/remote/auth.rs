@@ -109,8 +109,10 @@ pub fn parse_challenge(header: &str) -> Option<Challenge> {
             while i < b.len() {
                 match b[i] {
                     b'\\' if i + 1 < b.len() => {
-                        value.push(char::from(b[i + 1]));
-                        i += 2;
+                        // The escaped character may be multi-byte: take it whole.
+                        let ch = rest.get(i + 1..)?.chars().next()?;
+                        value.push(ch);
+                        i += 1 + ch.len_utf8();
                     }
                     b'"' => {
                         i += 1;
@@ -354,6 +356,19 @@ mod tests {
         ] {
             assert!(parse_challenge(bad).is_none(), "{bad:?}");
         }
+    }
+
+    /// Found by fuzzing: a backslash before a multi-byte character split the character
+    /// and the next slice panicked.
+    #[test]
+    fn an_escaped_multibyte_character_does_not_split() {
+        assert!(parse_challenge("e\u{b}=\"\\\u{a0}e\"").is_none());
+        assert!(
+            parse_challenge("Bearer realm=\"\\é").is_none(),
+            "unterminated"
+        );
+        let c = parse_challenge("Bearer realm=\"a\\éb\"").unwrap();
+        assert_eq!(c.params["realm"], "aéb");
     }
 
     #[test]
