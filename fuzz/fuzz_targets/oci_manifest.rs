@@ -1,0 +1,28 @@
+//! `oci::parse_manifest` then `oci::sif_layer`: never panic; a parsed manifest is
+//! schema 2, survives a serde round trip, and the chosen layer is a SIF layer.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sregistry::remote::oci::{self, SIF_LAYER, SIF_LAYER_PROTO};
+
+fuzz_target!(|data: &[u8]| {
+    let m = match oci::parse_manifest(data) {
+        Ok(m) => m,
+        Err(_) => return,
+    };
+    assert_eq!(m.schema_version, 2);
+    match oci::sif_layer(&m) {
+        Ok(layer) => {
+            assert!(layer.media_type == SIF_LAYER || layer.media_type == SIF_LAYER_PROTO);
+            let _ = layer
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(oci::TITLE));
+        }
+        Err(e) => assert!(!e.is_empty()),
+    }
+    let bytes = serde_json::to_vec(&m).expect("a manifest serializes");
+    let again = oci::parse_manifest(&bytes)
+        .unwrap_or_else(|e| panic!("re-encoded manifest does not parse: {e}"));
+    assert_eq!(again, m, "manifest changed in a serde round trip");
+});
