@@ -61,7 +61,11 @@ if [[ "${1:-}" == "--replay" ]]; then
         echo "== replay $t: $n inputs from ${dirs[*]}"
         if ! cargo "+$toolchain" fuzz run "${build[@]}" "$t" "${dirs[@]}" -- \
             -runs=0 "${common[@]}" >"target/replay-$t.log" 2>&1; then
-            tail -n 40 "target/replay-$t.log" >&2
+            {
+                echo "-- $t crashed (full log: fuzz/target/replay-$t.log):"
+                grep -aE -A1 'panicked at' "target/replay-$t.log" | head -n 6
+                grep -aE '^==[0-9]+== ERROR|^SUMMARY|Test unit written|^Base64' "target/replay-$t.log"
+            } >&2
             failed+=("$t")
         else
             grep -E '^#[0-9]+[[:space:]]+(INITED|DONE)' "target/replay-$t.log" | tail -n 1 || true

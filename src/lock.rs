@@ -296,12 +296,17 @@ fn acquire(
         });
     }
     // The waiting thread gets its own descriptor of the same open file description, so
-    // the lock it takes is ours. If we give up, it releases what it got and goes away.
+    // the lock it takes is ours. It hands the descriptor back with the result, so that
+    // the only descriptors left open are the caller's: an OFD lock lasts until the last
+    // descriptor of its description closes, and a twin closing late would hold the lock
+    // past the guard's drop. If we give up, the thread releases what it got and closes
+    // the twin itself. (It stays blocked until the lock frees; a process that exits after
+    // a timeout takes the pending wait with it.)
     let twin = file.try_clone().map_err(lock_err)?;
-    let (tx, rx) = mpsc::channel::<io::Result<()>>();
+    let (tx, rx) = mpsc::channel::<(io::Result<()>, File)>();
     std::thread::spawn(move || {
         let res = wait_blocking(&twin, req);
-        if let Err(mpsc::SendError(Ok(()))) = tx.send(res) {
+        if let Err(mpsc::SendError((Ok(()), twin))) = tx.send((res, twin)) {
             // Nobody waits any more: undo the lock we were too late to hand over.
             let _ = undo(&twin, req);
         }
@@ -317,8 +322,8 @@ fn acquire(
             step = step.min(until_announce.max(Duration::from_millis(1)));
         }
         match rx.recv_timeout(step) {
-            Ok(Ok(())) => return Ok(()),
-            Ok(Err(e)) => return Err(lock_err(e)),
+            Ok((Ok(()), _twin)) => return Ok(()),
+            Ok((Err(e), _twin)) => return Err(lock_err(e)),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if opts.announce && !*announced && start.elapsed() >= ANNOUNCE_AFTER {
                     eprintln!("waiting for lock on `{}`", path.display());
@@ -329,7 +334,7 @@ fn acquire(
         }
     }
     // Last chance: the thread may have succeeded just now.
-    if let Ok(Ok(())) = rx.try_recv() {
+    if let Ok((Ok(()), _twin)) = rx.try_recv() {
         return Ok(());
     }
     Err(LockError::Timeout {
@@ -434,17 +439,57 @@ mod tests {
         let o = opts(50);
         let r1 = lock(&p, Mode::Shared, &o).unwrap();
         let r2 = lock(&p, Mode::Shared, &o).unwrap();
-        assert!(matches!(
-            lock(&p, Mode::Exclusive, &o),
-            Err(LockError::Timeout { .. })
-        ));
+        assert!(try_lock(&p, Mode::Exclusive, &o).unwrap().is_none());
         drop((r1, r2));
-        // The timed-out attempt's waiting thread may take the lock for a moment before it
-        // sees nobody wants it and lets go: allow for that.
-        let w = lock(&p, Mode::Exclusive, &opts(5_000)).unwrap();
+        let w = try_lock(&p, Mode::Exclusive, &o)
+            .unwrap()
+            .expect("free once readers left");
         assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_none());
         drop(w);
         assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_lock_taken_after_waiting_is_free_as_soon_as_its_guard_drops() {
+        // The wait runs on a helper thread holding a second descriptor; if that
+        // descriptor outlived the guard, the lock would linger after drop.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        for _ in 0..50 {
+            let r = lock(&p, Mode::Exclusive, &opts(50)).unwrap();
+            let p2 = p.clone();
+            let t = std::thread::spawn(move || {
+                let w = lock(&p2, Mode::Exclusive, &opts(5_000)).unwrap();
+                drop(w);
+                try_lock(&p2, Mode::Exclusive, &opts(0)).unwrap().is_some()
+            });
+            std::thread::sleep(Duration::from_millis(2));
+            drop(r);
+            assert!(
+                t.join().unwrap(),
+                "lock still held right after its guard dropped"
+            );
+        }
+    }
+
+    #[test]
+    fn a_timed_out_wait_leaves_no_lock_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let r = lock(&p, Mode::Shared, &opts(50)).unwrap();
+        assert!(matches!(
+            lock(&p, Mode::Exclusive, &opts(50)),
+            Err(LockError::Timeout { .. })
+        ));
+        // The writer's turnstile was given back: new readers still get in.
+        assert!(try_lock(&p, Mode::Shared, &opts(0)).unwrap().is_some());
+        drop(r);
+        // The abandoned wait may take the lock for a moment when it frees, then lets go.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while try_lock(&p, Mode::Exclusive, &opts(0)).unwrap().is_none() {
+            assert!(Instant::now() < deadline, "abandoned wait kept the lock");
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

@@ -9,7 +9,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(r) = decode_ref(data) {
         let bytes = serde_json::to_vec(&r).expect("a RefRecord serializes");
         let again = decode_ref(&bytes).unwrap_or_else(|e| {
-            panic!("re-encoded {:?} does not decode: {e}", String::from_utf8_lossy(&bytes))
+            panic!(
+                "re-encoded {:?} does not decode: {e}",
+                String::from_utf8_lossy(&bytes)
+            )
         });
         assert_eq!(again, r);
         assert_eq!(serde_json::to_vec(&again).expect("serializes"), bytes);
@@ -17,7 +20,10 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(b) = decode_blob(data) {
         let bytes = serde_json::to_vec(&b).expect("a BlobRecord serializes");
         let again = decode_blob(&bytes).unwrap_or_else(|e| {
-            panic!("re-encoded {:?} does not decode: {e}", String::from_utf8_lossy(&bytes))
+            panic!(
+                "re-encoded {:?} does not decode: {e}",
+                String::from_utf8_lossy(&bytes)
+            )
         });
         assert_eq!(again, b);
         assert_eq!(serde_json::to_vec(&again).expect("serializes"), bytes);

@@ -14,10 +14,7 @@ fuzz_target!(|data: &[u8]| {
     match oci::sif_layer(&m) {
         Ok(layer) => {
             assert!(layer.media_type == SIF_LAYER || layer.media_type == SIF_LAYER_PROTO);
-            let _ = layer
-                .annotations
-                .as_ref()
-                .and_then(|a| a.get(oci::TITLE));
+            let _ = layer.annotations.as_ref().and_then(|a| a.get(oci::TITLE));
         }
         Err(e) => assert!(!e.is_empty()),
     }

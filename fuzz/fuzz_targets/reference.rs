@@ -22,11 +22,17 @@ fuzz_target!(|data: &[u8]| {
     let again = Reference::parse(&shown).unwrap_or_else(|e| {
         panic!("{s:?} parsed to {r:?}, but its display {shown:?} does not parse: {e}")
     });
-    assert_eq!(again, r, "{s:?} -> {shown:?} parses to a different reference");
+    assert_eq!(
+        again, r,
+        "{s:?} -> {shown:?} parses to a different reference"
+    );
     assert_eq!(again.to_string(), shown, "display of {s:?} is not stable");
     // The index key is the display without the digest, and parses to the same name.
     let key = r.key();
-    assert!(shown.starts_with(&key), "{shown:?} does not start with key {key:?}");
+    assert!(
+        shown.starts_with(&key),
+        "{shown:?} does not start with key {key:?}"
+    );
     assert!(!key.contains('@'), "key {key:?} has a digest");
     let by_key = Reference::parse(&key)
         .unwrap_or_else(|e| panic!("key {key:?} of {s:?} does not parse: {e}"));

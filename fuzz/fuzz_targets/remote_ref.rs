@@ -31,11 +31,17 @@ fuzz_target!(|data: &[u8]| {
     match r.default_name() {
         Ok(name) => {
             let text = name.to_string();
-            let back = Reference::parse(&text).unwrap_or_else(|e| {
-                panic!("default name {text:?} of {s:?} does not parse: {e}")
-            });
-            assert_eq!(back, name, "default name {text:?} of {s:?} does not round-trip");
-            assert_eq!(again.default_name().ok(), Some(name), "default name of {s:?} unstable");
+            let back = Reference::parse(&text)
+                .unwrap_or_else(|e| panic!("default name {text:?} of {s:?} does not parse: {e}"));
+            assert_eq!(
+                back, name,
+                "default name {text:?} of {s:?} does not round-trip"
+            );
+            assert_eq!(
+                again.default_name().ok(),
+                Some(name),
+                "default name of {s:?} unstable"
+            );
         }
         Err(e) => {
             let _ = e.to_string();

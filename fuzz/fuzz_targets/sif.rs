@@ -21,12 +21,19 @@ fuzz_target!(|data: &[u8]| {
     let mut read = 0i64;
     for d in &info.descriptors {
         if d.content.is_some() {
-            assert!((0..=MAX_CONTENT_LEN).contains(&d.size), "content of {} bytes", d.size);
+            assert!(
+                (0..=MAX_CONTENT_LEN).contains(&d.size),
+                "content of {} bytes",
+                d.size
+            );
             assert!(d.offset >= 0 && d.offset.saturating_add(d.size) <= data.len() as i64);
             read += d.size;
         }
     }
-    assert!(read <= MAX_CONTENT_TOTAL as i64, "read {read} bytes of text");
+    assert!(
+        read <= MAX_CONTENT_TOTAL as i64,
+        "read {read} bytes of text"
+    );
     let text = info.to_string();
     assert!(text.lines().count() >= 3 + info.descriptors.len());
     serde_json::to_string(&info).expect("SifInfo serializes");

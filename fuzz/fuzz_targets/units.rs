@@ -20,7 +20,11 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     match parse_duration(s) {
-        Ok(n) => assert_eq!(parse_duration(&n.to_string()), Ok(n), "duration {s:?} = {n}"),
+        Ok(n) => assert_eq!(
+            parse_duration(&n.to_string()),
+            Ok(n),
+            "duration {s:?} = {n}"
+        ),
         Err(e) => {
             let _ = e.to_string();
         }
