@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Install what the tests and the demo need, idempotently, from the package registries:
 #   Debian: siftool + squashfs-tools (real SIF files), docker-registry (a real OCI
-#           registry), apache2-utils (htpasswd -B), skopeo (interop);
+#           registry), apache2-utils (htpasswd -B), skopeo (interop), util-linux
+#           (setpriv), bsdutils (script: a pseudo-terminal for the progress bar test);
 #   PyPI:   oras (interop), pyjwt + cryptography (the test token server);
 #   crates: s3s-fs (a real S3 server over a directory).
 set -euo pipefail
@@ -15,6 +16,7 @@ command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
 command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
 command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
 command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing: ${need[*]}" >&2
   $sudo apt-get update -qq >/dev/null

@@ -618,9 +618,24 @@ impl IndexWriter {
         }
     }
 
+    /// One of the index's tables, in this transaction.
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<redb::Table<'_, K, V>, IndexError> {
+        self.txn().open_table(def).map_err(|e| self.err()(e.into()))
+    }
+
+    /// The multimap from blob to names, in this transaction.
+    fn blob_refs(&self) -> Result<redb::MultimapTable<'_, &'static str, &'static str>, IndexError> {
+        self.txn()
+            .open_multimap_table(BLOB_REFS)
+            .map_err(|e| self.err()(e.into()))
+    }
+
     fn migrate(&mut self) -> Result<(), IndexError> {
         let txn = self.txn();
-        let mut meta = txn.open_table(META).map_err(|e| self.err()(e.into()))?;
+        let mut meta = self.table(META)?;
         let current = get_u64_in(&meta, "schema_version", &self.path)?.unwrap_or(0);
         if current > SCHEMA_VERSION {
             return Err(IndexError::NewerSchema {
@@ -639,43 +654,28 @@ impl IndexWriter {
     }
 
     pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
-        let t = self
-            .txn()
-            .open_table(REFS)
-            .map_err(|e| self.err()(e.into()))?;
+        let t = self.table(REFS)?;
         get_ref_in(&t, key, &self.path)
     }
 
     pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
-        let t = self
-            .txn()
-            .open_table(BLOBS)
-            .map_err(|e| self.err()(e.into()))?;
+        let t = self.table(BLOBS)?;
         get_blob_in(&t, &d.hex(), &self.path)
     }
 
     pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
-        let t = self
-            .txn()
-            .open_table(LAST_USE)
-            .map_err(|e| self.err()(e.into()))?;
+        let t = self.table(LAST_USE)?;
         get_u64_in(&t, key, &self.path)
     }
 
     pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
-        let t = self
-            .txn()
-            .open_table(PINS)
-            .map_err(|e| self.err()(e.into()))?;
+        let t = self.table(PINS)?;
         Ok(get_u64_in(&t, key, &self.path)?.is_some())
     }
 
     /// Names pointing at a blob.
     pub fn names_of(&self, d: &Digest) -> Result<Vec<String>, IndexError> {
-        let t = self
-            .txn()
-            .open_multimap_table(BLOB_REFS)
-            .map_err(|e| self.err()(e.into()))?;
+        let t = self.blob_refs()?;
         let mut out = Vec::new();
         for v in t.get(d.hex().as_str()).map_err(dberr(&self.path))? {
             out.push(v.map_err(dberr(&self.path))?.value().to_string());
@@ -690,11 +690,8 @@ impl IndexWriter {
         record: &RefRecord,
     ) -> Result<Option<RefRecord>, IndexError> {
         let old = self.get_ref(key)?;
-        let txn = self.txn();
-        let mut refs = txn.open_table(REFS).map_err(|e| self.err()(e.into()))?;
-        let mut back = txn
-            .open_multimap_table(BLOB_REFS)
-            .map_err(|e| self.err()(e.into()))?;
+        let mut refs = self.table(REFS)?;
+        let mut back = self.blob_refs()?;
         if let Some(o) = &old {
             back.remove(o.digest.hex().as_str(), key)
                 .map_err(dberr(&self.path))?;
@@ -708,21 +705,18 @@ impl IndexWriter {
 
     /// Remove a name (with its last-use and pin entries); returns its record.
     pub fn remove_ref(&mut self, key: &str) -> Result<Option<RefRecord>, IndexError> {
-        let txn = self.txn();
-        let mut refs = txn.open_table(REFS).map_err(|e| self.err()(e.into()))?;
+        let mut refs = self.table(REFS)?;
         let old = match refs.remove(key).map_err(dberr(&self.path))? {
             Some(v) => Some(decode_ref(v.value()).map_err(|e| corrupt(&self.path, key, e))?),
             None => None,
         };
         if let Some(o) = &old {
-            let mut back = txn
-                .open_multimap_table(BLOB_REFS)
-                .map_err(|e| self.err()(e.into()))?;
+            let mut back = self.blob_refs()?;
             back.remove(o.digest.hex().as_str(), key)
                 .map_err(dberr(&self.path))?;
-            let mut lu = txn.open_table(LAST_USE).map_err(|e| self.err()(e.into()))?;
+            let mut lu = self.table(LAST_USE)?;
             lu.remove(key).map_err(dberr(&self.path))?;
-            let mut pins = txn.open_table(PINS).map_err(|e| self.err()(e.into()))?;
+            let mut pins = self.table(PINS)?;
             pins.remove(key).map_err(dberr(&self.path))?;
         }
         Ok(old)
@@ -733,10 +727,7 @@ impl IndexWriter {
         if self.get_blob(d)?.is_some() {
             return Ok(());
         }
-        let mut t = self
-            .txn()
-            .open_table(BLOBS)
-            .map_err(|e| self.err()(e.into()))?;
+        let mut t = self.table(BLOBS)?;
         t.insert(d.hex().as_str(), encode(record).as_slice())
             .map_err(dberr(&self.path))?;
         Ok(())
@@ -744,10 +735,7 @@ impl IndexWriter {
 
     /// Overwrite a blob's record.
     pub fn replace_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
-        let mut t = self
-            .txn()
-            .open_table(BLOBS)
-            .map_err(|e| self.err()(e.into()))?;
+        let mut t = self.table(BLOBS)?;
         t.insert(d.hex().as_str(), encode(record).as_slice())
             .map_err(dberr(&self.path))?;
         Ok(())
@@ -755,29 +743,20 @@ impl IndexWriter {
 
     /// Forget a blob.
     pub fn remove_blob(&mut self, d: &Digest) -> Result<(), IndexError> {
-        let mut t = self
-            .txn()
-            .open_table(BLOBS)
-            .map_err(|e| self.err()(e.into()))?;
+        let mut t = self.table(BLOBS)?;
         t.remove(d.hex().as_str()).map_err(dberr(&self.path))?;
         Ok(())
     }
 
     pub fn set_last_use(&mut self, key: &str, when: u64) -> Result<(), IndexError> {
-        let mut t = self
-            .txn()
-            .open_table(LAST_USE)
-            .map_err(|e| self.err()(e.into()))?;
+        let mut t = self.table(LAST_USE)?;
         t.insert(key, when).map_err(dberr(&self.path))?;
         Ok(())
     }
 
     /// Pin or unpin a name; returns whether that changed anything.
     pub fn set_pin(&mut self, key: &str, pinned: bool, when: u64) -> Result<bool, IndexError> {
-        let mut t = self
-            .txn()
-            .open_table(PINS)
-            .map_err(|e| self.err()(e.into()))?;
+        let mut t = self.table(PINS)?;
         let changed = if pinned {
             t.insert(key, when).map_err(dberr(&self.path))?.is_none()
         } else {
@@ -788,21 +767,16 @@ impl IndexWriter {
 
     /// Every name, sorted, with its blob record, last use and pin.
     pub fn all(&self) -> Result<Vec<Named>, IndexError> {
-        let txn = self.txn();
-        let e = |e: redb::TableError| self.err()(e.into());
-        let refs = txn.open_table(REFS).map_err(e)?;
-        let blobs = txn.open_table(BLOBS).map_err(e)?;
-        let last = txn.open_table(LAST_USE).map_err(e)?;
-        let pins = txn.open_table(PINS).map_err(e)?;
+        let refs = self.table(REFS)?;
+        let blobs = self.table(BLOBS)?;
+        let last = self.table(LAST_USE)?;
+        let pins = self.table(PINS)?;
         all_in(&refs, Some(&blobs), Some(&last), Some(&pins), &self.path)
     }
 
     /// Every blob record.
     pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
-        let t = self
-            .txn()
-            .open_table(BLOBS)
-            .map_err(|e| self.err()(e.into()))?;
+        let t = self.table(BLOBS)?;
         blobs_in(&t, &self.path)
     }
 

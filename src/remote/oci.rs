@@ -287,6 +287,20 @@ impl<'t> Session<'t> {
         }
     }
 
+    /// The registry refused the action named by a scope (`repository:NAME:ACTIONS`).
+    fn denied(&self, scope: &str, detail: &str) -> RemoteError {
+        RemoteError::Denied {
+            host: self.host.clone(),
+            repository: scope.split(':').nth(1).unwrap_or("").to_string(),
+            action: if scope.ends_with("push") {
+                "push"
+            } else {
+                "pull"
+            },
+            detail: detail.to_string(),
+        }
+    }
+
     fn check_denied(&self, resp: Response, scope: &str) -> Result<Response, RemoteError> {
         let insufficient = resp
             .headers()
@@ -300,32 +314,14 @@ impl<'t> Session<'t> {
             });
         match resp.status() {
             StatusCode::UNAUTHORIZED if insufficient && self.creds.is_some() => {
-                Err(RemoteError::Denied {
-                    host: self.host.clone(),
-                    repository: scope.split(':').nth(1).unwrap_or("").to_string(),
-                    action: if scope.ends_with("push") {
-                        "push"
-                    } else {
-                        "pull"
-                    },
-                    detail: " (the token service granted less than was asked)".into(),
-                })
+                Err(self.denied(scope, " (the token service granted less than was asked)"))
             }
             StatusCode::UNAUTHORIZED => Err(if self.creds.is_none() {
                 self.unauthorized("credentials are required".into())
             } else {
                 self.unauthorized("the registry did not accept them".into())
             }),
-            StatusCode::FORBIDDEN => Err(RemoteError::Denied {
-                host: self.host.clone(),
-                repository: scope.split(':').nth(1).unwrap_or("").to_string(),
-                action: if scope.ends_with("push") {
-                    "push"
-                } else {
-                    "pull"
-                },
-                detail: String::new(),
-            }),
+            StatusCode::FORBIDDEN => Err(self.denied(scope, "")),
             _ => Ok(resp),
         }
     }

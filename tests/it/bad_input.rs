@@ -346,29 +346,8 @@ fn a_read_only_cache_refuses_writes_cleanly() {
         return;
     }
     let env = Env::new();
-    let mnt = env.path("ro");
-    fs::create_dir(&mnt).unwrap();
-    let run = |args: &[&str]| {
-        let out = std::process::Command::new("mount")
-            .args(args)
-            .arg(&mnt)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "mount {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    run(&["-t", "tmpfs", "-o", "size=8m", "none"]);
-    struct Unmount(std::path::PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
-    let cache = mnt.join("cache");
+    let mnt = Tmpfs::mount(&env.path("ro"), "8m");
+    let cache = env.path("ro").join("cache");
     let f = env.file("a.img", b"read only later");
     stdout_of(
         env.cmd()
@@ -377,7 +356,7 @@ fn a_read_only_cache_refuses_writes_cleanly() {
             .arg(&f)
             .args(["--name", "a"]),
     );
-    run(&["-o", "remount,ro"]);
+    mnt.remount_read_only();
     let before = env.snapshot_of(&cache);
     let g = env.file("b.img", b"second");
     let out = env

@@ -255,3 +255,28 @@ pub fn assert_fails(c: &mut Command, code: i32, needle: &str) -> String {
     assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
     err
 }
+
+/// A tmpfs mounted for one test (root only), unmounted when dropped.
+pub struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    pub fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        run(StdCommand::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "none"])
+            .arg(at));
+        Tmpfs(at.to_path_buf())
+    }
+
+    pub fn remount_read_only(&self) {
+        run(StdCommand::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0));
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = StdCommand::new("umount").arg(&self.0).status();
+    }
+}

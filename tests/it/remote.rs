@@ -175,6 +175,67 @@ fn get_of_a_pulled_remote_needs_no_registry() {
     assert_eq!(stdout_of(env.cmd().args(["get", &remote])), path);
 }
 
+/// The progress bar goes to a terminal only: never into a batch job's log, never with `-q`.
+#[test]
+fn progress_bar_is_drawn_on_a_terminal_only_and_never_when_quiet() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", &"progress ".repeat(100_000));
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/p:1"]));
+    stdout_of(env.cmd().args(["push", "lab/p:1", &reg.oras("lab/p:1")]));
+
+    // stderr not a terminal (a batch job's log): the one-line summary, no bar.
+    let plain = Env::new();
+    let out = plain
+        .cmd()
+        .args(["pull", &reg.oras("lab/p:1")])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("iB/") && err.trim_end().lines().count() <= 1,
+        "progress written to a file: {err:?}"
+    );
+
+    // On a pseudo-terminal (script(1)), as a user at a shell sees it.
+    let on_terminal = |env: &Env, quiet: bool| -> String {
+        let q = if quiet { "-q " } else { "" };
+        let line = format!(
+            "exec '{}' {q}pull '{}'",
+            env!("CARGO_BIN_EXE_sregistry"),
+            reg.oras("lab/p:1")
+        );
+        let out = std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .env("SREGISTRY_CACHE", &env.cache)
+            .env("SREGISTRY_CONFIG_DIR", env.path("config"))
+            .env("DOCKER_CONFIG", env.path("docker"))
+            .stdin(Stdio::null())
+            .output()
+            .expect("script(1) from util-linux");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        text
+    };
+    let size = fs::metadata(&sif).unwrap().len();
+    let shown = on_terminal(&Env::new(), false);
+    assert!(
+        shown.contains("KiB/") || shown.contains("MiB/"),
+        "no progress bar for a {size}-byte pull on a terminal: {shown:?}"
+    );
+    let quiet = on_terminal(&Env::new(), true);
+    assert!(
+        !quiet.contains("iB/"),
+        "progress shown despite -q: {quiet:?}"
+    );
+    let lines: Vec<&str> = quiet.trim().lines().collect();
+    assert!(
+        lines.len() == 1 && lines[0].contains("/blobs/"),
+        "with -q only the path: {quiet:?}"
+    );
+}
+
 #[test]
 fn unknown_remote_tag_exits_three_and_plain_http_elsewhere_is_refused() {
     let reg = Registry::anonymous();

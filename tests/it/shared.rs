@@ -269,24 +269,7 @@ fn add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable() {
     }
     let env = Env::new();
     let mnt = env.path("small");
-    fs::create_dir(&mnt).unwrap();
-    let m = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=5m", "none"])
-        .arg(&mnt)
-        .output()
-        .unwrap();
-    assert!(
-        m.status.success(),
-        "mount: {}",
-        String::from_utf8_lossy(&m.stderr)
-    );
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg(&self.0).status();
-        }
-    }
-    let _guard = Unmount(mnt.clone());
+    let _tmpfs = Tmpfs::mount(&mnt, "5m");
     let cache = mnt.join("cache");
     let small = env.file("small.img", &vec![3u8; 512 * 1024]);
     let big = env.file("big.img", &vec![4u8; 8 << 20]);
