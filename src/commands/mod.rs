@@ -53,11 +53,28 @@ pub fn remote_options(
     endpoint: Option<String>,
 ) -> crate::remote::RemoteOptions {
     use std::io::IsTerminal;
+    keep_heap_for_transfers();
     crate::remote::RemoteOptions {
         insecure,
         endpoint,
         progress: !ctx.quiet && std::io::stderr().is_terminal(),
         labels: Default::default(),
+    }
+}
+
+/// Keep freed heap memory for reuse while a transfer runs (glibc). A download hands over
+/// its data in buffers of a few hundred KiB, each freed once written and hashed; by
+/// default glibc then gives the top of the heap back to the kernel, and the next buffer
+/// faults fresh zeroed pages in. In a 1 GiB pull that was 55,000-84,000 page faults and
+/// a third more CPU time than with the heap kept (7,000 faults). The process keeps at most
+/// its own peak heap until it exits. Set here, by the command-line program, not by the
+/// library: a program embedding the library keeps its own allocator settings.
+fn keep_heap_for_transfers() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only adjusts glibc's malloc parameters; no memory is touched.
+    unsafe {
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+        libc::mallopt(libc::M_TOP_PAD, 64 << 20);
     }
 }
 
