@@ -176,8 +176,8 @@ pub struct InfoArgs {}
 /// registry, as `apptainer push oras://` writes it), https://URL, or s3://BUCKET/KEY. Every
 /// byte is checked while it streams in: the registry's sha256 and the declared size; a
 /// broken transfer is resumed. The image is named after REMOTE without its scheme unless
-/// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json;
-/// S3 settings from the AWS_* environment variables.
+/// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json
+/// (and the credential helpers it names); S3 settings from the AWS_* environment variables.
 ///
 /// Example: sregistry pull oras://registry.example.org/lab/tool:1.2
 #[derive(Debug, Args)]

@@ -5,8 +5,12 @@
 //! 1. `sregistry login HOST`: `${SREGISTRY_CONFIG_DIR:-${XDG_CONFIG_HOME:-~/.config}/sregistry}/credentials.json`,
 //!    written with mode 0600; refused (with the `chmod` to run) if group or others can read it.
 //! 2. `${DOCKER_CONFIG:-~/.docker}/config.json`, as `docker login` and `oras login` write
-//!    it (`auths.HOST.auth` = base64 `user:password`). Credential helpers (`credsStore`)
-//!    are not run.
+//!    it, in Docker's order: the helper named for the host in `credHelpers`, else the one
+//!    in `credsStore`, else `auths.HOST.auth` (base64 `user:password`). A helper is the
+//!    program `docker-credential-NAME` on `PATH`, run as `docker-credential-NAME get` with
+//!    the host on stdin, answering `{"Username": ..., "Secret": ...}` (bounded to
+//!    [`HELPER_TIMEOUT`]). A helper that is not installed, or has nothing for the host,
+//!    counts as no credentials, so anonymous pulls work wherever the config came from.
 //!
 //! # Challenges
 //!
@@ -164,7 +168,14 @@ struct StoredAuth {
 struct DockerConfig {
     #[serde(default)]
     auths: BTreeMap<String, DockerAuth>,
+    #[serde(default, rename = "credsStore")]
+    creds_store: Option<String>,
+    #[serde(default, rename = "credHelpers")]
+    cred_helpers: BTreeMap<String, String>,
 }
+
+/// How long a credential helper may take to answer.
+pub const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Default, Deserialize)]
 struct DockerAuth {
@@ -250,6 +261,24 @@ pub fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
         format!("https://{host}"),
         format!("http://{host}"),
     ];
+    let helper = keys
+        .iter()
+        .find_map(|k| cfg.cred_helpers.get(k).map(|h| (k, h, "credHelpers")))
+        .or_else(|| {
+            cfg.creds_store
+                .as_ref()
+                .filter(|h| !h.is_empty())
+                .map(|h| (&keys[0], h, "credsStore"))
+        });
+    if let Some((key, name, field)) = helper {
+        let found = run_helper(name, key).map_err(|detail| RemoteError::Credentials {
+            path: path.clone(),
+            detail: format!("{field} helper `docker-credential-{name}`: {detail}"),
+        })?;
+        if found.is_some() {
+            return Ok(found);
+        }
+    }
     for k in keys {
         if let Some(a) = cfg.auths.get(&k) {
             if let (Some(u), Some(p)) = (&a.username, &a.password) {
@@ -276,6 +305,85 @@ pub fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
         }
     }
     Ok(None)
+}
+
+/// Ask the credential helper `docker-credential-NAME` for `server`'s credentials.
+/// `Ok(None)` when the helper is not installed or knows nothing of the server.
+fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    if name.is_empty() || name.contains('/') {
+        return Err("not a helper name".into());
+    }
+    let program = format!("docker-credential-{name}");
+    let mut child = match Command::new(&program)
+        .arg("get")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e.to_string()),
+    };
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that exits without reading is answered by its exit status below.
+        let _ = stdin.write_all(server.as_bytes());
+    }
+    let stdout = child.stdout.take().expect("piped stdout");
+    let reader = std::thread::spawn(move || {
+        let mut out = Vec::new();
+        let _ = stdout.take(1 << 20).read_to_end(&mut out);
+        out
+    });
+    let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(st)) => break st,
+            Ok(None) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(format!("no answer within {} s", HELPER_TIMEOUT.as_secs()));
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+    };
+    let out = reader.join().unwrap_or_default();
+    let text = String::from_utf8_lossy(&out);
+    if !status.success() {
+        // The protocol's answer for an unknown server.
+        if text.contains("credentials not found") {
+            return Ok(None);
+        }
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = e.read_to_string(&mut err);
+        }
+        let why = [text.trim(), err.trim()]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .and_then(|t| t.lines().next())
+            .unwrap_or("no message")
+            .to_string();
+        return Err(format!("failed ({status}): {why}"));
+    }
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(rename = "Username")]
+        username: String,
+        #[serde(rename = "Secret")]
+        secret: String,
+    }
+    let a: Answer = serde_json::from_slice(&out)
+        .map_err(|e| format!("answered something other than its JSON: {e}"))?;
+    Ok(Some(Credentials {
+        username: a.username,
+        password: a.secret,
+    }))
 }
 
 /// Store (or, with `None`, remove) the credentials for `host`; returns the file.

@@ -313,6 +313,90 @@ fn htpasswd_registry_needs_the_right_password() {
     );
 }
 
+/// Docker's credential helpers are asked, in Docker's order: `credHelpers` for the host,
+/// then `credsStore`; a helper that is missing or knows nothing means no credentials.
+#[test]
+fn docker_credential_helpers_are_asked_in_dockers_order() {
+    let reg = Registry::htpasswd("alice", "correct-horse");
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "helped");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    // Helpers speaking the protocol: `get`, the server on stdin, JSON on stdout, and
+    // "credentials not found" (exit 1) for a server they do not know.
+    let bin = env.path("helpers");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = |name: &str, secret: &str| {
+        let p = bin.join(format!("docker-credential-{name}"));
+        let script = format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r server\n\
+             if [ \"$server\" = \"{addr}\" ]; then\n\
+             printf '{{\"ServerURL\":\"%s\",\"Username\":\"alice\",\"Secret\":\"{secret}\"}}' \"$server\"\n\
+             else echo 'credentials not found in native keychain'; exit 1; fi\n",
+            addr = reg.addr
+        );
+        fs::write(&p, script).unwrap();
+        fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    helper("good", "correct-horse");
+    helper("stale", "an-old-password");
+    fs::create_dir_all(env.path("docker")).unwrap();
+    let config = |v: serde_json::Value| {
+        fs::write(env.path("docker/config.json"), v.to_string()).unwrap();
+    };
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let run = |args: &[&str]| {
+        let mut c = env.cmd();
+        c.env("PATH", &path).args(args);
+        c
+    };
+    let addr = reg.addr.clone();
+
+    // credsStore answers for every host.
+    config(serde_json::json!({ "credsStore": "good" }));
+    stdout_of(&mut run(&["push", "lab/tool", &reg.oras("lab/tool:1")]));
+    // credHelpers for this host comes first, even when its answer is wrong.
+    config(serde_json::json!({ "credsStore": "good", "credHelpers": { addr.clone(): "stale" } }));
+    assert_fails(
+        &mut run(&["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "did not accept",
+    );
+    // A helper that is not installed, or has nothing for this host: no credentials.
+    config(serde_json::json!({ "credsStore": "not-installed" }));
+    assert_fails(
+        &mut run(&["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "credentials are required",
+    );
+    config(
+        serde_json::json!({ "credHelpers": { "elsewhere.example:5000": "good" }, "credsStore": "stale" }),
+    );
+    assert_fails(
+        &mut run(&["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "did not accept",
+    );
+    // A helper that fails for another reason is named, with its message.
+    let broken = bin.join("docker-credential-broken");
+    fs::write(
+        &broken,
+        "#!/bin/sh\necho 'the keychain is locked' >&2\nexit 1\n",
+    )
+    .unwrap();
+    fs::set_permissions(&broken, fs::Permissions::from_mode(0o755)).unwrap();
+    config(serde_json::json!({ "credsStore": "broken" }));
+    let err = assert_fails(
+        &mut run(&["pull", &reg.oras("lab/tool:1")]),
+        1,
+        "docker-credential-broken",
+    );
+    assert!(err.contains("the keychain is locked"), "{err}");
+    // The right helper for this host: the pull goes through, byte-identical.
+    config(serde_json::json!({ "credHelpers": { addr.clone(): "good" } }));
+    let pulled = stdout_of(&mut run(&["pull", &reg.oras("lab/tool:1")]));
+    assert_eq!(fs::read(pulled).unwrap(), fs::read(&sif).unwrap());
+}
+
 /// Credentials written by `docker login` / `oras login` are used as they are.
 #[test]
 fn docker_config_credentials_are_honoured() {
