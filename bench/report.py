@@ -357,6 +357,8 @@ def main():
 * **Sequential adds**: a shell loop runs `sregistry -q add FILE --name bench/add/imgN:v1`
   {num(adds)} times into a fresh cache, each a new process with a durable commit; the
   time includes process start-up (about {float(e['spawn_ms']):.2f} ms per process here).
+  No large deletion precedes the loop (the 100,000-name cache is removed after it): ext4
+  passes over recently freed inodes when it allocates, which would slow the first adds.
 * **Large add vs `cp`.** One {big_label} file of random bytes, written and synced first
   (so its pages are cached for every contender alike). Each run of `add` starts from a
   fresh cache directory and each `cp` from no destination (`--prepare` removes it and runs
