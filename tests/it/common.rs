@@ -30,35 +30,33 @@ impl Env {
 
     /// `sregistry` with this cache, and no influence from the caller's environment.
     pub fn cmd(&self) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_sregistry"));
-        self.scrub(c.env("SREGISTRY_CACHE", &self.cache));
-        c
+        Command::from_std(self.scrubbed())
     }
 
     /// The same as a plain `std::process::Command`, for spawning many at once.
     pub fn std_cmd(&self) -> StdCommand {
-        let mut c = StdCommand::new(env!("CARGO_BIN_EXE_sregistry"));
-        c.env("SREGISTRY_CACHE", &self.cache)
-            .env("SREGISTRY_CONFIG_DIR", self.dir.path().join("config"))
-            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
-            .env_remove("SREGISTRY_PASSWORD")
-            .env_remove("SREGISTRY_NOW")
-            .env_remove("SREGISTRY_LOCK")
-            .env_remove("SREGISTRY_TEST_PAUSE")
-            .env_remove("SREGISTRY_LOCK_TIMEOUT")
-            .stdin(Stdio::null());
+        let mut c = self.scrubbed();
+        c.stdin(Stdio::null());
         c
     }
 
-    fn scrub<'a>(&self, c: &'a mut Command) -> &'a mut Command {
-        // Credentials come only from this test's own directories.
-        c.env("SREGISTRY_CONFIG_DIR", self.dir.path().join("config"))
-            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
-            .env_remove("SREGISTRY_PASSWORD")
-            .env_remove("SREGISTRY_NOW")
-            .env_remove("SREGISTRY_LOCK")
-            .env_remove("SREGISTRY_TEST_PAUSE")
-            .env_remove("SREGISTRY_LOCK_TIMEOUT")
+    /// The binary with this cache; credentials come only from this test's own
+    /// directories, and no setting of the caller's environment leaks in.
+    fn scrubbed(&self) -> StdCommand {
+        let mut c = StdCommand::new(env!("CARGO_BIN_EXE_sregistry"));
+        c.env("SREGISTRY_CACHE", &self.cache)
+            .env("SREGISTRY_CONFIG_DIR", self.dir.path().join("config"))
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"));
+        for var in [
+            "SREGISTRY_PASSWORD",
+            "SREGISTRY_NOW",
+            "SREGISTRY_LOCK",
+            "SREGISTRY_TEST_PAUSE",
+            "SREGISTRY_LOCK_TIMEOUT",
+        ] {
+            c.env_remove(var);
+        }
+        c
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
