@@ -10,8 +10,10 @@
 //! * **write**: the lock exclusive, the database opened read-write, one write transaction,
 //!   committed durably, the database closed, then the lock released.
 //!
-//! redb itself refuses a second opener outright (`DatabaseAlreadyOpen`) instead of waiting;
-//! our lock turns that into a bounded, announced wait. Both holds last milliseconds: no
+//! redb's own file locks are not used ([`UnderOurLock`]): our lock already gives readers
+//! and the writer the exclusion they would, and on NFS each of their 18 or so lock calls
+//! per open would be a round trip to the server. Our lock makes waits bounded and
+//! announced where redb would refuse a second opener outright. Both holds last milliseconds: no
 //! hashing, copying or downloading happens under the index lock, and no other lock is
 //! waited for while it is held.
 //!
@@ -32,11 +34,13 @@
 //! Migrations are an append-only list ([`MIGRATIONS`]); never remove an entry from it.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
-    ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    BackendError, Database, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction,
+    ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -186,9 +190,13 @@ impl Index {
                     path: self.db_path.clone(),
                 });
             }
-            let opened = redb::Builder::new()
-                .set_cache_size(CACHE_BYTES)
-                .open_read_only(&self.db_path);
+            let opened = UnderOurLock::open(&self.db_path, false)
+                .map_err(redb::DatabaseError::Storage)
+                .and_then(|backend| {
+                    redb::Builder::new()
+                        .set_cache_size(CACHE_BYTES)
+                        .open_read_only_with_backend(backend)
+                });
             match opened {
                 Ok(db) => {
                     let txn = db.begin_read().map_err(|e| self.db_err()(e.into()))?;
@@ -225,9 +233,11 @@ impl Index {
         if !self.db_path.exists() {
             self.create_fresh()?;
         }
+        let backend =
+            UnderOurLock::open(&self.db_path, true).map_err(|e| self.db_err()(e.into()))?;
         redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
-            .open(&self.db_path)
+            .create_with_backend(backend)
             .map_err(|e| self.db_err()(e.into()))
     }
 
@@ -236,8 +246,14 @@ impl Index {
         let tmp = dir.join(format!(".index.redb.new-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let io = |source: std::io::Error| self.db_err()(redb::StorageError::Io(source).into());
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .map_err(io)?;
+        let backend = UnderOurLock::open_new(&tmp).map_err(|e| self.db_err()(e.into()))?;
         let db = redb::Builder::new()
-            .create(&tmp)
+            .create_with_backend(backend)
             .map_err(|e| self.db_err()(e.into()))?;
         let txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
         let mut meta = txn.open_table(META).map_err(|e| self.db_err()(e.into()))?;
@@ -799,5 +815,135 @@ impl Drop for IndexWriter {
             let _ = txn.abort();
         }
         self.db.take();
+    }
+}
+
+/// redb's file backend with redb's own file locks granted without asking the kernel.
+///
+/// redb guards its file with byte-range locks of its own: about 18 lock calls to open,
+/// read and close it, each a round trip to the server on NFS, for every `get`. The index
+/// is only ever opened under `index.lock` (shared to read, exclusive to write; see the
+/// protocol above), which gives exactly the exclusion those locks would, so they are
+/// granted here as taken and no other process is ever reported holding one. This also
+/// keeps the index usable with `SREGISTRY_LOCK=flock` on filesystems without `fcntl`
+/// locks, where redb's would fail.
+#[derive(Debug)]
+struct UnderOurLock(redb::backends::FileBackend);
+
+impl UnderOurLock {
+    /// Open an existing index; `write` for the read-write open.
+    fn open(path: &Path, write: bool) -> Result<UnderOurLock, redb::StorageError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(redb::StorageError::Io)?;
+        // `create_with_backend` would initialise an empty file as a new, empty index: an
+        // empty `index.redb` is damage to report (as `open` does), not a cache to restart.
+        if write && file.metadata().map_err(redb::StorageError::Io)?.len() == 0 {
+            return Err(redb::StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the index file is empty, not a redb database",
+            )));
+        }
+        Self::wrap(file)
+    }
+
+    /// Open the empty file a fresh index is built in.
+    fn open_new(path: &Path) -> Result<UnderOurLock, redb::StorageError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(redb::StorageError::Io)?;
+        Self::wrap(file)
+    }
+
+    fn wrap(file: std::fs::File) -> Result<UnderOurLock, redb::StorageError> {
+        match redb::backends::FileBackend::new(file) {
+            Ok(b) => Ok(UnderOurLock(b)),
+            Err(redb::DatabaseError::Storage(e)) => Err(e),
+            Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+}
+
+impl redb::StorageBackend for UnderOurLock {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.0.close()
+    }
+    fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    fn try_lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    fn lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn unlock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn query_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt;
+
+    /// Inodes with a lock on them, from /proc/locks ("... MAJ:MIN:INODE START END").
+    fn locked_inodes() -> Vec<u64> {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let dev_ino = f.iter().find(|w| w.matches(':').count() == 2)?;
+                dev_ino.rsplit(':').next()?.parse().ok()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn the_index_file_carries_no_locks_of_its_own() {
+        // On NFS every lock call is a round trip to the server: an open index must be
+        // guarded by index.lock alone, for the writer and for readers.
+        let dir = tempfile::tempdir().unwrap();
+        let v1 = dir.path().join("v1");
+        std::fs::create_dir_all(&v1).unwrap();
+        let idx = Index::new(&v1, LockOptions::default(), 0o644);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let w = idx.write().unwrap();
+        let (db, lk) = (ino(idx.db_path()), ino(idx.lock_path()));
+        let held = locked_inodes();
+        assert!(held.contains(&lk), "the writer holds index.lock");
+        assert!(!held.contains(&db), "redb locked index.redb while writing");
+        w.commit().unwrap();
+        let r = idx.read().unwrap();
+        let held = locked_inodes();
+        assert!(held.contains(&lk), "the reader holds index.lock");
+        assert!(!held.contains(&db), "redb locked index.redb while reading");
+        drop(r);
     }
 }

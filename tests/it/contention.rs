@@ -24,6 +24,17 @@ fn wait_all(children: Vec<(String, Child)>) {
 /// name lands, every blob verifies, tmp/ is empty.
 #[test]
 fn concurrent_adds_and_gets_all_succeed_and_lose_nothing() {
+    adds_and_gets_under_contention("ofd");
+}
+
+/// The same with `SREGISTRY_LOCK=flock`, the fallback for filesystems without `fcntl`
+/// locks: our lock alone must guard the index (redb takes no locks of its own).
+#[test]
+fn concurrent_adds_and_gets_with_flock_locks_lose_nothing() {
+    adds_and_gets_under_contention("flock");
+}
+
+fn adds_and_gets_under_contention(lock_kind: &str) {
     let env = Env::new();
     let seed = env.file("seed.img", b"seed image");
     let seed_path = stdout_of(env.cmd().arg("add").arg(&seed).args(["--name", "seed"]));
@@ -34,6 +45,7 @@ fn concurrent_adds_and_gets_all_succeed_and_lose_nothing() {
         let f = env.file(&format!("in{i}.img"), content.as_bytes());
         let child = env
             .std_cmd()
+            .env("SREGISTRY_LOCK", lock_kind)
             .arg("add")
             .arg(&f)
             .args(["--name", &format!("lab/img{i}:v1")])
@@ -44,6 +56,7 @@ fn concurrent_adds_and_gets_all_succeed_and_lose_nothing() {
         children.push((format!("add {i}"), child));
         let child = env
             .std_cmd()
+            .env("SREGISTRY_LOCK", lock_kind)
             .args(["get", "seed"])
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
