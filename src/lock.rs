@@ -2,7 +2,8 @@
 //!
 //! # Protocol
 //!
-//! A lock file is opened read-write (NFS needs that for write locks) and locked with
+//! A lock file is opened read-write (NFS needs that for write locks; a reader that may
+//! not write it opens it read-only, which suffices for shared locks) and locked with
 //! open-file-description (OFD) `fcntl` locks, which the kernel and the cluster
 //! filesystems treat as POSIX byte-range locks: coherent across nodes on NFSv4, Lustre
 //! (with `flock` or `localflock` off) and GPFS, unlike `flock`, which GPFS keeps per node.
@@ -130,7 +131,9 @@ fn parse_timeout(v: &str) -> Option<Duration> {
 pub enum LockError {
     #[error("timed out after {secs} s waiting for lock on `{path}` (another sregistry process holds it; raise {TIMEOUT_ENV} to wait longer)", secs = .waited.as_secs())]
     Timeout { path: PathBuf, waited: Duration },
-    #[error("cannot open lock file `{path}`: {source}")]
+    #[error(
+        "cannot open lock file `{path}`: {source} (see `sregistry doctor` for the cache's permissions)"
+    )]
     Open { path: PathBuf, source: io::Error },
     #[error(
         "cannot lock `{path}`: {source} (if this filesystem lacks fcntl locks, try {KIND_ENV}=flock; see `sregistry doctor`)"
@@ -164,7 +167,7 @@ impl LockGuard {
 /// Take `mode` on the lock file at `path`, creating it if needed, waiting at most
 /// `opts.timeout`.
 pub fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, LockError> {
-    let file = open_lock_file(path, opts)?;
+    let file = open_lock_file(path, opts, mode)?;
     let deadline = Instant::now() + opts.timeout;
     let start = Instant::now();
     let mut announced = false;
@@ -232,7 +235,34 @@ pub fn try_lock(
     }
 }
 
-fn open_lock_file(path: &Path, opts: &LockOptions) -> Result<File, LockError> {
+/// Open (creating if needed) a lock file read-write. A shared lock needs only read
+/// access, so where the file cannot be opened for writing (a read-only mount, or a user
+/// outside the cache's group), a reader opens it read-only instead: everyone who can read
+/// a cache can `get` from it.
+fn open_lock_file(path: &Path, opts: &LockOptions, mode: Mode) -> Result<File, LockError> {
+    match open_lock_file_rw(path, opts) {
+        Err(LockError::Open { source, .. })
+            if mode == Mode::Shared
+                && matches!(
+                    source.raw_os_error(),
+                    Some(libc::EACCES) | Some(libc::EROFS) | Some(libc::EPERM)
+                ) =>
+        {
+            OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(path)
+                // Report the first refusal: it says why the file could not be written.
+                .map_err(|_| LockError::Open {
+                    path: path.to_path_buf(),
+                    source,
+                })
+        }
+        other => other,
+    }
+}
+
+fn open_lock_file_rw(path: &Path, opts: &LockOptions) -> Result<File, LockError> {
     let open_err = |source| LockError::Open {
         path: path.to_path_buf(),
         source,

@@ -356,7 +356,13 @@ fn a_read_only_cache_refuses_writes_cleanly() {
             .arg(&f)
             .args(["--name", "a"]),
     );
+    let path = stdout_of(env.cmd().env("SREGISTRY_CACHE", &cache).args(["get", "a"]));
     mnt.remount_read_only();
+    // Reading needs no write access: compute nodes often mount a cache read-only.
+    assert_eq!(
+        stdout_of(env.cmd().env("SREGISTRY_CACHE", &cache).args(["get", "a"])),
+        path
+    );
     let before = env.snapshot_of(&cache);
     let g = env.file("b.img", b"second");
     let out = env

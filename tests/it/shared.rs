@@ -62,14 +62,9 @@ fn ok(out: std::process::Output) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_string()
 }
 
-#[test]
-fn group_members_share_a_cache_whatever_their_umask() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED group_members_share_a_cache_whatever_their_umask: needs root to create users"
-        );
-        return;
-    }
+/// The test users, a binary they can run, and a cache made by `init --shared` for their
+/// group, in a directory everyone can enter.
+fn shared_cache_for_the_users() -> (Env, PathBuf, PathBuf) {
     ensure_users();
     let env = Env::new();
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -86,6 +81,18 @@ fn group_members_share_a_cache_whatever_their_umask() {
         "{}",
         String::from_utf8_lossy(&init.stderr)
     );
+    (env, bin, cache)
+}
+
+#[test]
+fn group_members_share_a_cache_whatever_their_umask() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED group_members_share_a_cache_whatever_their_umask: needs root to create users"
+        );
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
     let input = env.file("tool.img", b"a shared image");
     fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
     let [alice, bob] = USERS;
@@ -309,5 +316,50 @@ fn add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable() {
         env.cmd()
             .env("SREGISTRY_CACHE", &cache)
             .args(["get", "small"]),
+    );
+}
+
+/// An admin-curated cache that everyone reads: a user outside the cache's group (who can
+/// read it but not write it) can `get` and `list`, and is refused any change cleanly.
+#[test]
+fn a_reader_outside_the_group_can_get_but_not_change_the_cache() {
+    if !is_root() {
+        eprintln!(
+            "SKIPPED a_reader_outside_the_group_can_get_but_not_change_the_cache: needs root to create users"
+        );
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let input = env.file("tool.img", b"a curated image");
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let [alice, _] = USERS;
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    let before = env.snapshot_of(&cache);
+
+    let outsider = "nobody";
+    assert_eq!(
+        ok(as_user(outsider, &bin, &cache, &["get", "lab/tool:1"])),
+        path
+    );
+    assert!(ok(as_user(outsider, &bin, &cache, &["list"])).contains("lab/tool:1"));
+    let out = as_user(
+        outsider,
+        &bin,
+        &cache,
+        &["add", input.to_str().unwrap(), "--name", "lab/other:1"],
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("Permission denied"), "{err}");
+    assert_eq!(
+        env.snapshot_of(&cache),
+        before,
+        "a refused add changed the cache"
     );
 }
