@@ -246,12 +246,13 @@ impl Index {
         let tmp = dir.join(format!(".index.redb.new-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let io = |source: std::io::Error| self.db_err()(redb::StorageError::Io(source).into());
-        std::fs::OpenOptions::new()
+        let file = std::fs::OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .open(&tmp)
             .map_err(io)?;
-        let backend = UnderOurLock::open_new(&tmp).map_err(|e| self.db_err()(e.into()))?;
+        let backend = UnderOurLock::wrap(file).map_err(|e| self.db_err()(e.into()))?;
         let db = redb::Builder::new()
             .create_with_backend(backend)
             .map_err(|e| self.db_err()(e.into()))?;
@@ -382,14 +383,16 @@ fn corrupt(path: &Path, key: &str, e: impl std::fmt::Display) -> IndexError {
     }
 }
 
-/// Read and decode one JSON record; a record that does not decode is `Corrupt`.
-fn get_json_in<T: serde::de::DeserializeOwned>(
+/// Read one record and decode it with `decode` ([`decode_ref`] or [`decode_blob`], the
+/// decoders the fuzz target exercises); a record that does not decode is `Corrupt`.
+fn get_record_in<T>(
     t: &impl ReadableTable<&'static str, &'static [u8]>,
     key: &str,
     path: &Path,
+    decode: fn(&[u8]) -> Result<T, serde_json::Error>,
 ) -> Result<Option<T>, IndexError> {
     match t.get(key).map_err(dberr(path))? {
-        Some(v) => serde_json::from_slice(v.value())
+        Some(v) => decode(v.value())
             .map(Some)
             .map_err(|e| corrupt(path, key, e)),
         None => Ok(None),
@@ -401,7 +404,7 @@ fn get_ref_in(
     key: &str,
     path: &Path,
 ) -> Result<Option<RefRecord>, IndexError> {
-    get_json_in(t, key, path)
+    get_record_in(t, key, path, decode_ref)
 }
 
 fn get_blob_in(
@@ -409,7 +412,7 @@ fn get_blob_in(
     hex: &str,
     path: &Path,
 ) -> Result<Option<BlobRecord>, IndexError> {
-    get_json_in(t, hex, path)
+    get_record_in(t, hex, path, decode_blob)
 }
 
 fn get_u64_in(
@@ -846,16 +849,6 @@ impl UnderOurLock {
                 "the index file is empty, not a redb database",
             )));
         }
-        Self::wrap(file)
-    }
-
-    /// Open the empty file a fresh index is built in.
-    fn open_new(path: &Path) -> Result<UnderOurLock, redb::StorageError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(redb::StorageError::Io)?;
         Self::wrap(file)
     }
 

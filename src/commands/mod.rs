@@ -65,8 +65,8 @@ pub fn remote_options(
 /// Keep freed heap memory for reuse while a transfer runs (glibc). A download hands over
 /// its data in buffers of a few hundred KiB, each freed once written and hashed; by
 /// default glibc then gives the top of the heap back to the kernel, and the next buffer
-/// faults fresh zeroed pages in. In a 1 GiB pull that was 55,000-84,000 page faults and
-/// a third more CPU time than with the heap kept (7,000 faults). The process keeps at most
+/// faults fresh zeroed pages in. In a 1 GiB pull that was 47,000-84,000 page faults and
+/// 10-25% more CPU time than with the heap kept (6,000-7,300 faults). The process keeps at most
 /// its own peak heap until it exits. Set here, by the command-line program, not by the
 /// library: a program embedding the library keeps its own allocator settings.
 fn keep_heap_for_transfers() {

@@ -7,9 +7,9 @@
 //! no digest to check against (a URL names no content), so the BLAKE3 digest computed on
 //! the way in becomes the content's identity from then on.
 
-use reqwest::header::{CONTENT_LENGTH, ETAG, LAST_MODIFIED};
+use reqwest::header::CONTENT_LENGTH;
 
-use super::oci::Session;
+use super::oci::{Session, Validators, header_str};
 use super::transport::Transport;
 use super::verify::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
@@ -51,21 +51,10 @@ pub async fn pull(
     // Ask for the headers first: size limit, ETag, Last-Modified.
     let client = t.client().clone();
     let head = t.send(url, &|| client.head(url)).await?;
-    let (mut size, mut etag, mut modified) = (None, None, None);
+    let (mut size, mut known) = (None, Validators::default());
     if head.status().is_success() {
-        let h = head.headers();
-        size = h
-            .get(CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        etag = h
-            .get(ETAG)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        modified = h
-            .get(LAST_MODIFIED)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
+        size = header_str(&head, CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+        known = Validators::of(&head);
     } else if head.status().as_u16() == 404 {
         return Err(RemoteError::NotFound {
             host,
@@ -74,10 +63,6 @@ pub async fn pull(
     }
     let mut sink = Sink::new(cache.store(), url, size)?;
     let mut s = Session::new(t, &host, None);
-    let known = super::oci::Validators {
-        etag,
-        last_modified: modified,
-    };
     let used = super::oci::download(&mut s, "", url, &mut sink, opts, known).await?;
     let (staged, sha) = sink.finish(size, None)?;
     Ok((

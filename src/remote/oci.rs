@@ -266,12 +266,7 @@ impl<'t> Session<'t> {
             if resp.status() != StatusCode::UNAUTHORIZED || round == 1 {
                 return self.check_denied(resp, scope);
             }
-            let header = resp
-                .headers()
-                .get(WWW_AUTHENTICATE)
-                .and_then(|h| h.to_str().ok())
-                .unwrap_or("")
-                .to_string();
+            let header = header_str(&resp, WWW_AUTHENTICATE).unwrap_or_default();
             let challenge = auth::parse_challenge(&header)
                 .ok_or_else(|| self.unauthorized(format!("no usable challenge in `{header}`")))?;
             self.answer(&challenge, scope).await?;
@@ -527,7 +522,18 @@ pub struct Validators {
     pub last_modified: Option<String>,
 }
 
-fn header_str(resp: &Response, name: reqwest::header::HeaderName) -> Option<String> {
+impl Validators {
+    /// The ETag and Last-Modified of a response.
+    pub fn of(resp: &Response) -> Validators {
+        Validators {
+            etag: header_str(resp, reqwest::header::ETAG),
+            last_modified: header_str(resp, reqwest::header::LAST_MODIFIED),
+        }
+    }
+}
+
+/// A header's value, when present and printable.
+pub fn header_str(resp: &Response, name: reqwest::header::HeaderName) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -572,8 +578,7 @@ pub async fn download(
             });
         }
         let resp = ok_or_status(resp, url).await?;
-        let etag = header_str(&resp, reqwest::header::ETAG);
-        let modified = header_str(&resp, reqwest::header::LAST_MODIFIED);
+        let got = Validators::of(&resp);
         if from > 0 {
             let start = resp
                 .headers()
@@ -582,7 +587,7 @@ pub async fn download(
                 .and_then(|v| v.strip_prefix("bytes "))
                 .and_then(|v| v.split('-').next())
                 .and_then(|v| v.parse::<u64>().ok());
-            let changed = matches!((&seen.etag, &etag), (Some(a), Some(b)) if a != b);
+            let changed = matches!((&seen.etag, &got.etag), (Some(a), Some(b)) if a != b);
             if resp.status() == StatusCode::PARTIAL_CONTENT && changed {
                 // The server ignored If-Range and sent part of another version.
                 sink.reset()?;
@@ -594,10 +599,7 @@ pub async fn download(
             }
         }
         if sink.written() == 0 {
-            seen = Validators {
-                etag,
-                last_modified: modified,
-            };
+            seen = got;
         }
         let mut stream = resp.bytes_stream();
         let mut broke = false;

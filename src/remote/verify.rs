@@ -70,18 +70,21 @@ impl Hasher {
         self.tx.as_ref().is_some_and(|tx| tx.send(m).is_ok())
     }
 
-    fn finish(mut self) -> Option<(sha2::Sha256, blake3::Hasher)> {
+    /// Close the channel and wait for the thread's hashes (once; `None` after that, or if
+    /// the thread panicked).
+    fn stop(&mut self) -> Option<(sha2::Sha256, blake3::Hasher)> {
         drop(self.tx.take());
         self.handle.take()?.join().ok()
+    }
+
+    fn finish(mut self) -> Option<(sha2::Sha256, blake3::Hasher)> {
+        self.stop()
     }
 }
 
 impl Drop for Hasher {
     fn drop(&mut self) {
-        drop(self.tx.take());
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
+        self.stop();
     }
 }
 
