@@ -84,6 +84,20 @@ fn shared_cache_for_the_users() -> (Env, PathBuf, PathBuf) {
     (env, bin, cache)
 }
 
+/// The first user adds a world-readable file as `lab/tool:1`; returns the input file and
+/// the cached path.
+fn alice_adds_lab_tool(env: &Env, bin: &Path, cache: &Path, content: &[u8]) -> (PathBuf, String) {
+    let input = env.file("tool.img", content);
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let path = ok(as_user(
+        USERS[0],
+        bin,
+        cache,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    (input, path)
+}
+
 #[test]
 fn group_members_share_a_cache_whatever_their_umask() {
     if !is_root() {
@@ -93,16 +107,8 @@ fn group_members_share_a_cache_whatever_their_umask() {
         return;
     }
     let (env, bin, cache) = shared_cache_for_the_users();
-    let input = env.file("tool.img", b"a shared image");
-    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let (input, path) = alice_adds_lab_tool(&env, &bin, &cache, b"a shared image");
     let [alice, bob] = USERS;
-
-    let path = ok(as_user(
-        alice,
-        &bin,
-        &cache,
-        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
-    ));
     // Modes are the cache's, not alice's umask.
     let gid = fs::metadata(&cache).unwrap().gid();
     let blob = fs::metadata(&path).unwrap();
@@ -330,15 +336,7 @@ fn a_reader_outside_the_group_can_get_but_not_change_the_cache() {
         return;
     }
     let (env, bin, cache) = shared_cache_for_the_users();
-    let input = env.file("tool.img", b"a curated image");
-    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
-    let [alice, _] = USERS;
-    let path = ok(as_user(
-        alice,
-        &bin,
-        &cache,
-        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
-    ));
+    let (input, path) = alice_adds_lab_tool(&env, &bin, &cache, b"a curated image");
     let before = env.snapshot_of(&cache);
 
     let outsider = "nobody";
