@@ -10,7 +10,7 @@ rm -rf "$work"; mkdir -p "$work"
 command -v hyperfine >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null; }
 command -v b3sum >/dev/null || cargo install -q b3sum --locked
 cargo build -q --release --examples --bin sregistry
-bin=$PWD/target/release/sregistry
+bin=$(bash scripts/release-dir.sh)/sregistry
 if [ "$quick" = 1 ]; then vfiles=4; vsize=64; names=10000; evict=1000; readers=16; secs=3
 else vfiles=16; vsize=256; names=100000; evict=10000; readers=64; secs=20; fi
 period=200   # each getter asks once every 200 ms: 320 gets a second at full size

@@ -11,7 +11,7 @@ bash scripts/install-deps.sh
 command -v hyperfine >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq hyperfine >/dev/null; }
 command -v curl >/dev/null || { apt-get update -qq >/dev/null; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null; }
 cargo build -q --release --bin sregistry
-bin=$PWD/target/release/sregistry
+bin=$(bash scripts/release-dir.sh)/sregistry
 if [ "$quick" = 1 ]; then size=64; runs=3; else size=1024; runs=7; fi
 
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')

@@ -182,14 +182,13 @@ mkdir -p "$RUN" "$RES"
 cleanup() { rm -rf "$RUN"; }
 trap cleanup EXIT
 
-TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
-[[ $TARGET_DIR == /* ]] || TARGET_DIR=$ROOT/$TARGET_DIR
+RELEASE_DIR=$(bash "$ROOT/scripts/release-dir.sh")
 log "building: cargo build --release, and the populate example"
 cargo build --release -q
 cargo build --release -q --example populate
-BIN=$TARGET_DIR/release/sregistry
-POPULATE=$TARGET_DIR/release/examples/populate
-[[ -x $BIN && -x $POPULATE ]] || die "built binaries not found under $TARGET_DIR/release"
+BIN=$RELEASE_DIR/sregistry
+POPULATE=$RELEASE_DIR/examples/populate
+[[ -x $BIN && -x $POPULATE ]] || die "built binaries not found under $RELEASE_DIR"
 unset SREGISTRY_NOW SREGISTRY_TEST_PAUSE SREGISTRY_LOCK SREGISTRY_LOCK_TIMEOUT
 
 # The machine has 2 cores: wait (up to BENCH_WAIT_QUIET seconds, default 180) until other

@@ -3,7 +3,7 @@
 # get it, list, inspect, tag, and show the exit code of a miss.
 set -euo pipefail
 here=$(pwd)
-bin="$here/target/release/sregistry"
+bin="$(bash "$(dirname "$0")/release-dir.sh")/sregistry"
 export SREGISTRY_CACHE="$here/demo-cache"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT

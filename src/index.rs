@@ -830,8 +830,23 @@ impl Drop for IndexWriter {
 /// granted here as taken and no other process is ever reported holding one. This also
 /// keeps the index usable with `SREGISTRY_LOCK=flock` on filesystems without `fcntl`
 /// locks, where redb's would fail.
+///
+/// It also leaves out the flushes that would make only a change of the file's length
+/// durable. A write opens and closes the database once, and redb grows the file (the last
+/// close trimmed it) and flushes, then, closing, trims it and flushes again before its
+/// last header write: two of its six flushes per write, each a cache flush of the disk.
+/// Deferred, each length change becomes durable with the next flush, which always
+/// follows (the commit; the clean-shutdown header) and makes nothing visible before it.
+/// A crash in between leaves a file whose length and header disagree, or the recovery
+/// flag set, and redb repairs either at the next open (it checks the length against the
+/// header on every open). A flush after writes, or the first one after opening (a dead
+/// writer's header may still need it), always reaches the disk.
 #[derive(Debug)]
-struct UnderOurLock(redb::backends::FileBackend);
+struct UnderOurLock {
+    file: redb::backends::FileBackend,
+    /// Whether anything but a length change may be unflushed.
+    written: std::sync::atomic::AtomicBool,
+}
 
 impl UnderOurLock {
     /// Open an existing index; `write` for the read-write open.
@@ -854,7 +869,10 @@ impl UnderOurLock {
 
     fn wrap(file: std::fs::File) -> Result<UnderOurLock, redb::StorageError> {
         match redb::backends::FileBackend::new(file) {
-            Ok(b) => Ok(UnderOurLock(b)),
+            Ok(file) => Ok(UnderOurLock {
+                file,
+                written: std::sync::atomic::AtomicBool::new(true),
+            }),
             Err(redb::DatabaseError::Storage(e)) => Err(e),
             Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
         }
@@ -863,22 +881,30 @@ impl UnderOurLock {
 
 impl redb::StorageBackend for UnderOurLock {
     fn len(&self) -> Result<u64, std::io::Error> {
-        self.0.len()
+        self.file.len()
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.0.read(offset, out)
+        self.file.read(offset, out)
     }
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.0.set_len(len)
+        self.file.set_len(len)
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
-        self.0.sync_data()
+        use std::sync::atomic::Ordering;
+        if !self.written.swap(false, Ordering::SeqCst) {
+            return Ok(()); // at most a length change since the last flush: deferred
+        }
+        self.file.sync_data().inspect_err(|_| {
+            self.written.store(true, Ordering::SeqCst);
+        })
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.0.write(offset, data)
+        self.written
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.file.write(offset, data)
     }
     fn close(&self) -> Result<(), std::io::Error> {
-        self.0.close()
+        self.file.close()
     }
     fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
         Ok(true)
@@ -918,14 +944,20 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn the_index_file_carries_no_locks_of_its_own() {
-        // On NFS every lock call is a round trip to the server: an open index must be
-        // guarded by index.lock alone, for the writer and for readers.
+    /// An index in a new temporary cache (keep the directory alive while it is used).
+    fn fresh_index() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
         let v1 = dir.path().join("v1");
         std::fs::create_dir_all(&v1).unwrap();
         let idx = Index::new(&v1, LockOptions::default(), 0o644);
+        (dir, idx)
+    }
+
+    #[test]
+    fn the_index_file_carries_no_locks_of_its_own() {
+        // On NFS every lock call is a round trip to the server: an open index must be
+        // guarded by index.lock alone, for the writer and for readers.
+        let (_dir, idx) = fresh_index();
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         let w = idx.write().unwrap();
         let (db, lk) = (ino(idx.db_path()), ino(idx.lock_path()));
@@ -938,5 +970,44 @@ mod tests {
         assert!(held.contains(&lk), "the reader holds index.lock");
         assert!(!held.contains(&db), "redb locked index.redb while reading");
         drop(r);
+    }
+
+    fn record(n: u8) -> RefRecord {
+        RefRecord {
+            digest: Digest::from_bytes([n; 32]),
+            added: 1,
+            source: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn an_index_whose_trim_never_reached_the_disk_is_repaired_on_open() {
+        // The backend defers the flush of a length change to the next flush: after a power
+        // loss the header may say "closed cleanly" while the file keeps its old length.
+        // redb must then repair on open, and every name must still be there.
+        let (_dir, idx) = fresh_index();
+        for n in 0..3u8 {
+            let mut w = idx.write().unwrap();
+            w.put_ref(&format!("lab/t{n}:1"), &record(n)).unwrap();
+            w.commit().unwrap();
+        }
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(idx.db_path())
+            .unwrap();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len + (1 << 20)).unwrap();
+        drop(f);
+        let r = idx.read().unwrap();
+        for n in 0..3u8 {
+            assert_eq!(r.get_ref(&format!("lab/t{n}:1")).unwrap(), Some(record(n)));
+        }
+        drop(r);
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/t9:1", &record(9)).unwrap();
+        w.commit().unwrap();
+        let r = idx.read().unwrap();
+        assert_eq!(r.all().unwrap().len(), 4);
     }
 }

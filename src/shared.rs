@@ -28,7 +28,7 @@ use crate::settings::Settings;
 /// Errors of `init`.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
-    #[error("no group `{0}` on this system (see `getent group`)")]
+    #[error("no group `{0}` on this system (see `getent group`; a numeric group id works too)")]
     NoGroup(String),
     #[error("cannot set up `{path}`: {source}{hint}", hint = chown_hint(.source))]
     Io { path: PathBuf, source: io::Error },
