@@ -366,12 +366,12 @@ impl Cache {
                 Err(StoreError::CrossDevice { .. }) => {
                     let mut f = fs::File::open(src).map_err(open_err)?;
                     remove_source_after = true;
-                    self.store.stage_copy(&mut f, src, Some(meta.len()))?
+                    self.store.stage_file(&mut f, src, Some(meta.len()))?
                 }
                 Err(e) => return Err(e.into()),
             }
         } else {
-            self.store.stage_copy(&mut file, src, Some(meta.len()))?
+            self.store.stage_file(&mut file, src, Some(meta.len()))?
         };
         let source = opts
             .source

@@ -10,9 +10,11 @@
 //! # What it promises
 //!
 //! * A file under `blobs/` is complete and its content hashes to its name. Content goes
-//!   to a new file in `tmp/` (same filesystem), is hashed in the same pass that writes it,
-//!   is made read-only and fsynced; only then is it renamed into place, and the directory
-//!   is fsynced. A crash at any instant leaves at most a file in `tmp/`.
+//!   to a new file in `tmp/` (same filesystem), is hashed in the same pass that writes it
+//!   (a large file copied inside the kernel is hashed from the staged file's own pages,
+//!   chunk by chunk, right behind the copy), is made read-only and fsynced; only then is
+//!   it renamed into place, and the directory is fsynced. A crash at any instant leaves
+//!   at most a file in `tmp/`.
 //! * [`Staged::place`] (before the lock, best effort: a hard link) and [`Staged::commit`]
 //!   (under the exclusive index lock: makes sure the blob is there) are the only ways into
 //!   `blobs/`. When the blob already exists, the staged copy is dropped: content is stored
@@ -226,6 +228,7 @@ impl Store {
     fn new_tmp_file(&self) -> Result<(File, PathBuf), StoreError> {
         let path = self.tmp.join(unique_name(INGEST_PREFIX));
         let f = OpenOptions::new()
+            .read(true)
             .write(true)
             .create_new(true)
             .mode(0o600)
@@ -246,7 +249,37 @@ impl Store {
         src_path: &Path,
         expected: Option<u64>,
     ) -> Result<Staged, StoreError> {
-        let (file, path) = self.new_tmp_file()?;
+        self.stage_with(src_path, expected, |dst, pipelined| {
+            copy_and_hash(src, dst, pipelined)
+        })
+    }
+
+    /// [`Store::stage_copy`] of a file: a large one is copied inside the kernel
+    /// ([`copy_in_kernel_and_hash`]) where the filesystems allow it.
+    pub fn stage_file(
+        &self,
+        src: &mut File,
+        src_path: &Path,
+        expected: Option<u64>,
+    ) -> Result<Staged, StoreError> {
+        self.stage_with(src_path, expected, |dst, pipelined| {
+            if pipelined && let Some(copied) = copy_in_kernel_and_hash(src, dst).transpose() {
+                return copied;
+            }
+            copy_and_hash(src, dst, pipelined)
+        })
+    }
+
+    /// Stage a new file in `tmp/` filled by `copy` (given the file and whether the copy
+    /// is large enough to pipeline), which returns the digest and count of the bytes it
+    /// wrote.
+    fn stage_with(
+        &self,
+        src_path: &Path,
+        expected: Option<u64>,
+        copy: impl FnOnce(&mut File, bool) -> Result<(Digest, u64), CopyFail>,
+    ) -> Result<Staged, StoreError> {
+        let (mut file, path) = self.new_tmp_file()?;
         // From here on the staged file is removed on every error path.
         let mut staged = Staged {
             path: Some(path.clone()),
@@ -257,9 +290,8 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let mut file = file;
         let pipelined = expected.is_some_and(|n| n >= PIPELINE_MIN);
-        let (digest, size) = copy_and_hash(src, &mut file, pipelined).map_err(|f| match f {
+        let (digest, size) = copy(&mut file, pipelined).map_err(|f| match f {
             CopyFail::Read(source) => StoreError::Read {
                 path: src_path.to_path_buf(),
                 source,
@@ -470,6 +502,142 @@ fn read_full(src: &mut dyn Read, buf: &mut [u8]) -> io::Result<usize> {
     Ok(n)
 }
 
+/// Chunk of the in-kernel copy: the hashing thread maps and hashes one while the next is
+/// copied.
+const KERNEL_CHUNK: usize = 16 << 20;
+
+/// Copy a large file with `copy_file_range` (inside the kernel, from page cache to page
+/// cache, as `cp` does: one copy of the bytes instead of two through a user-space
+/// buffer), while a second thread hashes each chunk of the *destination* as soon as it is
+/// copied, through a read-only mapping of the page cache. The digest is that of the
+/// staged file's own bytes, whatever the source does meanwhile; nobody else writes the
+/// staged file (mode 0600, a name no other process picks). `Ok(None)`: the filesystems
+/// cannot copy this way (nothing was copied; use [`copy_and_hash`]).
+fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64)>, CopyFail> {
+    use std::os::fd::AsRawFd;
+    let mut first = true;
+    let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, usize)>(8);
+    std::thread::scope(|s| {
+        let hasher = s.spawn(move || -> io::Result<blake3::Hasher> {
+            let mut h = blake3::Hasher::new();
+            for (offset, len) in rx {
+                h.update(Mapped::new(dst, offset, len)?.bytes());
+            }
+            Ok(h)
+        });
+        let mut total: u64 = 0;
+        let mut outcome = Ok(());
+        let mut unsupported = false;
+        'copy: loop {
+            let mut n = 0;
+            while n < KERNEL_CHUNK {
+                // SAFETY: two open descriptors; null offsets use and advance the files' own.
+                let r = unsafe {
+                    libc::copy_file_range(
+                        src.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        dst.as_raw_fd(),
+                        std::ptr::null_mut(),
+                        KERNEL_CHUNK - n,
+                        0,
+                    )
+                };
+                if r == 0 {
+                    break;
+                }
+                if r < 0 {
+                    let e = io::Error::last_os_error();
+                    let errno = e.raw_os_error().unwrap_or(0);
+                    if errno == libc::EINTR {
+                        continue;
+                    }
+                    let cannot = [libc::EXDEV, libc::EINVAL, libc::ENOSYS, libc::EOPNOTSUPP];
+                    if total == 0 && n == 0 && cannot.contains(&errno) {
+                        unsupported = true;
+                    } else if [libc::ENOSPC, libc::EDQUOT, libc::EFBIG, libc::EROFS]
+                        .contains(&errno)
+                    {
+                        outcome = Err(CopyFail::Write(e));
+                    } else {
+                        outcome = Err(CopyFail::Read(e));
+                    }
+                    break 'copy;
+                }
+                n += r as usize;
+            }
+            if n == 0 {
+                break;
+            }
+            start_writeback(dst, total, n as u64);
+            if tx.send((total, n)).is_err() {
+                break; // the hasher failed; its error is reported below
+            }
+            total += n as u64;
+            if std::mem::take(&mut first) {
+                crate::testhook::pause("add-mid-copy");
+            }
+            if n < KERNEL_CHUNK {
+                break;
+            }
+        }
+        drop(tx);
+        let h = hasher
+            .join()
+            .map_err(|_| CopyFail::Write(io::Error::other("the hashing thread panicked")))?;
+        if unsupported {
+            return Ok(None);
+        }
+        outcome?;
+        let h = h.map_err(CopyFail::Write)?;
+        Ok(Some((Digest::from_bytes(*h.finalize().as_bytes()), total)))
+    })
+}
+
+/// A read-only mapping of part of a file, unmapped on drop.
+struct Mapped {
+    ptr: *mut libc::c_void,
+    len: usize,
+}
+
+impl Mapped {
+    /// Map `len` bytes at `offset` (a multiple of the page size), all pages faulted in at
+    /// once.
+    fn new(file: &File, offset: u64, len: usize) -> io::Result<Mapped> {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared read-only mapping of an open file; the kernel picks the
+        // address. The bytes stay valid while the file is not truncated, and the only
+        // file mapped here is a staged file no one else writes.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED | libc::MAP_POPULATE,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Mapped { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `ptr` maps `len` readable bytes until `drop`.
+        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapped {
+    fn drop(&mut self) {
+        // SAFETY: unmapping exactly the mapping made in `new`.
+        unsafe {
+            libc::munmap(self.ptr, self.len);
+        }
+    }
+}
+
 /// Copy `src` to `dst` and hash exactly the bytes written, in one pass over the data.
 /// `pipelined`: one thread reads and writes while another hashes the chunks just written
 /// (a few buffers circulate between them), so a large copy costs about max(copy, hash)
@@ -628,6 +796,46 @@ mod tests {
         drop(staged);
         assert_eq!(tmp_entries(&s), 0);
         assert!(!s.blob_path(&Digest::of(b"abandoned")).exists());
+    }
+
+    /// Content of `len` bytes that differs from chunk to chunk.
+    fn pattern(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i / 4099 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_large_file_copied_in_the_kernel_is_named_by_what_was_written() {
+        let (d, s) = store();
+        // Two and a half chunks: the last one short.
+        let data = pattern(KERNEL_CHUNK * 5 / 2);
+        let src = d.path().join("big.img");
+        fs::write(&src, &data).unwrap();
+        let mut f = File::open(&src).unwrap();
+        let st = s.stage_file(&mut f, &src, Some(data.len() as u64)).unwrap();
+        assert_eq!(st.digest(), Digest::of(&data));
+        assert_eq!(st.size(), data.len() as u64);
+        let (path, _) = st.commit(&s).unwrap();
+        assert_eq!(fs::read(path).unwrap(), data);
+    }
+
+    #[test]
+    fn a_large_source_the_kernel_cannot_copy_from_goes_through_the_buffer() {
+        // A pipe: copy_file_range refuses it, so the buffered copy takes over.
+        let (_d, s) = store();
+        let data = pattern((PIPELINE_MIN as usize) + 12345);
+        let mut fds = [0; 2];
+        // SAFETY: pipe fills two new descriptors, each owned by one File below.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        use std::os::fd::FromRawFd;
+        let (mut rd, mut wr) = unsafe { (File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1])) };
+        let feed = data.clone();
+        let writer = std::thread::spawn(move || wr.write_all(&feed));
+        let st = s
+            .stage_file(&mut rd, Path::new("pipe"), Some(data.len() as u64))
+            .unwrap();
+        writer.join().unwrap().unwrap();
+        assert_eq!(st.digest(), Digest::of(&data));
+        assert_eq!(st.size(), data.len() as u64);
     }
 
     #[test]

@@ -208,7 +208,7 @@ fn unwritable_cache_location_is_named_in_the_error() {
 #[test]
 fn add_of_a_file_that_shrinks_while_being_added_fails_cleanly() {
     let env = seeded();
-    let f = env.file("shrinking.img", &vec![9u8; 12 << 20]);
+    let f = env.file("shrinking.img", &vec![9u8; 40 << 20]);
     let resume = env.path("resume");
     let before = env.snapshot();
     let mut child = env

@@ -60,7 +60,7 @@ fn assert_consistent_after_crash(env: &Env, victim_expected: Option<bool>) {
 
 #[test]
 fn sigkill_mid_copy_leaves_no_partial_blob() {
-    let env = kill_add_at("add-mid-copy", 12 << 20);
+    let env = kill_add_at("add-mid-copy", 40 << 20);
     assert_eq!(env.blobs().len(), 1, "a partial blob reached blobs/");
     assert_consistent_after_crash(&env, Some(false));
 }

@@ -238,36 +238,38 @@ fn doctor_on_a_healthy_private_cache_passes_and_names_the_filesystem() {
 }
 
 /// A write past RLIMIT_FSIZE fails cleanly: exit 1, nothing in blobs/ or tmp/, index as
-/// it was.
+/// it was. Both copy paths: through a buffer (4 MiB), and inside the kernel (24 MiB).
 #[test]
 fn add_past_the_file_size_limit_fails_cleanly() {
     let env = Env::new();
     let seed = env.file("seed.img", b"seed");
     stdout_of(env.cmd().arg("add").arg(&seed).args(["--name", "seed"]));
-    let big = env.file("big.img", &vec![1u8; 4 << 20]);
-    let before = env.snapshot();
-    let mut cmd = env.std_cmd();
-    cmd.arg("add").arg(&big).args(["--name", "big"]);
-    use std::os::unix::process::CommandExt;
-    // SAFETY: setrlimit is async-signal-safe; called in the child before exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 1 << 20,
-                rlim_max: 1 << 20,
-            };
-            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    for size in [4usize << 20, 24 << 20] {
+        let big = env.file("big.img", &vec![1u8; size]);
+        let before = env.snapshot();
+        let mut cmd = env.std_cmd();
+        cmd.arg("add").arg(&big).args(["--name", "big"]);
+        use std::os::unix::process::CommandExt;
+        // SAFETY: setrlimit is async-signal-safe; called in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 1 << 20,
+                    rlim_max: 1 << 20,
+                };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{size} bytes: {err}");
+        assert!(err.contains("larger than this process may write"), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert_eq!(env.snapshot(), before, "the failed add changed the cache");
     }
-    let out = cmd.output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("larger than this process may write"), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert_eq!(env.snapshot(), before, "the failed add changed the cache");
 }
 
 /// A full filesystem (a 5 MiB tmpfs): clear error, nothing partial, and the cache still
