@@ -31,7 +31,7 @@ if ! cargo "+$toolchain" --version >/dev/null 2>&1; then
 fi
 if ! cargo "+$toolchain" fuzz --help >/dev/null 2>&1; then
     echo "fuzz/run.sh: installing cargo-fuzz" >&2
-    cargo install cargo-fuzz --locked
+    (cd / && cargo install cargo-fuzz --locked)  # outside the repository's cargo config
 fi
 
 # Corpus and regression directories of a target that exist.

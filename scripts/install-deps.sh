@@ -34,5 +34,6 @@ fi
 
 if ! command -v s3s-fs >/dev/null 2>&1; then
   echo "installing: s3s-fs (crates.io; compiles for a few minutes)" >&2
-  cargo install -q s3s-fs --features binary --locked
+  # From outside the repository: its .cargo/config.toml (static linking) is for sregistry.
+  (cd / && cargo install -q s3s-fs --features binary --locked)
 fi

@@ -841,11 +841,16 @@ impl Drop for IndexWriter {
 /// flag set, and redb repairs either at the next open (it checks the length against the
 /// header on every open). A flush after writes, or the first one after opening (a dead
 /// writer's header may still need it), always reaches the disk.
+///
+/// The file's length is kept here rather than asked of the filesystem each time redb
+/// wants it (about six times per write, each a `statx`, on NFS a round trip): while we
+/// hold `index.lock` nobody else changes the file.
 #[derive(Debug)]
 struct UnderOurLock {
     file: redb::backends::FileBackend,
     /// Whether anything but a length change may be unflushed.
     written: std::sync::atomic::AtomicBool,
+    len: std::sync::atomic::AtomicU64,
 }
 
 impl UnderOurLock {
@@ -856,22 +861,25 @@ impl UnderOurLock {
             .write(write)
             .open(path)
             .map_err(redb::StorageError::Io)?;
+        let backend = Self::wrap(file)?;
         // `create_with_backend` would initialise an empty file as a new, empty index: an
         // empty `index.redb` is damage to report (as `open` does), not a cache to restart.
-        if write && file.metadata().map_err(redb::StorageError::Io)?.len() == 0 {
+        if write && backend.len.load(std::sync::atomic::Ordering::SeqCst) == 0 {
             return Err(redb::StorageError::Io(std::io::Error::new(
                 std::io::ErrorKind::InvalidData,
                 "the index file is empty, not a redb database",
             )));
         }
-        Self::wrap(file)
+        Ok(backend)
     }
 
     fn wrap(file: std::fs::File) -> Result<UnderOurLock, redb::StorageError> {
+        let len = file.metadata().map_err(redb::StorageError::Io)?.len();
         match redb::backends::FileBackend::new(file) {
             Ok(file) => Ok(UnderOurLock {
                 file,
                 written: std::sync::atomic::AtomicBool::new(true),
+                len: std::sync::atomic::AtomicU64::new(len),
             }),
             Err(redb::DatabaseError::Storage(e)) => Err(e),
             Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
@@ -881,13 +889,15 @@ impl UnderOurLock {
 
 impl redb::StorageBackend for UnderOurLock {
     fn len(&self) -> Result<u64, std::io::Error> {
-        self.file.len()
+        Ok(self.len.load(std::sync::atomic::Ordering::SeqCst))
     }
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
         self.file.read(offset, out)
     }
     fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        self.file.set_len(len)
+        self.file.set_len(len)?;
+        self.len.store(len, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
     fn sync_data(&self) -> Result<(), std::io::Error> {
         use std::sync::atomic::Ordering;
@@ -899,9 +909,12 @@ impl redb::StorageBackend for UnderOurLock {
         })
     }
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        self.written
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.file.write(offset, data)
+        use std::sync::atomic::Ordering;
+        self.written.store(true, Ordering::SeqCst);
+        self.file.write(offset, data)?;
+        self.len
+            .fetch_max(offset + data.len() as u64, Ordering::SeqCst);
+        Ok(())
     }
     fn close(&self) -> Result<(), std::io::Error> {
         self.file.close()
