@@ -78,10 +78,6 @@ need_tools() {
         log "installing from Debian: ${missing[*]}"
         apt_install "${missing[@]}" || die "cannot install ${missing[*]}"
     fi
-    # Diagnostic only (adds with fsync made a no-op): skipped if it cannot be had.
-    if ! compgen -G '/usr/lib/*/libeatmydata.so' >/dev/null; then
-        apt_install eatmydata || log "eatmydata unavailable: skipping the no-fsync diagnostic"
-    fi
 }
 
 venv_ok() {
@@ -334,18 +330,10 @@ n_added=$("$BIN" --cache "$ACACHE" --json list | grep -c '"name":')
 t0=$(now)
 for ((i = 0; i < 500; i++)); do /bin/true; done
 put spawn_ms "$(awk -v s="$(since "$t0")" 'BEGIN {printf "%.3f", s / 500 * 1000}')"
-# Diagnostic: a tenth as many adds with fsync/fdatasync turned into no-ops by
-# libeatmydata, to tell the cost of the flushes from the rest.
-EATMYDATA=$(compgen -G '/usr/lib/*/libeatmydata.so' | head -n1 || true)
-if [[ -n $EATMYDATA ]]; then
-    NCACHE=$RUN/cache-adds-nosync
-    t0=$(now)
-    for ((i = 0; i < SLICE; i++)); do
-        LD_PRELOAD=$EATMYDATA "$BIN" --cache "$NCACHE" -q add "$RUN/add-src/f$i.sif" --name "bench/add/img$i:v1" >/dev/null
-    done
-    put add_nosync_ms "$(awk -v s="$(since "$t0")" -v n="$SLICE" 'BEGIN {printf "%.3f", s / n * 1000}')"
-    rm -rf "$NCACHE"
-fi
+# And what starting our own binary costs: parse the arguments, print the version, exit.
+t0=$(now)
+for ((i = 0; i < 500; i++)); do "$BIN" --version >/dev/null; done
+put start_ms "$(awk -v s="$(since "$t0")" 'BEGIN {printf "%.3f", s / 500 * 1000}')"
 if command -v strace >/dev/null; then
     make_files "$RUN/add-one" 1 4096
     strace -f -w -c -o "$RES/strace-add.txt" "$BIN" --cache "$ACACHE" -q add "$RUN/add-one/f0.sif" --name bench/add/strace:v1 >/dev/null 2>&1 || true
