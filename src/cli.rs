@@ -24,6 +24,16 @@ use clap::{Args, Parser, Subcommand};
     max_term_width = 100
 )]
 pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The options every subcommand takes.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
     /// Cache directory [default: $SREGISTRY_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/sregistry]
     #[arg(long, global = true, value_name = "DIR")]
     pub cache: Option<PathBuf>,
@@ -35,9 +45,70 @@ pub struct Cli {
     /// Print nothing on stderr but errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+}
 
-    #[command(subcommand)]
-    pub command: Command,
+impl Cli {
+    /// Parse the process's arguments.
+    ///
+    /// Building clap's description of all 19 subcommands costs a `get` about a tenth of
+    /// its time, so the arguments are first parsed against a command whose subcommands
+    /// are only named, each built when it is the one invoked ([`lean_command`]). Help,
+    /// `--version` and every error take the full parse instead, so what the user reads is
+    /// exactly what the full definition says.
+    pub fn parse_args() -> Result<Cli, clap::Error> {
+        let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+        Self::parse_from_args(args)
+    }
+
+    /// [`Cli::parse_args`] of the given arguments (the first is the program name).
+    pub fn parse_from_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
+        use clap::FromArgMatches;
+        if let Ok(m) = lean_command().try_get_matches_from(&args)
+            && let Ok(cli) = Cli::from_arg_matches(&m)
+        {
+            return Ok(cli);
+        }
+        Cli::try_parse_from(args)
+    }
+}
+
+/// The command line with the global options and each subcommand's name and aliases, its
+/// arguments deferred until it is the one invoked. For parsing only: it has no help or
+/// version text ([`Cli::parse_args`] falls back to the full definition for those).
+fn lean_command() -> clap::Command {
+    type Augment = fn(clap::Command) -> clap::Command;
+    const SUBCOMMANDS: &[(&str, &[&str], Augment)] = &[
+        ("add", &[], AddArgs::augment_args),
+        ("get", &[], GetArgs::augment_args),
+        ("list", &["images"], ListArgs::augment_args),
+        ("inspect", &[], InspectArgs::augment_args),
+        ("tag", &[], TagArgs::augment_args),
+        ("rm", &[], RmArgs::augment_args),
+        ("pin", &[], PinArgs::augment_args),
+        ("unpin", &[], PinArgs::augment_args),
+        ("info", &[], InfoArgs::augment_args),
+        ("pull", &[], PullArgs::augment_args),
+        ("push", &[], PushArgs::augment_args),
+        ("search", &[], SearchArgs::augment_args),
+        ("login", &[], LoginArgs::augment_args),
+        ("logout", &[], LogoutArgs::augment_args),
+        ("gc", &[], GcArgs::augment_args),
+        ("verify", &[], VerifyArgs::augment_args),
+        ("init", &[], InitArgs::augment_args),
+        ("doctor", &[], DoctorArgs::augment_args),
+        ("completions", &[], CompletionsArgs::augment_args),
+    ];
+    let mut cmd = GlobalArgs::augment_args(clap::Command::new("sregistry"))
+        .subcommand_required(true)
+        .disable_help_subcommand(true);
+    for (name, aliases, augment) in SUBCOMMANDS {
+        cmd = cmd.subcommand(
+            clap::Command::new(*name)
+                .visible_aliases(aliases.iter().copied())
+                .defer(*augment),
+        );
+    }
+    cmd
 }
 
 #[derive(Debug, Subcommand)]
@@ -350,4 +421,98 @@ pub struct CompletionsArgs {
     /// The shell
     #[arg(value_name = "SHELL")]
     pub shell: clap_complete::Shell,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    fn argv(line: &str) -> Vec<std::ffi::OsString> {
+        std::iter::once("sregistry")
+            .chain(line.split_whitespace())
+            .map(Into::into)
+            .collect()
+    }
+
+    /// Command lines that parse, covering every subcommand, global options before and
+    /// after the subcommand, aliases, defaults and repeated options.
+    const VALID: &[&str] = &[
+        "add f.sif --name lab/tool:1 --label a=b -l c=d --move",
+        "--cache /c -q add f.sif -n lab/tool",
+        "get lab/tool:1.2",
+        "get --verify --insecure oras://h/a/b:1 --json --cache /x",
+        "list",
+        "images 'lab/*' --json",
+        "inspect lab/tool",
+        "tag a b",
+        "rm a b c -q",
+        "pin a",
+        "unpin a",
+        "info --json",
+        "pull oras://h:5000/a/b:1 --name x --insecure",
+        "pull s3://bucket/k.sif --endpoint http://127.0.0.1:9000 -n y",
+        "push a oras://h/a/b:1",
+        "search oras://h/a/b",
+        "login h -u alice --password-stdin",
+        "logout h",
+        "gc --max-size 2T --max-age 90d --min-idle 1h --tmp-grace 1d -n",
+        "verify --repair a b",
+        "init --shared --group hpc /shared/c",
+        "doctor",
+        "completions bash",
+    ];
+
+    #[test]
+    fn the_lean_parse_reads_every_command_line_as_the_full_definition_does() {
+        for line in VALID {
+            let full = Cli::try_parse_from(argv(line))
+                .unwrap_or_else(|e| panic!("`{line}` does not parse: {e}"));
+            let m = lean_command()
+                .try_get_matches_from(argv(line))
+                .unwrap_or_else(|e| panic!("the lean parse refuses `{line}`: {e}"));
+            let lean = Cli::from_arg_matches(&m).unwrap();
+            assert_eq!(format!("{lean:?}"), format!("{full:?}"), "{line}");
+        }
+    }
+
+    #[test]
+    fn the_lean_command_names_every_subcommand_and_alias() {
+        let names = |c: &clap::Command| {
+            let mut v: Vec<String> = c
+                .get_subcommands()
+                .map(|s| {
+                    let mut a: Vec<&str> = s.get_all_aliases().collect();
+                    a.sort();
+                    format!("{} {a:?}", s.get_name())
+                })
+                .collect();
+            v.sort();
+            v
+        };
+        assert_eq!(names(&lean_command()), names(&Cli::command()));
+    }
+
+    #[test]
+    fn help_version_and_errors_come_from_the_full_definition() {
+        for line in [
+            "--help",
+            "get --help",
+            "help add",
+            "--version",
+            "get",
+            "bogus",
+            "get a --nope",
+            "",
+        ] {
+            let ours = Cli::parse_from_args(argv(line)).unwrap_err();
+            let full = Cli::try_parse_from(argv(line)).unwrap_err();
+            assert_eq!(ours.kind(), full.kind(), "`{line}`");
+            assert_eq!(
+                ours.render().to_string(),
+                full.render().to_string(),
+                "`{line}`"
+            );
+        }
+    }
 }

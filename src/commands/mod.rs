@@ -89,15 +89,21 @@ pub fn run(cli: Cli) -> Result<()> {
         return completions::run(args);
     }
     let mut lock = LockOptions::from_env()?;
-    lock.announce = !cli.quiet;
+    lock.announce = !cli.global.quiet;
     if let Command::Init(args) = &cli.command {
-        return init::run(args, cli.cache.as_deref(), &lock, cli.json, cli.quiet);
+        return init::run(
+            args,
+            cli.global.cache.as_deref(),
+            &lock,
+            cli.global.json,
+            cli.global.quiet,
+        );
     }
-    let root = Cache::resolve_root(cli.cache.as_deref())?;
+    let root = Cache::resolve_root(cli.global.cache.as_deref())?;
     let ctx = Ctx {
         cache: Cache::open(&root, lock.clone())?,
-        json: cli.json,
-        quiet: cli.quiet,
+        json: cli.global.json,
+        quiet: cli.global.quiet,
         lock,
     };
     match &cli.command {
