@@ -2,7 +2,8 @@
 //!
 //! Short help comes from `help = "..."`/the first doc line, long help (`--help`) from the
 //! rest of the doc comment. Kept in the library so completions and docs are generated
-//! from the same definitions the binary parses.
+//! from the same definitions the binary parses. The binary parses with
+//! [`Cli::parse_args`], which builds only the invoked subcommand's arguments.
 
 use std::path::PathBuf;
 
@@ -50,7 +51,7 @@ pub struct GlobalArgs {
 impl Cli {
     /// Parse the process's arguments.
     ///
-    /// Building clap's description of all 19 subcommands costs a `get` about a tenth of
+    /// Building clap's description of all 19 subcommands cost a `get` about a quarter of
     /// its time, so the arguments are first parsed against a command whose subcommands
     /// are only named, each built when it is the one invoked ([`lean_command`]). Help,
     /// `--version` and every error take the full parse instead, so what the user reads is
