@@ -338,11 +338,10 @@ fn a_cache_directory_behind_a_symlink_works() {
 /// changes.
 #[test]
 fn a_read_only_cache_refuses_writes_cleanly() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!(
-            "SKIPPED a_read_only_cache_refuses_writes_cleanly: remounting read-only needs root"
-        );
+    if skip_unless_root(
+        "a_read_only_cache_refuses_writes_cleanly",
+        "remounting read-only needs root",
+    ) {
         return;
     }
     let env = Env::new();

@@ -213,6 +213,18 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// Tests that need root (creating users, mounting a tmpfs) print `SKIPPED <test>: <why>`
+/// and return when not run as root; CI runs as root, so there they always run. True when
+/// the caller should return.
+pub fn skip_unless_root(test: &str, why: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return false;
+    }
+    eprintln!("SKIPPED {test}: {why}");
+    true
+}
+
 pub fn run(c: &mut StdCommand) {
     let out = c
         .output()

@@ -11,11 +11,6 @@ use crate::common::*;
 const GROUP: &str = "sregtest";
 const USERS: [&str; 2] = ["sregtest-alice", "sregtest-bob"];
 
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
 /// Create the group and the two users once (idempotent).
 fn ensure_users() {
     let _ = Command::new("groupadd").arg(GROUP).output();
@@ -100,10 +95,10 @@ fn alice_adds_lab_tool(env: &Env, bin: &Path, cache: &Path, content: &[u8]) -> (
 
 #[test]
 fn group_members_share_a_cache_whatever_their_umask() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED group_members_share_a_cache_whatever_their_umask: needs root to create users"
-        );
+    if skip_unless_root(
+        "group_members_share_a_cache_whatever_their_umask",
+        "needs root to create users",
+    ) {
         return;
     }
     let (env, bin, cache) = shared_cache_for_the_users();
@@ -170,10 +165,10 @@ fn group_members_share_a_cache_whatever_their_umask() {
 
 #[test]
 fn doctor_reports_a_broken_permission_and_names_the_fix() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED doctor_reports_a_broken_permission_and_names_the_fix: needs root for groups"
-        );
+    if skip_unless_root(
+        "doctor_reports_a_broken_permission_and_names_the_fix",
+        "needs root for groups",
+    ) {
         return;
     }
     ensure_users();
@@ -276,10 +271,10 @@ fn add_past_the_file_size_limit_fails_cleanly() {
 /// works for what fits.
 #[test]
 fn add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable: mounting a tmpfs needs root"
-        );
+    if skip_unless_root(
+        "add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable",
+        "mounting a tmpfs needs root",
+    ) {
         return;
     }
     let env = Env::new();
@@ -331,10 +326,10 @@ fn add_on_a_full_disk_fails_cleanly_and_the_cache_stays_usable() {
 /// read it but not write it) can `get` and `list`, and is refused any change cleanly.
 #[test]
 fn a_reader_outside_the_group_can_get_but_not_change_the_cache() {
-    if !is_root() {
-        eprintln!(
-            "SKIPPED a_reader_outside_the_group_can_get_but_not_change_the_cache: needs root to create users"
-        );
+    if skip_unless_root(
+        "a_reader_outside_the_group_can_get_but_not_change_the_cache",
+        "needs root to create users",
+    ) {
         return;
     }
     let (env, bin, cache) = shared_cache_for_the_users();
