@@ -29,6 +29,39 @@ def load_hf(res, name):
     return results
 
 
+def merge_rounds(res, prefix, rounds):
+    """One hyperfine-like result per command from `rounds` exports PREFIX-0 ... (one run
+    of each command per round), and the per-round times by command."""
+    times, users, systems = {}, {}, {}
+    for r in range(rounds):
+        for x in load_hf(res, f"{prefix}-{r}"):
+            times.setdefault(x["command"], []).extend(x["times"])
+            users.setdefault(x["command"], []).append(x["user"])
+            systems.setdefault(x["command"], []).append(x["system"])
+    out = {}
+    for cmd, t in times.items():
+        n = len(t)
+        mean = sum(t) / n
+        out[cmd] = {
+            "command": cmd,
+            "times": t,
+            "median": median(t),
+            "mean": mean,
+            "stddev": (sum((x - mean) ** 2 for x in t) / (n - 1)) ** 0.5 if n > 1 else 0,
+            "min": min(t),
+            "max": max(t),
+            "user": sum(users[cmd]) / len(users[cmd]),
+            "system": sum(systems[cmd]) / len(systems[cmd]),
+        }
+    return out
+
+
+def median(xs):
+    s = sorted(xs)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
 def ms(s):
     return f"{s * 1000:.2f} ms" if s < 0.1 else f"{s * 1000:.0f} ms"
 
@@ -62,8 +95,10 @@ def main():
     py_get = load_hf(res, "py_get")[0]
     lst = load_hf(res, "list")[0]
     lst_pipe = load_hf(res, "list_pipe")[0]
-    big = {r["command"]: r for r in load_hf(res, "big")}
+    big = merge_rounds(res, "big", int(e["big_runs"]))
     b_add, b_cp, b_cps = big["add"], big["cp"], big["cp+sync"]
+    # The same ratio within each round (the contenders ran back to back), for the drift.
+    paired = median([a / c for a, c in zip(b_add["times"], b_cp["times"])])
 
     get_rss = int(e["get_rss_kib"])
     py_rss = int(e["py_get_rss_kib"])
@@ -121,8 +156,9 @@ def main():
         ),
         (
             f"`add` (copy) of a {big_label} random file vs `cp` on the same filesystem: "
-            f"median ({e['big_runs']} runs each)",
-            f"{secs(b_add['median'])} = **{ratio:.2f}× cp**",
+            f"median ({e['big_runs']} rounds, one run of each per round)",
+            f"{secs(b_add['median'])} = **{ratio:.2f}× cp** (median of the rounds' own "
+            f"ratios: {paired:.2f}×)",
             f"`cp`: {secs(b_cp['median'])}; `cp` + `sync`: {secs(b_cps['median'])} "
             f"(add = {ratio_sync:.2f}× that)",
             "≤ 1.5× cp",
@@ -203,8 +239,8 @@ def main():
                 f" One `add` makes **{fs} fsync/fdatasync calls** "
                 + (f"taking {float(fs_ms):.1f} ms under `strace -w -c` " if fs_ms else "")
                 + "(the blob "
-                "file, its directory, then redb: one when the database is opened read-write, "
-                "the rest when the write transaction commits and the database is closed)."
+                "file, its directory, then redb's as the write transaction commits and the "
+                "database is closed)."
             )
         if e.get("start_ms"):
             start_ms = float(e["start_ms"])
@@ -354,9 +390,11 @@ def main():
 * **Large add vs `cp`.** One {big_label} file of random bytes, written and synced first
   (so its pages are cached for every contender alike). Each run of `add` starts from a
   fresh cache directory and each `cp` from no destination (`--prepare` removes it and runs
-  `sync`, so no write-back of an earlier run is pending); {e['big_runs']} runs each after
-  warm-up runs, following two untimed copies that warm the memory the copies use (on this
-  VM a first touch of fresh memory can triple a `cp`). `add` copies, hashes (BLAKE3) and fsyncs the blob; plain `cp` does not
+  `sync`, so no write-back of an earlier run is pending). The contenders take turns:
+  {e['big_runs']} rounds of one run of each, after {e.get('big_warmup', 'the')} unreported
+  warm-up round(s) and two untimed copies that warm the memory the copies use (on this
+  VM a first touch of fresh memory can triple a `cp`), so that the disk's drift over
+  minutes falls on all of them alike. The verdict is the ratio of the medians. `add` copies, hashes (BLAKE3) and fsyncs the blob; plain `cp` does not
   wait for the disk, so `cp` + `sync` of the copy is shown too, but the target is against
   plain `cp`.
 * The machine has 2 cores and may be shared with other work (builds, tests): "other work"

@@ -250,7 +250,7 @@ impl Store {
         expected: Option<u64>,
     ) -> Result<Staged, StoreError> {
         self.stage_with(src_path, expected, |dst, pipelined| {
-            copy_and_hash(src, dst, pipelined)
+            copy_and_hash(src, dst, pipelined, expected)
         })
     }
 
@@ -266,7 +266,7 @@ impl Store {
             if pipelined && let Some(copied) = copy_in_kernel_and_hash(src, dst).transpose() {
                 return copied;
             }
-            copy_and_hash(src, dst, pipelined)
+            copy_and_hash(src, dst, pipelined, expected)
         })
     }
 
@@ -641,11 +641,12 @@ impl Drop for Mapped {
 /// Copy `src` to `dst` and hash exactly the bytes written, in one pass over the data.
 /// `pipelined`: one thread reads and writes while another hashes the chunks just written
 /// (a few buffers circulate between them), so a large copy costs about max(copy, hash)
-/// rather than their sum.
+/// rather than their sum. `expected` (the size the source had) sizes the buffer of a small copy.
 fn copy_and_hash(
     src: &mut dyn Read,
     dst: &mut File,
     pipelined: bool,
+    expected: Option<u64>,
 ) -> Result<(Digest, u64), CopyFail> {
     let mut first = true;
     let mut after_chunk = || {
@@ -655,7 +656,11 @@ fn copy_and_hash(
     };
     if !pipelined {
         let mut w = HashingWriter::new(dst);
-        let mut buf = vec![0u8; COPY_BUF];
+        // A small file gets a small buffer: from the heap, without mapping 4 MiB for it.
+        let size = expected.map_or(COPY_BUF, |n| {
+            usize::try_from(n).map_or(COPY_BUF, |n| n.clamp(64 << 10, COPY_BUF))
+        });
+        let mut buf = vec![0u8; size];
         loop {
             let n = read_full(src, &mut buf).map_err(CopyFail::Read)?;
             if n == 0 {
@@ -663,6 +668,9 @@ fn copy_and_hash(
             }
             w.write_all(&buf[..n]).map_err(CopyFail::Write)?;
             after_chunk();
+            if n < buf.len() {
+                break; // `read_full` stopped at the end of the source
+            }
         }
         let (d, n, _) = w.finish();
         return Ok((d, n));
