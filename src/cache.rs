@@ -288,6 +288,11 @@ impl Cache {
         if !tag.exists() {
             fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
         }
+        // The new entries durable, deepest first, before any blob or name relies on them.
+        let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
+        for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
+            crate::store::sync_dir(dir).map_err(layout(dir))?;
+        }
         Ok(())
     }
 

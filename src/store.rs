@@ -110,7 +110,7 @@ impl Staged {
             return;
         }
         let dir = dest.parent().unwrap_or(&store.blobs).to_path_buf();
-        if !dir.exists() && store.make_dir(&dir).is_err() {
+        if !dir.exists() && store.make_fan_dir(&dir).is_err() {
             return;
         }
         if fs::hard_link(src, &dest).is_ok() {
@@ -136,7 +136,7 @@ impl Staged {
         }
         let dir = dest.parent().unwrap_or(&store.blobs);
         if !dir.exists() {
-            store.make_dir(dir).map_err(|e| werr(dir, e))?;
+            store.make_fan_dir(dir).map_err(|e| werr(dir, e))?;
         }
         fs::rename(&src, &dest).map_err(|e| {
             let _ = fs::remove_file(&src);
@@ -217,6 +217,14 @@ impl Store {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// Create the fan-out directory `dir` of a first blob, and make its entry in
+    /// `blobs/blake3` durable: the blob's own directory fsync covers the blob's entry, not
+    /// the directory's.
+    fn make_fan_dir(&self, dir: &Path) -> io::Result<()> {
+        self.make_dir(dir)?;
+        sync_dir(&self.blobs)
     }
 
     /// A new, empty ingest file in `tmp/` (mode 0600) for a caller that writes it itself
