@@ -274,6 +274,15 @@ def main():
                 f"sync_file_range) took {float(e['big_fsync_s']):.2f} s of one such add."
             )
         line += (
+            " Round by round, `add`: "
+            + ", ".join(f"{t * 1000:.0f}" for t in b_add["times"])
+            + " ms; `cp`: "
+            + ", ".join(f"{t * 1000:.0f}" for t in b_cp["times"])
+            + " ms; `cp` + `sync`: "
+            + ", ".join(f"{t * 1000:.0f}" for t in b_cps["times"])
+            + " ms."
+        )
+        line += (
             f" `cp` + `sync`, which waits for the disk after copying, takes "
             f"{secs(b_cps['median'])} ({floor:.2f}× `cp`); `add` is {ratio_sync:.2f}× that"
         )
@@ -293,6 +302,7 @@ def main():
         findings.append("* Every target was met.")
     findings_md = "\n".join(findings)
 
+    fs_options = f"; mounted `{e['fs_options']}`" if e.get("fs_options") else ""
     parts = [("get", "get"), ("list", "list"), ("add", "adds"), ("big", "large add")]
     other_cells, busy_parts = [], []
     for key, label in parts:
@@ -340,7 +350,7 @@ def main():
 |---|---|
 | CPU | {e['cpu'] or 'unknown'}, {e['nproc']} cores (`nproc`) |
 | memory | {e['mem_total']} |
-| filesystem of the work dir | {e['fs_type']} (caches, sources and copies all on it) |
+| filesystem of the work dir | {e['fs_type']} (caches, sources and copies all on it){fs_options} |
 | kernel | {e['kernel']} |
 | sregistry | {e['sregistry_version']} (release build, git {e['git_rev']}), {e['rustc']} |
 | anchor | the old Python client: {e['py_client']} |
