@@ -331,12 +331,33 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
         // A helper that exits without reading is answered by its exit status below.
         let _ = stdin.write_all(server.as_bytes());
     }
-    let stdout = child.stdout.take().expect("piped stdout");
-    let reader = std::thread::spawn(move || {
-        let mut out = Vec::new();
-        let _ = stdout.take(1 << 20).read_to_end(&mut out);
-        out
-    });
+    // Both pipes are read while the helper runs (the first MiB of its answer and 64 KiB
+    // of its messages kept, the rest drained): a helper that talks a lot must not block
+    // on a full pipe and be taken for one that does not answer.
+    let drain = |pipe: Option<Box<dyn Read + Send>>, keep: u64| {
+        std::thread::spawn(move || {
+            let mut out = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = (&mut pipe).take(keep).read_to_end(&mut out);
+                let _ = std::io::copy(&mut pipe, &mut std::io::sink());
+            }
+            out
+        })
+    };
+    let reader = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        1 << 20,
+    );
+    let err_reader = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+        64 << 10,
+    );
     let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
     let status = loop {
         match child.try_wait() {
@@ -359,10 +380,7 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
         if text.contains("credentials not found") {
             return Ok(None);
         }
-        let mut err = String::new();
-        if let Some(mut e) = child.stderr.take() {
-            let _ = e.read_to_string(&mut err);
-        }
+        let err = String::from_utf8_lossy(&err_reader.join().unwrap_or_default()).into_owned();
         let why = [text.trim(), err.trim()]
             .into_iter()
             .find(|t| !t.is_empty())

@@ -391,6 +391,21 @@ fn docker_credential_helpers_are_asked_in_dockers_order() {
         "docker-credential-broken",
     );
     assert!(err.contains("the keychain is locked"), "{err}");
+    // A helper that writes more to stderr than a pipe holds, then answers: heard out,
+    // not left blocked until the helper timeout.
+    let chatty = bin.join("docker-credential-chatty");
+    fs::write(
+        &chatty,
+        "#!/bin/sh\nread -r server\nhead -c 300000 /dev/zero | tr '\\0' x >&2\n\
+         printf '{\"Username\":\"alice\",\"Secret\":\"correct-horse\"}'\n",
+    )
+    .unwrap();
+    fs::set_permissions(&chatty, fs::Permissions::from_mode(0o755)).unwrap();
+    config(serde_json::json!({ "credsStore": "chatty" }));
+    let started = std::time::Instant::now();
+    let pulled = stdout_of(&mut run(&["pull", &reg.oras("lab/tool:1")]));
+    assert_eq!(fs::read(pulled).unwrap(), fs::read(&sif).unwrap());
+    assert!(started.elapsed() < std::time::Duration::from_secs(20));
     // The right helper for this host: the pull goes through, byte-identical.
     config(serde_json::json!({ "credHelpers": { addr.clone(): "good" } }));
     let pulled = stdout_of(&mut run(&["pull", &reg.oras("lab/tool:1")]));
