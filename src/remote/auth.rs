@@ -334,7 +334,10 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
     // Both pipes are read while the helper runs (the first MiB of its answer and 64 KiB
     // of its messages kept, the rest drained): a helper that talks a lot must not block
     // on a full pipe and be taken for one that does not answer.
-    let drain = |pipe: Option<Box<dyn Read + Send>>, keep: u64| {
+    fn drain<R: Read + Send + 'static>(
+        pipe: Option<R>,
+        keep: u64,
+    ) -> std::thread::JoinHandle<Vec<u8>> {
         std::thread::spawn(move || {
             let mut out = Vec::new();
             if let Some(mut pipe) = pipe {
@@ -343,21 +346,9 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
             }
             out
         })
-    };
-    let reader = drain(
-        child
-            .stdout
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        1 << 20,
-    );
-    let err_reader = drain(
-        child
-            .stderr
-            .take()
-            .map(|p| Box::new(p) as Box<dyn Read + Send>),
-        64 << 10,
-    );
+    }
+    let reader = drain(child.stdout.take(), 1 << 20);
+    let err_reader = drain(child.stderr.take(), 64 << 10);
     let deadline = std::time::Instant::now() + HELPER_TIMEOUT;
     let status = loop {
         match child.try_wait() {
