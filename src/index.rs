@@ -834,7 +834,8 @@ impl Drop for IndexWriter {
 /// # Flushes
 ///
 /// A write opens the database, commits once and closes it. redb flushes six times on that
-/// path; four reach the disk here, and the two left out make nothing visible early:
+/// path; three reach the disk here (the two phases of the commit, the clean-shutdown
+/// header), and the three left out make nothing visible early:
 ///
 /// * **Length changes.** redb grows the file (the last close trimmed it) and flushes, then,
 ///   closing, trims it and flushes again before its last header write. A flush with only a
