@@ -353,21 +353,6 @@ pub struct IndexReader {
     path: PathBuf,
 }
 
-macro_rules! open_or_empty {
-    ($txn:expr, $def:expr, $path:expr) => {
-        match $txn.open_table($def) {
-            Ok(t) => Some(t),
-            Err(redb::TableError::TableDoesNotExist(_)) => None,
-            Err(e) => {
-                return Err(IndexError::Db {
-                    path: $path.clone(),
-                    source: e.into(),
-                })
-            }
-        }
-    };
-}
-
 fn dberr(path: &Path) -> impl Fn(redb::StorageError) -> IndexError + '_ {
     move |e| IndexError::Db {
         path: path.to_path_buf(),
@@ -488,9 +473,26 @@ fn blobs_in(
 }
 
 impl IndexReader {
+    /// A table of the snapshot; `None` when the index, or the table, does not exist yet.
+    fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
+        &self,
+        def: TableDefinition<K, V>,
+    ) -> Result<Option<redb::ReadOnlyTable<K, V>>, IndexError> {
+        let Some(txn) = &self.txn else {
+            return Ok(None);
+        };
+        match txn.open_table(def) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(IndexError::Db {
+                path: self.path.clone(),
+                source: e.into(),
+            }),
+        }
+    }
+
     fn check_schema(&self) -> Result<(), IndexError> {
-        let Some(txn) = &self.txn else { return Ok(()) };
-        if let Some(meta) = open_or_empty!(txn, META, self.path)
+        if let Some(meta) = self.table(META)?
             && let Some(v) = get_u64_in(&meta, "schema_version", &self.path)?
             && v > SCHEMA_VERSION
         {
@@ -504,59 +506,38 @@ impl IndexReader {
 
     /// The record of one name.
     pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
-        let Some(txn) = &self.txn else {
-            return Ok(None);
-        };
-        match open_or_empty!(txn, REFS, self.path) {
-            Some(t) => get_ref_in(&t, key, &self.path),
-            None => Ok(None),
-        }
+        self.table(REFS)?
+            .map_or(Ok(None), |t| get_ref_in(&t, key, &self.path))
     }
 
     /// The record of one blob.
     pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
-        let Some(txn) = &self.txn else {
-            return Ok(None);
-        };
-        match open_or_empty!(txn, BLOBS, self.path) {
-            Some(t) => get_blob_in(&t, &d.hex(), &self.path),
-            None => Ok(None),
-        }
+        self.table(BLOBS)?
+            .map_or(Ok(None), |t| get_blob_in(&t, &d.hex(), &self.path))
     }
 
     /// When the name was last used, as recorded.
     pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
-        let Some(txn) = &self.txn else {
-            return Ok(None);
-        };
-        match open_or_empty!(txn, LAST_USE, self.path) {
-            Some(t) => get_u64_in(&t, key, &self.path),
-            None => Ok(None),
-        }
+        self.table(LAST_USE)?
+            .map_or(Ok(None), |t| get_u64_in(&t, key, &self.path))
     }
 
     /// Whether the name is pinned.
     pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
-        let Some(txn) = &self.txn else {
-            return Ok(false);
-        };
-        match open_or_empty!(txn, PINS, self.path) {
-            Some(t) => Ok(get_u64_in(&t, key, &self.path)?.is_some()),
-            None => Ok(false),
-        }
+        self.table(PINS)?.map_or(
+            Ok(false),
+            |t| Ok(get_u64_in(&t, key, &self.path)?.is_some()),
+        )
     }
 
     /// Every name, sorted, with its blob record, last use and pin.
     pub fn all(&self) -> Result<Vec<Named>, IndexError> {
-        let Some(txn) = &self.txn else {
+        let Some(refs) = self.table(REFS)? else {
             return Ok(Vec::new());
         };
-        let Some(refs) = open_or_empty!(txn, REFS, self.path) else {
-            return Ok(Vec::new());
-        };
-        let blobs = open_or_empty!(txn, BLOBS, self.path);
-        let last = open_or_empty!(txn, LAST_USE, self.path);
-        let pins = open_or_empty!(txn, PINS, self.path);
+        let blobs = self.table(BLOBS)?;
+        let last = self.table(LAST_USE)?;
+        let pins = self.table(PINS)?;
         all_in(
             &refs,
             blobs.as_ref(),
@@ -568,24 +549,18 @@ impl IndexReader {
 
     /// Every blob record.
     pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
-        let Some(txn) = &self.txn else {
-            return Ok(Vec::new());
-        };
-        match open_or_empty!(txn, BLOBS, self.path) {
-            Some(t) => blobs_in(&t, &self.path),
-            None => Ok(Vec::new()),
-        }
+        self.table(BLOBS)?
+            .map_or(Ok(Vec::new()), |t| blobs_in(&t, &self.path))
     }
 
     /// Counts for `info`: (names, blobs, total blob bytes, pins, schema version).
     pub fn stats(&self) -> Result<IndexStats, IndexError> {
         let mut s = IndexStats::default();
-        let Some(txn) = &self.txn else { return Ok(s) };
         let p = &self.path;
-        if let Some(t) = open_or_empty!(txn, REFS, self.path) {
+        if let Some(t) = self.table(REFS)? {
             s.names = t.len().map_err(dberr(p))?;
         }
-        if let Some(t) = open_or_empty!(txn, BLOBS, self.path) {
+        if let Some(t) = self.table(BLOBS)? {
             for row in t.iter().map_err(dberr(p))? {
                 let (k, v) = row.map_err(dberr(p))?;
                 let b = decode_blob(v.value()).map_err(|e| corrupt(p, k.value(), e))?;
@@ -593,10 +568,10 @@ impl IndexReader {
                 s.bytes += b.size;
             }
         }
-        if let Some(t) = open_or_empty!(txn, PINS, self.path) {
+        if let Some(t) = self.table(PINS)? {
             s.pins = t.len().map_err(dberr(p))?;
         }
-        if let Some(t) = open_or_empty!(txn, META, self.path) {
+        if let Some(t) = self.table(META)? {
             s.schema_version = get_u64_in(&t, "schema_version", p)?.unwrap_or(0);
         }
         Ok(s)
