@@ -11,12 +11,16 @@
 //!    the host on stdin, answering `{"Username": ..., "Secret": ...}` (bounded to
 //!    [`HELPER_TIMEOUT`]). A helper that is not installed, or has nothing for the host,
 //!    counts as no credentials, so anonymous pulls work wherever the config came from.
+//!    An identity token (`auths.HOST.identitytoken`, or a helper answering with the user
+//!    name `<token>`) is an OAuth2 refresh token: see [`Credentials::identity_token`].
 //!
 //! # Challenges
 //!
 //! A `401` carries `WWW-Authenticate`: `Basic realm="..."` (send the credentials) or
 //! `Bearer realm="...",service="...",scope="..."` (ask the realm for a token for that scope,
-//! with the credentials if there are any, then retry with the token). Tokens are kept per
+//! with the credentials if there are any, then retry with the token). With an identity
+//! token the request is the OAuth2 form `POST` (`grant_type=refresh_token`), as Docker
+//! makes it; otherwise a `GET` with the credentials as Basic auth. Tokens are kept per
 //! scope for the life of the command and fetched again on a `401`.
 
 use std::collections::BTreeMap;
@@ -42,7 +46,19 @@ impl std::fmt::Debug for Credentials {
     }
 }
 
+/// The user name Docker records with an identity token (an OAuth2 refresh token), in
+/// `config.json` and in credential helpers' answers.
+pub const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credentials {
+    /// An identity token (an OAuth2 refresh token, as `docker login` keeps for registries
+    /// with OAuth2 token services): the password, when the user name is Docker's marker.
+    /// It is exchanged at the token service with `grant_type=refresh_token`, never sent
+    /// as a password.
+    pub fn identity_token(&self) -> Option<&str> {
+        (self.username == IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
+
     /// The `Authorization: Basic` value.
     pub fn basic(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
@@ -181,6 +197,8 @@ pub const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3
 struct DockerAuth {
     #[serde(default)]
     auth: Option<String>,
+    #[serde(default, rename = "identitytoken")]
+    identity_token: Option<String>,
     #[serde(default)]
     username: Option<String>,
     #[serde(default)]
@@ -281,6 +299,12 @@ pub fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
     }
     for k in keys {
         if let Some(a) = cfg.auths.get(&k) {
+            if let Some(t) = a.identity_token.as_ref().filter(|t| !t.is_empty()) {
+                return Ok(Some(Credentials {
+                    username: IDENTITY_TOKEN_USER.to_string(),
+                    password: t.clone(),
+                }));
+            }
             if let (Some(u), Some(p)) = (&a.username, &a.password) {
                 return Ok(Some(Credentials {
                     username: u.clone(),

@@ -348,12 +348,23 @@ impl<'t> Session<'t> {
                 }
                 let creds = self.creds.clone();
                 let client = self.t.client().clone();
-                let make = || {
-                    let rb = client.get(realm.as_str()).query(&q);
-                    match &creds {
-                        Some(c) => rb.header(AUTHORIZATION, c.basic()),
-                        None => rb,
+                let make = || match creds.as_ref().map(|c| (c, c.identity_token())) {
+                    // An identity token is a refresh token: the OAuth2 form, as Docker
+                    // sends it (the service, the scope, a client id, the token).
+                    Some((_, Some(refresh))) => {
+                        let mut form = q.clone();
+                        form.extend([
+                            ("grant_type", "refresh_token"),
+                            ("client_id", "sregistry"),
+                            ("refresh_token", refresh),
+                        ]);
+                        client.post(realm.as_str()).form(&form)
                     }
+                    Some((c, None)) => client
+                        .get(realm.as_str())
+                        .query(&q)
+                        .header(AUTHORIZATION, c.basic()),
+                    None => client.get(realm.as_str()).query(&q),
                 };
                 let resp = self.t.send(realm, &make).await?;
                 if resp.status() == StatusCode::UNAUTHORIZED

@@ -288,15 +288,7 @@ fn htpasswd_registry_needs_the_right_password() {
         fs::metadata(&creds).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    stdout_of(
-        env.cmd()
-            .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
-    );
-    let path = stdout_of(
-        env.cmd()
-            .args(["pull", &reg.oras("lab/tool:1"), "--name", "copy"]),
-    );
-    assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
+    push_and_pull_back(&env, &reg.oras("lab/tool:1"), &sif);
     // A credentials file others can read is refused, with the fix.
     fs::set_permissions(&creds, fs::Permissions::from_mode(0o644)).unwrap();
     assert_fails(
@@ -460,15 +452,7 @@ fn token_auth_grants_push_only_where_the_token_allows() {
     );
     assert_eq!(login(&env, &reg, "carol", "bad").status.code(), Some(1));
     // login with a bad password must not have overwritten the good one.
-    stdout_of(
-        env.cmd()
-            .args(["push", "lab/tool", &reg.oras("lab/allowed:1")]),
-    );
-    let path = stdout_of(
-        env.cmd()
-            .args(["pull", &reg.oras("lab/allowed:1"), "--name", "copy"]),
-    );
-    assert_eq!(fs::read(path).unwrap(), fs::read(&sif).unwrap());
+    push_and_pull_back(&env, &reg.oras("lab/allowed:1"), &sif);
     let err = assert_fails(
         env.cmd()
             .args(["push", "lab/tool", &reg.oras("lab/other:1")]),
@@ -476,4 +460,59 @@ fn token_auth_grants_push_only_where_the_token_allows() {
         "lab/other",
     );
     assert!(err.contains("push"), "{err}");
+}
+
+/// An identity token from `docker login` (`identitytoken`, or a helper answering with the
+/// user name `<token>`) is exchanged at the token service as an OAuth2 refresh token,
+/// never sent as a password (the token service here refuses it as one).
+#[test]
+fn docker_identity_tokens_are_exchanged_as_refresh_tokens() {
+    use base64::Engine as _;
+    let reg = Registry::token("dave", "pw-dave", "lab/allowed");
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "identity token");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    fs::create_dir_all(env.path("docker")).unwrap();
+    let config = |v: serde_json::Value| {
+        fs::write(env.path("docker/config.json"), v.to_string()).unwrap();
+    };
+    // As `docker login` writes it: `auth` holds "<token>:", the token beside it.
+    let marker = base64::engine::general_purpose::STANDARD.encode("<token>:");
+    let with_token = |t: &str| serde_json::json!({ "auths": { reg.addr.clone(): { "auth": marker, "identitytoken": t } } });
+    config(with_token("identity-pw-dave"));
+    push_and_pull_back(&env, &reg.oras("lab/allowed:1"), &sif);
+    config(with_token("identity-stale"));
+    assert_fails(
+        env.cmd().args(["pull", &reg.oras("lab/allowed:1")]),
+        1,
+        "refused",
+    );
+    // A credential helper's answer with the same marker.
+    let bin = env.path("helpers");
+    fs::create_dir_all(&bin).unwrap();
+    let helper = bin.join("docker-credential-oauth");
+    fs::write(
+        &helper,
+        "#!/bin/sh\nread -r server\n\
+         printf '{\"Username\":\"<token>\",\"Secret\":\"identity-pw-dave\"}'\n",
+    )
+    .unwrap();
+    fs::set_permissions(&helper, fs::Permissions::from_mode(0o755)).unwrap();
+    config(serde_json::json!({ "credsStore": "oauth" }));
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let pulled = stdout_of(env.cmd().env("PATH", &path).args([
+        "pull",
+        &reg.oras("lab/allowed:1"),
+        "--name",
+        "again",
+    ]));
+    assert_eq!(fs::read(pulled).unwrap(), fs::read(&sif).unwrap());
+}
+
+/// Push the local `lab/tool` to `target` (an `oras://` reference), pull it back as
+/// `copy`, and check the bytes are the file's.
+fn push_and_pull_back(env: &Env, target: &str, sif: &std::path::Path) {
+    stdout_of(env.cmd().args(["push", "lab/tool", target]));
+    let path = stdout_of(env.cmd().args(["pull", target, "--name", "copy"]));
+    assert_eq!(fs::read(path).unwrap(), fs::read(sif).unwrap());
 }

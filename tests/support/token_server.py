@@ -5,6 +5,10 @@ Usage: token_server.py DIR USER PASSWORD ALLOWED_PUSH_REPO
 Writes DIR/cert.pem (the registry's rootcertbundle), then serves GET /token on
 127.0.0.1 and prints the port on stdout. The user gets pull on every repository
 and push only on ALLOWED_PUSH_REPO; anonymous callers get nothing.
+
+POST /token is the OAuth2 form Docker sends with an identity token
+(grant_type=refresh_token): the refresh token `identity-PASSWORD` stands for the user;
+any other is refused with 401, and so is any other grant type.
 """
 import base64, datetime, hashlib, http.server, json, os, sys, time, urllib.parse
 
@@ -38,6 +42,24 @@ class Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args):
         pass
 
+    def refuse(self):
+        self.send_response(401)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_POST(self):
+        url = urllib.parse.urlparse(self.path)
+        if url.path != "/token":
+            self.send_error(404)
+            return
+        n = int(self.headers.get("Content-Length", "0"))
+        q = urllib.parse.parse_qs(self.rfile.read(n).decode())
+        if (q.get("grant_type") != ["refresh_token"]
+                or q.get("refresh_token") != ["identity-" + password]):
+            self.refuse()
+            return
+        self.grant(q, user)
+
     def do_GET(self):
         url = urllib.parse.urlparse(self.path)
         if url.path != "/token":
@@ -51,9 +73,11 @@ class Handler(http.server.BaseHTTPRequestHandler):
             if u == user and p == password:
                 who = u
             else:
-                self.send_response(401)
-                self.end_headers()
+                self.refuse()
                 return
+        self.grant(q, who)
+
+    def grant(self, q, who):
         access = []
         for scope in q.get("scope", []):
             parts = scope.split(":")
