@@ -523,7 +523,7 @@ const KERNEL_CHUNK: usize = 16 << 20;
 /// cannot copy this way (nothing was copied; use [`copy_and_hash`]).
 fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64)>, CopyFail> {
     use std::os::fd::AsRawFd;
-    let mut first = true;
+    let mut hook = MidCopyHook::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, usize)>(8);
     std::thread::scope(|s| {
         let hasher = s.spawn(move || -> io::Result<blake3::Hasher> {
@@ -581,9 +581,7 @@ fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64
                 break; // the hasher failed; its error is reported below
             }
             total += n as u64;
-            if std::mem::take(&mut first) {
-                crate::testhook::pause("add-mid-copy");
-            }
+            hook.chunk_written();
             if n < KERNEL_CHUNK {
                 break;
             }
@@ -646,6 +644,21 @@ impl Drop for Mapped {
     }
 }
 
+/// The `add-mid-copy` test hook ([`crate::testhook`]): a pause after the first chunk of a
+/// copy is written, where the crash tests kill `add`.
+#[derive(Default)]
+struct MidCopyHook {
+    done: bool,
+}
+
+impl MidCopyHook {
+    fn chunk_written(&mut self) {
+        if !std::mem::replace(&mut self.done, true) {
+            crate::testhook::pause("add-mid-copy");
+        }
+    }
+}
+
 /// Copy `src` to `dst` and hash exactly the bytes written, in one pass over the data.
 /// `pipelined`: one thread reads and writes while another hashes the chunks just written
 /// (a few buffers circulate between them), so a large copy costs about max(copy, hash)
@@ -656,12 +669,7 @@ fn copy_and_hash(
     pipelined: bool,
     expected: Option<u64>,
 ) -> Result<(Digest, u64), CopyFail> {
-    let mut first = true;
-    let mut after_chunk = || {
-        if std::mem::take(&mut first) {
-            crate::testhook::pause("add-mid-copy");
-        }
-    };
+    let mut hook = MidCopyHook::default();
     if !pipelined {
         let mut w = HashingWriter::new(dst);
         // A small file gets a small buffer: from the heap, without mapping 4 MiB for it.
@@ -675,7 +683,7 @@ fn copy_and_hash(
                 break;
             }
             w.write_all(&buf[..n]).map_err(CopyFail::Write)?;
-            after_chunk();
+            hook.chunk_written();
             if n < buf.len() {
                 break; // `read_full` stopped at the end of the source
             }
@@ -714,7 +722,7 @@ fn copy_and_hash(
             }
             start_writeback(dst, total, n as u64);
             total += n as u64;
-            after_chunk();
+            hook.chunk_written();
             if work_tx.send((buf, n)).is_err() {
                 break;
             }
