@@ -289,9 +289,14 @@ impl Cache {
             fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
         }
         // The new entries durable, deepest first, before any blob or name relies on them.
+        // A directory this user may not read (a root another user made, mode 0711) cannot
+        // be opened to be synced; its owner's creation of it is what made it.
         let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
         for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
-            crate::store::sync_dir(dir).map_err(layout(dir))?;
+            match crate::store::sync_dir(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                r => r.map_err(layout(dir))?,
+            }
         }
         Ok(())
     }
