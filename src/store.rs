@@ -529,7 +529,17 @@ fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64
         let hasher = s.spawn(move || -> io::Result<blake3::Hasher> {
             let mut h = blake3::Hasher::new();
             for (offset, len) in rx {
-                h.update(Mapped::new(dst, offset, len)?.bytes());
+                // SAFETY: a read-only mapping of the staged file, which no one else
+                // writes or truncates (mode 0600, a name no other process picks) while
+                // this chunk is hashed; all its pages are faulted in at once.
+                let chunk = unsafe {
+                    memmap2::MmapOptions::new()
+                        .offset(offset)
+                        .len(len)
+                        .populate()
+                        .map(dst)?
+                };
+                h.update(&chunk);
             }
             Ok(h)
         });
@@ -597,51 +607,6 @@ fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64
         let h = h.map_err(CopyFail::Write)?;
         Ok(Some((Digest::from_bytes(*h.finalize().as_bytes()), total)))
     })
-}
-
-/// A read-only mapping of part of a file, unmapped on drop.
-struct Mapped {
-    ptr: *mut libc::c_void,
-    len: usize,
-}
-
-impl Mapped {
-    /// Map `len` bytes at `offset` (a multiple of the page size), all pages faulted in at
-    /// once.
-    fn new(file: &File, offset: u64, len: usize) -> io::Result<Mapped> {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh shared read-only mapping of an open file; the kernel picks the
-        // address. The bytes stay valid while the file is not truncated, and the only
-        // file mapped here is a staged file no one else writes.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ,
-                libc::MAP_SHARED | libc::MAP_POPULATE,
-                file.as_raw_fd(),
-                offset as libc::off_t,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(Mapped { ptr, len })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: `ptr` maps `len` readable bytes until `drop`.
-        unsafe { std::slice::from_raw_parts(self.ptr as *const u8, self.len) }
-    }
-}
-
-impl Drop for Mapped {
-    fn drop(&mut self) {
-        // SAFETY: unmapping exactly the mapping made in `new`.
-        unsafe {
-            libc::munmap(self.ptr, self.len);
-        }
-    }
 }
 
 /// The `add-mid-copy` test hook ([`crate::testhook`]): a pause after the first chunk of a
