@@ -1,26 +1,29 @@
 # sregistry: the usual entry points. `make demo` and `make test` work on a fresh machine.
 CARGO ?= cargo
 
-.PHONY: build test lint bench fuzz demo deps clean soak
+.PHONY: build test lint bench fuzz demo deps deps-demo clean soak
+
+# Test tools that scripts/install-deps.sh installs into the build directory (s3s-fs, and
+# a Python venv with oras, pyjwt, cryptography) come first on PATH for the tests.
+TEST_PATH = $(shell bash scripts/install-deps.sh path):$(PATH)
 
 build:
 	$(CARGO) build --release
 
 deps:
-	@bash scripts/install-deps.sh
+	@bash scripts/install-deps.sh test
+
+deps-demo:
+	@bash scripts/install-deps.sh demo
 
 # The test suite: unit, property and integration tests (real binary, real siftool files,
 # real multi-process contention). Uses cargo-nextest when installed.
 test: deps
-	@if command -v cargo-nextest >/dev/null 2>&1; then \
-		$(CARGO) nextest run --no-fail-fast; \
-	else \
-		$(CARGO) test --no-fail-fast; \
-	fi
+	@PATH="$(TEST_PATH)" $(CARGO) nextest run --no-fail-fast
 
 # The crash loop at length: kill add and gc at random moments 5,000 times.
 soak: deps
-	SREGISTRY_CRASH_ITERATIONS=5000 $(CARGO) test --test it crash_loop -- --nocapture
+	PATH="$(TEST_PATH)" SREGISTRY_CRASH_ITERATIONS=5000 $(CARGO) test --test it crash_loop -- --nocapture
 
 lint:
 	$(CARGO) fmt --check
@@ -38,7 +41,7 @@ bench: deps
 fuzz:
 	@if [ -f fuzz/Cargo.toml ]; then bash fuzz/run.sh; else echo "no fuzz targets yet (see docs/development.md)"; fi
 
-demo: deps build
+demo: deps-demo build
 	bash scripts/demo.sh
 
 clean:

@@ -25,7 +25,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io;
-use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -40,6 +40,7 @@ use crate::reference::Reference;
 use crate::settings::{Settings, SettingsError};
 use crate::store::{self, Staged, Store, StoreError};
 use crate::testhook;
+use crate::uses::UseMarkers;
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -92,6 +93,10 @@ pub enum CacheError {
         "`{path}` is a symbolic link; --move would move the link, not the image (add it without --move)"
     )]
     MoveSymlink { path: PathBuf },
+    #[error(
+        "`{path}` is inside the cache `{cache}`; --move takes files from outside it (to give a cached image another name, use `sregistry tag`)"
+    )]
+    MoveFromCache { path: PathBuf, cache: PathBuf },
     #[error("cannot open `{path}`: {source}")]
     Open { path: PathBuf, source: io::Error },
     #[error("cannot prepare the cache at `{path}`: {source}")]
@@ -117,6 +122,11 @@ impl CacheError {
         )
     }
 
+    /// True for a request that can never succeed as given (exit code 2).
+    pub fn is_usage(&self) -> bool {
+        matches!(self, CacheError::MoveFromCache { .. })
+    }
+
     /// True for content that failed verification (exit code 4).
     pub fn is_verify_problem(&self) -> bool {
         matches!(
@@ -133,6 +143,7 @@ pub struct Cache {
     v1: PathBuf,
     store: Store,
     index: Index,
+    uses: UseMarkers,
     settings: Settings,
 }
 
@@ -192,6 +203,63 @@ pub struct Info {
     pub lock: &'static str,
 }
 
+/// The right to hand a user's file to the cache by hard link (`add --move`), taken only
+/// when nobody else can change the file afterwards: it has no other hard link, it is on
+/// the cache's filesystem, it is now read-only (mode 0444, set here, which needs the
+/// caller to own it), and no process has it open for writing (a read lease, which the
+/// kernel grants only then, is taken and released at once; where a filesystem grants no
+/// leases, as NFS often does not, the file is copied instead). Dropping the claim gives
+/// the file its mode back; [`MoveClaim::keep`] leaves it read-only, as a blob is.
+struct MoveClaim {
+    file: fs::File,
+    /// The mode to give back on drop; `None` once kept.
+    mode: Option<u32>,
+}
+
+impl MoveClaim {
+    fn take(file: &fs::File, meta: &fs::Metadata, store: &Store) -> Option<MoveClaim> {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::fs::PermissionsExt;
+        let same_fs = fs::metadata(store.tmp_dir()).is_ok_and(|t| t.dev() == meta.dev());
+        if meta.nlink() != 1 || !same_fs {
+            return None;
+        }
+        let file = file.try_clone().ok()?;
+        let claim = MoveClaim {
+            mode: Some(meta.mode() & 0o7777),
+            file,
+        };
+        claim
+            .file
+            .set_permissions(fs::Permissions::from_mode(store::BLOB_MODE))
+            .ok()?;
+        let fd = claim.file.as_raw_fd();
+        // SAFETY: fcntl on a descriptor this function owns; no pointers are passed.
+        if unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_RDLCK) } != 0 {
+            return None;
+        }
+        // SAFETY: as above.
+        unsafe { libc::fcntl(fd, libc::F_SETLEASE, libc::F_UNLCK) };
+        // A link made before the mode changed would still let its owner in.
+        claim.file.metadata().ok().filter(|m| m.nlink() == 1)?;
+        Some(claim)
+    }
+
+    /// The file is the cache's now: leave it read-only.
+    fn keep(mut self) {
+        self.mode = None;
+    }
+}
+
+impl Drop for MoveClaim {
+    fn drop(&mut self) {
+        use std::os::unix::fs::PermissionsExt;
+        if let Some(mode) = self.mode {
+            let _ = self.file.set_permissions(fs::Permissions::from_mode(mode));
+        }
+    }
+}
+
 impl Cache {
     /// The cache root from `--cache`, else `$SREGISTRY_CACHE`, else
     /// `${XDG_CACHE_HOME:-~/.cache}/sregistry`.
@@ -235,6 +303,7 @@ impl Cache {
             root: root.to_path_buf(),
             store: Store::new(&v1, settings.dir_mode),
             index: Index::new(&v1, lock_opts, settings.file_mode),
+            uses: UseMarkers::new(&v1, settings.file_mode, settings.dir_mode),
             v1,
             settings,
         }
@@ -259,6 +328,11 @@ impl Cache {
 
     pub fn index(&self) -> &Index {
         &self.index
+    }
+
+    /// The use markers `get` leaves when it cannot write the index ([`crate::uses`]).
+    pub fn uses(&self) -> &UseMarkers {
+        &self.uses
     }
 
     /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
@@ -366,27 +440,41 @@ impl Cache {
                 path: src.to_path_buf(),
             });
         }
+        if opts.move_file && self.contains(src) {
+            return Err(CacheError::MoveFromCache {
+                path: src.to_path_buf(),
+                cache: self.root.clone(),
+            });
+        }
         self.ensure_layout()?;
         let abs_src = std::path::absolute(src).unwrap_or_else(|_| src.to_path_buf());
-        let mut remove_source_after = false;
-        let staged = if opts.move_file {
-            drop(file);
-            match self.store.stage_move(src) {
-                Ok(s) => s,
-                Err(StoreError::CrossDevice { .. }) => {
-                    let mut f = fs::File::open(src).map_err(open_err)?;
-                    remove_source_after = true;
-                    self.store.stage_file(&mut f, src, Some(meta.len()))?
+        // --move hands the file's inode to the cache only when nobody else can write it
+        // ([`MoveClaim`]); otherwise it copies. Either way the user's path keeps the file
+        // until the name is committed, and is removed only after that.
+        let mut claim = None;
+        let staged = match opts
+            .move_file
+            .then(|| MoveClaim::take(&file, &meta, &self.store))
+        {
+            Some(Some(c)) => match self.store.stage_link(src) {
+                Ok(s) => {
+                    claim = Some(c);
+                    s
+                }
+                Err(StoreError::CrossDevice { .. } | StoreError::NoLink { .. }) => {
+                    drop(c);
+                    self.store.stage_file(&mut file, src, Some(meta.len()))?
                 }
                 Err(e) => return Err(e.into()),
-            }
-        } else {
-            self.store.stage_file(&mut file, src, Some(meta.len()))?
+            },
+            _ => self.store.stage_file(&mut file, src, Some(meta.len()))?,
         };
         let source = opts
             .source
             .clone()
             .unwrap_or_else(|| abs_src.display().to_string());
+        // On an error from here on, `staged` removes its file in `tmp/` and `claim` gives
+        // the user's file its mode back.
         let entry = self.commit_staged(
             staged,
             &name,
@@ -397,10 +485,30 @@ impl Cache {
                 remote_digest: None,
             },
         )?;
-        if remove_source_after {
-            let _ = fs::remove_file(src);
+        if opts.move_file {
+            testhook::pause("add-move-committed");
+            if let Some(c) = claim {
+                c.keep();
+            }
+            // Only the file that was added: not one put at the path since.
+            let same = |m: &fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
+            if fs::symlink_metadata(src).is_ok_and(|m| same(&m)) {
+                let _ = fs::remove_file(src);
+            }
         }
         Ok(entry)
+    }
+
+    /// Whether `path` lies inside this cache's directory (after resolving links).
+    fn contains(&self, path: &Path) -> bool {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        match (fs::canonicalize(&self.root), fs::canonicalize(parent)) {
+            (Ok(root), Ok(dir)) => dir.starts_with(root),
+            _ => false,
+        }
     }
 
     /// Put staged content in place and point `name` at it, under the exclusive index lock
@@ -517,9 +625,15 @@ impl Cache {
             let stale = rd
                 .last_use(&key)?
                 .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
+            if stale {
+                // Under the shared lock, so that no gc can choose this name between the
+                // lookup and the record of its use (see `crate::uses`).
+                let _ = self.uses.record(&key, now, LAST_USE_RESOLUTION);
+            }
             (path, stale)
         };
         if stale {
+            testhook::pause("get-before-touch");
             self.touch(&key);
         }
         Ok(path)
@@ -545,14 +659,29 @@ impl Cache {
         Ok(path)
     }
 
-    /// Record a use of `key` if the index lock is free right now; a busy index means
-    /// someone else is writing, and the next `get` will record it.
+    /// Move a use of `key` from its marker into the index if the index lock is free within
+    /// milliseconds; a busy index means someone else is writing, and the marker `get` left
+    /// under the shared lock keeps the use until a writer folds it in.
     fn touch(&self, key: &str) {
         let Ok(Some(mut w)) = self.index.try_write(std::time::Duration::from_millis(50)) else {
             return;
         };
-        if matches!(w.get_ref(key), Ok(Some(_))) && w.set_last_use(key, clock::now()).is_ok() {
-            let _ = w.commit();
+        let when = clock::now().max(self.uses.read(key).unwrap_or(0));
+        if matches!(w.get_ref(key), Ok(Some(_))) && w.set_last_use(key, when).is_ok() {
+            let _ = w.commit_then(|| self.uses.remove_folded(key, when));
+        }
+    }
+
+    /// The later of the index's last use and the marker's, for each of `names`.
+    fn with_marked_uses(&self, names: &mut [Named]) {
+        let marks = self.uses.all();
+        if marks.is_empty() {
+            return;
+        }
+        for n in names {
+            if let Some(&t) = marks.get(&UseMarkers::file_name(&n.name)) {
+                n.last_use = Some(n.last_use.map_or(t, |l| l.max(t)));
+            }
         }
     }
 
@@ -578,7 +707,8 @@ impl Cache {
         if !self.exists() {
             return Ok(Vec::new());
         }
-        let all = self.index.read()?.all()?;
+        let mut all = self.index.read()?.all()?;
+        self.with_marked_uses(&mut all);
         Ok(all
             .into_iter()
             .filter(|n| pattern.is_none_or(|p| crate::reference::matches_pattern(p, &n.name)))
@@ -595,7 +725,10 @@ impl Cache {
         let rd = self.index.read()?;
         let record = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
         let blob = rd.get_blob(&record.digest)?;
-        let last_use = rd.last_use(&key)?;
+        let last_use = match (rd.last_use(&key)?, self.uses.read(&key)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
         let pinned = rd.is_pinned(&key)?;
         Ok(self.entry_of(Named {
             name: key,

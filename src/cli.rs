@@ -139,7 +139,7 @@ pub enum Command {
 /// Add an image file to the cache under a name, and print its cached path.
 ///
 /// The file is copied into the cache and hashed in the same pass (or, with --move,
-/// renamed in without a copy when it is on the cache's filesystem). Identical content
+/// handed over without a copy when nobody else can write it). Identical content
 /// under several names is stored once. Adding under a name that exists re-points the
 /// name; the old content stays until `sregistry gc` or `rm` finds no name uses it.
 ///
@@ -152,7 +152,9 @@ pub struct AddArgs {
     /// Name for it: [host/][namespace/]name[:tag] (default namespace `library`, tag `latest`)
     #[arg(long, short = 'n', value_name = "REF")]
     pub name: String,
-    /// Move the file into the cache instead of copying it (a rename; copies across filesystems)
+    /// Move the file into the cache: no copy when it is on the cache's filesystem, has no
+    /// other link and nobody has it open for writing (else a copy); the path is removed
+    /// once the name is committed
     #[arg(long = "move")]
     pub move_file: bool,
     /// Attach a label (repeatable)
@@ -348,7 +350,7 @@ pub struct GcArgs {
     /// Remove names not used for DURATION
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     pub max_age: Option<u64>,
-    /// Never remove names used within DURATION
+    /// Never remove names used within DURATION (at least 10m, the precision of recorded uses)
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "1h")]
     pub min_idle: u64,
     /// Age after which leftovers in tmp/ are removed

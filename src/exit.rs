@@ -66,6 +66,9 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
             if c.is_verify_problem() {
                 return ExitStatus::Problem;
             }
+            if c.is_usage() {
+                return ExitStatus::Usage;
+            }
         }
     }
     ExitStatus::Failure

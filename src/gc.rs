@@ -6,7 +6,8 @@
 //! 2. Under the **exclusive index lock** (milliseconds to a second or two for 100,000
 //!    names): read every name, its last use and pin, and every blob record; choose the
 //!    victims; remove the victim names and blob records in one transaction; rename the
-//!    victim blob files into `tmp/` (`delete-*`); commit; release the lock.
+//!    victim blob files into `tmp/` (`delete-*`); fold use markers into `last_use`;
+//!    commit; remove the folded markers; release the lock.
 //! 3. Without any lock: unlink the renamed files and stale `tmp/` entries.
 //!
 //! A `get` therefore waits at most for step 2, never for the unlinks; a job that already
@@ -23,7 +24,12 @@
 //! * Never: pinned names, or names used (or added) within `--min-idle` (default 1 h), so
 //!   an image a running job just asked for is not pulled from under it.
 //!
-//! "Used" is the later of the recorded last use and the time the name was added.
+//! "Used" is the later of the recorded last use and the time the name was added. A
+//! recorded use is the later of the index's `last_use` and the name's use marker, which a
+//! `get` writes under the shared lock when it cannot write the index ([`crate::uses`]);
+//! gc folds the markers into the index in its transaction and removes them before it
+//! releases the lock. Uses are recorded to [`LAST_USE_RESOLUTION`] (10 minutes), so a
+//! `--min-idle` below that counts as 10 minutes.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -33,8 +39,10 @@ use serde::Serialize;
 use crate::cache::{Cache, CacheError};
 use crate::clock;
 use crate::digest::Digest;
-use crate::index::{BlobRecord, Named};
+use crate::index::{BlobRecord, LAST_USE_RESOLUTION, Named};
 use crate::store;
+use crate::testhook;
+use crate::uses::UseMarkers;
 
 /// Default `--min-idle`: one hour.
 pub const DEFAULT_MIN_IDLE: u64 = 3600;
@@ -97,6 +105,47 @@ pub struct RemovedBlob {
 /// When a name was last used: the later of its recorded use and its addition.
 fn used_at(n: &Named) -> u64 {
     n.last_use.unwrap_or(0).max(n.record.added)
+}
+
+/// Count the later of each name's recorded use and its marker's ([`crate::uses`]).
+fn with_uses(names: &mut [Named], marks: &HashMap<String, u64>) {
+    if marks.is_empty() {
+        return;
+    }
+    for n in names {
+        if let Some(&t) = marks.get(&UseMarkers::file_name(&n.name)) {
+            n.last_use = Some(n.last_use.map_or(t, |l| l.max(t)));
+        }
+    }
+}
+
+/// [`plan`], with the marker of every name it would remove read again by its path: a
+/// directory listing can miss a marker another node just wrote (NFS caches listings),
+/// a lookup of the file itself does not. Re-plans until no victim shows a newer use.
+fn plan_checked(
+    cache: &Cache,
+    names: &mut [Named],
+    blob_records: &[(Digest, BlobRecord)],
+    on_disk: &[store::Found],
+    opts: &GcOptions,
+    now: u64,
+) -> Plan {
+    loop {
+        let p = plan(names, blob_records, on_disk, opts, now);
+        let mut newer = false;
+        for v in &p.names {
+            if let Some(t) = cache.uses().read(&v.name)
+                && t > v.last_used
+                && let Some(n) = names.iter_mut().find(|n| n.name == v.name)
+            {
+                n.last_use = Some(t);
+                newer = true;
+            }
+        }
+        if !newer {
+            return p;
+        }
+    }
 }
 
 /// The victims: decided from a consistent view of the index.
@@ -214,13 +263,37 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         .filter(|t| t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace)
         .collect();
     let mut aside: Vec<PathBuf> = Vec::new();
+    // Recorded uses are precise to LAST_USE_RESOLUTION: a name used more recently than
+    // that may show an older time, so no shorter idle time protects anything.
+    let opts = &GcOptions {
+        min_idle: opts.min_idle.max(LAST_USE_RESOLUTION),
+        ..opts.clone()
+    };
     if opts.dry_run {
         let rd = cache.index().read()?;
-        let p = plan(&rd.all()?, &rd.blobs()?, &on_disk, opts, now);
+        let mut names = rd.all()?;
+        let marks = cache.uses().all();
+        with_uses(&mut names, &marks);
+        let p = plan_checked(cache, &mut names, &rd.blobs()?, &on_disk, opts, now);
         fill(&mut report, &p);
     } else {
         let mut w = cache.index().write()?;
-        let p = plan(&w.all()?, &w.blobs()?, &on_disk, opts, now);
+        let mut names = w.all()?;
+        let recorded: HashMap<String, Option<u64>> =
+            names.iter().map(|n| (n.name.clone(), n.last_use)).collect();
+        let marks = cache.uses().all();
+        with_uses(&mut names, &marks);
+        let p = plan_checked(cache, &mut names, &w.blobs()?, &on_disk, opts, now);
+        // Fold the uses the markers held into the index, so their markers can go.
+        let removed: HashSet<&str> = p.names.iter().map(|n| n.name.as_str()).collect();
+        for n in &names {
+            if let Some(t) = n.last_use
+                && !removed.contains(n.name.as_str())
+                && recorded.get(&n.name).copied().flatten() < Some(t)
+            {
+                w.set_last_use(&n.name, t)?;
+            }
+        }
         for n in &p.names {
             w.remove_ref(&n.name)?;
         }
@@ -241,7 +314,13 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
                 aside.push(moved);
             }
         }
-        w.commit()?;
+        testhook::pause("gc-uncommitted");
+        // Still under the exclusive lock, so no `get` writes a marker meanwhile.
+        w.commit_then(|| {
+            for (file, t) in &marks {
+                cache.uses().remove_file_folded(file, *t);
+            }
+        })?;
         fill(&mut report, &p);
     }
     for t in &stale_tmp {

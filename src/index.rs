@@ -775,14 +775,20 @@ impl IndexWriter {
     }
 
     /// Make the changes durable, close the database, release the lock.
-    pub fn commit(mut self) -> Result<(), IndexError> {
+    pub fn commit(self) -> Result<(), IndexError> {
+        self.commit_then(|| ())
+    }
+
+    /// [`commit`](IndexWriter::commit), then run `after` while the exclusive lock is still
+    /// held (to remove what the commit made redundant, with no reader or writer between).
+    pub fn commit_then<T>(mut self, after: impl FnOnce() -> T) -> Result<T, IndexError> {
         if let Some(txn) = self.txn.take() {
             txn.commit().map_err(|e| self.err()(e.into()))?;
         }
         if let Some(db) = self.db.take() {
             db.close().map_err(|e| self.err()(e.into()))?;
         }
-        Ok(())
+        Ok(after())
     }
 }
 

@@ -37,6 +37,7 @@ pub mod sif;
 pub mod store;
 pub mod testhook;
 pub mod units;
+pub mod uses;
 pub mod verify;
 
 pub use cache::Cache;

@@ -59,6 +59,8 @@ pub enum StoreError {
     },
     #[error("`{path}` and the cache are on different filesystems, so it cannot be moved in")]
     CrossDevice { path: PathBuf },
+    #[error("`{path}` cannot be hard-linked into the cache, so it cannot be moved in")]
+    NoLink { path: PathBuf },
 }
 
 fn space_hint(e: &io::Error) -> &'static str {
@@ -321,17 +323,25 @@ impl Store {
         Ok(staged)
     }
 
-    /// Move `src` into `tmp/` by rename (no copy), then hash it there. Fails with
-    /// [`StoreError::CrossDevice`] when `src` is on another filesystem.
-    pub fn stage_move(&self, src: &Path) -> Result<Staged, StoreError> {
+    /// Hard-link `src` into `tmp/` (no copy), then hash it there and make it durable. The
+    /// source path keeps the file: the caller removes it only once the name is committed,
+    /// so a failure or a kill at any instant leaves the file where the user had it.
+    /// Fails with [`StoreError::CrossDevice`] when `src` is on another filesystem, and
+    /// with [`StoreError::NoLink`] where the filesystem or its settings refuse a hard link
+    /// (the caller copies instead). The caller makes sure nobody else can write the file.
+    pub fn stage_link(&self, src: &Path) -> Result<Staged, StoreError> {
         let path = self.tmp.join(unique_name(INGEST_PREFIX));
-        if let Err(e) = fs::rename(src, &path) {
-            return Err(if e.raw_os_error() == Some(libc::EXDEV) {
-                StoreError::CrossDevice {
+        if let Err(e) = fs::hard_link(src, &path) {
+            return Err(match e.raw_os_error() {
+                Some(libc::EXDEV) => StoreError::CrossDevice {
                     path: src.to_path_buf(),
+                },
+                Some(libc::EPERM) | Some(libc::EMLINK) | Some(libc::EOPNOTSUPP) => {
+                    StoreError::NoLink {
+                        path: src.to_path_buf(),
+                    }
                 }
-            } else {
-                StoreError::Write { path, source: e }
+                _ => StoreError::Write { path, source: e },
             });
         }
         let mut staged = Staged {
@@ -383,7 +393,9 @@ pub struct Found {
 #[derive(Clone, Debug)]
 pub struct TmpFile {
     pub path: PathBuf,
-    /// Seconds since the Unix epoch of the last modification.
+    /// Seconds since the Unix epoch of the last modification or status change, whichever
+    /// is later: a hard link into `tmp/` (`add --move`) changes the status, not the data,
+    /// of a file that may be years old.
     pub mtime: u64,
     pub size: u64,
     /// A blob moved aside for deletion (always safe to unlink).
@@ -433,12 +445,10 @@ impl Store {
         for e in rd {
             let e = e?;
             let Ok(meta) = e.metadata() else { continue };
-            let mtime = meta
-                .modified()
-                .ok()
-                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
+            let mtime = {
+                use std::os::unix::fs::MetadataExt;
+                meta.mtime().max(meta.ctime()).max(0) as u64
+            };
             out.push(TmpFile {
                 deleting: e.file_name().to_string_lossy().starts_with(DELETE_PREFIX),
                 path: e.path(),
@@ -776,6 +786,16 @@ mod tests {
     }
 
     #[test]
+    fn a_dropped_link_stage_keeps_the_source() {
+        let (d, s) = store();
+        let src = d.path().join("image.sif");
+        fs::write(&src, b"kept").unwrap();
+        drop(s.stage_link(&src).unwrap());
+        assert_eq!(fs::read(&src).unwrap(), b"kept");
+        assert_eq!(tmp_entries(&s), 0);
+    }
+
+    #[test]
     fn dropped_stage_leaves_nothing_in_tmp() {
         let (_d, s) = store();
         let staged = s
@@ -869,13 +889,13 @@ mod tests {
     }
 
     #[test]
-    fn move_renames_without_copying() {
+    fn link_stages_without_copying_and_leaves_the_source_in_place() {
         let (d, s) = store();
         let src = d.path().join("image.sif");
         fs::write(&src, b"moved content").unwrap();
         let ino = fs::metadata(&src).unwrap().ino();
-        let (path, _) = s.stage_move(&src).unwrap().commit(&s).unwrap();
-        assert!(!src.exists());
+        let (path, _) = s.stage_link(&src).unwrap().commit(&s).unwrap();
+        assert!(src.exists(), "the source path is the caller's to remove");
         assert_eq!(
             fs::metadata(&path).unwrap().ino(),
             ino,

@@ -290,3 +290,40 @@ impl Drop for Tmpfs {
         let _ = StdCommand::new("umount").arg(&self.0).status();
     }
 }
+
+impl Env {
+    /// `sregistry ARGS` started with `SREGISTRY_TEST_PAUSE=point`, returned once it has
+    /// paused there. With `resume`, it goes on when that file exists; without, it waits
+    /// to be killed. Its stdout is piped, for `wait_with_output`.
+    pub fn spawn_paused(
+        &self,
+        point: &str,
+        resume: Option<&Path>,
+        args: &[&std::ffi::OsStr],
+    ) -> std::process::Child {
+        let mut c = self.std_cmd();
+        c.env("SREGISTRY_TEST_PAUSE", point);
+        if let Some(r) = resume {
+            c.env("SREGISTRY_TEST_RESUME", r);
+        }
+        let mut child = c
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::contention::wait_for_pause(&mut child);
+        child
+    }
+
+    /// `sregistry add FILE --name NAME` as if at Unix time `t`; returns the path.
+    pub fn add_at(&self, t: u64, file: &Path, name: &str) -> String {
+        stdout_of(
+            self.cmd()
+                .env("SREGISTRY_NOW", t.to_string())
+                .arg("add")
+                .arg(file)
+                .args(["--name", name]),
+        )
+    }
+}
