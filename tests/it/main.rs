@@ -9,6 +9,7 @@ mod crash;
 mod gc;
 mod interop;
 mod local;
+mod pins;
 mod registry;
 mod remote;
 mod remote_faults;
