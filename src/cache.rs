@@ -20,6 +20,11 @@
 //! * A blob is removed only under the exclusive lock, after the index shows no name uses
 //!   it; it is moved to `tmp/` then and unlinked after the lock is released.
 //! * `get` never prints a path it has not just seen exist.
+//! * A pinned name is pointed at other content only when the caller says so
+//!   ([`Repoint::Force`]), checked under the exclusive lock, so a pin taken while an `add`
+//!   copied its file still counts. A reference with a digest (`name@blake3:...`) acts
+//!   only if its name points to that digest: every operation taking one checks it (under
+//!   the lock it then writes under), and a name to be written cannot carry one.
 //! * Nothing here reads the time except through [`crate::clock::now`].
 
 use std::collections::BTreeMap;
@@ -85,6 +90,26 @@ pub enum CacheError {
     },
     #[error("image `{name}` is pinned; run `sregistry unpin {name}` first")]
     Pinned { name: String },
+    #[error(
+        "image `{name}` is pinned to {pinned}; it was not re-pointed to {new} (give `add`, `tag` or `pull` --force to re-point it, which leaves the old content unprotected, or run `sregistry unpin {name}` first)"
+    )]
+    PinnedRepoint {
+        name: String,
+        pinned: Digest,
+        new: Digest,
+    },
+    #[error(
+        "image `{name}` points to {current}, not to the {wanted} given; nothing was done (see `sregistry inspect {name}`)"
+    )]
+    DigestMismatch {
+        name: String,
+        wanted: Digest,
+        current: Digest,
+    },
+    #[error(
+        "`{name}@{digest}`: the name to write cannot carry a digest (a digest only selects existing content); give `{name}` without `@{digest}`"
+    )]
+    DigestOnTarget { name: String, digest: Digest },
     #[error("`{path}` is {what}, not a regular file; give the path of an image file")]
     NotAFile { path: PathBuf, what: &'static str },
     #[error("`{path}` is empty; an image file has content")]
@@ -118,13 +143,19 @@ impl CacheError {
     pub fn is_not_found(&self) -> bool {
         matches!(
             self,
-            CacheError::NotFound { .. } | CacheError::DigestNotFound { .. }
+            CacheError::NotFound { .. }
+                | CacheError::DigestNotFound { .. }
+                | CacheError::DigestMismatch { .. }
         )
     }
 
-    /// True for a request that can never succeed as given (exit code 2).
+    /// True for a request that can never succeed as given (exit code 2): a reference with
+    /// a digest where a name is written, a `--move` from inside the cache.
     pub fn is_usage(&self) -> bool {
-        matches!(self, CacheError::MoveFromCache { .. })
+        matches!(
+            self,
+            CacheError::DigestOnTarget { .. } | CacheError::MoveFromCache { .. }
+        )
     }
 
     /// True for content that failed verification (exit code 4).
@@ -173,11 +204,39 @@ pub struct Provenance {
     pub remote_digest: Option<String>,
 }
 
+/// What a write does when it would point a pinned name at other content.
+///
+/// A pin protects the content its name points to; re-pointing the name silently would
+/// leave that content unprotected for gc. Re-pointing to the same content is no change
+/// and always allowed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Repoint {
+    /// Refuse with [`CacheError::PinnedRepoint`], changing nothing (the default).
+    #[default]
+    RefuseIfPinned,
+    /// Re-point it (`--force`): the name stays pinned, now to the new content; the old
+    /// content loses its protection and goes as usual once no name uses it.
+    Force,
+}
+
+impl Repoint {
+    /// [`Repoint::Force`] when `--force` was given.
+    pub fn from_force(force: bool) -> Repoint {
+        if force {
+            Repoint::Force
+        } else {
+            Repoint::RefuseIfPinned
+        }
+    }
+}
+
 /// Options of [`Cache::add`].
 #[derive(Clone, Debug, Default)]
 pub struct AddOptions {
     /// Rename the file in when it is on the cache's filesystem.
     pub move_file: bool,
+    /// Whether a pinned name may be re-pointed.
+    pub repoint: Repoint,
     pub labels: BTreeMap<String, String>,
     /// What to record as the source (defaults to the absolute source path).
     pub source: Option<String>,
@@ -395,6 +454,7 @@ impl Cache {
         name: &Reference,
         opts: &AddOptions,
     ) -> Result<Entry, CacheError> {
+        refuse_digest_on_target(name)?;
         let name = name.without_digest();
         let open_err = |source| CacheError::Open {
             path: src.to_path_buf(),
@@ -484,6 +544,7 @@ impl Cache {
                 media_type: opts.media_type.clone(),
                 remote_digest: None,
             },
+            opts.repoint,
         )?;
         if opts.move_file {
             testhook::pause("add-move-committed");
@@ -512,13 +573,18 @@ impl Cache {
     }
 
     /// Put staged content in place and point `name` at it, under the exclusive index lock
-    /// (the one commit path of `add` and of every pull).
+    /// (the one commit path of `add` and of every pull). A pinned name that points to
+    /// other content is refused unless `repoint` says otherwise: checked under the lock,
+    /// so a pin taken meanwhile counts; the refusal leaves the index and `blobs/` as they
+    /// were.
     pub fn commit_staged(
         &self,
         staged: Staged,
         name: &Reference,
         prov: Provenance,
+        repoint: Repoint,
     ) -> Result<Entry, CacheError> {
+        refuse_digest_on_target(name)?;
         let now = clock::now();
         let digest = staged.digest();
         let size = staged.size();
@@ -529,9 +595,23 @@ impl Cache {
             labels: prov.labels,
         };
         let key = name.key();
+        self.precheck_repoint(&key, &digest, repoint)?;
         staged.place(&self.store);
         testhook::pause("add-staged");
         let mut w = self.index.write()?;
+        if let Err(e) = refuse_repoint(&key, &digest, repoint, w.get_ref(&key)?, || {
+            w.is_pinned(&key)
+        }) {
+            // The blob `place` linked in before the lock is nobody's unless the index
+            // knows it: take it out again, as gc would.
+            let aside = match w.get_blob(&digest)? {
+                None => self.store.unlink_later(&digest).ok().flatten(),
+                Some(_) => None,
+            };
+            drop(w);
+            store::unlink_now(aside.as_slice());
+            return Err(e);
+        }
         let (path, _new) = staged.commit(&self.store)?;
         testhook::pause("add-blob-committed");
         w.put_blob(
@@ -724,6 +804,7 @@ impl Cache {
         let key = r.key();
         let rd = self.index.read()?;
         let record = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+        check_digest(r, &record)?;
         let blob = rd.get_blob(&record.digest)?;
         let last_use = match (rd.last_use(&key)?, self.uses.read(&key)) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -739,8 +820,9 @@ impl Cache {
         }))
     }
 
-    /// Fail with "not found" (or "pinned") under the shared lock, before a write opens the
-    /// index: a refused command leaves the index file byte-for-byte unchanged.
+    /// Fail with "not found" (or a digest the name does not point to, or "pinned") under
+    /// the shared lock, before a write opens the index: a refused command leaves the index
+    /// file byte-for-byte unchanged. The writer checks again under the exclusive lock.
     fn precheck(&self, names: &[Reference], refuse_pinned: bool) -> Result<(), CacheError> {
         if !self.exists() {
             return Err(self.not_found(&names[0]));
@@ -748,9 +830,8 @@ impl Cache {
         let rd = self.index.read()?;
         for r in names {
             let key = r.key();
-            if rd.get_ref(&key)?.is_none() {
-                return Err(self.not_found(r));
-            }
+            let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+            check_digest(r, &rec)?;
             if refuse_pinned && rd.is_pinned(&key)? {
                 return Err(CacheError::Pinned { name: key });
             }
@@ -758,11 +839,48 @@ impl Cache {
         Ok(())
     }
 
-    /// Point `dst` at the blob `src` points at.
-    pub fn tag(&self, src: &Reference, dst: &Reference) -> Result<Entry, CacheError> {
-        self.precheck(std::slice::from_ref(src), false)?;
+    /// [`refuse_repoint`] under the shared lock, before a write opens the index (see
+    /// [`Cache::precheck`]); the writer checks again under the exclusive lock.
+    fn precheck_repoint(
+        &self,
+        key: &str,
+        new: &Digest,
+        repoint: Repoint,
+    ) -> Result<(), CacheError> {
+        if repoint == Repoint::Force || !self.exists() {
+            return Ok(());
+        }
+        let rd = self.index.read()?;
+        refuse_repoint(key, new, repoint, rd.get_ref(key)?, || rd.is_pinned(key))
+    }
+
+    /// Point `dst` at the blob `src` points at (`src` with a digest only if it points
+    /// there). A pinned `dst` that points elsewhere is refused unless `repoint` says
+    /// otherwise (see [`Repoint`]).
+    pub fn tag(
+        &self,
+        src: &Reference,
+        dst: &Reference,
+        repoint: Repoint,
+    ) -> Result<Entry, CacheError> {
+        refuse_digest_on_target(dst)?;
+        if !self.exists() {
+            return Err(self.not_found(src));
+        }
+        let key = dst.key();
+        {
+            // What the writer would refuse, refused under the shared lock first (see
+            // `precheck`).
+            let rd = self.index.read()?;
+            let rec = rd.get_ref(&src.key())?.ok_or_else(|| self.not_found(src))?;
+            check_digest(src, &rec)?;
+            refuse_repoint(&key, &rec.digest, repoint, rd.get_ref(&key)?, || {
+                rd.is_pinned(&key)
+            })?;
+        }
         let mut w = self.index.write()?;
         let rec = w.get_ref(&src.key())?.ok_or_else(|| self.not_found(src))?;
+        check_digest(src, &rec)?;
         let path = self.store.blob_path(&rec.digest);
         if !path.is_file() {
             return Err(CacheError::BlobMissing {
@@ -770,9 +888,11 @@ impl Cache {
                 path,
             });
         }
+        refuse_repoint(&key, &rec.digest, repoint, w.get_ref(&key)?, || {
+            w.is_pinned(&key)
+        })?;
         let now = clock::now();
         let new = RefRecord { added: now, ..rec };
-        let key = dst.key();
         w.put_ref(&key, &new)?;
         w.set_last_use(&key, now)?;
         let blob = w.get_blob(&new.digest)?;
@@ -800,9 +920,8 @@ impl Cache {
             let mut w = self.index.write()?;
             for r in names {
                 let key = r.key();
-                if w.get_ref(&key)?.is_none() {
-                    return Err(self.not_found(r));
-                }
+                let rec = w.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+                check_digest(r, &rec)?;
                 if w.is_pinned(&key)? {
                     return Err(CacheError::Pinned { name: key });
                 }
@@ -849,9 +968,8 @@ impl Cache {
         self.precheck(std::slice::from_ref(r), false)?;
         let key = r.key();
         let mut w = self.index.write()?;
-        if w.get_ref(&key)?.is_none() {
-            return Err(self.not_found(r));
-        }
+        let rec = w.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+        check_digest(r, &rec)?;
         let changed = w.set_pin(&key, pinned, clock::now())?;
         w.commit()?;
         Ok(changed)
@@ -874,5 +992,51 @@ impl Cache {
                 lock::Kind::Flock => "flock",
             },
         })
+    }
+}
+
+/// Refuse `r` when it carries a digest and its name points to other content.
+pub(crate) fn check_digest(r: &Reference, rec: &RefRecord) -> Result<(), CacheError> {
+    match r.digest() {
+        Some(want) if *want != rec.digest => Err(CacheError::DigestMismatch {
+            name: r.key(),
+            wanted: *want,
+            current: rec.digest,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Refuse a name to be written that carries a digest: a digest selects content that
+/// exists, it cannot say where a name will point.
+pub fn refuse_digest_on_target(name: &Reference) -> Result<(), CacheError> {
+    match name.digest() {
+        Some(d) => Err(CacheError::DigestOnTarget {
+            name: name.key(),
+            digest: *d,
+        }),
+        None => Ok(()),
+    }
+}
+
+/// Refuse to point the pinned `key` at `new` when it points to other content, unless
+/// `repoint` is [`Repoint::Force`]. `current` is what `key` points to now; `pinned` asks
+/// the index whether it is pinned (only when that matters).
+fn refuse_repoint(
+    key: &str,
+    new: &Digest,
+    repoint: Repoint,
+    current: Option<RefRecord>,
+    pinned: impl FnOnce() -> Result<bool, IndexError>,
+) -> Result<(), CacheError> {
+    match current {
+        Some(cur) if repoint != Repoint::Force && cur.digest != *new && pinned()? => {
+            Err(CacheError::PinnedRepoint {
+                name: key.to_string(),
+                pinned: cur.digest,
+                new: *new,
+            })
+        }
+        _ => Ok(()),
     }
 }

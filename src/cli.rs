@@ -16,7 +16,8 @@ use clap::{Args, Parser, Subcommand};
 /// jobs can run `singularity run $(sregistry get lab/tool:1.2)`.
 ///
 /// Exit codes: 0 ok, 1 error, 2 usage (bad arguments or a malformed name), 3 not found,
-/// 4 verify found a problem.
+/// 4 verify found a problem. Exit 3 also when NAME@blake3:<hex> names a digest the name
+/// does not point to.
 #[derive(Debug, Parser)]
 #[command(
     name = "sregistry",
@@ -141,7 +142,9 @@ pub enum Command {
 /// The file is copied into the cache and hashed in the same pass (or, with --move,
 /// handed over without a copy when nobody else can write it). Identical content
 /// under several names is stored once. Adding under a name that exists re-points the
-/// name; the old content stays until `sregistry gc` or `rm` finds no name uses it.
+/// name; the old content stays until `sregistry gc` or `rm` finds no name uses it. A
+/// pinned name is not re-pointed to other content without --force (exit 1, nothing
+/// changed); the name cannot carry a digest (exit 2).
 ///
 /// Example: sregistry add ./tool.sif --name lab/tool:1.2 --label maintainer=alice
 #[derive(Debug, Args)]
@@ -160,6 +163,9 @@ pub struct AddArgs {
     /// Attach a label (repeatable)
     #[arg(long = "label", short = 'l', value_name = "KEY=VALUE")]
     pub labels: Vec<String>,
+    /// Re-point the name even if it is pinned (it stays pinned; the old content loses the pin's protection)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Print the absolute path of a cached image, and nothing else.
@@ -198,6 +204,8 @@ pub struct ListArgs {
 
 /// Show everything recorded about an image, and its SIF header and objects.
 ///
+/// `NAME@blake3:<hex>` shows it only if the name points to that digest (else exit 3).
+///
 /// For SIF files (what Apptainer and SingularityCE run) it also shows the architecture,
 /// id and creation time, and each object: definition file, labels, partitions with their
 /// filesystem and architecture, signatures.
@@ -209,6 +217,10 @@ pub struct InspectArgs {
 }
 
 /// Give a cached image another name (no copy).
+///
+/// `SRC@blake3:<hex>` tags only if SRC points to that digest (else exit 3); DST cannot
+/// carry a digest (exit 2). A pinned DST is not re-pointed to other content without
+/// --force (exit 1, nothing changed).
 #[derive(Debug, Args)]
 pub struct TagArgs {
     /// Existing image name
@@ -217,11 +229,15 @@ pub struct TagArgs {
     /// New name for the same content
     #[arg(value_name = "DST")]
     pub target: String,
+    /// Re-point DST even if it is pinned (it stays pinned; its old content loses the pin's protection)
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Remove names from the cache; content no name uses any more is deleted at once.
 ///
-/// All names must exist and be unpinned, or nothing is removed.
+/// All names must exist and be unpinned, or nothing is removed. `NAME@blake3:<hex>` is
+/// removed only if it points to that digest (else exit 3, nothing removed).
 #[derive(Debug, Args)]
 pub struct RmArgs {
     /// Image names to remove
@@ -233,6 +249,10 @@ pub struct RmArgs {
 }
 
 /// Pin an image so that gc never removes it (unpin undoes it).
+///
+/// A pinned name is also kept from being re-pointed to other content by `add`, `tag` and
+/// `pull` unless they are given --force. `NAME@blake3:<hex>` pins (or unpins) only if the
+/// name points to that digest (else exit 3).
 #[derive(Debug, Args)]
 pub struct PinArgs {
     /// Image name
@@ -262,6 +282,9 @@ pub struct PullArgs {
     /// Local name for it
     #[arg(long, short = 'n', value_name = "REF")]
     pub name: Option<String>,
+    /// Re-point the name even if it is pinned (it stays pinned; the old content loses the pin's protection)
+    #[arg(long)]
+    pub force: bool,
     /// Allow plain HTTP to a host that is not on this machine
     #[arg(long)]
     pub insecure: bool,
@@ -272,7 +295,8 @@ pub struct PullArgs {
 
 /// Upload a cached image to an OCI registry (as a SIF artifact) or to S3.
 ///
-/// Blobs the registry already has are not sent again.
+/// Blobs the registry already has are not sent again. `NAME@blake3:<hex>` pushes only if
+/// the name points to that digest (else exit 3).
 ///
 /// Example: sregistry push lab/tool:1.2 oras://registry.example.org/lab/tool:1.2
 #[derive(Debug, Args)]
@@ -366,7 +390,8 @@ pub struct GcArgs {
 /// Reports corrupt blobs (moved to quarantine/, so `get` refuses them), names whose content
 /// is missing, orphan and foreign files under blobs/, and stray tmp/ files. Exits 4 when it
 /// found a problem. --repair restores content from a name's recorded local source file when
-/// that file still has the right digest.
+/// that file still has the right digest. `NAME@blake3:<hex>` is checked only if the name
+/// points to that digest (else exit 3).
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// Only these images (default: everything)
@@ -441,7 +466,7 @@ mod tests {
     /// Command lines that parse, covering every subcommand, global options before and
     /// after the subcommand, aliases, defaults and repeated options.
     const VALID: &[&str] = &[
-        "add f.sif --name lab/tool:1 --label a=b -l c=d --move",
+        "add f.sif --name lab/tool:1 --label a=b -l c=d --move --force",
         "--cache /c -q add f.sif -n lab/tool",
         "get lab/tool:1.2",
         "get --verify --insecure oras://h/a/b:1 --json --cache /x",
@@ -449,11 +474,12 @@ mod tests {
         "images 'lab/*' --json",
         "inspect lab/tool",
         "tag a b",
+        "tag --force a b",
         "rm a b c -q",
         "pin a",
         "unpin a",
         "info --json",
-        "pull oras://h:5000/a/b:1 --name x --insecure",
+        "pull oras://h:5000/a/b:1 --name x --insecure --force",
         "pull s3://bucket/k.sif --endpoint http://127.0.0.1:9000 -n y",
         "push a oras://h/a/b:1",
         "search oras://h/a/b",

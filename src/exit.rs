@@ -5,7 +5,7 @@
 //! | 0 | success |
 //! | 1 | error (I/O, permissions, damaged cache, lock timeout, ...) |
 //! | 2 | usage: bad arguments or a malformed name |
-//! | 3 | not found: the image is not in the cache |
+//! | 3 | not found: the image is not in the cache, or its name does not point to the digest given |
 //! | 4 | verify found a problem |
 
 use crate::cache::CacheError;
@@ -63,11 +63,11 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
             if c.is_not_found() {
                 return ExitStatus::NotFound;
             }
-            if c.is_verify_problem() {
-                return ExitStatus::Problem;
-            }
             if c.is_usage() {
                 return ExitStatus::Usage;
+            }
+            if c.is_verify_problem() {
+                return ExitStatus::Problem;
             }
         }
     }

@@ -334,7 +334,11 @@ fn acquire(
     // a timeout takes the pending wait with it.)
     let twin = file.try_clone().map_err(lock_err)?;
     let (tx, rx) = mpsc::channel::<(io::Result<()>, File)>();
+    #[cfg(test)]
+    let waiting = path.to_path_buf();
     std::thread::spawn(move || {
+        #[cfg(test)]
+        tests::waits::started(&waiting);
         let res = wait_blocking(&twin, req);
         if let Err(mpsc::SendError((Ok(()), twin))) = tx.send((res, twin)) {
             // Nobody waits any more: undo the lock we were too late to hand over.
@@ -454,6 +458,43 @@ pub fn probe_ofd(dir: &Path) -> io::Result<bool> {
 mod tests {
     use super::*;
 
+    /// Lets a test release a lock only once another thread's wait for it has begun: the
+    /// event itself, not a sleep that usually outlasts it.
+    pub(super) mod waits {
+        use std::collections::HashMap;
+        use std::path::{Path, PathBuf};
+        use std::sync::{Condvar, Mutex};
+        use std::time::Duration;
+
+        static STARTED: Mutex<Option<HashMap<PathBuf, usize>>> = Mutex::new(None);
+        static CHANGED: Condvar = Condvar::new();
+
+        /// Called by the helper thread just before it blocks waiting for `path`.
+        pub fn started(path: &Path) {
+            let mut m = STARTED.lock().unwrap();
+            *m.get_or_insert_with(HashMap::new)
+                .entry(path.to_path_buf())
+                .or_default() += 1;
+            CHANGED.notify_all();
+        }
+
+        /// Block until a wait for `path` has begun (and consume it); panics after 10 s.
+        pub fn await_one(path: &Path) {
+            let mut m = STARTED.lock().unwrap();
+            loop {
+                if let Some(n) = m.get_or_insert_with(HashMap::new).get_mut(path)
+                    && *n > 0
+                {
+                    *n -= 1;
+                    return;
+                }
+                let (g, t) = CHANGED.wait_timeout(m, Duration::from_secs(10)).unwrap();
+                assert!(!t.timed_out(), "no wait for `{}` began", path.display());
+                m = g;
+            }
+        }
+    }
+
     fn opts(timeout_ms: u64) -> LockOptions {
         LockOptions {
             timeout: Duration::from_millis(timeout_ms),
@@ -493,7 +534,8 @@ mod tests {
                 drop(w);
                 try_lock(&p2, Mode::Exclusive, &opts(0)).unwrap().is_some()
             });
-            std::thread::sleep(Duration::from_millis(2));
+            // Release only once the thread waits for the lock on its helper thread.
+            waits::await_one(&p);
             drop(r);
             assert!(
                 t.join().unwrap(),
@@ -529,7 +571,10 @@ mod tests {
         let r = lock(&p, Mode::Shared, &opts(50)).unwrap();
         let p2 = p.clone();
         let t = std::thread::spawn(move || lock(&p2, Mode::Exclusive, &opts(5_000)).map(|_| ()));
-        std::thread::sleep(Duration::from_millis(100));
+        // The writer queued behind the reader: its wait has begun, and it holds the
+        // turnstile, so a new reader is turned away.
+        waits::await_one(&p);
+        assert!(try_lock(&p, Mode::Shared, &opts(0)).unwrap().is_none());
         drop(r);
         t.join().unwrap().unwrap();
     }

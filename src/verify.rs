@@ -150,12 +150,13 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     } else {
         let keys: HashSet<String> = opts.names.iter().map(|r| r.key()).collect();
         for r in &opts.names {
-            if !names.iter().any(|n| n.name == r.key()) {
+            let Some(n) = names.iter().find(|n| n.name == r.key()) else {
                 return Err(CacheError::NotFound {
                     name: r.key(),
                     cache: cache.root().to_path_buf(),
                 });
-            }
+            };
+            crate::cache::check_digest(r, &n.record)?;
         }
         Some(keys)
     };

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 
-use super::{Ctx, output, parse_ref};
-use crate::cache::AddOptions;
+use super::{Ctx, output, parse_target_ref};
+use crate::cache::{AddOptions, Repoint};
 use crate::cli::AddArgs;
 use crate::exit::UsageError;
 
@@ -29,10 +29,11 @@ pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageErr
 }
 
 pub fn run(ctx: &Ctx, args: &AddArgs) -> Result<()> {
-    let name = parse_ref(&args.name)?;
+    let name = parse_target_ref(&args.name)?;
     let labels = parse_labels(&args.labels)?;
     let opts = AddOptions {
         move_file: args.move_file,
+        repoint: Repoint::from_force(args.force),
         labels,
         ..AddOptions::default()
     };

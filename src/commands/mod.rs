@@ -59,6 +59,7 @@ pub fn remote_options(
         endpoint,
         progress: !ctx.quiet && std::io::stderr().is_terminal(),
         labels: Default::default(),
+        repoint: Default::default(),
     }
 }
 
@@ -81,6 +82,14 @@ fn keep_heap_for_transfers() {
 /// Parse a local reference given on the command line.
 pub fn parse_ref(s: &str) -> Result<Reference> {
     Ok(Reference::parse(s)?)
+}
+
+/// Parse a name a command will point at content (`add --name`, `tag`'s DST, `pull
+/// --name`): it cannot carry a digest (exit 2, before any work is done).
+pub fn parse_target_ref(s: &str) -> Result<Reference> {
+    let r = parse_ref(s)?;
+    crate::cache::refuse_digest_on_target(&r)?;
+    Ok(r)
 }
 
 /// Run one parsed command line.

@@ -2,14 +2,16 @@
 
 use anyhow::Result;
 
-use super::{Ctx, output, parse_ref};
+use super::{Ctx, output, parse_target_ref};
+use crate::cache::Repoint;
 use crate::cli::PullArgs;
 use crate::remote::{self, RemoteRef};
 
 pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let r = RemoteRef::parse(&args.remote)?;
-    let name = args.name.as_deref().map(parse_ref).transpose()?;
-    let opts = super::remote_options(ctx, args.insecure, args.endpoint.clone());
+    let name = args.name.as_deref().map(parse_target_ref).transpose()?;
+    let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone());
+    opts.repoint = Repoint::from_force(args.force);
     let entry = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;

@@ -2,13 +2,14 @@
 
 use anyhow::Result;
 
-use super::{Ctx, output, parse_ref};
+use super::{Ctx, output, parse_ref, parse_target_ref};
+use crate::cache::Repoint;
 use crate::cli::TagArgs;
 
 pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
     let src = parse_ref(&args.source)?;
-    let dst = parse_ref(&args.target)?;
-    let entry = ctx.cache.tag(&src, &dst)?;
+    let dst = parse_target_ref(&args.target)?;
+    let entry = ctx.cache.tag(&src, &dst, Repoint::from_force(args.force))?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;
     } else {

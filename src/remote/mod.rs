@@ -140,6 +140,7 @@ impl RemoteError {
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
         matches!(self, RemoteError::BadRef { .. } | RemoteError::Reference(_))
+            || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
 
@@ -280,6 +281,8 @@ pub struct RemoteOptions {
     pub progress: bool,
     /// Labels to record.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// Whether a pull may re-point a pinned name (`pull --force`).
+    pub repoint: crate::cache::Repoint,
 }
 
 /// What a finished pull knows about the remote content, recorded in the index.
@@ -352,7 +355,10 @@ pub fn pull(
     opts: &RemoteOptions,
 ) -> Result<Entry, RemoteError> {
     let name = match name {
-        Some(n) => n.without_digest(),
+        Some(n) => {
+            crate::cache::refuse_digest_on_target(n)?;
+            n.clone()
+        }
         None => remote.default_name()?,
     };
     cache.ensure_layout()?;
@@ -391,6 +397,7 @@ fn pull_locked(
             media_type: fetched.media_type,
             remote_digest: fetched.remote_digest,
         },
+        opts.repoint,
     )?;
     Ok(entry)
 }

@@ -214,15 +214,37 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
 }
 
 /// Tests that need root (creating users, mounting a tmpfs) print `SKIPPED <test>: <why>`
-/// and return when not run as root; CI runs as root, so there they always run. True when
-/// the caller should return.
+/// and return when not run as root on a developer's machine. True when the caller should
+/// return. Under `CI=true` (what CI services set) a skip would count as a pass for a test
+/// that never ran, so there it fails instead: CI must run the tests as root.
 pub fn skip_unless_root(test: &str, why: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } == 0 {
         return false;
     }
+    assert!(
+        !in_ci(),
+        "{test} needs root ({why}) and was not run as root; under CI=true a skipped test \
+         must not pass: run the tests as root"
+    );
     eprintln!("SKIPPED {test}: {why}");
     true
+}
+
+/// Whether this is a CI run: `CI` set to anything but empty, `0` or `false`.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.trim(), "" | "0" | "false" | "FALSE" | "False"))
+}
+
+/// A small deterministic pseudo-random sequence (xorshift64) for spreading kills and
+/// choices reproducibly.
+pub fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+    move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    }
 }
 
 pub fn run(c: &mut StdCommand) {

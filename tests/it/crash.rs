@@ -89,32 +89,89 @@ fn sigkill_inside_the_index_transaction_loses_only_that_add() {
 }
 
 /// Kill adds at random moments, many times: the cache stays consistent throughout and
-/// every add that reported success is still there.
+/// every add that reported success is still there. The test proves that its kills land
+/// inside adds: a killed run counts only if it left what an add in flight leaves (a file
+/// in `tmp/`, a blob without its name, or its name committed just before the kill), and
+/// it goes on until enough did. The kill delays are spread over the time an add takes
+/// here, measured first and shortened whenever an add finishes before its kill.
 #[test]
 fn repeated_random_kills_during_add_never_corrupt_the_cache() {
+    use std::collections::BTreeSet;
+    use std::os::unix::process::ExitStatusExt;
+    const WANTED: u64 = 24;
+    const MAX_RUNS: u64 = 300;
     let env = Env::new();
+    let inputs: Vec<_> = (0..8)
+        .map(|i| {
+            let data = format!("payload {i} ").repeat(20_000 + (i * 7919) % 50_000);
+            env.file(&format!("r{i}.img"), data.as_bytes())
+        })
+        .collect();
+    // How long an uninterrupted add takes here and now.
+    let mut spans = Vec::new();
+    for i in 0..3 {
+        let t = std::time::Instant::now();
+        stdout_of(
+            env.cmd()
+                .arg("add")
+                .arg(&inputs[7])
+                .args(["--name", &format!("calibrate/{i}")]),
+        );
+        spans.push(t.elapsed().as_micros() as u64);
+    }
+    spans.sort();
+    let mut span = spans[1].max(500);
+    let mut rand = xorshift(0x2545_F491_4F6C_DD1D);
+    let state = |env: &Env| -> (BTreeSet<_>, BTreeSet<_>) {
+        (
+            env.tmp_entries().into_iter().collect(),
+            env.blobs().into_iter().collect(),
+        )
+    };
     let mut done = Vec::new();
-    for i in 0..24u64 {
-        let data = format!("payload {i} ").repeat(20_000 + (i as usize * 7919) % 50_000);
-        let f = env.file(&format!("r{i}.img"), data.as_bytes());
-        let name = format!("rand/img{i}");
+    let (mut runs, mut killed, mut in_flight) = (0u64, 0u64, 0u64);
+    while in_flight < WANTED && runs < MAX_RUNS {
+        runs += 1;
+        let name = format!("rand/img{runs}");
+        let before = state(&env);
         let mut child = env
             .std_cmd()
             .arg("add")
-            .arg(&f)
+            .arg(&inputs[(runs % 8) as usize])
             .args(["--name", &name])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        // A spread of delays from "before it starts" to "after it is done".
-        std::thread::sleep(std::time::Duration::from_micros((i * 1_237) % 25_000));
+        std::thread::sleep(std::time::Duration::from_micros(rand() % span));
         let _ = child.kill();
         let out = child.wait_with_output().unwrap();
+        let full = format!("{name}:latest");
         if out.status.success() {
-            done.push(format!("{name}:latest"));
+            // Finished before the kill: aim earlier.
+            span = (span * 7 / 8).max(200);
+            done.push(full);
+            continue;
+        }
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGKILL),
+            "an add failed on its own: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        killed += 1;
+        let after = state(&env);
+        let left_work = after.0.difference(&before.0).next().is_some()
+            || after.1.difference(&before.1).next().is_some();
+        if left_work || env.names().contains(&full) {
+            in_flight += 1;
         }
     }
+    assert!(
+        in_flight >= WANTED,
+        "in {runs} runs only {in_flight} of {killed} kills landed inside an add (the others \
+         before it touched the cache, the rest finished first)"
+    );
     let names = env.names();
     for d in &done {
         assert!(names.contains(d), "{d} reported done but is gone");

@@ -10,6 +10,7 @@ mod gc;
 mod interop;
 mod local;
 mod move_add;
+mod pins;
 mod registry;
 mod remote;
 mod remote_faults;

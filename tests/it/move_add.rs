@@ -246,3 +246,37 @@ fn a_move_of_a_file_open_for_writing_copies_it() {
     stdout_of(env.cmd().args(["get", "--verify", "lab/busy:1"]));
     assert_eq!(fs::read(&blob).unwrap(), b"content before the add");
 }
+
+/// `add --move` onto a pinned name is refused under the lock: the refusal must give the
+/// file back, at its path, whole, with its mode, and change nothing in the cache.
+#[test]
+fn a_move_refused_by_a_pin_keeps_the_file() {
+    let env = Env::new();
+    let gold = env.file("gold.img", b"pinned content");
+    stdout_of(env.cmd().arg("add").arg(&gold).args(["--name", "gold"]));
+    stdout_of(env.cmd().args(["pin", "gold"]));
+    let data = content();
+    let f = env.file("new.img", &data);
+    let mode = fs::metadata(&f).unwrap().mode();
+    let before = env.snapshot();
+    let out = env
+        .cmd()
+        .arg("add")
+        .arg(&f)
+        .args(["--move", "--name", "gold"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pinned"));
+    assert_eq!(
+        fs::read(&f).unwrap(),
+        data,
+        "the refused file lost its content"
+    );
+    assert_eq!(
+        fs::metadata(&f).unwrap().mode(),
+        mode,
+        "its mode was not given back"
+    );
+    assert_eq!(env.snapshot(), before, "a refused move changed the cache");
+}
