@@ -13,4 +13,5 @@ mod registry;
 mod remote;
 mod remote_faults;
 mod shared;
+mod shared_init;
 mod verify;
