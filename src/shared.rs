@@ -390,12 +390,15 @@ impl Kind {
 
     /// What is wrong with `mode` and group `gid` for this kind of path under `settings`:
     /// a bit the cache needs is missing (the group's, for a shared cache; the owner's), a
-    /// bit the settings do not give is there (setgid or group-write on a private cache,
-    /// anyone-write), or the group is not the cache's. `None` when they fit.
+    /// bit the settings do not give is there (group-write on a private cache's
+    /// directories, anyone-write, setuid, sticky), or the group is not the cache's.
+    /// `None` when they fit.
     pub fn problem(self, settings: &Settings, mode: u32, gid: u32) -> Option<String> {
         let target = self.mode(settings)?;
         let (need, forbid) = match self {
-            Kind::Dir => ((target & 0o2070) | 0o700, 0o7022 & !target),
+            // A setgid bit alone is harmless (a private cache made in a setgid project
+            // directory inherits it); group-write without the settings asking is not.
+            Kind::Dir => ((target & 0o2070) | 0o700, 0o5022 & !target),
             Kind::File => ((target & 0o060) | 0o600, 0o7002 & !target),
             _ => (target, !target & 0o7777),
         };

@@ -471,6 +471,48 @@ fn init_shared_with_the_same_group_again_changes_nothing() {
     }
 }
 
+/// A private cache made in a setgid project directory (common on clusters) inherits the
+/// setgid bit on its root; that alone is no sign of a group layout, and `doctor` passes
+/// it, while group-write on its directories, which the settings do not give, fails.
+#[test]
+fn doctor_passes_a_private_cache_in_a_setgid_directory_but_not_a_group_writable_one() {
+    let env = Env::new();
+    let project = env.path("project");
+    fs::create_dir(&project).unwrap();
+    fs::set_permissions(&project, fs::Permissions::from_mode(0o2755)).unwrap();
+    let cache = project.join("cache");
+    fs::create_dir(&cache).unwrap();
+    assert_eq!(
+        mode(&cache) & 0o2000,
+        0o2000,
+        "mkdir did not inherit setgid"
+    );
+    stdout_of(env.cmd().arg("init").arg(&cache));
+    let f = env.file("a.img", b"an image");
+    stdout_of(
+        env.cmd()
+            .env("SREGISTRY_CACHE", &cache)
+            .arg("add")
+            .arg(&f)
+            .args(["--name", "a"]),
+    );
+    stdout_of(env.cmd().env("SREGISTRY_CACHE", &cache).arg("doctor"));
+    fs::set_permissions(cache.join("v1/locks"), fs::Permissions::from_mode(0o775)).unwrap();
+    let out = env
+        .cmd()
+        .env("SREGISTRY_CACHE", &cache)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("FAIL permissions") && l.contains("v1/locks: 775 (want 755)")),
+        "{text}"
+    );
+}
+
 /// Who may give a shared cache to another group: refused, changing nothing, unless the
 /// caller is a member of the new group and owns every path that must change, or is root;
 /// root can, and says what the group was. A private cache of another user: refused.
