@@ -161,7 +161,13 @@ pub fn init(
             gid,
         });
     }
+    let new_root = !root.exists();
     fs::create_dir_all(root).map_err(io_err(root))?;
+    if new_root && want.gid.is_none() {
+        // Its mode, not the umask's (a umask of 002 would leave it group-writable).
+        fs::set_permissions(root, fs::Permissions::from_mode(want.dir_mode))
+            .map_err(io_err(root))?;
+    }
     // The directory itself, when `root` is a symlink to it (`/shared/containers` ->
     // `/gpfs/...`): changes are made without following symlinks.
     let root = &fs::canonicalize(root).map_err(io_err(root))?;

@@ -473,7 +473,8 @@ fn init_shared_with_the_same_group_again_changes_nothing() {
 
 /// A private cache made in a setgid project directory (common on clusters) inherits the
 /// setgid bit on its root; that alone is no sign of a group layout, and `doctor` passes
-/// it, while group-write on its directories, which the settings do not give, fails.
+/// it (as it passes one `init` made under a umask of 002), while group-write on its
+/// directories, which the settings do not give, fails.
 #[test]
 fn doctor_passes_a_private_cache_in_a_setgid_directory_but_not_a_group_writable_one() {
     let env = Env::new();
@@ -497,6 +498,22 @@ fn doctor_passes_a_private_cache_in_a_setgid_directory_but_not_a_group_writable_
             .args(["--name", "a"]),
     );
     stdout_of(env.cmd().env("SREGISTRY_CACHE", &cache).arg("doctor"));
+    // One that `init` makes under a umask of 002 passes too.
+    let other = env.path("umask002");
+    let out = Command::new("sh")
+        .args(["-c", "umask 002; exec \"$0\" \"$@\""])
+        .arg(env!("CARGO_BIN_EXE_sregistry"))
+        .arg("init")
+        .arg(&other)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout_of(env.cmd().env("SREGISTRY_CACHE", &other).arg("doctor"));
+
     fs::set_permissions(cache.join("v1/locks"), fs::Permissions::from_mode(0o775)).unwrap();
     let out = env
         .cmd()
