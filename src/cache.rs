@@ -276,11 +276,19 @@ struct MoveClaim {
 }
 
 impl MoveClaim {
-    fn take(file: &fs::File, meta: &fs::Metadata, store: &Store) -> Option<MoveClaim> {
+    fn take(
+        file: &fs::File,
+        meta: &fs::Metadata,
+        store: &Store,
+        settings: &Settings,
+    ) -> Option<MoveClaim> {
         use std::os::fd::AsRawFd;
         use std::os::unix::fs::PermissionsExt;
         let same_fs = fs::metadata(store.tmp_dir()).is_ok_and(|t| t.dev() == meta.dev());
-        if meta.nlink() != 1 || !same_fs {
+        // A shared cache's blobs belong to its group; a file of another group is copied
+        // (which gives the copy the cache's group) rather than re-grouped.
+        let group_ok = !settings.shared || settings.gid.is_none_or(|g| g == meta.gid());
+        if meta.nlink() != 1 || !same_fs || !group_ok {
             return None;
         }
         let file = file.try_clone().ok()?;
@@ -514,7 +522,7 @@ impl Cache {
         let mut claim = None;
         let staged = match opts
             .move_file
-            .then(|| MoveClaim::take(&file, &meta, &self.store))
+            .then(|| MoveClaim::take(&file, &meta, &self.store, &self.settings))
         {
             Some(Some(c)) => match self.store.stage_link(src) {
                 Ok(s) => {

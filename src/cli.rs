@@ -410,7 +410,9 @@ pub struct VerifyArgs {
 /// A shared cache gets setgid, group-writable directories, group-writable index and lock
 /// files, and read-only content, with modes set explicitly whatever each user's umask. The
 /// settings are recorded in the cache, so every later command by any member keeps them.
-/// Run it on an existing cache to convert it.
+/// Only a new or empty directory becomes a cache. On an existing cache, --shared re-applies
+/// its group and modes, or gives it to another group (root, or a user who owns every file
+/// that must change); a plain init never makes a shared cache private.
 ///
 /// Example: sregistry init --shared --group hpc-containers /shared/containers
 #[derive(Debug, Args)]
@@ -421,7 +423,7 @@ pub struct InitArgs {
     /// Make it a group cache
     #[arg(long, requires = "group")]
     pub shared: bool,
-    /// The group that shares it (name or number)
+    /// The group that shares it: a name (from /etc/group, else `getent group`) or a number
     #[arg(long, value_name = "GROUP", requires = "shared")]
     pub group: Option<String>,
 }

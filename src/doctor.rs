@@ -1,8 +1,11 @@
 //! `doctor`: check that a cache is usable by this user on this node, and say why not.
 //!
 //! Each check gives `ok`, `warn` or `fail` with a one-line detail that names the path and
-//! what to do. Checks: the cache exists; its settings; permissions (the shared-cache modes
-//! of [`crate::shared`], and that this user can write); that `fcntl` locks exclude each
+//! what to do. Checks: the cache exists; its settings, against the layout (settings that
+//! say private on a setgid, group-writable `v1/`, as a plain `init` by an older version
+//! leaves a shared cache, or the reverse); permissions (every entry of the cache against
+//! the modes and group its settings ask for, see [`crate::shared::Kind::problem`], and
+//! that this user can write); that `fcntl` locks exclude each
 //! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
 //! what it means for locks across nodes; free space; the index's integrity; leftovers in
 //! `tmp/` and `quarantine/`.
@@ -70,58 +73,57 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     }
     out.push(check("cache", Pass, format!("`{}`", root.display())));
     let settings = cache.settings();
-    out.push(match (&settings.group, settings.gid) {
-        (Some(g), Some(gid)) if settings.shared => check(
+    let group = settings.gid.filter(|_| settings.shared);
+    let layout = shared::laid_out_for_a_group(cache);
+    let fix = match (&settings.group, group, layout) {
+        (Some(g), Some(_), _) => g.clone(),
+        (_, None, Some((_, gid))) => format!("{gid}"),
+        _ => "G".to_string(),
+    };
+    let fix = format!("sregistry init --shared --group {fix} {}", root.display());
+    out.push(match (group, layout) {
+        (Some(gid), Some(_)) => check(
             "settings",
             Pass,
-            format!("shared with group `{g}` (gid {gid})"),
+            format!(
+                "shared with group `{}` (gid {gid})",
+                settings.group.as_deref().unwrap_or("?")
+            ),
         ),
-        _ => check("settings", Pass, "private cache (no `init --shared`)"),
+        (None, None) => check("settings", Pass, "private cache (no `init --shared`)"),
+        (None, Some((mode, gid))) => check(
+            "settings",
+            Fail,
+            format!(
+                "the settings say private, but `{}` is laid out for group {gid} ({mode:o}): members' new directories will not be group-writable; if it is meant to be shared, `{fix}` records it again",
+                v1.display(),
+            ),
+        ),
+        (Some(gid), None) => check(
+            "settings",
+            Fail,
+            format!(
+                "the settings say shared with group `{}` (gid {gid}), but `{}` is not setgid and group-writable; `{fix}` applies them",
+                settings.group.as_deref().unwrap_or("?"),
+                v1.display()
+            ),
+        ),
     });
 
-    // Permissions.
+    // Permissions: the cache's own entries against the modes and group of its settings.
     let mut bad = Vec::new();
-    let gid = settings.gid.filter(|_| settings.shared);
-    for p in shared::walk(root) {
+    for p in shared::cache_paths(cache) {
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
         let mode = meta.permissions().mode() & 0o7777;
         let rel = p.strip_prefix(root).unwrap_or(&p).display().to_string();
-        let in_blobs = p.starts_with(cache.store().blobs_dir());
-        let in_tmp = p.starts_with(cache.store().tmp_dir()) || p.starts_with(v1.join("quarantine"));
-        let problem = if meta.is_dir() {
-            match gid {
-                Some(g) if mode & 0o2070 != 0o2070 || meta.gid() != g => Some(format!(
-                    "{rel}: {mode:o}, gid {}; want 2775 and gid {g}",
-                    meta.gid()
-                )),
-                _ if mode & 0o700 != 0o700 => {
-                    Some(format!("{rel}: {mode:o}; the owner cannot use it"))
-                }
-                _ => None,
-            }
-        } else if in_blobs {
-            match gid {
-                Some(g) if mode != 0o444 || meta.gid() != g => Some(format!(
-                    "{rel}: {mode:o}, gid {}; want 444 and gid {g}",
-                    meta.gid()
-                )),
-                _ if mode != 0o444 => Some(format!("{rel}: {mode:o}; blobs must be 444")),
-                _ => None,
-            }
-        } else if in_tmp {
-            None
-        } else {
-            match gid {
-                Some(g) if mode & 0o060 != 0o060 || meta.gid() != g => Some(format!(
-                    "{rel}: {mode:o}, gid {}; want 664 and gid {g}",
-                    meta.gid()
-                )),
-                _ => None,
-            }
-        };
-        bad.extend(problem);
+        let rel = if rel.is_empty() { ".".to_string() } else { rel };
+        if let Some(kind) = shared::Kind::of(cache, &p, &meta)
+            && let Some(problem) = kind.problem(settings, mode, meta.gid())
+        {
+            bad.push(format!("{rel}: {problem}"));
+        }
     }
     out.push(if bad.is_empty() {
         check("permissions", Pass, "modes and group as the settings say")
@@ -132,12 +134,12 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             "permissions",
             Fail,
             format!(
-                "{n} path(s) off: {}; `sregistry init{}` fixes them",
+                "{n} path(s) off: {}; {}",
                 bad.join("; "),
-                if gid.is_some() {
-                    " --shared --group G DIR"
+                if group.is_some() {
+                    format!("`{fix}` fixes them")
                 } else {
-                    ""
+                    format!("`chmod` them back to what the settings say, or share the cache with `{fix}`")
                 }
             ),
         )

@@ -27,6 +27,7 @@ pub mod digest;
 pub mod doctor;
 pub mod exit;
 pub mod gc;
+pub mod group;
 pub mod index;
 pub mod lock;
 pub mod reference;

@@ -2,8 +2,9 @@
 //! command, by any user, keeps them: the modes new files and directories get, and the
 //! group of a shared cache.
 //!
-//! Written once by `sregistry init`; read (one small file) by every command that opens
-//! the cache. A cache without the file uses private defaults (0755 directories, 0644
+//! Written by `sregistry init` when it creates a cache or shares one (a plain `init`
+//! never changes an existing cache's settings); read (one small file) by every command
+//! that opens the cache. A cache without the file uses private defaults (0755 directories, 0644
 //! index and lock files). Blobs are always 0444.
 
 use std::fs;
@@ -82,14 +83,14 @@ impl Settings {
         }
     }
 
-    /// Write `v1/settings.json` (mode: the file mode, made read-only for others).
+    /// Write `v1/settings.json` (mode: the file mode, like the index's).
     pub fn save(&self, v1: &Path) -> io::Result<()> {
         let path = v1.join(FILE);
         let tmp = v1.join(format!(".{FILE}.tmp"));
         let body = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
         fs::write(&tmp, body)?;
         use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(self.file_mode & 0o644))?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(self.file_mode))?;
         fs::rename(&tmp, &path)
     }
 }

@@ -4,32 +4,80 @@
 //!
 //! * Directories `2775` (setgid, so everything created inside belongs to the group;
 //!   group-writable, so any member can add and remove), owned by the group.
-//! * `index.redb` and lock files `0664`, owned by the group: any member can take the
-//!   locks and write the index.
+//! * `index.redb`, lock files and `settings.json` `0664`, owned by the group: any member
+//!   can take the locks and write the index.
 //! * Blobs `0444`: readable by everyone who can reach them, writable by no one.
 //! * The settings (`v1/settings.json`) record the group and modes; every command applies
 //!   them explicitly with `chmod`, so a member's umask (say `077`) cannot narrow them.
 //!
 //! The trust boundary is the group: any member can add, tag, remove and collect. `verify`
 //! detects content altered behind the cache's back.
+//!
+//! # What `init` does to a directory
+//!
+//! * A new or empty directory becomes a cache (a `lost+found` in it is left alone). A
+//!   directory that holds anything else and is not already a cache is refused untouched.
+//! * Without `--shared`, `init` never changes an existing cache's settings: on a shared
+//!   cache it says so and changes nothing.
+//! * With `--shared --group G`, on a cache already shared with G it re-applies group and
+//!   modes where they are off (how `doctor`'s permission problems are fixed); on a private
+//!   cache, or one shared with another group, it gives the cache to G. First it checks
+//!   that it can do all of it: the caller is root or a member of G, and every path whose
+//!   group or mode must change belongs to the caller (or the caller is root). Otherwise
+//!   it refuses and changes nothing. So a member re-running the set-up is harmless, and
+//!   only root, or a user who owns every file that must change, hands a cache to another
+//!   group.
+//! * Only the cache's own entries are touched: the root directory, `CACHEDIR.TAG` and
+//!   `v1/`. Each is changed through a descriptor opened without following a final
+//!   symlink and checked to be the very file that was planned, and a file with another
+//!   hard link is refused, so a member who swaps a path for a symlink or links a file
+//!   into the cache cannot make root's `init` change a file outside it.
 
 use std::ffi::CString;
 use std::fs;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::settings::Settings;
+use crate::group;
+use crate::settings::{self, Settings, SettingsError};
+
+/// Entries a directory may hold and still count as empty: what a fresh filesystem's root
+/// holds.
+const LEFT_ALONE: [&str; 1] = ["lost+found"];
 
 /// Errors of `init`.
 #[derive(Debug, thiserror::Error)]
 pub enum SharedError {
-    #[error("no group `{0}` on this system (see `getent group`; a numeric group id works too)")]
-    NoGroup(String),
+    #[error(
+        "`{0}` is not an sregistry cache and has other files in it; `init` makes a cache only in a new or empty directory, so nothing was changed (give another directory)"
+    )]
+    NotACache(PathBuf),
+    #[error("`{0}` exists and is not a directory; give a directory for the cache")]
+    NotADirectory(PathBuf),
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(
+        "you are not a member of group `{group}` (gid {gid}), so you cannot give files to it; nothing was changed (run `init` as a member of the group, or as root)"
+    )]
+    NotAMember { group: String, gid: u32 },
+    #[error(
+        "cannot {action}: `{path}` belongs to uid {uid}, and only its owner or root may change its group or mode; nothing was changed"
+    )]
+    NotOwner {
+        action: String,
+        path: PathBuf,
+        uid: u32,
+    },
+    #[error(
+        "`{0}` has another hard link, so it may be a file outside the cache; `init` changes no such file, so nothing was changed (remove the extra link, or copy the file back in place of it)"
+    )]
+    HardLinked(PathBuf),
     #[error("cannot set up `{path}`: {source}{hint}", hint = chown_hint(.source))]
     Io { path: PathBuf, source: io::Error },
 }
@@ -42,111 +90,355 @@ fn chown_hint(e: &io::Error) -> &'static str {
     }
 }
 
-/// Look up a group by name or number: (name, gid).
-pub fn lookup_group(group: &str) -> Result<(String, u32), SharedError> {
-    let by_name = CString::new(group).ok().and_then(|c| {
-        // SAFETY: getgrnam returns a pointer to static storage or null; we copy out the
-        // fields we need before any other call could overwrite it.
-        let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-        (!gr.is_null()).then(|| unsafe { (*gr).gr_gid })
-    });
-    if let Some(gid) = by_name {
-        return Ok((group.to_string(), gid));
-    }
-    if let Ok(gid) = group.parse::<u32>() {
-        // SAFETY: as above, for getgrgid.
-        let gr = unsafe { libc::getgrgid(gid) };
-        let name = if gr.is_null() {
-            group.to_string()
-        } else {
-            // SAFETY: gr_name is a valid NUL-terminated string while `gr` is valid.
-            unsafe { std::ffi::CStr::from_ptr((*gr).gr_name) }
-                .to_string_lossy()
-                .into_owned()
-        };
-        return Ok((name, gid));
-    }
-    Err(SharedError::NoGroup(group.to_string()))
-}
-
-fn chown_group(path: &Path, gid: u32) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: a valid path string; uid -1 leaves the owner as it is.
-    let rc = unsafe { libc::lchown(c.as_ptr(), u32::MAX, gid) };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
+fn io_err(path: &Path) -> impl FnOnce(io::Error) -> SharedError + '_ {
+    move |source| SharedError::Io {
+        path: path.to_path_buf(),
+        source,
     }
 }
 
-/// Create (or convert) the cache at `root` with `settings`: layout, index, lock file,
-/// and, for a shared cache, group and modes on everything already there.
+/// What `init` found and did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    /// A new cache.
+    Created,
+    /// An existing cache, already what was asked for (group and modes re-applied where
+    /// they were off).
+    Unchanged,
+    /// A plain `init` on a shared cache: left exactly as it was.
+    AlreadyShared,
+    /// A private cache, now shared.
+    Converted,
+    /// A shared cache, now shared with another group.
+    Regrouped,
+}
+
+/// The result of [`init`].
+#[derive(Debug)]
+pub struct Initialised {
+    pub cache: Cache,
+    pub outcome: Outcome,
+    /// The settings the cache had before, when it existed.
+    pub previous: Option<Settings>,
+    /// How many paths had their group or mode changed.
+    pub changed: usize,
+}
+
+/// Create the cache at `root` with settings `want`, or bring an existing one to them (see
+/// the module documentation for what is refused).
 pub fn init(
     root: &Path,
-    settings: &Settings,
+    want: &Settings,
     lock: crate::lock::LockOptions,
-) -> Result<Cache, SharedError> {
-    let io = |path: &Path| {
-        let p = path.to_path_buf();
-        move |source| SharedError::Io { path: p, source }
+) -> Result<Initialised, SharedError> {
+    let previous = existing_cache(root)?;
+    let outcome = match (&previous, want.gid) {
+        (None, _) => Outcome::Created,
+        (Some(old), None) if old.shared => {
+            return Ok(Initialised {
+                cache: Cache::with_settings(root, lock, old.clone()),
+                outcome: Outcome::AlreadyShared,
+                previous,
+                changed: 0,
+            });
+        }
+        (Some(_), None) => Outcome::Unchanged,
+        (Some(old), Some(gid)) if old.shared && old.gid == Some(gid) => Outcome::Unchanged,
+        (Some(old), Some(_)) if old.shared => Outcome::Regrouped,
+        (Some(_), Some(_)) => Outcome::Converted,
     };
-    fs::create_dir_all(root).map_err(io(root))?;
-    let cache = Cache::with_settings(root, lock, settings.clone());
-    if let Some(gid) = settings.gid {
-        // Group first, so directories created below inherit it through setgid.
-        chown_group(root, gid).map_err(io(root))?;
-        fs::set_permissions(root, fs::Permissions::from_mode(settings.dir_mode))
-            .map_err(io(root))?;
+    // A plain `init` keeps an existing private cache's settings as they are.
+    let want = match (&previous, want.gid) {
+        (Some(old), None) => old,
+        _ => want,
+    };
+    if let Some(gid) = want.gid
+        && !group::may_use(gid)
+    {
+        return Err(SharedError::NotAMember {
+            group: want.group.clone().unwrap_or_else(|| gid.to_string()),
+            gid,
+        });
     }
-    cache.ensure_layout().map_err(|e| SharedError::Io {
-        path: root.to_path_buf(),
+    let new_root = !root.exists();
+    fs::create_dir_all(root).map_err(io_err(root))?;
+    if new_root && want.gid.is_none() {
+        // Its mode, not the umask's (a umask of 002 would leave it group-writable).
+        fs::set_permissions(root, fs::Permissions::from_mode(want.dir_mode))
+            .map_err(io_err(root))?;
+    }
+    // The directory itself, when `root` is a symlink to it (`/shared/containers` ->
+    // `/gpfs/...`): changes are made without following symlinks.
+    let root = &fs::canonicalize(root).map_err(io_err(root))?;
+    let cache = Cache::with_settings(root, lock, want.clone());
+    let regroup = |gid| -> Result<usize, SharedError> {
+        let what = describe(root, want, previous.as_ref(), outcome);
+        apply(&plan(&cache, gid, &what)?, gid)
+    };
+    let mut changed = 0;
+    // Group and modes first (the root's setgid bit before anything is created in it),
+    // then the layout, the index and the settings, then whatever those created.
+    if let Some(gid) = want.gid {
+        changed += regroup(gid)?;
+    }
+    let layout_err = |path: &Path, e: &dyn std::fmt::Display| SharedError::Io {
+        path: path.to_path_buf(),
         source: io::Error::other(e.to_string()),
-    })?;
-    settings.save(cache.v1()).map_err(io(cache.v1()))?;
-    // Create the index (and its lock file) now, with the cache's modes.
-    let w = cache.index().write().map_err(|e| SharedError::Io {
-        path: cache.index().db_path().to_path_buf(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    w.commit().map_err(|e| SharedError::Io {
-        path: cache.index().db_path().to_path_buf(),
-        source: io::Error::other(e.to_string()),
-    })?;
-    if let Some(gid) = settings.gid {
-        for entry in walk(root) {
-            let meta = fs::symlink_metadata(&entry).map_err(io(&entry))?;
-            if meta.file_type().is_symlink() {
-                continue;
-            }
-            if meta.gid() != gid {
-                chown_group(&entry, gid).map_err(io(&entry))?;
-            }
-            let want = if meta.is_dir() {
-                settings.dir_mode
-            } else if is_blob(&entry) {
-                crate::store::BLOB_MODE
-            } else if entry.starts_with(cache.v1().join("tmp"))
-                || entry.starts_with(cache.v1().join("quarantine"))
-            {
-                meta.permissions().mode() & 0o7777
-            } else {
-                settings.file_mode
-            };
-            if meta.permissions().mode() & 0o7777 != want {
-                fs::set_permissions(&entry, fs::Permissions::from_mode(want))
-                    .map_err(io(&entry))?;
-            }
+    };
+    cache.ensure_layout().map_err(|e| layout_err(root, &e))?;
+    let db = cache.index().db_path();
+    if !db.exists() {
+        let w = cache.index().write().map_err(|e| layout_err(db, &e))?;
+        w.commit().map_err(|e| layout_err(db, &e))?;
+    }
+    if previous.as_ref() != Some(want) {
+        want.save(cache.v1()).map_err(io_err(cache.v1()))?;
+    }
+    if let Some(gid) = want.gid {
+        changed += regroup(gid)?;
+    }
+    Ok(Initialised {
+        cache,
+        outcome,
+        previous,
+        changed,
+    })
+}
+
+/// What a refused `init --shared` was asked to do, for its message.
+fn describe(root: &Path, want: &Settings, previous: Option<&Settings>, outcome: Outcome) -> String {
+    let group = want.group.as_deref().unwrap_or("?");
+    let root = root.display();
+    match (outcome, previous.and_then(|p| p.group.as_deref())) {
+        (Outcome::Regrouped, Some(old)) => {
+            format!("give the cache at `{root}`, shared with group `{old}`, to group `{group}`")
+        }
+        (Outcome::Converted, _) => format!("share the cache at `{root}` with group `{group}`"),
+        _ => format!("apply group `{group}` and the shared modes to `{root}`"),
+    }
+}
+
+/// The settings of the cache at `root`; `None` when there is no cache yet (no such
+/// directory, or an empty one). Refuses a directory with other things in it.
+fn existing_cache(root: &Path) -> Result<Option<Settings>, SharedError> {
+    let meta = match fs::metadata(root) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io_err(root)(e)),
+    };
+    if !meta.is_dir() {
+        return Err(SharedError::NotADirectory(root.to_path_buf()));
+    }
+    let probe = Cache::with_settings(root, Default::default(), Settings::default());
+    let v1 = probe.v1();
+    let tagged = fs::read_to_string(root.join("CACHEDIR.TAG"))
+        .is_ok_and(|t| t.contains("created by sregistry"));
+    if tagged || probe.index().db_path().exists() || v1.join(settings::FILE).exists() {
+        return Ok(Some(Settings::load(v1)?));
+    }
+    for entry in fs::read_dir(root).map_err(io_err(root))? {
+        let entry = entry.map_err(io_err(root))?;
+        if !LEFT_ALONE.iter().any(|n| entry.file_name() == *n) {
+            return Err(SharedError::NotACache(root.to_path_buf()));
         }
     }
-    Ok(cache)
+    Ok(None)
 }
 
-fn is_blob(p: &Path) -> bool {
-    p.components().any(|c| c.as_os_str() == "blobs") && p.is_file()
+/// One path whose group or mode `init` changes, as it was when planned.
+#[derive(Debug)]
+struct Change {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    chgrp: bool,
+    mode: Option<u32>,
 }
 
-/// Every path under `root` (root included), directories before their contents.
+/// What must change for the cache's own entries to have group `gid` and the modes of
+/// its settings. Refuses (changing nothing) when a path to change belongs to another
+/// user and this process is not root.
+fn plan(cache: &Cache, gid: u32, action: &str) -> Result<Vec<Change>, SharedError> {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    let mut out = Vec::new();
+    for path in cache_paths(cache) {
+        let meta = match fs::symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_err(&path)(e)),
+        };
+        let Some(kind) = Kind::of(cache, &path, &meta) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        let target = kind.mode(cache.settings()).unwrap_or(mode);
+        let change = Change {
+            chgrp: meta.gid() != gid,
+            mode: (mode != target).then_some(target),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            path,
+        };
+        if !change.chgrp && change.mode.is_none() {
+            continue;
+        }
+        // A member could link a file of root's into the cache for root's `init` to open up.
+        if kind != Kind::Dir && meta.nlink() > 1 {
+            return Err(SharedError::HardLinked(change.path));
+        }
+        if euid != 0 && meta.uid() != euid {
+            return Err(SharedError::NotOwner {
+                action: action.to_string(),
+                path: change.path,
+                uid: meta.uid(),
+            });
+        }
+        out.push(change);
+    }
+    Ok(out)
+}
+
+/// Make the planned changes, each through a descriptor that does not follow a final
+/// symlink and is checked to be the planned file. A path removed or replaced since it
+/// was planned (by a member's `gc`, say) is skipped: whoever made its replacement gave it
+/// the cache's modes. Returns how many paths changed.
+fn apply(changes: &[Change], gid: u32) -> Result<usize, SharedError> {
+    let mut done = 0;
+    for c in changes {
+        let err = io_err(&c.path);
+        let file = match fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_PATH | libc::O_NOFOLLOW)
+            .open(&c.path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(err(e)),
+        };
+        let now = file.metadata().map_err(io_err(&c.path))?;
+        if (now.dev(), now.ino()) != (c.dev, c.ino) {
+            continue;
+        }
+        if c.chgrp {
+            // SAFETY: a valid descriptor and an empty path with AT_EMPTY_PATH; uid -1
+            // leaves the owner as it is.
+            let rc = unsafe {
+                libc::fchownat(
+                    file.as_raw_fd(),
+                    c"".as_ptr(),
+                    u32::MAX,
+                    gid,
+                    libc::AT_EMPTY_PATH,
+                )
+            };
+            if rc != 0 {
+                return Err(err(io::Error::last_os_error()));
+            }
+        }
+        if let Some(mode) = c.mode {
+            // An O_PATH descriptor cannot be fchmod-ed; its /proc link names the very file.
+            let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+            fs::set_permissions(&link, fs::Permissions::from_mode(mode)).map_err(|e| {
+                SharedError::Io {
+                    path: c.path.clone(),
+                    source: io::Error::new(e.kind(), format!("{e} (through `{link}`)")),
+                }
+            })?;
+        }
+        done += 1;
+    }
+    Ok(done)
+}
+
+/// What a path of the cache is, for the mode it should have.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Dir,
+    /// An image file under `blobs/`: always `0444`.
+    Blob,
+    /// A file in `tmp/` or `quarantine/`: its mode is its writer's business.
+    Staged,
+    /// The index, lock files, settings, `CACHEDIR.TAG`.
+    File,
+}
+
+impl Kind {
+    /// The kind of `path` (with metadata `meta`, not followed); `None` for symlinks and
+    /// special files, which sregistry never makes and `init` leaves alone.
+    pub fn of(cache: &Cache, path: &Path, meta: &fs::Metadata) -> Option<Kind> {
+        let t = meta.file_type();
+        Some(if t.is_dir() {
+            Kind::Dir
+        } else if !t.is_file() {
+            return None;
+        } else if path.starts_with(cache.store().blobs_dir()) {
+            Kind::Blob
+        } else if path.starts_with(cache.store().tmp_dir())
+            || path.starts_with(cache.v1().join("quarantine"))
+        {
+            Kind::Staged
+        } else {
+            Kind::File
+        })
+    }
+
+    /// The mode `init` gives this kind of path under `settings` (`None`: left as it is).
+    pub fn mode(self, settings: &Settings) -> Option<u32> {
+        match self {
+            Kind::Dir => Some(settings.dir_mode),
+            Kind::Blob => Some(crate::store::BLOB_MODE),
+            Kind::Staged => None,
+            Kind::File => Some(settings.file_mode),
+        }
+    }
+
+    /// What is wrong with `mode` and group `gid` for this kind of path under `settings`:
+    /// a bit the cache needs is missing (the group's, for a shared cache; the owner's), a
+    /// bit the settings do not give is there (group-write on a private cache's
+    /// directories, anyone-write, setuid, sticky), or the group is not the cache's.
+    /// `None` when they fit.
+    pub fn problem(self, settings: &Settings, mode: u32, gid: u32) -> Option<String> {
+        let target = self.mode(settings)?;
+        let (need, forbid) = match self {
+            // A setgid bit alone is harmless (a private cache made in a setgid project
+            // directory inherits it); group-write without the settings asking is not.
+            Kind::Dir => ((target & 0o2070) | 0o700, 0o5022 & !target),
+            Kind::File => ((target & 0o060) | 0o600, 0o7002 & !target),
+            _ => (target, !target & 0o7777),
+        };
+        let group = settings.gid.filter(|_| settings.shared);
+        let off = mode & need != need || mode & forbid != 0 || group.is_some_and(|g| g != gid);
+        off.then(|| match group {
+            Some(g) => format!("{mode:o}, gid {gid} (want {target:o}, gid {g})"),
+            None => format!("{mode:o} (want {target:o})"),
+        })
+    }
+}
+
+/// The cache's own entries: the root, `CACHEDIR.TAG` and everything under `v1/`,
+/// directories before their contents (some may not exist). Nothing else a cache's root
+/// directory may hold (`lost+found`) belongs to the cache.
+pub fn cache_paths(cache: &Cache) -> Vec<PathBuf> {
+    let mut out = vec![
+        cache.root().to_path_buf(),
+        cache.root().join("CACHEDIR.TAG"),
+    ];
+    out.extend(walk(cache.v1()));
+    out
+}
+
+/// Mode and group of the cache's `v1/` when it is laid out for a group (setgid and
+/// group-writable), whatever the settings say; `None` otherwise.
+pub fn laid_out_for_a_group(cache: &Cache) -> Option<(u32, u32)> {
+    let meta = fs::metadata(cache.v1()).ok()?;
+    let mode = meta.permissions().mode() & 0o7777;
+    (mode & 0o2020 == 0o2020).then_some((mode, meta.gid()))
+}
+
+/// Every path under `root` (root included), directories before their contents; symlinks
+/// are listed, not followed.
 pub fn walk(root: &Path) -> Vec<PathBuf> {
     let mut out = vec![root.to_path_buf()];
     let mut i = 0;

@@ -373,8 +373,12 @@ impl Store {
         }
     }
 
-    /// Create the directories of the store with the configured mode.
+    /// Create the directories of the store with the configured mode (`blobs/` too, which
+    /// `create_dir_all` of `blobs/blake3` would leave at the umask's mode).
     pub fn create_dirs(&self) -> io::Result<()> {
+        if let Some(blobs) = self.blobs.parent() {
+            self.make_dir(blobs)?;
+        }
         self.make_dir(&self.blobs)?;
         self.make_dir(&self.tmp)
     }

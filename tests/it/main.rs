@@ -15,5 +15,6 @@ mod registry;
 mod remote;
 mod remote_faults;
 mod shared;
+mod shared_init;
 mod uses;
 mod verify;

@@ -280,3 +280,38 @@ fn a_move_refused_by_a_pin_keeps_the_file() {
     );
     assert_eq!(env.snapshot(), before, "a refused move changed the cache");
 }
+
+/// In a shared cache, `--move` of a file of another group copies it, so the blob has the
+/// cache's group and every member can read and collect it; the user's file is not
+/// re-grouped.
+#[test]
+fn a_move_into_a_shared_cache_gives_the_blob_the_cache_group() {
+    if skip_unless_root(
+        "a_move_into_a_shared_cache_gives_the_blob_the_cache_group",
+        "creates a group",
+    ) {
+        return;
+    }
+    let (env, _bin, cache) = crate::shared::shared_cache_for_the_users();
+    let want = fs::metadata(cache.join("v1")).unwrap().gid();
+    let f = env.file("root-owned.img", b"made by root, group root");
+    assert_ne!(fs::metadata(&f).unwrap().gid(), want);
+    let blob = stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&f)
+            .args(["--move", "--name", "lab/r:1"]),
+    );
+    assert_eq!(
+        fs::metadata(&blob).unwrap().gid(),
+        want,
+        "the blob kept the file's group"
+    );
+    assert!(!f.exists());
+    let out = env.cmd().arg("doctor").output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}

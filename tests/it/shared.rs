@@ -8,11 +8,11 @@ use std::process::Command;
 
 use crate::common::*;
 
-const GROUP: &str = "sregtest";
-const USERS: [&str; 2] = ["sregtest-alice", "sregtest-bob"];
+pub(crate) const GROUP: &str = "sregtest";
+pub(crate) const USERS: [&str; 2] = ["sregtest-alice", "sregtest-bob"];
 
 /// Create the group and the two users once (idempotent).
-fn ensure_users() {
+pub(crate) fn ensure_users() {
     let _ = Command::new("groupadd").arg(GROUP).output();
     for u in USERS {
         let _ = Command::new("useradd")
@@ -28,7 +28,7 @@ fn ensure_users() {
 }
 
 /// A copy of the binary every user can execute, in a directory every user can enter.
-fn public_binary(dir: &Path) -> PathBuf {
+pub(crate) fn public_binary(dir: &Path) -> PathBuf {
     let bin = dir.join("sregistry");
     fs::copy(env!("CARGO_BIN_EXE_sregistry"), &bin).unwrap();
     fs::set_permissions(&bin, fs::Permissions::from_mode(0o755)).unwrap();
@@ -36,7 +36,7 @@ fn public_binary(dir: &Path) -> PathBuf {
 }
 
 /// Run the binary as `user` with umask 077.
-fn as_user(user: &str, bin: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
+pub(crate) fn as_user(user: &str, bin: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
     Command::new("setpriv")
         .args(["--reuid", user, "--regid", "users", "--init-groups", "--"])
         .args(["sh", "-c", "umask 077; exec \"$0\" \"$@\""])
@@ -48,7 +48,7 @@ fn as_user(user: &str, bin: &Path, cache: &Path, args: &[&str]) -> std::process:
         .unwrap()
 }
 
-fn ok(out: std::process::Output) -> String {
+pub(crate) fn ok(out: std::process::Output) -> String {
     assert!(
         out.status.success(),
         "failed: {}",
@@ -59,7 +59,7 @@ fn ok(out: std::process::Output) -> String {
 
 /// The test users, a binary they can run, and a cache made by `init --shared` for their
 /// group, in a directory everyone can enter.
-fn shared_cache_for_the_users() -> (Env, PathBuf, PathBuf) {
+pub(crate) fn shared_cache_for_the_users() -> (Env, PathBuf, PathBuf) {
     ensure_users();
     let env = Env::new();
     fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -81,7 +81,12 @@ fn shared_cache_for_the_users() -> (Env, PathBuf, PathBuf) {
 
 /// The first user adds a world-readable file as `lab/tool:1`; returns the input file and
 /// the cached path.
-fn alice_adds_lab_tool(env: &Env, bin: &Path, cache: &Path, content: &[u8]) -> (PathBuf, String) {
+pub(crate) fn alice_adds_lab_tool(
+    env: &Env,
+    bin: &Path,
+    cache: &Path,
+    content: &[u8],
+) -> (PathBuf, String) {
     let input = env.file("tool.img", content);
     fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
     let path = ok(as_user(
