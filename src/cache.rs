@@ -9,7 +9,25 @@
 //! | `add`            | exclusive, milliseconds | copy and hash into `tmp/` before it |
 //! | `tag`, `pin`     | exclusive  |                                          |
 //! | `rm`             | exclusive  | unlink of blobs moved aside under the lock |
-//! | last-use update  | exclusive, only if free at once and the stored time is older than 10 min | |
+//! | last-use update  | shared (the `get`'s own), then exclusive only if free within 50 ms | the use marker, written under the shared lock |
+//! | `add --move`     | exclusive, milliseconds | hard link and hash before it; the user's path unlinked after the commit |
+//!
+//! # A `get` that printed a path has made its use count
+//!
+//! When the index's last use of a name is older than 10 minutes, `get` writes the time
+//! into the name's use marker ([`crate::uses`]) **before it releases its shared lock**,
+//! then tries to fold it into the index without waiting. gc, under the exclusive lock,
+//! counts every marker; so no gc can evict a name between a `get`'s lookup and the
+//! record of its use, however busy the lock is, and no `get` waits for a writer to
+//! record it.
+//!
+//! # `add --move` never loses or shares the user's file
+//!
+//! The file is hard-linked into `tmp/` (never renamed away) and its path is unlinked only
+//! after the name is committed: a failure or a kill at any instant leaves it at its path.
+//! Its inode is handed over only when nobody else can write it (`MoveClaim`); otherwise
+//! it is copied. A kill before the commit may leave it read-only (mode 0444), never
+//! changed; a failure gives its mode back.
 //!
 //! # Invariants kept here
 //!
