@@ -7,6 +7,7 @@
 //! what it means for locks across nodes; free space; the index's integrity; leftovers in
 //! `tmp/` and `quarantine/`.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -14,7 +15,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError};
+use crate::digest::Digest;
+use crate::index::{IndexError, Rebuilt};
 use crate::lock;
 use crate::shared;
 
@@ -237,37 +240,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     }
 
     // Index.
-    let index = cache.index().db_path().display().to_string();
-    let health = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let stats = cache.index().read()?.stats()?;
-        let intact = cache.index().check_integrity()?;
-        Ok::<_, crate::index::IndexError>((stats, intact))
-    }));
-    out.push(match health {
-        Ok(Ok((s, true))) => check(
-            "index",
-            Pass,
-            format!(
-                "`{index}`: {} names, {} blobs, schema {}",
-                s.names, s.blobs, s.schema_version
-            ),
-        ),
-        Ok(Ok((_, false))) => check(
-            "index",
-            Warn,
-            format!("`{index}` had damage that redb repaired; run `sregistry verify`"),
-        ),
-        Ok(Err(e)) => check(
-            "index",
-            Fail,
-            format!("{e}; if it cannot be read, move it aside and re-add the images"),
-        ),
-        Err(_) => check(
-            "index",
-            Fail,
-            format!("`{index}` is damaged beyond reading; move it aside and re-add the images"),
-        ),
-    });
+    out.push(index_check(cache));
 
     // Leftovers.
     let tmp = cache.store().scan_tmp().unwrap_or_default();
@@ -303,4 +276,74 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         )
     });
     out
+}
+
+/// The index's health: readable by this build, changeable by it, every page intact.
+fn index_check(cache: &Cache) -> Check {
+    use Status::*;
+    let index = cache.index().db_path().display().to_string();
+    let health = (|| {
+        let rd = cache.index().read()?;
+        let stats = rd.stats()?;
+        // Read every record too: damage may sit in a page the counts do not touch.
+        rd.all()?;
+        rd.blobs()?;
+        rd.check_writable()?;
+        drop(rd);
+        let intact = cache.index().check_integrity()?;
+        Ok::<_, IndexError>((stats, intact))
+    })();
+    match health {
+        Ok((s, true)) => check(
+            "index",
+            Pass,
+            format!(
+                "`{index}`: {} names, {} blobs, schema {}",
+                s.names, s.blobs, s.schema_version
+            ),
+        ),
+        Ok((_, false)) => check(
+            "index",
+            Warn,
+            format!(
+                "`{index}` had damage that redb repaired; run `sregistry verify`, and \
+                 `sregistry doctor --repair-index` if a name is missing"
+            ),
+        ),
+        Err(e) => check("index", Fail, e.to_string()),
+    }
+}
+
+/// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]).
+/// An index that reads whole is left alone (`Ok(None)`).
+///
+/// [`Index::rebuild`]: crate::index::Index::rebuild
+pub fn repair_index(cache: &Cache) -> Result<Option<Rebuilt>, CacheError> {
+    let index = cache.index();
+    let damage = (|| {
+        let rd = index.read()?;
+        rd.all()?;
+        rd.blobs()?;
+        drop(rd);
+        // A writer's checks (the journal in step with the index) without a change.
+        drop(index.write()?);
+        index.check_integrity()
+    })();
+    match damage {
+        Ok(true) => return Ok(None),
+        Ok(false) => {}
+        Err(e) if e.needs_repair() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let store = cache.store();
+    let on_disk: HashMap<Digest, u64> = store
+        .scan()
+        .map_err(|source| CacheError::Remove {
+            path: store.blobs_dir().to_path_buf(),
+            source,
+        })?
+        .into_iter()
+        .filter_map(|f| f.digest.map(|d| (d, f.size)))
+        .collect();
+    Ok(Some(index.rebuild(&on_disk)?))
 }
