@@ -115,8 +115,9 @@ fn fresh_copy(cache: &Path, to: &Path) {
     run(StdCommand::new("cp").arg("-al").arg(cache).arg(to));
     for f in ["index.redb", "index.journal"] {
         let p = to.join("v1").join(f);
-        fs::remove_file(&p).unwrap();
-        fs::copy(cache.join("v1").join(f), &p).unwrap();
+        if fs::remove_file(&p).is_ok() {
+            fs::copy(cache.join("v1").join(f), &p).unwrap();
+        }
     }
 }
 
