@@ -1440,6 +1440,7 @@ impl IndexWriter {
                 ..Line::default()
             };
             journal::append(&self.journal, &line, self.torn.get()).map_err(self.journal_err())?;
+            crate::testhook::pause("index-journalled");
         }
         let (txn, db) = (self.txn.take(), self.db.take());
         let committed = guarded(&self.poisoned, &self.path, || {

@@ -3,8 +3,9 @@
 
 use std::collections::BTreeSet;
 use std::fs;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::Command as StdCommand;
+use std::process::{Command as StdCommand, Stdio};
 
 use crate::common::{Env, assert_fails, run, stdout_of};
 
@@ -476,4 +477,79 @@ fn an_older_build_refuses_an_index_it_cannot_read_and_doctor_says_which_it_needs
     let after = env.snapshot();
     let index = env.cache.join("v1/index.redb");
     assert_eq!(after.get(&index), before.get(&index), "the index changed");
+}
+
+/// `doctor --repair-index` on a cache whose index was deleted; the names and pins after it
+/// are those before.
+fn rebuilt_equals_before(env: &Env) {
+    let before = names_of(env, &env.cache);
+    fs::remove_file(env.cache.join("v1/index.redb")).unwrap();
+    stdout_of(env.cmd().args(["doctor", "--repair-index"]));
+    assert_eq!(names_of(env, &env.cache), before);
+}
+
+/// Danger: concurrent writers from many processes interleave or lose journal lines, so a
+/// rebuild brings back another set of names than the index had.
+#[test]
+fn the_journal_of_many_concurrent_writers_rebuilds_the_same_names_and_pins() {
+    let env = Env::new();
+    cache_with(&env, 6);
+    let mut children = Vec::new();
+    for i in 0..24 {
+        let f = env.file(&format!("c{i}"), format!("concurrent {i}\n").as_bytes());
+        let name = format!("lab/c{i}:1");
+        let mut c = env.std_cmd();
+        match i % 4 {
+            0 | 1 => c.arg("add").arg(&f).args(["--name", &name]),
+            2 => c.args(["pin", &format!("lab/img{}:1", i % 6)]),
+            _ => c.args(["rm", &format!("lab/img{}:1", i % 6)]),
+        };
+        children.push(
+            c.stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+    }
+    for mut c in children {
+        c.wait().unwrap();
+    }
+    rebuilt_equals_before(&env);
+}
+
+/// Danger: a writer killed after its journal line but before its commit leaves a name
+/// in the journal that was never added; a rebuild must not bring it back.
+#[test]
+fn a_writer_killed_between_journal_and_commit_leaves_no_name_behind() {
+    let env = Env::new();
+    cache_with(&env, 3);
+    let f = env.file("ghost", b"never committed\n");
+    let mut c = env
+        .std_cmd()
+        .env("SREGISTRY_TEST_PAUSE", "index-journalled")
+        .arg("add")
+        .arg(&f)
+        .args(["--name", "lab/ghost:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(c.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim_end(), "paused at index-journalled");
+    c.kill().unwrap();
+    c.wait().unwrap();
+    let journal = fs::read_to_string(env.cache.join("v1/index.journal")).unwrap();
+    assert!(
+        journal.contains("lab/ghost:1"),
+        "the kill did not land after the append"
+    );
+    assert!(!env.names().contains(&"lab/ghost:1".to_string()));
+    // The next writer finds the index one behind the journal and voids that line.
+    let g = env.file("after", b"after\n");
+    stdout_of(env.cmd().arg("add").arg(&g).args(["--name", "lab/after:1"]));
+    rebuilt_equals_before(&env);
+    assert!(!env.names().contains(&"lab/ghost:1".to_string()));
 }
