@@ -17,7 +17,7 @@ use serde::Serialize;
 
 use crate::cache::{Cache, CacheError};
 use crate::digest::Digest;
-use crate::index::{IndexError, Rebuilt};
+use crate::index::{IndexError, JournalStatus, Rebuilt};
 use crate::lock;
 use crate::shared;
 
@@ -240,7 +240,12 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     }
 
     // Index.
-    out.push(index_check(cache));
+    let index = index_check(cache);
+    let readable = index.status != Status::Fail;
+    out.push(index);
+    if readable {
+        out.push(journal_check(cache));
+    }
 
     // Leftovers.
     let tmp = cache.store().scan_tmp().unwrap_or_default();
@@ -314,24 +319,40 @@ fn index_check(cache: &Cache) -> Check {
     }
 }
 
-/// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]).
-/// An index that reads whole is left alone (`Ok(None)`).
+/// What `doctor --repair-index` did.
+#[derive(Clone, Debug)]
+pub enum Repaired {
+    /// The index and its journal were whole: nothing.
+    Nothing,
+    /// The index was whole, its journal would not have rebuilt it: rewritten from it.
+    Journal,
+    /// The index was damaged: rebuilt from the journal.
+    Index(Rebuilt),
+}
+
+/// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]);
+/// for an intact index, rewrite a journal that would not rebuild it.
 ///
 /// [`Index::rebuild`]: crate::index::Index::rebuild
-pub fn repair_index(cache: &Cache) -> Result<Option<Rebuilt>, CacheError> {
+pub fn repair_index(cache: &Cache) -> Result<Repaired, CacheError> {
     let index = cache.index();
     let damage = (|| {
         let rd = index.read()?;
         rd.all()?;
         rd.blobs()?;
         drop(rd);
+        let journal = index.journal_status()?;
         // A writer's checks (the journal in step with the index) without a change.
         drop(index.write()?);
-        index.check_integrity()
+        Ok::<_, IndexError>((index.check_integrity()?, journal))
     })();
     match damage {
-        Ok(true) => return Ok(None),
-        Ok(false) => {}
+        Ok((true, JournalStatus::InStep { .. })) => return Ok(Repaired::Nothing),
+        Ok((true, _)) => {
+            index.rewrite_journal()?;
+            return Ok(Repaired::Journal);
+        }
+        Ok((false, _)) => {}
         Err(e) if e.needs_repair() => {}
         Err(e) => return Err(e.into()),
     }
@@ -345,5 +366,41 @@ pub fn repair_index(cache: &Cache) -> Result<Option<Rebuilt>, CacheError> {
         .into_iter()
         .filter_map(|f| f.digest.map(|d| (d, f.size)))
         .collect();
-    Ok(Some(index.rebuild(&on_disk)?))
+    Ok(Repaired::Index(index.rebuild(&on_disk)?))
+}
+
+/// Whether the journal would rebuild this index (see [`crate::index`]).
+fn journal_check(cache: &Cache) -> Check {
+    use Status::*;
+    let journal = cache.index().journal_path().display().to_string();
+    match cache.index().journal_status() {
+        Ok(JournalStatus::InStep { names, lines }) => check(
+            "journal",
+            Pass,
+            format!("`{journal}`: {lines} line(s), would rebuild all {names} names"),
+        ),
+        Ok(JournalStatus::Missing) => check(
+            "journal",
+            Warn,
+            format!(
+                "`{journal}` does not exist yet, so a damaged index could not be rebuilt; run `sregistry doctor --repair-index` (or any `add`) to start it"
+            ),
+        ),
+        Ok(JournalStatus::Unreadable(e)) => check(
+            "journal",
+            Warn,
+            format!("{e}; run `sregistry doctor --repair-index` to rewrite it from the index"),
+        ),
+        Ok(JournalStatus::Differs(names)) => check(
+            "journal",
+            Warn,
+            format!(
+                "`{journal}` would not rebuild {} name(s) as the index has them ({}); run `sregistry doctor --repair-index` to rewrite it from the index",
+                names.len(),
+                names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Err(e) if e.needs_repair() => check("journal", Fail, e.to_string()),
+        Err(e) => check("journal", Warn, e.to_string()),
+    }
 }

@@ -755,6 +755,77 @@ impl Index {
     }
 }
 
+/// How the journal compares with the index ([`Index::journal_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalStatus {
+    /// It would rebuild exactly the names, records and pins of the index.
+    InStep { names: u64, lines: u64 },
+    /// There is none yet (a cache not written since it was upgraded to the journal).
+    Missing,
+    /// It cannot be replayed.
+    Unreadable(String),
+    /// It would rebuild something else: the names that differ.
+    Differs(Vec<String>),
+}
+
+impl Index {
+    /// Replace the journal with a snapshot of the index (`doctor --repair-index` on an
+    /// intact index whose journal would not rebuild it).
+    pub fn rewrite_journal(&self) -> Result<(), IndexError> {
+        let w = self.write()?;
+        w.guard(|| w.snapshot())?;
+        w.commit()
+    }
+
+    /// Replay the journal and compare it with the index, under the shared lock (`doctor`).
+    pub fn journal_status(&self) -> Result<JournalStatus, IndexError> {
+        let rd = self.read()?;
+        let all = rd.all()?;
+        let seq = rd.guard(|| match rd.table(META)? {
+            Some(t) => get_u64_in(&t, "journal_seq", &rd.path),
+            None => Ok(None),
+        })?;
+        let replayed = match journal::replay(&self.journal_path) {
+            Ok(r) => r,
+            Err(journal::ReplayError::Missing { .. }) => return Ok(JournalStatus::Missing),
+            Err(e) => return Ok(JournalStatus::Unreadable(e.to_string())),
+        };
+        drop(rd);
+        if replayed.seq > seq.unwrap_or(0) + 1 {
+            // The journal holds changes the index never saw: it is the newer of the two.
+            return Err(self.behind_journal());
+        }
+        let lines = std::fs::read(&self.journal_path)
+            .map(|t| t.iter().filter(|&&b| b == b'\n').count() as u64)
+            .unwrap_or(0);
+        let state = replayed.state;
+        let mut differ: Vec<String> = all
+            .iter()
+            .filter(|n| {
+                state.refs.get(&n.name) != Some(&n.record)
+                    || state.pins.contains_key(&n.name) != n.pinned
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        let indexed: HashSet<&str> = all.iter().map(|n| n.name.as_str()).collect();
+        differ.extend(
+            state
+                .refs
+                .keys()
+                .filter(|k| !indexed.contains(k.as_str()))
+                .cloned(),
+        );
+        if differ.is_empty() {
+            Ok(JournalStatus::InStep {
+                names: all.len() as u64,
+                lines,
+            })
+        } else {
+            Ok(JournalStatus::Differs(differ))
+        }
+    }
+}
+
 /// Record this build's schema, its compatibility levels and version in a transaction.
 fn stamp_schema(txn: &WriteTransaction) -> Result<(), redb::Error> {
     let (read, write) = compat_of(SCHEMA_VERSION);
@@ -1984,6 +2055,10 @@ mod tests {
     fn a_journal_that_lost_its_tail_is_replaced_by_a_snapshot() {
         let (_dir, idx) = fresh_index();
         put_names(&idx, 0..3);
+        assert_eq!(
+            idx.journal_status().unwrap(),
+            JournalStatus::InStep { names: 3, lines: 4 }
+        );
         // Cut the last line off, as a lost write-back would.
         let text = std::fs::read_to_string(idx.journal_path()).unwrap();
         let cut = text.trim_end().rfind('\n').unwrap() + 1;
@@ -2005,6 +2080,10 @@ mod tests {
         assert!(matches!(
             idx.write().err(),
             Some(IndexError::BehindJournal { .. })
+        ));
+        assert!(matches!(
+            idx.journal_status(),
+            Err(IndexError::BehindJournal { .. })
         ));
         let r = idx.rebuild(&HashMap::new()).unwrap();
         assert_eq!(r.names, 5);

@@ -5,7 +5,7 @@ use anyhow::Result;
 
 use super::{Ctx, output};
 use crate::cli::DoctorArgs;
-use crate::doctor::{self, Status};
+use crate::doctor::{self, Repaired, Status};
 use crate::exit::{ExitStatus, Reported};
 
 pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
@@ -42,24 +42,34 @@ pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
 fn repair(ctx: &Ctx) -> Result<()> {
     let index = ctx.cache.index();
     let db = index.db_path().display();
-    let Some(r) = doctor::repair_index(&ctx.cache)? else {
-        if ctx.json {
-            output::json(&serde_json::json!({ "repaired": false }))?;
-        } else {
-            output::line(format!("`{db}` is not damaged; nothing to repair"))?;
+    let journal = index.journal_path().display();
+    let r = match doctor::repair_index(&ctx.cache)? {
+        Repaired::Index(r) => r,
+        Repaired::Nothing => {
+            if ctx.json {
+                output::json(&serde_json::json!({ "repaired": "nothing" }))?;
+            } else {
+                output::line(format!("`{db}` is not damaged; nothing to repair"))?;
+            }
+            return Ok(());
         }
-        return Ok(());
+        Repaired::Journal => {
+            if ctx.json {
+                output::json(&serde_json::json!({ "repaired": "journal" }))?;
+            } else {
+                output::line(format!(
+                    "`{db}` is not damaged; its journal `{journal}` was rewritten from it"
+                ))?;
+            }
+            return Ok(());
+        }
     };
     if ctx.json {
-        output::json(&serde_json::json!({ "repaired": true, "rebuilt": r }))?;
+        output::json(&serde_json::json!({ "repaired": "index", "rebuilt": r }))?;
     } else {
         output::line(format!(
-            "rebuilt `{db}` from `{}`: {} names, {} blobs, {} pins ({} transactions replayed)",
-            index.journal_path().display(),
-            r.names,
-            r.blobs,
-            r.pins,
-            r.replayed
+            "rebuilt `{db}` from `{journal}`: {} names, {} blobs, {} pins ({} transactions replayed)",
+            r.names, r.blobs, r.pins, r.replayed
         ))?;
         if let Some(aside) = &r.moved_aside {
             output::line(format!(

@@ -553,3 +553,40 @@ fn a_writer_killed_between_journal_and_commit_leaves_no_name_behind() {
     rebuilt_equals_before(&env);
     assert!(!env.names().contains(&"lab/ghost:1".to_string()));
 }
+
+/// Danger: the journal itself is lost or damaged while the index is fine, nobody notices,
+/// and the next damage to the index finds no way back.
+#[test]
+fn doctor_notices_a_journal_that_would_not_rebuild_the_index_and_repair_rewrites_it() {
+    let env = Env::new();
+    cache_with(&env, 4);
+    let journal = env.cache.join("v1/index.journal");
+    let text = fs::read_to_string(&journal).unwrap();
+    let broken: [(&str, String); 2] = [
+        ("missing", String::new()),
+        (
+            "snapshot damaged",
+            text.replacen("lab/img0:1", "lab/imgX:1", 1),
+        ),
+    ];
+    for (what, content) in broken {
+        if content.is_empty() {
+            fs::remove_file(&journal).unwrap();
+        } else {
+            fs::write(&journal, &content).unwrap();
+        }
+        let doctor = env.cmd().arg("doctor").output().unwrap();
+        let report = String::from_utf8_lossy(&doctor.stdout).to_string();
+        let line = report
+            .lines()
+            .find(|l| l.contains(" journal "))
+            .unwrap_or_else(|| panic!("{what}: no journal check: {report}"));
+        assert!(line.starts_with("warn"), "{what}: {line}");
+        assert!(line.contains("--repair-index"), "{what}: {line}");
+        let out = stdout_of(env.cmd().args(["doctor", "--repair-index"]));
+        assert!(out.contains("was rewritten"), "{what}: {out}");
+        let report = stdout_of(env.cmd().arg("doctor"));
+        assert!(report.contains("ok   journal"), "{what}: {report}");
+        rebuilt_equals_before(&env);
+    }
+}
