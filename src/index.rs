@@ -698,9 +698,19 @@ impl Index {
             }
         }
         if self.db_path.exists() {
-            let aside = self
-                .db_path
-                .with_file_name(format!("index.redb.damaged-{now}"));
+            // A name no earlier repair used: a damaged index is kept, never replaced.
+            let aside = (0..)
+                .map(|n| {
+                    let suffix = if n == 0 {
+                        String::new()
+                    } else {
+                        format!(".{n}")
+                    };
+                    self.db_path
+                        .with_file_name(format!("index.redb.damaged-{now}{suffix}"))
+                })
+                .find(|p| !p.exists())
+                .unwrap_or_default();
             std::fs::rename(&self.db_path, &aside).map_err(|e| {
                 rebuild_err(format!(
                     "cannot move it aside to `{}`: {e}",
@@ -2085,7 +2095,21 @@ mod tests {
             idx.journal_status(),
             Err(IndexError::BehindJournal { .. })
         ));
+        // An earlier repair's damaged index, in this very second (or the next two).
+        let now = crate::clock::now();
+        let earlier: Vec<PathBuf> = (now..now + 3)
+            .map(|t| {
+                idx.db_path()
+                    .with_file_name(format!("index.redb.damaged-{t}"))
+            })
+            .collect();
+        for p in &earlier {
+            std::fs::write(p, b"kept").unwrap();
+        }
         let r = idx.rebuild(&HashMap::new()).unwrap();
+        let aside = r.moved_aside.clone().unwrap();
+        assert!(!earlier.contains(&aside), "{aside:?}");
+        assert!(earlier.iter().all(|p| std::fs::read(p).unwrap() == b"kept"));
         assert_eq!(r.names, 5);
         assert_eq!(r.missing_blobs.len(), 5);
         assert_eq!(names(&idx).len(), 5);
