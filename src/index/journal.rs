@@ -156,6 +156,10 @@ pub enum ReplayError {
     Missing { path: PathBuf },
     #[error("`{path}` does not start with a snapshot line (line 1 is damaged or missing)")]
     NoSnapshot { path: PathBuf },
+    #[error(
+        "`{path}` is in journal format {format}, which this sregistry (format {FORMAT}) does not know; repair with a newer sregistry"
+    )]
+    Newer { path: PathBuf, format: u32 },
     #[error("cannot read `{path}`: {source}")]
     Io { path: PathBuf, source: io::Error },
 }
@@ -208,6 +212,12 @@ pub fn replay(path: &Path) -> Result<Replayed, ReplayError> {
             path: path.to_path_buf(),
         });
     };
+    if let Some(format) = snapshot.journal.filter(|f| *f > FORMAT) {
+        return Err(ReplayError::Newer {
+            path: path.to_path_buf(),
+            format,
+        });
+    }
     out.seq = snapshot.seq;
     for op in &snapshot.ops {
         out.state.apply(op);
@@ -383,6 +393,17 @@ mod tests {
         assert_eq!(r.voided, 1);
         let names: Vec<&String> = r.state.refs.keys().collect();
         assert_eq!(names, vec!["lab/t2:1"]);
+    }
+
+    #[test]
+    fn a_journal_in_a_newer_format_is_refused_not_half_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index.journal");
+        std::fs::write(&p, b"{\"journal\":2,\"seq\":0}\n").unwrap();
+        assert!(matches!(
+            replay(&p),
+            Err(ReplayError::Newer { format: 2, .. })
+        ));
     }
 
     #[test]
