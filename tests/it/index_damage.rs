@@ -590,3 +590,31 @@ fn doctor_notices_a_journal_that_would_not_rebuild_the_index_and_repair_rewrites
         rebuilt_equals_before(&env);
     }
 }
+
+/// Danger: a rebuild hides that a name's image file is gone (deleted by hand while the
+/// index was damaged): it must name it and exit 4, and keep the name for `verify` and `rm`.
+#[test]
+fn a_repair_names_what_lost_its_image_and_exits_4() {
+    let env = Env::new();
+    let names = cache_with(&env, 3);
+    let victim = &names[2];
+    let digest = sregistry::Digest::of(&victim.1).hex();
+    let blob = env
+        .cache
+        .join(format!("v1/blobs/blake3/{}/{digest}", &digest[..2]));
+    fs::remove_file(&blob).unwrap();
+    damaging_page(&env);
+    let out = env
+        .cmd()
+        .args(["doctor", "--repair-index"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(
+        text.contains("1 name(s) point at an image file that is missing: lab/img2:1"),
+        "{text}"
+    );
+    assert_eq!(env.names().len(), 3);
+    assert_fails(env.cmd().args(["get", &victim.0]), 1, "lab/img2:1");
+}
