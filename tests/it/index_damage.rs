@@ -235,11 +235,13 @@ fn every_damaged_page_of_a_one_name_index_is_met_cleanly_and_repaired() {
     every_page_of_a_cache_of(1);
 }
 
+/// The same danger on an index whose tables span several pages each.
 #[test]
 fn every_damaged_page_of_a_40_name_index_is_met_cleanly_and_repaired() {
     every_page_of_a_cache_of(40);
 }
 
+/// The same danger on an index with branch pages above its leaves.
 #[test]
 fn every_damaged_page_of_a_200_name_index_is_met_cleanly_and_repaired() {
     every_page_of_a_cache_of(200);
