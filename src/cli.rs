@@ -432,8 +432,17 @@ pub struct InitArgs {
 ///
 /// Says which filesystem the cache is on (NFS, Lustre, GPFS are recognised) and what that
 /// means for locking across nodes. Exits 4 with the list of problems if any check fails.
+///
+/// With --repair-index, rebuilds a damaged index from its journal (`v1/index.journal`)
+/// instead: every name, blob record and pin comes back, no image is lost, and the damaged
+/// index is kept beside it as `index.redb.damaged-<time>`. An index that is not damaged
+/// is left alone.
 #[derive(Debug, Args)]
-pub struct DoctorArgs {}
+pub struct DoctorArgs {
+    /// Rebuild a damaged index from its journal, then exit
+    #[arg(long)]
+    pub repair_index: bool,
+}
 
 fn parse_size(s: &str) -> Result<u64, String> {
     crate::units::parse_size(s).map_err(|e| e.to_string())

@@ -10,6 +10,7 @@
 //! what it means for locks across nodes; free space; the index's integrity; leftovers in
 //! `tmp/` and `quarantine/`.
 
+use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -17,7 +18,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cache::Cache;
+use crate::cache::{Cache, CacheError};
+use crate::digest::Digest;
+use crate::index::{IndexError, JournalStatus, Rebuilt};
 use crate::lock;
 use crate::shared;
 
@@ -239,37 +242,12 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     }
 
     // Index.
-    let index = cache.index().db_path().display().to_string();
-    let health = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let stats = cache.index().read()?.stats()?;
-        let intact = cache.index().check_integrity()?;
-        Ok::<_, crate::index::IndexError>((stats, intact))
-    }));
-    out.push(match health {
-        Ok(Ok((s, true))) => check(
-            "index",
-            Pass,
-            format!(
-                "`{index}`: {} names, {} blobs, schema {}",
-                s.names, s.blobs, s.schema_version
-            ),
-        ),
-        Ok(Ok((_, false))) => check(
-            "index",
-            Warn,
-            format!("`{index}` had damage that redb repaired; run `sregistry verify`"),
-        ),
-        Ok(Err(e)) => check(
-            "index",
-            Fail,
-            format!("{e}; if it cannot be read, move it aside and re-add the images"),
-        ),
-        Err(_) => check(
-            "index",
-            Fail,
-            format!("`{index}` is damaged beyond reading; move it aside and re-add the images"),
-        ),
-    });
+    let index = index_check(cache);
+    let readable = index.status != Status::Fail;
+    out.push(index);
+    if readable {
+        out.push(journal_check(cache));
+    }
 
     // Leftovers.
     let tmp = cache.store().scan_tmp().unwrap_or_default();
@@ -305,4 +283,126 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         )
     });
     out
+}
+
+/// The index's health: readable by this build, changeable by it, every page intact.
+fn index_check(cache: &Cache) -> Check {
+    use Status::*;
+    let index = cache.index().db_path().display().to_string();
+    let health = (|| {
+        let rd = cache.index().read()?;
+        let stats = rd.stats()?;
+        // Read every record too: damage may sit in a page the counts do not touch.
+        rd.all()?;
+        rd.blobs()?;
+        rd.check_writable()?;
+        drop(rd);
+        let intact = cache.index().check_integrity()?;
+        Ok::<_, IndexError>((stats, intact))
+    })();
+    match health {
+        Ok((s, true)) => check(
+            "index",
+            Pass,
+            format!(
+                "`{index}`: {} names, {} blobs, schema {}",
+                s.names, s.blobs, s.schema_version
+            ),
+        ),
+        Ok((_, false)) => check(
+            "index",
+            Warn,
+            format!(
+                "`{index}` had damage that redb repaired; run `sregistry verify`, and \
+                 `sregistry doctor --repair-index` if a name is missing"
+            ),
+        ),
+        Err(e) => check("index", Fail, e.to_string()),
+    }
+}
+
+/// What `doctor --repair-index` did.
+#[derive(Clone, Debug)]
+pub enum Repaired {
+    /// The index and its journal were whole: nothing.
+    Nothing,
+    /// The index was whole, its journal would not have rebuilt it: rewritten from it.
+    Journal,
+    /// The index was damaged: rebuilt from the journal.
+    Index(Rebuilt),
+}
+
+/// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]);
+/// for an intact index, rewrite a journal that would not rebuild it.
+///
+/// [`Index::rebuild`]: crate::index::Index::rebuild
+pub fn repair_index(cache: &Cache) -> Result<Repaired, CacheError> {
+    let index = cache.index();
+    let damage = (|| {
+        let rd = index.read()?;
+        rd.all()?;
+        rd.blobs()?;
+        drop(rd);
+        let journal = index.journal_status()?;
+        // A writer's checks (the journal in step with the index) without a change.
+        drop(index.write()?);
+        Ok::<_, IndexError>((index.check_integrity()?, journal))
+    })();
+    match damage {
+        Ok((true, JournalStatus::InStep { .. })) => return Ok(Repaired::Nothing),
+        Ok((true, _)) => {
+            index.rewrite_journal()?;
+            return Ok(Repaired::Journal);
+        }
+        Ok((false, _)) => {}
+        Err(e) if e.needs_repair() => {}
+        Err(e) => return Err(e.into()),
+    }
+    let store = cache.store();
+    let on_disk: HashMap<Digest, u64> = store
+        .scan()
+        .map_err(|source| CacheError::Remove {
+            path: store.blobs_dir().to_path_buf(),
+            source,
+        })?
+        .into_iter()
+        .filter_map(|f| f.digest.map(|d| (d, f.size)))
+        .collect();
+    Ok(Repaired::Index(index.rebuild(&on_disk)?))
+}
+
+/// Whether the journal would rebuild this index (see [`crate::index`]).
+fn journal_check(cache: &Cache) -> Check {
+    use Status::*;
+    let journal = cache.index().journal_path().display().to_string();
+    match cache.index().journal_status() {
+        Ok(JournalStatus::InStep { names, lines }) => check(
+            "journal",
+            Pass,
+            format!("`{journal}`: {lines} line(s), would rebuild all {names} names"),
+        ),
+        Ok(JournalStatus::Missing) => check(
+            "journal",
+            Warn,
+            format!(
+                "`{journal}` does not exist yet, so a damaged index could not be rebuilt; run `sregistry doctor --repair-index` (or any `add`) to start it"
+            ),
+        ),
+        Ok(JournalStatus::Unreadable(e)) => check(
+            "journal",
+            Warn,
+            format!("{e}; run `sregistry doctor --repair-index` to rewrite it from the index"),
+        ),
+        Ok(JournalStatus::Differs(names)) => check(
+            "journal",
+            Warn,
+            format!(
+                "`{journal}` would not rebuild {} name(s) as the index has them ({}); run `sregistry doctor --repair-index` to rewrite it from the index",
+                names.len(),
+                names.iter().take(5).cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ),
+        Err(e) if e.needs_repair() => check("journal", Fail, e.to_string()),
+        Err(e) => check("journal", Warn, e.to_string()),
+    }
 }

@@ -1,4 +1,5 @@
-//! The index: which name points to which blob, in a redb database.
+//! The index: which name points to which blob, in a redb database, with a journal of
+//! names beside it that can rebuild it.
 //!
 //! # Protocol
 //!
@@ -8,7 +9,8 @@
 //! * **read**: the lock shared, the database opened read-only ([`redb::ReadOnlyDatabase`]);
 //!   any number of processes on any number of nodes at once.
 //! * **write**: the lock exclusive, the database opened read-write, one write transaction,
-//!   committed durably, the database closed, then the lock released.
+//!   its changes appended to the journal, committed durably, the database closed, then the
+//!   lock released.
 //!
 //! redb's own file locks are not used ([`UnderOurLock`]): our lock already gives readers
 //! and the writer the exclusion they would, and on NFS each of their 18 or so lock calls
@@ -20,6 +22,62 @@
 //! After a crash of a writer, a read-only open fails with `RepairAborted`: the reader
 //! then takes the exclusive lock, opens read-write (which repairs), and reads again.
 //!
+//! # Damage, and the journal that undoes it
+//!
+//! redb checks its pages, but some damaged pages (a zeroed page, flipped bytes, a cut
+//! file) make it panic rather than return an error. Every call into redb is made here
+//! under [`std::panic::catch_unwind`] (while it runs, [`panic_is_caught`] is true so the
+//! binary's panic hook stays quiet); a panic, or an error redb calls corruption, becomes
+//! [`IndexError::Damaged`], whose one-line message names the index and the fix. A reader
+//! or writer that met damage refuses every later call.
+//!
+//! The fix is `sregistry doctor --repair-index` ([`Index::rebuild`]), which rebuilds the
+//! names from `v1/index.journal` ([`journal`]):
+//!
+//! * **What it holds.** The first line is a snapshot of every blob record, name and pin
+//!   at a sequence number; each later line is one write transaction that changed any of
+//!   them (`last_use` is not journalled: it is a hint for gc, and a rebuild counts as a
+//!   use of every name). Lines are JSON.
+//! * **Writing.** Only under the exclusive index lock (so there is one appender, on NFS
+//!   too). A transaction with changes takes the next sequence number, records it in
+//!   `meta.journal_seq` in the same redb transaction, appends its line and `fdatasync`s it
+//!   *before* redb commits: a commit is never ahead of the journal. If the commit fails,
+//!   a `void` line for that number follows.
+//! * **Checking.** Each writer reads the journal's last complete line when it opens the
+//!   index and compares its number with `meta.journal_seq`: equal is in step; one ahead
+//!   means the last writer died between its append and its commit (a `void` line is
+//!   appended); behind, or unreadable, or missing means the journal lost its tail (or
+//!   never existed: a cache older than the journal), and the writer replaces it with a
+//!   snapshot of the index; two or more ahead means the index is older than its journal
+//!   (restored from a copy, or deleted and created anew) and every writer refuses
+//!   ([`IndexError::BehindJournal`]) until it is rebuilt. A missing `index.redb` beside a
+//!   journal is refused the same way, by readers too, so no name is silently forgotten.
+//! * **Compaction.** When the journal grows past four times its last snapshot (and 1 MiB),
+//!   the next writer replaces it with a snapshot of the committed index: written to a
+//!   temporary file with the cache's file mode, synced, renamed over, the directory synced.
+//! * **Rebuild.** Under the exclusive lock: replay the snapshot and every transaction not
+//!   void, move the damaged index aside (`index.redb.damaged-<unix time>`, never deleted),
+//!   build a fresh index from the replayed state under a temporary name, rename it into
+//!   place. Blob records the journal lacks are made from the blob files (size, time);
+//!   names whose blob file is missing are kept and reported (as `verify` would).
+//!
+//! One append and one `fdatasync` per write transaction is the journal's whole cost on the
+//! write path; `get` never touches it.
+//!
+//! # Several versions on one cache
+//!
+//! `meta` records `schema_version` (the newest schema that wrote the index), `read_compat`
+//! (the oldest schema that can still read it safely) and `write_compat` (the oldest that
+//! can still change it safely); the `about` table records which sregistry version brought
+//! it to its schema. A build whose [`SCHEMA_VERSION`] is older than the index's reads only
+//! if it is at least `read_compat` and writes only if it is at least `write_compat`, and
+//! never migrates or restamps the index; otherwise it refuses with
+//! [`IndexError::NeedsNewer`], naming the schema and the version the cache needs. Each
+//! migration declares the compatibility its schema needs ([`Migration`]): a change an
+//! older reader would misread raises `read_compat`; one an older writer would undo or
+//! defeat (a table an old gc does not know, whose blobs it would delete; the journal, which
+//! an old writer would not keep) raises `write_compat`; anything else raises neither.
+//!
 //! # Tables (values are JSON, so fields can be added with defaults)
 //!
 //! | table       | key              | value                                   |
@@ -29,23 +87,28 @@
 //! | `blob_refs` | digest hex       | (multimap) every name pointing at it    |
 //! | `last_use`  | name             | Unix seconds; written only when older than [`LAST_USE_RESOLUTION`] |
 //! | `pins`      | name             | Unix seconds when pinned                |
-//! | `meta`      | `schema_version` | [`SCHEMA_VERSION`]                      |
+//! | `meta`      | `schema_version`, `read_compat`, `write_compat`, `journal_seq`, `journal_base` | numbers |
+//! | `about`     | `schema_written_by` | the sregistry version that migrated it to its schema |
 //!
 //! Migrations are an append-only list ([`MIGRATIONS`]); never remove an entry from it.
 
+mod backend;
+pub mod journal;
+
+use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Bound;
 use std::path::{Path, PathBuf};
 
 use redb::{
-    BackendError, Database, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction,
-    ReadableDatabase, ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition,
-    WriteTransaction,
+    Database, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::lock::{self, LockError, LockGuard, LockOptions, Mode};
+use backend::UnderOurLock;
+use journal::{Line, Op, State};
 
 const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("refs");
 const BLOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("blobs");
@@ -53,6 +116,7 @@ const BLOB_REFS: MultimapTableDefinition<&str, &str> = MultimapTableDefinition::
 const LAST_USE: TableDefinition<&str, u64> = TableDefinition::new("last_use");
 const PINS: TableDefinition<&str, u64> = TableDefinition::new("pins");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const ABOUT: TableDefinition<&str, &str> = TableDefinition::new("about");
 
 /// The schema this build writes: the number of [`MIGRATIONS`].
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
@@ -60,12 +124,45 @@ pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 pub const LAST_USE_RESOLUTION: u64 = 600;
 /// redb page cache per open (the index is small; this keeps `get` lean).
 const CACHE_BYTES: usize = 8 << 20;
+/// The journal is compacted when it is larger than this many times its snapshot...
+const COMPACT_RATIO: u64 = 4;
+/// ...and larger than this.
+const COMPACT_MIN: u64 = 1 << 20;
+/// This build's version, recorded in the index when it migrates it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-type Migration = fn(&WriteTransaction) -> Result<(), redb::Error>;
+/// One schema step: entry `i` of [`MIGRATIONS`] takes schema `i` to `i + 1`.
+pub struct Migration {
+    pub up: fn(&WriteTransaction) -> Result<(), redb::Error>,
+    /// The oldest schema that can read an index at this schema safely.
+    pub read_compat: u64,
+    /// The oldest schema that can change an index at this schema safely.
+    pub write_compat: u64,
+}
 
-/// Append-only list of schema migrations; entry `i` takes schema `i` to `i + 1`.
-/// Never remove or reorder an entry.
-pub const MIGRATIONS: &[Migration] = &[create_v1_tables];
+/// Append-only list of schema migrations. Never remove or reorder an entry, and never
+/// lower a compatibility level an earlier entry set.
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        up: create_v1_tables,
+        read_compat: 1,
+        write_compat: 1,
+    },
+    // The journal and the compatibility levels. Readers are unaffected; a writer that does
+    // not keep the journal would leave it behind the index, so writers need schema 2.
+    Migration {
+        up: create_about_table,
+        read_compat: 1,
+        write_compat: 2,
+    },
+];
+
+/// The (read, write) compatibility levels of schema `n`.
+pub fn compat_of(n: u64) -> (u64, u64) {
+    MIGRATIONS[..n as usize].iter().fold((0, 0), |(r, w), m| {
+        (r.max(m.read_compat), w.max(m.write_compat))
+    })
+}
 
 fn create_v1_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(REFS)?;
@@ -73,6 +170,11 @@ fn create_v1_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_multimap_table(BLOB_REFS)?;
     txn.open_table(LAST_USE)?;
     txn.open_table(PINS)?;
+    Ok(())
+}
+
+fn create_about_table(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    txn.open_table(ABOUT)?;
     Ok(())
 }
 
@@ -110,7 +212,7 @@ pub enum IndexError {
     #[error("the index `{path}` cannot be read: {source} (run `sregistry doctor`)")]
     Db { path: PathBuf, source: redb::Error },
     #[error(
-        "the index `{path}` has a damaged record for `{key}`: {detail} (run `sregistry doctor`)"
+        "the index `{path}` has a damaged record for `{key}`: {detail}; run `sregistry doctor --repair-index` (names are rebuilt from `index.journal`; no image is lost)"
     )]
     Corrupt {
         path: PathBuf,
@@ -118,9 +220,43 @@ pub enum IndexError {
         detail: String,
     },
     #[error(
-        "the index `{path}` was written by a newer sregistry (schema {found}, this one knows {SCHEMA_VERSION}); upgrade sregistry"
+        "the index `{path}` is damaged; run `sregistry doctor --repair-index` (names are rebuilt from `{journal}`; no image is lost)"
     )]
-    NewerSchema { path: PathBuf, found: u64 },
+    Damaged { path: PathBuf, journal: PathBuf },
+    #[error(
+        "the index `{path}` is missing or older than its journal `{journal}` (deleted, or restored from a copy); run `sregistry doctor --repair-index` to rebuild it from the journal"
+    )]
+    BehindJournal { path: PathBuf, journal: PathBuf },
+    #[error("cannot write the index journal `{path}`: {source}")]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the index `{path}` needs sregistry with index schema >= {need} to {access} it (it has schema {schema}, written by sregistry {by}); this is sregistry {VERSION} with schema {SCHEMA_VERSION}: upgrade sregistry"
+    )]
+    NeedsNewer {
+        path: PathBuf,
+        /// `read` or `change`.
+        access: &'static str,
+        need: u64,
+        schema: u64,
+        by: String,
+    },
+    #[error("cannot rebuild the index `{path}` from its journal: {detail}")]
+    Rebuild { path: PathBuf, detail: String },
+}
+
+impl IndexError {
+    /// True when the index must be rebuilt (`doctor --repair-index`).
+    pub fn needs_repair(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Damaged { .. }
+                | IndexError::Corrupt { .. }
+                | IndexError::BehindJournal { .. }
+        )
+    }
 }
 
 /// Decode a record stored in the index. Public so fuzzing can reach it.
@@ -138,13 +274,101 @@ fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).unwrap_or_default()
 }
 
+thread_local! {
+    static CAUGHT: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Whether this thread is inside a call into redb whose panic becomes
+/// [`IndexError::Damaged`]: a panic hook should then print nothing.
+pub fn panic_is_caught() -> bool {
+    CAUGHT.with(|c| c.get() > 0)
+}
+
+/// Run `f`, a call into redb; `None` if it panicked.
+fn caught<T>(f: impl FnOnce() -> T) -> Option<T> {
+    struct Depth;
+    impl Drop for Depth {
+        fn drop(&mut self) {
+            CAUGHT.with(|c| c.set(c.get().saturating_sub(1)));
+        }
+    }
+    CAUGHT.with(|c| c.set(c.get() + 1));
+    let _depth = Depth;
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).ok()
+}
+
+fn journal_path_of(db: &Path) -> PathBuf {
+    db.with_file_name("index.journal")
+}
+
+fn damaged(path: &Path) -> IndexError {
+    IndexError::Damaged {
+        path: path.to_path_buf(),
+        journal: journal_path_of(path),
+    }
+}
+
+/// A redb error as an index error: what redb calls corruption (or a file that is not a
+/// database, or a transaction a panic poisoned) is [`IndexError::Damaged`].
+fn from_redb(path: &Path, source: redb::Error) -> IndexError {
+    let is_damage = match &source {
+        redb::Error::Corrupted(_) | redb::Error::TransactionPoisoned => true,
+        redb::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
+        _ => false,
+    };
+    if is_damage {
+        damaged(path)
+    } else {
+        IndexError::Db {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// Run `f` (calls into redb) for the reader or writer whose `poisoned` flag is given: a
+/// panic marks it and becomes [`IndexError::Damaged`]; once marked, nothing more runs.
+fn guarded<T>(
+    poisoned: &Cell<bool>,
+    path: &Path,
+    f: impl FnOnce() -> Result<T, IndexError>,
+) -> Result<T, IndexError> {
+    if poisoned.get() {
+        return Err(damaged(path));
+    }
+    caught(f).unwrap_or_else(|| {
+        poisoned.set(true);
+        Err(damaged(path))
+    })
+}
+
 /// Handle on the index of one cache.
 #[derive(Clone, Debug)]
 pub struct Index {
     db_path: PathBuf,
     lock_path: PathBuf,
+    journal_path: PathBuf,
     lock_opts: LockOptions,
     file_mode: u32,
+}
+
+/// What [`Index::rebuild`] did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Rebuilt {
+    pub names: u64,
+    pub blobs: u64,
+    pub pins: u64,
+    /// Where the damaged index was moved (`None` when there was none).
+    pub moved_aside: Option<PathBuf>,
+    /// Names whose blob file is missing (kept; `verify` reports them too).
+    pub missing_blobs: Vec<String>,
+    /// Blob records made from the blob files because the journal had none.
+    pub blob_records_from_files: u64,
+    /// Transactions replayed after the journal's snapshot, and those marked void.
+    pub replayed: u64,
+    pub voided: u64,
+    /// Journal lines that could not be read and were skipped.
+    pub skipped_lines: Vec<usize>,
 }
 
 impl Index {
@@ -153,6 +377,7 @@ impl Index {
         Index {
             db_path: v1.join("index.redb"),
             lock_path: v1.join("index.lock"),
+            journal_path: v1.join("index.journal"),
             lock_opts,
             file_mode,
         }
@@ -170,10 +395,23 @@ impl Index {
         &self.lock_path
     }
 
+    pub fn journal_path(&self) -> &Path {
+        &self.journal_path
+    }
+
     fn db_err(&self) -> impl Fn(redb::Error) -> IndexError + '_ {
-        move |source| IndexError::Db {
+        move |source| from_redb(&self.db_path, source)
+    }
+
+    /// The journal exists with something in it.
+    fn journal_exists(&self) -> bool {
+        std::fs::metadata(&self.journal_path).is_ok_and(|m| m.len() > 0)
+    }
+
+    fn behind_journal(&self) -> IndexError {
+        IndexError::BehindJournal {
             path: self.db_path.clone(),
-            source,
+            journal: self.journal_path.clone(),
         }
     }
 
@@ -183,28 +421,44 @@ impl Index {
         loop {
             let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
             if !self.db_path.exists() {
+                if self.journal_exists() {
+                    return Err(self.behind_journal());
+                }
                 return Ok(IndexReader {
                     txn: None,
                     _db: None,
                     _lock: guard,
                     path: self.db_path.clone(),
+                    poisoned: Cell::new(false),
                 });
             }
-            let opened = UnderOurLock::open(&self.db_path, false)
-                .map_err(redb::DatabaseError::Storage)
-                .and_then(|backend| {
-                    redb::Builder::new()
-                        .set_cache_size(CACHE_BYTES)
-                        .open_read_only_with_backend(backend)
-                });
+            let poisoned = Cell::new(false);
+            let opened = guarded(&poisoned, &self.db_path, || {
+                Ok(UnderOurLock::open(&self.db_path, false)
+                    .map_err(redb::DatabaseError::Storage)
+                    .and_then(|backend| {
+                        redb::Builder::new()
+                            .set_cache_size(CACHE_BYTES)
+                            .open_read_only_with_backend(backend)
+                    }))
+            })?;
             match opened {
                 Ok(db) => {
-                    let txn = db.begin_read().map_err(|e| self.db_err()(e.into()))?;
+                    let txn = match guarded(&poisoned, &self.db_path, || {
+                        db.begin_read().map_err(|e| self.db_err()(e.into()))
+                    }) {
+                        Ok(txn) => txn,
+                        Err(e) => {
+                            caught(move || drop(db));
+                            return Err(e);
+                        }
+                    };
                     let reader = IndexReader {
                         txn: Some(txn),
                         _db: Some(db),
                         _lock: guard,
                         path: self.db_path.clone(),
+                        poisoned,
                     };
                     reader.check_schema()?;
                     return Ok(reader);
@@ -222,16 +476,23 @@ impl Index {
 
     fn repair(&self) -> Result<(), IndexError> {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
-        let db = self.open_rw()?;
-        db.close().map_err(|e| self.db_err()(e.into()))
+        let poisoned = Cell::new(false);
+        guarded(&poisoned, &self.db_path, || {
+            let db = self.open_rw()?;
+            db.close().map_err(|e| self.db_err()(e.into()))
+        })
     }
 
     /// Open read-write (caller holds the exclusive lock). A missing index is first built
     /// complete under a temporary name and renamed into place, so a crash during creation
-    /// never leaves a half-written `index.redb` behind.
+    /// never leaves a half-written `index.redb` behind; but not beside a journal, which
+    /// holds names a new, empty index would forget.
     fn open_rw(&self) -> Result<Database, IndexError> {
         if !self.db_path.exists() {
-            self.create_fresh()?;
+            if self.journal_exists() {
+                return Err(self.behind_journal());
+            }
+            self.build_fresh(|_| Ok(()))?;
         }
         let backend =
             UnderOurLock::open(&self.db_path, true).map_err(|e| self.db_err()(e.into()))?;
@@ -241,40 +502,48 @@ impl Index {
             .map_err(|e| self.db_err()(e.into()))
     }
 
-    fn create_fresh(&self) -> Result<(), IndexError> {
+    /// Build a new index at this build's schema under a temporary name, let `fill` put
+    /// content in it, and rename it to `index.redb` (the caller holds the exclusive lock).
+    fn build_fresh(
+        &self,
+        fill: impl FnOnce(&WriteTransaction) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
         let dir = self.db_path.parent().unwrap_or(Path::new("."));
         let tmp = dir.join(format!(".index.redb.new-{}", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let io = |source: std::io::Error| self.db_err()(redb::StorageError::Io(source).into());
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(io)?;
-        let backend = UnderOurLock::wrap(file).map_err(|e| self.db_err()(e.into()))?;
-        let db = redb::Builder::new()
-            .create_with_backend(backend)
-            .map_err(|e| self.db_err()(e.into()))?;
-        let txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
-        let mut meta = txn.open_table(META).map_err(|e| self.db_err()(e.into()))?;
-        for m in MIGRATIONS {
-            m(&txn).map_err(self.db_err())?;
+        let built = (|| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io)?;
+            let backend = UnderOurLock::wrap(file).map_err(|e| self.db_err()(e.into()))?;
+            let db = redb::Builder::new()
+                .create_with_backend(backend)
+                .map_err(|e| self.db_err()(e.into()))?;
+            let txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
+            for m in MIGRATIONS {
+                (m.up)(&txn).map_err(self.db_err())?;
+            }
+            stamp_schema(&txn).map_err(self.db_err())?;
+            fill(&txn)?;
+            txn.commit().map_err(|e| self.db_err()(e.into()))?;
+            db.close().map_err(|e| self.db_err()(e.into()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(self.file_mode))
+                .map_err(io)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            std::fs::rename(&tmp, &self.db_path).map_err(io)?;
+            crate::store::sync_dir(dir).map_err(io)
+        })();
+        if built.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        meta.insert("schema_version", SCHEMA_VERSION)
-            .map_err(|e| self.db_err()(e.into()))?;
-        drop(meta);
-        txn.commit().map_err(|e| self.db_err()(e.into()))?;
-        db.close().map_err(|e| self.db_err()(e.into()))?;
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(self.file_mode))
-            .map_err(io)?;
-        std::fs::File::open(&tmp)
-            .and_then(|f| f.sync_all())
-            .map_err(io)?;
-        std::fs::rename(&tmp, &self.db_path).map_err(io)?;
-        crate::store::sync_dir(dir).map_err(io)?;
-        Ok(())
+        built
     }
 
     /// Check every page's checksum and rebuild the allocator state, under the exclusive
@@ -284,10 +553,13 @@ impl Index {
         if !self.db_path.exists() {
             return Ok(true);
         }
-        let mut db = self.open_rw()?;
-        let ok = db.check_integrity().map_err(|e| self.db_err()(e.into()))?;
-        db.close().map_err(|e| self.db_err()(e.into()))?;
-        Ok(ok)
+        let poisoned = Cell::new(false);
+        guarded(&poisoned, &self.db_path, || {
+            let mut db = self.open_rw()?;
+            let ok = db.check_integrity().map_err(|e| self.db_err()(e.into()))?;
+            db.close().map_err(|e| self.db_err()(e.into()))?;
+            Ok(ok)
+        })
     }
 
     /// Open for writing under the exclusive lock; changes land with [`IndexWriter::commit`].
@@ -310,28 +582,270 @@ impl Index {
         }
     }
 
+    /// Refuse to write an index whose `write_compat` is above this build's before the
+    /// read-write open, which would rewrite its header: a refused writer leaves the file
+    /// byte for byte as it was. (The caller holds the exclusive lock.)
+    fn check_writable_before_open(&self) -> Result<(), IndexError> {
+        if !self.db_path.exists() {
+            return Ok(());
+        }
+        let poisoned = Cell::new(false);
+        guarded(&poisoned, &self.db_path, || {
+            let opened = UnderOurLock::open(&self.db_path, false)
+                .map_err(redb::DatabaseError::Storage)
+                .and_then(|b| redb::Builder::new().open_read_only_with_backend(b));
+            let db = match opened {
+                Ok(db) => db,
+                // A writer died mid-commit: the read-write open repairs it, and the
+                // migration step checks the levels after.
+                Err(redb::DatabaseError::RepairAborted) => return Ok(()),
+                Err(e) => return Err(self.db_err()(e.into())),
+            };
+            let txn = db.begin_read().map_err(|e| self.db_err()(e.into()))?;
+            let open = |t| match txn.open_table(t) {
+                Ok(t) => Ok(Some(t)),
+                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+                Err(e) => Err(from_redb(&self.db_path, e.into())),
+            };
+            let meta = open(META)?;
+            let about = match txn.open_table(ABOUT) {
+                Ok(t) => Some(t),
+                Err(redb::TableError::TableDoesNotExist(_)) => None,
+                Err(e) => return Err(from_redb(&self.db_path, e.into())),
+            };
+            let levels = levels_in(meta.as_ref(), about.as_ref(), &self.db_path)?;
+            levels.require(&self.db_path, "read")?;
+            levels.require(&self.db_path, "change")
+        })
+    }
+
     fn writer(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
-        let db = self.open_rw()?;
-        let mut txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
-        // The commit itself need not reach the disk: `commit()` closes the database right
-        // after, and redb's close makes a pending commit durable (with the allocator state)
-        // in one go, saving three fsyncs per write. If the process dies in between, the
-        // change is lost, but it was never reported done either.
-        txn.set_durability(redb::Durability::None)
-            .map_err(|e| IndexError::Corrupt {
-                path: self.db_path.clone(),
-                key: "durability".into(),
-                detail: e.to_string(),
-            })?;
-        let mut w = IndexWriter {
+        self.check_writable_before_open()?;
+        let poisoned = Cell::new(false);
+        let (db, txn) = guarded(&poisoned, &self.db_path, || {
+            let db = self.open_rw()?;
+            let mut txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
+            // The commit itself need not reach the disk: `commit()` closes the database
+            // right after, and redb's close makes a pending commit durable (with the
+            // allocator state) in one go, saving three fsyncs per write. If the process
+            // dies in between, the change is lost, but it was never reported done either.
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| IndexError::Corrupt {
+                    path: self.db_path.clone(),
+                    key: "durability".into(),
+                    detail: e.to_string(),
+                })?;
+            Ok((db, txn))
+        })?;
+        let w = IndexWriter {
             txn: Some(txn),
             db: Some(db),
             _lock: guard,
             path: self.db_path.clone(),
+            journal: self.journal_path.clone(),
+            file_mode: self.file_mode,
+            poisoned,
+            ops: RefCell::new(Vec::new()),
+            seq: Cell::new(0),
+            torn: Cell::new(false),
         };
-        w.migrate()?;
+        w.guard(|| {
+            w.migrate()?;
+            w.check_journal()
+        })?;
         Ok(w)
     }
+
+    /// Rebuild the index from the journal (`doctor --repair-index`), under the exclusive
+    /// lock: see the protocol above. `on_disk` maps each blob file found to its size.
+    pub fn rebuild(&self, on_disk: &HashMap<Digest, u64>) -> Result<Rebuilt, IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        let rebuild_err = |detail: String| IndexError::Rebuild {
+            path: self.db_path.clone(),
+            detail,
+        };
+        let replayed = journal::replay(&self.journal_path).map_err(|e| {
+            rebuild_err(format!(
+                "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
+            ))
+        })?;
+        let now = crate::clock::now();
+        let mut state = replayed.state;
+        let mut report = Rebuilt {
+            replayed: replayed.applied,
+            voided: replayed.voided,
+            skipped_lines: replayed.skipped,
+            ..Rebuilt::default()
+        };
+        for (name, r) in &state.refs {
+            if !on_disk.contains_key(&r.digest) {
+                report.missing_blobs.push(name.clone());
+            }
+        }
+        let wanted: HashSet<Digest> = state.refs.values().map(|r| r.digest).collect();
+        for d in wanted {
+            if let (None, Some(size)) = (state.blobs.get(&d), on_disk.get(&d)) {
+                state.blobs.insert(
+                    d,
+                    BlobRecord {
+                        size: *size,
+                        added: now,
+                        media_type: None,
+                        remote_digest: None,
+                    },
+                );
+                report.blob_records_from_files += 1;
+            }
+        }
+        if self.db_path.exists() {
+            // A name no earlier repair used: a damaged index is kept, never replaced.
+            let aside = (0..)
+                .map(|n| {
+                    let suffix = if n == 0 {
+                        String::new()
+                    } else {
+                        format!(".{n}")
+                    };
+                    self.db_path
+                        .with_file_name(format!("index.redb.damaged-{now}{suffix}"))
+                })
+                .find(|p| !p.exists())
+                .unwrap_or_default();
+            std::fs::rename(&self.db_path, &aside).map_err(|e| {
+                rebuild_err(format!(
+                    "cannot move it aside to `{}`: {e}",
+                    aside.display()
+                ))
+            })?;
+            report.moved_aside = Some(aside);
+        }
+        let base = std::fs::metadata(&self.journal_path).map_or(0, |m| m.len());
+        let poisoned = Cell::new(false);
+        guarded(&poisoned, &self.db_path, || {
+            self.build_fresh(|txn| {
+                let err = |e: redb::StorageError| from_redb(&self.db_path, e.into());
+                let terr = |e: redb::TableError| from_redb(&self.db_path, e.into());
+                let mut refs = txn.open_table(REFS).map_err(terr)?;
+                let mut back = txn.open_multimap_table(BLOB_REFS).map_err(terr)?;
+                let mut last = txn.open_table(LAST_USE).map_err(terr)?;
+                for (name, r) in &state.refs {
+                    refs.insert(name.as_str(), encode(r).as_slice())
+                        .map_err(err)?;
+                    back.insert(r.digest.hex().as_str(), name.as_str())
+                        .map_err(err)?;
+                    // A rebuild counts as a use: no name is evicted for a lost use time.
+                    last.insert(name.as_str(), now).map_err(err)?;
+                }
+                let mut blobs = txn.open_table(BLOBS).map_err(terr)?;
+                for (d, b) in &state.blobs {
+                    blobs
+                        .insert(d.hex().as_str(), encode(b).as_slice())
+                        .map_err(err)?;
+                }
+                let mut pins = txn.open_table(PINS).map_err(terr)?;
+                for (name, at) in &state.pins {
+                    if state.refs.contains_key(name) {
+                        pins.insert(name.as_str(), *at).map_err(err)?;
+                    }
+                }
+                let mut meta = txn.open_table(META).map_err(terr)?;
+                meta.insert("journal_seq", replayed.seq).map_err(err)?;
+                meta.insert("journal_base", base).map_err(err)?;
+                Ok(())
+            })
+        })?;
+        report.names = state.refs.len() as u64;
+        report.blobs = state.blobs.len() as u64;
+        report.pins = state
+            .pins
+            .keys()
+            .filter(|n| state.refs.contains_key(*n))
+            .count() as u64;
+        Ok(report)
+    }
+}
+
+/// How the journal compares with the index ([`Index::journal_status`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JournalStatus {
+    /// It would rebuild exactly the names, records and pins of the index.
+    InStep { names: u64, lines: u64 },
+    /// There is none yet (a cache not written since it was upgraded to the journal).
+    Missing,
+    /// It cannot be replayed.
+    Unreadable(String),
+    /// It would rebuild something else: the names that differ.
+    Differs(Vec<String>),
+}
+
+impl Index {
+    /// Replace the journal with a snapshot of the index (`doctor --repair-index` on an
+    /// intact index whose journal would not rebuild it).
+    pub fn rewrite_journal(&self) -> Result<(), IndexError> {
+        let w = self.write()?;
+        w.guard(|| w.snapshot())?;
+        w.commit()
+    }
+
+    /// Replay the journal and compare it with the index, under the shared lock (`doctor`).
+    pub fn journal_status(&self) -> Result<JournalStatus, IndexError> {
+        let rd = self.read()?;
+        let all = rd.all()?;
+        let seq = rd.guard(|| match rd.table(META)? {
+            Some(t) => get_u64_in(&t, "journal_seq", &rd.path),
+            None => Ok(None),
+        })?;
+        let replayed = match journal::replay(&self.journal_path) {
+            Ok(r) => r,
+            Err(journal::ReplayError::Missing { .. }) => return Ok(JournalStatus::Missing),
+            Err(e) => return Ok(JournalStatus::Unreadable(e.to_string())),
+        };
+        drop(rd);
+        if replayed.seq > seq.unwrap_or(0) + 1 {
+            // The journal holds changes the index never saw: it is the newer of the two.
+            return Err(self.behind_journal());
+        }
+        let lines = std::fs::read(&self.journal_path)
+            .map(|t| t.iter().filter(|&&b| b == b'\n').count() as u64)
+            .unwrap_or(0);
+        let state = replayed.state;
+        let mut differ: Vec<String> = all
+            .iter()
+            .filter(|n| {
+                state.refs.get(&n.name) != Some(&n.record)
+                    || state.pins.contains_key(&n.name) != n.pinned
+            })
+            .map(|n| n.name.clone())
+            .collect();
+        let indexed: HashSet<&str> = all.iter().map(|n| n.name.as_str()).collect();
+        differ.extend(
+            state
+                .refs
+                .keys()
+                .filter(|k| !indexed.contains(k.as_str()))
+                .cloned(),
+        );
+        if differ.is_empty() {
+            Ok(JournalStatus::InStep {
+                names: all.len() as u64,
+                lines,
+            })
+        } else {
+            Ok(JournalStatus::Differs(differ))
+        }
+    }
+}
+
+/// Record this build's schema, its compatibility levels and version in a transaction.
+fn stamp_schema(txn: &WriteTransaction) -> Result<(), redb::Error> {
+    let (read, write) = compat_of(SCHEMA_VERSION);
+    let mut meta = txn.open_table(META)?;
+    meta.insert("schema_version", SCHEMA_VERSION)?;
+    meta.insert("read_compat", read)?;
+    meta.insert("write_compat", write)?;
+    let mut about = txn.open_table(ABOUT)?;
+    about.insert("schema_written_by", VERSION)?;
+    Ok(())
 }
 
 /// A name with everything the index knows about it.
@@ -351,13 +865,19 @@ pub struct IndexReader {
     _db: Option<ReadOnlyDatabase>,
     _lock: LockGuard,
     path: PathBuf,
+    poisoned: Cell<bool>,
+}
+
+impl Drop for IndexReader {
+    fn drop(&mut self) {
+        // redb may panic closing a damaged database too; the lock goes after, as declared.
+        let (txn, db) = (self.txn.take(), self._db.take());
+        caught(move || drop((txn, db)));
+    }
 }
 
 fn dberr(path: &Path) -> impl Fn(redb::StorageError) -> IndexError + '_ {
-    move |e| IndexError::Db {
-        path: path.to_path_buf(),
-        source: e.into(),
-    }
+    move |e| from_redb(path, e.into())
 }
 
 fn corrupt(path: &Path, key: &str, e: impl std::fmt::Display) -> IndexError {
@@ -472,7 +992,69 @@ fn blobs_in(
     Ok(out)
 }
 
+/// The schema levels recorded in `meta` and `about`.
+struct Levels {
+    schema: u64,
+    read: u64,
+    write: u64,
+    by: String,
+}
+
+fn levels_in(
+    meta: Option<&impl ReadableTable<&'static str, u64>>,
+    about: Option<&impl ReadableTable<&'static str, &'static str>>,
+    p: &Path,
+) -> Result<Levels, IndexError> {
+    let get = |k: &str| match meta {
+        Some(t) => get_u64_in(t, k, p),
+        None => Ok(None),
+    };
+    let schema = get("schema_version")?.unwrap_or(0);
+    // An index without the levels is as demanding as its schema.
+    let read = get("read_compat")?.unwrap_or(schema);
+    let write = get("write_compat")?.unwrap_or(schema);
+    let by = match about {
+        Some(t) => t
+            .get("schema_written_by")
+            .map_err(dberr(p))?
+            .map(|v| v.value().to_string()),
+        None => None,
+    };
+    Ok(Levels {
+        schema,
+        read,
+        write,
+        by: by.unwrap_or_else(|| "an unknown version".into()),
+    })
+}
+
+impl Levels {
+    /// Refuse `access` (`read` or `change`) when this build's schema is below `need`.
+    fn require(&self, path: &Path, access: &'static str) -> Result<(), IndexError> {
+        let need = if access == "read" {
+            self.read
+        } else {
+            self.write
+        };
+        if self.schema > SCHEMA_VERSION && need > SCHEMA_VERSION {
+            return Err(IndexError::NeedsNewer {
+                path: path.to_path_buf(),
+                access,
+                need,
+                schema: self.schema,
+                by: self.by.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
 impl IndexReader {
+    /// Run `f` under the reader's panic guard.
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T, IndexError>) -> Result<T, IndexError> {
+        guarded(&self.poisoned, &self.path, f)
+    }
+
     /// A table of the snapshot; `None` when the index, or the table, does not exist yet.
     fn table<K: redb::Key + 'static, V: redb::Value + 'static>(
         &self,
@@ -484,97 +1066,114 @@ impl IndexReader {
         match txn.open_table(def) {
             Ok(t) => Ok(Some(t)),
             Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-            Err(e) => Err(IndexError::Db {
-                path: self.path.clone(),
-                source: e.into(),
-            }),
+            Err(e) => Err(from_redb(&self.path, e.into())),
         }
     }
 
+    fn levels(&self) -> Result<Levels, IndexError> {
+        self.guard(|| {
+            levels_in(
+                self.table(META)?.as_ref(),
+                self.table(ABOUT)?.as_ref(),
+                &self.path,
+            )
+        })
+    }
+
     fn check_schema(&self) -> Result<(), IndexError> {
-        if let Some(meta) = self.table(META)?
-            && let Some(v) = get_u64_in(&meta, "schema_version", &self.path)?
-            && v > SCHEMA_VERSION
-        {
-            return Err(IndexError::NewerSchema {
-                path: self.path.clone(),
-                found: v,
-            });
-        }
-        Ok(())
+        self.levels()?.require(&self.path, "read")
+    }
+
+    /// Whether this build may change the index: the error a writer would refuse with.
+    pub fn check_writable(&self) -> Result<(), IndexError> {
+        self.levels()?.require(&self.path, "change")
     }
 
     /// The record of one name.
     pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
-        self.table(REFS)?
-            .map_or(Ok(None), |t| get_ref_in(&t, key, &self.path))
+        self.guard(|| {
+            self.table(REFS)?
+                .map_or(Ok(None), |t| get_ref_in(&t, key, &self.path))
+        })
     }
 
     /// The record of one blob.
     pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
-        self.table(BLOBS)?
-            .map_or(Ok(None), |t| get_blob_in(&t, &d.hex(), &self.path))
+        self.guard(|| {
+            self.table(BLOBS)?
+                .map_or(Ok(None), |t| get_blob_in(&t, &d.hex(), &self.path))
+        })
     }
 
     /// When the name was last used, as recorded.
     pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
-        self.table(LAST_USE)?
-            .map_or(Ok(None), |t| get_u64_in(&t, key, &self.path))
+        self.guard(|| {
+            self.table(LAST_USE)?
+                .map_or(Ok(None), |t| get_u64_in(&t, key, &self.path))
+        })
     }
 
     /// Whether the name is pinned.
     pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
-        self.table(PINS)?.map_or(
-            Ok(false),
-            |t| Ok(get_u64_in(&t, key, &self.path)?.is_some()),
-        )
+        self.guard(|| {
+            self.table(PINS)?.map_or(
+                Ok(false),
+                |t| Ok(get_u64_in(&t, key, &self.path)?.is_some()),
+            )
+        })
     }
 
     /// Every name, sorted, with its blob record, last use and pin.
     pub fn all(&self) -> Result<Vec<Named>, IndexError> {
-        let Some(refs) = self.table(REFS)? else {
-            return Ok(Vec::new());
-        };
-        let blobs = self.table(BLOBS)?;
-        let last = self.table(LAST_USE)?;
-        let pins = self.table(PINS)?;
-        all_in(
-            &refs,
-            blobs.as_ref(),
-            last.as_ref(),
-            pins.as_ref(),
-            &self.path,
-        )
+        self.guard(|| {
+            let Some(refs) = self.table(REFS)? else {
+                return Ok(Vec::new());
+            };
+            let blobs = self.table(BLOBS)?;
+            let last = self.table(LAST_USE)?;
+            let pins = self.table(PINS)?;
+            all_in(
+                &refs,
+                blobs.as_ref(),
+                last.as_ref(),
+                pins.as_ref(),
+                &self.path,
+            )
+        })
     }
 
     /// Every blob record.
     pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
-        self.table(BLOBS)?
-            .map_or(Ok(Vec::new()), |t| blobs_in(&t, &self.path))
+        self.guard(|| {
+            self.table(BLOBS)?
+                .map_or(Ok(Vec::new()), |t| blobs_in(&t, &self.path))
+        })
     }
 
     /// Counts for `info`: (names, blobs, total blob bytes, pins, schema version).
     pub fn stats(&self) -> Result<IndexStats, IndexError> {
-        let mut s = IndexStats::default();
-        let p = &self.path;
-        if let Some(t) = self.table(REFS)? {
-            s.names = t.len().map_err(dberr(p))?;
-        }
-        if let Some(t) = self.table(BLOBS)? {
-            for row in t.iter().map_err(dberr(p))? {
-                let (k, v) = row.map_err(dberr(p))?;
-                let b = decode_blob(v.value()).map_err(|e| corrupt(p, k.value(), e))?;
-                s.blobs += 1;
-                s.bytes += b.size;
+        self.guard(|| {
+            let mut s = IndexStats::default();
+            let p = &self.path;
+            if let Some(t) = self.table(REFS)? {
+                s.names = t.len().map_err(dberr(p))?;
             }
-        }
-        if let Some(t) = self.table(PINS)? {
-            s.pins = t.len().map_err(dberr(p))?;
-        }
-        if let Some(t) = self.table(META)? {
-            s.schema_version = get_u64_in(&t, "schema_version", p)?.unwrap_or(0);
-        }
-        Ok(s)
+            if let Some(t) = self.table(BLOBS)? {
+                for row in t.iter().map_err(dberr(p))? {
+                    let (k, v) = row.map_err(dberr(p))?;
+                    let b = decode_blob(v.value()).map_err(|e| corrupt(p, k.value(), e))?;
+                    s.blobs += 1;
+                    s.bytes += b.size;
+                }
+            }
+            if let Some(t) = self.table(PINS)? {
+                s.pins = t.len().map_err(dberr(p))?;
+            }
+            if let Some(t) = self.table(META)? {
+                s.schema_version = get_u64_in(&t, "schema_version", p)?.unwrap_or(0);
+            }
+            Ok(s)
+        })
     }
 }
 
@@ -595,9 +1194,23 @@ pub struct IndexWriter {
     db: Option<Database>,
     _lock: LockGuard,
     path: PathBuf,
+    journal: PathBuf,
+    file_mode: u32,
+    poisoned: Cell<bool>,
+    /// The changes to journal at commit.
+    ops: RefCell<Vec<Op>>,
+    /// `meta.journal_seq` as the transaction began.
+    seq: Cell<u64>,
+    /// The journal ends in a line cut short: the next append ends it first.
+    torn: Cell<bool>,
 }
 
 impl IndexWriter {
+    /// Run `f` under the writer's panic guard.
+    fn guard<T>(&self, f: impl FnOnce() -> Result<T, IndexError>) -> Result<T, IndexError> {
+        guarded(&self.poisoned, &self.path, f)
+    }
+
     fn txn(&self) -> &WriteTransaction {
         // Present from construction until commit consumes self.
         self.txn
@@ -606,8 +1219,12 @@ impl IndexWriter {
     }
 
     fn err(&self) -> impl Fn(redb::Error) -> IndexError + '_ {
-        move |source| IndexError::Db {
-            path: self.path.clone(),
+        move |source| from_redb(&self.path, source)
+    }
+
+    fn journal_err(&self) -> impl Fn(std::io::Error) -> IndexError + '_ {
+        move |source| IndexError::Journal {
+            path: self.journal.clone(),
             source,
         }
     }
@@ -627,54 +1244,129 @@ impl IndexWriter {
             .map_err(|e| self.err()(e.into()))
     }
 
-    fn migrate(&mut self) -> Result<(), IndexError> {
+    fn migrate(&self) -> Result<(), IndexError> {
         let txn = self.txn();
-        let mut meta = self.table(META)?;
-        let current = get_u64_in(&meta, "schema_version", &self.path)?.unwrap_or(0);
+        let current = get_u64_in(&self.table(META)?, "schema_version", &self.path)?.unwrap_or(0);
         if current > SCHEMA_VERSION {
-            return Err(IndexError::NewerSchema {
-                path: self.path.clone(),
-                found: current,
-            });
+            // Newer than this build: change it only if its write level allows, and leave
+            // its schema stamps alone.
+            let meta = self.table(META)?;
+            let about = txn.open_table(ABOUT).ok();
+            let levels = levels_in(Some(&meta), about.as_ref(), &self.path)?;
+            levels.require(&self.path, "read")?;
+            return levels.require(&self.path, "change");
         }
         for m in &MIGRATIONS[current as usize..] {
-            m(txn).map_err(self.err())?;
+            (m.up)(txn).map_err(self.err())?;
         }
         if current != SCHEMA_VERSION {
-            meta.insert("schema_version", SCHEMA_VERSION)
-                .map_err(|e| self.err()(e.into()))?;
+            stamp_schema(txn).map_err(self.err())?;
         }
         Ok(())
     }
 
+    /// Bring the journal in step with the index as the transaction begins (see the
+    /// protocol above), compacting it when it has grown.
+    fn check_journal(&self) -> Result<(), IndexError> {
+        let meta = self.table(META)?;
+        let seq = get_u64_in(&meta, "journal_seq", &self.path)?.unwrap_or(0);
+        let base = get_u64_in(&meta, "journal_base", &self.path)?.unwrap_or(0);
+        drop(meta);
+        self.seq.set(seq);
+        let tail = journal::tail(&self.journal).map_err(self.journal_err())?;
+        let Some(tail) = tail else {
+            return self.snapshot();
+        };
+        self.torn.set(tail.torn);
+        let in_step = match tail.last {
+            Some((s, false)) if s == seq => true,
+            Some((s, true)) if s == seq + 1 => true,
+            Some((s, false)) if s == seq + 1 => {
+                // The last writer died between its append and its commit.
+                let void = Line {
+                    seq: s,
+                    void: true,
+                    ..Line::default()
+                };
+                journal::append(&self.journal, &void, tail.torn).map_err(self.journal_err())?;
+                self.torn.set(false);
+                true
+            }
+            Some((s, _)) if s > seq + 1 => {
+                return Err(IndexError::BehindJournal {
+                    path: self.path.clone(),
+                    journal: self.journal.clone(),
+                });
+            }
+            _ => false,
+        };
+        if !in_step || tail.len > (COMPACT_RATIO * base).max(COMPACT_MIN) {
+            return self.snapshot();
+        }
+        Ok(())
+    }
+
+    /// Replace the journal with a snapshot of the index as committed.
+    fn snapshot(&self) -> Result<(), IndexError> {
+        let state = self.state()?;
+        let bytes = journal::write_snapshot(&self.journal, &state, self.seq.get(), self.file_mode)
+            .map_err(self.journal_err())?;
+        self.torn.set(false);
+        let mut meta = self.table(META)?;
+        meta.insert("journal_base", bytes)
+            .map_err(dberr(&self.path))?;
+        meta.insert("journal_seq", self.seq.get())
+            .map_err(dberr(&self.path))?;
+        Ok(())
+    }
+
+    /// Every blob record, name and pin in this transaction.
+    fn state(&self) -> Result<State, IndexError> {
+        let p = &self.path;
+        let mut s = State::default();
+        for row in self.table(REFS)?.iter().map_err(dberr(p))? {
+            let (k, v) = row.map_err(dberr(p))?;
+            let rec = decode_ref(v.value()).map_err(|e| corrupt(p, k.value(), e))?;
+            s.refs.insert(k.value().to_string(), rec);
+        }
+        s.blobs = blobs_in(&self.table(BLOBS)?, p)?.into_iter().collect();
+        for row in self.table(PINS)?.iter().map_err(dberr(p))? {
+            let (k, v) = row.map_err(dberr(p))?;
+            s.pins.insert(k.value().to_string(), v.value());
+        }
+        Ok(s)
+    }
+
+    fn journal_op(&self, op: Op) {
+        self.ops.borrow_mut().push(op);
+    }
+
     pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
-        let t = self.table(REFS)?;
-        get_ref_in(&t, key, &self.path)
+        self.guard(|| get_ref_in(&self.table(REFS)?, key, &self.path))
     }
 
     pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
-        let t = self.table(BLOBS)?;
-        get_blob_in(&t, &d.hex(), &self.path)
+        self.guard(|| get_blob_in(&self.table(BLOBS)?, &d.hex(), &self.path))
     }
 
     pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
-        let t = self.table(LAST_USE)?;
-        get_u64_in(&t, key, &self.path)
+        self.guard(|| get_u64_in(&self.table(LAST_USE)?, key, &self.path))
     }
 
     pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
-        let t = self.table(PINS)?;
-        Ok(get_u64_in(&t, key, &self.path)?.is_some())
+        self.guard(|| Ok(get_u64_in(&self.table(PINS)?, key, &self.path)?.is_some()))
     }
 
     /// Names pointing at a blob.
     pub fn names_of(&self, d: &Digest) -> Result<Vec<String>, IndexError> {
-        let t = self.blob_refs()?;
-        let mut out = Vec::new();
-        for v in t.get(d.hex().as_str()).map_err(dberr(&self.path))? {
-            out.push(v.map_err(dberr(&self.path))?.value().to_string());
-        }
-        Ok(out)
+        self.guard(|| {
+            let t = self.blob_refs()?;
+            let mut out = Vec::new();
+            for v in t.get(d.hex().as_str()).map_err(dberr(&self.path))? {
+                out.push(v.map_err(dberr(&self.path))?.value().to_string());
+            }
+            Ok(out)
+        })
     }
 
     /// Point `key` at `record.digest`; returns the record it replaces, if any.
@@ -683,37 +1375,48 @@ impl IndexWriter {
         key: &str,
         record: &RefRecord,
     ) -> Result<Option<RefRecord>, IndexError> {
-        let old = self.get_ref(key)?;
-        let mut refs = self.table(REFS)?;
-        let mut back = self.blob_refs()?;
-        if let Some(o) = &old {
-            back.remove(o.digest.hex().as_str(), key)
+        self.guard(|| {
+            let old = get_ref_in(&self.table(REFS)?, key, &self.path)?;
+            let mut refs = self.table(REFS)?;
+            let mut back = self.blob_refs()?;
+            if let Some(o) = &old {
+                back.remove(o.digest.hex().as_str(), key)
+                    .map_err(dberr(&self.path))?;
+            }
+            refs.insert(key, encode(record).as_slice())
                 .map_err(dberr(&self.path))?;
-        }
-        refs.insert(key, encode(record).as_slice())
-            .map_err(dberr(&self.path))?;
-        back.insert(record.digest.hex().as_str(), key)
-            .map_err(dberr(&self.path))?;
-        Ok(old)
+            back.insert(record.digest.hex().as_str(), key)
+                .map_err(dberr(&self.path))?;
+            self.journal_op(Op::PutRef {
+                name: key.to_string(),
+                record: record.clone(),
+            });
+            Ok(old)
+        })
     }
 
     /// Remove a name (with its last-use and pin entries); returns its record.
     pub fn remove_ref(&mut self, key: &str) -> Result<Option<RefRecord>, IndexError> {
-        let mut refs = self.table(REFS)?;
-        let old = match refs.remove(key).map_err(dberr(&self.path))? {
-            Some(v) => Some(decode_ref(v.value()).map_err(|e| corrupt(&self.path, key, e))?),
-            None => None,
-        };
-        if let Some(o) = &old {
-            let mut back = self.blob_refs()?;
-            back.remove(o.digest.hex().as_str(), key)
-                .map_err(dberr(&self.path))?;
-            let mut lu = self.table(LAST_USE)?;
-            lu.remove(key).map_err(dberr(&self.path))?;
-            let mut pins = self.table(PINS)?;
-            pins.remove(key).map_err(dberr(&self.path))?;
-        }
-        Ok(old)
+        self.guard(|| {
+            let mut refs = self.table(REFS)?;
+            let old = match refs.remove(key).map_err(dberr(&self.path))? {
+                Some(v) => Some(decode_ref(v.value()).map_err(|e| corrupt(&self.path, key, e))?),
+                None => None,
+            };
+            if let Some(o) = &old {
+                let mut back = self.blob_refs()?;
+                back.remove(o.digest.hex().as_str(), key)
+                    .map_err(dberr(&self.path))?;
+                let mut lu = self.table(LAST_USE)?;
+                lu.remove(key).map_err(dberr(&self.path))?;
+                let mut pins = self.table(PINS)?;
+                pins.remove(key).map_err(dberr(&self.path))?;
+                self.journal_op(Op::RemoveRef {
+                    name: key.to_string(),
+                });
+            }
+            Ok(old)
+        })
     }
 
     /// Record a blob (keeps the first `added` time when it is already known).
@@ -721,60 +1424,87 @@ impl IndexWriter {
         if self.get_blob(d)?.is_some() {
             return Ok(());
         }
-        let mut t = self.table(BLOBS)?;
-        t.insert(d.hex().as_str(), encode(record).as_slice())
-            .map_err(dberr(&self.path))?;
-        Ok(())
+        self.replace_blob(d, record)
     }
 
     /// Overwrite a blob's record.
     pub fn replace_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
-        let mut t = self.table(BLOBS)?;
-        t.insert(d.hex().as_str(), encode(record).as_slice())
-            .map_err(dberr(&self.path))?;
-        Ok(())
+        self.guard(|| {
+            let mut t = self.table(BLOBS)?;
+            t.insert(d.hex().as_str(), encode(record).as_slice())
+                .map_err(dberr(&self.path))?;
+            self.journal_op(Op::PutBlob {
+                digest: *d,
+                record: record.clone(),
+            });
+            Ok(())
+        })
     }
 
     /// Forget a blob.
     pub fn remove_blob(&mut self, d: &Digest) -> Result<(), IndexError> {
-        let mut t = self.table(BLOBS)?;
-        t.remove(d.hex().as_str()).map_err(dberr(&self.path))?;
-        Ok(())
+        self.guard(|| {
+            let mut t = self.table(BLOBS)?;
+            if t.remove(d.hex().as_str())
+                .map_err(dberr(&self.path))?
+                .is_some()
+            {
+                self.journal_op(Op::RemoveBlob { digest: *d });
+            }
+            Ok(())
+        })
     }
 
     pub fn set_last_use(&mut self, key: &str, when: u64) -> Result<(), IndexError> {
-        let mut t = self.table(LAST_USE)?;
-        t.insert(key, when).map_err(dberr(&self.path))?;
-        Ok(())
+        self.guard(|| {
+            let mut t = self.table(LAST_USE)?;
+            t.insert(key, when).map_err(dberr(&self.path))?;
+            Ok(())
+        })
     }
 
     /// Pin or unpin a name; returns whether that changed anything.
     pub fn set_pin(&mut self, key: &str, pinned: bool, when: u64) -> Result<bool, IndexError> {
-        let mut t = self.table(PINS)?;
-        let changed = if pinned {
-            t.insert(key, when).map_err(dberr(&self.path))?.is_none()
-        } else {
-            t.remove(key).map_err(dberr(&self.path))?.is_some()
-        };
-        Ok(changed)
+        self.guard(|| {
+            let mut t = self.table(PINS)?;
+            let changed = if pinned {
+                t.insert(key, when).map_err(dberr(&self.path))?.is_none()
+            } else {
+                t.remove(key).map_err(dberr(&self.path))?.is_some()
+            };
+            if changed {
+                self.journal_op(if pinned {
+                    Op::Pin {
+                        name: key.to_string(),
+                        at: when,
+                    }
+                } else {
+                    Op::Unpin {
+                        name: key.to_string(),
+                    }
+                });
+            }
+            Ok(changed)
+        })
     }
 
     /// Every name, sorted, with its blob record, last use and pin.
     pub fn all(&self) -> Result<Vec<Named>, IndexError> {
-        let refs = self.table(REFS)?;
-        let blobs = self.table(BLOBS)?;
-        let last = self.table(LAST_USE)?;
-        let pins = self.table(PINS)?;
-        all_in(&refs, Some(&blobs), Some(&last), Some(&pins), &self.path)
+        self.guard(|| {
+            let refs = self.table(REFS)?;
+            let blobs = self.table(BLOBS)?;
+            let last = self.table(LAST_USE)?;
+            let pins = self.table(PINS)?;
+            all_in(&refs, Some(&blobs), Some(&last), Some(&pins), &self.path)
+        })
     }
 
     /// Every blob record.
     pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
-        let t = self.table(BLOBS)?;
-        blobs_in(&t, &self.path)
+        self.guard(|| blobs_in(&self.table(BLOBS)?, &self.path))
     }
 
-    /// Make the changes durable, close the database, release the lock.
+    /// Journal the changes, make them durable, close the database, release the lock.
     pub fn commit(self) -> Result<(), IndexError> {
         self.commit_then(|| ())
     }
@@ -782,243 +1512,58 @@ impl IndexWriter {
     /// [`commit`](IndexWriter::commit), then run `after` while the exclusive lock is still
     /// held (to remove what the commit made redundant, with no reader or writer between).
     pub fn commit_then<T>(mut self, after: impl FnOnce() -> T) -> Result<T, IndexError> {
-        if let Some(txn) = self.txn.take() {
-            txn.commit().map_err(|e| self.err()(e.into()))?;
+        let ops = self.ops.take();
+        let seq = self.seq.get() + 1;
+        let journaled = !ops.is_empty();
+        if journaled {
+            self.guard(|| {
+                let mut meta = self.table(META)?;
+                meta.insert("journal_seq", seq).map_err(dberr(&self.path))?;
+                Ok(())
+            })?;
+            let line = Line {
+                seq,
+                ops,
+                ..Line::default()
+            };
+            journal::append(&self.journal, &line, self.torn.get()).map_err(self.journal_err())?;
+            crate::testhook::pause("index-journalled");
         }
-        if let Some(db) = self.db.take() {
-            db.close().map_err(|e| self.err()(e.into()))?;
+        let (txn, db) = (self.txn.take(), self.db.take());
+        let committed = guarded(&self.poisoned, &self.path, || {
+            if let Some(txn) = txn {
+                txn.commit().map_err(|e| from_redb(&self.path, e.into()))?;
+            }
+            if let Some(db) = db {
+                db.close().map_err(|e| from_redb(&self.path, e.into()))?;
+            }
+            Ok(())
+        });
+        if committed.is_err() && journaled {
+            // Best effort: if this line is lost too, the next writer voids it.
+            let void = Line {
+                seq,
+                void: true,
+                ..Line::default()
+            };
+            let _ = journal::append(&self.journal, &void, false);
         }
+        committed?;
         Ok(after())
     }
 }
 
 impl Drop for IndexWriter {
     fn drop(&mut self) {
-        // Abort an uncommitted transaction before the database and lock go.
-        if let Some(txn) = self.txn.take() {
-            let _ = txn.abort();
-        }
-        self.db.take();
-    }
-}
-
-/// redb's file backend with redb's own file locks granted without asking the kernel.
-///
-/// redb guards its file with byte-range locks of its own: about 18 lock calls to open,
-/// read and close it, each a round trip to the server on NFS, for every `get`. The index
-/// is only ever opened under `index.lock` (shared to read, exclusive to write; see the
-/// protocol above), which gives exactly the exclusion those locks would, so they are
-/// granted here as taken and no other process is ever reported holding one. This also
-/// keeps the index usable with `SREGISTRY_LOCK=flock` on filesystems without `fcntl`
-/// locks, where redb's would fail.
-///
-/// # Flushes
-///
-/// A write opens the database, commits once and closes it. redb flushes six times on that
-/// path; three reach the disk here (the two phases of the commit, the clean-shutdown
-/// header), and the three left out make nothing visible early:
-///
-/// * **Length changes.** redb grows the file (the last close trimmed it) and flushes, then,
-///   closing, trims it and flushes again before its last header write. A flush with only a
-///   length change behind it is left to the next flush, which always follows (the commit;
-///   the clean-shutdown header). A crash in between leaves a file whose length and header
-///   disagree, which redb checks on every open and repairs.
-/// * **The recovery flag.** Opening for writing, redb sets the header's "recovery
-///   required" flag and flushes it, so that no commit can become durable while the header
-///   still vouches for the allocator state recorded at the last clean close. When the file
-///   was closed cleanly (the header read at open says so: [`header_is_clean`]), that flush
-///   is left to the commit's first flush. Until then redb writes only pages the durable
-///   commit does not use (pages a commit may still need are never reused before a durable
-///   commit: redb's own guarantee for non-durable commits) and the header, whose every
-///   write carries the flag. After a power loss the header is either the old one, clean,
-///   describing the old commit and its allocator state, the new pages being unused
-///   garbage, or a new one with the flag set, which redb repairs from. A flush so owed is
-///   paid before any trim and at close at the latest.
-///
-///   The header read at open is the page cache's. A clean one there may be newer than the
-///   disk's only when the last writer died between its clean-shutdown header write and
-///   that write's flush; both headers then name the same, already durable commit. An
-///   unclean header (a writer died mid-write) or one this code does not know keeps every
-///   flush: the first then makes the dead writer's pages durable before anything is built
-///   on them, as redb's recovery expects.
-///
-/// The file's length is kept here rather than asked of the filesystem each time redb
-/// wants it (about six times per write, each a `statx`, on NFS a round trip): while we
-/// hold `index.lock` nobody else changes the file.
-#[derive(Debug)]
-struct UnderOurLock {
-    file: redb::backends::FileBackend,
-    /// What may be unflushed: [`NOTHING`], [`LENGTH`], [`HEADER`] or [`PAGES`].
-    unflushed: std::sync::atomic::AtomicU8,
-    /// Until the first flush that reaches the disk, a flush with only the header (and
-    /// lengths) behind it may wait for the next: the file was opened for writing and had
-    /// been closed cleanly.
-    defer_header: std::sync::atomic::AtomicBool,
-    /// A flush was left for later and must happen before a trim or the close.
-    owed: std::sync::atomic::AtomicBool,
-    len: std::sync::atomic::AtomicU64,
-    /// Flushes that reached the file (for tests).
-    flushes: std::sync::atomic::AtomicU32,
-}
-
-/// [`UnderOurLock::unflushed`]: nothing written since the last flush.
-const NOTHING: u8 = 0;
-/// Only the file's length changed.
-const LENGTH: u8 = 1;
-/// The header (and perhaps the length) changed, nothing else.
-const HEADER: u8 = 2;
-/// Pages beyond the header were written.
-const PAGES: u8 = 3;
-/// redb's header: 320 bytes at the start of the file; a write within the first sector is
-/// a header write.
-const HEADER_SECTOR: u64 = 512;
-
-/// Whether `head`, the first bytes of an index file, is a redb header this code knows
-/// that says the file was closed cleanly: redb's magic number, then the "god byte" with
-/// neither "recovery required" (2) nor "primary unflushed" (8) set and no flag this code
-/// does not know, and the primary commit slot in file format 3 (redb's header layout,
-/// `tree_store/page_store/header.rs`). Anything else keeps every flush.
-fn header_is_clean(head: &[u8]) -> bool {
-    const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
-    const KNOWN: u8 = 1 | 2 | 4 | 8;
-    let Some(&god) = head.get(MAGIC.len()) else {
-        return false;
-    };
-    let slot = 64 + 128 * usize::from(god & 1);
-    head.starts_with(&MAGIC)
-        && god & !KNOWN == 0
-        && god & (2 | 8) == 0
-        && head.get(slot) == Some(&3)
-}
-
-impl UnderOurLock {
-    /// Open an existing index; `write` for the read-write open.
-    fn open(path: &Path, write: bool) -> Result<UnderOurLock, redb::StorageError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(path)
-            .map_err(redb::StorageError::Io)?;
-        let backend = Self::wrap(file)?;
-        let len = backend.len.load(std::sync::atomic::Ordering::SeqCst);
-        // `create_with_backend` would initialise an empty file as a new, empty index: an
-        // empty `index.redb` is damage to report (as `open` does), not a cache to restart.
-        if write && len == 0 {
-            return Err(redb::StorageError::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the index file is empty, not a redb database",
-            )));
-        }
-        if write {
-            let mut head = [0u8; 320];
-            if len >= head.len() as u64
-                && redb::StorageBackend::read(&backend.file, 0, &mut head).is_ok()
-                && header_is_clean(&head)
-            {
-                use std::sync::atomic::Ordering;
-                backend.unflushed.store(NOTHING, Ordering::SeqCst);
-                backend.defer_header.store(true, Ordering::SeqCst);
+        // Abort an uncommitted transaction before the database and lock go; redb may
+        // panic doing so on a damaged database.
+        let (txn, db) = (self.txn.take(), self.db.take());
+        caught(move || {
+            if let Some(txn) = txn {
+                let _ = txn.abort();
             }
-        }
-        Ok(backend)
-    }
-
-    /// Wrap an open file. Every flush reaches the disk until [`UnderOurLock::open`] finds
-    /// the header clean.
-    fn wrap(file: std::fs::File) -> Result<UnderOurLock, redb::StorageError> {
-        let len = file.metadata().map_err(redb::StorageError::Io)?.len();
-        match redb::backends::FileBackend::new(file) {
-            Ok(file) => Ok(UnderOurLock {
-                file,
-                unflushed: std::sync::atomic::AtomicU8::new(PAGES),
-                defer_header: std::sync::atomic::AtomicBool::new(false),
-                owed: std::sync::atomic::AtomicBool::new(false),
-                len: std::sync::atomic::AtomicU64::new(len),
-                flushes: std::sync::atomic::AtomicU32::new(0),
-            }),
-            Err(redb::DatabaseError::Storage(e)) => Err(e),
-            Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
-        }
-    }
-
-    /// Flush to the disk, whatever is pending.
-    fn flush(&self) -> Result<(), std::io::Error> {
-        use std::sync::atomic::Ordering;
-        redb::StorageBackend::sync_data(&self.file)?;
-        self.flushes.fetch_add(1, Ordering::SeqCst);
-        self.unflushed.store(NOTHING, Ordering::SeqCst);
-        self.owed.store(false, Ordering::SeqCst);
-        self.defer_header.store(false, Ordering::SeqCst);
-        Ok(())
-    }
-
-    /// Pay a flush left for later.
-    fn pay_owed(&self) -> Result<(), std::io::Error> {
-        if self.owed.load(std::sync::atomic::Ordering::SeqCst) {
-            self.flush()?;
-        }
-        Ok(())
-    }
-}
-
-impl redb::StorageBackend for UnderOurLock {
-    fn len(&self) -> Result<u64, std::io::Error> {
-        Ok(self.len.load(std::sync::atomic::Ordering::SeqCst))
-    }
-    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
-        self.file.read(offset, out)
-    }
-    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
-        use std::sync::atomic::Ordering;
-        if len < self.len.load(Ordering::SeqCst) {
-            self.pay_owed()?; // a trim must not reach the disk before the header it follows
-        }
-        self.file.set_len(len)?;
-        self.len.store(len, Ordering::SeqCst);
-        self.unflushed.fetch_max(LENGTH, Ordering::SeqCst);
-        Ok(())
-    }
-    fn sync_data(&self) -> Result<(), std::io::Error> {
-        use std::sync::atomic::Ordering;
-        match self.unflushed.load(Ordering::SeqCst) {
-            NOTHING | LENGTH => Ok(()), // at most a length change: left to the next flush
-            HEADER if self.defer_header.load(Ordering::SeqCst) => {
-                self.owed.store(true, Ordering::SeqCst); // the recovery flag: see above
-                Ok(())
-            }
-            _ => self.flush(),
-        }
-    }
-    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
-        use std::sync::atomic::Ordering;
-        let end = offset + data.len() as u64;
-        let what = if end <= HEADER_SECTOR { HEADER } else { PAGES };
-        self.unflushed.fetch_max(what, Ordering::SeqCst);
-        self.file.write(offset, data)?;
-        self.len.fetch_max(end, Ordering::SeqCst);
-        Ok(())
-    }
-    fn close(&self) -> Result<(), std::io::Error> {
-        self.pay_owed()?;
-        self.file.close()
-    }
-    fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
-        Ok(true)
-    }
-    fn try_lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
-        Ok(true)
-    }
-    fn lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn unlock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
-        Ok(())
-    }
-    fn query_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
-        Ok(false)
+            drop(db);
+        });
     }
 }
 
@@ -1041,7 +1586,7 @@ mod tests {
     }
 
     /// An index in a new temporary cache (keep the directory alive while it is used).
-    fn fresh_index() -> (tempfile::TempDir, Index) {
+    pub(super) fn fresh_index() -> (tempfile::TempDir, Index) {
         let dir = tempfile::tempdir().unwrap();
         let v1 = dir.path().join("v1");
         std::fs::create_dir_all(&v1).unwrap();
@@ -1068,7 +1613,7 @@ mod tests {
         drop(r);
     }
 
-    fn record(n: u8) -> RefRecord {
+    pub(super) fn record(n: u8) -> RefRecord {
         RefRecord {
             digest: Digest::from_bytes([n; 32]),
             added: 1,
@@ -1083,11 +1628,7 @@ mod tests {
         // loss the header may say "closed cleanly" while the file keeps its old length.
         // redb must then repair on open, and every name must still be there.
         let (_dir, idx) = fresh_index();
-        for n in 0..3u8 {
-            let mut w = idx.write().unwrap();
-            w.put_ref(&format!("lab/t{n}:1"), &record(n)).unwrap();
-            w.commit().unwrap();
-        }
+        put_names(&idx, 0..3);
         let f = std::fs::OpenOptions::new()
             .write(true)
             .open(idx.db_path())
@@ -1108,7 +1649,7 @@ mod tests {
     }
 
     /// An index with one name, closed cleanly by a write.
-    fn written_index() -> (tempfile::TempDir, Index) {
+    pub(super) fn written_index() -> (tempfile::TempDir, Index) {
         let (dir, idx) = fresh_index();
         let mut w = idx.write().unwrap();
         w.put_ref("lab/t:1", &record(1)).unwrap();
@@ -1116,118 +1657,222 @@ mod tests {
         (dir, idx)
     }
 
-    fn flushes(b: &UnderOurLock) -> u32 {
-        b.flushes.load(std::sync::atomic::Ordering::SeqCst)
+    /// Name `lab/t<n>:1` for each `n`, one write each.
+    fn put_names(idx: &Index, ns: std::ops::Range<u8>) {
+        for n in ns {
+            let mut w = idx.write().unwrap();
+            w.put_ref(&format!("lab/t{n}:1"), &record(n)).unwrap();
+            w.commit().unwrap();
+        }
     }
 
-    /// Replay what redb does to the file around a commit: header write and flush (the
-    /// recovery flag), grow and flush, pages and header and flush (the commit's first
-    /// phase), header and flush (the second).
-    fn replay_commit(b: &UnderOurLock) -> Vec<u32> {
-        use redb::StorageBackend as _;
-        let len = b.len().unwrap();
-        let mut head = vec![0u8; 320];
-        b.read(0, &mut head).unwrap();
-        let mut seen = Vec::new();
-        b.write(0, &head).unwrap();
-        b.sync_data().unwrap();
-        seen.push(flushes(b));
-        b.set_len(len + 8192).unwrap();
-        b.sync_data().unwrap();
-        seen.push(flushes(b));
-        b.write(len, &[0u8; 4096]).unwrap();
-        b.write(0, &head).unwrap();
-        b.sync_data().unwrap();
-        seen.push(flushes(b));
-        b.write(0, &head).unwrap();
-        b.sync_data().unwrap();
-        seen.push(flushes(b));
-        seen
+    fn names(idx: &Index) -> Vec<String> {
+        idx.read()
+            .unwrap()
+            .all()
+            .unwrap()
+            .into_iter()
+            .map(|n| n.name)
+            .collect()
     }
 
-    #[test]
-    fn a_cleanly_closed_index_has_a_header_this_code_reads_as_clean() {
-        // If a redb upgrade changes its header, the flush of the recovery flag is never
-        // deferred again (safe, but a flush more per write): this says so.
-        let (_dir, idx) = written_index();
-        let head = std::fs::read(idx.db_path()).unwrap();
-        assert!(header_is_clean(&head[..320]));
-        let mut dirty = head[..320].to_vec();
-        dirty[9] |= 2; // recovery required
-        assert!(!header_is_clean(&dirty));
-        let mut unknown = head[..320].to_vec();
-        unknown[9] |= 16;
-        assert!(!header_is_clean(&unknown));
-        assert!(!header_is_clean(&[]));
-        assert!(!header_is_clean(b"not a redb file at all"));
+    fn replayed_names(idx: &Index) -> Vec<String> {
+        journal::replay(idx.journal_path())
+            .unwrap()
+            .state
+            .refs
+            .into_keys()
+            .collect()
     }
 
-    #[test]
-    fn the_recovery_flag_flush_waits_for_the_commit_only_after_a_clean_close() {
-        // Deferred, the flag reaches the disk with the commit's first flush; the second
-        // phase of the commit is never deferred.
-        let (_dir, idx) = written_index();
-        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
-        assert_eq!(replay_commit(&b), vec![0, 0, 1, 2]);
-        assert!(!b.owed.load(std::sync::atomic::Ordering::SeqCst));
-    }
-
-    #[test]
-    fn the_first_flush_after_a_writer_died_mid_write_reaches_the_disk() {
-        // The dead writer's pages may still be only in the page cache; redb's recovery
-        // builds on them, so they must be durable before anything else is written.
-        let (_dir, idx) = written_index();
-        let mut f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(idx.db_path())
-            .unwrap();
-        use std::io::{Read, Seek, SeekFrom, Write};
-        let mut god = [0u8; 1];
-        f.seek(SeekFrom::Start(9)).unwrap();
-        f.read_exact(&mut god).unwrap();
-        f.seek(SeekFrom::Start(9)).unwrap();
-        f.write_all(&[god[0] | 2]).unwrap();
-        drop(f);
-        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
-        assert_eq!(replay_commit(&b), vec![1, 1, 2, 3]);
-        // And redb recovers that file: the name is still there.
-        drop(b);
+    fn meta_u64(idx: &Index, key: &str) -> Option<u64> {
         let r = idx.read().unwrap();
-        assert_eq!(r.get_ref("lab/t:1").unwrap(), Some(record(1)));
+        r.guard(|| get_u64_in(&r.table(META)?.unwrap(), key, &r.path))
+            .unwrap()
     }
 
     #[test]
-    fn a_deferred_flush_is_paid_before_a_trim_and_at_close() {
-        use redb::StorageBackend as _;
-        let (_dir, idx) = written_index();
-        let mut head = vec![0u8; 320];
-        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
-        b.read(0, &mut head).unwrap();
-        let len = b.len().unwrap();
-        b.write(0, &head).unwrap();
-        b.sync_data().unwrap();
-        assert_eq!(flushes(&b), 0);
-        b.set_len(len - 4096).unwrap();
+    fn every_committed_change_is_in_the_journal_and_an_aborted_one_is_not() {
+        let (_dir, idx) = fresh_index();
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/a:1", &record(1)).unwrap();
+        w.set_pin("lab/a:1", true, 5).unwrap();
+        w.commit().unwrap();
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/b:1", &record(2)).unwrap();
+        drop(w); // aborted: never journalled
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/c:1", &record(3)).unwrap();
+        w.remove_ref("lab/a:1").unwrap();
+        w.commit().unwrap();
+        // A write that changes no name (a use) is not journalled.
+        let mut w = idx.write().unwrap();
+        w.set_last_use("lab/c:1", 9).unwrap();
+        w.commit().unwrap();
+        assert_eq!(names(&idx), vec!["lab/c:1"]);
+        let r = journal::replay(idx.journal_path()).unwrap();
+        assert_eq!(r.state.refs.keys().collect::<Vec<_>>(), vec!["lab/c:1"]);
+        assert!(r.state.pins.is_empty());
+        assert_eq!(r.seq, 2);
+        assert_eq!(meta_u64(&idx, "journal_seq"), Some(2));
+    }
+
+    #[test]
+    fn a_writer_that_died_between_append_and_commit_is_voided_by_the_next() {
+        let (_dir, idx) = fresh_index();
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/a:1", &record(1)).unwrap();
+        w.commit().unwrap();
+        // What a writer killed after its append leaves: a line one ahead of the index.
+        let ghost = Line {
+            seq: 2,
+            ops: vec![Op::PutRef {
+                name: "lab/ghost:1".into(),
+                record: record(2),
+            }],
+            ..Line::default()
+        };
+        journal::append(idx.journal_path(), &ghost, false).unwrap();
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/b:1", &record(3)).unwrap();
+        w.commit().unwrap();
+        assert_eq!(replayed_names(&idx), vec!["lab/a:1", "lab/b:1"]);
+        assert_eq!(replayed_names(&idx), names(&idx));
+    }
+
+    #[test]
+    fn a_journal_that_lost_its_tail_is_replaced_by_a_snapshot() {
+        let (_dir, idx) = fresh_index();
+        put_names(&idx, 0..3);
         assert_eq!(
-            flushes(&b),
-            1,
-            "trimmed before the header it follows was flushed"
+            idx.journal_status().unwrap(),
+            JournalStatus::InStep { names: 3, lines: 4 }
         );
-        b.set_len(len).unwrap();
-
-        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
-        b.write(0, &head).unwrap();
-        b.sync_data().unwrap();
-        assert_eq!(flushes(&b), 0);
-        b.close().unwrap();
-        assert_eq!(flushes(&b), 1, "closed with a flush owed");
+        // Cut the last line off, as a lost write-back would.
+        let text = std::fs::read_to_string(idx.journal_path()).unwrap();
+        let cut = text.trim_end().rfind('\n').unwrap() + 1;
+        std::fs::write(idx.journal_path(), &text[..cut]).unwrap();
+        assert_ne!(replayed_names(&idx), names(&idx));
+        let w = idx.write().unwrap();
+        w.commit().unwrap();
+        assert_eq!(replayed_names(&idx), names(&idx));
     }
 
     #[test]
-    fn a_read_only_open_never_defers() {
+    fn an_index_behind_its_journal_refuses_writers() {
+        let (_dir, idx) = fresh_index();
+        put_names(&idx, 0..3);
+        let old = std::fs::read(idx.db_path()).unwrap();
+        put_names(&idx, 3..5);
+        // The index restored from a copy two writes old.
+        std::fs::write(idx.db_path(), old).unwrap();
+        assert!(matches!(
+            idx.write().err(),
+            Some(IndexError::BehindJournal { .. })
+        ));
+        assert!(matches!(
+            idx.journal_status(),
+            Err(IndexError::BehindJournal { .. })
+        ));
+        // An earlier repair's damaged index, in this very second (or the next two).
+        let now = crate::clock::now();
+        let earlier: Vec<PathBuf> = (now..now + 3)
+            .map(|t| {
+                idx.db_path()
+                    .with_file_name(format!("index.redb.damaged-{t}"))
+            })
+            .collect();
+        for p in &earlier {
+            std::fs::write(p, b"kept").unwrap();
+        }
+        let r = idx.rebuild(&HashMap::new()).unwrap();
+        let aside = r.moved_aside.clone().unwrap();
+        assert!(!earlier.contains(&aside), "{aside:?}");
+        assert!(earlier.iter().all(|p| std::fs::read(p).unwrap() == b"kept"));
+        assert_eq!(r.names, 5);
+        assert_eq!(r.missing_blobs.len(), 5);
+        assert_eq!(names(&idx).len(), 5);
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/t9:1", &record(9)).unwrap();
+        w.commit().unwrap();
+        assert_eq!(replayed_names(&idx), names(&idx));
+    }
+
+    #[test]
+    fn the_journal_is_compacted_when_it_outgrows_its_snapshot() {
+        let (_dir, idx) = fresh_index();
+        let mut label = BTreeMap::new();
+        label.insert("pad".to_string(), "x".repeat(4000));
+        let mut rec = record(1);
+        rec.labels = label;
+        let mut sizes = Vec::new();
+        for n in 0..400u32 {
+            let mut w = idx.write().unwrap();
+            // One name re-pointed over and over: the state stays small, the journal grows.
+            w.put_ref("lab/churn:1", &rec).unwrap();
+            w.set_pin("lab/churn:1", n % 2 == 0, 1).unwrap();
+            w.commit().unwrap();
+            sizes.push(std::fs::metadata(idx.journal_path()).unwrap().len());
+        }
+        let max = *sizes.iter().max().unwrap();
+        assert!(max <= COMPACT_MIN + 16384, "journal grew to {max}");
+        assert!(sizes.windows(2).any(|w| w[1] < w[0]), "never compacted");
+        assert_eq!(replayed_names(&idx), names(&idx));
+    }
+
+    #[test]
+    fn an_index_of_schema_1_is_migrated_and_its_names_journalled() {
+        let (_dir, idx) = fresh_index();
+        let mut w = idx.write().unwrap();
+        w.put_ref("lab/old:1", &record(1)).unwrap();
+        w.commit().unwrap();
+        // Make it what schema 1 left: no levels, no about table, no journal.
+        {
+            let w = idx.write().unwrap();
+            let mut meta = w.table(META).unwrap();
+            meta.insert("schema_version", 1).unwrap();
+            meta.remove("read_compat").unwrap();
+            meta.remove("write_compat").unwrap();
+            meta.remove("journal_seq").unwrap();
+            drop(meta);
+            w.txn().delete_table(ABOUT).unwrap();
+            w.commit().unwrap();
+        }
+        std::fs::remove_file(idx.journal_path()).unwrap();
+        let w = idx.write().unwrap();
+        w.commit().unwrap();
+        assert_eq!(meta_u64(&idx, "schema_version"), Some(SCHEMA_VERSION));
+        assert_eq!(
+            meta_u64(&idx, "write_compat"),
+            Some(compat_of(SCHEMA_VERSION).1)
+        );
+        assert_eq!(replayed_names(&idx), vec!["lab/old:1"]);
+    }
+
+    #[test]
+    fn compatibility_levels_never_fall_along_the_migrations() {
+        let mut last = (0, 0);
+        for n in 1..=SCHEMA_VERSION {
+            let (r, w) = compat_of(n);
+            assert!(r >= last.0 && w >= last.1 && r <= n && w <= n && r <= w);
+            last = (r, w);
+        }
+    }
+
+    #[test]
+    fn a_panic_inside_a_guarded_call_is_damage_and_poisons_the_reader() {
         let (_dir, idx) = written_index();
-        let b = UnderOurLock::open(idx.db_path(), false).unwrap();
-        assert!(!b.defer_header.load(std::sync::atomic::Ordering::SeqCst));
+        let r = idx.read().unwrap();
+        let seen = r.guard(|| -> Result<(), IndexError> {
+            assert!(panic_is_caught());
+            panic!("a damaged page")
+        });
+        assert!(matches!(seen, Err(IndexError::Damaged { .. })));
+        assert!(!panic_is_caught());
+        // Nothing more runs on that reader.
+        assert!(matches!(
+            r.get_ref("lab/t:1"),
+            Err(IndexError::Damaged { .. })
+        ));
     }
 }

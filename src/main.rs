@@ -24,7 +24,12 @@ fn main() -> ExitCode {
         }
     };
     // A panic is a bug; still, the user gets one line and exit code 1, not a backtrace.
+    // A panic inside redb on a damaged index is caught by the index module and reported
+    // as damage with its fix, so it prints nothing here.
     std::panic::set_hook(Box::new(|info| {
+        if sregistry::index::panic_is_caught() {
+            return;
+        }
         let msg = info
             .payload()
             .downcast_ref::<&str>()

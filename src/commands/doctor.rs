@@ -1,13 +1,17 @@
-//! `sregistry doctor`: check the cache (see [`crate::doctor`]).
+//! `sregistry doctor`: check the cache (see [`crate::doctor`]); with `--repair-index`,
+//! rebuild a damaged index from its journal.
 
 use anyhow::Result;
 
 use super::{Ctx, output};
 use crate::cli::DoctorArgs;
-use crate::doctor::{self, Status};
+use crate::doctor::{self, Repaired, Status};
 use crate::exit::{ExitStatus, Reported};
 
-pub fn run(ctx: &Ctx, _args: &DoctorArgs) -> Result<()> {
+pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
+    if args.repair_index {
+        return repair(ctx);
+    }
     let checks = doctor::run(&ctx.cache, ctx.lock.kind);
     let failed = checks.iter().filter(|c| c.status == Status::Fail).count();
     if ctx.json {
@@ -26,6 +30,74 @@ pub fn run(ctx: &Ctx, _args: &DoctorArgs) -> Result<()> {
         if !ctx.json {
             eprintln!("doctor found {failed} problem(s)");
         }
+        return Err(Reported {
+            status: ExitStatus::Problem,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Rebuild the index; exit 4 when names are left whose image file is missing.
+fn repair(ctx: &Ctx) -> Result<()> {
+    let index = ctx.cache.index();
+    let db = index.db_path().display();
+    let journal = index.journal_path().display();
+    let r = match doctor::repair_index(&ctx.cache)? {
+        Repaired::Index(r) => r,
+        Repaired::Nothing => {
+            if ctx.json {
+                output::json(&serde_json::json!({ "repaired": "nothing" }))?;
+            } else {
+                output::line(format!("`{db}` is not damaged; nothing to repair"))?;
+            }
+            return Ok(());
+        }
+        Repaired::Journal => {
+            if ctx.json {
+                output::json(&serde_json::json!({ "repaired": "journal" }))?;
+            } else {
+                output::line(format!(
+                    "`{db}` is not damaged; its journal `{journal}` was rewritten from it"
+                ))?;
+            }
+            return Ok(());
+        }
+    };
+    if ctx.json {
+        output::json(&serde_json::json!({ "repaired": "index", "rebuilt": r }))?;
+    } else {
+        output::line(format!(
+            "rebuilt `{db}` from `{journal}`: {} names, {} blobs, {} pins ({} transactions replayed)",
+            r.names, r.blobs, r.pins, r.replayed
+        ))?;
+        if let Some(aside) = &r.moved_aside {
+            output::line(format!(
+                "the damaged index is kept as `{}`",
+                aside.display()
+            ))?;
+        }
+        if r.blob_records_from_files > 0 {
+            output::line(format!(
+                "{} blob record(s) were made from the image files",
+                r.blob_records_from_files
+            ))?;
+        }
+        if !r.skipped_lines.is_empty() {
+            output::line(format!(
+                "warn: journal line(s) {:?} could not be read and were skipped",
+                r.skipped_lines
+            ))?;
+        }
+        if !r.missing_blobs.is_empty() {
+            output::line(format!(
+                "warn: {} name(s) point at an image file that is missing: {} (`sregistry rm` them, or add them again)",
+                r.missing_blobs.len(),
+                r.missing_blobs.join(", ")
+            ))?;
+        }
+    }
+    if !r.missing_blobs.is_empty() {
         return Err(Reported {
             status: ExitStatus::Problem,
         }

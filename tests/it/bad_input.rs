@@ -299,7 +299,7 @@ fn a_damaged_index_is_reported_by_every_command_without_a_panic() {
         assert_eq!(out.status.code(), Some(4));
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
-            text.contains("FAIL index") && text.contains("move it aside"),
+            text.contains("FAIL index") && text.contains("sregistry doctor --repair-index"),
             "{damage}: {text}"
         );
         assert_eq!(

@@ -7,6 +7,7 @@ mod bad_input;
 mod contention;
 mod crash;
 mod gc;
+mod index_damage;
 mod interop;
 mod local;
 mod move_add;

@@ -1,0 +1,348 @@
+//! The storage backend under redb: its file locks left to `index.lock`, and flushes that
+//! make nothing visible early left out (see [`UnderOurLock`]).
+
+use std::ops::Bound;
+use std::path::Path;
+
+use redb::BackendError;
+
+/// redb's file backend with redb's own file locks granted without asking the kernel.
+///
+/// redb guards its file with byte-range locks of its own: about 18 lock calls to open,
+/// read and close it, each a round trip to the server on NFS, for every `get`. The index
+/// is only ever opened under `index.lock` (shared to read, exclusive to write; see the
+/// protocol above), which gives exactly the exclusion those locks would, so they are
+/// granted here as taken and no other process is ever reported holding one. This also
+/// keeps the index usable with `SREGISTRY_LOCK=flock` on filesystems without `fcntl`
+/// locks, where redb's would fail.
+///
+/// # Flushes
+///
+/// A write opens the database, commits once and closes it. redb flushes six times on that
+/// path; three reach the disk here (the two phases of the commit, the clean-shutdown
+/// header), and the three left out make nothing visible early:
+///
+/// * **Length changes.** redb grows the file (the last close trimmed it) and flushes, then,
+///   closing, trims it and flushes again before its last header write. A flush with only a
+///   length change behind it is left to the next flush, which always follows (the commit;
+///   the clean-shutdown header). A crash in between leaves a file whose length and header
+///   disagree, which redb checks on every open and repairs.
+/// * **The recovery flag.** Opening for writing, redb sets the header's "recovery
+///   required" flag and flushes it, so that no commit can become durable while the header
+///   still vouches for the allocator state recorded at the last clean close. When the file
+///   was closed cleanly (the header read at open says so: [`header_is_clean`]), that flush
+///   is left to the commit's first flush. Until then redb writes only pages the durable
+///   commit does not use (pages a commit may still need are never reused before a durable
+///   commit: redb's own guarantee for non-durable commits) and the header, whose every
+///   write carries the flag. After a power loss the header is either the old one, clean,
+///   describing the old commit and its allocator state, the new pages being unused
+///   garbage, or a new one with the flag set, which redb repairs from. A flush so owed is
+///   paid before any trim and at close at the latest.
+///
+///   The header read at open is the page cache's. A clean one there may be newer than the
+///   disk's only when the last writer died between its clean-shutdown header write and
+///   that write's flush; both headers then name the same, already durable commit. An
+///   unclean header (a writer died mid-write) or one this code does not know keeps every
+///   flush: the first then makes the dead writer's pages durable before anything is built
+///   on them, as redb's recovery expects.
+///
+/// The file's length is kept here rather than asked of the filesystem each time redb
+/// wants it (about six times per write, each a `statx`, on NFS a round trip): while we
+/// hold `index.lock` nobody else changes the file.
+#[derive(Debug)]
+pub(super) struct UnderOurLock {
+    file: redb::backends::FileBackend,
+    /// What may be unflushed: [`NOTHING`], [`LENGTH`], [`HEADER`] or [`PAGES`].
+    unflushed: std::sync::atomic::AtomicU8,
+    /// Until the first flush that reaches the disk, a flush with only the header (and
+    /// lengths) behind it may wait for the next: the file was opened for writing and had
+    /// been closed cleanly.
+    defer_header: std::sync::atomic::AtomicBool,
+    /// A flush was left for later and must happen before a trim or the close.
+    owed: std::sync::atomic::AtomicBool,
+    len: std::sync::atomic::AtomicU64,
+    /// Flushes that reached the file (for tests).
+    flushes: std::sync::atomic::AtomicU32,
+}
+
+/// [`UnderOurLock::unflushed`]: nothing written since the last flush.
+const NOTHING: u8 = 0;
+/// Only the file's length changed.
+const LENGTH: u8 = 1;
+/// The header (and perhaps the length) changed, nothing else.
+const HEADER: u8 = 2;
+/// Pages beyond the header were written.
+const PAGES: u8 = 3;
+/// redb's header: 320 bytes at the start of the file; a write within the first sector is
+/// a header write.
+const HEADER_SECTOR: u64 = 512;
+
+/// Whether `head`, the first bytes of an index file, is a redb header this code knows
+/// that says the file was closed cleanly: redb's magic number, then the "god byte" with
+/// neither "recovery required" (2) nor "primary unflushed" (8) set and no flag this code
+/// does not know, and the primary commit slot in file format 3 (redb's header layout,
+/// `tree_store/page_store/header.rs`). Anything else keeps every flush.
+fn header_is_clean(head: &[u8]) -> bool {
+    const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
+    const KNOWN: u8 = 1 | 2 | 4 | 8;
+    let Some(&god) = head.get(MAGIC.len()) else {
+        return false;
+    };
+    let slot = 64 + 128 * usize::from(god & 1);
+    head.starts_with(&MAGIC)
+        && god & !KNOWN == 0
+        && god & (2 | 8) == 0
+        && head.get(slot) == Some(&3)
+}
+
+impl UnderOurLock {
+    /// Open an existing index; `write` for the read-write open.
+    pub(super) fn open(path: &Path, write: bool) -> Result<UnderOurLock, redb::StorageError> {
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(redb::StorageError::Io)?;
+        let backend = Self::wrap(file)?;
+        let len = backend.len.load(std::sync::atomic::Ordering::SeqCst);
+        // `create_with_backend` would initialise an empty file as a new, empty index: an
+        // empty `index.redb` is damage to report (as `open` does), not a cache to restart.
+        if write && len == 0 {
+            return Err(redb::StorageError::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "the index file is empty, not a redb database",
+            )));
+        }
+        if write {
+            let mut head = [0u8; 320];
+            if len >= head.len() as u64
+                && redb::StorageBackend::read(&backend.file, 0, &mut head).is_ok()
+                && header_is_clean(&head)
+            {
+                use std::sync::atomic::Ordering;
+                backend.unflushed.store(NOTHING, Ordering::SeqCst);
+                backend.defer_header.store(true, Ordering::SeqCst);
+            }
+        }
+        Ok(backend)
+    }
+
+    /// Wrap an open file. Every flush reaches the disk until [`UnderOurLock::open`] finds
+    /// the header clean.
+    pub(super) fn wrap(file: std::fs::File) -> Result<UnderOurLock, redb::StorageError> {
+        let len = file.metadata().map_err(redb::StorageError::Io)?.len();
+        match redb::backends::FileBackend::new(file) {
+            Ok(file) => Ok(UnderOurLock {
+                file,
+                unflushed: std::sync::atomic::AtomicU8::new(PAGES),
+                defer_header: std::sync::atomic::AtomicBool::new(false),
+                owed: std::sync::atomic::AtomicBool::new(false),
+                len: std::sync::atomic::AtomicU64::new(len),
+                flushes: std::sync::atomic::AtomicU32::new(0),
+            }),
+            Err(redb::DatabaseError::Storage(e)) => Err(e),
+            Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
+        }
+    }
+
+    /// Flush to the disk, whatever is pending.
+    fn flush(&self) -> Result<(), std::io::Error> {
+        use std::sync::atomic::Ordering;
+        redb::StorageBackend::sync_data(&self.file)?;
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        self.unflushed.store(NOTHING, Ordering::SeqCst);
+        self.owed.store(false, Ordering::SeqCst);
+        self.defer_header.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Pay a flush left for later.
+    fn pay_owed(&self) -> Result<(), std::io::Error> {
+        if self.owed.load(std::sync::atomic::Ordering::SeqCst) {
+            self.flush()?;
+        }
+        Ok(())
+    }
+}
+
+impl redb::StorageBackend for UnderOurLock {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        Ok(self.len.load(std::sync::atomic::Ordering::SeqCst))
+    }
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.file.read(offset, out)
+    }
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        use std::sync::atomic::Ordering;
+        if len < self.len.load(Ordering::SeqCst) {
+            self.pay_owed()?; // a trim must not reach the disk before the header it follows
+        }
+        self.file.set_len(len)?;
+        self.len.store(len, Ordering::SeqCst);
+        self.unflushed.fetch_max(LENGTH, Ordering::SeqCst);
+        Ok(())
+    }
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        use std::sync::atomic::Ordering;
+        match self.unflushed.load(Ordering::SeqCst) {
+            NOTHING | LENGTH => Ok(()), // at most a length change: left to the next flush
+            HEADER if self.defer_header.load(Ordering::SeqCst) => {
+                self.owed.store(true, Ordering::SeqCst); // the recovery flag: see above
+                Ok(())
+            }
+            _ => self.flush(),
+        }
+    }
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        use std::sync::atomic::Ordering;
+        let end = offset + data.len() as u64;
+        let what = if end <= HEADER_SECTOR { HEADER } else { PAGES };
+        self.unflushed.fetch_max(what, Ordering::SeqCst);
+        self.file.write(offset, data)?;
+        self.len.fetch_max(end, Ordering::SeqCst);
+        Ok(())
+    }
+    fn close(&self) -> Result<(), std::io::Error> {
+        self.pay_owed()?;
+        self.file.close()
+    }
+    fn try_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    fn try_lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Ok(true)
+    }
+    fn lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn lock_shared_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn unlock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn query_lock_range(&self, _: Bound<u64>, _: Bound<u64>) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::tests::{record, written_index};
+
+    fn flushes(b: &UnderOurLock) -> u32 {
+        b.flushes.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Replay what redb does to the file around a commit: header write and flush (the
+    /// recovery flag), grow and flush, pages and header and flush (the commit's first
+    /// phase), header and flush (the second).
+    fn replay_commit(b: &UnderOurLock) -> Vec<u32> {
+        use redb::StorageBackend as _;
+        let len = b.len().unwrap();
+        let mut head = vec![0u8; 320];
+        b.read(0, &mut head).unwrap();
+        let mut seen = Vec::new();
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        seen.push(flushes(b));
+        b.set_len(len + 8192).unwrap();
+        b.sync_data().unwrap();
+        seen.push(flushes(b));
+        b.write(len, &[0u8; 4096]).unwrap();
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        seen.push(flushes(b));
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        seen.push(flushes(b));
+        seen
+    }
+
+    #[test]
+    fn a_cleanly_closed_index_has_a_header_this_code_reads_as_clean() {
+        // If a redb upgrade changes its header, the flush of the recovery flag is never
+        // deferred again (safe, but a flush more per write): this says so.
+        let (_dir, idx) = written_index();
+        let head = std::fs::read(idx.db_path()).unwrap();
+        assert!(header_is_clean(&head[..320]));
+        let mut dirty = head[..320].to_vec();
+        dirty[9] |= 2; // recovery required
+        assert!(!header_is_clean(&dirty));
+        let mut unknown = head[..320].to_vec();
+        unknown[9] |= 16;
+        assert!(!header_is_clean(&unknown));
+        assert!(!header_is_clean(&[]));
+        assert!(!header_is_clean(b"not a redb file at all"));
+    }
+
+    #[test]
+    fn the_recovery_flag_flush_waits_for_the_commit_only_after_a_clean_close() {
+        // Deferred, the flag reaches the disk with the commit's first flush; the second
+        // phase of the commit is never deferred.
+        let (_dir, idx) = written_index();
+        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
+        assert_eq!(replay_commit(&b), vec![0, 0, 1, 2]);
+        assert!(!b.owed.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
+    #[test]
+    fn the_first_flush_after_a_writer_died_mid_write_reaches_the_disk() {
+        // The dead writer's pages may still be only in the page cache; redb's recovery
+        // builds on them, so they must be durable before anything else is written.
+        let (_dir, idx) = written_index();
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(idx.db_path())
+            .unwrap();
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut god = [0u8; 1];
+        f.seek(SeekFrom::Start(9)).unwrap();
+        f.read_exact(&mut god).unwrap();
+        f.seek(SeekFrom::Start(9)).unwrap();
+        f.write_all(&[god[0] | 2]).unwrap();
+        drop(f);
+        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
+        assert_eq!(replay_commit(&b), vec![1, 1, 2, 3]);
+        // And redb recovers that file: the name is still there.
+        drop(b);
+        let r = idx.read().unwrap();
+        assert_eq!(r.get_ref("lab/t:1").unwrap(), Some(record(1)));
+    }
+
+    #[test]
+    fn a_deferred_flush_is_paid_before_a_trim_and_at_close() {
+        use redb::StorageBackend as _;
+        let (_dir, idx) = written_index();
+        let mut head = vec![0u8; 320];
+        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
+        b.read(0, &mut head).unwrap();
+        let len = b.len().unwrap();
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        assert_eq!(flushes(&b), 0);
+        b.set_len(len - 4096).unwrap();
+        assert_eq!(
+            flushes(&b),
+            1,
+            "trimmed before the header it follows was flushed"
+        );
+        b.set_len(len).unwrap();
+
+        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        assert_eq!(flushes(&b), 0);
+        b.close().unwrap();
+        assert_eq!(flushes(&b), 1, "closed with a flush owed");
+    }
+
+    #[test]
+    fn a_read_only_open_never_defers() {
+        let (_dir, idx) = written_index();
+        let b = UnderOurLock::open(idx.db_path(), false).unwrap();
+        assert!(!b.defer_header.load(std::sync::atomic::Ordering::SeqCst));
+    }
+}
