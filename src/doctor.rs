@@ -215,7 +215,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     // Space.
     match shared::space(root) {
         Ok((free, total)) => {
-            let human = |b| crate::commands::output::size(b);
+            let human = |b| crate::units::format_size(b);
             let status = if free < 1 << 30 {
                 Fail
             } else if total > 0 && free * 10 < total {

@@ -572,7 +572,7 @@ impl Index {
     pub fn try_write(&self, wait: std::time::Duration) -> Result<Option<IndexWriter>, IndexError> {
         let opts = LockOptions {
             timeout: wait,
-            announce: false,
+            on_wait: None,
             ..self.lock_opts.clone()
         };
         match lock::lock(&self.lock_path, Mode::Exclusive, &opts) {

@@ -20,12 +20,9 @@
 //! ([`exit::ExitStatus`]).
 
 pub mod cache;
-pub mod cli;
 pub mod clock;
-pub mod commands;
 pub mod digest;
 pub mod doctor;
-pub mod exit;
 pub mod gc;
 pub mod group;
 pub mod index;
@@ -36,7 +33,7 @@ pub mod settings;
 pub mod shared;
 pub mod sif;
 pub mod store;
-pub mod testhook;
+pub(crate) mod testhook;
 pub mod units;
 pub mod uses;
 pub mod verify;

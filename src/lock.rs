@@ -41,7 +41,7 @@ pub const TIMEOUT_ENV: &str = "SREGISTRY_LOCK_TIMEOUT";
 pub const KIND_ENV: &str = "SREGISTRY_LOCK";
 /// Default bound on a lock wait.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long a wait goes on before it is announced on stderr.
+/// How long a wait goes on before [`LockOptions::on_wait`] hears of it.
 const ANNOUNCE_AFTER: Duration = Duration::from_secs(1);
 
 const TURNSTILE: i64 = 0;
@@ -63,12 +63,24 @@ pub enum Kind {
     Flock,
 }
 
-/// How locks are taken: primitive, bound and whether waits are announced.
+/// Called once when a lock wait passes a second, with the lock file's path: the library
+/// prints nothing itself; the command line says "waiting for lock on ..." through it.
+#[derive(Clone)]
+pub struct OnWait(pub std::sync::Arc<dyn Fn(&Path) + Send + Sync>);
+
+impl std::fmt::Debug for OnWait {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnWait(..)")
+    }
+}
+
+/// How locks are taken: primitive, bound and who hears of a long wait.
 #[derive(Clone, Debug)]
 pub struct LockOptions {
     pub kind: Kind,
     pub timeout: Duration,
-    pub announce: bool,
+    /// Told when a wait passes a second; `None` tells nobody.
+    pub on_wait: Option<OnWait>,
     /// Mode bits for lock files this process creates (applied whatever the umask).
     pub file_mode: u32,
 }
@@ -78,7 +90,7 @@ impl Default for LockOptions {
         LockOptions {
             kind: Kind::Ofd,
             timeout: DEFAULT_TIMEOUT,
-            announce: true,
+            on_wait: None,
             file_mode: 0o644,
         }
     }
@@ -225,7 +237,7 @@ pub fn try_lock(
 ) -> Result<Option<LockGuard>, LockError> {
     let quick = LockOptions {
         timeout: Duration::ZERO,
-        announce: false,
+        on_wait: None,
         ..opts.clone()
     };
     match lock(path, mode, &quick) {
@@ -351,7 +363,7 @@ fn acquire(
             break;
         }
         let mut step = deadline - now;
-        if opts.announce && !*announced {
+        if opts.on_wait.is_some() && !*announced {
             let until_announce = ANNOUNCE_AFTER.saturating_sub(now - start);
             step = step.min(until_announce.max(Duration::from_millis(1)));
         }
@@ -359,8 +371,11 @@ fn acquire(
             Ok((Ok(()), _twin)) => return Ok(()),
             Ok((Err(e), _twin)) => return Err(lock_err(e)),
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                if opts.announce && !*announced && start.elapsed() >= ANNOUNCE_AFTER {
-                    eprintln!("waiting for lock on `{}`", path.display());
+                if let Some(hook) = &opts.on_wait
+                    && !*announced
+                    && start.elapsed() >= ANNOUNCE_AFTER
+                {
+                    (hook.0)(path);
                     *announced = true;
                 }
             }
@@ -498,7 +513,7 @@ mod tests {
     fn opts(timeout_ms: u64) -> LockOptions {
         LockOptions {
             timeout: Duration::from_millis(timeout_ms),
-            announce: false,
+            on_wait: None,
             ..LockOptions::default()
         }
     }

@@ -2,8 +2,10 @@
 
 use std::process::ExitCode;
 
-use sregistry::cli::Cli;
-use sregistry::exit::{self, ExitStatus};
+mod cli;
+
+use cli::Cli;
+use cli::exit::{self, ExitStatus};
 
 fn main() -> ExitCode {
     // Past RLIMIT_FSIZE a write must fail with EFBIG (reported, cleaned up), not kill us.
@@ -44,7 +46,7 @@ fn main() -> ExitCode {
             "error: internal error: {msg}{at} (this is a bug in sregistry; please report it)"
         );
     }));
-    let outcome = std::panic::catch_unwind(|| sregistry::commands::run(cli));
+    let outcome = std::panic::catch_unwind(|| cli::commands::run(cli));
     let Ok(outcome) = outcome else {
         return ExitStatus::Failure.into();
     };

@@ -1,5 +1,7 @@
 //! A test-only hook for crash tests: stop at a named point so a test can kill the process
-//! there deterministically.
+//! there deterministically. Compiled in only with the `test-hooks` feature, which the
+//! package's dev-dependency on itself turns on for test builds; any other build has no
+//! pause points and never reads `SREGISTRY_TEST_PAUSE`.
 //!
 //! When `SREGISTRY_TEST_PAUSE` equals the point's name, the process writes
 //! `paused at <point>` to stderr and sleeps until it is killed, or, when
@@ -8,9 +10,17 @@
 //! call is one environment lookup.
 
 /// The environment variable naming the point to stop at.
+#[cfg(feature = "test-hooks")]
 pub const PAUSE_ENV: &str = "SREGISTRY_TEST_PAUSE";
 
+/// Stop here forever if the test asked for this point. Without the `test-hooks` feature
+/// (every build but the tests'), this does nothing and reads no environment.
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub fn pause(_point: &str) {}
+
 /// Stop here forever if the test asked for this point.
+#[cfg(feature = "test-hooks")]
 pub fn pause(point: &str) {
     if std::env::var_os(PAUSE_ENV).is_some_and(|v| v == point) {
         eprintln!("paused at {point}");

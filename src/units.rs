@@ -16,6 +16,11 @@ pub enum UnitError {
     Duration(String),
 }
 
+/// A size for people, in binary units as `du -h` prints them: `1.50 GiB`.
+pub fn format_size(bytes: u64) -> String {
+    humansize::format_size(bytes, humansize::BINARY)
+}
+
 /// Parse a size into bytes.
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
     let err = || UnitError::Size(crate::reference::shown(s));

@@ -16,22 +16,6 @@ use super::{Fetched, RemoteError, RemoteOptions};
 use crate::cache::Cache;
 use crate::store::Staged;
 
-/// A progress bar on stderr when the caller asked for one.
-pub fn progress(opts: &RemoteOptions, at: u64) -> Option<indicatif::ProgressBar> {
-    if !opts.progress {
-        return None;
-    }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:30} {bytes}/{total_bytes} {bytes_per_sec} {eta}",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
-    bar.set_position(at);
-    Some(bar)
-}
-
 /// Download `url` into `tmp/`, verified and resumable.
 pub async fn pull(
     t: &Transport,

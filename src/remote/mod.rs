@@ -27,6 +27,7 @@
 pub mod auth;
 pub mod http;
 pub mod oci;
+mod runtime;
 pub mod s3;
 pub mod transport;
 pub mod verify;
@@ -270,6 +271,53 @@ fn sanitize_path(p: &str) -> String {
     parts.join("/")
 }
 
+/// How a download advances, for a caller that shows it. The library prints nothing.
+pub trait Progress: Send + Sync {
+    /// A download starts (or resumes at `at` bytes); `total` is its size when known.
+    fn start(&self, total: Option<u64>, at: u64);
+    /// `done` bytes are in.
+    fn advance(&self, done: u64);
+    /// The download is over (done or failed).
+    fn finish(&self);
+}
+
+/// A shared [`Progress`] receiver in [`RemoteOptions`].
+#[derive(Clone)]
+pub struct ProgressHook(pub std::sync::Arc<dyn Progress>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook(..)")
+    }
+}
+
+/// One download's progress: tells the hook, if any, and that it ended when dropped.
+pub(crate) struct Report(Option<std::sync::Arc<dyn Progress>>);
+
+impl Report {
+    pub(crate) fn start(opts: &RemoteOptions, total: Option<u64>, at: u64) -> Report {
+        let hook = opts.progress.as_ref().map(|h| h.0.clone());
+        if let Some(h) = &hook {
+            h.start(total, at);
+        }
+        Report(hook)
+    }
+
+    pub(crate) fn advance(&self, done: u64) {
+        if let Some(h) = &self.0 {
+            h.advance(done);
+        }
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(h) = &self.0 {
+            h.finish();
+        }
+    }
+}
+
 /// Options for pulls and pushes.
 #[derive(Clone, Debug, Default)]
 pub struct RemoteOptions {
@@ -277,8 +325,9 @@ pub struct RemoteOptions {
     pub insecure: bool,
     /// S3 endpoint (else `AWS_ENDPOINT_URL`, else AWS).
     pub endpoint: Option<String>,
-    /// Show a progress bar (the caller decides: a terminal, not quiet).
-    pub progress: bool,
+    /// Told how a download advances (the command line draws a bar on a terminal); `None`
+    /// tells nobody.
+    pub progress: Option<ProgressHook>,
     /// Labels to record.
     pub labels: std::collections::BTreeMap<String, String>,
     /// Whether a pull may re-point a pinned name (`pull --force`).
@@ -292,16 +341,6 @@ pub struct Fetched {
     pub remote_digest: Option<String>,
     pub etag: Option<String>,
     pub last_modified: Option<String>,
-}
-
-fn runtime() -> Result<tokio::runtime::Runtime, RemoteError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|source| RemoteError::Io {
-            path: PathBuf::from("(tokio runtime)"),
-            source,
-        })
 }
 
 /// `get REMOTE`: the cached path if this remote was pulled under its name before,
@@ -372,10 +411,11 @@ fn pull_locked(
     name: &Reference,
     opts: &RemoteOptions,
 ) -> Result<Entry, RemoteError> {
-    let rt = runtime()?;
-    let transport = transport::Transport::new(opts.insecure)?;
-    let (staged, fetched) = rt.block_on(async {
-        match remote {
+    let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
+    let (staged, fetched) = runtime::run(async move {
+        let (cache, opts) = (&c, &o);
+        let transport = transport::Transport::new(opts.insecure)?;
+        match &remote_ {
             RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts).await,
             RemoteRef::Http(url) => http::pull(&transport, cache, url, opts).await,
             RemoteRef::S3 { bucket, key } => s3::pull(cache, bucket, key, opts).await,
@@ -411,11 +451,12 @@ pub fn push(
 ) -> Result<String, RemoteError> {
     let entry = cache.entry(name)?;
     let path = cache.get(name)?;
-    let rt = runtime()?;
-    let transport = transport::Transport::new(opts.insecure)?;
-    let (where_, sha) = rt.block_on(async {
-        match remote {
-            RemoteRef::Oras(r) => oci::push(&transport, &path, &entry, r, opts).await,
+    let (e, remote_, o) = (entry.clone(), remote.clone(), opts.clone());
+    let (where_, sha) = runtime::run(async move {
+        let (entry, opts) = (&e, &o);
+        let transport = transport::Transport::new(opts.insecure)?;
+        match &remote_ {
+            RemoteRef::Oras(r) => oci::push(&transport, &path, entry, r, opts).await,
             RemoteRef::Http(url) => Err(RemoteError::BadRef {
                 shown: url.clone(),
                 reason: "pushing to a plain URL is not supported; push to oras:// or s3://".into(),
@@ -434,9 +475,11 @@ pub fn search(remote: &str, opts: &RemoteOptions) -> Result<Vec<String>, RemoteE
     let rest = remote
         .strip_prefix("oras://")
         .ok_or_else(|| bad_ref(remote, "search takes oras://HOST or oras://HOST/REPOSITORY"))?;
-    let rt = runtime()?;
-    let transport = transport::Transport::new(opts.insecure)?;
-    rt.block_on(oci::search(&transport, rest, opts))
+    let (rest, opts) = (rest.to_string(), opts.clone());
+    runtime::run(async move {
+        let transport = transport::Transport::new(opts.insecure)?;
+        oci::search(&transport, &rest, &opts).await
+    })
 }
 
 /// `login HOST`: check the credentials against the registry, then store them.
@@ -446,13 +489,15 @@ pub fn login(
     password: &str,
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
-    let rt = runtime()?;
-    let transport = transport::Transport::new(opts.insecure)?;
     let creds = auth::Credentials {
         username: user.to_string(),
         password: password.to_string(),
     };
-    rt.block_on(oci::check_login(&transport, host, &creds, opts))?;
+    let (h, c, o) = (host.to_string(), creds.clone(), opts.clone());
+    runtime::run(async move {
+        let transport = transport::Transport::new(o.insecure)?;
+        oci::check_login(&transport, &h, &c, &o).await
+    })?;
     auth::store_credentials(host, Some(&creds))
 }
 

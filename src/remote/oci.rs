@@ -256,7 +256,7 @@ impl<'t> Session<'t> {
         &mut self,
         scope: &str,
         url: &str,
-        make: &dyn Fn() -> RequestBuilder,
+        make: &(dyn Fn() -> RequestBuilder + Sync),
     ) -> Result<Response, RemoteError> {
         for round in 0..2 {
             let resp = {
@@ -563,7 +563,7 @@ pub async fn download(
     opts: &RemoteOptions,
     known: Validators,
 ) -> Result<Validators, RemoteError> {
-    let bar = super::http::progress(opts, sink.written());
+    let report = super::Report::start(opts, sink.limit(), sink.written());
     let client = s.t.client().clone();
     let mut seen = known;
     let mut failures = 0;
@@ -618,9 +618,7 @@ pub async fn download(
             match chunk {
                 Ok(c) => {
                     sink.write(c)?;
-                    if let Some(b) = &bar {
-                        b.set_position(sink.written());
-                    }
+                    report.advance(sink.written());
                 }
                 Err(_) => {
                     broke = true;
@@ -641,9 +639,7 @@ pub async fn download(
         }
         tokio::time::sleep(std::time::Duration::from_millis(200 * failures as u64)).await;
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    drop(report);
     Ok(seen)
 }
 

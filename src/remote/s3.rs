@@ -100,21 +100,14 @@ pub async fn pull(
     let etag = res.meta.e_tag.clone();
     let modified = Some(res.meta.last_modified.to_rfc2822());
     let mut sink = Sink::new(cache.store(), &url, Some(size))?;
-    let bar = super::http::progress(opts, 0);
-    if let Some(b) = &bar {
-        b.set_length(size);
-    }
+    let report = super::Report::start(opts, Some(size), 0);
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| s3_err(&url, e))?;
         sink.write(chunk)?;
-        if let Some(b) = &bar {
-            b.set_position(sink.written());
-        }
+        report.advance(sink.written());
     }
-    if let Some(b) = bar {
-        b.finish_and_clear();
-    }
+    drop(report);
     let (staged, sha) = sink.finish(Some(size), None)?;
     Ok((
         staged,

@@ -22,17 +22,7 @@ pub struct Transport {
 
 impl Transport {
     pub fn new(insecure: bool) -> Result<Transport, RemoteError> {
-        let client = reqwest::Client::builder()
-            .user_agent(concat!("sregistry/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
-            .build()
-            .map_err(|e| RemoteError::Network {
-                url: "(client)".into(),
-                detail: e.to_string(),
-                attempts: 0,
-            })?;
+        let client = super::runtime::client()?;
         let attempts = std::env::var("SREGISTRY_RETRIES")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -82,7 +72,7 @@ impl Transport {
     pub async fn send(
         &self,
         url: &str,
-        make: &dyn Fn() -> RequestBuilder,
+        make: &(dyn Fn() -> RequestBuilder + Sync),
     ) -> Result<Response, RemoteError> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();

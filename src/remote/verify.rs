@@ -122,6 +122,11 @@ impl Sink {
         self.written
     }
 
+    /// The size the remote declared, if any.
+    pub fn limit(&self) -> Option<u64> {
+        self.limit
+    }
+
     pub fn url(&self) -> &str {
         &self.url
     }

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 
 use super::{Ctx, output, parse_target_ref};
-use crate::cache::{AddOptions, Repoint};
+use sregistry::cache::{AddOptions, Repoint};
 use crate::cli::AddArgs;
-use crate::exit::UsageError;
+use crate::cli::exit::UsageError;
 
 /// Parse `KEY=VALUE` labels; keys are non-empty and have no `=`.
 pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
@@ -20,7 +20,7 @@ pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageErr
             _ => {
                 return Err(UsageError(format!(
                     "label `{}` is not KEY=VALUE (for example --label maintainer=alice)",
-                    crate::reference::shown(l)
+                    sregistry::reference::shown(l)
                 )));
             }
         }

@@ -4,7 +4,7 @@ use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::PushArgs;
-use crate::remote::{self, RemoteRef};
+use sregistry::remote::{self, RemoteRef};
 
 pub fn run(ctx: &Ctx, args: &PushArgs) -> Result<()> {
     let name = parse_ref(&args.reference)?;

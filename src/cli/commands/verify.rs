@@ -1,11 +1,11 @@
-//! `sregistry verify [REF...]`: re-hash and check (see [`crate::verify`]).
+//! `sregistry verify [REF...]`: re-hash and check (see [`sregistry::verify`]).
 
 use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::VerifyArgs;
-use crate::exit::{ExitStatus, Reported};
-use crate::verify::{self, VerifyOptions};
+use crate::cli::exit::{ExitStatus, Reported};
+use sregistry::verify::{self, VerifyOptions};
 
 pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     let names = args

@@ -445,11 +445,11 @@ pub struct DoctorArgs {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    crate::units::parse_size(s).map_err(|e| e.to_string())
+    sregistry::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
-    crate::units::parse_duration(s).map_err(|e| e.to_string())
+    sregistry::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

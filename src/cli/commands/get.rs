@@ -6,10 +6,10 @@ use super::{Ctx, output, parse_ref};
 use crate::cli::GetArgs;
 
 pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
-    if crate::remote::is_remote(&args.reference) {
-        let remote = crate::remote::RemoteRef::parse(&args.reference)?;
+    if sregistry::remote::is_remote(&args.reference) {
+        let remote = sregistry::remote::RemoteRef::parse(&args.reference)?;
         let opts = super::remote_options(ctx, args.insecure, None);
-        let path = crate::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
+        let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
         let path = if args.verify {
             ctx.cache.get_verified(&remote.default_name()?)?
         } else {

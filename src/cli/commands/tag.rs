@@ -3,7 +3,7 @@
 use anyhow::Result;
 
 use super::{Ctx, output, parse_ref, parse_target_ref};
-use crate::cache::Repoint;
+use sregistry::cache::Repoint;
 use crate::cli::TagArgs;
 
 pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {

@@ -12,7 +12,7 @@ pub mod init;
 pub mod inspect;
 pub mod list;
 pub mod login;
-pub mod output;
+pub use super::output;
 pub mod pin;
 pub mod pull;
 pub mod push;
@@ -23,10 +23,10 @@ pub mod verify;
 
 use anyhow::Result;
 
-use crate::cache::Cache;
+use sregistry::cache::Cache;
 use crate::cli::{Cli, Command};
-use crate::lock::LockOptions;
-use crate::reference::Reference;
+use sregistry::lock::LockOptions;
+use sregistry::reference::Reference;
 
 /// What every command gets: the cache and the global output switches.
 pub struct Ctx {
@@ -51,13 +51,17 @@ pub fn remote_options(
     ctx: &Ctx,
     insecure: bool,
     endpoint: Option<String>,
-) -> crate::remote::RemoteOptions {
+) -> sregistry::remote::RemoteOptions {
     use std::io::IsTerminal;
     keep_heap_for_transfers();
-    crate::remote::RemoteOptions {
+    sregistry::remote::RemoteOptions {
         insecure,
         endpoint,
-        progress: !ctx.quiet && std::io::stderr().is_terminal(),
+        progress: (!ctx.quiet && std::io::stderr().is_terminal()).then(|| {
+            sregistry::remote::ProgressHook(std::sync::Arc::new(
+                crate::cli::progress::Bar::default(),
+            ))
+        }),
         labels: Default::default(),
         repoint: Default::default(),
     }
@@ -88,7 +92,7 @@ pub fn parse_ref(s: &str) -> Result<Reference> {
 /// --name`): it cannot carry a digest (exit 2, before any work is done).
 pub fn parse_target_ref(s: &str) -> Result<Reference> {
     let r = parse_ref(s)?;
-    crate::cache::refuse_digest_on_target(&r)?;
+    sregistry::cache::refuse_digest_on_target(&r)?;
     Ok(r)
 }
 
@@ -98,7 +102,11 @@ pub fn run(cli: Cli) -> Result<()> {
         return completions::run(args);
     }
     let mut lock = LockOptions::from_env()?;
-    lock.announce = !cli.global.quiet;
+    if !cli.global.quiet {
+        lock.on_wait = Some(sregistry::lock::OnWait(std::sync::Arc::new(|path| {
+            eprintln!("waiting for lock on `{}`", path.display())
+        })));
+    }
     if let Command::Init(args) = &cli.command {
         return init::run(
             args,

@@ -6,9 +6,9 @@ use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::InspectArgs;
-use crate::clock;
-use crate::exit::{ExitStatus, Reported};
-use crate::sif;
+use sregistry::clock;
+use crate::cli::exit::{ExitStatus, Reported};
+use sregistry::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;

@@ -3,9 +3,9 @@
 use anyhow::Result;
 
 use super::{Ctx, output, parse_target_ref};
-use crate::cache::Repoint;
+use sregistry::cache::Repoint;
 use crate::cli::PullArgs;
-use crate::remote::{self, RemoteRef};
+use sregistry::remote::{self, RemoteRef};
 
 pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let r = RemoteRef::parse(&args.remote)?;

@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 
 use super::Ctx;
 use crate::cli::{LoginArgs, LogoutArgs};
-use crate::exit::UsageError;
-use crate::remote::{self, auth};
+use crate::cli::exit::UsageError;
+use sregistry::remote::{self, auth};
 
 pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
     let password = if args.password_stdin {

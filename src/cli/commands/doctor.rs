@@ -1,12 +1,12 @@
-//! `sregistry doctor`: check the cache (see [`crate::doctor`]); with `--repair-index`,
+//! `sregistry doctor`: check the cache (see [`sregistry::doctor`]); with `--repair-index`,
 //! rebuild a damaged index from its journal.
 
 use anyhow::Result;
 
 use super::{Ctx, output};
 use crate::cli::DoctorArgs;
-use crate::doctor::{self, Repaired, Status};
-use crate::exit::{ExitStatus, Reported};
+use sregistry::doctor::{self, Repaired, Status};
+use crate::cli::exit::{ExitStatus, Reported};
 
 pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
     if args.repair_index {

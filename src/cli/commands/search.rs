@@ -7,7 +7,7 @@ use crate::cli::SearchArgs;
 
 pub fn run(ctx: &Ctx, args: &SearchArgs) -> Result<()> {
     let opts = super::remote_options(ctx, args.insecure, None);
-    let found = crate::remote::search(&args.remote, &opts)?;
+    let found = sregistry::remote::search(&args.remote, &opts)?;
     if ctx.json {
         return Ok(output::json(&found)?);
     }

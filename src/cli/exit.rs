@@ -8,8 +8,8 @@
 //! | 3 | not found: the image is not in the cache, or its name does not point to the digest given |
 //! | 4 | verify found a problem |
 
-use crate::cache::CacheError;
-use crate::reference::ReferenceError;
+use sregistry::cache::CacheError;
+use sregistry::reference::ReferenceError;
 
 /// The documented exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
         {
             return ExitStatus::Usage;
         }
-        if let Some(r) = cause.downcast_ref::<crate::remote::RemoteError>() {
+        if let Some(r) = cause.downcast_ref::<sregistry::remote::RemoteError>() {
             if r.is_not_found() {
                 return ExitStatus::NotFound;
             }

@@ -1,18 +1,18 @@
 //! `sregistry init [--shared --group G] [DIR]`: create a cache, or share an existing one
-//! (what is refused and why: [`crate::shared`]).
+//! (what is refused and why: [`sregistry::shared`]).
 
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
 use super::output;
-use crate::cache::Cache;
+use sregistry::cache::Cache;
 use crate::cli::InitArgs;
-use crate::exit::UsageError;
-use crate::group;
-use crate::lock::LockOptions;
-use crate::settings::Settings;
-use crate::shared::{self, Outcome};
+use crate::cli::exit::UsageError;
+use sregistry::group;
+use sregistry::lock::LockOptions;
+use sregistry::settings::Settings;
+use sregistry::shared::{self, Outcome};
 
 pub fn run(
     args: &InitArgs,

@@ -1,0 +1,104 @@
+//! The one tokio runtime and HTTP client of a process, shared by every remote call.
+//!
+//! The library's remote API is blocking, so that the command line, a Python binding and
+//! a plain Rust program can call it alike. Each call ships its work, as a `Send +
+//! 'static` future, to a runtime that runs on threads of its own for the life of the
+//! process (started at the first remote call), and waits for the answer on a channel.
+//! The caller's thread never runs a runtime itself, so a caller that already runs tokio
+//! can call in too (from async code, through `spawn_blocking`, as any blocking call), and
+//! nothing builds a runtime per call. The HTTP client (connection pool, TLS roots) is
+//! made once and cloned (a handle) into each [`super::transport::Transport`], always used
+//! from this runtime.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use super::RemoteError;
+
+/// The runtime's handle, or why it could not start (kept, so every call says so).
+static RUNTIME: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
+/// The process's HTTP client.
+static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
+
+fn handle() -> Result<&'static tokio::runtime::Handle, RemoteError> {
+    let started = RUNTIME.get_or_init(|| {
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(workers)
+            .thread_name("sregistry-remote")
+            .enable_all()
+            .build()
+            .map(|rt| {
+                let handle = rt.handle().clone();
+                // The runtime lives as long as the process: its worker threads are
+                // detached, and dropping it here would shut them down.
+                std::mem::forget(rt);
+                handle
+            })
+            .map_err(|e| e.to_string())
+    });
+    started.as_ref().map_err(|e| RemoteError::Io {
+        path: PathBuf::from("(tokio runtime)"),
+        source: std::io::Error::other(e.clone()),
+    })
+}
+
+/// Run `work` on the shared runtime and wait for its result.
+pub fn run<T: Send + 'static>(
+    work: impl Future<Output = Result<T, RemoteError>> + Send + 'static,
+) -> Result<T, RemoteError> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    handle()?.spawn(async move {
+        let _ = tx.send(work.await);
+    });
+    rx.recv().map_err(|_| RemoteError::Io {
+        path: PathBuf::from("(tokio runtime)"),
+        source: std::io::Error::other("the remote operation was dropped before it finished"),
+    })?
+}
+
+/// The process's HTTP client: redirects limited, connect and read time-outs set.
+pub fn client() -> Result<reqwest::Client, RemoteError> {
+    let made = CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .user_agent(concat!("sregistry/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::limited(10))
+            .connect_timeout(Duration::from_secs(30))
+            .read_timeout(Duration::from_secs(120))
+            .build()
+            .map_err(|e| e.to_string())
+    });
+    made.clone().map_err(|detail| RemoteError::Network {
+        url: "(client)".into(),
+        detail,
+        attempts: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn calls_reuse_one_runtime_and_work_from_inside_another() {
+        let first = run(async { Ok(tokio::runtime::Handle::current().id()) }).unwrap();
+        let second = run(async { Ok(tokio::runtime::Handle::current().id()) }).unwrap();
+        assert_eq!(first, second, "a runtime per call");
+        // A caller that runs tokio itself (here, a current-thread runtime of its own).
+        let outer = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let inner = outer.block_on(async {
+            tokio::task::spawn_blocking(|| run(async { Ok(tokio::runtime::Handle::current().id()) }))
+                .await
+                .unwrap()
+        });
+        assert_eq!(inner.unwrap(), first);
+        // Even called straight from async code, it answers (it blocks that thread).
+        let direct = outer.block_on(async { run(async { Ok(41 + 1) }) }).unwrap();
+        assert_eq!(direct, 42);
+    }
+}
