@@ -92,9 +92,11 @@ mod tests {
             .build()
             .unwrap();
         let inner = outer.block_on(async {
-            tokio::task::spawn_blocking(|| run(async { Ok(tokio::runtime::Handle::current().id()) }))
-                .await
-                .unwrap()
+            tokio::task::spawn_blocking(|| {
+                run(async { Ok(tokio::runtime::Handle::current().id()) })
+            })
+            .await
+            .unwrap()
         });
         assert_eq!(inner.unwrap(), first);
         // Even called straight from async code, it answers (it blocks that thread).

@@ -5,9 +5,9 @@ use std::collections::BTreeMap;
 use anyhow::{Context, Result};
 
 use super::{Ctx, output, parse_target_ref};
-use sregistry::cache::{AddOptions, Repoint};
 use crate::cli::AddArgs;
 use crate::cli::exit::UsageError;
+use sregistry::cache::{AddOptions, Repoint};
 
 /// Parse `KEY=VALUE` labels; keys are non-empty and have no `=`.
 pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {

@@ -5,8 +5,8 @@ use anyhow::Result;
 
 use super::{Ctx, output};
 use crate::cli::DoctorArgs;
-use sregistry::doctor::{self, Repaired, Status};
 use crate::cli::exit::{ExitStatus, Reported};
+use sregistry::doctor::{self, Repaired, Status};
 
 pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
     if args.repair_index {

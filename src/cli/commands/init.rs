@@ -6,9 +6,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 
 use super::output;
-use sregistry::cache::Cache;
 use crate::cli::InitArgs;
 use crate::cli::exit::UsageError;
+use sregistry::cache::Cache;
 use sregistry::group;
 use sregistry::lock::LockOptions;
 use sregistry::settings::Settings;

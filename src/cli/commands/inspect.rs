@@ -6,8 +6,8 @@ use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::InspectArgs;
-use sregistry::clock;
 use crate::cli::exit::{ExitStatus, Reported};
+use sregistry::clock;
 use sregistry::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {

@@ -5,8 +5,8 @@ use std::io::Read;
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::cli::{LoginArgs, LogoutArgs};
 use crate::cli::exit::UsageError;
+use crate::cli::{LoginArgs, LogoutArgs};
 use sregistry::remote::{self, auth};
 
 pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {

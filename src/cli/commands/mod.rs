@@ -23,8 +23,8 @@ pub mod verify;
 
 use anyhow::Result;
 
-use sregistry::cache::Cache;
 use crate::cli::{Cli, Command};
+use sregistry::cache::Cache;
 use sregistry::lock::LockOptions;
 use sregistry::reference::Reference;
 

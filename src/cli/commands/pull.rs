@@ -3,8 +3,8 @@
 use anyhow::Result;
 
 use super::{Ctx, output, parse_target_ref};
-use sregistry::cache::Repoint;
 use crate::cli::PullArgs;
+use sregistry::cache::Repoint;
 use sregistry::remote::{self, RemoteRef};
 
 pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {

@@ -3,8 +3,8 @@
 use anyhow::Result;
 
 use super::{Ctx, output, parse_ref, parse_target_ref};
-use sregistry::cache::Repoint;
 use crate::cli::TagArgs;
+use sregistry::cache::Repoint;
 
 pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
     let src = parse_ref(&args.source)?;
