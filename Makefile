@@ -30,6 +30,7 @@ lint:
 	$(CARGO) clippy --all-targets -- -D warnings
 	$(CARGO) clippy --lib --bins -- -D warnings
 	$(CARGO) clippy --lib --no-default-features -- -D warnings
+	$(CARGO) clippy --example embed --no-default-features -- -D warnings
 
 # Benchmarks: the local commands against the Python client and cp (docs/benchmarks.md),
 # gc/verify/get under load (docs/benchmarks-gc-verify.md), pull/push against curl and
