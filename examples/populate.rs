@@ -22,10 +22,10 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use sregistry::Cache;
-use sregistry::clock;
-use sregistry::index::{BlobRecord, RefRecord};
-use sregistry::lock::LockOptions;
-use sregistry::store::Staged;
+use sregistry::cache::index::{BlobRecord, RefRecord};
+use sregistry::cache::lock::LockOptions;
+use sregistry::cache::store::Staged;
+use sregistry::format::clock;
 
 /// Size of each blob: small, like a tiny image, but not trivially small.
 const BLOB_BYTES: usize = 4096;

@@ -20,24 +20,11 @@
 //! ([`exit::ExitStatus`]).
 
 pub mod cache;
-pub mod clock;
-pub mod digest;
-pub mod doctor;
-pub mod gc;
-pub mod group;
-pub mod index;
-pub mod lock;
-pub mod reference;
+pub mod format;
+pub mod maintain;
 pub mod remote;
-pub mod settings;
-pub mod shared;
-pub mod sif;
-pub mod store;
 pub(crate) mod testhook;
-pub mod units;
-pub mod uses;
-pub mod verify;
 
 pub use cache::Cache;
-pub use digest::Digest;
-pub use reference::Reference;
+pub use format::digest::Digest;
+pub use format::reference::Reference;

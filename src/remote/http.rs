@@ -10,11 +10,11 @@
 use reqwest::header::CONTENT_LENGTH;
 
 use super::oci::{Session, Validators, header_str};
+use super::sink::Sink;
 use super::transport::Transport;
-use super::verify::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
 use crate::cache::Cache;
-use crate::store::Staged;
+use crate::cache::store::Staged;
 
 /// Download `url` into `tmp/`, verified and resumable.
 pub async fn pull(

@@ -15,7 +15,7 @@
 //!
 //! # What it promises
 //!
-//! * Every byte from a remote passes through a [`verify::Sink`] before it is in the store:
+//! * Every byte from a remote passes through a [`sink::Sink`] before it is in the store:
 //!   the registry's sha256 and the declared size are checked and the BLAKE3 digest computed
 //!   in the same pass, straight into `tmp/`. A blob that fails any check never reaches
 //!   `blobs/`, and its temporary file is removed.
@@ -29,15 +29,14 @@ pub mod http;
 pub mod oci;
 mod runtime;
 pub mod s3;
+pub mod sink;
 pub mod transport;
-pub mod verify;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::cache::{Cache, CacheError, Entry};
-use crate::digest::Digest;
-use crate::reference::{Reference, ReferenceError};
+use crate::format::reference::{Reference, ReferenceError};
 
 /// A parsed remote reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +146,7 @@ impl RemoteError {
 
 pub(crate) fn bad_ref(input: &str, reason: impl Into<String>) -> RemoteError {
     RemoteError::BadRef {
-        shown: crate::reference::shown(input),
+        shown: crate::format::reference::shown(input),
         reason: reason.into(),
     }
 }
@@ -526,11 +525,6 @@ pub fn sha256_of_file(path: &std::path::Path) -> Result<String, RemoteError> {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// BLAKE3 of a remote reference's text: the name of its per-pull lock.
-pub fn lock_name(remote: &str) -> String {
-    format!("{}.lock", &Digest::of(remote.as_bytes()).hex()[..32])
 }
 
 #[cfg(test)]

@@ -32,11 +32,11 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Challenge, Credentials};
+use super::sink::Sink;
 use super::transport::Transport;
-use super::verify::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
+use crate::cache::store::Staged;
 use crate::cache::{Cache, Entry};
-use crate::store::Staged;
 
 pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -99,7 +99,7 @@ impl OciRef {
         }
         // Reuse the local grammar for path parts and tags.
         let probe = format!("x.invalid/{repo}:{}", tag.as_deref().unwrap_or("latest"));
-        crate::reference::Reference::parse(&probe).map_err(|e| e.reason().to_string())?;
+        crate::format::reference::Reference::parse(&probe).map_err(|e| e.reason().to_string())?;
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_string())
         } else {

@@ -14,10 +14,10 @@ use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
-use super::verify::Sink;
+use super::sink::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
 use crate::cache::Cache;
-use crate::store::Staged;
+use crate::cache::store::Staged;
 
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);

@@ -23,8 +23,8 @@ use bytes::Bytes;
 use sha2::Digest as _;
 
 use super::RemoteError;
-use crate::digest::Digest;
-use crate::store::{Staged, Store};
+use crate::cache::store::{Staged, Store};
+use crate::format::digest::Digest;
 
 /// Start writeback every this many bytes.
 const WRITEBACK_STEP: u64 = 8 << 20;
@@ -165,7 +165,7 @@ impl Sink {
         self.written = next;
         if self.written - self.synced >= WRITEBACK_STEP {
             if let Some(f) = &self.file {
-                crate::store::start_writeback(f, self.synced, self.written - self.synced);
+                crate::cache::store::start_writeback(f, self.synced, self.written - self.synced);
             }
             self.synced = self.written;
         }
@@ -223,7 +223,9 @@ impl Sink {
         if let Some(f) = &file {
             use std::os::unix::fs::PermissionsExt;
             let r = f
-                .set_permissions(std::fs::Permissions::from_mode(crate::store::BLOB_MODE))
+                .set_permissions(std::fs::Permissions::from_mode(
+                    crate::cache::store::BLOB_MODE,
+                ))
                 .and_then(|_| f.sync_all());
             if let Err(e) = r {
                 let _ = std::fs::remove_file(&self.path);

@@ -15,7 +15,7 @@
 //! # A `get` that printed a path has made its use count
 //!
 //! When the index's last use of a name is older than 10 minutes, `get` writes the time
-//! into the name's use marker ([`crate::uses`]) **before it releases its shared lock**,
+//! into the name's use marker ([`crate::cache::uses`]) **before it releases its shared lock**,
 //! then tries to fold it into the index without waiting. gc, under the exclusive lock,
 //! counts every marker; so no gc can evict a name between a `get`'s lookup and the
 //! record of its use, however busy the lock is, and no `get` waits for a writer to
@@ -43,7 +43,13 @@
 //!   copied its file still counts. A reference with a digest (`name@blake3:...`) acts
 //!   only if its name points to that digest: every operation taking one checks it (under
 //!   the lock it then writes under), and a name to be written cannot carry one.
-//! * Nothing here reads the time except through [`crate::clock::now`].
+//! * Nothing here reads the time except through [`crate::format::clock::now`].
+
+pub mod index;
+pub mod lock;
+pub mod settings;
+pub mod store;
+pub mod uses;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -53,17 +59,17 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::clock;
-use crate::digest::Digest;
-use crate::index::{
+use crate::cache::index::{
     BlobRecord, Index, IndexError, IndexStats, LAST_USE_RESOLUTION, Named, RefRecord,
 };
-use crate::lock::{self, LockOptions};
-use crate::reference::Reference;
-use crate::settings::{Settings, SettingsError};
-use crate::store::{self, Staged, Store, StoreError};
+use crate::cache::settings::{Settings, SettingsError};
+use crate::cache::uses::UseMarkers;
+use crate::format::clock;
+use crate::format::digest::Digest;
+use crate::format::reference::Reference;
 use crate::testhook;
-use crate::uses::UseMarkers;
+use lock::LockOptions;
+use store::{Staged, Store, StoreError};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -369,7 +375,7 @@ impl Cache {
     }
 
     /// A handle on the cache at `root`, with the settings recorded in it (see
-    /// [`crate::settings`]). Changes nothing on disk; writing operations create the
+    /// [`crate::cache::settings`]). Changes nothing on disk; writing operations create the
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);
@@ -415,7 +421,7 @@ impl Cache {
         &self.index
     }
 
-    /// The use markers `get` leaves when it cannot write the index ([`crate::uses`]).
+    /// The use markers `get` leaves when it cannot write the index ([`crate::cache::uses`]).
     pub fn uses(&self) -> &UseMarkers {
         &self.uses
     }
@@ -452,7 +458,7 @@ impl Cache {
         // be opened to be synced; its owner's creation of it is what made it.
         let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
         for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
-            match crate::store::sync_dir(dir) {
+            match crate::cache::store::sync_dir(dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
                 r => r.map_err(layout(dir))?,
             }
@@ -686,11 +692,11 @@ impl Cache {
 
     /// The per-pull lock of a remote reference (`v1/locks/<hash>.lock`), held exclusive for
     /// a whole download. Taken before the index lock, never while holding it.
-    pub fn pull_lock(&self, remote: &str) -> Result<crate::lock::LockGuard, CacheError> {
-        let path = self.v1.join("locks").join(crate::remote::lock_name(remote));
-        Ok(crate::lock::lock(
+    pub fn pull_lock(&self, remote: &str) -> Result<crate::cache::lock::LockGuard, CacheError> {
+        let path = self.v1.join("locks").join(pull_lock_name(remote));
+        Ok(crate::cache::lock::lock(
             &path,
-            crate::lock::Mode::Exclusive,
+            crate::cache::lock::Mode::Exclusive,
             self.index.lock_options(),
         )
         .map_err(IndexError::from)?)
@@ -722,7 +728,7 @@ impl Cache {
             };
             let path = self.store.blob_path(&digest);
             if !path.is_file() {
-                if let Some(q) = crate::verify::quarantined(self, &digest) {
+                if let Some(q) = self.quarantined(&digest) {
                     return Err(CacheError::Quarantined { name: key, path: q });
                 }
                 return Err(CacheError::BlobMissing { name: key, path });
@@ -733,7 +739,7 @@ impl Cache {
                 .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
             if stale {
                 // Under the shared lock, so that no gc can choose this name between the
-                // lookup and the record of its use (see `crate::uses`).
+                // lookup and the record of its use (see `crate::cache::uses`).
                 let _ = self.uses.record(&key, now, LAST_USE_RESOLUTION);
             }
             (path, stale)
@@ -748,10 +754,11 @@ impl Cache {
     /// [`Cache::get`], then re-hash the file before answering (`get --verify`).
     pub fn get_verified(&self, r: &Reference) -> Result<PathBuf, CacheError> {
         let path = self.get(r)?;
-        let (actual, _) = crate::digest::hash_file(&path).map_err(|source| CacheError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let (actual, _) =
+            crate::format::digest::hash_file(&path).map_err(|source| CacheError::Open {
+                path: path.clone(),
+                source,
+            })?;
         let expected = path
             .file_name()
             .and_then(|n| Digest::from_hex(&n.to_string_lossy()));
@@ -817,7 +824,9 @@ impl Cache {
         self.with_marked_uses(&mut all);
         Ok(all
             .into_iter()
-            .filter(|n| pattern.is_none_or(|p| crate::reference::matches_pattern(p, &n.name)))
+            .filter(|n| {
+                pattern.is_none_or(|p| crate::format::reference::matches_pattern(p, &n.name))
+            })
             .map(|n| self.entry_of(n))
             .collect())
     }
@@ -1001,6 +1010,19 @@ impl Cache {
         Ok(changed)
     }
 
+    /// Where a quarantined copy of `d` is, if any (for `get`'s message).
+    fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
+        let hex = d.hex();
+        std::fs::read_dir(self.v1.join("quarantine"))
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&hex))
+            })
+    }
+
     /// Cache root, counts and sizes.
     pub fn info(&self, lock_kind: lock::Kind) -> Result<Info, CacheError> {
         let stats = if self.exists() {
@@ -1019,6 +1041,11 @@ impl Cache {
             },
         })
     }
+}
+
+/// BLAKE3 of a remote reference's text: the name of its per-pull lock.
+fn pull_lock_name(remote: &str) -> String {
+    format!("{}.lock", &Digest::of(remote.as_bytes()).hex()[..32])
 }
 
 /// Refuse `r` when it carries a digest and its name points to other content.

@@ -26,7 +26,7 @@
 //!
 //! "Used" is the later of the recorded last use and the time the name was added. A
 //! recorded use is the later of the index's `last_use` and the name's use marker, which a
-//! `get` writes under the shared lock when it cannot write the index ([`crate::uses`]);
+//! `get` writes under the shared lock when it cannot write the index ([`crate::cache::uses`]);
 //! gc folds the markers into the index in its transaction and removes them before it
 //! releases the lock. Uses are recorded to [`LAST_USE_RESOLUTION`] (10 minutes), so a
 //! `--min-idle` below that counts as 10 minutes.
@@ -36,13 +36,13 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
+use crate::cache::index::{BlobRecord, LAST_USE_RESOLUTION, Named};
+use crate::cache::store;
+use crate::cache::uses::UseMarkers;
 use crate::cache::{Cache, CacheError};
-use crate::clock;
-use crate::digest::Digest;
-use crate::index::{BlobRecord, LAST_USE_RESOLUTION, Named};
-use crate::store;
+use crate::format::clock;
+use crate::format::digest::Digest;
 use crate::testhook;
-use crate::uses::UseMarkers;
 
 /// Default `--min-idle`: one hour.
 pub const DEFAULT_MIN_IDLE: u64 = 3600;
@@ -107,7 +107,7 @@ fn used_at(n: &Named) -> u64 {
     n.last_use.unwrap_or(0).max(n.record.added)
 }
 
-/// Count the later of each name's recorded use and its marker's ([`crate::uses`]).
+/// Count the later of each name's recorded use and its marker's ([`crate::cache::uses`]).
 fn with_uses(names: &mut [Named], marks: &HashMap<String, u64>) {
     if marks.is_empty() {
         return;
@@ -359,7 +359,7 @@ fn fill(report: &mut GcReport, p: &Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::RefRecord;
+    use crate::cache::index::RefRecord;
 
     fn named(name: &str, content: &[u8], added: u64, last: Option<u64>, pinned: bool) -> Named {
         Named {

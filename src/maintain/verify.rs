@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
+use crate::cache::store::Found;
 use crate::cache::{Cache, CacheError};
-use crate::clock;
-use crate::digest::Digest;
-use crate::reference::Reference;
-use crate::store::Found;
+use crate::format::clock;
+use crate::format::digest::Digest;
+use crate::format::reference::Reference;
 
 /// Files at least this large are hashed one at a time with all threads.
 const BIG: u64 = 32 << 20;
@@ -87,7 +87,7 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
     let results: Vec<Mutex<Option<Hashed>>> = files.iter().map(|_| Mutex::new(None)).collect();
     let hash = |i: usize, parallel: bool| {
         let r = if parallel {
-            crate::digest::hash_file(&files[i])
+            crate::format::digest::hash_file(&files[i])
         } else {
             hash_file_single(&files[i])
         };
@@ -354,17 +354,4 @@ fn quarantine_and_repair(
     }
     w.commit()?;
     Ok(())
-}
-
-/// Where a quarantined copy of `d` is, if any (for `get`'s message).
-pub fn quarantined(cache: &Cache, d: &Digest) -> Option<PathBuf> {
-    let hex = d.hex();
-    std::fs::read_dir(cache.v1().join("quarantine"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&hex))
-        })
 }

@@ -44,8 +44,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::group;
-use crate::settings::{self, Settings, SettingsError};
+use crate::cache::settings::{self, Settings, SettingsError};
+use crate::maintain::group;
 
 /// Entries a directory may hold and still count as empty: what a fresh filesystem's root
 /// holds.
@@ -130,7 +130,7 @@ pub struct Initialised {
 pub fn init(
     root: &Path,
     want: &Settings,
-    lock: crate::lock::LockOptions,
+    lock: crate::cache::lock::LockOptions,
 ) -> Result<Initialised, SharedError> {
     let previous = existing_cache(root)?;
     let outcome = match (&previous, want.gid) {
@@ -388,7 +388,7 @@ impl Kind {
     pub fn mode(self, settings: &Settings) -> Option<u32> {
         match self {
             Kind::Dir => Some(settings.dir_mode),
-            Kind::Blob => Some(crate::store::BLOB_MODE),
+            Kind::Blob => Some(crate::cache::store::BLOB_MODE),
             Kind::Staged => None,
             Kind::File => Some(settings.file_mode),
         }

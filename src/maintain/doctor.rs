@@ -4,7 +4,7 @@
 //! what to do. Checks: the cache exists; its settings, against the layout (settings that
 //! say private on a setgid, group-writable `v1/`, as a plain `init` by an older version
 //! leaves a shared cache, or the reverse); permissions (every entry of the cache against
-//! the modes and group its settings ask for, see [`crate::shared::Kind::problem`], and
+//! the modes and group its settings ask for, see [`crate::maintain::shared::Kind::problem`], and
 //! that this user can write); that `fcntl` locks exclude each
 //! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
 //! what it means for locks across nodes; free space; the index's integrity; leftovers in
@@ -18,11 +18,11 @@ use std::path::Path;
 
 use serde::Serialize;
 
+use crate::cache::index::{IndexError, JournalStatus, Rebuilt};
+use crate::cache::lock;
 use crate::cache::{Cache, CacheError};
-use crate::digest::Digest;
-use crate::index::{IndexError, JournalStatus, Rebuilt};
-use crate::lock;
-use crate::shared;
+use crate::format::digest::Digest;
+use crate::maintain::shared;
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -215,7 +215,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     // Space.
     match shared::space(root) {
         Ok((free, total)) => {
-            let human = |b| crate::units::format_size(b);
+            let human = |b| crate::format::units::format_size(b);
             let status = if free < 1 << 30 {
                 Fail
             } else if total > 0 && free * 10 < total {
@@ -255,7 +255,8 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         .iter()
         .filter(|t| {
             t.deleting
-                || crate::clock::now().saturating_sub(t.mtime) >= crate::gc::DEFAULT_TMP_GRACE
+                || crate::format::clock::now().saturating_sub(t.mtime)
+                    >= crate::maintain::gc::DEFAULT_TMP_GRACE
         })
         .count();
     out.push(if old == 0 {
@@ -335,7 +336,7 @@ pub enum Repaired {
 /// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]);
 /// for an intact index, rewrite a journal that would not rebuild it.
 ///
-/// [`Index::rebuild`]: crate::index::Index::rebuild
+/// [`Index::rebuild`]: crate::cache::index::Index::rebuild
 pub fn repair_index(cache: &Cache) -> Result<Repaired, CacheError> {
     let index = cache.index();
     let damage = (|| {
@@ -371,7 +372,7 @@ pub fn repair_index(cache: &Cache) -> Result<Repaired, CacheError> {
     Ok(Repaired::Index(index.rebuild(&on_disk)?))
 }
 
-/// Whether the journal would rebuild this index (see [`crate::index`]).
+/// Whether the journal would rebuild this index (see [`crate::cache::index`]).
 fn journal_check(cache: &Cache) -> Check {
     use Status::*;
     let journal = cache.index().journal_path().display().to_string();

@@ -4,7 +4,7 @@
 //! # Protocol
 //!
 //! `v1/index.redb` is opened only while this process holds `v1/index.lock`
-//! ([`crate::lock`]):
+//! ([`crate::cache::lock`]):
 //!
 //! * **read**: the lock shared, the database opened read-only ([`redb::ReadOnlyDatabase`]);
 //!   any number of processes on any number of nodes at once.
@@ -105,8 +105,8 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::lock::{self, LockError, LockGuard, LockOptions, Mode};
+use crate::cache::lock::{self, LockError, LockGuard, LockOptions, Mode};
+use crate::format::digest::Digest;
 use backend::UnderOurLock;
 use journal::{Line, Op, State};
 
@@ -538,7 +538,7 @@ impl Index {
                 .and_then(|f| f.sync_all())
                 .map_err(io)?;
             std::fs::rename(&tmp, &self.db_path).map_err(io)?;
-            crate::store::sync_dir(dir).map_err(io)
+            crate::cache::store::sync_dir(dir).map_err(io)
         })();
         if built.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -669,7 +669,7 @@ impl Index {
                 "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
             ))
         })?;
-        let now = crate::clock::now();
+        let now = crate::format::clock::now();
         let mut state = replayed.state;
         let mut report = Rebuilt {
             replayed: replayed.applied,
@@ -1775,7 +1775,7 @@ mod tests {
             Err(IndexError::BehindJournal { .. })
         ));
         // An earlier repair's damaged index, in this very second (or the next two).
-        let now = crate::clock::now();
+        let now = crate::format::clock::now();
         let earlier: Vec<PathBuf> = (now..now + 3)
             .map(|t| {
                 idx.db_path()
