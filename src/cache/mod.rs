@@ -46,6 +46,7 @@
 //! * Nothing here reads the time except through [`crate::format::clock::now`].
 
 pub mod index;
+mod ingest;
 pub mod lock;
 pub mod settings;
 pub mod store;
@@ -70,6 +71,8 @@ use crate::format::reference::Reference;
 use crate::testhook;
 use lock::LockOptions;
 use store::{Staged, Store, StoreError};
+
+pub use ingest::{Ingest, IngestError, Ingested, Tap};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -604,12 +607,31 @@ impl Cache {
         }
     }
 
+    /// A new file in `tmp/` for content the caller writes (a download), hashed as it is
+    /// written; `tap` computes a second hash of the same bytes on the same thread (use
+    /// `()` for none). See [`Ingest`].
+    pub fn ingest<T: Tap>(&self, tap: T) -> Result<Ingest<T>, IngestError> {
+        Ingest::new(&self.store, tap)
+    }
+
+    /// Commit ingested content under `name`: [`Cache::commit_staged`], the one commit
+    /// path of `add` and of every pull.
+    pub fn commit_ingested(
+        &self,
+        ingested: Ingested,
+        name: &Reference,
+        prov: Provenance,
+        repoint: Repoint,
+    ) -> Result<Entry, CacheError> {
+        self.commit_staged(ingested.staged, name, prov, repoint)
+    }
+
     /// Put staged content in place and point `name` at it, under the exclusive index lock
     /// (the one commit path of `add` and of every pull). A pinned name that points to
     /// other content is refused unless `repoint` says otherwise: checked under the lock,
     /// so a pin taken meanwhile counts; the refusal leaves the index and `blobs/` as they
     /// were.
-    pub fn commit_staged(
+    fn commit_staged(
         &self,
         staged: Staged,
         name: &Reference,

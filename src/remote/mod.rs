@@ -411,7 +411,7 @@ fn pull_locked(
     opts: &RemoteOptions,
 ) -> Result<Entry, RemoteError> {
     let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
-    let (staged, fetched) = runtime::run(async move {
+    let (ingested, fetched) = runtime::run(async move {
         let (cache, opts) = (&c, &o);
         let transport = transport::Transport::new(opts.insecure)?;
         match &remote_ {
@@ -427,8 +427,8 @@ fn pull_locked(
     if let Some(l) = &fetched.last_modified {
         labels.insert("org.sregistry.last-modified".into(), l.clone());
     }
-    let entry = cache.commit_staged(
-        staged,
+    let entry = cache.commit_ingested(
+        ingested,
         name,
         crate::cache::Provenance {
             source: remote.to_string(),

@@ -35,7 +35,7 @@ use super::auth::{self, Challenge, Credentials};
 use super::sink::Sink;
 use super::transport::Transport;
 use super::{Fetched, RemoteError, RemoteOptions};
-use crate::cache::store::Staged;
+use crate::cache::Ingested;
 use crate::cache::{Cache, Entry};
 
 pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -494,7 +494,7 @@ pub async fn pull(
     cache: &Cache,
     r: &OciRef,
     opts: &RemoteOptions,
-) -> Result<(Staged, Fetched), RemoteError> {
+) -> Result<(Ingested, Fetched), RemoteError> {
     let creds = auth::credentials_for(&r.host)?;
     let mut s = Session::new(t, &r.host, creds);
     let (m, _mdigest, _) = fetch_manifest(&mut s, r).await?;
@@ -505,7 +505,7 @@ pub async fn pull(
         })?
         .clone();
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
-    let mut sink = Sink::new(cache.store(), &url, Some(layer.size))?;
+    let mut sink = Sink::new(cache, &url, Some(layer.size))?;
     download(
         &mut s,
         &pull_scope(&r.repository),
@@ -515,9 +515,9 @@ pub async fn pull(
         Validators::default(),
     )
     .await?;
-    let (staged, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
+    let (ingested, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
     Ok((
-        staged,
+        ingested,
         Fetched {
             media_type: Some(layer.media_type.clone()),
             remote_digest: Some(sha),
