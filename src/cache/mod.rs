@@ -45,6 +45,7 @@
 //!   the lock it then writes under), and a name to be written cannot carry one.
 //! * Nothing here reads the time except through [`crate::format::clock::now`].
 
+mod collect;
 pub mod index;
 mod ingest;
 pub mod lock;
@@ -60,19 +61,23 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::cache::index::{
-    BlobRecord, Index, IndexError, IndexStats, LAST_USE_RESOLUTION, Named, RefRecord,
-};
-use crate::cache::settings::{Settings, SettingsError};
-use crate::cache::uses::UseMarkers;
 use crate::format::clock;
 use crate::format::digest::Digest;
 use crate::format::reference::Reference;
 use crate::testhook;
+use index::Index;
 use lock::LockOptions;
+use settings::{Settings, SettingsError};
 use store::{Staged, Store, StoreError};
+use uses::UseMarkers;
 
+pub use collect::Victims;
+pub use index::{
+    BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
+    RefRecord, SCHEMA_VERSION, decode_blob, decode_ref,
+};
 pub use ingest::{Ingest, IngestError, Ingested, Tap};
+pub use store::{Found, TmpFile};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -809,15 +814,7 @@ impl Cache {
 
     /// The later of the index's last use and the marker's, for each of `names`.
     fn with_marked_uses(&self, names: &mut [Named]) {
-        let marks = self.uses.all();
-        if marks.is_empty() {
-            return;
-        }
-        for n in names {
-            if let Some(&t) = marks.get(&UseMarkers::file_name(&n.name)) {
-                n.last_use = Some(n.last_use.map_or(t, |l| l.max(t)));
-            }
-        }
+        collect::fold_marks(names, &self.uses.all());
     }
 
     fn entry_of(&self, n: Named) -> Entry {
@@ -995,21 +992,11 @@ impl Cache {
                 candidates.sort();
                 candidates.dedup();
                 for d in candidates {
-                    if !w.names_of(&d)?.is_empty() {
+                    let Some(dropped) = self.drop_blob(&mut w, &d, &mut aside)? else {
                         continue;
-                    }
-                    let size = w.get_blob(&d)?.map(|b| b.size).unwrap_or(0);
-                    w.remove_blob(&d)?;
-                    let moved =
-                        self.store
-                            .unlink_later(&d)
-                            .map_err(|source| CacheError::Remove {
-                                path: self.store.blob_path(&d),
-                                source,
-                            })?;
-                    if let Some(p) = moved {
-                        aside.push(p);
-                        out.bytes_freed += size;
+                    };
+                    if dropped.moved {
+                        out.bytes_freed += dropped.size.unwrap_or(0);
                     }
                     out.blobs.push(d);
                 }

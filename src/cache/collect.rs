@@ -1,0 +1,161 @@
+//! Removal: the one routine by which a blob leaves `blobs/`, and the collection that gc
+//! plans over a consistent view of the index.
+//!
+//! A blob is removed only under the exclusive index lock, after the index shows that no
+//! name refers to it ([`Cache::drop_blob`]); its file is moved into `tmp/` then and
+//! unlinked after the lock is released. `rm` and gc both go through it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+
+use super::index::{BlobRecord, IndexWriter, Named};
+use super::store::{self, Found, TmpFile};
+use super::uses::UseMarkers;
+use super::{Cache, CacheError};
+use crate::format::digest::Digest;
+use crate::testhook;
+
+/// What a collection removes, chosen by the caller's plan from a consistent view.
+#[derive(Clone, Debug, Default)]
+pub struct Victims {
+    /// Names to remove.
+    pub names: Vec<String>,
+    /// Blobs to remove, known to the index or not (files under `blobs/` that only a
+    /// crash between blob and name can leave). Each goes only if no name refers to it
+    /// once the names are gone.
+    pub blobs: Vec<Digest>,
+}
+
+/// A blob [`Cache::drop_blob`] removed.
+pub(super) struct Dropped {
+    /// Its recorded size, when the index knew it.
+    pub size: Option<u64>,
+    /// Whether its file was there (and is moved aside now).
+    pub moved: bool,
+}
+
+/// Count the later of each name's recorded use and its marker's ([`UseMarkers`]).
+pub(super) fn fold_marks(names: &mut [Named], marks: &HashMap<String, u64>) {
+    if marks.is_empty() {
+        return;
+    }
+    for n in names {
+        if let Some(&t) = marks.get(&UseMarkers::file_name(&n.name)) {
+            n.last_use = Some(n.last_use.map_or(t, |l| l.max(t)));
+        }
+    }
+}
+
+impl Cache {
+    /// The one way a blob leaves the cache. Call under the exclusive lock (`w`): when no
+    /// name refers to `d`, its record goes and its file is moved into `tmp/` (its new
+    /// path pushed on `aside`, for [`store::unlink_now`] once the lock is released).
+    /// `None` when a name still refers to it.
+    pub(super) fn drop_blob(
+        &self,
+        w: &mut IndexWriter,
+        d: &Digest,
+        aside: &mut Vec<PathBuf>,
+    ) -> Result<Option<Dropped>, CacheError> {
+        if !w.names_of(d)?.is_empty() {
+            return Ok(None);
+        }
+        let size = w.get_blob(d)?.map(|b| b.size);
+        w.remove_blob(d)?;
+        let moved = self
+            .store
+            .unlink_later(d)
+            .map_err(|source| CacheError::Remove {
+                path: self.store.blob_path(d),
+                source,
+            })?;
+        let moved = moved.map(|p| aside.push(p)).is_some();
+        Ok(Some(Dropped { size, moved }))
+    }
+
+    /// Every file under `blobs/`, without a lock (a snapshot: whoever acts on it checks
+    /// again under the lock).
+    pub fn blobs_on_disk(&self) -> Result<Vec<Found>, CacheError> {
+        self.store.scan().map_err(|source| CacheError::Remove {
+            path: self.store.blobs_dir().to_path_buf(),
+            source,
+        })
+    }
+
+    /// Every entry of `tmp/`, without a lock.
+    pub fn tmp_files(&self) -> Result<Vec<TmpFile>, CacheError> {
+        self.store.scan_tmp().map_err(|source| CacheError::Remove {
+            path: self.store.tmp_dir().to_path_buf(),
+            source,
+        })
+    }
+
+    /// Unlink stale entries of `tmp/` (no lock needed: nothing refers to them).
+    pub fn remove_tmp_files(&self, files: &[&TmpFile]) {
+        let paths: Vec<PathBuf> = files.iter().map(|t| t.path.clone()).collect();
+        store::unlink_now(&paths);
+    }
+
+    /// The use a `get` left in the marker of `name` ([`crate::cache::uses`]), read by the
+    /// file's own path (a directory listing may miss a marker another node just wrote).
+    pub fn marked_use(&self, name: &str) -> Option<u64> {
+        self.uses.read(name)
+    }
+
+    /// Collect garbage as `plan` decides. `plan` sees every name (its last use the later
+    /// of the index's and its marker's) and every blob record, from one consistent view,
+    /// and returns what to remove. Under the exclusive index lock, then: the uses the
+    /// markers held are folded into the index for the names that stay, the victim names
+    /// go, each victim blob goes through [`Cache::drop_blob`], the transaction commits
+    /// and the folded markers are removed before the lock is released; the blob files
+    /// are unlinked after. With `dry_run`, `plan` runs under the shared lock and nothing
+    /// changes.
+    pub fn collect<T>(
+        &self,
+        dry_run: bool,
+        plan: impl FnOnce(&mut [Named], &[(Digest, BlobRecord)]) -> (T, Victims),
+    ) -> Result<T, CacheError> {
+        if dry_run {
+            let rd = self.index.read()?;
+            let mut names = rd.all()?;
+            fold_marks(&mut names, &self.uses.all());
+            return Ok(plan(&mut names, &rd.blobs()?).0);
+        }
+        let mut aside: Vec<PathBuf> = Vec::new();
+        let out = {
+            let mut w = self.index.write()?;
+            let mut names = w.all()?;
+            let recorded: HashMap<String, Option<u64>> =
+                names.iter().map(|n| (n.name.clone(), n.last_use)).collect();
+            let marks = self.uses.all();
+            fold_marks(&mut names, &marks);
+            let (out, victims) = plan(&mut names, &w.blobs()?);
+            // Fold the uses the markers held into the index, so their markers can go.
+            let removed: HashSet<&str> = victims.names.iter().map(String::as_str).collect();
+            for n in &names {
+                if let Some(t) = n.last_use
+                    && !removed.contains(n.name.as_str())
+                    && recorded.get(&n.name).copied().flatten() < Some(t)
+                {
+                    w.set_last_use(&n.name, t)?;
+                }
+            }
+            for n in &victims.names {
+                w.remove_ref(n)?;
+            }
+            for d in &victims.blobs {
+                self.drop_blob(&mut w, d, &mut aside)?;
+            }
+            testhook::pause("gc-uncommitted");
+            // Still under the exclusive lock, so no `get` writes a marker meanwhile.
+            w.commit_then(|| {
+                for (file, t) in &marks {
+                    self.uses.remove_file_folded(file, *t);
+                }
+            })?;
+            out
+        };
+        store::unlink_now(&aside);
+        Ok(out)
+    }
+}
