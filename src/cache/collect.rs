@@ -6,13 +6,14 @@
 //! unlinked after the lock is released. `rm` and gc both go through it.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use super::index::{BlobRecord, IndexWriter, Named};
+use super::ingest::Ingested;
 use super::store::{self, Found, TmpFile};
 use super::uses::UseMarkers;
 use super::{Cache, CacheError};
-use crate::format::digest::Digest;
+use crate::format::digest::{Digest, hash_file_single};
 use crate::testhook;
 
 /// What a collection removes, chosen by the caller's plan from a consistent view.
@@ -25,6 +26,9 @@ pub struct Victims {
     /// once the names are gone.
     pub blobs: Vec<Digest>,
 }
+
+/// Every name and every blob record, as [`Cache::snapshot`] read them.
+pub type Snapshot = (Vec<Named>, Vec<(Digest, BlobRecord)>);
 
 /// A blob [`Cache::drop_blob`] removed.
 pub(super) struct Dropped {
@@ -71,6 +75,70 @@ impl Cache {
             })?;
         let moved = moved.map(|p| aside.push(p)).is_some();
         Ok(Some(Dropped { size, moved }))
+    }
+
+    /// Every name and every blob record, from one view under the shared lock.
+    pub fn snapshot(&self) -> Result<Snapshot, CacheError> {
+        let rd = self.index.read()?;
+        Ok((rd.all()?, rd.blobs()?))
+    }
+
+    /// Where the blob `d` lives (whether or not it is there).
+    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+        self.store.blob_path(d)
+    }
+
+    /// The first recorded source among `names` (under the shared lock).
+    pub fn first_source(&self, names: &[String]) -> Result<Option<String>, CacheError> {
+        let rd = self.index.read()?;
+        Ok(names
+            .iter()
+            .find_map(|n| rd.get_ref(n).ok().flatten().and_then(|r| r.source)))
+    }
+
+    /// Copy the file at `path` into `tmp/`, hashing it: content for
+    /// [`Cache::quarantine`] to put back.
+    pub fn copy_in(&self, path: &Path) -> Result<Ingested, String> {
+        let staged = std::fs::File::open(path)
+            .map_err(|e| e.to_string())
+            .and_then(|mut f| {
+                self.store
+                    .stage_copy(&mut f, path, None)
+                    .map_err(|e| e.to_string())
+            })?;
+        Ok(Ingested { staged })
+    }
+
+    /// Under the exclusive lock: move each corrupt blob (`corrupt`: digest and the path
+    /// where it was found) into `quarantine/`, if the file there is still the one found
+    /// corrupt (not added again meanwhile), so that `get` never hands it out again; then
+    /// put `restore`d content in place. The index is not changed.
+    pub fn quarantine(
+        &self,
+        corrupt: &[(Digest, PathBuf)],
+        restore: Vec<Ingested>,
+    ) -> Result<(), CacheError> {
+        let qdir = self.v1.join("quarantine");
+        let w = self.index.write()?;
+        for (d, path) in corrupt {
+            // Only if the file there is still the one we found corrupt (not re-added since).
+            if self.store.blob_path(d) == *path && path.exists() {
+                let hashed = hash_file_single(path).map(|(g, _)| g);
+                if hashed.as_ref().is_ok_and(|g| g != d) || hashed.is_err() {
+                    self.store
+                        .quarantine(path, &qdir)
+                        .map_err(|source| CacheError::Remove {
+                            path: path.clone(),
+                            source,
+                        })?;
+                }
+            }
+        }
+        for r in restore {
+            r.staged.commit(&self.store)?;
+        }
+        w.commit()?;
+        Ok(())
     }
 
     /// Every file under `blobs/`, without a lock (a snapshot: whoever acts on it checks

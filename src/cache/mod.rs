@@ -71,7 +71,7 @@ use settings::{Settings, SettingsError};
 use store::{Staged, Store, StoreError};
 use uses::UseMarkers;
 
-pub use collect::Victims;
+pub use collect::{Snapshot, Victims};
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
     RefRecord, SCHEMA_VERSION, decode_blob, decode_ref,
