@@ -45,13 +45,15 @@
 //!   the lock it then writes under), and a name to be written cannot carry one.
 //! * Nothing here reads the time except through [`crate::format::clock::now`].
 
+mod batch;
 mod collect;
-pub mod index;
+mod health;
+mod index;
 mod ingest;
 pub mod lock;
 pub mod settings;
-pub mod store;
-pub mod uses;
+mod store;
+mod uses;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -71,13 +73,15 @@ use settings::{Settings, SettingsError};
 use store::{Staged, Store, StoreError};
 use uses::UseMarkers;
 
+pub use batch::BatchName;
 pub use collect::{Snapshot, Victims};
+pub use health::Repaired;
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
-    RefRecord, SCHEMA_VERSION, decode_blob, decode_ref,
+    RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Tap};
-pub use store::{Found, TmpFile};
+pub use store::{BLOB_MODE, Found, TmpFile};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";

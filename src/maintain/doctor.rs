@@ -10,7 +10,6 @@
 //! what it means for locks across nodes; free space; the index's integrity; leftovers in
 //! `tmp/` and `quarantine/`.
 
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -18,10 +17,9 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cache::index::{IndexError, JournalStatus, Rebuilt};
+pub use crate::cache::Repaired;
 use crate::cache::lock;
-use crate::cache::{Cache, CacheError};
-use crate::format::digest::Digest;
+use crate::cache::{Cache, CacheError, JournalStatus};
 use crate::maintain::shared;
 
 /// The outcome of one check.
@@ -149,8 +147,8 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     });
     let writable = [
         v1.to_path_buf(),
-        cache.store().tmp_dir().to_path_buf(),
-        cache.index().lock_path().to_path_buf(),
+        cache.tmp_dir().to_path_buf(),
+        cache.index_lock_path().to_path_buf(),
     ]
     .into_iter()
     .filter(|p| p.exists() && !can_access(p, libc::W_OK))
@@ -250,7 +248,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     }
 
     // Leftovers.
-    let tmp = cache.store().scan_tmp().unwrap_or_default();
+    let tmp = cache.tmp_files().unwrap_or_default();
     let old = tmp
         .iter()
         .filter(|t| {
@@ -289,18 +287,8 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
 /// The index's health: readable by this build, changeable by it, every page intact.
 fn index_check(cache: &Cache) -> Check {
     use Status::*;
-    let index = cache.index().db_path().display().to_string();
-    let health = (|| {
-        let rd = cache.index().read()?;
-        let stats = rd.stats()?;
-        // Read every record too: damage may sit in a page the counts do not touch.
-        rd.all()?;
-        rd.blobs()?;
-        rd.check_writable()?;
-        drop(rd);
-        let intact = cache.index().check_integrity()?;
-        Ok::<_, IndexError>((stats, intact))
-    })();
+    let index = cache.index_path().display().to_string();
+    let health = cache.index_health();
     match health {
         Ok((s, true)) => check(
             "index",
@@ -322,61 +310,17 @@ fn index_check(cache: &Cache) -> Check {
     }
 }
 
-/// What `doctor --repair-index` did.
-#[derive(Clone, Debug)]
-pub enum Repaired {
-    /// The index and its journal were whole: nothing.
-    Nothing,
-    /// The index was whole, its journal would not have rebuilt it: rewritten from it.
-    Journal,
-    /// The index was damaged: rebuilt from the journal.
-    Index(Rebuilt),
-}
-
-/// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]);
-/// for an intact index, rewrite a journal that would not rebuild it.
-///
-/// [`Index::rebuild`]: crate::cache::index::Index::rebuild
+/// `doctor --repair-index`: rebuild a damaged index from its journal; for an intact
+/// index, rewrite a journal that would not rebuild it ([`Cache::repair_index`]).
 pub fn repair_index(cache: &Cache) -> Result<Repaired, CacheError> {
-    let index = cache.index();
-    let damage = (|| {
-        let rd = index.read()?;
-        rd.all()?;
-        rd.blobs()?;
-        drop(rd);
-        let journal = index.journal_status()?;
-        // A writer's checks (the journal in step with the index) without a change.
-        drop(index.write()?);
-        Ok::<_, IndexError>((index.check_integrity()?, journal))
-    })();
-    match damage {
-        Ok((true, JournalStatus::InStep { .. })) => return Ok(Repaired::Nothing),
-        Ok((true, _)) => {
-            index.rewrite_journal()?;
-            return Ok(Repaired::Journal);
-        }
-        Ok((false, _)) => {}
-        Err(e) if e.needs_repair() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let store = cache.store();
-    let on_disk: HashMap<Digest, u64> = store
-        .scan()
-        .map_err(|source| CacheError::Remove {
-            path: store.blobs_dir().to_path_buf(),
-            source,
-        })?
-        .into_iter()
-        .filter_map(|f| f.digest.map(|d| (d, f.size)))
-        .collect();
-    Ok(Repaired::Index(index.rebuild(&on_disk)?))
+    cache.repair_index()
 }
 
 /// Whether the journal would rebuild this index (see [`crate::cache::index`]).
 fn journal_check(cache: &Cache) -> Check {
     use Status::*;
-    let journal = cache.index().journal_path().display().to_string();
-    match cache.index().journal_status() {
+    let journal = cache.journal_path().display().to_string();
+    match cache.journal_status() {
         Ok(JournalStatus::InStep { names, lines }) => check(
             "journal",
             Pass,

@@ -316,7 +316,7 @@ fn info_counts_names_blobs_and_bytes() {
     assert_eq!(v["names"], 3);
     assert_eq!(v["blobs"], 2);
     assert_eq!(v["bytes"], 10);
-    assert_eq!(v["schema_version"], sregistry::cache::index::SCHEMA_VERSION);
+    assert_eq!(v["schema_version"], sregistry::cache::SCHEMA_VERSION);
 }
 
 /// An empty or missing cache lists nothing and answers get with "not found".

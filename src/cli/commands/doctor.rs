@@ -40,9 +40,8 @@ pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
 
 /// Rebuild the index; exit 4 when names are left whose image file is missing.
 fn repair(ctx: &Ctx) -> Result<()> {
-    let index = ctx.cache.index();
-    let db = index.db_path().display();
-    let journal = index.journal_path().display();
+    let db = ctx.cache.index_path().display();
+    let journal = ctx.cache.journal_path().display();
     let r = match doctor::repair_index(&ctx.cache)? {
         Repaired::Index(r) => r,
         Repaired::Nothing => {
