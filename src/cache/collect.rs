@@ -164,7 +164,7 @@ impl Cache {
         store::unlink_now(&paths);
     }
 
-    /// The use a `get` left in the marker of `name` ([`crate::cache::uses`]), read by the
+    /// The use a `get` left in the marker of `name` (`crate::cache::uses`), read by the
     /// file's own path (a directory listing may miss a marker another node just wrote).
     pub fn marked_use(&self, name: &str) -> Option<u64> {
         self.uses.read(name)
@@ -174,7 +174,7 @@ impl Cache {
     /// of the index's and its marker's) and every blob record, from one consistent view,
     /// and returns what to remove. Under the exclusive index lock, then: the uses the
     /// markers held are folded into the index for the names that stay, the victim names
-    /// go, each victim blob goes through [`Cache::drop_blob`], the transaction commits
+    /// go, each victim blob goes through `Cache::drop_blob`, the transaction commits
     /// and the folded markers are removed before the lock is released; the blob files
     /// are unlinked after. With `dry_run`, `plan` runs under the shared lock and nothing
     /// changes.

@@ -118,7 +118,7 @@ const PINS: TableDefinition<&str, u64> = TableDefinition::new("pins");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ABOUT: TableDefinition<&str, &str> = TableDefinition::new("about");
 
-/// The schema this build writes: the number of [`MIGRATIONS`].
+/// The schema this build writes: the number of `MIGRATIONS`.
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 /// `last_use` is rewritten only when the stored time is older than this (seconds).
 pub const LAST_USE_RESOLUTION: u64 = 600;
@@ -352,7 +352,7 @@ pub struct Index {
     file_mode: u32,
 }
 
-/// What [`Index::rebuild`] did.
+/// What `Index::rebuild` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Rebuilt {
     pub names: u64,
@@ -765,7 +765,7 @@ impl Index {
     }
 }
 
-/// How the journal compares with the index ([`Index::journal_status`]).
+/// How the journal compares with the index (`Index::journal_status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalStatus {
     /// It would rebuild exactly the names, records and pins of the index.

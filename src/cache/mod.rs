@@ -1,5 +1,13 @@
-//! The cache: the one door through which commands and library users reach the index and
-//! the store.
+//! The cache: the one door through which commands, library users, gc, verify, doctor, the
+//! shared-cache set-up and the remotes reach the index and the store.
+//!
+//! Its parts are private, so nothing outside `src/cache/` can name them: `index` (redb,
+//! names, with its journal), `store` (blobs and `tmp/`), `uses` (use markers), and the
+//! taking of `lock` files. Its protocol, in one place: [`Cache::add`] and
+//! [`Cache::ingest`]/[`Cache::commit_ingested`] (`ingest.rs`) bring content in;
+//! `collect.rs` holds the one removal routine ([`Cache::collect`] for gc,
+//! [`Cache::quarantine`] for verify); `batch.rs` names many images at once; `health.rs`
+//! checks and rebuilds the index for doctor.
 //!
 //! # What each operation locks
 //!
@@ -15,7 +23,7 @@
 //! # A `get` that printed a path has made its use count
 //!
 //! When the index's last use of a name is older than 10 minutes, `get` writes the time
-//! into the name's use marker ([`crate::cache::uses`]) **before it releases its shared lock**,
+//! into the name's use marker (`crate::cache::uses`) **before it releases its shared lock**,
 //! then tries to fold it into the index without waiting. gc, under the exclusive lock,
 //! counts every marker; so no gc can evict a name between a `get`'s lookup and the
 //! record of its use, however busy the lock is, and no `get` waits for a writer to
@@ -36,7 +44,8 @@
 //!   unreferenced link meanwhile, put back) under the exclusive lock, the lock gc needs
 //!   too, so a committed name never points to a missing or partial blob.
 //! * A blob is removed only under the exclusive lock, after the index shows no name uses
-//!   it; it is moved to `tmp/` then and unlinked after the lock is released.
+//!   it; it is moved to `tmp/` then and unlinked after the lock is released. One routine
+//!   does it, for `rm` and gc alike (`Cache::drop_blob` in `collect.rs`).
 //! * `get` never prints a path it has not just seen exist.
 //! * A pinned name is pointed at other content only when the caller says so
 //!   ([`Repoint::Force`]), checked under the exclusive lock, so a pin taken while an `add`
@@ -433,7 +442,7 @@ impl Cache {
         &self.index
     }
 
-    /// The use markers `get` leaves when it cannot write the index ([`crate::cache::uses`]).
+    /// The use markers `get` leaves when it cannot write the index (`crate::cache::uses`).
     pub fn uses(&self) -> &UseMarkers {
         &self.uses
     }
@@ -623,7 +632,7 @@ impl Cache {
         Ingest::new(&self.store, tap)
     }
 
-    /// Commit ingested content under `name`: [`Cache::commit_staged`], the one commit
+    /// Commit ingested content under `name`: `Cache::commit_staged`, the one commit
     /// path of `add` and of every pull.
     pub fn commit_ingested(
         &self,

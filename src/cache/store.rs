@@ -384,7 +384,7 @@ impl Store {
     }
 }
 
-/// A file found under `blobs/` by [`Store::scan`].
+/// A file found under `blobs/` by `Store::scan`.
 #[derive(Clone, Debug)]
 pub struct Found {
     pub path: PathBuf,
@@ -393,7 +393,7 @@ pub struct Found {
     pub size: u64,
 }
 
-/// A file found in `tmp/` by [`Store::scan_tmp`].
+/// A file found in `tmp/` by `Store::scan_tmp`.
 #[derive(Clone, Debug)]
 pub struct TmpFile {
     pub path: PathBuf,

@@ -26,7 +26,7 @@
 //!
 //! "Used" is the later of the recorded last use and the time the name was added. A
 //! recorded use is the later of the index's `last_use` and the name's use marker, which a
-//! `get` writes under the shared lock when it cannot write the index ([`crate::cache::uses`]);
+//! `get` writes under the shared lock when it cannot write the index (`crate::cache::uses`);
 //! gc folds the markers into the index in its transaction and removes them before it
 //! releases the lock. Uses are recorded to [`LAST_USE_RESOLUTION`] (10 minutes), so a
 //! `--min-idle` below that counts as 10 minutes.

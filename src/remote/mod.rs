@@ -10,14 +10,17 @@
 //!   └─ s3.rs    object_store over S3
 //! transport.rs (one HTTP client, retries with backoff on 5xx/429/dropped connections)
 //! auth.rs      (credentials from `sregistry login` and ~/.docker/config.json; challenges; tokens)
-//! verify.rs    (the sink every remote byte passes through: size limit, sha256, BLAKE3, into tmp/)
+//! runtime.rs   (one tokio runtime and HTTP client per process)
+//! sink.rs      (the sink every remote byte passes through: size limit and sha256, into the
+//!              cache's Ingest, which hashes BLAKE3 into tmp/; only the cache commits it)
 //! ```
 //!
 //! # What it promises
 //!
-//! * Every byte from a remote passes through a [`sink::Sink`] before it is in the store:
+//! * Every byte from a remote passes through a [`sink::Sink`] before it is in the cache:
 //!   the registry's sha256 and the declared size are checked and the BLAKE3 digest computed
-//!   in the same pass, straight into `tmp/`. A blob that fails any check never reaches
+//!   in the same pass, straight into `tmp/` through [`crate::cache::Cache::ingest`]; the
+//!   content is named only by [`crate::cache::Cache::commit_ingested`]. A blob that fails any check never reaches
 //!   `blobs/`, and its temporary file is removed.
 //! * `get REMOTE` and `pull REMOTE` take a per-pull lock (`v1/locks/<hash>.lock`,
 //!   exclusive for the whole download) before contacting the remote: N concurrent calls
