@@ -1349,10 +1349,6 @@ impl IndexWriter {
         self.guard(|| get_blob_in(&self.table(BLOBS)?, &d.hex(), &self.path))
     }
 
-    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
-        self.guard(|| get_u64_in(&self.table(LAST_USE)?, key, &self.path))
-    }
-
     pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
         self.guard(|| Ok(get_u64_in(&self.table(PINS)?, key, &self.path)?.is_some()))
     }

@@ -60,7 +60,7 @@ mod health;
 mod index;
 mod ingest;
 pub mod lock;
-pub mod settings;
+mod settings;
 mod store;
 mod uses;
 
@@ -78,7 +78,6 @@ use crate::format::reference::Reference;
 use crate::testhook;
 use index::Index;
 use lock::LockOptions;
-use settings::{Settings, SettingsError};
 use store::{Staged, Store, StoreError};
 use uses::UseMarkers;
 
@@ -90,6 +89,7 @@ pub use index::{
     RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Tap};
+pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, Found, TmpFile};
 
 /// Environment variable naming the cache root.
@@ -425,6 +425,16 @@ impl Cache {
         &self.settings
     }
 
+    /// Record `settings` in the cache (`v1/settings.json`), for every later command.
+    pub fn save_settings(&self, settings: &Settings) -> io::Result<()> {
+        settings.save(&self.v1)
+    }
+
+    /// Where the settings are recorded (`v1/settings.json`).
+    pub fn settings_path(&self) -> PathBuf {
+        self.v1.join(settings::FILE)
+    }
+
     /// The format directory (`<cache>/v1`).
     pub fn v1(&self) -> &Path {
         &self.v1
@@ -432,19 +442,6 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    pub fn index(&self) -> &Index {
-        &self.index
-    }
-
-    /// The use markers `get` leaves when it cannot write the index (`crate::cache::uses`).
-    pub fn uses(&self) -> &UseMarkers {
-        &self.uses
     }
 
     /// Create the directory layout and `CACHEDIR.TAG` if they are missing.

@@ -44,7 +44,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::cache::settings::{self, Settings, SettingsError};
+use crate::cache::{Settings, SettingsError};
 use crate::maintain::group;
 
 /// Entries a directory may hold and still count as empty: what a fresh filesystem's root
@@ -192,7 +192,7 @@ pub fn init(
         cache.create_index().map_err(|e| layout_err(db, &e))?;
     }
     if previous.as_ref() != Some(want) {
-        want.save(cache.v1()).map_err(io_err(cache.v1()))?;
+        cache.save_settings(want).map_err(io_err(cache.v1()))?;
     }
     if let Some(gid) = want.gid {
         changed += regroup(gid)?;
@@ -233,7 +233,7 @@ fn existing_cache(root: &Path) -> Result<Option<Settings>, SharedError> {
     let v1 = probe.v1();
     let tagged = fs::read_to_string(root.join("CACHEDIR.TAG"))
         .is_ok_and(|t| t.contains("created by sregistry"));
-    if tagged || probe.index_path().exists() || v1.join(settings::FILE).exists() {
+    if tagged || probe.index_path().exists() || probe.settings_path().exists() {
         return Ok(Some(Settings::load(v1)?));
     }
     for entry in fs::read_dir(root).map_err(io_err(root))? {

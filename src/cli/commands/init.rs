@@ -9,8 +9,8 @@ use super::output;
 use crate::cli::InitArgs;
 use crate::cli::exit::UsageError;
 use sregistry::cache::Cache;
+use sregistry::cache::Settings;
 use sregistry::cache::lock::LockOptions;
-use sregistry::cache::settings::Settings;
 use sregistry::maintain::group;
 use sregistry::maintain::shared::{self, Outcome};
 
