@@ -118,7 +118,7 @@ impl Cache {
         corrupt: &[(Digest, PathBuf)],
         restore: Vec<Ingested>,
     ) -> Result<(), CacheError> {
-        let qdir = self.v1.join("quarantine");
+        let qdir = self.quarantine_dir();
         let w = self.index.write()?;
         for (d, path) in corrupt {
             // Only if the file there is still the one we found corrupt (not re-added since).

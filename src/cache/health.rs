@@ -3,7 +3,7 @@
 //! modes and access that `doctor` and `init --shared` make.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use super::index::{IndexError, IndexStats, JournalStatus, Rebuilt};
 use super::{Cache, CacheError};
@@ -44,6 +44,16 @@ impl Cache {
     /// The staging directory (`v1/tmp`).
     pub fn tmp_dir(&self) -> &Path {
         self.store.tmp_dir()
+    }
+
+    /// Where `verify` moves corrupt blobs (`v1/quarantine`).
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.v1.join("quarantine")
+    }
+
+    /// Where the per-pull locks are (`v1/locks`).
+    pub fn locks_dir(&self) -> PathBuf {
+        self.v1.join("locks")
     }
 
     /// Create an empty index (with its journal) where there is none.

@@ -730,7 +730,7 @@ impl Cache {
     /// The per-pull lock of a remote reference (`v1/locks/<hash>.lock`), held exclusive for
     /// a whole download. Taken before the index lock, never while holding it.
     pub fn pull_lock(&self, remote: &str) -> Result<crate::cache::lock::LockGuard, CacheError> {
-        let path = self.v1.join("locks").join(pull_lock_name(remote));
+        let path = self.locks_dir().join(pull_lock_name(remote));
         Ok(crate::cache::lock::lock(
             &path,
             crate::cache::lock::Mode::Exclusive,
@@ -1032,7 +1032,7 @@ impl Cache {
     /// Where a quarantined copy of `d` is, if any (for `get`'s message).
     fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
         let hex = d.hex();
-        std::fs::read_dir(self.v1.join("quarantine"))
+        std::fs::read_dir(self.quarantine_dir())
             .ok()?
             .flatten()
             .map(|e| e.path())

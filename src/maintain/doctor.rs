@@ -168,7 +168,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     });
 
     // Locks.
-    let probe_dir = v1.join("locks");
+    let probe_dir = cache.locks_dir();
     out.push(match lock_kind {
         lock::Kind::Flock => check("locks", Warn, "SREGISTRY_LOCK=flock: whole-file flock locks (node-local on GPFS, need `-o flock` on Lustre)"),
         lock::Kind::Ofd => match lock::probe_ofd(if probe_dir.is_dir() { &probe_dir } else { v1 }) {
@@ -266,7 +266,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             format!("{old} leftover file(s) of interrupted commands; `sregistry gc` removes them"),
         )
     });
-    let q = std::fs::read_dir(v1.join("quarantine"))
+    let q = std::fs::read_dir(cache.quarantine_dir())
         .map(|r| r.count())
         .unwrap_or(0);
     out.push(if q == 0 {
@@ -277,7 +277,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             Warn,
             format!(
                 "{q} corrupt blob(s) kept in `{}` for inspection; delete them when done",
-                v1.join("quarantine").display()
+                cache.quarantine_dir().display()
             ),
         )
     });

@@ -374,9 +374,7 @@ impl Kind {
             return None;
         } else if path.starts_with(cache.blobs_dir()) {
             Kind::Blob
-        } else if path.starts_with(cache.tmp_dir())
-            || path.starts_with(cache.v1().join("quarantine"))
-        {
+        } else if path.starts_with(cache.tmp_dir()) || path.starts_with(cache.quarantine_dir()) {
             Kind::Staged
         } else {
             Kind::File
