@@ -172,7 +172,8 @@ impl Cache {
 
     /// Collect garbage as `plan` decides. `plan` sees every name (its last use the later
     /// of the index's and its marker's) and every blob record, from one consistent view,
-    /// and returns what to remove. Under the exclusive index lock, then: the uses the
+    /// and returns what to remove (a pinned name among them stays). Under the exclusive
+    /// index lock, then: the uses the
     /// markers held are folded into the index for the names that stay, the victim names
     /// go, each victim blob goes through `Cache::drop_blob`, the transaction commits
     /// and the folded markers are removed before the lock is released; the blob files
@@ -198,8 +199,19 @@ impl Cache {
             let marks = self.uses.all();
             fold_marks(&mut names, &marks);
             let (out, victims) = plan(&mut names, &w.blobs()?);
+            // A pinned name is never collected, whatever the plan says.
+            let pinned: HashSet<&str> = names
+                .iter()
+                .filter(|n| n.pinned)
+                .map(|n| n.name.as_str())
+                .collect();
+            let removed: HashSet<&str> = victims
+                .names
+                .iter()
+                .map(String::as_str)
+                .filter(|n| !pinned.contains(n))
+                .collect();
             // Fold the uses the markers held into the index, so their markers can go.
-            let removed: HashSet<&str> = victims.names.iter().map(String::as_str).collect();
             for n in &names {
                 if let Some(t) = n.last_use
                     && !removed.contains(n.name.as_str())
@@ -208,7 +220,11 @@ impl Cache {
                     w.set_last_use(&n.name, t)?;
                 }
             }
-            for n in &victims.names {
+            for n in victims
+                .names
+                .iter()
+                .filter(|n| removed.contains(n.as_str()))
+            {
                 w.remove_ref(n)?;
             }
             for d in &victims.blobs {
@@ -225,5 +241,49 @@ impl Cache {
         };
         store::unlink_now(&aside);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::AddOptions;
+    use crate::cache::lock::LockOptions;
+    use crate::format::reference::Reference;
+
+    /// The danger: `collect` is public, so a library caller's plan (not only gc's, which
+    /// never picks a pinned name) could evict a pinned image from under the jobs that
+    /// rely on it. The door refuses it, and keeps the blob the pinned name uses.
+    #[test]
+    fn a_plan_that_names_a_pinned_image_does_not_remove_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = Cache::open(&dir.path().join("c"), LockOptions::default()).unwrap();
+        let file = dir.path().join("a.img");
+        std::fs::write(&file, b"pinned content").unwrap();
+        let pinned = Reference::parse("lab/kept:1").unwrap();
+        let loose = Reference::parse("lab/gone:1").unwrap();
+        let entry = cache.add(&file, &pinned, &AddOptions::default()).unwrap();
+        std::fs::write(&file, b"other content").unwrap();
+        let other = cache.add(&file, &loose, &AddOptions::default()).unwrap();
+        cache.set_pin(&pinned, true).unwrap();
+        cache
+            .collect(false, |names, blobs| {
+                let victims = Victims {
+                    names: names.iter().map(|n| n.name.clone()).collect(),
+                    blobs: blobs.iter().map(|(d, _)| *d).collect(),
+                };
+                ((), victims)
+            })
+            .unwrap();
+        let left: Vec<String> = cache
+            .list(None)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.name)
+            .collect();
+        assert_eq!(left, vec![pinned.key()]);
+        assert!(entry.path.is_file(), "the pinned name's blob was removed");
+        assert!(!other.path.exists(), "the unpinned name's blob was kept");
+        assert_eq!(cache.get(&pinned).unwrap(), entry.path);
     }
 }
