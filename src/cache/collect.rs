@@ -2,7 +2,7 @@
 //! plans over a consistent view of the index.
 //!
 //! A blob is removed only under the exclusive index lock, after the index shows that no
-//! name refers to it ([`Cache::drop_blob`]); its file is moved into `tmp/` then and
+//! name refers to it ([`Cache::drop_blobs`]); its file is moved into `tmp/` then and
 //! unlinked after the lock is released. `rm` and gc both go through it.
 
 use std::collections::{HashMap, HashSet};
@@ -30,7 +30,7 @@ pub struct Victims {
 /// Every name and every blob record, as [`Cache::snapshot`] read them.
 pub type Snapshot = (Vec<Named>, Vec<(Digest, BlobRecord)>);
 
-/// A blob [`Cache::drop_blob`] removed.
+/// A blob [`Cache::drop_blobs`] removed.
 pub(super) struct Dropped {
     /// Its recorded size, when the index knew it.
     pub size: Option<u64>,
@@ -51,30 +51,40 @@ pub(super) fn fold_marks(names: &mut [Named], marks: &HashMap<String, u64>) {
 }
 
 impl Cache {
-    /// The one way a blob leaves the cache. Call under the exclusive lock (`w`): when no
-    /// name refers to `d`, its record goes and its file is moved into `tmp/` (its new
-    /// path pushed on `aside`, for [`store::unlink_now`] once the lock is released).
-    /// `None` when a name still refers to it.
-    pub(super) fn drop_blob(
+    /// The one way blobs leave the cache. Call under the exclusive lock (`w`): each of
+    /// `ds` that no name refers to loses its record, then the files of those are moved
+    /// into `tmp/` (their new paths pushed on `aside`, for [`store::unlink_now`] once the
+    /// lock is released). The renames come last, right before the caller commits, so a
+    /// kill leaves as short a window as it can between a file moved aside and a name the
+    /// index still has. One answer per digest: `None` when a name still refers to it.
+    pub(super) fn drop_blobs(
         &self,
         w: &mut IndexWriter,
-        d: &Digest,
+        ds: &[Digest],
         aside: &mut Vec<PathBuf>,
-    ) -> Result<Option<Dropped>, CacheError> {
-        if !w.names_of(d)?.is_empty() {
-            return Ok(None);
+    ) -> Result<Vec<Option<Dropped>>, CacheError> {
+        let mut out = Vec::with_capacity(ds.len());
+        for d in ds {
+            if !w.names_of(d)?.is_empty() {
+                out.push(None);
+                continue;
+            }
+            let size = w.get_blob(d)?.map(|b| b.size);
+            w.remove_blob(d)?;
+            out.push(Some(Dropped { size, moved: false }));
         }
-        let size = w.get_blob(d)?.map(|b| b.size);
-        w.remove_blob(d)?;
-        let moved = self
-            .store
-            .unlink_later(d)
-            .map_err(|source| CacheError::Remove {
-                path: self.store.blob_path(d),
-                source,
-            })?;
-        let moved = moved.map(|p| aside.push(p)).is_some();
-        Ok(Some(Dropped { size, moved }))
+        for (d, dropped) in ds.iter().zip(out.iter_mut()) {
+            let Some(dropped) = dropped else { continue };
+            let moved = self
+                .store
+                .unlink_later(d)
+                .map_err(|source| CacheError::Remove {
+                    path: self.store.blob_path(d),
+                    source,
+                })?;
+            dropped.moved = moved.map(|p| aside.push(p)).is_some();
+        }
+        Ok(out)
     }
 
     /// Every name and every blob record, from one view under the shared lock.
@@ -175,7 +185,7 @@ impl Cache {
     /// and returns what to remove (a pinned name among them stays). Under the exclusive
     /// index lock, then: the uses the
     /// markers held are folded into the index for the names that stay, the victim names
-    /// go, each victim blob goes through `Cache::drop_blob`, the transaction commits
+    /// go, each victim blob goes through `Cache::drop_blobs`, the transaction commits
     /// and the folded markers are removed before the lock is released; the blob files
     /// are unlinked after. With `dry_run`, `plan` runs under the shared lock and nothing
     /// changes.
@@ -227,9 +237,7 @@ impl Cache {
             {
                 w.remove_ref(n)?;
             }
-            for d in &victims.blobs {
-                self.drop_blob(&mut w, d, &mut aside)?;
-            }
+            self.drop_blobs(&mut w, &victims.blobs, &mut aside)?;
             testhook::pause("gc-uncommitted");
             // Still under the exclusive lock, so no `get` writes a marker meanwhile.
             w.commit_then(|| {

@@ -45,7 +45,7 @@
 //!   too, so a committed name never points to a missing or partial blob.
 //! * A blob is removed only under the exclusive lock, after the index shows no name uses
 //!   it; it is moved to `tmp/` then and unlinked after the lock is released. One routine
-//!   does it, for `rm` and gc alike (`Cache::drop_blob` in `collect.rs`).
+//!   does it, for `rm` and gc alike (`Cache::drop_blobs` in `collect.rs`).
 //! * `get` never prints a path it has not just seen exist.
 //! * A pinned name is pointed at other content only when the caller says so
 //!   ([`Repoint::Force`]), checked under the exclusive lock, so a pin taken while an `add`
@@ -1001,10 +1001,9 @@ impl Cache {
             if !keep_blobs {
                 candidates.sort();
                 candidates.dedup();
-                for d in candidates {
-                    let Some(dropped) = self.drop_blob(&mut w, &d, &mut aside)? else {
-                        continue;
-                    };
+                let dropped = self.drop_blobs(&mut w, &candidates, &mut aside)?;
+                for (d, dropped) in candidates.into_iter().zip(dropped) {
+                    let Some(dropped) = dropped else { continue };
                     if dropped.moved {
                         out.bytes_freed += dropped.size.unwrap_or(0);
                     }
