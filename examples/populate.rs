@@ -6,9 +6,10 @@
 //!
 //! Creates `NAMES` names `bench/ns{i%100}/img{i}:v{i%7}` pointing at `BLOBS` distinct small
 //! blobs (default `max(1, NAMES/100)`, at most `NAMES`), name `i` at blob `i % BLOBS`. The
-//! blobs are staged and fsynced first, outside the index lock, exactly as `Cache::add`
-//! does; then every `BATCH` names (default 10,000) go in one write transaction of the
-//! index, the blobs being renamed into place in the first one. A 100,000-name cache takes
+//! blobs are written through `Cache::ingest` (hashed and fsynced outside the index lock,
+//! as a pull's are); then `Cache::add_batch` puts every `BATCH` names (default 10,000) in
+//! one write transaction of the index, the blobs being renamed into place in the first
+//! one. A 100,000-name cache takes
 //! seconds instead of the minutes of 100,000 separate `sregistry add` runs (each one a
 //! durable commit).
 //!
@@ -16,16 +17,13 @@
 //! `get`, `list` and `info` work on the result as on any cache. Names already present are
 //! re-pointed, so running it twice on the same directory is harmless.
 
-use std::io::Cursor;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use sregistry::Cache;
-use sregistry::clock;
-use sregistry::index::{BlobRecord, RefRecord};
-use sregistry::lock::LockOptions;
-use sregistry::store::Staged;
+use sregistry::cache::lock::LockOptions;
+use sregistry::cache::{BatchName, Repoint};
+use sregistry::{Cache, Reference};
 
 /// Size of each blob: small, like a tiny image, but not trivially small.
 const BLOB_BYTES: usize = 4096;
@@ -71,57 +69,29 @@ fn run(root: &Path, names: u64, blobs: u64, batch: u64) -> anyhow::Result<()> {
     let start = Instant::now();
     let cache = Cache::open(root, LockOptions::default())?;
     cache.ensure_layout()?;
-    let store = cache.store();
 
-    // Stage every blob outside the lock (copy, hash, fsync), as `Cache::add` does.
-    let src = PathBuf::from("<populate>");
-    let mut staged: Vec<Staged> = Vec::with_capacity(blobs as usize);
+    // Write every blob outside the lock (hash, fsync), as a pull does.
+    let mut content = Vec::with_capacity(blobs as usize);
     let mut digests = Vec::with_capacity(blobs as usize);
     for j in 0..blobs {
-        let content = blob_content(j);
-        let s = store.stage_copy(&mut Cursor::new(&content), &src, Some(content.len() as u64))?;
-        digests.push(s.digest());
-        staged.push(s);
+        let mut ingest = cache.ingest(())?;
+        ingest.write(blob_content(j).into())?;
+        let c = ingest.seal()?;
+        digests.push(c.digest());
+        content.push(c);
     }
     let staged_at = start.elapsed();
 
-    let now = clock::now();
-    let mut i = 0u64;
-    let mut txns = 0u32;
-    while i < names || !staged.is_empty() {
-        let mut w = cache.index().write()?;
-        // The first transaction renames the blobs into place under the lock.
-        for (j, s) in staged.drain(..).enumerate() {
-            let size = s.size();
-            let digest = s.digest();
-            s.commit(store)?;
-            w.put_blob(
-                &digest,
-                &BlobRecord {
-                    size,
-                    added: now,
-                    media_type: None,
-                    remote_digest: None,
-                },
-            )?;
-            debug_assert_eq!(digests[j], digest);
-        }
-        let end = (i + batch).min(names);
-        while i < end {
-            let key = name_of(i);
-            let record = RefRecord {
-                digest: digests[(i % blobs) as usize],
-                added: now,
-                source: Some(format!("/bench/src/img{i}.sif")),
-                labels: Default::default(),
-            };
-            w.put_ref(&key, &record)?;
-            w.set_last_use(&key, now)?;
-            i += 1;
-        }
-        w.commit()?;
-        txns += 1;
-    }
+    let named = (0..names).map(|i| {
+        Ok(BatchName {
+            name: Reference::parse(&name_of(i))?,
+            digest: digests[(i % blobs) as usize],
+            source: format!("/bench/src/img{i}.sif"),
+        })
+    });
+    let named: Vec<BatchName> = named.collect::<anyhow::Result<_>>()?;
+    // Names already present are re-pointed: a second run on the same cache is harmless.
+    let txns = cache.add_batch(content, named, batch as usize, Repoint::Force)?;
     eprintln!(
         "populate: {names} names over {blobs} blobs in {txns} transactions into `{}` \
          ({:.2} s staging, {:.2} s total)",

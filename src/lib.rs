@@ -1,43 +1,38 @@
 //! sregistry: a content-addressed container-image cache that a whole HPC cluster can share.
 //!
-//! Data flows in one direction, and each module uses only those below it:
+//! Data flows in one direction, and each layer uses only those below it:
 //!
 //! ```text
-//! commands/ ─▶ cache (the one door) ─▶ index (redb, names) ─▶ store (blobs)
-//!                                      │                        │
-//!                                      └──── reference, digest, lock, clock, sif
+//! maintain/ (gc, verify, doctor, shared, group)    remote/ (oci, http, s3, sink)
+//!        │                                            │
+//!        ▼                                            ▼
+//! cache/  the one door: Cache (index, store, uses, lock files: private inside)
+//!        │
+//!        ▼
+//! format/ (reference, digest, sif, units, clock)
 //! ```
 //!
-//! * [`reference`] parses what users type (`lab/tool:1.2`) into a [`Reference`]; a name
-//!   never becomes a filesystem path.
-//! * [`store`] holds image files once each under their BLAKE3 [`Digest`], read-only,
-//!   written through `tmp/` and renamed into place complete.
-//! * [`index`] maps names to digests in a redb database that is opened only under the
-//!   index lock of [`lock`].
-//! * [`cache::Cache`] ties them together; library users and the commands go through it.
+//! * `format` holds the pure formats: [`format::reference`] parses what users type
+//!   (`lab/tool:1.2`) into a [`Reference`] (a name never becomes a filesystem path);
+//!   [`format::digest`] is the BLAKE3 [`Digest`] that names content.
+//! * [`cache::Cache`] is the one door: ingest (a writer that hashes while it writes,
+//!   committed under the lock), naming, removal under the exclusive lock, last use,
+//!   quarantine and pull locks. Its index (redb, names), its store (blobs, read-only,
+//!   written through `tmp/` and renamed into place complete), the use markers and the
+//!   lock files are private to it.
+//! * [`remote`] pulls and pushes through the cache's ingest; [`maintain`] runs gc,
+//!   verify, doctor and the shared-cache set-up through the cache's API.
 //!
-//! The binary (`src/main.rs`) only parses arguments and maps errors to exit codes
-//! ([`exit::ExitStatus`]).
+//! The binary (`src/main.rs`, `src/cli/`, behind the default `cli` feature) parses
+//! arguments, prints, and maps errors to exit codes. `docs/architecture.md` says what each
+//! module promises and which lock it holds.
 
 pub mod cache;
-pub mod clock;
-pub mod digest;
-pub mod doctor;
-pub mod gc;
-pub mod group;
-pub mod index;
-pub mod lock;
-pub mod reference;
+pub mod format;
+pub mod maintain;
 pub mod remote;
-pub mod settings;
-pub mod shared;
-pub mod sif;
-pub mod store;
 pub(crate) mod testhook;
-pub mod units;
-pub mod uses;
-pub mod verify;
 
 pub use cache::Cache;
-pub use digest::Digest;
-pub use reference::Reference;
+pub use format::digest::Digest;
+pub use format::reference::Reference;

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
     // A panic inside redb on a damaged index is caught by the index module and reported
     // as damage with its fix, so it prints nothing here.
     std::panic::set_hook(Box::new(|info| {
-        if sregistry::index::panic_is_caught() {
+        if sregistry::cache::panic_is_caught() {
             return;
         }
         let msg = info

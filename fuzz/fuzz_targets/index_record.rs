@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sregistry::index::{decode_blob, decode_ref};
+use sregistry::cache::{decode_blob, decode_ref};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(r) = decode_ref(data) {

@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sregistry::reference::Reference;
+use sregistry::format::reference::Reference;
 use sregistry::remote::RemoteRef;
 
 fuzz_target!(|data: &[u8]| {

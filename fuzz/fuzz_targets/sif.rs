@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use sregistry::sif::{self, MAX_CONTENT_LEN, MAX_CONTENT_TOTAL, MAX_DESCRIPTORS};
+use sregistry::format::sif::{self, MAX_CONTENT_LEN, MAX_CONTENT_TOTAL, MAX_DESCRIPTORS};
 
 fuzz_target!(|data: &[u8]| {
     let info = match sif::parse_bytes(data) {

@@ -445,11 +445,11 @@ pub struct DoctorArgs {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    sregistry::units::parse_size(s).map_err(|e| e.to_string())
+    sregistry::format::units::parse_size(s).map_err(|e| e.to_string())
 }
 
 fn parse_duration(s: &str) -> Result<u64, String> {
-    sregistry::units::parse_duration(s).map_err(|e| e.to_string())
+    sregistry::format::units::parse_duration(s).map_err(|e| e.to_string())
 }
 
 /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

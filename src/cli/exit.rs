@@ -9,7 +9,7 @@
 //! | 4 | verify found a problem |
 
 use sregistry::cache::CacheError;
-use sregistry::reference::ReferenceError;
+use sregistry::format::reference::ReferenceError;
 
 /// The documented exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

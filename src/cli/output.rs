@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use sregistry::cache::Entry;
-use sregistry::clock;
+use sregistry::format::clock;
 
 /// JSON shape of one cache entry.
 #[derive(Serialize)]
@@ -65,7 +65,7 @@ pub fn line(s: impl std::fmt::Display) -> io::Result<()> {
 
 /// Binary-unit size: `1.5 GiB`.
 pub fn size(bytes: u64) -> String {
-    sregistry::units::format_size(bytes)
+    sregistry::format::units::format_size(bytes)
 }
 
 /// How long ago a Unix time was, coarsely: `just now`, `5 minutes ago`, `3 days ago`.

@@ -10,11 +10,11 @@
 use reqwest::header::CONTENT_LENGTH;
 
 use super::oci::{Session, Validators, header_str};
+use super::sink::Sink;
 use super::transport::Transport;
-use super::verify::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
 use crate::cache::Cache;
-use crate::store::Staged;
+use crate::cache::Ingested;
 
 /// Download `url` into `tmp/`, verified and resumable.
 pub async fn pull(
@@ -22,7 +22,7 @@ pub async fn pull(
     cache: &Cache,
     url: &str,
     opts: &RemoteOptions,
-) -> Result<(Staged, Fetched), RemoteError> {
+) -> Result<(Ingested, Fetched), RemoteError> {
     t.check_url(url)?;
     let host = url
         .split_once("://")
@@ -45,12 +45,12 @@ pub async fn pull(
             what: url.to_string(),
         });
     }
-    let mut sink = Sink::new(cache.store(), url, size)?;
+    let mut sink = Sink::new(cache, url, size)?;
     let mut s = Session::new(t, &host, None);
     let used = super::oci::download(&mut s, "", url, &mut sink, opts, known).await?;
-    let (staged, sha) = sink.finish(size, None)?;
+    let (ingested, sha) = sink.finish(size, None)?;
     Ok((
-        staged,
+        ingested,
         Fetched {
             media_type: None,
             remote_digest: Some(sha),

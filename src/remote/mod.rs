@@ -10,14 +10,17 @@
 //!   └─ s3.rs    object_store over S3
 //! transport.rs (one HTTP client, retries with backoff on 5xx/429/dropped connections)
 //! auth.rs      (credentials from `sregistry login` and ~/.docker/config.json; challenges; tokens)
-//! verify.rs    (the sink every remote byte passes through: size limit, sha256, BLAKE3, into tmp/)
+//! runtime.rs   (one tokio runtime and HTTP client per process)
+//! sink.rs      (the sink every remote byte passes through: size limit and sha256, into the
+//!              cache's Ingest, which hashes BLAKE3 into tmp/; only the cache commits it)
 //! ```
 //!
 //! # What it promises
 //!
-//! * Every byte from a remote passes through a [`verify::Sink`] before it is in the store:
+//! * Every byte from a remote passes through a [`sink::Sink`] before it is in the cache:
 //!   the registry's sha256 and the declared size are checked and the BLAKE3 digest computed
-//!   in the same pass, straight into `tmp/`. A blob that fails any check never reaches
+//!   in the same pass, straight into `tmp/` through [`crate::cache::Cache::ingest`]; the
+//!   content is named only by [`crate::cache::Cache::commit_ingested`]. A blob that fails any check never reaches
 //!   `blobs/`, and its temporary file is removed.
 //! * `get REMOTE` and `pull REMOTE` take a per-pull lock (`v1/locks/<hash>.lock`,
 //!   exclusive for the whole download) before contacting the remote: N concurrent calls
@@ -29,15 +32,14 @@ pub mod http;
 pub mod oci;
 mod runtime;
 pub mod s3;
+pub mod sink;
 pub mod transport;
-pub mod verify;
 
 use std::fmt;
 use std::path::PathBuf;
 
 use crate::cache::{Cache, CacheError, Entry};
-use crate::digest::Digest;
-use crate::reference::{Reference, ReferenceError};
+use crate::format::reference::{Reference, ReferenceError};
 
 /// A parsed remote reference.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -147,7 +149,7 @@ impl RemoteError {
 
 pub(crate) fn bad_ref(input: &str, reason: impl Into<String>) -> RemoteError {
     RemoteError::BadRef {
-        shown: crate::reference::shown(input),
+        shown: crate::format::reference::shown(input),
         reason: reason.into(),
     }
 }
@@ -412,7 +414,7 @@ fn pull_locked(
     opts: &RemoteOptions,
 ) -> Result<Entry, RemoteError> {
     let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
-    let (staged, fetched) = runtime::run(async move {
+    let (ingested, fetched) = runtime::run(async move {
         let (cache, opts) = (&c, &o);
         let transport = transport::Transport::new(opts.insecure)?;
         match &remote_ {
@@ -428,8 +430,8 @@ fn pull_locked(
     if let Some(l) = &fetched.last_modified {
         labels.insert("org.sregistry.last-modified".into(), l.clone());
     }
-    let entry = cache.commit_staged(
-        staged,
+    let entry = cache.commit_ingested(
+        ingested,
         name,
         crate::cache::Provenance {
             source: remote.to_string(),
@@ -526,11 +528,6 @@ pub fn sha256_of_file(path: &std::path::Path) -> Result<String, RemoteError> {
 
 pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// BLAKE3 of a remote reference's text: the name of its per-pull lock.
-pub fn lock_name(remote: &str) -> String {
-    format!("{}.lock", &Digest::of(remote.as_bytes()).hex()[..32])
 }
 
 #[cfg(test)]

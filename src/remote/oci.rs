@@ -32,11 +32,11 @@ use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 
 use super::auth::{self, Challenge, Credentials};
+use super::sink::Sink;
 use super::transport::Transport;
-use super::verify::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
+use crate::cache::Ingested;
 use crate::cache::{Cache, Entry};
-use crate::store::Staged;
 
 pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
@@ -99,7 +99,7 @@ impl OciRef {
         }
         // Reuse the local grammar for path parts and tags.
         let probe = format!("x.invalid/{repo}:{}", tag.as_deref().unwrap_or("latest"));
-        crate::reference::Reference::parse(&probe).map_err(|e| e.reason().to_string())?;
+        crate::format::reference::Reference::parse(&probe).map_err(|e| e.reason().to_string())?;
         let tag = if tag.is_none() && digest.is_none() {
             Some("latest".to_string())
         } else {
@@ -494,7 +494,7 @@ pub async fn pull(
     cache: &Cache,
     r: &OciRef,
     opts: &RemoteOptions,
-) -> Result<(Staged, Fetched), RemoteError> {
+) -> Result<(Ingested, Fetched), RemoteError> {
     let creds = auth::credentials_for(&r.host)?;
     let mut s = Session::new(t, &r.host, creds);
     let (m, _mdigest, _) = fetch_manifest(&mut s, r).await?;
@@ -505,7 +505,7 @@ pub async fn pull(
         })?
         .clone();
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
-    let mut sink = Sink::new(cache.store(), &url, Some(layer.size))?;
+    let mut sink = Sink::new(cache, &url, Some(layer.size))?;
     download(
         &mut s,
         &pull_scope(&r.repository),
@@ -515,9 +515,9 @@ pub async fn pull(
         Validators::default(),
     )
     .await?;
-    let (staged, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
+    let (ingested, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
     Ok((
-        staged,
+        ingested,
         Fetched {
             media_type: Some(layer.media_type.clone()),
             remote_digest: Some(sha),

@@ -14,10 +14,10 @@ use futures_util::StreamExt;
 use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
-use super::verify::Sink;
+use super::sink::Sink;
 use super::{Fetched, RemoteError, RemoteOptions};
 use crate::cache::Cache;
-use crate::store::Staged;
+use crate::cache::Ingested;
 
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -91,7 +91,7 @@ pub async fn pull(
     bucket: &str,
     key: &str,
     opts: &RemoteOptions,
-) -> Result<(Staged, Fetched), RemoteError> {
+) -> Result<(Ingested, Fetched), RemoteError> {
     let (store, _) = open(bucket, opts)?;
     let url = format!("s3://{bucket}/{key}");
     let path = object_store::path::Path::from(key);
@@ -99,7 +99,7 @@ pub async fn pull(
     let size = res.meta.size;
     let etag = res.meta.e_tag.clone();
     let modified = Some(res.meta.last_modified.to_rfc2822());
-    let mut sink = Sink::new(cache.store(), &url, Some(size))?;
+    let mut sink = Sink::new(cache, &url, Some(size))?;
     let report = super::Report::start(opts, Some(size), 0);
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
@@ -108,9 +108,9 @@ pub async fn pull(
         report.advance(sink.written());
     }
     drop(report);
-    let (staged, sha) = sink.finish(Some(size), None)?;
+    let (ingested, sha) = sink.finish(Some(size), None)?;
     Ok((
-        staged,
+        ingested,
         Fetched {
             media_type: None,
             remote_digest: Some(sha),

@@ -375,7 +375,7 @@ fn schema_of(cache: &Path) -> u64 {
     meta.get("schema_version").unwrap().unwrap().value()
 }
 
-const OURS: u64 = sregistry::index::SCHEMA_VERSION;
+const OURS: u64 = sregistry::cache::SCHEMA_VERSION;
 
 /// Danger: a newer sregistry whose change older builds can live with locked them out of
 /// the shared cache anyway.

@@ -299,7 +299,7 @@ fn get_records_last_use_at_most_every_ten_minutes() {
             .env("SREGISTRY_NOW", (t0 + 3600).to_string())
             .args(["get", "u"]),
     );
-    assert_eq!(last_used(), sregistry::clock::rfc3339(t0 + 3600));
+    assert_eq!(last_used(), sregistry::format::clock::rfc3339(t0 + 3600));
 }
 
 /// info reports counts and total size.
@@ -316,7 +316,7 @@ fn info_counts_names_blobs_and_bytes() {
     assert_eq!(v["names"], 3);
     assert_eq!(v["blobs"], 2);
     assert_eq!(v["bytes"], 10);
-    assert_eq!(v["schema_version"], sregistry::index::SCHEMA_VERSION);
+    assert_eq!(v["schema_version"], sregistry::cache::SCHEMA_VERSION);
 }
 
 /// An empty or missing cache lists nothing and answers get with "not found".

@@ -20,7 +20,7 @@ pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageErr
             _ => {
                 return Err(UsageError(format!(
                     "label `{}` is not KEY=VALUE (for example --label maintainer=alice)",
-                    sregistry::reference::shown(l)
+                    sregistry::format::reference::shown(l)
                 )));
             }
         }

@@ -1,4 +1,4 @@
-//! `sregistry doctor`: check the cache (see [`sregistry::doctor`]); with `--repair-index`,
+//! `sregistry doctor`: check the cache (see [`sregistry::maintain::doctor`]); with `--repair-index`,
 //! rebuild a damaged index from its journal.
 
 use anyhow::Result;
@@ -6,7 +6,7 @@ use anyhow::Result;
 use super::{Ctx, output};
 use crate::cli::DoctorArgs;
 use crate::cli::exit::{ExitStatus, Reported};
-use sregistry::doctor::{self, Repaired, Status};
+use sregistry::maintain::doctor::{self, Repaired, Status};
 
 pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
     if args.repair_index {
@@ -40,9 +40,8 @@ pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
 
 /// Rebuild the index; exit 4 when names are left whose image file is missing.
 fn repair(ctx: &Ctx) -> Result<()> {
-    let index = ctx.cache.index();
-    let db = index.db_path().display();
-    let journal = index.journal_path().display();
+    let db = ctx.cache.index_path().display();
+    let journal = ctx.cache.journal_path().display();
     let r = match doctor::repair_index(&ctx.cache)? {
         Repaired::Index(r) => r,
         Repaired::Nothing => {

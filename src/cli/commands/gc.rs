@@ -1,10 +1,10 @@
-//! `sregistry gc`: remove what is not needed (see [`sregistry::gc`] for the protocol).
+//! `sregistry gc`: remove what is not needed (see [`sregistry::maintain::gc`] for the protocol).
 
 use anyhow::Result;
 
 use super::{Ctx, output};
 use crate::cli::GcArgs;
-use sregistry::gc::{self, GcOptions};
+use sregistry::maintain::gc::{self, GcOptions};
 
 pub fn run(ctx: &Ctx, args: &GcArgs) -> Result<()> {
     let opts = GcOptions {

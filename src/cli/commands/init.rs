@@ -1,5 +1,5 @@
 //! `sregistry init [--shared --group G] [DIR]`: create a cache, or share an existing one
-//! (what is refused and why: [`sregistry::shared`]).
+//! (what is refused and why: [`sregistry::maintain::shared`]).
 
 use std::path::Path;
 
@@ -9,10 +9,10 @@ use super::output;
 use crate::cli::InitArgs;
 use crate::cli::exit::UsageError;
 use sregistry::cache::Cache;
-use sregistry::group;
-use sregistry::lock::LockOptions;
-use sregistry::settings::Settings;
-use sregistry::shared::{self, Outcome};
+use sregistry::cache::Settings;
+use sregistry::cache::lock::LockOptions;
+use sregistry::maintain::group;
+use sregistry::maintain::shared::{self, Outcome};
 
 pub fn run(
     args: &InitArgs,

@@ -7,8 +7,8 @@ use anyhow::Result;
 use super::{Ctx, output, parse_ref};
 use crate::cli::InspectArgs;
 use crate::cli::exit::{ExitStatus, Reported};
-use sregistry::clock;
-use sregistry::sif;
+use sregistry::format::clock;
+use sregistry::format::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;

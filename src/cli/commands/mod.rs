@@ -25,8 +25,8 @@ use anyhow::Result;
 
 use crate::cli::{Cli, Command};
 use sregistry::cache::Cache;
-use sregistry::lock::LockOptions;
-use sregistry::reference::Reference;
+use sregistry::cache::lock::LockOptions;
+use sregistry::format::reference::Reference;
 
 /// What every command gets: the cache and the global output switches.
 pub struct Ctx {
@@ -103,9 +103,9 @@ pub fn run(cli: Cli) -> Result<()> {
     }
     let mut lock = LockOptions::from_env()?;
     if !cli.global.quiet {
-        lock.on_wait = Some(sregistry::lock::OnWait(std::sync::Arc::new(|path| {
-            eprintln!("waiting for lock on `{}`", path.display())
-        })));
+        lock.on_wait = Some(sregistry::cache::lock::OnWait(std::sync::Arc::new(
+            |path| eprintln!("waiting for lock on `{}`", path.display()),
+        )));
     }
     if let Command::Init(args) = &cli.command {
         return init::run(

@@ -1,11 +1,11 @@
-//! `sregistry verify [REF...]`: re-hash and check (see [`sregistry::verify`]).
+//! `sregistry verify [REF...]`: re-hash and check (see [`sregistry::maintain::verify`]).
 
 use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::VerifyArgs;
 use crate::cli::exit::{ExitStatus, Reported};
-use sregistry::verify::{self, VerifyOptions};
+use sregistry::maintain::verify::{self, VerifyOptions};
 
 pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     let names = args

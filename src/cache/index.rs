@@ -4,7 +4,7 @@
 //! # Protocol
 //!
 //! `v1/index.redb` is opened only while this process holds `v1/index.lock`
-//! ([`crate::lock`]):
+//! ([`crate::cache::lock`]):
 //!
 //! * **read**: the lock shared, the database opened read-only ([`redb::ReadOnlyDatabase`]);
 //!   any number of processes on any number of nodes at once.
@@ -105,8 +105,8 @@ use redb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::digest::Digest;
-use crate::lock::{self, LockError, LockGuard, LockOptions, Mode};
+use crate::cache::lock::{self, LockError, LockGuard, LockOptions, Mode};
+use crate::format::digest::Digest;
 use backend::UnderOurLock;
 use journal::{Line, Op, State};
 
@@ -118,7 +118,7 @@ const PINS: TableDefinition<&str, u64> = TableDefinition::new("pins");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 const ABOUT: TableDefinition<&str, &str> = TableDefinition::new("about");
 
-/// The schema this build writes: the number of [`MIGRATIONS`].
+/// The schema this build writes: the number of `MIGRATIONS`.
 pub const SCHEMA_VERSION: u64 = MIGRATIONS.len() as u64;
 /// `last_use` is rewritten only when the stored time is older than this (seconds).
 pub const LAST_USE_RESOLUTION: u64 = 600;
@@ -352,7 +352,7 @@ pub struct Index {
     file_mode: u32,
 }
 
-/// What [`Index::rebuild`] did.
+/// What `Index::rebuild` did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Rebuilt {
     pub names: u64,
@@ -538,7 +538,7 @@ impl Index {
                 .and_then(|f| f.sync_all())
                 .map_err(io)?;
             std::fs::rename(&tmp, &self.db_path).map_err(io)?;
-            crate::store::sync_dir(dir).map_err(io)
+            crate::cache::store::sync_dir(dir).map_err(io)
         })();
         if built.is_err() {
             let _ = std::fs::remove_file(&tmp);
@@ -669,7 +669,7 @@ impl Index {
                 "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
             ))
         })?;
-        let now = crate::clock::now();
+        let now = crate::format::clock::now();
         let mut state = replayed.state;
         let mut report = Rebuilt {
             replayed: replayed.applied,
@@ -765,7 +765,7 @@ impl Index {
     }
 }
 
-/// How the journal compares with the index ([`Index::journal_status`]).
+/// How the journal compares with the index (`Index::journal_status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalStatus {
     /// It would rebuild exactly the names, records and pins of the index.
@@ -1349,10 +1349,6 @@ impl IndexWriter {
         self.guard(|| get_blob_in(&self.table(BLOBS)?, &d.hex(), &self.path))
     }
 
-    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
-        self.guard(|| get_u64_in(&self.table(LAST_USE)?, key, &self.path))
-    }
-
     pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
         self.guard(|| Ok(get_u64_in(&self.table(PINS)?, key, &self.path)?.is_some()))
     }
@@ -1775,7 +1771,7 @@ mod tests {
             Err(IndexError::BehindJournal { .. })
         ));
         // An earlier repair's damaged index, in this very second (or the next two).
-        let now = crate::clock::now();
+        let now = crate::format::clock::now();
         let earlier: Vec<PathBuf> = (now..now + 3)
             .map(|t| {
                 idx.db_path()

@@ -44,8 +44,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cache::Cache;
-use crate::group;
-use crate::settings::{self, Settings, SettingsError};
+use crate::cache::{Settings, SettingsError};
+use crate::maintain::group;
 
 /// Entries a directory may hold and still count as empty: what a fresh filesystem's root
 /// holds.
@@ -130,7 +130,7 @@ pub struct Initialised {
 pub fn init(
     root: &Path,
     want: &Settings,
-    lock: crate::lock::LockOptions,
+    lock: crate::cache::lock::LockOptions,
 ) -> Result<Initialised, SharedError> {
     let previous = existing_cache(root)?;
     let outcome = match (&previous, want.gid) {
@@ -187,13 +187,12 @@ pub fn init(
         source: io::Error::other(e.to_string()),
     };
     cache.ensure_layout().map_err(|e| layout_err(root, &e))?;
-    let db = cache.index().db_path();
+    let db = cache.index_path();
     if !db.exists() {
-        let w = cache.index().write().map_err(|e| layout_err(db, &e))?;
-        w.commit().map_err(|e| layout_err(db, &e))?;
+        cache.create_index().map_err(|e| layout_err(db, &e))?;
     }
     if previous.as_ref() != Some(want) {
-        want.save(cache.v1()).map_err(io_err(cache.v1()))?;
+        cache.save_settings(want).map_err(io_err(cache.v1()))?;
     }
     if let Some(gid) = want.gid {
         changed += regroup(gid)?;
@@ -234,7 +233,7 @@ fn existing_cache(root: &Path) -> Result<Option<Settings>, SharedError> {
     let v1 = probe.v1();
     let tagged = fs::read_to_string(root.join("CACHEDIR.TAG"))
         .is_ok_and(|t| t.contains("created by sregistry"));
-    if tagged || probe.index().db_path().exists() || v1.join(settings::FILE).exists() {
+    if tagged || probe.index_path().exists() || probe.settings_path().exists() {
         return Ok(Some(Settings::load(v1)?));
     }
     for entry in fs::read_dir(root).map_err(io_err(root))? {
@@ -373,11 +372,9 @@ impl Kind {
             Kind::Dir
         } else if !t.is_file() {
             return None;
-        } else if path.starts_with(cache.store().blobs_dir()) {
+        } else if path.starts_with(cache.blobs_dir()) {
             Kind::Blob
-        } else if path.starts_with(cache.store().tmp_dir())
-            || path.starts_with(cache.v1().join("quarantine"))
-        {
+        } else if path.starts_with(cache.tmp_dir()) || path.starts_with(cache.quarantine_dir()) {
             Kind::Staged
         } else {
             Kind::File
@@ -388,7 +385,7 @@ impl Kind {
     pub fn mode(self, settings: &Settings) -> Option<u32> {
         match self {
             Kind::Dir => Some(settings.dir_mode),
-            Kind::Blob => Some(crate::store::BLOB_MODE),
+            Kind::Blob => Some(crate::cache::BLOB_MODE),
             Kind::Staged => None,
             Kind::File => Some(settings.file_mode),
         }

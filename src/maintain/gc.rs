@@ -26,23 +26,20 @@
 //!
 //! "Used" is the later of the recorded last use and the time the name was added. A
 //! recorded use is the later of the index's `last_use` and the name's use marker, which a
-//! `get` writes under the shared lock when it cannot write the index ([`crate::uses`]);
+//! `get` writes under the shared lock when it cannot write the index (`crate::cache::uses`);
 //! gc folds the markers into the index in its transaction and removes them before it
 //! releases the lock. Uses are recorded to [`LAST_USE_RESOLUTION`] (10 minutes), so a
 //! `--min-idle` below that counts as 10 minutes.
 
 use std::collections::{HashMap, HashSet};
-use std::path::PathBuf;
 
 use serde::Serialize;
 
-use crate::cache::{Cache, CacheError};
-use crate::clock;
-use crate::digest::Digest;
-use crate::index::{BlobRecord, LAST_USE_RESOLUTION, Named};
-use crate::store;
-use crate::testhook;
-use crate::uses::UseMarkers;
+use crate::cache::{
+    BlobRecord, Cache, CacheError, Found, LAST_USE_RESOLUTION, Named, TmpFile, Victims,
+};
+use crate::format::clock;
+use crate::format::digest::Digest;
 
 /// Default `--min-idle`: one hour.
 pub const DEFAULT_MIN_IDLE: u64 = 3600;
@@ -107,18 +104,6 @@ fn used_at(n: &Named) -> u64 {
     n.last_use.unwrap_or(0).max(n.record.added)
 }
 
-/// Count the later of each name's recorded use and its marker's ([`crate::uses`]).
-fn with_uses(names: &mut [Named], marks: &HashMap<String, u64>) {
-    if marks.is_empty() {
-        return;
-    }
-    for n in names {
-        if let Some(&t) = marks.get(&UseMarkers::file_name(&n.name)) {
-            n.last_use = Some(n.last_use.map_or(t, |l| l.max(t)));
-        }
-    }
-}
-
 /// [`plan`], with the marker of every name it would remove read again by its path: a
 /// directory listing can miss a marker another node just wrote (NFS caches listings),
 /// a lookup of the file itself does not. Re-plans until no victim shows a newer use.
@@ -126,7 +111,7 @@ fn plan_checked(
     cache: &Cache,
     names: &mut [Named],
     blob_records: &[(Digest, BlobRecord)],
-    on_disk: &[store::Found],
+    on_disk: &[Found],
     opts: &GcOptions,
     now: u64,
 ) -> Plan {
@@ -134,7 +119,7 @@ fn plan_checked(
         let p = plan(names, blob_records, on_disk, opts, now);
         let mut newer = false;
         for v in &p.names {
-            if let Some(t) = cache.uses().read(&v.name)
+            if let Some(t) = cache.marked_use(&v.name)
                 && t > v.last_used
                 && let Some(n) = names.iter_mut().find(|n| n.name == v.name)
             {
@@ -152,7 +137,7 @@ fn plan_checked(
 struct Plan {
     names: Vec<RemovedName>,
     blobs: Vec<(Digest, u64)>,
-    orphans: Vec<store::Found>,
+    orphans: Vec<Found>,
     bytes_kept: u64,
     over_budget: bool,
 }
@@ -160,7 +145,7 @@ struct Plan {
 fn plan(
     names: &[Named],
     blob_records: &[(Digest, BlobRecord)],
-    on_disk: &[store::Found],
+    on_disk: &[Found],
     opts: &GcOptions,
     now: u64,
 ) -> Plan {
@@ -249,88 +234,39 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
     if !cache.v1().is_dir() {
         return Ok(report);
     }
-    let io_err = |path: PathBuf| move |source| CacheError::Remove { path, source };
-    let store = cache.store();
-    let on_disk = store
-        .scan()
-        .map_err(io_err(store.blobs_dir().to_path_buf()))?;
-    let tmp = store
-        .scan_tmp()
-        .map_err(io_err(store.tmp_dir().to_path_buf()))?;
+    let on_disk = cache.blobs_on_disk()?;
+    let tmp = cache.tmp_files()?;
     let now = clock::now();
-    let stale_tmp: Vec<&store::TmpFile> = tmp
+    let stale_tmp: Vec<&TmpFile> = tmp
         .iter()
         .filter(|t| t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace)
         .collect();
-    let mut aside: Vec<PathBuf> = Vec::new();
     // Recorded uses are precise to LAST_USE_RESOLUTION: a name used more recently than
     // that may show an older time, so no shorter idle time protects anything.
     let opts = &GcOptions {
         min_idle: opts.min_idle.max(LAST_USE_RESOLUTION),
         ..opts.clone()
     };
-    if opts.dry_run {
-        let rd = cache.index().read()?;
-        let mut names = rd.all()?;
-        let marks = cache.uses().all();
-        with_uses(&mut names, &marks);
-        let p = plan_checked(cache, &mut names, &rd.blobs()?, &on_disk, opts, now);
-        fill(&mut report, &p);
-    } else {
-        let mut w = cache.index().write()?;
-        let mut names = w.all()?;
-        let recorded: HashMap<String, Option<u64>> =
-            names.iter().map(|n| (n.name.clone(), n.last_use)).collect();
-        let marks = cache.uses().all();
-        with_uses(&mut names, &marks);
-        let p = plan_checked(cache, &mut names, &w.blobs()?, &on_disk, opts, now);
-        // Fold the uses the markers held into the index, so their markers can go.
-        let removed: HashSet<&str> = p.names.iter().map(|n| n.name.as_str()).collect();
-        for n in &names {
-            if let Some(t) = n.last_use
-                && !removed.contains(n.name.as_str())
-                && recorded.get(&n.name).copied().flatten() < Some(t)
-            {
-                w.set_last_use(&n.name, t)?;
-            }
-        }
-        for n in &p.names {
-            w.remove_ref(&n.name)?;
-        }
-        for (d, _) in &p.blobs {
-            w.remove_blob(d)?;
-        }
-        for (d, _) in &p.blobs {
-            if let Some(moved) = store.unlink_later(d).map_err(io_err(store.blob_path(d)))? {
-                aside.push(moved);
-            }
-        }
-        for o in &p.orphans {
-            // Re-check under the lock: a concurrent add may have recorded it since the scan.
-            if let Some(d) = o.digest
-                && w.get_blob(&d)?.is_none()
-                && let Some(moved) = store.unlink_later(&d).map_err(io_err(o.path.clone()))?
-            {
-                aside.push(moved);
-            }
-        }
-        testhook::pause("gc-uncommitted");
-        // Still under the exclusive lock, so no `get` writes a marker meanwhile.
-        w.commit_then(|| {
-            for (file, t) in &marks {
-                cache.uses().remove_file_folded(file, *t);
-            }
-        })?;
-        fill(&mut report, &p);
-    }
+    let p = cache.collect(opts.dry_run, |names, blob_records| {
+        let p = plan_checked(cache, names, blob_records, &on_disk, opts, now);
+        let victims = Victims {
+            names: p.names.iter().map(|n| n.name.clone()).collect(),
+            blobs: p
+                .blobs
+                .iter()
+                .map(|(d, _)| *d)
+                .chain(p.orphans.iter().filter_map(|o| o.digest))
+                .collect(),
+        };
+        (p, victims)
+    })?;
+    fill(&mut report, &p);
     for t in &stale_tmp {
         report.tmp_files += 1;
         report.bytes_freed += t.size;
     }
     if !opts.dry_run {
-        store::unlink_now(&aside);
-        let stale: Vec<PathBuf> = stale_tmp.iter().map(|t| t.path.clone()).collect();
-        store::unlink_now(&stale);
+        cache.remove_tmp_files(&stale_tmp);
     }
     Ok(report)
 }
@@ -359,7 +295,7 @@ fn fill(report: &mut GcReport, p: &Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::RefRecord;
+    use crate::cache::RefRecord;
 
     fn named(name: &str, content: &[u8], added: u64, last: Option<u64>, pinned: bool) -> Named {
         Named {

@@ -229,7 +229,7 @@ impl redb::StorageBackend for UnderOurLock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::index::tests::{record, written_index};
+    use crate::cache::index::tests::{record, written_index};
 
     fn flushes(b: &UnderOurLock) -> u32 {
         b.flushes.load(std::sync::atomic::Ordering::SeqCst)

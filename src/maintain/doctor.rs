@@ -4,13 +4,12 @@
 //! what to do. Checks: the cache exists; its settings, against the layout (settings that
 //! say private on a setgid, group-writable `v1/`, as a plain `init` by an older version
 //! leaves a shared cache, or the reverse); permissions (every entry of the cache against
-//! the modes and group its settings ask for, see [`crate::shared::Kind::problem`], and
+//! the modes and group its settings ask for, see [`crate::maintain::shared::Kind::problem`], and
 //! that this user can write); that `fcntl` locks exclude each
 //! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
 //! what it means for locks across nodes; free space; the index's integrity; leftovers in
 //! `tmp/` and `quarantine/`.
 
-use std::collections::HashMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -18,11 +17,10 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use crate::cache::{Cache, CacheError};
-use crate::digest::Digest;
-use crate::index::{IndexError, JournalStatus, Rebuilt};
-use crate::lock;
-use crate::shared;
+pub use crate::cache::Repaired;
+use crate::cache::lock;
+use crate::cache::{Cache, CacheError, JournalStatus};
+use crate::maintain::shared;
 
 /// The outcome of one check.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -149,8 +147,8 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     });
     let writable = [
         v1.to_path_buf(),
-        cache.store().tmp_dir().to_path_buf(),
-        cache.index().lock_path().to_path_buf(),
+        cache.tmp_dir().to_path_buf(),
+        cache.index_lock_path().to_path_buf(),
     ]
     .into_iter()
     .filter(|p| p.exists() && !can_access(p, libc::W_OK))
@@ -170,7 +168,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     });
 
     // Locks.
-    let probe_dir = v1.join("locks");
+    let probe_dir = cache.locks_dir();
     out.push(match lock_kind {
         lock::Kind::Flock => check("locks", Warn, "SREGISTRY_LOCK=flock: whole-file flock locks (node-local on GPFS, need `-o flock` on Lustre)"),
         lock::Kind::Ofd => match lock::probe_ofd(if probe_dir.is_dir() { &probe_dir } else { v1 }) {
@@ -215,7 +213,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     // Space.
     match shared::space(root) {
         Ok((free, total)) => {
-            let human = |b| crate::units::format_size(b);
+            let human = |b| crate::format::units::format_size(b);
             let status = if free < 1 << 30 {
                 Fail
             } else if total > 0 && free * 10 < total {
@@ -250,12 +248,13 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     }
 
     // Leftovers.
-    let tmp = cache.store().scan_tmp().unwrap_or_default();
+    let tmp = cache.tmp_files().unwrap_or_default();
     let old = tmp
         .iter()
         .filter(|t| {
             t.deleting
-                || crate::clock::now().saturating_sub(t.mtime) >= crate::gc::DEFAULT_TMP_GRACE
+                || crate::format::clock::now().saturating_sub(t.mtime)
+                    >= crate::maintain::gc::DEFAULT_TMP_GRACE
         })
         .count();
     out.push(if old == 0 {
@@ -267,7 +266,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             format!("{old} leftover file(s) of interrupted commands; `sregistry gc` removes them"),
         )
     });
-    let q = std::fs::read_dir(v1.join("quarantine"))
+    let q = std::fs::read_dir(cache.quarantine_dir())
         .map(|r| r.count())
         .unwrap_or(0);
     out.push(if q == 0 {
@@ -278,7 +277,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             Warn,
             format!(
                 "{q} corrupt blob(s) kept in `{}` for inspection; delete them when done",
-                v1.join("quarantine").display()
+                cache.quarantine_dir().display()
             ),
         )
     });
@@ -288,18 +287,8 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
 /// The index's health: readable by this build, changeable by it, every page intact.
 fn index_check(cache: &Cache) -> Check {
     use Status::*;
-    let index = cache.index().db_path().display().to_string();
-    let health = (|| {
-        let rd = cache.index().read()?;
-        let stats = rd.stats()?;
-        // Read every record too: damage may sit in a page the counts do not touch.
-        rd.all()?;
-        rd.blobs()?;
-        rd.check_writable()?;
-        drop(rd);
-        let intact = cache.index().check_integrity()?;
-        Ok::<_, IndexError>((stats, intact))
-    })();
+    let index = cache.index_path().display().to_string();
+    let health = cache.index_health();
     match health {
         Ok((s, true)) => check(
             "index",
@@ -321,61 +310,17 @@ fn index_check(cache: &Cache) -> Check {
     }
 }
 
-/// What `doctor --repair-index` did.
-#[derive(Clone, Debug)]
-pub enum Repaired {
-    /// The index and its journal were whole: nothing.
-    Nothing,
-    /// The index was whole, its journal would not have rebuilt it: rewritten from it.
-    Journal,
-    /// The index was damaged: rebuilt from the journal.
-    Index(Rebuilt),
-}
-
-/// `doctor --repair-index`: rebuild a damaged index from its journal ([`Index::rebuild`]);
-/// for an intact index, rewrite a journal that would not rebuild it.
-///
-/// [`Index::rebuild`]: crate::index::Index::rebuild
+/// `doctor --repair-index`: rebuild a damaged index from its journal; for an intact
+/// index, rewrite a journal that would not rebuild it ([`Cache::repair_index`]).
 pub fn repair_index(cache: &Cache) -> Result<Repaired, CacheError> {
-    let index = cache.index();
-    let damage = (|| {
-        let rd = index.read()?;
-        rd.all()?;
-        rd.blobs()?;
-        drop(rd);
-        let journal = index.journal_status()?;
-        // A writer's checks (the journal in step with the index) without a change.
-        drop(index.write()?);
-        Ok::<_, IndexError>((index.check_integrity()?, journal))
-    })();
-    match damage {
-        Ok((true, JournalStatus::InStep { .. })) => return Ok(Repaired::Nothing),
-        Ok((true, _)) => {
-            index.rewrite_journal()?;
-            return Ok(Repaired::Journal);
-        }
-        Ok((false, _)) => {}
-        Err(e) if e.needs_repair() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let store = cache.store();
-    let on_disk: HashMap<Digest, u64> = store
-        .scan()
-        .map_err(|source| CacheError::Remove {
-            path: store.blobs_dir().to_path_buf(),
-            source,
-        })?
-        .into_iter()
-        .filter_map(|f| f.digest.map(|d| (d, f.size)))
-        .collect();
-    Ok(Repaired::Index(index.rebuild(&on_disk)?))
+    cache.repair_index()
 }
 
-/// Whether the journal would rebuild this index (see [`crate::index`]).
+/// Whether the journal would rebuild this index (see [`crate::cache::index`]).
 fn journal_check(cache: &Cache) -> Check {
     use Status::*;
-    let journal = cache.index().journal_path().display().to_string();
-    match cache.index().journal_status() {
+    let journal = cache.journal_path().display().to_string();
+    match cache.journal_status() {
         Ok(JournalStatus::InStep { names, lines }) => check(
             "journal",
             Pass,

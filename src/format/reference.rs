@@ -13,7 +13,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use crate::digest::Digest;
+use crate::format::digest::Digest;
 
 /// Namespace used when a reference names none (and has no host).
 pub const DEFAULT_NAMESPACE: &str = "library";

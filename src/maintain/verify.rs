@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use serde::Serialize;
 
+use crate::cache::Found;
 use crate::cache::{Cache, CacheError};
-use crate::clock;
-use crate::digest::Digest;
-use crate::reference::Reference;
-use crate::store::Found;
+use crate::format::clock;
+use crate::format::digest::Digest;
+use crate::format::reference::Reference;
 
 /// Files at least this large are hashed one at a time with all threads.
 const BIG: u64 = 32 << 20;
@@ -87,9 +87,9 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
     let results: Vec<Mutex<Option<Hashed>>> = files.iter().map(|_| Mutex::new(None)).collect();
     let hash = |i: usize, parallel: bool| {
         let r = if parallel {
-            crate::digest::hash_file(&files[i])
+            crate::format::digest::hash_file(&files[i])
         } else {
-            hash_file_single(&files[i])
+            crate::format::digest::hash_file_single(&files[i])
         };
         if let Ok(mut slot) = results[i].lock() {
             *slot = Some(r.map_err(|e| e.to_string()));
@@ -127,24 +127,13 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
         .collect()
 }
 
-fn hash_file_single(path: &std::path::Path) -> std::io::Result<(Digest, u64)> {
-    let mut h = blake3::Hasher::new();
-    h.update_mmap(path)?;
-    Ok((Digest::from_bytes(*h.finalize().as_bytes()), h.count()))
-}
-
 /// Run verify on `cache`.
 pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheError> {
     let mut report = VerifyReport::default();
     if !cache.v1().is_dir() {
         return Ok(report);
     }
-    let store = cache.store();
-    let io_err = |path: PathBuf| move |source| CacheError::Remove { path, source };
-    let (names, blob_records) = {
-        let rd = cache.index().read()?;
-        (rd.all()?, rd.blobs()?)
-    };
+    let (names, blob_records) = cache.snapshot()?;
     let wanted: Option<HashSet<String>> = if opts.names.is_empty() {
         None
     } else {
@@ -168,9 +157,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             .push(n.name.clone());
     }
     let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
-    let on_disk: Vec<Found> = store
-        .scan()
-        .map_err(io_err(store.blobs_dir().to_path_buf()))?;
+    let on_disk: Vec<Found> = cache.blobs_on_disk()?;
     let disk_set: HashSet<Digest> = on_disk.iter().filter_map(|f| f.digest).collect();
 
     // Which blobs to hash.
@@ -228,7 +215,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
         if !ns.is_empty() && !disk_set.contains(d) {
             report.problems.push(Finding {
                 kind: "missing",
-                path: store.blob_path(d),
+                path: cache.blob_path(d),
                 digest: Some(*d),
                 names: ns,
                 detail: "the index names this blob but its file is gone".into(),
@@ -258,10 +245,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
         }
         report.unreferenced = known.iter().filter(|d| !users.contains_key(d)).count();
         let now = clock::now();
-        for t in store
-            .scan_tmp()
-            .map_err(io_err(store.tmp_dir().to_path_buf()))?
-        {
+        for t in cache.tmp_files()? {
             if t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace {
                 report.problems.push(Finding {
                     kind: "stray-tmp",
@@ -288,8 +272,6 @@ fn quarantine_and_repair(
     report: &mut VerifyReport,
     repair: bool,
 ) -> Result<(), CacheError> {
-    let store = cache.store();
-    let qdir = cache.v1().join("quarantine");
     // Stage repairs before taking the lock: copying and hashing never hold it.
     let mut staged = Vec::new();
     if repair {
@@ -299,12 +281,9 @@ fn quarantine_and_repair(
             .filter(|f| matches!(f.kind, "corrupt" | "missing"))
             .filter_map(|f| f.digest)
             .collect();
-        let rd = cache.index().read()?;
         for d in broken {
             let names = users.get(&d).cloned().unwrap_or_default();
-            let source = names
-                .iter()
-                .find_map(|n| rd.get_ref(n).ok().flatten().and_then(|r| r.source));
+            let source = cache.first_source(&names)?;
             match source {
                 Some(src) if src.contains("://") => report.not_repaired.push(format!(
                     "{}: its source `{src}` is remote, and pulling is not supported yet; add it again",
@@ -312,9 +291,7 @@ fn quarantine_and_repair(
                 )),
                 Some(src) => {
                     let path = PathBuf::from(&src);
-                    let fresh = std::fs::File::open(&path)
-                        .map_err(|e| e.to_string())
-                        .and_then(|mut f| store.stage_copy(&mut f, &path, None).map_err(|e| e.to_string()));
+                    let fresh = cache.copy_in(&path);
                     match fresh {
                         Ok(s) if s.digest() == d => staged.push((s, names)),
                         Ok(_) => report.not_repaired.push(format!(
@@ -333,38 +310,11 @@ fn quarantine_and_repair(
             }
         }
     }
-    let w = cache.index().write()?;
-    for (d, path) in corrupt {
-        // Only if the file there is still the one we found corrupt (not re-added since).
-        if store.blob_path(d) == *path && path.exists() {
-            let hashed = hash_file_single(path).map(|(g, _)| g);
-            if hashed.as_ref().is_ok_and(|g| g != d) || hashed.is_err() {
-                store
-                    .quarantine(path, &qdir)
-                    .map_err(|source| CacheError::Remove {
-                        path: path.clone(),
-                        source,
-                    })?;
-            }
-        }
-    }
+    let mut restore = Vec::new();
     for (s, names) in staged {
-        s.commit(store)?;
+        restore.push(s);
         report.repaired.extend(names);
     }
-    w.commit()?;
+    cache.quarantine(corrupt, restore)?;
     Ok(())
-}
-
-/// Where a quarantined copy of `d` is, if any (for `get`'s message).
-pub fn quarantined(cache: &Cache, d: &Digest) -> Option<PathBuf> {
-    let hex = d.hex();
-    std::fs::read_dir(cache.v1().join("quarantine"))
-        .ok()?
-        .flatten()
-        .map(|e| e.path())
-        .find(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with(&hex))
-        })
 }

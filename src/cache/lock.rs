@@ -178,7 +178,7 @@ impl LockGuard {
 
 /// Take `mode` on the lock file at `path`, creating it if needed, waiting at most
 /// `opts.timeout`.
-pub fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, LockError> {
+pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, LockError> {
     let file = open_lock_file(path, opts, mode)?;
     let deadline = Instant::now() + opts.timeout;
     let start = Instant::now();
@@ -230,7 +230,8 @@ pub fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, Lo
 }
 
 /// Try once to take `mode` without waiting; `Ok(None)` when another process holds it.
-pub fn try_lock(
+#[cfg(test)]
+pub(super) fn try_lock(
     path: &Path,
     mode: Mode,
     opts: &LockOptions,

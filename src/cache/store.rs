@@ -31,7 +31,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::digest::{Digest, HashingWriter};
+use crate::format::digest::{Digest, HashingWriter};
 
 /// Mode of every blob file.
 pub const BLOB_MODE: u32 = 0o444;
@@ -186,7 +186,7 @@ impl Store {
     /// The store of the cache version directory `v1` (it need not exist yet).
     pub fn new(v1: &Path, dir_mode: u32) -> Store {
         Store {
-            blobs: v1.join("blobs").join(crate::digest::ALGORITHM),
+            blobs: v1.join("blobs").join(crate::format::digest::ALGORITHM),
             tmp: v1.join("tmp"),
             dir_mode,
         }
@@ -353,7 +353,7 @@ impl Store {
             path: path.clone(),
             source,
         };
-        let (digest, size) = crate::digest::hash_file(&path).map_err(werr)?;
+        let (digest, size) = crate::format::digest::hash_file(&path).map_err(werr)?;
         let file = OpenOptions::new().read(true).open(&path).map_err(werr)?;
         finish_file(&file).map_err(werr)?;
         staged.digest = digest;
@@ -384,7 +384,7 @@ impl Store {
     }
 }
 
-/// A file found under `blobs/` by [`Store::scan`].
+/// A file found under `blobs/` by `Store::scan`.
 #[derive(Clone, Debug)]
 pub struct Found {
     pub path: PathBuf,
@@ -393,7 +393,7 @@ pub struct Found {
     pub size: u64,
 }
 
-/// A file found in `tmp/` by [`Store::scan_tmp`].
+/// A file found in `tmp/` by `Store::scan_tmp`.
 #[derive(Clone, Debug)]
 pub struct TmpFile {
     pub path: PathBuf,

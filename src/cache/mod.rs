@@ -1,5 +1,13 @@
-//! The cache: the one door through which commands and library users reach the index and
-//! the store.
+//! The cache: the one door through which commands, library users, gc, verify, doctor, the
+//! shared-cache set-up and the remotes reach the index and the store.
+//!
+//! Its parts are private, so nothing outside `src/cache/` can name them: `index` (redb,
+//! names, with its journal), `store` (blobs and `tmp/`), `uses` (use markers), and the
+//! taking of `lock` files. Its protocol, in one place: [`Cache::add`] and
+//! [`Cache::ingest`]/[`Cache::commit_ingested`] (`ingest.rs`) bring content in;
+//! `collect.rs` holds the one removal routine ([`Cache::collect`] for gc,
+//! [`Cache::quarantine`] for verify); `batch.rs` names many images at once; `health.rs`
+//! checks and rebuilds the index for doctor.
 //!
 //! # What each operation locks
 //!
@@ -15,7 +23,7 @@
 //! # A `get` that printed a path has made its use count
 //!
 //! When the index's last use of a name is older than 10 minutes, `get` writes the time
-//! into the name's use marker ([`crate::uses`]) **before it releases its shared lock**,
+//! into the name's use marker (`crate::cache::uses`) **before it releases its shared lock**,
 //! then tries to fold it into the index without waiting. gc, under the exclusive lock,
 //! counts every marker; so no gc can evict a name between a `get`'s lookup and the
 //! record of its use, however busy the lock is, and no `get` waits for a writer to
@@ -36,14 +44,25 @@
 //!   unreferenced link meanwhile, put back) under the exclusive lock, the lock gc needs
 //!   too, so a committed name never points to a missing or partial blob.
 //! * A blob is removed only under the exclusive lock, after the index shows no name uses
-//!   it; it is moved to `tmp/` then and unlinked after the lock is released.
+//!   it; it is moved to `tmp/` then and unlinked after the lock is released. One routine
+//!   does it, for `rm` and gc alike (`Cache::drop_blobs` in `collect.rs`).
 //! * `get` never prints a path it has not just seen exist.
 //! * A pinned name is pointed at other content only when the caller says so
 //!   ([`Repoint::Force`]), checked under the exclusive lock, so a pin taken while an `add`
 //!   copied its file still counts. A reference with a digest (`name@blake3:...`) acts
 //!   only if its name points to that digest: every operation taking one checks it (under
 //!   the lock it then writes under), and a name to be written cannot carry one.
-//! * Nothing here reads the time except through [`crate::clock::now`].
+//! * Nothing here reads the time except through [`crate::format::clock::now`].
+
+mod batch;
+mod collect;
+mod health;
+mod index;
+mod ingest;
+pub mod lock;
+mod settings;
+mod store;
+mod uses;
 
 use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
@@ -53,17 +72,25 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::clock;
-use crate::digest::Digest;
-use crate::index::{
-    BlobRecord, Index, IndexError, IndexStats, LAST_USE_RESOLUTION, Named, RefRecord,
-};
-use crate::lock::{self, LockOptions};
-use crate::reference::Reference;
-use crate::settings::{Settings, SettingsError};
-use crate::store::{self, Staged, Store, StoreError};
+use crate::format::clock;
+use crate::format::digest::Digest;
+use crate::format::reference::Reference;
 use crate::testhook;
-use crate::uses::UseMarkers;
+use index::Index;
+use lock::LockOptions;
+use store::{Staged, Store, StoreError};
+use uses::UseMarkers;
+
+pub use batch::BatchName;
+pub use collect::{Snapshot, Victims};
+pub use health::Repaired;
+pub use index::{
+    BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
+    RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
+};
+pub use ingest::{Ingest, IngestError, Ingested, Tap};
+pub use settings::{Settings, SettingsError};
+pub use store::{BLOB_MODE, Found, TmpFile};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -369,7 +396,7 @@ impl Cache {
     }
 
     /// A handle on the cache at `root`, with the settings recorded in it (see
-    /// [`crate::settings`]). Changes nothing on disk; writing operations create the
+    /// [`crate::cache::settings`]). Changes nothing on disk; writing operations create the
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);
@@ -398,6 +425,16 @@ impl Cache {
         &self.settings
     }
 
+    /// Record `settings` in the cache (`v1/settings.json`), for every later command.
+    pub fn save_settings(&self, settings: &Settings) -> io::Result<()> {
+        settings.save(&self.v1)
+    }
+
+    /// Where the settings are recorded (`v1/settings.json`).
+    pub fn settings_path(&self) -> PathBuf {
+        self.v1.join(settings::FILE)
+    }
+
     /// The format directory (`<cache>/v1`).
     pub fn v1(&self) -> &Path {
         &self.v1
@@ -405,19 +442,6 @@ impl Cache {
 
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
-    pub fn index(&self) -> &Index {
-        &self.index
-    }
-
-    /// The use markers `get` leaves when it cannot write the index ([`crate::uses`]).
-    pub fn uses(&self) -> &UseMarkers {
-        &self.uses
     }
 
     /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
@@ -452,7 +476,7 @@ impl Cache {
         // be opened to be synced; its owner's creation of it is what made it.
         let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
         for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
-            match crate::store::sync_dir(dir) {
+            match crate::cache::store::sync_dir(dir) {
                 Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
                 r => r.map_err(layout(dir))?,
             }
@@ -598,12 +622,31 @@ impl Cache {
         }
     }
 
+    /// A new file in `tmp/` for content the caller writes (a download), hashed as it is
+    /// written; `tap` computes a second hash of the same bytes on the same thread (use
+    /// `()` for none). See [`Ingest`].
+    pub fn ingest<T: Tap>(&self, tap: T) -> Result<Ingest<T>, IngestError> {
+        Ingest::new(&self.store, tap)
+    }
+
+    /// Commit ingested content under `name`: `Cache::commit_staged`, the one commit
+    /// path of `add` and of every pull.
+    pub fn commit_ingested(
+        &self,
+        ingested: Ingested,
+        name: &Reference,
+        prov: Provenance,
+        repoint: Repoint,
+    ) -> Result<Entry, CacheError> {
+        self.commit_staged(ingested.staged, name, prov, repoint)
+    }
+
     /// Put staged content in place and point `name` at it, under the exclusive index lock
     /// (the one commit path of `add` and of every pull). A pinned name that points to
     /// other content is refused unless `repoint` says otherwise: checked under the lock,
     /// so a pin taken meanwhile counts; the refusal leaves the index and `blobs/` as they
     /// were.
-    pub fn commit_staged(
+    fn commit_staged(
         &self,
         staged: Staged,
         name: &Reference,
@@ -686,11 +729,11 @@ impl Cache {
 
     /// The per-pull lock of a remote reference (`v1/locks/<hash>.lock`), held exclusive for
     /// a whole download. Taken before the index lock, never while holding it.
-    pub fn pull_lock(&self, remote: &str) -> Result<crate::lock::LockGuard, CacheError> {
-        let path = self.v1.join("locks").join(crate::remote::lock_name(remote));
-        Ok(crate::lock::lock(
+    pub fn pull_lock(&self, remote: &str) -> Result<crate::cache::lock::LockGuard, CacheError> {
+        let path = self.locks_dir().join(pull_lock_name(remote));
+        Ok(crate::cache::lock::lock(
             &path,
-            crate::lock::Mode::Exclusive,
+            crate::cache::lock::Mode::Exclusive,
             self.index.lock_options(),
         )
         .map_err(IndexError::from)?)
@@ -722,7 +765,7 @@ impl Cache {
             };
             let path = self.store.blob_path(&digest);
             if !path.is_file() {
-                if let Some(q) = crate::verify::quarantined(self, &digest) {
+                if let Some(q) = self.quarantined(&digest) {
                     return Err(CacheError::Quarantined { name: key, path: q });
                 }
                 return Err(CacheError::BlobMissing { name: key, path });
@@ -733,7 +776,7 @@ impl Cache {
                 .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
             if stale {
                 // Under the shared lock, so that no gc can choose this name between the
-                // lookup and the record of its use (see `crate::uses`).
+                // lookup and the record of its use (see `crate::cache::uses`).
                 let _ = self.uses.record(&key, now, LAST_USE_RESOLUTION);
             }
             (path, stale)
@@ -748,10 +791,11 @@ impl Cache {
     /// [`Cache::get`], then re-hash the file before answering (`get --verify`).
     pub fn get_verified(&self, r: &Reference) -> Result<PathBuf, CacheError> {
         let path = self.get(r)?;
-        let (actual, _) = crate::digest::hash_file(&path).map_err(|source| CacheError::Open {
-            path: path.clone(),
-            source,
-        })?;
+        let (actual, _) =
+            crate::format::digest::hash_file(&path).map_err(|source| CacheError::Open {
+                path: path.clone(),
+                source,
+            })?;
         let expected = path
             .file_name()
             .and_then(|n| Digest::from_hex(&n.to_string_lossy()));
@@ -780,15 +824,7 @@ impl Cache {
 
     /// The later of the index's last use and the marker's, for each of `names`.
     fn with_marked_uses(&self, names: &mut [Named]) {
-        let marks = self.uses.all();
-        if marks.is_empty() {
-            return;
-        }
-        for n in names {
-            if let Some(&t) = marks.get(&UseMarkers::file_name(&n.name)) {
-                n.last_use = Some(n.last_use.map_or(t, |l| l.max(t)));
-            }
-        }
+        collect::fold_marks(names, &self.uses.all());
     }
 
     fn entry_of(&self, n: Named) -> Entry {
@@ -817,7 +853,9 @@ impl Cache {
         self.with_marked_uses(&mut all);
         Ok(all
             .into_iter()
-            .filter(|n| pattern.is_none_or(|p| crate::reference::matches_pattern(p, &n.name)))
+            .filter(|n| {
+                pattern.is_none_or(|p| crate::format::reference::matches_pattern(p, &n.name))
+            })
             .map(|n| self.entry_of(n))
             .collect())
     }
@@ -963,22 +1001,11 @@ impl Cache {
             if !keep_blobs {
                 candidates.sort();
                 candidates.dedup();
-                for d in candidates {
-                    if !w.names_of(&d)?.is_empty() {
-                        continue;
-                    }
-                    let size = w.get_blob(&d)?.map(|b| b.size).unwrap_or(0);
-                    w.remove_blob(&d)?;
-                    let moved =
-                        self.store
-                            .unlink_later(&d)
-                            .map_err(|source| CacheError::Remove {
-                                path: self.store.blob_path(&d),
-                                source,
-                            })?;
-                    if let Some(p) = moved {
-                        aside.push(p);
-                        out.bytes_freed += size;
+                let dropped = self.drop_blobs(&mut w, &candidates, &mut aside)?;
+                for (d, dropped) in candidates.into_iter().zip(dropped) {
+                    let Some(dropped) = dropped else { continue };
+                    if dropped.moved {
+                        out.bytes_freed += dropped.size.unwrap_or(0);
                     }
                     out.blobs.push(d);
                 }
@@ -1001,6 +1028,19 @@ impl Cache {
         Ok(changed)
     }
 
+    /// Where a quarantined copy of `d` is, if any (for `get`'s message).
+    fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
+        let hex = d.hex();
+        std::fs::read_dir(self.quarantine_dir())
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with(&hex))
+            })
+    }
+
     /// Cache root, counts and sizes.
     pub fn info(&self, lock_kind: lock::Kind) -> Result<Info, CacheError> {
         let stats = if self.exists() {
@@ -1019,6 +1059,11 @@ impl Cache {
             },
         })
     }
+}
+
+/// BLAKE3 of a remote reference's text: the name of its per-pull lock.
+fn pull_lock_name(remote: &str) -> String {
+    format!("{}.lock", &Digest::of(remote.as_bytes()).hex()[..32])
 }
 
 /// Refuse `r` when it carries a digest and its name points to other content.

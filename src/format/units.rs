@@ -23,7 +23,7 @@ pub fn format_size(bytes: u64) -> String {
 
 /// Parse a size into bytes.
 pub fn parse_size(s: &str) -> Result<u64, UnitError> {
-    let err = || UnitError::Size(crate::reference::shown(s));
+    let err = || UnitError::Size(crate::format::reference::shown(s));
     let t = s.trim();
     let split = t
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -56,7 +56,7 @@ pub fn parse_size(s: &str) -> Result<u64, UnitError> {
 
 /// Parse a duration into seconds.
 pub fn parse_duration(s: &str) -> Result<u64, UnitError> {
-    let err = || UnitError::Duration(crate::reference::shown(s));
+    let err = || UnitError::Duration(crate::format::reference::shown(s));
     let t = s.trim();
     if t.is_empty() {
         return Err(err());

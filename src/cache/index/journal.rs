@@ -1,5 +1,5 @@
 //! The journal of names beside the index, `v1/index.journal`: the way back from a damaged
-//! `index.redb` (see the protocol in [`crate::index`]).
+//! `index.redb` (see the protocol in [`crate::cache::index`]).
 //!
 //! JSON lines, appended only under the exclusive index lock, so there is never a second
 //! appender (not even on NFS, where `O_APPEND` is not atomic across clients):
@@ -24,7 +24,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{BlobRecord, RefRecord};
-use crate::digest::Digest;
+use crate::format::digest::Digest;
 
 /// The journal format this build writes and reads.
 pub const FORMAT: u32 = 1;
@@ -320,7 +320,7 @@ pub fn write_snapshot(path: &Path, state: &State, seq: u64, mode: u32) -> io::Re
         f.write_all(&bytes)?;
         f.sync_all()?;
         std::fs::rename(&tmp, path)?;
-        crate::store::sync_dir(dir)
+        crate::cache::store::sync_dir(dir)
     })();
     if written.is_err() {
         let _ = std::fs::remove_file(&tmp);

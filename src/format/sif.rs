@@ -165,7 +165,7 @@ pub enum Detail {
     Sbom {
         format: String,
     },
-    /// OCI root index or blob: digest such as "sha256:<hex>".
+    /// OCI root index or blob: digest such as `sha256:<hex>`.
     Oci {
         digest: String,
     },

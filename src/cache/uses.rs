@@ -9,7 +9,7 @@
 //! (20 digits, then the name):
 //!
 //! * `get` writes the marker **while it holds the shared index lock**, whenever the
-//!   index's last use of the name is older than [`crate::index::LAST_USE_RESOLUTION`]
+//!   index's last use of the name is older than [`crate::cache::index::LAST_USE_RESOLUTION`]
 //!   and the marker's is too. The shared lock excludes gc's exclusive one, so a gc either
 //!   ran before the `get` looked the name up (and the `get` then found the name, or did
 //!   not), or runs after the marker was written and sees it.

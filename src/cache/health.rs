@@ -1,0 +1,115 @@
+//! The index's health, for `doctor`: read every record and page, compare the journal,
+//! rebuild a damaged index from its journal. Where the files are, for the checks of
+//! modes and access that `doctor` and `init --shared` make.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::index::{IndexError, IndexStats, JournalStatus, Rebuilt};
+use super::{Cache, CacheError};
+use crate::format::digest::Digest;
+
+/// What [`Cache::repair_index`] did.
+#[derive(Clone, Debug)]
+pub enum Repaired {
+    /// The index and its journal were whole: nothing.
+    Nothing,
+    /// The index was whole, its journal would not have rebuilt it: rewritten from it.
+    Journal,
+    /// The index was damaged: rebuilt from the journal.
+    Index(Rebuilt),
+}
+
+impl Cache {
+    /// The index database (`v1/index.redb`).
+    pub fn index_path(&self) -> &Path {
+        self.index.db_path()
+    }
+
+    /// The index lock file.
+    pub fn index_lock_path(&self) -> &Path {
+        self.index.lock_path()
+    }
+
+    /// The index's journal (`v1/index.journal`).
+    pub fn journal_path(&self) -> &Path {
+        self.index.journal_path()
+    }
+
+    /// The blobs root (`v1/blobs/blake3`).
+    pub fn blobs_dir(&self) -> &Path {
+        self.store.blobs_dir()
+    }
+
+    /// The staging directory (`v1/tmp`).
+    pub fn tmp_dir(&self) -> &Path {
+        self.store.tmp_dir()
+    }
+
+    /// Where `verify` moves corrupt blobs (`v1/quarantine`).
+    pub fn quarantine_dir(&self) -> PathBuf {
+        self.v1.join("quarantine")
+    }
+
+    /// Where the per-pull locks are (`v1/locks`).
+    pub fn locks_dir(&self) -> PathBuf {
+        self.v1.join("locks")
+    }
+
+    /// Create an empty index (with its journal) where there is none.
+    pub fn create_index(&self) -> Result<(), IndexError> {
+        self.index.write()?.commit()
+    }
+
+    /// The index's counts, and whether every page is intact (`false`: redb repaired
+    /// damage), after reading every record under the shared lock and checking that this
+    /// build may write it.
+    pub fn index_health(&self) -> Result<(IndexStats, bool), IndexError> {
+        let rd = self.index.read()?;
+        let stats = rd.stats()?;
+        // Read every record too: damage may sit in a page the counts do not touch.
+        rd.all()?;
+        rd.blobs()?;
+        rd.check_writable()?;
+        drop(rd);
+        let intact = self.index.check_integrity()?;
+        Ok((stats, intact))
+    }
+
+    /// Whether the journal would rebuild this index.
+    pub fn journal_status(&self) -> Result<JournalStatus, IndexError> {
+        self.index.journal_status()
+    }
+
+    /// `doctor --repair-index`: rebuild a damaged index from its journal; for an intact
+    /// index, rewrite a journal that would not rebuild it.
+    pub fn repair_index(&self) -> Result<Repaired, CacheError> {
+        let index = &self.index;
+        let damage = (|| {
+            let rd = index.read()?;
+            rd.all()?;
+            rd.blobs()?;
+            drop(rd);
+            let journal = index.journal_status()?;
+            // A writer's checks (the journal in step with the index) without a change.
+            drop(index.write()?);
+            Ok::<_, IndexError>((index.check_integrity()?, journal))
+        })();
+        match damage {
+            Ok((true, JournalStatus::InStep { .. })) => return Ok(Repaired::Nothing),
+            Ok((true, _)) => {
+                index.rewrite_journal()?;
+                return Ok(Repaired::Journal);
+            }
+            Ok((false, _)) => {}
+            Err(e) if e.needs_repair() => {}
+            Err(e) => return Err(e.into()),
+        }
+        let on_disk: HashMap<Digest, u64> = self
+            .blobs_on_disk()?
+            .into_iter()
+            .filter_map(|f| f.digest.map(|d| (d, f.size)))
+            .collect();
+        Ok(Repaired::Index(index.rebuild(&on_disk)?))
+    }
+}
