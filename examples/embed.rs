@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use sregistry::cache::AddOptions;
-use sregistry::lock::{LockOptions, OnWait};
+use sregistry::cache::lock::{LockOptions, OnWait};
 use sregistry::remote::{self, RemoteOptions, RemoteRef};
 use sregistry::{Cache, Reference};
 

@@ -2,8 +2,11 @@
 //! plans over a consistent view of the index.
 //!
 //! A blob is removed only under the exclusive index lock, after the index shows that no
-//! name refers to it ([`Cache::drop_blobs`]); its file is moved into `tmp/` then and
-//! unlinked after the lock is released. `rm` and gc both go through it.
+//! name refers to it ([`Cache::drop_blobs`]); its record goes in the transaction, its file
+//! is moved into `tmp/` right after the commit, still under the lock
+//! ([`Cache::move_aside`]), and unlinked after the lock is released. A kill at any point
+//! leaves at most an unreferenced file, never a name without its file. `rm` and gc both
+//! go through it.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -51,17 +54,15 @@ pub(super) fn fold_marks(names: &mut [Named], marks: &HashMap<String, u64>) {
 }
 
 impl Cache {
-    /// The one way blobs leave the cache. Call under the exclusive lock (`w`): each of
-    /// `ds` that no name refers to loses its record, then the files of those are moved
-    /// into `tmp/` (their new paths pushed on `aside`, for [`store::unlink_now`] once the
-    /// lock is released). The renames come last, right before the caller commits, so a
-    /// kill leaves as short a window as it can between a file moved aside and a name the
-    /// index still has. One answer per digest: `None` when a name still refers to it.
+    /// Remove the records of the blobs in `ds` that no name refers to (the caller holds
+    /// the exclusive lock and has removed the names first). One answer per digest: `None`
+    /// when a name still refers to it. The files stay until [`Cache::move_aside`], which
+    /// the caller runs **after** its commit, still under the lock: a kill in between
+    /// leaves an unreferenced file for the next gc, never a name whose file has gone.
     pub(super) fn drop_blobs(
         &self,
         w: &mut IndexWriter,
         ds: &[Digest],
-        aside: &mut Vec<PathBuf>,
     ) -> Result<Vec<Option<Dropped>>, CacheError> {
         let mut out = Vec::with_capacity(ds.len());
         for d in ds {
@@ -73,18 +74,26 @@ impl Cache {
             w.remove_blob(d)?;
             out.push(Some(Dropped { size, moved: false }));
         }
-        for (d, dropped) in ds.iter().zip(out.iter_mut()) {
-            let Some(dropped) = dropped else { continue };
-            let moved = self
-                .store
-                .unlink_later(d)
-                .map_err(|source| CacheError::Remove {
-                    path: self.store.blob_path(d),
-                    source,
-                })?;
-            dropped.moved = moved.map(|p| aside.push(p)).is_some();
-        }
         Ok(out)
+    }
+
+    /// Move the files of the blobs [`Cache::drop_blobs`] dropped into `tmp/`, after the
+    /// commit and still under the exclusive lock; their new paths go on `aside`, for
+    /// [`store::unlink_now`] once the lock is released. A file that cannot be moved stays
+    /// an unreferenced blob, which the next gc removes.
+    pub(super) fn move_aside(
+        &self,
+        ds: &[Digest],
+        dropped: &mut [Option<Dropped>],
+        aside: &mut Vec<PathBuf>,
+    ) {
+        for (d, dropped) in ds.iter().zip(dropped.iter_mut()) {
+            let Some(dropped) = dropped else { continue };
+            if let Ok(Some(p)) = self.store.unlink_later(d) {
+                aside.push(p);
+                dropped.moved = true;
+            }
+        }
     }
 
     /// Every name and every blob record, from one view under the shared lock.
@@ -237,10 +246,13 @@ impl Cache {
             {
                 w.remove_ref(n)?;
             }
-            self.drop_blobs(&mut w, &victims.blobs, &mut aside)?;
+            let mut dropped = self.drop_blobs(&mut w, &victims.blobs)?;
             testhook::pause("gc-uncommitted");
-            // Still under the exclusive lock, so no `get` writes a marker meanwhile.
+            // Still under the exclusive lock, so no `get` writes a marker meanwhile, and
+            // no writer sees a record gone whose file is still in place.
             w.commit_then(|| {
+                testhook::pause("gc-committed");
+                self.move_aside(&victims.blobs, &mut dropped, &mut aside);
                 for (file, t) in &marks {
                     self.uses.remove_file_folded(file, *t);
                 }

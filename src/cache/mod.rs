@@ -44,8 +44,10 @@
 //!   unreferenced link meanwhile, put back) under the exclusive lock, the lock gc needs
 //!   too, so a committed name never points to a missing or partial blob.
 //! * A blob is removed only under the exclusive lock, after the index shows no name uses
-//!   it; it is moved to `tmp/` then and unlinked after the lock is released. One routine
-//!   does it, for `rm` and gc alike (`Cache::drop_blobs` in `collect.rs`).
+//!   it: its record goes in the transaction, its file is moved to `tmp/` after the commit
+//!   (still under the lock) and unlinked after the lock is released, so a kill leaves at
+//!   most an unreferenced file, never a name without its file. One routine does it, for
+//!   `rm` and gc alike (`Cache::drop_blobs` and `move_aside` in `collect.rs`).
 //! * `get` never prints a path it has not just seen exist.
 //! * A pinned name is pointed at other content only when the caller says so
 //!   ([`Repoint::Force`]), checked under the exclusive lock, so a pin taken while an `add`
@@ -998,19 +1000,21 @@ impl Cache {
                     candidates.push(rec.digest);
                 }
             }
-            if !keep_blobs {
-                candidates.sort();
-                candidates.dedup();
-                let dropped = self.drop_blobs(&mut w, &candidates, &mut aside)?;
-                for (d, dropped) in candidates.into_iter().zip(dropped) {
-                    let Some(dropped) = dropped else { continue };
-                    if dropped.moved {
-                        out.bytes_freed += dropped.size.unwrap_or(0);
-                    }
-                    out.blobs.push(d);
-                }
+            if keep_blobs {
+                candidates.clear();
             }
-            w.commit()?;
+            candidates.sort();
+            candidates.dedup();
+            let mut dropped = self.drop_blobs(&mut w, &candidates)?;
+            // The files go after the commit, still under the lock (see `drop_blobs`).
+            w.commit_then(|| self.move_aside(&candidates, &mut dropped, &mut aside))?;
+            for (d, dropped) in candidates.into_iter().zip(dropped) {
+                let Some(dropped) = dropped else { continue };
+                if dropped.moved {
+                    out.bytes_freed += dropped.size.unwrap_or(0);
+                }
+                out.blobs.push(d);
+            }
         }
         store::unlink_now(&aside);
         Ok(out)

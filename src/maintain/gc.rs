@@ -5,9 +5,9 @@
 //! 1. Without any lock: list `blobs/` and `tmp/` (a snapshot; everything is re-checked).
 //! 2. Under the **exclusive index lock** (milliseconds to a second or two for 100,000
 //!    names): read every name, its last use and pin, and every blob record; choose the
-//!    victims; remove the victim names and blob records in one transaction; rename the
-//!    victim blob files into `tmp/` (`delete-*`); fold use markers into `last_use`;
-//!    commit; remove the folded markers; release the lock.
+//!    victims; remove the victim names and blob records and fold use markers into
+//!    `last_use`, in one transaction; commit; rename the victim blob files into `tmp/`
+//!    (`delete-*`) and remove the folded markers; release the lock.
 //! 3. Without any lock: unlink the renamed files and stale `tmp/` entries.
 //!
 //! A `get` therefore waits at most for step 2, never for the unlinks; a job that already

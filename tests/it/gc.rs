@@ -423,3 +423,53 @@ fn crash_loop_of_killed_adds_and_gcs_leaves_a_verifiable_cache() {
     );
     env.assert_blobs_verify();
 }
+
+/// gc killed inside its transaction, or right after its commit: no name is ever left
+/// pointing at a file gc already moved away (a `get` would then fail with "missing");
+/// at most an unreferenced file stays, which the next gc removes.
+#[test]
+fn a_gc_killed_around_its_commit_never_leaves_a_name_without_its_file() {
+    for point in ["gc-uncommitted", "gc-committed"] {
+        let env = aged_cache();
+        let names = env.names();
+        let mut gc = env
+            .std_cmd()
+            .env("SREGISTRY_NOW", (T0 + 400 * DAY).to_string())
+            .env("SREGISTRY_TEST_PAUSE", point)
+            .args(["gc", "--max-size", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        crate::contention::wait_for_pause(&mut gc);
+        gc.kill().unwrap();
+        gc.wait().unwrap();
+        for n in env.names() {
+            let out = env.cmd().args(["get", &n]).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{point}: `{n}` is indexed but get fails: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        if point == "gc-uncommitted" {
+            assert_eq!(env.names(), names, "an uncommitted gc changed the names");
+        } else {
+            assert!(env.names().is_empty(), "the committed gc removed nothing");
+            assert_eq!(env.blobs().len(), 4, "the files go only after the commit");
+        }
+        stdout_of(at(&env, T0 + 400 * DAY).args(["gc", "-q", "--max-size", "0"]));
+        assert!(env.names().is_empty());
+        assert!(
+            env.blobs().is_empty(),
+            "the next gc left files: {:?}",
+            env.blobs()
+        );
+        let out = env.cmd().args(["verify"]).output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
