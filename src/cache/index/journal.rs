@@ -6,8 +6,9 @@
 //!
 //! * the first line is a snapshot, `{"journal":1,"seq":S,"ops":[...]}`: every blob record,
 //!   name and pin of the committed index at sequence number `S`;
-//! * each later line is one write transaction, `{"seq":S,"ops":[...]}`, written and
-//!   `fdatasync`ed before redb commits it, `S` one more than the line before;
+//! * each later line is one write transaction, `{"seq":S,"ops":[...]}`, written before
+//!   redb commits it (not flushed: see the index's protocol), `S` one more than the line
+//!   before;
 //! * `{"seq":S,"void":true}` says transaction `S` did not commit (its redb commit failed,
 //!   or its writer died before it and the next writer found the index still at `S - 1`).
 //!
@@ -286,7 +287,8 @@ fn encode_line(line: &Line) -> Vec<u8> {
     bytes
 }
 
-/// Append one line and make it durable. `torn`: end a line cut short first.
+/// Append one line (not flushed: see "Writing" in the index's protocol). `torn`: end a
+/// line cut short first.
 pub fn append(path: &Path, line: &Line, torn: bool) -> io::Result<()> {
     let mut f = OpenOptions::new().append(true).open(path)?;
     let mut bytes = Vec::new();
@@ -294,8 +296,7 @@ pub fn append(path: &Path, line: &Line, torn: bool) -> io::Result<()> {
         bytes.push(b'\n');
     }
     bytes.extend(encode_line(line));
-    f.write_all(&bytes)?;
-    f.sync_data()
+    f.write_all(&bytes)
 }
 
 /// Replace the journal with a snapshot of `state` at `seq`: written to a temporary file
