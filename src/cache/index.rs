@@ -431,7 +431,7 @@ impl Index {
                 return Ok(IndexReader {
                     txn: None,
                     _db: None,
-                    _lock: guard,
+                    _lock: Some(guard),
                     path: self.db_path.clone(),
                     poisoned: Cell::new(false),
                 });
@@ -460,7 +460,7 @@ impl Index {
                     let reader = IndexReader {
                         txn: Some(txn),
                         _db: Some(db),
-                        _lock: guard,
+                        _lock: Some(guard),
                         path: self.db_path.clone(),
                         poisoned,
                     };
@@ -590,41 +590,78 @@ impl Index {
     /// read-write open, which would rewrite its header: a refused writer leaves the file
     /// byte for byte as it was. (The caller holds the exclusive lock.)
     fn check_writable_before_open(&self) -> Result<(), IndexError> {
+        self.view_before_write().map(drop)
+    }
+
+    /// The index as it is, opened read-only under the writer's exclusive lock, after
+    /// checking this build may change it; `None` when there is no index yet or a
+    /// writer's crash left it needing the repair the read-write open does (the
+    /// migration step checks the levels then).
+    fn view_before_write(&self) -> Result<Option<IndexReader>, IndexError> {
         if !self.db_path.exists() {
-            return Ok(());
+            return Ok(None);
         }
         let poisoned = Cell::new(false);
-        guarded(&poisoned, &self.db_path, || {
-            let opened = UnderOurLock::open(&self.db_path, false)
+        let opened = guarded(&poisoned, &self.db_path, || {
+            Ok(UnderOurLock::open(&self.db_path, false)
                 .map_err(redb::DatabaseError::Storage)
-                .and_then(|b| redb::Builder::new().open_read_only_with_backend(b));
-            let db = match opened {
-                Ok(db) => db,
-                // A writer died mid-commit: the read-write open repairs it, and the
-                // migration step checks the levels after.
-                Err(redb::DatabaseError::RepairAborted) => return Ok(()),
-                Err(e) => return Err(self.db_err()(e.into())),
-            };
-            let txn = db.begin_read().map_err(|e| self.db_err()(e.into()))?;
-            let open = |t| match txn.open_table(t) {
-                Ok(t) => Ok(Some(t)),
-                Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
-                Err(e) => Err(from_redb(&self.db_path, e.into())),
-            };
-            let meta = open(META)?;
-            let about = match txn.open_table(ABOUT) {
-                Ok(t) => Some(t),
-                Err(redb::TableError::TableDoesNotExist(_)) => None,
-                Err(e) => return Err(from_redb(&self.db_path, e.into())),
-            };
-            let levels = levels_in(meta.as_ref(), about.as_ref(), &self.db_path)?;
-            levels.require(&self.db_path, "read")?;
-            levels.require(&self.db_path, "change")
-        })
+                .and_then(|b| {
+                    redb::Builder::new()
+                        .set_cache_size(CACHE_BYTES)
+                        .open_read_only_with_backend(b)
+                }))
+        })?;
+        let db = match opened {
+            Ok(db) => db,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+            Err(e) => return Err(self.db_err()(e.into())),
+        };
+        let txn = match guarded(&poisoned, &self.db_path, || {
+            db.begin_read().map_err(|e| self.db_err()(e.into()))
+        }) {
+            Ok(txn) => txn,
+            Err(e) => {
+                caught(move || drop(db));
+                return Err(e);
+            }
+        };
+        let view = IndexReader {
+            txn: Some(txn),
+            _db: Some(db),
+            _lock: None,
+            path: self.db_path.clone(),
+            poisoned,
+        };
+        let levels = view.levels()?;
+        levels.require(&self.db_path, "read")?;
+        levels.require(&self.db_path, "change")?;
+        Ok(Some(view))
+    }
+
+    /// Open for writing under the exclusive lock, once `check` has accepted the index as
+    /// it is: `check` reads it in the read-only open that also checks this build may
+    /// change it, so a refusal costs no second open and leaves the file byte for byte as
+    /// it was. (Where there is nothing to view, see [`Index::view_before_write`], `check`
+    /// is not run: the writer checks again.)
+    pub fn write_checked<E: From<IndexError>>(
+        &self,
+        check: impl FnOnce(&IndexReader) -> Result<(), E>,
+    ) -> Result<IndexWriter, E> {
+        let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)
+            .map_err(IndexError::from)?;
+        if let Some(view) = self.view_before_write()? {
+            check(&view)?;
+        }
+        Ok(self.writer_checked(guard)?)
     }
 
     fn writer(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
         self.check_writable_before_open()?;
+        self.writer_checked(guard)
+    }
+
+    /// [`Index::writer`] once the levels were checked.
+    fn writer_checked(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
         let poisoned = Cell::new(false);
         let (db, txn) = guarded(&poisoned, &self.db_path, || {
             let db = self.open_rw()?;
@@ -867,7 +904,8 @@ pub struct Named {
 pub struct IndexReader {
     txn: Option<ReadTransaction>,
     _db: Option<ReadOnlyDatabase>,
-    _lock: LockGuard,
+    /// `None` for the view a writer checks under its own exclusive lock.
+    _lock: Option<LockGuard>,
     path: PathBuf,
     poisoned: Cell<bool>,
 }

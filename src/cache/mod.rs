@@ -666,10 +666,38 @@ impl Cache {
             labels: prov.labels,
         };
         let key = name.key();
-        self.precheck_repoint(&key, &digest, repoint)?;
+        let fan_dir_existed = self
+            .store
+            .blob_path(&digest)
+            .parent()
+            .is_some_and(Path::is_dir);
         staged.place(&self.store);
         testhook::pause("add-staged");
-        let mut w = self.index.write()?;
+        // The pin check reads the index in the open that checks this build may write it,
+        // before the read-write open: a refusal leaves the index file as it was, and the
+        // blob `place` linked in (and its new fan-out directory) go again, as gc would.
+        let mut refused_aside = Vec::new();
+        let written = self.index.write_checked(|rd| {
+            refuse_repoint(&key, &digest, repoint, rd.get_ref(&key)?, || {
+                rd.is_pinned(&key)
+            })
+            .inspect_err(|_| {
+                if matches!(rd.get_blob(&digest), Ok(None)) {
+                    let blob = self.store.blob_path(&digest);
+                    refused_aside.extend(self.store.unlink_later(&digest).ok().flatten());
+                    if !fan_dir_existed && let Some(dir) = blob.parent() {
+                        let _ = fs::remove_dir(dir);
+                    }
+                }
+            })
+        });
+        let mut w = match written {
+            Ok(w) => w,
+            Err(e) => {
+                store::unlink_now(&refused_aside);
+                return Err(e);
+            }
+        };
         if let Err(e) = refuse_repoint(&key, &digest, repoint, w.get_ref(&key)?, || {
             w.is_pinned(&key)
         }) {
@@ -903,21 +931,6 @@ impl Cache {
             }
         }
         Ok(())
-    }
-
-    /// [`refuse_repoint`] under the shared lock, before a write opens the index (see
-    /// [`Cache::precheck`]); the writer checks again under the exclusive lock.
-    fn precheck_repoint(
-        &self,
-        key: &str,
-        new: &Digest,
-        repoint: Repoint,
-    ) -> Result<(), CacheError> {
-        if repoint == Repoint::Force || !self.exists() {
-            return Ok(());
-        }
-        let rd = self.index.read()?;
-        refuse_repoint(key, new, repoint, rd.get_ref(key)?, || rd.is_pinned(key))
     }
 
     /// Point `dst` at the blob `src` points at (`src` with a digest only if it points
