@@ -437,33 +437,9 @@ impl Index {
                 });
             }
             let poisoned = Cell::new(false);
-            let opened = guarded(&poisoned, &self.db_path, || {
-                Ok(UnderOurLock::open(&self.db_path, false)
-                    .map_err(redb::DatabaseError::Storage)
-                    .and_then(|backend| {
-                        redb::Builder::new()
-                            .set_cache_size(CACHE_BYTES)
-                            .open_read_only_with_backend(backend)
-                    }))
-            })?;
-            match opened {
-                Ok(db) => {
-                    let txn = match guarded(&poisoned, &self.db_path, || {
-                        db.begin_read().map_err(|e| self.db_err()(e.into()))
-                    }) {
-                        Ok(txn) => txn,
-                        Err(e) => {
-                            caught(move || drop(db));
-                            return Err(e);
-                        }
-                    };
-                    let reader = IndexReader {
-                        txn: Some(txn),
-                        _db: Some(db),
-                        _lock: Some(guard),
-                        path: self.db_path.clone(),
-                        poisoned,
-                    };
+            match self.open_read_only(poisoned)? {
+                Ok(mut reader) => {
+                    reader._lock = Some(guard);
                     reader.check_schema()?;
                     return Ok(reader);
                 }
@@ -593,28 +569,25 @@ impl Index {
         self.view_before_write().map(drop)
     }
 
-    /// The index as it is, opened read-only under the writer's exclusive lock, after
-    /// checking this build may change it; `None` when there is no index yet or a
-    /// writer's crash left it needing the repair the read-write open does (the
-    /// migration step checks the levels then).
-    fn view_before_write(&self) -> Result<Option<IndexReader>, IndexError> {
-        if !self.db_path.exists() {
-            return Ok(None);
-        }
-        let poisoned = Cell::new(false);
+    /// Open the index read-only and begin a read, as a reader without a lock of its own
+    /// (the caller holds one). The outer error is damage; the inner one is redb's refusal
+    /// to open (`RepairAborted` after a writer's crash), for the caller to handle.
+    fn open_read_only(
+        &self,
+        poisoned: Cell<bool>,
+    ) -> Result<Result<IndexReader, redb::DatabaseError>, IndexError> {
         let opened = guarded(&poisoned, &self.db_path, || {
             Ok(UnderOurLock::open(&self.db_path, false)
                 .map_err(redb::DatabaseError::Storage)
-                .and_then(|b| {
+                .and_then(|backend| {
                     redb::Builder::new()
                         .set_cache_size(CACHE_BYTES)
-                        .open_read_only_with_backend(b)
+                        .open_read_only_with_backend(backend)
                 }))
         })?;
         let db = match opened {
             Ok(db) => db,
-            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
-            Err(e) => return Err(self.db_err()(e.into())),
+            Err(e) => return Ok(Err(e)),
         };
         let txn = match guarded(&poisoned, &self.db_path, || {
             db.begin_read().map_err(|e| self.db_err()(e.into()))
@@ -625,12 +598,27 @@ impl Index {
                 return Err(e);
             }
         };
-        let view = IndexReader {
+        Ok(Ok(IndexReader {
             txn: Some(txn),
             _db: Some(db),
             _lock: None,
             path: self.db_path.clone(),
             poisoned,
+        }))
+    }
+
+    /// The index as it is, opened read-only under the writer's exclusive lock, after
+    /// checking this build may change it; `None` when there is no index yet or a
+    /// writer's crash left it needing the repair the read-write open does (the
+    /// migration step checks the levels then).
+    fn view_before_write(&self) -> Result<Option<IndexReader>, IndexError> {
+        if !self.db_path.exists() {
+            return Ok(None);
+        }
+        let view = match self.open_read_only(Cell::new(false))? {
+            Ok(view) => view,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+            Err(e) => return Err(self.db_err()(e.into())),
         };
         let levels = view.levels()?;
         levels.require(&self.db_path, "read")?;
