@@ -115,15 +115,24 @@ fn plan_checked(
     opts: &GcOptions,
     now: u64,
 ) -> Plan {
+    // Each victim's marker is read once (nothing writes markers while gc holds the
+    // lock), and found by a map, not a scan of every name per victim.
+    let at: HashMap<String, usize> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.name.clone(), i))
+        .collect();
+    let mut checked: HashSet<String> = HashSet::new();
     loop {
         let p = plan(names, blob_records, on_disk, opts, now);
         let mut newer = false;
         for v in &p.names {
-            if let Some(t) = cache.marked_use(&v.name)
+            if checked.insert(v.name.clone())
+                && let Some(t) = cache.marked_use(&v.name)
                 && t > v.last_used
-                && let Some(n) = names.iter_mut().find(|n| n.name == v.name)
+                && let Some(&i) = at.get(&v.name)
             {
-                n.last_use = Some(t);
+                names[i].last_use = Some(t);
                 newer = true;
             }
         }
