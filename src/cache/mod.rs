@@ -7,7 +7,8 @@
 //! [`Cache::ingest`]/[`Cache::commit_ingested`] (`ingest.rs`) bring content in;
 //! `collect.rs` holds the one removal routine ([`Cache::collect`] for gc,
 //! [`Cache::quarantine`] for verify); `batch.rs` names many images at once; `health.rs`
-//! checks and rebuilds the index for doctor.
+//! checks and rebuilds the index and probes the locks for doctor; `layout.rs` creates the
+//! directories and lists the cache's own entries for `init --shared` and doctor.
 //!
 //! # What each operation locks
 //!
@@ -61,6 +62,7 @@ mod collect;
 mod health;
 mod index;
 mod ingest;
+mod layout;
 pub mod lock;
 mod settings;
 mod store;
@@ -437,58 +439,8 @@ impl Cache {
         self.v1.join(settings::FILE)
     }
 
-    /// The format directory (`<cache>/v1`).
-    pub fn v1(&self) -> &Path {
-        &self.v1
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
-    pub fn ensure_layout(&self) -> Result<(), CacheError> {
-        if self.store.tmp_dir().is_dir() && self.store.blobs_dir().is_dir() {
-            return Ok(());
-        }
-        let layout = |path: &Path| {
-            let p = path.to_path_buf();
-            move |source| CacheError::Layout { path: p, source }
-        };
-        for dir in [
-            self.root.clone(),
-            self.v1.clone(),
-            self.v1.join("locks"),
-            self.v1.join("quarantine"),
-        ] {
-            if !dir.is_dir() {
-                fs::create_dir_all(&dir).map_err(layout(&dir))?;
-                use std::os::unix::fs::PermissionsExt;
-                let _ =
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(self.settings.dir_mode));
-            }
-        }
-        self.store.create_dirs().map_err(layout(&self.v1))?;
-        let tag = self.root.join("CACHEDIR.TAG");
-        if !tag.exists() {
-            fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
-        }
-        // The new entries durable, deepest first, before any blob or name relies on them.
-        // A directory this user may not read (a root another user made, mode 0711) cannot
-        // be opened to be synced; its owner's creation of it is what made it.
-        let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
-        for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
-            match crate::cache::store::sync_dir(dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
-                r => r.map_err(layout(dir))?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether anything was ever written here.
-    fn exists(&self) -> bool {
-        self.v1.is_dir()
     }
 
     fn not_found(&self, r: &Reference) -> CacheError {

@@ -240,7 +240,7 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
-    if !cache.v1().is_dir() {
+    if !cache.exists() {
         return Ok(report);
     }
     let on_disk = cache.blobs_on_disk()?;

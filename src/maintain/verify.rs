@@ -130,7 +130,7 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
 /// Run verify on `cache`.
 pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheError> {
     let mut report = VerifyReport::default();
-    if !cache.v1().is_dir() {
+    if !cache.exists() {
         return Ok(report);
     }
     let (names, blob_records) = cache.snapshot()?;
