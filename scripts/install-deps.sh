@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what the demo or the tests need, idempotently, from the package registries.
 #
-#   scripts/install-deps.sh demo   siftool + squashfs-tools (the tour makes a real SIF)
+#   scripts/install-deps.sh demo   siftool + squashfs-tools (the tour makes a real SIF;
+#                                  docker:// conversion runs sqfstar from squashfs-tools)
 #   scripts/install-deps.sh test   the above, and the test servers and peers:
 #     Debian: docker-registry (a real OCI registry), apache2-utils (htpasswd -B), skopeo
 #             (interop), util-linux (setpriv), bsdutils (script: a pseudo-terminal for the
-#             progress bar test), python3-venv where `python3 -m venv` is missing;
+#             progress bar test), umoci and busybox-static (container images the docker://
+#             tests build), python3-venv where `python3 -m venv` is missing;
 #     PyPI:   oras, pyjwt, cryptography (interop peer, the test token server), pinned, in a
 #             virtual environment at $TOOLS/venv;
 #     crates: s3s-fs (a real S3 server over a directory), and cargo-nextest where the
@@ -48,6 +50,8 @@ if [ "$mode" = test ]; then
   command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
   command -v script >/dev/null 2>&1 || need+=(bsdutils)
+  command -v umoci >/dev/null 2>&1 || need+=(umoci)
+  [ -x /bin/busybox ] || need+=(busybox-static)
 fi
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 [ "$mode" = test ] || exit 0

@@ -12,6 +12,8 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let name = args.name.as_deref().map(parse_target_ref).transpose()?;
     let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone());
     opts.repoint = Repoint::from_force(args.force);
+    opts.platform = args.docker.platform.clone();
+    opts.squashfs_comp = args.docker.squashfs_comp.clone();
     let entry = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;
