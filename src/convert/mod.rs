@@ -184,10 +184,10 @@ pub(crate) fn read_entries(
     use tar::EntryType as T;
     let mut out = Vec::new();
     let mut last: Option<Vec<u8>> = None;
-    let err = |last: &Option<Vec<u8>>, source| ConvertError::LayerRead {
+    let err = |last: &Option<Vec<u8>>, source: io::Error| ConvertError::LayerRead {
         digest: digest.to_string(),
         entry: last.as_deref().map(lossy),
-        source,
+        source: truncation(source),
     };
     let mut data_end: Vec<u64> = Vec::new();
     let mut archive = tar::Archive::new(r);
@@ -212,12 +212,13 @@ pub(crate) fn read_entries(
             T::XGlobalHeader => continue,
             other => K::Unsupported(other.as_byte()),
         };
+        let raw = h.as_old();
         let meta = (|| -> io::Result<merge::Meta> {
             Ok(merge::Meta {
-                mode: h.mode()? & 0o7777,
-                uid: h.uid()?,
-                gid: h.gid()?,
-                mtime: h.mtime()?,
+                mode: numeric(h.mode().map(u64::from), &raw.mode)? as u32 & 0o7777,
+                uid: numeric(h.uid(), &raw.uid)?,
+                gid: numeric(h.gid(), &raw.gid)?,
+                mtime: numeric(h.mtime(), &raw.mtime)?,
             })
         })()
         .map_err(|e| err(&last, e))?;
@@ -242,6 +243,24 @@ pub(crate) fn read_entries(
         return Err(err(&Some(out[i].path.clone()), source));
     }
     Ok(out)
+}
+
+/// The tar reader's end-of-stream errors, said plainly.
+fn truncation(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("unexpected EOF") {
+        let why = "the layer ends inside this entry's data (truncated, or its header declares more than the layer holds)";
+        return io::Error::new(io::ErrorKind::UnexpectedEof, why);
+    }
+    e
+}
+
+/// A header's numeric field; an empty one (all NUL or spaces) is 0, as Go's tar reader
+/// (Docker's, umoci's) reads it.
+fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        other => other,
+    }
 }
 
 /// The view of the layers (pass 1) with the Apptainer additions.

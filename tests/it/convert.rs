@@ -352,3 +352,229 @@ fn zstd_layers_convert_like_umoci_unpack() {
     assert_image_exercises_the_rules(&root);
     assert_same_as_umoci(work.path(), "img", &root);
 }
+
+/// One synthetic tar entry: raw name (written byte for byte, `..` included), type, data
+/// or link target, mode.
+struct Raw<'a>(&'a str, tar::EntryType, &'a [u8], u32);
+
+/// Write an uncompressed tar layer with `entries` to `dir/name.tar`.
+fn raw_layer(dir: &Path, name: &str, entries: &[Raw<'_>]) -> PathBuf {
+    let path = dir.join(format!("{name}.tar"));
+    let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+    for Raw(p, kind, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        let is_link = matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link);
+        if is_link {
+            h.as_gnu_mut().unwrap().linkname[..data.len()].copy_from_slice(data);
+            h.set_size(0);
+        } else {
+            h.set_size(data.len() as u64);
+        }
+        if *kind == tar::EntryType::Char {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, if is_link { &b""[..] } else { data }).unwrap();
+    }
+    b.finish().unwrap();
+    path
+}
+
+/// Convert synthetic uncompressed layers named `l0`, `l1`, …; the digests are
+/// `sha256:l0`, … so that messages can be checked for them.
+fn convert_raw(
+    dir: &Path,
+    layers: &[PathBuf],
+) -> Result<(sregistry::convert::Converted, PathBuf), String> {
+    let digests: Vec<String> = (0..layers.len()).map(|i| format!("sha256:l{i}")).collect();
+    let files: Vec<LayerFile<'_>> = layers
+        .iter()
+        .zip(&digests)
+        .map(|(p, d)| LayerFile {
+            path: p,
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+            digest: d,
+        })
+        .collect();
+    let out = dir.join("raw.sif");
+    fs::write(&out, b"").unwrap();
+    let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]}}"#;
+    let done =
+        write_sif(&files, config, &out, &ConvertOptions::default()).map_err(|e| e.to_string())?;
+    let root = dir.join("raw-root");
+    let _ = fs::remove_dir_all(&root);
+    sh(
+        dir,
+        "siftool dump 1 raw.sif > raw.sqfs && unsquashfs -q -d raw-root raw.sqfs >/dev/null",
+    );
+    Ok((done, root))
+}
+
+use tar::EntryType as T;
+
+/// Hostile names are refused before anything is written, and the message names the layer
+/// (digest) and the entry in backticks: `..` above the root, a hardlink to a path outside
+/// the root, and a header declaring more data than the layer holds.
+#[test]
+fn hostile_layers_are_refused_naming_layer_and_entry() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let cases: &[(&[Raw<'_>], &str, &str)] = &[
+        (
+            &[Raw("a/../../etc/passwd", T::Regular, b"x", 0o644)],
+            "`a/../../etc/passwd`",
+            "above the root",
+        ),
+        (
+            &[
+                Raw("f", T::Regular, b"x", 0o644),
+                Raw("x", T::Link, b"../../etc/shadow", 0o644),
+            ],
+            "`x`",
+            "outside the root",
+        ),
+        (
+            &[
+                Raw("ok", T::Regular, b"x", 0o644),
+                Raw("big", T::Regular, b"", 0o644),
+            ],
+            "`big`",
+            "ends inside this entry's data",
+        ),
+    ];
+    for (i, (entries, entry, what)) in cases.iter().enumerate() {
+        let layer = raw_layer(d, &format!("bad{i}"), entries);
+        if i == 2 {
+            // Declare 1 TiB for `big` (its header is the second 512-byte block from the end
+            // of the first entry's data), and cut the stream after that header.
+            let mut bytes = fs::read(&layer).unwrap();
+            let at = 1024;
+            let mut h = tar::Header::new_gnu();
+            h.as_mut_bytes().copy_from_slice(&bytes[at..at + 512]);
+            h.set_size(1 << 40);
+            h.set_cksum();
+            bytes[at..at + 512].copy_from_slice(h.as_bytes());
+            bytes.truncate(at + 512 + 4096);
+            fs::write(&layer, bytes).unwrap();
+        }
+        let ok = raw_layer(d, "fine", &[Raw("etc/", T::Directory, b"", 0o755)]);
+        let err = convert_raw(d, &[ok, layer])
+            .err()
+            .unwrap_or_else(|| panic!("case {i} converted"));
+        assert!(err.contains("`sha256:l1`"), "case {i}: {err}");
+        assert!(err.contains(entry), "case {i}: {err}");
+        assert!(err.contains(what), "case {i}: {err}");
+    }
+}
+
+/// Entries written through symlinks to `/` and to `../..`, and absolute names, land inside
+/// the root; a device node is skipped and reported, and the squashfs holds nothing outside
+/// the root and no device.
+#[test]
+fn hostile_layers_stay_inside_the_root() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let l0 = raw_layer(
+        d,
+        "links",
+        &[
+            Raw("root-link", T::Symlink, b"/", 0o777),
+            Raw("up", T::Symlink, b"../../..", 0o777),
+            Raw("dev/", T::Directory, b"", 0o755),
+        ],
+    );
+    let l1 = raw_layer(
+        d,
+        "through",
+        &[
+            Raw("root-link/etc/evil", T::Regular, b"1", 0o644),
+            Raw("up/tmp/evil2", T::Regular, b"2", 0o644),
+            Raw("/abs/file", T::Regular, b"3", 0o644),
+            Raw("dev/null", T::Char, b"", 0o666),
+        ],
+    );
+    let (done, root) = convert_raw(d, &[l0, l1]).unwrap();
+    assert_eq!(fs::read(root.join("etc/evil")).unwrap(), b"1");
+    assert_eq!(fs::read(root.join("tmp/evil2")).unwrap(), b"2");
+    assert_eq!(fs::read(root.join("abs/file")).unwrap(), b"3");
+    assert_eq!(
+        fs::read_link(root.join("root-link")).unwrap(),
+        Path::new("/")
+    );
+    assert!(!root.join("dev/null").exists());
+    assert_eq!(done.skipped.len(), 1, "{:?}", done.skipped);
+    assert_eq!(
+        (
+            done.skipped[0].layer.as_str(),
+            done.skipped[0].path.as_str()
+        ),
+        ("sha256:l1", "dev/null")
+    );
+    let listing = sh(d, "unsquashfs -lln raw.sqfs");
+    for line in listing.lines().filter(|l| l.contains("squashfs-root")) {
+        let path = line
+            .split("squashfs-root")
+            .nth(1)
+            .unwrap()
+            .split(" -> ")
+            .next()
+            .unwrap();
+        assert!(!path.contains(".."), "{line}");
+        assert!(
+            !line.starts_with('c') && !line.starts_with('b'),
+            "device in the result: {line}"
+        );
+    }
+}
+
+/// Names and symlink targets longer than a tar header holds (GNU long names in the merged
+/// stream) reach the squashfs intact, and a FIFO stays a FIFO.
+#[test]
+fn long_names_and_fifos_survive() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let long_dir = "d".repeat(90);
+    let long_file = format!("{long_dir}/{}", "f".repeat(150));
+    let target = format!("/{}", "t".repeat(180));
+    let path = d.join("long.tar");
+    let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o640);
+    h.set_size(5);
+    b.append_data(&mut h, &long_file, &b"long\n"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(T::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, format!("{long_dir}/link"), &target)
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(T::Fifo);
+    h.set_mode(0o600);
+    h.set_size(0);
+    b.append_data(&mut h, "pipe", std::io::empty()).unwrap();
+    b.finish().unwrap();
+    drop(b);
+    let (_, root) = convert_raw(d, &[path]).unwrap();
+    assert_eq!(fs::read(root.join(&long_file)).unwrap(), b"long\n");
+    assert_eq!(
+        fs::symlink_metadata(root.join(&long_file)).unwrap().mode() & 0o7777,
+        0o640
+    );
+    assert_eq!(
+        fs::read_link(root.join(format!("{long_dir}/link"))).unwrap(),
+        Path::new(&target)
+    );
+    assert!(
+        fs::symlink_metadata(root.join("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
