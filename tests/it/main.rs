@@ -5,6 +5,7 @@ mod common;
 
 mod bad_input;
 mod contention;
+mod convert;
 mod crash;
 mod docker;
 mod gc;
