@@ -204,9 +204,19 @@ fn host_tag() -> &'static str {
         let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
         let name: String = String::from_utf8_lossy(if ok { &buf[..end] } else { b"" })
             .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || c == '.' || c == '-' { c } else { '-' })
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
             .collect();
-        if name.is_empty() { "host".to_string() } else { name }
+        if name.is_empty() {
+            "host".to_string()
+        } else {
+            name
+        }
     })
 }
 

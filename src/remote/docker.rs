@@ -92,8 +92,7 @@ impl DockerRef {
             "index.docker.io" | "registry-1.docker.io" => HUB.to_string(),
             _ => host,
         };
-        let path = if host == HUB && !path.split(['@', ':']).next().unwrap_or("").contains('/')
-        {
+        let path = if host == HUB && !path.split(['@', ':']).next().unwrap_or("").contains('/') {
             format!("library/{path}")
         } else {
             path
@@ -109,7 +108,11 @@ impl DockerRef {
 
     /// Where the registry's API answers.
     pub fn api_host(&self) -> &str {
-        if self.host == HUB { HUB_API } else { &self.host }
+        if self.host == HUB {
+            HUB_API
+        } else {
+            &self.host
+        }
     }
 
     fn oci(&self) -> OciRef {
@@ -208,7 +211,9 @@ impl Platform {
             (_, v) => v.map(str::to_string),
         };
         match &self.variant {
-            None => self.architecture != "arm64" || norm(p.variant.as_deref()).as_deref() == Some("v8"),
+            None => {
+                self.architecture != "arm64" || norm(p.variant.as_deref()).as_deref() == Some("v8")
+            }
             Some(v) => norm(p.variant.as_deref()).as_deref() == Some(v.as_str()),
         }
     }
@@ -331,7 +336,11 @@ pub fn choose_platform(body: &[u8], platform: &Platform) -> Result<(String, u64)
         if platform.matches(p) {
             return Ok((m.digest.clone(), m.size));
         }
-        let v = p.variant.as_deref().map(|v| format!("/{v}")).unwrap_or_default();
+        let v = p
+            .variant
+            .as_deref()
+            .map(|v| format!("/{v}"))
+            .unwrap_or_default();
         offered.push(format!("{}/{}{v}", p.os, p.architecture));
     }
     Err(format!(
@@ -390,7 +399,11 @@ async fn resolve(
     r: &DockerRef,
     platform: &Platform,
 ) -> Result<Resolved, RemoteError> {
-    let reference = r.digest.clone().or(r.tag.clone()).unwrap_or("latest".into());
+    let reference = r
+        .digest
+        .clone()
+        .or(r.tag.clone())
+        .unwrap_or("latest".into());
     let (mut body, mut digest, ctype) = fetch_manifest(s, r, &reference).await?;
     let bad = |url: String, detail: String| RemoteError::Protocol { url, detail };
     let murl = |s: &Session<'_>, reference: &str| {
@@ -412,8 +425,7 @@ async fn resolve(
         }
         (body, digest) = (b, d);
     }
-    let (config, layers) =
-        parse_image_manifest(&body).map_err(|d| bad(murl(s, &digest), d))?;
+    let (config, layers) = parse_image_manifest(&body).map_err(|d| bad(murl(s, &digest), d))?;
     Ok(Resolved {
         digest,
         config,
@@ -692,11 +704,7 @@ fn image_labels(
     );
     let v: serde_json::Value = serde_json::from_slice(config).unwrap_or_default();
     let c = &v["config"];
-    for (key, field) in [
-        ("entrypoint", "Entrypoint"),
-        ("cmd", "Cmd"),
-        ("env", "Env"),
-    ] {
+    for (key, field) in [("entrypoint", "Entrypoint"), ("cmd", "Cmd"), ("env", "Env")] {
         if let Some(a) = c[field].as_array() {
             out.insert(
                 format!("org.sregistry.docker.{key}"),
@@ -724,14 +732,23 @@ mod tests {
     #[test]
     fn docker_references_resolve_as_docker_does() {
         let r = DockerRef::parse("busybox").unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "library/busybox"));
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str()),
+            ("docker.io", "library/busybox")
+        );
         assert_eq!(r.tag.as_deref(), Some("latest"));
         assert_eq!(r.api_host(), "registry-1.docker.io");
         assert_eq!(r.local_name(), "docker.io/library/busybox:latest");
         let r = DockerRef::parse("lab/tool:1.2").unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str()), ("docker.io", "lab/tool"));
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str()),
+            ("docker.io", "lab/tool")
+        );
         let r = DockerRef::parse("127.0.0.1:5000/lab/tool:1.2").unwrap();
-        assert_eq!((r.host.as_str(), r.repository.as_str()), ("127.0.0.1:5000", "lab/tool"));
+        assert_eq!(
+            (r.host.as_str(), r.repository.as_str()),
+            ("127.0.0.1:5000", "lab/tool")
+        );
         assert_eq!(r.api_host(), "127.0.0.1:5000");
         let r = DockerRef::parse("localhost/x").unwrap();
         assert_eq!(r.host, "localhost");
@@ -741,7 +758,9 @@ mod tests {
         assert_eq!(r.digest.as_deref(), Some(d.as_str()));
         assert_eq!(r.tag, None);
         assert_eq!(
-            DockerRef::parse("index.docker.io/library/alpine:3").unwrap().host,
+            DockerRef::parse("index.docker.io/library/alpine:3")
+                .unwrap()
+                .host,
             "docker.io"
         );
         for bad in ["", "UPPER/x", "h.io/", "x@sha256:12"] {
@@ -778,9 +797,15 @@ mod tests {
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:bb","size":11,"platform":{"os":"linux","architecture":"amd64"}},
             {"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:cc","size":12,"platform":{"os":"unknown","architecture":"unknown"}}]}"#;
         let amd = Platform::parse("linux/amd64").unwrap();
-        assert_eq!(choose_platform(body, &amd).unwrap(), ("sha256:bb".into(), 11));
+        assert_eq!(
+            choose_platform(body, &amd).unwrap(),
+            ("sha256:bb".into(), 11)
+        );
         let arm = Platform::parse("linux/arm64").unwrap();
-        assert_eq!(choose_platform(body, &arm).unwrap(), ("sha256:aa".into(), 10));
+        assert_eq!(
+            choose_platform(body, &arm).unwrap(),
+            ("sha256:aa".into(), 10)
+        );
         let e = choose_platform(body, &Platform::parse("linux/s390x").unwrap()).unwrap_err();
         assert!(e.contains("linux/arm64/v8, linux/amd64"), "{e}");
         assert!(!e.contains("unknown"), "{e}");

@@ -423,7 +423,11 @@ pub(super) async fn ok_or_status(resp: Response, url: &str) -> Result<Response, 
     })
 }
 
-pub(super) async fn read_limited(resp: Response, url: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+pub(super) async fn read_limited(
+    resp: Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, RemoteError> {
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {

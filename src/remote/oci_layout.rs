@@ -77,7 +77,12 @@ fn refuse(dir: &Path, reason: impl Into<String>) -> RemoteError {
 }
 
 /// Write the image `name` into the OCI layout `dir` under `tag`.
-pub fn export(cache: &Cache, name: &Reference, dir: &Path, tag: &str) -> Result<Exported, RemoteError> {
+pub fn export(
+    cache: &Cache,
+    name: &Reference,
+    dir: &Path,
+    tag: &str,
+) -> Result<Exported, RemoteError> {
     let parts = cache.open_parts(name)?;
     if parts.len() < 2 {
         return Err(RemoteError::Export {
@@ -103,7 +108,10 @@ pub fn export(cache: &Cache, name: &Reference, dir: &Path, tag: &str) -> Result<
     if let Some(p) = parts.iter().find(|p| !sha(p).starts_with("sha256:")) {
         return Err(RemoteError::Export {
             name: name.key(),
-            detail: format!("its part {} has no sha256 digest; nothing was written", p.digest),
+            detail: format!(
+                "its part {} has no sha256 digest; nothing was written",
+                p.digest
+            ),
         });
     }
     prepare_dir(dir)?;

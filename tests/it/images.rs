@@ -98,8 +98,7 @@ impl Layout {
     /// A blob of the layout, parsed as JSON.
     pub fn json_blob(&self, digest: &str) -> serde_json::Value {
         let hex = digest.strip_prefix("sha256:").unwrap();
-        serde_json::from_slice(&fs::read(self.dir.join("blobs/sha256").join(hex)).unwrap())
-            .unwrap()
+        serde_json::from_slice(&fs::read(self.dir.join("blobs/sha256").join(hex)).unwrap()).unwrap()
     }
 
     /// The layer digests of `tag`, bottom first.
@@ -120,7 +119,9 @@ pub fn busybox_root(root: &Path) {
     let bin = root.join("bin");
     fs::create_dir_all(&bin).unwrap();
     fs::copy(busybox(), bin.join("busybox")).unwrap();
-    for applet in ["sh", "echo", "cat", "env", "ls", "id", "printf", "test", "["] {
+    for applet in [
+        "sh", "echo", "cat", "env", "ls", "id", "printf", "test", "[",
+    ] {
         std::os::unix::fs::symlink("busybox", bin.join(applet)).unwrap();
     }
     fs::create_dir_all(root.join("etc")).unwrap();
