@@ -243,9 +243,8 @@ fn written_by_dead_local_process(name: &str) -> bool {
         return false;
     }
     // SAFETY: kill with signal 0 only checks whether the process exists.
-    let gone = unsafe { libc::kill(pid, 0) } == -1
-        && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-    gone
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    !alive && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 impl Store {

@@ -19,7 +19,9 @@
 //!    are read again. The stream goes through a pipe to `sqfstar` (squashfs-tools 4.5 or
 //!    later), which writes the squashfs straight into `out` at the SIF's partition offset,
 //!    on all cores, with owners and modes from the tar headers: the caller's uid never
-//!    matters, and a user's conversion records root-owned and setuid files as root's does.
+//!    matters, and a user's conversion records root-owned and setuid files as root's does
+//!    (the root directory's owner too: [`userns`] runs `sqfstar` as uid 0 in a user
+//!    namespace, where the kernel allows one).
 //!
 //! Then the OCI config is written as a generic JSON object at the start of the SIF's data
 //! section and the SIF header and descriptor table go in front ([`crate::format::sif_write`]).
@@ -43,6 +45,7 @@ pub(crate) mod emit;
 pub(crate) mod layer;
 pub(crate) mod merge;
 pub mod singularity;
+mod userns;
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
@@ -402,6 +405,7 @@ fn run_sqfstar(
     if let Some(n) = opts.processors {
         cmd.args(["-processors", &n.max(1).to_string()]);
     }
+    userns::as_root_in_user_namespace(&mut cmd);
     cmd.arg(out)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
