@@ -534,3 +534,118 @@ fn an_ordinary_users_conversion_records_owners_and_setuid_as_roots_does() {
     };
     assert_eq!(mine(&alice_tree), mine(&root_tree));
 }
+
+/// `export` writes a layout the OCI tools read, with blobs that check out.
+#[test]
+fn export_writes_an_oci_layout_that_skopeo_and_umoci_read() {
+    let env = Env::new();
+    let (reg, layout) = registry_with_app(&env);
+    stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")]));
+    let name = format!("{}/lab/app:1", reg.addr);
+    let dir = env.path("exported");
+    stdout_of(
+        env.cmd()
+            .args(["export", &name])
+            .arg(&dir)
+            .args(["--tag", "v1"]),
+    );
+    // Every blob is what its name says.
+    let blobs = dir.join("blobs/sha256");
+    let mut n = 0;
+    for e in fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        use sha2::Digest as _;
+        let got = format!("{:x}", sha2::Sha256::digest(fs::read(e.path()).unwrap()));
+        assert_eq!(
+            got,
+            e.file_name().to_string_lossy(),
+            "blob does not check out"
+        );
+        n += 1;
+    }
+    assert_eq!(
+        n,
+        layout.layers("app").len() + 2,
+        "layers, config and manifest"
+    );
+    // The layers are the cache's own files (hard links), not copies.
+    let layer = layout.layers("app")[0].clone();
+    let linked = fs::metadata(blobs.join(layer.strip_prefix("sha256:").unwrap())).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(linked.nlink() >= 2, "the layer was copied, not linked");
+    // umoci unpacks it to the image's tree; skopeo copies it into a registry.
+    let bundle = env.path("bundle");
+    run(std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:v1", dir.display())])
+        .arg(&bundle));
+    assert_eq!(
+        fs::read_to_string(bundle.join("rootfs/opt/app/hello.sh")).unwrap(),
+        "#!/bin/sh\necho \"hello from $GREETING: $*\"\n"
+    );
+    run(std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", dir.display()))
+        .arg(docker(&reg, "lab/again:1")));
+    let other = Env::new();
+    stdout_of(other.cmd().args(["get", &docker(&reg, "lab/again:1")]));
+    // A name that is not a converted image: one line, exit 1, nothing written.
+    let plain = env.file("plain.img", b"not an image");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&plain)
+            .args(["--name", "lab/plain:1"]),
+    );
+    let nowhere = env.path("nowhere");
+    assert_fails(
+        env.cmd().args(["export", "lab/plain:1"]).arg(&nowhere),
+        1,
+        "not converted from a container image",
+    );
+    assert!(!nowhere.exists());
+}
+
+/// gc keeps a converted image's layers while its name is used, and drops them first when
+/// the cache is over its size; an export then says how to get them back.
+#[test]
+fn gc_keeps_layers_with_their_image_and_drops_them_first_under_max_size() {
+    let env = Env::new();
+    let (reg, layout) = registry_with_app(&env);
+    let path = stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")]));
+    let all = env.blobs().len();
+    assert_eq!(all, layout.layers("app").len() + 2);
+    stdout_of(env.cmd().args(["gc"]));
+    assert_eq!(env.blobs().len(), all, "gc removed parts of a used image");
+    let sif_size = fs::metadata(&path).unwrap().len();
+    stdout_of(env.cmd().args([
+        "gc",
+        "--max-size",
+        &(sif_size + 1).to_string(),
+        "--min-idle",
+        "0",
+    ]));
+    assert_eq!(
+        env.blobs(),
+        vec![std::path::PathBuf::from(&path)],
+        "the image went, or its parts stayed"
+    );
+    assert_eq!(
+        stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")])),
+        path
+    );
+    env.assert_blobs_verify();
+    assert_fails(
+        env.cmd()
+            .args(["export", &format!("{}/lab/app:1", reg.addr)])
+            .arg(env.path("out")),
+        1,
+        "collected by gc",
+    );
+    // A pull of the unchanged tag fetches the layers again, so export works.
+    stdout_of(env.cmd().args(["pull", "-q", &docker(&reg, "lab/app:1")]));
+    stdout_of(
+        env.cmd()
+            .args(["export", &format!("{}/lab/app:1", reg.addr)])
+            .arg(env.path("out")),
+    );
+}
