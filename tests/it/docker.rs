@@ -79,6 +79,15 @@ fn docker_get_converts_to_a_sif_and_records_what_the_image_runs() {
     );
     env.assert_blobs_verify();
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+    // verify hashes the layers and the config too, and counts none of them as unused.
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["verify", "--json"]))).unwrap();
+    assert_eq!(
+        report["blobs_checked"],
+        1 + layout.layers("app").len() + 1,
+        "{report}"
+    );
+    assert_eq!(report["unreferenced"], 0, "{report}");
 }
 
 #[test]
