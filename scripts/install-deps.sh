@@ -42,8 +42,8 @@ apt_install() {
 
 need=()
 command -v siftool >/dev/null 2>&1 || need+=(siftool)
-# sqfstar (squashfs-tools 4.5+) writes the squashfs of docker:// conversions.
-command -v sqfstar >/dev/null 2>&1 || need+=(squashfs-tools)
+# mksquashfs (squashfs-tools 4.5+, for -tar) writes the squashfs of docker:// conversions.
+command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
 if [ "$mode" = test ]; then
   command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
   command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)

@@ -1,4 +1,4 @@
-//! Pass 2: the final view written as one uncompressed tar stream, in an order `sqfstar`
+//! Pass 2: the final view written as one uncompressed tar stream, in an order `mksquashfs -tar`
 //! (or any tar reader) can apply without looking back:
 //!
 //! 1. every directory, parents before children (the view's sorted order);

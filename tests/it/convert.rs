@@ -320,6 +320,12 @@ fn umoci_image_converts_like_umoci_unpack_and_runs() {
     assert_image_exercises_the_rules(&root);
     assert_same_as_umoci(work.path(), "img", &root);
 
+    // The default gzip level (6, not mksquashfs' 9) reaches the filesystem.
+    let super_block = sh(work.path(), "unsquashfs -s gz.sqfs");
+    assert!(
+        super_block.contains("Compression gzip") && super_block.contains("compression-level 6"),
+        "{super_block}"
+    );
     let labels: serde_json::Value =
         serde_json::from_slice(&fs::read(root.join(".singularity.d/labels.json")).unwrap())
             .unwrap();
@@ -448,6 +454,14 @@ fn hostile_layers_are_refused_naming_layer_and_entry() {
             "`big`",
             "ends inside this entry's data",
         ),
+        (
+            &[
+                Raw("ok", T::Regular, b"x", 0o644),
+                Raw("short", T::Regular, &[7; 1000], 0o644),
+            ],
+            "`short`",
+            "ends inside this entry's data",
+        ),
     ];
     for (i, (entries, entry, what)) in cases.iter().enumerate() {
         let layer = raw_layer(d, &format!("bad{i}"), entries);
@@ -462,6 +476,13 @@ fn hostile_layers_are_refused_naming_layer_and_entry() {
             h.set_cksum();
             bytes[at..at + 512].copy_from_slice(h.as_bytes());
             bytes.truncate(at + 512 + 4096);
+            fs::write(&layer, bytes).unwrap();
+        }
+        if i == 3 {
+            // `short` declares 1000 bytes; the stream ends after 100 of them, within the
+            // zero tail that a stream without its end blocks is granted.
+            let mut bytes = fs::read(&layer).unwrap();
+            bytes.truncate(1024 + 512 + 100);
             fs::write(&layer, bytes).unwrap();
         }
         let ok = raw_layer(d, "fine", &[Raw("etc/", T::Directory, b"", 0o755)]);
@@ -576,5 +597,59 @@ fn long_names_and_fifos_survive() {
             .unwrap()
             .file_type()
             .is_fifo()
+    );
+}
+
+/// Options reach mksquashfs (zstd at level 3 is what the superblock says), and bad options
+/// are refused before anything runs, naming the value.
+#[test]
+fn compression_options_are_applied_or_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let layer = raw_layer(d, "one", &[Raw("f", T::Regular, b"data", 0o644)]);
+    let files = [LayerFile {
+        path: &layer,
+        media_type: "application/vnd.oci.image.layer.v1.tar",
+        digest: "sha256:l0",
+    }];
+    let out = d.join("z.sif");
+    fs::write(&out, b"").unwrap();
+    let opts = |c: &str, arch: &str| ConvertOptions {
+        compression: c.into(),
+        level: Some(3),
+        arch: arch.into(),
+        processors: Some(1),
+    };
+    write_sif(&files, b"{}", &out, &opts("zstd", "arm64")).unwrap();
+    let list = sh(d, "siftool list z.sif");
+    assert!(list.contains("Squashfs/*System/arm64"), "{list}");
+    let super_block = sh(d, "siftool dump 1 z.sif > z.sqfs && unsquashfs -s z.sqfs");
+    assert!(
+        super_block.contains("Compression zstd") && super_block.contains("compression-level 3"),
+        "{super_block}"
+    );
+    let err = write_sif(&files, b"{}", &out, &opts("brotli", "amd64"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`brotli`"), "{err}");
+    let err = write_sif(&files, b"{}", &out, &opts("gzip", "wasm"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("`wasm`"), "{err}");
+    let err = write_sif(&files, b"{\"config\":", &out, &opts("gzip", "amd64"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("config"), "{err}");
+    let bad = [LayerFile {
+        path: &layer,
+        media_type: "application/vnd.oci.image.config.v1+json",
+        digest: "sha256:l0",
+    }];
+    let err = write_sif(&bad, b"{}", &out, &opts("gzip", "amd64"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("`sha256:l0`") && err.contains("`application/vnd.oci.image.config.v1+json`"),
+        "{err}"
     );
 }
