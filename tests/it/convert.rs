@@ -54,6 +54,7 @@ fn build_image(dir: &Path) {
         echo old > base/data/old
         echo deep > base/data/sub/deep
         chmod 0750 base/data/sub
+        chmod 0711 base
         umoci insert --image img:t base /
 
         mkdir -p opq && echo new > opq/new
@@ -251,6 +252,8 @@ fn assert_same_as_umoci(work: &Path, layout: &str, ours: &Path) {
         );
     }
     assert_eq!(my_groups, their_groups, "hardlink groups differ");
+    let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
+    assert_eq!(mode(ours), mode(&bundle.join("rootfs")), "the root directory's mode");
 }
 
 /// The image's own facts, checked on umoci's side so the comparison cannot pass on an
