@@ -253,7 +253,11 @@ fn assert_same_as_umoci(work: &Path, layout: &str, ours: &Path) {
     }
     assert_eq!(my_groups, their_groups, "hardlink groups differ");
     let mode = |p: &Path| fs::metadata(p).unwrap().mode() & 0o7777;
-    assert_eq!(mode(ours), mode(&bundle.join("rootfs")), "the root directory's mode");
+    assert_eq!(
+        mode(ours),
+        mode(&bundle.join("rootfs")),
+        "the root directory's mode"
+    );
 }
 
 /// The image's own facts, checked on umoci's side so the comparison cannot pass on an
@@ -655,4 +659,39 @@ fn compression_options_are_applied_or_refused() {
         err.contains("`sha256:l0`") && err.contains("`application/vnd.oci.image.config.v1+json`"),
         "{err}"
     );
+}
+
+/// One PAX record, `LEN key=value\n`, its length counting itself.
+fn pax_record(key: &str, value: &str) -> Vec<u8> {
+    let body = format!(" {key}={value}\n");
+    let mut len = body.len() + 1;
+    while format!("{len}{body}").len() != len {
+        len += 1;
+    }
+    format!("{len}{body}").into_bytes()
+}
+
+/// Owners that do not fit a tar header's octal fields arrive as PAX `uid` and `gid`
+/// records (as Go's tar writer makes them); they, not the header's 0, reach the squashfs.
+#[test]
+fn pax_owner_records_apply() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let mut pax = pax_record("uid", "3000000");
+    pax.extend(pax_record("gid", "3000001"));
+    let layer = raw_layer(
+        d,
+        "pax",
+        &[
+            Raw("././@PaxHeader", T::XHeader, &pax, 0o644),
+            Raw("owned", T::Regular, b"x", 0o640),
+        ],
+    );
+    convert_raw(d, &[layer]).unwrap();
+    let listing = sh(d, "unsquashfs -lln raw.sqfs");
+    let line = listing
+        .lines()
+        .find(|l| l.ends_with("squashfs-root/owned"))
+        .unwrap_or_else(|| panic!("{listing}"));
+    assert!(line.starts_with("-rw-r----- 3000000/3000001 "), "{line}");
 }
