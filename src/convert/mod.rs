@@ -197,7 +197,7 @@ pub(crate) fn read_entries(
     let mut data_end: Vec<u64> = Vec::new();
     let mut archive = tar::Archive::new(r);
     for (index, entry) in archive.entries().map_err(|e| err(&None, e))?.enumerate() {
-        let mut entry = entry.map_err(|e| err(&last, e))?;
+        let entry = entry.map_err(|e| err(&last, e))?;
         let path = entry.path_bytes().into_owned();
         last = Some(path.clone());
         let h = entry.header();
@@ -218,7 +218,7 @@ pub(crate) fn read_entries(
             other => K::Unsupported(other.as_byte()),
         };
         let raw = h.as_old();
-        let mut meta = (|| -> io::Result<merge::Meta> {
+        let meta = (|| -> io::Result<merge::Meta> {
             Ok(merge::Meta {
                 mode: numeric(h.mode().map(u64::from), &raw.mode)? as u32 & 0o7777,
                 uid: numeric(h.uid(), &raw.uid)?,
@@ -227,7 +227,6 @@ pub(crate) fn read_entries(
             })
         })()
         .map_err(|e| err(&last, e))?;
-        pax_overrides(&mut entry, &mut meta).map_err(|e| err(&last, e))?;
         data_end.push(entry.raw_file_position() + entry.size());
         out.push(merge::Entry {
             index,
@@ -243,30 +242,6 @@ pub(crate) fn read_entries(
         return Err(err(&Some(out[i].path.clone()), source));
     }
     Ok(out)
-}
-
-/// PAX records `uid`, `gid` and `mtime` (Go's tar writer uses them for values the
-/// header's fields cannot hold) override the header's.
-fn pax_overrides<R: Read>(entry: &mut tar::Entry<'_, R>, meta: &mut merge::Meta) -> io::Result<()> {
-    let Some(records) = entry.pax_extensions()? else {
-        return Ok(());
-    };
-    for record in records {
-        let record = record?;
-        let value = || {
-            record
-                .value()
-                .ok()
-                .and_then(|v| v.split('.').next()?.parse::<u64>().ok())
-        };
-        match (record.key(), value()) {
-            (Ok("uid"), Some(v)) => meta.uid = v,
-            (Ok("gid"), Some(v)) => meta.gid = v,
-            (Ok("mtime"), Some(v)) => meta.mtime = v,
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 /// The tar reader's end-of-stream errors, said plainly.

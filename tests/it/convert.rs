@@ -673,6 +673,7 @@ fn pax_record(key: &str, value: &str) -> Vec<u8> {
 
 /// Owners that do not fit a tar header's octal fields arrive as PAX `uid` and `gid`
 /// records (as Go's tar writer makes them); they, not the header's 0, reach the squashfs.
+/// (The `tar` crate folds them into the header; this guards that it still does.)
 #[test]
 fn pax_owner_records_apply() {
     let work = tempfile::tempdir().unwrap();
