@@ -82,18 +82,31 @@ fn build_image(dir: &Path) {
     );
 }
 
-/// The layer files (base first) and the config of `layout:t`.
+/// The layer files (base first, with media types and digests) and the config of the image
+/// in `layout`: an OCI layout's `t`, or a `skopeo copy dir:` directory (`manifest.json`,
+/// blobs named by their hex digest).
 fn read_layout(layout: &Path) -> (Vec<(PathBuf, String, String)>, Vec<u8>) {
+    let dir_transport = layout.join("manifest.json").exists();
     let blob = |digest: &str| {
-        layout
-            .join("blobs/sha256")
-            .join(digest.trim_start_matches("sha256:"))
+        let hex = digest.trim_start_matches("sha256:");
+        if dir_transport {
+            layout.join(hex)
+        } else {
+            layout.join("blobs/sha256").join(hex)
+        }
     };
     let json = |p: PathBuf| -> serde_json::Value {
         serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
     };
-    let index = json(layout.join("index.json"));
-    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let manifest = if dir_transport {
+        json(layout.join("manifest.json"))
+    } else {
+        json(blob(
+            json(layout.join("index.json"))["manifests"][0]["digest"]
+                .as_str()
+                .unwrap(),
+        ))
+    };
     let config = fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
     let layers = manifest["layers"]
         .as_array()
@@ -695,4 +708,26 @@ fn pax_owner_records_apply() {
         .find(|l| l.ends_with("squashfs-root/owned"))
         .unwrap_or_else(|| panic!("{listing}"));
     assert!(line.starts_with("-rw-r----- 3000000/3000001 "), "{line}");
+}
+
+/// The same image as Docker v2 schema 2 (`skopeo copy --format v2s2`: Docker media types
+/// for the layers and the config) converts to the same tree.
+#[test]
+fn docker_v2s2_layers_convert_like_umoci_unpack() {
+    let work = tempfile::tempdir().unwrap();
+    build_image(work.path());
+    sh(
+        work.path(),
+        "skopeo copy -q --format v2s2 oci:img:t dir:imgd",
+    );
+    let (layers, _) = read_layout(&work.path().join("imgd"));
+    assert!(
+        layers
+            .iter()
+            .all(|(_, m, _)| m == "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        "{layers:?}"
+    );
+    let (_, root) = convert(&work.path().join("imgd"), work.path(), "v2s2");
+    assert_image_exercises_the_rules(&root);
+    assert_same_as_umoci(work.path(), "img", &root);
 }
