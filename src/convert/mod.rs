@@ -20,7 +20,8 @@
 //!    (squashfs-tools 4.5 or later), which writes the squashfs straight into `out` at the
 //!    SIF's partition offset, on all cores, with owners and modes from the tar headers:
 //!    the caller's uid never matters, and a user's conversion records root-owned and
-//!    setuid files as root's does. (`sqfstar` is the same code, but 4.5.1, Debian 12's,
+//!    setuid files as root's does (the root directory's owner, which 4.5.1 takes from the
+//!    caller, is root's through a user namespace: see `needs_mapped_root`). (`sqfstar` is the same code, but 4.5.1, Debian 12's,
 //!    drops the value of every `-X` compressor option, so it cannot set a level:
 //!    squashfs-tools issue 191; `mksquashfs -tar` parses them.)
 //!
@@ -374,6 +375,26 @@ fn image_id(layers: &[LayerFile<'_>], config: &[u8], now: i64) -> [u8; 16] {
     id
 }
 
+/// True when `mksquashfs` should run as root in a user namespace of its own: squashfs-tools
+/// 4.5.1 ignores `-root-uid` and `-root-gid` when it reads a tar, and gives the root
+/// directory the ids of whoever runs it. For an image whose `/` is root's (nearly all),
+/// an ordinary user's conversion then matches root's; where user namespaces are not
+/// allowed, the root directory stays the caller's (the only attribute that does).
+fn needs_mapped_root(root: merge::Meta) -> bool {
+    // SAFETY: geteuid and getegid have no preconditions.
+    let me = unsafe { (u64::from(libc::geteuid()), u64::from(libc::getegid())) };
+    if (root.uid, root.gid) != (0, 0) || me == (0, 0) {
+        return false;
+    }
+    Command::new("unshare")
+        .args(["--map-root-user", "true"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
 /// Pass 2 into `mksquashfs -tar`, which writes the squashfs into `out` at `offset`.
 fn run_mksquashfs(
     layers: &[LayerFile<'_>],
@@ -383,7 +404,13 @@ fn run_mksquashfs(
     offset: u64,
     opts: &ConvertOptions,
 ) -> Result<(), ConvertError> {
-    let mut cmd = Command::new("mksquashfs");
+    let mut cmd = if needs_mapped_root(root) {
+        let mut c = Command::new("unshare");
+        c.args(["--map-root-user", "mksquashfs"]);
+        c
+    } else {
+        Command::new("mksquashfs")
+    };
     cmd.arg("-").arg(out).args([
         "-tar",
         "-noappend",
