@@ -198,7 +198,8 @@ pub(crate) fn read_entries(
     let mut data_end: Vec<u64> = Vec::new();
     let mut archive = tar::Archive::new(r);
     for (index, entry) in archive.entries().map_err(|e| err(&None, e))?.enumerate() {
-        let entry = entry.map_err(|e| err(&last, e))?;
+        let mut entry = entry.map_err(|e| err(&last, e))?;
+        let xattrs = xattrs(&mut entry).map_err(|e| err(&None, e))?;
         let path = entry.path_bytes().into_owned();
         last = Some(path.clone());
         let h = entry.header();
@@ -209,7 +210,10 @@ pub(crate) fn read_entries(
                 .unwrap_or_default()
         };
         let kind = match h.entry_type() {
-            T::Regular | T::Continuous => K::File { size: entry.size() },
+            T::Regular | T::Continuous => K::File {
+                size: entry.size(),
+                xattrs,
+            },
             T::Directory => K::Dir,
             T::Symlink => K::Symlink(link()),
             T::Link => K::Hardlink(link()),
@@ -241,6 +245,21 @@ pub(crate) fn read_entries(
     {
         let source = io::Error::from(io::ErrorKind::UnexpectedEof);
         return Err(err(&Some(out[i].path.clone()), source));
+    }
+    Ok(out)
+}
+
+/// The extended attributes of an entry (PAX `SCHILY.xattr.NAME` records, as GNU tar,
+/// Docker and umoci write them).
+fn xattrs<R: Read>(entry: &mut tar::Entry<'_, R>) -> io::Result<merge::Xattrs> {
+    let mut out = Vec::new();
+    if let Some(records) = entry.pax_extensions()? {
+        for record in records {
+            let record = record?;
+            if let Some(name) = record.key_bytes().strip_prefix(b"SCHILY.xattr.") {
+                out.push((name.to_vec(), record.value_bytes().to_vec()));
+            }
+        }
     }
     Ok(out)
 }

@@ -731,3 +731,69 @@ fn docker_v2s2_layers_convert_like_umoci_unpack() {
     assert_image_exercises_the_rules(&root);
     assert_same_as_umoci(work.path(), "img", &root);
 }
+
+/// An extended attribute of `path` (not following a symlink), or `None`.
+fn xattr(path: &Path, name: &str) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    let mut buf = vec![0u8; 256];
+    // SAFETY: both strings are NUL-terminated and `buf` is writable for its length.
+    let len =
+        unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    (len >= 0).then(|| buf[..len as usize].to_vec())
+}
+
+/// Extended attributes on regular files (PAX `SCHILY.xattr.*`: file capabilities, user
+/// attributes) reach the squashfs, for a short name and for a name too long for a tar
+/// header (PAX `path`, re-emitted as a GNU long name after the attributes' header).
+#[test]
+fn file_xattrs_survive() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let cap: &[u8] = &[
+        1, 0, 0, 2, 0, 0x20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+    ];
+    let mut short = pax_record("SCHILY.xattr.user.origin", "layer0");
+    let mut cap_record = b"SCHILY.xattr.security.capability=".to_vec();
+    cap_record.extend_from_slice(cap);
+    let body_len = cap_record.len() + 2; // the space and the newline
+    let mut len = body_len + 2;
+    while len.to_string().len() + body_len != len {
+        len += 1;
+    }
+    short.extend(format!("{len} ").into_bytes());
+    short.extend(&cap_record);
+    short.push(b'\n');
+    let long_name = format!("{}/{}", "p".repeat(80), "q".repeat(80));
+    let mut long = pax_record("path", &long_name);
+    long.extend(pax_record("SCHILY.xattr.user.long", "yes"));
+    let layer = raw_layer(
+        d,
+        "xattrs",
+        &[
+            Raw("././@PaxHeader", T::XHeader, &short, 0o644),
+            Raw("ping", T::Regular, b"p", 0o755),
+            Raw("././@PaxHeader", T::XHeader, &long, 0o644),
+            Raw("ignored-short-name", T::Regular, b"l", 0o644),
+            Raw("plain", T::Regular, b"n", 0o644),
+        ],
+    );
+    let (_, root) = convert_raw(d, &[layer]).unwrap();
+    assert_eq!(
+        xattr(&root.join("ping"), "user.origin").as_deref(),
+        Some(&b"layer0"[..])
+    );
+    if is_root() {
+        assert_eq!(
+            xattr(&root.join("ping"), "security.capability").as_deref(),
+            Some(cap)
+        );
+    }
+    assert_eq!(fs::read(root.join(&long_name)).unwrap(), b"l");
+    assert_eq!(
+        xattr(&root.join(&long_name), "user.long").as_deref(),
+        Some(&b"yes"[..])
+    );
+    assert_eq!(xattr(&root.join("plain"), "user.origin"), None);
+}
