@@ -120,8 +120,8 @@ fn read_layout(layout: &Path) -> (Vec<(PathBuf, String, String)>, Vec<u8>) {
     (layers, config)
 }
 
-/// Convert `layout:t` to `out` and extract its squashfs partition to `root`.
-fn convert(layout: &Path, work: &Path, name: &str) -> (sregistry::convert::Converted, PathBuf) {
+/// Convert the image in `layout` to the SIF `out` (created empty first).
+fn write_layout_sif(layout: &Path, out: &Path) -> sregistry::convert::Converted {
     let (layers, config) = read_layout(layout);
     let files: Vec<LayerFile<'_>> = layers
         .iter()
@@ -131,9 +131,15 @@ fn convert(layout: &Path, work: &Path, name: &str) -> (sregistry::convert::Conve
             digest: d,
         })
         .collect();
+    fs::write(out, b"").unwrap();
+    write_sif(&files, &config, out, &ConvertOptions::default()).expect("convert")
+}
+
+/// Convert `layout:t` to `out` and extract its squashfs partition to `root`.
+fn convert(layout: &Path, work: &Path, name: &str) -> (sregistry::convert::Converted, PathBuf) {
+    let (_, config) = read_layout(layout);
     let out = work.join(format!("{name}.sif"));
-    fs::write(&out, b"").unwrap();
-    let done = write_sif(&files, &config, &out, &ConvertOptions::default()).expect("convert");
+    let done = write_layout_sif(layout, &out);
     let list = sh(work, &format!("siftool list {name}.sif"));
     assert!(list.contains("FS (Squashfs/*System/amd64)"), "{list}");
     assert!(list.contains("JSON.Generic"), "{list}");
@@ -796,4 +802,91 @@ fn file_xattrs_survive() {
         Some(&b"yes"[..])
     );
     assert_eq!(xattr(&root.join("plain"), "user.origin"), None);
+}
+
+/// The child half of `ordinary_user_conversion_records_root_owners`: converts the layout
+/// named by the environment, as whoever runs it. Run only by that test.
+#[test]
+#[ignore = "run by ordinary_user_conversion_records_root_owners as another user"]
+fn convert_as_child() {
+    let layout = std::env::var_os("SREGISTRY_TEST_CONVERT_LAYOUT").expect("run by the parent test");
+    let out = std::env::var_os("SREGISTRY_TEST_CONVERT_OUT").expect("run by the parent test");
+    write_layout_sif(Path::new(&layout), Path::new(&out));
+}
+
+/// `unsquashfs -lln` of the SIF's partition: type and mode, owner, size and path of every
+/// entry (times left out).
+fn listing(work: &Path, sif: &str) -> Vec<String> {
+    let text = sh(
+        work,
+        &format!("siftool dump 1 {sif} > {sif}.sqfs && unsquashfs -lln {sif}.sqfs"),
+    );
+    text.lines()
+        .filter(|l| l.contains("squashfs-root"))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {} {}", f[0], f[1], f[2], f[5..].join(" "))
+        })
+        .collect()
+}
+
+/// An ordinary user's conversion records root-owned, setuid and foreign-owned files, and
+/// the root directory, exactly as root's does: owners come from the layers, never from
+/// the caller. As root, the test converts a second time as `nobody` (the test binary run
+/// again under `setpriv`) and compares the two listings; as another user, its own
+/// conversion is that user's.
+#[test]
+fn ordinary_user_conversion_records_root_owners() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    build_image(d);
+    write_layout_sif(&d.join("img"), &d.join("mine.sif"));
+    let mine = listing(d, "mine.sif");
+    let line = |l: &[String], p: &str| {
+        l.iter()
+            .find(|x| x.ends_with(p))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert!(
+        line(&mine, " squashfs-root").starts_with("drwxr-xr-x 0/0 "),
+        "{mine:?}"
+    );
+    assert!(
+        line(&mine, "squashfs-root/opt/owned").starts_with("-rw------- 1234/5678 "),
+        "{mine:?}"
+    );
+    assert!(
+        line(&mine, "squashfs-root/opt/tool-hard").starts_with("-rwsr-xr-x 0/0 "),
+        "{mine:?}"
+    );
+    if is_root() {
+        let user_dir = d.join("user");
+        fs::create_dir(&user_dir).unwrap();
+        sh(
+            d,
+            &format!("chmod -R a+rX . && chmod 0777 {}", user_dir.display()),
+        );
+        let out = user_dir.join("theirs.sif");
+        let status = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "convert::convert_as_child",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("SREGISTRY_TEST_CONVERT_LAYOUT", d.join("img"))
+            .env("SREGISTRY_TEST_CONVERT_OUT", &out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            fs::metadata(&out).unwrap().uid(),
+            65534,
+            "the child ran as nobody"
+        );
+        assert_eq!(listing(&user_dir, "theirs.sif"), mine);
+    }
 }
