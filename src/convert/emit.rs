@@ -26,10 +26,18 @@ pub(crate) struct Plan<'v> {
     dirs: Vec<(&'v [u8], Meta)>,
     generated: Vec<(&'v [u8], &'v [u8], Meta)>,
     /// (layer, entry index) of each surviving inode's data → its first path and attributes.
-    files: HashMap<(usize, usize), (&'v [u8], u64, Meta, &'v Xattrs)>,
+    files: HashMap<(usize, usize), FileOut<'v>>,
     /// Per layer, how many of `files` it holds.
     per_layer: HashMap<usize, usize>,
     rest: Vec<(&'v [u8], Rest<'v>)>,
+}
+
+/// A regular file of the stream: its first path, size, attributes.
+struct FileOut<'v> {
+    path: &'v [u8],
+    size: u64,
+    meta: Meta,
+    xattrs: &'v Xattrs,
 }
 
 enum Rest<'v> {
@@ -75,10 +83,13 @@ impl<'v> Plan<'v> {
                     None => {
                         first.insert(*id, path);
                         let ino = &view.inodes[*id];
-                        plan.files.insert(
-                            (ino.layer, ino.index),
-                            (path, ino.size, ino.meta, &ino.xattrs),
-                        );
+                        let out = FileOut {
+                            path,
+                            size: ino.size,
+                            meta: ino.meta,
+                            xattrs: &ino.xattrs,
+                        };
+                        plan.files.insert((ino.layer, ino.index), out);
                         *plan.per_layer.entry(ino.layer).or_default() += 1;
                     }
                 },
@@ -161,7 +172,13 @@ impl<'v> Plan<'v> {
         for (index, entry) in entries.enumerate() {
             let entry = entry.map_err(|e| read_err(&last, e))?;
             last = Some(entry.path_bytes().into_owned());
-            let Some((path, size, meta, xattrs)) = self.files.get(&(layer, index)) else {
+            let Some(FileOut {
+                path,
+                size,
+                meta,
+                xattrs,
+            }) = self.files.get(&(layer, index))
+            else {
                 continue;
             };
             if !xattrs.is_empty() {
