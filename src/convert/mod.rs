@@ -20,10 +20,11 @@
 //!    (squashfs-tools 4.5 or later), which writes the squashfs straight into `out` at the
 //!    SIF's partition offset, on all cores, with owners and modes from the tar headers:
 //!    the caller's uid never matters, and a user's conversion records root-owned and
-//!    setuid files as root's does (the root directory's owner, which 4.5.1 takes from the
-//!    caller, is root's through a user namespace: see `needs_mapped_root`). (`sqfstar` is the same code, but 4.5.1, Debian 12's,
-//!    drops the value of every `-X` compressor option, so it cannot set a level:
-//!    squashfs-tools issue 191; `mksquashfs -tar` parses them.)
+//!    setuid files as root's does (the root directory's owner, which 4.5.1 takes from
+//!    the caller, is root's through a user namespace: see `needs_mapped_root`).
+//!    `sqfstar` is the same code, but 4.5.1 (Debian 12's) drops the value of every `-X`
+//!    compressor option, so it cannot set a level (squashfs-tools issue 191);
+//!    `mksquashfs -tar` parses them.
 //!
 //! Then the OCI config is written as a generic JSON object at the start of the SIF's data
 //! section and the SIF header and descriptor table go in front ([`crate::format::sif_write`]).
@@ -38,8 +39,10 @@
 //! on error its content is undefined and the caller removes it. The library prints nothing.
 //!
 //! **Compression**: gzip by default, because older cluster kernels cannot mount zstd
-//! squashfs, at [`DEFAULT_GZIP_LEVEL`] (its doc gives the measurements). Extended
-//! attributes in PAX headers are not carried over.
+//! squashfs, at [`DEFAULT_GZIP_LEVEL`] (its doc gives the measurements).
+//!
+//! **Extended attributes** of regular files (PAX `SCHILY.xattr.*`: file capabilities,
+//! user attributes) are carried over; those of directories, symlinks and FIFOs are not.
 
 pub(crate) mod emit;
 pub(crate) mod layer;
