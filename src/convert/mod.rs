@@ -7,14 +7,14 @@
 //! [`write_sif`] reads each layer blob twice, decompressing as it streams (gzip, zstd or
 //! none, from the blob's magic bytes; the media type must be a layer type):
 //!
-//! 1. **Headers** ([`merge`]): every tar header of every layer, data skipped, is applied in
+//! 1. **Headers** (`merge.rs`): every tar header of every layer, data skipped, is applied in
 //!    order to an in-memory view (path → directory, file inode, symlink, FIFO): whiteouts,
 //!    opaque directories, replacements, hardlinks as shared inodes, symlinks followed inside
 //!    the root. Hostile names are refused here, before anything is written (an error names
 //!    the layer's digest and the entry); device nodes are skipped and reported in
 //!    [`Converted::skipped`]. The `/.singularity.d/` tree and the top-level links and
 //!    mount points ([`singularity`]) join the view.
-//! 2. **Data** ([`emit`]): the view becomes one tar stream, parents before children and
+//! 2. **Data** (`emit.rs`): the view becomes one tar stream, parents before children and
 //!    each hardlink after its target, regular files' data copied from the layers as they
 //!    are read again. The stream goes through a pipe to `mksquashfs - OUT -tar`
 //!    (squashfs-tools 4.5 or later), which writes the squashfs straight into `out` at the
