@@ -4,8 +4,8 @@
 # `mksquashfs -comp gzip`. The image: busybox plus the Python standard library of the
 # python3 on PATH (without site-packages), pushed to a local docker-registry with skopeo.
 # Writes docs/benchmarks-docker.md; BENCH_QUICK=1 runs once and writes nothing.
-# Both sides compress with gzip at level 9: Debian 12's sqfstar (4.5.1) refuses
-# -Xcompression-level, and mksquashfs's default is 9, so the comparison is like for like.
+# The pipeline compresses with mksquashfs' default gzip level (9), as Apptainer does;
+# sregistry with its own default (6: src/convert/mod.rs says why).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=${BENCH_QUICK:-0}

@@ -1,12 +1,15 @@
-//! `sqfstar` as uid 0 in a user namespace of its own, for a caller that is not root.
+//! `mksquashfs -tar` as uid 0 in a user namespace of its own, for a caller that is not
+//! root.
 //!
-//! `sqfstar` takes every owner from the tar headers except the root directory's: that
-//! one is the uid and gid of the process (4.5.1 ignores `-root-uid` and `-root-gid`), so
-//! an ordinary user's conversion would own `/` of the image. Run in a new user namespace
-//! that maps the caller to uid 0 and gid 0, `sqfstar` records `/` as root's, exactly as
-//! a root conversion does; nothing else changes (it writes only the file it was given,
-//! which the caller owns). Where user namespaces are disabled (some cluster kernels), the
-//! command runs as it is, and `/` belongs to the caller; the conversion still succeeds.
+//! Reading a tar, squashfs-tools takes every owner from the tar headers except the root
+//! directory's: that one is the uid and gid of the process (4.5.1 ignores `-root-uid` and
+//! `-root-gid` in tar mode), so an ordinary user's conversion would own `/` of the image.
+//! Run in a new user namespace that maps the caller to uid 0 and gid 0, it records `/` as
+//! root's, exactly as a root conversion does; nothing else changes (it writes only the
+//! file it was given, which the caller owns). The namespace is made in the child between
+//! fork and exec, with no helper program. Where user namespaces are disabled (some
+//! cluster kernels), the command runs as it is, and `/` belongs to the caller; the
+//! conversion still succeeds.
 
 use std::os::unix::process::CommandExt;
 use std::process::Command;
