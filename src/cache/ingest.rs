@@ -228,6 +228,7 @@ impl<T: Tap> Drop for Ingest<T> {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
+            store::untrack(&self.path);
         }
     }
 }

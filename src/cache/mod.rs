@@ -61,6 +61,7 @@ mod collect;
 mod health;
 mod index;
 mod ingest;
+pub mod limits;
 pub mod lock;
 mod settings;
 mod store;
@@ -92,7 +93,7 @@ pub use index::{
 };
 pub use ingest::{Ingest, IngestError, Ingested, Tap};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, Found, TmpFile};
+pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -767,6 +768,34 @@ impl Cache {
             self.index.lock_options(),
         )
         .map_err(IndexError::from)?)
+    }
+
+    /// How many pulls of `remote` have failed so far, and the last one's message
+    /// (`0, ""` when none has). Read before waiting for the pull lock and again once it is
+    /// held, it tells a waiter whether the pull it waited for failed.
+    pub fn pull_failures(&self, remote: &str) -> (u64, String) {
+        let path = self.pull_failure_note(remote);
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (count, detail) = text.split_once('\n').unwrap_or((&text, ""));
+        (count.trim().parse().unwrap_or(0), detail.to_string())
+    }
+
+    /// Record that a pull of `remote` failed with `detail` (call holding its pull lock).
+    /// Best effort: a note that cannot be written only makes waiters try for themselves.
+    pub fn record_pull_failure(&self, remote: &str, detail: &str) {
+        let (count, _) = self.pull_failures(remote);
+        let path = self.pull_failure_note(remote);
+        let tmp = path.with_extension(format!("failed.{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{}\n{detail}", count + 1)).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+
+    fn pull_failure_note(&self, remote: &str) -> PathBuf {
+        self.locks_dir()
+            .join(pull_lock_name(remote))
+            .with_extension("failed")
     }
 
     /// The path of the blob `r` names: the hot path. Takes the shared lock for a lookup,

@@ -24,14 +24,12 @@ pub async fn pull(
     opts: &RemoteOptions,
 ) -> Result<(Ingested, Fetched), RemoteError> {
     t.check_url(url)?;
-    let host = url
-        .split_once("://")
-        .map(|x| x.1)
-        .unwrap_or(url)
-        .split(['/', '?', '#'])
-        .next()
-        .unwrap_or("")
-        .to_string();
+    // Messages and records name the URL without its user-info.
+    let shown = super::transport::shown(url);
+    let host = reqwest::Url::parse(url)
+        .ok()
+        .and_then(|u| u.host_str().map(str::to_string))
+        .unwrap_or_default();
     // Ask for the headers first: size limit, ETag, Last-Modified.
     let client = t.client().clone();
     let head = t.send(url, &|| client.head(url)).await?;
@@ -40,12 +38,9 @@ pub async fn pull(
         size = header_str(&head, CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
         known = Validators::of(&head);
     } else if head.status().as_u16() == 404 {
-        return Err(RemoteError::NotFound {
-            host,
-            what: url.to_string(),
-        });
+        return Err(RemoteError::NotFound { host, what: shown });
     }
-    let mut sink = Sink::new(cache, url, size)?;
+    let mut sink = Sink::new(cache, &shown, size, &opts.limits)?;
     let mut s = Session::new(t, &host, None);
     let used = super::oci::download(&mut s, "", url, &mut sink, opts, known).await?;
     let (ingested, sha) = sink.finish(size, None)?;

@@ -101,6 +101,39 @@ pub enum RemoteError {
     #[error("`{url}` sent more than the {limit} bytes declared; nothing was stored")]
     TooLong { url: String, limit: u64 },
     #[error(
+        "`{url}` sent more than {} without declaring its size; nothing was stored (set SREGISTRY_MAX_DOWNLOAD higher if the image is that large)",
+        crate::format::units::format_size(*.max)
+    )]
+    TooLarge { url: String, max: u64 },
+    #[error(
+        "not enough space in `{}` for `{url}`: {} free, {} more would leave less than the {} the cache keeps free; nothing was stored (free space with `sregistry gc --max-size ...`, or set SREGISTRY_MIN_FREE lower)",
+        .dir.display(),
+        crate::format::units::format_size(*.free),
+        crate::format::units::format_size(*.need),
+        crate::format::units::format_size(*.min_free)
+    )]
+    NoSpace {
+        url: String,
+        dir: PathBuf,
+        free: u64,
+        need: u64,
+        min_free: u64,
+    },
+    #[error("`{url}` sent an empty body; nothing was stored (an image is never empty)")]
+    Empty { url: String },
+    #[error(
+        "`{url}` sent nothing for {secs} s, on each of {attempts} attempts (the server accepts connections but does not answer); nothing was stored (SREGISTRY_TIMEOUT sets the wait)"
+    )]
+    Stalled {
+        url: String,
+        secs: u64,
+        attempts: u32,
+    },
+    #[error(
+        "another process's pull of `{remote}` failed while this one waited for it, so this one did not try again: {detail}"
+    )]
+    FailedElsewhere { remote: String, detail: String },
+    #[error(
         "`{url}` ended after {got} bytes on each of {attempts} attempts (the connection broke off); nothing was stored"
     )]
     BrokeOff {
@@ -214,6 +247,14 @@ impl RemoteRef {
             RemoteRef::Oras(r) => r.local_name(),
             RemoteRef::Http(url) => {
                 let after = url.split_once("://").map(|x| x.1).unwrap_or(url);
+                // Without user-info: a password never becomes part of a name.
+                let after = match after.find(['/', '?', '#']) {
+                    Some(end) => match after[..end].rfind('@') {
+                        Some(at) => &after[at + 1..],
+                        None => after,
+                    },
+                    None => after.rsplit_once('@').map_or(after, |x| x.1),
+                };
                 let no_query = after.split(['?', '#']).next().unwrap_or(after);
                 sanitize_path(no_query)
             }
@@ -227,7 +268,7 @@ impl fmt::Display for RemoteRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RemoteRef::Oras(r) => write!(f, "oras://{r}"),
-            RemoteRef::Http(u) => f.write_str(u),
+            RemoteRef::Http(u) => f.write_str(&transport::shown(u)),
             RemoteRef::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
         }
     }
@@ -281,6 +322,11 @@ pub trait Progress: Send + Sync {
     fn advance(&self, done: u64);
     /// The download is over (done or failed).
     fn finish(&self);
+    /// Nothing has come for a few seconds: `what` says what is awaited ("an answer from
+    /// `URL`"). Told once per wait.
+    fn waiting(&self, what: &str) {
+        let _ = what;
+    }
 }
 
 /// A shared [`Progress`] receiver in [`RemoteOptions`].
@@ -334,6 +380,8 @@ pub struct RemoteOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Whether a pull may re-point a pinned name (`pull --force`).
     pub repoint: crate::cache::Repoint,
+    /// How much a download may write, and the free space it must leave.
+    pub limits: crate::cache::limits::Limits,
 }
 
 /// What a finished pull knows about the remote content, recorded in the index.
@@ -356,13 +404,51 @@ pub fn get_or_pull(
     if let Some(p) = cached_from(cache, &name, remote)? {
         return Ok(p);
     }
+    under_pull_lock(
+        cache,
+        remote,
+        || {
+            // Whoever held the lock before us may have pulled it.
+            cached_from(cache, &name, remote)
+        },
+        || Ok(pull_locked(cache, remote, &name, opts)?.path),
+    )
+}
+
+/// Take the per-pull lock of `remote`, then: `found()` (what an earlier holder left
+/// ready, if anything); else, if a pull failed while this process waited, fail at once
+/// with its message (a thousand jobs waiting on a dead remote do not each wait it out
+/// again); else `pull()`, whose failure (the remote's, not the cache's refusal) is
+/// recorded for the processes waiting now.
+fn under_pull_lock<T>(
+    cache: &Cache,
+    remote: &RemoteRef,
+    found: impl FnOnce() -> Result<Option<T>, RemoteError>,
+    pull: impl FnOnce() -> Result<T, RemoteError>,
+) -> Result<T, RemoteError> {
     cache.ensure_layout()?;
-    let _lock = cache.pull_lock(&remote.to_string())?;
-    // Whoever held the lock before us may have pulled it.
-    if let Some(p) = cached_from(cache, &name, remote)? {
-        return Ok(p);
+    let key = remote.to_string();
+    let (before, _) = cache.pull_failures(&key);
+    let _lock = cache.pull_lock(&key)?;
+    if let Some(t) = found()? {
+        return Ok(t);
     }
-    Ok(pull_locked(cache, remote, &name, opts)?.path)
+    let (after, detail) = cache.pull_failures(&key);
+    if after != before {
+        return Err(RemoteError::FailedElsewhere {
+            remote: key,
+            detail,
+        });
+    }
+    let out = pull();
+    // The remote's failures only: a refusal by the cache (a pinned name) is each caller's.
+    if let Err(e) = &out
+        && !e.is_usage()
+        && !matches!(e, RemoteError::Cache(_))
+    {
+        cache.record_pull_failure(&key, &e.to_string());
+    }
+    out
 }
 
 /// The path of `name` if it exists and was pulled from `remote`.
@@ -402,9 +488,12 @@ pub fn pull(
         }
         None => remote.default_name()?,
     };
-    cache.ensure_layout()?;
-    let _lock = cache.pull_lock(&remote.to_string())?;
-    pull_locked(cache, remote, &name, opts)
+    under_pull_lock(
+        cache,
+        remote,
+        || Ok(None),
+        || pull_locked(cache, remote, &name, opts),
+    )
 }
 
 fn pull_locked(
@@ -416,7 +505,7 @@ fn pull_locked(
     let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
     let (ingested, fetched) = runtime::run(async move {
         let (cache, opts) = (&c, &o);
-        let transport = transport::Transport::new(opts.insecure)?;
+        let transport = transport::Transport::new(opts)?;
         match &remote_ {
             RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts).await,
             RemoteRef::Http(url) => http::pull(&transport, cache, url, opts).await,
@@ -451,12 +540,20 @@ pub fn push(
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<String, RemoteError> {
+    if let RemoteRef::Oras(r) = remote
+        && r.digest.is_some()
+    {
+        return Err(bad_ref(
+            &remote.to_string(),
+            "a push needs a tag (oras://HOST/REPOSITORY:TAG), not a digest: the registry names the pushed manifest by its own digest",
+        ));
+    }
     let entry = cache.entry(name)?;
     let path = cache.get(name)?;
     let (e, remote_, o) = (entry.clone(), remote.clone(), opts.clone());
     let (where_, sha) = runtime::run(async move {
         let (entry, opts) = (&e, &o);
-        let transport = transport::Transport::new(opts.insecure)?;
+        let transport = transport::Transport::new(opts)?;
         match &remote_ {
             RemoteRef::Oras(r) => oci::push(&transport, &path, entry, r, opts).await,
             RemoteRef::Http(url) => Err(RemoteError::BadRef {
@@ -479,7 +576,7 @@ pub fn search(remote: &str, opts: &RemoteOptions) -> Result<Vec<String>, RemoteE
         .ok_or_else(|| bad_ref(remote, "search takes oras://HOST or oras://HOST/REPOSITORY"))?;
     let (rest, opts) = (rest.to_string(), opts.clone());
     runtime::run(async move {
-        let transport = transport::Transport::new(opts.insecure)?;
+        let transport = transport::Transport::new(&opts)?;
         oci::search(&transport, &rest, &opts).await
     })
 }
@@ -497,7 +594,7 @@ pub fn login(
     };
     let (h, c, o) = (host.to_string(), creds.clone(), opts.clone());
     runtime::run(async move {
-        let transport = transport::Transport::new(o.insecure)?;
+        let transport = transport::Transport::new(&o)?;
         oci::check_login(&transport, &h, &c, &o).await
     })?;
     auth::store_credentials(host, Some(&creds))

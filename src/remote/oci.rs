@@ -412,7 +412,7 @@ async fn ok_or_status(resp: Response, url: &str) -> Result<Response, RemoteError
         .and_then(|v| v["errors"][0]["message"].as_str().map(|m| format!(": {m}")))
         .unwrap_or_default();
     Err(RemoteError::Status {
-        url: url.to_string(),
+        url: super::transport::shown(url),
         status,
         detail,
     })
@@ -423,13 +423,13 @@ async fn read_limited(resp: Response, url: &str, limit: u64) -> Result<Vec<u8>, 
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| RemoteError::Network {
-            url: url.to_string(),
-            detail: super::transport::error_chain(&e),
+            url: super::transport::shown(url),
+            detail: super::transport::error_chain(&e.without_url()),
             attempts: 1,
         })?;
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Err(RemoteError::TooLong {
-                url: url.to_string(),
+                url: super::transport::shown(url),
                 limit,
             });
         }
@@ -505,7 +505,7 @@ pub async fn pull(
         })?
         .clone();
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
-    let mut sink = Sink::new(cache, &url, Some(layer.size))?;
+    let mut sink = Sink::new(cache, &url, Some(layer.size), &opts.limits)?;
     download(
         &mut s,
         &pull_scope(&r.repository),
@@ -567,6 +567,7 @@ pub async fn download(
     let client = s.t.client().clone();
     let mut seen = known;
     let mut failures = 0;
+    let mut stalls = 0;
     loop {
         let from = sink.written();
         let if_range = seen.etag.clone().or_else(|| seen.last_modified.clone());
@@ -585,7 +586,7 @@ pub async fn download(
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(RemoteError::NotFound {
                 host: s.host.clone(),
-                what: url.to_string(),
+                what: super::transport::shown(url),
             });
         }
         let resp = ok_or_status(resp, url).await?;
@@ -614,13 +615,15 @@ pub async fn download(
         }
         let mut stream = resp.bytes_stream();
         let mut broke = false;
-        while let Some(chunk) = stream.next().await {
+        let awaited = || format!("data from `{}`", super::transport::shown(url));
+        while let Some(chunk) = s.t.announced(stream.next(), awaited).await {
             match chunk {
                 Ok(c) => {
                     sink.write(c)?;
                     report.advance(sink.written());
                 }
-                Err(_) => {
+                Err(e) => {
+                    stalls += u32::from(e.is_timeout());
                     broke = true;
                     break;
                 }
@@ -630,9 +633,12 @@ pub async fn download(
             break;
         }
         failures += 1;
+        if Transport::give_up_after_timeouts(stalls) {
+            return Err(s.t.stalled(url, failures));
+        }
         if failures >= s.t.attempts() {
             return Err(RemoteError::BrokeOff {
-                url: url.to_string(),
+                url: super::transport::shown(url),
                 got: sink.written(),
                 attempts: failures,
             });
@@ -786,6 +792,8 @@ async fn upload_blob(
     };
     put_url.push(if put_url.contains('?') { '&' } else { '?' });
     put_url.push_str(&format!("digest={digest}"));
+    // The registry chooses where the upload goes: the same rules hold there.
+    s.t.check_url(&put_url)?;
     let make = || {
         let rb = client
             .put(put_url.as_str())

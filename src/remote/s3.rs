@@ -99,7 +99,7 @@ pub async fn pull(
     let size = res.meta.size;
     let etag = res.meta.e_tag.clone();
     let modified = Some(res.meta.last_modified.to_rfc2822());
-    let mut sink = Sink::new(cache, &url, Some(size))?;
+    let mut sink = Sink::new(cache, &url, Some(size), &opts.limits)?;
     let report = super::Report::start(opts, Some(size), 0);
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {

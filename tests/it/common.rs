@@ -53,6 +53,10 @@ impl Env {
             "SREGISTRY_LOCK",
             "SREGISTRY_TEST_PAUSE",
             "SREGISTRY_LOCK_TIMEOUT",
+            "SREGISTRY_MAX_DOWNLOAD",
+            "SREGISTRY_MIN_FREE",
+            "SREGISTRY_TIMEOUT",
+            "SREGISTRY_RETRIES",
         ] {
             c.env_remove(var);
         }

@@ -24,7 +24,7 @@ pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
         )
         .into());
     };
-    let opts = super::remote_options(ctx, args.insecure, None);
+    let opts = super::remote_options(ctx, args.insecure, None)?;
     let path = remote::login(&args.host, &args.username, &password, &opts)?;
     ctx.say(format!(
         "logged in to {} as {} (saved in {})",

@@ -45,16 +45,19 @@ impl Ctx {
     }
 }
 
-/// Options for remotes from the command line: a progress bar only on a terminal and
-/// without --quiet.
+/// Options for remotes from the command line: a progress bar (and "waiting for ..."
+/// messages) only on a terminal and without --quiet; the download limits from
+/// `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (a bad value is a usage error).
 pub fn remote_options(
     ctx: &Ctx,
     insecure: bool,
     endpoint: Option<String>,
-) -> sregistry::remote::RemoteOptions {
+) -> Result<sregistry::remote::RemoteOptions> {
     use std::io::IsTerminal;
     keep_heap_for_transfers();
-    sregistry::remote::RemoteOptions {
+    let limits = sregistry::cache::limits::Limits::from_env()
+        .map_err(|e| crate::cli::exit::UsageError(e.to_string()))?;
+    Ok(sregistry::remote::RemoteOptions {
         insecure,
         endpoint,
         progress: (!ctx.quiet && std::io::stderr().is_terminal()).then(|| {
@@ -64,7 +67,8 @@ pub fn remote_options(
         }),
         labels: Default::default(),
         repoint: Default::default(),
-    }
+        limits,
+    })
 }
 
 /// Keep freed heap memory for reuse while a transfer runs (glibc). A download hands over

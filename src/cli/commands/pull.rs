@@ -10,7 +10,7 @@ use sregistry::remote::{self, RemoteRef};
 pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let r = RemoteRef::parse(&args.remote)?;
     let name = args.name.as_deref().map(parse_target_ref).transpose()?;
-    let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone());
+    let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
     opts.repoint = Repoint::from_force(args.force);
     let entry = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
     if ctx.json {
