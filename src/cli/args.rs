@@ -269,7 +269,8 @@ pub struct InfoArgs {}
 /// REMOTE is oras://HOST[:PORT]/REPOSITORY[:TAG|@sha256:...] (a SIF artifact in an OCI
 /// registry, as `apptainer push oras://` writes it), https://URL, or s3://BUCKET/KEY. Every
 /// byte is checked while it streams in: the registry's sha256 and the declared size; a
-/// broken transfer is resumed. The image is named after REMOTE without its scheme unless
+/// broken transfer is resumed. A remote unchanged since the name was pulled from it is not
+/// downloaded again (--force does). The image is named after REMOTE without its scheme unless
 /// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json
 /// (and the credential helpers it names); S3 settings from the AWS_* environment variables.
 ///
@@ -282,7 +283,7 @@ pub struct PullArgs {
     /// Local name for it
     #[arg(long, short = 'n', value_name = "REF")]
     pub name: Option<String>,
-    /// Re-point the name even if it is pinned (it stays pinned; the old content loses the pin's protection)
+    /// Download again even if the remote is unchanged, and re-point the name even if it is pinned (it stays pinned; the old content loses the pin's protection)
     #[arg(long)]
     pub force: bool,
     /// Allow plain HTTP to a host that is not on this machine

@@ -382,6 +382,36 @@ pub struct RemoteOptions {
     pub repoint: crate::cache::Repoint,
     /// How much a download may write, and the free space it must leave.
     pub limits: crate::cache::limits::Limits,
+    /// Download again even when the remote says its content is what the name already
+    /// holds (`pull --force`).
+    pub refetch: bool,
+}
+
+/// What the cache holds from an earlier pull of the same remote under the same name: a
+/// pull compares it with the remote before downloading anything.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// The remote's digest of the content (`sha256:...`; oras:// compares the layer).
+    pub remote_digest: Option<String>,
+    /// The `ETag` it was served with (https:// and s3://).
+    pub etag: Option<String>,
+    /// The `Last-Modified` it was served with (https://).
+    pub last_modified: Option<String>,
+}
+
+/// What a protocol's pull brought: new content, or word that the name's content is
+/// current.
+pub enum Pulled {
+    Fresh(crate::cache::Ingested, Fetched),
+    Unchanged,
+}
+
+/// The outcome of [`pull`]: the name's entry, and whether anything was downloaded.
+#[derive(Clone, Debug)]
+pub struct PullOutcome {
+    pub entry: Entry,
+    /// False when the remote was unchanged and the cached content was kept.
+    pub downloaded: bool,
 }
 
 /// What a finished pull knows about the remote content, recorded in the index.
@@ -411,7 +441,7 @@ pub fn get_or_pull(
             // Whoever held the lock before us may have pulled it.
             cached_from(cache, &name, remote)
         },
-        || Ok(pull_locked(cache, remote, &name, opts)?.path),
+        || Ok(pull_locked(cache, remote, &name, opts)?.entry.path),
     )
 }
 
@@ -473,14 +503,14 @@ fn cached_from(
     }
 }
 
-/// `pull REMOTE [--name REF]`: download (unless the recorded remote digest is current)
-/// and name it.
+/// `pull REMOTE [--name REF]`: download, unless the name already holds what the remote
+/// offers (unless `opts.refetch`), and name it.
 pub fn pull(
     cache: &Cache,
     remote: &RemoteRef,
     name: Option<&Reference>,
     opts: &RemoteOptions,
-) -> Result<Entry, RemoteError> {
+) -> Result<PullOutcome, RemoteError> {
     let name = match name {
         Some(n) => {
             crate::cache::refuse_digest_on_target(n)?;
@@ -501,23 +531,39 @@ fn pull_locked(
     remote: &RemoteRef,
     name: &Reference,
     opts: &RemoteOptions,
-) -> Result<Entry, RemoteError> {
+) -> Result<PullOutcome, RemoteError> {
+    let known = if opts.refetch {
+        None
+    } else {
+        known_from(cache, name, remote)?
+    };
     let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
-    let (ingested, fetched) = runtime::run(async move {
-        let (cache, opts) = (&c, &o);
+    let pulled = runtime::run(async move {
+        let (cache, opts, known) = (&c, &o, known.as_ref());
         let transport = transport::Transport::new(opts)?;
         match &remote_ {
-            RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts).await,
-            RemoteRef::Http(url) => http::pull(&transport, cache, url, opts).await,
-            RemoteRef::S3 { bucket, key } => s3::pull(cache, bucket, key, opts).await,
+            RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts, known).await,
+            RemoteRef::Http(url) => http::pull(&transport, cache, url, opts, known).await,
+            RemoteRef::S3 { bucket, key } => s3::pull(cache, bucket, key, opts, known).await,
         }
     })?;
+    let (ingested, fetched) = match pulled {
+        Pulled::Fresh(i, f) => (i, f),
+        Pulled::Unchanged => {
+            // `get` checks the file is still there and records the use.
+            cache.get(name)?;
+            return Ok(PullOutcome {
+                entry: cache.entry(name)?,
+                downloaded: false,
+            });
+        }
+    };
     let mut labels = opts.labels.clone();
     if let Some(e) = &fetched.etag {
-        labels.insert("org.sregistry.etag".into(), e.clone());
+        labels.insert(ETAG_LABEL.into(), e.clone());
     }
     if let Some(l) = &fetched.last_modified {
-        labels.insert("org.sregistry.last-modified".into(), l.clone());
+        labels.insert(LAST_MODIFIED_LABEL.into(), l.clone());
     }
     let entry = cache.commit_ingested(
         ingested,
@@ -530,8 +576,38 @@ fn pull_locked(
         },
         opts.repoint,
     )?;
-    Ok(entry)
+    Ok(PullOutcome {
+        entry,
+        downloaded: true,
+    })
 }
+
+/// What `name` holds from an earlier pull of `remote`, if it holds anything from there
+/// and its file is in place.
+fn known_from(
+    cache: &Cache,
+    name: &Reference,
+    remote: &RemoteRef,
+) -> Result<Option<Known>, RemoteError> {
+    let entry = match cache.entry(name) {
+        Ok(e) => e,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if entry.source.as_deref() != Some(remote.to_string().as_str()) || !entry.path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(Known {
+        remote_digest: entry.remote_digest,
+        etag: entry.labels.get(ETAG_LABEL).cloned(),
+        last_modified: entry.labels.get(LAST_MODIFIED_LABEL).cloned(),
+    }))
+}
+
+/// The label recording the `ETag` content was served with.
+pub const ETAG_LABEL: &str = "org.sregistry.etag";
+/// The label recording the `Last-Modified` content was served with.
+pub const LAST_MODIFIED_LABEL: &str = "org.sregistry.last-modified";
 
 /// `push REF REMOTE`: upload a cached image.
 pub fn push(

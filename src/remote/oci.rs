@@ -13,7 +13,8 @@
 //!
 //! Manifests are fetched with an `Accept` header naming the OCI and Docker manifest types
 //! (the registry answers 404 without it), at most 4 MiB, and checked against the digest
-//! when pulled by digest. The layer is fetched as a stream through [`Sink`] (declared size
+//! when pulled by digest. A layer whose digest is the one the name already holds from
+//! this reference is not fetched again. The layer is fetched as a stream through [`Sink`] (declared size
 //! enforced, sha256 checked, BLAKE3 computed); a connection that drops mid-blob is resumed
 //! with `Range`. Uploads are `POST` then `PUT <Location>&digest=` (a single-request
 //! upload is answered `202` by some registries and stores nothing); a blob the registry
@@ -34,8 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{self, Challenge, Credentials};
 use super::sink::Sink;
 use super::transport::Transport;
-use super::{Fetched, RemoteError, RemoteOptions};
-use crate::cache::Ingested;
+use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
 use crate::cache::{Cache, Entry};
 
 pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -488,13 +488,15 @@ pub async fn fetch_manifest(
     Ok((m, digest, body))
 }
 
-/// Download the SIF layer of `r` into `tmp/`, verified.
+/// Download the SIF layer of `r` into `tmp/`, verified; nothing when the manifest names
+/// the layer the cache already holds under this name (`known`).
 pub async fn pull(
     t: &Transport,
     cache: &Cache,
     r: &OciRef,
     opts: &RemoteOptions,
-) -> Result<(Ingested, Fetched), RemoteError> {
+    known: Option<&Known>,
+) -> Result<Pulled, RemoteError> {
     let creds = auth::credentials_for(&r.host)?;
     let mut s = Session::new(t, &r.host, creds);
     let (m, _mdigest, _) = fetch_manifest(&mut s, r).await?;
@@ -504,6 +506,9 @@ pub async fn pull(
             detail,
         })?
         .clone();
+    if known.and_then(|k| k.remote_digest.as_deref()) == Some(layer.digest.as_str()) {
+        return Ok(Pulled::Unchanged);
+    }
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
     let mut sink = Sink::new(cache, &url, Some(layer.size), &opts.limits)?;
     download(
@@ -516,7 +521,7 @@ pub async fn pull(
     )
     .await?;
     let (ingested, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
-    Ok((
+    Ok(Pulled::Fresh(
         ingested,
         Fetched {
             media_type: Some(layer.media_type.clone()),

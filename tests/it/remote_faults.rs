@@ -1233,3 +1233,76 @@ fn push_to_a_digest_reference_is_refused_as_usage() {
     }
     assert!(server.seen().is_empty(), "{:#?}", server.seen());
 }
+
+// ---------------------------------------------------------------------------------------
+// Pulling again
+// ---------------------------------------------------------------------------------------
+
+/// A file server for `FILE` with the current `content` and ETag `"v<version>"`, which
+/// answers a matching `If-None-Match` with `304` (to `HEAD` and `GET`), as web servers do.
+fn versioned_server(content: Arc<Mutex<(u32, Vec<u8>)>>) -> FaultServer {
+    let handler: Handler = Box::new(move |req, _| {
+        let (version, body) = content.lock().unwrap().clone();
+        let etag = format!("\"v{version}\"");
+        if req.header("If-None-Match") == Some(etag.as_str()) {
+            return Reply::new(304).header("ETag", &etag);
+        }
+        with_range(req, &body)
+            .header("ETag", &etag)
+            .header("Last-Modified", LAST_MODIFIED)
+    });
+    FaultServer::start(vec![(FILE.to_string(), handler)])
+}
+
+/// A second pull of an unchanged `https://` file must not download it again: the `HEAD`
+/// is conditional on the recorded ETag, a `304` keeps the cached file (its path printed at
+/// once); a changed file is downloaded and the name re-pointed; `--force` downloads again.
+/// Counted by the `GET`s the server answered.
+#[test]
+fn a_second_pull_of_an_unchanged_url_downloads_nothing() {
+    let source = source_sif();
+    let content = Arc::new(Mutex::new((1, source.clone())));
+    let server = versioned_server(content.clone());
+    let env = Env::new();
+    let url = server.url(FILE);
+    let first = stdout_of(env.cmd().args(["pull", &url, "--name", "lab/file:1"]));
+    let again = env
+        .cmd()
+        .args(["pull", &url, "--name", "lab/file:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim_end(), first);
+    assert!(err.contains("unchanged"), "{err}");
+    assert_eq!(
+        server.requests("GET", FILE).len(),
+        1,
+        "{:#?}",
+        server.seen()
+    );
+    let heads = server.requests("HEAD", FILE);
+    assert_eq!(heads[1].header("If-None-Match"), Some("\"v1\""));
+
+    let mut changed = source.clone();
+    changed[source.len() / 2] ^= 0xff;
+    *content.lock().unwrap() = (2, changed.clone());
+    let second = stdout_of(env.cmd().args(["pull", &url, "--name", "lab/file:1"]));
+    assert_eq!(fs::read(&second).unwrap(), changed);
+    assert_eq!(server.requests("GET", FILE).len(), 2);
+    assert_eq!(
+        inspect(&env, "lab/file:1")["labels"]["org.sregistry.etag"],
+        "\"v2\""
+    );
+
+    let forced = stdout_of(
+        env.cmd()
+            .args(["pull", &url, "--name", "lab/file:1", "--force"]),
+    );
+    assert_eq!(forced, second);
+    assert_eq!(
+        server.requests("GET", FILE).len(),
+        3,
+        "--force downloads again"
+    );
+}

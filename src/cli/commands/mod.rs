@@ -68,6 +68,7 @@ pub fn remote_options(
         labels: Default::default(),
         repoint: Default::default(),
         limits,
+        refetch: false,
     })
 }
 

@@ -12,12 +12,19 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let name = args.name.as_deref().map(parse_target_ref).transpose()?;
     let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
     opts.repoint = Repoint::from_force(args.force);
-    let entry = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
+    opts.refetch = args.force;
+    let pulled = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
+    let entry = &pulled.entry;
     if ctx.json {
-        output::json(&output::EntryJson::from(&entry))?;
+        output::json(&output::EntryJson::from(entry))?;
     } else {
         ctx.say(format!(
-            "pulled {} as {} ({})",
+            "{} {} as {} ({})",
+            if pulled.downloaded {
+                "pulled"
+            } else {
+                "unchanged:"
+            },
             r,
             entry.name,
             entry.digest.short()
