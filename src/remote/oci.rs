@@ -822,7 +822,9 @@ async fn upload_blob(
     Ok(())
 }
 
-/// Tags of a repository (`host/repo`), or the catalog of a registry (`host`).
+/// Tags of a repository (`host/repo`), or the catalog of a registry (`host`), every page
+/// of it: a registry that answers with `Link: <...>; rel="next"` is asked for the next
+/// page until it gives none.
 pub async fn search(
     t: &Transport,
     target: &str,
@@ -833,6 +835,14 @@ pub async fn search(
         Some((h, _)) => (h, None),
         None => (target, None),
     };
+    if let Some(r) = repo
+        && (r.contains(':') || r.contains('@'))
+    {
+        return Err(super::bad_ref(
+            &format!("oras://{target}"),
+            "search takes oras://HOST or oras://HOST/REPOSITORY, without a tag or digest",
+        ));
+    }
     let creds = auth::credentials_for(host)?;
     let mut s = Session::new(t, host, creds);
     let (path, scope, field) = match repo {
@@ -843,32 +853,68 @@ pub async fn search(
             "repositories",
         ),
     };
-    let url = s.url(&path);
+    let mut url = s.url(&path);
     let client = t.client().clone();
-    let resp = s.send(&scope, &url, &|| client.get(url.as_str())).await?;
-    if resp.status() == StatusCode::NOT_FOUND {
-        return Err(RemoteError::NotFound {
-            host: host.to_string(),
-            what: repo.unwrap_or("catalog").to_string(),
-        });
+    let mut out: Vec<String> = Vec::new();
+    let mut seen_pages = std::collections::HashSet::new();
+    loop {
+        let resp = s.send(&scope, &url, &|| client.get(url.as_str())).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(RemoteError::NotFound {
+                host: host.to_string(),
+                what: repo.unwrap_or("catalog").to_string(),
+            });
+        }
+        let resp = ok_or_status(resp, &url).await?;
+        let next = next_page(&resp, &url);
+        let body = read_limited(resp, &url, 16 << 20).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        if let Some(a) = v[field].as_array() {
+            out.extend(a.iter().filter_map(|x| x.as_str().map(str::to_string)));
+        }
+        seen_pages.insert(url.clone());
+        match next {
+            Some(n) if seen_pages.contains(&n) => {
+                return Err(RemoteError::Protocol {
+                    url: n,
+                    detail: "the listing's next page is one already read (a pagination loop)"
+                        .into(),
+                });
+            }
+            Some(n) => {
+                t.check_url(&n)?;
+                url = n;
+            }
+            None => break,
+        }
     }
-    let resp = ok_or_status(resp, &url).await?;
-    let body = read_limited(resp, &url, 16 << 20).await?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
-            url: url.clone(),
-            detail: e.to_string(),
-        })?;
-    let mut out: Vec<String> = v[field]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
     out.sort();
+    out.dedup();
     Ok(out)
+}
+
+/// The `rel="next"` target of a response's `Link` header, resolved against `url`.
+fn next_page(resp: &Response, url: &str) -> Option<String> {
+    let base = reqwest::Url::parse(url).ok()?;
+    resp.headers()
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let is_next = params.split(';').any(|p| {
+                p.trim()
+                    .strip_prefix("rel=")
+                    .is_some_and(|r| r.trim_matches('"').split(' ').any(|r| r == "next"))
+            });
+            is_next.then(|| base.join(target).ok().map(String::from))?
+        })
 }
 
 /// Check credentials against `/v2/` (answering a challenge if there is one).

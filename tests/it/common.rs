@@ -292,6 +292,18 @@ pub fn assert_fails(c: &mut Command, code: i32, needle: &str) -> String {
     err
 }
 
+/// A new cache holding the fixture `one-group.sif` as `lab/tool:1`.
+pub fn env_with_lab_tool() -> Env {
+    let env = Env::new();
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(fixtures().join("one-group.sif"))
+            .args(["--name", "lab/tool:1"]),
+    );
+    env
+}
+
 /// A tmpfs mounted for one test (root only), unmounted when dropped.
 pub struct Tmpfs(PathBuf);
 

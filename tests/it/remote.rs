@@ -555,3 +555,30 @@ fn a_second_pull_of_an_unchanged_oras_image_downloads_nothing() {
     assert_eq!(reg.blob_gets(&sha256_of(&v2)), 2, "{}", reg.log());
     assert_eq!(reg.blob_gets(&sha256_of(&v1)), 1, "{}", reg.log());
 }
+
+/// `search oras://HOST` listed the first page of the catalog and ignored the registry's
+/// `Link: <...>; rel="next"`. Here a page holds 2 repositories and there are 5: all are
+/// listed, each once.
+#[test]
+fn search_lists_every_page_of_the_catalog() {
+    let reg = Registry::anonymous_with_catalog_pages_of(2);
+    let env = env_with_lab_tool();
+    let repos = ["lab/a", "lab/b", "lab/c", "lab/d", "lab/e"];
+    for r in repos {
+        stdout_of(
+            env.cmd()
+                .args(["push", "lab/tool:1", &reg.oras(&format!("{r}:1"))]),
+        );
+    }
+    let listed = stdout_of(env.cmd().args(["search", &format!("oras://{}", reg.addr)]));
+    assert_eq!(listed.lines().collect::<Vec<_>>(), repos, "{}", reg.log());
+    let pages = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("GET /v2/_catalog"))
+        .count();
+    assert!(
+        pages >= 3,
+        "{pages} catalog requests for 5 repositories in pages of 2"
+    );
+}

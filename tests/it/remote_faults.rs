@@ -1132,18 +1132,6 @@ fn a_redirect_to_plain_http_elsewhere_is_refused() {
     assert_nothing_stored(&env);
 }
 
-/// A new cache holding the fixture `one-group.sif` as `lab/tool:1`.
-fn env_with_lab_tool() -> Env {
-    let env = Env::new();
-    stdout_of(
-        env.cmd()
-            .arg("add")
-            .arg(fixtures().join("one-group.sif"))
-            .args(["--name", "lab/tool:1"]),
-    );
-    env
-}
-
 /// A registry names where an upload goes (`Location`); a plain-HTTP location on another
 /// host is refused like any other plain-HTTP URL.
 #[test]
@@ -1304,5 +1292,65 @@ fn a_second_pull_of_an_unchanged_url_downloads_nothing() {
         server.requests("GET", FILE).len(),
         3,
         "--force downloads again"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Listings
+// ---------------------------------------------------------------------------------------
+
+/// The tags of a repository come in pages (`Link: <...>; rel="next"`, relative or
+/// absolute, as registries send them); `search` lists them all. (The registry used
+/// elsewhere, distribution 2.8, does not page tags, so this server does.) A tag or digest
+/// in the reference is a usage error (exit 2), not "not found".
+#[test]
+fn search_follows_every_page_of_tags() {
+    const TAGS: &str = "/v2/lab/tool/tags/list";
+    let addr: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
+    let at = addr.clone();
+    let pages: Handler = Box::new(move |_, nth| {
+        let json = |tags: &[&str]| {
+            serde_json::to_vec(&serde_json::json!({ "name": "lab/tool", "tags": tags })).unwrap()
+        };
+        match nth {
+            1 => Reply::new(200)
+                .header("Link", &format!("<{TAGS}?n=2&last=b>; rel=\"next\""))
+                .body(&json(&["a", "b"])),
+            2 => Reply::new(200)
+                .header(
+                    "Link",
+                    &format!(
+                        "<http://{}{TAGS}?n=2&last=d>; rel=\"next\"",
+                        at.lock().unwrap()
+                    ),
+                )
+                .body(&json(&["c", "d"])),
+            _ => Reply::new(200).body(&json(&["e"])),
+        }
+    });
+    let server = FaultServer::start(vec![(TAGS.to_string(), pages)]);
+    *addr.lock().unwrap() = server.addr.clone();
+    let env = Env::new();
+    let listed = stdout_of(
+        env.cmd()
+            .args(["search", &format!("oras://{}/lab/tool", server.addr)]),
+    );
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["a", "b", "c", "d", "e"]
+    );
+    assert_eq!(server.requests("GET", TAGS).len(), 3);
+
+    let before = server.seen().len();
+    assert_fails(
+        env.cmd()
+            .args(["search", &format!("oras://{}/lab/tool:1", server.addr)]),
+        2,
+        "without a tag or digest",
+    );
+    assert_eq!(
+        server.seen().len(),
+        before,
+        "a refused search asked the server"
     );
 }
