@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install what the demo or the tests need, idempotently, from the package registries.
 #
-#   scripts/install-deps.sh demo   siftool + squashfs-tools (the tour makes a real SIF)
+#   scripts/install-deps.sh demo   siftool + squashfs-tools (the tour makes a real SIF;
+#                                  docker:// conversion runs sqfstar from squashfs-tools)
 #   scripts/install-deps.sh test   the above, and the test servers and peers:
 #     Debian: docker-registry (a real OCI registry), apache2-utils (htpasswd -B), skopeo
 #             (interop), util-linux (setpriv), bsdutils (script: a pseudo-terminal for the
-#             progress bar test), python3-venv where `python3 -m venv` is missing;
+#             progress bar test), umoci and busybox-static (docker:// conversion tests build
+#             real images), python3-venv where `python3 -m venv` is missing;
 #     PyPI:   oras, pyjwt, cryptography (interop peer, the test token server), pinned, in a
 #             virtual environment at $TOOLS/venv;
 #     crates: s3s-fs (a real S3 server over a directory), and cargo-nextest where the
@@ -41,13 +43,17 @@ apt_install() {
 
 need=()
 command -v siftool >/dev/null 2>&1 || need+=(siftool)
-command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
+# sqfstar (squashfs-tools 4.5+) writes the squashfs of docker:// conversions.
+command -v sqfstar >/dev/null 2>&1 || need+=(squashfs-tools)
 if [ "$mode" = test ]; then
   command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
   command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)
   command -v skopeo >/dev/null 2>&1 || need+=(skopeo)
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
   command -v script >/dev/null 2>&1 || need+=(bsdutils)
+  command -v umoci >/dev/null 2>&1 || need+=(umoci)
+  # A static busybox: the tests copy it into an image and run it there through chroot.
+  dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 fi
 [ ${#need[@]} -eq 0 ] || apt_install "${need[@]}"
 [ "$mode" = test ] || exit 0

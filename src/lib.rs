@@ -28,6 +28,7 @@
 //! module promises and which lock it holds.
 
 pub mod cache;
+pub mod convert;
 pub mod format;
 pub mod maintain;
 pub mod remote;

@@ -49,6 +49,7 @@ impl Cache {
                         added: now,
                         media_type: None,
                         remote_digest: None,
+                        ..Default::default()
                     },
                 )?;
             }

@@ -1,8 +1,13 @@
 //! The index's health, for `doctor`: read every record and page, compare the journal,
-//! rebuild a damaged index from its journal. Where the files are, for the checks of
-//! modes and access that `doctor` and `init --shared` make.
+//! rebuild a damaged index from its journal (under the exclusive index lock); probe
+//! whether the locks exclude each other on this filesystem (a probe file of its own in
+//! `locks/`, removed at once, never a lock file in use). Where the files are, for the
+//! messages and the checks of modes and access that `doctor` and `init --shared` make:
+//! those paths are for showing and `stat`, and only this module opens them.
 
 use std::collections::HashMap;
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use super::index::{IndexError, IndexStats, JournalStatus, Rebuilt};
@@ -21,6 +26,11 @@ pub enum Repaired {
 }
 
 impl Cache {
+    /// The format directory (`<cache>/v1`).
+    pub fn format_dir(&self) -> &Path {
+        &self.v1
+    }
+
     /// The index database (`v1/index.redb`).
     pub fn index_path(&self) -> &Path {
         self.index.db_path()
@@ -54,6 +64,20 @@ impl Cache {
     /// Where the per-pull locks are (`v1/locks`).
     pub fn locks_dir(&self) -> PathBuf {
         self.v1.join("locks")
+    }
+
+    /// Whether two descriptors of one file exclude each other with fcntl (OFD) locks here:
+    /// `false` where the filesystem accepts the locks but does not enforce them. Uses a
+    /// probe file of its own in `locks/` (in `v1/` before `locks/` exists), removed before
+    /// the answer.
+    pub fn probe_locks(&self) -> io::Result<bool> {
+        let dir = self.locks_dir();
+        super::lock::probe_ofd(if dir.is_dir() { &dir } else { &self.v1 })
+    }
+
+    /// How many corrupt blobs `verify` has moved into `quarantine/` (0 when it is missing).
+    pub fn quarantined_count(&self) -> usize {
+        fs::read_dir(self.quarantine_dir()).map_or(0, |r| r.count())
     }
 
     /// Create an empty index (with its journal) where there is none.

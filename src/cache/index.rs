@@ -87,7 +87,7 @@
 //! | table       | key              | value                                   |
 //! |-------------|------------------|-----------------------------------------|
 //! | `refs`      | name (`ns/n:tag`) | [`RefRecord`]: digest, added, source, labels |
-//! | `blobs`     | digest hex       | [`BlobRecord`]: size, added, media type, remote digest |
+//! | `blobs`     | digest hex       | [`BlobRecord`]: size, added, media type, remote digest, parts |
 //! | `blob_refs` | digest hex       | (multimap) every name pointing at it    |
 //! | `last_use`  | name             | Unix seconds; written only when older than [`LAST_USE_RESOLUTION`] |
 //! | `pins`      | name             | Unix seconds when pinned                |
@@ -196,7 +196,7 @@ pub struct RefRecord {
 }
 
 /// What a blob records.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BlobRecord {
     pub size: u64,
     /// Unix seconds when the blob entered the cache.
@@ -206,6 +206,12 @@ pub struct BlobRecord {
     /// The remote's own digest of this content (e.g. `sha256:...`), when pulled.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub remote_digest: Option<String>,
+    /// The blobs this one was made from (the layers and config of a converted image):
+    /// gc keeps them while a name uses this blob, and drops them first under size
+    /// pressure. Older builds ignore the field (and may collect the parts, which only
+    /// costs a download).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub parts: Vec<Digest>,
 }
 
 /// Index failures, each naming the index file.
@@ -721,6 +727,7 @@ impl Index {
                         added: now,
                         media_type: None,
                         remote_digest: None,
+                        ..Default::default()
                     },
                 );
                 report.blob_records_from_files += 1;

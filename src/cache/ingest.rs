@@ -10,6 +10,12 @@
 //! durable and hands back [`Ingested`] content, which only
 //! [`Cache::commit_ingested`](super::Cache::commit_ingested) can name. Dropped before
 //! that (any error), the file is removed.
+//!
+//! A tool that writes a file itself, by path (the converter runs `sqfstar` into one),
+//! gets a [`Scratch`] file in `tmp/` from [`Cache::scratch`](super::Cache::scratch)
+//! instead; [`Scratch::seal`] hashes the finished file once (BLAKE3, memory-mapped,
+//! on every core), makes it read-only and durable, and hands back the same [`Ingested`].
+//! Like every `tmp/` file, gc leaves both alone for its grace period.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};
@@ -127,6 +133,62 @@ impl Ingested {
     }
     pub fn size(&self) -> u64 {
         self.staged.size()
+    }
+    /// The read-only file in `tmp/`, for reading it before it is committed.
+    pub fn path(&self) -> &Path {
+        self.staged.path()
+    }
+}
+
+/// An empty file in `tmp/` that a tool fills by its path; see the module documentation.
+/// Dropped before [`Scratch::seal`], the file is removed.
+pub struct Scratch {
+    path: PathBuf,
+}
+
+impl Scratch {
+    pub(super) fn new(store: &store::Store) -> Result<Scratch, IngestError> {
+        let (_, path) = store.new_ingest_file().map_err(|e| IngestError {
+            path: store.tmp_dir().to_path_buf(),
+            source: io::Error::other(e.to_string()),
+        })?;
+        Ok(Scratch { path })
+    }
+
+    /// The file to write.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file is complete: hash it, make it read-only and durable.
+    pub fn seal(mut self) -> io::Result<Ingested> {
+        let path = std::mem::take(&mut self.path);
+        let sealed = (|| {
+            let (digest, size) = crate::format::digest::hash_file(&path)?;
+            let f = File::open(&path)?;
+            use std::os::unix::fs::PermissionsExt;
+            f.set_permissions(std::fs::Permissions::from_mode(store::BLOB_MODE))?;
+            f.sync_all()?;
+            Ok((digest, size))
+        })();
+        match sealed {
+            Ok((digest, size)) => Ok(Ingested {
+                staged: Staged::adopt(path, digest, size),
+            }),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(e)
+            }
+        }
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if !self.path.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.path);
+            store::untrack(&self.path);
+        }
     }
 }
 

@@ -454,7 +454,7 @@ fn flock(file: &File, op: i32) -> io::Result<()> {
 
 /// Whether OFD locks work on the filesystem holding `dir`: two opens of one probe file
 /// must exclude each other. Used by `doctor`.
-pub fn probe_ofd(dir: &Path) -> io::Result<bool> {
+pub(super) fn probe_ofd(dir: &Path) -> io::Result<bool> {
     let probe = dir.join(format!(".lock-probe-{}", std::process::id()));
     let a = OpenOptions::new()
         .read(true)

@@ -7,7 +7,8 @@
 //! [`Cache::ingest`]/[`Cache::commit_ingested`] (`ingest.rs`) bring content in;
 //! `collect.rs` holds the one removal routine ([`Cache::collect`] for gc,
 //! [`Cache::quarantine`] for verify); `batch.rs` names many images at once; `health.rs`
-//! checks and rebuilds the index for doctor.
+//! checks and rebuilds the index and probes the locks for doctor; `layout.rs` creates the
+//! directories and lists the cache's own entries for `init --shared` and doctor.
 //!
 //! # What each operation locks
 //!
@@ -61,13 +62,14 @@ mod collect;
 mod health;
 mod index;
 mod ingest;
+mod layout;
 pub mod limits;
 pub mod lock;
 mod settings;
 mod store;
 mod uses;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
@@ -91,7 +93,7 @@ pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
     RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
 };
-pub use ingest::{Ingest, IngestError, Ingested, Tap};
+pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
 
@@ -252,6 +254,29 @@ pub struct Provenance {
     pub remote_digest: Option<String>,
 }
 
+/// A part of an image, opened by [`Cache::open_parts`]: `record` and `file` are `None`
+/// when gc has dropped it.
+pub struct OpenPart {
+    pub digest: Digest,
+    pub record: Option<BlobRecord>,
+    pub file: Option<fs::File>,
+    /// Where the blob lives in the store (for a hard link; read through `file`).
+    pub path: PathBuf,
+}
+
+/// A blob a converted image was made from: one of its layers, or its config.
+pub enum Part {
+    /// Downloaded for this image: committed with it.
+    New {
+        content: Ingested,
+        media_type: String,
+        /// The registry's digest of it (`sha256:...`).
+        remote_digest: String,
+    },
+    /// Already in the cache (see [`Cache::open_by_remote_digest`]).
+    Known(Digest),
+}
+
 /// What a write does when it would point a pinned name at other content.
 ///
 /// A pin protects the content its name points to; re-pointing the name silently would
@@ -275,6 +300,11 @@ impl Repoint {
         } else {
             Repoint::RefuseIfPinned
         }
+    }
+
+    /// Whether the caller said `--force`.
+    pub fn is_force(self) -> bool {
+        self == Repoint::Force
     }
 }
 
@@ -438,58 +468,8 @@ impl Cache {
         self.v1.join(settings::FILE)
     }
 
-    /// The format directory (`<cache>/v1`).
-    pub fn v1(&self) -> &Path {
-        &self.v1
-    }
-
     pub fn root(&self) -> &Path {
         &self.root
-    }
-
-    /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
-    pub fn ensure_layout(&self) -> Result<(), CacheError> {
-        if self.store.tmp_dir().is_dir() && self.store.blobs_dir().is_dir() {
-            return Ok(());
-        }
-        let layout = |path: &Path| {
-            let p = path.to_path_buf();
-            move |source| CacheError::Layout { path: p, source }
-        };
-        for dir in [
-            self.root.clone(),
-            self.v1.clone(),
-            self.v1.join("locks"),
-            self.v1.join("quarantine"),
-        ] {
-            if !dir.is_dir() {
-                fs::create_dir_all(&dir).map_err(layout(&dir))?;
-                use std::os::unix::fs::PermissionsExt;
-                let _ =
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(self.settings.dir_mode));
-            }
-        }
-        self.store.create_dirs().map_err(layout(&self.v1))?;
-        let tag = self.root.join("CACHEDIR.TAG");
-        if !tag.exists() {
-            fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
-        }
-        // The new entries durable, deepest first, before any blob or name relies on them.
-        // A directory this user may not read (a root another user made, mode 0711) cannot
-        // be opened to be synced; its owner's creation of it is what made it.
-        let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
-        for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
-            match crate::cache::store::sync_dir(dir) {
-                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
-                r => r.map_err(layout(dir))?,
-            }
-        }
-        Ok(())
-    }
-
-    /// Whether anything was ever written here.
-    fn exists(&self) -> bool {
-        self.v1.is_dir()
     }
 
     fn not_found(&self, r: &Reference) -> CacheError {
@@ -590,6 +570,7 @@ impl Cache {
         // the user's file its mode back.
         let entry = self.commit_staged(
             staged,
+            Vec::new(),
             &name,
             Provenance {
                 source,
@@ -632,6 +613,11 @@ impl Cache {
         Ingest::new(&self.store, tap)
     }
 
+    /// An empty file in `tmp/` for a tool that writes content by path (see [`Scratch`]).
+    pub fn scratch(&self) -> Result<Scratch, IngestError> {
+        Scratch::new(&self.store)
+    }
+
     /// Commit ingested content under `name`: `Cache::commit_staged`, the one commit
     /// path of `add` and of every pull.
     pub fn commit_ingested(
@@ -641,17 +627,99 @@ impl Cache {
         prov: Provenance,
         repoint: Repoint,
     ) -> Result<Entry, CacheError> {
-        self.commit_staged(ingested.staged, name, prov, repoint)
+        self.commit_staged(ingested.staged, Vec::new(), name, prov, repoint)
+    }
+
+    /// Commit a converted image under `name` together with the blobs it was made from
+    /// (its layers and config, in that order), in one transaction: new parts go into
+    /// `blobs/` with their remote digests; known parts are listed whether or not gc has
+    /// collected them meanwhile (they are only a cache: the image is complete without
+    /// them, and [`Cache::open_parts`] says which are missing).
+    pub fn commit_image(
+        &self,
+        image: Ingested,
+        parts: Vec<Part>,
+        name: &Reference,
+        prov: Provenance,
+        repoint: Repoint,
+    ) -> Result<Entry, CacheError> {
+        self.commit_staged(image.staged, parts, name, prov, repoint)
+    }
+
+    /// The blobs already in the cache whose remote digest (`sha256:...`) is one of
+    /// `wanted`, opened under the shared lock: the open files stay readable whatever gc
+    /// does next. Reads every blob record (not a hot path: once per image pull).
+    pub fn open_by_remote_digest(
+        &self,
+        wanted: &[&str],
+    ) -> Result<HashMap<String, (Digest, fs::File)>, CacheError> {
+        let mut out = HashMap::new();
+        if wanted.is_empty() || !self.exists() {
+            return Ok(out);
+        }
+        let rd = self.index.read()?;
+        for (d, b) in rd.blobs()? {
+            let Some(remote) = b.remote_digest.as_deref() else {
+                continue;
+            };
+            if wanted.contains(&remote)
+                && !out.contains_key(remote)
+                && let Ok(f) = fs::File::open(self.store.blob_path(&d))
+                && f.metadata().is_ok_and(|m| m.len() == b.size)
+            {
+                out.insert(remote.to_string(), (d, f));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The parts of the image `r` names (its layers, bottom first, then its config), each
+    /// opened under the shared lock, so they stay readable whatever gc does next. A part
+    /// gc has dropped (under size pressure) is `None`: the image needs a pull to export.
+    pub fn open_parts(&self, r: &Reference) -> Result<Vec<OpenPart>, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let key = r.key();
+        let rd = self.index.read()?;
+        let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+        check_digest(r, &rec)?;
+        let blob = rd.get_blob(&rec.digest)?.unwrap_or_default();
+        let mut out = Vec::with_capacity(blob.parts.len());
+        for d in blob.parts {
+            let path = self.store.blob_path(&d);
+            let file = rd.get_blob(&d)?.and_then(|b| {
+                let f = fs::File::open(&path).ok()?;
+                Some((b, f))
+            });
+            out.push(match file {
+                Some((record, file)) => OpenPart {
+                    digest: d,
+                    record: Some(record),
+                    file: Some(file),
+                    path,
+                },
+                None => OpenPart {
+                    digest: d,
+                    record: None,
+                    file: None,
+                    path,
+                },
+            });
+        }
+        Ok(out)
     }
 
     /// Put staged content in place and point `name` at it, under the exclusive index lock
     /// (the one commit path of `add` and of every pull). A pinned name that points to
     /// other content is refused unless `repoint` says otherwise: checked under the lock,
     /// so a pin taken meanwhile counts; the refusal leaves the index and `blobs/` as they
-    /// were.
+    /// were. `parts` (a converted image's layers and config) are committed in the same
+    /// transaction and listed in the blob's record.
     fn commit_staged(
         &self,
         staged: Staged,
+        parts: Vec<Part>,
         name: &Reference,
         prov: Provenance,
         repoint: Repoint,
@@ -714,15 +782,53 @@ impl Cache {
         }
         let (path, _new) = staged.commit(&self.store)?;
         testhook::pause("add-blob-committed");
-        w.put_blob(
-            &digest,
-            &BlobRecord {
-                size,
-                added: now,
-                media_type: prov.media_type.clone(),
-                remote_digest: prov.remote_digest.clone(),
-            },
-        )?;
+        let mut part_digests = Vec::with_capacity(parts.len());
+        for part in parts {
+            match part {
+                Part::New {
+                    content,
+                    media_type,
+                    remote_digest,
+                } => {
+                    let (d, size) = (content.digest(), content.size());
+                    content.staged.commit(&self.store)?;
+                    w.put_blob(
+                        &d,
+                        &BlobRecord {
+                            size,
+                            added: now,
+                            media_type: Some(media_type),
+                            remote_digest: Some(remote_digest),
+                            ..Default::default()
+                        },
+                    )?;
+                    part_digests.push(d);
+                }
+                // Listed even if gc dropped it meanwhile: the list stays the image's
+                // whole recipe, and `open_parts` reports what is missing.
+                Part::Known(d) => part_digests.push(d),
+            }
+        }
+        let blob_record = BlobRecord {
+            size,
+            added: now,
+            media_type: prov.media_type.clone(),
+            remote_digest: prov.remote_digest.clone(),
+            parts: part_digests,
+        };
+        match w.get_blob(&digest)? {
+            Some(old) if !blob_record.parts.is_empty() && old.parts != blob_record.parts => {
+                w.replace_blob(
+                    &digest,
+                    &BlobRecord {
+                        parts: blob_record.parts,
+                        ..old
+                    },
+                )?;
+            }
+            Some(_) => {}
+            None => w.put_blob(&digest, &blob_record)?,
+        }
         w.put_ref(&key, &record)?;
         w.set_last_use(&key, now)?;
         let pinned = w.is_pinned(&key)?;
@@ -760,14 +866,20 @@ impl Cache {
 
     /// The per-pull lock of a remote reference (`v1/locks/<hash>.lock`), held exclusive for
     /// a whole download. Taken before the index lock, never while holding it.
+    ///
+    /// Once it holds the lock, it removes what killed pulls and adds on this machine left
+    /// in `tmp/` (see `store::Store::remove_dead_tmp`), so a pull killed mid-way leaves
+    /// nothing behind once the next one runs here.
     pub fn pull_lock(&self, remote: &str) -> Result<crate::cache::lock::LockGuard, CacheError> {
         let path = self.locks_dir().join(pull_lock_name(remote));
-        Ok(crate::cache::lock::lock(
+        let guard = crate::cache::lock::lock(
             &path,
             crate::cache::lock::Mode::Exclusive,
             self.index.lock_options(),
         )
-        .map_err(IndexError::from)?)
+        .map_err(IndexError::from)?;
+        self.store.remove_dead_tmp();
+        Ok(guard)
     }
 
     /// How many pulls of `remote` have failed so far, and the last one's message

@@ -95,6 +95,10 @@ impl Staged {
     pub fn digest(&self) -> Digest {
         self.digest
     }
+    /// The staged file (empty once committed).
+    pub fn path(&self) -> &Path {
+        self.path.as_deref().unwrap_or(Path::new(""))
+    }
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -205,7 +209,9 @@ pub fn remove_unfinished() {
     }
 }
 
-/// A name in `tmp/` no other process or thread will pick.
+/// A name in `tmp/` no other process or thread will pick:
+/// `PREFIX<pid>-<salt>@<host>`, so that a later command on the same machine can tell a
+/// file whose writer died ([`Store::remove_dead_tmp`]).
 pub fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
@@ -213,7 +219,66 @@ pub fn unique_name(prefix: &str) -> String {
         .map(|d| d.as_nanos())
         .unwrap_or(0);
     let salt = Digest::of(format!("{}-{nanos}-{n}", std::process::id()).as_bytes());
-    format!("{prefix}{}-{}", std::process::id(), &salt.hex()[..12])
+    format!(
+        "{prefix}{}-{}@{}",
+        std::process::id(),
+        &salt.hex()[..12],
+        host_tag()
+    )
+}
+
+/// This machine's name as `tmp/` names carry it: letters, digits, `.` and `-` only.
+fn host_tag() -> &'static str {
+    static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    HOST.get_or_init(|| {
+        let mut buf = [0u8; 256];
+        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+        // or truncates, and we read up to the first NUL only.
+        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
+        let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+        let name: String = String::from_utf8_lossy(if ok { &buf[..end] } else { b"" })
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                    c
+                } else {
+                    '-'
+                }
+            })
+            .collect();
+        if name.is_empty() {
+            "host".to_string()
+        } else {
+            name
+        }
+    })
+}
+
+/// The writer of a `tmp/` file named by [`unique_name`], when it ran on this machine and
+/// is no longer running.
+fn written_by_dead_local_process(name: &str) -> bool {
+    let Some(rest) = name
+        .strip_prefix(INGEST_PREFIX)
+        .or_else(|| name.strip_prefix(DELETE_PREFIX))
+    else {
+        return false;
+    };
+    let Some((pid_salt, host)) = rest.rsplit_once('@') else {
+        return false;
+    };
+    let Some(pid) = pid_salt
+        .split('-')
+        .next()
+        .and_then(|p| p.parse::<libc::pid_t>().ok())
+    else {
+        return false;
+    };
+    if host != host_tag() || pid <= 0 || pid as u32 == std::process::id() {
+        return false;
+    }
+    // SAFETY: kill with signal 0 only checks whether the process exists.
+    let status = unsafe { libc::kill(pid, 0) };
+    status == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 impl Store {
@@ -477,6 +542,25 @@ impl Store {
     }
 
     /// Every entry of `tmp/`.
+    /// Remove the `tmp/` files whose writer ran on this machine and has died (a pull or
+    /// an add killed mid-way); returns how many. Files of other machines, and of live
+    /// processes, are left to gc's grace period. A reused pid keeps a file, never the
+    /// reverse.
+    pub fn remove_dead_tmp(&self) -> usize {
+        let Ok(Some(rd)) = read_dir_if_present(&self.tmp) else {
+            return 0;
+        };
+        let mut n = 0;
+        for e in rd.flatten() {
+            if written_by_dead_local_process(&e.file_name().to_string_lossy())
+                && fs::remove_file(e.path()).is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
         let Some(rd) = read_dir_if_present(&self.tmp)? else {

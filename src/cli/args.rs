@@ -91,6 +91,7 @@ fn lean_command() -> clap::Command {
         ("info", &[], InfoArgs::augment_args),
         ("pull", &[], PullArgs::augment_args),
         ("push", &[], PushArgs::augment_args),
+        ("export", &[], ExportArgs::augment_args),
         ("search", &[], SearchArgs::augment_args),
         ("login", &[], LoginArgs::augment_args),
         ("logout", &[], LogoutArgs::augment_args),
@@ -127,6 +128,7 @@ pub enum Command {
     Info(InfoArgs),
     Pull(PullArgs),
     Push(PushArgs),
+    Export(ExportArgs),
     Search(SearchArgs),
     Login(LoginArgs),
     Logout(LogoutArgs),
@@ -174,9 +176,10 @@ pub struct AddArgs {
 /// newline. A name that is not cached exits with code 3 and a one-line message on stderr.
 /// `NAME@blake3:<hex>` asks for that exact content.
 ///
-/// With a remote reference (oras://, https://, s3://) it prints the cached path if that
-/// remote was pulled before, and otherwise pulls it first: however many jobs ask at the
-/// same moment, it is downloaded once, and every one of them prints the same path.
+/// With a remote reference (docker://, oras://, https://, s3://) it prints the cached path
+/// if that remote was pulled before, and otherwise pulls it first: however many jobs ask
+/// at the same moment, it is downloaded once (and a docker:// image converted once), and
+/// every one of them prints the same path.
 #[derive(Debug, Args)]
 pub struct GetArgs {
     /// Image name [host/][namespace/]name[:tag][@blake3:<hex>], or a remote reference
@@ -188,6 +191,19 @@ pub struct GetArgs {
     /// Re-hash the file before answering; exit 4 if it does not match its digest
     #[arg(long)]
     pub verify: bool,
+    #[command(flatten)]
+    pub docker: DockerArgs,
+}
+
+/// Options of docker:// images.
+#[derive(Debug, Args)]
+pub struct DockerArgs {
+    /// docker:// only: the platform to pull, os/arch[/variant] (default: this machine's)
+    #[arg(long, value_name = "PLATFORM")]
+    pub platform: Option<String>,
+    /// docker:// only: the SIF's squashfs compression: gzip (default; every kernel mounts it), zstd, xz, lz4, lzo
+    #[arg(long, value_name = "COMP", value_parser = ["gzip", "zstd", "xz", "lz4", "lzo"])]
+    pub squashfs_comp: Option<String>,
 }
 
 /// List cached images: name, short digest, size, when added and last used.
@@ -266,18 +282,21 @@ pub struct InfoArgs {}
 
 /// Download an image into the cache and print its cached path.
 ///
-/// REMOTE is oras://HOST[:PORT]/REPOSITORY[:TAG|@sha256:...] (a SIF artifact in an OCI
+/// REMOTE is docker://[HOST[:PORT]/]REPOSITORY[:TAG|@sha256:...] (a container image,
+/// converted to SIF here; Docker Hub when there is no host), oras://HOST[:PORT]/REPOSITORY[:TAG|@sha256:...] (a SIF artifact in an OCI
 /// registry, as `apptainer push oras://` writes it), https://URL, or s3://BUCKET/KEY. Every
 /// byte is checked while it streams in: the registry's sha256 and the declared size; a
-/// broken transfer is resumed. A remote unchanged since the name was pulled from it is not
-/// downloaded again (--force does). The image is named after REMOTE without its scheme unless
+/// broken transfer is resumed. A docker:// image's layers are kept with it, so another
+/// image with the same base layers downloads only its own. A remote unchanged since the
+/// name was pulled from it is not downloaded again (only the manifest, or a conditional
+/// HEAD, is asked for; --force downloads again). The image is named after REMOTE without its scheme unless
 /// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json
 /// (and the credential helpers it names); S3 settings from the AWS_* environment variables.
 ///
 /// Example: sregistry pull oras://registry.example.org/lab/tool:1.2
 #[derive(Debug, Args)]
 pub struct PullArgs {
-    /// oras://..., https://... or s3://...
+    /// docker://..., oras://..., https://... or s3://...
     #[arg(value_name = "REMOTE")]
     pub remote: String,
     /// Local name for it
@@ -292,6 +311,29 @@ pub struct PullArgs {
     /// S3 endpoint URL (else AWS_ENDPOINT_URL)
     #[arg(long, value_name = "URL")]
     pub endpoint: Option<String>,
+    #[command(flatten)]
+    pub docker: DockerArgs,
+}
+
+/// Write an image pulled from docker:// out as an OCI image layout.
+///
+/// DIR gets `oci-layout`, `index.json` (TAG in `org.opencontainers.image.ref.name`) and
+/// `blobs/sha256/`: the image's config and layers, hard-linked from the cache where the
+/// filesystem allows, copied where it does not, and an OCI manifest for them. DIR must be
+/// new, empty, or an OCI layout already (TAG is added or re-pointed). `skopeo copy
+/// oci:DIR:TAG ...` and `umoci unpack --image DIR:TAG` read it. Fails (exit 1, nothing
+/// written) when gc has dropped a layer; `pull` of the source fetches it again.
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Image name (pulled from docker://)
+    #[arg(value_name = "REF")]
+    pub reference: String,
+    /// The OCI layout directory to write
+    #[arg(value_name = "DIR")]
+    pub dir: PathBuf,
+    /// The tag in the layout (default: the name's tag)
+    #[arg(long, value_name = "TAG")]
+    pub tag: Option<String>,
 }
 
 /// Upload a cached image to an OCI registry (as a SIF artifact) or to S3.
@@ -492,8 +534,11 @@ mod tests {
         "unpin a",
         "info --json",
         "pull oras://h:5000/a/b:1 --name x --insecure --force",
+        "pull docker://busybox --platform linux/arm64/v8 --squashfs-comp zstd",
+        "get docker://h:5000/a/b:1 --platform linux/amd64",
         "pull s3://bucket/k.sif --endpoint http://127.0.0.1:9000 -n y",
         "push a oras://h/a/b:1",
+        "export lab/tool:1 /tmp/layout --tag v1",
         "search oras://h/a/b",
         "login h -u alice --password-stdin",
         "logout h",

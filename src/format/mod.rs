@@ -5,4 +5,5 @@ pub mod clock;
 pub mod digest;
 pub mod reference;
 pub mod sif;
+pub mod sif_write;
 pub mod units;

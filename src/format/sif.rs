@@ -52,7 +52,7 @@ const OCI_ROOT_INDEX: i32 = 0x400a;
 const OCI_BLOB: i32 = 0x400b;
 
 #[rustfmt::skip]
-mod names {
+pub(super) mod names {
     use super::*;
     pub const KINDS: &[(i32, &str)] = &[
         (DEFFILE, "Def.FILE"), (ENV_VARS, "Env.Vars"), (LABELS, "JSON.Labels"), (PARTITION, "FS"),

@@ -61,8 +61,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     use Status::*;
     let mut out = Vec::new();
     let root = cache.root();
-    let v1 = cache.v1();
-    if !v1.is_dir() {
+    if !cache.exists() {
         out.push(check(
             "cache",
             Fail,
@@ -76,7 +75,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     out.push(check("cache", Pass, format!("`{}`", root.display())));
     let settings = cache.settings();
     let group = settings.gid.filter(|_| settings.shared);
-    let layout = shared::laid_out_for_a_group(cache);
+    let layout = cache.group_layout();
     let fix = match (&settings.group, group, layout) {
         (Some(g), Some(_), _) => g.clone(),
         (_, None, Some((_, gid))) => format!("{gid}"),
@@ -98,7 +97,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             Fail,
             format!(
                 "the settings say private, but `{}` is laid out for group {gid} ({mode:o}): members' new directories will not be group-writable; if it is meant to be shared, `{fix}` records it again",
-                v1.display(),
+                cache.format_dir().display(),
             ),
         ),
         (Some(gid), None) => check(
@@ -107,14 +106,14 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             format!(
                 "the settings say shared with group `{}` (gid {gid}), but `{}` is not setgid and group-writable; `{fix}` applies them",
                 settings.group.as_deref().unwrap_or("?"),
-                v1.display()
+                cache.format_dir().display()
             ),
         ),
     });
 
     // Permissions: the cache's own entries against the modes and group of its settings.
     let mut bad = Vec::new();
-    for p in shared::cache_paths(cache) {
+    for p in cache.own_paths() {
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
             continue;
         };
@@ -147,7 +146,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         )
     });
     let writable = [
-        v1.to_path_buf(),
+        cache.format_dir().to_path_buf(),
         cache.tmp_dir().to_path_buf(),
         cache.index_lock_path().to_path_buf(),
     ]
@@ -169,10 +168,9 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     });
 
     // Locks.
-    let probe_dir = cache.locks_dir();
     out.push(match lock_kind {
         lock::Kind::Flock => check("locks", Warn, "SREGISTRY_LOCK=flock: whole-file flock locks (node-local on GPFS, need `-o flock` on Lustre)"),
-        lock::Kind::Ofd => match lock::probe_ofd(if probe_dir.is_dir() { &probe_dir } else { v1 }) {
+        lock::Kind::Ofd => match cache.probe_locks() {
             Ok(true) => check("locks", Pass, "fcntl (OFD) locks exclude each other here"),
             Ok(false) => check("locks", Fail, "fcntl locks do not exclude each other here; set SREGISTRY_LOCK=flock or move the cache"),
             Err(e) => check("locks", Fail, format!("fcntl locks fail here ({e}); set SREGISTRY_LOCK=flock or move the cache")),
@@ -281,9 +279,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             format!("{old} leftover file(s) of interrupted commands; `sregistry gc` removes them"),
         )
     });
-    let q = std::fs::read_dir(cache.quarantine_dir())
-        .map(|r| r.count())
-        .unwrap_or(0);
+    let q = cache.quarantined_count();
     out.push(if q == 0 {
         check("quarantine", Pass, "empty")
     } else {

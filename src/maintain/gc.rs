@@ -179,12 +179,56 @@ fn plan(
     for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
         *users.entry(n.record.digest).or_default() += 1;
     }
-    let mut kept: u64 = users
-        .keys()
-        .map(|d| size_of.get(d).copied().unwrap_or(0))
-        .sum();
+    // The parts (layers, config) of the blobs names use: kept with them, but only as a
+    // cache of what made them, so under size pressure they go before any image a name
+    // uses. How many used blobs list each part:
+    let parts_of: HashMap<Digest, &[Digest]> = blob_records
+        .iter()
+        .map(|(d, b)| (*d, b.parts.as_slice()))
+        .collect();
+    let mut part_users: HashMap<Digest, usize> = HashMap::new();
+    for d in users.keys() {
+        for p in parts_of.get(d).copied().unwrap_or_default() {
+            if size_of.contains_key(p) {
+                *part_users.entry(*p).or_default() += 1;
+            }
+        }
+    }
+    let kept_size = |users: &HashMap<Digest, usize>, part_users: &HashMap<Digest, usize>| {
+        users
+            .keys()
+            .chain(part_users.keys().filter(|p| !users.contains_key(*p)))
+            .map(|d| size_of.get(d).copied().unwrap_or(0))
+            .sum::<u64>()
+    };
+    let mut kept = kept_size(&users, &part_users);
     let mut over_budget = false;
     if let Some(max) = opts.max_size {
+        if kept > max {
+            // Parts first: those of the least recently used images first, and of those
+            // the ones fewest images share (a common base layer goes last).
+            let mut newest_use: HashMap<Digest, u64> = HashMap::new();
+            for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
+                for p in parts_of.get(&n.record.digest).copied().unwrap_or_default() {
+                    let t = newest_use.entry(*p).or_default();
+                    *t = (*t).max(used_at(n));
+                }
+            }
+            let mut parts: Vec<Digest> = part_users.keys().copied().collect();
+            parts.sort_by_key(|p| {
+                let used = newest_use.get(p).copied().unwrap_or(0);
+                (used, part_users.get(p).copied().unwrap_or(0), *p)
+            });
+            for p in parts {
+                if kept <= max {
+                    break;
+                }
+                part_users.remove(&p);
+                if !users.contains_key(&p) {
+                    kept -= size_of.get(&p).copied().unwrap_or(0);
+                }
+            }
+        }
         let mut lru: Vec<&Named> = names
             .iter()
             .filter(|n| !removed.contains(n.name.as_str()) && !protected(n))
@@ -208,7 +252,20 @@ fn plan(
                 *c -= 1;
                 if *c == 0 {
                     users.remove(&n.record.digest);
-                    kept -= size_of.get(&n.record.digest).copied().unwrap_or(0);
+                    if !part_users.contains_key(&n.record.digest) {
+                        kept -= size_of.get(&n.record.digest).copied().unwrap_or(0);
+                    }
+                    for p in parts_of.get(&n.record.digest).copied().unwrap_or_default() {
+                        if let Some(c) = part_users.get_mut(p) {
+                            *c -= 1;
+                            if *c == 0 {
+                                part_users.remove(p);
+                                if !users.contains_key(p) {
+                                    kept -= size_of.get(p).copied().unwrap_or(0);
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -216,7 +273,7 @@ fn plan(
     }
     let blobs: Vec<(Digest, u64)> = blob_records
         .iter()
-        .filter(|(d, _)| !users.contains_key(d))
+        .filter(|(d, _)| !users.contains_key(d) && !part_users.contains_key(d))
         .map(|(d, b)| (*d, b.size))
         .collect();
     let known: HashSet<Digest> = blob_records.iter().map(|(d, _)| *d).collect();
@@ -240,7 +297,7 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         dry_run: opts.dry_run,
         ..GcReport::default()
     };
-    if !cache.v1().is_dir() {
+    if !cache.exists() {
         return Ok(report);
     }
     let on_disk = cache.blobs_on_disk()?;
@@ -329,6 +386,7 @@ mod tests {
                 added: 0,
                 media_type: None,
                 remote_digest: None,
+                ..Default::default()
             },
         )
     }
@@ -352,6 +410,64 @@ mod tests {
         assert_eq!(gone, ["older-twin", "old", "twin"]);
         assert_eq!(p.bytes_kept, 100);
         assert!(!p.over_budget);
+    }
+
+    fn with_parts(mut b: (Digest, BlobRecord), parts: &[&[u8]]) -> (Digest, BlobRecord) {
+        b.1.parts = parts.iter().map(|p| Digest::of(p)).collect();
+        b
+    }
+
+    /// The danger: an image's layers are what `export` and a re-conversion need without
+    /// a download; collected as unreferenced blobs, every later pull of an image with the
+    /// same base would fetch them again. Under size pressure, though, they must go before
+    /// any image a job may run.
+    #[test]
+    fn gc_keeps_an_images_layers_and_drops_them_before_any_image_under_size_pressure() {
+        let now = 1_000_000;
+        let names = vec![
+            named("old", b"img-a", 0, Some(10), false),
+            named("new", b"img-b", 0, Some(990_000), false),
+        ];
+        let blobs = vec![
+            with_parts(blob(b"img-a", 100), &[b"base", b"top-a"]),
+            with_parts(blob(b"img-b", 100), &[b"base", b"top-b"]),
+            blob(b"base", 60),
+            blob(b"top-a", 30),
+            blob(b"top-b", 20),
+            blob(b"stray-layer", 5),
+        ];
+        let gone = |p: &Plan| -> HashSet<Digest> { p.blobs.iter().map(|(d, _)| *d).collect() };
+        // No pressure: every part of a used image stays; a layer of no image goes.
+        let p = plan(&names, &blobs, &[], &GcOptions::default(), now);
+        assert_eq!(gone(&p), HashSet::from([Digest::of(b"stray-layer")]));
+        assert_eq!(p.bytes_kept, 310);
+        // Pressure: the old image's own layer goes first, then the new one's; the base
+        // both share goes last; both images stay.
+        let opts = GcOptions {
+            max_size: Some(270),
+            ..GcOptions::default()
+        };
+        let p = plan(&names, &blobs, &[], &opts, now);
+        assert!(p.names.is_empty(), "{:?}", p.names);
+        assert_eq!(
+            gone(&p),
+            HashSet::from([
+                Digest::of(b"stray-layer"),
+                Digest::of(b"top-a"),
+                Digest::of(b"top-b")
+            ])
+        );
+        assert_eq!(p.bytes_kept, 260);
+        // Only when no part is left does an image go; its last part goes with it.
+        let opts = GcOptions {
+            max_size: Some(150),
+            ..GcOptions::default()
+        };
+        let p = plan(&names, &blobs, &[], &opts, now);
+        let names_gone: Vec<&str> = p.names.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names_gone, ["old"]);
+        assert_eq!(p.bytes_kept, 100);
+        assert!(gone(&p).contains(&Digest::of(b"img-a")));
     }
 
     #[test]

@@ -192,7 +192,9 @@ pub fn init(
         cache.create_index().map_err(|e| layout_err(db, &e))?;
     }
     if previous.as_ref() != Some(want) {
-        cache.save_settings(want).map_err(io_err(cache.v1()))?;
+        cache
+            .save_settings(want)
+            .map_err(io_err(&cache.settings_path()))?;
     }
     if let Some(gid) = want.gid {
         changed += regroup(gid)?;
@@ -229,12 +231,8 @@ fn existing_cache(root: &Path) -> Result<Option<Settings>, SharedError> {
     if !meta.is_dir() {
         return Err(SharedError::NotADirectory(root.to_path_buf()));
     }
-    let probe = Cache::with_settings(root, Default::default(), Settings::default());
-    let v1 = probe.v1();
-    let tagged = fs::read_to_string(root.join("CACHEDIR.TAG"))
-        .is_ok_and(|t| t.contains("created by sregistry"));
-    if tagged || probe.index_path().exists() || probe.settings_path().exists() {
-        return Ok(Some(Settings::load(v1)?));
+    if let Some(settings) = Cache::recorded_settings(root)? {
+        return Ok(Some(settings));
     }
     for entry in fs::read_dir(root).map_err(io_err(root))? {
         let entry = entry.map_err(io_err(root))?;
@@ -262,7 +260,7 @@ fn plan(cache: &Cache, gid: u32, action: &str) -> Result<Vec<Change>, SharedErro
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     let mut out = Vec::new();
-    for path in cache_paths(cache) {
+    for path in cache.own_paths() {
         let meta = match fs::symlink_metadata(&path) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -412,43 +410,6 @@ impl Kind {
             None => format!("{mode:o} (want {target:o})"),
         })
     }
-}
-
-/// The cache's own entries: the root, `CACHEDIR.TAG` and everything under `v1/`,
-/// directories before their contents (some may not exist). Nothing else a cache's root
-/// directory may hold (`lost+found`) belongs to the cache.
-pub fn cache_paths(cache: &Cache) -> Vec<PathBuf> {
-    let mut out = vec![
-        cache.root().to_path_buf(),
-        cache.root().join("CACHEDIR.TAG"),
-    ];
-    out.extend(walk(cache.v1()));
-    out
-}
-
-/// Mode and group of the cache's `v1/` when it is laid out for a group (setgid and
-/// group-writable), whatever the settings say; `None` otherwise.
-pub fn laid_out_for_a_group(cache: &Cache) -> Option<(u32, u32)> {
-    let meta = fs::metadata(cache.v1()).ok()?;
-    let mode = meta.permissions().mode() & 0o7777;
-    (mode & 0o2020 == 0o2020).then_some((mode, meta.gid()))
-}
-
-/// Every path under `root` (root included), directories before their contents; symlinks
-/// are listed, not followed.
-pub fn walk(root: &Path) -> Vec<PathBuf> {
-    let mut out = vec![root.to_path_buf()];
-    let mut i = 0;
-    while i < out.len() {
-        let p = out[i].clone();
-        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
-            && let Ok(rd) = fs::read_dir(&p)
-        {
-            out.extend(rd.flatten().map(|e| e.path()));
-        }
-        i += 1;
-    }
-    out
 }
 
 /// A filesystem as `statfs` names it, with what it means for locking.

@@ -62,7 +62,8 @@ pub struct VerifyReport {
     pub blobs_checked: usize,
     pub bytes_checked: u64,
     pub problems: Vec<Finding>,
-    /// Blobs the index knows but no name uses (gc removes them; not a problem).
+    /// Blobs the index knows but no name uses, directly or as a part of the image it
+    /// names (gc removes them; not a problem).
     pub unreferenced: usize,
     pub repaired: Vec<String>,
     /// Repairs that were asked for but could not be done, with why.
@@ -130,7 +131,7 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
 /// Run verify on `cache`.
 pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheError> {
     let mut report = VerifyReport::default();
-    if !cache.v1().is_dir() {
+    if !cache.exists() {
         return Ok(report);
     }
     let (names, blob_records) = cache.snapshot()?;
@@ -243,7 +244,16 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
                 _ => {}
             }
         }
-        report.unreferenced = known.iter().filter(|d| !users.contains_key(d)).count();
+        // The parts (layers, config) of an image a name uses are kept with it.
+        let parts: HashSet<Digest> = blob_records
+            .iter()
+            .filter(|(d, _)| users.contains_key(d))
+            .flat_map(|(_, b)| b.parts.iter().copied())
+            .collect();
+        report.unreferenced = known
+            .iter()
+            .filter(|d| !users.contains_key(d) && !parts.contains(d))
+            .count();
         let now = clock::now();
         for t in cache.tmp_files()? {
             if t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace {

@@ -6,6 +6,7 @@
 //! ```text
 //! mod.rs (RemoteRef, pull/push orchestration, per-pull lock)
 //!   ├─ oci.rs   distribution protocol: manifests, blobs, uploads, tags, catalog
+//!   ├─ docker.rs docker:// images: platform, layers shared as parts, converted to SIF
 //!   ├─ http.rs  a plain URL, resumable with Range
 //!   └─ s3.rs    object_store over S3
 //! transport.rs (one HTTP client, retries with backoff on 5xx/429/dropped connections)
@@ -28,8 +29,10 @@
 //! * The remote source is recorded with the name (`inspect`, `list --json`).
 
 pub mod auth;
+pub mod docker;
 pub mod http;
 pub mod oci;
+pub mod oci_layout;
 mod runtime;
 pub mod s3;
 pub mod sink;
@@ -46,6 +49,8 @@ use crate::format::reference::{Reference, ReferenceError};
 pub enum RemoteRef {
     /// `oras://host[:port]/repo[:tag|@sha256:<hex>]`
     Oras(oci::OciRef),
+    /// `docker://[host[:port]/]repo[:tag|@sha256:<hex>]`
+    Docker(docker::DockerRef),
     /// `https://...` or `http://...`
     Http(String),
     /// `s3://bucket/key`
@@ -147,6 +152,10 @@ pub enum RemoteError {
         expected: u64,
         got: u64,
     },
+    #[error("cannot export `{name}`: {detail}")]
+    Export { name: String, detail: String },
+    #[error("cannot convert `{image}` to SIF: {detail}")]
+    Convert { image: String, detail: String },
     #[error("`{url}` is not a SIF artifact: {detail}")]
     NotSif { url: String, detail: String },
     #[error("bad answer from `{url}`: {detail}")]
@@ -203,6 +212,11 @@ impl RemoteRef {
                 .map(RemoteRef::Oras)
                 .map_err(|r| bad_ref(s, r));
         }
+        if let Some(rest) = s.strip_prefix("docker://") {
+            return docker::DockerRef::parse(rest)
+                .map(RemoteRef::Docker)
+                .map_err(|r| bad_ref(s, r));
+        }
         if s.starts_with("https://") || s.starts_with("http://") {
             let after = s.split_once("://").map(|x| x.1).unwrap_or("");
             let host = after.split(['/', '?', '#']).next().unwrap_or("");
@@ -236,7 +250,9 @@ impl RemoteRef {
         let scheme = s.split("://").next().unwrap_or("");
         Err(bad_ref(
             s,
-            format!("unknown scheme `{scheme}://` (use oras://, https://, http:// or s3://)"),
+            format!(
+                "unknown scheme `{scheme}://` (use docker://, oras://, https://, http:// or s3://)"
+            ),
         ))
     }
 
@@ -245,6 +261,7 @@ impl RemoteRef {
     pub fn default_name(&self) -> Result<Reference, RemoteError> {
         let text = match self {
             RemoteRef::Oras(r) => r.local_name(),
+            RemoteRef::Docker(r) => r.local_name(),
             RemoteRef::Http(url) => {
                 let after = url.split_once("://").map(|x| x.1).unwrap_or(url);
                 // Without user-info: a password never becomes part of a name.
@@ -268,6 +285,7 @@ impl fmt::Display for RemoteRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             RemoteRef::Oras(r) => write!(f, "oras://{r}"),
+            RemoteRef::Docker(r) => write!(f, "docker://{r}"),
             RemoteRef::Http(u) => f.write_str(&transport::shown(u)),
             RemoteRef::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
         }
@@ -385,6 +403,10 @@ pub struct RemoteOptions {
     /// Download again even when the remote says its content is what the name already
     /// holds (`pull --force`).
     pub refetch: bool,
+    /// `docker://`: the platform to pull, `os/arch[/variant]` (default: this machine's).
+    pub platform: Option<String>,
+    /// `docker://`: the squashfs compression of the SIF (default gzip).
+    pub squashfs_comp: Option<String>,
 }
 
 /// What the cache holds from an earlier pull of the same remote under the same name: a
@@ -431,33 +453,32 @@ pub fn get_or_pull(
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
     let name = remote.default_name()?;
-    if let Some(p) = cached_from(cache, &name, remote)? {
+    if let Some(p) = cached_from(cache, &name, remote, opts)? {
         return Ok(p);
     }
     under_pull_lock(
         cache,
-        remote,
+        lock_key(remote, opts),
         || {
             // Whoever held the lock before us may have pulled it.
-            cached_from(cache, &name, remote)
+            cached_from(cache, &name, remote, opts)
         },
         || Ok(pull_locked(cache, remote, &name, opts)?.entry.path),
     )
 }
 
-/// Take the per-pull lock of `remote`, then: `found()` (what an earlier holder left
+/// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
 /// ready, if anything); else, if a pull failed while this process waited, fail at once
 /// with its message (a thousand jobs waiting on a dead remote do not each wait it out
 /// again); else `pull()`, whose failure (the remote's, not the cache's refusal) is
 /// recorded for the processes waiting now.
 fn under_pull_lock<T>(
     cache: &Cache,
-    remote: &RemoteRef,
+    key: String,
     found: impl FnOnce() -> Result<Option<T>, RemoteError>,
     pull: impl FnOnce() -> Result<T, RemoteError>,
 ) -> Result<T, RemoteError> {
     cache.ensure_layout()?;
-    let key = remote.to_string();
     let (before, _) = cache.pull_failures(&key);
     let _lock = cache.pull_lock(&key)?;
     if let Some(t) = found()? {
@@ -481,14 +502,38 @@ fn under_pull_lock<T>(
     out
 }
 
-/// The path of `name` if it exists and was pulled from `remote`.
+/// What the per-pull lock of `remote` is named by: the reference, and for `docker://`
+/// the platform too.
+fn lock_key(remote: &RemoteRef, opts: &RemoteOptions) -> String {
+    match remote {
+        RemoteRef::Docker(_) => format!("{remote} {}", docker_platform(opts)),
+        _ => remote.to_string(),
+    }
+}
+
+/// The platform a `docker://` pull asks for, as text.
+fn docker_platform(opts: &RemoteOptions) -> String {
+    opts.platform
+        .clone()
+        .unwrap_or_else(|| docker::Platform::host().to_string())
+}
+
+/// The path of `name` if it exists and was pulled from `remote` (for `docker://`, for
+/// the platform asked for).
 fn cached_from(
     cache: &Cache,
     name: &Reference,
     remote: &RemoteRef,
+    opts: &RemoteOptions,
 ) -> Result<Option<PathBuf>, RemoteError> {
+    let platform_ok = |e: &Entry| match remote {
+        RemoteRef::Docker(_) => {
+            e.labels.get(docker::LABEL_PLATFORM) == Some(&docker_platform(opts))
+        }
+        _ => true,
+    };
     match cache.entry(name) {
-        Ok(e) if e.source.as_deref() == Some(remote.to_string().as_str()) => {
+        Ok(e) if e.source.as_deref() == Some(remote.to_string().as_str()) && platform_ok(&e) => {
             match cache.get(name) {
                 Ok(p) => Ok(Some(p)),
                 Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => {
@@ -520,7 +565,7 @@ pub fn pull(
     };
     under_pull_lock(
         cache,
-        remote,
+        lock_key(remote, opts),
         || Ok(None),
         || pull_locked(cache, remote, &name, opts),
     )
@@ -532,6 +577,14 @@ fn pull_locked(
     name: &Reference,
     opts: &RemoteOptions,
 ) -> Result<PullOutcome, RemoteError> {
+    if let RemoteRef::Docker(r) = remote {
+        // A converted image keeps its layers; an unchanged tag costs only the manifest.
+        let entry = docker::pull_locked(cache, r, &remote.to_string(), name, opts)?;
+        return Ok(PullOutcome {
+            entry,
+            downloaded: true,
+        });
+    }
     let known = if opts.refetch {
         None
     } else {
@@ -543,6 +596,8 @@ fn pull_locked(
         let transport = transport::Transport::new(opts)?;
         match &remote_ {
             RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts, known).await,
+            // Converted images take their own path (`docker::pull_locked`), above.
+            RemoteRef::Docker(_) => Err(bad_ref(&remote_.to_string(), "not a single-file remote")),
             RemoteRef::Http(url) => http::pull(&transport, cache, url, opts, known).await,
             RemoteRef::S3 { bucket, key } => s3::pull(cache, bucket, key, opts, known).await,
         }
@@ -632,6 +687,10 @@ pub fn push(
         let transport = transport::Transport::new(opts)?;
         match &remote_ {
             RemoteRef::Oras(r) => oci::push(&transport, &path, entry, r, opts).await,
+            RemoteRef::Docker(_) => Err(bad_ref(
+                &remote_.to_string(),
+                "pushing to docker:// is not supported; push the SIF to oras:// (Apptainer pulls it from there)",
+            )),
             RemoteRef::Http(url) => Err(RemoteError::BadRef {
                 shown: url.clone(),
                 reason: "pushing to a plain URL is not supported; push to oras:// or s3://".into(),

@@ -47,7 +47,7 @@ pub const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
 pub const SIF_LAYER_PROTO: &str = "appliciation/vnd.sylabs.sif.layer.tar";
 pub const TITLE: &str = "org.opencontainers.image.title";
 /// Largest manifest accepted.
-const MAX_MANIFEST: u64 = 4 << 20;
+pub(super) const MAX_MANIFEST: u64 = 4 << 20;
 
 /// `host[:port]/repository[:tag|@sha256:<hex>]`
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -238,6 +238,11 @@ impl<'t> Session<'t> {
         format!("{}{path}", self.base)
     }
 
+    /// The process's HTTP client, for building requests.
+    pub fn client(&self) -> reqwest::Client {
+        self.t.client().clone()
+    }
+
     fn with_auth(&self, rb: RequestBuilder, scope: &str) -> RequestBuilder {
         if let Some(tok) = self.tokens.get(scope) {
             rb.header(AUTHORIZATION, format!("Bearer {tok}"))
@@ -400,7 +405,7 @@ impl<'t> Session<'t> {
     }
 }
 
-async fn ok_or_status(resp: Response, url: &str) -> Result<Response, RemoteError> {
+pub(super) async fn ok_or_status(resp: Response, url: &str) -> Result<Response, RemoteError> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -418,7 +423,11 @@ async fn ok_or_status(resp: Response, url: &str) -> Result<Response, RemoteError
     })
 }
 
-async fn read_limited(resp: Response, url: &str, limit: u64) -> Result<Vec<u8>, RemoteError> {
+pub(super) async fn read_limited(
+    resp: Response,
+    url: &str,
+    limit: u64,
+) -> Result<Vec<u8>, RemoteError> {
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
@@ -438,7 +447,7 @@ async fn read_limited(resp: Response, url: &str, limit: u64) -> Result<Vec<u8>, 
     Ok(out)
 }
 
-fn pull_scope(repo: &str) -> String {
+pub(super) fn pull_scope(repo: &str) -> String {
     format!("repository:{repo}:pull")
 }
 

@@ -5,8 +5,11 @@ mod common;
 
 mod bad_input;
 mod contention;
+mod convert;
 mod crash;
+mod docker;
 mod gc;
+mod images;
 mod index_damage;
 mod interop;
 mod local;

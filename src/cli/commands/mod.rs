@@ -5,6 +5,7 @@
 pub mod add;
 pub mod completions;
 pub mod doctor;
+pub mod export;
 pub mod gc;
 pub mod get;
 pub mod info;
@@ -69,6 +70,8 @@ pub fn remote_options(
         repoint: Default::default(),
         limits,
         refetch: false,
+        platform: None,
+        squashfs_comp: None,
     })
 }
 
@@ -140,6 +143,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Info(a) => info::run(&ctx, a),
         Command::Pull(a) => pull::run(&ctx, a),
         Command::Push(a) => push::run(&ctx, a),
+        Command::Export(a) => export::run(&ctx, a),
         Command::Search(a) => search::run(&ctx, a),
         Command::Login(a) => login::run(&ctx, a),
         Command::Logout(a) => login::logout(&ctx, a),

@@ -13,6 +13,8 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
     opts.repoint = Repoint::from_force(args.force);
     opts.refetch = args.force;
+    opts.platform = args.docker.platform.clone();
+    opts.squashfs_comp = args.docker.squashfs_comp.clone();
     let pulled = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
     let entry = &pulled.entry;
     if ctx.json {

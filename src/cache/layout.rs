@@ -1,0 +1,117 @@
+//! The cache's directories: created on first write, and listed for the checks of modes
+//! and access that `init --shared` and `doctor` make.
+//!
+//! # Protocol
+//!
+//! * [`Cache::ensure_layout`] creates what is missing (root, `v1/`, `locks/`,
+//!   `quarantine/`, `blobs/`, `tmp/`, `CACHEDIR.TAG`), each directory with the settings'
+//!   mode, and makes the new entries durable before any blob or name relies on them. It
+//!   takes no lock: creating a directory that exists is harmless, and every later step
+//!   checks what it needs under the index lock.
+//! * [`Cache::own_paths`] lists the cache's own entries (the root, `CACHEDIR.TAG` and
+//!   everything under `v1/`), directories before their contents, symlinks not followed.
+//!   It reads directory listings only: callers change groups and modes of what it lists
+//!   (`init --shared`), never their contents.
+//! * [`Cache::recorded_settings`] tells a directory that holds a cache (its tag, index or
+//!   settings) from one that does not, without creating anything.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use super::settings::{Settings, SettingsError};
+use super::{CACHEDIR_TAG, Cache, CacheError};
+
+impl Cache {
+    /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
+    pub fn ensure_layout(&self) -> Result<(), CacheError> {
+        if self.store.tmp_dir().is_dir() && self.store.blobs_dir().is_dir() {
+            return Ok(());
+        }
+        let layout = |path: &Path| {
+            let p = path.to_path_buf();
+            move |source| CacheError::Layout { path: p, source }
+        };
+        for dir in [
+            self.root.clone(),
+            self.v1.clone(),
+            self.v1.join("locks"),
+            self.v1.join("quarantine"),
+        ] {
+            if !dir.is_dir() {
+                fs::create_dir_all(&dir).map_err(layout(&dir))?;
+                use std::os::unix::fs::PermissionsExt;
+                let _ =
+                    fs::set_permissions(&dir, fs::Permissions::from_mode(self.settings.dir_mode));
+            }
+        }
+        self.store.create_dirs().map_err(layout(&self.v1))?;
+        let tag = self.root.join("CACHEDIR.TAG");
+        if !tag.exists() {
+            fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
+        }
+        // The new entries durable, deepest first, before any blob or name relies on them.
+        // A directory this user may not read (a root another user made, mode 0711) cannot
+        // be opened to be synced; its owner's creation of it is what made it.
+        let blobs_parent = self.store.blobs_dir().parent().unwrap_or(&self.v1);
+        for dir in [blobs_parent, self.v1.as_path(), self.root.as_path()] {
+            match super::store::sync_dir(dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                r => r.map_err(layout(dir))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether anything was ever written here (the format directory exists).
+    pub fn exists(&self) -> bool {
+        self.v1.is_dir()
+    }
+
+    /// The cache's own entries: the root, `CACHEDIR.TAG` and everything under `v1/`,
+    /// directories before their contents (some may not exist). Nothing else a cache's root
+    /// directory may hold (`lost+found`) belongs to the cache.
+    pub fn own_paths(&self) -> Vec<PathBuf> {
+        let mut out = vec![self.root.clone(), self.root.join("CACHEDIR.TAG")];
+        out.extend(walk(&self.v1));
+        out
+    }
+
+    /// Mode and group of `v1/` when it is laid out for a group (setgid and
+    /// group-writable), whatever the settings say; `None` otherwise.
+    pub fn group_layout(&self) -> Option<(u32, u32)> {
+        let meta = fs::metadata(&self.v1).ok()?;
+        let mode = meta.permissions().mode() & 0o7777;
+        (mode & 0o2020 == 0o2020).then_some((mode, meta.gid()))
+    }
+
+    /// The settings of the cache at `root` when the directory holds one (its
+    /// `CACHEDIR.TAG`, index or settings file); `None` when it holds none of them.
+    /// Creates nothing.
+    pub fn recorded_settings(root: &Path) -> Result<Option<Settings>, SettingsError> {
+        let probe = Cache::with_settings(root, Default::default(), Settings::default());
+        let tagged = fs::read_to_string(root.join("CACHEDIR.TAG"))
+            .is_ok_and(|t| t.contains("created by sregistry"));
+        if tagged || probe.index_path().exists() || probe.settings_path().exists() {
+            return Ok(Some(Settings::load(&probe.v1)?));
+        }
+        Ok(None)
+    }
+}
+
+/// Every path under `root` (root included), directories before their contents; symlinks
+/// are listed, not followed.
+fn walk(root: &Path) -> Vec<PathBuf> {
+    let mut out = vec![root.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        let p = out[i].clone();
+        if fs::symlink_metadata(&p).is_ok_and(|m| m.is_dir())
+            && let Ok(rd) = fs::read_dir(&p)
+        {
+            out.extend(rd.flatten().map(|e| e.path()));
+        }
+        i += 1;
+    }
+    out
+}

@@ -1,0 +1,488 @@
+//! docker:// conversion: the layers of an OCI or Docker image, and its config, into a SIF
+//! whose primary partition is a squashfs of the merged root filesystem, as Apptainer builds
+//! for `docker://` sources; no container runtime, no root, and no staging tree on disk.
+//!
+//! # Protocol
+//!
+//! [`write_sif`] reads each layer blob twice, decompressing as it streams (gzip, zstd or
+//! none, from the blob's magic bytes; the media type must be a layer type):
+//!
+//! 1. **Headers** ([`merge`]): every tar header of every layer, data skipped, is applied in
+//!    order to an in-memory view (path → directory, file inode, symlink, FIFO): whiteouts,
+//!    opaque directories, replacements, hardlinks as shared inodes, symlinks followed inside
+//!    the root. Hostile names are refused here, before anything is written (an error names
+//!    the layer's digest and the entry); device nodes are skipped and reported in
+//!    [`Converted::skipped`]. The `/.singularity.d/` tree and the top-level links and
+//!    mount points ([`singularity`]) join the view.
+//! 2. **Data** ([`emit`]): the view becomes one tar stream, parents before children and
+//!    each hardlink after its target, regular files' data copied from the layers as they
+//!    are read again. The stream goes through a pipe to `sqfstar` (squashfs-tools 4.5 or
+//!    later), which writes the squashfs straight into `out` at the SIF's partition offset,
+//!    on all cores, with owners and modes from the tar headers: the caller's uid never
+//!    matters, and a user's conversion records root-owned and setuid files as root's does.
+//!
+//! Then the OCI config is written as a generic JSON object at the start of the SIF's data
+//! section and the SIF header and descriptor table go in front ([`crate::format::sif_write`]).
+//! Memory holds the view (a few hundred bytes per path) and the I/O buffers, never file data.
+//!
+//! Reading twice costs a second decompression (about 0.5 s per 300 MB of zstd, 1 s of
+//! gzip) but needs no spool: a file's data cannot be written before the last layer has
+//! said whether it survives, and the alternative (spooling every file, or a tree on disk)
+//! writes the whole image a second time.
+//!
+//! `out` must be an existing, empty, writable file the caller made (in the cache's `tmp/`);
+//! on error its content is undefined and the caller removes it. The library prints nothing.
+//!
+//! **Compression**: gzip by default, because older cluster kernels cannot mount zstd
+//! squashfs, at gzip's level 9: `sqfstar` 4.5.1 (Debian 12) drops the value of every
+//! `-X` compressor option, so its default is the only level it can write (4.6 fixes
+//! this; [`ConvertOptions::level`] passes one through for it). Extended attributes in PAX
+//! headers are not carried over.
+
+pub(crate) mod emit;
+pub(crate) mod layer;
+pub(crate) mod merge;
+pub mod singularity;
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use sha2::{Digest as _, Sha256};
+
+use crate::format::clock;
+use crate::format::sif_write::{self, DATA_OFFSET, Object, ObjectKind, PARTITION_ALIGN};
+pub use singularity::ImageConfig;
+
+/// The squashfs compressors `sqfstar` 4.5 knows.
+pub const COMPRESSORS: &[&str] = &["gzip", "xz", "zstd", "lz4", "lzo", "lzma"];
+const PIPE_BUF: usize = 1 << 20;
+const STDERR_KEEP: usize = 4096;
+
+/// One layer blob on disk, in the image's order (base first).
+#[derive(Debug, Clone, Copy)]
+pub struct LayerFile<'a> {
+    pub path: &'a Path,
+    pub media_type: &'a str,
+    /// `sha256:<hex>`, for messages.
+    pub digest: &'a str,
+}
+
+/// How to write the squashfs.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConvertOptions {
+    /// One of [`COMPRESSORS`]; "gzip" by default.
+    pub compression: String,
+    /// The compressor's level; `None` is the compressor's default (9 for gzip, 15 for
+    /// zstd). Debian 12's `sqfstar` (4.5.1) cannot set one: see [`ConvertError::Level`].
+    pub level: Option<u32>,
+    /// The image's architecture as Go names it (`amd64`, `arm64`, `ppc64le`, …).
+    pub arch: String,
+    /// Threads `sqfstar` may use; `None` is all cores.
+    pub processors: Option<usize>,
+}
+
+impl Default for ConvertOptions {
+    fn default() -> Self {
+        ConvertOptions {
+            compression: "gzip".into(),
+            level: None,
+            arch: "amd64".into(),
+            processors: None,
+        }
+    }
+}
+
+/// An entry left out of the root filesystem.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Skipped {
+    pub layer: String,
+    pub path: String,
+    pub reason: String,
+}
+
+/// What a conversion made.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Converted {
+    /// Entries in the squashfs (the root not counted), `/.singularity.d` included.
+    pub entries: u64,
+    /// Size of the squashfs partition.
+    pub squashfs_bytes: u64,
+    /// Size of the whole SIF file.
+    pub sif_bytes: u64,
+    pub skipped: Vec<Skipped>,
+    pub image: ImageConfig,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConvertError {
+    #[error(
+        "layer `{digest}` has media type `{media_type}`, which is not a tar layer; only OCI and Docker layers (plain, gzip or zstd) convert"
+    )]
+    MediaType { digest: String, media_type: String },
+    #[error(
+        "layer `{digest}`: cannot read{}: {source}; the blob may be damaged (`sregistry verify` checks it)",
+        at(entry)
+    )]
+    LayerRead {
+        digest: String,
+        entry: Option<String>,
+        source: io::Error,
+    },
+    #[error(
+        "layer `{digest}`: entry `{entry}` {problem}; the image is malformed or hostile and is not converted"
+    )]
+    Entry {
+        digest: String,
+        entry: String,
+        problem: String,
+    },
+    #[error(
+        "layer `{digest}` changed between the two reads (a file's data is missing); convert again"
+    )]
+    Changed { digest: String },
+    #[error("the image config is not valid JSON: {0}")]
+    Config(#[from] serde_json::Error),
+    #[error(
+        "architecture `{0}` has no SIF code; SIF knows 386, amd64, arm, arm64, ppc64, ppc64le, mips, mipsle, mips64, mips64le, s390x, riscv64"
+    )]
+    Arch(String),
+    #[error("unknown squashfs compression `{0}`; choose one of gzip, xz, zstd, lz4, lzo, lzma")]
+    Compression(String),
+    #[error(
+        "this `sqfstar` cannot set a compression level (squashfs-tools 4.5.1 drops the value; 4.6 fixes it); leave the level unset to get the compressor's default"
+    )]
+    Level,
+    #[error("cannot run `sqfstar`: {0}; install squashfs-tools 4.5 or later")]
+    NoSqfstar(io::Error),
+    #[error("`sqfstar` failed ({status}): {stderr}")]
+    Sqfstar { status: String, stderr: String },
+    #[error("cannot write `{path}`: {source}")]
+    Output { path: String, source: io::Error },
+}
+
+fn at(entry: &Option<String>) -> String {
+    entry
+        .as_ref()
+        .map(|e| format!(" at entry `{e}`"))
+        .unwrap_or_default()
+}
+
+fn lossy(p: &[u8]) -> String {
+    String::from_utf8_lossy(p).into_owned()
+}
+
+/// Read one layer's headers (pass 1), data skipped. `end` tells where the stream really
+/// ended (see [`layer::Lenient`]): an entry whose data runs past it is truncated.
+pub(crate) fn read_entries(
+    digest: &str,
+    r: impl Read,
+    end: &layer::EndProbe,
+) -> Result<Vec<merge::Entry>, ConvertError> {
+    use merge::EntryKind as K;
+    use tar::EntryType as T;
+    let mut out = Vec::new();
+    let mut last: Option<Vec<u8>> = None;
+    let err = |last: &Option<Vec<u8>>, source: io::Error| ConvertError::LayerRead {
+        digest: digest.to_string(),
+        entry: last.as_deref().map(lossy),
+        source: truncation(source),
+    };
+    let mut data_end: Vec<u64> = Vec::new();
+    let mut archive = tar::Archive::new(r);
+    for (index, entry) in archive.entries().map_err(|e| err(&None, e))?.enumerate() {
+        let entry = entry.map_err(|e| err(&last, e))?;
+        let path = entry.path_bytes().into_owned();
+        last = Some(path.clone());
+        let h = entry.header();
+        let link = || {
+            entry
+                .link_name_bytes()
+                .map(|l| l.into_owned())
+                .unwrap_or_default()
+        };
+        let kind = match h.entry_type() {
+            T::Regular | T::Continuous => K::File { size: entry.size() },
+            T::Directory => K::Dir,
+            T::Symlink => K::Symlink(link()),
+            T::Link => K::Hardlink(link()),
+            T::Fifo => K::Fifo,
+            T::Char | T::Block => K::Device,
+            T::XGlobalHeader => continue,
+            other => K::Unsupported(other.as_byte()),
+        };
+        let raw = h.as_old();
+        let meta = (|| -> io::Result<merge::Meta> {
+            Ok(merge::Meta {
+                mode: numeric(h.mode().map(u64::from), &raw.mode)? as u32 & 0o7777,
+                uid: numeric(h.uid(), &raw.uid)?,
+                gid: numeric(h.gid(), &raw.gid)?,
+                mtime: numeric(h.mtime(), &raw.mtime)?,
+            })
+        })()
+        .map_err(|e| err(&last, e))?;
+        data_end.push(entry.raw_file_position() + entry.size());
+        out.push(merge::Entry {
+            index,
+            path,
+            kind,
+            meta,
+        });
+    }
+    if let Some(real_end) = end.get()
+        && let Some(i) = data_end.iter().position(|&e| e > real_end)
+    {
+        let source = io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!(
+                "the entry's data runs to byte {} of the tar stream, which ends at {real_end}",
+                data_end[i]
+            ),
+        );
+        return Err(err(&Some(out[i].path.clone()), source));
+    }
+    Ok(out)
+}
+
+/// The tar reader's end-of-stream errors, said plainly.
+fn truncation(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::UnexpectedEof || e.to_string().contains("unexpected EOF") {
+        let why = "the layer ends inside this entry's data (truncated, or its header declares more than the layer holds)";
+        return io::Error::new(io::ErrorKind::UnexpectedEof, why);
+    }
+    e
+}
+
+/// A header's numeric field; an empty one (all NUL or spaces) is 0, as Go's tar reader
+/// (Docker's, umoci's) reads it.
+fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
+    match parsed {
+        Err(_) if raw.iter().all(|&b| b == 0 || b == b' ') => Ok(0),
+        other => other,
+    }
+}
+
+/// The view of the layers (pass 1) with the Apptainer additions.
+pub(crate) fn build_view(
+    layers: &[LayerFile<'_>],
+    image: &ImageConfig,
+) -> Result<merge::View, ConvertError> {
+    let mut view = merge::View::default();
+    for (i, l) in layers.iter().enumerate() {
+        let (tar, end) = layer::open(l)?;
+        let entries = read_entries(l.digest, tar, &end)?;
+        view.apply_layer(i, &entries)
+            .map_err(|(entry, problem)| ConvertError::Entry {
+                digest: l.digest.to_string(),
+                entry: lossy(&entry),
+                problem: problem.to_string(),
+            })?;
+    }
+    singularity::add(&mut view, image, clock::now());
+    Ok(view)
+}
+
+/// Convert `layers` (base first) and `config` into a SIF at `out`. See the module doc.
+pub fn write_sif(
+    layers: &[LayerFile<'_>],
+    config: &[u8],
+    out: &Path,
+    opts: &ConvertOptions,
+) -> Result<Converted, ConvertError> {
+    let image = ImageConfig::parse(config)?;
+    let arch =
+        sif_write::arch_code(&opts.arch).ok_or_else(|| ConvertError::Arch(opts.arch.clone()))?;
+    if !COMPRESSORS.contains(&opts.compression.as_str()) {
+        return Err(ConvertError::Compression(opts.compression.clone()));
+    }
+    let view = build_view(layers, &image)?;
+    let plan = emit::Plan::new(&view);
+    let squash_at = (DATA_OFFSET + config.len() as u64).div_ceil(PARTITION_ALIGN) * PARTITION_ALIGN;
+    run_sqfstar(
+        layers,
+        &plan,
+        view.root.unwrap_or(merge::Meta::IMPLICIT_DIR),
+        out,
+        squash_at,
+        opts,
+    )?;
+
+    let out_err = |source| ConvertError::Output {
+        path: out.display().to_string(),
+        source,
+    };
+    let mut f = OpenOptions::new().write(true).open(out).map_err(out_err)?;
+    let end = f.seek(SeekFrom::End(0)).map_err(out_err)?;
+    f.seek(SeekFrom::Start(DATA_OFFSET)).map_err(out_err)?;
+    f.write_all(config).map_err(out_err)?;
+    let objects = [
+        Object {
+            kind: ObjectKind::PrimarySquashfs { arch },
+            name: "rootfs.squashfs".into(),
+            offset: squash_at,
+            size: end - squash_at,
+        },
+        Object {
+            kind: ObjectKind::GenericJson,
+            name: "oci-config.json".into(),
+            offset: DATA_OFFSET,
+            size: config.len() as u64,
+        },
+    ];
+    let now = clock::now() as i64;
+    sif_write::write_header_and_table(
+        &mut f,
+        &objects,
+        arch,
+        now,
+        image_id(layers, config, now),
+        end,
+    )
+    .map_err(out_err)?;
+
+    Ok(Converted {
+        entries: plan.entries(),
+        squashfs_bytes: end - squash_at,
+        sif_bytes: end,
+        skipped: view
+            .skipped
+            .iter()
+            .map(|s| Skipped {
+                layer: layers[s.layer].digest.to_string(),
+                path: lossy(&s.path),
+                reason: s.reason.to_string(),
+            })
+            .collect(),
+        image,
+    })
+}
+
+/// A UUID (version 4 layout) from the image's content and the time: unique per
+/// conversion without a random source.
+fn image_id(layers: &[LayerFile<'_>], config: &[u8], now: i64) -> [u8; 16] {
+    let mut h = Sha256::new();
+    h.update(config);
+    for l in layers {
+        h.update(l.digest.as_bytes());
+    }
+    h.update(now.to_le_bytes());
+    h.update(std::process::id().to_le_bytes());
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h.finalize()[..16]);
+    id[6] = (id[6] & 0x0f) | 0x40;
+    id[8] = (id[8] & 0x3f) | 0x80;
+    id
+}
+
+/// Pass 2 into `sqfstar`, which writes the squashfs into `out` at `offset`.
+fn run_sqfstar(
+    layers: &[LayerFile<'_>],
+    plan: &emit::Plan<'_>,
+    root: merge::Meta,
+    out: &Path,
+    offset: u64,
+    opts: &ConvertOptions,
+) -> Result<(), ConvertError> {
+    let mut cmd = Command::new("sqfstar");
+    cmd.args(["-force", "-quiet", "-no-progress", "-exit-on-error"])
+        .args(["-offset", &offset.to_string()])
+        .args(["-comp", &opts.compression])
+        .args(["-root-mode", &format!("{:o}", root.mode)])
+        .args([
+            "-root-uid",
+            &root.uid.to_string(),
+            "-root-gid",
+            &root.gid.to_string(),
+        ])
+        .args(["-root-time", &root.mtime.min(u32::MAX as u64).to_string()]);
+    if let Some(level) = opts.level {
+        cmd.args(["-Xcompression-level", &level.to_string()]);
+    }
+    if let Some(n) = opts.processors {
+        cmd.args(["-processors", &n.max(1).to_string()]);
+    }
+    cmd.arg(out)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().map_err(ConvertError::NoSqfstar)?;
+    let mut stderr = child.stderr.take().expect("piped");
+    let errs = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = stderr.read_to_end(&mut buf);
+        buf
+    });
+    let stdin = BufWriter::with_capacity(PIPE_BUF, child.stdin.take().expect("piped"));
+    let open = |i: usize| -> io::Result<Box<dyn Read>> {
+        layer::open(&layers[i])
+            .map(|(tar, _)| tar)
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    let written = plan.write(layers.len(), open, stdin).and_then(|w| {
+        w.into_inner()
+            .map_err(|e| emit::EmitError::Write(e.into_error()))
+    });
+    let mut failed_write = None;
+    let failed_read = match written {
+        Ok(pipe) => {
+            drop(pipe);
+            None
+        }
+        Err(emit::EmitError::Write(e)) => {
+            failed_write = Some(e);
+            None
+        }
+        Err(emit::EmitError::Read {
+            layer,
+            entry,
+            source,
+        }) => Some(ConvertError::LayerRead {
+            digest: layers[layer].digest.to_string(),
+            entry: entry.as_deref().map(lossy),
+            source,
+        }),
+        Err(emit::EmitError::Missing { layer }) => Some(ConvertError::Changed {
+            digest: layers[layer].digest.to_string(),
+        }),
+    };
+    if failed_read.is_some() {
+        let _ = child.kill();
+    }
+    let status = child.wait().map_err(|e| ConvertError::Sqfstar {
+        status: "not waited for".into(),
+        stderr: e.to_string(),
+    })?;
+    let stderr = errs.join().unwrap_or_default();
+    if let Some(e) = failed_read {
+        return Err(e);
+    }
+    if !status.success() {
+        let text = lossy(&stderr[stderr.len().saturating_sub(STDERR_KEEP)..]);
+        if text.contains("missing compression level") {
+            return Err(ConvertError::Level);
+        }
+        return Err(ConvertError::Sqfstar {
+            status: status.to_string(),
+            stderr: text.trim().replace('\n', "; "),
+        });
+    }
+    if let Some(e) = failed_write {
+        return Err(ConvertError::Sqfstar {
+            status: status.to_string(),
+            stderr: format!("its input pipe broke: {e}"),
+        });
+    }
+    // sqfstar leaves `out` complete; make sure it is not shorter than the offset.
+    let len = File::open(out)
+        .and_then(|f| f.metadata())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if len <= offset {
+        return Err(ConvertError::Sqfstar {
+            status: status.to_string(),
+            stderr: "wrote no filesystem".into(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,580 @@
+//! docker:// conversion against real images: layouts built by `umoci`, converted by
+//! `sregistry::convert::write_sif` straight from the layout's blob files, and compared with
+//! `umoci unpack` of the same image path by path. The root filesystem runs through
+//! `chroot` (or `unshare -r chroot` for an ordinary user).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sregistry::convert::{ConvertOptions, LayerFile, write_sif};
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Run a bash script in `dir`; panic with its output when it fails.
+fn sh(dir: &Path, script: &str) -> String {
+    let out = Command::new("bash")
+        .arg("-euo")
+        .arg("pipefail")
+        .arg("-c")
+        .arg(script)
+        .current_dir(dir)
+        .output()
+        .expect("bash");
+    assert!(
+        out.status.success(),
+        "script failed: {script}\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Build `img:t` in `dir`: a busybox-static root, then layers that replace `/data`'s
+/// contents (opaque), delete `/etc/removeme` (whiteout), add a setuid root-owned file
+/// with a hardlink, a symlink and a file owned by 1234:5678, and finally replace the
+/// hardlinked file's first path (the link keeps the old content).
+fn build_image(dir: &Path) {
+    sh(
+        dir,
+        r#"
+        umoci init --layout img
+        umoci new --image img:t
+        mkdir -p base/bin base/etc base/data/sub base/usr/bin
+        cp "$(command -v busybox)" base/bin/busybox
+        for a in sh echo cat ls env; do ln -s busybox base/bin/$a; done
+        ln base/bin/busybox base/usr/bin/busybox-hard
+        echo gone > base/etc/removeme
+        echo keep > base/etc/keep
+        echo old > base/data/old
+        echo deep > base/data/sub/deep
+        chmod 0750 base/data/sub
+        umoci insert --image img:t base /
+
+        mkdir -p opq && echo new > opq/new
+        umoci insert --image img:t --opaque opq /data
+        umoci insert --image img:t --whiteout /etc/removeme
+
+        mkdir -p extra/opt
+        printf 'tool v1\n' > extra/opt/tool
+        chmod 4755 extra/opt/tool
+        ln extra/opt/tool extra/opt/tool-hard
+        ln -s tool extra/opt/latest
+        ln -s /etc/keep extra/opt/abs-link
+        echo mine > extra/opt/owned
+        chown 1234:5678 extra/opt/owned
+        chmod 0600 extra/opt/owned
+        umoci insert --image img:t extra /
+
+        mkdir -p v2 && printf 'tool v2\n' > v2/tool && chmod 0755 v2/tool
+        umoci insert --image img:t v2/tool /opt/tool
+
+        umoci config --image img:t --config.env=GREETING=hello --config.env='QUOTED=it'"'"'s $HOME' \
+          --config.cmd=/bin/sh --config.cmd=-c --config.cmd='echo "$GREETING from cmd, $QUOTED"' \
+          --config.label=org.example.k=v
+        "#,
+    );
+}
+
+/// The layer files (base first) and the config of `layout:t`.
+fn read_layout(layout: &Path) -> (Vec<(PathBuf, String, String)>, Vec<u8>) {
+    let blob = |digest: &str| {
+        layout
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+    };
+    let json = |p: PathBuf| -> serde_json::Value {
+        serde_json::from_slice(&fs::read(p).unwrap()).unwrap()
+    };
+    let index = json(layout.join("index.json"));
+    let manifest = json(blob(index["manifests"][0]["digest"].as_str().unwrap()));
+    let config = fs::read(blob(manifest["config"]["digest"].as_str().unwrap())).unwrap();
+    let layers = manifest["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let d = l["digest"].as_str().unwrap().to_string();
+            (blob(&d), l["mediaType"].as_str().unwrap().to_string(), d)
+        })
+        .collect();
+    (layers, config)
+}
+
+/// Convert `layout:t` to `out` and extract its squashfs partition to `root`.
+fn convert(layout: &Path, work: &Path, name: &str) -> (sregistry::convert::Converted, PathBuf) {
+    let (layers, config) = read_layout(layout);
+    let files: Vec<LayerFile<'_>> = layers
+        .iter()
+        .map(|(p, m, d)| LayerFile {
+            path: p,
+            media_type: m,
+            digest: d,
+        })
+        .collect();
+    let out = work.join(format!("{name}.sif"));
+    fs::write(&out, b"").unwrap();
+    let done = write_sif(&files, &config, &out, &ConvertOptions::default()).expect("convert");
+    let list = sh(work, &format!("siftool list {name}.sif"));
+    assert!(list.contains("FS (Squashfs/*System/amd64)"), "{list}");
+    assert!(list.contains("JSON.Generic"), "{list}");
+    let info = sregistry::format::sif::parse_path(&out).expect("own reader");
+    assert_eq!(
+        info.descriptors[1].content.as_deref().map(str::as_bytes),
+        Some(&config[..])
+    );
+    sh(
+        work,
+        &format!(
+            "siftool dump 1 {name}.sif > {name}.sqfs && unsquashfs -q -d {name}-root {name}.sqfs >/dev/null"
+        ),
+    );
+    (done, work.join(format!("{name}-root")))
+}
+
+#[derive(Debug, PartialEq)]
+struct Item {
+    kind: &'static str,
+    mode: u32,
+    owner: Option<(u32, u32)>,
+    content: Vec<u8>,
+}
+
+/// Every path under `root` (not `root` itself) with its type, mode, owner, file content or
+/// link target; and the hardlink groups (sets of paths sharing an inode, when more than one).
+fn describe(root: &Path) -> (BTreeMap<String, Item>, BTreeSet<Vec<String>>) {
+    let mut items = BTreeMap::new();
+    let mut inodes: BTreeMap<(u64, u64), Vec<String>> = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let m = fs::symlink_metadata(&p).unwrap();
+            let t = m.file_type();
+            let (kind, content) = if t.is_dir() {
+                stack.push(p.clone());
+                ("dir", Vec::new())
+            } else if t.is_symlink() {
+                (
+                    "symlink",
+                    fs::read_link(&p)
+                        .unwrap()
+                        .into_os_string()
+                        .into_encoded_bytes(),
+                )
+            } else if t.is_file() {
+                inodes
+                    .entry((m.dev(), m.ino()))
+                    .or_default()
+                    .push(rel.clone());
+                ("file", fs::read(&p).unwrap())
+            } else if t.is_fifo() {
+                ("fifo", Vec::new())
+            } else {
+                ("other", Vec::new())
+            };
+            let owner = is_root().then_some((m.uid(), m.gid()));
+            items.insert(
+                rel,
+                Item {
+                    kind,
+                    mode: m.mode() & 0o7777,
+                    owner,
+                    content,
+                },
+            );
+        }
+    }
+    let groups = inodes
+        .into_values()
+        .filter(|g| g.len() > 1)
+        .map(|mut g| {
+            g.sort();
+            g
+        })
+        .collect();
+    (items, groups)
+}
+
+/// What the conversion adds to an image that lacks them.
+const ADDITIONS: &[&str] = &[
+    ".exec",
+    ".run",
+    ".shell",
+    ".test",
+    "singularity",
+    "environment",
+    "dev",
+    "proc",
+    "sys",
+    "home",
+    "root",
+    "tmp",
+    "var",
+    "var/tmp",
+    "etc/hosts",
+    "etc/resolv.conf",
+];
+
+/// The converted root equals `umoci unpack` of the same image in every path, type, mode,
+/// owner, content, link target and hardlink group, apart from Apptainer's additions.
+fn assert_same_as_umoci(work: &Path, layout: &str, ours: &Path) {
+    let bundle = work.join(format!("{layout}-bundle"));
+    let rootless = if is_root() { "" } else { "--rootless" };
+    sh(
+        work,
+        &format!(
+            "umoci unpack {rootless} --image {layout}:t {}",
+            bundle.display()
+        ),
+    );
+    let (theirs, their_groups) = describe(&bundle.join("rootfs"));
+    let (mine, my_groups) = describe(ours);
+    for (path, item) in &theirs {
+        assert_eq!(
+            mine.get(path),
+            Some(item),
+            "`{path}` differs from umoci's unpack"
+        );
+    }
+    for path in mine.keys().filter(|p| !theirs.contains_key(*p)) {
+        let added = path.starts_with(".singularity.d") || ADDITIONS.contains(&path.as_str());
+        assert!(
+            added,
+            "`{path}` is in the conversion but not in umoci's unpack"
+        );
+    }
+    assert_eq!(my_groups, their_groups, "hardlink groups differ");
+}
+
+/// The image's own facts, checked on umoci's side so the comparison cannot pass on an
+/// image that lacks what it is meant to exercise.
+fn assert_image_exercises_the_rules(root: &Path) {
+    let (items, groups) = describe(root);
+    assert!(!items.contains_key("etc/removeme"), "whiteout");
+    assert!(
+        !items.contains_key("data/old") && !items.contains_key("data/sub"),
+        "opaque dir"
+    );
+    assert_eq!(items["data/new"].content, b"new\n");
+    assert_eq!(items["opt/tool"].content, b"tool v2\n");
+    assert_eq!(
+        items["opt/tool-hard"].content, b"tool v1\n",
+        "hardlink keeps the replaced target's content"
+    );
+    assert_eq!(items["opt/tool-hard"].mode, 0o4755);
+    assert_eq!(items["opt/latest"].kind, "symlink");
+    if is_root() {
+        assert_eq!(items["opt/owned"].owner, Some((1234, 5678)));
+    }
+    assert!(
+        groups.contains(&vec![
+            "bin/busybox".to_string(),
+            "usr/bin/busybox-hard".to_string()
+        ]),
+        "{groups:?}"
+    );
+}
+
+/// Run the image's `/.singularity.d/actions/run` inside `root` with a clean environment.
+fn run_in(root: &Path, args: &[&str]) -> String {
+    // The child's PATH is the image's, so the host's tools are named in full.
+    let which = |tool: &str| sh(root, &format!("command -v {tool}")).trim().to_string();
+    let mut cmd = if is_root() {
+        Command::new(which("chroot"))
+    } else {
+        let mut c = Command::new(which("unshare"));
+        c.args(["-r", &which("chroot")]);
+        c
+    };
+    let out = cmd
+        .arg(root)
+        .arg("/.singularity.d/actions/run")
+        .args(args)
+        .env_clear()
+        .env("PATH", "/bin")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "run failed: {out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A real multi-layer image (whiteout, opaque directory, hardlinks within and across a
+/// replacement, symlinks, setuid and foreign-owned files) converts to the same tree that
+/// `umoci unpack` makes, and the SIF's runscript runs the image's Cmd with its Env, with
+/// arguments replacing Cmd.
+#[test]
+fn umoci_image_converts_like_umoci_unpack_and_runs() {
+    let work = tempfile::tempdir().unwrap();
+    build_image(work.path());
+    let (done, root) = convert(&work.path().join("img"), work.path(), "gz");
+    assert!(done.skipped.is_empty(), "{:?}", done.skipped);
+    assert_eq!(done.image.cmd[0], "/bin/sh");
+    assert_eq!(done.image.labels["org.example.k"], "v");
+    assert_image_exercises_the_rules(&root);
+    assert_same_as_umoci(work.path(), "img", &root);
+
+    let labels: serde_json::Value =
+        serde_json::from_slice(&fs::read(root.join(".singularity.d/labels.json")).unwrap())
+            .unwrap();
+    assert_eq!(labels["org.example.k"], "v");
+    assert_eq!(run_in(&root, &[]), "hello from cmd, it's $HOME\n");
+    assert_eq!(run_in(&root, &["/bin/echo", "a  b", "c"]), "a  b c\n");
+    assert_eq!(
+        run_in(&root, &["/bin/sh", "-c", "echo $GREETING"]),
+        "hello\n"
+    );
+}
+
+/// The same image with zstd-compressed layers (`skopeo copy --dest-compress-format zstd`)
+/// converts to the same tree (compared with umoci's unpack of the gzip original: umoci
+/// 0.4.7 does not read zstd layers).
+#[test]
+fn zstd_layers_convert_like_umoci_unpack() {
+    let work = tempfile::tempdir().unwrap();
+    build_image(work.path());
+    sh(
+        work.path(),
+        "skopeo copy -q --dest-compress-format zstd oci:img:t oci:imgz:t",
+    );
+    let (layers, _) = read_layout(&work.path().join("imgz"));
+    assert!(
+        layers.iter().all(|(_, m, _)| m.ends_with("+zstd")),
+        "{layers:?}"
+    );
+    let (_, root) = convert(&work.path().join("imgz"), work.path(), "zst");
+    assert_image_exercises_the_rules(&root);
+    assert_same_as_umoci(work.path(), "img", &root);
+}
+
+/// One synthetic tar entry: raw name (written byte for byte, `..` included), type, data
+/// or link target, mode.
+struct Raw<'a>(&'a str, tar::EntryType, &'a [u8], u32);
+
+/// Write an uncompressed tar layer with `entries` to `dir/name.tar`.
+fn raw_layer(dir: &Path, name: &str, entries: &[Raw<'_>]) -> PathBuf {
+    let path = dir.join(format!("{name}.tar"));
+    let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+    for Raw(p, kind, data, mode) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.as_gnu_mut().unwrap().name[..p.len()].copy_from_slice(p.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_mode(*mode);
+        h.set_mtime(1_700_000_000);
+        h.set_uid(0);
+        h.set_gid(0);
+        let is_link = matches!(kind, tar::EntryType::Symlink | tar::EntryType::Link);
+        if is_link {
+            h.as_gnu_mut().unwrap().linkname[..data.len()].copy_from_slice(data);
+            h.set_size(0);
+        } else {
+            h.set_size(data.len() as u64);
+        }
+        if *kind == tar::EntryType::Char {
+            h.set_device_major(1).unwrap();
+            h.set_device_minor(3).unwrap();
+        }
+        h.set_cksum();
+        b.append(&h, if is_link { &b""[..] } else { data }).unwrap();
+    }
+    b.finish().unwrap();
+    path
+}
+
+/// Convert synthetic uncompressed layers named `l0`, `l1`, …; the digests are
+/// `sha256:l0`, … so that messages can be checked for them.
+fn convert_raw(
+    dir: &Path,
+    layers: &[PathBuf],
+) -> Result<(sregistry::convert::Converted, PathBuf), String> {
+    let digests: Vec<String> = (0..layers.len()).map(|i| format!("sha256:l{i}")).collect();
+    let files: Vec<LayerFile<'_>> = layers
+        .iter()
+        .zip(&digests)
+        .map(|(p, d)| LayerFile {
+            path: p,
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+            digest: d,
+        })
+        .collect();
+    let out = dir.join("raw.sif");
+    fs::write(&out, b"").unwrap();
+    let config = br#"{"architecture":"amd64","os":"linux","config":{"Cmd":["/bin/sh"]}}"#;
+    let done =
+        write_sif(&files, config, &out, &ConvertOptions::default()).map_err(|e| e.to_string())?;
+    let root = dir.join("raw-root");
+    let _ = fs::remove_dir_all(&root);
+    sh(
+        dir,
+        "siftool dump 1 raw.sif > raw.sqfs && unsquashfs -q -d raw-root raw.sqfs >/dev/null",
+    );
+    Ok((done, root))
+}
+
+use tar::EntryType as T;
+
+/// Hostile names are refused before anything is written, and the message names the layer
+/// (digest) and the entry in backticks: `..` above the root, a hardlink to a path outside
+/// the root, and a header declaring more data than the layer holds.
+#[test]
+fn hostile_layers_are_refused_naming_layer_and_entry() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let cases: &[(&[Raw<'_>], &str, &str)] = &[
+        (
+            &[Raw("a/../../etc/passwd", T::Regular, b"x", 0o644)],
+            "`a/../../etc/passwd`",
+            "above the root",
+        ),
+        (
+            &[
+                Raw("f", T::Regular, b"x", 0o644),
+                Raw("x", T::Link, b"../../etc/shadow", 0o644),
+            ],
+            "`x`",
+            "outside the root",
+        ),
+        (
+            &[
+                Raw("ok", T::Regular, b"x", 0o644),
+                Raw("big", T::Regular, b"", 0o644),
+            ],
+            "`big`",
+            "ends inside this entry's data",
+        ),
+    ];
+    for (i, (entries, entry, what)) in cases.iter().enumerate() {
+        let layer = raw_layer(d, &format!("bad{i}"), entries);
+        if i == 2 {
+            // Declare 1 TiB for `big` (its header is the second 512-byte block from the end
+            // of the first entry's data), and cut the stream after that header.
+            let mut bytes = fs::read(&layer).unwrap();
+            let at = 1024;
+            let mut h = tar::Header::new_gnu();
+            h.as_mut_bytes().copy_from_slice(&bytes[at..at + 512]);
+            h.set_size(1 << 40);
+            h.set_cksum();
+            bytes[at..at + 512].copy_from_slice(h.as_bytes());
+            bytes.truncate(at + 512 + 4096);
+            fs::write(&layer, bytes).unwrap();
+        }
+        let ok = raw_layer(d, "fine", &[Raw("etc/", T::Directory, b"", 0o755)]);
+        let err = convert_raw(d, &[ok, layer])
+            .err()
+            .unwrap_or_else(|| panic!("case {i} converted"));
+        assert!(err.contains("`sha256:l1`"), "case {i}: {err}");
+        assert!(err.contains(entry), "case {i}: {err}");
+        assert!(err.contains(what), "case {i}: {err}");
+    }
+}
+
+/// Entries written through symlinks to `/` and to `../..`, and absolute names, land inside
+/// the root; a device node is skipped and reported, and the squashfs holds nothing outside
+/// the root and no device.
+#[test]
+fn hostile_layers_stay_inside_the_root() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let l0 = raw_layer(
+        d,
+        "links",
+        &[
+            Raw("root-link", T::Symlink, b"/", 0o777),
+            Raw("up", T::Symlink, b"../../..", 0o777),
+            Raw("dev/", T::Directory, b"", 0o755),
+        ],
+    );
+    let l1 = raw_layer(
+        d,
+        "through",
+        &[
+            Raw("root-link/etc/evil", T::Regular, b"1", 0o644),
+            Raw("up/tmp/evil2", T::Regular, b"2", 0o644),
+            Raw("/abs/file", T::Regular, b"3", 0o644),
+            Raw("dev/null", T::Char, b"", 0o666),
+        ],
+    );
+    let (done, root) = convert_raw(d, &[l0, l1]).unwrap();
+    assert_eq!(fs::read(root.join("etc/evil")).unwrap(), b"1");
+    assert_eq!(fs::read(root.join("tmp/evil2")).unwrap(), b"2");
+    assert_eq!(fs::read(root.join("abs/file")).unwrap(), b"3");
+    assert_eq!(
+        fs::read_link(root.join("root-link")).unwrap(),
+        Path::new("/")
+    );
+    assert!(!root.join("dev/null").exists());
+    assert_eq!(done.skipped.len(), 1, "{:?}", done.skipped);
+    assert_eq!(
+        (
+            done.skipped[0].layer.as_str(),
+            done.skipped[0].path.as_str()
+        ),
+        ("sha256:l1", "dev/null")
+    );
+    let listing = sh(d, "unsquashfs -lln raw.sqfs");
+    for line in listing.lines().filter(|l| l.contains("squashfs-root")) {
+        let path = line
+            .split("squashfs-root")
+            .nth(1)
+            .unwrap()
+            .split(" -> ")
+            .next()
+            .unwrap();
+        assert!(!path.contains(".."), "{line}");
+        assert!(
+            !line.starts_with('c') && !line.starts_with('b'),
+            "device in the result: {line}"
+        );
+    }
+}
+
+/// Names and symlink targets longer than a tar header holds (GNU long names in the merged
+/// stream) reach the squashfs intact, and a FIFO stays a FIFO.
+#[test]
+fn long_names_and_fifos_survive() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let long_dir = "d".repeat(90);
+    let long_file = format!("{long_dir}/{}", "f".repeat(150));
+    let target = format!("/{}", "t".repeat(180));
+    let path = d.join("long.tar");
+    let mut b = tar::Builder::new(fs::File::create(&path).unwrap());
+    let mut h = tar::Header::new_gnu();
+    h.set_mode(0o640);
+    h.set_size(5);
+    b.append_data(&mut h, &long_file, &b"long\n"[..]).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(T::Symlink);
+    h.set_size(0);
+    b.append_link(&mut h, format!("{long_dir}/link"), &target)
+        .unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(T::Fifo);
+    h.set_mode(0o600);
+    h.set_size(0);
+    b.append_data(&mut h, "pipe", std::io::empty()).unwrap();
+    b.finish().unwrap();
+    drop(b);
+    let (_, root) = convert_raw(d, &[path]).unwrap();
+    assert_eq!(fs::read(root.join(&long_file)).unwrap(), b"long\n");
+    assert_eq!(
+        fs::symlink_metadata(root.join(&long_file)).unwrap().mode() & 0o7777,
+        0o640
+    );
+    assert_eq!(
+        fs::read_link(root.join(format!("{long_dir}/link"))).unwrap(),
+        Path::new(&target)
+    );
+    assert!(
+        fs::symlink_metadata(root.join("pipe"))
+            .unwrap()
+            .file_type()
+            .is_fifo()
+    );
+}
