@@ -102,6 +102,15 @@ impl Cache {
         Ok((rd.all()?, rd.blobs()?))
     }
 
+    /// Run `check` on every name and blob record while still holding the shared lock, so
+    /// no name or blob record changes (nor a blob leaves `blobs/`) until it returns: for
+    /// verify to look again at what it found before it reports it.
+    pub fn with_snapshot<T>(&self, check: impl FnOnce(&Snapshot) -> T) -> Result<T, CacheError> {
+        let rd = self.index.read()?;
+        let snap = (rd.all()?, rd.blobs()?);
+        Ok(check(&snap))
+    }
+
     /// Where the blob `d` lives (whether or not it is there).
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.store.blob_path(d)
