@@ -47,6 +47,7 @@ fn main() -> ExitCode {
             "error: internal error: {msg}{at} (this is a bug in sregistry; please report it)"
         );
     }));
+    let json = cli.global.json;
     let outcome = std::panic::catch_unwind(|| cli::commands::run(cli));
     let Ok(outcome) = outcome else {
         return ExitStatus::Failure.into();
@@ -57,7 +58,15 @@ fn main() -> ExitCode {
         Err(e) => {
             let status = exit::status_of(&e);
             if e.downcast_ref::<exit::Reported>().is_none() {
-                eprintln!("error: {}", one_line(&e));
+                let line = one_line(&e);
+                eprintln!("error: {line}");
+                // A script reading `--json` output gets the failure as JSON too.
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "error": line, "exit_code": status as u8 })
+                    );
+                }
             }
             status.into()
         }

@@ -186,10 +186,20 @@ impl Cache {
         })
     }
 
-    /// Unlink stale entries of `tmp/` (no lock needed: nothing refers to them).
-    pub fn remove_tmp_files(&self, files: &[&TmpFile]) {
-        let paths: Vec<PathBuf> = files.iter().map(|t| t.path.clone()).collect();
-        store::unlink_now(&paths);
+    /// Remove stale entries of `tmp/` (no lock needed: nothing refers to them), a
+    /// directory with what it holds; says for each whether it is gone.
+    pub fn remove_tmp_files(&self, files: &[&TmpFile]) -> Vec<bool> {
+        files
+            .iter()
+            .map(|t| {
+                let removed = match std::fs::symlink_metadata(&t.path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&t.path),
+                    Ok(_) => std::fs::remove_file(&t.path),
+                    Err(e) => Err(e),
+                };
+                removed.is_ok() || !t.path.exists()
+            })
+            .collect()
     }
 
     /// The use a `get` left in the marker of `name` (`crate::cache::uses`), read by the

@@ -131,6 +131,15 @@ pub enum CacheError {
     )]
     Quarantined { name: String, path: PathBuf },
     #[error(
+        "image `{name}` is damaged: `{path}` has {size} bytes, not the {recorded} recorded (changed from outside sregistry); run `sregistry verify` to quarantine it"
+    )]
+    WrongSize {
+        name: String,
+        path: PathBuf,
+        size: u64,
+        recorded: u64,
+    },
+    #[error(
         "image `{name}` is corrupt: `{path}` hashes to {actual}, not its name; run `sregistry verify` to quarantine it"
     )]
     Corrupt {
@@ -212,7 +221,9 @@ impl CacheError {
     pub fn is_verify_problem(&self) -> bool {
         matches!(
             self,
-            CacheError::Corrupt { .. } | CacheError::Quarantined { .. }
+            CacheError::Corrupt { .. }
+                | CacheError::Quarantined { .. }
+                | CacheError::WrongSize { .. }
         )
     }
 }
@@ -935,11 +946,26 @@ impl Cache {
                 _ => rec.digest,
             };
             let path = self.store.blob_path(&digest);
-            if !path.is_file() {
+            let Some(size) = std::fs::metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+            else {
                 if let Some(q) = self.quarantined(&digest) {
                     return Err(CacheError::Quarantined { name: key, path: q });
                 }
                 return Err(CacheError::BlobMissing { name: key, path });
+            };
+            // A file cut short (or grown) from outside is never handed out.
+            if let Some(b) = rd.get_blob(&digest)?
+                && b.size != size
+            {
+                return Err(CacheError::WrongSize {
+                    name: key,
+                    path,
+                    size,
+                    recorded: b.size,
+                });
             }
             let now = clock::now();
             let stale = rd
@@ -1186,8 +1212,8 @@ impl Cache {
         Ok(changed)
     }
 
-    /// Where a quarantined copy of `d` is, if any (for `get`'s message).
-    fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
+    /// Where a quarantined copy of `d` is, if any (for `get`'s and `inspect`'s message).
+    pub fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
         let hex = d.hex();
         std::fs::read_dir(self.quarantine_dir())
             .ok()?

@@ -124,6 +124,11 @@ pub enum Command {
     Tag(TagArgs),
     Rm(RmArgs),
     Pin(PinArgs),
+    /// Unpin an image: gc may remove it again once it is unused (pin undoes it).
+    ///
+    /// The name and its content stay; only the protection goes, and `add`, `tag` and `pull`
+    /// may re-point the name again without --force. `NAME@blake3:<hex>` unpins only if the
+    /// name points to that digest (else exit 3).
     Unpin(PinArgs),
     Info(InfoArgs),
     Pull(PullArgs),

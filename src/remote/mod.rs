@@ -88,12 +88,18 @@ pub enum RemoteError {
         user: Option<String>,
         detail: String,
     },
-    #[error("`{host}` denies {action} on `{repository}` with these credentials{detail}")]
+    #[error(
+        "`{host}` denies {action}{}{}{detail}",
+        if .repository.is_empty() { String::new() } else { format!(" on `{}`", .repository) },
+        if *.anonymous { format!(" without credentials (run `sregistry login {}`)", .host) } else { " with these credentials".to_string() }
+    )]
     Denied {
         host: String,
         repository: String,
         action: &'static str,
         detail: String,
+        /// No credentials were sent.
+        anonymous: bool,
     },
     #[error(
         "`{url}` sent content that does not match {expected}: got {actual}; nothing was stored"
@@ -716,6 +722,40 @@ pub fn search(remote: &str, opts: &RemoteOptions) -> Result<Vec<String>, RemoteE
     })
 }
 
+/// The registry host `login` and `logout` are given: `HOST[:PORT]`, or the same with the
+/// scheme of a reference to it (`oras://HOST`, `docker://HOST`, `https://HOST`), which is
+/// dropped. A repository path, or another scheme, is a usage error.
+pub fn registry_host(input: &str) -> Result<String, RemoteError> {
+    let rest = match input.split_once("://") {
+        Some(("oras" | "docker" | "https" | "http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(bad_ref(
+                input,
+                format!("`{scheme}://` is not a registry; give HOST[:PORT] (oras:// is accepted)"),
+            ));
+        }
+        None => input,
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty()
+        || host.contains('/')
+        || host
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
+    {
+        return Err(bad_ref(
+            input,
+            "give the registry's HOST[:PORT] only (no repository, user or path)",
+        ));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// `logout HOST`: forget the stored credentials; the file, and whether there were any.
+pub fn logout(host: &str) -> Result<(PathBuf, bool), RemoteError> {
+    auth::remove_credentials(&registry_host(host)?)
+}
+
 /// `login HOST`: check the credentials against the registry, then store them.
 pub fn login(
     host: &str,
@@ -723,6 +763,7 @@ pub fn login(
     password: &str,
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
+    let host = &registry_host(host)?;
     let creds = auth::Credentials {
         username: user.to_string(),
         password: password.to_string(),

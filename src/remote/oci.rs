@@ -292,12 +292,15 @@ impl<'t> Session<'t> {
         RemoteError::Denied {
             host: self.host.clone(),
             repository: scope.split(':').nth(1).unwrap_or("").to_string(),
-            action: if scope.ends_with("push") {
+            action: if scope.is_empty() {
+                "access"
+            } else if scope.ends_with("push") {
                 "push"
             } else {
                 "pull"
             },
             detail: detail.to_string(),
+            anonymous: self.creds.is_none(),
         }
     }
 

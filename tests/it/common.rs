@@ -330,6 +330,16 @@ impl Drop for Tmpfs {
 }
 
 impl Env {
+    /// A file under `blobs/`, named as a blob, that the index does not know.
+    pub fn plant_orphan(&self) {
+        let od = sregistry::Digest::of(b"orphan");
+        let dir = self
+            .cache
+            .join(format!("v1/blobs/blake3/{}", &od.hex()[..2]));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(od.hex()), b"orphan").unwrap();
+    }
+
     /// `sregistry ARGS` started with `SREGISTRY_TEST_PAUSE=point`, returned once it has
     /// paused there. With `resume`, it goes on when that file exists; without, it waits
     /// to be killed. Its stdout is piped, for `wait_with_output`.

@@ -1354,3 +1354,107 @@ fn search_follows_every_page_of_tags() {
         "a refused search asked the server"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------
+
+/// `get REMOTE --json` printed a plain path; `--json` means JSON.
+#[test]
+fn get_of_a_remote_under_json_prints_json() {
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    let server = FaultServer::start(vec![(FILE.to_string(), file)]);
+    let env = Env::new();
+    let out = stdout_of(env.cmd().args(["get", "--json", &server.url(FILE)]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(fs::read(v["path"].as_str().unwrap()).unwrap(), source);
+    assert_eq!(v["remote"], server.url(FILE));
+    assert_eq!(v["name"], format!("{}/files/image.sif:latest", server.addr));
+}
+
+/// `login oras://host` looked up the host "oras"; `logout unknownhost` said "removed".
+/// The scheme is accepted (and dropped), a repository path is a usage error, and logout
+/// says when there was nothing to remove.
+#[test]
+fn login_accepts_the_oras_scheme_and_logout_says_what_it_did() {
+    let ok: Handler = Box::new(|_, _| Reply::new(200).body(b"{}"));
+    let server = FaultServer::start(vec![("/v2/".to_string(), ok)]);
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args([
+            "login",
+            &format!("oras://{}/", server.addr),
+            "-u",
+            "alice",
+            "--password-stdin",
+        ])
+        .write_stdin("pw")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("logged in to {} as alice", server.addr)),
+        "{err}"
+    );
+    assert_eq!(server.requests("GET", "/v2/").len(), 1);
+    let stored = fs::read_to_string(env.path("config/credentials.json")).unwrap();
+    assert!(stored.contains(&format!("\"{}\"", server.addr)), "{stored}");
+    assert_fails(
+        env.cmd()
+            .args([
+                "login",
+                &format!("oras://{}/lab/tool", server.addr),
+                "-u",
+                "a",
+                "--password-stdin",
+            ])
+            .write_stdin("pw"),
+        2,
+        "HOST[:PORT] only",
+    );
+    let out = env
+        .cmd()
+        .args(["logout", "unknown.example.org"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no credentials for unknown.example.org"),
+        "{err}"
+    );
+    assert!(!err.contains("removed"), "{err}");
+    let out = env
+        .cmd()
+        .args(["logout", &format!("oras://{}", server.addr)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("removed the credentials for {}", server.addr)),
+        "{err}"
+    );
+}
+
+/// A `403` to an anonymous pull said "denies pull on `` with these credentials". It says
+/// which repository, that no credentials were sent, and what to run.
+#[test]
+fn a_403_without_credentials_says_so() {
+    let forbidden: Handler = Box::new(|_, _| Reply::new(403));
+    let server = FaultServer::start(vec![(manifest_path("private"), forbidden)]);
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "private")]),
+        1,
+        "denies pull on `fault/private` without credentials",
+    );
+    assert!(
+        err.contains(&format!("sregistry login {}", server.addr)),
+        "{err}"
+    );
+    assert!(!err.contains("with these credentials"), "{err}");
+}

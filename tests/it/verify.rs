@@ -20,12 +20,7 @@ fn damaged_cache() -> (Env, String, String) {
     fs::write(&pa, &bytes).unwrap();
     fs::set_permissions(&pa, fs::Permissions::from_mode(0o444)).unwrap();
     fs::remove_file(&pb).unwrap();
-    let od = sregistry::Digest::of(b"orphan");
-    let dir = env
-        .cache
-        .join(format!("v1/blobs/blake3/{}", &od.hex()[..2]));
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join(od.hex()), b"orphan").unwrap();
+    env.plant_orphan();
     fs::write(env.cache.join("v1/tmp/ingest-1-stray"), b"stray").unwrap();
     (env, pa, pb)
 }
