@@ -5,7 +5,8 @@
 //! say private on a setgid, group-writable `v1/`, as a plain `init` by an older version
 //! leaves a shared cache, or the reverse); permissions (every entry of the cache against
 //! the modes and group its settings ask for, see [`crate::maintain::shared::Kind::problem`], and
-//! that this user can write); that `fcntl` locks exclude each
+//! that this user can write); that `blobs/`, `tmp/`, `locks/` and `quarantine/` are
+//! directories; that `fcntl` locks exclude each
 //! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
 //! what it means for locks across nodes; free space, and the bounds downloads are held to
 //! (`SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE`); the index's integrity; leftovers in
@@ -142,6 +143,30 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
                 } else {
                     format!("`chmod` them back to what the settings say, or share the cache with `{fix}`")
                 }
+            ),
+        )
+    });
+    // Layout: what must be a directory is one (a file in its place passes every other
+    // check, and then every write fails).
+    let not_dirs: Vec<String> = [
+        cache.blobs_dir().to_path_buf(),
+        cache.tmp_dir().to_path_buf(),
+        cache.locks_dir(),
+        cache.quarantine_dir(),
+    ]
+    .into_iter()
+    .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+    .map(|p| format!("`{}`", p.display()))
+    .collect();
+    out.push(if not_dirs.is_empty() {
+        check("layout", Pass, "blobs/, tmp/, locks/ and quarantine/ are directories (or not made yet)")
+    } else {
+        check(
+            "layout",
+            Fail,
+            format!(
+                "{} should be a directory but is not; move it out of the cache (the next command makes the directory again)",
+                not_dirs.join(", ")
             ),
         )
     });

@@ -189,3 +189,26 @@ fn gc_removes_a_stale_directory_in_tmp_and_reports_it_once() {
     assert!(!dir.exists(), "the directory is still there");
     assert_eq!(gc()["tmp_files"], 0, "reported again");
 }
+
+/// With `v1/tmp` replaced by a file, `doctor` said all was well while `verify` and `gc`
+/// failed. The layout check fails and says what to do.
+#[test]
+fn doctor_fails_when_a_cache_directory_is_a_file() {
+    let env = Env::new();
+    stdout_of(env.cmd().arg("init"));
+    let tmp = env.cache.join("v1/tmp");
+    fs::remove_dir(&tmp).unwrap();
+    fs::write(&tmp, b"not a directory").unwrap();
+    let out = env.cmd().args(["doctor", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layout = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "layout")
+        .unwrap_or_else(|| panic!("no layout check: {v:#}"));
+    assert_eq!(layout["status"], "fail", "{v:#}");
+    let detail = layout["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("`{}`", tmp.display())), "{detail}");
+}
