@@ -991,6 +991,15 @@ fn waiters_on_a_dead_remote_fail_with_the_pullers_error() {
         thread::sleep(Duration::from_millis(20));
     }
     let waiters: Vec<_> = (0..3).map(|_| spawn()).collect();
+    // One more, not quiet: it says what it waits for.
+    let talkative = env
+        .std_cmd()
+        .args(["get", &url])
+        .env("SREGISTRY_TIMEOUT", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
     let started = std::time::Instant::now();
     let out = first.wait_with_output().unwrap();
     let first_err = failed_line(&out);
@@ -1001,6 +1010,13 @@ fn waiters_on_a_dead_remote_fail_with_the_pullers_error() {
         assert!(err.contains("another process's pull"), "{err}");
         assert!(err.contains("sent nothing for 2 s"), "{err}");
     }
+    let out = talkative.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waiting for another process that is downloading the same image"),
+        "{err}"
+    );
+    assert!(err.contains("another process's pull"), "{err}");
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "the waiters took {:?}",

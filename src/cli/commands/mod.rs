@@ -112,7 +112,17 @@ pub fn run(cli: Cli) -> Result<()> {
     let mut lock = LockOptions::from_env()?;
     if !cli.global.quiet {
         lock.on_wait = Some(sregistry::cache::lock::OnWait(std::sync::Arc::new(
-            |path| eprintln!("waiting for lock on `{}`", path.display()),
+            |path| {
+                // A per-pull lock (`v1/locks/`) is held by another download of the image.
+                if path.parent().and_then(|d| d.file_name()) == Some("locks".as_ref()) {
+                    eprintln!(
+                        "waiting for another process that is downloading the same image (lock `{}`)",
+                        path.display()
+                    )
+                } else {
+                    eprintln!("waiting for lock on `{}`", path.display())
+                }
+            },
         )));
     }
     if let Command::Init(args) = &cli.command {
