@@ -13,6 +13,7 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
+    clean_up_on_signals();
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
@@ -46,6 +47,7 @@ fn main() -> ExitCode {
             "error: internal error: {msg}{at} (this is a bug in sregistry; please report it)"
         );
     }));
+    let json = cli.global.json;
     let outcome = std::panic::catch_unwind(|| cli::commands::run(cli));
     let Ok(outcome) = outcome else {
         return ExitStatus::Failure.into();
@@ -56,9 +58,65 @@ fn main() -> ExitCode {
         Err(e) => {
             let status = exit::status_of(&e);
             if e.downcast_ref::<exit::Reported>().is_none() {
-                eprintln!("error: {}", one_line(&e));
+                let line = one_line(&e);
+                eprintln!("error: {line}");
+                // A script reading `--json` output gets the failure as JSON too.
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({ "error": line, "exit_code": status as u8 })
+                    );
+                }
             }
             status.into()
+        }
+    }
+}
+
+/// Ctrl-C, a batch system's time limit (SIGTERM) or a closed terminal (SIGHUP) must not
+/// leave a partial download or copy in the cache's `tmp/` (gc would only clear it after
+/// its grace period): these signals are blocked in every thread and taken by one that
+/// removes this process's unfinished files, then ends the process by the same signal, as
+/// if it had not been caught. Called first thing, before any thread exists, so every
+/// thread inherits the mask; child processes get an empty mask from `std::process`.
+fn clean_up_on_signals() {
+    // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it, and
+    // pthread_sigmask only changes this thread's mask.
+    let set = unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, sig);
+        }
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            return;
+        }
+        set
+    };
+    let spawned = std::thread::Builder::new()
+        .name("sregistry-signals".into())
+        .spawn(move || {
+            let mut sig = 0;
+            // SAFETY: `set` is initialised; sigwait writes the signal number into `sig`.
+            while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            sregistry::cache::remove_unfinished();
+            // SAFETY: restore the default action and unblock the signal in this thread
+            // only, then send it to this thread: the process ends by that signal.
+            unsafe {
+                libc::signal(sig, libc::SIG_DFL);
+                let mut one: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut one);
+                libc::sigaddset(&mut one, sig);
+                libc::pthread_sigmask(libc::SIG_UNBLOCK, &one, std::ptr::null_mut());
+                libc::raise(sig);
+            }
+            std::process::exit(128 + sig);
+        });
+    if spawned.is_err() {
+        // Without the thread nobody would take the signals: leave them as they were.
+        // SAFETY: as above, on this (the only) thread.
+        unsafe {
+            libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
         }
     }
 }

@@ -102,6 +102,15 @@ impl Cache {
         Ok((rd.all()?, rd.blobs()?))
     }
 
+    /// Run `check` on every name and blob record while still holding the shared lock, so
+    /// no name or blob record changes (nor a blob leaves `blobs/`) until it returns: for
+    /// verify to look again at what it found before it reports it.
+    pub fn with_snapshot<T>(&self, check: impl FnOnce(&Snapshot) -> T) -> Result<T, CacheError> {
+        let rd = self.index.read()?;
+        let snap = (rd.all()?, rd.blobs()?);
+        Ok(check(&snap))
+    }
+
     /// Where the blob `d` lives (whether or not it is there).
     pub fn blob_path(&self, d: &Digest) -> PathBuf {
         self.store.blob_path(d)
@@ -177,10 +186,20 @@ impl Cache {
         })
     }
 
-    /// Unlink stale entries of `tmp/` (no lock needed: nothing refers to them).
-    pub fn remove_tmp_files(&self, files: &[&TmpFile]) {
-        let paths: Vec<PathBuf> = files.iter().map(|t| t.path.clone()).collect();
-        store::unlink_now(&paths);
+    /// Remove stale entries of `tmp/` (no lock needed: nothing refers to them), a
+    /// directory with what it holds; says for each whether it is gone.
+    pub fn remove_tmp_files(&self, files: &[&TmpFile]) -> Vec<bool> {
+        files
+            .iter()
+            .map(|t| {
+                let removed = match std::fs::symlink_metadata(&t.path) {
+                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&t.path),
+                    Ok(_) => std::fs::remove_file(&t.path),
+                    Err(e) => Err(e),
+                };
+                removed.is_ok() || !t.path.exists()
+            })
+            .collect()
     }
 
     /// The use a `get` left in the marker of `name` (`crate::cache::uses`), read by the

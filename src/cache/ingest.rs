@@ -187,6 +187,7 @@ impl Drop for Scratch {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
+            store::untrack(&self.path);
         }
     }
 }
@@ -289,6 +290,7 @@ impl<T: Tap> Drop for Ingest<T> {
     fn drop(&mut self) {
         if !self.path.as_os_str().is_empty() {
             let _ = std::fs::remove_file(&self.path);
+            store::untrack(&self.path);
         }
     }
 }

@@ -63,6 +63,7 @@ mod health;
 mod index;
 mod ingest;
 mod layout;
+pub mod limits;
 pub mod lock;
 mod settings;
 mod store;
@@ -94,7 +95,7 @@ pub use index::{
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, Found, TmpFile};
+pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -129,6 +130,15 @@ pub enum CacheError {
         "image `{name}` was quarantined by verify because its content no longer matches its digest (now at `{path}`); run `sregistry verify --repair`, or add it again"
     )]
     Quarantined { name: String, path: PathBuf },
+    #[error(
+        "image `{name}` is damaged: `{path}` has {size} bytes, not the {recorded} recorded (changed from outside sregistry); run `sregistry verify` to quarantine it"
+    )]
+    WrongSize {
+        name: String,
+        path: PathBuf,
+        size: u64,
+        recorded: u64,
+    },
     #[error(
         "image `{name}` is corrupt: `{path}` hashes to {actual}, not its name; run `sregistry verify` to quarantine it"
     )]
@@ -211,7 +221,9 @@ impl CacheError {
     pub fn is_verify_problem(&self) -> bool {
         matches!(
             self,
-            CacheError::Corrupt { .. } | CacheError::Quarantined { .. }
+            CacheError::Corrupt { .. }
+                | CacheError::Quarantined { .. }
+                | CacheError::WrongSize { .. }
         )
     }
 }
@@ -881,6 +893,34 @@ impl Cache {
         Ok(guard)
     }
 
+    /// How many pulls of `remote` have failed so far, and the last one's message
+    /// (`0, ""` when none has). Read before waiting for the pull lock and again once it is
+    /// held, it tells a waiter whether the pull it waited for failed.
+    pub fn pull_failures(&self, remote: &str) -> (u64, String) {
+        let path = self.pull_failure_note(remote);
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (count, detail) = text.split_once('\n').unwrap_or((&text, ""));
+        (count.trim().parse().unwrap_or(0), detail.to_string())
+    }
+
+    /// Record that a pull of `remote` failed with `detail` (call holding its pull lock).
+    /// Best effort: a note that cannot be written only makes waiters try for themselves.
+    pub fn record_pull_failure(&self, remote: &str, detail: &str) {
+        let (count, _) = self.pull_failures(remote);
+        let path = self.pull_failure_note(remote);
+        let tmp = path.with_extension(format!("failed.{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{}\n{detail}", count + 1)).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+
+    fn pull_failure_note(&self, remote: &str) -> PathBuf {
+        self.locks_dir()
+            .join(pull_lock_name(remote))
+            .with_extension("failed")
+    }
+
     /// The path of the blob `r` names: the hot path. Takes the shared lock for a lookup,
     /// checks the file exists, and records the use when the stored time is stale.
     pub fn get(&self, r: &Reference) -> Result<PathBuf, CacheError> {
@@ -920,11 +960,26 @@ impl Cache {
                 _ => rec.digest,
             };
             let path = self.store.blob_path(&digest);
-            if !path.is_file() {
+            let Some(size) = std::fs::metadata(&path)
+                .ok()
+                .filter(|m| m.is_file())
+                .map(|m| m.len())
+            else {
                 if let Some(q) = self.quarantined(&digest) {
                     return Err(CacheError::Quarantined { name: key, path: q });
                 }
                 return Err(CacheError::BlobMissing { name: key, path });
+            };
+            // A file cut short (or grown) from outside is never handed out.
+            if let Some(b) = rd.get_blob(&digest)?
+                && b.size != size
+            {
+                return Err(CacheError::WrongSize {
+                    name: key,
+                    path,
+                    size,
+                    recorded: b.size,
+                });
             }
             let now = clock::now();
             let stale = rd
@@ -1171,8 +1226,8 @@ impl Cache {
         Ok(changed)
     }
 
-    /// Where a quarantined copy of `d` is, if any (for `get`'s message).
-    fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
+    /// Where a quarantined copy of `d` is, if any (for `get`'s and `inspect`'s message).
+    pub fn quarantined(&self, d: &Digest) -> Option<PathBuf> {
         let hex = d.hex();
         std::fs::read_dir(self.quarantine_dir())
             .ok()?

@@ -132,6 +132,7 @@ impl Staged {
         let Some(src) = self.path.take() else {
             return Ok((dest, false));
         };
+        untrack(&src);
         let werr = |path: &Path, source| StoreError::Write {
             path: path.to_path_buf(),
             source,
@@ -168,12 +169,45 @@ impl Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(p) = self.path.take() {
-            let _ = fs::remove_file(p);
+            let _ = fs::remove_file(&p);
+            untrack(&p);
         }
     }
 }
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+/// The files this process is writing in `tmp/` and has not yet committed or removed, for
+/// [`remove_unfinished`].
+static UNFINISHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
+
+fn track(path: &Path) {
+    if let Ok(mut v) = UNFINISHED.lock() {
+        v.push(path.to_path_buf());
+    }
+}
+
+pub(super) fn untrack(path: &Path) {
+    if let Ok(mut v) = UNFINISHED.lock()
+        && let Some(i) = v.iter().rposition(|p| p == path)
+    {
+        v.swap_remove(i);
+    }
+}
+
+/// Remove every file this process is still writing or holding in `tmp/` (its partial
+/// downloads and copies), for a process about to end on a signal. Safe at any instant: a
+/// file already renamed into `blobs/` is no longer at its `tmp/` path, and a committed
+/// blob that is also linked there keeps its other link.
+pub fn remove_unfinished() {
+    let paths = match UNFINISHED.lock() {
+        Ok(mut v) => std::mem::take(&mut *v),
+        Err(_) => return,
+    };
+    for p in paths {
+        let _ = fs::remove_file(p);
+    }
+}
 
 /// A name in `tmp/` no other process or thread will pick:
 /// `PREFIX<pid>-<salt>@<host>`, so that a later command on the same machine can tell a
@@ -243,8 +277,8 @@ fn written_by_dead_local_process(name: &str) -> bool {
         return false;
     }
     // SAFETY: kill with signal 0 only checks whether the process exists.
-    let alive = unsafe { libc::kill(pid, 0) } == 0;
-    !alive && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
+    let status = unsafe { libc::kill(pid, 0) };
+    status == -1 && io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH)
 }
 
 impl Store {
@@ -313,6 +347,7 @@ impl Store {
                 path: path.clone(),
                 source,
             })?;
+        track(&path);
         Ok((f, path))
     }
 
@@ -409,6 +444,7 @@ impl Store {
                 _ => StoreError::Write { path, source: e },
             });
         }
+        track(&path);
         let mut staged = Staged {
             path: Some(path.clone()),
             digest: Digest::from_bytes([0; 32]),

@@ -124,6 +124,11 @@ pub enum Command {
     Tag(TagArgs),
     Rm(RmArgs),
     Pin(PinArgs),
+    /// Unpin an image: gc may remove it again once it is unused (pin undoes it).
+    ///
+    /// The name and its content stay; only the protection goes, and `add`, `tag` and `pull`
+    /// may re-point the name again without --force. `NAME@blake3:<hex>` unpins only if the
+    /// name points to that digest (else exit 3).
     Unpin(PinArgs),
     Info(InfoArgs),
     Pull(PullArgs),
@@ -287,8 +292,9 @@ pub struct InfoArgs {}
 /// registry, as `apptainer push oras://` writes it), https://URL, or s3://BUCKET/KEY. Every
 /// byte is checked while it streams in: the registry's sha256 and the declared size; a
 /// broken transfer is resumed. A docker:// image's layers are kept with it, so another
-/// image with the same base layers downloads only its own; a pull of an unchanged tag
-/// downloads only the manifest. The image is named after REMOTE without its scheme unless
+/// image with the same base layers downloads only its own. A remote unchanged since the
+/// name was pulled from it is not downloaded again (only the manifest, or a conditional
+/// HEAD, is asked for; --force downloads again). The image is named after REMOTE without its scheme unless
 /// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json
 /// (and the credential helpers it names); S3 settings from the AWS_* environment variables.
 ///
@@ -301,7 +307,7 @@ pub struct PullArgs {
     /// Local name for it
     #[arg(long, short = 'n', value_name = "REF")]
     pub name: Option<String>,
-    /// Re-point the name even if it is pinned (it stays pinned; the old content loses the pin's protection)
+    /// Download again even if the remote is unchanged, and re-point the name even if it is pinned (it stays pinned; the old content loses the pin's protection)
     #[arg(long)]
     pub force: bool,
     /// Allow plain HTTP to a host that is not on this machine

@@ -1,6 +1,7 @@
 //! The command line's progress bar: the library reports how a download advances through
 //! [`sregistry::remote::Progress`], and this draws it on stderr (only on a terminal, and
-//! not under `--quiet`; the caller decides).
+//! not under `--quiet`; the caller decides), with "waiting for ..." when a remote has
+//! been silent for a few seconds.
 
 use std::sync::Mutex;
 
@@ -30,6 +31,20 @@ impl Progress for Bar {
             && let Some(bar) = slot.as_ref()
         {
             bar.set_position(done);
+        }
+    }
+
+    fn waiting(&self, what: &str) {
+        let msg = format!("waiting for {what}");
+        match self
+            .0
+            .lock()
+            .ok()
+            .as_ref()
+            .and_then(|slot| slot.as_ref().cloned())
+        {
+            Some(bar) => bar.println(msg),
+            None => eprintln!("{msg}"),
         }
     }
 

@@ -5,9 +5,11 @@
 //! say private on a setgid, group-writable `v1/`, as a plain `init` by an older version
 //! leaves a shared cache, or the reverse); permissions (every entry of the cache against
 //! the modes and group its settings ask for, see [`crate::maintain::shared::Kind::problem`], and
-//! that this user can write); that `fcntl` locks exclude each
+//! that this user can write); that `blobs/`, `tmp/`, `locks/` and `quarantine/` are
+//! directories; that `fcntl` locks exclude each
 //! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
-//! what it means for locks across nodes; free space; the index's integrity; leftovers in
+//! what it means for locks across nodes; free space, and the bounds downloads are held to
+//! (`SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE`); the index's integrity; leftovers in
 //! `tmp/` and `quarantine/`.
 
 use std::ffi::CString;
@@ -144,6 +146,30 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             ),
         )
     });
+    // Layout: what must be a directory is one (a file in its place passes every other
+    // check, and then every write fails).
+    let not_dirs: Vec<String> = [
+        cache.blobs_dir().to_path_buf(),
+        cache.tmp_dir().to_path_buf(),
+        cache.locks_dir(),
+        cache.quarantine_dir(),
+    ]
+    .into_iter()
+    .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
+    .map(|p| format!("`{}`", p.display()))
+    .collect();
+    out.push(if not_dirs.is_empty() {
+        check("layout", Pass, "blobs/, tmp/, locks/ and quarantine/ are directories (or not made yet)")
+    } else {
+        check(
+            "layout",
+            Fail,
+            format!(
+                "{} should be a directory but is not; move it out of the cache (the next command makes the directory again)",
+                not_dirs.join(", ")
+            ),
+        )
+    });
     let writable = [
         cache.format_dir().to_path_buf(),
         cache.tmp_dir().to_path_buf(),
@@ -208,11 +234,13 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         )),
     }
 
-    // Space.
+    // Space, and the bounds downloads are held to.
+    let limits = crate::cache::limits::Limits::from_env();
+    let min_free = limits.as_ref().map_or(0, |l| l.min_free);
     match shared::space(root) {
         Ok((free, total)) => {
             let human = |b| crate::format::units::format_size(b);
-            let status = if free < 1 << 30 {
+            let status = if free < (1 << 30).max(min_free) {
                 Fail
             } else if total > 0 && free * 10 < total {
                 Warn
@@ -236,6 +264,18 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         }
         Err(e) => out.push(check("space", Warn, format!("cannot statvfs: {e}"))),
     }
+    out.push(match limits {
+        Ok(l) => check(
+            "downloads",
+            Pass,
+            format!(
+                "at most {} where a remote declares no size (SREGISTRY_MAX_DOWNLOAD); {} kept free (SREGISTRY_MIN_FREE)",
+                crate::format::units::format_size(l.max_download),
+                crate::format::units::format_size(l.min_free)
+            ),
+        ),
+        Err(e) => check("downloads", Fail, format!("{e}; pulls refuse to start")),
+    });
 
     // Index.
     let index = index_check(cache);

@@ -327,12 +327,17 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         (p, victims)
     })?;
     fill(&mut report, &p);
-    for t in &stale_tmp {
-        report.tmp_files += 1;
-        report.bytes_freed += t.size;
-    }
-    if !opts.dry_run {
-        cache.remove_tmp_files(&stale_tmp);
+    // Only what is gone counts (a dry run counts what would go).
+    let gone = if opts.dry_run {
+        vec![true; stale_tmp.len()]
+    } else {
+        cache.remove_tmp_files(&stale_tmp)
+    };
+    for (t, gone) in stale_tmp.iter().zip(gone) {
+        if gone {
+            report.tmp_files += 1;
+            report.bytes_freed += t.size;
+        }
     }
     Ok(report)
 }

@@ -525,13 +525,4 @@ pub fn mount_options(path: &Path) -> Option<String> {
 }
 
 /// Free and total bytes of the filesystem holding `path`.
-pub fn space(path: &Path) -> io::Result<(u64, u64)> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    // SAFETY: zeroed statvfs is valid; statvfs fills it for a valid path string.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let f = st.f_frsize as u64;
-    Ok((st.f_bavail as u64 * f, st.f_blocks as u64 * f))
-}
+pub use crate::cache::limits::space;

@@ -7,15 +7,19 @@
 //! 2. Without any lock: re-hash the blobs in parallel, memory-mapped (large files with
 //!    BLAKE3's multi-threaded hasher one after another, small ones on one thread each),
 //!    and compare with their names and recorded sizes.
-//! 3. Under the exclusive index lock, briefly: move each corrupt blob into `quarantine/`,
+//! 3. Under the shared index lock: look at each finding again ([`still_wrong`]) and keep
+//!    only what is still wrong, so that an `add`, `rm` or gc running meanwhile is never
+//!    reported as a problem (its blob placed before its name, a blob removed while it was
+//!    being hashed, gc's own `tmp/delete-*` files).
+//! 4. Under the exclusive index lock, briefly: move each corrupt blob into `quarantine/`,
 //!    so `get` can never hand it out again (`get` then says it was quarantined and what
 //!    to run). With `--repair`, put back content whose recorded local source still has the
 //!    right digest.
 //!
 //! Problems (exit code 4): corrupt blobs, names whose blob is missing, orphan files under
 //! `blobs/` that the index does not know, foreign files there, and `tmp/` entries older
-//! than the grace period. Blobs the index knows but no name uses are reported for
-//! information only: `gc` removes them.
+//! than the grace period (`delete-*` files included). Blobs the index knows but no name
+//! uses are reported for information only: `gc` removes them.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
@@ -135,6 +139,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
         return Ok(report);
     }
     let (names, blob_records) = cache.snapshot()?;
+    crate::testhook::pause("verify-read-index");
     let wanted: Option<HashSet<String>> = if opts.names.is_empty() {
         None
     } else {
@@ -160,6 +165,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
     let on_disk: Vec<Found> = cache.blobs_on_disk()?;
     let disk_set: HashSet<Digest> = on_disk.iter().filter_map(|f| f.digest).collect();
+    crate::testhook::pause("verify-listed");
 
     // Which blobs to hash.
     let to_hash: Vec<&Found> = on_disk
@@ -256,7 +262,8 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             .count();
         let now = clock::now();
         for t in cache.tmp_files()? {
-            if t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace {
+            // A `delete-*` file too: gc and rm unlink theirs a moment after their lock.
+            if now.saturating_sub(t.mtime) >= opts.tmp_grace {
                 report.problems.push(Finding {
                     kind: "stray-tmp",
                     path: t.path.clone(),
@@ -267,10 +274,69 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             }
         }
     }
+    report.problems = still_wrong(cache, std::mem::take(&mut report.problems), &wanted)?;
+    corrupt.retain(|(d, _)| {
+        report
+            .problems
+            .iter()
+            .any(|f| f.kind == "corrupt" && f.digest == Some(*d))
+    });
     if !corrupt.is_empty() || opts.repair {
         quarantine_and_repair(cache, &corrupt, &users, &mut report, opts.repair)?;
     }
     Ok(report)
+}
+
+/// Look again, under the shared lock (no name, blob record or blob changes meanwhile), at
+/// each finding of a check that ran without it on a cache in use, and keep only what is
+/// still wrong:
+/// * `orphan`: still there, still unknown to the index, and not an `add` in flight (whose
+///   blob is hard-linked to its staged copy in `tmp/` until the name is committed, so it
+///   has more than one link);
+/// * `missing`, `unreadable`, `corrupt` whose file is gone: a problem only if a name (of
+///   those asked about) still points to it, and then it is `missing`;
+/// * `stray-tmp`, `foreign`: still there.
+fn still_wrong(
+    cache: &Cache,
+    problems: Vec<Finding>,
+    wanted: &Option<HashSet<String>>,
+) -> Result<Vec<Finding>, CacheError> {
+    use std::os::unix::fs::MetadataExt;
+    cache.with_snapshot(|(names, blobs)| {
+        let known: HashSet<Digest> = blobs.iter().map(|(d, _)| *d).collect();
+        let users = |d: &Digest| -> Vec<String> {
+            names
+                .iter()
+                .filter(|n| n.record.digest == *d)
+                .filter(|n| wanted.as_ref().is_none_or(|w| w.contains(&n.name)))
+                .map(|n| n.name.clone())
+                .collect()
+        };
+        problems
+            .into_iter()
+            .filter_map(|mut f| {
+                let meta = std::fs::symlink_metadata(&f.path).ok();
+                match (f.kind, f.digest) {
+                    ("orphan", Some(d)) => meta
+                        .filter(|m| !known.contains(&d) && m.nlink() == 1)
+                        .map(|_| f),
+                    ("missing" | "unreadable" | "corrupt", Some(d)) if meta.is_none() => {
+                        f.names = users(&d);
+                        if f.names.is_empty() {
+                            return None;
+                        }
+                        f.kind = "missing";
+                        f.detail = "the index names this blob but its file is gone".into();
+                        Some(f)
+                    }
+                    // Put back meanwhile (an `add` of the same content).
+                    ("missing", _) => meta.is_none().then_some(f),
+                    ("stray-tmp" | "foreign", _) => meta.map(|_| f),
+                    _ => Some(f),
+                }
+            })
+            .collect()
+    })
 }
 
 /// Under the exclusive lock: move corrupt blobs to `quarantine/`; with `repair`, put back

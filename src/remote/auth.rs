@@ -420,6 +420,21 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
 }
 
 /// Store (or, with `None`, remove) the credentials for `host`; returns the file.
+/// Forget the stored credentials for `host`: the file, and whether there were any (when
+/// there were none, nothing is written).
+pub fn remove_credentials(host: &str) -> Result<(PathBuf, bool), RemoteError> {
+    let had = credentials_path()
+        .map(|p| read_store(&p).map(|s| s.auths.contains_key(host)))
+        .transpose()?
+        .unwrap_or(false);
+    if had {
+        return Ok((store_credentials(host, None)?, true));
+    }
+    let path =
+        credentials_path().unwrap_or_else(|| PathBuf::from("~/.config/sregistry/credentials.json"));
+    Ok((path, false))
+}
+
 pub fn store_credentials(host: &str, creds: Option<&Credentials>) -> Result<PathBuf, RemoteError> {
     let path = credentials_path().ok_or_else(|| RemoteError::Credentials {
         path: PathBuf::from("~/.config/sregistry/credentials.json"),

@@ -534,7 +534,7 @@ pub fn pull_locked(
     );
     let step = runtime::run(async move {
         let (cache, r, opts) = (&c, &r_, &o);
-        let transport = Transport::new(opts.insecure)?;
+        let transport = Transport::new(opts)?;
         let creds = auth::credentials_for(&r.host)?;
         let mut s = Session::new(&transport, r.api_host(), creds);
         let resolved = resolve(&mut s, r, &plat).await?;
@@ -572,7 +572,7 @@ pub fn pull_locked(
                 continue;
             }
             let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, l.digest));
-            let mut sink = Sink::new(cache, &url, Some(l.size))?;
+            let mut sink = Sink::new(cache, &url, Some(l.size), &opts.limits)?;
             oci::download(
                 &mut s,
                 &oci::pull_scope(&r.repository),

@@ -88,12 +88,18 @@ pub enum RemoteError {
         user: Option<String>,
         detail: String,
     },
-    #[error("`{host}` denies {action} on `{repository}` with these credentials{detail}")]
+    #[error(
+        "`{host}` denies {action}{}{}{detail}",
+        if .repository.is_empty() { String::new() } else { format!(" on `{}`", .repository) },
+        if *.anonymous { format!(" without credentials (run `sregistry login {}`)", .host) } else { " with these credentials".to_string() }
+    )]
     Denied {
         host: String,
         repository: String,
         action: &'static str,
         detail: String,
+        /// No credentials were sent.
+        anonymous: bool,
     },
     #[error(
         "`{url}` sent content that does not match {expected}: got {actual}; nothing was stored"
@@ -105,6 +111,39 @@ pub enum RemoteError {
     },
     #[error("`{url}` sent more than the {limit} bytes declared; nothing was stored")]
     TooLong { url: String, limit: u64 },
+    #[error(
+        "`{url}` sent more than {} without declaring its size; nothing was stored (set SREGISTRY_MAX_DOWNLOAD higher if the image is that large)",
+        crate::format::units::format_size(*.max)
+    )]
+    TooLarge { url: String, max: u64 },
+    #[error(
+        "not enough space in `{}` for `{url}`: {} free, {} more would leave less than the {} the cache keeps free; nothing was stored (free space with `sregistry gc --max-size ...`, or set SREGISTRY_MIN_FREE lower)",
+        .dir.display(),
+        crate::format::units::format_size(*.free),
+        crate::format::units::format_size(*.need),
+        crate::format::units::format_size(*.min_free)
+    )]
+    NoSpace {
+        url: String,
+        dir: PathBuf,
+        free: u64,
+        need: u64,
+        min_free: u64,
+    },
+    #[error("`{url}` sent an empty body; nothing was stored (an image is never empty)")]
+    Empty { url: String },
+    #[error(
+        "`{url}` sent nothing for {secs} s, on each of {attempts} attempts (the server accepts connections but does not answer); nothing was stored (SREGISTRY_TIMEOUT sets the wait)"
+    )]
+    Stalled {
+        url: String,
+        secs: u64,
+        attempts: u32,
+    },
+    #[error(
+        "another process's pull of `{remote}` failed while this one waited for it, so this one did not try again: {detail}"
+    )]
+    FailedElsewhere { remote: String, detail: String },
     #[error(
         "`{url}` ended after {got} bytes on each of {attempts} attempts (the connection broke off); nothing was stored"
     )]
@@ -231,6 +270,14 @@ impl RemoteRef {
             RemoteRef::Docker(r) => r.local_name(),
             RemoteRef::Http(url) => {
                 let after = url.split_once("://").map(|x| x.1).unwrap_or(url);
+                // Without user-info: a password never becomes part of a name.
+                let after = match after.find(['/', '?', '#']) {
+                    Some(end) => match after[..end].rfind('@') {
+                        Some(at) => &after[at + 1..],
+                        None => after,
+                    },
+                    None => after.rsplit_once('@').map_or(after, |x| x.1),
+                };
                 let no_query = after.split(['?', '#']).next().unwrap_or(after);
                 sanitize_path(no_query)
             }
@@ -245,7 +292,7 @@ impl fmt::Display for RemoteRef {
         match self {
             RemoteRef::Oras(r) => write!(f, "oras://{r}"),
             RemoteRef::Docker(r) => write!(f, "docker://{r}"),
-            RemoteRef::Http(u) => f.write_str(u),
+            RemoteRef::Http(u) => f.write_str(&transport::shown(u)),
             RemoteRef::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
         }
     }
@@ -299,6 +346,11 @@ pub trait Progress: Send + Sync {
     fn advance(&self, done: u64);
     /// The download is over (done or failed).
     fn finish(&self);
+    /// Nothing has come for a few seconds: `what` says what is awaited ("an answer from
+    /// `URL`"). Told once per wait.
+    fn waiting(&self, what: &str) {
+        let _ = what;
+    }
 }
 
 /// A shared [`Progress`] receiver in [`RemoteOptions`].
@@ -352,10 +404,42 @@ pub struct RemoteOptions {
     pub labels: std::collections::BTreeMap<String, String>,
     /// Whether a pull may re-point a pinned name (`pull --force`).
     pub repoint: crate::cache::Repoint,
+    /// How much a download may write, and the free space it must leave.
+    pub limits: crate::cache::limits::Limits,
+    /// Download again even when the remote says its content is what the name already
+    /// holds (`pull --force`).
+    pub refetch: bool,
     /// `docker://`: the platform to pull, `os/arch[/variant]` (default: this machine's).
     pub platform: Option<String>,
     /// `docker://`: the squashfs compression of the SIF (default gzip).
     pub squashfs_comp: Option<String>,
+}
+
+/// What the cache holds from an earlier pull of the same remote under the same name: a
+/// pull compares it with the remote before downloading anything.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// The remote's digest of the content (`sha256:...`; oras:// compares the layer).
+    pub remote_digest: Option<String>,
+    /// The `ETag` it was served with (https:// and s3://).
+    pub etag: Option<String>,
+    /// The `Last-Modified` it was served with (https://).
+    pub last_modified: Option<String>,
+}
+
+/// What a protocol's pull brought: new content, or word that the name's content is
+/// current.
+pub enum Pulled {
+    Fresh(crate::cache::Ingested, Fetched),
+    Unchanged,
+}
+
+/// The outcome of [`pull`]: the name's entry, and whether anything was downloaded.
+#[derive(Clone, Debug)]
+pub struct PullOutcome {
+    pub entry: Entry,
+    /// False when the remote was unchanged and the cached content was kept.
+    pub downloaded: bool,
 }
 
 /// What a finished pull knows about the remote content, recorded in the index.
@@ -378,13 +462,50 @@ pub fn get_or_pull(
     if let Some(p) = cached_from(cache, &name, remote, opts)? {
         return Ok(p);
     }
+    under_pull_lock(
+        cache,
+        lock_key(remote, opts),
+        || {
+            // Whoever held the lock before us may have pulled it.
+            cached_from(cache, &name, remote, opts)
+        },
+        || Ok(pull_locked(cache, remote, &name, opts)?.entry.path),
+    )
+}
+
+/// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
+/// ready, if anything); else, if a pull failed while this process waited, fail at once
+/// with its message (a thousand jobs waiting on a dead remote do not each wait it out
+/// again); else `pull()`, whose failure (the remote's, not the cache's refusal) is
+/// recorded for the processes waiting now.
+fn under_pull_lock<T>(
+    cache: &Cache,
+    key: String,
+    found: impl FnOnce() -> Result<Option<T>, RemoteError>,
+    pull: impl FnOnce() -> Result<T, RemoteError>,
+) -> Result<T, RemoteError> {
     cache.ensure_layout()?;
-    let _lock = cache.pull_lock(&lock_key(remote, opts))?;
-    // Whoever held the lock before us may have pulled it.
-    if let Some(p) = cached_from(cache, &name, remote, opts)? {
-        return Ok(p);
+    let (before, _) = cache.pull_failures(&key);
+    let _lock = cache.pull_lock(&key)?;
+    if let Some(t) = found()? {
+        return Ok(t);
     }
-    Ok(pull_locked(cache, remote, &name, opts)?.path)
+    let (after, detail) = cache.pull_failures(&key);
+    if after != before {
+        return Err(RemoteError::FailedElsewhere {
+            remote: key,
+            detail,
+        });
+    }
+    let out = pull();
+    // The remote's failures only: a refusal by the cache (a pinned name) is each caller's.
+    if let Err(e) = &out
+        && !e.is_usage()
+        && !matches!(e, RemoteError::Cache(_))
+    {
+        cache.record_pull_failure(&key, &e.to_string());
+    }
+    out
 }
 
 /// What the per-pull lock of `remote` is named by: the reference, and for `docker://`
@@ -427,14 +548,14 @@ fn cached_from(
     }
 }
 
-/// `pull REMOTE [--name REF]`: download (unless the recorded remote digest is current)
-/// and name it.
+/// `pull REMOTE [--name REF]`: download, unless the name already holds what the remote
+/// offers (unless `opts.refetch`), and name it.
 pub fn pull(
     cache: &Cache,
     remote: &RemoteRef,
     name: Option<&Reference>,
     opts: &RemoteOptions,
-) -> Result<Entry, RemoteError> {
+) -> Result<PullOutcome, RemoteError> {
     let name = match name {
         Some(n) => {
             crate::cache::refuse_digest_on_target(n)?;
@@ -442,9 +563,12 @@ pub fn pull(
         }
         None => remote.default_name()?,
     };
-    cache.ensure_layout()?;
-    let _lock = cache.pull_lock(&lock_key(remote, opts))?;
-    pull_locked(cache, remote, &name, opts)
+    under_pull_lock(
+        cache,
+        lock_key(remote, opts),
+        || Ok(None),
+        || pull_locked(cache, remote, &name, opts),
+    )
 }
 
 fn pull_locked(
@@ -452,28 +576,49 @@ fn pull_locked(
     remote: &RemoteRef,
     name: &Reference,
     opts: &RemoteOptions,
-) -> Result<Entry, RemoteError> {
+) -> Result<PullOutcome, RemoteError> {
     if let RemoteRef::Docker(r) = remote {
-        return docker::pull_locked(cache, r, &remote.to_string(), name, opts);
+        // A converted image keeps its layers; an unchanged tag costs only the manifest.
+        let entry = docker::pull_locked(cache, r, &remote.to_string(), name, opts)?;
+        return Ok(PullOutcome {
+            entry,
+            downloaded: true,
+        });
     }
+    let known = if opts.refetch {
+        None
+    } else {
+        known_from(cache, name, remote)?
+    };
     let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
-    let (ingested, fetched) = runtime::run(async move {
-        let (cache, opts) = (&c, &o);
-        let transport = transport::Transport::new(opts.insecure)?;
+    let pulled = runtime::run(async move {
+        let (cache, opts, known) = (&c, &o, known.as_ref());
+        let transport = transport::Transport::new(opts)?;
         match &remote_ {
-            RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts).await,
+            RemoteRef::Oras(r) => oci::pull(&transport, cache, r, opts, known).await,
             // Converted images take their own path (`docker::pull_locked`), above.
             RemoteRef::Docker(_) => Err(bad_ref(&remote_.to_string(), "not a single-file remote")),
-            RemoteRef::Http(url) => http::pull(&transport, cache, url, opts).await,
-            RemoteRef::S3 { bucket, key } => s3::pull(cache, bucket, key, opts).await,
+            RemoteRef::Http(url) => http::pull(&transport, cache, url, opts, known).await,
+            RemoteRef::S3 { bucket, key } => s3::pull(cache, bucket, key, opts, known).await,
         }
     })?;
+    let (ingested, fetched) = match pulled {
+        Pulled::Fresh(i, f) => (i, f),
+        Pulled::Unchanged => {
+            // `get` checks the file is still there and records the use.
+            cache.get(name)?;
+            return Ok(PullOutcome {
+                entry: cache.entry(name)?,
+                downloaded: false,
+            });
+        }
+    };
     let mut labels = opts.labels.clone();
     if let Some(e) = &fetched.etag {
-        labels.insert("org.sregistry.etag".into(), e.clone());
+        labels.insert(ETAG_LABEL.into(), e.clone());
     }
     if let Some(l) = &fetched.last_modified {
-        labels.insert("org.sregistry.last-modified".into(), l.clone());
+        labels.insert(LAST_MODIFIED_LABEL.into(), l.clone());
     }
     let entry = cache.commit_ingested(
         ingested,
@@ -486,8 +631,38 @@ fn pull_locked(
         },
         opts.repoint,
     )?;
-    Ok(entry)
+    Ok(PullOutcome {
+        entry,
+        downloaded: true,
+    })
 }
+
+/// What `name` holds from an earlier pull of `remote`, if it holds anything from there
+/// and its file is in place.
+fn known_from(
+    cache: &Cache,
+    name: &Reference,
+    remote: &RemoteRef,
+) -> Result<Option<Known>, RemoteError> {
+    let entry = match cache.entry(name) {
+        Ok(e) => e,
+        Err(e) if e.is_not_found() => return Ok(None),
+        Err(e) => return Err(e.into()),
+    };
+    if entry.source.as_deref() != Some(remote.to_string().as_str()) || !entry.path.is_file() {
+        return Ok(None);
+    }
+    Ok(Some(Known {
+        remote_digest: entry.remote_digest,
+        etag: entry.labels.get(ETAG_LABEL).cloned(),
+        last_modified: entry.labels.get(LAST_MODIFIED_LABEL).cloned(),
+    }))
+}
+
+/// The label recording the `ETag` content was served with.
+pub const ETAG_LABEL: &str = "org.sregistry.etag";
+/// The label recording the `Last-Modified` content was served with.
+pub const LAST_MODIFIED_LABEL: &str = "org.sregistry.last-modified";
 
 /// `push REF REMOTE`: upload a cached image.
 pub fn push(
@@ -496,12 +671,20 @@ pub fn push(
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<String, RemoteError> {
+    if let RemoteRef::Oras(r) = remote
+        && r.digest.is_some()
+    {
+        return Err(bad_ref(
+            &remote.to_string(),
+            "a push needs a tag (oras://HOST/REPOSITORY:TAG), not a digest: the registry names the pushed manifest by its own digest",
+        ));
+    }
     let entry = cache.entry(name)?;
     let path = cache.get(name)?;
     let (e, remote_, o) = (entry.clone(), remote.clone(), opts.clone());
     let (where_, sha) = runtime::run(async move {
         let (entry, opts) = (&e, &o);
-        let transport = transport::Transport::new(opts.insecure)?;
+        let transport = transport::Transport::new(opts)?;
         match &remote_ {
             RemoteRef::Oras(r) => oci::push(&transport, &path, entry, r, opts).await,
             RemoteRef::Docker(_) => Err(bad_ref(
@@ -528,9 +711,43 @@ pub fn search(remote: &str, opts: &RemoteOptions) -> Result<Vec<String>, RemoteE
         .ok_or_else(|| bad_ref(remote, "search takes oras://HOST or oras://HOST/REPOSITORY"))?;
     let (rest, opts) = (rest.to_string(), opts.clone());
     runtime::run(async move {
-        let transport = transport::Transport::new(opts.insecure)?;
+        let transport = transport::Transport::new(&opts)?;
         oci::search(&transport, &rest, &opts).await
     })
+}
+
+/// The registry host `login` and `logout` are given: `HOST[:PORT]`, or the same with the
+/// scheme of a reference to it (`oras://HOST`, `docker://HOST`, `https://HOST`), which is
+/// dropped. A repository path, or another scheme, is a usage error.
+pub fn registry_host(input: &str) -> Result<String, RemoteError> {
+    let rest = match input.split_once("://") {
+        Some(("oras" | "docker" | "https" | "http", rest)) => rest,
+        Some((scheme, _)) => {
+            return Err(bad_ref(
+                input,
+                format!("`{scheme}://` is not a registry; give HOST[:PORT] (oras:// is accepted)"),
+            ));
+        }
+        None => input,
+    };
+    let host = rest.trim_end_matches('/');
+    if host.is_empty()
+        || host.contains('/')
+        || host
+            .bytes()
+            .any(|b| !(b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
+    {
+        return Err(bad_ref(
+            input,
+            "give the registry's HOST[:PORT] only (no repository, user or path)",
+        ));
+    }
+    Ok(host.to_ascii_lowercase())
+}
+
+/// `logout HOST`: forget the stored credentials; the file, and whether there were any.
+pub fn logout(host: &str) -> Result<(PathBuf, bool), RemoteError> {
+    auth::remove_credentials(&registry_host(host)?)
 }
 
 /// `login HOST`: check the credentials against the registry, then store them.
@@ -540,13 +757,14 @@ pub fn login(
     password: &str,
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
+    let host = &registry_host(host)?;
     let creds = auth::Credentials {
         username: user.to_string(),
         password: password.to_string(),
     };
     let (h, c, o) = (host.to_string(), creds.clone(), opts.clone());
     runtime::run(async move {
-        let transport = transport::Transport::new(o.insecure)?;
+        let transport = transport::Transport::new(&o)?;
         oci::check_login(&transport, &h, &c, &o).await
     })?;
     auth::store_credentials(host, Some(&creds))

@@ -13,7 +13,8 @@
 //!
 //! Manifests are fetched with an `Accept` header naming the OCI and Docker manifest types
 //! (the registry answers 404 without it), at most 4 MiB, and checked against the digest
-//! when pulled by digest. The layer is fetched as a stream through [`Sink`] (declared size
+//! when pulled by digest. A layer whose digest is the one the name already holds from
+//! this reference is not fetched again. The layer is fetched as a stream through [`Sink`] (declared size
 //! enforced, sha256 checked, BLAKE3 computed); a connection that drops mid-blob is resumed
 //! with `Range`. Uploads are `POST` then `PUT <Location>&digest=` (a single-request
 //! upload is answered `202` by some registries and stores nothing); a blob the registry
@@ -34,8 +35,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::{self, Challenge, Credentials};
 use super::sink::Sink;
 use super::transport::Transport;
-use super::{Fetched, RemoteError, RemoteOptions};
-use crate::cache::Ingested;
+use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
 use crate::cache::{Cache, Entry};
 
 pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
@@ -292,12 +292,15 @@ impl<'t> Session<'t> {
         RemoteError::Denied {
             host: self.host.clone(),
             repository: scope.split(':').nth(1).unwrap_or("").to_string(),
-            action: if scope.ends_with("push") {
+            action: if scope.is_empty() {
+                "access"
+            } else if scope.ends_with("push") {
                 "push"
             } else {
                 "pull"
             },
             detail: detail.to_string(),
+            anonymous: self.creds.is_none(),
         }
     }
 
@@ -417,7 +420,7 @@ pub(super) async fn ok_or_status(resp: Response, url: &str) -> Result<Response, 
         .and_then(|v| v["errors"][0]["message"].as_str().map(|m| format!(": {m}")))
         .unwrap_or_default();
     Err(RemoteError::Status {
-        url: url.to_string(),
+        url: super::transport::shown(url),
         status,
         detail,
     })
@@ -432,13 +435,13 @@ pub(super) async fn read_limited(
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| RemoteError::Network {
-            url: url.to_string(),
-            detail: super::transport::error_chain(&e),
+            url: super::transport::shown(url),
+            detail: super::transport::error_chain(&e.without_url()),
             attempts: 1,
         })?;
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Err(RemoteError::TooLong {
-                url: url.to_string(),
+                url: super::transport::shown(url),
                 limit,
             });
         }
@@ -497,13 +500,15 @@ pub async fn fetch_manifest(
     Ok((m, digest, body))
 }
 
-/// Download the SIF layer of `r` into `tmp/`, verified.
+/// Download the SIF layer of `r` into `tmp/`, verified; nothing when the manifest names
+/// the layer the cache already holds under this name (`known`).
 pub async fn pull(
     t: &Transport,
     cache: &Cache,
     r: &OciRef,
     opts: &RemoteOptions,
-) -> Result<(Ingested, Fetched), RemoteError> {
+    known: Option<&Known>,
+) -> Result<Pulled, RemoteError> {
     let creds = auth::credentials_for(&r.host)?;
     let mut s = Session::new(t, &r.host, creds);
     let (m, _mdigest, _) = fetch_manifest(&mut s, r).await?;
@@ -513,8 +518,11 @@ pub async fn pull(
             detail,
         })?
         .clone();
+    if known.and_then(|k| k.remote_digest.as_deref()) == Some(layer.digest.as_str()) {
+        return Ok(Pulled::Unchanged);
+    }
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
-    let mut sink = Sink::new(cache, &url, Some(layer.size))?;
+    let mut sink = Sink::new(cache, &url, Some(layer.size), &opts.limits)?;
     download(
         &mut s,
         &pull_scope(&r.repository),
@@ -525,7 +533,7 @@ pub async fn pull(
     )
     .await?;
     let (ingested, sha) = sink.finish(Some(layer.size), Some(&layer.digest))?;
-    Ok((
+    Ok(Pulled::Fresh(
         ingested,
         Fetched {
             media_type: Some(layer.media_type.clone()),
@@ -576,6 +584,7 @@ pub async fn download(
     let client = s.t.client().clone();
     let mut seen = known;
     let mut failures = 0;
+    let mut stalls = 0;
     loop {
         let from = sink.written();
         let if_range = seen.etag.clone().or_else(|| seen.last_modified.clone());
@@ -594,7 +603,7 @@ pub async fn download(
         if resp.status() == StatusCode::NOT_FOUND {
             return Err(RemoteError::NotFound {
                 host: s.host.clone(),
-                what: url.to_string(),
+                what: super::transport::shown(url),
             });
         }
         let resp = ok_or_status(resp, url).await?;
@@ -623,13 +632,15 @@ pub async fn download(
         }
         let mut stream = resp.bytes_stream();
         let mut broke = false;
-        while let Some(chunk) = stream.next().await {
+        let awaited = || format!("data from `{}`", super::transport::shown(url));
+        while let Some(chunk) = s.t.announced(stream.next(), awaited).await {
             match chunk {
                 Ok(c) => {
                     sink.write(c)?;
                     report.advance(sink.written());
                 }
-                Err(_) => {
+                Err(e) => {
+                    stalls += u32::from(e.is_timeout());
                     broke = true;
                     break;
                 }
@@ -639,9 +650,12 @@ pub async fn download(
             break;
         }
         failures += 1;
+        if Transport::give_up_after_timeouts(stalls) {
+            return Err(s.t.stalled(url, failures));
+        }
         if failures >= s.t.attempts() {
             return Err(RemoteError::BrokeOff {
-                url: url.to_string(),
+                url: super::transport::shown(url),
                 got: sink.written(),
                 attempts: failures,
             });
@@ -795,6 +809,8 @@ async fn upload_blob(
     };
     put_url.push(if put_url.contains('?') { '&' } else { '?' });
     put_url.push_str(&format!("digest={digest}"));
+    // The registry chooses where the upload goes: the same rules hold there.
+    s.t.check_url(&put_url)?;
     let make = || {
         let rb = client
             .put(put_url.as_str())
@@ -818,7 +834,9 @@ async fn upload_blob(
     Ok(())
 }
 
-/// Tags of a repository (`host/repo`), or the catalog of a registry (`host`).
+/// Tags of a repository (`host/repo`), or the catalog of a registry (`host`), every page
+/// of it: a registry that answers with `Link: <...>; rel="next"` is asked for the next
+/// page until it gives none.
 pub async fn search(
     t: &Transport,
     target: &str,
@@ -829,6 +847,14 @@ pub async fn search(
         Some((h, _)) => (h, None),
         None => (target, None),
     };
+    if let Some(r) = repo
+        && (r.contains(':') || r.contains('@'))
+    {
+        return Err(super::bad_ref(
+            &format!("oras://{target}"),
+            "search takes oras://HOST or oras://HOST/REPOSITORY, without a tag or digest",
+        ));
+    }
     let creds = auth::credentials_for(host)?;
     let mut s = Session::new(t, host, creds);
     let (path, scope, field) = match repo {
@@ -839,32 +865,68 @@ pub async fn search(
             "repositories",
         ),
     };
-    let url = s.url(&path);
+    let mut url = s.url(&path);
     let client = t.client().clone();
-    let resp = s.send(&scope, &url, &|| client.get(url.as_str())).await?;
-    if resp.status() == StatusCode::NOT_FOUND {
-        return Err(RemoteError::NotFound {
-            host: host.to_string(),
-            what: repo.unwrap_or("catalog").to_string(),
-        });
+    let mut out: Vec<String> = Vec::new();
+    let mut seen_pages = std::collections::HashSet::new();
+    loop {
+        let resp = s.send(&scope, &url, &|| client.get(url.as_str())).await?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Err(RemoteError::NotFound {
+                host: host.to_string(),
+                what: repo.unwrap_or("catalog").to_string(),
+            });
+        }
+        let resp = ok_or_status(resp, &url).await?;
+        let next = next_page(&resp, &url);
+        let body = read_limited(resp, &url, 16 << 20).await?;
+        let v: serde_json::Value =
+            serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
+                url: url.clone(),
+                detail: e.to_string(),
+            })?;
+        if let Some(a) = v[field].as_array() {
+            out.extend(a.iter().filter_map(|x| x.as_str().map(str::to_string)));
+        }
+        seen_pages.insert(url.clone());
+        match next {
+            Some(n) if seen_pages.contains(&n) => {
+                return Err(RemoteError::Protocol {
+                    url: n,
+                    detail: "the listing's next page is one already read (a pagination loop)"
+                        .into(),
+                });
+            }
+            Some(n) => {
+                t.check_url(&n)?;
+                url = n;
+            }
+            None => break,
+        }
     }
-    let resp = ok_or_status(resp, &url).await?;
-    let body = read_limited(resp, &url, 16 << 20).await?;
-    let v: serde_json::Value =
-        serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
-            url: url.clone(),
-            detail: e.to_string(),
-        })?;
-    let mut out: Vec<String> = v[field]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|x| x.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default();
     out.sort();
+    out.dedup();
     Ok(out)
+}
+
+/// The `rel="next"` target of a response's `Link` header, resolved against `url`.
+fn next_page(resp: &Response, url: &str) -> Option<String> {
+    let base = reqwest::Url::parse(url).ok()?;
+    resp.headers()
+        .get_all(reqwest::header::LINK)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .find_map(|link| {
+            let (target, params) = link.trim().split_once(';')?;
+            let target = target.trim().strip_prefix('<')?.strip_suffix('>')?;
+            let is_next = params.split(';').any(|p| {
+                p.trim()
+                    .strip_prefix("rel=")
+                    .is_some_and(|r| r.trim_matches('"').split(' ').any(|r| r == "next"))
+            });
+            is_next.then(|| base.join(target).ok().map(String::from))?
+        })
 }
 
 /// Check credentials against `/v2/` (answering a challenge if there is one).

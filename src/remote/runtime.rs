@@ -19,8 +19,6 @@ use super::RemoteError;
 
 /// The runtime's handle, or why it could not start (kept, so every call says so).
 static RUNTIME: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
-/// The process's HTTP client.
-static CLIENT: OnceLock<Result<reqwest::Client, String>> = OnceLock::new();
 
 fn handle() -> Result<&'static tokio::runtime::Handle, RemoteError> {
     let started = RUNTIME.get_or_init(|| {
@@ -59,14 +57,54 @@ pub fn run<T: Send + 'static>(
     })?
 }
 
-/// The process's HTTP client: redirects limited, connect and read time-outs set.
-pub fn client() -> Result<reqwest::Client, RemoteError> {
-    let made = CLIENT.get_or_init(|| {
+/// Environment variable: how long a connection may stay silent (no answer, no body
+/// bytes) before the request counts as stalled; seconds or a duration (`90s`, `2m`).
+pub const TIMEOUT_ENV: &str = "SREGISTRY_TIMEOUT";
+/// Default for [`TIMEOUT_ENV`].
+const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+/// Longest wait for a TCP (and TLS) connection to be set up.
+const CONNECT: Duration = Duration::from_secs(10);
+
+/// How long a connection may stay silent: `SREGISTRY_TIMEOUT`, else 30 s. A value that
+/// does not parse is refused when the client is made.
+pub fn idle_timeout() -> Result<Duration, String> {
+    match std::env::var(TIMEOUT_ENV) {
+        Ok(v) if !v.trim().is_empty() => crate::format::units::parse_duration(&v)
+            .ok()
+            .filter(|s| *s > 0)
+            .map(Duration::from_secs)
+            .ok_or_else(|| {
+                format!("{TIMEOUT_ENV}=`{v}` is not a duration (examples: 30, 90s, 2m)")
+            }),
+        _ => Ok(DEFAULT_IDLE),
+    }
+}
+
+/// Clients without and with `--insecure`.
+static CLIENTS: [OnceLock<Result<reqwest::Client, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+
+/// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
+/// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
+pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
+    let made = CLIENTS[usize::from(insecure)].get_or_init(|| {
+        let idle = idle_timeout()?;
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error(TooManyRedirects);
+            }
+            let url = attempt.url();
+            let host = url.host_str().unwrap_or("");
+            if url.scheme() == "http" && !insecure && !super::transport::is_loopback(host) {
+                let host = host.to_string();
+                return attempt.error(PlainRedirect(host));
+            }
+            attempt.follow()
+        });
         reqwest::Client::builder()
             .user_agent(concat!("sregistry/", env!("CARGO_PKG_VERSION")))
-            .redirect(reqwest::redirect::Policy::limited(10))
-            .connect_timeout(Duration::from_secs(30))
-            .read_timeout(Duration::from_secs(120))
+            .redirect(policy)
+            .connect_timeout(CONNECT.min(idle))
+            .read_timeout(idle)
             .build()
             .map_err(|e| e.to_string())
     });
@@ -76,6 +114,16 @@ pub fn client() -> Result<reqwest::Client, RemoteError> {
         attempts: 0,
     })
 }
+
+/// A redirect chain longer than 10 hops.
+#[derive(Debug, thiserror::Error)]
+#[error("too many redirects (more than 10)")]
+pub struct TooManyRedirects;
+
+/// A redirect to plain HTTP on a host that is not loopback, without `--insecure`.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to plain HTTP on `{0}`")]
+pub struct PlainRedirect(pub String);
 
 #[cfg(test)]
 mod tests {

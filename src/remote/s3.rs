@@ -4,7 +4,8 @@
 //! usual AWS environment variables (`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
 //! `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`), and
 //! `--endpoint URL` (which wins). Path-style requests; plain HTTP only to loopback or with
-//! `--insecure`. Downloads stream through the verifying [`Sink`] with the object's size as
+//! `--insecure`. A pull whose object has the ETag the cache holds from it downloads
+//! nothing (one `HEAD`). Downloads stream through the verifying [`Sink`] with the object's size as
 //! the limit; uploads are multipart, 16 MiB at a time.
 
 use std::path::Path;
@@ -15,9 +16,8 @@ use object_store::aws::AmazonS3Builder;
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
 use super::sink::Sink;
-use super::{Fetched, RemoteError, RemoteOptions};
+use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
 use crate::cache::Cache;
-use crate::cache::Ingested;
 
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
@@ -85,21 +85,29 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
     }
 }
 
-/// Download `s3://bucket/key` into `tmp/`, verified.
+/// Download `s3://bucket/key` into `tmp/`, verified; nothing when the object's ETag is the
+/// one the cache holds from it (`known`).
 pub async fn pull(
     cache: &Cache,
     bucket: &str,
     key: &str,
     opts: &RemoteOptions,
-) -> Result<(Ingested, Fetched), RemoteError> {
+    known: Option<&Known>,
+) -> Result<Pulled, RemoteError> {
     let (store, _) = open(bucket, opts)?;
     let url = format!("s3://{bucket}/{key}");
     let path = object_store::path::Path::from(key);
+    if let Some(etag) = known.and_then(|k| k.etag.as_deref()) {
+        let meta = store.head(&path).await.map_err(|e| s3_err(&url, e))?;
+        if meta.e_tag.as_deref() == Some(etag) {
+            return Ok(Pulled::Unchanged);
+        }
+    }
     let res = store.get(&path).await.map_err(|e| s3_err(&url, e))?;
     let size = res.meta.size;
     let etag = res.meta.e_tag.clone();
     let modified = Some(res.meta.last_modified.to_rfc2822());
-    let mut sink = Sink::new(cache, &url, Some(size))?;
+    let mut sink = Sink::new(cache, &url, Some(size), &opts.limits)?;
     let report = super::Report::start(opts, Some(size), 0);
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
@@ -109,7 +117,7 @@ pub async fn pull(
     }
     drop(report);
     let (ingested, sha) = sink.finish(Some(size), None)?;
-    Ok((
+    Ok(Pulled::Fresh(
         ingested,
         Fetched {
             media_type: None,

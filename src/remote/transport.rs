@@ -3,26 +3,42 @@
 //! Requests that fail with a dropped or refused connection, a timeout, `429 Too Many
 //! Requests` or a `5xx` answer are retried with exponential backoff (0.2 s, 0.4 s,
 //! 0.8 s; `Retry-After` is honoured up to 10 s), four attempts in all
-//! (`SREGISTRY_RETRIES` changes the count). Redirects are followed up to 10 hops, and
-//! credentials are not carried to another host. TLS is rustls with the platform's roots;
-//! plain HTTP is allowed only to loopback hosts or with `--insecure`.
+//! (`SREGISTRY_RETRIES` changes the count). A connection that stays silent for
+//! `SREGISTRY_TIMEOUT` (default 30 s) times out, and a request that times out twice is
+//! given up ([`RemoteError::Stalled`]): a server that accepts connections and never
+//! answers costs about a minute, not four times two. After a few seconds of silence the
+//! caller's [`super::Progress`] hook hears what is awaited. Redirects are followed up to
+//! 10 hops, and credentials are not carried to another host. TLS is rustls with the
+//! platform's roots; plain HTTP is allowed only to loopback hosts or with `--insecure`, on
+//! every hop: the first URL, each redirect, a token realm and an upload `Location`. The
+//! host is the URL's host, never its user-info, and user-info is never printed
+//! ([`shown`]).
 
+use std::future::Future;
 use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use super::RemoteError;
+use super::runtime::{PlainRedirect, TooManyRedirects};
+use super::{ProgressHook, RemoteError, RemoteOptions};
+
+/// Silence longer than this is announced to the progress hook.
+const ANNOUNCE_AFTER: Duration = Duration::from_secs(3);
+/// Time-outs of one request before it is given up.
+const MAX_TIMEOUTS: u32 = 2;
 
 /// The shared client and retry policy.
 pub struct Transport {
     client: reqwest::Client,
     attempts: u32,
     insecure: bool,
+    progress: Option<ProgressHook>,
 }
 
 impl Transport {
-    pub fn new(insecure: bool) -> Result<Transport, RemoteError> {
-        let client = super::runtime::client()?;
+    pub fn new(opts: &RemoteOptions) -> Result<Transport, RemoteError> {
+        let insecure = opts.insecure;
+        let client = super::runtime::client(insecure)?;
         let attempts = std::env::var("SREGISTRY_RETRIES")
             .ok()
             .and_then(|v| v.parse::<u32>().ok())
@@ -33,7 +49,38 @@ impl Transport {
             client,
             attempts,
             insecure,
+            progress: opts.progress.clone(),
         })
+    }
+
+    /// Await `fut`; if it takes more than a few seconds, tell the progress hook what is
+    /// awaited (`what()`), once.
+    pub async fn announced<F: Future>(&self, fut: F, what: impl FnOnce() -> String) -> F::Output {
+        let Some(hook) = &self.progress else {
+            return fut.await;
+        };
+        let mut fut = std::pin::pin!(fut);
+        match tokio::time::timeout(ANNOUNCE_AFTER, &mut fut).await {
+            Ok(v) => v,
+            Err(_) => {
+                hook.0.waiting(&what());
+                fut.await
+            }
+        }
+    }
+
+    /// The error for a request that timed out [`MAX_TIMEOUTS`] times.
+    pub fn stalled(&self, url: &str, attempts: u32) -> RemoteError {
+        RemoteError::Stalled {
+            url: shown(url),
+            secs: super::runtime::idle_timeout().map_or(0, |d| d.as_secs()),
+            attempts,
+        }
+    }
+
+    /// Whether a request that has timed out `n` times is given up.
+    pub fn give_up_after_timeouts(n: u32) -> bool {
+        n >= MAX_TIMEOUTS
     }
 
     pub fn client(&self) -> &reqwest::Client {
@@ -54,11 +101,15 @@ impl Transport {
         }
     }
 
-    /// Refuse a plain `http://` URL to a non-loopback host unless --insecure.
+    /// Refuse a plain `http://` URL to a non-loopback host unless --insecure. The host is
+    /// the URL's own (`http://localhost:x@elsewhere/` is `elsewhere`).
     pub fn check_url(&self, url: &str) -> Result<(), RemoteError> {
-        if let Some(rest) = url.strip_prefix("http://") {
-            let host = rest.split(['/', '?', '#']).next().unwrap_or("");
-            if !is_loopback(host) && !self.insecure {
+        let Ok(u) = reqwest::Url::parse(url) else {
+            return Err(super::bad_ref(&shown(url), "not a valid URL"));
+        };
+        if u.scheme() == "http" && !self.insecure {
+            let host = u.host_str().unwrap_or("");
+            if !is_loopback(host) {
                 return Err(RemoteError::Insecure {
                     host: host.to_string(),
                 });
@@ -76,8 +127,12 @@ impl Transport {
     ) -> Result<Response, RemoteError> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
+        let mut timeouts = 0;
         for attempt in 1..=self.attempts {
-            match make().send().await {
+            let answer = self
+                .announced(make().send(), || format!("an answer from `{}`", shown(url)))
+                .await;
+            match answer {
                 Ok(resp) => {
                     let s = resp.status();
                     let retryable = s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error();
@@ -89,12 +144,24 @@ impl Transport {
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
-                    if e.is_redirect() {
+                    if let Some(host) = find_cause::<PlainRedirect>(&e) {
+                        return Err(RemoteError::Insecure {
+                            host: host.0.clone(),
+                        });
+                    }
+                    if e.is_redirect() || find_cause::<TooManyRedirects>(&e).is_some() {
                         return Err(RemoteError::Protocol {
-                            url: url.to_string(),
+                            url: shown(url),
                             detail: "too many redirects (more than 10)".into(),
                         });
                     }
+                    if e.is_timeout() {
+                        timeouts += 1;
+                        if Self::give_up_after_timeouts(timeouts) {
+                            return Err(self.stalled(url, attempt));
+                        }
+                    }
+                    let e = e.without_url();
                     last = error_chain(&e);
                     if attempt == self.attempts || e.is_builder() {
                         break;
@@ -105,10 +172,36 @@ impl Transport {
             delay *= 2;
         }
         Err(RemoteError::Network {
-            url: url.to_string(),
+            url: shown(url),
             detail: last,
             attempts: self.attempts,
         })
+    }
+}
+
+/// The first cause of `e` that is a `T`.
+fn find_cause<'e, T: std::error::Error + 'static>(
+    e: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut cur = Some(e);
+    while let Some(c) = cur {
+        if let Some(t) = c.downcast_ref::<T>() {
+            return Some(t);
+        }
+        cur = c.source();
+    }
+    None
+}
+
+/// A URL as it may be printed or recorded: user-info (`user:password@`) becomes `***@`.
+pub fn shown(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
     }
 }
 
@@ -155,6 +248,17 @@ pub fn is_loopback(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn user_info_is_never_shown() {
+        assert_eq!(
+            shown("https://alice:s3cret@example.org/a/b.sif?x=1"),
+            "https://***@example.org/a/b.sif?x=1"
+        );
+        assert_eq!(shown("https://tok@h/x"), "https://***@h/x");
+        assert_eq!(shown("https://h/x@y"), "https://h/x@y");
+        assert_eq!(shown("s3://bucket/key"), "s3://bucket/key");
+    }
 
     #[test]
     fn loopback_hosts_are_recognised_with_and_without_ports() {

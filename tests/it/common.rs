@@ -53,6 +53,10 @@ impl Env {
             "SREGISTRY_LOCK",
             "SREGISTRY_TEST_PAUSE",
             "SREGISTRY_LOCK_TIMEOUT",
+            "SREGISTRY_MAX_DOWNLOAD",
+            "SREGISTRY_MIN_FREE",
+            "SREGISTRY_TIMEOUT",
+            "SREGISTRY_RETRIES",
         ] {
             c.env_remove(var);
         }
@@ -288,6 +292,18 @@ pub fn assert_fails(c: &mut Command, code: i32, needle: &str) -> String {
     err
 }
 
+/// A new cache holding the fixture `one-group.sif` as `lab/tool:1`.
+pub fn env_with_lab_tool() -> Env {
+    let env = Env::new();
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(fixtures().join("one-group.sif"))
+            .args(["--name", "lab/tool:1"]),
+    );
+    env
+}
+
 /// A tmpfs mounted for one test (root only), unmounted when dropped.
 pub struct Tmpfs(PathBuf);
 
@@ -314,6 +330,16 @@ impl Drop for Tmpfs {
 }
 
 impl Env {
+    /// A file under `blobs/`, named as a blob, that the index does not know.
+    pub fn plant_orphan(&self) {
+        let od = sregistry::Digest::of(b"orphan");
+        let dir = self
+            .cache
+            .join(format!("v1/blobs/blake3/{}", &od.hex()[..2]));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(od.hex()), b"orphan").unwrap();
+    }
+
     /// `sregistry ARGS` started with `SREGISTRY_TEST_PAUSE=point`, returned once it has
     /// paused there. With `resume`, it goes on when that file exists; without, it waits
     /// to be killed. Its stdout is piped, for `wait_with_output`.

@@ -407,6 +407,71 @@ fn s3_push_then_pull_round_trip_is_byte_identical() {
     assert!(other.tmp_entries().is_empty(), "{:?}", other.tmp_entries());
 }
 
+/// A second pull of an unchanged `s3://` object compares its ETag and downloads nothing.
+/// Proof that nothing is fetched: the object's bytes are changed on the server's disk
+/// behind its back (s3s-fs keeps the ETag it stored), so a download would bring other
+/// content; the name must still point to the first. A changed object (pushed anew, new
+/// ETag) is downloaded and the name re-pointed; `--force` downloads again.
+#[test]
+fn a_second_pull_of_an_unchanged_s3_object_downloads_nothing() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    let v1 = env.sif("v1.sif", "s3 version one");
+    let v2 = env.sif("v2.sif", "s3 version two");
+    stdout_of(env.cmd().arg("add").arg(&v1).args(["--name", "lab/v:1"]));
+    stdout_of(env.cmd().arg("add").arg(&v2).args(["--name", "lab/v:2"]));
+    let remote = format!("s3://{BUCKET}/images/v.sif");
+    stdout_of(&mut s3_cmd(
+        &env,
+        &s3,
+        SECRET_KEY,
+        &["push", "lab/v:1", &remote],
+    ));
+    let pull = |force: bool| {
+        let mut args = vec!["pull", remote.as_str(), "--name", "lab/pulled"];
+        if force {
+            args.push("--force");
+        }
+        let out = s3_cmd(&env, &s3, SECRET_KEY, &args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{err}\n{}", s3.log());
+        (
+            String::from_utf8(out.stdout)
+                .unwrap()
+                .trim_end()
+                .to_string(),
+            err,
+        )
+    };
+    let (first, _) = pull(false);
+    assert_eq!(fs::read(&first).unwrap(), fs::read(&v1).unwrap());
+    let mut tampered = fs::read(&v1).unwrap();
+    let mid = tampered.len() / 2;
+    tampered[mid] ^= 0xff;
+    fs::write(s3.object("images/v.sif"), &tampered).unwrap();
+    let (again, err) = pull(false);
+    assert_eq!(again, first, "the object was downloaded again");
+    assert!(err.contains("unchanged"), "{err}");
+
+    stdout_of(&mut s3_cmd(
+        &env,
+        &s3,
+        SECRET_KEY,
+        &["push", "lab/v:2", &remote],
+    ));
+    let (second, _) = pull(false);
+    assert_eq!(fs::read(&second).unwrap(), fs::read(&v2).unwrap());
+    let mut tampered = fs::read(&v2).unwrap();
+    tampered[mid] ^= 0xff;
+    fs::write(s3.object("images/v.sif"), &tampered).unwrap();
+    let (forced, _) = pull(true);
+    assert_eq!(
+        fs::read(&forced).unwrap(),
+        tampered,
+        "--force did not download again"
+    );
+}
+
 #[test]
 fn s3_with_a_wrong_secret_fails_with_a_clear_error() {
     let s3 = S3Server::start();

@@ -13,6 +13,7 @@ mod images;
 mod index_damage;
 mod interop;
 mod local;
+mod messages;
 mod move_add;
 mod pins;
 mod registry;

@@ -79,6 +79,16 @@ impl Registry {
         Registry::start("", tempfile::tempdir().unwrap(), None)
     }
 
+    /// No authentication, and a catalog page holds at most `n` repositories (the registry
+    /// then answers with `Link: <...>; rel="next"`).
+    pub fn anonymous_with_catalog_pages_of(n: usize) -> Registry {
+        Registry::start(
+            &format!("catalog:\n  maxentries: {n}\n"),
+            tempfile::tempdir().unwrap(),
+            None,
+        )
+    }
+
     /// Basic auth against an htpasswd file (bcrypt, as the registry requires).
     pub fn htpasswd(user: &str, password: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();

@@ -516,3 +516,69 @@ fn push_and_pull_back(env: &Env, target: &str, sif: &std::path::Path) {
     let path = stdout_of(env.cmd().args(["pull", target, "--name", "copy"]));
     assert_eq!(fs::read(path).unwrap(), fs::read(sif).unwrap());
 }
+
+/// Two pulls of one unchanged `oras://` image made the registry serve the layer twice.
+/// A pull compares the manifest's layer digest with what the name holds: unchanged, it
+/// downloads nothing and prints the cached path; changed, it downloads the new layer and
+/// re-points the name; `--force` downloads again. Counted in the registry's access log.
+#[test]
+fn a_second_pull_of_an_unchanged_oras_image_downloads_nothing() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let v1 = env.sif("v1.sif", "version one");
+    let v2 = env.sif("v2.sif", "version two");
+    stdout_of(env.cmd().arg("add").arg(&v1).args(["--name", "lab/v:1"]));
+    stdout_of(env.cmd().arg("add").arg(&v2).args(["--name", "lab/v:2"]));
+    let remote = reg.oras("lab/tool:stable");
+    stdout_of(env.cmd().args(["push", "lab/v:1", &remote]));
+
+    let other = Env::new();
+    let first = stdout_of(other.cmd().args(["pull", &remote]));
+    let out = other.cmd().args(["pull", &remote]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), first);
+    assert!(err.contains("unchanged"), "{err}");
+    assert_eq!(reg.blob_gets(&sha256_of(&v1)), 1, "{}", reg.log());
+
+    // The tag moves: the new layer is downloaded once and the name follows it.
+    stdout_of(env.cmd().args(["push", "lab/v:2", &remote]));
+    let second = stdout_of(other.cmd().args(["pull", &remote]));
+    assert_eq!(fs::read(&second).unwrap(), fs::read(&v2).unwrap());
+    assert_eq!(reg.blob_gets(&sha256_of(&v2)), 1, "{}", reg.log());
+    stdout_of(other.cmd().args(["pull", &remote]));
+    assert_eq!(reg.blob_gets(&sha256_of(&v2)), 1, "{}", reg.log());
+
+    // --force downloads again.
+    let forced = stdout_of(other.cmd().args(["pull", "--force", &remote]));
+    assert_eq!(forced, second);
+    assert_eq!(reg.blob_gets(&sha256_of(&v2)), 2, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of(&v1)), 1, "{}", reg.log());
+}
+
+/// `search oras://HOST` listed the first page of the catalog and ignored the registry's
+/// `Link: <...>; rel="next"`. Here a page holds 2 repositories and there are 5: all are
+/// listed, each once.
+#[test]
+fn search_lists_every_page_of_the_catalog() {
+    let reg = Registry::anonymous_with_catalog_pages_of(2);
+    let env = env_with_lab_tool();
+    let repos = ["lab/a", "lab/b", "lab/c", "lab/d", "lab/e"];
+    for r in repos {
+        stdout_of(
+            env.cmd()
+                .args(["push", "lab/tool:1", &reg.oras(&format!("{r}:1"))]),
+        );
+    }
+    let listed = stdout_of(env.cmd().args(["search", &format!("oras://{}", reg.addr)]));
+    assert_eq!(listed.lines().collect::<Vec<_>>(), repos, "{}", reg.log());
+    let pages = reg
+        .log()
+        .lines()
+        .filter(|l| l.contains("GET /v2/_catalog"))
+        .count();
+    assert!(
+        pages >= 3,
+        "{pages} catalog requests for 5 repositories in pages of 2"
+    );
+}

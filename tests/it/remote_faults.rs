@@ -61,6 +61,11 @@ struct Reply {
     cut: Option<usize>,
     /// Declare no length: the body ends when the connection closes.
     close_delimited: bool,
+    /// After the body, send zeros for ever, 64 KiB every this long (until the client
+    /// goes away).
+    endless: Option<Duration>,
+    /// Read the request, then say nothing (a server that accepts and never answers).
+    silent: bool,
 }
 
 impl Reply {
@@ -71,7 +76,20 @@ impl Reply {
             body: Vec::new(),
             cut: None,
             close_delimited: false,
+            endless: None,
+            silent: false,
         }
+    }
+
+    fn endless(mut self, pace: Duration) -> Reply {
+        self.endless = Some(pace);
+        self.close_delimited = true;
+        self
+    }
+
+    fn silent(mut self) -> Reply {
+        self.silent = true;
+        self
     }
 
     fn header(mut self, k: &str, v: &str) -> Reply {
@@ -182,6 +200,13 @@ fn serve(mut conn: TcpStream, routes: &HashMap<String, Handler>, seen: &Mutex<Ve
         Some(h) => h(&req, nth),
         None => Reply::new(404),
     };
+    if reply.silent {
+        // Hold the connection open, answering nothing, until the client gives up.
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
+        let mut scratch = [0u8; 4096];
+        while matches!(conn.read(&mut scratch), Ok(n) if n > 0) {}
+        return;
+    }
     let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
     for (k, v) in &reply.headers {
         head.push_str(&format!("{k}: {v}\r\n"));
@@ -196,6 +221,13 @@ fn serve(mut conn: TcpStream, routes: &HashMap<String, Handler>, seen: &Mutex<Ve
         out.extend_from_slice(&reply.body[..n]);
     }
     if conn.write_all(&out).and_then(|_| conn.flush()).is_err() {
+        return;
+    }
+    if let (Some(pace), true) = (reply.endless, req.method != "HEAD") {
+        let zeros = vec![0u8; 64 << 10];
+        while conn.write_all(&zeros).is_ok() {
+            thread::sleep(pace);
+        }
         return;
     }
     let _ = conn.shutdown(Shutdown::Write);
@@ -722,4 +754,723 @@ fn http_resume_after_the_file_changed_does_not_splice_two_versions() {
     } else {
         assert_nothing_stored(&env);
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Bounded downloads: endless bodies, full disks, silent servers, signals
+// ---------------------------------------------------------------------------------------
+
+/// Run `c` to its end, but no longer than `secs`: a command still running then is killed
+/// and the test fails (an unbounded download or a hang is the bug these tests guard).
+fn output_within(c: &mut std::process::Command, secs: u64) -> std::process::Output {
+    let mut child = c
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "still running after {secs} s: {c:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// A failed run: exit code 1, stdout empty, one line on stderr; the line is returned.
+fn failed_line(out: &std::process::Output) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    assert_eq!(err.trim_end().lines().count(), 1, "not one line: {err}");
+    err
+}
+
+/// A file at `FILE` whose `HEAD` declares no length and whose `GET` never ends (zeros,
+/// paced so a run without the bound stays small).
+fn endless_server() -> FaultServer {
+    let handler: Handler = Box::new(|req, _| {
+        if req.method == "HEAD" {
+            Reply::new(200).close_delimited()
+        } else {
+            Reply::new(200).endless(Duration::from_millis(10))
+        }
+    });
+    FaultServer::start(vec![(FILE.to_string(), handler)])
+}
+
+/// A server at `FILE` that accepts every connection and never answers.
+fn silent_server() -> FaultServer {
+    let silent: Handler = Box::new(|_, _| Reply::new(200).silent());
+    FaultServer::start(vec![(FILE.to_string(), silent)])
+}
+
+/// An endless body with no length filled the disk (15 GB in a minute). Where the remote
+/// declares no size, `SREGISTRY_MAX_DOWNLOAD` bounds it: the pull stops with an error that
+/// names the setting, and the partial file is gone.
+#[test]
+fn endless_body_without_a_length_stops_at_the_configured_maximum() {
+    let server = endless_server();
+    let env = Env::new();
+    let out = output_within(
+        env.std_cmd()
+            .args(["pull", &server.url(FILE)])
+            .env("SREGISTRY_MAX_DOWNLOAD", "1M"),
+        30,
+    );
+    let err = failed_line(&out);
+    assert!(err.contains("without declaring its size"), "{err}");
+    assert!(err.contains("SREGISTRY_MAX_DOWNLOAD"), "{err}");
+    assert!(err.contains("1 MiB"), "{err}");
+    assert_nothing_stored(&env);
+}
+
+/// The cache's filesystem is shared by every job on the node: a download stops before it
+/// leaves less than `SREGISTRY_MIN_FREE`, whether the remote declared its size (refused
+/// before the body is asked for) or not (stopped as the disk fills); nothing is left.
+#[test]
+fn downloads_keep_the_free_space_the_cache_must_keep() {
+    if skip_unless_root(
+        "downloads_keep_the_free_space_the_cache_must_keep",
+        "mounting a tmpfs needs root",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let mnt = env.path("small");
+    let _tmpfs = Tmpfs::mount(&mnt, "8m");
+    let cache = mnt.join("cache");
+    let tmp_left = || -> Vec<_> {
+        fs::read_dir(cache.join("v1/tmp"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+
+    let pull_keeping_6m = |server: &FaultServer| {
+        failed_line(&output_within(
+            env.std_cmd()
+                .env("SREGISTRY_CACHE", &cache)
+                .env("SREGISTRY_MIN_FREE", "6M")
+                .args(["pull", &server.url(FILE)]),
+            60,
+        ))
+    };
+
+    // Declared: 3 MiB would fit in 8 MiB, but not with 6 MiB kept free.
+    let body = vec![7u8; 3 << 20];
+    let declared: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    let sized = FaultServer::start(vec![(FILE.to_string(), declared)]);
+    let err = pull_keeping_6m(&sized);
+    assert!(err.contains("not enough space"), "{err}");
+    assert!(err.contains("SREGISTRY_MIN_FREE"), "{err}");
+    assert!(
+        sized.requests("GET", FILE).is_empty(),
+        "the body was asked for although it could not fit: {:#?}",
+        sized.seen()
+    );
+    assert!(tmp_left().is_empty(), "left in tmp/: {:?}", tmp_left());
+
+    // Undeclared: stopped as the free space runs down to the reserve.
+    let err = pull_keeping_6m(&endless_server());
+    assert!(err.contains("not enough space"), "{err}");
+    assert!(tmp_left().is_empty(), "left in tmp/: {:?}", tmp_left());
+    let free = {
+        let c = std::ffi::CString::new(cache.to_str().unwrap()).unwrap();
+        // SAFETY: a zeroed statvfs is valid storage; statvfs fills it.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as u64 * st.f_frsize as u64
+    };
+    assert!(
+        free > 6 << 20,
+        "only {free} bytes free after the failed pull"
+    );
+}
+
+/// An HTTP `200` with an empty body was stored as a 0-byte image that `get` served.
+/// `add` refuses empty files; a pull does too.
+#[test]
+fn empty_body_is_refused_and_nothing_is_named() {
+    let empty: Handler = Box::new(|_, _| Reply::new(200));
+    let server = FaultServer::start(vec![(FILE.to_string(), empty)]);
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &server.url(FILE)]),
+        1,
+        "sent an empty body",
+    );
+    assert!(err.contains(&server.url(FILE)), "{err}");
+    assert_nothing_stored(&env);
+}
+
+/// A server that accepts the connection and never answers made `pull` fail only after
+/// 482 s (4 x 120 s), silently. With `SREGISTRY_TIMEOUT` of 1 s, a request that times
+/// out twice is given up, with a message that says so and names the setting.
+#[test]
+fn a_server_that_never_answers_fails_within_two_timeouts() {
+    let server = silent_server();
+    let env = Env::new();
+    let started = std::time::Instant::now();
+    let out = output_within(
+        env.std_cmd()
+            .args(["pull", &server.url(FILE)])
+            .env("SREGISTRY_TIMEOUT", "1"),
+        30,
+    );
+    let took = started.elapsed();
+    let err = failed_line(&out);
+    assert!(err.contains("sent nothing for 1 s"), "{err}");
+    assert!(err.contains("SREGISTRY_TIMEOUT"), "{err}");
+    assert_eq!(
+        server.seen().len(),
+        2,
+        "one request and one retry: {:#?}",
+        server.seen()
+    );
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+    assert_nothing_stored(&env);
+}
+
+/// On a terminal, a silent server is not a silent wait: after a few seconds the user is
+/// told what is awaited (the library reports it; the command line prints it).
+#[test]
+fn a_silent_server_is_announced_on_a_terminal() {
+    let server = silent_server();
+    let env = Env::new();
+    let line = format!(
+        "exec '{}' pull '{}'",
+        env!("CARGO_BIN_EXE_sregistry"),
+        server.url(FILE)
+    );
+    let out = output_within(
+        std::process::Command::new("script")
+            .args(["-q", "-e", "-c", &line, "/dev/null"])
+            .env("SREGISTRY_CACHE", &env.cache)
+            .env("SREGISTRY_CONFIG_DIR", env.path("config"))
+            .env("DOCKER_CONFIG", env.path("docker"))
+            .env("SREGISTRY_TIMEOUT", "4")
+            .stdin(std::process::Stdio::null()),
+        40,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!(
+            "waiting for an answer from `{}`",
+            server.url(FILE)
+        )),
+        "{text:?}"
+    );
+    assert!(text.contains("sent nothing for 4 s"), "{text:?}");
+}
+
+/// A thousand jobs `get` one image from a remote that has died: the first holds the pull
+/// lock and times out; the others must not each wait it out again in turn (and time out
+/// on the lock): they fail at once with the first one's error.
+#[test]
+fn waiters_on_a_dead_remote_fail_with_the_pullers_error() {
+    let server = silent_server();
+    let env = Env::new();
+    let url = server.url(FILE);
+    let spawn = || {
+        env.std_cmd()
+            .args(["-q", "get", &url])
+            .env("SREGISTRY_TIMEOUT", "2")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let first = spawn();
+    while server.seen().is_empty() {
+        thread::sleep(Duration::from_millis(20));
+    }
+    let waiters: Vec<_> = (0..3).map(|_| spawn()).collect();
+    // One more, not quiet: it says what it waits for.
+    let talkative = env
+        .std_cmd()
+        .args(["get", &url])
+        .env("SREGISTRY_TIMEOUT", "2")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let out = first.wait_with_output().unwrap();
+    let first_err = failed_line(&out);
+    assert!(first_err.contains("sent nothing for 2 s"), "{first_err}");
+    for w in waiters {
+        let out = w.wait_with_output().unwrap();
+        let err = failed_line(&out);
+        assert!(err.contains("another process's pull"), "{err}");
+        assert!(err.contains("sent nothing for 2 s"), "{err}");
+    }
+    let out = talkative.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("waiting for another process that is downloading the same image"),
+        "{err}"
+    );
+    assert!(err.contains("another process's pull"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the waiters took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        server.seen().len(),
+        2,
+        "only the first process asked (and retried once): {:#?}",
+        server.seen()
+    );
+    assert_nothing_stored(&env);
+}
+
+/// Ctrl-C or a batch system's time limit during a pull left the partial file in `tmp/`
+/// (1.5 GB) until gc's grace period. On SIGINT and SIGTERM the partial file is removed,
+/// and the process still ends by that signal (so the shell or the scheduler sees it).
+#[test]
+fn an_interrupted_pull_leaves_nothing_in_tmp() {
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc::SIGINT, libc::SIGTERM] {
+        let server = endless_server();
+        let env = Env::new();
+        let mut child = env
+            .std_cmd()
+            .args(["pull", &server.url(FILE)])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        let partial = loop {
+            let written: u64 = env
+                .tmp_entries()
+                .iter()
+                .filter_map(|p| fs::metadata(p).ok())
+                .map(|m| m.len())
+                .sum();
+            if written > 256 << 10 {
+                break written;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the download never started"
+            );
+            thread::sleep(Duration::from_millis(20));
+        };
+        // SAFETY: kill(2) on the child's pid, which is still running.
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        assert!(
+            env.tmp_entries().is_empty(),
+            "signal {sig} left {:?} in tmp/ ({partial} bytes were written)",
+            env.tmp_entries()
+        );
+    }
+}
+
+/// `doctor` reports the bounds downloads are held to, as the environment sets them, and
+/// a bound that is not a size is a usage error (exit 2) before anything is asked.
+#[test]
+fn doctor_reports_the_download_bounds_and_a_bad_one_is_refused() {
+    let env = Env::new();
+    stdout_of(env.cmd().arg("init"));
+    let out = env
+        .cmd()
+        .args(["doctor", "--json"])
+        .env("SREGISTRY_MAX_DOWNLOAD", "2G")
+        .env("SREGISTRY_MIN_FREE", "512M")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let downloads = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "downloads")
+        .unwrap_or_else(|| panic!("no downloads check: {v}"));
+    let detail = downloads["detail"].as_str().unwrap();
+    assert!(detail.contains("at most 2 GiB"), "{detail}");
+    assert!(detail.contains("512 MiB kept free"), "{detail}");
+    let never: Handler = Box::new(|_, _| Reply::new(200).body(b"x"));
+    let server = FaultServer::start(vec![(FILE.to_string(), never)]);
+    assert_fails(
+        env.cmd()
+            .args(["pull", &server.url(FILE)])
+            .env("SREGISTRY_MIN_FREE", "plenty"),
+        2,
+        "SREGISTRY_MIN_FREE",
+    );
+    assert!(server.seen().is_empty(), "{:#?}", server.seen());
+}
+
+// ---------------------------------------------------------------------------------------
+// The rules on every hop
+// ---------------------------------------------------------------------------------------
+
+/// Plain HTTP is allowed to loopback or with `--insecure`, and that must hold on every
+/// hop: a registry (or URL) on loopback that redirects to plain HTTP elsewhere is refused
+/// at the redirect, before anything is sent there.
+#[test]
+fn a_redirect_to_plain_http_elsewhere_is_refused() {
+    let source = source_sif();
+    let kind = "redirect-plain";
+    let server = artifact_server(
+        kind,
+        &source,
+        Box::new(|_, _| Reply::new(307).header("Location", "http://blobs.invalid/layer")),
+    );
+    let to_file: Handler =
+        Box::new(|_, _| Reply::new(307).header("Location", "http://files.invalid/image.sif"));
+    let files = FaultServer::start(vec![(FILE.to_string(), to_file)]);
+    let env = Env::new();
+    assert_fails(
+        env.cmd().args(["pull", &oras(&server, kind)]),
+        1,
+        "plain HTTP to `blobs.invalid` is refused",
+    );
+    assert_fails(
+        env.cmd().args(["pull", &files.url(FILE)]),
+        1,
+        "plain HTTP to `files.invalid` is refused",
+    );
+    assert_eq!(
+        server.requests("GET", &blob_path(kind, &source)).len(),
+        1,
+        "a refused redirect is not retried"
+    );
+    assert_nothing_stored(&env);
+}
+
+/// A registry names where an upload goes (`Location`); a plain-HTTP location on another
+/// host is refused like any other plain-HTTP URL.
+#[test]
+fn an_upload_location_on_plain_http_elsewhere_is_refused() {
+    let uploads: Handler = Box::new(|_, _| {
+        Reply::new(202).header(
+            "Location",
+            "http://uploads.invalid/v2/lab/tool/blobs/uploads/1",
+        )
+    });
+    let server = FaultServer::start(vec![("/v2/lab/tool/blobs/uploads/".to_string(), uploads)]);
+    let env = env_with_lab_tool();
+    let remote = format!("oras://{}/lab/tool:1", server.addr);
+    assert_fails(
+        env.cmd().args(["push", "lab/tool:1", &remote]),
+        1,
+        "plain HTTP to `uploads.invalid` is refused",
+    );
+    assert!(
+        server.seen().iter().all(|r| r.method != "PUT"),
+        "{:#?}",
+        server.seen()
+    );
+}
+
+/// A password in a URL (`https://user:secret@host/...`) appeared in error messages. It
+/// is never printed nor recorded (name, source, messages), and the loopback check takes
+/// the URL's host, not what precedes the `@`.
+#[test]
+fn credentials_in_a_url_are_never_shown_and_never_pass_for_the_host() {
+    const SECRET: &str = "S3CRET-pw";
+    let env = Env::new();
+    // `localhost:...@` is user-info: the host is `files.invalid`, plain HTTP is refused.
+    let err = assert_fails(
+        env.cmd().args([
+            "pull",
+            &format!("http://localhost:{SECRET}@files.invalid/x.sif"),
+        ]),
+        1,
+        "plain HTTP to `files.invalid` is refused",
+    );
+    assert!(!err.contains(SECRET), "{err}");
+
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    let server = FaultServer::start(vec![(FILE.to_string(), file)]);
+    let with_secret = |path: &str| format!("http://alice:{SECRET}@{}{path}", server.addr);
+    let err = assert_fails(
+        env.cmd().args(["pull", &with_secret("/missing.sif")]),
+        3,
+        "was not found",
+    );
+    assert!(!err.contains(SECRET), "{err}");
+    let out = env
+        .cmd()
+        .args(["pull", &with_secret(FILE)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains(SECRET), "{err}");
+    let listed = stdout_of(env.cmd().args(["list", "--json"]));
+    assert!(!listed.contains(SECRET), "{listed}");
+    let name = format!("{}/files/image.sif:latest", server.addr);
+    assert_eq!(env.names(), [name.as_str()]);
+    let v = inspect(&env, &name);
+    assert_eq!(v["source"], format!("http://***@{}{FILE}", server.addr));
+}
+
+/// `push NAME oras://host/repo@sha256:...` overwrote the `latest` tag. A push needs a
+/// tag: a digest reference is a usage error (exit 2), and nothing is sent.
+#[test]
+fn push_to_a_digest_reference_is_refused_as_usage() {
+    let server = FaultServer::start(vec![]);
+    let env = env_with_lab_tool();
+    let digest = format!("sha256:{}", "a".repeat(64));
+    for target in [
+        format!("oras://{}/lab/tool@{digest}", server.addr),
+        format!("oras://{}/lab/tool:1@{digest}", server.addr),
+    ] {
+        assert_fails(
+            env.cmd().args(["push", "lab/tool:1", &target]),
+            2,
+            "a push needs a tag",
+        );
+    }
+    assert!(server.seen().is_empty(), "{:#?}", server.seen());
+}
+
+// ---------------------------------------------------------------------------------------
+// Pulling again
+// ---------------------------------------------------------------------------------------
+
+/// A file server for `FILE` with the current `content` and ETag `"v<version>"`, which
+/// answers a matching `If-None-Match` with `304` (to `HEAD` and `GET`), as web servers do.
+fn versioned_server(content: Arc<Mutex<(u32, Vec<u8>)>>) -> FaultServer {
+    let handler: Handler = Box::new(move |req, _| {
+        let (version, body) = content.lock().unwrap().clone();
+        let etag = format!("\"v{version}\"");
+        if req.header("If-None-Match") == Some(etag.as_str()) {
+            return Reply::new(304).header("ETag", &etag);
+        }
+        with_range(req, &body)
+            .header("ETag", &etag)
+            .header("Last-Modified", LAST_MODIFIED)
+    });
+    FaultServer::start(vec![(FILE.to_string(), handler)])
+}
+
+/// A second pull of an unchanged `https://` file must not download it again: the `HEAD`
+/// is conditional on the recorded ETag, a `304` keeps the cached file (its path printed at
+/// once); a changed file is downloaded and the name re-pointed; `--force` downloads again.
+/// Counted by the `GET`s the server answered.
+#[test]
+fn a_second_pull_of_an_unchanged_url_downloads_nothing() {
+    let source = source_sif();
+    let content = Arc::new(Mutex::new((1, source.clone())));
+    let server = versioned_server(content.clone());
+    let env = Env::new();
+    let url = server.url(FILE);
+    let first = stdout_of(env.cmd().args(["pull", &url, "--name", "lab/file:1"]));
+    let again = env
+        .cmd()
+        .args(["pull", &url, "--name", "lab/file:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(again.status.success(), "{err}");
+    assert_eq!(String::from_utf8_lossy(&again.stdout).trim_end(), first);
+    assert!(err.contains("unchanged"), "{err}");
+    assert_eq!(
+        server.requests("GET", FILE).len(),
+        1,
+        "{:#?}",
+        server.seen()
+    );
+    let heads = server.requests("HEAD", FILE);
+    assert_eq!(heads[1].header("If-None-Match"), Some("\"v1\""));
+
+    let mut changed = source.clone();
+    changed[source.len() / 2] ^= 0xff;
+    *content.lock().unwrap() = (2, changed.clone());
+    let second = stdout_of(env.cmd().args(["pull", &url, "--name", "lab/file:1"]));
+    assert_eq!(fs::read(&second).unwrap(), changed);
+    assert_eq!(server.requests("GET", FILE).len(), 2);
+    assert_eq!(
+        inspect(&env, "lab/file:1")["labels"]["org.sregistry.etag"],
+        "\"v2\""
+    );
+
+    let forced = stdout_of(
+        env.cmd()
+            .args(["pull", &url, "--name", "lab/file:1", "--force"]),
+    );
+    assert_eq!(forced, second);
+    assert_eq!(
+        server.requests("GET", FILE).len(),
+        3,
+        "--force downloads again"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Listings
+// ---------------------------------------------------------------------------------------
+
+/// The tags of a repository come in pages (`Link: <...>; rel="next"`, relative or
+/// absolute, as registries send them); `search` lists them all. (The registry used
+/// elsewhere, distribution 2.8, does not page tags, so this server does.) A tag or digest
+/// in the reference is a usage error (exit 2), not "not found".
+#[test]
+fn search_follows_every_page_of_tags() {
+    const TAGS: &str = "/v2/lab/tool/tags/list";
+    let addr: Arc<Mutex<String>> = Arc::new(Mutex::new(String::new()));
+    let at = addr.clone();
+    let pages: Handler = Box::new(move |_, nth| {
+        let json = |tags: &[&str]| {
+            serde_json::to_vec(&serde_json::json!({ "name": "lab/tool", "tags": tags })).unwrap()
+        };
+        match nth {
+            1 => Reply::new(200)
+                .header("Link", &format!("<{TAGS}?n=2&last=b>; rel=\"next\""))
+                .body(&json(&["a", "b"])),
+            2 => Reply::new(200)
+                .header(
+                    "Link",
+                    &format!(
+                        "<http://{}{TAGS}?n=2&last=d>; rel=\"next\"",
+                        at.lock().unwrap()
+                    ),
+                )
+                .body(&json(&["c", "d"])),
+            _ => Reply::new(200).body(&json(&["e"])),
+        }
+    });
+    let server = FaultServer::start(vec![(TAGS.to_string(), pages)]);
+    *addr.lock().unwrap() = server.addr.clone();
+    let env = Env::new();
+    let listed = stdout_of(
+        env.cmd()
+            .args(["search", &format!("oras://{}/lab/tool", server.addr)]),
+    );
+    assert_eq!(
+        listed.lines().collect::<Vec<_>>(),
+        ["a", "b", "c", "d", "e"]
+    );
+    assert_eq!(server.requests("GET", TAGS).len(), 3);
+
+    let before = server.seen().len();
+    assert_fails(
+        env.cmd()
+            .args(["search", &format!("oras://{}/lab/tool:1", server.addr)]),
+        2,
+        "without a tag or digest",
+    );
+    assert_eq!(
+        server.seen().len(),
+        before,
+        "a refused search asked the server"
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Messages
+// ---------------------------------------------------------------------------------------
+
+/// `get REMOTE --json` printed a plain path; `--json` means JSON.
+#[test]
+fn get_of_a_remote_under_json_prints_json() {
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    let server = FaultServer::start(vec![(FILE.to_string(), file)]);
+    let env = Env::new();
+    let out = stdout_of(env.cmd().args(["get", "--json", &server.url(FILE)]));
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(fs::read(v["path"].as_str().unwrap()).unwrap(), source);
+    assert_eq!(v["remote"], server.url(FILE));
+    assert_eq!(v["name"], format!("{}/files/image.sif:latest", server.addr));
+}
+
+/// `login oras://host` looked up the host "oras"; `logout unknownhost` said "removed".
+/// The scheme is accepted (and dropped), a repository path is a usage error, and logout
+/// says when there was nothing to remove.
+#[test]
+fn login_accepts_the_oras_scheme_and_logout_says_what_it_did() {
+    let ok: Handler = Box::new(|_, _| Reply::new(200).body(b"{}"));
+    let server = FaultServer::start(vec![("/v2/".to_string(), ok)]);
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args([
+            "login",
+            &format!("oras://{}/", server.addr),
+            "-u",
+            "alice",
+            "--password-stdin",
+        ])
+        .write_stdin("pw")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("logged in to {} as alice", server.addr)),
+        "{err}"
+    );
+    assert_eq!(server.requests("GET", "/v2/").len(), 1);
+    let stored = fs::read_to_string(env.path("config/credentials.json")).unwrap();
+    assert!(stored.contains(&format!("\"{}\"", server.addr)), "{stored}");
+    assert_fails(
+        env.cmd()
+            .args([
+                "login",
+                &format!("oras://{}/lab/tool", server.addr),
+                "-u",
+                "a",
+                "--password-stdin",
+            ])
+            .write_stdin("pw"),
+        2,
+        "HOST[:PORT] only",
+    );
+    let out = env
+        .cmd()
+        .args(["logout", "unknown.example.org"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("no credentials for unknown.example.org"),
+        "{err}"
+    );
+    assert!(!err.contains("removed"), "{err}");
+    let out = env
+        .cmd()
+        .args(["logout", &format!("oras://{}", server.addr)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("removed the credentials for {}", server.addr)),
+        "{err}"
+    );
+}
+
+/// A `403` to an anonymous pull said "denies pull on `` with these credentials". It says
+/// which repository, that no credentials were sent, and what to run.
+#[test]
+fn a_403_without_credentials_says_so() {
+    let forbidden: Handler = Box::new(|_, _| Reply::new(403));
+    let server = FaultServer::start(vec![(manifest_path("private"), forbidden)]);
+    let env = Env::new();
+    let err = assert_fails(
+        env.cmd().args(["pull", &oras(&server, "private")]),
+        1,
+        "denies pull on `fault/private` without credentials",
+    );
+    assert!(
+        err.contains(&format!("sregistry login {}", server.addr)),
+        "{err}"
+    );
+    assert!(!err.contains("with these credentials"), "{err}");
 }

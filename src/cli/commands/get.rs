@@ -8,15 +8,21 @@ use crate::cli::GetArgs;
 pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
     if sregistry::remote::is_remote(&args.reference) {
         let remote = sregistry::remote::RemoteRef::parse(&args.reference)?;
-        let mut opts = super::remote_options(ctx, args.insecure, None);
+        let mut opts = super::remote_options(ctx, args.insecure, None)?;
         opts.platform = args.docker.platform.clone();
         opts.squashfs_comp = args.docker.squashfs_comp.clone();
         let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
+        let name = remote.default_name()?;
         let path = if args.verify {
-            ctx.cache.get_verified(&remote.default_name()?)?
+            ctx.cache.get_verified(&name)?
         } else {
             path
         };
+        if ctx.json {
+            return Ok(output::json(
+                &serde_json::json!({ "name": name.key(), "path": path, "remote": remote.to_string() }),
+            )?);
+        }
         return Ok(output::line(path.display())?);
     }
     let r = parse_ref(&args.reference)?;

@@ -15,9 +15,17 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let entry = ctx.cache.entry(&r)?;
     let present = entry.path.is_file();
     let sif_result = if present { read_sif(&entry.path) } else { None };
+    let quarantined = if present {
+        None
+    } else {
+        ctx.cache.quarantined(&entry.digest)
+    };
     if ctx.json {
         let mut v = serde_json::to_value(output::EntryJson::from(&entry))?;
         v["present"] = present.into();
+        if let Some(q) = &quarantined {
+            v["quarantined"] = q.display().to_string().into();
+        }
         v["sif"] = match &sif_result {
             Some(Ok(info)) => serde_json::to_value(info)?,
             Some(Err(e)) => serde_json::json!({ "error": e.to_string() }),
@@ -55,10 +63,30 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         match &sif_result {
             Some(Ok(info)) => s.push_str(&format!("\n{info}")),
             Some(Err(e)) => kv("format:", format!("not a readable SIF file ({e})")),
-            None if !present => kv("file:", "MISSING (run `sregistry verify`)".into()),
+            None if !present => match &quarantined {
+                Some(q) => kv(
+                    "file:",
+                    format!(
+                        "QUARANTINED at `{}` (its content did not match its digest; pull or add the image again)",
+                        q.display()
+                    ),
+                ),
+                None => kv("file:", "MISSING (run `sregistry verify`)".into()),
+            },
             None => kv("format:", "not a SIF file".into()),
         }
         output::line(s.trim_end())?;
+    }
+    if let Some(q) = &quarantined {
+        eprintln!(
+            "error: the content of `{}` was quarantined by verify (now at `{}`): it no longer matched its digest; run `sregistry verify --repair`, or pull or add the image again",
+            entry.name,
+            q.display()
+        );
+        return Err(Reported {
+            status: ExitStatus::Problem,
+        }
+        .into());
     }
     if !present {
         eprintln!(

@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use super::Ctx;
 use crate::cli::exit::UsageError;
 use crate::cli::{LoginArgs, LogoutArgs};
-use sregistry::remote::{self, auth};
+use sregistry::remote;
 
 pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
     let password = if args.password_stdin {
@@ -24,11 +24,12 @@ pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
         )
         .into());
     };
-    let opts = super::remote_options(ctx, args.insecure, None);
-    let path = remote::login(&args.host, &args.username, &password, &opts)?;
+    let opts = super::remote_options(ctx, args.insecure, None)?;
+    let host = remote::registry_host(&args.host)?;
+    let path = remote::login(&host, &args.username, &password, &opts)?;
     ctx.say(format!(
         "logged in to {} as {} (saved in {})",
-        args.host,
+        host,
         args.username,
         path.display()
     ));
@@ -36,11 +37,18 @@ pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
 }
 
 pub fn logout(ctx: &Ctx, args: &LogoutArgs) -> Result<()> {
-    let path = auth::store_credentials(&args.host, None)?;
-    ctx.say(format!(
-        "removed the credentials for {} from {}",
-        args.host,
-        path.display()
-    ));
+    let host = remote::registry_host(&args.host)?;
+    let (path, removed) = remote::logout(&host)?;
+    if removed {
+        ctx.say(format!(
+            "removed the credentials for {host} from {}",
+            path.display()
+        ));
+    } else {
+        ctx.say(format!(
+            "no credentials for {host} were stored in {} (nothing to remove)",
+            path.display()
+        ));
+    }
     Ok(())
 }

@@ -46,16 +46,19 @@ impl Ctx {
     }
 }
 
-/// Options for remotes from the command line: a progress bar only on a terminal and
-/// without --quiet.
+/// Options for remotes from the command line: a progress bar (and "waiting for ..."
+/// messages) only on a terminal and without --quiet; the download limits from
+/// `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (a bad value is a usage error).
 pub fn remote_options(
     ctx: &Ctx,
     insecure: bool,
     endpoint: Option<String>,
-) -> sregistry::remote::RemoteOptions {
+) -> Result<sregistry::remote::RemoteOptions> {
     use std::io::IsTerminal;
     keep_heap_for_transfers();
-    sregistry::remote::RemoteOptions {
+    let limits = sregistry::cache::limits::Limits::from_env()
+        .map_err(|e| crate::cli::exit::UsageError(e.to_string()))?;
+    Ok(sregistry::remote::RemoteOptions {
         insecure,
         endpoint,
         progress: (!ctx.quiet && std::io::stderr().is_terminal()).then(|| {
@@ -65,9 +68,11 @@ pub fn remote_options(
         }),
         labels: Default::default(),
         repoint: Default::default(),
+        limits,
+        refetch: false,
         platform: None,
         squashfs_comp: None,
-    }
+    })
 }
 
 /// Keep freed heap memory for reuse while a transfer runs (glibc). A download hands over
@@ -107,7 +112,17 @@ pub fn run(cli: Cli) -> Result<()> {
     let mut lock = LockOptions::from_env()?;
     if !cli.global.quiet {
         lock.on_wait = Some(sregistry::cache::lock::OnWait(std::sync::Arc::new(
-            |path| eprintln!("waiting for lock on `{}`", path.display()),
+            |path| {
+                // A per-pull lock (`v1/locks/`) is held by another download of the image.
+                if path.parent().and_then(|d| d.file_name()) == Some("locks".as_ref()) {
+                    eprintln!(
+                        "waiting for another process that is downloading the same image (lock `{}`)",
+                        path.display()
+                    )
+                } else {
+                    eprintln!("waiting for lock on `{}`", path.display())
+                }
+            },
         )));
     }
     if let Command::Init(args) = &cli.command {

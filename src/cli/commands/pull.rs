@@ -10,16 +10,23 @@ use sregistry::remote::{self, RemoteRef};
 pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let r = RemoteRef::parse(&args.remote)?;
     let name = args.name.as_deref().map(parse_target_ref).transpose()?;
-    let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone());
+    let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
     opts.repoint = Repoint::from_force(args.force);
+    opts.refetch = args.force;
     opts.platform = args.docker.platform.clone();
     opts.squashfs_comp = args.docker.squashfs_comp.clone();
-    let entry = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
+    let pulled = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
+    let entry = &pulled.entry;
     if ctx.json {
-        output::json(&output::EntryJson::from(&entry))?;
+        output::json(&output::EntryJson::from(entry))?;
     } else {
         ctx.say(format!(
-            "pulled {} as {} ({})",
+            "{} {} as {} ({})",
+            if pulled.downloaded {
+                "pulled"
+            } else {
+                "unchanged:"
+            },
             r,
             entry.name,
             entry.digest.short()

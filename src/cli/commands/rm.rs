@@ -15,8 +15,10 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
     if ctx.json {
         return Ok(output::json(&removed)?);
     }
-    for n in &removed.names {
-        output::line(format!("removed {n}"))?;
+    if !ctx.quiet {
+        for n in &removed.names {
+            output::line(format!("removed {n}"))?;
+        }
     }
     if !removed.blobs.is_empty() {
         ctx.say(format!(

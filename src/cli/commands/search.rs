@@ -6,7 +6,7 @@ use super::{Ctx, output};
 use crate::cli::SearchArgs;
 
 pub fn run(ctx: &Ctx, args: &SearchArgs) -> Result<()> {
-    let opts = super::remote_options(ctx, args.insecure, None);
+    let opts = super::remote_options(ctx, args.insecure, None)?;
     let found = sregistry::remote::search(&args.remote, &opts)?;
     if ctx.json {
         return Ok(output::json(&found)?);

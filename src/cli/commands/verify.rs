@@ -7,6 +7,26 @@ use crate::cli::VerifyArgs;
 use crate::cli::exit::{ExitStatus, Reported};
 use sregistry::maintain::verify::{self, VerifyOptions};
 
+/// What to do about the kinds of problem found, and only those.
+fn what_to_do(report: &verify::VerifyReport) -> String {
+    let has = |k: &str| report.problems.iter().any(|p| p.kind == k);
+    let mut said = Vec::new();
+    if has("corrupt") {
+        said.push("corrupt content was moved to quarantine/");
+    }
+    if has("corrupt") || has("missing") || has("unreadable") {
+        said.push("run `sregistry verify --repair`, or pull or add the images named again");
+    }
+    if has("orphan") || has("stray-tmp") || has("foreign") {
+        said.push("`sregistry gc` removes the leftovers");
+    }
+    if said.is_empty() {
+        String::new()
+    } else {
+        format!("; {}", said.join("; "))
+    }
+}
+
 pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     let names = args
         .references
@@ -60,8 +80,9 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     if !report.is_clean() {
         if !ctx.json {
             eprintln!(
-                "verify found {} problem(s); corrupt content is quarantined, run `sregistry gc` for leftovers",
-                report.problems.len()
+                "verify found {} problem(s){}",
+                report.problems.len(),
+                what_to_do(&report)
             );
         }
         return Err(Reported {

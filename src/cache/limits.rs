@@ -1,0 +1,81 @@
+//! How much a download may write into the cache, and how much free space it must leave.
+//!
+//! A remote that declares its size (a manifest, `Content-Length`, an S3 object's size) is
+//! held to it. One that declares none is held to [`Limits::max_download`]
+//! (`SREGISTRY_MAX_DOWNLOAD`, default 64 GiB). Whatever it declared, a download stops when
+//! the filesystem of the cache's `tmp/` would keep less than [`Limits::min_free`]
+//! (`SREGISTRY_MIN_FREE`, default 1 GiB): an endless or oversized body fails with a clear
+//! error and its partial file is removed, instead of filling the disk that every job on
+//! the node shares. `sregistry doctor` reports both.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use crate::format::units::{UnitError, parse_size};
+
+/// Environment variable: the most a download that declares no size may write.
+pub const MAX_DOWNLOAD_ENV: &str = "SREGISTRY_MAX_DOWNLOAD";
+/// Environment variable: the free space a download must leave on the cache's filesystem.
+pub const MIN_FREE_ENV: &str = "SREGISTRY_MIN_FREE";
+/// Default for [`Limits::max_download`].
+pub const DEFAULT_MAX_DOWNLOAD: u64 = 64 << 30;
+/// Default for [`Limits::min_free`].
+pub const DEFAULT_MIN_FREE: u64 = 1 << 30;
+
+/// The bounds every download is held to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// The most a download that declared no size may write.
+    pub max_download: u64,
+    /// The free space a download must leave on the filesystem of `tmp/`.
+    pub min_free: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_download: DEFAULT_MAX_DOWNLOAD,
+            min_free: DEFAULT_MIN_FREE,
+        }
+    }
+}
+
+/// A limit set to something that is not a size.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {source}")]
+pub struct LimitError {
+    pub var: &'static str,
+    pub source: UnitError,
+}
+
+impl Limits {
+    /// Defaults, overridden by `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (sizes:
+    /// `500M`, `10G`, `0`).
+    pub fn from_env() -> Result<Limits, LimitError> {
+        let mut l = Limits::default();
+        for (var, slot) in [
+            (MAX_DOWNLOAD_ENV, &mut l.max_download),
+            (MIN_FREE_ENV, &mut l.min_free),
+        ] {
+            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
+                *slot = parse_size(&v.to_string_lossy())
+                    .map_err(|source| LimitError { var, source })?;
+            }
+        }
+        Ok(l)
+    }
+}
+
+/// Free (for this user) and total bytes of the filesystem holding `path`.
+pub fn space(path: &Path) -> io::Result<(u64, u64)> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: zeroed statvfs is valid; statvfs fills it for a valid path string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let f = st.f_frsize as u64;
+    Ok((st.f_bavail as u64 * f, st.f_blocks as u64 * f))
+}

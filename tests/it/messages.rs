@@ -1,0 +1,214 @@
+//! Messages and exit codes that tell the truth (issue 15): each test names what a user saw.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Stdio;
+
+use crate::common::*;
+
+/// `sregistry completions bash | head -1` panicked on the closed pipe and exited 1. A
+/// closed stdout ends the output quietly, as for every other command.
+#[test]
+fn completions_into_a_closed_pipe_is_not_an_error() {
+    let env = Env::new();
+    let mut child = env
+        .std_cmd()
+        .args(["completions", "bash"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+/// The last line `verify` writes on stderr, after checking it exited 4.
+fn verify_last_line(env: &Env) -> String {
+    let out = env.cmd().arg("verify").output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let err = String::from_utf8_lossy(&out.stderr);
+    err.trim_end().lines().last().unwrap().to_string()
+}
+
+/// verify's summary said "corrupt content is quarantined, run gc" whatever it found. It
+/// names only what applies: here a missing file (no quarantine, no gc), then an orphan
+/// (gc, no repair).
+#[test]
+fn verify_summary_says_only_what_applies() {
+    let env = Env::new();
+    let f = env.file("a.img", b"content of a");
+    let path = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+    fs::remove_file(&path).unwrap();
+    let last = verify_last_line(&env);
+    assert!(last.contains("verify --repair"), "{last}");
+    assert!(!last.contains("quarantin"), "{last}");
+    assert!(!last.contains("gc"), "{last}");
+
+    stdout_of(env.cmd().args(["rm", "a"]));
+    env.plant_orphan();
+    let last = verify_last_line(&env);
+    assert!(
+        last.contains("`sregistry gc` removes the leftovers"),
+        "{last}"
+    );
+    assert!(
+        !last.contains("quarantin") && !last.contains("repair"),
+        "{last}"
+    );
+}
+
+/// `inspect` of content verify had quarantined said "MISSING (run `sregistry verify`)",
+/// sending the user round in a circle. It says where the content went.
+#[test]
+fn inspect_of_quarantined_content_says_so() {
+    let env = Env::new();
+    let f = env.file("a.img", b"content of a");
+    let path = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&path, b"content of A").unwrap();
+    assert_eq!(
+        env.cmd().arg("verify").output().unwrap().status.code(),
+        Some(4)
+    );
+    let out = env.cmd().args(["inspect", "a"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "a quarantined image is a problem found"
+    );
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(shown.contains("QUARANTINED at"), "{shown}");
+    assert!(
+        !shown.contains("MISSING") && !err.contains("missing"),
+        "{shown}{err}"
+    );
+    assert!(
+        err.contains("quarantined by verify") && err.contains("--repair"),
+        "{err}"
+    );
+    let out = env.cmd().args(["inspect", "--json", "a"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["quarantined"]
+            .as_str()
+            .is_some_and(|q| q.contains("quarantine")),
+        "{v}"
+    );
+}
+
+/// `rm -q` still printed "removed NAME" on stdout.
+#[test]
+fn rm_quiet_prints_nothing() {
+    let env = Env::new();
+    let f = env.file("a.img", b"content of a");
+    stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+    let out = env.cmd().args(["-q", "rm", "a"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.names().is_empty());
+}
+
+/// Under `--json` an error was plain text on stderr and stdout stayed empty: a script
+/// parsing stdout got nothing to parse. It gets `{"error", "exit_code"}` too.
+#[test]
+fn errors_under_json_are_json_on_stdout_too() {
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .args(["get", "--json", "lab/none"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(v["exit_code"], 3);
+    assert!(v["error"].as_str().unwrap().contains("lab/none"), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.starts_with("error: "), "{err}");
+}
+
+/// `unpin --help` described pinning.
+#[test]
+fn unpin_help_describes_unpinning() {
+    let env = Env::new();
+    let help = stdout_of(env.cmd().args(["unpin", "--help"]));
+    assert!(help.starts_with("Unpin an image"), "{help}");
+    let help = stdout_of(env.cmd().args(["pin", "--help"]));
+    assert!(help.starts_with("Pin an image"), "{help}");
+}
+
+/// `get` printed the path of a blob truncated to 0 bytes from outside. The recorded size
+/// is checked: exit 4 and what to run, no path.
+#[test]
+fn get_refuses_a_blob_cut_short_from_outside() {
+    let env = Env::new();
+    let f = env.file("a.img", b"content of a");
+    let path = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    fs::write(&path, b"").unwrap();
+    let err = assert_fails(
+        env.cmd().args(["get", "a"]),
+        4,
+        "has 0 bytes, not the 12 recorded",
+    );
+    assert!(err.contains("sregistry verify"), "{err}");
+}
+
+/// gc reported freeing a non-empty directory in `tmp/` on every run and never removed it.
+#[test]
+fn gc_removes_a_stale_directory_in_tmp_and_reports_it_once() {
+    let env = Env::new();
+    let f = env.file("a.img", b"content of a");
+    stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+    let dir = env.cache.join("v1/tmp/left-behind");
+    fs::create_dir_all(dir.join("inner")).unwrap();
+    fs::write(dir.join("inner/file"), b"x").unwrap();
+    let gc = || -> serde_json::Value {
+        serde_json::from_str(&stdout_of(env.cmd().args([
+            "gc",
+            "--json",
+            "--tmp-grace",
+            "0",
+        ])))
+        .unwrap()
+    };
+    assert_eq!(gc()["tmp_files"], 1);
+    assert!(!dir.exists(), "the directory is still there");
+    assert_eq!(gc()["tmp_files"], 0, "reported again");
+}
+
+/// With `v1/tmp` replaced by a file, `doctor` said all was well while `verify` and `gc`
+/// failed. The layout check fails and says what to do.
+#[test]
+fn doctor_fails_when_a_cache_directory_is_a_file() {
+    let env = Env::new();
+    stdout_of(env.cmd().arg("init"));
+    let tmp = env.cache.join("v1/tmp");
+    fs::remove_dir(&tmp).unwrap();
+    fs::write(&tmp, b"not a directory").unwrap();
+    let out = env.cmd().args(["doctor", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let layout = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "layout")
+        .unwrap_or_else(|| panic!("no layout check: {v:#}"));
+    assert_eq!(layout["status"], "fail", "{v:#}");
+    let detail = layout["detail"].as_str().unwrap();
+    assert!(detail.contains(&format!("`{}`", tmp.display())), "{detail}");
+}
