@@ -34,11 +34,13 @@ lint:
 
 # Benchmarks: the local commands against the Python client and cp (docs/benchmarks.md),
 # gc/verify/get under load (docs/benchmarks-gc-verify.md), pull/push against curl and
-# PyPI oras (docs/benchmarks-remote.md). BENCH_QUICK=1 for a quick smoke run.
+# PyPI oras (docs/benchmarks-remote.md), the docker:// converter against umoci + mksquashfs
+# (bench/convert.sh, printed). BENCH_QUICK=1 for a quick smoke run.
 bench: deps
 	bash bench/run.sh
 	bash bench/gc_verify.sh
 	bash bench/remote.sh
+	bash bench/convert.sh
 
 # Fuzz targets live in fuzz/ (a cargo-fuzz workspace, nightly toolchain).
 fuzz:
