@@ -283,6 +283,52 @@ fn put(view: &mut View, path: &[u8], node: Node, replace: bool) {
 mod tests {
     use super::*;
 
+    /// The additions never overwrite the image's own top-level entries, never write under
+    /// a parent that is not a directory (an `/etc` symlink), and the `/.singularity.d`
+    /// files replace what the image had there.
+    #[test]
+    fn additions_respect_the_image() {
+        let m = Meta {
+            mode: 0o644,
+            uid: 7,
+            gid: 7,
+            mtime: 1,
+        };
+        let mut view = View::default();
+        view.nodes
+            .insert(b"etc".to_vec(), Node::Symlink(b"private/etc".to_vec(), m));
+        view.nodes
+            .insert(b"tmp".to_vec(), Node::Generated(b"a file".to_vec(), m));
+        view.nodes.insert(b"singularity".to_vec(), Node::Dir(m));
+        view.nodes
+            .insert(b".singularity.d".to_vec(), Node::Symlink(b"/".to_vec(), m));
+        let image = ImageConfig {
+            cmd: vec!["/bin/true".into()],
+            ..ImageConfig::default()
+        };
+        add(&mut view, &image, 5);
+        assert_eq!(
+            view.nodes[&b"etc"[..]],
+            Node::Symlink(b"private/etc".to_vec(), m)
+        );
+        assert!(!view.nodes.contains_key(&b"etc/hosts"[..]));
+        assert_eq!(
+            view.nodes[&b"tmp"[..]],
+            Node::Generated(b"a file".to_vec(), m)
+        );
+        assert_eq!(view.nodes[&b"singularity"[..]], Node::Dir(m));
+        assert!(matches!(view.nodes[&b".singularity.d"[..]], Node::Dir(_)));
+        match &view.nodes[&b".singularity.d/runscript"[..]] {
+            Node::Generated(text, meta) => {
+                assert!(String::from_utf8_lossy(text).contains("'/bin/true'"));
+                assert_eq!((meta.mode, meta.uid), (0o755, 0));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(view.nodes[&b"proc"[..]], Node::Dir(_)));
+        assert!(matches!(view.nodes[&b".run"[..]], Node::Symlink(..)));
+    }
+
     #[test]
     fn config_fields_and_nulls() {
         let c = ImageConfig::parse(
