@@ -342,6 +342,15 @@ fn index_check(cache: &Cache) -> Check {
                  `sregistry doctor --repair-index` if a name is missing"
             ),
         ),
+        // The error's own advice is to run doctor: here, say what doctor can do instead.
+        Err(e @ crate::cache::IndexError::Db { .. }) => check(
+            "index",
+            Fail,
+            format!(
+                "{}; if the file is damaged, `sregistry doctor --repair-index` rebuilds it from                  the journal; if this user may not read it, see the permissions and access checks",
+                e.to_string().trim_end_matches(" (run `sregistry doctor`)")
+            ),
+        ),
         Err(e) => check("index", Fail, e.to_string()),
     }
 }

@@ -212,3 +212,27 @@ fn doctor_fails_when_a_cache_directory_is_a_file() {
     let detail = layout["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("`{}`", tmp.display())), "{detail}");
 }
+
+/// doctor's index failure said "run `sregistry doctor`", to a user running it. It says
+/// what doctor can do instead.
+#[test]
+fn doctor_index_failure_does_not_send_the_user_to_doctor() {
+    let env = Env::new();
+    stdout_of(env.cmd().arg("init"));
+    let index = env.cache.join("v1/index.redb");
+    fs::remove_file(&index).unwrap();
+    fs::create_dir(&index).unwrap();
+    let out = env.cmd().args(["doctor", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(4));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let check = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == "index")
+        .unwrap_or_else(|| panic!("no index check: {v:#}"));
+    assert_eq!(check["status"], "fail");
+    let detail = check["detail"].as_str().unwrap();
+    assert!(!detail.contains("(run `sregistry doctor`)"), "{detail}");
+    assert!(detail.contains("doctor --repair-index"), "{detail}");
+}
