@@ -199,16 +199,9 @@ fn doctor_fails_when_a_cache_directory_is_a_file() {
     let tmp = env.cache.join("v1/tmp");
     fs::remove_dir(&tmp).unwrap();
     fs::write(&tmp, b"not a directory").unwrap();
-    let out = env.cmd().args(["doctor", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let layout = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "layout")
-        .unwrap_or_else(|| panic!("no layout check: {v:#}"));
-    assert_eq!(layout["status"], "fail", "{v:#}");
+    let (layout, code) = doctor_check(&mut env.cmd(), "layout");
+    assert_eq!(code, Some(4));
+    assert_eq!(layout["status"], "fail", "{layout:#}");
     let detail = layout["detail"].as_str().unwrap();
     assert!(detail.contains(&format!("`{}`", tmp.display())), "{detail}");
 }
@@ -222,15 +215,8 @@ fn doctor_index_failure_does_not_send_the_user_to_doctor() {
     let index = env.cache.join("v1/index.redb");
     fs::remove_file(&index).unwrap();
     fs::create_dir(&index).unwrap();
-    let out = env.cmd().args(["doctor", "--json"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(4));
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let check = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "index")
-        .unwrap_or_else(|| panic!("no index check: {v:#}"));
+    let (check, code) = doctor_check(&mut env.cmd(), "index");
+    assert_eq!(code, Some(4));
     assert_eq!(check["status"], "fail");
     let detail = check["detail"].as_str().unwrap();
     assert!(!detail.contains("(run `sregistry doctor`)"), "{detail}");

@@ -1081,20 +1081,12 @@ fn an_interrupted_pull_leaves_nothing_in_tmp() {
 fn doctor_reports_the_download_bounds_and_a_bad_one_is_refused() {
     let env = Env::new();
     stdout_of(env.cmd().arg("init"));
-    let out = env
-        .cmd()
-        .args(["doctor", "--json"])
-        .env("SREGISTRY_MAX_DOWNLOAD", "2G")
-        .env("SREGISTRY_MIN_FREE", "512M")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let downloads = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "downloads")
-        .unwrap_or_else(|| panic!("no downloads check: {v}"));
+    let (downloads, _) = doctor_check(
+        env.cmd()
+            .env("SREGISTRY_MAX_DOWNLOAD", "2G")
+            .env("SREGISTRY_MIN_FREE", "512M"),
+        "downloads",
+    );
     let detail = downloads["detail"].as_str().unwrap();
     assert!(detail.contains("at most 2 GiB"), "{detail}");
     assert!(detail.contains("512 MiB kept free"), "{detail}");
