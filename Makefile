@@ -34,11 +34,13 @@ lint:
 
 # Benchmarks: the local commands against the Python client and cp (docs/benchmarks.md),
 # gc/verify/get under load (docs/benchmarks-gc-verify.md), pull/push against curl and
-# PyPI oras (docs/benchmarks-remote.md). BENCH_QUICK=1 for a quick smoke run.
+# PyPI oras (docs/benchmarks-remote.md), docker:// pull and conversion against the
+# Apptainer pipeline (docs/benchmarks-docker.md). BENCH_QUICK=1 for a quick smoke run.
 bench: deps
 	bash bench/run.sh
 	bash bench/gc_verify.sh
 	bash bench/remote.sh
+	bash bench/docker.sh
 
 # Fuzz targets live in fuzz/ (a cargo-fuzz workspace, nightly toolchain).
 fuzz:

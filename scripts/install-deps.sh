@@ -2,7 +2,7 @@
 # Install what the demo or the tests need, idempotently, from the package registries.
 #
 #   scripts/install-deps.sh demo   siftool + squashfs-tools (the tour makes a real SIF;
-#                                  docker:// conversion runs sqfstar from squashfs-tools)
+#                                  docker:// conversion runs mksquashfs -tar)
 #   scripts/install-deps.sh test   the above, and the test servers and peers:
 #     Debian: docker-registry (a real OCI registry), apache2-utils (htpasswd -B), skopeo
 #             (interop), util-linux (setpriv), bsdutils (script: a pseudo-terminal for the
@@ -43,8 +43,8 @@ apt_install() {
 
 need=()
 command -v siftool >/dev/null 2>&1 || need+=(siftool)
-# sqfstar (squashfs-tools 4.5+) writes the squashfs of docker:// conversions.
-command -v sqfstar >/dev/null 2>&1 || need+=(squashfs-tools)
+# mksquashfs (squashfs-tools 4.5+, for -tar) writes the squashfs of docker:// conversions.
+command -v mksquashfs >/dev/null 2>&1 || need+=(squashfs-tools)
 if [ "$mode" = test ]; then
   command -v docker-registry >/dev/null 2>&1 || need+=(docker-registry)
   command -v htpasswd >/dev/null 2>&1 || need+=(apache2-utils)

@@ -924,6 +924,17 @@ impl Cache {
     /// The path of the blob `r` names: the hot path. Takes the shared lock for a lookup,
     /// checks the file exists, and records the use when the stored time is stale.
     pub fn get(&self, r: &Reference) -> Result<PathBuf, CacheError> {
+        self.get_where(r, |_| true)?
+            .ok_or_else(|| self.not_found(r))
+    }
+
+    /// [`Cache::get`] when the name's record passes `check` (for example: it was pulled
+    /// from this remote), in the same lookup; `Ok(None)` when it does not.
+    pub fn get_where(
+        &self,
+        r: &Reference,
+        check: impl FnOnce(&RefRecord) -> bool,
+    ) -> Result<Option<PathBuf>, CacheError> {
         if !self.exists() {
             return Err(self.not_found(r));
         }
@@ -931,6 +942,9 @@ impl Cache {
         let (path, stale) = {
             let rd = self.index.read()?;
             let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+            if !check(&rec) {
+                return Ok(None);
+            }
             let digest = match r.digest() {
                 Some(want) if *want != rec.digest => {
                     if rd.get_blob(want)?.is_none() {
@@ -982,7 +996,7 @@ impl Cache {
             testhook::pause("get-before-touch");
             self.touch(&key);
         }
-        Ok(path)
+        Ok(Some(path))
     }
 
     /// [`Cache::get`], then re-hash the file before answering (`get --verify`).

@@ -1,4 +1,4 @@
-//! Pass 2: the final view written as one uncompressed tar stream, in an order `sqfstar`
+//! Pass 2: the final view written as one uncompressed tar stream, in an order `mksquashfs -tar`
 //! (or any tar reader) can apply without looking back:
 //!
 //! 1. every directory, parents before children (the view's sorted order);
@@ -19,17 +19,25 @@ use std::path::Path;
 
 use tar::{EntryType, Header};
 
-use super::merge::{Meta, Node, View};
+use super::merge::{Meta, Node, View, Xattrs};
 
 /// What pass 2 writes, computed from the view.
 pub(crate) struct Plan<'v> {
     dirs: Vec<(&'v [u8], Meta)>,
     generated: Vec<(&'v [u8], &'v [u8], Meta)>,
     /// (layer, entry index) of each surviving inode's data → its first path and attributes.
-    files: HashMap<(usize, usize), (&'v [u8], u64, Meta)>,
+    files: HashMap<(usize, usize), FileOut<'v>>,
     /// Per layer, how many of `files` it holds.
     per_layer: HashMap<usize, usize>,
     rest: Vec<(&'v [u8], Rest<'v>)>,
+}
+
+/// A regular file of the stream: its first path, size, attributes.
+struct FileOut<'v> {
+    path: &'v [u8],
+    size: u64,
+    meta: Meta,
+    xattrs: &'v Xattrs,
 }
 
 enum Rest<'v> {
@@ -75,8 +83,13 @@ impl<'v> Plan<'v> {
                     None => {
                         first.insert(*id, path);
                         let ino = &view.inodes[*id];
-                        plan.files
-                            .insert((ino.layer, ino.index), (path, ino.size, ino.meta));
+                        let out = FileOut {
+                            path,
+                            size: ino.size,
+                            meta: ino.meta,
+                            xattrs: &ino.xattrs,
+                        };
+                        plan.files.insert((ino.layer, ino.index), out);
                         *plan.per_layer.entry(ino.layer).or_default() += 1;
                     }
                 },
@@ -159,9 +172,18 @@ impl<'v> Plan<'v> {
         for (index, entry) in entries.enumerate() {
             let entry = entry.map_err(|e| read_err(&last, e))?;
             last = Some(entry.path_bytes().into_owned());
-            let Some((path, size, meta)) = self.files.get(&(layer, index)) else {
+            let Some(FileOut {
+                path,
+                size,
+                meta,
+                xattrs,
+            }) = self.files.get(&(layer, index))
+            else {
                 continue;
             };
+            if !xattrs.is_empty() {
+                append_pax(tar, xattrs).map_err(EmitError::Write)?;
+            }
             let mut h = header(EntryType::Regular, meta, *size);
             let mut src = Exact {
                 inner: entry,
@@ -181,6 +203,36 @@ impl<'v> Plan<'v> {
         }
         Err(EmitError::Missing { layer })
     }
+}
+
+/// A PAX extended header carrying `xattrs` as `SCHILY.xattr.NAME` records, for the entry
+/// that follows it.
+fn append_pax<W: Write>(tar: &mut tar::Builder<W>, xattrs: &Xattrs) -> io::Result<()> {
+    let mut records = Vec::new();
+    for (name, value) in xattrs {
+        let mut body = b" SCHILY.xattr.".to_vec();
+        body.extend_from_slice(name);
+        body.push(b'=');
+        body.extend_from_slice(value);
+        body.push(b'\n');
+        // The record's length counts its own decimal digits.
+        let mut len = body.len() + 1;
+        while len.to_string().len() + body.len() != len {
+            len += 1;
+        }
+        records.extend_from_slice(len.to_string().as_bytes());
+        records.extend_from_slice(&body);
+    }
+    let mut h = Header::new_ustar();
+    h.set_entry_type(EntryType::XHeader);
+    h.set_path("././@PaxHeader")?;
+    h.set_mode(0o644);
+    h.set_uid(0);
+    h.set_gid(0);
+    h.set_mtime(0);
+    h.set_size(records.len() as u64);
+    h.set_cksum();
+    tar.append(&h, records.as_slice())
 }
 
 fn os(p: &[u8]) -> &Path {

@@ -164,7 +164,11 @@ mod tests {
         };
         let mut all = Vec::new();
         r.read_to_end(&mut all).unwrap();
-        assert_eq!(all.len(), 3 + ZERO_TAIL);
+        assert_eq!(
+            all.len(),
+            3 + 511 + 1024,
+            "padding to a block and two zero blocks"
+        );
         assert_eq!(end.get(), Some(3));
         assert!(all[3..].iter().all(|&b| b == 0));
     }

@@ -44,11 +44,15 @@ impl Meta {
     };
 }
 
+/// Extended attributes (name, value), from PAX `SCHILY.xattr.*` records.
+pub(crate) type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// What a tar header declares, as pass 1 needs it.
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum EntryKind {
     File {
         size: u64,
+        xattrs: Xattrs,
     },
     Dir,
     Symlink(Vec<u8>),
@@ -87,6 +91,7 @@ pub(crate) struct Inode {
     pub index: usize,
     pub size: u64,
     pub meta: Meta,
+    pub xattrs: Xattrs,
 }
 
 /// An entry left out, and why.
@@ -271,12 +276,13 @@ impl View {
                 }
                 Node::Dir(e.meta)
             }
-            EntryKind::File { size } => {
+            EntryKind::File { size, xattrs } => {
                 self.inodes.push(Inode {
                     layer,
                     index: e.index,
                     size: *size,
                     meta: e.meta,
+                    xattrs: xattrs.clone(),
                 });
                 Node::File(self.inodes.len() - 1)
             }
@@ -424,7 +430,10 @@ mod tests {
     }
 
     fn file(n: u64) -> EntryKind {
-        EntryKind::File { size: n }
+        EntryKind::File {
+            size: n,
+            xattrs: Vec::new(),
+        }
     }
 
     fn view(layers: &[Vec<Entry>]) -> View {

@@ -532,23 +532,17 @@ fn cached_from(
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<Option<PathBuf>, RemoteError> {
-    let platform_ok = |e: &Entry| match remote {
-        RemoteRef::Docker(_) => {
-            e.labels.get(docker::LABEL_PLATFORM) == Some(&docker_platform(opts))
-        }
-        _ => true,
+    let source = remote.to_string();
+    let platform = matches!(remote, RemoteRef::Docker(_)).then(|| docker_platform(opts));
+    let pulled_from_here = |rec: &crate::cache::RefRecord| {
+        rec.source.as_deref() == Some(source.as_str())
+            && platform
+                .as_ref()
+                .is_none_or(|p| rec.labels.get(docker::LABEL_PLATFORM) == Some(p))
     };
-    match cache.entry(name) {
-        Ok(e) if e.source.as_deref() == Some(remote.to_string().as_str()) && platform_ok(&e) => {
-            match cache.get(name) {
-                Ok(p) => Ok(Some(p)),
-                Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => {
-                    Ok(None)
-                }
-                Err(e) => Err(e.into()),
-            }
-        }
-        Ok(_) => Ok(None),
+    match cache.get_where(name, pulled_from_here) {
+        Ok(p) => Ok(p),
+        Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => Ok(None),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
     }

@@ -79,6 +79,15 @@ fn docker_get_converts_to_a_sif_and_records_what_the_image_runs() {
     );
     env.assert_blobs_verify();
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+    // verify hashes the layers and the config too, and counts none of them as unused.
+    let report: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["verify", "--json"]))).unwrap();
+    assert_eq!(
+        report["blobs_checked"],
+        1 + layout.layers("app").len() + 1,
+        "{report}"
+    );
+    assert_eq!(report["unreferenced"], 0, "{report}");
 }
 
 #[test]
@@ -271,4 +280,381 @@ fn a_pull_killed_after_download_or_conversion_leaves_nothing_and_the_next_conver
     assert!(std::path::Path::new(&path).is_file());
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
     env.assert_blobs_verify();
+}
+
+/// A multi-platform index pushed as one reference: the image of the platform asked for.
+fn push_two_platform_index(l: &mut Layout, dest: &str) -> (String, String) {
+    l.layer("bb", "amd", |root| {
+        fs::write(root.join("arch"), "amd64\n").unwrap()
+    });
+    l.layer("bb", "arm", |root| {
+        fs::write(root.join("arch"), "arm64\n").unwrap()
+    });
+    l.config("arm", &["--architecture", "arm64", "--os", "linux"]);
+    let (amd, arm) = (l.manifest_digest("amd"), l.manifest_digest("arm"));
+    let size = |d: &str| {
+        fs::metadata(
+            l.dir
+                .join("blobs/sha256")
+                .join(d.strip_prefix("sha256:").unwrap()),
+        )
+        .unwrap()
+        .len()
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": arm, "size": size(&arm),
+             "platform": {"architecture": "arm64", "os": "linux", "variant": "v8"}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": amd, "size": size(&amd),
+             "platform": {"architecture": "amd64", "os": "linux"}},
+        ]
+    });
+    let body = serde_json::to_vec(&index).unwrap();
+    let digest = {
+        use sha2::Digest as _;
+        format!("{:x}", sha2::Sha256::digest(&body))
+    };
+    fs::write(l.dir.join("blobs/sha256").join(&digest), &body).unwrap();
+    let mut idx: serde_json::Value =
+        serde_json::from_slice(&fs::read(l.dir.join("index.json")).unwrap()).unwrap();
+    idx["manifests"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": format!("sha256:{digest}"), "size": body.len(),
+            "annotations": {"org.opencontainers.image.ref.name": "multi"}
+        }));
+    fs::write(l.dir.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
+    l.push("multi", dest, &["--all"]);
+    (amd, arm)
+}
+
+/// Read one file out of a SIF's squashfs partition.
+fn file_in_sif(env: &Env, sif: &str, inner: &str) -> String {
+    let out = env.path(&format!("x-{}", inner.replace('/', "_")));
+    let part = env.path("partition.sqfs");
+    let _ = fs::remove_file(&part);
+    run(std::process::Command::new("siftool")
+        .args(["dump", "1", sif])
+        .stdout(fs::File::create(&part).unwrap()));
+    let _ = fs::remove_dir_all(&out);
+    run(std::process::Command::new("unsquashfs")
+        .args(["-no-progress", "-q", "-d"])
+        .arg(&out)
+        .arg(&part)
+        .arg(inner));
+    fs::read_to_string(out.join(inner)).unwrap()
+}
+
+#[test]
+fn the_platform_asked_for_is_chosen_from_an_index_and_recorded() {
+    let env = Env::new();
+    let reg = Registry::anonymous();
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let mut l = Layout::new(&work);
+    l.layer("base", "bb", images::busybox_root);
+    let reference = docker(&reg, "lab/multi:1");
+    let (amd, arm) = push_two_platform_index(&mut l, &reference);
+    let host = stdout_of(env.cmd().args(["get", &reference]));
+    assert_eq!(file_in_sif(&env, &host, "arch"), "amd64\n");
+    // Another platform is another image, pulled separately, under its own lock.
+    let other = Env::new();
+    let p = stdout_of(
+        other
+            .cmd()
+            .args(["pull", "-q", &reference, "--platform", "linux/arm64"]),
+    );
+    assert_eq!(file_in_sif(&other, &p, "arch"), "arm64\n");
+    let v: serde_json::Value = serde_json::from_str(&stdout_of(other.cmd().args([
+        "inspect",
+        "--json",
+        &format!("{}/lab/multi:1", reg.addr),
+    ])))
+    .unwrap();
+    assert_eq!(v["labels"]["org.sregistry.docker.manifest"], arm.as_str());
+    assert_eq!(v["labels"]["org.sregistry.docker.platform"], "linux/arm64");
+    assert_eq!(v["sif"]["header"]["arch"], "arm64");
+    assert_ne!(amd, arm);
+    // A platform the index does not offer: one line naming what it offers, exit 1.
+    assert_fails(
+        env.cmd()
+            .args(["pull", &reference, "--platform", "linux/s390x"]),
+        1,
+        "linux/arm64/v8, linux/amd64",
+    );
+}
+
+#[test]
+fn zstd_and_docker_schema_2_images_convert_to_the_same_tree() {
+    let env = Env::new();
+    let (reg, layout) = registry_with_app(&env);
+    // Recompressed into a second layout first: pushed straight to the registry, skopeo
+    // would reuse the gzip blobs it already holds.
+    let zstd = env.path("zstd-layout");
+    run(std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "--quiet",
+            "--dest-compress-format",
+            "zstd",
+            "--dest-compress",
+        ])
+        .arg(format!("oci:{}:app", layout.dir.display()))
+        .arg(format!("oci:{}:app", zstd.display())));
+    run(std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:app", zstd.display()))
+        .arg(docker(&reg, "lab/app:zstd")));
+    layout.push("app", &docker(&reg, "lab/app:v2s2"), &["--format", "v2s2"]);
+    let listing = |tag: &str| {
+        let sif = stdout_of(
+            env.cmd()
+                .args(["get", &docker(&reg, &format!("lab/app:{tag}"))]),
+        );
+        let part = env.path(&format!("{tag}.sqfs"));
+        run(std::process::Command::new("siftool")
+            .args(["dump", "1", &sif])
+            .stdout(fs::File::create(&part).unwrap()));
+        let out = std::process::Command::new("unsquashfs")
+            .args(["-lln", "-no-progress"])
+            .arg(&part)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8(out.stdout)
+            .unwrap()
+            .lines()
+            .filter(|l| !l.contains("/.singularity.d"))
+            .map(|l| {
+                // Drop the date column: the SIF's own files carry the conversion time.
+                let f: Vec<&str> = l.split_whitespace().collect();
+                format!("{} {} {} {:?}", f[0], f[1], f[2], &f[5..])
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    layout.push("app", &docker(&reg, "lab/app:1"), &[]);
+    let gzip = listing("1");
+    assert!(gzip.contains("opt/app/hello.sh"), "{gzip}");
+    assert_eq!(listing("zstd"), gzip);
+    assert_eq!(listing("v2s2"), gzip);
+    // They were other images on the wire: zstd layers, a Docker manifest.
+    let label = |tag: &str, key: &str| {
+        let v: serde_json::Value = serde_json::from_str(&stdout_of(env.cmd().args([
+            "inspect",
+            "--json",
+            &format!("{}/lab/app:{tag}", reg.addr),
+        ])))
+        .unwrap();
+        v["labels"][key].as_str().unwrap().to_string()
+    };
+    let layers = "org.sregistry.docker.layers";
+    assert_ne!(label("zstd", layers), label("1", layers));
+    let manifest = "org.sregistry.docker.manifest";
+    assert_ne!(label("v2s2", manifest), label("1", manifest));
+}
+
+/// `unsquashfs -lln` of a SIF's system partition, without the date column.
+fn tree_of(work: &std::path::Path, sif: &str) -> Vec<String> {
+    let part = work.join(format!("{}.sqfs", sif.replace('/', "_")));
+    run(std::process::Command::new("siftool")
+        .args(["dump", "1", sif])
+        .stdout(fs::File::create(&part).unwrap()));
+    let out = std::process::Command::new("unsquashfs")
+        .args(["-lln", "-no-progress"])
+        .arg(&part)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with(['d', '-', 'l', 'c', 'b', 'p', 's']))
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            format!("{} {} {} {:?}", f[0], f[1], f[2], &f[5..])
+        })
+        .collect()
+}
+
+/// The danger: a conversion that takes owners and modes from the user who runs it
+/// (as a staging tree on disk would) gives an ordinary user's cluster jobs an image whose
+/// root-owned and setuid files belong to that user, unlike the root-made one.
+#[test]
+fn an_ordinary_users_conversion_records_owners_and_setuid_as_roots_does() {
+    if skip_unless_root(
+        "an_ordinary_users_conversion_records_owners_and_setuid_as_roots_does",
+        "needs root to create the test users and the image's owners",
+    ) {
+        return;
+    }
+    use std::os::unix::fs::{PermissionsExt, chown};
+    let (env, bin, cache) = crate::shared::shared_cache_for_the_users();
+    let reg = Registry::anonymous();
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let mut l = Layout::new(&work);
+    l.layer("base", "bb", images::busybox_root);
+    l.layer("bb", "owned", |root| {
+        let su = root.join("bin/su-tool");
+        fs::write(&su, "#!/bin/sh\nid\n").unwrap();
+        fs::set_permissions(&su, fs::Permissions::from_mode(0o4755)).unwrap();
+        let data = root.join("srv/data");
+        fs::create_dir_all(&data).unwrap();
+        fs::write(data.join("f"), "x").unwrap();
+        chown(&data, Some(1234), Some(5678)).unwrap();
+        chown(data.join("f"), Some(1234), Some(5678)).unwrap();
+    });
+    let reference = docker(&reg, "lab/owned:1");
+    l.push("owned", &reference, &[]);
+    let as_alice = crate::shared::ok(crate::shared::as_user(
+        crate::shared::USERS[0],
+        &bin,
+        &cache,
+        &["get", &reference],
+    ));
+    let root_env = Env::new();
+    let as_root = stdout_of(root_env.cmd().args(["get", &reference]));
+    let (alice_tree, root_tree) = (
+        tree_of(env.dir.path(), &as_alice),
+        tree_of(env.dir.path(), &as_root),
+    );
+    assert!(
+        alice_tree
+            .iter()
+            .any(|l| l.starts_with("-rwsr-xr-x 0/0 ") && l.contains("bin/su-tool")),
+        "{alice_tree:#?}"
+    );
+    assert!(
+        alice_tree
+            .iter()
+            .any(|l| l.contains("1234/5678") && l.contains("srv/data/f")),
+        "{alice_tree:#?}"
+    );
+    let mine = |t: &[String]| {
+        t.iter()
+            .filter(|l| !l.contains(".singularity.d"))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(mine(&alice_tree), mine(&root_tree));
+}
+
+/// `export` writes a layout the OCI tools read, with blobs that check out.
+#[test]
+fn export_writes_an_oci_layout_that_skopeo_and_umoci_read() {
+    let env = Env::new();
+    let (reg, layout) = registry_with_app(&env);
+    stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")]));
+    let name = format!("{}/lab/app:1", reg.addr);
+    let dir = env.path("exported");
+    stdout_of(
+        env.cmd()
+            .args(["export", &name])
+            .arg(&dir)
+            .args(["--tag", "v1"]),
+    );
+    // Every blob is what its name says.
+    let blobs = dir.join("blobs/sha256");
+    let mut n = 0;
+    for e in fs::read_dir(&blobs).unwrap() {
+        let e = e.unwrap();
+        use sha2::Digest as _;
+        let got = format!("{:x}", sha2::Sha256::digest(fs::read(e.path()).unwrap()));
+        assert_eq!(
+            got,
+            e.file_name().to_string_lossy(),
+            "blob does not check out"
+        );
+        n += 1;
+    }
+    assert_eq!(
+        n,
+        layout.layers("app").len() + 2,
+        "layers, config and manifest"
+    );
+    // The layers are the cache's own files (hard links), not copies.
+    let layer = layout.layers("app")[0].clone();
+    let linked = fs::metadata(blobs.join(layer.strip_prefix("sha256:").unwrap())).unwrap();
+    use std::os::unix::fs::MetadataExt;
+    assert!(linked.nlink() >= 2, "the layer was copied, not linked");
+    // umoci unpacks it to the image's tree; skopeo copies it into a registry.
+    let bundle = env.path("bundle");
+    run(std::process::Command::new("umoci")
+        .args(["unpack", "--image", &format!("{}:v1", dir.display())])
+        .arg(&bundle));
+    assert_eq!(
+        fs::read_to_string(bundle.join("rootfs/opt/app/hello.sh")).unwrap(),
+        "#!/bin/sh\necho \"hello from $GREETING: $*\"\n"
+    );
+    run(std::process::Command::new("skopeo")
+        .args(["copy", "--quiet", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:v1", dir.display()))
+        .arg(docker(&reg, "lab/again:1")));
+    let other = Env::new();
+    stdout_of(other.cmd().args(["get", &docker(&reg, "lab/again:1")]));
+    // A name that is not a converted image: one line, exit 1, nothing written.
+    let plain = env.file("plain.img", b"not an image");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&plain)
+            .args(["--name", "lab/plain:1"]),
+    );
+    let nowhere = env.path("nowhere");
+    assert_fails(
+        env.cmd().args(["export", "lab/plain:1"]).arg(&nowhere),
+        1,
+        "not converted from a container image",
+    );
+    assert!(!nowhere.exists());
+}
+
+/// gc keeps a converted image's layers while its name is used, and drops them first when
+/// the cache is over its size; an export then says how to get them back.
+#[test]
+fn gc_keeps_layers_with_their_image_and_drops_them_first_under_max_size() {
+    let env = Env::new();
+    let (reg, layout) = registry_with_app(&env);
+    let path = stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")]));
+    let all = env.blobs().len();
+    assert_eq!(all, layout.layers("app").len() + 2);
+    stdout_of(env.cmd().args(["gc"]));
+    assert_eq!(env.blobs().len(), all, "gc removed parts of a used image");
+    let sif_size = fs::metadata(&path).unwrap().len();
+    stdout_of(env.cmd().args([
+        "gc",
+        "--max-size",
+        &(sif_size + 1).to_string(),
+        "--min-idle",
+        "0",
+    ]));
+    assert_eq!(
+        env.blobs(),
+        vec![std::path::PathBuf::from(&path)],
+        "the image went, or its parts stayed"
+    );
+    assert_eq!(
+        stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")])),
+        path
+    );
+    env.assert_blobs_verify();
+    assert_fails(
+        env.cmd()
+            .args(["export", &format!("{}/lab/app:1", reg.addr)])
+            .arg(env.path("out")),
+        1,
+        "collected by gc",
+    );
+    // A pull of the unchanged tag fetches the layers again, so export works.
+    stdout_of(env.cmd().args(["pull", "-q", &docker(&reg, "lab/app:1")]));
+    stdout_of(
+        env.cmd()
+            .args(["export", &format!("{}/lab/app:1", reg.addr)])
+            .arg(env.path("out")),
+    );
 }

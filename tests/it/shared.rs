@@ -43,6 +43,10 @@ pub(crate) fn as_user(user: &str, bin: &Path, cache: &Path, args: &[&str]) -> st
         .arg(bin)
         .args(args)
         .env("SREGISTRY_CACHE", cache)
+        // The user's own (empty) home, not root's: no credentials to read.
+        .env("HOME", "/nonexistent")
+        .env_remove("SREGISTRY_CONFIG_DIR")
+        .env_remove("DOCKER_CONFIG")
         .env_remove("SREGISTRY_NOW")
         .output()
         .unwrap()
