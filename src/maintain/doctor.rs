@@ -179,15 +179,24 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     .filter(|p| p.exists() && !can_access(p, libc::W_OK))
     .map(|p| format!("`{}`", p.display()))
     .collect::<Vec<_>>();
+    // A user outside the group of a shared cache can still read it (`get`, `list`).
+    let can_read = can_access(cache.index_path(), libc::R_OK)
+        && can_access(cache.blobs_dir(), libc::R_OK | libc::X_OK);
+    let read_only = !writable.is_empty() && can_read;
     out.push(if writable.is_empty() {
         check("access", Pass, "this user can read and write the cache")
     } else {
         check(
             "access",
-            Fail,
+            if read_only { Warn } else { Fail },
             format!(
-                "this user cannot write {}; ask the cache's admin to add you to its group",
-                writable.join(", ")
+                "this user cannot write {}{}; ask the cache's admin to add you to its group",
+                writable.join(", "),
+                if read_only {
+                    " (it can read: `get` and `list` work; `add` and `pull` do not)"
+                } else {
+                    ""
+                }
             ),
         )
     });
@@ -198,6 +207,8 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
         lock::Kind::Ofd => match cache.probe_locks() {
             Ok(true) => check("locks", Pass, "fcntl (OFD) locks exclude each other here"),
             Ok(false) => check("locks", Fail, "fcntl locks do not exclude each other here; set SREGISTRY_LOCK=flock or move the cache"),
+            // Not the filesystem: this user may not make the probe's file (see `access`).
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => check("locks", Warn, format!("not tested: this user may not create a lock file in the cache ({e}; see `access`)")),
             Err(e) => check("locks", Fail, format!("fcntl locks fail here ({e}); set SREGISTRY_LOCK=flock or move the cache")),
         },
     });
@@ -278,7 +289,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     });
 
     // Index.
-    let index = index_check(cache);
+    let index = index_check(cache, read_only);
     let readable = index.status != Status::Fail;
     out.push(index);
     if readable {
@@ -321,10 +332,25 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
 }
 
 /// The index's health: readable by this build, changeable by it, every page intact.
-fn index_check(cache: &Cache) -> Check {
+fn index_check(cache: &Cache, read_only: bool) -> Check {
     use Status::*;
     let index = cache.index_path().display().to_string();
     let health = cache.index_health();
+    // The full check needs the exclusive lock; a user who may only read gets the reads.
+    if read_only
+        && health.is_err()
+        && let Ok((names, blobs)) = cache.snapshot()
+    {
+        return check(
+            "index",
+            Warn,
+            format!(
+                "`{index}`: {} names, {} blobs, read by this user; its pages were not checked, which needs write access (see `access`)",
+                names.len(),
+                blobs.len()
+            ),
+        );
+    }
     match health {
         Ok((s, true)) => check(
             "index",
@@ -340,6 +366,15 @@ fn index_check(cache: &Cache) -> Check {
             format!(
                 "`{index}` had damage that redb repaired; run `sregistry verify`, and \
                  `sregistry doctor --repair-index` if a name is missing"
+            ),
+        ),
+        // The error's own advice is to run doctor: here, say what doctor can do instead.
+        Err(e @ crate::cache::IndexError::Db { .. }) => check(
+            "index",
+            Fail,
+            format!(
+                "{}; if the file is damaged, `sregistry doctor --repair-index` rebuilds it from the journal; if this user may not read it, see the permissions and access checks",
+                e.to_string().trim_end_matches(" (run `sregistry doctor`)")
             ),
         ),
         Err(e) => check("index", Fail, e.to_string()),

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use futures_util::StreamExt;
-use object_store::aws::AmazonS3Builder;
+use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 
 use super::sink::Sink;
@@ -21,6 +21,36 @@ use crate::cache::Cache;
 
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // The same bounds as every other remote: a silent connection times out after
+    // SREGISTRY_TIMEOUT and the request is given up after about two of them; no bound on
+    // a whole transfer (object_store's default, 30 s per request, would cut off a large
+    // image that is still streaming). Set before the endpoint, whose `allow_http` lives
+    // in the same client options.
+    let idle = super::runtime::idle_timeout().map_err(|detail| RemoteError::S3 {
+        url: format!("s3://{bucket}"),
+        detail,
+    })?;
+    let mut client = object_store::ClientOptions::new()
+        .with_timeout_disabled()
+        .with_connect_timeout(idle.min(std::time::Duration::from_secs(10)))
+        .with_read_timeout(idle);
+    // Client settings from the environment (AWS_PROXY_URL, AWS_TIMEOUT, ...), which
+    // `from_env` read into the options replaced here, still apply.
+    for (k, v) in std::env::vars() {
+        if let Some(rest) = k.strip_prefix("AWS_")
+            && let Ok(AmazonS3ConfigKey::Client(key)) =
+                format!("aws_{}", rest.to_ascii_lowercase()).parse::<AmazonS3ConfigKey>()
+        {
+            client = client.with_config(key, v);
+        }
+    }
+    b = b
+        .with_client_options(client)
+        .with_retry(object_store::RetryConfig {
+            backoff: Default::default(),
+            max_retries: 3,
+            retry_timeout: idle * 2,
+        });
     let endpoint = opts.endpoint.clone().or_else(|| {
         ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
             .iter()

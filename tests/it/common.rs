@@ -304,6 +304,21 @@ pub fn env_with_lab_tool() -> Env {
     env
 }
 
+/// The check named `name` in the output of `doctor --json` (and the command's exit code).
+pub fn doctor_check(c: &mut Command, name: &str) -> (serde_json::Value, Option<i32>) {
+    let out = c.args(["doctor", "--json"]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let found = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["check"] == name)
+        .unwrap_or_else(|| panic!("no {name} check: {v:#}"))
+        .clone();
+    (found, out.status.code())
+}
+
 /// A tmpfs mounted for one test (root only), unmounted when dropped.
 pub struct Tmpfs(PathBuf);
 

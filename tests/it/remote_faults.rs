@@ -1081,20 +1081,12 @@ fn an_interrupted_pull_leaves_nothing_in_tmp() {
 fn doctor_reports_the_download_bounds_and_a_bad_one_is_refused() {
     let env = Env::new();
     stdout_of(env.cmd().arg("init"));
-    let out = env
-        .cmd()
-        .args(["doctor", "--json"])
-        .env("SREGISTRY_MAX_DOWNLOAD", "2G")
-        .env("SREGISTRY_MIN_FREE", "512M")
-        .output()
-        .unwrap();
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let downloads = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["check"] == "downloads")
-        .unwrap_or_else(|| panic!("no downloads check: {v}"));
+    let (downloads, _) = doctor_check(
+        env.cmd()
+            .env("SREGISTRY_MAX_DOWNLOAD", "2G")
+            .env("SREGISTRY_MIN_FREE", "512M"),
+        "downloads",
+    );
     let detail = downloads["detail"].as_str().unwrap();
     assert!(detail.contains("at most 2 GiB"), "{detail}");
     assert!(detail.contains("512 MiB kept free"), "{detail}");
@@ -1473,4 +1465,36 @@ fn a_403_without_credentials_says_so() {
         "{err}"
     );
     assert!(!err.contains("with these credentials"), "{err}");
+}
+
+/// The S3 client has time-outs of its own: a silent endpoint must cost about two
+/// `SREGISTRY_TIMEOUT`s too, not object_store's 30 s per attempt with ten retries.
+#[test]
+fn a_silent_s3_endpoint_fails_within_a_few_timeouts() {
+    let silent: Handler = Box::new(|_, _| Reply::new(200).silent());
+    let server = FaultServer::start(vec![("/bucket/image.sif".to_string(), silent)]);
+    let env = Env::new();
+    let started = std::time::Instant::now();
+    let out = output_within(
+        env.std_cmd()
+            .args([
+                "pull",
+                "s3://bucket/image.sif",
+                "--endpoint",
+                &server.url(""),
+            ])
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env("AWS_REGION", "us-east-1")
+            .env("SREGISTRY_TIMEOUT", "1"),
+        40,
+    );
+    let err = failed_line(&out);
+    assert!(err.contains("s3://bucket"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}: {err}",
+        started.elapsed()
+    );
+    assert_nothing_stored(&env);
 }
