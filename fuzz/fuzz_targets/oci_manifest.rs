@@ -1,11 +1,23 @@
 //! `oci::parse_manifest` then `oci::sif_layer`: never panic; a parsed manifest is
-//! schema 2, survives a serde round trip, and the chosen layer is a SIF layer.
+//! schema 2, survives a serde round trip, and the chosen layer is a SIF layer. The same
+//! bytes through the docker:// parsers (`docker::parse_image_manifest`,
+//! `docker::choose_platform`): never panic; an accepted image has layers, and a chosen
+//! index entry names a digest.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use sregistry::remote::docker::{self, Platform};
 use sregistry::remote::oci::{self, SIF_LAYER, SIF_LAYER_PROTO};
 
 fuzz_target!(|data: &[u8]| {
+    if let Ok((_, layers)) = docker::parse_image_manifest(data) {
+        assert!(!layers.is_empty());
+    }
+    for p in ["linux/amd64", "linux/arm64", "linux/arm/v7"] {
+        if let Ok((digest, _)) = docker::choose_platform(data, &Platform::parse(p).unwrap()) {
+            let _ = digest.len();
+        }
+    }
     let m = match oci::parse_manifest(data) {
         Ok(m) => m,
         Err(_) => return,

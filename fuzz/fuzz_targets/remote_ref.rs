@@ -1,6 +1,7 @@
 //! `RemoteRef::parse`, its `Display` and `default_name()`: never panic; whatever parses
-//! prints to a string that parses to the same value; a default name, when there is one,
-//! is itself a reference that round-trips.
+//! prints to a string that parses to the same value (or, where the display hides a URL's
+//! user-info as `***@`, to one that displays the same); a default name, when there is
+//! one, is itself a reference that round-trips.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
@@ -23,7 +24,9 @@ fuzz_target!(|data: &[u8]| {
     let again = RemoteRef::parse(&shown).unwrap_or_else(|e| {
         panic!("{s:?} parsed to {r:?}, but its display {shown:?} does not parse: {e}")
     });
-    assert_eq!(again, r, "{s:?} -> {shown:?} parses to a different remote");
+    if !shown.contains("***@") {
+        assert_eq!(again, r, "{s:?} -> {shown:?} parses to a different remote");
+    }
     assert_eq!(again.to_string(), shown, "display of {s:?} is not stable");
     if let RemoteRef::Oras(o) = &r {
         let _ = (o.reference(), o.local_name());
