@@ -39,6 +39,12 @@ pub const BLOB_MODE: u32 = 0o444;
 pub const INGEST_PREFIX: &str = "ingest-";
 /// Prefix of blobs waiting to be unlinked in `tmp/`.
 pub const DELETE_PREFIX: &str = "delete-";
+
+/// What the Linux NFS client renames a file to when it is unlinked while open on the same
+/// node ("silly rename"): the data lives on until the last close there, when the client
+/// removes it. Such a file is in use, not a leftover: scans skip it, and nothing deletes
+/// it (from another node that would cut the reader off with ESTALE).
+pub const NFS_SILLY_PREFIX: &str = ".nfs";
 /// Size of the copy buffer.
 const COPY_BUF: usize = 4 << 20;
 
@@ -407,7 +413,7 @@ pub struct TmpFile {
 }
 
 impl Store {
-    /// Every file under `blobs/` (no lock needed: the listing is a snapshot, and callers
+    /// Every file under `blobs/` but NFS's `.nfs*` files (no lock needed: the listing is a snapshot, and callers
     /// re-check against the index under the lock).
     pub fn scan(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
@@ -428,6 +434,9 @@ impl Store {
             for f in fs::read_dir(fan.path())? {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with(NFS_SILLY_PREFIX) {
+                    continue;
+                }
                 let digest = Digest::from_hex(&name).filter(|_| name.starts_with(&fan_name));
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 out.push(Found {
@@ -440,7 +449,7 @@ impl Store {
         Ok(out)
     }
 
-    /// Every entry of `tmp/`.
+    /// Every entry of `tmp/` but NFS's `.nfs*` files of open unlinked images.
     pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
         let Some(rd) = read_dir_if_present(&self.tmp)? else {
@@ -448,6 +457,12 @@ impl Store {
         };
         for e in rd {
             let e = e?;
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(NFS_SILLY_PREFIX)
+            {
+                continue;
+            }
             let Ok(meta) = e.metadata() else { continue };
             let mtime = {
                 use std::os::unix::fs::MetadataExt;
@@ -797,6 +812,25 @@ mod tests {
         drop(s.stage_link(&src).unwrap());
         assert_eq!(fs::read(&src).unwrap(), b"kept");
         assert_eq!(tmp_entries(&s), 0);
+    }
+
+    /// An image unlinked while open on an NFS client lives on as `.nfs*` (in `tmp/`, where
+    /// gc unlinks its victims, or beside a blob). Listed, gc would delete it once past the
+    /// tmp grace (from another node, that cuts the reader off with ESTALE) and verify
+    /// would report it: the cluster tests saw gc delete one.
+    #[test]
+    fn nfs_silly_renamed_files_are_not_listed() {
+        let (_d, s) = store();
+        fs::write(s.tmp_dir().join(".nfs000000000002001000000001"), b"open").unwrap();
+        fs::write(s.tmp_dir().join("leftover"), b"x").unwrap();
+        let fan = s.blobs_dir().join("ab");
+        fs::create_dir_all(&fan).unwrap();
+        fs::write(fan.join(".nfs000000000002001000000002"), b"open").unwrap();
+        fs::write(fan.join("stray"), b"x").unwrap();
+        let tmp: Vec<_> = s.scan_tmp().unwrap().into_iter().map(|t| t.path).collect();
+        assert_eq!(tmp, vec![s.tmp_dir().join("leftover")]);
+        let blobs: Vec<_> = s.scan().unwrap().into_iter().map(|f| f.path).collect();
+        assert_eq!(blobs, vec![fan.join("stray")]);
     }
 
     #[test]

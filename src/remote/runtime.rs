@@ -68,13 +68,10 @@ pub fn client() -> Result<reqwest::Client, RemoteError> {
             .connect_timeout(Duration::from_secs(30))
             .read_timeout(Duration::from_secs(120))
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|e| super::transport::error_chain(&e))
     });
-    made.clone().map_err(|detail| RemoteError::Network {
-        url: "(client)".into(),
-        detail,
-        attempts: 0,
-    })
+    made.clone()
+        .map_err(|detail| RemoteError::ClientSetup { detail })
 }
 
 #[cfg(test)]
