@@ -403,11 +403,27 @@ echo $n; [ $bad = 0 ]
 pub fn pull_once_across_nodes(cl: &Cluster) {
     let c = cache("t4");
     cl.server
-        .sh("cp /host/data/remote.sif /export/www/image.sif && : >/export/httpd.log")
+        .sh("cp /host/data/remote.sif /export/www/image.sif && cp /host/data/g0 /export/www/solo.sif")
         .ok();
     cl.clients[0]
         .sh(&format!("sregistry --cache {c} init"))
         .ok();
+    let requests = |file: &str| {
+        let log = cl.server.sh("cat /export/httpd.log").ok().stdout;
+        let n = log
+            .lines()
+            .filter(|l| l.ends_with(&format!("url:/{file}")))
+            .count();
+        (n, log)
+    };
+    // How many requests one download makes when nobody else asks (a HEAD and a GET).
+    cl.clients[0]
+        .sh(&format!(
+            "sregistry --cache {c} get --insecure http://10.0.0.1:8080/solo.sif"
+        ))
+        .ok();
+    let (one, _) = requests("solo.sif");
+    assert!(one >= 1, "the server logged no request for a download");
     let url = "http://10.0.0.1:8080/image.sif";
     let script = format!(
         r#"mkdir -p /tmp/t4; rm -f /tmp/t4/*
@@ -433,13 +449,10 @@ cat /tmp/t4/err.* >&2"#
     }
     assert_eq!(paths.len(), 1, "callers printed different paths: {paths:?}");
     assert_eq!(paths.values().sum::<i32>(), 24, "not every caller answered");
-    let log = cl.server.sh("cat /export/httpd.log").ok().stdout;
-    let gets = log.lines().filter(|l| l.contains("url:/image.sif")).count();
-    eprintln!("cluster: httpd log of the pull:\n{log}");
-    assert!(gets >= 1, "the server never saw the download:\n{log}");
-    assert!(
-        gets <= 2,
-        "the image was fetched more than once (HEAD + GET is one download):\n{log}"
+    let (gets, log) = requests("image.sif");
+    assert_eq!(
+        gets, one,
+        "24 callers made {gets} requests, one download makes {one}: fetched more than once\n{log}"
     );
     verify_clean(&cl.clients[1], &c);
 }
