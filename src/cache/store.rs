@@ -42,8 +42,9 @@ pub const DELETE_PREFIX: &str = "delete-";
 
 /// What the Linux NFS client renames a file to when it is unlinked while open on the same
 /// node ("silly rename"): the data lives on until the last close there, when the client
-/// removes it. Such a file is in use, not a leftover: scans skip it, and nothing deletes
-/// it (from another node that would cut the reader off with ESTALE).
+/// removes it. Such a file is in use, not a leftover: scans skip it, so neither gc deletes
+/// it nor verify reports it. (Deleting it takes the file from under the reader wherever
+/// the server does not keep it for an open; Linux's NFSv4 server does keep it.)
 pub const NFS_SILLY_PREFIX: &str = ".nfs";
 /// Size of the copy buffer.
 const COPY_BUF: usize = 4 << 20;
@@ -816,8 +817,7 @@ mod tests {
 
     /// An image unlinked while open on an NFS client lives on as `.nfs*` (in `tmp/`, where
     /// gc unlinks its victims, or beside a blob). Listed, gc would delete it once past the
-    /// tmp grace (from another node, that cuts the reader off with ESTALE) and verify
-    /// would report it: the cluster tests saw gc delete one.
+    /// tmp grace and verify would report it: the cluster tests saw gc delete one.
     #[test]
     fn nfs_silly_renamed_files_are_not_listed() {
         let (_d, s) = store();

@@ -6,7 +6,8 @@
 //! inside the guests. Commands reach a node over its second serial port, where the guest's
 //! init runs a small agent (`init.sh`): one line `ID BASE64-SCRIPT` in, the script's stdout
 //! and stderr in base64 and `@@END ID CODE` out. Host files (the sregistry binaries, test
-//! data) reach the nodes read-only through 9p at `/host`.
+//! data) reach the nodes read-only through 9p, and each node copies them to `/host` in
+//! memory as it boots.
 //!
 //! Teardown: [`Cluster`]'s `Drop` kills every qemu, and each qemu is started with
 //! `PR_SET_PDEATHSIG` so that it dies with the test process even if that is killed.
