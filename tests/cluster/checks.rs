@@ -594,10 +594,10 @@ while [ ! -e /tmp/t6.stop ]; do
   t0=$EPOCHREALTIME
   sregistry --cache {c} add /host/data/$f --name t6/n{i}-$k:1 >/dev/null 2>/tmp/t6/err.add.$k; rc=$?
   t1=$EPOCHREALTIME
-  echo "add t6/n{i}-$k:1 $f $rc $t0 $t1" >>/tmp/t6/log
+  echo "add t6/n{i}-$k:1 $f $rc $t0 $t1 $k" >>/tmp/t6/log
   p=$(sregistry --cache {c} get t6/base:1 2>/tmp/t6/err.get.$k); rc=$?
   [ $rc = 0 ] && {{ cmp -s "$p" /host/data/g0 || rc=100; }}
-  echo "get t6/base:1 g0 $rc $t1 $EPOCHREALTIME" >>/tmp/t6/log
+  echo "get t6/base:1 g0 $rc $t1 $EPOCHREALTIME $k" >>/tmp/t6/log
 done
 touch /tmp/t6/done' >/dev/null 2>&1 &"#
         )
@@ -655,7 +655,7 @@ touch /tmp/t6/done' >/dev/null 2>&1 &"#
             let f: Vec<&str> = l.split_whitespace().collect();
             let (kind, name, file, rc) = (f[0], f[1], f[2], f[3]);
             let secs = us(f[5]).saturating_sub(us(f[4])) as f64 / 1e6;
-            let k = name.rsplit('-').next().unwrap().trim_end_matches(":1");
+            let k = f[6];
             let err = if rc != "0" {
                 n.sh(&format!("cat /tmp/t6/err.{kind}.{k}")).stdout
             } else {
@@ -729,8 +729,20 @@ touch /tmp/t6/done' >/dev/null 2>&1 &"#
         let v = n1.sh(&format!(
             "sregistry --cache {c} verify; sregistry --cache {c} list | grep -c t6/"
         ));
+        let kernel: String = cl
+            .nodes()
+            .map(|n| {
+                let o = n.sh("dmesg | grep -i -E 'nfs|lock|grace|recover|reclaim' | tail -n 15; ls -la /export/.v4recovery 2>/dev/null");
+                format!("--- {}:\n{}", n.name, o.stdout)
+            })
+            .collect();
+        let logs: String = cl
+            .clients
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.name, n.sh("cat /tmp/t6/log").stdout))
+            .collect();
         panic!(
-            "adds reported done are gone after the reboot:\n{lost}\nverify and names left:\n{}{}",
+            "adds reported done are gone after the reboot:\n{lost}\nverify and names left:\n{}{}\nkernel messages:\n{kernel}\nloop logs (kind name file exit start end round):\n{logs}",
             v.stdout, v.stderr
         );
     }
