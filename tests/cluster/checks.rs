@@ -710,6 +710,30 @@ touch /tmp/t6/done' >/dev/null 2>&1 &"#
         longest >= 3.0,
         "no command was in flight across the outage (longest {longest:.1} s)"
     );
+    // The index lock still holds across nodes after the reboot: node1 holds it, and each
+    // other node's get waits and gives up after its bound.
+    n1.sh(&format!(
+        "rm -f /tmp/t6.resume; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
+         SREGISTRY_TEST_RESUME=/tmp/t6.resume setsid sregistry-hooks --cache {c} \
+         add /host/data/g7 --name t6/held:1 >/tmp/t6.hout 2>/tmp/t6.herr &"
+    ))
+    .ok();
+    wait_for(n1, "/tmp/t6.herr", "paused at", Duration::from_secs(60));
+    let probes = par(&[&cl.clients[1], &cl.clients[2]].map(|n| {
+        (
+            n,
+            format!("SREGISTRY_LOCK_TIMEOUT=3 sregistry --cache {c} get t6/base:1"),
+        )
+    }));
+    n1.sh("touch /tmp/t6.resume; while pidof sregistry-hooks >/dev/null; do sleep 0.1; done")
+        .ok();
+    for (n, o) in [&cl.clients[1], &cl.clients[2]].iter().zip(&probes) {
+        assert_eq!(
+            o.code, 1,
+            "{}: after the server's reboot, node1's exclusive index lock did not hold this node off: {o:?}",
+            n.name
+        );
+    }
     // Every add reported done is there, with its content.
     let script: String = lines
         .iter()
