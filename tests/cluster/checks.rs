@@ -93,6 +93,24 @@ fn wait_for(node: &Node, file: &str, text: &str, timeout: Duration) {
     panic!("{}: `{text}` never appeared in {file}: {seen}", node.name);
 }
 
+/// Start an add on `node` that stops holding the exclusive index lock (the test build's
+/// pause point before its commit) until `/tmp/TAG.resume` exists there; its output goes to
+/// `/tmp/TAG.out` and `/tmp/TAG.err`. Returns once it holds the lock.
+fn hold_index_lock(node: &Node, c: &str, tag: &str, file: &str) {
+    node.sh(&format!(
+        "rm -f /tmp/{tag}.resume; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
+         SREGISTRY_TEST_RESUME=/tmp/{tag}.resume setsid sregistry-hooks --cache {c} \
+         add /host/data/{file} --name {tag}/held:1 >/tmp/{tag}.out 2>/tmp/{tag}.err &"
+    ))
+    .ok();
+    wait_for(
+        node,
+        &format!("/tmp/{tag}.err"),
+        "paused at",
+        Duration::from_secs(60),
+    );
+}
+
 /// Test 1: `doctor` on every node passes its lock check and names the filesystem NFS,
 /// while the nodes work; and the locks really are coherent across nodes: while a process
 /// on node1 holds the exclusive index lock (paused inside an add), a `get` on each other
@@ -146,13 +164,7 @@ pub fn doctor_locks_coherent(cl: &Cluster) {
     }
 
     // Across nodes: node1 holds the exclusive index lock, paused before its commit.
-    n1.sh(&format!(
-        "rm -f /tmp/t1.resume; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
-         SREGISTRY_TEST_RESUME=/tmp/t1.resume setsid sregistry-hooks --cache {c} \
-         add /host/data/g5 --name t1/held:1 >/tmp/t1.out 2>/tmp/t1.err &"
-    ))
-    .ok();
-    wait_for(n1, "/tmp/t1.err", "paused at", Duration::from_secs(30));
+    hold_index_lock(n1, &c, "t1", "g5");
     // A get on node2 and node3 cannot have the index meanwhile: it waits, says so, and
     // gives up after the bound with a message naming the lock file.
     let outs = par(&[n2, n3].map(|n| {
@@ -712,13 +724,7 @@ touch /tmp/t6/done' >/dev/null 2>&1 &"#
     );
     // The index lock still holds across nodes after the reboot: node1 holds it, and each
     // other node's get waits and gives up after its bound.
-    n1.sh(&format!(
-        "rm -f /tmp/t6.resume; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
-         SREGISTRY_TEST_RESUME=/tmp/t6.resume setsid sregistry-hooks --cache {c} \
-         add /host/data/g7 --name t6/held:1 >/tmp/t6.hout 2>/tmp/t6.herr &"
-    ))
-    .ok();
-    wait_for(n1, "/tmp/t6.herr", "paused at", Duration::from_secs(60));
+    hold_index_lock(n1, &c, "t6", "g7");
     let probes = par(&[&cl.clients[1], &cl.clients[2]].map(|n| {
         (
             n,
