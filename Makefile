@@ -1,7 +1,7 @@
 # sregistry: the usual entry points. `make demo` and `make test` work on a fresh machine.
 CARGO ?= cargo
 
-.PHONY: build test lint bench fuzz demo deps deps-demo clean soak
+.PHONY: build test test-cluster cluster-ci-tests lint bench fuzz demo deps deps-demo clean soak
 
 # Test tools that scripts/install-deps.sh installs into the build directory (s3s-fs, and
 # a Python venv with oras, pyjwt, cryptography) come first on PATH for the tests.
@@ -21,6 +21,22 @@ deps-demo:
 test: deps
 	@PATH="$(TEST_PATH)" $(CARGO) nextest run --no-fail-fast
 
+# The cluster tests (tests/cluster/README.md): an NFSv4.2 server and three client nodes,
+# qemu guests with Debian's kernel, sharing one cache. Needs root and apt (prepare.sh
+# installs qemu, busybox and cpio and fetches the kernel into target/cluster/). The nodes
+# run the release build; the pause-point test build runs where a test needs it.
+# CLUSTER_TESTS=name... runs only those.
+# The cluster tests CI runs: all but `server_reboots_under_load` (see .ci/run).
+CLUSTER_CI_TESTS = doctor_locks_coherent concurrent_adds_and_gets gc_against_running_jobs pull_once_across_nodes node_dies_holding_the_lock figures
+
+cluster-ci-tests:
+	@echo $(CLUSTER_CI_TESTS)
+
+test-cluster:
+	bash tests/cluster/prepare.sh >/dev/null
+	$(CARGO) build --release
+	SREGISTRY_CLUSTER_BIN="$$(bash scripts/release-dir.sh)/sregistry" $(CARGO) test --test cluster -- $(CLUSTER_TESTS)
+
 # The crash loop at length: kill add and gc at random moments 5,000 times.
 soak: deps
 	PATH="$(TEST_PATH)" SREGISTRY_CRASH_ITERATIONS=5000 $(CARGO) test --test it crash_loop -- --nocapture
@@ -28,6 +44,7 @@ soak: deps
 lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --all-targets -- -D warnings
+	$(CARGO) clippy --test cluster -- -D warnings
 	$(CARGO) clippy --lib --bins -- -D warnings
 	$(CARGO) clippy --lib --no-default-features -- -D warnings
 	$(CARGO) clippy --example embed --no-default-features -- -D warnings

@@ -39,6 +39,13 @@ pub const BLOB_MODE: u32 = 0o444;
 pub const INGEST_PREFIX: &str = "ingest-";
 /// Prefix of blobs waiting to be unlinked in `tmp/`.
 pub const DELETE_PREFIX: &str = "delete-";
+
+/// What the Linux NFS client renames a file to when it is unlinked while open on the same
+/// node ("silly rename"): the data lives on until the last close there, when the client
+/// removes it. Such a file is in use, not a leftover: scans skip it, so neither gc deletes
+/// it nor verify reports it. (Deleting it takes the file from under the reader wherever
+/// the server does not keep it for an open; Linux's NFSv4 server does keep it.)
+pub const NFS_SILLY_PREFIX: &str = ".nfs";
 /// Size of the copy buffer.
 const COPY_BUF: usize = 4 << 20;
 
@@ -508,7 +515,7 @@ pub struct TmpFile {
 }
 
 impl Store {
-    /// Every file under `blobs/` (no lock needed: the listing is a snapshot, and callers
+    /// Every file under `blobs/` but NFS's `.nfs*` files (no lock needed: the listing is a snapshot, and callers
     /// re-check against the index under the lock).
     pub fn scan(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
@@ -529,6 +536,9 @@ impl Store {
             for f in fs::read_dir(fan.path())? {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().into_owned();
+                if name.starts_with(NFS_SILLY_PREFIX) {
+                    continue;
+                }
                 let digest = Digest::from_hex(&name).filter(|_| name.starts_with(&fan_name));
                 let size = f.metadata().map(|m| m.len()).unwrap_or(0);
                 out.push(Found {
@@ -541,7 +551,6 @@ impl Store {
         Ok(out)
     }
 
-    /// Every entry of `tmp/`.
     /// Remove the `tmp/` files whose writer ran on this machine and has died (a pull or
     /// an add killed mid-way); returns how many. Files of other machines, and of live
     /// processes, are left to gc's grace period. A reused pid keeps a file, never the
@@ -561,6 +570,7 @@ impl Store {
         n
     }
 
+    /// Every entry of `tmp/` but NFS's `.nfs*` files of open unlinked images.
     pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
         let Some(rd) = read_dir_if_present(&self.tmp)? else {
@@ -568,6 +578,12 @@ impl Store {
         };
         for e in rd {
             let e = e?;
+            if e.file_name()
+                .to_string_lossy()
+                .starts_with(NFS_SILLY_PREFIX)
+            {
+                continue;
+            }
             let Ok(meta) = e.metadata() else { continue };
             let mtime = {
                 use std::os::unix::fs::MetadataExt;
@@ -917,6 +933,24 @@ mod tests {
         drop(s.stage_link(&src).unwrap());
         assert_eq!(fs::read(&src).unwrap(), b"kept");
         assert_eq!(tmp_entries(&s), 0);
+    }
+
+    /// An image unlinked while open on an NFS client lives on as `.nfs*` (in `tmp/`, where
+    /// gc unlinks its victims, or beside a blob). Listed, gc would delete it once past the
+    /// tmp grace and verify would report it: the cluster tests saw gc delete one.
+    #[test]
+    fn nfs_silly_renamed_files_are_not_listed() {
+        let (_d, s) = store();
+        fs::write(s.tmp_dir().join(".nfs000000000002001000000001"), b"open").unwrap();
+        fs::write(s.tmp_dir().join("leftover"), b"x").unwrap();
+        let fan = s.blobs_dir().join("ab");
+        fs::create_dir_all(&fan).unwrap();
+        fs::write(fan.join(".nfs000000000002001000000002"), b"open").unwrap();
+        fs::write(fan.join("stray"), b"x").unwrap();
+        let tmp: Vec<_> = s.scan_tmp().unwrap().into_iter().map(|t| t.path).collect();
+        assert_eq!(tmp, vec![s.tmp_dir().join("leftover")]);
+        let blobs: Vec<_> = s.scan().unwrap().into_iter().map(|f| f.path).collect();
+        assert_eq!(blobs, vec![fan.join("stray")]);
     }
 
     #[test]

@@ -222,7 +222,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
                     .any(|x| x == o || x.starts_with(&format!("{o}=")))
             };
             let status = match fs.name {
-                "nfs" if has("nolock") || has("local_lock") => Fail,
+                "nfs" if nfs_locks_node_local(&opts, lock_kind) => Fail,
                 "lustre" if has("localflock") => Warn,
                 "lustre" if !has("flock") => Fail,
                 _ => Pass,
@@ -332,6 +332,18 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
 }
 
 /// The index's health: readable by this build, changeable by it, every page intact.
+/// Whether NFS mount options make this lock kind node-local: `nolock`, `local_lock=all`,
+/// or `local_lock=posix` (for fcntl locks) / `local_lock=flock` (for flock). Linux lists
+/// `local_lock=none`, the default, on every NFS mount: locks then go to the server.
+fn nfs_locks_node_local(opts: &str, kind: lock::Kind) -> bool {
+    let local = match kind {
+        lock::Kind::Ofd => "posix",
+        lock::Kind::Flock => "flock",
+    };
+    opts.split(',')
+        .any(|o| o == "nolock" || o == "local_lock=all" || o == format!("local_lock={local}"))
+}
+
 fn index_check(cache: &Cache, read_only: bool) -> Check {
     use Status::*;
     let index = cache.index_path().display().to_string();
@@ -420,5 +432,31 @@ fn journal_check(cache: &Cache) -> Check {
         ),
         Err(e) if e.needs_repair() => check("journal", Fail, e.to_string()),
         Err(e) => check("journal", Warn, e.to_string()),
+    }
+}
+
+#[cfg(test)]
+mod nfs_option_tests {
+    use super::*;
+
+    /// Linux shows `local_lock=none` on every NFS mount: doctor must not fail the
+    /// default mount (the cluster tests found it did), only the options that keep locks
+    /// on the node.
+    #[test]
+    fn only_node_local_nfs_lock_options_fail() {
+        let default = "rw,relatime,vers=4.2,hard,proto=tcp,sec=sys,local_lock=none,addr=10.0.1.1";
+        assert!(!nfs_locks_node_local(default, lock::Kind::Ofd));
+        assert!(!nfs_locks_node_local(default, lock::Kind::Flock));
+        assert!(nfs_locks_node_local("rw,vers=3,nolock", lock::Kind::Ofd));
+        assert!(nfs_locks_node_local("rw,local_lock=all", lock::Kind::Ofd));
+        assert!(nfs_locks_node_local("rw,local_lock=posix", lock::Kind::Ofd));
+        assert!(!nfs_locks_node_local(
+            "rw,local_lock=flock",
+            lock::Kind::Ofd
+        ));
+        assert!(nfs_locks_node_local(
+            "rw,local_lock=flock",
+            lock::Kind::Flock
+        ));
     }
 }

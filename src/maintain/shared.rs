@@ -438,7 +438,7 @@ pub fn classify(magic: u64) -> FsInfo {
         0x6969 => (
             "nfs",
             true,
-            "NFS: fcntl (OFD) locks go through the NFS lock service and hold across nodes (NFSv4 has it built in; NFSv3 needs lockd/statd on every node). Do not mount with `nolock` or `local_lock=`.",
+            "NFS: fcntl (OFD) locks go through the NFS lock service and hold across nodes (NFSv4 has it built in; NFSv3 needs lockd/statd on every node). Do not mount with `nolock`, `local_lock=all` or `local_lock=posix`.",
         ),
         0x0BD0_0BD0 => (
             "lustre",

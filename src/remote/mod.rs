@@ -74,6 +74,12 @@ pub enum RemoteError {
         detail: String,
         attempts: u32,
     },
+    /// The HTTP client could not be made, before any request: on Linux, usually no CA
+    /// certificates on the machine (rustls reads the system's roots).
+    #[error(
+        "cannot set up the HTTP client: {detail} (TLS needs the system's CA certificates: install the `ca-certificates` package, or point SSL_CERT_FILE at a bundle)"
+    )]
+    ClientSetup { detail: String },
     #[error("`{url}` answered {status}{detail}")]
     Status {
         url: String,

@@ -106,13 +106,10 @@ pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
             .connect_timeout(CONNECT.min(idle))
             .read_timeout(idle)
             .build()
-            .map_err(|e| e.to_string())
+            .map_err(|e| super::transport::error_chain(&e))
     });
-    made.clone().map_err(|detail| RemoteError::Network {
-        url: "(client)".into(),
-        detail,
-        attempts: 0,
-    })
+    made.clone()
+        .map_err(|detail| RemoteError::ClientSetup { detail })
 }
 
 /// A redirect chain longer than 10 hops.

@@ -1,0 +1,881 @@
+//! The cluster tests of issue 14, each on its own cache directory on the NFS export, with
+//! nodes working at the same time. `node1..3` are the clients; the server only serves NFS
+//! (and HTTP for the remote test).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::harness::{Cluster, Node, Out};
+
+/// Distinct input files: 64 KiB `d{node}-{proc}` for the concurrency test; `same` (256 KiB)
+/// added under many names; 1 MiB `g{k}` for gc; `remote.sif` (4 MiB) for the HTTP remote.
+pub fn make_data(host: &Path) {
+    let dir = host.join("data");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut seed = 0x5eed_u64;
+    let mut write = |name: &str, len: usize| {
+        seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut x = seed;
+        let mut buf = Vec::with_capacity(len);
+        while buf.len() < len {
+            // splitmix64
+            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = x;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            buf.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+        }
+        buf.truncate(len);
+        std::fs::write(dir.join(name), buf).unwrap();
+    };
+    for i in 1..=3 {
+        for p in 1..=8 {
+            write(&format!("d{i}-{p}"), 64 << 10);
+        }
+    }
+    write("same", 256 << 10);
+    for k in 0..12 {
+        write(&format!("g{k}"), 1 << 20);
+    }
+    write("remote.sif", 4 << 20);
+}
+
+/// Run one script on each of several nodes at the same time; outputs in the same order.
+pub fn par(jobs: &[(&Node, String)]) -> Vec<Out> {
+    std::thread::scope(|s| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|(n, script)| s.spawn(move || n.sh_timeout(script, Duration::from_secs(240))))
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Each test's cache, on the export as the clients mount it.
+fn cache(test: &str) -> String {
+    format!("/mnt/nfs/{test}")
+}
+
+/// A new cache for `test`, made on node1, holding `/host/data/g0` as `TEST/base:1`.
+fn cache_with_base(cl: &Cluster, test: &str) -> String {
+    let c = cache(test);
+    cl.clients[0]
+        .sh(&format!(
+            "sregistry --cache {c} init && sregistry --cache {c} add /host/data/g0 --name {test}/base:1"
+        ))
+        .ok();
+    c
+}
+
+/// `verify` of the whole cache from one node: exit 0 and no problem.
+#[track_caller]
+fn verify_clean(node: &Node, c: &str) {
+    let v = node.sh(&format!("sregistry --cache {c} verify"));
+    assert_eq!(
+        v.code, 0,
+        "verify on {} found problems:\n{}{}",
+        node.name, v.stdout, v.stderr
+    );
+}
+
+/// Wait on `node` until `file` contains `text` (a paused process says "paused at ...").
+#[track_caller]
+fn wait_for(node: &Node, file: &str, text: &str, timeout: Duration) {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if node.sh(&format!("grep -q '{text}' {file}")).code == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let seen = node.sh(&format!("cat {file}")).stdout;
+    panic!("{}: `{text}` never appeared in {file}: {seen}", node.name);
+}
+
+/// Start an add on `node` that stops holding the exclusive index lock (the test build's
+/// pause point before its commit) until `/tmp/TAG.resume` exists there; its output goes to
+/// `/tmp/TAG.out` and `/tmp/TAG.err`. Returns once it holds the lock.
+fn hold_index_lock(node: &Node, c: &str, tag: &str, file: &str) {
+    node.sh(&format!(
+        "rm -f /tmp/{tag}.resume; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
+         SREGISTRY_TEST_RESUME=/tmp/{tag}.resume setsid sregistry-hooks --cache {c} \
+         add /host/data/{file} --name {tag}/held:1 >/tmp/{tag}.out 2>/tmp/{tag}.err &"
+    ))
+    .ok();
+    wait_for(
+        node,
+        &format!("/tmp/{tag}.err"),
+        "paused at",
+        Duration::from_secs(60),
+    );
+}
+
+/// Test 1: `doctor` on every node passes its lock check and names the filesystem NFS,
+/// while the nodes work; and the locks really are coherent across nodes: while a process
+/// on node1 holds the exclusive index lock (paused inside an add), a `get` on each other
+/// node waits for it (and says so), and goes on once node1 lets go.
+pub fn doctor_locks_coherent(cl: &Cluster) {
+    let c = cache_with_base(cl, "t1");
+    let [n1, n2, n3] = [&cl.clients[0], &cl.clients[1], &cl.clients[2]];
+
+    // doctor on all three nodes at once, while each also adds.
+    let outs = par(&cl
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            (
+                n,
+                format!(
+                    "sregistry --cache {c} add /host/data/g{} --name t1/n{i}:1 >/dev/null &\n\
+                     sregistry --cache {c} doctor; rc=$?; wait; exit $rc",
+                    i + 1
+                ),
+            )
+        })
+        .collect::<Vec<_>>());
+    for (n, o) in cl.clients.iter().zip(&outs) {
+        assert_eq!(
+            o.code, 0,
+            "doctor on {} failed:\n{}{}",
+            n.name, o.stdout, o.stderr
+        );
+        let line = |check: &str| {
+            o.stdout
+                .lines()
+                .find(|l| l.split_whitespace().nth(1) == Some(check))
+                .unwrap_or_else(|| panic!("doctor on {} has no {check} line: {}", n.name, o.stdout))
+                .to_string()
+        };
+        assert!(
+            line("locks").starts_with("ok"),
+            "{}: {}",
+            n.name,
+            line("locks")
+        );
+        let fs = line("filesystem");
+        assert!(
+            fs.starts_with("ok") && fs.contains("nfs (cluster)"),
+            "{}: doctor does not see NFS: {fs}",
+            n.name
+        );
+        assert!(fs.contains("vers=4.2"), "{}: not NFSv4.2: {fs}", n.name);
+    }
+
+    // Across nodes: node1 holds the exclusive index lock, paused before its commit.
+    hold_index_lock(n1, &c, "t1", "g5");
+    // A get on node2 and node3 cannot have the index meanwhile: it waits, says so, and
+    // gives up after the bound with a message naming the lock file.
+    let outs = par(&[n2, n3].map(|n| {
+        (
+            n,
+            format!("SREGISTRY_LOCK_TIMEOUT=4 sregistry --cache {c} get t1/base:1"),
+        )
+    }));
+    for (n, o) in [n2, n3].iter().zip(&outs) {
+        assert_eq!(
+            o.code, 1,
+            "{}: get did not wait for node1's lock: {o:?}",
+            n.name
+        );
+        assert!(
+            o.stderr.contains("waiting for lock on") && o.stderr.contains("index.lock"),
+            "{}: no word of the wait: {}",
+            n.name,
+            o.stderr
+        );
+    }
+    // The same get, started now with the default bound, goes on once node1 lets go.
+    let waiting: Vec<_> = [n2, n3]
+        .iter()
+        .map(|n| {
+            n.sh(&format!(
+                "sregistry --cache {c} get t1/held:1 >/tmp/t1.get 2>/tmp/t1.geterr & echo $! >/tmp/t1.pid"
+            ))
+            .ok();
+            *n
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(2));
+    n1.sh("touch /tmp/t1.resume").ok();
+    n1.sh(
+        "while kill -0 $(pidof sregistry-hooks) 2>/dev/null; do sleep 0.1; done; cat /tmp/t1.err",
+    )
+    .ok();
+    let added = n1.sh("cat /tmp/t1.out").stdout;
+    assert!(
+        added.contains("/blobs/blake3/"),
+        "node1's add did not finish: {added}"
+    );
+    for n in waiting {
+        let o = n
+            .sh("wait_pid=$(cat /tmp/t1.pid); while kill -0 $wait_pid 2>/dev/null; do sleep 0.1; done; cat /tmp/t1.get; cat /tmp/t1.geterr >&2")
+            .ok();
+        assert_eq!(
+            o.stdout.trim(),
+            added.trim(),
+            "{}: the waiting get did not find node1's add: {o:?}",
+            n.name
+        );
+    }
+    verify_clean(n3, &c);
+}
+
+/// Test 2: 3 nodes x 8 processes add distinct and identical files at once and get each
+/// other's names. Every add succeeds, every get ends with the right content, every name
+/// is in the index, the identical content is stored once, `tmp/` is empty, verify clean.
+pub fn concurrent_adds_and_gets(cl: &Cluster) {
+    let c = cache("t2");
+    cl.clients[0]
+        .sh(&format!("sregistry --cache {c} init"))
+        .ok();
+    // Each process: add its own file and the shared one, then get its peers' files on the
+    // other nodes (exit 3 while a peer has not added yet; anything else is a failure) and
+    // compare the content with the original.
+    let script = |i: usize| {
+        format!(
+            r#"
+C={c}; mkdir -p /tmp/t2; rm -f /tmp/t2/*
+work() {{
+  p=$1
+  sregistry --cache $C add /host/data/d{i}-$p --name node{i}/img$p:v1 >/dev/null 2>>/tmp/t2/err.$p || echo "add img$p: $?" >>/tmp/t2/fail
+  sregistry --cache $C add /host/data/same --name node{i}/same$p:v1 >/tmp/t2/same.$p 2>>/tmp/t2/err.$p || echo "add same$p: $?" >>/tmp/t2/fail
+  for j in 1 2 3; do
+    for q in $p $((p % 8 + 1)); do
+      n=0
+      while :; do
+        path=$(sregistry --cache $C get node$j/img$q:v1 2>>/tmp/t2/err.$p); rc=$?
+        [ $rc = 0 ] && break
+        [ $rc = 3 ] || {{ echo "get node$j/img$q: exit $rc" >>/tmp/t2/fail; break; }}
+        n=$((n + 1)); [ $n -lt 600 ] || {{ echo "get node$j/img$q: never there" >>/tmp/t2/fail; break; }}
+        sleep 0.1
+      done
+      [ $rc = 0 ] && {{ cmp -s "$path" /host/data/d$j-$q || echo "get node$j/img$q: content differs ($path)" >>/tmp/t2/fail; }}
+    done
+  done
+}}
+for p in 1 2 3 4 5 6 7 8; do work $p & done
+wait
+cat /tmp/t2/same.* | sort -u
+if [ -s /tmp/t2/fail ]; then cat /tmp/t2/fail >&2; cat /tmp/t2/err.* >&2; exit 1; fi
+"#
+        )
+    };
+    let outs = par(&cl
+        .clients
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n, script(i + 1)))
+        .collect::<Vec<_>>());
+    let mut same_paths = BTreeSet::new();
+    for (n, o) in cl.clients.iter().zip(&outs) {
+        assert_eq!(o.code, 0, "{}: failures:\n{}", n.name, o.stderr);
+        same_paths.extend(o.stdout.lines().map(str::to_string));
+    }
+    assert_eq!(
+        same_paths.len(),
+        1,
+        "identical content got more than one path: {same_paths:?}"
+    );
+    let n3 = &cl.clients[2];
+    let list = n3.sh(&format!("sregistry --cache {c} list")).ok().stdout;
+    for i in 1..=3 {
+        for p in 1..=8 {
+            for name in [format!("node{i}/img{p}:v1"), format!("node{i}/same{p}:v1")] {
+                assert!(list.contains(&name), "{name} is not in the index:\n{list}");
+            }
+        }
+    }
+    let files = n3
+        .sh(&format!(
+            "find {c}/v1/blobs -type f | wc -l; ls -A {c}/v1/tmp | wc -l"
+        ))
+        .ok()
+        .stdout;
+    let counts: Vec<usize> = files.lines().map(|l| l.trim().parse().unwrap()).collect();
+    assert_eq!(
+        counts[0], 25,
+        "24 distinct files and one shared, stored once each"
+    );
+    assert_eq!(counts[1], 0, "tmp/ is not empty after every add finished");
+    verify_clean(n3, &c);
+}
+
+/// Test 3: gc evicts on node1 while node2 and node3 loop `get` + full read of names they
+/// use. Names used within --min-idle survive, and no get or read fails or comes up short.
+/// A job on node1 keeps an evicted image open: NFS renames its unlinked file to `.nfs*`,
+/// which later gc runs (also from another node) must leave alone and verify must not report.
+pub fn gc_against_running_jobs(cl: &Cluster) {
+    let c = cache("t3");
+    let [n1, n2, n3] = [&cl.clients[0], &cl.clients[1], &cl.clients[2]];
+    // Cold names, added (and last used) two hours ago; hot names, used now.
+    n1.sh(&format!(
+        "set -e; sregistry --cache {c} init; old=$(( $(date +%s) - 7200 ))
+         for k in 4 5 6 7 8 9 10 11; do SREGISTRY_NOW=$old sregistry --cache {c} add /host/data/g$k --name t3/cold$k:1 >/dev/null; done
+         for k in 0 1 2 3; do sregistry --cache {c} add /host/data/g$k --name t3/hot$k:1 >/dev/null; done"
+    ))
+    .ok();
+    // A job on node1 holds a cold image open: it started two hours ago, when it asked
+    // for the image (its use is that old too).
+    n1.sh(&format!(
+        "p=$(SREGISTRY_NOW=$(( $(date +%s) - 7200 )) sregistry --cache {c} get t3/cold4:1); setsid sh -c \"exec 3<$p; sleep 1; touch /tmp/t3.opened; \
+         while [ ! -e /tmp/t3.release ]; do sleep 0.2; done; cat <&3 | wc -c >/tmp/t3.held\" >/dev/null 2>&1 &
+         while [ ! -e /tmp/t3.opened ]; do sleep 0.1; done"
+    ))
+    .ok();
+    let reader = |secs: u64| {
+        format!(
+            r#"
+C={c}; end=$(( $(date +%s) + {secs} )); n=0; bad=0
+while [ $(date +%s) -lt $end ]; do
+  for k in 0 1 2 3; do
+    path=$(sregistry --cache $C get t3/hot$k:1) || {{ echo "get hot$k failed: $?" >&2; bad=$((bad+1)); continue; }}
+    size=$(cat "$path" | wc -c) || {{ echo "read $path failed" >&2; bad=$((bad+1)); }}
+    [ "$size" = 1048576 ] || {{ echo "short read of $path: $size" >&2; bad=$((bad+1)); }}
+    cmp -s "$path" /host/data/g$k || {{ echo "content of $path differs" >&2; bad=$((bad+1)); }}
+    n=$((n+1))
+  done
+done
+echo $n; [ $bad = 0 ]
+"#
+        )
+    };
+    let gc = format!(
+        "sleep 3; sregistry --cache {c} gc --max-size 5M; rc=$?; sleep 2; sregistry --cache {c} gc --max-size 5M || rc=$?; exit $rc"
+    );
+    let outs = par(&[(n1, gc), (n2, reader(12)), (n3, reader(12))]);
+    assert_eq!(outs[0].code, 0, "gc failed: {:?}", outs[0]);
+    for (n, o) in [n2, n3].iter().zip(&outs[1..]) {
+        assert_eq!(
+            o.code, 0,
+            "{}: a get or read failed under gc:\n{}",
+            n.name, o.stderr
+        );
+        let rounds: u32 = o.stdout.trim().parse().unwrap();
+        assert!(rounds >= 8, "{}: only {rounds} get+read rounds", n.name);
+    }
+    let list = n2.sh(&format!("sregistry --cache {c} list")).ok().stdout;
+    for k in 0..4 {
+        assert!(
+            list.contains(&format!("t3/hot{k}:1")),
+            "gc removed a name in use:\n{list}"
+        );
+    }
+    let cold_left = (4..12)
+        .filter(|k| list.contains(&format!("t3/cold{k}:1")))
+        .count();
+    assert!(
+        cold_left <= 1,
+        "gc --max-size 5M did not evict idle names (left {cold_left}):\n{list}"
+    );
+
+    // The job's unlinked image lives on as tmp/.nfs* on the export.
+    let nfs = n1
+        .sh(&format!("ls -A {c}/v1/tmp | grep '^\\.nfs' || true"))
+        .stdout;
+    assert!(
+        !nfs.trim().is_empty(),
+        "no .nfs file for the image held open on node1 (tmp/: {})",
+        n1.sh(&format!("ls -la {c}/v1/tmp")).stdout
+    );
+    // Later gc runs, with the .nfs file past the tmp grace (the clock moved on a day),
+    // from node1 and from node2, and verify: the file stays, nothing calls it a problem.
+    let later = "SREGISTRY_NOW=$(( $(date +%s) + 86400 ))";
+    for n in [n1, n2] {
+        let o = n.sh(&format!("{later} sregistry --cache {c} gc --min-idle 1h"));
+        assert_eq!(o.code, 0, "{}: gc with a .nfs file in tmp/: {o:?}", n.name);
+    }
+    let v = n3.sh(&format!("{later} sregistry --cache {c} verify"));
+    let still = n1
+        .sh(&format!("ls -A {c}/v1/tmp | grep '^\\.nfs' || true"))
+        .stdout;
+    n1.sh("touch /tmp/t3.release; while [ ! -e /tmp/t3.held ]; do sleep 0.1; done; sleep 0.5")
+        .ok();
+    let held = n1.sh("cat /tmp/t3.held").stdout;
+    assert_eq!(
+        still.trim(),
+        nfs.trim(),
+        "gc deleted the .nfs file of an open image (the job then read {held:?} bytes)"
+    );
+    assert_eq!(held.trim(), "1048576", "the job's open image was cut short");
+    assert_eq!(v.code, 0, "verify counts the .nfs file as a problem: {v:?}");
+    // Once the job closes the image, the NFS client removes the .nfs file itself.
+    let gone = n1
+        .sh(&format!(
+            "sleep 1; ls -A {c}/v1/tmp | grep '^\\.nfs' || true"
+        ))
+        .stdout;
+    assert_eq!(gone.trim(), "", "the .nfs file outlived the job");
+    verify_clean(n2, &c);
+}
+
+/// Test 4: 3 nodes x 8 processes `get` the same uncached HTTP remote (busybox httpd on the
+/// server). It is downloaded once and every caller prints the same path.
+pub fn pull_once_across_nodes(cl: &Cluster) {
+    let c = cache("t4");
+    cl.server
+        .sh("cp /host/data/remote.sif /export/www/image.sif && cp /host/data/g0 /export/www/solo.sif")
+        .ok();
+    cl.clients[0]
+        .sh(&format!("sregistry --cache {c} init"))
+        .ok();
+    let requests = |file: &str| {
+        let log = cl.server.sh("cat /export/httpd.log").ok().stdout;
+        let n = log
+            .lines()
+            .filter(|l| l.ends_with(&format!("url:/{file}")))
+            .count();
+        (n, log)
+    };
+    // How many requests one download makes when nobody else asks (a HEAD and a GET).
+    cl.clients[0]
+        .sh(&format!(
+            "sregistry --cache {c} get --insecure http://10.0.0.1:8080/solo.sif"
+        ))
+        .ok();
+    let (one, _) = requests("solo.sif");
+    assert!(one >= 1, "the server logged no request for a download");
+    let url = "http://10.0.0.1:8080/image.sif";
+    let script = format!(
+        r#"mkdir -p /tmp/t4; rm -f /tmp/t4/*
+for p in 1 2 3 4 5 6 7 8; do
+  (sregistry --cache {c} get --insecure {url} >/tmp/t4/out.$p 2>/tmp/t4/err.$p; echo $? >/tmp/t4/rc.$p) &
+done
+wait
+for p in 1 2 3 4 5 6 7 8; do echo "$(cat /tmp/t4/rc.$p) $(cat /tmp/t4/out.$p)"; done
+cat /tmp/t4/err.* >&2"#
+    );
+    let outs = par(&cl
+        .clients
+        .iter()
+        .map(|n| (n, script.clone()))
+        .collect::<Vec<_>>());
+    let mut paths = BTreeMap::new();
+    for (n, o) in cl.clients.iter().zip(&outs) {
+        for l in o.stdout.lines() {
+            let (rc, path) = l.split_once(' ').unwrap_or((l, ""));
+            assert_eq!(rc, "0", "{}: a get failed:\n{}", n.name, o.stderr);
+            *paths.entry(path.to_string()).or_insert(0) += 1;
+        }
+    }
+    assert_eq!(paths.len(), 1, "callers printed different paths: {paths:?}");
+    assert_eq!(paths.values().sum::<i32>(), 24, "not every caller answered");
+    let (gets, log) = requests("image.sif");
+    assert_eq!(
+        gets, one,
+        "24 callers made {gets} requests, one download makes {one}: fetched more than once\n{log}"
+    );
+    verify_clean(&cl.clients[1], &c);
+}
+
+/// The kinds of problem `verify --json` reports, from `node`.
+fn verify_problems(node: &Node, c: &str) -> Vec<String> {
+    let v = node.sh(&format!("sregistry --cache {c} --json verify"));
+    let j: serde_json::Value = serde_json::from_str(&v.stdout)
+        .unwrap_or_else(|e| panic!("verify --json on {}: {e}: {v:?}", node.name));
+    j["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["kind"].as_str().unwrap_or("?").to_string())
+        .collect()
+}
+
+/// Test 5: a node dies (its qemu killed) while a process on it holds the exclusive index
+/// lock. The server keeps the lock until the dead client's NFSv4 lease expires; the other
+/// nodes wait, say so, and go on then, well within the lock wait's bound. Adds the dead
+/// node reported done are all there, its unfinished add is not, and the cache verifies
+/// clean once gc has taken the unfinished add's blob.
+pub fn node_dies_holding_the_lock(cl: &Cluster) {
+    let c = cache_with_base(cl, "t5");
+    let [n1, n2, n3] = [&cl.clients[0], &cl.clients[1], &cl.clients[2]];
+    n2.sh(&format!(
+        "for k in 1 2 3; do sregistry --cache {c} add /host/data/g$k --name t5/done$k:1 || exit 1; done"
+    ))
+    .ok();
+    n2.sh(&format!(
+        "SREGISTRY_TEST_PAUSE=add-index-uncommitted setsid sregistry-hooks --cache {c} \
+         add /host/data/g4 --name t5/doomed:1 >/tmp/t5.out 2>/tmp/t5.err &"
+    ))
+    .ok();
+    wait_for(n2, "/tmp/t5.err", "paused at", Duration::from_secs(30));
+    let held = n1.sh(&format!(
+        "SREGISTRY_LOCK_TIMEOUT=2 sregistry --cache {c} get t5/base:1"
+    ));
+    assert_eq!(
+        held.code, 1,
+        "node2's lock did not hold node1 off: {held:?}"
+    );
+
+    // Power cut on node2.
+    n2.kill();
+    let t0 = Instant::now();
+    let jobs = [
+        (n1, format!("sregistry --cache {c} get t5/base:1")),
+        (
+            n3,
+            format!("sregistry --cache {c} add /host/data/g5 --name t5/after:1"),
+        ),
+    ];
+    let timed: Vec<(Out, f64)> = std::thread::scope(|s| {
+        let hs: Vec<_> = jobs
+            .iter()
+            .map(|(n, script)| {
+                s.spawn(move || {
+                    let o = n.sh_timeout(script, Duration::from_secs(400));
+                    (o, t0.elapsed().as_secs_f64())
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let lease = cl.lease_secs as f64;
+    for ((n, _), (o, secs)) in jobs.iter().zip(&timed) {
+        eprintln!(
+            "cluster: {} went on {secs:.1} s after node2 died (lease {lease} s); it said: {}",
+            n.name,
+            o.stderr.trim()
+        );
+        assert_eq!(o.code, 0, "{}: failed after node2 died: {o:?}", n.name);
+        assert!(
+            o.stderr.contains("waiting for lock on") && o.stderr.contains("index.lock"),
+            "{}: waited without a word: {o:?}",
+            n.name
+        );
+        // The server let go when the lease ran out, not at the kill, and not much after
+        // (Linux checks for expired clients once per lease period). The dead client last
+        // renewed its lease at most 2/3 of a lease before it died.
+        assert!(
+            *secs >= lease / 3.0 - 1.0,
+            "{}: went on after {secs:.1} s, before node2's lease ({lease} s) could expire: \
+             the lock did not hold",
+            n.name
+        );
+        assert!(
+            *secs <= 3.0 * lease + 15.0,
+            "{}: still blocked {secs:.1} s after node2 died (lease {lease} s)",
+            n.name
+        );
+    }
+    // The lock wait's default bound must outlast what a default lease (90 s) costs: the
+    // wait above was about one lease, and Linux may take up to two.
+    let bound = sregistry::cache::lock::DEFAULT_TIMEOUT;
+    assert!(
+        bound >= Duration::from_secs(2 * 90 + 30),
+        "the default lock wait ({bound:?}) is shorter than two default NFSv4 leases"
+    );
+
+    let check = format!(
+        "set -e; for k in 1 2 3; do cmp $(sregistry --cache {c} get t5/done$k:1) /host/data/g$k; done
+         cmp $(sregistry --cache {c} get t5/after:1) /host/data/g5
+         sregistry --cache {c} get t5/doomed:1 && exit 9 || [ $? = 3 ]"
+    );
+    n1.sh(&check).ok();
+    // The unfinished add left its blob without a record (an orphan, as after any crash
+    // at that point); nothing else is wrong, and gc takes it.
+    let problems = verify_problems(n3, &c);
+    assert!(
+        problems.iter().all(|k| k == "orphan" || k == "stray-tmp") && problems.len() <= 1,
+        "verify after the crash: {problems:?}"
+    );
+    n3.sh(&format!("sregistry --cache {c} gc")).ok();
+    verify_clean(n1, &c);
+
+    // node2 boots again, mounts, and sees the same cache.
+    let t = Instant::now();
+    cl.reboot(n2, Duration::from_secs(120));
+    eprintln!("cluster: node2 back in {:.1} s", t.elapsed().as_secs_f64());
+    n2.sh(&check).ok();
+}
+
+/// Test 6: the server reboots (killed, booted again with its grace period on) while every
+/// client adds and gets in a loop. Each command either succeeds or fails with a one-line
+/// error; commands in flight wait out the outage; every add reported done is there with
+/// its content afterwards, and nothing is corrupt.
+pub fn server_reboots_under_load(cl: &Cluster) {
+    let c = cache_with_base(cl, "t6");
+    let n1 = &cl.clients[0];
+    let looper = |i: usize| {
+        format!(
+            r#"mkdir -p /tmp/t6; rm -f /tmp/t6/* /tmp/t6.stop
+setsid sh -c '
+k=0
+while [ ! -e /tmp/t6.stop ]; do
+  k=$((k+1)); f=d{i}-$(( k % 8 + 1 ))
+  t0=$EPOCHREALTIME
+  sregistry --cache {c} add /host/data/$f --name t6/n{i}-$k:1 >/dev/null 2>/tmp/t6/err.add.$k; rc=$?
+  t1=$EPOCHREALTIME
+  echo "add t6/n{i}-$k:1 $f $rc $t0 $t1 $k" >>/tmp/t6/log
+  p=$(sregistry --cache {c} get t6/base:1 2>/tmp/t6/err.get.$k); rc=$?
+  [ $rc = 0 ] && {{ cmp -s "$p" /host/data/g0 || rc=100; }}
+  echo "get t6/base:1 g0 $rc $t1 $EPOCHREALTIME $k" >>/tmp/t6/log
+done
+touch /tmp/t6/done' >/dev/null 2>&1 &"#
+        )
+    };
+    for (i, n) in cl.clients.iter().enumerate() {
+        n.sh(&looper(i + 1)).ok();
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    let before: usize = cl
+        .clients
+        .iter()
+        .map(|n| {
+            n.sh("wc -l </tmp/t6/log")
+                .stdout
+                .trim()
+                .parse::<usize>()
+                .unwrap_or(0)
+        })
+        .sum();
+    let t = Instant::now();
+    cl.reboot(&cl.server, Duration::from_secs(120));
+    let down = t.elapsed().as_secs_f64();
+    // Through the grace period, until every client has done two more rounds.
+    let count = |n: &Node| {
+        n.sh("wc -l </tmp/t6/log")
+            .stdout
+            .trim()
+            .parse::<usize>()
+            .unwrap_or(0)
+    };
+    let at_reboot: Vec<usize> = cl.clients.iter().map(count).collect();
+    let t = Instant::now();
+    for (n, start) in cl.clients.iter().zip(at_reboot) {
+        while count(n) < start + 4 {
+            assert!(
+                t.elapsed() < Duration::from_secs(180),
+                "{}: no work done in 180 s after the server came back",
+                n.name
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+    let mut lines = Vec::new();
+    for n in &cl.clients {
+        n.sh("touch /tmp/t6.stop").ok();
+    }
+    for n in &cl.clients {
+        n.sh_timeout(
+            "n=0; while [ ! -e /tmp/t6/done ] && [ $n -lt 1500 ]; do sleep 0.2; n=$((n+1)); done; [ -e /tmp/t6/done ]",
+            Duration::from_secs(330),
+        )
+        .ok();
+        let log = n.sh("cat /tmp/t6/log").ok().stdout;
+        for l in log.lines() {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let (kind, name, file, rc) = (f[0], f[1], f[2], f[3]);
+            let secs = us(f[5]).saturating_sub(us(f[4])) as f64 / 1e6;
+            let k = f[6];
+            let err = if rc != "0" {
+                n.sh(&format!("cat /tmp/t6/err.{kind}.{k}")).stdout
+            } else {
+                String::new()
+            };
+            lines.push((
+                n.name.clone(),
+                kind.to_string(),
+                name.to_string(),
+                file.to_string(),
+                rc.to_string(),
+                secs,
+                err,
+            ));
+        }
+    }
+    let total = lines.len();
+    let failed: Vec<_> = lines.iter().filter(|l| l.4 != "0").collect();
+    let longest = lines.iter().map(|l| l.5).fold(0.0, f64::max);
+    eprintln!(
+        "cluster: server down and back in {down:.1} s; {total} commands ({before} before the reboot), \
+         {} failed, the longest took {longest:.1} s",
+        failed.len()
+    );
+    for f in &failed {
+        eprintln!(
+            "cluster:   failed on {}: {} {} exit {}: {}",
+            f.0,
+            f.1,
+            f.2,
+            f.4,
+            f.6.trim()
+        );
+        assert!(
+            f.4 != "100",
+            "{}: get printed a path whose content is wrong",
+            f.0
+        );
+        let msg: Vec<&str> =
+            f.6.lines()
+                .filter(|l| !l.starts_with("waiting for lock"))
+                .collect();
+        assert!(
+            msg.len() == 1 && msg[0].starts_with("error: ") && !f.6.contains("panicked"),
+            "{}: {} failed without one clear error line: {:?}",
+            f.0,
+            f.2,
+            f.6
+        );
+    }
+    assert!(
+        longest >= 3.0,
+        "no command was in flight across the outage (longest {longest:.1} s)"
+    );
+    // The index lock still holds across nodes after the reboot: node1 holds it, and each
+    // other node's get waits and gives up after its bound.
+    hold_index_lock(n1, &c, "t6", "g7");
+    let probes = par(&[&cl.clients[1], &cl.clients[2]].map(|n| {
+        (
+            n,
+            format!("SREGISTRY_LOCK_TIMEOUT=3 sregistry --cache {c} get t6/base:1"),
+        )
+    }));
+    n1.sh("touch /tmp/t6.resume; while pidof sregistry-hooks >/dev/null; do sleep 0.1; done")
+        .ok();
+    for (n, o) in [&cl.clients[1], &cl.clients[2]].iter().zip(&probes) {
+        assert_eq!(
+            o.code, 1,
+            "{}: after the server's reboot, node1's exclusive index lock did not hold this node off: {o:?}",
+            n.name
+        );
+    }
+    // Every add reported done is there, with its content.
+    let script: String = lines
+        .iter()
+        .filter(|l| l.1 == "add" && l.4 == "0")
+        .map(|l| {
+            format!(
+                "p=$(sregistry --cache {c} get {n} 2>/tmp/t6.why); rc=$?\n\
+                 [ $rc = 0 ] && cmp -s \"$p\" /host/data/{f} || echo \"lost: {n} (from {f}): get exit $rc $(cat /tmp/t6.why) $p\"\n",
+                n = l.2,
+                f = l.3
+            )
+        })
+        .collect();
+    let lost = cl.clients[2].sh(&script).ok().stdout;
+    if !lost.trim().is_empty() {
+        // What the cache says, for the report.
+        let v = n1.sh(&format!(
+            "sregistry --cache {c} verify; sregistry --cache {c} list | grep -c t6/"
+        ));
+        let kernel: String = cl
+            .nodes()
+            .map(|n| {
+                let o = n.sh("dmesg | grep -i -E 'nfs|lock|grace|recover|reclaim' | tail -n 15; ls -la /export/.v4recovery 2>/dev/null");
+                format!("--- {}:\n{}", n.name, o.stdout)
+            })
+            .collect();
+        let logs: String = cl
+            .clients
+            .iter()
+            .map(|n| format!("--- {}:\n{}", n.name, n.sh("cat /tmp/t6/log").stdout))
+            .collect();
+        panic!(
+            "adds reported done are gone after the reboot:\n{lost}\nverify and names left:\n{}{}\nkernel messages:\n{kernel}\nloop logs (kind name file exit start end round):\n{logs}",
+            v.stdout, v.stderr
+        );
+    }
+    // Failed adds may leave what a killed add leaves (an orphan blob, a tmp file), which
+    // gc clears; nothing may be corrupt or missing.
+    let problems = verify_problems(n1, &c);
+    assert!(
+        problems.iter().all(|k| k == "orphan" || k == "stray-tmp"),
+        "verify after the reboot: {problems:?}"
+    );
+    n1.sh(&format!("sregistry --cache {c} gc")).ok();
+    verify_clean(&cl.clients[1], &c);
+}
+
+/// `SECONDS.MICROS` (busybox's `$EPOCHREALTIME`) in microseconds.
+fn us(t: &str) -> u64 {
+    let (s, f) = t.split_once('.').unwrap_or((t, "0"));
+    s.parse::<u64>().unwrap() * 1_000_000 + format!("{f:0<6}")[..6].parse::<u64>().unwrap()
+}
+
+/// Median and 99th percentile, in milliseconds.
+fn med_p99(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let p99 = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
+    (v[v.len() / 2], v[p99])
+}
+
+/// Time `count` runs of `cmd` on `node`, in milliseconds each.
+fn timed(node: &Node, cmd: &str, count: usize) -> Vec<f64> {
+    let o = node
+        .sh_timeout(
+            &format!(
+                "i=0; while [ $i -lt {count} ]; do i=$((i+1)); t0=$EPOCHREALTIME; {cmd} >/dev/null || exit 1; echo $t0 $EPOCHREALTIME; done"
+            ),
+            Duration::from_secs(300),
+        )
+        .ok();
+    o.stdout
+        .lines()
+        .map(|l| {
+            let (a, b) = l.split_once(' ').unwrap();
+            us(b).saturating_sub(us(a)) as f64 / 1000.0
+        })
+        .collect()
+}
+
+/// Test 7: figures, reported and not asserted (the nodes run under emulation): `get`
+/// median and p99 on each node alone and while another node adds in a loop; an add's time
+/// on the NFS cache against a cache on the node's local disk.
+pub fn figures(cl: &Cluster) {
+    let c = cache("t7");
+    let n1 = &cl.clients[0];
+    n1.sh(&format!(
+        "set -e; sregistry --cache {c} init; for k in 0 1 2 3 4 5 6 7; do sregistry --cache {c} add /host/data/g$k --name t7/img$k:1 >/dev/null; done"
+    ))
+    .ok();
+    let get = format!("sregistry --cache {c} get t7/img3:1");
+    let mut report = vec![format!(
+        "figures (kernel {}, NFSv4.2, qemu TCG, 1 vCPU and 256 MiB per node; ms):",
+        cl.kernel
+    )];
+    for (i, n) in cl.clients.iter().enumerate() {
+        let (m, p) = med_p99(timed(n, &get, 50));
+        let other = &cl.clients[(i + 1) % cl.clients.len()];
+        other
+            .sh(&format!(
+                "rm -f /tmp/t7.stop; setsid sh -c 'k=0; while [ ! -e /tmp/t7.stop ]; do k=$((k+1)); \
+                 sregistry --cache {c} add /host/data/d{}-$(( k % 8 + 1 )) --name t7/load{i}-$k:1 >/dev/null 2>&1; done' >/dev/null 2>&1 &",
+                i + 1
+            ))
+            .ok();
+        std::thread::sleep(Duration::from_secs(1));
+        let (ml, pl) = med_p99(timed(n, &get, 50));
+        other.sh("touch /tmp/t7.stop; sleep 1").ok();
+        report.push(format!(
+            "  get on {}: alone median {m:.1}, p99 {p:.1}; while {} adds in a loop median {ml:.1}, p99 {pl:.1}",
+            n.name, other.name
+        ));
+    }
+    n1.sh("mkdir -p /local/cache && sregistry --cache /local/cache init")
+        .ok();
+    let mut adds = Vec::new();
+    for (label, dir) in [("NFS", c.as_str()), ("local ext4 disk", "/local/cache")] {
+        let o = n1
+            .sh(&format!(
+                "k=0; while [ $k -lt 12 ]; do k=$((k+1)); t0=$EPOCHREALTIME; \
+                 sregistry --cache {dir} add /host/data/g$(( k % 12 )) --name t7/add$k:1 >/dev/null || exit 1; \
+                 echo $t0 $EPOCHREALTIME; done"
+            ))
+            .ok();
+        let v: Vec<f64> = o
+            .stdout
+            .lines()
+            .map(|l| {
+                let (a, b) = l.split_once(' ').unwrap();
+                us(b).saturating_sub(us(a)) as f64 / 1000.0
+            })
+            .collect();
+        let (m, p) = med_p99(v);
+        adds.push(format!("{label} median {m:.1}, max {p:.1}"));
+    }
+    report.push(format!("  add of 1 MiB on node1: {}", adds.join("; ")));
+    let text = report.join("\n");
+    eprintln!("cluster: {text}");
+    let _ = std::fs::write(cl.prepared.join("figures.txt"), text + "\n");
+}
