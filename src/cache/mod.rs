@@ -312,11 +312,6 @@ impl Repoint {
             Repoint::RefuseIfPinned
         }
     }
-
-    /// Whether the caller said `--force`.
-    pub fn is_force(self) -> bool {
-        self == Repoint::Force
-    }
 }
 
 /// Options of [`Cache::add`].

@@ -46,7 +46,7 @@ use super::oci::{
 };
 use super::sink::Sink;
 use super::transport::Transport;
-use super::{RemoteError, RemoteOptions, runtime};
+use super::{PullOutcome, RemoteError, RemoteOptions, runtime};
 use crate::cache::{Cache, Entry, Ingested, Part, Provenance};
 use crate::format::reference::Reference;
 
@@ -511,15 +511,15 @@ fn unchanged(cache: &Cache, name: &Reference, source: &str, manifest: &str) -> O
 }
 
 /// `pull docker://...` under the per-pull lock: resolve, download what the cache lacks,
-/// convert, commit. Returns the entry (unchanged when the name already holds this
-/// manifest's conversion).
+/// convert, commit. When the name already holds this manifest's conversion (with all its
+/// layers), nothing more is fetched and the outcome says so (unless `opts.refetch`).
 pub fn pull_locked(
     cache: &Cache,
     r: &DockerRef,
     source: &str,
     name: &Reference,
     opts: &RemoteOptions,
-) -> Result<Entry, RemoteError> {
+) -> Result<PullOutcome, RemoteError> {
     let platform = match &opts.platform {
         Some(p) => Platform::parse(p).map_err(|reason| super::bad_ref(p, reason))?,
         None => Platform::host(),
@@ -538,7 +538,7 @@ pub fn pull_locked(
         let creds = auth::credentials_for(&r.host)?;
         let mut s = Session::new(&transport, r.api_host(), creds);
         let resolved = resolve(&mut s, r, &plat).await?;
-        if !opts.repoint.is_force()
+        if !opts.refetch
             && let Some(e) = unchanged(cache, &n, &src, &resolved.digest)
         {
             return Ok(Err(e));
@@ -595,10 +595,18 @@ pub fn pull_locked(
     })?;
     let d = match step {
         Ok(d) => d,
-        Err(unchanged) => return Ok(unchanged),
+        Err(entry) => {
+            return Ok(PullOutcome {
+                entry,
+                downloaded: false,
+            });
+        }
     };
     crate::testhook::pause("docker-downloaded");
-    convert_and_commit(cache, d, source, name, &platform, opts)
+    Ok(PullOutcome {
+        entry: convert_and_commit(cache, d, source, name, &platform, opts)?,
+        downloaded: true,
+    })
 }
 
 /// Convert the downloaded image into a SIF in `tmp/` and commit it with its parts.

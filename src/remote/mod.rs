@@ -585,11 +585,7 @@ fn pull_locked(
 ) -> Result<PullOutcome, RemoteError> {
     if let RemoteRef::Docker(r) = remote {
         // A converted image keeps its layers; an unchanged tag costs only the manifest.
-        let entry = docker::pull_locked(cache, r, &remote.to_string(), name, opts)?;
-        return Ok(PullOutcome {
-            entry,
-            downloaded: true,
-        });
+        return docker::pull_locked(cache, r, &remote.to_string(), name, opts);
     }
     let known = if opts.refetch {
         None

@@ -171,9 +171,15 @@ fn a_pull_of_an_unchanged_tag_downloads_nothing_and_a_changed_one_repoints() {
             .count()
     };
     let before = blob_gets(&reg);
-    let again = stdout_of(env.cmd().args(["pull", "-q", &reference]));
-    assert_eq!(again, first);
+    let out = env.cmd().args(["pull", &reference]).output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), first);
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("unchanged"), "{said}");
     assert_eq!(blob_gets(&reg), before, "an unchanged pull fetched blobs");
+    // --force fetches and converts again.
+    stdout_of(env.cmd().args(["pull", "-q", "--force", &reference]));
+    assert!(blob_gets(&reg) > before, "--force fetched nothing");
     // The tag moves: the next pull converts the new image and re-points the name.
     layout.layer("app", "app2", |root| {
         fs::write(root.join("new"), "x").unwrap()
