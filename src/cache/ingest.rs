@@ -11,7 +11,7 @@
 //! [`Cache::commit_ingested`](super::Cache::commit_ingested) can name. Dropped before
 //! that (any error), the file is removed.
 //!
-//! A tool that writes a file itself, by path (the converter runs `sqfstar` into one),
+//! A tool that writes a file itself, by path (the converter runs `mksquashfs` into one),
 //! gets a [`Scratch`] file in `tmp/` from [`Cache::scratch`](super::Cache::scratch)
 //! instead; [`Scratch::seal`] hashes the finished file once (BLAKE3, memory-mapped,
 //! on every core), makes it read-only and durable, and hands back the same [`Ingested`].
