@@ -664,3 +664,81 @@ fn gc_keeps_layers_with_their_image_and_drops_them_first_under_max_size() {
             .arg(env.path("out")),
     );
 }
+
+/// The pid of a child of `parent` running `name`, if there is one now.
+fn child_named(parent: u32, name: &str) -> Option<u32> {
+    for e in fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = &stat[open + 1..close];
+        let ppid = stat[close + 1..].split_whitespace().nth(1);
+        if comm == name && ppid == Some(parent.to_string().as_str()) {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// The danger: a job killed while mksquashfs is writing the squashfs (the longest step)
+/// must leave no half-written SIF under a name, and the next job must convert afresh.
+#[test]
+fn a_pull_killed_during_the_conversion_leaves_nothing_and_the_next_converts_afresh() {
+    let env = Env::new();
+    let reg = Registry::anonymous();
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let mut l = Layout::new(&work);
+    l.layer("base", "bb", images::busybox_root);
+    // Enough incompressible data that mksquashfs runs for a while.
+    l.layer("bb", "big", |root| {
+        let mut next = xorshift(7);
+        let data: Vec<u8> = (0..48 << 20).map(|_| next() as u8).collect();
+        fs::write(root.join("big.bin"), data).unwrap();
+    });
+    let reference = docker(&reg, "lab/big:1");
+    l.push("big", &reference, &[]);
+    let mut child = env
+        .std_cmd()
+        .args(["get", &reference])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let squasher = loop {
+        if let Some(p) = child_named(child.id(), "mksquashfs") {
+            break p;
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "get ended before converting"
+        );
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no conversion started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // mksquashfs sees its input end and stops; give it a moment.
+    for _ in 0..500 {
+        if !std::path::Path::new(&format!("/proc/{squasher}")).exists() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(env.names().is_empty(), "a name appeared: {:?}", env.names());
+    let path = stdout_of(env.cmd().args(["get", &reference]));
+    assert!(std::path::Path::new(&path).is_file());
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+    env.assert_blobs_verify();
+}
