@@ -437,6 +437,7 @@ fn run_mksquashfs(
     if (root.uid, root.gid) == (0, 0) {
         userns::as_root_in_user_namespace(&mut cmd);
     }
+    userns::die_with_parent(&mut cmd);
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

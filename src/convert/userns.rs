@@ -1,5 +1,5 @@
-//! `mksquashfs -tar` as uid 0 in a user namespace of its own, for a caller that is not
-//! root.
+//! How `mksquashfs` is started: as uid 0 in a user namespace of its own for a caller that
+//! is not root, and bound to end with the converting process.
 //!
 //! Reading a tar, squashfs-tools takes every owner from the tar headers except the root
 //! directory's: that one is the uid and gid of the process (4.5.1 ignores `-root-uid` and
@@ -48,5 +48,23 @@ fn write_proc(path: &std::ffi::CStr, data: &[u8]) {
             libc::write(fd, data.as_ptr().cast(), data.len());
             libc::close(fd);
         }
+    }
+}
+
+/// Make `cmd` end when this process does: a command killed mid-conversion (a job's time
+/// limit, Ctrl-C) must not leave `mksquashfs` compressing on for nobody.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the closure runs between fork and exec and only calls prctl and getppid.
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            // The parent may have died before the prctl: then nobody waits for us.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the converting process has ended"));
+            }
+            Ok(())
+        });
     }
 }

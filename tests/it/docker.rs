@@ -688,7 +688,8 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
 }
 
 /// The danger: a job killed while mksquashfs is writing the squashfs (the longest step)
-/// must leave no half-written SIF under a name, and the next job must convert afresh.
+/// must leave no half-written SIF under a name, no mksquashfs running on, and the next
+/// job must convert afresh.
 #[test]
 fn a_pull_killed_during_the_conversion_leaves_nothing_and_the_next_converts_afresh() {
     let env = Env::new();
@@ -727,15 +728,24 @@ fn a_pull_killed_during_the_conversion_leaves_nothing_and_the_next_converts_afre
         );
         std::thread::sleep(std::time::Duration::from_millis(5));
     };
+    // Stopped, mksquashfs cannot end on its own when its input closes: only a signal
+    // bound to its parent's death ends it.
+    let signal = |sig: &str, pid: u32| {
+        let _ = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status();
+    };
+    signal("-STOP", squasher);
     child.kill().unwrap();
     child.wait().unwrap();
-    // mksquashfs sees its input end and stops; give it a moment.
-    for _ in 0..500 {
-        if !std::path::Path::new(&format!("/proc/{squasher}")).exists() {
-            break;
-        }
+    let gone = (0..100).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(10));
+        fs::read_to_string(format!("/proc/{squasher}/stat")).map_or(true, |s| s.contains(") Z "))
+    });
+    if !gone {
+        signal("-KILL", squasher);
     }
+    assert!(gone, "mksquashfs {squasher} outlived the killed get");
     assert!(env.names().is_empty(), "a name appeared: {:?}", env.names());
     let path = stdout_of(env.cmd().args(["get", &reference]));
     assert!(std::path::Path::new(&path).is_file());

@@ -56,7 +56,14 @@ fn assert_handed_out_survived(env: &Env, handed: &[(String, String)]) {
 /// really ran with effect). Three trials, as in the report.
 #[test]
 fn gc_keeps_what_racing_gets_were_just_handed() {
-    for trial in 0..3 {
+    // On a loaded machine a gc can start before every get and evict everything first:
+    // such a trial hands nothing out and tests nothing, so it does not count. Three
+    // trials must count, out of at most ten.
+    let mut counted = 0;
+    for trial in 0..10 {
+        if counted == 3 {
+            break;
+        }
         let env = cache_used_two_hours_ago(12);
         let mut children: Vec<(Option<String>, Child)> = Vec::new();
         for i in 0..32 {
@@ -81,7 +88,10 @@ fn gc_keeps_what_racing_gets_were_just_handed() {
         }
         // And one more gc after all of them, as the next cron run would be.
         stdout_of(env.cmd().args(["gc", "-q", "--max-size", "1"]));
-        assert!(!handed.is_empty(), "trial {trial}: no get succeeded");
+        if handed.is_empty() {
+            continue;
+        }
+        counted += 1;
         assert_handed_out_survived(&env, &handed);
         let names = env.names();
         for i in 6..12 {
@@ -91,6 +101,7 @@ fn gc_keeps_what_racing_gets_were_just_handed() {
             );
         }
     }
+    assert_eq!(counted, 3, "in 10 trials, fewer than 3 had a get succeed");
 }
 
 /// The interleaving that lost uses before, made certain with pauses: a `get` resolves a
