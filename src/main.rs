@@ -4,8 +4,8 @@ use std::process::ExitCode;
 
 mod cli;
 
-use cli::Cli;
 use cli::exit::{self, ExitStatus};
+use cli::{Cli, Command};
 
 fn main() -> ExitCode {
     // Past RLIMIT_FSIZE a write must fail with EFBIG (reported, cleaned up), not kill us.
@@ -13,7 +13,6 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
     }
-    clean_up_on_signals();
     let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         Err(e) => {
@@ -26,6 +25,11 @@ fn main() -> ExitCode {
             };
         }
     };
+    // Only commands that write into `tmp/` need the signal thread; `get NAME`, the hot
+    // path, starts none.
+    if writes_tmp(&cli.command) {
+        clean_up_on_signals();
+    }
     // A panic is a bug; still, the user gets one line and exit code 1, not a backtrace.
     // A panic inside redb on a damaged index is caught by the index module and reported
     // as damage with its fix, so it prints nothing here.
@@ -73,12 +77,22 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether `command` writes files into the cache's `tmp/` that a signal could leave behind.
+fn writes_tmp(command: &Command) -> bool {
+    match command {
+        Command::Add(_) | Command::Pull(_) | Command::Verify(_) => true,
+        Command::Get(a) => sregistry::remote::is_remote(&a.reference),
+        _ => false,
+    }
+}
+
 /// Ctrl-C, a batch system's time limit (SIGTERM) or a closed terminal (SIGHUP) must not
 /// leave a partial download or copy in the cache's `tmp/` (gc would only clear it after
 /// its grace period): these signals are blocked in every thread and taken by one that
 /// removes this process's unfinished files, then ends the process by the same signal, as
-/// if it had not been caught. Called first thing, before any thread exists, so every
-/// thread inherits the mask; child processes get an empty mask from `std::process`.
+/// if it had not been caught. Called right after the arguments are parsed, before any
+/// thread exists, so every thread inherits the mask; child processes get an empty mask
+/// from `std::process`.
 fn clean_up_on_signals() {
     // SAFETY: a zeroed sigset_t is valid storage; sigemptyset/sigaddset initialise it, and
     // pthread_sigmask only changes this thread's mask.
