@@ -126,22 +126,24 @@ impl DockerRef {
 
     /// The local name: `HOST/REPOSITORY:TAG` (`:sha256-<hex>` for a digest).
     pub fn local_name(&self) -> String {
-        let mut r = self.oci();
-        r.host = self.host.clone();
-        r.local_name()
+        self.as_named().local_name()
+    }
+}
+
+impl DockerRef {
+    /// The reference as an [`OciRef`] on the registry as named (`docker.io`, not its API
+    /// host): what the name and the display show.
+    fn as_named(&self) -> OciRef {
+        OciRef {
+            host: self.host.clone(),
+            ..self.oci()
+        }
     }
 }
 
 impl fmt::Display for DockerRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.host, self.repository)?;
-        if let Some(t) = &self.tag {
-            write!(f, ":{t}")?;
-        }
-        if let Some(d) = &self.digest {
-            write!(f, "@{d}")?;
-        }
-        Ok(())
+        self.as_named().fmt(f)
     }
 }
 
