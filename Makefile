@@ -1,7 +1,7 @@
 # sregistry: the usual entry points. `make demo` and `make test` work on a fresh machine.
 CARGO ?= cargo
 
-.PHONY: build test test-cluster cluster-ci-tests lint bench fuzz demo deps deps-demo clean soak
+.PHONY: build test test-cluster lint bench fuzz demo deps deps-demo clean soak
 
 # Test tools that scripts/install-deps.sh installs into the build directory (s3s-fs, and
 # a Python venv with oras, pyjwt, cryptography) come first on PATH for the tests.
@@ -26,12 +26,6 @@ test: deps
 # installs qemu, busybox and cpio and fetches the kernel into target/cluster/). The nodes
 # run the release build; the pause-point test build runs where a test needs it.
 # CLUSTER_TESTS=name... runs only those.
-# The cluster tests CI runs: all but `server_reboots_under_load` (see .ci/run).
-CLUSTER_CI_TESTS = doctor_locks_coherent concurrent_adds_and_gets gc_against_running_jobs pull_once_across_nodes node_dies_holding_the_lock figures
-
-cluster-ci-tests:
-	@echo $(CLUSTER_CI_TESTS)
-
 test-cluster:
 	bash tests/cluster/prepare.sh >/dev/null
 	$(CARGO) build --release

@@ -8,9 +8,13 @@
 //!
 //! * **read**: the lock shared, the database opened read-only ([`redb::ReadOnlyDatabase`]);
 //!   any number of processes on any number of nodes at once.
-//! * **write**: the lock exclusive, the database opened read-write, one write transaction,
-//!   its changes appended to the journal, committed durably, the database closed, then the
-//!   lock released.
+//! * **write**: the lock exclusive, then `index.redb` and `index.journal` opened and
+//!   *fenced* (`lock::fence`: an exclusive lock on a byte far past their end, through the
+//!   descriptor every write goes through), the database opened read-write, one write
+//!   transaction, its changes appended to the journal, committed durably, the files
+//!   closed, then the lock released. The fences make a writer whose lock an NFS server
+//!   forgot in a restart fail with an I/O error (the Linux client refuses I/O through a
+//!   descriptor whose lock was lost) instead of writing over the next writer's commit.
 //!
 //! redb's own file locks are not used ([`UnderOurLock`]): our lock already gives readers
 //! and the writer the exclusion they would, and on NFS each of their 18 or so lock calls
@@ -237,6 +241,13 @@ pub enum IndexError {
         "the index `{path}` is missing or older than its journal `{journal}` (deleted, or restored from a copy); run `sregistry doctor --repair-index` to rebuild it from the journal"
     )]
     BehindJournal { path: PathBuf, journal: PathBuf },
+    #[error(
+        "I/O error on `{path}`: {source} (on NFS: the server restarted and did not give back this client's lock, so the write was refused; run the command again, then `sregistry verify`)"
+    )]
+    Refused {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot write the index journal `{path}`: {source}")]
     Journal {
         path: PathBuf,
@@ -328,11 +339,41 @@ fn from_redb(path: &Path, source: redb::Error) -> IndexError {
     };
     if is_damage {
         damaged(path)
+    } else if let redb::Error::Io(e) = &source
+        && e.raw_os_error() == Some(libc::EIO)
+    {
+        IndexError::Refused {
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(libc::EIO),
+        }
     } else {
         IndexError::Db {
             path: path.to_path_buf(),
             source,
         }
+    }
+}
+
+/// The index and journal a writer opened and fenced as it took the lock (`None`: the
+/// file did not exist).
+struct Fenced {
+    db: Option<std::fs::File>,
+    journal: Option<std::fs::File>,
+}
+
+/// Open the journal at `path` for appending and fence it; `None` when there is none.
+fn fence_journal(path: &Path, opts: &LockOptions) -> Result<Option<std::fs::File>, IndexError> {
+    let journal_err = |source| IndexError::Journal {
+        path: path.to_path_buf(),
+        source,
+    };
+    match journal::open_for_append(path) {
+        Ok(file) => {
+            lock::fence(&file, path, opts)?;
+            Ok(Some(file))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(journal_err(e)),
     }
 }
 
@@ -464,7 +505,7 @@ impl Index {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
-            let db = self.open_rw()?;
+            let db = self.open_rw(None)?;
             db.close().map_err(|e| self.db_err()(e.into()))
         })
     }
@@ -473,19 +514,52 @@ impl Index {
     /// complete under a temporary name and renamed into place, so a crash during creation
     /// never leaves a half-written `index.redb` behind; but not beside a journal, which
     /// holds names a new, empty index would forget.
-    fn open_rw(&self) -> Result<Database, IndexError> {
-        if !self.db_path.exists() {
-            if self.journal_exists() {
-                return Err(self.behind_journal());
+    ///
+    /// Every write goes through a fenced descriptor (`lock::fence`): `fenced`, the one the
+    /// writer fenced as it took the lock, or a new one fenced here.
+    fn open_rw(&self, fenced: Option<std::fs::File>) -> Result<Database, IndexError> {
+        let file = match fenced {
+            Some(file) => file,
+            None => {
+                if !self.db_path.exists() {
+                    if self.journal_exists() {
+                        return Err(self.behind_journal());
+                    }
+                    self.build_fresh(|_| Ok(()))?;
+                }
+                let file = self.open_db_rw()?;
+                lock::fence(&file, &self.db_path, &self.lock_opts)?;
+                file
             }
-            self.build_fresh(|_| Ok(()))?;
-        }
-        let backend =
-            UnderOurLock::open(&self.db_path, true).map_err(|e| self.db_err()(e.into()))?;
+        };
+        let backend = UnderOurLock::open_file(file, true).map_err(|e| self.db_err()(e.into()))?;
         redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
             .map_err(|e| self.db_err()(e.into()))
+    }
+
+    fn open_db_rw(&self) -> Result<std::fs::File, IndexError> {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&self.db_path)
+            .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))
+    }
+
+    /// Fence the index and its journal for a writer that has just taken the exclusive
+    /// lock, before it reads anything of them (see `lock::fence`): a file that does not
+    /// exist yet is fenced when it is made.
+    fn fence(&self) -> Result<Fenced, IndexError> {
+        let db = if self.db_path.exists() {
+            let file = self.open_db_rw()?;
+            lock::fence(&file, &self.db_path, &self.lock_opts)?;
+            Some(file)
+        } else {
+            None
+        };
+        let journal = fence_journal(&self.journal_path, &self.lock_opts)?;
+        Ok(Fenced { db, journal })
     }
 
     /// Build a new index at this build's schema under a temporary name, let `fill` put
@@ -541,7 +615,7 @@ impl Index {
         }
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
-            let mut db = self.open_rw()?;
+            let mut db = self.open_rw(None)?;
             let ok = db.check_integrity().map_err(|e| self.db_err()(e.into()))?;
             db.close().map_err(|e| self.db_err()(e.into()))?;
             Ok(ok)
@@ -643,22 +717,25 @@ impl Index {
     ) -> Result<IndexWriter, E> {
         let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)
             .map_err(IndexError::from)?;
+        let fenced = self.fence()?;
         if let Some(view) = self.view_before_write()? {
             check(&view)?;
         }
-        Ok(self.writer_checked(guard)?)
+        Ok(self.writer_checked(guard, fenced)?)
     }
 
     fn writer(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
+        let fenced = self.fence()?;
         self.check_writable_before_open()?;
-        self.writer_checked(guard)
+        self.writer_checked(guard, fenced)
     }
 
     /// [`Index::writer`] once the levels were checked.
-    fn writer_checked(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
+    fn writer_checked(&self, guard: LockGuard, fenced: Fenced) -> Result<IndexWriter, IndexError> {
         let poisoned = Cell::new(false);
+        let Fenced { db, journal } = fenced;
         let (db, txn) = guarded(&poisoned, &self.db_path, || {
-            let db = self.open_rw()?;
+            let db = self.open_rw(db)?;
             let mut txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
             // The commit itself need not reach the disk: `commit()` closes the database
             // right after, and redb's close makes a pending commit durable (with the
@@ -675,6 +752,8 @@ impl Index {
         let w = IndexWriter {
             txn: Some(txn),
             db: Some(db),
+            journal_file: RefCell::new(journal),
+            lock_opts: self.lock_opts.clone(),
             _lock: guard,
             path: self.db_path.clone(),
             journal: self.journal_path.clone(),
@@ -1229,6 +1308,11 @@ pub struct IndexStats {
 pub struct IndexWriter {
     txn: Option<WriteTransaction>,
     db: Option<Database>,
+    /// The journal, opened and fenced (`lock::fence`); `None` until it exists, and again
+    /// after a snapshot replaced the file. Closed before the lock is released (field
+    /// order), which on NFS sends its last line to the server first.
+    journal_file: RefCell<Option<std::fs::File>>,
+    lock_opts: LockOptions,
     _lock: LockGuard,
     path: PathBuf,
     journal: PathBuf,
@@ -1259,10 +1343,34 @@ impl IndexWriter {
         move |source| from_redb(&self.path, source)
     }
 
+    /// Append a line to the journal through the fenced descriptor (fencing a new one when
+    /// the file is new).
+    fn append(&self, line: &Line, torn: bool) -> Result<(), IndexError> {
+        let mut file = self.journal_file.borrow_mut();
+        if file.is_none() {
+            *file = fence_journal(&self.journal, &self.lock_opts)?;
+        }
+        match file.as_ref() {
+            Some(f) => journal::append_to(f, line, torn).map_err(self.journal_err()),
+            None => Err(self.journal_err()(std::io::Error::from(
+                std::io::ErrorKind::NotFound,
+            ))),
+        }
+    }
+
     fn journal_err(&self) -> impl Fn(std::io::Error) -> IndexError + '_ {
-        move |source| IndexError::Journal {
-            path: self.journal.clone(),
-            source,
+        move |source| {
+            if source.raw_os_error() == Some(libc::EIO) {
+                IndexError::Refused {
+                    path: self.journal.clone(),
+                    source,
+                }
+            } else {
+                IndexError::Journal {
+                    path: self.journal.clone(),
+                    source,
+                }
+            }
         }
     }
 
@@ -1325,7 +1433,7 @@ impl IndexWriter {
                     void: true,
                     ..Line::default()
                 };
-                journal::append(&self.journal, &void, tail.torn).map_err(self.journal_err())?;
+                self.append(&void, tail.torn)?;
                 self.torn.set(false);
                 true
             }
@@ -1348,6 +1456,8 @@ impl IndexWriter {
         let state = self.state()?;
         let bytes = journal::write_snapshot(&self.journal, &state, self.seq.get(), self.file_mode)
             .map_err(self.journal_err())?;
+        // The descriptor fenced before is of the file the snapshot replaced.
+        self.journal_file.replace(None);
         self.torn.set(false);
         let mut meta = self.table(META)?;
         meta.insert("journal_base", bytes)
@@ -1559,7 +1669,7 @@ impl IndexWriter {
                 ops,
                 ..Line::default()
             };
-            journal::append(&self.journal, &line, self.torn.get()).map_err(self.journal_err())?;
+            self.append(&line, self.torn.get())?;
             crate::testhook::pause("index-journalled");
         }
         let (txn, db) = (self.txn.take(), self.db.take());
@@ -1579,7 +1689,7 @@ impl IndexWriter {
                 void: true,
                 ..Line::default()
             };
-            let _ = journal::append(&self.journal, &void, false);
+            let _ = self.append(&void, false);
         }
         committed?;
         Ok(after())
@@ -1607,13 +1717,19 @@ mod tests {
 
     /// Inodes with a lock on them, from /proc/locks ("... MAJ:MIN:INODE START END").
     fn locked_inodes() -> Vec<u64> {
+        locks().into_iter().map(|(ino, _)| ino).collect()
+    }
+
+    /// Every lock in /proc/locks: the inode and the first byte locked.
+    fn locks() -> Vec<(u64, u64)> {
         std::fs::read_to_string("/proc/locks")
             .unwrap()
             .lines()
             .filter_map(|l| {
                 let f: Vec<&str> = l.split_whitespace().collect();
-                let dev_ino = f.iter().find(|w| w.matches(':').count() == 2)?;
-                dev_ino.rsplit(':').next()?.parse().ok()
+                let at = f.iter().position(|w| w.matches(':').count() == 2)?;
+                let ino = f[at].rsplit(':').next()?.parse().ok()?;
+                Some((ino, f.get(at + 1)?.parse().ok()?))
             })
             .collect()
     }
@@ -1631,19 +1747,71 @@ mod tests {
     fn the_index_file_carries_no_locks_of_its_own() {
         // On NFS every lock call is a round trip to the server: an open index must be
         // guarded by index.lock alone, for the writer and for readers.
+        // The writer's one lock on it is its fence, far past the end.
         let (_dir, idx) = fresh_index();
         let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
         let w = idx.write().unwrap();
         let (db, lk) = (ino(idx.db_path()), ino(idx.lock_path()));
         let held = locked_inodes();
         assert!(held.contains(&lk), "the writer holds index.lock");
-        assert!(!held.contains(&db), "redb locked index.redb while writing");
+        let on_db: Vec<u64> = locks()
+            .into_iter()
+            .filter(|(i, _)| *i == db)
+            .map(|(_, at)| at)
+            .collect();
+        assert_eq!(
+            on_db,
+            vec![1 << 62],
+            "index.redb carries a lock other than the writer's fence"
+        );
         w.commit().unwrap();
         let r = idx.read().unwrap();
         let held = locked_inodes();
         assert!(held.contains(&lk), "the reader holds index.lock");
         assert!(!held.contains(&db), "redb locked index.redb while reading");
         drop(r);
+    }
+
+    #[test]
+    fn a_writer_fences_the_index_and_the_journal_it_writes() {
+        // On NFS a lock the server forgot in a restart fails only I/O made through the
+        // descriptor that held it: every file a writer writes must carry its own fence,
+        // taken with the lock, before anything is read (see `lock::fence`).
+        let (_dir, idx) = fresh_index();
+        put_names(&idx, 0..1);
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        let w = idx.write().unwrap();
+        let fences: Vec<u64> = locks()
+            .into_iter()
+            .filter(|(_, at)| *at == 1 << 62)
+            .map(|(i, _)| i)
+            .collect();
+        assert!(
+            fences.contains(&ino(idx.db_path())),
+            "index.redb is not fenced"
+        );
+        assert!(
+            fences.contains(&ino(idx.journal_path())),
+            "index.journal is not fenced"
+        );
+        // Another writer whose fence is held (the old writer's, given back by a restarted
+        // server while its lock on index.lock was not) waits for it and gives up.
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(idx.db_path())
+            .unwrap();
+        let quick = LockOptions {
+            timeout: std::time::Duration::from_millis(50),
+            on_wait: None,
+            ..LockOptions::default()
+        };
+        assert!(matches!(
+            lock::fence(&file, idx.db_path(), &quick),
+            Err(LockError::Timeout { .. })
+        ));
+        w.commit().unwrap();
+        lock::fence(&file, idx.db_path(), &quick).expect("the fence goes with the writer");
     }
 
     pub(super) fn record(n: u8) -> RefRecord {

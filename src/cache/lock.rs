@@ -229,6 +229,43 @@ pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGu
     })
 }
 
+/// The byte a fence takes (see [`fence`]): far past the end of any file it is put on.
+const FENCE: i64 = 1 << 62;
+
+/// Fence `file`, a file written only under an exclusive lock (`index.redb`,
+/// `index.journal`), through the very descriptor the writes will go through: an exclusive
+/// lock on one byte far past its end (a whole-file `flock` with [`Kind::Flock`]), waited
+/// for like any lock, held until the file is closed.
+///
+/// On a local disk a fence is never contended: only the holder of the exclusive lock
+/// takes one. It matters on NFSv4, where a lock is state the server keeps. When the server
+/// restarts and a client cannot reclaim its locks in the server's grace period (late,
+/// or a server that forgot its clients), the client marks them lost but tells no one:
+/// the process holding the lock on `index.lock` goes on as if it held it while another
+/// node takes it. The Linux client refuses, with `EIO`, every later read and write made
+/// through a descriptor whose own lock was lost; writes to a file through a descriptor
+/// with no lock on it would still go through. So every write under the exclusive lock
+/// goes through a fenced descriptor, fenced right after the lock was taken: a writer
+/// whose lock the server forgot fails instead of writing over the next writer's work.
+/// (And a fence the server did give back keeps the next writer waiting here until the
+/// old one is done, even if its lock on `index.lock` was lost.)
+pub(super) fn fence(file: &File, path: &Path, opts: &LockOptions) -> Result<(), LockError> {
+    let start = Instant::now();
+    let req = match opts.kind {
+        Kind::Ofd => Req::Ofd(libc::F_WRLCK as i16, FENCE),
+        Kind::Flock => Req::Flock(libc::LOCK_EX),
+    };
+    acquire(
+        file,
+        req,
+        path,
+        opts,
+        start,
+        start + opts.timeout,
+        &mut false,
+    )
+}
+
 /// Try once to take `mode` without waiting; `Ok(None)` when another process holds it.
 #[cfg(test)]
 pub(super) fn try_lock(

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Cluster, Node, Out};
+use crate::harness::{Cluster, LEASE_SECS, Node, Out};
 
 /// Distinct input files: 64 KiB `d{node}-{proc}` for the concurrency test; `same` (256 KiB)
 /// added under many names; 1 MiB `g{k}` for gc; `remote.sif` (4 MiB) for the HTTP remote.
@@ -95,12 +95,14 @@ fn wait_for(node: &Node, file: &str, text: &str, timeout: Duration) {
 
 /// Start an add on `node` that stops holding the exclusive index lock (the test build's
 /// pause point before its commit) until `/tmp/TAG.resume` exists there; its output goes to
-/// `/tmp/TAG.out` and `/tmp/TAG.err`. Returns once it holds the lock.
+/// `/tmp/TAG.out` and `/tmp/TAG.err`, its exit code to `/tmp/TAG.rc`. Returns once it holds
+/// the lock.
 fn hold_index_lock(node: &Node, c: &str, tag: &str, file: &str) {
     node.sh(&format!(
-        "rm -f /tmp/{tag}.resume; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
-         SREGISTRY_TEST_RESUME=/tmp/{tag}.resume setsid sregistry-hooks --cache {c} \
-         add /host/data/{file} --name {tag}/held:1 >/tmp/{tag}.out 2>/tmp/{tag}.err &"
+        "rm -f /tmp/{tag}.resume /tmp/{tag}.rc; SREGISTRY_TEST_PAUSE=add-index-uncommitted \
+         SREGISTRY_TEST_RESUME=/tmp/{tag}.resume setsid sh -c 'sregistry-hooks --cache {c} \
+         add /host/data/{file} --name {tag}/held:1 >/tmp/{tag}.out 2>/tmp/{tag}.err; \
+         echo $? >/tmp/{tag}.rc' >/dev/null 2>&1 &"
     ))
     .ok();
     wait_for(
@@ -878,4 +880,69 @@ pub fn figures(cl: &Cluster) {
     let text = report.join("\n");
     eprintln!("cluster: {text}");
     let _ = std::fs::write(cl.prepared.join("figures.txt"), text + "\n");
+}
+
+/// Test 6, the danger behind it: a writer whose lock the restarted server forgot. node1
+/// holds the exclusive index lock, paused before its commit; the server restarts with no
+/// grace period (as one that does not remember its clients would), so node1's client
+/// cannot reclaim the lock, marks it lost and tells no process. node2 then takes the
+/// lock and adds; node1 goes on. Its add must fail with one clear line instead of
+/// committing over node2's (exit 0, node2's name gone or the index damaged: what the
+/// reboot test found before writers fenced their files, `lock::fence`).
+pub fn writer_whose_lock_the_server_forgot(cl: &Cluster) {
+    let c = cache_with_base(cl, "t8");
+    let [n1, n2, n3] = [&cl.clients[0], &cl.clients[1], &cl.clients[2]];
+    hold_index_lock(n1, &c, "t8", "g7");
+    let t = Instant::now();
+    cl.restart(&cl.server, Duration::from_secs(120), false);
+    // Until node1's client has been told: it finds out at its next lease renewal.
+    std::thread::sleep(Duration::from_secs(LEASE_SECS));
+    let after = n2.sh(&format!(
+        "SREGISTRY_LOCK_TIMEOUT=120 sregistry --cache {c} add /host/data/g6 --name t8/after:1"
+    ));
+    assert_eq!(
+        after.code, 0,
+        "node2's add after the restart failed: {after:?}"
+    );
+    eprintln!(
+        "cluster: server back and node2's add done {:.1} s after the kill",
+        t.elapsed().as_secs_f64()
+    );
+    n1.sh("touch /tmp/t8.resume; n=0; while [ ! -e /tmp/t8.rc ] && [ $n -lt 600 ]; do sleep 0.2; n=$((n+1)); done")
+        .ok();
+    let rc = n1.sh("cat /tmp/t8.rc").stdout.trim().to_string();
+    let err = n1.sh("cat /tmp/t8.err").stdout;
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("waiting for lock") && !l.starts_with("paused at"))
+        .collect();
+    eprintln!(
+        "cluster: node1's add after losing its lock: exit {rc}: {}",
+        lines.join(" / ")
+    );
+    for (name, file) in [("t8/after:1", "g6"), ("t8/base:1", "g0")] {
+        let o = n3.sh(&format!(
+            "p=$(sregistry --cache {c} get {name}) && cmp \"$p\" /host/data/{file}"
+        ));
+        assert_eq!(
+            o.code, 0,
+            "{name} is not there with its content after node1 went on: {o:?}"
+        );
+    }
+    let kernel = n1.sh("dmesg | grep -i 'lost.*lock' | tail -n 3").stdout;
+    assert!(
+        kernel.contains("lost"),
+        "node1's client did not report a lost lock (the test did not set up what it tests): {kernel}"
+    );
+    assert!(
+        rc == "1" && lines.len() == 1 && lines[0].starts_with("error: "),
+        "node1's add, whose lock the server forgot, did not fail with one clear error line: exit {rc:?}, stderr {err:?}"
+    );
+    let problems = verify_problems(n3, &c);
+    assert!(
+        problems.iter().all(|k| k == "orphan" || k == "stray-tmp"),
+        "verify after node1's refused add: {problems:?}"
+    );
+    n3.sh(&format!("sregistry --cache {c} gc")).ok();
+    verify_clean(n3, &c);
 }

@@ -399,9 +399,18 @@ impl Cluster {
     /// Boot a node again after [`Node::kill`] (a client mounts the export again; the server
     /// keeps its disk and starts with its NFSv4 grace period on, as after a crash).
     pub fn reboot(&self, node: &Node, timeout: Duration) {
+        self.restart(node, timeout, true)
+    }
+
+    /// Kill `node` and boot it again from its disk; the server with its NFSv4 grace
+    /// period on when `grace`, else with none, like a server that forgot its clients (no
+    /// client can reclaim its opens and locks).
+    pub fn restart(&self, node: &Node, timeout: Duration, grace: bool) {
         node.kill();
         let mut args = node.args.clone();
-        if let Some(a) = args.iter_mut().find(|a| a.contains("sr.grace=skip")) {
+        if let Some(a) = args.iter_mut().find(|a| a.contains("sr.grace=skip"))
+            && grace
+        {
             *a = a.replace("sr.grace=skip", "sr.grace=on");
         }
         let rebooted = Node {

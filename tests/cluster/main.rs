@@ -31,6 +31,10 @@ const TESTS: &[(&str, Test)] = &[
         "server_reboots_under_load",
         checks::server_reboots_under_load,
     ),
+    (
+        "writer_whose_lock_the_server_forgot",
+        checks::writer_whose_lock_the_server_forgot,
+    ),
     ("figures", checks::figures),
 ];
 

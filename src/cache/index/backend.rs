@@ -103,6 +103,15 @@ impl UnderOurLock {
             .write(write)
             .open(path)
             .map_err(redb::StorageError::Io)?;
+        Self::open_file(file, write)
+    }
+
+    /// [`UnderOurLock::open`] for a file already open (a writer's fenced descriptor: see
+    /// `lock::fence`); `write` when it is open read-write.
+    pub(super) fn open_file(
+        file: std::fs::File,
+        write: bool,
+    ) -> Result<UnderOurLock, redb::StorageError> {
         let backend = Self::wrap(file)?;
         let len = backend.len.load(std::sync::atomic::Ordering::SeqCst);
         // `create_with_backend` would initialise an empty file as a new, empty index: an

@@ -289,8 +289,18 @@ fn encode_line(line: &Line) -> Vec<u8> {
 
 /// Append one line (not flushed: see "Writing" in the index's protocol). `torn`: end a
 /// line cut short first.
+#[cfg(test)]
 pub fn append(path: &Path, line: &Line, torn: bool) -> io::Result<()> {
-    let mut f = OpenOptions::new().append(true).open(path)?;
+    append_to(&open_for_append(path)?, line, torn)
+}
+
+/// Open the journal for appending (a writer fences this descriptor: see `lock::fence`).
+pub fn open_for_append(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new().append(true).open(path)
+}
+
+/// [`append`] through a descriptor from [`open_for_append`].
+pub fn append_to(mut f: &std::fs::File, line: &Line, torn: bool) -> io::Result<()> {
     let mut bytes = Vec::new();
     if torn {
         bytes.push(b'\n');
