@@ -17,11 +17,33 @@ use super::{
 };
 use crate::format::clock;
 use crate::format::digest::Digest;
+use crate::format::par;
 use crate::format::reference::Reference;
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 
 /// Names per write transaction of [`Cache::add_many`] when the caller gives 0.
 pub const DEFAULT_ADD_BATCH: usize = 500;
+
+/// Files below this size are staged [`SMALL_FILE_THREADS`] at a time.
+const SMALL_FILE: u64 = 16 << 20;
+/// How many small files [`Cache::add_many`] stages at once: each mostly waits for its
+/// fsync, and concurrent fsyncs share the filesystem journal's commits (1,000 files of
+/// 4 KiB on a loaded 2-core machine: 2.3 s mean on 16 threads, 2.8 s on 2; noisy).
+const SMALL_FILE_THREADS: usize = 16;
+
+/// Threads to stage `items` with: [`SMALL_FILE_THREADS`] when every file is small, else
+/// one per core (large copies are bound by the disk and the hashing).
+fn stage_threads(items: &[AddItem]) -> usize {
+    let small = items
+        .iter()
+        .all(|it| std::fs::metadata(&it.path).is_ok_and(|m| m.len() < SMALL_FILE));
+    if small {
+        SMALL_FILE_THREADS
+    } else {
+        par::cores()
+    }
+}
 
 /// One file of [`Cache::add_many`].
 #[derive(Clone, Debug)]
@@ -54,15 +76,27 @@ impl Cache {
         let mut out = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
         while items.peek().is_some() {
-            // Check and stage, outside the lock; place each blob as `add` does.
-            let prepared: Vec<_> = items
-                .by_ref()
-                .take(batch)
-                .map(|it| self.prepare_add(&it.path, &it.name, &it.opts))
-                .collect();
-            for p in prepared.iter().flatten() {
-                p.staged.place(&self.store);
-            }
+            // Check and stage, outside the lock, on every core (copying, hashing and
+            // syncing many small files is mostly waiting); place each blob as `add` does.
+            let chunk: Vec<AddItem> = items.by_ref().take(batch).collect();
+            let mut dirs = BTreeSet::new();
+            let prepared: Vec<_> = par::map_on(stage_threads(&chunk), &chunk, |it| {
+                let p = self.prepare_add(&it.path, &it.name, &it.opts);
+                let dir = p
+                    .as_ref()
+                    .ok()
+                    .and_then(|p| p.staged.place_unsynced(&self.store));
+                (p, dir)
+            })
+            .into_iter()
+            .map(|(p, dir)| {
+                dirs.extend(dir);
+                p
+            })
+            .collect();
+            // Each fan-out directory a link was made in, synced once for the batch.
+            let dirs: Vec<_> = dirs.into_iter().collect();
+            par::map_on(SMALL_FILE_THREADS, &dirs, |d| store::sync_dir(d));
             let mut results = Vec::with_capacity(prepared.len());
             let mut moved = Vec::new();
             let mut aside = Vec::new();

@@ -221,13 +221,25 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
     for (i, r) in rows.iter().enumerate() {
         groups.entry(r.wanted_name()).or_default().push(i);
     }
-    let mut picks = Vec::new();
-    for idx in groups.into_values() {
-        let mut idx = idx;
+    let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
+    for idx in &mut groups {
         idx.sort_by(|&a, &b| {
             let key = |i: usize| (rows[i].created_at.clone(), rows[i].id);
             key(b).cmp(&key(a))
         });
+    }
+    // The newest row of each name is checked (its file hashed) on every core; an older
+    // row only when the newer ones cannot be imported.
+    let newest: Vec<usize> = groups.iter().map(|idx| idx[0]).collect();
+    let mut checked: HashMap<usize, Result<(), Outcome>> = newest
+        .iter()
+        .copied()
+        .zip(crate::format::par::map(&newest, |&i| {
+            check_file(&rows[i], files[i].as_deref())
+        }))
+        .collect();
+    let mut picks = Vec::new();
+    for idx in groups {
         let first = &rows[idx[0]];
         let target = names::target(&first.collection, &first.name, &first.tag);
         if let Target::Invalid(reason) = &target {
@@ -245,7 +257,10 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
                 outcomes[i] = Some(Outcome::Superseded { by: rows[w].id });
                 continue;
             }
-            match check_file(&rows[i], files[i].as_deref()) {
+            let check = checked
+                .remove(&i)
+                .unwrap_or_else(|| check_file(&rows[i], files[i].as_deref()));
+            match check {
                 Ok(()) => {
                     winner = Some(i);
                     picks.push(Pick {
