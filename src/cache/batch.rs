@@ -132,6 +132,7 @@ impl Cache {
             }
             // A batch that wrote nothing leaves the index file as it was.
             if wrote {
+                crate::testhook::pause("add-many-uncommitted");
                 w.commit()?;
             } else {
                 drop(w);

@@ -288,17 +288,22 @@ fn gone_and_changed_files_are_reported_and_not_imported() {
 /// The danger: images under names the old client accepted and ours refuses silently left
 /// behind, or imported under a name that clashes with another image. A name with a space
 /// and `!` comes over normalised (said on its line); one whose normalised name is another
-/// row's, and one with nothing valid left, are reported and not imported.
+/// row's (even a row whose file is gone), and one with nothing valid left, are reported
+/// and not imported.
 #[test]
 fn names_ours_refuses_are_normalised_or_reported() {
     let env = Env::new();
     let old = Old::new(&env);
-    old.add(&[
+    let stored = old.add(&[
         (&fixture("one-group.sif"), "lab/odd name!:1"),
         (&fixture("two-groups.sif"), "lab/x:1"),
         (&fixture("empty.sif"), "lab/x!:1"),
         (&fixture("one-object-time.sif"), "lab/!!!:1"),
+        (&fixture("one-object-sbom.sif"), "lab/y:1"),
+        (&fixture("one-object-generic-json.sif"), "lab/y!:1"),
     ]);
+    // `lab/y:1` cannot be imported (its file is gone), but its name is still its own.
+    fs::remove_file(&stored[4]).unwrap();
     let out = migrate(&env, &old, &[], 4);
     assert_eq!(env.names(), vec!["lab/odd-name:1", "lab/x:1"]);
     assert_eq!(
@@ -313,9 +318,11 @@ fn names_ours_refuses_are_normalised_or_reported() {
         ],
     );
     let lines = not_imported(&out);
-    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines.len(), 4, "{lines:?}");
     assert_has(&lines[0], &["`lab/x!:1@", "normalised to `lab/x:1`"]);
     assert_has(&lines[1], &["`lab/!!!:1@", "not valid here"]);
+    assert_has(&lines[2], &["`lab/y:1@", "does not exist"]);
+    assert_has(&lines[3], &["`lab/y!:1@", "normalised to `lab/y:1`"]);
 }
 
 /// The danger: running migrate twice (as users will) duplicating or re-writing
@@ -510,4 +517,42 @@ fn a_missing_or_foreign_database_is_one_clear_line() {
         );
         assert!(!env.cache.exists(), "a failed migrate created the cache");
     }
+}
+
+/// The danger: a migrate --move killed mid-batch (a batch job's time limit) losing the
+/// images it was moving. Killed with every name of the batch written but not committed,
+/// it leaves every old file where it was and no name; the next run imports them all.
+#[test]
+fn a_move_killed_before_its_batch_commits_loses_nothing() {
+    let env = Env::new();
+    let old = Old::new(&env);
+    let stored = old.add(&[
+        (&fixture("one-group.sif"), "lab/one:1"),
+        (&fixture("two-groups.sif"), "lab/two:1"),
+    ]);
+    let from = old.db_dir.as_os_str();
+    let mut child = env.spawn_paused(
+        "add-many-uncommitted",
+        None,
+        &[
+            "migrate".as_ref(),
+            "--move".as_ref(),
+            "--from".as_ref(),
+            from,
+        ],
+    );
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(
+        stored.iter().all(|p| p.is_file()),
+        "a killed --move lost a file"
+    );
+    assert_eq!(env.names(), Vec::<String>::new(), "a name was committed");
+    migrate(&env, &old, &["--move"], 0);
+    assert_eq!(env.names(), vec!["lab/one:1", "lab/two:1"]);
+    assert!(stored.iter().all(|p| !p.exists()));
+    assert_eq!(
+        get_bytes(&env, "lab/one:1"),
+        fs::read(fixture("one-group.sif")).unwrap()
+    );
 }

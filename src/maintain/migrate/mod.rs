@@ -25,7 +25,7 @@
 mod names;
 mod olddb;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
@@ -282,32 +282,25 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
         }
     }
 
-    // A normalised name that is another chosen row's name is not taken.
-    let mut by_key: HashMap<&str, Vec<usize>> = HashMap::new();
+    // A normalised name is taken only if it is no other row's name (whether or not that
+    // row can be imported) and no other normalised name.
+    let wanted: HashSet<String> = rows.iter().map(OldRow::wanted_name).collect();
+    let mut normalized: HashMap<&str, Vec<usize>> = HashMap::new();
     for (p, pick) in picks.iter().enumerate() {
-        by_key
-            .entry(pick.target.key().unwrap_or_default())
-            .or_default()
-            .push(p);
+        if let Target::Normalized(k) = &pick.target {
+            normalized.entry(k).or_default().push(p);
+        }
     }
     let mut collided = vec![false; picks.len()];
-    for (key, ps) in &by_key {
-        if ps.len() < 2 {
-            continue;
-        }
-        let valid = ps
-            .iter()
-            .find(|&&p| matches!(picks[p].target, Target::Valid(_)));
+    for (key, ps) in &normalized {
         for &p in ps {
-            if Some(&p) == valid {
+            let with = if wanted.contains(*key) {
+                key.to_string()
+            } else if let Some(&q) = ps.iter().find(|&&q| q != p) {
+                rows[picks[q].row].wanted_name()
+            } else {
                 continue;
-            }
-            let other = valid
-                .copied()
-                .or_else(|| ps.iter().copied().find(|&q| q != p));
-            let with = other
-                .map(|q| rows[picks[q].row].wanted_name())
-                .unwrap_or_default();
+            };
             outcomes[picks[p].row] = Some(Outcome::Collides {
                 name: key.to_string(),
                 with,
