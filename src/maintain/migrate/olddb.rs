@@ -101,6 +101,9 @@ pub fn read_rows(path: &Path) -> Result<Vec<OldRow>, OldDbError> {
         OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )
     .map_err(unreadable)?;
+    // The old client may be writing it right now: wait for its commit, boundedly.
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(unreadable)?;
     // The first read: a file that is not SQLite fails here ("file is not a database").
     let tables: Vec<String> = conn
         .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
