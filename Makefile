@@ -19,7 +19,7 @@ deps-demo:
 # The test suite: unit, property and integration tests (real binary, real siftool files,
 # real multi-process contention). Uses cargo-nextest when installed.
 test: deps
-	@PATH="$(TEST_PATH)" $(CARGO) nextest run --no-fail-fast
+	@PATH="$(TEST_PATH)" SREGISTRY_OLD_CLIENT="$(shell bash scripts/install-deps.sh oldclient)" $(CARGO) nextest run --no-fail-fast
 
 # The cluster tests (tests/cluster/README.md): an NFSv4.2 server and three client nodes,
 # qemu guests with Debian's kernel, sharing one cache. Needs root and apt (prepare.sh
@@ -47,13 +47,15 @@ lint:
 # gc/verify/get under load (docs/benchmarks-gc-verify.md), pull/push against curl and
 # PyPI oras (docs/benchmarks-remote.md), docker:// pull and conversion against the
 # Apptainer pipeline (docs/benchmarks-docker.md), and the converter alone against umoci +
-# mksquashfs (bench/convert.sh, printed). BENCH_QUICK=1 for a quick smoke run.
+# mksquashfs (bench/convert.sh, printed), and `migrate` of 10,000 images against sequential
+# adds and the old client (docs/benchmarks-migrate.md). BENCH_QUICK=1 for a quick smoke run.
 bench: deps
 	bash bench/run.sh
 	bash bench/gc_verify.sh
 	bash bench/remote.sh
 	bash bench/docker.sh
 	bash bench/convert.sh
+	bash bench/migrate.sh
 
 # Fuzz targets live in fuzz/ (a cargo-fuzz workspace, nightly toolchain).
 fuzz:

@@ -85,21 +85,21 @@ venv_ok() {
         "$VENV/bin/python" - <<'EOF' 2>/dev/null
 import importlib.metadata as m
 assert m.version("sregistry") == "0.2.39"
-v = tuple(int(x) for x in m.version("sqlalchemy").split(".")[:3])
-assert v <= (1, 4, 48)
-m.version("spython")
+assert m.version("sqlalchemy") == "1.4.48"
+assert m.version("spython") == "0.3.14"
 EOF
 }
 
 need_venv() {
     venv_ok && return 0
-    log "creating the Python venv at bench/.venv ($PY_PIN_SREGISTRY, spython, sqlalchemy<=1.4.48)"
+    # The same pins as the old client scripts/install-deps.sh installs for the tests.
+    log "creating the Python venv at bench/.venv ($PY_PIN_SREGISTRY, spython==0.3.14, sqlalchemy==1.4.48)"
     if ! python3 -m venv --clear "$VENV" >/dev/null 2>&1; then
         apt_install python3-venv
         python3 -m venv --clear "$VENV"
     fi
     "$VENV/bin/python" -m pip install -q --disable-pip-version-check \
-        "$PY_PIN_SREGISTRY" spython "sqlalchemy<=1.4.48"
+        "$PY_PIN_SREGISTRY" spython==0.3.14 sqlalchemy==1.4.48
     venv_ok || die "the venv at bench/.venv does not hold $PY_PIN_SREGISTRY"
 }
 

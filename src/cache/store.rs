@@ -117,18 +117,24 @@ impl Staged {
     /// gc may remove it; `commit` then puts it back from the staged file, which is kept
     /// until then.
     pub fn place(&self, store: &Store) {
-        let Some(src) = &self.path else { return };
+        if let Some(dir) = self.place_unsynced(store) {
+            let _ = sync_dir(&dir);
+        }
+    }
+
+    /// [`Staged::place`] without the directory sync: the directory to sync when a link
+    /// was made, so that a caller placing many blobs syncs each directory once.
+    pub fn place_unsynced(&self, store: &Store) -> Option<PathBuf> {
+        let src = self.path.as_ref()?;
         let dest = store.blob_path(&self.digest);
         if dest.exists() {
-            return;
+            return None;
         }
         let dir = dest.parent().unwrap_or(&store.blobs).to_path_buf();
         if !dir.exists() && store.make_fan_dir(&dir).is_err() {
-            return;
+            return None;
         }
-        if fs::hard_link(src, &dest).is_ok() {
-            let _ = sync_dir(&dir);
-        }
+        fs::hard_link(src, &dest).ok().map(|_| dir)
     }
 
     /// Put the staged file in place as the blob for its digest (or drop it when that blob

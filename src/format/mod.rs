@@ -3,6 +3,7 @@
 
 pub mod clock;
 pub mod digest;
+pub mod par;
 pub mod reference;
 pub mod sif;
 pub mod sif_write;
