@@ -164,6 +164,8 @@ pub enum RemoteError {
         expected: u64,
         got: u64,
     },
+    #[error("the download of `{url}` was stopped by its progress receiver; nothing was stored")]
+    Stopped { url: String },
     #[error("cannot export `{name}`: {detail}")]
     Export { name: String, detail: String },
     #[error("cannot convert `{image}` to SIF: {detail}")]
@@ -357,6 +359,12 @@ pub trait Progress: Send + Sync {
     fn waiting(&self, what: &str) {
         let _ = what;
     }
+    /// Asked after each [`Progress::advance`]: true stops the download with
+    /// [`RemoteError::Stopped`], and nothing is stored (an embedding program's progress
+    /// callback failed, or its user cancelled).
+    fn stop(&self) -> bool {
+        false
+    }
 }
 
 /// A shared [`Progress`] receiver in [`RemoteOptions`].
@@ -370,27 +378,41 @@ impl std::fmt::Debug for ProgressHook {
 }
 
 /// One download's progress: tells the hook, if any, and that it ended when dropped.
-pub(crate) struct Report(Option<std::sync::Arc<dyn Progress>>);
+pub(crate) struct Report {
+    hook: Option<std::sync::Arc<dyn Progress>>,
+    /// The download, as shown in an error.
+    url: String,
+}
 
 impl Report {
-    pub(crate) fn start(opts: &RemoteOptions, total: Option<u64>, at: u64) -> Report {
+    pub(crate) fn start(opts: &RemoteOptions, url: &str, total: Option<u64>, at: u64) -> Report {
         let hook = opts.progress.as_ref().map(|h| h.0.clone());
         if let Some(h) = &hook {
             h.start(total, at);
         }
-        Report(hook)
+        Report {
+            hook,
+            url: transport::shown(url),
+        }
     }
 
-    pub(crate) fn advance(&self, done: u64) {
-        if let Some(h) = &self.0 {
+    /// Tell the hook `done` bytes are in; an error when it asks to stop.
+    pub(crate) fn advance(&self, done: u64) -> Result<(), RemoteError> {
+        if let Some(h) = &self.hook {
             h.advance(done);
+            if h.stop() {
+                return Err(RemoteError::Stopped {
+                    url: self.url.clone(),
+                });
+            }
         }
+        Ok(())
     }
 }
 
 impl Drop for Report {
     fn drop(&mut self) {
-        if let Some(h) = &self.0 {
+        if let Some(h) = &self.hook {
             h.finish();
         }
     }

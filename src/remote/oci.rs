@@ -580,7 +580,7 @@ pub async fn download(
     opts: &RemoteOptions,
     known: Validators,
 ) -> Result<Validators, RemoteError> {
-    let report = super::Report::start(opts, sink.limit(), sink.written());
+    let report = super::Report::start(opts, url, sink.limit(), sink.written());
     let client = s.t.client().clone();
     let mut seen = known;
     let mut failures = 0;
@@ -637,7 +637,7 @@ pub async fn download(
             match chunk {
                 Ok(c) => {
                     sink.write(c)?;
-                    report.advance(sink.written());
+                    report.advance(sink.written())?;
                 }
                 Err(e) => {
                     stalls += u32::from(e.is_timeout());
