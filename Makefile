@@ -19,7 +19,7 @@ deps-demo:
 # The test suite: unit, property and integration tests (real binary, real siftool files,
 # real multi-process contention). Uses cargo-nextest when installed.
 test: deps
-	@PATH="$(TEST_PATH)" $(CARGO) nextest run --no-fail-fast
+	@PATH="$(TEST_PATH)" SREGISTRY_OLD_CLIENT="$(shell bash scripts/install-deps.sh oldclient)" $(CARGO) nextest run --no-fail-fast
 	@bash scripts/test-python.sh
 
 # The Python package (python/): `pip install ./python` into a fresh venv, then pytest

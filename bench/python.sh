@@ -3,13 +3,13 @@
 # and `Cache.get` on an open cache, per call, in process. Writes
 # docs/benchmarks-python.md. BENCH_QUICK=1 runs fewer rounds and does not write the doc.
 # Uses the venvs `make test-python` made (target/test-tools/pyvenv with this package,
-# target/test-tools/oldclient-venv with sregistry 0.2.39); run that first.
+# and the old client's venv, sregistry 0.2.39, from scripts/install-deps.sh); run that first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 quick=${BENCH_QUICK:-0}
 TOOLS="$(pwd)/${CARGO_TARGET_DIR:-target}/test-tools"
 new="$TOOLS/pyvenv/bin/python"
-old="$TOOLS/oldclient-venv/bin/python"
+old="$(bash scripts/install-deps.sh oldclient)"
 [ -x "$new" ] && [ -x "$old" ] || bash scripts/test-python.sh -q -k round_trip >/dev/null
 work=bench/work/python
 rm -rf "$work"; mkdir -p "$work"

@@ -9,7 +9,11 @@
 #             progress bar test), umoci and busybox-static (docker:// conversion tests build
 #             real images), python3-venv where `python3 -m venv` is missing;
 #     PyPI:   oras, pyjwt, cryptography (interop peer, the test token server), pinned, in a
-#             virtual environment at $TOOLS/venv;
+#             virtual environment at $TOOLS/venv; the old Python client sregistry 0.2.39
+#             with spython and SQLAlchemy, pinned, in its own at $TOOLS/oldclient (the
+#             migrate tests make its databases with it; kept off PATH, where its
+#             `sregistry` would shadow ours: `scripts/install-deps.sh oldclient` prints
+#             its python, which `make test` passes as SREGISTRY_OLD_CLIENT);
 #     crates: s3s-fs (a real S3 server over a directory), and cargo-nextest where the
 #             machine has none, pinned and --locked, into $TOOLS/bin.
 #
@@ -23,13 +27,15 @@ cd "$(dirname "$0")/.."
 S3S_FS=0.14.1
 NEXTEST=0.9.143
 PY_PINS=(oras==0.2.43 pyjwt==2.15.1 cryptography==50.0.2)
+OLD_CLIENT_PINS=(sregistry==0.2.39 spython==0.3.14 sqlalchemy==1.4.48)
 
 mode=${1:-test}
 TOOLS="$(pwd)/${CARGO_TARGET_DIR:-target}/test-tools"
 case "$mode" in
   path) echo "$TOOLS/bin:$TOOLS/venv/bin"; exit 0 ;;
+  oldclient) echo "$TOOLS/oldclient/bin/python"; exit 0 ;;
   demo|test) ;;
-  *) echo "usage: scripts/install-deps.sh [demo|test|path]" >&2; exit 2 ;;
+  *) echo "usage: scripts/install-deps.sh [demo|test|path|oldclient]" >&2; exit 2 ;;
 esac
 
 sudo=""
@@ -74,6 +80,13 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "${PY_PINS[*]}" ]; then
   fi
   "$venv/bin/python" -m pip install -q --disable-pip-version-check "${PY_PINS[@]}"
   echo "${PY_PINS[*]}" > "$stamp"
+fi
+old="$TOOLS/oldclient"
+if [ "$(cat "$old/.pins" 2>/dev/null)" != "${OLD_CLIENT_PINS[*]}" ]; then
+  echo "installing into $old (PyPI): ${OLD_CLIENT_PINS[*]}" >&2
+  python3 -m venv --clear "$old"
+  "$old/bin/python" -m pip install -q --disable-pip-version-check "${OLD_CLIENT_PINS[@]}"
+  echo "${OLD_CLIENT_PINS[*]}" > "$old/.pins"
 fi
 
 # `cargo install` runs from outside the repository: its .cargo/config.toml (static

@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # The Python suite (python/tests/), as CI runs it: the package installed by
 # `pip install ./python` into a virtual environment made afresh for each run, pytest
-# pinned. The old client (sregistry 0.2.39 from PyPI) is installed once into a venv of its
-# own, for the test that runs the old-client script against it too.
+# pinned. The old client (sregistry 0.2.39 from PyPI, which `scripts/install-deps.sh test`
+# installs into a venv of its own) runs the old-client script too.
 #
 # Extra arguments go to pytest (`bash scripts/test-python.sh -k gil`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TOOLS="$(pwd)/${CARGO_TARGET_DIR:-target}/test-tools"
 PYTEST_PIN="pytest==9.2.0"
-OLD_PINS=("sregistry==0.2.39" "spython==0.3.14" "sqlalchemy==1.4.48")
 
 venv="$TOOLS/pyvenv"
 python3 -m venv --clear "$venv"
@@ -18,15 +17,8 @@ start=$(date +%s)
 "$venv/bin/python" -m pip install -q --disable-pip-version-check ./python
 echo "pip install ./python: $(( $(date +%s) - start )) s" >&2
 
-old="$TOOLS/oldclient-venv"
-if [ "$(cat "$old/.pins" 2>/dev/null)" != "${OLD_PINS[*]}" ]; then
-  python3 -m venv --clear "$old"
-  "$old/bin/python" -m pip install -q --disable-pip-version-check "${OLD_PINS[@]}"
-  echo "${OLD_PINS[*]}" > "$old/.pins"
-fi
-
 export PATH="$(bash scripts/install-deps.sh path):$PATH"
-export SREGISTRY_OLD_CLIENT_PYTHON="$old/bin/python"
+export SREGISTRY_OLD_CLIENT="$(bash scripts/install-deps.sh oldclient)"
 # From python/tests: the installed package is imported, not the sources in python/.
 cd python/tests
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"

@@ -3,7 +3,8 @@
 //! Data flows in one direction, and each layer uses only those below it:
 //!
 //! ```text
-//! maintain/ (gc, verify, doctor, shared, group)    remote/ (oci, http, s3, sink)
+//! maintain/ (gc, verify, doctor, shared, group,     remote/ (oci, http, s3, sink)
+//!           migrate)
 //!        │                                            │
 //!        ▼                                            ▼
 //! cache/  the one door: Cache (index, store, uses, lock files: private inside)
@@ -21,7 +22,7 @@
 //!   written through `tmp/` and renamed into place complete), the use markers and the
 //!   lock files are private to it.
 //! * [`remote`] pulls and pushes through the cache's ingest; [`maintain`] runs gc,
-//!   verify, doctor and the shared-cache set-up through the cache's API.
+//!   verify, doctor, the shared-cache set-up and migrate through the cache's API.
 //!
 //! The binary (`src/main.rs`, `src/cli/`, behind the default `cli` feature) parses
 //! arguments, prints, and maps errors to exit codes. `docs/architecture.md` says what each

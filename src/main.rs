@@ -80,7 +80,7 @@ fn main() -> ExitCode {
 /// Whether `command` writes files into the cache's `tmp/` that a signal could leave behind.
 fn writes_tmp(command: &Command) -> bool {
     match command {
-        Command::Add(_) | Command::Pull(_) | Command::Verify(_) => true,
+        Command::Add(_) | Command::Pull(_) | Command::Verify(_) | Command::Migrate(_) => true,
         Command::Get(a) => sregistry::remote::is_remote(&a.reference),
         _ => false,
     }

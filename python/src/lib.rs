@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use sregistry::cache::lock::{LockError, LockOptions};
-use sregistry::cache::{AddOptions, CacheError, Entry, IndexError, Repoint};
+use sregistry::cache::{AddItem, AddOptions, CacheError, Entry, IndexError, Repoint};
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
 use sregistry::maintain::{gc, verify};
@@ -417,6 +417,62 @@ impl PyCache {
             .detach(|| self.inner.add(&path, &name, &opts))
             .map_err(cache_err)?;
         Ok(Image::of(entry))
+    }
+
+    /// Add many files at once: one index transaction per `batch` names (0: the
+    /// library's default, 500), with every check of `add`. `items` are `(path, name)` or
+    /// `(path, name, labels)`. Returns one result per item, in order: its `Image`, or the
+    /// `sregistry.Error` that refused it (not raised: the others go on). Raises only for
+    /// what stops everything (the index cannot be written); the batches before it stay.
+    #[pyo3(signature = (items, r#move=false, batch=0))]
+    fn add_many(
+        &self,
+        py: Python<'_>,
+        items: Vec<Bound<'_, PyAny>>,
+        r#move: bool,
+        batch: usize,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        // An item whose name does not parse is refused in its place, like the library's.
+        let mut out: Vec<Option<Py<PyAny>>> = Vec::with_capacity(items.len());
+        let mut todo = Vec::with_capacity(items.len());
+        for item in &items {
+            let (path, name, labels): (PathBuf, String, Option<BTreeMap<String, String>>) =
+                match item.extract::<(PathBuf, String)>() {
+                    Ok((p, n)) => (p, n, None),
+                    Err(_) => item.extract()?,
+                };
+            match parse_name(&name) {
+                Ok(name) => {
+                    out.push(None);
+                    todo.push(AddItem {
+                        path,
+                        name,
+                        opts: AddOptions {
+                            move_file: r#move,
+                            labels: labels.unwrap_or_default(),
+                            ..AddOptions::default()
+                        },
+                    });
+                }
+                Err(e) => out.push(Some(e.into_value(py).into_any())),
+            }
+        }
+        let results = py
+            .detach(|| self.inner.add_many(todo, batch))
+            .map_err(cache_err)?;
+        let mut results = results.into_iter();
+        out.into_iter()
+            .map(|slot| match slot {
+                Some(refused) => Ok(refused),
+                None => match results.next() {
+                    Some(Ok(entry)) => Ok(Py::new(py, Image::of(entry))?.into_any()),
+                    Some(Err(e)) => Ok(cache_err(e).into_value(py).into_any()),
+                    None => Err(PyRuntimeError::new_err(
+                        "add_many returned fewer results than items",
+                    )),
+                },
+            })
+            .collect()
     }
 
     /// The path of the image `name`. A remote reference (`oras://`, `docker://`,

@@ -1,9 +1,9 @@
 """Type stubs of the native module (python/src/lib.rs)."""
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
-from sregistry._errors import Report
+from sregistry._errors import Error, Report
 
 __version__: str
 
@@ -57,6 +57,12 @@ class Cache:
         labels: Optional[Dict[str, str]] = None,
         force: bool = False,
     ) -> Image: ...
+    def add_many(
+        self,
+        items: List[Union[Tuple[str, str], Tuple[str, str, Dict[str, str]]]],
+        move: bool = False,
+        batch: int = 0,
+    ) -> List[Union[Image, Error]]: ...
     def get(self, name: str, progress: Optional[Progress] = None) -> str: ...
     def list(self, pattern: Optional[str] = None) -> List[Image]: ...
     def inspect(self, name: str, sif: bool = True) -> Image: ...

@@ -26,11 +26,13 @@ from sregistry._errors import InvalidInput, NotFound
 from sregistry._native import Cache, is_remote
 
 # Labels that keep what the old client kept in its database row and the cache has no
-# field for. `sregistry migrate` records the same labels for the rows it brings over.
-VERSION_LABEL = "org.sregistry.client.version"
-URL_LABEL = "org.sregistry.client.url"
-METRICS_LABEL = "org.sregistry.client.metrics"
-CLIENT_LABEL = "org.sregistry.client.client"
+# field for: the labels `sregistry migrate` records for the rows it brings over
+# (src/maintain/migrate/mod.rs, LABEL_*), so migrated images read back as they were.
+VERSION_LABEL = "org.sregistry.migrate.version"
+URL_LABEL = "org.sregistry.migrate.url"
+METRICS_LABEL = "org.sregistry.migrate.metrics"
+ROW_LABEL = "org.sregistry.migrate.row"
+CREATED_LABEL = "org.sregistry.migrate.created"
 
 _EXTENSION = re.compile(r"[.](img|simg|sif)")
 _SCHEME = re.compile(r"^.+://")
@@ -68,6 +70,17 @@ def _parse(uri, tag=None, version=None):
         "name": name,
         "uri": uri,
     }
+
+
+def _created(label, added):
+    """When the record was made: the old row's `created_at` for a migrated image (UTC),
+    else when the name was added."""
+    if label:
+        try:
+            return datetime.datetime.strptime(label, "%Y-%m-%d %H:%M:%S")
+        except ValueError:
+            pass
+    return datetime.datetime.fromtimestamp(added)
 
 
 class Collection(str):
@@ -108,7 +121,8 @@ class Container:
         name, _, tag = rest.partition(":")
         labels = img.labels
         self._image = img
-        self.id = None
+        row = labels.get(ROW_LABEL)
+        self.id = int(row) if row and row.isdigit() else None
         self.collection = Collection(collection)
         self.collection_id = None
         self.name = name
@@ -119,9 +133,9 @@ class Container:
             img.source if img.source and is_remote(img.source) else None
         )
         self.uri = "%s/%s:%s@%s" % (collection, name, tag, self.version)
-        self.client = labels.get(CLIENT_LABEL, "sregistry")
+        self.client = "sregistry"
         self.metrics = labels.get(METRICS_LABEL, "{}")
-        self.created_at = datetime.datetime.fromtimestamp(img.added)
+        self.created_at = _created(labels.get(CREATED_LABEL), img.added)
 
     def get_uri(self):
         return self.uri

@@ -180,3 +180,27 @@ def test_default_root_is_the_command_lines(tmp_path):
         env=env, check=True, capture_output=True, text=True,
     ).stdout.strip()
     assert out == str(tmp_path / "envcache")
+
+
+def test_add_many_adds_each_item_and_refuses_bad_ones_in_place(cache, make_file, tmp_path):
+    """Danger: one bad item failing the whole batch, results out of order, or move=True
+    taking files whose names were refused."""
+    items = [(str(make_file("m%d.bin" % i, 1000 + i, seed=i)), "lab/m:%d" % i) for i in range(5)]
+    items.insert(2, (str(tmp_path / "absent.bin"), "lab/absent:1"))
+    bad_name_file = make_file("bad.bin", 10, seed=50)
+    items.insert(4, (str(bad_name_file), "Bad Name"))
+    items.append((str(make_file("l.bin", 500, seed=99)), "lab/l:1", {"k": "v"}))
+    results = cache.add_many(items, move=True, batch=2)
+    assert len(results) == len(items)
+    assert isinstance(results[2], sregistry.Error) and "absent.bin" in str(results[2])
+    assert isinstance(results[4], sregistry.InvalidName)
+    added = [r.name for r in results if isinstance(r, sregistry.Image)]
+    assert added == ["lab/m:0", "lab/m:1", "lab/m:2", "lab/m:3", "lab/m:4", "lab/l:1"]
+    assert results[-1].labels == {"k": "v"}
+    assert sorted(i.name for i in cache.list()) == sorted(added)
+    for r in results:
+        if isinstance(r, sregistry.Image):
+            assert cache.get(r.name) == r.path
+    # Moved in: gone from where they were, except the one whose name was refused.
+    assert not any(os.path.exists(p) for p, *_ in items if "absent" not in p and p != str(bad_name_file))
+    assert bad_name_file.exists()

@@ -81,12 +81,12 @@ use crate::format::clock;
 use crate::format::digest::Digest;
 use crate::format::reference::Reference;
 use crate::testhook;
-use index::Index;
+use index::{Index, IndexWriter};
 use lock::LockOptions;
 use store::{Staged, Store, StoreError};
 use uses::UseMarkers;
 
-pub use batch::BatchName;
+pub use batch::{AddItem, BatchName, DEFAULT_ADD_BATCH};
 pub use collect::{Snapshot, Victims};
 pub use health::Repaired;
 pub use index::{
@@ -327,6 +327,41 @@ pub struct AddOptions {
     pub media_type: Option<String>,
 }
 
+/// A file checked and staged in `tmp/` for a name, not yet committed (the first half of
+/// [`Cache::add`]). Dropped, it removes the staged file and gives a moved file its mode
+/// back.
+struct PreparedAdd {
+    staged: Staged,
+    /// The name, without a digest.
+    name: Reference,
+    prov: Provenance,
+    repoint: Repoint,
+    moved: Option<MovedFile>,
+}
+
+/// The user's file of an `add --move`, removed only once its name is committed.
+struct MovedFile {
+    src: PathBuf,
+    dev: u64,
+    ino: u64,
+    claim: Option<MoveClaim>,
+}
+
+impl MovedFile {
+    /// The name is committed: the file is the cache's. Leave its inode read-only (when it
+    /// was handed over) and remove the user's path, but only if it still holds the file
+    /// that was added, not one put there since.
+    fn release(self) {
+        if let Some(c) = self.claim {
+            c.keep();
+        }
+        if fs::symlink_metadata(&self.src).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
+        {
+            let _ = fs::remove_file(&self.src);
+        }
+    }
+}
+
 /// What [`Cache::remove`] did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Removed {
@@ -493,6 +528,27 @@ impl Cache {
         name: &Reference,
         opts: &AddOptions,
     ) -> Result<Entry, CacheError> {
+        let p = self.prepare_add(src, name, opts)?;
+        // On an error from here on, `staged` removes its file in `tmp/` and the move's
+        // claim gives the user's file its mode back.
+        let entry = self.commit_staged(p.staged, Vec::new(), &p.name, p.prov, p.repoint)?;
+        if let Some(moved) = p.moved {
+            testhook::pause("add-move-committed");
+            moved.release();
+        }
+        Ok(entry)
+    }
+
+    /// The first half of [`Cache::add`] and of [`Cache::add_many`]: every check of the
+    /// file and the name, then the copy (or, for `--move`, the hard link) into `tmp/` and
+    /// the hashing, all before the index lock. Nothing is committed; dropping the result
+    /// removes the staged file and gives a moved file its mode back.
+    fn prepare_add(
+        &self,
+        src: &Path,
+        name: &Reference,
+        opts: &AddOptions,
+    ) -> Result<PreparedAdd, CacheError> {
         refuse_digest_on_target(name)?;
         let name = name.without_digest();
         let open_err = |source| CacheError::Open {
@@ -572,32 +628,23 @@ impl Cache {
             .source
             .clone()
             .unwrap_or_else(|| abs_src.display().to_string());
-        // On an error from here on, `staged` removes its file in `tmp/` and `claim` gives
-        // the user's file its mode back.
-        let entry = self.commit_staged(
+        Ok(PreparedAdd {
             staged,
-            Vec::new(),
-            &name,
-            Provenance {
+            name,
+            prov: Provenance {
                 source,
                 labels: opts.labels.clone(),
                 media_type: opts.media_type.clone(),
                 remote_digest: None,
             },
-            opts.repoint,
-        )?;
-        if opts.move_file {
-            testhook::pause("add-move-committed");
-            if let Some(c) = claim {
-                c.keep();
-            }
-            // Only the file that was added: not one put at the path since.
-            let same = |m: &fs::Metadata| m.dev() == meta.dev() && m.ino() == meta.ino();
-            if fs::symlink_metadata(src).is_ok_and(|m| same(&m)) {
-                let _ = fs::remove_file(src);
-            }
-        }
-        Ok(entry)
+            repoint: opts.repoint,
+            moved: opts.move_file.then(|| MovedFile {
+                src: src.to_path_buf(),
+                dev: meta.dev(),
+                ino: meta.ino(),
+                claim,
+            }),
+        })
     }
 
     /// Whether `path` lies inside this cache's directory (after resolving links).
@@ -733,13 +780,6 @@ impl Cache {
         refuse_digest_on_target(name)?;
         let now = clock::now();
         let digest = staged.digest();
-        let size = staged.size();
-        let record = RefRecord {
-            digest,
-            added: now,
-            source: Some(prov.source),
-            labels: prov.labels,
-        };
         let key = name.key();
         let fan_dir_existed = self
             .store
@@ -773,19 +813,59 @@ impl Cache {
                 return Err(e);
             }
         };
-        if let Err(e) = refuse_repoint(&key, &digest, repoint, w.get_ref(&key)?, || {
-            w.is_pinned(&key)
-        }) {
-            // The blob `place` linked in before the lock is nobody's unless the index
-            // knows it: take it out again, as gc would.
-            let aside = match w.get_blob(&digest)? {
-                None => self.store.unlink_later(&digest).ok().flatten(),
-                Some(_) => None,
-            };
+        let mut aside = Vec::new();
+        let refused = self.refuse_under_lock(&w, &key, &digest, repoint, &mut aside);
+        if let Err(e) = refused {
             drop(w);
-            store::unlink_now(aside.as_slice());
+            store::unlink_now(&aside);
             return Err(e);
         }
+        let entry = self.put_staged(&mut w, staged, parts, key, prov, now)?;
+        testhook::pause("add-index-uncommitted");
+        w.commit()?;
+        Ok(entry)
+    }
+
+    /// Under the exclusive lock, before `staged` is committed under `key`: refuse to
+    /// re-point a pinned name (see [`Repoint`]). A refused blob that `Staged::place`
+    /// linked in before the lock is nobody's unless the index knows it: it is moved aside
+    /// into `aside` (for [`store::unlink_now`] once the lock is released), as gc would.
+    fn refuse_under_lock(
+        &self,
+        w: &IndexWriter,
+        key: &str,
+        digest: &Digest,
+        repoint: Repoint,
+        aside: &mut Vec<PathBuf>,
+    ) -> Result<(), CacheError> {
+        let refused = refuse_repoint(key, digest, repoint, w.get_ref(key)?, || w.is_pinned(key));
+        if refused.is_err() && w.get_blob(digest)?.is_none() {
+            aside.extend(self.store.unlink_later(digest).ok().flatten());
+        }
+        refused
+    }
+
+    /// In the open transaction `w` (the caller checked the pin): put the staged blob in
+    /// place with the blobs it was made from, record it, point `key` at it and mark its
+    /// use. A store error leaves the transaction as it was; an index error means the
+    /// transaction must be dropped.
+    fn put_staged(
+        &self,
+        w: &mut IndexWriter,
+        staged: Staged,
+        parts: Vec<Part>,
+        key: String,
+        prov: Provenance,
+        now: u64,
+    ) -> Result<Entry, CacheError> {
+        let digest = staged.digest();
+        let size = staged.size();
+        let record = RefRecord {
+            digest,
+            added: now,
+            source: Some(prov.source),
+            labels: prov.labels,
+        };
         let (path, _new) = staged.commit(&self.store)?;
         testhook::pause("add-blob-committed");
         let mut part_digests = Vec::with_capacity(parts.len());
@@ -818,8 +898,8 @@ impl Cache {
         let blob_record = BlobRecord {
             size,
             added: now,
-            media_type: prov.media_type.clone(),
-            remote_digest: prov.remote_digest.clone(),
+            media_type: prov.media_type,
+            remote_digest: prov.remote_digest,
             parts: part_digests,
         };
         match w.get_blob(&digest)? {
@@ -839,8 +919,6 @@ impl Cache {
         w.set_last_use(&key, now)?;
         let pinned = w.is_pinned(&key)?;
         let blob = w.get_blob(&digest)?;
-        testhook::pause("add-index-uncommitted");
-        w.commit()?;
         Ok(Entry {
             name: key,
             digest,

@@ -16,8 +16,8 @@ use clap::{Args, Parser, Subcommand};
 /// jobs can run `singularity run $(sregistry get lab/tool:1.2)`.
 ///
 /// Exit codes: 0 ok, 1 error, 2 usage (bad arguments or a malformed name), 3 not found,
-/// 4 verify found a problem. Exit 3 also when NAME@blake3:<hex> names a digest the name
-/// does not point to.
+/// 4 a check found a problem (verify, doctor, a row migrate did not import). Exit 3 also
+/// when NAME@blake3:<hex> names a digest the name does not point to.
 #[derive(Debug, Parser)]
 #[command(
     name = "sregistry",
@@ -99,6 +99,7 @@ fn lean_command() -> clap::Command {
         ("verify", &[], VerifyArgs::augment_args),
         ("init", &[], InitArgs::augment_args),
         ("doctor", &[], DoctorArgs::augment_args),
+        ("migrate", &[], MigrateArgs::augment_args),
         ("completions", &[], CompletionsArgs::augment_args),
     ];
     let mut cmd = GlobalArgs::augment_args(clap::Command::new("sregistry"))
@@ -141,6 +142,7 @@ pub enum Command {
     Verify(VerifyArgs),
     Init(InitArgs),
     Doctor(DoctorArgs),
+    Migrate(MigrateArgs),
     Completions(CompletionsArgs),
 }
 
@@ -431,6 +433,38 @@ pub struct GcArgs {
     /// Show what would be removed; change nothing
     #[arg(long, short = 'n')]
     pub dry_run: bool,
+}
+
+/// Import the images of the old Python client (sregistry 0.2.39) from its database.
+///
+/// Reads DIR/sregistry.db (read-only: the old database is never written) and adds every
+/// image whose file exists under `collection/name:tag`, with the row's facts as labels
+/// (org.sregistry.migrate.version, .url, .uri, .metrics, .row, .created). Where a tag has
+/// several rows, the newest that can be imported wins. A name already in the cache that
+/// points to other content is left alone unless an earlier migrate put it there. A row whose file is gone, whose file no longer matches
+/// its sha256 version, or whose name is not valid here even normalised (lower case, odd
+/// characters turned into `-`) is not imported. A name normalised is said per row. Running
+/// it again adds nothing. Without --move the old files stay where they are.
+///
+/// Prints one line per imported row on stdout, one line per row not imported (why, the
+/// row's uri and id, its file) on stderr. Exit 0 when every row is in the cache, 4 when
+/// some row was not imported, 3 when there is no sregistry.db in DIR, 1 when it cannot be
+/// read or is not the old client's.
+///
+/// Example: sregistry migrate --from ~/.singularity --dry-run
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// The old client's directory holding sregistry.db (or the database file itself)
+    /// [default: $SREGISTRY_DATABASE, else ~/.singularity]
+    #[arg(long, value_name = "DIR")]
+    pub from: Option<PathBuf>,
+    /// Show what would be imported; change nothing
+    #[arg(long, short = 'n')]
+    pub dry_run: bool,
+    /// Move the files into the cache (the rules of `add --move`) instead of copying them;
+    /// the old database still lists them
+    #[arg(long = "move")]
+    pub move_files: bool,
 }
 
 /// Re-hash cached content and check the cache; quarantine what is corrupt.

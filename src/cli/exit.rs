@@ -5,8 +5,8 @@
 //! | 0 | success |
 //! | 1 | error (I/O, permissions, damaged cache, lock timeout, ...) |
 //! | 2 | usage: bad arguments or a malformed name |
-//! | 3 | not found: the image is not in the cache, or its name does not point to the digest given |
-//! | 4 | verify found a problem |
+//! | 3 | not found: the image is not in the cache, or its name does not point to the digest given; `migrate`: no old database |
+//! | 4 | verify found a problem; `migrate`: some row was not imported |
 
 use sregistry::cache::CacheError;
 use sregistry::format::reference::ReferenceError;
@@ -58,6 +58,11 @@ pub fn status_of(err: &anyhow::Error) -> ExitStatus {
             if r.is_usage() {
                 return ExitStatus::Usage;
             }
+        }
+        if let Some(m) = cause.downcast_ref::<sregistry::maintain::migrate::MigrateError>()
+            && m.is_not_found()
+        {
+            return ExitStatus::NotFound;
         }
         if let Some(c) = cause.downcast_ref::<CacheError>() {
             if c.is_not_found() {

@@ -57,6 +57,8 @@ impl Env {
             "SREGISTRY_MIN_FREE",
             "SREGISTRY_TIMEOUT",
             "SREGISTRY_RETRIES",
+            "SREGISTRY_DATABASE",
+            "SREGISTRY_STORAGE",
         ] {
             c.env_remove(var);
         }

@@ -14,6 +14,7 @@ mod index_damage;
 mod interop;
 mod local;
 mod messages;
+mod migrate;
 mod move_add;
 mod pins;
 mod registry;

@@ -13,6 +13,7 @@ pub mod init;
 pub mod inspect;
 pub mod list;
 pub mod login;
+pub mod migrate;
 pub use super::output;
 pub mod pin;
 pub mod pull;
@@ -160,6 +161,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Gc(a) => gc::run(&ctx, a),
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
+        Command::Migrate(a) => migrate::run(&ctx, a),
         Command::Completions(_) | Command::Init(_) => unreachable!("handled above"),
     }
 }

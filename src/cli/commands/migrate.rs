@@ -1,0 +1,84 @@
+//! `sregistry migrate [--from DIR] [--dry-run] [--move]`: import the old Python client's
+//! images (see [`sregistry::maintain::migrate`] for what it promises).
+
+use anyhow::Result;
+
+use super::{Ctx, output};
+use crate::cli::MigrateArgs;
+use crate::cli::exit::{ExitStatus, Reported};
+use sregistry::maintain::migrate::{self, MigrateOptions, Outcome};
+
+pub fn run(ctx: &Ctx, args: &MigrateArgs) -> Result<()> {
+    let dir = match &args.from {
+        Some(d) => d.clone(),
+        None => migrate::default_dir()?,
+    };
+    let db = migrate::database_path(&dir);
+    let opts = MigrateOptions {
+        dry_run: args.dry_run,
+        move_files: args.move_files,
+        batch: 0,
+    };
+    // The errors name the database or the cache themselves.
+    let report = migrate::run(&ctx.cache, &db, &opts)?;
+    let verb = if report.dry_run {
+        "would import"
+    } else {
+        "imported"
+    };
+    for r in &report.rows {
+        let file = r
+            .file
+            .as_ref()
+            .map(|f| format!("`{}`", f.display()))
+            .unwrap_or_else(|| "no file".into());
+        match &r.outcome {
+            Outcome::Imported {
+                name,
+                normalized_from,
+            } if !ctx.json && !ctx.quiet => {
+                let note = normalized_from
+                    .as_ref()
+                    .map(|old| format!(", name normalised from `{old}`"))
+                    .unwrap_or_default();
+                output::line(format!("{verb} {name} (row {} `{}`{note})", r.id, r.uri))?;
+            }
+            Outcome::AlreadyThere { name } if !ctx.json && !ctx.quiet => {
+                output::line(format!("already there {name} (row {} `{}`)", r.id, r.uri))?;
+            }
+            o if !o.is_in_cache() => {
+                // Even under -q: a row left behind is what the exit status is about.
+                eprintln!(
+                    "not imported: row {} `{}` ({file}): {}",
+                    r.id,
+                    r.uri,
+                    o.why()
+                );
+            }
+            _ => {}
+        }
+    }
+    if ctx.json {
+        output::json(&report)?;
+    }
+    ctx.say(format!(
+        "{}: {} {verb}, {} already there, {} not imported, from `{}`{}",
+        if report.dry_run { "dry run" } else { "migrate" },
+        report.imported,
+        report.already_there,
+        report.not_imported,
+        report.database.display(),
+        if report.moved && !report.dry_run {
+            " (files moved; the old database still lists them)"
+        } else {
+            ""
+        }
+    ));
+    if report.not_imported > 0 {
+        return Err(Reported {
+            status: ExitStatus::Problem,
+        }
+        .into());
+    }
+    Ok(())
+}

@@ -1,0 +1,150 @@
+//! Reading the old Python client's database (`sregistry.db`, as `sregistry==0.2.39`
+//! writes it through its SQLAlchemy models): the `container` rows with the name of their
+//! `collection`. Opened read-only (`SQLITE_OPEN_READ_ONLY`): migrate never writes it.
+//!
+//! The facts, from the old client's `database/models.py` and `database/sqlite.py`:
+//! * `collection(id, name UNIQUE, token, created_at)`;
+//! * `container(id, created_at, metrics TEXT NOT NULL, name, tag, image, url, uri, client,
+//!   version, collection_id)`, unique on `(collection_id, name, tag, client, version)`:
+//!   a tag added again with other content is a second row (its version differs);
+//! * `version` is the file's sha256 in hex unless the user named one (`NAME@VERSION`);
+//! * `image` is the absolute path of the file in its storage
+//!   (`$SREGISTRY_STORAGE/<collection>/<name>/<tag>@<version>.sif`), or NULL for a
+//!   record without a file;
+//! * `created_at` is SQLite's `CURRENT_TIMESTAMP` text, `YYYY-MM-DD HH:MM:SS` (UTC), so
+//!   text order is time order.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags};
+use serde::Serialize;
+
+/// File name of the old client's database, in its directory.
+pub const DB_FILE: &str = "sregistry.db";
+
+/// One row of the old client's `container` table, with its collection's name.
+#[derive(Clone, Debug, Serialize)]
+pub struct OldRow {
+    pub id: i64,
+    pub collection: String,
+    pub name: String,
+    pub tag: String,
+    /// The image file's path (NULL for a record without a file).
+    pub image: Option<String>,
+    pub url: Option<String>,
+    pub uri: Option<String>,
+    pub version: Option<String>,
+    pub metrics: String,
+    pub created_at: Option<String>,
+}
+
+impl OldRow {
+    /// How the old client showed the row: its `uri`, else `collection/name:tag`.
+    pub fn shown(&self) -> String {
+        match &self.uri {
+            Some(u) if !u.is_empty() => u.clone(),
+            _ => format!("{}/{}:{}", self.collection, self.name, self.tag),
+        }
+    }
+
+    /// `collection/name:tag`, the name the row is imported under (if it is valid).
+    pub fn wanted_name(&self) -> String {
+        format!("{}/{}:{}", self.collection, self.name, self.tag)
+    }
+}
+
+/// Why the old database could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum OldDbError {
+    #[error(
+        "no old sregistry database `{path}` (give the directory that holds the old client's sregistry.db with --from DIR, or set SREGISTRY_DATABASE to it)"
+    )]
+    Missing { path: PathBuf },
+    #[error(
+        "cannot read the old sregistry database `{path}`: {detail} (check it is the old client's sregistry.db and readable by you)"
+    )]
+    Unreadable { path: PathBuf, detail: String },
+    #[error(
+        "`{path}` is a SQLite database but not the old sregistry client's: {detail} (give the directory that holds the old client's sregistry.db with --from DIR)"
+    )]
+    NotSregistry { path: PathBuf, detail: String },
+}
+
+/// Every container row of the database at `path`, by id.
+pub fn read_rows(path: &Path) -> Result<Vec<OldRow>, OldDbError> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(OldDbError::Missing {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => {
+            return Err(OldDbError::Unreadable {
+                path: path.to_path_buf(),
+                detail: e.to_string(),
+            });
+        }
+        Ok(m) if !m.is_file() => {
+            return Err(OldDbError::Unreadable {
+                path: path.to_path_buf(),
+                detail: "it is not a file".into(),
+            });
+        }
+        Ok(_) => {}
+    }
+    let unreadable = |e: rusqlite::Error| OldDbError::Unreadable {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(unreadable)?;
+    // The first read: a file that is not SQLite fails here ("file is not a database").
+    let tables: Vec<String> = conn
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table'")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()
+        })
+        .map_err(unreadable)?;
+    for t in ["container", "collection"] {
+        if !tables.iter().any(|have| have == t) {
+            return Err(OldDbError::NotSregistry {
+                path: path.to_path_buf(),
+                detail: format!("it has no `{t}` table"),
+            });
+        }
+    }
+    let not_ours = |e: rusqlite::Error| OldDbError::NotSregistry {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    };
+    let mut stmt = conn
+        .prepare(
+            "SELECT c.id, k.name, c.name, c.tag, c.image, c.url, c.uri, c.version, c.metrics,
+                    CAST(c.created_at AS TEXT)
+             FROM container c JOIN collection k ON k.id = c.collection_id
+             ORDER BY c.id",
+        )
+        .map_err(not_ours)?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok(OldRow {
+                id: r.get(0)?,
+                collection: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
+                name: r.get(2)?,
+                tag: r.get(3)?,
+                image: r.get(4)?,
+                url: r.get(5)?,
+                uri: r.get(6)?,
+                version: r.get(7)?,
+                metrics: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
+                created_at: r.get(9)?,
+            })
+        })
+        .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+        .map_err(unreadable)?;
+    Ok(rows)
+}
