@@ -109,6 +109,11 @@ class Registry:
             if '"GET ' in line and ("/blobs/sha256:" + digest_hex) in line
         )
 
+    def requests(self, repository):
+        """How many requests the registry has served for `repository` so far."""
+        text = self.log.read_text(errors="replace")
+        return sum(1 for line in text.splitlines() if "/v2/%s/" % repository in line)
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait(10)

@@ -38,20 +38,27 @@ def test_pull_names_the_image_and_get_answers_from_the_cache(tmp_path, pushed, r
     assert img.name == "lab/big:1" and img.size == BIG and img.source == remote
     assert img.remote_digest == "sha256:" + sha
     path = cache.get(remote)
+    asked = registry.requests("py/big")
     again = cache.get(remote)
     assert path == again
     with open(path, "rb") as f:
         assert hashlib.sha256(f.read()).hexdigest() == sha
-    # One download for the pull, one for the first get (another name): none for the second.
+    # One download for the pull, one for the first get (another name): none for the second,
+    # which does not even ask the registry.
     assert registry.blob_gets(sha) - before == 2
+    assert registry.requests("py/big") == asked
 
 
 def test_threads_pulling_at_once_download_once(tmp_path, pushed, registry):
     """Danger: threads of one process each downloading the image (the GIL held, or the
     pull lock not taken), or some of them getting an error or another path."""
     remote, sha = pushed
+    # What one get of the remote into an empty cache asks of the registry.
+    before = registry.requests("py/big")
+    sregistry.Cache(tmp_path / "alone").get(remote)
+    one_get = registry.requests("py/big") - before
     cache = sregistry.Cache(tmp_path / "c")
-    before = registry.blob_gets(sha)
+    before, before_blob = registry.requests("py/big"), registry.blob_gets(sha)
     start = threading.Barrier(6)
     results, errors = [], []
 
@@ -69,7 +76,9 @@ def test_threads_pulling_at_once_download_once(tmp_path, pushed, registry):
         t.join(120)
     assert errors == []
     assert len(results) == 6 and len(set(results)) == 1
-    assert registry.blob_gets(sha) - before == 1
+    assert registry.blob_gets(sha) - before_blob == 1
+    # The five that waited asked the registry nothing: they found the first one's pull.
+    assert registry.requests("py/big") - before == one_get
 
 
 def _ticks_while(work):
