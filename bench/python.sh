@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 quick=${BENCH_QUICK:-0}
 TOOLS="$(pwd)/${CARGO_TARGET_DIR:-target}/test-tools"
 new="$TOOLS/pyvenv/bin/python"
-old="$(bash scripts/install-deps.sh oldclient)"
+old="${SREGISTRY_OLD_CLIENT:-$(bash scripts/install-deps.sh oldclient)}"
 [ -x "$new" ] && [ -x "$old" ] || bash scripts/test-python.sh -q -k round_trip >/dev/null
 work=bench/work/python
 rm -rf "$work"; mkdir -p "$work"
@@ -78,5 +78,10 @@ name in one process: each call parses the name, takes the shared lock, looks the
 in the index, checks the file, and releases the GIL around it all. A whole
 \`sregistry get\` process is about 1 ms (docs/benchmarks.md), most of it starting a
 process: a Python program that gets many images keeps one \`Cache\` open instead.
+
+The old client's \`import sregistry\` is cheap because its package imports nothing; what
+its scripts import, \`sregistry.main\`, pulls in SQLAlchemy, requests and its backends. Ours
+loads the extension on \`import sregistry\`; \`sregistry.main\` adds only Python's \`json\`,
+\`datetime\`, \`re\` and \`shutil\`.
 MD
 echo "wrote docs/benchmarks-python.md"

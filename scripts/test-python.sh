@@ -18,7 +18,7 @@ start=$(date +%s)
 echo "pip install ./python: $(( $(date +%s) - start )) s" >&2
 
 export PATH="$(bash scripts/install-deps.sh path):$PATH"
-export SREGISTRY_OLD_CLIENT="$(bash scripts/install-deps.sh oldclient)"
+export SREGISTRY_OLD_CLIENT="${SREGISTRY_OLD_CLIENT:-$(bash scripts/install-deps.sh oldclient)}"
 # From python/tests: the installed package is imported, not the sources in python/.
 cd python/tests
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"

@@ -35,6 +35,8 @@ def test_the_script_is_a_real_old_client_script(tmp_path):
         if os.environ.get("CI"):
             pytest.fail("SREGISTRY_OLD_CLIENT is not set (make test-python sets it)")
         pytest.skip("SREGISTRY_OLD_CLIENT is not set (make test-python sets it)")
+    if not os.path.exists(old):
+        pytest.fail("no old client at `%s`: run scripts/install-deps.sh test" % old)
     work = tmp_path / "work"
     work.mkdir()
     db = tmp_path / "db"
