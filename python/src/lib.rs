@@ -597,11 +597,20 @@ impl PyCache {
     }
 
     /// Upload the image `name` to `remote` (`oras://HOST/REPO:TAG` or `s3://BUCKET/KEY`);
-    /// returns where it went.
-    fn push(&self, py: Python<'_>, name: &str, remote: &str) -> PyResult<String> {
+    /// returns where it went. `progress(done, total)` is told how an `oras://` upload
+    /// advances; an exception in it stops the push before any manifest names the upload,
+    /// and is raised here.
+    #[pyo3(signature = (name, remote, progress=None))]
+    fn push(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        remote: &str,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
         let r = parse_name(name)?;
         let remote = parse_remote(remote)?;
-        let (opts, hook) = remote_opts(None, false);
+        let (opts, hook) = remote_opts(progress, false);
         let out = py.detach(|| remote::push(&self.inner, &r, &remote, &opts));
         finish_remote(out, &hook)
     }

@@ -177,3 +177,26 @@ def test_remote_not_found_is_not_found(tmp_path, registry):
     cache = sregistry.Cache(tmp_path / "c")
     with pytest.raises(sregistry.NotFound):
         cache.pull("oras://%s/py/absent:1" % registry.addr)
+
+
+def test_push_tells_progress_and_an_exception_stops_it_unnamed(tmp_path, registry, make_file):
+    """Danger: an upload without progress, or a stopped push leaving a tag behind."""
+    cache = sregistry.Cache(tmp_path / "c")
+    src = make_file("up.bin", 6 << 20, seed=21)
+    cache.add(src, "lab/up:1")
+    seen = []
+    cache.push("lab/up:1", "oras://%s/py/up:1" % registry.addr,
+               progress=lambda d, t: seen.append((d, t)))
+    assert seen[0] == (0, 6 << 20) and seen[-1] == (6 << 20, 6 << 20)
+
+    other = make_file("up2.bin", 6 << 20, seed=22)
+    cache.add(other, "lab/up:2")
+
+    def stop(done, total):
+        if done > 0:
+            raise KeyboardInterrupt("stop the upload")
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.push("lab/up:2", "oras://%s/py/up:2" % registry.addr, progress=stop)
+    with pytest.raises(sregistry.NotFound):
+        sregistry.Cache(tmp_path / "d").pull("oras://%s/py/up:2" % registry.addr)

@@ -164,7 +164,7 @@ pub enum RemoteError {
         expected: u64,
         got: u64,
     },
-    #[error("the download of `{url}` was stopped by its progress receiver; nothing was stored")]
+    #[error("the transfer of `{url}` was stopped by its progress receiver; nothing was stored")]
     Stopped { url: String },
     #[error("cannot export `{name}`: {detail}")]
     Export { name: String, detail: String },
@@ -346,7 +346,8 @@ fn sanitize_path(p: &str) -> String {
     parts.join("/")
 }
 
-/// How a download advances, for a caller that shows it. The library prints nothing.
+/// How a download (or an `oras://` upload) advances, for a caller that shows it. The
+/// library prints nothing.
 pub trait Progress: Send + Sync {
     /// A download starts (or resumes at `at` bytes); `total` is its size when known.
     fn start(&self, total: Option<u64>, at: u64);
@@ -359,9 +360,10 @@ pub trait Progress: Send + Sync {
     fn waiting(&self, what: &str) {
         let _ = what;
     }
-    /// Asked after each [`Progress::advance`]: true stops the download with
-    /// [`RemoteError::Stopped`], and nothing is stored (an embedding program's progress
-    /// callback failed, or its user cancelled).
+    /// Asked after each [`Progress::advance`]: true stops the transfer with
+    /// [`RemoteError::Stopped`], and nothing is stored (a download commits nothing; an
+    /// upload stops before a manifest names it). An embedding program's progress callback
+    /// failed, or its user cancelled.
     fn stop(&self) -> bool {
         false
     }
@@ -396,7 +398,12 @@ impl Report {
         }
     }
 
-    /// Tell the hook `done` bytes are in; an error when it asks to stop.
+    /// Whether the hook asked to stop.
+    pub(crate) fn stopped(&self) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.stop())
+    }
+
+    /// Tell the hook `done` bytes are in (or out); an error when it asks to stop.
     pub(crate) fn advance(&self, done: u64) -> Result<(), RemoteError> {
         if let Some(h) = &self.hook {
             h.advance(done);
