@@ -200,3 +200,29 @@ def test_push_tells_progress_and_an_exception_stops_it_unnamed(tmp_path, registr
         cache.push("lab/up:2", "oras://%s/py/up:2" % registry.addr, progress=stop)
     with pytest.raises(sregistry.NotFound):
         sregistry.Cache(tmp_path / "d").pull("oras://%s/py/up:2" % registry.addr)
+
+
+def test_a_forked_child_pulls_after_its_parent_did(tmp_path, pushed):
+    """Danger: a child made by fork (multiprocessing's default on Linux before 3.14)
+    hanging for ever on the parent's runtime, whose threads it does not have."""
+    remote, _ = pushed
+    sregistry.Cache(tmp_path / "parent").get(remote)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        # The child: a bounded wait, then the answer (or the error) through the pipe.
+        import signal
+
+        signal.alarm(30)
+        try:
+            msg = "ok " + sregistry.Cache(str(tmp_path / "child")).get(remote)
+        except BaseException as e:  # noqa: BLE001 (reported to the parent)
+            msg = "error %r" % e
+        os.write(write, msg.encode())
+        os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 4096).decode()
+    os.close(read)
+    assert os.WIFEXITED(status), "the child was killed (hung on the parent's runtime?)"
+    assert answer.startswith("ok " + str(tmp_path / "child")), answer
