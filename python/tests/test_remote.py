@@ -119,8 +119,9 @@ def test_the_main_thread_keeps_running_during_a_pull(tmp_path, pushed):
     cache = sregistry.Cache(tmp_path / "c")
     ratio, took = _ticks_while(lambda: cache.pull(remote))
     assert took > 0.05, "the pull was too quick to tell anything (%.3f s)" % took
-    # Held, the main thread would not count at all while the pull runs.
-    assert ratio > 0.2, "main thread ran at %.0f%% of its speed during the pull" % (ratio * 100)
+    # Held, the main thread would not count at all while the pull runs (3% measured,
+    # counting before and after it); released, it shares the CPUs with the pull.
+    assert ratio > 0.1, "main thread ran at %.0f%% of its speed during the pull" % (ratio * 100)
 
 
 def test_the_main_thread_keeps_running_during_a_large_add(tmp_path, make_file):
@@ -128,7 +129,7 @@ def test_the_main_thread_keeps_running_during_a_large_add(tmp_path, make_file):
     src = make_file("large.bin", 256 << 20, seed=9)
     ratio, took = _ticks_while(lambda: cache.add(src, "lab/large:1"))
     assert took > 0.05, "the add was too quick to tell anything (%.3f s)" % took
-    assert ratio > 0.2, "main thread ran at %.0f%% of its speed during the add" % (ratio * 100)
+    assert ratio > 0.1, "main thread ran at %.0f%% of its speed during the add" % (ratio * 100)
 
 
 def test_progress_is_told_up_to_the_whole_size(tmp_path, pushed):
