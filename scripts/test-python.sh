@@ -19,6 +19,11 @@ echo "pip install ./python: $(( $(date +%s) - start )) s" >&2
 
 export PATH="$(bash scripts/install-deps.sh path):$PATH"
 export SREGISTRY_OLD_CLIENT="${SREGISTRY_OLD_CLIENT:-$(bash scripts/install-deps.sh oldclient)}"
+# The command line, for the test that migrates an old database and reads it back here:
+# the one `make test` built, else a debug build.
+bin="target/$(rustc -vV | sed -n 's/^host: //p')/debug/sregistry"
+[ -x "$bin" ] || cargo build -q --bin sregistry
+export SREGISTRY_BIN="${SREGISTRY_BIN:-$(pwd)/$bin}"
 # From python/tests: the installed package is imported, not the sources in python/.
 cd python/tests
 exec "$venv/bin/python" -m pytest -p no:cacheprovider -q "$@"
