@@ -50,6 +50,7 @@ fn cache_error_class(e: &CacheError) -> &'static str {
         | CacheError::Layout { .. }
         | CacheError::Remove { .. }
         | CacheError::NoRoot
+        | CacheError::Stopped { .. }
         | CacheError::Settings(_)
         | CacheError::Store(_) => "Error",
     }
@@ -646,28 +647,46 @@ impl PyCache {
     /// Re-hash the content of `names` (all images when `None`) and check the cache, as
     /// `sregistry verify` does; `repair=True` restores what it can. Returns a report
     /// (`problems`, `blobs_checked`, `repaired`, ...; `clean` is true when nothing was
-    /// found).
-    #[pyo3(signature = (names=None, repair=false))]
+    /// found). `progress(done, total)` is told the bytes hashed after each image; an
+    /// exception in it stops verify before it moves or repairs anything, and is raised.
+    #[pyo3(signature = (names=None, repair=false, progress=None))]
     fn verify(
         &self,
         py: Python<'_>,
         names: Option<Vec<String>>,
         repair: bool,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let names = names
             .unwrap_or_default()
             .iter()
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
+        let failed: Arc<Mutex<Option<PyErr>>> = Arc::default();
+        let told = progress.map(|callback| {
+            let failed = failed.clone();
+            verify::VerifyProgress(Arc::new(move |done, total| {
+                Python::attach(|py| match callback.call1(py, (done, total)) {
+                    Ok(_) => true,
+                    Err(e) => {
+                        let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
+                        slot.get_or_insert(e);
+                        false
+                    }
+                })
+            }))
+        });
         let opts = verify::VerifyOptions {
             names,
             repair,
             tmp_grace: gc::DEFAULT_TMP_GRACE,
+            progress: told,
         };
-        let out = py
-            .detach(|| verify::run(&self.inner, &opts))
-            .map_err(cache_err)?;
-        report(py, "VerifyReport", out)
+        let out = py.detach(|| verify::run(&self.inner, &opts));
+        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            return Err(e);
+        }
+        report(py, "VerifyReport", out.map_err(cache_err)?)
     }
 
     fn __repr__(&self) -> String {

@@ -204,3 +204,27 @@ def test_add_many_adds_each_item_and_refuses_bad_ones_in_place(cache, make_file,
     # Moved in: gone from where they were, except the one whose name was refused.
     assert not any(os.path.exists(p) for p, *_ in items if "absent" not in p and p != str(bad_name_file))
     assert bad_name_file.exists()
+
+
+def test_verify_tells_progress_and_an_exception_stops_it_before_quarantine(cache, make_file):
+    """Danger: a verify that cannot be followed or stopped, or one stopped half-way that
+    still moved content to quarantine."""
+    imgs = [cache.add(make_file("v%d.bin" % i, 100000 + i, seed=30 + i), "lab/v:%d" % i)
+            for i in range(4)]
+    total = sum(i.size for i in imgs)
+    seen = []
+    assert cache.verify(progress=lambda d, t: seen.append((d, t))).clean
+    assert len(seen) == 4 and all(t == total for _, t in seen)
+    assert max(seen) == (total, total)
+
+    os.chmod(imgs[0].path, 0o644)
+    with open(imgs[0].path, "r+b") as f:
+        f.write(b"tampered")
+    # Raising at the last image: everything is hashed, the corrupt one found, and still
+    # nothing may move.
+    with pytest.raises(ZeroDivisionError):
+        cache.verify(progress=lambda d, t: d < t or 1 / 0)
+    assert os.path.exists(imgs[0].path), "a stopped verify moved content"
+    report = cache.verify()
+    assert [p["kind"] for p in report.problems] == ["corrupt"]
+    assert not os.path.exists(imgs[0].path)

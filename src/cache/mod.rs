@@ -189,6 +189,8 @@ pub enum CacheError {
     Remove { path: PathBuf, source: io::Error },
     #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
     NoRoot,
+    #[error("{what} was stopped by its progress receiver before it changed anything")]
+    Stopped { what: &'static str },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
