@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use sregistry::cache::lock::{LockError, LockOptions};
-use sregistry::cache::{AddItem, AddOptions, CacheError, Entry, IndexError, Repoint};
+use sregistry::cache::{AddItem, AddOptions, CacheError, CopyProgress, Entry, IndexError, Repoint};
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
 use sregistry::maintain::{gc, verify};
@@ -215,6 +215,40 @@ impl Progress for PyProgress {
     }
 }
 
+/// A progress function for the library's hooks that calls `progress(done, total)` with the
+/// GIL held, and answers false (stop) once it raised; the exception is kept in the slot,
+/// for [`raise_failed`].
+type Told = Arc<dyn Fn(u64, Option<u64>) -> bool + Send + Sync>;
+
+fn told_by(progress: Option<Py<PyAny>>) -> (Option<Told>, Arc<Mutex<Option<PyErr>>>) {
+    let failed: Arc<Mutex<Option<PyErr>>> = Arc::default();
+    let slot = failed.clone();
+    let told = progress.map(|callback| -> Told {
+        Arc::new(move |done, total| {
+            let mut kept = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.is_some() {
+                return false;
+            }
+            match Python::attach(|py| callback.call1(py, (done, total)).map(drop)) {
+                Ok(()) => true,
+                Err(e) => {
+                    *kept = Some(e);
+                    false
+                }
+            }
+        })
+    });
+    (told, failed)
+}
+
+/// The progress callback's exception, if it raised.
+fn raise_failed(failed: &Mutex<Option<PyErr>>) -> PyResult<()> {
+    match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
 /// Remote options with `progress` installed, and the receiver to ask afterwards whether
 /// the callback failed.
 fn remote_opts(
@@ -397,7 +431,11 @@ impl PyCache {
     /// unless `move=True`, which hands the file itself to the cache where it can (same
     /// filesystem, no other link, nobody writing it) and removes it from `path`.
     /// `labels` are recorded with the name; `force=True` re-points a pinned name.
-    #[pyo3(signature = (path, name, r#move=false, labels=None, force=false))]
+    /// `progress(done, total)` is told how the copy advances (a file moved in by hard
+    /// link is not copied, and tells nothing); an exception in it stops the add, stores
+    /// nothing, and is raised here.
+    #[pyo3(signature = (path, name, r#move=false, labels=None, force=false, progress=None))]
+    #[allow(clippy::too_many_arguments)]
     fn add(
         &self,
         py: Python<'_>,
@@ -406,18 +444,20 @@ impl PyCache {
         r#move: bool,
         labels: Option<BTreeMap<String, String>>,
         force: bool,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Image> {
         let name = parse_name(name)?;
+        let (told, failed) = told_by(progress);
         let opts = AddOptions {
             move_file: r#move,
             repoint: Repoint::from_force(force),
             labels: labels.unwrap_or_default(),
+            progress: told.map(CopyProgress),
             ..AddOptions::default()
         };
-        let entry = py
-            .detach(|| self.inner.add(&path, &name, &opts))
-            .map_err(cache_err)?;
-        Ok(Image::of(entry))
+        let entry = py.detach(|| self.inner.add(&path, &name, &opts));
+        raise_failed(&failed)?;
+        Ok(Image::of(entry.map_err(cache_err)?))
     }
 
     /// Add many files at once: one index transaction per `batch` names (0: the
@@ -662,19 +702,9 @@ impl PyCache {
             .iter()
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
-        let failed: Arc<Mutex<Option<PyErr>>> = Arc::default();
-        let told = progress.map(|callback| {
-            let failed = failed.clone();
-            verify::VerifyProgress(Arc::new(move |done, total| {
-                Python::attach(|py| match callback.call1(py, (done, total)) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        let mut slot = failed.lock().unwrap_or_else(|p| p.into_inner());
-                        slot.get_or_insert(e);
-                        false
-                    }
-                })
-            }))
+        let (told, failed) = told_by(progress);
+        let told = told.map(|f| {
+            verify::VerifyProgress(Arc::new(move |done: u64, total: u64| f(done, Some(total))))
         });
         let opts = verify::VerifyOptions {
             names,
@@ -683,9 +713,7 @@ impl PyCache {
             progress: told,
         };
         let out = py.detach(|| verify::run(&self.inner, &opts));
-        if let Some(e) = failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
-            return Err(e);
-        }
+        raise_failed(&failed)?;
         report(py, "VerifyReport", out.map_err(cache_err)?)
     }
 

@@ -56,6 +56,7 @@ class Cache:
         move: bool = False,
         labels: Optional[Dict[str, str]] = None,
         force: bool = False,
+        progress: Optional[Progress] = None,
     ) -> Image: ...
     def add_many(
         self,

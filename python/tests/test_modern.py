@@ -228,3 +228,28 @@ def test_verify_tells_progress_and_an_exception_stops_it_before_quarantine(cache
     report = cache.verify()
     assert [p["kind"] for p in report.problems] == ["corrupt"]
     assert not os.path.exists(imgs[0].path)
+
+
+@pytest.mark.parametrize("size", [200 << 10, 24 << 20], ids=["small", "pipelined"])
+def test_add_tells_progress_and_an_exception_stops_it_storing_nothing(cache, make_file, size):
+    """Danger: a large add that cannot be followed or stopped, or one stopped that left a
+    name, a blob or a file in tmp/."""
+    src = make_file("p.bin", size, seed=40)
+    seen = []
+    img = cache.add(src, "lab/p:1", progress=lambda d, t: seen.append((d, t)))
+    assert seen and seen[-1] == (size, size) and all(t == size for _, t in seen)
+    cache.remove("lab/p:1")
+
+    other = make_file("q.bin", size, seed=41)
+
+    def stop(done, total):
+        raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError, match="enough"):
+        cache.add(other, "lab/q:1", progress=stop)
+    assert other.exists() and other.stat().st_size == size
+    with pytest.raises(sregistry.NotFound):
+        cache.get("lab/q:1")
+    tmp = os.path.join(cache.root, "v1", "tmp")
+    assert [f for f in os.listdir(tmp) if not f.startswith(".")] == []
+    assert not os.path.exists(img.path)
