@@ -95,7 +95,7 @@ pub use index::{
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
+pub use store::{BLOB_MODE, CopyProgress, Found, TmpFile, remove_unfinished};
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -189,6 +189,8 @@ pub enum CacheError {
     Remove { path: PathBuf, source: io::Error },
     #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
     NoRoot,
+    #[error("{what} was stopped by its progress receiver before it changed anything")]
+    Stopped { what: &'static str },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
@@ -325,6 +327,9 @@ pub struct AddOptions {
     /// What to record as the source (defaults to the absolute source path).
     pub source: Option<String>,
     pub media_type: Option<String>,
+    /// Told how the copy advances, and can stop it; `None` tells nobody. A file moved in
+    /// by hard link is not copied, and tells nothing.
+    pub progress: Option<CopyProgress>,
 }
 
 /// A file checked and staged in `tmp/` for a name, not yet committed (the first half of
@@ -618,11 +623,18 @@ impl Cache {
                 }
                 Err(StoreError::CrossDevice { .. } | StoreError::NoLink { .. }) => {
                     drop(c);
-                    self.store.stage_file(&mut file, src, Some(meta.len()))?
+                    self.store.stage_file(
+                        &mut file,
+                        src,
+                        Some(meta.len()),
+                        opts.progress.as_ref(),
+                    )?
                 }
                 Err(e) => return Err(e.into()),
             },
-            _ => self.store.stage_file(&mut file, src, Some(meta.len()))?,
+            _ => self
+                .store
+                .stage_file(&mut file, src, Some(meta.len()), opts.progress.as_ref())?,
         };
         let source = opts
             .source

@@ -68,6 +68,8 @@ pub enum StoreError {
     CrossDevice { path: PathBuf },
     #[error("`{path}` cannot be hard-linked into the cache, so it cannot be moved in")]
     NoLink { path: PathBuf },
+    #[error("the add of `{path}` was stopped by its progress receiver; nothing was stored")]
+    Stopped { path: PathBuf },
 }
 
 fn space_hint(e: &io::Error) -> &'static str {
@@ -373,23 +375,29 @@ impl Store {
         expected: Option<u64>,
     ) -> Result<Staged, StoreError> {
         self.stage_with(src_path, expected, |dst, pipelined| {
-            copy_and_hash(src, dst, pipelined, expected)
+            copy_and_hash(src, dst, pipelined, MidCopyHook::new(None, expected))
         })
     }
 
     /// [`Store::stage_copy`] of a file: a large one is copied inside the kernel
-    /// ([`copy_in_kernel_and_hash`]) where the filesystems allow it.
+    /// ([`copy_in_kernel_and_hash`]) where the filesystems allow it. `progress` is told
+    /// after each chunk, and can stop the copy ([`StoreError::Stopped`]).
     pub fn stage_file(
         &self,
         src: &mut File,
         src_path: &Path,
         expected: Option<u64>,
+        progress: Option<&CopyProgress>,
     ) -> Result<Staged, StoreError> {
         self.stage_with(src_path, expected, |dst, pipelined| {
-            if pipelined && let Some(copied) = copy_in_kernel_and_hash(src, dst).transpose() {
+            if pipelined
+                && let Some(copied) =
+                    copy_in_kernel_and_hash(src, dst, MidCopyHook::new(progress, expected))
+                        .transpose()
+            {
                 return copied;
             }
-            copy_and_hash(src, dst, pipelined, expected)
+            copy_and_hash(src, dst, pipelined, MidCopyHook::new(progress, expected))
         })
     }
 
@@ -420,6 +428,9 @@ impl Store {
                 source,
             },
             CopyFail::Write(source) => werr(source),
+            CopyFail::Stopped => StoreError::Stopped {
+                path: src_path.to_path_buf(),
+            },
         })?;
         if let Some(before) = expected
             && before != size
@@ -624,6 +635,8 @@ const PIPELINE_MIN: u64 = 8 << 20;
 enum CopyFail {
     Read(io::Error),
     Write(io::Error),
+    /// The progress receiver asked to stop.
+    Stopped,
 }
 
 /// How far behind the copy the writeback of a large file may lag.
@@ -677,9 +690,12 @@ const KERNEL_CHUNK: usize = 16 << 20;
 /// staged file's own bytes, whatever the source does meanwhile; nobody else writes the
 /// staged file (mode 0600, a name no other process picks). `Ok(None)`: the filesystems
 /// cannot copy this way (nothing was copied; use [`copy_and_hash`]).
-fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64)>, CopyFail> {
+fn copy_in_kernel_and_hash(
+    src: &File,
+    dst: &File,
+    mut hook: MidCopyHook<'_>,
+) -> Result<Option<(Digest, u64)>, CopyFail> {
     use std::os::fd::AsRawFd;
-    let mut hook = MidCopyHook::default();
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, usize)>(8);
     std::thread::scope(|s| {
         let hasher = s.spawn(move || -> io::Result<blake3::Hasher> {
@@ -747,7 +763,10 @@ fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64
                 break; // the hasher failed; its error is reported below
             }
             total += n as u64;
-            hook.chunk_written();
+            if !hook.chunk_written(total) {
+                outcome = Err(CopyFail::Stopped);
+                break;
+            }
             if n < KERNEL_CHUNK {
                 break;
             }
@@ -765,18 +784,41 @@ fn copy_in_kernel_and_hash(src: &File, dst: &File) -> Result<Option<(Digest, u64
     })
 }
 
-/// The `add-mid-copy` test hook ([`crate::testhook`]): a pause after the first chunk of a
-/// copy is written, where the crash tests kill `add`.
-#[derive(Default)]
-struct MidCopyHook {
-    done: bool,
+/// Told `(bytes copied, bytes expected)` after each chunk of an `add`'s copy; returning
+/// false stops it: the copy in `tmp/` is removed and nothing is stored.
+#[derive(Clone)]
+pub struct CopyProgress(pub std::sync::Arc<dyn Fn(u64, Option<u64>) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for CopyProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("CopyProgress(..)")
+    }
 }
 
-impl MidCopyHook {
-    fn chunk_written(&mut self) {
-        if !std::mem::replace(&mut self.done, true) {
+/// After each chunk of a copy: the progress receiver, if any, and the `add-mid-copy` test
+/// hook ([`crate::testhook`]), a pause after the first chunk, where the crash tests kill
+/// `add`.
+struct MidCopyHook<'a> {
+    paused: bool,
+    progress: Option<&'a CopyProgress>,
+    expected: Option<u64>,
+}
+
+impl<'a> MidCopyHook<'a> {
+    fn new(progress: Option<&'a CopyProgress>, expected: Option<u64>) -> Self {
+        MidCopyHook {
+            paused: false,
+            progress,
+            expected,
+        }
+    }
+
+    /// `written` bytes are copied; false when the progress receiver asks to stop.
+    fn chunk_written(&mut self, written: u64) -> bool {
+        if !std::mem::replace(&mut self.paused, true) {
             crate::testhook::pause("add-mid-copy");
         }
+        self.progress.is_none_or(|p| (p.0)(written, self.expected))
     }
 }
 
@@ -788,9 +830,9 @@ fn copy_and_hash(
     src: &mut dyn Read,
     dst: &mut File,
     pipelined: bool,
-    expected: Option<u64>,
+    mut hook: MidCopyHook<'_>,
 ) -> Result<(Digest, u64), CopyFail> {
-    let mut hook = MidCopyHook::default();
+    let expected = hook.expected;
     if !pipelined {
         let mut w = HashingWriter::new(dst);
         // A small file gets a small buffer: from the heap, without mapping 4 MiB for it.
@@ -798,13 +840,17 @@ fn copy_and_hash(
             usize::try_from(n).map_or(COPY_BUF, |n| n.clamp(64 << 10, COPY_BUF))
         });
         let mut buf = vec![0u8; size];
+        let mut written: u64 = 0;
         loop {
             let n = read_full(src, &mut buf).map_err(CopyFail::Read)?;
             if n == 0 {
                 break;
             }
             w.write_all(&buf[..n]).map_err(CopyFail::Write)?;
-            hook.chunk_written();
+            written += n as u64;
+            if !hook.chunk_written(written) {
+                return Err(CopyFail::Stopped);
+            }
             if n < buf.len() {
                 break; // `read_full` stopped at the end of the source
             }
@@ -843,7 +889,10 @@ fn copy_and_hash(
             }
             start_writeback(dst, total, n as u64);
             total += n as u64;
-            hook.chunk_written();
+            if !hook.chunk_written(total) {
+                outcome = Err(CopyFail::Stopped);
+                break;
+            }
             if work_tx.send((buf, n)).is_err() {
                 break;
             }
@@ -984,7 +1033,9 @@ mod tests {
         let src = d.path().join("big.img");
         fs::write(&src, &data).unwrap();
         let mut f = File::open(&src).unwrap();
-        let st = s.stage_file(&mut f, &src, Some(data.len() as u64)).unwrap();
+        let st = s
+            .stage_file(&mut f, &src, Some(data.len() as u64), None)
+            .unwrap();
         assert_eq!(st.digest(), Digest::of(&data));
         assert_eq!(st.size(), data.len() as u64);
         let (path, _) = st.commit(&s).unwrap();
@@ -1004,7 +1055,7 @@ mod tests {
         let feed = data.clone();
         let writer = std::thread::spawn(move || wr.write_all(&feed));
         let st = s
-            .stage_file(&mut rd, Path::new("pipe"), Some(data.len() as u64))
+            .stage_file(&mut rd, Path::new("pipe"), Some(data.len() as u64), None)
             .unwrap();
         writer.join().unwrap().unwrap();
         assert_eq!(st.digest(), Digest::of(&data));

@@ -220,6 +220,20 @@ pub fn parse_path(path: &Path) -> Result<SifInfo, SifError> {
     parse(&mut std::fs::File::open(path)?)
 }
 
+/// The SIF header and objects of the file at `path`, as `inspect` shows them: `None` when
+/// the file is not SIF at all (or cannot be opened); `Some(Err)` when it starts like one
+/// but does not parse.
+pub fn read_if_sif(path: &Path) -> Option<Result<SifInfo, SifError>> {
+    let mut prefix = [0u8; 64];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut prefix))
+        .ok()?;
+    if !looks_like_sif(&prefix[..n]) {
+        return None;
+    }
+    Some(parse_path(path))
+}
+
 /// Sequential little-endian reads from a fixed record; reads past its end yield zeros.
 struct Fields<'a> {
     buf: &'a [u8],

@@ -23,8 +23,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -45,6 +45,20 @@ pub struct VerifyOptions {
     pub repair: bool,
     /// Age after which a `tmp/` entry is stray (seconds).
     pub tmp_grace: u64,
+    /// Told how the hashing advances; `None` tells nobody.
+    pub progress: Option<VerifyProgress>,
+}
+
+/// Told `(bytes hashed, bytes to hash)` after each blob is hashed (from the hashing
+/// threads, so possibly from several at once); returning false stops verify with
+/// [`CacheError::Stopped`] before it quarantines or repairs anything.
+#[derive(Clone)]
+pub struct VerifyProgress(pub Arc<dyn Fn(u64, u64) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for VerifyProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VerifyProgress(..)")
+    }
 }
 
 /// One finding about a blob or a name.
@@ -85,12 +99,23 @@ pub type Hashed = Result<(Digest, u64), String>;
 
 /// Hash many files in parallel; returns (digest, size) or the error text per path.
 pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
+    hash_all_told(files, None).0
+}
+
+/// [`hash_all`], telling `progress` after each file; the flag is true when it asked to
+/// stop (the files not hashed by then are "not hashed").
+fn hash_all_told(files: &[PathBuf], progress: Option<&VerifyProgress>) -> (Vec<Hashed>, bool) {
     let sizes: Vec<u64> = files
         .iter()
         .map(|p| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0))
         .collect();
+    let total: u64 = sizes.iter().sum();
+    let (done, stopped) = (AtomicU64::new(0), AtomicBool::new(false));
     let results: Vec<Mutex<Option<Hashed>>> = files.iter().map(|_| Mutex::new(None)).collect();
     let hash = |i: usize, parallel: bool| {
+        if stopped.load(Ordering::Relaxed) {
+            return;
+        }
         let r = if parallel {
             crate::format::digest::hash_file(&files[i])
         } else {
@@ -98,6 +123,12 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
         };
         if let Ok(mut slot) = results[i].lock() {
             *slot = Some(r.map_err(|e| e.to_string()));
+        }
+        if let Some(p) = progress {
+            let now = done.fetch_add(sizes[i], Ordering::Relaxed) + sizes[i];
+            if !(p.0)(now, total) {
+                stopped.store(true, Ordering::Relaxed);
+            }
         }
     };
     // Large files: one at a time, each on every core.
@@ -121,7 +152,7 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
             });
         }
     });
-    results
+    let hashed = results
         .into_iter()
         .map(|m| {
             m.into_inner()
@@ -129,7 +160,8 @@ pub fn hash_all(files: &[PathBuf]) -> Vec<Hashed> {
                 .flatten()
                 .unwrap_or_else(|| Err("not hashed".into()))
         })
-        .collect()
+        .collect();
+    (hashed, stopped.into_inner())
 }
 
 /// Run verify on `cache`.
@@ -179,7 +211,10 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
         })
         .collect();
     let paths: Vec<PathBuf> = to_hash.iter().map(|f| f.path.clone()).collect();
-    let hashed = hash_all(&paths);
+    let (hashed, stopped) = hash_all_told(&paths, opts.progress.as_ref());
+    if stopped {
+        return Err(CacheError::Stopped { what: "verify" });
+    }
     let mut corrupt: Vec<(Digest, PathBuf)> = Vec::new();
     for (f, r) in to_hash.iter().zip(hashed) {
         let Some(d) = f.digest else { continue };

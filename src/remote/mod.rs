@@ -164,6 +164,8 @@ pub enum RemoteError {
         expected: u64,
         got: u64,
     },
+    #[error("the transfer of `{url}` was stopped by its progress receiver; nothing was stored")]
+    Stopped { url: String },
     #[error("cannot export `{name}`: {detail}")]
     Export { name: String, detail: String },
     #[error("cannot convert `{image}` to SIF: {detail}")]
@@ -344,7 +346,8 @@ fn sanitize_path(p: &str) -> String {
     parts.join("/")
 }
 
-/// How a download advances, for a caller that shows it. The library prints nothing.
+/// How a download (or an `oras://` upload) advances, for a caller that shows it. The
+/// library prints nothing.
 pub trait Progress: Send + Sync {
     /// A download starts (or resumes at `at` bytes); `total` is its size when known.
     fn start(&self, total: Option<u64>, at: u64);
@@ -356,6 +359,13 @@ pub trait Progress: Send + Sync {
     /// `URL`"). Told once per wait.
     fn waiting(&self, what: &str) {
         let _ = what;
+    }
+    /// Asked after each [`Progress::advance`]: true stops the transfer with
+    /// [`RemoteError::Stopped`], and nothing is stored (a download commits nothing; an
+    /// upload stops before a manifest names it). An embedding program's progress callback
+    /// failed, or its user cancelled.
+    fn stop(&self) -> bool {
+        false
     }
 }
 
@@ -370,27 +380,46 @@ impl std::fmt::Debug for ProgressHook {
 }
 
 /// One download's progress: tells the hook, if any, and that it ended when dropped.
-pub(crate) struct Report(Option<std::sync::Arc<dyn Progress>>);
+pub(crate) struct Report {
+    hook: Option<std::sync::Arc<dyn Progress>>,
+    /// The download, as shown in an error.
+    url: String,
+}
 
 impl Report {
-    pub(crate) fn start(opts: &RemoteOptions, total: Option<u64>, at: u64) -> Report {
+    pub(crate) fn start(opts: &RemoteOptions, url: &str, total: Option<u64>, at: u64) -> Report {
         let hook = opts.progress.as_ref().map(|h| h.0.clone());
         if let Some(h) = &hook {
             h.start(total, at);
         }
-        Report(hook)
+        Report {
+            hook,
+            url: transport::shown(url),
+        }
     }
 
-    pub(crate) fn advance(&self, done: u64) {
-        if let Some(h) = &self.0 {
+    /// Whether the hook asked to stop.
+    pub(crate) fn stopped(&self) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.stop())
+    }
+
+    /// Tell the hook `done` bytes are in (or out); an error when it asks to stop.
+    pub(crate) fn advance(&self, done: u64) -> Result<(), RemoteError> {
+        if let Some(h) = &self.hook {
             h.advance(done);
+            if h.stop() {
+                return Err(RemoteError::Stopped {
+                    url: self.url.clone(),
+                });
+            }
         }
+        Ok(())
     }
 }
 
 impl Drop for Report {
     fn drop(&mut self) {
-        if let Some(h) = &self.0 {
+        if let Some(h) = &self.hook {
             h.finish();
         }
     }

@@ -580,7 +580,7 @@ pub async fn download(
     opts: &RemoteOptions,
     known: Validators,
 ) -> Result<Validators, RemoteError> {
-    let report = super::Report::start(opts, sink.limit(), sink.written());
+    let report = super::Report::start(opts, url, sink.limit(), sink.written());
     let client = s.t.client().clone();
     let mut seen = known;
     let mut failures = 0;
@@ -637,7 +637,7 @@ pub async fn download(
             match chunk {
                 Ok(c) => {
                     sink.write(c)?;
-                    report.advance(sink.written());
+                    report.advance(sink.written())?;
                 }
                 Err(e) => {
                     stalls += u32::from(e.is_timeout());
@@ -672,7 +672,7 @@ pub async fn push(
     path: &Path,
     entry: &Entry,
     r: &OciRef,
-    _opts: &RemoteOptions,
+    opts: &RemoteOptions,
 ) -> Result<(String, Option<String>), RemoteError> {
     let creds = auth::credentials_for(&r.host)?;
     let mut s = Session::new(t, &r.host, creds);
@@ -698,6 +698,7 @@ pub async fn push(
         &r.repository,
         &config_digest,
         Body::Bytes(config.clone()),
+        opts,
     )
     .await?;
     upload_blob(
@@ -706,6 +707,7 @@ pub async fn push(
         &r.repository,
         &layer_digest,
         Body::File(path.to_path_buf(), size),
+        opts,
     )
     .await?;
     let title = entry
@@ -769,12 +771,15 @@ enum Body {
 }
 
 /// `HEAD` the blob; if missing, `POST` an upload and `PUT` the content to its location.
+/// A file's upload is told to the progress hook, which can stop it: the request then
+/// fails, and no manifest names what was sent.
 async fn upload_blob(
     s: &mut Session<'_>,
     scope: &str,
     repo: &str,
     digest: &str,
     body: Body,
+    opts: &RemoteOptions,
 ) -> Result<(), RemoteError> {
     let head_url = s.url(&format!("/v2/{repo}/blobs/{digest}"));
     let client = s.t.client().clone();
@@ -811,6 +816,15 @@ async fn upload_blob(
     put_url.push_str(&format!("digest={digest}"));
     // The registry chooses where the upload goes: the same rules hold there.
     s.t.check_url(&put_url)?;
+    let report = match &body {
+        Body::File(_, size) => Some(std::sync::Arc::new(super::Report::start(
+            opts,
+            &put_url,
+            Some(*size),
+            0,
+        ))),
+        Body::Bytes(_) => None,
+    };
     let make = || {
         let rb = client
             .put(put_url.as_str())
@@ -821,6 +835,16 @@ async fn upload_blob(
                 Ok(f) => {
                     let f = tokio::fs::File::from_std(f);
                     let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);
+                    // Each attempt counts from the start of the file.
+                    let (report, mut sent) = (report.clone(), 0u64);
+                    let stream = stream.map(move |chunk| {
+                        let chunk = chunk?;
+                        sent += chunk.len() as u64;
+                        match report.as_ref().map(|r| r.advance(sent)) {
+                            Some(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                            _ => Ok(chunk),
+                        }
+                    });
                     rb.header(CONTENT_LENGTH, *size)
                         .body(reqwest::Body::wrap_stream(stream))
                 }
@@ -829,8 +853,15 @@ async fn upload_blob(
             },
         }
     };
-    let resp = s.send(scope, &put_url, &make).await?;
-    ok_or_status(resp, &put_url).await?;
+    let sent = s.send(scope, &put_url, &make).await;
+    if let Some(r) = &report
+        && r.stopped()
+    {
+        return Err(RemoteError::Stopped {
+            url: super::transport::shown(&put_url),
+        });
+    }
+    ok_or_status(sent?, &put_url).await?;
     Ok(())
 }
 

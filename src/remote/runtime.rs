@@ -1,4 +1,5 @@
-//! The one tokio runtime and HTTP client of a process, shared by every remote call.
+//! The one tokio runtime and HTTP client of a process, shared by every remote call (a
+//! child made by `fork` makes its own: see `PerProcess`).
 //!
 //! The library's remote API is blocking, so that the command line, a Python binding and
 //! a plain Rust program can call it alike. Each call ships its work, as a `Send +
@@ -12,16 +13,45 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::OnceLock;
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::RemoteError;
 
-/// The runtime's handle, or why it could not start (kept, so every call says so).
-static RUNTIME: OnceLock<Result<tokio::runtime::Handle, String>> = OnceLock::new();
+/// Something made once per process: kept with the id of the process that made it. A
+/// child made by `fork` (a Python program's `multiprocessing`, say) inherits the parent's
+/// memory but none of its threads: the parent's runtime would never run the child's work,
+/// and the parent's connections are not the child's to use. So a child makes its own.
+struct PerProcess<T>(Mutex<Option<(u32, T)>>);
 
-fn handle() -> Result<&'static tokio::runtime::Handle, RemoteError> {
-    let started = RUNTIME.get_or_init(|| {
+impl<T: Clone> PerProcess<T> {
+    const fn new() -> Self {
+        PerProcess(Mutex::new(None))
+    }
+
+    fn get_or_make(&self, make: impl FnOnce() -> T) -> T {
+        let pid = std::process::id();
+        let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        match &*held {
+            Some((p, v)) if *p == pid => v.clone(),
+            _ => {
+                let v = make();
+                // The parent's value (its runtime's threads are not in this process) is
+                // forgotten, not dropped: dropping a runtime waits for its threads.
+                if let Some(old) = held.replace((pid, v.clone())) {
+                    std::mem::forget(old);
+                }
+                v
+            }
+        }
+    }
+}
+
+/// The runtime's handle, or why it could not start (kept, so every call says so).
+static RUNTIME: PerProcess<Result<tokio::runtime::Handle, String>> = PerProcess::new();
+
+fn handle() -> Result<tokio::runtime::Handle, RemoteError> {
+    let started = RUNTIME.get_or_make(|| {
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get().clamp(2, 4));
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(workers)
@@ -37,9 +67,9 @@ fn handle() -> Result<&'static tokio::runtime::Handle, RemoteError> {
             })
             .map_err(|e| e.to_string())
     });
-    started.as_ref().map_err(|e| RemoteError::Io {
+    started.map_err(|e| RemoteError::Io {
         path: PathBuf::from("(tokio runtime)"),
-        source: std::io::Error::other(e.clone()),
+        source: std::io::Error::other(e),
     })
 }
 
@@ -81,12 +111,13 @@ pub fn idle_timeout() -> Result<Duration, String> {
 }
 
 /// Clients without and with `--insecure`.
-static CLIENTS: [OnceLock<Result<reqwest::Client, String>>; 2] = [OnceLock::new(), OnceLock::new()];
+static CLIENTS: [PerProcess<Result<reqwest::Client, String>>; 2] =
+    [PerProcess::new(), PerProcess::new()];
 
 /// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
 /// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
 pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
-    let made = CLIENTS[usize::from(insecure)].get_or_init(|| {
+    let made = CLIENTS[usize::from(insecure)].get_or_make(|| {
         let idle = idle_timeout()?;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 10 {
@@ -108,8 +139,7 @@ pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
             .build()
             .map_err(|e| super::transport::error_chain(&e))
     });
-    made.clone()
-        .map_err(|detail| RemoteError::ClientSetup { detail })
+    made.map_err(|detail| RemoteError::ClientSetup { detail })
 }
 
 /// A redirect chain longer than 10 hops.

@@ -138,12 +138,12 @@ pub async fn pull(
     let etag = res.meta.e_tag.clone();
     let modified = Some(res.meta.last_modified.to_rfc2822());
     let mut sink = Sink::new(cache, &url, Some(size), &opts.limits)?;
-    let report = super::Report::start(opts, Some(size), 0);
+    let report = super::Report::start(opts, &url, Some(size), 0);
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| s3_err(&url, e))?;
         sink.write(chunk)?;
-        report.advance(sink.written());
+        report.advance(sink.written())?;
     }
     drop(report);
     let (ingested, sha) = sink.finish(Some(size), None)?;

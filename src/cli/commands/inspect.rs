@@ -1,7 +1,5 @@
 //! `sregistry inspect REF`: the index record, and the SIF header and objects of the file.
 
-use std::io::Read;
-
 use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
@@ -14,7 +12,11 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
     let entry = ctx.cache.entry(&r)?;
     let present = entry.path.is_file();
-    let sif_result = if present { read_sif(&entry.path) } else { None };
+    let sif_result = if present {
+        sif::read_if_sif(&entry.path)
+    } else {
+        None
+    };
     let quarantined = if present {
         None
     } else {
@@ -100,17 +102,4 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         .into());
     }
     Ok(())
-}
-
-/// `None` when the file is not SIF at all; `Some(Err)` when it starts like one but does
-/// not parse.
-fn read_sif(path: &std::path::Path) -> Option<Result<sif::SifInfo, sif::SifError>> {
-    let mut prefix = [0u8; 64];
-    let n = std::fs::File::open(path)
-        .and_then(|mut f| f.read(&mut prefix))
-        .ok()?;
-    if !sif::looks_like_sif(&prefix[..n]) {
-        return None;
-    }
-    Some(sif::parse_path(path))
 }

@@ -39,6 +39,7 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
             names,
             repair: args.repair,
             tmp_grace: args.tmp_grace,
+            progress: None,
         },
     )?;
     if ctx.json {

@@ -1,0 +1,739 @@
+//! `sregistry._native`: the sregistry library as a Python extension.
+//!
+//! A thin layer: each method parses its arguments into the library's types, releases the
+//! GIL while the library does the work (so other Python threads run, and threads pull in
+//! parallel), and turns the answer or the error into Python objects. The exception classes
+//! are defined in Python (`sregistry/_errors.py`, where `NotFound` can also be a
+//! `KeyError`); [`raise`] looks them up by name.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pyo3::exceptions::PyRuntimeError;
+use pyo3::prelude::*;
+use pyo3::types::PyType;
+
+use sregistry::cache::lock::{LockError, LockOptions};
+use sregistry::cache::{AddItem, AddOptions, CacheError, CopyProgress, Entry, IndexError, Repoint};
+use sregistry::format::sif;
+use sregistry::format::units::{self, UnitError};
+use sregistry::maintain::{gc, verify};
+use sregistry::remote::{self, Progress, ProgressHook, RemoteError, RemoteOptions, RemoteRef};
+use sregistry::{Cache, Reference};
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+/// The Python exception class of each library error. Every variant is named, so that a
+/// new one is a compile error here until someone decides which class it raises.
+fn cache_error_class(e: &CacheError) -> &'static str {
+    match e {
+        CacheError::NotFound { .. }
+        | CacheError::DigestNotFound { .. }
+        | CacheError::DigestMismatch { .. } => "NotFound",
+        // The index and the store disagree, or the content no longer matches its digest:
+        // `verify` finds and repairs each of these.
+        CacheError::BlobMissing { .. }
+        | CacheError::Quarantined { .. }
+        | CacheError::WrongSize { .. }
+        | CacheError::Corrupt { .. } => "Corrupt",
+        CacheError::Pinned { .. } | CacheError::PinnedRepoint { .. } => "Pinned",
+        CacheError::DigestOnTarget { .. } => "InvalidName",
+        CacheError::NotAFile { .. }
+        | CacheError::Empty { .. }
+        | CacheError::MoveSymlink { .. }
+        | CacheError::MoveFromCache { .. } => "InvalidInput",
+        CacheError::Index(i) => index_error_class(i),
+        CacheError::Open { .. }
+        | CacheError::Layout { .. }
+        | CacheError::Remove { .. }
+        | CacheError::NoRoot
+        | CacheError::Stopped { .. }
+        | CacheError::Settings(_)
+        | CacheError::Store(_) => "Error",
+    }
+}
+
+fn index_error_class(e: &IndexError) -> &'static str {
+    match e {
+        IndexError::Lock(LockError::Timeout { .. }) => "LockTimeout",
+        IndexError::Lock(LockError::BadSetting { .. }) => "InvalidInput",
+        IndexError::Lock(LockError::Open { .. } | LockError::Lock { .. }) => "Error",
+        // A damaged index: `sregistry doctor --repair-index` rebuilds it.
+        IndexError::Corrupt { .. }
+        | IndexError::Damaged { .. }
+        | IndexError::BehindJournal { .. } => "Corrupt",
+        IndexError::Db { .. }
+        | IndexError::Refused { .. }
+        | IndexError::Journal { .. }
+        | IndexError::NeedsNewer { .. }
+        | IndexError::Rebuild { .. } => "Error",
+    }
+}
+
+fn remote_error_class(e: &RemoteError) -> &'static str {
+    match e {
+        RemoteError::Cache(c) => cache_error_class(c),
+        RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
+        RemoteError::NotFound { .. } => "NotFound",
+        RemoteError::Insecure { .. } => "InvalidInput",
+        // What came was not what was asked for; nothing was stored.
+        RemoteError::DigestMismatch { .. } => "Corrupt",
+        RemoteError::Network { .. }
+        | RemoteError::ClientSetup { .. }
+        | RemoteError::Status { .. }
+        | RemoteError::Unauthorized { .. }
+        | RemoteError::Denied { .. }
+        | RemoteError::TooLong { .. }
+        | RemoteError::TooLarge { .. }
+        | RemoteError::NoSpace { .. }
+        | RemoteError::Empty { .. }
+        | RemoteError::Stalled { .. }
+        | RemoteError::FailedElsewhere { .. }
+        | RemoteError::BrokeOff { .. }
+        | RemoteError::Truncated { .. }
+        | RemoteError::Stopped { .. }
+        | RemoteError::Export { .. }
+        | RemoteError::Convert { .. }
+        | RemoteError::NotSif { .. }
+        | RemoteError::Protocol { .. }
+        | RemoteError::S3 { .. }
+        | RemoteError::Credentials { .. }
+        | RemoteError::Io { .. } => "RemoteError",
+    }
+}
+
+/// An instance of `sregistry._errors.<class>` carrying `message`.
+fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
+    let found = py
+        .import("sregistry._errors")
+        .and_then(|m| m.getattr(class))
+        .and_then(|c| c.cast_into::<PyType>().map_err(PyErr::from));
+    match found {
+        Ok(ty) => PyErr::from_type(ty, message),
+        Err(e) => e,
+    }
+}
+
+fn cache_err(e: CacheError) -> PyErr {
+    Python::attach(|py| raise(py, cache_error_class(&e), e.to_string()))
+}
+
+fn remote_err(e: RemoteError) -> PyErr {
+    Python::attach(|py| raise(py, remote_error_class(&e), e.to_string()))
+}
+
+fn unit_err(e: UnitError) -> PyErr {
+    Python::attach(|py| raise(py, "InvalidInput", e.to_string()))
+}
+
+fn lock_err(e: LockError) -> PyErr {
+    cache_err(CacheError::Index(IndexError::Lock(e)))
+}
+
+fn parse_name(s: &str) -> PyResult<Reference> {
+    Reference::parse(s).map_err(|e| remote_err(RemoteError::Reference(e)))
+}
+
+fn parse_remote(s: &str) -> PyResult<RemoteRef> {
+    RemoteRef::parse(s).map_err(remote_err)
+}
+
+// ---------------------------------------------------------------------------------------
+// Progress
+
+/// A Python callable told how a transfer advances: `progress(done, total)`, `total` being
+/// `None` when the size is not known. Called with the GIL held, from the library's worker
+/// thread, at most once per MiB (and always at the start and at the end). When it raises,
+/// the transfer stops, nothing is stored, and the call raises that exception.
+struct PyProgress {
+    callback: Py<PyAny>,
+    state: Mutex<ProgressState>,
+}
+
+#[derive(Default)]
+struct ProgressState {
+    total: Option<u64>,
+    told: Option<u64>,
+    failed: Option<PyErr>,
+}
+
+/// Bytes between two calls of a progress callback.
+const PROGRESS_STEP: u64 = 1 << 20;
+
+impl PyProgress {
+    fn tell(&self, done: u64, force: bool) {
+        let total = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            let due = force
+                || st.total == Some(done)
+                || st
+                    .told
+                    .is_none_or(|t| done.saturating_sub(t) >= PROGRESS_STEP);
+            if st.failed.is_some() || !due {
+                return;
+            }
+            st.total
+        };
+        let outcome = Python::attach(|py| self.callback.call1(py, (done, total)).map(drop));
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.told = Some(done);
+        if let Err(e) = outcome {
+            st.failed = Some(e);
+        }
+    }
+
+    fn take_failure(&self) -> Option<PyErr> {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+            .take()
+    }
+}
+
+impl Progress for PyProgress {
+    fn start(&self, total: Option<u64>, at: u64) {
+        {
+            let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.total = total;
+            st.told = None;
+        }
+        self.tell(at, true);
+    }
+    fn advance(&self, done: u64) {
+        self.tell(done, false);
+    }
+    fn finish(&self) {}
+    fn stop(&self) -> bool {
+        self.state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed
+            .is_some()
+    }
+}
+
+/// A progress function for the library's hooks that calls `progress(done, total)` with the
+/// GIL held, and answers false (stop) once it raised; the exception is kept in the slot,
+/// for [`raise_failed`].
+type Told = Arc<dyn Fn(u64, Option<u64>) -> bool + Send + Sync>;
+
+fn told_by(progress: Option<Py<PyAny>>) -> (Option<Told>, Arc<Mutex<Option<PyErr>>>) {
+    let failed: Arc<Mutex<Option<PyErr>>> = Arc::default();
+    let slot = failed.clone();
+    let told = progress.map(|callback| -> Told {
+        Arc::new(move |done, total| {
+            let mut kept = slot.lock().unwrap_or_else(|p| p.into_inner());
+            if kept.is_some() {
+                return false;
+            }
+            match Python::attach(|py| callback.call1(py, (done, total)).map(drop)) {
+                Ok(()) => true,
+                Err(e) => {
+                    *kept = Some(e);
+                    false
+                }
+            }
+        })
+    });
+    (told, failed)
+}
+
+/// The progress callback's exception, if it raised.
+fn raise_failed(failed: &Mutex<Option<PyErr>>) -> PyResult<()> {
+    match failed.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Remote options with `progress` installed, and the receiver to ask afterwards whether
+/// the callback failed.
+fn remote_opts(
+    progress: Option<Py<PyAny>>,
+    force: bool,
+) -> (RemoteOptions, Option<Arc<PyProgress>>) {
+    let hook = progress.map(|callback| {
+        Arc::new(PyProgress {
+            callback,
+            state: Mutex::new(ProgressState::default()),
+        })
+    });
+    let opts = RemoteOptions {
+        progress: hook.clone().map(|h| ProgressHook(h as Arc<dyn Progress>)),
+        repoint: Repoint::from_force(force),
+        refetch: force,
+        ..RemoteOptions::default()
+    };
+    (opts, hook)
+}
+
+/// The callback's own exception when it failed (the library then stopped with
+/// `Stopped`), else the library's result.
+fn finish_remote<T>(r: Result<T, RemoteError>, hook: &Option<Arc<PyProgress>>) -> PyResult<T> {
+    if let Some(e) = hook.as_ref().and_then(|h| h.take_failure()) {
+        return Err(e);
+    }
+    r.map_err(remote_err)
+}
+
+// ---------------------------------------------------------------------------------------
+// Image
+
+/// One name in the cache and everything known about it.
+///
+/// `added` and `last_used` are Unix times in seconds (`last_used` is `None` when the name
+/// was never used); `size` is in bytes. `sif` is the SIF header and objects (a dict) when
+/// the image came from `Cache.inspect` and is a SIF file, else `None`.
+#[pyclass(frozen, module = "sregistry", name = "Image")]
+struct Image {
+    #[pyo3(get)]
+    name: String,
+    #[pyo3(get)]
+    digest: String,
+    #[pyo3(get)]
+    path: String,
+    #[pyo3(get)]
+    size: Option<u64>,
+    #[pyo3(get)]
+    added: u64,
+    #[pyo3(get)]
+    last_used: Option<u64>,
+    #[pyo3(get)]
+    pinned: bool,
+    #[pyo3(get)]
+    source: Option<String>,
+    #[pyo3(get)]
+    labels: BTreeMap<String, String>,
+    #[pyo3(get)]
+    media_type: Option<String>,
+    #[pyo3(get)]
+    remote_digest: Option<String>,
+    /// The SIF description as JSON, or why the file is not a readable SIF.
+    sif_json: Option<String>,
+}
+
+impl Image {
+    fn of(e: Entry) -> Image {
+        Image {
+            name: e.name,
+            digest: e.digest.to_string(),
+            path: e.path.display().to_string(),
+            size: e.size,
+            added: e.added,
+            last_used: e.last_used,
+            pinned: e.pinned,
+            source: e.source,
+            labels: e.labels,
+            media_type: e.media_type,
+            remote_digest: e.remote_digest,
+            sif_json: None,
+        }
+    }
+}
+
+#[pymethods]
+impl Image {
+    /// The SIF global header and data objects (`{"header": {...}, "descriptors": [...]}`)
+    /// when the image was inspected and is a SIF file; `{"error": "..."}` when it starts
+    /// like a SIF file but does not parse; `None` otherwise.
+    #[getter]
+    fn sif(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        match &self.sif_json {
+            Some(j) => Ok(py.import("json")?.call_method1("loads", (j,))?.unbind()),
+            None => Ok(py.None()),
+        }
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "Image(name={:?}, digest={:?}, path={:?})",
+            self.name, self.digest, self.path
+        )
+    }
+
+    fn __fspath__(&self) -> String {
+        self.path.clone()
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Cache
+
+/// A handle on a cache directory. Cheap to make; safe to share between threads.
+///
+/// `root=None` is the command line's default: `$SREGISTRY_CACHE`, else
+/// `${XDG_CACHE_HOME:-~/.cache}/sregistry`. `lock_timeout` (seconds) is how long a call
+/// waits for another process's lock before raising `LockTimeout` (default:
+/// `$SREGISTRY_LOCK_TIMEOUT`, else the command line's default).
+#[pyclass(frozen, module = "sregistry", name = "Cache")]
+struct PyCache {
+    inner: Cache,
+}
+
+fn json_to_py<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
+    let text = serde_json::to_string(v).map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    Ok(py.import("json")?.call_method1("loads", (text,))?.unbind())
+}
+
+/// A report object (attribute access over a dict), made by `sregistry._errors.Report`.
+fn report(py: Python<'_>, kind: &str, v: impl serde::Serialize) -> PyResult<Py<PyAny>> {
+    let d = json_to_py(py, &v)?;
+    Ok(py
+        .import("sregistry._errors")?
+        .getattr("Report")?
+        .call1((kind, d))?
+        .unbind())
+}
+
+/// A size (`int` bytes, or text such as `"500G"`) or a duration (`int` seconds, or text
+/// such as `"30d"`).
+fn size_arg(
+    v: Option<&Bound<'_, PyAny>>,
+    parse: fn(&str) -> Result<u64, UnitError>,
+) -> PyResult<Option<u64>> {
+    let Some(v) = v else { return Ok(None) };
+    if v.is_none() {
+        return Ok(None);
+    }
+    if let Ok(n) = v.extract::<u64>() {
+        return Ok(Some(n));
+    }
+    let s: String = v.extract()?;
+    parse(&s).map(Some).map_err(unit_err)
+}
+
+#[pymethods]
+impl PyCache {
+    #[new]
+    #[pyo3(signature = (root=None, lock_timeout=None))]
+    fn new(root: Option<PathBuf>, lock_timeout: Option<f64>) -> PyResult<PyCache> {
+        let root = Cache::resolve_root(root.as_deref()).map_err(cache_err)?;
+        let mut locks = LockOptions::from_env().map_err(lock_err)?;
+        if let Some(t) = lock_timeout {
+            locks.timeout = Duration::try_from_secs_f64(t).map_err(|e| {
+                Python::attach(|py| raise(py, "InvalidInput", format!("lock_timeout {t}: {e}")))
+            })?;
+        }
+        let inner = Cache::open(&root, locks).map_err(cache_err)?;
+        Ok(PyCache { inner })
+    }
+
+    /// The cache's root directory.
+    #[getter]
+    fn root(&self) -> String {
+        self.inner.root().display().to_string()
+    }
+
+    /// Add the file at `path` under `name` and return its `Image`. The file is copied,
+    /// unless `move=True`, which hands the file itself to the cache where it can (same
+    /// filesystem, no other link, nobody writing it) and removes it from `path`.
+    /// `labels` are recorded with the name; `force=True` re-points a pinned name.
+    /// `progress(done, total)` is told how the copy advances (a file moved in by hard
+    /// link is not copied, and tells nothing); an exception in it stops the add, stores
+    /// nothing, and is raised here.
+    #[pyo3(signature = (path, name, r#move=false, labels=None, force=false, progress=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn add(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        name: &str,
+        r#move: bool,
+        labels: Option<BTreeMap<String, String>>,
+        force: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Image> {
+        let name = parse_name(name)?;
+        let (told, failed) = told_by(progress);
+        let opts = AddOptions {
+            move_file: r#move,
+            repoint: Repoint::from_force(force),
+            labels: labels.unwrap_or_default(),
+            progress: told.map(CopyProgress),
+            ..AddOptions::default()
+        };
+        let entry = py.detach(|| self.inner.add(&path, &name, &opts));
+        raise_failed(&failed)?;
+        Ok(Image::of(entry.map_err(cache_err)?))
+    }
+
+    /// Add many files at once: one index transaction per `batch` names (0: the
+    /// library's default, 500), with every check of `add`. `items` are `(path, name)` or
+    /// `(path, name, labels)`. Returns one result per item, in order: its `Image`, or the
+    /// `sregistry.Error` that refused it (not raised: the others go on). Raises only for
+    /// what stops everything (the index cannot be written); the batches before it stay.
+    #[pyo3(signature = (items, r#move=false, batch=0))]
+    fn add_many(
+        &self,
+        py: Python<'_>,
+        items: Vec<Bound<'_, PyAny>>,
+        r#move: bool,
+        batch: usize,
+    ) -> PyResult<Vec<Py<PyAny>>> {
+        // An item whose name does not parse is refused in its place, like the library's.
+        let mut out: Vec<Option<Py<PyAny>>> = Vec::with_capacity(items.len());
+        let mut todo = Vec::with_capacity(items.len());
+        for item in &items {
+            let (path, name, labels): (PathBuf, String, Option<BTreeMap<String, String>>) =
+                match item.extract::<(PathBuf, String)>() {
+                    Ok((p, n)) => (p, n, None),
+                    Err(_) => item.extract()?,
+                };
+            match parse_name(&name) {
+                Ok(name) => {
+                    out.push(None);
+                    todo.push(AddItem {
+                        path,
+                        name,
+                        opts: AddOptions {
+                            move_file: r#move,
+                            labels: labels.unwrap_or_default(),
+                            ..AddOptions::default()
+                        },
+                    });
+                }
+                Err(e) => out.push(Some(e.into_value(py).into_any())),
+            }
+        }
+        let results = py
+            .detach(|| self.inner.add_many(todo, batch))
+            .map_err(cache_err)?;
+        let mut results = results.into_iter();
+        out.into_iter()
+            .map(|slot| match slot {
+                Some(refused) => Ok(refused),
+                None => match results.next() {
+                    Some(Ok(entry)) => Ok(Py::new(py, Image::of(entry))?.into_any()),
+                    Some(Err(e)) => Ok(cache_err(e).into_value(py).into_any()),
+                    None => Err(PyRuntimeError::new_err(
+                        "add_many returned fewer results than items",
+                    )),
+                },
+            })
+            .collect()
+    }
+
+    /// The path of the image `name`. A remote reference (`oras://`, `docker://`,
+    /// `https://`, `s3://`) is pulled the first time and then answered from the cache, as
+    /// `sregistry get` does; `progress(done, total)` is told how its download advances.
+    #[pyo3(signature = (name, progress=None))]
+    fn get(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        if remote::is_remote(name) {
+            let remote = parse_remote(name)?;
+            let (opts, hook) = remote_opts(progress, false);
+            let r = py.detach(|| remote::get_or_pull(&self.inner, &remote, &opts));
+            return finish_remote(r, &hook).map(|p| p.display().to_string());
+        }
+        let r = parse_name(name)?;
+        py.detach(|| self.inner.get(&r))
+            .map(|p| p.display().to_string())
+            .map_err(cache_err)
+    }
+
+    /// Every image (sorted by name), or those whose name matches `pattern` (a glob with
+    /// `*` and `?`, else a substring).
+    #[pyo3(signature = (pattern=None))]
+    fn list(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<Image>> {
+        let all = py.detach(|| self.inner.list(pattern)).map_err(cache_err)?;
+        Ok(all.into_iter().map(Image::of).collect())
+    }
+
+    /// Everything known about `name`, with the SIF header and objects in `.sif` when the
+    /// file is a SIF image (`sif=False` skips reading the file).
+    #[pyo3(signature = (name, sif=true))]
+    fn inspect(&self, py: Python<'_>, name: &str, sif: bool) -> PyResult<Image> {
+        let r = parse_name(name)?;
+        let (entry, sif_json) = py
+            .detach(|| {
+                let entry = self.inner.entry(&r)?;
+                if !sif {
+                    return Ok((entry, None));
+                }
+                let sif_json = match sif::read_if_sif(&entry.path) {
+                    Some(Ok(info)) => serde_json::to_string(&info).ok(),
+                    Some(Err(e)) => {
+                        serde_json::to_string(&serde_json::json!({ "error": e.to_string() })).ok()
+                    }
+                    None => None,
+                };
+                Ok::<_, CacheError>((entry, sif_json))
+            })
+            .map_err(cache_err)?;
+        Ok(Image {
+            sif_json,
+            ..Image::of(entry)
+        })
+    }
+
+    /// Give the image `source` the name `target` too; returns the target's `Image`.
+    /// `force=True` re-points a pinned target.
+    #[pyo3(signature = (source, target, force=false))]
+    fn tag(&self, py: Python<'_>, source: &str, target: &str, force: bool) -> PyResult<Image> {
+        let (src, dst) = (parse_name(source)?, parse_name(target)?);
+        py.detach(|| self.inner.tag(&src, &dst, Repoint::from_force(force)))
+            .map(Image::of)
+            .map_err(cache_err)
+    }
+
+    /// Remove one name or a list of names: all exist and are unpinned, or nothing
+    /// changes. Content no other name uses is deleted too, unless `keep_blobs=True`.
+    /// Returns a report: `names`, `blobs`, `bytes_freed`.
+    #[pyo3(signature = (names, keep_blobs=false))]
+    fn remove(
+        &self,
+        py: Python<'_>,
+        names: &Bound<'_, PyAny>,
+        keep_blobs: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let names: Vec<String> = match names.extract::<String>() {
+            Ok(one) => vec![one],
+            Err(_) => names.extract()?,
+        };
+        let refs = names
+            .iter()
+            .map(|n| parse_name(n))
+            .collect::<PyResult<Vec<_>>>()?;
+        let removed = py
+            .detach(|| self.inner.remove(&refs, keep_blobs))
+            .map_err(cache_err)?;
+        report(py, "RemoveReport", removed)
+    }
+
+    /// Pin `name` (gc never removes it); returns whether that changed anything.
+    fn pin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        let r = parse_name(name)?;
+        py.detach(|| self.inner.set_pin(&r, true))
+            .map_err(cache_err)
+    }
+
+    /// Unpin `name`; returns whether that changed anything.
+    fn unpin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
+        let r = parse_name(name)?;
+        py.detach(|| self.inner.set_pin(&r, false))
+            .map_err(cache_err)
+    }
+
+    /// Download `remote` (`oras://`, `docker://`, `https://`, `s3://`) and name it `name`
+    /// (default: the remote reference without its scheme). Downloads nothing when the
+    /// name already holds what the remote offers, unless `force=True` (which also
+    /// re-points a pinned name). `progress(done, total)` is told how the download
+    /// advances; an exception in it stops the pull, stores nothing, and is raised here.
+    #[pyo3(signature = (remote, name=None, force=false, progress=None))]
+    fn pull(
+        &self,
+        py: Python<'_>,
+        remote: &str,
+        name: Option<&str>,
+        force: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Image> {
+        let remote = parse_remote(remote)?;
+        let name = name.map(parse_name).transpose()?;
+        let (opts, hook) = remote_opts(progress, force);
+        let r = py.detach(|| remote::pull(&self.inner, &remote, name.as_ref(), &opts));
+        finish_remote(r, &hook).map(|o| Image::of(o.entry))
+    }
+
+    /// Upload the image `name` to `remote` (`oras://HOST/REPO:TAG` or `s3://BUCKET/KEY`);
+    /// returns where it went. `progress(done, total)` is told how an `oras://` upload
+    /// advances; an exception in it stops the push before any manifest names the upload,
+    /// and is raised here.
+    #[pyo3(signature = (name, remote, progress=None))]
+    fn push(
+        &self,
+        py: Python<'_>,
+        name: &str,
+        remote: &str,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<String> {
+        let r = parse_name(name)?;
+        let remote = parse_remote(remote)?;
+        let (opts, hook) = remote_opts(progress, false);
+        let out = py.detach(|| remote::push(&self.inner, &r, &remote, &opts));
+        finish_remote(out, &hook)
+    }
+
+    /// Remove what is not needed, as `sregistry gc` does: names unused for `max_age`,
+    /// then the least recently used until the content fits in `max_size`; never a pinned
+    /// name or one used within `min_idle`. Sizes are bytes or text (`"500G"`), durations
+    /// seconds or text (`"30d"`). Returns a report (`names`, `blobs`, `bytes_freed`,
+    /// `bytes_kept`, `over_budget`, ...).
+    #[pyo3(signature = (max_size=None, max_age=None, min_idle=None, dry_run=false))]
+    fn gc(
+        &self,
+        py: Python<'_>,
+        max_size: Option<&Bound<'_, PyAny>>,
+        max_age: Option<&Bound<'_, PyAny>>,
+        min_idle: Option<&Bound<'_, PyAny>>,
+        dry_run: bool,
+    ) -> PyResult<Py<PyAny>> {
+        let defaults = gc::GcOptions::default();
+        let opts = gc::GcOptions {
+            max_size: size_arg(max_size, units::parse_size)?,
+            max_age: size_arg(max_age, units::parse_duration)?,
+            min_idle: size_arg(min_idle, units::parse_duration)?.unwrap_or(defaults.min_idle),
+            dry_run,
+            ..defaults
+        };
+        let out = py
+            .detach(|| gc::run(&self.inner, &opts))
+            .map_err(cache_err)?;
+        report(py, "GcReport", out)
+    }
+
+    /// Re-hash the content of `names` (all images when `None`) and check the cache, as
+    /// `sregistry verify` does; `repair=True` restores what it can. Returns a report
+    /// (`problems`, `blobs_checked`, `repaired`, ...; `clean` is true when nothing was
+    /// found). `progress(done, total)` is told the bytes hashed after each image; an
+    /// exception in it stops verify before it moves or repairs anything, and is raised.
+    #[pyo3(signature = (names=None, repair=false, progress=None))]
+    fn verify(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        repair: bool,
+        progress: Option<Py<PyAny>>,
+    ) -> PyResult<Py<PyAny>> {
+        let names = names
+            .unwrap_or_default()
+            .iter()
+            .map(|n| parse_name(n))
+            .collect::<PyResult<Vec<_>>>()?;
+        let (told, failed) = told_by(progress);
+        let told = told.map(|f| {
+            verify::VerifyProgress(Arc::new(move |done: u64, total: u64| f(done, Some(total))))
+        });
+        let opts = verify::VerifyOptions {
+            names,
+            repair,
+            tmp_grace: gc::DEFAULT_TMP_GRACE,
+            progress: told,
+        };
+        let out = py.detach(|| verify::run(&self.inner, &opts));
+        raise_failed(&failed)?;
+        report(py, "VerifyReport", out.map_err(cache_err)?)
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Cache({:?})", self.inner.root().display().to_string())
+    }
+}
+
+/// Whether `s` is a remote reference (has a scheme such as `oras://`).
+#[pyfunction]
+fn is_remote(s: &str) -> bool {
+    remote::is_remote(s)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyCache>()?;
+    m.add_class::<Image>()?;
+    m.add_function(wrap_pyfunction!(is_remote, m)?)?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
