@@ -16,7 +16,9 @@ use pyo3::prelude::*;
 use pyo3::types::PyType;
 
 use sregistry::cache::lock::{LockError, LockOptions};
-use sregistry::cache::{AddItem, AddOptions, CacheError, CopyProgress, Entry, IndexError, Repoint};
+use sregistry::cache::{
+    AddItem, AddOptions, CacheError, CopyProgress, DEFAULT_ADD_BATCH, Entry, IndexError, Repoint,
+};
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
 use sregistry::maintain::{gc, verify};
@@ -466,13 +468,16 @@ impl PyCache {
     /// `(path, name, labels)`. Returns one result per item, in order: its `Image`, or the
     /// `sregistry.Error` that refused it (not raised: the others go on). Raises only for
     /// what stops everything (the index cannot be written); the batches before it stay.
-    #[pyo3(signature = (items, r#move=false, batch=0))]
+    /// `progress(done, total)` is told the items done after each batch; an exception in
+    /// it stops before the next batch (those done stay added) and is raised.
+    #[pyo3(signature = (items, r#move=false, batch=0, progress=None))]
     fn add_many(
         &self,
         py: Python<'_>,
         items: Vec<Bound<'_, PyAny>>,
         r#move: bool,
         batch: usize,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
         // An item whose name does not parse is refused in its place, like the library's.
         let mut out: Vec<Option<Py<PyAny>>> = Vec::with_capacity(items.len());
@@ -499,9 +504,21 @@ impl PyCache {
                 Err(e) => out.push(Some(e.into_value(py).into_any())),
             }
         }
-        let results = py
-            .detach(|| self.inner.add_many(todo, batch))
-            .map_err(cache_err)?;
+        // One library call per batch, so that progress can be told between them.
+        let batch = if batch == 0 { DEFAULT_ADD_BATCH } else { batch };
+        let total = todo.len();
+        let mut results = Vec::with_capacity(total);
+        let mut todo = todo.into_iter().peekable();
+        while todo.peek().is_some() {
+            let chunk: Vec<AddItem> = todo.by_ref().take(batch).collect();
+            let done = py
+                .detach(|| self.inner.add_many(chunk, batch))
+                .map_err(cache_err)?;
+            results.extend(done);
+            if let Some(callback) = &progress {
+                callback.call1(py, (results.len(), total))?;
+            }
+        }
         let mut results = results.into_iter();
         out.into_iter()
             .map(|slot| match slot {

@@ -206,6 +206,29 @@ def test_add_many_adds_each_item_and_refuses_bad_ones_in_place(cache, make_file,
     assert bad_name_file.exists()
 
 
+def test_add_many_tells_progress_per_batch_and_an_exception_stops_the_rest(cache, make_file):
+    """Danger: an import of thousands of files that cannot be followed, or one that cannot
+    be stopped, or one stopped that loses or half-adds what it had done."""
+    items = [(str(make_file("p%d.bin" % i, 2000 + i, seed=60 + i)), "lab/p:%d" % i)
+             for i in range(5)]
+    seen = []
+    results = cache.add_many(items, batch=2, progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]
+    assert all(isinstance(r, sregistry.Image) for r in results)
+
+    more = [(str(make_file("q%d.bin" % i, 3000 + i, seed=70 + i)), "lab/q:%d" % i)
+            for i in range(5)]
+
+    def stop(done, total):
+        raise KeyboardInterrupt("enough")
+
+    with pytest.raises(KeyboardInterrupt):
+        cache.add_many(more, batch=2, progress=stop)
+    assert sorted(i.name for i in cache.list() if i.name.startswith("lab/q:")) == [
+        "lab/q:0", "lab/q:1"]
+    assert all(os.path.exists(p) for p, _ in more), "a copy took the user's files"
+
+
 def test_verify_tells_progress_and_an_exception_stops_it_before_quarantine(cache, make_file):
     """Danger: a verify that cannot be followed or stopped, or one stopped half-way that
     still moved content to quarantine."""
