@@ -656,9 +656,10 @@ impl PyCache {
     }
 
     /// Upload the image `name` to `remote` (`oras://HOST/REPO:TAG` or `s3://BUCKET/KEY`);
-    /// returns where it went. `progress(done, total)` is told how an `oras://` upload
-    /// advances; an exception in it stops the push before any manifest names the upload,
-    /// and is raised here.
+    /// returns where it went. `progress(done, total)` is told how the upload advances; an
+    /// exception in it stops the push before any manifest names the upload (`oras://`) or
+    /// aborts the multipart upload, leaving nothing under the key (`s3://`), and is raised
+    /// here.
     #[pyo3(signature = (name, remote, progress=None))]
     fn push(
         &self,

@@ -158,7 +158,8 @@ pub async fn pull(
     ))
 }
 
-/// Upload a file to `s3://bucket/key` (multipart).
+/// Upload a file to `s3://bucket/key` (multipart), telling the progress hook as it goes
+/// (a hook that asks to stop aborts the upload: nothing is left under the key).
 pub async fn push(
     file: &Path,
     bucket: &str,
@@ -180,9 +181,13 @@ pub async fn push(
             path: file.to_path_buf(),
             source,
         })?;
+    let size = f.metadata().await.ok().map(|m| m.len());
     let mut buf = vec![0u8; 4 << 20];
-    // On any failure, abort the multipart upload so no parts are left on the server.
+    // On any failure (or a progress hook asking to stop), abort the multipart upload so no
+    // parts are left on the server.
     let fed: Result<(), RemoteError> = async {
+        let report = super::Report::start(opts, &url, size, 0);
+        let mut done = 0u64;
         loop {
             let n = f.read(&mut buf).await.map_err(|source| RemoteError::Io {
                 path: file.to_path_buf(),
@@ -193,6 +198,8 @@ pub async fn push(
             }
             w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
             w.write(&buf[..n]);
+            done += n as u64;
+            report.advance(done)?;
         }
     }
     .await;

@@ -520,3 +520,45 @@ fn s3_with_a_wrong_secret_fails_with_a_clear_error() {
     assert_eq!(s3.objects(), [PathBuf::from("images/there.sif")]);
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
 }
+
+/// A push to S3 tells its progress like every other transfer: a user at a terminal sees a
+/// bar (the Python API's `progress` rides on the same hook), and the object arrives whole.
+#[test]
+fn s3_push_draws_its_progress_on_a_terminal() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    let sif = env.sif("big.sif", &"s3 progress ".repeat(200_000));
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/big:1"]));
+    let remote = format!("s3://{BUCKET}/images/big.sif");
+    let line = format!(
+        "exec '{}' push lab/big:1 '{remote}' --endpoint '{}'",
+        env!("CARGO_BIN_EXE_sregistry"),
+        s3.endpoint()
+    );
+    let mut cmd = Command::new("script");
+    cmd.args(["-q", "-e", "-c", &line, "/dev/null"]);
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            cmd.env_remove(k);
+        }
+    }
+    let out = cmd
+        .env("SREGISTRY_CACHE", &env.cache)
+        .env("SREGISTRY_CONFIG_DIR", env.path("config"))
+        .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .stdin(Stdio::null())
+        .output()
+        .expect("script(1) from util-linux");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\ns3s-fs log:\n{}", s3.log());
+    assert!(
+        text.contains("KiB/") || text.contains("MiB/"),
+        "no progress bar for a push to S3 on a terminal: {text:?}"
+    );
+    assert!(
+        fs::read(s3.object("images/big.sif")).unwrap() == fs::read(&sif).unwrap(),
+        "the stored object differs from the SIF"
+    );
+}
