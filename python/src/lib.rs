@@ -679,8 +679,10 @@ impl PyCache {
     /// then the least recently used until the content fits in `max_size`; never a pinned
     /// name or one used within `min_idle`. Sizes are bytes or text (`"500G"`), durations
     /// seconds or text (`"30d"`). Returns a report (`names`, `blobs`, `bytes_freed`,
-    /// `bytes_kept`, `over_budget`, ...).
-    #[pyo3(signature = (max_size=None, max_age=None, min_idle=None, dry_run=false))]
+    /// `bytes_kept`, `over_budget`, ...). `progress(done, total)` is told the files
+    /// removed after each one; an exception in it stops the removal of files (the names
+    /// and records are already gone; the next gc removes the files left) and is raised.
+    #[pyo3(signature = (max_size=None, max_age=None, min_idle=None, dry_run=false, progress=None))]
     fn gc(
         &self,
         py: Python<'_>,
@@ -688,19 +690,23 @@ impl PyCache {
         max_age: Option<&Bound<'_, PyAny>>,
         min_idle: Option<&Bound<'_, PyAny>>,
         dry_run: bool,
+        progress: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
+        let (told, failed) = told_by(progress);
+        let told = told
+            .map(|f| gc::GcProgress(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
         let defaults = gc::GcOptions::default();
         let opts = gc::GcOptions {
             max_size: size_arg(max_size, units::parse_size)?,
             max_age: size_arg(max_age, units::parse_duration)?,
             min_idle: size_arg(min_idle, units::parse_duration)?.unwrap_or(defaults.min_idle),
             dry_run,
+            progress: told,
             ..defaults
         };
-        let out = py
-            .detach(|| gc::run(&self.inner, &opts))
-            .map_err(cache_err)?;
-        report(py, "GcReport", out)
+        let out = py.detach(|| gc::run(&self.inner, &opts));
+        raise_failed(&failed)?;
+        report(py, "GcReport", out.map_err(cache_err)?)
     }
 
     /// Re-hash the content of `names` (all images when `None`) and check the cache, as

@@ -86,6 +86,7 @@ class Cache:
         max_age: Union[int, str, None] = None,
         min_idle: Union[int, str, None] = None,
         dry_run: bool = False,
+        progress: Optional[Progress] = None,
     ) -> Report: ...
     def verify(
         self,

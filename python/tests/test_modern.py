@@ -172,6 +172,32 @@ def test_gc_removes_content_no_name_uses(cache, make_file):
     assert cache.get("lab/keep:1")
 
 
+def test_gc_tells_progress_and_an_exception_leaves_the_rest_to_the_next_gc(cache, make_file):
+    """Danger: a long eviction that cannot be followed or stopped, or one stopped half-way
+    that leaves names pointing at removed files or files no later gc removes."""
+    keep = cache.add(make_file("k.bin", 4000, seed=80), "lab/k:1")
+    gone = [cache.add(make_file("g%d.bin" % i, 5000 + i, seed=81 + i), "lab/g:%d" % i)
+            for i in range(3)]
+    for g in gone:
+        cache.remove(g.name, keep_blobs=True)
+    seen = []
+
+    def stop(done, total):
+        seen.append((done, total))
+        raise RuntimeError("enough")
+
+    with pytest.raises(RuntimeError):
+        cache.gc(progress=stop)
+    assert seen == [(1, 3)]
+    assert sum(os.path.exists(g.path) for g in gone) == 0, "the files stayed in blobs/"
+    assert cache.get("lab/k:1") == keep.path
+    seen.clear()
+    again = cache.gc(progress=lambda d, t: seen.append((d, t)))
+    assert seen == [] and again.blobs == []  # the records went with the first gc
+    assert again.tmp_files == 2, "the files the stopped gc left were not removed"
+    assert cache.verify().clean
+
+
 def test_default_root_is_the_command_lines(tmp_path):
     """Danger: Python and the CLI looking at different caches."""
     env = dict(os.environ, SREGISTRY_CACHE=str(tmp_path / "envcache"))

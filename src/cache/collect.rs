@@ -222,6 +222,19 @@ impl Cache {
         dry_run: bool,
         plan: impl FnOnce(&mut [Named], &[(Digest, BlobRecord)]) -> (T, Victims),
     ) -> Result<T, CacheError> {
+        self.collect_told(dry_run, plan, None)
+    }
+
+    /// [`Cache::collect`], telling `told(done, total)` after each removed file is
+    /// unlinked (after the lock is released: the names and records are gone by then).
+    /// When `told` returns false the unlinking stops; the files left stay in `tmp/` under
+    /// their deleting names, which the next gc removes whatever their age.
+    pub fn collect_told<T>(
+        &self,
+        dry_run: bool,
+        plan: impl FnOnce(&mut [Named], &[(Digest, BlobRecord)]) -> (T, Victims),
+        told: Option<&dyn Fn(u64, u64) -> bool>,
+    ) -> Result<T, CacheError> {
         if dry_run {
             let rd = self.index.read()?;
             let mut names = rd.all()?;
@@ -278,7 +291,18 @@ impl Cache {
             })?;
             out
         };
-        store::unlink_now(&aside);
+        match told {
+            None => store::unlink_now(&aside),
+            Some(told) => {
+                let total = aside.len() as u64;
+                for (done, file) in (1..).zip(aside.chunks(1)) {
+                    store::unlink_now(file);
+                    if !told(done, total) {
+                        break;
+                    }
+                }
+            }
+        }
         Ok(out)
     }
 }

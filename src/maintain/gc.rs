@@ -54,6 +54,20 @@ pub struct GcOptions {
     pub min_idle: u64,
     pub tmp_grace: u64,
     pub dry_run: bool,
+    /// Told how the removal of files advances; `None` tells nobody.
+    pub progress: Option<GcProgress>,
+}
+
+/// Told `(files removed, files to remove)` after each removed blob's file is unlinked
+/// (the names and records are already gone from the index then); returning false stops
+/// the unlinking, and the next gc removes the files left.
+#[derive(Clone)]
+pub struct GcProgress(pub std::sync::Arc<dyn Fn(u64, u64) -> bool + Send + Sync>);
+
+impl std::fmt::Debug for GcProgress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GcProgress(..)")
+    }
 }
 
 impl Default for GcOptions {
@@ -64,6 +78,7 @@ impl Default for GcOptions {
             min_idle: DEFAULT_MIN_IDLE,
             tmp_grace: DEFAULT_TMP_GRACE,
             dry_run: false,
+            progress: None,
         }
     }
 }
@@ -313,19 +328,27 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         min_idle: opts.min_idle.max(LAST_USE_RESOLUTION),
         ..opts.clone()
     };
-    let p = cache.collect(opts.dry_run, |names, blob_records| {
-        let p = plan_checked(cache, names, blob_records, &on_disk, opts, now);
-        let victims = Victims {
-            names: p.names.iter().map(|n| n.name.clone()).collect(),
-            blobs: p
-                .blobs
-                .iter()
-                .map(|(d, _)| *d)
-                .chain(p.orphans.iter().filter_map(|o| o.digest))
-                .collect(),
-        };
-        (p, victims)
-    })?;
+    let told = opts.progress.as_ref().map(|p| p.0.clone());
+    let told = told
+        .as_ref()
+        .map(|t| t.as_ref() as &dyn Fn(u64, u64) -> bool);
+    let p = cache.collect_told(
+        opts.dry_run,
+        |names, blob_records| {
+            let p = plan_checked(cache, names, blob_records, &on_disk, opts, now);
+            let victims = Victims {
+                names: p.names.iter().map(|n| n.name.clone()).collect(),
+                blobs: p
+                    .blobs
+                    .iter()
+                    .map(|(d, _)| *d)
+                    .chain(p.orphans.iter().filter_map(|o| o.digest))
+                    .collect(),
+            };
+            (p, victims)
+        },
+        told,
+    )?;
     fill(&mut report, &p);
     // Only what is gone counts (a dry run counts what would go).
     let gone = if opts.dry_run {

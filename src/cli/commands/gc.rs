@@ -13,6 +13,7 @@ pub fn run(ctx: &Ctx, args: &GcArgs) -> Result<()> {
         min_idle: args.min_idle,
         tmp_grace: args.tmp_grace,
         dry_run: args.dry_run,
+        progress: None,
     };
     let report = gc::run(&ctx.cache, &opts)?;
     if ctx.json {
