@@ -21,7 +21,7 @@ use sregistry::cache::{
 };
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
-use sregistry::maintain::{gc, verify};
+use sregistry::maintain::{self, gc, verify};
 use sregistry::remote::{self, Progress, ProgressHook, RemoteError, RemoteOptions, RemoteRef};
 use sregistry::{Cache, Reference};
 
@@ -694,7 +694,7 @@ impl PyCache {
     ) -> PyResult<Py<PyAny>> {
         let (told, failed) = told_by(progress);
         let told = told
-            .map(|f| gc::GcProgress(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
+            .map(|f| maintain::Told(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
         let defaults = gc::GcOptions::default();
         let opts = gc::GcOptions {
             max_size: size_arg(max_size, units::parse_size)?,
@@ -728,9 +728,8 @@ impl PyCache {
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
         let (told, failed) = told_by(progress);
-        let told = told.map(|f| {
-            verify::VerifyProgress(Arc::new(move |done: u64, total: u64| f(done, Some(total))))
-        });
+        let told = told
+            .map(|f| maintain::Told(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
         let opts = verify::VerifyOptions {
             names,
             repair,

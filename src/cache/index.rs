@@ -527,9 +527,7 @@ impl Index {
                     }
                     self.build_fresh(|_| Ok(()))?;
                 }
-                let file = self.open_db_rw()?;
-                lock::fence(&file, &self.db_path, &self.lock_opts)?;
-                file
+                self.open_db_fenced()?
             }
         };
         let backend = UnderOurLock::open_file(file, true).map_err(|e| self.db_err()(e.into()))?;
@@ -539,12 +537,15 @@ impl Index {
             .map_err(|e| self.db_err()(e.into()))
     }
 
-    fn open_db_rw(&self) -> Result<std::fs::File, IndexError> {
-        std::fs::OpenOptions::new()
+    /// `index.redb` opened read-write and fenced (`lock::fence`).
+    fn open_db_fenced(&self) -> Result<std::fs::File, IndexError> {
+        let file = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
             .open(&self.db_path)
-            .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))
+            .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))?;
+        lock::fence(&file, &self.db_path, &self.lock_opts)?;
+        Ok(file)
     }
 
     /// Fence the index and its journal for a writer that has just taken the exclusive
@@ -552,9 +553,7 @@ impl Index {
     /// exist yet is fenced when it is made.
     fn fence(&self) -> Result<Fenced, IndexError> {
         let db = if self.db_path.exists() {
-            let file = self.open_db_rw()?;
-            lock::fence(&file, &self.db_path, &self.lock_opts)?;
-            Some(file)
+            Some(self.open_db_fenced()?)
         } else {
             None
         };

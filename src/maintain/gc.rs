@@ -61,14 +61,7 @@ pub struct GcOptions {
 /// Told `(files removed, files to remove)` after each removed blob's file is unlinked
 /// (the names and records are already gone from the index then); returning false stops
 /// the unlinking, and the next gc removes the files left.
-#[derive(Clone)]
-pub struct GcProgress(pub std::sync::Arc<dyn Fn(u64, u64) -> bool + Send + Sync>);
-
-impl std::fmt::Debug for GcProgress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("GcProgress(..)")
-    }
-}
+pub type GcProgress = super::Told;
 
 impl Default for GcOptions {
     fn default() -> Self {
@@ -328,10 +321,10 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         min_idle: opts.min_idle.max(LAST_USE_RESOLUTION),
         ..opts.clone()
     };
-    let told = opts.progress.as_ref().map(|p| p.0.clone());
-    let told = told
+    let told = opts
+        .progress
         .as_ref()
-        .map(|t| t.as_ref() as &dyn Fn(u64, u64) -> bool);
+        .map(|p| &*p.0 as &dyn Fn(u64, u64) -> bool);
     let p = cache.collect_told(
         opts.dry_run,
         |names, blob_records| {

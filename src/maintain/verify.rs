@@ -23,8 +23,8 @@
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -52,14 +52,7 @@ pub struct VerifyOptions {
 /// Told `(bytes hashed, bytes to hash)` after each blob is hashed (from the hashing
 /// threads, so possibly from several at once); returning false stops verify with
 /// [`CacheError::Stopped`] before it quarantines or repairs anything.
-#[derive(Clone)]
-pub struct VerifyProgress(pub Arc<dyn Fn(u64, u64) -> bool + Send + Sync>);
-
-impl std::fmt::Debug for VerifyProgress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("VerifyProgress(..)")
-    }
-}
+pub type VerifyProgress = super::Told;
 
 /// One finding about a blob or a name.
 #[derive(Clone, Debug, Serialize)]
