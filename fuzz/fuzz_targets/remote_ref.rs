@@ -6,7 +6,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sregistry::format::reference::Reference;
-use sregistry::remote::RemoteRef;
+use sregistry::remote::{RemoteOptions, RemoteRef};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(s) = std::str::from_utf8(data) else {
@@ -31,7 +31,7 @@ fuzz_target!(|data: &[u8]| {
     if let RemoteRef::Oras(o) = &r {
         let _ = (o.reference(), o.local_name());
     }
-    match r.default_name() {
+    match r.default_name(&RemoteOptions::default()) {
         Ok(name) => {
             let text = name.to_string();
             let back = Reference::parse(&text)
@@ -41,7 +41,7 @@ fuzz_target!(|data: &[u8]| {
                 "default name {text:?} of {s:?} does not round-trip"
             );
             assert_eq!(
-                again.default_name().ok(),
+                again.default_name(&RemoteOptions::default()).ok(),
                 Some(name),
                 "default name of {s:?} unstable"
             );

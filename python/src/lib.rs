@@ -80,7 +80,7 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         RemoteError::Cache(c) => cache_error_class(c),
         RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
         RemoteError::NotFound { .. } => "NotFound",
-        RemoteError::Insecure { .. } => "InvalidInput",
+        RemoteError::Insecure { .. } | RemoteError::NameTaken { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }

@@ -200,7 +200,7 @@ impl Cache {
                     source: Some(n.source),
                     labels: Default::default(),
                 };
-                w.put_ref(&key, &record)?;
+                self.point_name(&mut w, &key, &record, now)?;
                 w.set_last_use(&key, now)?;
             }
             w.commit()?;

@@ -163,6 +163,14 @@ pub const MIGRATIONS: &[Migration] = &[
         read_compat: 1,
         write_compat: 2,
     },
+    // Blob records say when content a re-pointed name held was last handed out
+    // (`BlobRecord::retired`). Readers are unaffected; an older gc would delete that
+    // content as unreferenced within `--min-idle`, so writers need schema 3.
+    Migration {
+        up: no_tables,
+        read_compat: 1,
+        write_compat: 3,
+    },
 ];
 
 /// The (read, write) compatibility levels of schema `n`.
@@ -183,6 +191,11 @@ fn create_v1_tables(txn: &WriteTransaction) -> Result<(), redb::Error> {
 
 fn create_about_table(txn: &WriteTransaction) -> Result<(), redb::Error> {
     txn.open_table(ABOUT)?;
+    Ok(())
+}
+
+/// A migration that only raises the compatibility levels.
+fn no_tables(_: &WriteTransaction) -> Result<(), redb::Error> {
     Ok(())
 }
 
@@ -216,6 +229,21 @@ pub struct BlobRecord {
     /// costs a download).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub parts: Vec<Digest>,
+    /// Set when a name that pointed here was re-pointed elsewhere (pull, `tag --force`,
+    /// `add --force`, another conversion): the content keeps the `--min-idle` protection
+    /// of that name's last use, so a job that was handed its path keeps it, although no
+    /// name refers to it any more. `rm` of that name gives the protection up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired: Option<Retired>,
+}
+
+/// The last use of content whose name was re-pointed (see [`BlobRecord::retired`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Retired {
+    /// The name that pointed here.
+    pub name: String,
+    /// Unix seconds: no `get` of the name handed this content out after this time.
+    pub used: u64,
 }
 
 /// Index failures, each naming the index file.
@@ -1595,6 +1623,11 @@ impl IndexWriter {
             }
             Ok(())
         })
+    }
+
+    /// The recorded last use of `key` (precise to [`LAST_USE_RESOLUTION`]).
+    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
+        self.guard(|| get_u64_in(&self.table(LAST_USE)?, key, &self.path))
     }
 
     pub fn set_last_use(&mut self, key: &str, when: u64) -> Result<(), IndexError> {

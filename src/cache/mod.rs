@@ -65,6 +65,7 @@ mod ingest;
 mod layout;
 pub mod limits;
 pub mod lock;
+mod retire;
 mod settings;
 mod store;
 mod uses;
@@ -913,6 +914,7 @@ impl Cache {
             media_type: prov.media_type,
             remote_digest: prov.remote_digest,
             parts: part_digests,
+            retired: None,
         };
         match w.get_blob(&digest)? {
             Some(old) if !blob_record.parts.is_empty() && old.parts != blob_record.parts => {
@@ -927,7 +929,7 @@ impl Cache {
             Some(_) => {}
             None => w.put_blob(&digest, &blob_record)?,
         }
-        w.put_ref(&key, &record)?;
+        self.point_name(w, &key, &record, now)?;
         w.set_last_use(&key, now)?;
         let pinned = w.is_pinned(&key)?;
         let blob = w.get_blob(&digest)?;
@@ -1238,7 +1240,7 @@ impl Cache {
         })?;
         let now = clock::now();
         let new = RefRecord { added: now, ..rec };
-        w.put_ref(&key, &new)?;
+        self.point_name(&mut w, &key, &new, now)?;
         w.set_last_use(&key, now)?;
         let blob = w.get_blob(&new.digest)?;
         let pinned = w.is_pinned(&key)?;
@@ -1279,6 +1281,8 @@ impl Cache {
                     candidates.push(rec.digest);
                 }
             }
+            // What the names held before they were re-pointed goes with them.
+            candidates.extend(self.retired_from(&w, &out.names)?);
             if keep_blobs {
                 candidates.clear();
             }

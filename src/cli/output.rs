@@ -21,6 +21,8 @@ pub struct EntryJson<'a> {
     pub last_used: Option<String>,
     pub pinned: bool,
     pub source: Option<&'a str>,
+    /// The platform of an image pulled from `docker://` (`os/arch[/variant]`).
+    pub platform: Option<&'a str>,
     pub labels: &'a std::collections::BTreeMap<String, String>,
     pub media_type: Option<&'a str>,
     pub path: &'a PathBuf,
@@ -36,11 +38,19 @@ impl<'a> From<&'a Entry> for EntryJson<'a> {
             last_used: e.last_used.map(clock::rfc3339),
             pinned: e.pinned,
             source: e.source.as_deref(),
+            platform: platform_of(e),
             labels: &e.labels,
             media_type: e.media_type.as_deref(),
             path: &e.path,
         }
     }
+}
+
+/// The platform of an image pulled from `docker://`, as its name records it.
+pub fn platform_of(e: &Entry) -> Option<&str> {
+    e.labels
+        .get(sregistry::remote::docker::LABEL_PLATFORM)
+        .map(String::as_str)
 }
 
 /// Write `value` as pretty JSON and a newline to stdout.

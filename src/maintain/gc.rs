@@ -167,7 +167,21 @@ fn plan(
     now: u64,
 ) -> Plan {
     let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
-    let protected = |n: &Named| n.pinned || now.saturating_sub(used_at(n)) < opts.min_idle;
+    // Recorded uses are precise to LAST_USE_RESOLUTION: a name used more recently than
+    // that may show an older time, so no shorter idle time protects a name. A retired
+    // blob's time already allows for that (`crate::cache` on re-pointing), so an
+    // explicit `--min-idle 0` gives it up.
+    let idle = opts.min_idle.max(LAST_USE_RESOLUTION);
+    let protected = |n: &Named| n.pinned || now.saturating_sub(used_at(n)) < idle;
+    let retired_kept: HashSet<Digest> = blob_records
+        .iter()
+        .filter(|(_, b)| {
+            b.retired
+                .as_ref()
+                .is_some_and(|r| now.saturating_sub(r.used) < opts.min_idle)
+        })
+        .map(|(d, _)| *d)
+        .collect();
     let mut removed: HashSet<&str> = HashSet::new();
     let mut out_names = Vec::new();
     if let Some(age) = opts.max_age {
@@ -209,7 +223,13 @@ fn plan(
             .map(|d| size_of.get(d).copied().unwrap_or(0))
             .sum::<u64>()
     };
-    let mut kept = kept_size(&users, &part_users);
+    // Content handed out under a name since re-pointed stays for `--min-idle`, and counts.
+    let retired_size: u64 = retired_kept
+        .iter()
+        .filter(|d| !users.contains_key(*d) && !part_users.contains_key(*d))
+        .map(|d| size_of.get(d).copied().unwrap_or(0))
+        .sum();
+    let mut kept = kept_size(&users, &part_users) + retired_size;
     let mut over_budget = false;
     if let Some(max) = opts.max_size {
         if kept > max {
@@ -232,7 +252,7 @@ fn plan(
                     break;
                 }
                 part_users.remove(&p);
-                if !users.contains_key(&p) {
+                if !users.contains_key(&p) && !retired_kept.contains(&p) {
                     kept -= size_of.get(&p).copied().unwrap_or(0);
                 }
             }
@@ -260,7 +280,9 @@ fn plan(
                 *c -= 1;
                 if *c == 0 {
                     users.remove(&n.record.digest);
-                    if !part_users.contains_key(&n.record.digest) {
+                    if !part_users.contains_key(&n.record.digest)
+                        && !retired_kept.contains(&n.record.digest)
+                    {
                         kept -= size_of.get(&n.record.digest).copied().unwrap_or(0);
                     }
                     for p in parts_of.get(&n.record.digest).copied().unwrap_or_default() {
@@ -268,7 +290,7 @@ fn plan(
                             *c -= 1;
                             if *c == 0 {
                                 part_users.remove(p);
-                                if !users.contains_key(p) {
+                                if !users.contains_key(p) && !retired_kept.contains(p) {
                                     kept -= size_of.get(p).copied().unwrap_or(0);
                                 }
                             }
@@ -281,7 +303,9 @@ fn plan(
     }
     let blobs: Vec<(Digest, u64)> = blob_records
         .iter()
-        .filter(|(d, _)| !users.contains_key(d) && !part_users.contains_key(d))
+        .filter(|(d, _)| {
+            !users.contains_key(d) && !part_users.contains_key(d) && !retired_kept.contains(d)
+        })
         .map(|(d, b)| (*d, b.size))
         .collect();
     let known: HashSet<Digest> = blob_records.iter().map(|(d, _)| *d).collect();
@@ -315,12 +339,6 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         .iter()
         .filter(|t| t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace)
         .collect();
-    // Recorded uses are precise to LAST_USE_RESOLUTION: a name used more recently than
-    // that may show an older time, so no shorter idle time protects anything.
-    let opts = &GcOptions {
-        min_idle: opts.min_idle.max(LAST_USE_RESOLUTION),
-        ..opts.clone()
-    };
     let told = opts
         .progress
         .as_ref()

@@ -202,6 +202,21 @@ impl Platform {
         }
     }
 
+    /// The platform in the form that names it: `arm64` without its default variant
+    /// (`linux/arm64/v8` is `linux/arm64`), `arm` with its default one (`linux/arm` is
+    /// `linux/arm/v7`), as Docker matches them.
+    pub fn canonical(&self) -> Platform {
+        let variant = match (self.architecture.as_str(), self.variant.as_deref()) {
+            ("arm64", Some("v8")) => None,
+            ("arm", None) => Some("v7".to_string()),
+            (_, v) => v.map(str::to_string),
+        };
+        Platform {
+            variant,
+            ..self.clone()
+        }
+    }
+
     /// Whether an index entry's platform is this one. A variant asked for must match
     /// (`arm64` without one matches `v8` or none, as Docker does).
     fn matches(&self, p: &IndexPlatform) -> bool {
@@ -229,6 +244,23 @@ impl fmt::Display for Platform {
         }
         Ok(())
     }
+}
+
+/// The platform every earlier version pulled on x86 machines, whose images keep the
+/// plain `HOST/REPOSITORY:TAG` name.
+pub const PLAIN_NAME_PLATFORM: &str = "linux/amd64";
+
+/// The local name of `local` (`HOST/REPOSITORY:TAG`) for `platform`: as it is for
+/// linux/amd64, else with the platform added to the tag (`:TAG-linux-arm64`,
+/// `:TAG-linux-arm-v7`). Fixed for all nodes, whatever their own platform, so that a
+/// cluster of x86 and ARM nodes keeps one image per platform and never re-points one
+/// name between them.
+pub fn platform_name(local: &str, platform: &Platform) -> String {
+    let p = platform.canonical();
+    if p.to_string() == PLAIN_NAME_PLATFORM {
+        return local.to_string();
+    }
+    format!("{local}-{}", p.to_string().replace('/', "-"))
 }
 
 #[derive(Debug, Deserialize)]
@@ -776,6 +808,17 @@ mod tests {
         for bad in ["", "UPPER/x", "h.io/", "x@sha256:12"] {
             assert!(DockerRef::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn each_platform_names_its_own_image_the_same_on_every_node() {
+        let name = |p: &str| platform_name("h/lab/t:1", &Platform::parse(p).unwrap());
+        assert_eq!(name("linux/amd64"), "h/lab/t:1");
+        assert_eq!(name("linux/arm64"), "h/lab/t:1-linux-arm64");
+        assert_eq!(name("linux/arm64/v8"), "h/lab/t:1-linux-arm64");
+        assert_eq!(name("linux/arm"), "h/lab/t:1-linux-arm-v7");
+        assert_eq!(name("linux/arm/v6"), "h/lab/t:1-linux-arm-v6");
+        assert_eq!(name("linux/s390x"), "h/lab/t:1-linux-s390x");
     }
 
     #[test]

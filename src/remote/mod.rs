@@ -166,6 +166,14 @@ pub enum RemoteError {
     },
     #[error("the transfer of `{url}` was stopped by its progress receiver; nothing was stored")]
     Stopped { url: String },
+    #[error(
+        "the name `{name}` holds the image pulled from `{held}`, not from `{wanted}`; nothing was pulled (pull this one under a name of its own with `--name NAME`, or `sregistry rm {name}` first)"
+    )]
+    NameTaken {
+        name: String,
+        held: String,
+        wanted: String,
+    },
     #[error("cannot export `{name}`: {detail}")]
     Export { name: String, detail: String },
     #[error("cannot convert `{image}` to SIF: {detail}")]
@@ -271,11 +279,29 @@ impl RemoteRef {
     }
 
     /// The local name a pulled image gets unless `--name` says otherwise: the reference
-    /// without its scheme, made to fit the local grammar.
-    pub fn default_name(&self) -> Result<Reference, RemoteError> {
+    /// without its scheme, made to fit the local grammar. Two remotes never share one
+    /// (docs/remotes.md, "Names"):
+    ///
+    /// * `docker://`: `HOST/REPOSITORY:TAG` for linux/amd64, and for any other platform
+    ///   the platform added to the tag (`HOST/REPOSITORY:TAG-linux-arm64`), so every
+    ///   platform is its own image, named the same on every node whatever its own
+    ///   platform;
+    /// * `https://`, `s3://`: the host (or `s3/BUCKET`) and the path, lower-cased and
+    ///   reduced to the grammar; when that lost anything (case, characters, a query, the
+    ///   `..` of a file name), the last part ends with `-` and 12 hex digits of a hash of
+    ///   the whole reference, so two URLs that reduce alike keep apart names;
+    /// * `s3://` through an endpoint (`--endpoint`, `AWS_ENDPOINT_URL`): the endpoint's
+    ///   host and port first (`127.0.0.1:9000/s3/BUCKET/KEY`), so one bucket and key on two
+    ///   stores are two images.
+    pub fn default_name(&self, opts: &RemoteOptions) -> Result<Reference, RemoteError> {
         let text = match self {
             RemoteRef::Oras(r) => r.local_name(),
-            RemoteRef::Docker(r) => r.local_name(),
+            RemoteRef::Docker(r) => {
+                let platform = docker_platform_of(opts).map_err(|reason| {
+                    bad_ref(opts.platform.as_deref().unwrap_or_default(), reason)
+                })?;
+                docker::platform_name(&r.local_name(), &platform)
+            }
             RemoteRef::Http(url) => {
                 let after = url.split_once("://").map(|x| x.1).unwrap_or(url);
                 // Without user-info: a password never becomes part of a name.
@@ -286,13 +312,76 @@ impl RemoteRef {
                     },
                     None => after.rsplit_once('@').map_or(after, |x| x.1),
                 };
-                let no_query = after.split(['?', '#']).next().unwrap_or(after);
-                sanitize_path(no_query)
+                // The fragment is never sent: it does not tell two objects apart.
+                let exact = after.split('#').next().unwrap_or(after);
+                let no_query = exact.split('?').next().unwrap_or(exact);
+                let (host, path) = no_query.split_at(no_query.find('/').unwrap_or(no_query.len()));
+                // A query names another object as much as a path does, and its values
+                // never become part of a name: it always counts as lost.
+                let plain = match exact.contains('?') {
+                    true => String::new(),
+                    false => format!("{}{path}", host.to_ascii_lowercase()),
+                };
+                unique_name(sanitize_path(no_query), &plain, exact)
             }
-            RemoteRef::S3 { bucket, key } => sanitize_path(&format!("s3/{bucket}/{key}")),
+            RemoteRef::S3 { bucket, key } => {
+                let plain = format!("s3/{bucket}/{key}");
+                match s3::endpoint(opts) {
+                    None => unique_name(sanitize_path(&plain), &plain, &plain),
+                    Some(ep) => {
+                        let (host, lossless) = endpoint_host(&ep);
+                        let exact = format!("{ep} {plain}");
+                        let named = format!("{host}/{plain}");
+                        let reduced = sanitize_path(&named);
+                        if lossless {
+                            unique_name(reduced, &named, &exact)
+                        } else {
+                            unique_name(reduced, "", &exact)
+                        }
+                    }
+                }
+            }
         };
         Ok(Reference::parse(&text)?)
     }
+
+    /// What a pull from here records as the image's source (and what a later pull
+    /// compares with): the reference as shown, and for `s3://` through an endpoint the
+    /// endpoint too (`s3://BUCKET/KEY (endpoint URL)`), without user-info.
+    pub fn source(&self, opts: &RemoteOptions) -> String {
+        match (self, s3::endpoint(opts)) {
+            (RemoteRef::S3 { .. }, Some(ep)) => {
+                format!("{self} (endpoint {})", transport::shown(&ep))
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
+/// `reduced` (a name [`sanitize_path`] made), kept as it is when it is exactly `plain`
+/// (nothing was lost), else with `-` and 12 hex digits of the BLAKE3 hash of `exact` (the
+/// whole reference) after its last part: references that reduce to the same text keep
+/// names of their own.
+fn unique_name(reduced: String, plain: &str, exact: &str) -> String {
+    if reduced == plain {
+        return reduced;
+    }
+    let h = blake3::hash(exact.as_bytes()).to_hex();
+    format!("{reduced}-{}", &h.as_str()[..12])
+}
+
+/// The `HOST[:PORT]` of an S3 endpoint URL, lower-case, without user-info; and whether
+/// that is all the URL says (no path), so the name loses nothing of it.
+fn endpoint_host(ep: &str) -> (String, bool) {
+    let rest = ep.split_once("://").map_or(ep, |x| x.1);
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let authority = &rest[..end];
+    let host = authority.rsplit_once('@').map_or(authority, |x| x.1);
+    let tail = rest[end..].trim_end_matches('/');
+    (
+        host.to_ascii_lowercase(),
+        tail.is_empty() && host == authority,
+    )
 }
 
 impl fmt::Display for RemoteRef {
@@ -493,7 +582,7 @@ pub fn get_or_pull(
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
-    let name = remote.default_name()?;
+    let name = remote.default_name(opts)?;
     if let Some(p) = cached_from(cache, &name, remote, opts)? {
         return Ok(p);
     }
@@ -504,7 +593,10 @@ pub fn get_or_pull(
             // Whoever held the lock before us may have pulled it.
             cached_from(cache, &name, remote, opts)
         },
-        || Ok(pull_locked(cache, remote, &name, opts)?.entry.path),
+        || {
+            refuse_taken_name(cache, &name, remote, opts)?;
+            Ok(pull_locked(cache, remote, &name, opts)?.entry.path)
+        },
     )
 }
 
@@ -536,27 +628,78 @@ fn under_pull_lock<T>(
     // The remote's failures only: a refusal by the cache (a pinned name) is each caller's.
     if let Err(e) = &out
         && !e.is_usage()
-        && !matches!(e, RemoteError::Cache(_))
+        && !matches!(e, RemoteError::Cache(_) | RemoteError::NameTaken { .. })
     {
         cache.record_pull_failure(&key, &e.to_string());
     }
     out
 }
 
-/// What the per-pull lock of `remote` is named by: the reference, and for `docker://`
-/// the platform too.
+/// What the per-pull lock of `remote` is named by: its source (for `s3://`, with the
+/// endpoint), and for `docker://` the platform too (in its canonical form, so
+/// `linux/arm64` and `linux/arm64/v8` share one lock, as they share one image).
 fn lock_key(remote: &RemoteRef, opts: &RemoteOptions) -> String {
-    match remote {
-        RemoteRef::Docker(_) => format!("{remote} {}", docker_platform(opts)),
-        _ => remote.to_string(),
+    match (remote, docker_platform_of(opts)) {
+        (RemoteRef::Docker(_), Ok(p)) => format!("{remote} {}", p.canonical()),
+        _ => remote.source(opts),
     }
 }
 
-/// The platform a `docker://` pull asks for, as text.
-fn docker_platform(opts: &RemoteOptions) -> String {
-    opts.platform
-        .clone()
-        .unwrap_or_else(|| docker::Platform::host().to_string())
+/// The platform a `docker://` pull asks for: `--platform`, else this machine's.
+fn docker_platform_of(opts: &RemoteOptions) -> Result<docker::Platform, String> {
+    match &opts.platform {
+        Some(p) => docker::Platform::parse(p),
+        None => Ok(docker::Platform::host()),
+    }
+}
+
+/// Whether `rec` was pulled from `remote` (for `docker://`, for the platform asked for).
+fn pulled_from(rec: &crate::cache::RefRecord, remote: &RemoteRef, opts: &RemoteOptions) -> bool {
+    if rec.source.as_deref() != Some(remote.source(opts).as_str()) {
+        return false;
+    }
+    match (remote, docker_platform_of(opts)) {
+        (RemoteRef::Docker(_), Ok(asked)) => rec
+            .labels
+            .get(docker::LABEL_PLATFORM)
+            .and_then(|p| docker::Platform::parse(p).ok())
+            .is_some_and(|p| p.canonical() == asked.canonical()),
+        _ => true,
+    }
+}
+
+/// Refuse to pull `remote` under its default `name` when that name holds an image pulled
+/// from another remote: two remotes never share a name silently (their names are made
+/// apart, see [`RemoteRef::default_name`]; what can still meet is an odd real tag such as
+/// `1.2-linux-arm64` beside the platform names, or a name kept from an older version).
+/// The same `docker://` reference for another platform under a name an older version
+/// gave it is re-pointed as before (the content it held keeps its protection: see
+/// `Cache` on re-pointing). `--force` re-points whatever the name held.
+fn refuse_taken_name(
+    cache: &Cache,
+    name: &Reference,
+    remote: &RemoteRef,
+    opts: &RemoteOptions,
+) -> Result<(), RemoteError> {
+    if opts.refetch {
+        return Ok(());
+    }
+    let entry = match cache.entry(name) {
+        Ok(e) => e,
+        Err(e) if e.is_not_found() => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(held) = entry.source.filter(|s| is_remote(s)) else {
+        return Ok(());
+    };
+    if held == remote.source(opts) {
+        return Ok(());
+    }
+    Err(RemoteError::NameTaken {
+        name: name.key(),
+        held,
+        wanted: remote.source(opts),
+    })
 }
 
 /// The path of `name` if it exists and was pulled from `remote` (for `docker://`, for
@@ -567,14 +710,7 @@ fn cached_from(
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<Option<PathBuf>, RemoteError> {
-    let source = remote.to_string();
-    let platform = matches!(remote, RemoteRef::Docker(_)).then(|| docker_platform(opts));
-    let pulled_from_here = |rec: &crate::cache::RefRecord| {
-        rec.source.as_deref() == Some(source.as_str())
-            && platform
-                .as_ref()
-                .is_none_or(|p| rec.labels.get(docker::LABEL_PLATFORM) == Some(p))
-    };
+    let pulled_from_here = |rec: &crate::cache::RefRecord| pulled_from(rec, remote, opts);
     match cache.get_where(name, pulled_from_here) {
         Ok(p) => Ok(p),
         Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => Ok(None),
@@ -591,18 +727,23 @@ pub fn pull(
     name: Option<&Reference>,
     opts: &RemoteOptions,
 ) -> Result<PullOutcome, RemoteError> {
-    let name = match name {
+    let (name, default) = match name {
         Some(n) => {
             crate::cache::refuse_digest_on_target(n)?;
-            n.clone()
+            (n.clone(), false)
         }
-        None => remote.default_name()?,
+        None => (remote.default_name(opts)?, true),
     };
     under_pull_lock(
         cache,
         lock_key(remote, opts),
         || Ok(None),
-        || pull_locked(cache, remote, &name, opts),
+        || {
+            if default {
+                refuse_taken_name(cache, &name, remote, opts)?;
+            }
+            pull_locked(cache, remote, &name, opts)
+        },
     )
 }
 
@@ -614,12 +755,12 @@ fn pull_locked(
 ) -> Result<PullOutcome, RemoteError> {
     if let RemoteRef::Docker(r) = remote {
         // A converted image keeps its layers; an unchanged tag costs only the manifest.
-        return docker::pull_locked(cache, r, &remote.to_string(), name, opts);
+        return docker::pull_locked(cache, r, &remote.source(opts), name, opts);
     }
     let known = if opts.refetch {
         None
     } else {
-        known_from(cache, name, remote)?
+        known_from(cache, name, remote, opts)?
     };
     let (c, remote_, o) = (cache.clone(), remote.clone(), opts.clone());
     let pulled = runtime::run(async move {
@@ -655,7 +796,7 @@ fn pull_locked(
         ingested,
         name,
         crate::cache::Provenance {
-            source: remote.to_string(),
+            source: remote.source(opts),
             labels,
             media_type: fetched.media_type,
             remote_digest: fetched.remote_digest,
@@ -674,13 +815,14 @@ fn known_from(
     cache: &Cache,
     name: &Reference,
     remote: &RemoteRef,
+    opts: &RemoteOptions,
 ) -> Result<Option<Known>, RemoteError> {
     let entry = match cache.entry(name) {
         Ok(e) => e,
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if entry.source.as_deref() != Some(remote.to_string().as_str()) || !entry.path.is_file() {
+    if entry.source.as_deref() != Some(remote.source(opts).as_str()) || !entry.path.is_file() {
         return Ok(None);
     }
     Ok(Some(Known {
@@ -837,18 +979,46 @@ mod tests {
         let r = RemoteRef::parse("oras://127.0.0.1:5000/lab/tool:1.2").unwrap();
         assert_eq!(r.to_string(), "oras://127.0.0.1:5000/lab/tool:1.2");
         assert_eq!(
-            r.default_name().unwrap().key(),
+            r.default_name(&RemoteOptions::default()).unwrap().key(),
             "127.0.0.1:5000/lab/tool:1.2"
         );
         let r = RemoteRef::parse("https://example.org/Files/My%20Tool.sif?x=1").unwrap();
+        let lossy = r.default_name(&RemoteOptions::default()).unwrap().key();
+        assert!(
+            lossy.starts_with("example.org/files/my-20tool.sif-") && lossy.ends_with(":latest"),
+            "{lossy}"
+        );
+        let r = RemoteRef::parse("https://u:pw@example.org/files/tool.sif").unwrap();
         assert_eq!(
-            r.default_name().unwrap().key(),
-            "example.org/files/my-20tool.sif:latest"
+            r.default_name(&RemoteOptions::default()).unwrap().key(),
+            "example.org/files/tool.sif:latest"
         );
         let r = RemoteRef::parse("s3://bucket-1/images/tool.sif").unwrap();
         assert_eq!(
-            r.default_name().unwrap().key(),
+            r.default_name(&RemoteOptions::default()).unwrap().key(),
             "s3/bucket-1/images/tool.sif:latest"
+        );
+        let through = RemoteOptions {
+            endpoint: Some("http://u:secret@127.0.0.1:9000".into()),
+            ..RemoteOptions::default()
+        };
+        let name = r.default_name(&through).unwrap().key();
+        assert!(
+            name.starts_with("127.0.0.1:9000/s3/bucket-1/images/tool.sif"),
+            "{name}"
+        );
+        assert!(!name.contains("secret"), "{name}");
+        assert_eq!(
+            r.source(&through),
+            "s3://bucket-1/images/tool.sif (endpoint http://***@127.0.0.1:9000)"
+        );
+        let plain = RemoteOptions {
+            endpoint: Some("http://127.0.0.1:9000".into()),
+            ..RemoteOptions::default()
+        };
+        assert_eq!(
+            r.default_name(&plain).unwrap().key(),
+            "127.0.0.1:9000/s3/bucket-1/images/tool.sif:latest"
         );
         for bad in [
             "ftp://x/y",

@@ -19,6 +19,25 @@ use super::sink::Sink;
 use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
 use crate::cache::Cache;
 
+/// The endpoint an `s3://` remote is reached through: `--endpoint`, else
+/// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`); `None` for AWS itself. It is part of the image's
+/// name and recorded source (see `RemoteRef::default_name`).
+pub fn endpoint(opts: &RemoteOptions) -> Option<String> {
+    opts.endpoint.clone().filter(|e| !e.is_empty()).or_else(|| {
+        ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
+            .iter()
+            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    })
+}
+
+/// The object's key as S3 knows it: the key exactly as given (`col/a?b.sif` is that key,
+/// as every other S3 client reads and writes it), not percent-encoded the way
+/// `Path::from` encodes characters some stores advise against. Only a key that
+/// object_store cannot hold as written (an empty part, `a//b`) falls back to that.
+fn object_path(key: &str) -> object_store::path::Path {
+    object_store::path::Path::parse(key).unwrap_or_else(|_| object_store::path::Path::from(key))
+}
+
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
     let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
     // The same bounds as every other remote: a silent connection times out after
@@ -51,12 +70,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
             max_retries: 3,
             retry_timeout: idle * 2,
         });
-    let endpoint = opts.endpoint.clone().or_else(|| {
-        ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    });
-    if let Some(ep) = &endpoint {
+    if let Some(ep) = &endpoint(opts) {
         let host = ep
             .split_once("://")
             .map(|x| x.1)
@@ -126,7 +140,7 @@ pub async fn pull(
 ) -> Result<Pulled, RemoteError> {
     let (store, _) = open(bucket, opts)?;
     let url = format!("s3://{bucket}/{key}");
-    let path = object_store::path::Path::from(key);
+    let path = object_path(key);
     if let Some(etag) = known.and_then(|k| k.etag.as_deref()) {
         let meta = store.head(&path).await.map_err(|e| s3_err(&url, e))?;
         if meta.e_tag.as_deref() == Some(etag) {
@@ -169,7 +183,7 @@ pub async fn push(
     use tokio::io::AsyncReadExt;
     let (store, _) = open(bucket, opts)?;
     let url = format!("s3://{bucket}/{key}");
-    let path = object_store::path::Path::from(key);
+    let path = object_path(key);
     let upload = store
         .put_multipart(&path)
         .await

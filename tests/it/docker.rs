@@ -378,7 +378,7 @@ fn the_platform_asked_for_is_chosen_from_an_index_and_recorded() {
     let v: serde_json::Value = serde_json::from_str(&stdout_of(other.cmd().args([
         "inspect",
         "--json",
-        &format!("{}/lab/multi:1", reg.addr),
+        &format!("{}/lab/multi:1-linux-arm64", reg.addr),
     ])))
     .unwrap();
     assert_eq!(v["labels"]["org.sregistry.docker.manifest"], arm.as_str());
@@ -734,5 +734,99 @@ fn a_pull_killed_during_the_conversion_leaves_nothing_and_the_next_converts_afre
     let path = stdout_of(env.cmd().args(["get", &reference]));
     assert!(std::path::Path::new(&path).is_file());
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+    env.assert_blobs_verify();
+}
+
+/// Blob downloads (`GET .../blobs/...` answered 200 or 206) the registry served so far.
+fn blob_downloads(reg: &Registry) -> usize {
+    reg.log()
+        .lines()
+        .filter(|l| {
+            l.contains("GET /v2/")
+                && l.contains("/blobs/")
+                && (l.contains("\" 200 ") || l.contains("\" 206 "))
+        })
+        .count()
+}
+
+/// The danger: both platforms of an index were stored under the one name
+/// `HOST/REPO:TAG`, so each `get` of the other platform downloaded, converted and
+/// re-pointed it, and the next gc deleted the image a job on the other kind of node had
+/// just been handed. Each platform is its own image, under a name that is the same on
+/// every node: linux/amd64 keeps the plain name, others add the platform to the tag.
+#[test]
+fn each_platform_is_its_own_image_and_gc_keeps_both() {
+    let env = Env::new();
+    let reg = Registry::anonymous();
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let mut l = Layout::new(&work);
+    l.layer("base", "bb", images::busybox_root);
+    let reference = docker(&reg, "lab/multi:1");
+    push_two_platform_index(&mut l, &reference);
+    let amd = stdout_of(
+        env.cmd()
+            .args(["get", &reference, "--platform", "linux/amd64"]),
+    );
+    let arm = stdout_of(
+        env.cmd()
+            .args(["get", &reference, "--platform", "linux/arm64"]),
+    );
+    assert_ne!(amd, arm);
+    assert_eq!(file_in_sif(&env, &amd, "arch"), "amd64\n");
+    assert_eq!(file_in_sif(&env, &arm, "arch"), "arm64\n");
+    stdout_of(env.cmd().args(["gc", "-q"]));
+    assert!(fs::metadata(&amd).is_ok(), "gc deleted the amd64 image");
+    assert!(fs::metadata(&arm).is_ok(), "gc deleted the arm64 image");
+    // The second get of either downloads and converts nothing, whichever came last;
+    // `linux/arm64/v8` is the same platform as `linux/arm64`.
+    let before = blob_downloads(&reg);
+    for _ in 0..2 {
+        for (platform, path) in [
+            ("linux/amd64", &amd),
+            ("linux/arm64", &arm),
+            ("linux/arm64/v8", &arm),
+        ] {
+            let got = stdout_of(env.cmd().args(["get", &reference, "--platform", platform]));
+            assert_eq!(&got, path, "{platform}");
+        }
+    }
+    assert_eq!(
+        blob_downloads(&reg),
+        before,
+        "a cached platform was downloaded again"
+    );
+    // The names: plain for linux/amd64, the platform in the tag for the other; list and
+    // inspect show the platform.
+    let plain = format!("{}/lab/multi:1", reg.addr);
+    let tagged = format!("{}/lab/multi:1-linux-arm64", reg.addr);
+    assert_eq!(env.names(), [plain.clone(), tagged.clone()]);
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["list", "--json"]))).unwrap();
+    let platforms: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+    let table = stdout_of(env.cmd().arg("list"));
+    assert!(
+        table.lines().next().unwrap().contains("PLATFORM"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with(&tagged) && l.contains("linux/arm64")),
+        "{table}"
+    );
+    let shown = stdout_of(env.cmd().args(["inspect", &tagged]));
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.starts_with("platform:") && l.contains("linux/arm64")),
+        "{shown}"
+    );
     env.assert_blobs_verify();
 }

@@ -400,7 +400,12 @@ fn s3_push_then_pull_round_trip_is_byte_identical() {
         "lab/tool:back",
     ])))
     .unwrap();
-    assert_eq!(v["source"], remote.as_str(), "{v}");
+    // The source says where it came from, endpoint included.
+    assert_eq!(
+        v["source"],
+        format!("{remote} (endpoint {})", s3.endpoint()).as_str(),
+        "{v}"
+    );
     assert_eq!(v["size"], original.len() as u64, "{v}");
     other.assert_blobs_verify();
     assert_eq!(other.blobs().len(), 1);
@@ -561,4 +566,104 @@ fn s3_push_draws_its_progress_on_a_terminal() {
         fs::read(s3.object("images/big.sif")).unwrap() == fs::read(&sif).unwrap(),
         "the stored object differs from the SIF"
     );
+}
+
+/// `sregistry ARGS` against `s3` through `AWS_ENDPOINT_URL` (`get` takes no `--endpoint`).
+fn s3_env_cmd(env: &Env, s3: &S3Server, args: &[&str]) -> assert_cmd::Command {
+    let mut c = env.cmd();
+    for (k, _) in std::env::vars_os() {
+        if k.to_string_lossy().starts_with("AWS_") {
+            c.env_remove(k);
+        }
+    }
+    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", s3.endpoint())
+        .args(args);
+    c
+}
+
+/// The danger: `s3://b/col/a?b.sif` and `s3://b/col/a-b.sif` reduced to one local name,
+/// and so did one bucket and key on two endpoints: each `get` downloaded again and
+/// re-pointed the name, the next gc deleted what the other `get` had printed, and with two
+/// endpoints a `get` through B answered with A's object without asking B. Each is an
+/// image of its own, and its name and source say where it came from, endpoint included.
+#[test]
+fn s3_objects_that_reduce_alike_or_sit_on_two_endpoints_are_images_of_their_own() {
+    let (a, b) = (S3Server::start(), S3Server::start());
+    let env = Env::new();
+    let made: std::collections::HashMap<&str, Vec<u8>> =
+        ["a-question-b", "a-dash-b-on-a", "a-dash-b-on-b"]
+            .into_iter()
+            .map(|w| (w, fs::read(env.sif(&format!("{w}.sif"), w)).unwrap()))
+            .collect();
+    let content = |what: &str| made[what].clone();
+    fs::create_dir_all(a.object("col")).unwrap();
+    fs::create_dir_all(b.object("col")).unwrap();
+    fs::write(a.object("col/a?b.sif"), content("a-question-b")).unwrap();
+    fs::write(a.object("col/a-b.sif"), content("a-dash-b-on-a")).unwrap();
+    fs::write(b.object("col/a-b.sif"), content("a-dash-b-on-b")).unwrap();
+    let (q, d) = (
+        format!("s3://{BUCKET}/col/a?b.sif"),
+        format!("s3://{BUCKET}/col/a-b.sif"),
+    );
+    let gets = [
+        (&a, &q, "a-question-b"),
+        (&a, &d, "a-dash-b-on-a"),
+        (&b, &d, "a-dash-b-on-b"),
+    ];
+    let mut paths = Vec::new();
+    for (server, remote, what) in gets {
+        let p = stdout_of(&mut s3_env_cmd(&env, server, &["get", remote]));
+        assert!(
+            fs::read(&p).unwrap() == content(what),
+            "{remote} through {}: other content",
+            server.endpoint()
+        );
+        paths.push(p);
+    }
+    stdout_of(env.cmd().args(["gc", "-q"]));
+    // Every image is still there, and a second get of each answers from the cache: with
+    // the objects changed behind the servers' backs, a download would bring other bytes.
+    for (server, remote, _) in gets {
+        let obj = if remote.contains('?') {
+            "col/a?b.sif"
+        } else {
+            "col/a-b.sif"
+        };
+        fs::write(server.object(obj), b"changed behind its back").unwrap();
+    }
+    for ((server, remote, what), p) in gets.iter().zip(&paths) {
+        let again = stdout_of(&mut s3_env_cmd(&env, server, &["get", remote]));
+        assert_eq!(&again, p, "{remote} through {}", server.endpoint());
+        assert!(
+            fs::read(p).unwrap() == content(what),
+            "{remote}: other content"
+        );
+    }
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["list", "--json"]))).unwrap();
+    let mut seen: Vec<(String, String)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_string(),
+                e["source"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(seen.len(), 3, "{seen:?}");
+    let host = |s: &S3Server| s.endpoint().trim_start_matches("http://").to_string();
+    for (server, remote, _) in gets {
+        let source = format!("{remote} (endpoint {})", server.endpoint());
+        assert!(
+            seen.iter().any(|(n, s)| *s == source
+                && n.starts_with(&format!("{}/s3/{BUCKET}/col/", host(server)))),
+            "no name for {source}: {seen:?}"
+        );
+    }
 }

@@ -16,6 +16,7 @@ mod local;
 mod messages;
 mod migrate;
 mod move_add;
+mod names;
 mod pins;
 mod registry;
 mod remote;

@@ -12,7 +12,7 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         opts.platform = args.docker.platform.clone();
         opts.squashfs_comp = args.docker.squashfs_comp.clone();
         let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
-        let name = remote.default_name()?;
+        let name = remote.default_name(&opts)?;
         let path = if args.verify {
             ctx.cache.get_verified(&name)?
         } else {

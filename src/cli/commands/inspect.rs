@@ -59,6 +59,9 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         if let Some(src) = &entry.source {
             kv("source:", src.clone());
         }
+        if let Some(p) = output::platform_of(&entry) {
+            kv("platform:", p.to_string());
+        }
         for (k, v) in &entry.labels {
             kv("label:", format!("{k}={v}"));
         }

@@ -21,10 +21,12 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
         });
         return Ok(());
     }
+    // A PLATFORM column when any image came from docker:// (each platform is an image).
+    let platforms = entries.iter().any(|e| output::platform_of(e).is_some());
     let rows: Vec<Vec<String>> = entries
         .iter()
         .map(|e| {
-            vec![
+            let mut row = vec![
                 format!("{}{}", e.name, if e.pinned { " (pinned)" } else { "" }),
                 e.digest.short(),
                 e.size.map(output::size).unwrap_or_else(|| "?".into()),
@@ -32,11 +34,16 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
                 e.last_used
                     .map(output::age)
                     .unwrap_or_else(|| "never".into()),
-            ]
+            ];
+            if platforms {
+                row.insert(1, output::platform_of(e).unwrap_or("-").to_string());
+            }
+            row
         })
         .collect();
-    Ok(output::table(
-        &["NAME", "DIGEST", "SIZE", "ADDED", "LAST USED"],
-        &rows,
-    )?)
+    let mut header = vec!["NAME", "DIGEST", "SIZE", "ADDED", "LAST USED"];
+    if platforms {
+        header.insert(1, "PLATFORM");
+    }
+    Ok(output::table(&header, &rows)?)
 }
