@@ -16,13 +16,18 @@
 //!    default the host's); that manifest is checked against the index's digest.
 //! 2. If the name already holds a conversion of this very manifest, nothing more is
 //!    fetched (`pull` of an unchanged tag downloads only the manifest).
-//! 3. The config and every layer are looked up in the cache by their sha256 (blobs that
+//! 3. The config is fetched; its `os`, `architecture` and `variant` must agree with the
+//!    platform asked for (`--platform`, else the host's), also when an index's entry
+//!    claimed that platform: otherwise the pull fails naming what the image is, before
+//!    any layer is fetched. The name records the config's platform, the SIF header its
+//!    architecture.
+//! 4. The config and every layer are looked up in the cache by their sha256 (blobs that
 //!    earlier pulls kept as parts of an image) and opened there; the others are
 //!    downloaded through [`Sink`] (declared size enforced, sha256 checked, BLAKE3
 //!    computed) into `tmp/`. Nothing is named yet.
-//! 4. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
+//! 5. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
 //!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file.
-//! 5. [`Cache::commit_image`] names the SIF and records the new layers and config as its
+//! 6. [`Cache::commit_image`] names the SIF and records the new layers and config as its
 //!    parts, in one transaction: gc keeps them while the name uses the image, and drops
 //!    them first under size pressure. A failure or a kill before that leaves only `tmp/`
 //!    files, which the cache removes (or gc after its grace period).
@@ -491,6 +496,8 @@ impl Layer {
 /// What the download step hands to the conversion.
 struct Downloaded {
     resolved: Resolved,
+    /// The image's platform, as its config says (see [`image_platform`]).
+    platform: Platform,
     config: Vec<u8>,
     config_part: Option<Ingested>,
     config_known: Option<crate::format::digest::Digest>,
@@ -510,6 +517,51 @@ fn unchanged(cache: &Cache, name: &Reference, source: &str, manifest: &str) -> O
             .is_ok_and(|ps| !ps.is_empty() && ps.iter().all(|p| p.file.is_some()))
     };
     (same && cache.get(name).is_ok() && whole()).then_some(e)
+}
+
+/// The image's platform, from its config's `os`, `architecture` and `variant` (a field the
+/// config leaves empty is taken from `asked`), when it agrees with the platform asked for
+/// (`explicit`: with `--platform`; otherwise the host's); otherwise an error naming what
+/// the image is. An index's entry may claim a platform its image is not: the config decides.
+fn image_platform(
+    config: &[u8],
+    asked: &Platform,
+    explicit: bool,
+    source: &str,
+) -> Result<Platform, RemoteError> {
+    let c: IndexPlatform = serde_json::from_slice(config).map_err(|e| RemoteError::Convert {
+        image: source.to_string(),
+        detail: format!("the image config is not valid JSON: {e}"),
+    })?;
+    let or_asked = |v: String, a: &str| if v.is_empty() { a.to_string() } else { v };
+    let is = Platform {
+        os: or_asked(c.os, &asked.os),
+        architecture: or_asked(c.architecture, &asked.architecture),
+        variant: c.variant.filter(|v| !v.is_empty()),
+    };
+    let agrees = match &is.variant {
+        Some(_) => asked.matches(&IndexPlatform {
+            os: is.os.clone(),
+            architecture: is.architecture.clone(),
+            variant: is.variant.clone(),
+        }),
+        None => asked.os == is.os && asked.architecture == is.architecture,
+    };
+    if agrees {
+        let variant = is.variant.or_else(|| asked.variant.clone());
+        return Ok(Platform { variant, ..is });
+    }
+    let how = if explicit {
+        "asked for with --platform"
+    } else {
+        "this machine's, the default"
+    };
+    Err(RemoteError::Convert {
+        image: source.to_string(),
+        detail: format!(
+            "the image is {is}, not {asked} ({how}); nothing was stored (pull it with --platform {is} to convert it as what it is)"
+        ),
+    })
 }
 
 /// `pull docker://...` under the per-pull lock: resolve, download what the cache lacks,
@@ -549,6 +601,7 @@ pub fn pull_locked(
         wanted.push(resolved.config.digest.as_str());
         let mut known = cache.open_by_remote_digest(&wanted)?;
         let config = fetch_config(&mut s, r, &resolved.config).await?;
+        let platform = image_platform(&config, &plat, opts.platform.is_some(), &src)?;
         let (config_part, config_known) = match known.remove(&resolved.config.digest) {
             Some((d, _)) => (None, Some(d)),
             None => {
@@ -589,6 +642,7 @@ pub fn pull_locked(
         }
         Ok(Ok(Downloaded {
             resolved,
+            platform,
             config,
             config_part,
             config_known,
@@ -605,6 +659,7 @@ pub fn pull_locked(
         }
     };
     crate::testhook::pause("docker-downloaded");
+    let platform = d.platform.clone();
     Ok(PullOutcome {
         entry: convert_and_commit(cache, d, source, name, &platform, opts)?,
         downloaded: true,

@@ -17,6 +17,7 @@ mod messages;
 mod migrate;
 mod move_add;
 mod pins;
+mod platform;
 mod registry;
 mod remote;
 mod remote_faults;
