@@ -14,8 +14,10 @@
 //!    digest when pulled by digest). An OCI image index or a Docker manifest list is
 //!    followed to the manifest of the platform asked for (`--platform os/arch[/variant]`,
 //!    default the host's); that manifest is checked against the index's digest.
-//! 2. If the name already holds a conversion of this very manifest, nothing more is
-//!    fetched (`pull` of an unchanged tag downloads only the manifest).
+//! 2. If the name already holds a conversion of this very manifest whose SIF is in the
+//!    cache, nothing more is fetched and the name keeps that SIF (`pull` of an unchanged
+//!    tag downloads only the manifest), also when gc dropped the layers under size
+//!    pressure; `pull --force` fetches and converts again, to the same bytes.
 //! 3. The config is fetched; its `os`, `architecture` and `variant` must agree with the
 //!    platform asked for (`--platform`, else the host's), also when an index's entry
 //!    claimed that platform: otherwise the pull fails naming what the image is, before
@@ -26,7 +28,10 @@
 //!    downloaded through [`Sink`] (declared size enforced, sha256 checked, BLAKE3
 //!    computed) into `tmp/`. Nothing is named yet.
 //! 5. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
-//!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file.
+//!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file. The
+//!    conversion is reproducible (the SIF's UUID comes from the manifest digest and the
+//!    platform, its times from the config and the layers): the same manifest gives the
+//!    same digest on every node and every run.
 //! 6. [`Cache::commit_image`] names the SIF and records the new layers and config as its
 //!    parts, in one transaction: gc keeps them while the name uses the image, and drops
 //!    them first under size pressure. A failure or a kill before that leaves only `tmp/`
@@ -504,19 +509,15 @@ struct Downloaded {
     layers: Vec<Layer>,
 }
 
-/// The name's entry, when it already holds a conversion of `manifest` from `source`,
-/// with every layer it was made from (gc may have dropped some under size pressure; a
-/// pull then fetches them again, so that `export` works).
+/// The name's entry, when it already holds a conversion of `manifest` from `source` whose
+/// SIF is in the cache. Layers that gc dropped under size pressure do not count: the SIF
+/// is kept (a conversion would give the same bytes), and `pull --force` fetches them again
+/// for `export`.
 fn unchanged(cache: &Cache, name: &Reference, source: &str, manifest: &str) -> Option<Entry> {
     let e = cache.entry(name).ok()?;
     let same = e.source.as_deref() == Some(source)
         && e.labels.get(LABEL_MANIFEST).map(String::as_str) == Some(manifest);
-    let whole = || {
-        cache
-            .open_parts(name)
-            .is_ok_and(|ps| !ps.is_empty() && ps.iter().all(|p| p.file.is_some()))
-    };
-    (same && cache.get(name).is_ok() && whole()).then_some(e)
+    (same && cache.get(name).is_ok()).then_some(e)
 }
 
 /// The image's platform, from its config's `os`, `architecture` and `variant` (a field the
@@ -699,6 +700,7 @@ fn convert_and_commit(
         level: None,
         arch: platform.architecture.clone(),
         processors: None,
+        identity: Some(format!("{}@{platform}", d.resolved.digest)),
     };
     crate::convert::write_sif(&files, &d.config, scratch.path(), &copts).map_err(|e| {
         RemoteError::Convert {

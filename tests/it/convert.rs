@@ -645,6 +645,7 @@ fn compression_options_are_applied_or_refused() {
         level: Some(3),
         arch: arch.into(),
         processors: Some(1),
+        identity: None,
     };
     write_sif(&files, b"{}", &out, &opts("zstd", "arm64")).unwrap();
     let list = sh(d, "siftool list z.sif");
@@ -889,4 +890,75 @@ fn ordinary_user_conversion_records_root_owners() {
         );
         assert_eq!(listing(&user_dir, "theirs.sif"), mine);
     }
+}
+
+/// The danger: a conversion whose bytes depend on the node's core count gives each node
+/// of a cluster its own digest for one image. Many files, most larger than a squashfs
+/// block with a tail end (which squashfs-tools 4.5.1 in tar mode packs into fragments and
+/// checks for duplicates on its threads, differently run to run), some alike, some small
+/// enough to share fragments: converted on 1, 2 and 8 threads, the same bytes.
+#[test]
+fn a_conversion_is_the_same_bytes_on_any_number_of_threads() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let mut next = crate::common::xorshift(20);
+    let files: Vec<(String, Vec<u8>)> = (0..240)
+        .map(|i| {
+            let len = (next() % 300_000) as usize;
+            let noise = next().is_multiple_of(2);
+            let data = (0..len)
+                .map(|j| if noise { next() as u8 } else { (j / 7) as u8 })
+                .collect();
+            (format!("d{}/f{i}", i % 9), data)
+        })
+        .collect();
+    let dirs = [
+        "d0/", "d1/", "d2/", "d3/", "d4/", "d5/", "d6/", "d7/", "d8/",
+    ];
+    let mut entries: Vec<Raw<'_>> = dirs
+        .iter()
+        .map(|d| Raw(d, T::Directory, b"", 0o755))
+        .collect();
+    entries.extend(
+        files
+            .iter()
+            .map(|(p, data)| Raw(p, T::Regular, data, 0o644)),
+    );
+    entries.extend(
+        files
+            .iter()
+            .take(20)
+            .map(|(p, data)| Raw(&p[1..], T::Regular, data, 0o600)),
+    );
+    let layer = raw_layer(d, "many", &entries);
+    let convert = |threads: usize| {
+        let out = d.join(format!("t{threads}.sif"));
+        fs::write(&out, b"").unwrap();
+        let files = [LayerFile {
+            path: &layer,
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+            digest: "sha256:l0",
+        }];
+        let opts = ConvertOptions {
+            processors: Some(threads),
+            identity: Some("sha256:m@linux/amd64".into()),
+            ..ConvertOptions::default()
+        };
+        write_sif(
+            &files,
+            br#"{"created":"2024-05-01T12:00:00Z"}"#,
+            &out,
+            &opts,
+        )
+        .unwrap();
+        fs::read(out).unwrap()
+    };
+    let one = convert(1);
+    assert!(
+        one.len() > 8 << 20,
+        "too small to need threads: {}",
+        one.len()
+    );
+    assert!(convert(2) == one, "2 threads gave other bytes than 1");
+    assert!(convert(8) == one, "8 threads gave other bytes than 1");
 }

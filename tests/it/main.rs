@@ -21,6 +21,7 @@ mod platform;
 mod registry;
 mod remote;
 mod remote_faults;
+mod reproducible;
 mod shared;
 mod shared_init;
 mod uses;
