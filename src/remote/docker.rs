@@ -520,6 +520,30 @@ fn unchanged(cache: &Cache, name: &Reference, source: &str, manifest: &str) -> O
     (same && cache.get(name).is_ok()).then_some(e)
 }
 
+/// Whether an image of platform `is` is what `asked` asks for: the same os and
+/// architecture, and the same variant where the image names one (as an index entry is
+/// matched: `arm64` asked matches `v8` or none).
+fn agrees(asked: &Platform, is: &Platform) -> bool {
+    match &is.variant {
+        Some(_) => asked.matches(&IndexPlatform {
+            os: is.os.clone(),
+            architecture: is.architecture.clone(),
+            variant: is.variant.clone(),
+        }),
+        None => asked.os == is.os && asked.architecture == is.architecture,
+    }
+}
+
+/// Whether the platform an entry records agrees with `asked`, so that an unchanged
+/// manifest may be answered from the cache; otherwise the pull goes on to the config,
+/// which refuses the request naming what the image is.
+fn recorded_platform_agrees(e: &Entry, asked: &Platform) -> bool {
+    e.labels
+        .get(LABEL_PLATFORM)
+        .and_then(|p| Platform::parse(p).ok())
+        .is_some_and(|is| agrees(asked, &is))
+}
+
 /// The image's platform, from its config's `os`, `architecture` and `variant` (a field the
 /// config leaves empty is taken from `asked`), when it agrees with the platform asked for
 /// (`explicit`: with `--platform`; otherwise the host's); otherwise an error naming what
@@ -540,15 +564,7 @@ fn image_platform(
         architecture: or_asked(c.architecture, &asked.architecture),
         variant: c.variant.filter(|v| !v.is_empty()),
     };
-    let agrees = match &is.variant {
-        Some(_) => asked.matches(&IndexPlatform {
-            os: is.os.clone(),
-            architecture: is.architecture.clone(),
-            variant: is.variant.clone(),
-        }),
-        None => asked.os == is.os && asked.architecture == is.architecture,
-    };
-    if agrees {
+    if agrees(asked, &is) {
         let variant = is.variant.or_else(|| asked.variant.clone());
         return Ok(Platform { variant, ..is });
     }
@@ -595,6 +611,7 @@ pub fn pull_locked(
         let resolved = resolve(&mut s, r, &plat).await?;
         if !opts.refetch
             && let Some(e) = unchanged(cache, &n, &src, &resolved.digest)
+            && recorded_platform_agrees(&e, &plat)
         {
             return Ok(Err(e));
         }

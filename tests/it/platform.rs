@@ -139,6 +139,12 @@ fn an_image_is_never_stored_as_a_platform_its_config_does_not_say() {
     let v = inspect(&env, &format!("{}/lab/one:1", reg.addr));
     assert_eq!(v["labels"]["org.sregistry.docker.platform"], "linux/amd64");
     assert_eq!(v["sif"]["header"]["arch"], "amd64");
+    // Cached and unchanged, it is still not what another platform asks for.
+    assert_fails(
+        env.cmd().args(["pull", "--platform", "linux/arm64", &one]),
+        1,
+        "the image is linux/amd64",
+    );
     env.assert_blobs_verify();
 }
 
