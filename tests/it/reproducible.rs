@@ -124,6 +124,30 @@ fn a_repull_after_gc_dropped_the_layers_keeps_the_sif_and_force_gives_the_same_d
     stdout_of(env.cmd().args(["gc", "--min-idle", "0"]));
     assert!(Path::new(&a).is_file(), "gc deleted the path get printed");
 
+    // A `pull --force` killed after its download or its conversion leaves the name where
+    // it was; one that gc races at its commit point ends on the same digest.
+    let name = format!("{}/lab/app:1", reg.addr);
+    for point in ["docker-downloaded", "docker-converted"] {
+        let args = ["pull".as_ref(), "--force".as_ref(), reference.as_ref()];
+        let mut child = env.spawn_paused(point, None, &args);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert_eq!(stdout_of(env.cmd().args(["get", &name])), a, "{point}");
+    }
+    let resume = env.path("resume");
+    let args = [
+        "pull".as_ref(),
+        "-q".as_ref(),
+        "--force".as_ref(),
+        reference.as_ref(),
+    ];
+    let child = env.spawn_paused("docker-converted", Some(&resume), &args);
+    stdout_of(env.cmd().args(["gc", "--min-idle", "0"]));
+    fs::write(&resume, b"").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), a);
+
     // --force fetches and converts again: the same digest.
     let forced = stdout_of(env.cmd().args(["pull", "-q", "--force", &reference]));
     assert_eq!(forced, a, "pull --force made another digest");
