@@ -329,7 +329,7 @@ pub struct PullArgs {
 /// filesystem allows, copied where it does not, and an OCI manifest for them. DIR must be
 /// new, empty, or an OCI layout already (TAG is added or re-pointed). `skopeo copy
 /// oci:DIR:TAG ...` and `umoci unpack --image DIR:TAG` read it. Fails (exit 1, nothing
-/// written) when gc has dropped a layer; `pull` of the source fetches it again.
+/// written) when gc has dropped a layer; `pull --force` of the source fetches it again.
 #[derive(Debug, Args)]
 pub struct ExportArgs {
     /// Image name (pulled from docker://)

@@ -38,6 +38,23 @@
 //! `out` must be an existing, empty, writable file the caller made (in the cache's `tmp/`);
 //! on error its content is undefined and the caller removes it. The library prints nothing.
 //!
+//! **Reproducible**: the same layers, config and options give a byte-identical SIF on
+//! every node and every run, whoever converts, whatever their umask, working directory or
+//! core count. Nothing of the moment goes in. One time, the later of the config's
+//! `created` and the newest entry of the layers, is the SIF's creation and modification
+//! time, the squashfs's creation time, its root directory's time and the generated
+//! `/.singularity.d/` files' time; it reaches `mksquashfs` as `SOURCE_DATE_EPOCH` (the
+//! caller's is not passed on), which clamps times to it and so changes none a layer gave.
+//! The SIF's UUID is derived from [`ConvertOptions::identity`] (the manifest digest and
+//! platform) and the compression. The tar stream's order is fixed by the view.
+//! `mksquashfs -reproducible -no-tailends` writes the same bytes on any number of threads
+//! ([`ConvertOptions::processors`] changes nothing): 4.5.1's tar mode packs tail ends into
+//! fragments by default, and its duplicate check of those races its own threads.
+//! The same squashfs-tools and compressor library are assumed: another zlib can compress
+//! the same blocks to other bytes. Where user namespaces are disabled, the root
+//! directory's owner is the caller's (see [`userns`]), which a root conversion does not
+//! share.
+//!
 //! **Compression**: gzip by default, because older cluster kernels cannot mount zstd
 //! squashfs, at [`DEFAULT_GZIP_LEVEL`] (its doc gives the measurements).
 //!
@@ -93,8 +110,11 @@ pub struct ConvertOptions {
     pub level: Option<u32>,
     /// The image's architecture as Go names it (`amd64`, `arm64`, `ppc64le`, …).
     pub arch: String,
-    /// Threads `mksquashfs` may use; `None` is all cores.
+    /// Threads `mksquashfs` may use; `None` is all cores. The result does not depend on it.
     pub processors: Option<usize>,
+    /// What the image is, for the SIF's UUID: a `docker://` pull passes the manifest digest
+    /// and the platform. `None` derives it from the config and the layers' digests.
+    pub identity: Option<String>,
 }
 
 impl Default for ConvertOptions {
@@ -104,6 +124,7 @@ impl Default for ConvertOptions {
             level: None,
             arch: "amd64".into(),
             processors: None,
+            identity: None,
         }
     }
 }
@@ -286,11 +307,13 @@ fn numeric(parsed: io::Result<u64>, raw: &[u8]) -> io::Result<u64> {
     }
 }
 
-/// The view of the layers (pass 1) with the Apptainer additions.
+/// The view of the layers (pass 1) with the Apptainer additions, and the conversion's one
+/// time: the later of `created` and the newest entry of the layers (see [`image_time`]).
 pub(crate) fn build_view(
     layers: &[LayerFile<'_>],
     image: &ImageConfig,
-) -> Result<merge::View, ConvertError> {
+    created: u64,
+) -> Result<(merge::View, u64), ConvertError> {
     let mut view = merge::View::default();
     for (i, l) in layers.iter().enumerate() {
         let (tar, end) = layer::open(l)?;
@@ -302,8 +325,9 @@ pub(crate) fn build_view(
                 problem: problem.to_string(),
             })?;
     }
-    singularity::add(&mut view, image, clock::now());
-    Ok(view)
+    let time = image_time(created, &view);
+    singularity::add(&mut view, image, time);
+    Ok((view, time))
 }
 
 /// Convert `layers` (base first) and `config` into a SIF at `out`. See the module doc.
@@ -319,7 +343,7 @@ pub fn write_sif(
     if !COMPRESSORS.contains(&opts.compression.as_str()) {
         return Err(ConvertError::Compression(opts.compression.clone()));
     }
-    let view = build_view(layers, &image)?;
+    let (view, time) = build_view(layers, &image, config_created(config))?;
     let plan = emit::Plan::new(&view);
     let squash_at = (DATA_OFFSET + config.len() as u64).div_ceil(PARTITION_ALIGN) * PARTITION_ALIGN;
     run_mksquashfs(
@@ -328,6 +352,7 @@ pub fn write_sif(
         view.root.unwrap_or(merge::Meta::IMPLICIT_DIR),
         out,
         squash_at,
+        time,
         opts,
     )?;
 
@@ -353,13 +378,12 @@ pub fn write_sif(
             size: config.len() as u64,
         },
     ];
-    let now = clock::now() as i64;
     sif_write::write_header_and_table(
         &mut f,
         &objects,
         arch,
-        now,
-        image_id(layers, config, now),
+        time as i64,
+        image_id(layers, config, opts),
         end,
     )
     .map_err(out_err)?;
@@ -381,21 +405,68 @@ pub fn write_sif(
     })
 }
 
-/// A UUID (version 4 layout) from the image's content and the time: unique per
-/// conversion without a random source.
-fn image_id(layers: &[LayerFile<'_>], config: &[u8], now: i64) -> [u8; 16] {
-    let mut h = Sha256::new();
-    h.update(config);
-    for l in layers {
-        h.update(l.digest.as_bytes());
+/// The image config's `created` (Unix seconds), 0 where it has none.
+fn config_created(config: &[u8]) -> u64 {
+    #[derive(serde::Deserialize)]
+    struct Created {
+        #[serde(default)]
+        created: Option<String>,
     }
-    h.update(now.to_le_bytes());
-    h.update(std::process::id().to_le_bytes());
+    serde_json::from_slice::<Created>(config)
+        .ok()
+        .and_then(|c| c.created)
+        .and_then(|t| clock::parse_rfc3339(&t))
+        .unwrap_or(0)
+}
+
+/// The one time a conversion writes where the layers give none (the SIF's creation and
+/// modification times, the squashfs's creation time, its root directory, the generated
+/// `/.singularity.d/` files): the later of the config's `created` and the newest entry of
+/// the layers, so that it depends on nothing but the input and, given to `mksquashfs` as
+/// `SOURCE_DATE_EPOCH` (which clamps every time to it), changes no time a layer gave.
+fn image_time(created: u64, view: &merge::View) -> u64 {
+    use merge::Node;
+    let newest = view
+        .nodes
+        .values()
+        .map(|n| match n {
+            Node::Dir(m) | Node::Symlink(_, m) | Node::Fifo(m) | Node::Generated(_, m) => m.mtime,
+            Node::File(id) => view.inodes[*id].meta.mtime,
+        })
+        .chain(view.root.map(|m| m.mtime))
+        .max()
+        .unwrap_or(0);
+    created.max(newest).min(u64::from(u32::MAX))
+}
+
+/// A UUID (version 4 layout) from what the image is ([`ConvertOptions::identity`], or its
+/// config and layers) and the settings that change the bytes: the same input always gets
+/// the same UUID, another image or other settings another one, without a random source.
+fn image_id(layers: &[LayerFile<'_>], config: &[u8], opts: &ConvertOptions) -> [u8; 16] {
+    let mut h = Sha256::new();
+    match &opts.identity {
+        Some(identity) => h.update(identity.as_bytes()),
+        None => {
+            h.update(config);
+            for l in layers {
+                h.update(l.digest.as_bytes());
+            }
+        }
+    }
+    h.update([0]);
+    h.update(opts.compression.as_bytes());
+    h.update(format!("/{:?}", effective_level(opts)).as_bytes());
     let mut id = [0u8; 16];
     id.copy_from_slice(&h.finalize()[..16]);
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
     id
+}
+
+/// The compression level passed to `mksquashfs`, if any.
+fn effective_level(opts: &ConvertOptions) -> Option<u32> {
+    opts.level
+        .or((opts.compression == "gzip").then_some(DEFAULT_GZIP_LEVEL))
 }
 
 /// Pass 2 into `mksquashfs -tar`, which writes the squashfs into `out` at `offset`.
@@ -405,6 +476,7 @@ fn run_mksquashfs(
     root: merge::Meta,
     out: &Path,
     offset: u64,
+    time: u64,
     opts: &ConvertOptions,
 ) -> Result<(), ConvertError> {
     let mut cmd = Command::new("mksquashfs");
@@ -424,11 +496,17 @@ fn run_mksquashfs(
             "-root-gid",
             &root.gid.to_string(),
         ])
-        .args(["-root-time", &root.mtime.min(u32::MAX as u64).to_string()]);
-    let level = opts
-        .level
-        .or((opts.compression == "gzip").then_some(DEFAULT_GZIP_LEVEL));
-    if let Some(level) = level {
+        .args(["-root-time", &root.mtime.min(u32::MAX as u64).to_string()])
+        // The same stream must give the same bytes on any number of threads, at any hour.
+        // `-reproducible` (4.5's default, said anyway) orders the output; in tar mode 4.5.1
+        // packs tail ends into fragments by default and its duplicate check of those
+        // races its own threads (other bytes run to run): `-no-tailends`, as the
+        // directory mode's default (about 2% larger). 4.5.1 gives the root directory the
+        // time of the moment in tar mode (`-root-time` is ignored): `SOURCE_DATE_EPOCH`
+        // clamps it, and sets the creation time, to `time`, which no entry is newer than.
+        .args(["-reproducible", "-no-tailends"])
+        .env("SOURCE_DATE_EPOCH", time.to_string());
+    if let Some(level) = effective_level(opts) {
         cmd.args(["-Xcompression-level", &level.to_string()]);
     }
     if let Some(n) = opts.processors {

@@ -14,15 +14,25 @@
 //!    digest when pulled by digest). An OCI image index or a Docker manifest list is
 //!    followed to the manifest of the platform asked for (`--platform os/arch[/variant]`,
 //!    default the host's); that manifest is checked against the index's digest.
-//! 2. If the name already holds a conversion of this very manifest, nothing more is
-//!    fetched (`pull` of an unchanged tag downloads only the manifest).
-//! 3. The config and every layer are looked up in the cache by their sha256 (blobs that
+//! 2. If the name already holds a conversion of this very manifest whose SIF is in the
+//!    cache, nothing more is fetched and the name keeps that SIF (`pull` of an unchanged
+//!    tag downloads only the manifest), also when gc dropped the layers under size
+//!    pressure; `pull --force` fetches and converts again, to the same bytes.
+//! 3. The config is fetched; its `os`, `architecture` and `variant` must agree with the
+//!    platform asked for (`--platform`, else the host's), also when an index's entry
+//!    claimed that platform: otherwise the pull fails naming what the image is, before
+//!    any layer is fetched. The name records the config's platform, the SIF header its
+//!    architecture.
+//! 4. The config and every layer are looked up in the cache by their sha256 (blobs that
 //!    earlier pulls kept as parts of an image) and opened there; the others are
 //!    downloaded through [`Sink`] (declared size enforced, sha256 checked, BLAKE3
 //!    computed) into `tmp/`. Nothing is named yet.
-//! 4. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
-//!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file.
-//! 5. [`Cache::commit_image`] names the SIF and records the new layers and config as its
+//! 5. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
+//!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file. The
+//!    conversion is reproducible (the SIF's UUID comes from the manifest digest and the
+//!    platform, its times from the config and the layers): the same manifest gives the
+//!    same digest on every node and every run.
+//! 6. [`Cache::commit_image`] names the SIF and records the new layers and config as its
 //!    parts, in one transaction: gc keeps them while the name uses the image, and drops
 //!    them first under size pressure. A failure or a kill before that leaves only `tmp/`
 //!    files, which the cache removes (or gc after its grace period).
@@ -523,25 +533,84 @@ impl Layer {
 /// What the download step hands to the conversion.
 struct Downloaded {
     resolved: Resolved,
+    /// The image's platform, as its config says (see [`image_platform`]).
+    platform: Platform,
     config: Vec<u8>,
     config_part: Option<Ingested>,
     config_known: Option<crate::format::digest::Digest>,
     layers: Vec<Layer>,
 }
 
-/// The name's entry, when it already holds a conversion of `manifest` from `source`,
-/// with every layer it was made from (gc may have dropped some under size pressure; a
-/// pull then fetches them again, so that `export` works).
+/// The name's entry, when it already holds a conversion of `manifest` from `source` whose
+/// SIF is in the cache. Layers that gc dropped under size pressure do not count: the SIF
+/// is kept (a conversion would give the same bytes), and `pull --force` fetches them again
+/// for `export`.
 fn unchanged(cache: &Cache, name: &Reference, source: &str, manifest: &str) -> Option<Entry> {
     let e = cache.entry(name).ok()?;
     let same = e.source.as_deref() == Some(source)
         && e.labels.get(LABEL_MANIFEST).map(String::as_str) == Some(manifest);
-    let whole = || {
-        cache
-            .open_parts(name)
-            .is_ok_and(|ps| !ps.is_empty() && ps.iter().all(|p| p.file.is_some()))
+    (same && cache.get(name).is_ok()).then_some(e)
+}
+
+/// Whether an image of platform `is` is what `asked` asks for: the same os and
+/// architecture, and the same variant where the image names one (as an index entry is
+/// matched: `arm64` asked matches `v8` or none).
+fn agrees(asked: &Platform, is: &Platform) -> bool {
+    match &is.variant {
+        Some(_) => asked.matches(&IndexPlatform {
+            os: is.os.clone(),
+            architecture: is.architecture.clone(),
+            variant: is.variant.clone(),
+        }),
+        None => asked.os == is.os && asked.architecture == is.architecture,
+    }
+}
+
+/// Whether the platform an entry records agrees with `asked`, so that an unchanged
+/// manifest may be answered from the cache; otherwise the pull goes on to the config,
+/// which refuses the request naming what the image is.
+fn recorded_platform_agrees(e: &Entry, asked: &Platform) -> bool {
+    e.labels
+        .get(LABEL_PLATFORM)
+        .and_then(|p| Platform::parse(p).ok())
+        .is_some_and(|is| agrees(asked, &is))
+}
+
+/// The image's platform, from its config's `os`, `architecture` and `variant` (a field the
+/// config leaves empty is taken from `asked`), when it agrees with the platform asked for
+/// (`explicit`: with `--platform`; otherwise the host's); otherwise an error naming what
+/// the image is. An index's entry may claim a platform its image is not: the config decides.
+fn image_platform(
+    config: &[u8],
+    asked: &Platform,
+    explicit: bool,
+    source: &str,
+) -> Result<Platform, RemoteError> {
+    let c: IndexPlatform = serde_json::from_slice(config).map_err(|e| RemoteError::Convert {
+        image: source.to_string(),
+        detail: format!("the image config is not valid JSON: {e}"),
+    })?;
+    let or_asked = |v: String, a: &str| if v.is_empty() { a.to_string() } else { v };
+    let is = Platform {
+        os: or_asked(c.os, &asked.os),
+        architecture: or_asked(c.architecture, &asked.architecture),
+        variant: c.variant.filter(|v| !v.is_empty()),
     };
-    (same && cache.get(name).is_ok() && whole()).then_some(e)
+    if agrees(asked, &is) {
+        let variant = is.variant.or_else(|| asked.variant.clone());
+        return Ok(Platform { variant, ..is });
+    }
+    let how = if explicit {
+        "asked for with --platform"
+    } else {
+        "this machine's, the default"
+    };
+    Err(RemoteError::Convert {
+        image: source.to_string(),
+        detail: format!(
+            "the image is {is}, not {asked} ({how}); nothing was stored (pull it with --platform {is} to convert it as what it is)"
+        ),
+    })
 }
 
 /// `pull docker://...` under the per-pull lock: resolve, download what the cache lacks,
@@ -574,6 +643,7 @@ pub fn pull_locked(
         let resolved = resolve(&mut s, r, &plat).await?;
         if !opts.refetch
             && let Some(e) = unchanged(cache, &n, &src, &resolved.digest)
+            && recorded_platform_agrees(&e, &plat)
         {
             return Ok(Err(e));
         }
@@ -581,6 +651,7 @@ pub fn pull_locked(
         wanted.push(resolved.config.digest.as_str());
         let mut known = cache.open_by_remote_digest(&wanted)?;
         let config = fetch_config(&mut s, r, &resolved.config).await?;
+        let platform = image_platform(&config, &plat, opts.platform.is_some(), &src)?;
         let (config_part, config_known) = match known.remove(&resolved.config.digest) {
             Some((d, _)) => (None, Some(d)),
             None => {
@@ -621,6 +692,7 @@ pub fn pull_locked(
         }
         Ok(Ok(Downloaded {
             resolved,
+            platform,
             config,
             config_part,
             config_known,
@@ -637,6 +709,7 @@ pub fn pull_locked(
         }
     };
     crate::testhook::pause("docker-downloaded");
+    let platform = d.platform.clone();
     Ok(PullOutcome {
         entry: convert_and_commit(cache, d, source, name, &platform, opts)?,
         downloaded: true,
@@ -676,6 +749,7 @@ fn convert_and_commit(
         level: None,
         arch: platform.architecture.clone(),
         processors: None,
+        identity: Some(format!("{}@{platform}", d.resolved.digest)),
     };
     crate::convert::write_sif(&files, &d.config, scratch.path(), &copts).map_err(|e| {
         RemoteError::Convert {

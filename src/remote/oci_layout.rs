@@ -94,7 +94,7 @@ pub fn export(
         return Err(RemoteError::Export {
             name: name.key(),
             detail: format!(
-                "its layer {} was collected by gc; `sregistry pull` of its source fetches it again (nothing was written)",
+                "its layer {} was collected by gc; `sregistry pull --force` of its source fetches it again (nothing was written)",
                 gone.digest
             ),
         });

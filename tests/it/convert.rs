@@ -645,6 +645,7 @@ fn compression_options_are_applied_or_refused() {
         level: Some(3),
         arch: arch.into(),
         processors: Some(1),
+        identity: None,
     };
     write_sif(&files, b"{}", &out, &opts("zstd", "arm64")).unwrap();
     let list = sh(d, "siftool list z.sif");
@@ -889,4 +890,144 @@ fn ordinary_user_conversion_records_root_owners() {
         );
         assert_eq!(listing(&user_dir, "theirs.sif"), mine);
     }
+}
+
+/// The danger: a conversion whose bytes depend on the node's core count gives each node
+/// of a cluster its own digest for one image. Many files, most larger than a squashfs
+/// block with a tail end (which squashfs-tools 4.5.1 in tar mode packs into fragments and
+/// checks for duplicates on its threads, differently run to run), some alike, some small
+/// enough to share fragments: converted on 1, 2 and 8 threads, the same bytes.
+#[test]
+fn a_conversion_is_the_same_bytes_on_any_number_of_threads() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    let mut next = crate::common::xorshift(20);
+    let files: Vec<(String, Vec<u8>)> = (0..240)
+        .map(|i| {
+            let len = (next() % 300_000) as usize;
+            let noise = next().is_multiple_of(2);
+            let data = (0..len)
+                .map(|j| if noise { next() as u8 } else { (j / 7) as u8 })
+                .collect();
+            (format!("d{}/f{i}", i % 9), data)
+        })
+        .collect();
+    let dirs = [
+        "d0/", "d1/", "d2/", "d3/", "d4/", "d5/", "d6/", "d7/", "d8/",
+    ];
+    let mut entries: Vec<Raw<'_>> = dirs
+        .iter()
+        .map(|d| Raw(d, T::Directory, b"", 0o755))
+        .collect();
+    entries.extend(
+        files
+            .iter()
+            .map(|(p, data)| Raw(p, T::Regular, data, 0o644)),
+    );
+    entries.extend(
+        files
+            .iter()
+            .take(20)
+            .map(|(p, data)| Raw(&p[1..], T::Regular, data, 0o600)),
+    );
+    let layer = raw_layer(d, "many", &entries);
+    let convert = |threads: usize| {
+        let out = d.join(format!("t{threads}.sif"));
+        fs::write(&out, b"").unwrap();
+        let files = [LayerFile {
+            path: &layer,
+            media_type: "application/vnd.oci.image.layer.v1.tar",
+            digest: "sha256:l0",
+        }];
+        let opts = ConvertOptions {
+            processors: Some(threads),
+            identity: Some("sha256:m@linux/amd64".into()),
+            ..ConvertOptions::default()
+        };
+        write_sif(
+            &files,
+            br#"{"created":"2024-05-01T12:00:00Z"}"#,
+            &out,
+            &opts,
+        )
+        .unwrap();
+        fs::read(out).unwrap()
+    };
+    let one = convert(1);
+    assert!(
+        one.len() > 8 << 20,
+        "too small to need threads: {}",
+        one.len()
+    );
+    assert!(convert(2) == one, "2 threads gave other bytes than 1");
+    assert!(convert(8) == one, "8 threads gave other bytes than 1");
+}
+
+/// The danger: a reproducible conversion that gets there by overwriting times (every file
+/// stamped alike, or clamped to the config's `created`) makes every `.py` look newer or
+/// older than its `.pyc` and changes what `make`-style tools see. File times come from
+/// the layers untouched; what the conversion writes itself (the root, `/.singularity.d/`,
+/// the SIF header) gets the later of `created` and the newest layer entry; the UUID
+/// follows the identity and the compression, not the moment.
+#[test]
+fn layer_times_are_kept_and_the_conversions_own_time_comes_from_the_input() {
+    let work = tempfile::tempdir().unwrap();
+    let d = work.path();
+    // raw_layer stamps every entry 1_700_000_000 (2023-11-14 22:13 UTC).
+    let layer = raw_layer(d, "one", &[Raw("f", T::Regular, b"data", 0o644)]);
+    let files = [LayerFile {
+        path: &layer,
+        media_type: "application/vnd.oci.image.layer.v1.tar",
+        digest: "sha256:l0",
+    }];
+    let convert = |name: &str, created: &str, identity: &str| {
+        let out = d.join(format!("{name}.sif"));
+        fs::write(&out, b"").unwrap();
+        let opts = ConvertOptions {
+            identity: Some(identity.into()),
+            ..ConvertOptions::default()
+        };
+        let config = format!(r#"{{"created":"{created}","architecture":"amd64"}}"#);
+        write_sif(&files, config.as_bytes(), &out, &opts).unwrap();
+        let header = sregistry::format::sif::parse_bytes(&fs::read(&out).unwrap())
+            .unwrap()
+            .header;
+        let listing = sh(
+            d,
+            &format!(
+                "siftool dump 1 {name}.sif > {name}.sqfs && TZ=UTC unsquashfs -lln {name}.sqfs"
+            ),
+        );
+        let time_of = |path: &str| {
+            listing
+                .lines()
+                .find(|l| l.ends_with(&format!(" {path}")))
+                .map(|l| l.split_whitespace().collect::<Vec<_>>()[3..5].join(" "))
+                .unwrap_or_else(|| panic!("no {path} in {listing}"))
+        };
+        let times = [
+            time_of("squashfs-root/f"),
+            time_of("squashfs-root"),
+            time_of("squashfs-root/.singularity.d/runscript"),
+        ];
+        (header, times)
+    };
+    // Created before the layer's files: the files' time is the newest, and no file moves.
+    let (older, times) = convert("older", "2020-09-13T12:26:40Z", "sha256:m@linux/amd64");
+    assert_eq!(times, ["2023-11-14 22:13"; 3].map(String::from));
+    assert_eq!(
+        (older.created_at, older.modified_at),
+        (1_700_000_000, 1_700_000_000)
+    );
+    // Created after them: what the conversion writes gets `created`; the file keeps its own.
+    let (newer, times) = convert("newer", "2025-01-01T00:00:00+00:00", "sha256:m@linux/amd64");
+    assert_eq!(
+        times,
+        ["2023-11-14 22:13", "2025-01-01 00:00", "2025-01-01 00:00"].map(String::from)
+    );
+    assert_eq!(newer.created_at, 1_735_689_600);
+    // One identity, one UUID; another identity (another manifest or platform), another.
+    assert_eq!(older.id, newer.id);
+    let (other, _) = convert("other", "2025-01-01T00:00:00Z", "sha256:m@linux/arm64");
+    assert_ne!(other.id, newer.id);
 }

@@ -532,6 +532,11 @@ fn an_ordinary_users_conversion_records_owners_and_setuid_as_roots_does() {
             .collect::<Vec<_>>()
     };
     assert_eq!(mine(&alice_tree), mine(&root_tree));
+    // Not only the same tree: the same bytes, so the same digest (invariant 7).
+    assert!(
+        fs::read(&as_alice).unwrap() == fs::read(&as_root).unwrap(),
+        "alice's conversion and root's differ in their bytes"
+    );
 }
 
 /// `export` writes a layout the OCI tools read, with blobs that check out.
@@ -640,8 +645,15 @@ fn gc_keeps_layers_with_their_image_and_drops_them_first_under_max_size() {
         1,
         "collected by gc",
     );
-    // A pull of the unchanged tag fetches the layers again, so export works.
-    stdout_of(env.cmd().args(["pull", "-q", &docker(&reg, "lab/app:1")]));
+    // `pull --force` fetches the layers again and converts to the same SIF, so export
+    // works and the path jobs were handed stays the name's.
+    assert_eq!(
+        stdout_of(
+            env.cmd()
+                .args(["pull", "-q", "--force", &docker(&reg, "lab/app:1")])
+        ),
+        path
+    );
     stdout_of(
         env.cmd()
             .args(["export", &format!("{}/lab/app:1", reg.addr)])
