@@ -129,7 +129,8 @@ fn an_image_is_never_stored_as_a_platform_its_config_does_not_say() {
         env.cmd()
             .args(["get", "--platform", &format!("linux/{FOREIGN}"), &foreign]),
     );
-    let v = inspect(&env, &format!("{}/lab/foreign:1", reg.addr));
+    // Each platform is its own image: the s390x one is named for it.
+    let v = inspect(&env, &format!("{}/lab/foreign:1-linux-{FOREIGN}", reg.addr));
     assert_eq!(
         v["labels"]["org.sregistry.docker.platform"],
         format!("linux/{FOREIGN}")
