@@ -68,6 +68,7 @@ pub mod lock;
 mod settings;
 mod store;
 mod uses;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
@@ -492,7 +493,7 @@ impl Cache {
         };
         Cache {
             root: root.to_path_buf(),
-            store: Store::new(&v1, settings.dir_mode),
+            store: Store::new(&v1, settings.dir_mode).with_writer_locks(lock_opts.clone()),
             index: Index::new(&v1, lock_opts, settings.file_mode),
             uses: UseMarkers::new(&v1, settings.file_mode, settings.dir_mode),
             v1,

@@ -20,8 +20,11 @@
 //!    earlier pulls kept as parts of an image) and opened there; the others are
 //!    downloaded through [`Sink`] (declared size enforced, sha256 checked, BLAKE3
 //!    computed) into `tmp/`. Nothing is named yet.
-//! 4. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
-//!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file.
+//! 4. [`crate::convert::write_sif_watched`] merges the layers into one squashfs (owners and
+//!    modes from the layers, whoever converts) inside a SIF in a `tmp/` scratch file,
+//!    held to the free space the cache keeps (`SREGISTRY_MIN_FREE`, as downloads are):
+//!    when the filesystem has no more room above it, `mksquashfs` is stopped, the scratch
+//!    file removed, and the pull fails with [`RemoteError::NoSpaceConverting`].
 //! 5. [`Cache::commit_image`] names the SIF and records the new layers and config as its
 //!    parts, in one transaction: gc keeps them while the name uses the image, and drops
 //!    them first under size pressure. A failure or a kill before that leaves only `tmp/`
@@ -645,12 +648,27 @@ fn convert_and_commit(
         arch: platform.architecture.clone(),
         processors: None,
     };
-    crate::convert::write_sif(&files, &d.config, scratch.path(), &copts).map_err(|e| {
-        RemoteError::Convert {
-            image: source.to_string(),
-            detail: e.to_string(),
-        }
-    })?;
+    // The SIF is held to the free space the cache keeps, as a download is.
+    let tmp = cache.tmp_dir().to_path_buf();
+    let min_free = opts.limits.min_free;
+    let room = move || {
+        crate::cache::limits::space(&tmp)
+            .ok()
+            .map(|(free, _)| free.saturating_sub(min_free))
+    };
+    let watch = crate::convert::SpaceWatch(std::sync::Arc::new(room));
+    crate::convert::write_sif_watched(&files, &d.config, scratch.path(), &copts, Some(&watch))
+        .map_err(|e| match e {
+            crate::convert::ConvertError::NoSpace { .. } => RemoteError::NoSpaceConverting {
+                image: source.to_string(),
+                dir: cache.tmp_dir().to_path_buf(),
+                min_free,
+            },
+            e => RemoteError::Convert {
+                image: source.to_string(),
+                detail: e.to_string(),
+            },
+        })?;
     let scratch_path = scratch.path().to_path_buf();
     let sif = scratch.seal().map_err(|source| RemoteError::Io {
         path: scratch_path,
