@@ -453,3 +453,37 @@ fn free_bytes(p: &std::path::Path) -> u64 {
     assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
     st.f_bavail as u64 * st.f_frsize as u64
 }
+
+/// An add paused with its file staged in `tmp/` (and linked into `blobs/`, not yet
+/// named): a gc with a clock a day on and a grace of a second removes neither, and the
+/// add then names its image.
+#[test]
+fn gc_spares_a_staged_add() {
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "tool");
+    let go = env.path("resume");
+    let child = env.spawn_paused(
+        "add-staged",
+        Some(&go),
+        &[
+            "add".as_ref(),
+            sif.as_os_str(),
+            "--name".as_ref(),
+            "lab/tool:1".as_ref(),
+        ],
+    );
+    let held = ingest_files(&env);
+    assert_eq!(held.len(), 1, "{:?}", env.tmp_entries());
+    let report = gc_json(&env, &["--tmp-grace", "1s"]);
+    assert_eq!(report["tmp_files"], 0, "{report}");
+    assert!(held[0].exists());
+    let out = resume(child, &go);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    env.cmd().args(["get", "lab/tool:1"]).assert().success();
+    env.assert_blobs_verify();
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+}
