@@ -97,6 +97,7 @@ pub use index::{
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, CopyProgress, Found, TmpFile, remove_unfinished};
+pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";

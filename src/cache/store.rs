@@ -156,13 +156,29 @@ impl Staged {
             path: path.to_path_buf(),
             source,
         };
-        if dest.exists() {
-            let _ = fs::remove_file(&src);
-            return Ok((dest, false));
-        }
         let dir = dest.parent().unwrap_or(&store.blobs);
         if !dir.exists() {
             store.make_fan_dir(dir).map_err(|e| werr(dir, e))?;
+        }
+        // Whether the blob is there is asked of the filesystem, not of a cache of it: on
+        // NFS, `exists` may answer from what this node saw before another node's gc
+        // removed the blob, while a hard link is made, or refused as existing, by the
+        // server. (Where hard links are refused, `exists` and a rename.)
+        match fs::hard_link(&src, &dest) {
+            Ok(()) => {
+                let _ = fs::remove_file(&src);
+                sync_dir(dir).map_err(|e| werr(dir, e))?;
+                return Ok((dest, true));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&src);
+                return Ok((dest, false));
+            }
+            Err(_) => {}
+        }
+        if dest.exists() {
+            let _ = fs::remove_file(&src);
+            return Ok((dest, false));
         }
         fs::rename(&src, &dest).map_err(|e| {
             let _ = fs::remove_file(&src);
@@ -571,6 +587,9 @@ pub struct Found {
     /// `None` when the file name is not a digest, or it sits in the wrong fan-out directory.
     pub digest: Option<Digest>,
     pub size: u64,
+    /// Device and inode: a blob placed before its commit is a hard link of its writer's
+    /// staged file in `tmp/` ([`TmpFile::inode`]).
+    pub inode: (u64, u64),
 }
 
 /// A file found in `tmp/` by `Store::scan_tmp`.
@@ -587,6 +606,13 @@ pub struct TmpFile {
     /// Its writer holds its writer lock (`super::writer`): a file being written, never a
     /// leftover, whatever its age.
     pub live: bool,
+    /// Device and inode (see [`Found::inode`]).
+    pub inode: (u64, u64),
+}
+
+fn inode_of(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 impl Store {
@@ -601,8 +627,10 @@ impl Store {
             let fan = fan?;
             let fan_name = fan.file_name().to_string_lossy().into_owned();
             if !fan.file_type()?.is_dir() {
+                let meta = fan.metadata().ok();
                 out.push(Found {
-                    size: fan.metadata().map(|m| m.len()).unwrap_or(0),
+                    size: meta.as_ref().map_or(0, |m| m.len()),
+                    inode: meta.as_ref().map_or((0, 0), inode_of),
                     path: fan.path(),
                     digest: None,
                 });
@@ -615,11 +643,12 @@ impl Store {
                     continue;
                 }
                 let digest = Digest::from_hex(&name).filter(|_| name.starts_with(&fan_name));
-                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let meta = f.metadata().ok();
                 out.push(Found {
                     path: f.path(),
                     digest,
-                    size,
+                    size: meta.as_ref().map_or(0, |m| m.len()),
+                    inode: meta.as_ref().map_or((0, 0), inode_of),
                 });
             }
         }
@@ -674,6 +703,7 @@ impl Store {
             });
             out.push(TmpFile {
                 live,
+                inode: inode_of(&meta),
                 deleting: name.starts_with(DELETE_PREFIX),
                 path: e.path(),
                 mtime,

@@ -15,12 +15,19 @@
 //!   alone and not reported, however old it is; free, or no lock file, the writer is dead
 //!   and the file is a leftover, removed by gc after `--tmp-grace` (as a `tmp/` file whose
 //!   name names no writer is). A lock that cannot be tested counts as held.
+//! * The blob an add or a pull links into `blobs/` before its commit is a hard link of its
+//!   staged `tmp/` file: gc and verify skip a file under `blobs/` with the inode of a live
+//!   writer's `tmp/` file (`TmpFile::inode`, `Found::inode`), so it is not an orphan.
 //! * A writer lock goes when its writer is dead and no `tmp/` file names it any more: gc
 //!   takes it exclusive without waiting and unlinks it while holding it. A writer that
 //!   created its lock file just then checks, once it holds the lock, that the path still
 //!   names the file it locked, and starts over with a new name if not.
 //! * A forked child inherits the descriptor (the lock then holds while either lives); it
 //!   takes a lock of its own, under its own pid, before it writes.
+//!
+//! A command that ends normally removes its writer lock files itself ([`release_all`],
+//! called by the command line after the command and on SIGINT, SIGTERM and SIGHUP),
+//! so only a killed process leaves one for gc.
 //!
 //! A process that cannot take a writer lock (no `locks/` yet, a cache it may only read)
 //! names its files without one; gc gives those the grace period only.
@@ -77,6 +84,23 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
         }
     }
     None
+}
+
+/// Done writing: remove this process's writer lock files (each while still holding it)
+/// and let the locks go, so that a command leaves none behind. For a process about to
+/// end (the command line calls it once its command has finished, and on a signal after
+/// removing its unfinished files); a later write takes a new lock. Never waits: if
+/// another thread is taking a lock just now, nothing is removed (gc will).
+pub fn release_all() {
+    let pid = std::process::id();
+    let Ok(mut held) = HELD.try_lock() else {
+        return;
+    };
+    for h in held.drain(..) {
+        if h.pid == pid {
+            let _ = std::fs::remove_file(h._guard.path());
+        }
+    }
 }
 
 /// The lock file of the writer `token` on `host`.

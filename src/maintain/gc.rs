@@ -313,6 +313,13 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
     }
     let on_disk = cache.blobs_on_disk()?;
     let tmp = cache.tmp_files()?;
+    // A blob an add or a pull placed before its commit is an orphan until then; it is a
+    // hard link of the live writer's staged file in `tmp/`, so it is the writer's.
+    let staged: HashSet<(u64, u64)> = tmp.iter().filter(|t| t.live).map(|t| t.inode).collect();
+    let on_disk: Vec<Found> = on_disk
+        .into_iter()
+        .filter(|f| !staged.contains(&f.inode))
+        .collect();
     let now = clock::now();
     let stale_tmp: Vec<&TmpFile> = tmp
         .iter()

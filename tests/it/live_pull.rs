@@ -455,8 +455,9 @@ fn free_bytes(p: &std::path::Path) -> u64 {
 }
 
 /// An add paused with its file staged in `tmp/` (and linked into `blobs/`, not yet
-/// named): a gc with a clock a day on and a grace of a second removes neither, and the
-/// add then names its image.
+/// named): verify and gc with a clock a day on and a grace of a second neither report
+/// nor remove either (the link in `blobs/` is the same file as the live staged one), and
+/// the add then names its image.
 #[test]
 fn gc_spares_a_staged_add() {
     let env = Env::new();
@@ -474,9 +475,24 @@ fn gc_spares_a_staged_add() {
     );
     let held = ingest_files(&env);
     assert_eq!(held.len(), 1, "{:?}", env.tmp_entries());
+    assert_eq!(env.blobs().len(), 1, "the add did not place its blob");
+    let out = env
+        .cmd()
+        .env("SREGISTRY_NOW", a_day_later())
+        .args(["verify", "--json", "--tmp-grace", "1s"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let report = gc_json(&env, &["--tmp-grace", "1s"]);
     assert_eq!(report["tmp_files"], 0, "{report}");
+    assert_eq!(report["blobs"], serde_json::json!([]), "{report}");
     assert!(held[0].exists());
+    assert_eq!(env.blobs().len(), 1);
     let out = resume(child, &go);
     assert!(
         out.status.success(),
