@@ -81,6 +81,7 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 /// The squashfs compressors `mksquashfs` 4.5 knows.
 pub const COMPRESSORS: &[&str] = &["gzip", "xz", "zstd", "lz4", "lzo", "lzma"];
 const PIPE_BUF: usize = 1 << 20;
+const STDERR_KEEP: usize = 4096;
 /// How often [`SpaceWatch`] is asked while `mksquashfs` runs.
 pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 
@@ -94,7 +95,6 @@ impl std::fmt::Debug for SpaceWatch {
         f.write_str("SpaceWatch(..)")
     }
 }
-const STDERR_KEEP: usize = 4096;
 
 /// One layer blob on disk, in the image's order (base first).
 #[derive(Debug, Clone, Copy)]
@@ -436,13 +436,6 @@ fn image_id(layers: &[LayerFile<'_>], config: &[u8], now: i64) -> [u8; 16] {
     id
 }
 
-fn fs_len(p: &Path) -> u64 {
-    File::open(p)
-        .and_then(|f| f.metadata())
-        .map(|m| m.len())
-        .unwrap_or(0)
-}
-
 /// Run `cmd` with `limit` as its file size limit, `SIGXFSZ` ignored: a write past it fails
 /// with `EFBIG` instead of killing the process (and dumping core).
 fn limit_file_size(cmd: &mut Command, limit: u64) {
@@ -638,7 +631,6 @@ fn run_mksquashfs(
             room: limit - offset,
         });
     }
-    let len = || fs_len(out);
     if !status.success() {
         let text = lossy(&stderr[stderr.len().saturating_sub(STDERR_KEEP)..]);
         return Err(ConvertError::Mksquashfs {
@@ -653,7 +645,11 @@ fn run_mksquashfs(
         });
     }
     // mksquashfs leaves `out` complete; make sure it is not shorter than the offset.
-    if len() <= offset {
+    let len = File::open(out)
+        .and_then(|f| f.metadata())
+        .map(|m| m.len())
+        .unwrap_or(0);
+    if len <= offset {
         return Err(ConvertError::Mksquashfs {
             status: status.to_string(),
             stderr: "wrote no filesystem".into(),
