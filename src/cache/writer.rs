@@ -178,4 +178,19 @@ mod tests {
         );
         assert!(!other.exists() && !is_live(&other, Kind::Ofd));
     }
+
+    /// With `SREGISTRY_LOCK=flock` the writer lock is a `flock`, tested the same way.
+    #[test]
+    fn a_flock_writer_lock_is_live_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LockOptions {
+            kind: Kind::Flock,
+            ..LockOptions::default()
+        };
+        let token = token(dir.path(), &opts, "h").unwrap();
+        let path = lock_path(dir.path(), &token, "h");
+        assert!(is_live(&path, Kind::Flock));
+        assert_eq!(remove_dead(dir.path(), &[], Kind::Flock), 0);
+        assert!(path.exists());
+    }
 }
