@@ -53,6 +53,8 @@ fn main() -> ExitCode {
     }));
     let json = cli.global.json;
     let outcome = std::panic::catch_unwind(|| cli::commands::run(cli));
+    // The command's `tmp/` files are committed or removed by now.
+    sregistry::cache::release_writer_locks();
     let Ok(outcome) = outcome else {
         return ExitStatus::Failure.into();
     };
@@ -114,6 +116,7 @@ fn clean_up_on_signals() {
             // SAFETY: `set` is initialised; sigwait writes the signal number into `sig`.
             while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
             sregistry::cache::remove_unfinished();
+            sregistry::cache::release_writer_locks();
             // SAFETY: restore the default action and unblock the signal in this thread
             // only, then send it to this thread: the process ends by that signal.
             unsafe {

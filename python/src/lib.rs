@@ -91,6 +91,7 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::TooLong { .. }
         | RemoteError::TooLarge { .. }
         | RemoteError::NoSpace { .. }
+        | RemoteError::NoSpaceConverting { .. }
         | RemoteError::Empty { .. }
         | RemoteError::Stalled { .. }
         | RemoteError::FailedElsewhere { .. }

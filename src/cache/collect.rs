@@ -186,6 +186,12 @@ impl Cache {
         })
     }
 
+    /// Remove the writer locks (`locks/writer-*`) of processes that are gone and whose
+    /// `tmp/` files are gone too (see `crate::cache::writer`); returns how many went.
+    pub fn remove_dead_writer_locks(&self) -> usize {
+        self.store.remove_dead_writer_locks()
+    }
+
     /// Remove stale entries of `tmp/` (no lock needed: nothing refers to them), a
     /// directory with what it holds; says for each whether it is gone.
     pub fn remove_tmp_files(&self, files: &[&TmpFile]) -> Vec<bool> {

@@ -15,7 +15,9 @@
 //! gets a [`Scratch`] file in `tmp/` from [`Cache::scratch`](super::Cache::scratch)
 //! instead; [`Scratch::seal`] hashes the finished file once (BLAKE3, memory-mapped,
 //! on every core), makes it read-only and durable, and hands back the same [`Ingested`].
-//! Like every `tmp/` file, gc leaves both alone for its grace period.
+//! Both are named under this process's writer lock (`super::writer`): gc and verify
+//! leave them alone while the process lives, however long it takes, and gc removes what
+//! a killed process left after its grace period.
 
 use std::fs::File;
 use std::io::{self, Seek, Write};

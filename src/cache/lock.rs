@@ -174,6 +174,16 @@ impl LockGuard {
     pub fn mode(&self) -> Mode {
         self.mode
     }
+
+    /// Whether the lock file's path still names the file this guard locked (a lock file
+    /// that [`remove_if_free`] unlinked before the lock was taken does not).
+    pub(super) fn still_at_path(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        match (self._file.metadata(), std::fs::metadata(&self.path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
 }
 
 /// Take `mode` on the lock file at `path`, creating it if needed, waiting at most
@@ -264,6 +274,57 @@ pub(super) fn fence(file: &File, path: &Path, opts: &LockOptions) -> Result<(), 
         start + opts.timeout,
         &mut false,
     )
+}
+
+/// Whether some open file description (another process's, on any node, or another open
+/// in this one) holds a lock on the existing lock file `path`; `Ok(None)` when there is no
+/// file there. It tries a shared lock on the byte a holder locks, without waiting, and
+/// closes the file (which gives back what it got). Used to tell a live writer's files in
+/// `tmp/` from a dead one's (`crate::cache::writer`).
+pub(super) fn is_held(path: &Path, kind: Kind) -> io::Result<Option<bool>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let req = match kind {
+        Kind::Ofd => Req::Ofd(libc::F_RDLCK as i16, MAIN),
+        Kind::Flock => Req::Flock(libc::LOCK_SH),
+    };
+    Ok(Some(!try_once(&file, req)?))
+}
+
+/// Remove the lock file `path` if nobody holds it, taking it exclusive (without waiting)
+/// while the file is unlinked, so that nobody can take it in between; `Ok(false)` when it
+/// is held or already gone. A holder that opened the file just before must check that its
+/// path still names the file it locked ([`LockGuard::still_at_path`]).
+pub(super) fn remove_if_free(path: &Path, kind: Kind) -> io::Result<bool> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    let req = match kind {
+        Kind::Ofd => Req::Ofd(libc::F_WRLCK as i16, MAIN),
+        Kind::Flock => Req::Flock(libc::LOCK_EX),
+    };
+    if !try_once(&file, req)? {
+        return Ok(false);
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
 }
 
 /// Try once to take `mode` without waiting; `Ok(None)` when another process holds it.

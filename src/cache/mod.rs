@@ -69,6 +69,7 @@ mod retire;
 mod settings;
 mod store;
 mod uses;
+mod writer;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, OpenOptions};
@@ -97,6 +98,7 @@ pub use index::{
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, CopyProgress, Found, TmpFile, remove_unfinished};
+pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root.
 pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
@@ -493,7 +495,7 @@ impl Cache {
         };
         Cache {
             root: root.to_path_buf(),
-            store: Store::new(&v1, settings.dir_mode),
+            store: Store::new(&v1, settings.dir_mode).with_writer_locks(lock_opts.clone()),
             index: Index::new(&v1, lock_opts, settings.file_mode),
             uses: UseMarkers::new(&v1, settings.file_mode, settings.dir_mode),
             v1,

@@ -89,6 +89,10 @@ pub struct Store {
     blobs: PathBuf,
     tmp: PathBuf,
     dir_mode: u32,
+    /// `locks/`, where the writer locks are (`super::writer`).
+    locks: PathBuf,
+    /// How writer locks are taken; `None` names `tmp/` files without one.
+    writer: Option<super::lock::LockOptions>,
 }
 
 /// A file in `tmp/` whose digest and size are known, not yet in `blobs/`. Dropping it
@@ -152,13 +156,29 @@ impl Staged {
             path: path.to_path_buf(),
             source,
         };
-        if dest.exists() {
-            let _ = fs::remove_file(&src);
-            return Ok((dest, false));
-        }
         let dir = dest.parent().unwrap_or(&store.blobs);
         if !dir.exists() {
             store.make_fan_dir(dir).map_err(|e| werr(dir, e))?;
+        }
+        // Whether the blob is there is asked of the filesystem, not of a cache of it: on
+        // NFS, `exists` may answer from what this node saw before another node's gc
+        // removed the blob, while a hard link is made, or refused as existing, by the
+        // server. (Where hard links are refused, `exists` and a rename.)
+        match fs::hard_link(&src, &dest) {
+            Ok(()) => {
+                let _ = fs::remove_file(&src);
+                sync_dir(dir).map_err(|e| werr(dir, e))?;
+                return Ok((dest, true));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                let _ = fs::remove_file(&src);
+                return Ok((dest, false));
+            }
+            Err(_) => {}
+        }
+        if dest.exists() {
+            let _ = fs::remove_file(&src);
+            return Ok((dest, false));
         }
         fs::rename(&src, &dest).map_err(|e| {
             let _ = fs::remove_file(&src);
@@ -243,7 +263,7 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// This machine's name as `tmp/` names carry it: letters, digits, `.` and `-` only.
-fn host_tag() -> &'static str {
+pub(super) fn host_tag() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     HOST.get_or_init(|| {
         let mut buf = [0u8; 256];
@@ -303,7 +323,58 @@ impl Store {
             blobs: v1.join("blobs").join(crate::format::digest::ALGORITHM),
             tmp: v1.join("tmp"),
             dir_mode,
+            locks: v1.join("locks"),
+            writer: None,
         }
+    }
+
+    /// The store, with the files it writes in `tmp/` covered by this process's writer
+    /// lock, taken as `opts` says (see `super::writer`).
+    pub fn with_writer_locks(self, opts: super::lock::LockOptions) -> Store {
+        Store {
+            writer: Some(opts),
+            ..self
+        }
+    }
+
+    /// A new name in `tmp/` for a file this process writes: under its writer lock
+    /// (`<prefix><pid>-<salt>.<n>@<host>`) when it can take one, else [`unique_name`].
+    fn writer_name(&self, prefix: &str) -> String {
+        let token = self
+            .writer
+            .as_ref()
+            .and_then(|o| super::writer::token(&self.locks, o, host_tag()));
+        match token {
+            Some(t) => format!(
+                "{prefix}{t}.{}@{}",
+                COUNTER.fetch_add(1, Ordering::Relaxed),
+                host_tag()
+            ),
+            None => unique_name(prefix),
+        }
+    }
+
+    fn lock_kind(&self) -> super::lock::Kind {
+        self.writer
+            .as_ref()
+            .map_or(super::lock::Kind::Ofd, |o| o.kind)
+    }
+
+    /// Remove the writer locks of dead writers that no `tmp/` file names any more (after
+    /// gc removed their leftovers); returns how many went.
+    pub fn remove_dead_writer_locks(&self) -> usize {
+        let named: Vec<PathBuf> = read_dir_if_present(&self.tmp)
+            .ok()
+            .flatten()
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        super::writer::lock_of(&self.locks, &e.file_name().to_string_lossy())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        super::writer::remove_dead(&self.locks, &named, self.lock_kind())
     }
 
     /// Where the blob with this digest lives.
@@ -350,7 +421,7 @@ impl Store {
     }
 
     fn new_tmp_file(&self) -> Result<(File, PathBuf), StoreError> {
-        let path = self.tmp.join(unique_name(INGEST_PREFIX));
+        let path = self.tmp.join(self.writer_name(INGEST_PREFIX));
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -454,7 +525,7 @@ impl Store {
     /// with [`StoreError::NoLink`] where the filesystem or its settings refuse a hard link
     /// (the caller copies instead). The caller makes sure nobody else can write the file.
     pub fn stage_link(&self, src: &Path) -> Result<Staged, StoreError> {
-        let path = self.tmp.join(unique_name(INGEST_PREFIX));
+        let path = self.tmp.join(self.writer_name(INGEST_PREFIX));
         if let Err(e) = fs::hard_link(src, &path) {
             return Err(match e.raw_os_error() {
                 Some(libc::EXDEV) => StoreError::CrossDevice {
@@ -516,6 +587,9 @@ pub struct Found {
     /// `None` when the file name is not a digest, or it sits in the wrong fan-out directory.
     pub digest: Option<Digest>,
     pub size: u64,
+    /// Device and inode: a blob placed before its commit is a hard link of its writer's
+    /// staged file in `tmp/` ([`TmpFile::inode`]).
+    pub inode: (u64, u64),
 }
 
 /// A file found in `tmp/` by `Store::scan_tmp`.
@@ -529,6 +603,16 @@ pub struct TmpFile {
     pub size: u64,
     /// A blob moved aside for deletion (always safe to unlink).
     pub deleting: bool,
+    /// Its writer holds its writer lock (`super::writer`): a file being written, never a
+    /// leftover, whatever its age.
+    pub live: bool,
+    /// Device and inode (see [`Found::inode`]).
+    pub inode: (u64, u64),
+}
+
+fn inode_of(m: &fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
 }
 
 impl Store {
@@ -543,8 +627,10 @@ impl Store {
             let fan = fan?;
             let fan_name = fan.file_name().to_string_lossy().into_owned();
             if !fan.file_type()?.is_dir() {
+                let meta = fan.metadata().ok();
                 out.push(Found {
-                    size: fan.metadata().map(|m| m.len()).unwrap_or(0),
+                    size: meta.as_ref().map_or(0, |m| m.len()),
+                    inode: meta.as_ref().map_or((0, 0), inode_of),
                     path: fan.path(),
                     digest: None,
                 });
@@ -557,11 +643,12 @@ impl Store {
                     continue;
                 }
                 let digest = Digest::from_hex(&name).filter(|_| name.starts_with(&fan_name));
-                let size = f.metadata().map(|m| m.len()).unwrap_or(0);
+                let meta = f.metadata().ok();
                 out.push(Found {
                     path: f.path(),
                     digest,
-                    size,
+                    size: meta.as_ref().map_or(0, |m| m.len()),
+                    inode: meta.as_ref().map_or((0, 0), inode_of),
                 });
             }
         }
@@ -587,9 +674,11 @@ impl Store {
         n
     }
 
-    /// Every entry of `tmp/` but NFS's `.nfs*` files of open unlinked images.
+    /// Every entry of `tmp/` but NFS's `.nfs*` files of open unlinked images, each with
+    /// whether its writer is alive (its writer lock held, tested once per writer).
     pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
+        let mut writers: std::collections::HashMap<PathBuf, bool> = Default::default();
         let Some(rd) = read_dir_if_present(&self.tmp)? else {
             return Ok(out);
         };
@@ -606,8 +695,16 @@ impl Store {
                 use std::os::unix::fs::MetadataExt;
                 meta.mtime().max(meta.ctime()).max(0) as u64
             };
+            let name = e.file_name().to_string_lossy().into_owned();
+            let live = super::writer::lock_of(&self.locks, &name).is_some_and(|lock| {
+                *writers
+                    .entry(lock)
+                    .or_insert_with_key(|l| super::writer::is_live(l, self.lock_kind()))
+            });
             out.push(TmpFile {
-                deleting: e.file_name().to_string_lossy().starts_with(DELETE_PREFIX),
+                live,
+                inode: inode_of(&meta),
+                deleting: name.starts_with(DELETE_PREFIX),
                 path: e.path(),
                 mtime,
                 size: meta.len(),

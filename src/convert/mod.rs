@@ -55,6 +55,15 @@
 //! directory's owner is the caller's (see [`userns`]), which a root conversion does not
 //! share.
 //!
+//! **Space**: [`write_sif_watched`] takes a [`SpaceWatch`], which says how many more bytes
+//! the output may take (the caller's free space above the reserve it keeps; this module
+//! knows no cache). `mksquashfs` runs with that room as its file size limit
+//! (`RLIMIT_FSIZE`, counted from the squashfs' offset; `SIGXFSZ` ignored, so a write past
+//! it fails with `EFBIG`), and the watch is asked again every [`WATCH_EVERY`] while it
+//! runs: when other writers have used the room up, `mksquashfs` is killed. Either way the
+//! conversion ends with [`ConvertError::NoSpace`], `mksquashfs` waited for, and the caller
+//! removes `out`.
+//!
 //! **Compression**: gzip by default, because older cluster kernels cannot mount zstd
 //! squashfs, at [`DEFAULT_GZIP_LEVEL`] (its doc gives the measurements).
 //!
@@ -90,6 +99,19 @@ pub const DEFAULT_GZIP_LEVEL: u32 = 6;
 pub const COMPRESSORS: &[&str] = &["gzip", "xz", "zstd", "lz4", "lzo", "lzma"];
 const PIPE_BUF: usize = 1 << 20;
 const STDERR_KEEP: usize = 4096;
+/// How often [`SpaceWatch`] is asked while `mksquashfs` runs.
+pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+
+/// How many more bytes the SIF being written may take (`None`: unknown, no bound); asked
+/// before `mksquashfs` starts and every [`WATCH_EVERY`] while it runs.
+#[derive(Clone)]
+pub struct SpaceWatch(pub std::sync::Arc<dyn Fn() -> Option<u64> + Send + Sync>);
+
+impl std::fmt::Debug for SpaceWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpaceWatch(..)")
+    }
+}
 
 /// One layer blob on disk, in the image's order (base first).
 #[derive(Debug, Clone, Copy)]
@@ -191,6 +213,10 @@ pub enum ConvertError {
     Mksquashfs { status: String, stderr: String },
     #[error("cannot write `{path}`: {source}")]
     Output { path: String, source: io::Error },
+    #[error(
+        "the SIF outgrew the {room} bytes of room the filesystem had for it; `mksquashfs` was stopped"
+    )]
+    NoSpace { room: u64 },
 }
 
 fn at(entry: &Option<String>) -> String {
@@ -337,6 +363,17 @@ pub fn write_sif(
     out: &Path,
     opts: &ConvertOptions,
 ) -> Result<Converted, ConvertError> {
+    write_sif_watched(layers, config, out, opts, None)
+}
+
+/// [`write_sif`], the SIF held to the room `watch` gives (see "Space" in the module doc).
+pub fn write_sif_watched(
+    layers: &[LayerFile<'_>],
+    config: &[u8],
+    out: &Path,
+    opts: &ConvertOptions,
+    watch: Option<&SpaceWatch>,
+) -> Result<Converted, ConvertError> {
     let image = ImageConfig::parse(config)?;
     let arch =
         sif_write::arch_code(&opts.arch).ok_or_else(|| ConvertError::Arch(opts.arch.clone()))?;
@@ -354,6 +391,7 @@ pub fn write_sif(
         squash_at,
         time,
         opts,
+        watch,
     )?;
 
     let out_err = |source| ConvertError::Output {
@@ -469,6 +507,65 @@ fn effective_level(opts: &ConvertOptions) -> Option<u32> {
         .or((opts.compression == "gzip").then_some(DEFAULT_GZIP_LEVEL))
 }
 
+/// Run `cmd` with `limit` as its file size limit, `SIGXFSZ` ignored: a write past it fails
+/// with `EFBIG` instead of killing the process (and dumping core).
+fn limit_file_size(cmd: &mut Command, limit: u64) {
+    use std::os::unix::process::CommandExt;
+    let rl = libc::rlimit {
+        rlim_cur: limit as libc::rlim_t,
+        rlim_max: limit as libc::rlim_t,
+    };
+    // SAFETY: the closure runs between fork and exec and calls only setrlimit and signal,
+    // both async-signal-safe, on values it owns.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &rl) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+}
+
+/// While `mksquashfs` (`pid`) runs, ask `watch` every [`WATCH_EVERY`] for the room left,
+/// and kill it when there is none; returns whether it did. Ends when the child has
+/// exited (seen without reaping it, so the pid stays its own until the caller waits) or
+/// `stop` is dropped and the child has exited.
+fn watch_room(watch: &SpaceWatch, pid: libc::pid_t, stop: std::sync::mpsc::Receiver<()>) -> bool {
+    let mut stopping = false;
+    loop {
+        if !stopping {
+            match stop.recv_timeout(WATCH_EVERY) {
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                _ => stopping = true,
+            }
+        } else {
+            std::thread::sleep(WATCH_EVERY);
+        }
+        // SAFETY: a zeroed siginfo_t is valid; waitid with WNOWAIT leaves the child
+        // unreaped, so `pid` is still the child's when we kill it.
+        let exited = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            ) != 0
+                || info.si_pid() != 0
+        };
+        if exited {
+            return false;
+        }
+        if (watch.0)() == Some(0) {
+            // SAFETY: the child is not reaped yet (see above), so the pid is its own.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            return true;
+        }
+    }
+}
+
 /// Pass 2 into `mksquashfs -tar`, which writes the squashfs into `out` at `offset`.
 fn run_mksquashfs(
     layers: &[LayerFile<'_>],
@@ -478,6 +575,7 @@ fn run_mksquashfs(
     offset: u64,
     time: u64,
     opts: &ConvertOptions,
+    watch: Option<&SpaceWatch>,
 ) -> Result<(), ConvertError> {
     let mut cmd = Command::new("mksquashfs");
     cmd.arg("-").arg(out).args([
@@ -516,10 +614,37 @@ fn run_mksquashfs(
         userns::as_root_in_user_namespace(&mut cmd);
     }
     userns::die_with_parent(&mut cmd);
+    // The room for the squashfs, as a file size limit: past it, a write fails.
+    let size_limit = match watch.map(|w| (w.0)()) {
+        Some(Some(0)) => return Err(ConvertError::NoSpace { room: 0 }),
+        Some(Some(room)) => Some(offset.saturating_add(room)),
+        _ => None,
+    };
+    if let Some(limit) = size_limit {
+        limit_file_size(&mut cmd, limit);
+    }
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    // mksquashfs removes its output when it fails: an open descriptor still tells how far
+    // the file grew.
+    let out_file = File::open(out).map_err(|source| ConvertError::Output {
+        path: out.display().to_string(),
+        source,
+    })?;
     let mut child = cmd.spawn().map_err(ConvertError::NoMksquashfs)?;
+    let (stop_watching, watcher) = match watch {
+        Some(w) if size_limit.is_some() => {
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (w, pid) = (w.clone(), child.id() as libc::pid_t);
+            (
+                Some(tx),
+                Some(std::thread::spawn(move || watch_room(&w, pid, rx))),
+            )
+        }
+        _ => (None, None),
+    };
+    crate::testhook::pause("mksquashfs-started");
     let mut stderr = child.stderr.take().expect("piped");
     let errs = std::thread::spawn(move || {
         let mut buf = Vec::new();
@@ -562,6 +687,9 @@ fn run_mksquashfs(
     if failed_read.is_some() {
         let _ = child.kill();
     }
+    // The watcher ends when mksquashfs has exited (it never reaps it), or once it killed it.
+    drop(stop_watching);
+    let out_of_room = watcher.is_some_and(|w| w.join().unwrap_or(false));
     let status = child.wait().map_err(|e| ConvertError::Mksquashfs {
         status: "not waited for".into(),
         stderr: e.to_string(),
@@ -569,6 +697,17 @@ fn run_mksquashfs(
     let stderr = errs.join().unwrap_or_default();
     if let Some(e) = failed_read {
         return Err(e);
+    }
+    // A write past the size limit failed (`EFBIG`): the file reached it, give or take
+    // the last block mksquashfs tried to write.
+    let grew = out_file.metadata().map_or(0, |m| m.len());
+    if let Some(limit) = size_limit
+        && !status.success()
+        && (out_of_room || grew.saturating_add(1 << 20) >= limit)
+    {
+        return Err(ConvertError::NoSpace {
+            room: limit - offset,
+        });
     }
     if !status.success() {
         let text = lossy(&stderr[stderr.len().saturating_sub(STDERR_KEEP)..]);

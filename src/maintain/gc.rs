@@ -8,7 +8,8 @@
 //!    victims; remove the victim names and blob records and fold use markers into
 //!    `last_use`, in one transaction; commit; rename the victim blob files into `tmp/`
 //!    (`delete-*`) and remove the folded markers; release the lock.
-//! 3. Without any lock: unlink the renamed files and stale `tmp/` entries.
+//! 3. Without any lock: unlink the renamed files and stale `tmp/` entries, then the
+//!    writer locks of dead writers that no `tmp/` file names any more.
 //!
 //! A `get` therefore waits at most for step 2, never for the unlinks; a job that already
 //! has an image open keeps reading it after its name is gone.
@@ -17,8 +18,10 @@
 //!
 //! * Always: blobs no name uses (including files under `blobs/` the index does not know,
 //!   which only a crash between blob and name can leave) and `tmp/` entries older than
-//!   the grace period (`--tmp-grace`, default 6 h: an `add` in flight keeps touching its
-//!   file), and `delete-*` leftovers of an interrupted gc or rm, at once.
+//!   the grace period (`--tmp-grace`, default 6 h) whose writer is gone, and `delete-*`
+//!   leftovers of an interrupted gc or rm, at once. A `tmp/` file whose writer still
+//!   holds its writer lock (a pull downloading or converting, an add staging, on any
+//!   node: `crate::cache::writer`) is never removed, however old.
 //! * `--max-age D`: names not used for `D` go.
 //! * `--max-size S`: least recently used names go until the blobs that remain fit in `S`.
 //! * Never: pinned names, or names used (or added) within `--min-idle` (default 1 h), so
@@ -334,10 +337,17 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
     }
     let on_disk = cache.blobs_on_disk()?;
     let tmp = cache.tmp_files()?;
+    // A blob an add or a pull placed before its commit is an orphan until then; it is a
+    // hard link of the live writer's staged file in `tmp/`, so it is the writer's.
+    let staged: HashSet<(u64, u64)> = tmp.iter().filter(|t| t.live).map(|t| t.inode).collect();
+    let on_disk: Vec<Found> = on_disk
+        .into_iter()
+        .filter(|f| !staged.contains(&f.inode))
+        .collect();
     let now = clock::now();
     let stale_tmp: Vec<&TmpFile> = tmp
         .iter()
-        .filter(|t| t.deleting || now.saturating_sub(t.mtime) >= opts.tmp_grace)
+        .filter(|t| t.deleting || (!t.live && now.saturating_sub(t.mtime) >= opts.tmp_grace))
         .collect();
     let told = opts
         .progress
@@ -372,6 +382,9 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
             report.tmp_files += 1;
             report.bytes_freed += t.size;
         }
+    }
+    if !opts.dry_run {
+        cache.remove_dead_writer_locks();
     }
     Ok(report)
 }

@@ -18,7 +18,9 @@
 //!
 //! Problems (exit code 4): corrupt blobs, names whose blob is missing, orphan files under
 //! `blobs/` that the index does not know, foreign files there, and `tmp/` entries older
-//! than the grace period (`delete-*` files included). Blobs the index knows but no name
+//! than the grace period (`delete-*` files included) whose writer is gone: a file whose
+//! writer still holds its writer lock (`crate::cache::writer`) is work in progress, never
+//! reported. Blobs the index knows but no name
 //! uses are reported for information only: `gc` removes them.
 
 use std::collections::{HashMap, HashSet};
@@ -259,7 +261,10 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     }
     if wanted.is_none() {
         let known: HashSet<Digest> = size_of.keys().copied().collect();
-        for f in &on_disk {
+        let tmp = cache.tmp_files()?;
+        // A blob placed before its commit is its live writer's (see gc).
+        let staged: HashSet<(u64, u64)> = tmp.iter().filter(|t| t.live).map(|t| t.inode).collect();
+        for f in on_disk.iter().filter(|f| !staged.contains(&f.inode)) {
             match f.digest {
                 None => report.problems.push(Finding {
                     kind: "foreign",
@@ -289,9 +294,10 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             .filter(|d| !users.contains_key(d) && !parts.contains(d))
             .count();
         let now = clock::now();
-        for t in cache.tmp_files()? {
+        for t in tmp {
             // A `delete-*` file too: gc and rm unlink theirs a moment after their lock.
-            if now.saturating_sub(t.mtime) >= opts.tmp_grace {
+            // A file whose writer is alive (its writer lock held) is work in progress.
+            if !t.live && now.saturating_sub(t.mtime) >= opts.tmp_grace {
                 report.problems.push(Finding {
                     kind: "stray-tmp",
                     path: t.path.clone(),

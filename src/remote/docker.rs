@@ -27,8 +27,11 @@
 //!    earlier pulls kept as parts of an image) and opened there; the others are
 //!    downloaded through [`Sink`] (declared size enforced, sha256 checked, BLAKE3
 //!    computed) into `tmp/`. Nothing is named yet.
-//! 5. [`crate::convert::write_sif`] merges the layers into one squashfs (owners and modes
-//!    from the layers, whoever converts) inside a SIF in a `tmp/` scratch file. The
+//! 5. [`crate::convert::write_sif_watched`] merges the layers into one squashfs (owners and
+//!    modes from the layers, whoever converts) inside a SIF in a `tmp/` scratch file,
+//!    held to the free space the cache keeps (`SREGISTRY_MIN_FREE`, as downloads are):
+//!    when the filesystem has no more room above it, `mksquashfs` is stopped, the scratch
+//!    file removed, and the pull fails with [`RemoteError::NoSpaceConverting`]. The
 //!    conversion is reproducible (the SIF's UUID comes from the manifest digest and the
 //!    platform, its times from the config and the layers): the same manifest gives the
 //!    same digest on every node and every run.
@@ -751,12 +754,27 @@ fn convert_and_commit(
         processors: None,
         identity: Some(format!("{}@{platform}", d.resolved.digest)),
     };
-    crate::convert::write_sif(&files, &d.config, scratch.path(), &copts).map_err(|e| {
-        RemoteError::Convert {
-            image: source.to_string(),
-            detail: e.to_string(),
-        }
-    })?;
+    // The SIF is held to the free space the cache keeps, as a download is.
+    let tmp = cache.tmp_dir().to_path_buf();
+    let min_free = opts.limits.min_free;
+    let room = move || {
+        crate::cache::limits::space(&tmp)
+            .ok()
+            .map(|(free, _)| free.saturating_sub(min_free))
+    };
+    let watch = crate::convert::SpaceWatch(std::sync::Arc::new(room));
+    crate::convert::write_sif_watched(&files, &d.config, scratch.path(), &copts, Some(&watch))
+        .map_err(|e| match e {
+            crate::convert::ConvertError::NoSpace { .. } => RemoteError::NoSpaceConverting {
+                image: source.to_string(),
+                dir: cache.tmp_dir().to_path_buf(),
+                min_free,
+            },
+            e => RemoteError::Convert {
+                image: source.to_string(),
+                detail: e.to_string(),
+            },
+        })?;
     let scratch_path = scratch.path().to_path_buf();
     let sif = scratch.seal().map_err(|source| RemoteError::Io {
         path: scratch_path,

@@ -136,6 +136,16 @@ pub enum RemoteError {
         need: u64,
         min_free: u64,
     },
+    #[error(
+        "not enough space in `{}` to convert `{image}`: the SIF would leave less than the {} the cache keeps free, so the conversion was stopped; nothing was stored (free space with `sregistry gc --max-size ...`, or set SREGISTRY_MIN_FREE lower)",
+        .dir.display(),
+        crate::format::units::format_size(*.min_free)
+    )]
+    NoSpaceConverting {
+        image: String,
+        dir: PathBuf,
+        min_free: u64,
+    },
     #[error("`{url}` sent an empty body; nothing was stored (an image is never empty)")]
     Empty { url: String },
     #[error(

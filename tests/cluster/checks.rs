@@ -946,3 +946,66 @@ pub fn writer_whose_lock_the_server_forgot(cl: &Cluster) {
     n3.sh(&format!("sregistry --cache {c} gc")).ok();
     verify_clean(n3, &c);
 }
+
+/// The `tmp/` files of an add paused on node1 (staged, under its writer lock): node2's gc
+/// with `--tmp-grace 0s` and a clock a day on removes none of them and node3's verify
+/// reports none, because node1's lock is held across NFS (a pid would say nothing on
+/// another node); the add then commits. Killed at the same point, its files go with the
+/// next gc from node2, and so does its writer lock.
+pub fn live_tmp_files_across_nodes(cl: &Cluster) {
+    let c = cache("t9");
+    let [n1, n2, n3] = [&cl.clients[0], &cl.clients[1], &cl.clients[2]];
+    n1.sh(&format!("sregistry --cache {c} init")).ok();
+    let later = "SREGISTRY_NOW=$(( $(date +%s) + 86400 ))";
+    let paused_add = |tag: &str, file: &str| {
+        n1.sh(&format!(
+            "rm -f /tmp/{tag}.resume /tmp/{tag}.rc; SREGISTRY_TEST_PAUSE=add-staged \
+             SREGISTRY_TEST_RESUME=/tmp/{tag}.resume setsid sh -c 'sregistry-hooks --cache {c} \
+             add /host/data/{file} --name t9/{tag}:1 >/tmp/{tag}.out 2>/tmp/{tag}.err; \
+             echo $? >/tmp/{tag}.rc' >/dev/null 2>&1 &"
+        ))
+        .ok();
+        wait_for(
+            n1,
+            &format!("/tmp/{tag}.err"),
+            "paused at",
+            Duration::from_secs(60),
+        );
+    };
+    let tmp = |n: &Node| n.sh(&format!("ls -A {c}/v1/tmp")).ok().stdout;
+    paused_add("live", "g1");
+    let staged = tmp(n1);
+    assert!(staged.contains("ingest-"), "nothing staged: {staged}");
+    let gc = n2.sh(&format!("{later} sregistry --cache {c} gc --tmp-grace 0s"));
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert_eq!(tmp(n2), staged, "node2's gc removed node1's live files");
+    let v = n3.sh(&format!(
+        "{later} sregistry --cache {c} verify --tmp-grace 0s"
+    ));
+    assert_eq!(
+        v.code, 0,
+        "node3's verify reported node1's live files: {v:?}"
+    );
+    n1.sh("touch /tmp/live.resume; while [ ! -e /tmp/live.rc ]; do sleep 0.1; done")
+        .ok();
+    let rc = n1.sh("cat /tmp/live.rc /tmp/live.err").stdout;
+    assert!(rc.starts_with('0'), "the add failed after node2's gc: {rc}");
+    n2.sh(&format!(
+        "cmp $(sregistry --cache {c} get t9/live:1) /host/data/g1"
+    ))
+    .ok();
+
+    // Killed at the same point: its files and its lock go with the next gc elsewhere.
+    paused_add("dead", "g2");
+    assert!(tmp(n1).contains("ingest-"));
+    n1.sh("kill -9 $(pidof sregistry-hooks); while pidof sregistry-hooks >/dev/null; do sleep 0.1; done")
+        .ok();
+    let gc = n2.sh(&format!("{later} sregistry --cache {c} gc --tmp-grace 1h"));
+    assert_eq!(gc.code, 0, "{gc:?}");
+    assert_eq!(tmp(n3).trim(), "", "a killed add's files outlived gc");
+    let locks = n3
+        .sh(&format!("ls -A {c}/v1/locks | grep '^writer-' || true"))
+        .stdout;
+    assert_eq!(locks.trim(), "", "dead writers' locks outlived gc");
+    verify_clean(n3, &c);
+}

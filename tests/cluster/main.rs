@@ -35,6 +35,10 @@ const TESTS: &[(&str, Test)] = &[
         "writer_whose_lock_the_server_forgot",
         checks::writer_whose_lock_the_server_forgot,
     ),
+    (
+        "live_tmp_files_across_nodes",
+        checks::live_tmp_files_across_nodes,
+    ),
     ("figures", checks::figures),
 ];
 

@@ -12,6 +12,7 @@ mod gc;
 mod images;
 mod index_damage;
 mod interop;
+mod live_pull;
 mod local;
 mod messages;
 mod migrate;
