@@ -339,3 +339,147 @@ fn a_blob_left_by_a_killed_add_is_counted_by_doctor_and_removed_by_gc() {
         assert_eq!(blob_files(&env).len(), 1, "{point}");
     }
 }
+
+/// Free bytes on the filesystem of `dir`, for an unprivileged writer.
+fn free_bytes(dir: &Path) -> u64 {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).unwrap();
+    // SAFETY: a zeroed statvfs is valid storage; statvfs fills it.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// Fill the filesystem of `dir` with a file of the user's, `filler`, to the last byte.
+fn fill(filler: &Path) {
+    use std::io::Write;
+    let mut f = fs::File::create(filler).unwrap();
+    let block = vec![0x77u8; 4096];
+    while f.write_all(&block).is_ok() {}
+    let _ = f.write_all(&[0x77]);
+    assert_eq!(free_bytes(filler.parent().unwrap()), 0);
+}
+
+/// Danger: a full disk wedged the cache. The index write of an `add` failed with ENOSPC and
+/// left the blob behind, so the disk stayed full, and from then on `list`, `get`, `gc` and
+/// `doctor --repair-index` all failed with ENOSPC (a reader after a failed writer must
+/// repair the index, which writes), until someone deleted a file under `blobs/` by hand.
+#[test]
+fn an_add_that_fills_the_disk_takes_its_blob_out_and_the_cache_keeps_working() {
+    if crate::common::skip_unless_root(
+        "an_add_that_fills_the_disk_takes_its_blob_out_and_the_cache_keeps_working",
+        "mounts a tmpfs",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let fs_dir = env.path("small");
+    let _fs = crate::common::Tmpfs::mount(&fs_dir, "4m");
+    let cache = fs_dir.join("cache");
+    let on = || {
+        let mut c = env.cmd();
+        c.env("SREGISTRY_CACHE", &cache);
+        c
+    };
+    // Room for the file in tmp/, none for the new index that must name it.
+    let big = env.file("big", &vec![0x42; (free_bytes(&fs_dir) - 8192) as usize]);
+    let out = on()
+        .arg("add")
+        .arg(&big)
+        .args(["--name", "lab/big:1"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    let files = |sub: &str| -> Vec<PathBuf> { walkdir(&cache.join("v1").join(sub)) };
+    assert_eq!(
+        files("blobs"),
+        Vec::<PathBuf>::new(),
+        "the failed add left its blob"
+    );
+    assert_eq!(files("tmp"), Vec::<PathBuf>::new());
+    assert!(
+        free_bytes(&fs_dir) > fs::metadata(&big).unwrap().len(),
+        "the space did not come back"
+    );
+    // Now the disk is full of someone else's file: reads still answer.
+    fill(&fs_dir.join("filler"));
+    assert_eq!(stdout_of(on().args(["list", "--json"])).trim(), "[]");
+    let out = on().args(["get", "lab/big:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    fs::remove_file(fs_dir.join("filler")).unwrap();
+    let small = env.file("little", b"a small image\n");
+    stdout_of(on().arg("add").arg(&small).args(["--name", "lab/small:1"]));
+    stdout_of(on().arg("gc"));
+    stdout_of(on().arg("verify"));
+}
+
+/// Danger: on a full disk, a reader after a writer that died (or failed) mid-write had to
+/// repair the index, which writes, and failed: `get` and `list` refused although the
+/// index's last commit was whole.
+#[test]
+fn get_and_list_answer_on_a_full_disk_after_a_writer_died_mid_write() {
+    if crate::common::skip_unless_root(
+        "get_and_list_answer_on_a_full_disk_after_a_writer_died_mid_write",
+        "mounts a tmpfs",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let fs_dir = env.path("small");
+    let _fs = crate::common::Tmpfs::mount(&fs_dir, "4m");
+    let cache = fs_dir.join("cache");
+    let on = || {
+        let mut c = env.cmd();
+        c.env("SREGISTRY_CACHE", &cache);
+        c
+    };
+    let a = env.file("a", b"image a\n");
+    let path = stdout_of(on().arg("add").arg(&a).args(["--name", "lab/a:1"]));
+    // A writer killed with the index open for writing: the next open must repair it.
+    let b = env.file("b", b"image b\n");
+    let mut c = env.std_cmd();
+    c.env("SREGISTRY_CACHE", &cache)
+        .env("SREGISTRY_TEST_PAUSE", "add-index-uncommitted")
+        .arg("add")
+        .arg(&b)
+        .args(["--name", "lab/b:1"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    crate::contention::wait_for_pause(&mut child);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    fill(&fs_dir.join("filler"));
+    assert_eq!(stdout_of(on().args(["get", "lab/a:1"])), path);
+    let listed = stdout_of(on().args(["list", "--json"]));
+    assert!(
+        listed.contains("lab/a:1") && !listed.contains("lab/b:1"),
+        "{listed}"
+    );
+    // With room again, the first writer repairs the file itself.
+    fs::remove_file(fs_dir.join("filler")).unwrap();
+    stdout_of(on().arg("gc"));
+    stdout_of(on().arg("verify"));
+    assert_eq!(stdout_of(on().args(["get", "lab/a:1"])), path);
+}
+
+/// Every file under `dir` (sorted; none when it does not exist).
+fn walkdir(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(rd) = fs::read_dir(dir) else {
+        return out;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walkdir(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
