@@ -118,8 +118,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 
 use redb::{
-    Database, MultimapTableDefinition, ReadTransaction, ReadableDatabase, ReadableMultimapTable,
-    ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
+    Database, MultimapTableDefinition, ReadOnlyDatabase, ReadTransaction, ReadableDatabase,
+    ReadableMultimapTable, ReadableTable, ReadableTableMetadata, TableDefinition, WriteTransaction,
 };
 use serde::{Deserialize, Serialize};
 
@@ -587,52 +587,12 @@ impl Index {
                 Err(redb::DatabaseError::RepairAborted) if !repaired => {
                     // A writer died mid-commit: repair under the exclusive lock, read again.
                     drop(guard);
-                    match self.repair() {
-                        Ok(()) => repaired = true,
-                        // The repair cannot write (a full disk, a read-only mount): read
-                        // what the last commit left, repaired in memory; the file stays.
-                        Err(IndexError::Db { .. } | IndexError::NoSpace { .. }) => {
-                            return self.read_in_memory();
-                        }
-                        Err(e) => return Err(e),
-                    }
+                    self.repair()?;
+                    repaired = true;
                 }
                 Err(e) => return Err(self.db_err()(e.into())),
             }
         }
-    }
-
-    /// Read the index from a copy in memory, under the shared lock: for a reader whose
-    /// repair after a writer's crash cannot write the file. redb repairs the copy as it
-    /// opens it, so the reader sees the last commit; nothing is written to disk, and the
-    /// next writer (or reader) with room to write repairs the file itself.
-    fn read_in_memory(&self) -> Result<IndexReader, IndexError> {
-        use redb::StorageBackend;
-        let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
-        let io = |e: std::io::Error| self.db_err()(redb::StorageError::Io(e).into());
-        let bytes = std::fs::read(&self.db_path).map_err(io)?;
-        let poisoned = Cell::new(false);
-        let (db, txn) = guarded(&poisoned, &self.db_path, || {
-            let mem = redb::backends::InMemoryBackend::new();
-            mem.set_len(bytes.len() as u64)
-                .and_then(|()| mem.write(0, &bytes))
-                .map_err(io)?;
-            let db = redb::Builder::new()
-                .set_cache_size(CACHE_BYTES)
-                .create_with_backend(mem)
-                .map_err(|e| self.db_err()(e.into()))?;
-            let txn = db.begin_read().map_err(|e| self.db_err()(e.into()))?;
-            Ok((db, txn))
-        })?;
-        let reader = IndexReader {
-            txn: Some(txn),
-            _db: Some(Box::new(db)),
-            _lock: Some(guard),
-            path: self.db_path.clone(),
-            poisoned,
-        };
-        reader.check_schema()?;
-        Ok(reader)
     }
 
     fn repair(&self) -> Result<(), IndexError> {
@@ -813,7 +773,7 @@ impl Index {
         };
         Ok(Ok(IndexReader {
             txn: Some(txn),
-            _db: Some(Box::new(db)),
+            _db: Some(db),
             _lock: None,
             path: self.db_path.clone(),
             poisoned,
@@ -1204,8 +1164,7 @@ pub struct Named {
 /// then the lock.
 pub struct IndexReader {
     txn: Option<ReadTransaction>,
-    /// The database the transaction reads (read-only, or a repaired copy in memory).
-    _db: Option<Box<dyn std::any::Any>>,
+    _db: Option<ReadOnlyDatabase>,
     /// `None` for the view a writer checks under its own exclusive lock.
     _lock: Option<LockGuard>,
     path: PathBuf,
