@@ -90,6 +90,17 @@ fn a_repair_that_skips_a_journal_line_keeps_its_image_and_exits_4() {
         vec!["lab/a:1".to_string(), "lab/c:1".into(), kept.clone()]
     );
     assert_eq!(pinned_names(&env), vec![kept.clone()]);
+    // The journal with the unreadable line is kept, as the damaged index would be.
+    let aside: Vec<PathBuf> = fs::read_dir(env.cache.join("v1"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains("index.journal.damaged-"))
+        .collect();
+    assert_eq!(aside.len(), 1, "{aside:?}");
+    assert_eq!(
+        fs::read_to_string(&aside[0]).unwrap(),
+        broken.join("\n") + "\n"
+    );
     // The nightly gc, even one that evicts everything it may: the image stays.
     stdout_of(env.cmd().args(["gc", "--max-size", "1", "--min-idle", "0"]));
     assert_eq!(fs::read(&b).unwrap(), b"image b\n");
@@ -487,4 +498,24 @@ fn walkdir(dir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
+}
+
+/// Danger, the other way: a repair that adopts the file of an add killed before its commit
+/// (its staged file in `tmp/` still links it) names an image nobody was ever handed, and
+/// says the repair found a problem when it found none.
+#[test]
+fn a_repair_leaves_a_killed_adds_blob_to_gc() {
+    let env = Env::new();
+    add(&env, "lab/a:1", b"image a\n");
+    let f = env.file("k", b"killed before its name\n");
+    let mut c = env.spawn_paused("add-staged", None, &refs(&add_args(&f, "lab/k:1")));
+    c.kill().unwrap();
+    c.wait().unwrap();
+    assert_eq!(blob_files(&env).len(), 2);
+    fs::remove_file(env.cache.join("v1/index.redb")).unwrap();
+    let out = stdout_of(env.cmd().args(["doctor", "--repair-index"]));
+    assert!(!out.contains("recovered/"), "{out}");
+    assert_eq!(env.names(), vec!["lab/a:1".to_string()]);
+    stdout_of(env.cmd().arg("gc"));
+    assert_eq!(blob_files(&env).len(), 1);
 }
