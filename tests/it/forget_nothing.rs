@@ -392,38 +392,46 @@ fn an_add_that_fills_the_disk_takes_its_blob_out_and_the_cache_keeps_working() {
         c.env("SREGISTRY_CACHE", &cache);
         c
     };
-    // Room for the file in tmp/, none for the new index that must name it.
-    let big = env.file("big", &vec![0x42; (free_bytes(&fs_dir) - 8192) as usize]);
-    let out = on()
-        .arg("add")
-        .arg(&big)
-        .args(["--name", "lab/big:1"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("No space left") && err.contains("nothing was changed"),
-        "{err}"
-    );
-    let files = |sub: &str| -> Vec<PathBuf> { walkdir(&cache.join("v1").join(sub)) };
-    assert_eq!(
-        files("blobs"),
-        Vec::<PathBuf>::new(),
-        "the failed add left its blob"
-    );
-    assert_eq!(files("tmp"), Vec::<PathBuf>::new());
-    assert!(
-        free_bytes(&fs_dir) > fs::metadata(&big).unwrap().len(),
-        "the space did not come back"
-    );
-    // Now the disk is full of someone else's file: reads still answer.
-    fill(&fs_dir.join("filler"));
-    assert_eq!(stdout_of(on().args(["list", "--json"])).trim(), "[]");
-    let out = on().args(["get", "lab/big:1"]).output().unwrap();
-    assert_eq!(out.status.code(), Some(3), "{out:?}");
-    fs::remove_file(fs_dir.join("filler")).unwrap();
+    let mut kept = Vec::new();
+    for (round, with_index) in [(0u8, false), (1, true)] {
+        if with_index {
+            // The second time the index exists: its write transaction fails at its commit.
+            let first = env.file("first", b"the first image\n");
+            kept.push(PathBuf::from(
+                stdout_of(on().arg("add").arg(&first).args(["--name", "lab/first:1"])).trim(),
+            ));
+        }
+        // Room for the file in tmp/, none for the index write that must name it.
+        let free = free_bytes(&fs_dir);
+        let big = env.file("big", &vec![0x42 + round; (free - 8192) as usize]);
+        let out = on()
+            .arg("add")
+            .arg(&big)
+            .args(["--name", "lab/big:1"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+        assert!(
+            err.contains("No space left") && err.contains("nothing was changed"),
+            "{err}"
+        );
+        let files = |sub: &str| -> Vec<PathBuf> { walkdir(&cache.join("v1").join(sub)) };
+        assert_eq!(files("blobs"), kept, "the failed add left its blob");
+        assert_eq!(files("tmp"), Vec::<PathBuf>::new());
+        assert!(
+            free_bytes(&fs_dir) + (64 << 10) > free,
+            "the space did not come back"
+        );
+        // Now the disk is full of someone else's file: reads still answer.
+        fill(&fs_dir.join("filler"));
+        let listed = stdout_of(on().args(["list", "--json"]));
+        assert_eq!(listed.contains("lab/first:1"), with_index, "{listed}");
+        let out = on().args(["get", "lab/big:1"]).output().unwrap();
+        assert_eq!(out.status.code(), Some(3), "{out:?}");
+        fs::remove_file(fs_dir.join("filler")).unwrap();
+    }
     let small = env.file("little", b"a small image\n");
     stdout_of(on().arg("add").arg(&small).args(["--name", "lab/small:1"]));
     stdout_of(on().arg("gc"));
