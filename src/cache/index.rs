@@ -263,7 +263,7 @@ pub enum IndexError {
         source: std::io::Error,
     },
     #[error(
-        "cannot write the index `{path}`: {source}; nothing was changed (free space on its filesystem: `sregistry gc`, or remove other files there)"
+        "cannot write the index `{path}`: {source}; nothing was changed (free space on its filesystem: remove other files there, or run `sregistry gc`, which needs a little room for its own index write)"
     )]
     NoSpace {
         path: PathBuf,
