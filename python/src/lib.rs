@@ -63,11 +63,13 @@ fn index_error_class(e: &IndexError) -> &'static str {
         IndexError::Lock(LockError::Timeout { .. }) => "LockTimeout",
         IndexError::Lock(LockError::BadSetting { .. }) => "InvalidInput",
         IndexError::Lock(LockError::Open { .. } | LockError::Lock { .. }) => "Error",
-        // A damaged index: `sregistry doctor --repair-index` rebuilds it.
+        // A damaged (or missing) index: `sregistry doctor --repair-index` rebuilds it.
         IndexError::Corrupt { .. }
         | IndexError::Damaged { .. }
-        | IndexError::BehindJournal { .. } => "Corrupt",
+        | IndexError::BehindJournal { .. }
+        | IndexError::Missing { .. } => "Corrupt",
         IndexError::Db { .. }
+        | IndexError::NoSpace { .. }
         | IndexError::Refused { .. }
         | IndexError::Journal { .. }
         | IndexError::NeedsNewer { .. }

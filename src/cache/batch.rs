@@ -10,7 +10,7 @@
 //! the name committed or nothing (and the file where it was; the staged copies in `tmp/`
 //! are ordinary ingest files, removed as every killed add's are).
 
-use super::index::{BlobRecord, RefRecord};
+use super::index::{BlobRecord, IndexError, IndexWriter, RefRecord};
 use super::ingest::Ingested;
 use super::{
     AddOptions, Cache, CacheError, Entry, Repoint, refuse_digest_on_target, refuse_repoint, store,
@@ -80,6 +80,9 @@ impl Cache {
             // syncing many small files is mostly waiting); place each blob as `add` does.
             let chunk: Vec<AddItem> = items.by_ref().take(batch).collect();
             let mut dirs = BTreeSet::new();
+            // The blobs this batch linked in itself: taken out again if the index refuses
+            // the batch (invariant 8).
+            let mut linked = Vec::new();
             let prepared: Vec<_> = par::map_on(stage_threads(&chunk), &chunk, |it| {
                 let p = self.prepare_add(&it.path, &it.name, &it.opts);
                 let dir = p
@@ -90,6 +93,9 @@ impl Cache {
             })
             .into_iter()
             .map(|(p, dir)| {
+                if let (Ok(p), Some(_)) = (&p, &dir) {
+                    linked.push(p.staged.digest());
+                }
                 dirs.extend(dir);
                 p
             })
@@ -100,7 +106,26 @@ impl Cache {
             let mut results = Vec::with_capacity(prepared.len());
             let mut moved = Vec::new();
             let mut aside = Vec::new();
-            let mut w = self.index.write()?;
+            let opened = self.index.write().and_then(|w| {
+                let staged = prepared.iter().flatten().map(|p| p.staged.digest());
+                super::unknown_to(&w, staged).map(|fresh| (w, fresh))
+            });
+            let (mut w, fresh) = match opened {
+                Ok(opened) => opened,
+                Err(e) => {
+                    if !matches!(e, IndexError::Lock(_)) {
+                        self.take_back(&linked);
+                    }
+                    return Err(e.into());
+                }
+            };
+            // What the batch put in `blobs/` goes again if its transaction fails.
+            let failed = |w: IndexWriter, e: CacheError| {
+                let aside = self.take_out(&fresh);
+                drop(w);
+                store::unlink_now(&aside);
+                Err(e)
+            };
             let now = clock::now();
             let mut wrote = false;
             for p in prepared {
@@ -115,7 +140,7 @@ impl Cache {
                 let digest = p.staged.digest();
                 if let Err(e) = self.refuse_under_lock(&w, &key, &digest, p.repoint, &mut aside) {
                     if matches!(e, CacheError::Index(_)) {
-                        return Err(e);
+                        return failed(w, e);
                     }
                     results.push(Err(e));
                     continue;
@@ -126,14 +151,17 @@ impl Cache {
                         moved.extend(p.moved);
                         results.push(Ok(entry));
                     }
-                    Err(e @ CacheError::Index(_)) => return Err(e),
+                    Err(e @ CacheError::Index(_)) => return failed(w, e),
                     Err(e) => results.push(Err(e)),
                 }
             }
             // A batch that wrote nothing leaves the index file as it was.
             if wrote {
                 crate::testhook::pause("add-many-uncommitted");
-                w.commit()?;
+                let mut taken = Vec::new();
+                let committed = w.commit_then_else(|| (), || taken = self.take_out(&fresh));
+                store::unlink_now(&taken);
+                committed?;
             } else {
                 drop(w);
             }

@@ -8,11 +8,16 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::index::{IndexError, IndexStats, JournalStatus, Rebuilt};
+use super::index::{IndexError, IndexStats, JournalStatus, OnDisk, Rebuilt};
 use super::{Cache, CacheError};
 use crate::format::digest::Digest;
+
+/// The media type a rebuild records for a blob file that is a SIF (as `oras://` pulls
+/// record it).
+const SIF_MEDIA_TYPE: &str = "application/vnd.sylabs.sif.layer.v1.sif";
 
 /// What [`Cache::repair_index`] did.
 #[derive(Clone, Debug)]
@@ -107,7 +112,21 @@ impl Cache {
 
     /// `doctor --repair-index`: rebuild a damaged index from its journal; for an intact
     /// index, rewrite a journal that would not rebuild it.
+    ///
+    /// Repairs take turns: each holds `locks/index-repair.lock` from its first look at
+    /// the index to the end of its rebuild (the check needs the index lock several times,
+    /// shared and exclusive, so it cannot hold that one throughout). A second repair
+    /// started meanwhile waits, then finds the index the first rebuilt whole and leaves it
+    /// alone, instead of setting it aside as damaged. Lock order: the repair lock, then
+    /// the index lock.
     pub fn repair_index(&self) -> Result<Repaired, CacheError> {
+        self.ensure_layout()?;
+        let _turn = super::lock::lock(
+            &self.locks_dir().join("index-repair.lock"),
+            super::lock::Mode::Exclusive,
+            self.index.lock_options(),
+        )
+        .map_err(IndexError::from)?;
         let index = &self.index;
         let damage = (|| {
             let rd = index.read()?;
@@ -129,10 +148,27 @@ impl Cache {
             Err(e) if e.needs_repair() => {}
             Err(e) => return Err(e.into()),
         }
-        let on_disk: HashMap<Digest, u64> = self
+        crate::testhook::pause("repair-checked");
+        // What each blob file is, for the records the journal lacks: a SIF says so in
+        // its header.
+        let on_disk: HashMap<Digest, OnDisk> = self
             .blobs_on_disk()?
             .into_iter()
-            .filter_map(|f| f.digest.map(|d| (d, f.size)))
+            .filter_map(|f| {
+                let media_type = matches!(crate::format::sif::read_if_sif(&f.path), Some(Ok(_)))
+                    .then(|| SIF_MEDIA_TYPE.to_string());
+                let in_flight = fs::metadata(&f.path).is_ok_and(|m| m.nlink() > 1);
+                f.digest.map(|d| {
+                    (
+                        d,
+                        OnDisk {
+                            size: f.size,
+                            media_type,
+                            in_flight,
+                        },
+                    )
+                })
+            })
             .collect();
         Ok(Repaired::Index(index.rebuild(&on_disk)?))
     }

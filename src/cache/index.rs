@@ -66,8 +66,18 @@
 //! * **Rebuild.** Under the exclusive lock: replay the snapshot and every transaction not
 //!   void, move the damaged index aside (`index.redb.damaged-<unix time>`, never deleted),
 //!   build a fresh index from the replayed state under a temporary name, rename it into
-//!   place. Blob records the journal lacks are made from the blob files (size, time);
-//!   names whose blob file is missing are kept and reported (as `verify` would).
+//!   place. Blob records the journal lacks are made from the blob files (size, time, a
+//!   SIF's media type); names whose blob file is missing are kept and reported (as
+//!   `verify` would). Every blob file no replayed name points at (and no named image
+//!   lists as a part) is kept under a pinned name `recovered/<hex>:latest` and reported,
+//!   except a writer's own (a second link: its staged file; or recorded only by a void
+//!   line). Without a journal the rebuild starts from nothing but `blobs/`. When the
+//!   result differs from what the journal replays, the journal is rewritten as a snapshot
+//!   of it (a journal with unreadable lines is copied aside first).
+//! * **Never an empty index beside images.** A missing `index.redb` is created afresh
+//!   only when there is neither a journal nor a file with a single link in `blobs/`
+//!   (an add or pull in flight holds a second one); otherwise every reader and writer
+//!   refuses ([`IndexError::Missing`]) and points to the rebuild.
 //!
 //! One unflushed append (and a read of the journal's last line) per write transaction is
 //! the journal's whole cost on the write path; `get` never touches it.
@@ -270,9 +280,20 @@ pub enum IndexError {
     )]
     BehindJournal { path: PathBuf, journal: PathBuf },
     #[error(
+        "the index `{path}` is missing, but `{blobs}` holds image files (the index was deleted, or part of the cache restored); run `sregistry doctor --repair-index` to rebuild it (every image is kept; names come back from the journal where it has them)"
+    )]
+    Missing { path: PathBuf, blobs: PathBuf },
+    #[error(
         "I/O error on `{path}`: {source} (on NFS: the server restarted and did not give back this client's lock, so the write was refused; run the command again, then `sregistry verify`)"
     )]
     Refused {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot write the index `{path}`: {source}; nothing was changed (free space on its filesystem: remove other files there, or run `sregistry gc`, which needs a little room for its own index write)"
+    )]
+    NoSpace {
         path: PathBuf,
         source: std::io::Error,
     },
@@ -304,6 +325,7 @@ impl IndexError {
             IndexError::Damaged { .. }
                 | IndexError::Corrupt { .. }
                 | IndexError::BehindJournal { .. }
+                | IndexError::Missing { .. }
         )
     }
 }
@@ -365,8 +387,17 @@ fn from_redb(path: &Path, source: redb::Error) -> IndexError {
         redb::Error::Io(e) => e.kind() == std::io::ErrorKind::InvalidData,
         _ => false,
     };
+    let os_error = match &source {
+        redb::Error::Io(e) => e.raw_os_error(),
+        _ => None,
+    };
     if is_damage {
         damaged(path)
+    } else if matches!(os_error, Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        IndexError::NoSpace {
+            path: path.to_path_buf(),
+            source: std::io::Error::from_raw_os_error(os_error.unwrap_or(libc::ENOSPC)),
+        }
     } else if let redb::Error::Io(e) = &source
         && e.raw_os_error() == Some(libc::EIO)
     {
@@ -429,6 +460,8 @@ pub struct Index {
     journal_path: PathBuf,
     lock_opts: LockOptions,
     file_mode: u32,
+    /// `v1/blobs`: an index is never started empty beside image files.
+    blobs_dir: PathBuf,
 }
 
 /// What `Index::rebuild` did.
@@ -448,6 +481,37 @@ pub struct Rebuilt {
     pub voided: u64,
     /// Journal lines that could not be read and were skipped.
     pub skipped_lines: Vec<usize>,
+    /// Where the journal with those lines was kept before a fresh one replaced it.
+    pub journal_aside: Option<PathBuf>,
+    /// There was no journal: the index was rebuilt from `blobs/` alone.
+    pub from_blobs_alone: bool,
+    /// Blob files no rebuilt name pointed at, kept under a recovered, pinned name.
+    pub recovered: Vec<Recovered>,
+}
+
+/// A blob file that a rebuild found without a name, now kept under [`recovered_name`].
+#[derive(Clone, Debug, Serialize)]
+pub struct Recovered {
+    pub name: String,
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: Option<String>,
+}
+
+/// What a rebuild knows of a blob file from `blobs/` itself.
+#[derive(Clone, Debug, Default)]
+pub struct OnDisk {
+    pub size: u64,
+    /// Sniffed from the content (a SIF's header), when it tells.
+    pub media_type: Option<String>,
+    /// The file has a second link: the staged file in `tmp/` of an add or pull that is
+    /// committing it, or was killed before it could (no name was ever committed for it).
+    pub in_flight: bool,
+}
+
+/// The name a rebuild gives a blob that no name points at: `recovered/<hex>:latest`.
+pub fn recovered_name(d: &Digest) -> String {
+    format!("recovered/{}:latest", d.hex())
 }
 
 impl Index {
@@ -459,6 +523,7 @@ impl Index {
             journal_path: v1.join("index.journal"),
             lock_opts,
             file_mode,
+            blobs_dir: v1.join("blobs"),
         }
     }
 
@@ -494,14 +559,43 @@ impl Index {
         }
     }
 
+    /// Why there is no `index.redb` to use, if it must not be started empty: a journal
+    /// holds names, or `blobs/` holds images (`blobs/<algorithm>/<fan-out>/<file>`) that
+    /// an empty index would leave to the next gc. A blob with a second link is an add or
+    /// pull in flight (its staged file in `tmp/` is that link; the first add of a new cache
+    /// links its blob before it creates the index), so only files with one link count.
+    /// Read only when the index is missing.
+    fn refuse_missing(&self) -> Option<IndexError> {
+        use std::os::unix::fs::MetadataExt;
+        if self.journal_exists() {
+            return Some(self.behind_journal());
+        }
+        let has_files = |dir: &Path| {
+            std::fs::read_dir(dir).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1))
+            })
+        };
+        let holds_images = std::fs::read_dir(&self.blobs_dir).is_ok_and(|algos| {
+            algos.flatten().any(|algo| {
+                std::fs::read_dir(algo.path())
+                    .is_ok_and(|fans| fans.flatten().any(|fan| has_files(&fan.path())))
+            })
+        });
+        holds_images.then(|| IndexError::Missing {
+            path: self.db_path.clone(),
+            blobs: self.blobs_dir.clone(),
+        })
+    }
+
     /// Open for reading under the shared lock.
     pub fn read(&self) -> Result<IndexReader, IndexError> {
         let mut repaired = false;
         loop {
             let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
             if !self.db_path.exists() {
-                if self.journal_exists() {
-                    return Err(self.behind_journal());
+                if let Some(e) = self.refuse_missing() {
+                    return Err(e);
                 }
                 return Ok(IndexReader {
                     txn: None,
@@ -550,8 +644,8 @@ impl Index {
             Some(file) => file,
             None => {
                 if !self.db_path.exists() {
-                    if self.journal_exists() {
-                        return Err(self.behind_journal());
+                    if let Some(e) = self.refuse_missing() {
+                        return Err(e);
                     }
                     self.build_fresh(|_| Ok(()))?;
                 }
@@ -797,25 +891,52 @@ impl Index {
         Ok(w)
     }
 
+    /// Take the exclusive lock and run `f` on the index as it is, opened read-only
+    /// (`None` when it is missing, damaged or cannot be opened without a repair): for a
+    /// command that failed before its write transaction to look, with no writer between,
+    /// whether the index knows what it put in `blobs/`.
+    pub fn view_exclusive<T>(
+        &self,
+        f: impl FnOnce(Option<&IndexReader>) -> T,
+    ) -> Result<T, IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        let view = if self.db_path.exists() {
+            self.open_read_only(Cell::new(false))
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        Ok(f(view.as_ref()))
+    }
+
     /// Rebuild the index from the journal (`doctor --repair-index`), under the exclusive
     /// lock: see the protocol above. `on_disk` maps each blob file found to its size.
-    pub fn rebuild(&self, on_disk: &HashMap<Digest, u64>) -> Result<Rebuilt, IndexError> {
+    pub fn rebuild(&self, on_disk: &HashMap<Digest, OnDisk>) -> Result<Rebuilt, IndexError> {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         let rebuild_err = |detail: String| IndexError::Rebuild {
             path: self.db_path.clone(),
             detail,
         };
-        let replayed = journal::replay(&self.journal_path).map_err(|e| {
-            rebuild_err(format!(
-                "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
-            ))
-        })?;
+        let replayed = match journal::replay(&self.journal_path) {
+            Ok(r) => r,
+            // No journal (deleted with the index, a partial restore): no name can come
+            // back, but every image does, under a recovered name.
+            Err(journal::ReplayError::Missing { .. }) => journal::Replayed::default(),
+            Err(e) => {
+                return Err(rebuild_err(format!(
+                    "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
+                )));
+            }
+        };
+        let journal_missing = !self.journal_path.exists();
         let now = crate::format::clock::now();
         let mut state = replayed.state;
         let mut report = Rebuilt {
             replayed: replayed.applied,
             voided: replayed.voided,
             skipped_lines: replayed.skipped,
+            from_blobs_alone: journal_missing,
             ..Rebuilt::default()
         };
         for (name, r) in &state.refs {
@@ -824,21 +945,87 @@ impl Index {
             }
         }
         let wanted: HashSet<Digest> = state.refs.values().map(|r| r.digest).collect();
-        for d in wanted {
-            if let (None, Some(size)) = (state.blobs.get(&d), on_disk.get(&d)) {
-                state.blobs.insert(
-                    d,
-                    BlobRecord {
-                        size: *size,
-                        added: now,
-                        media_type: None,
-                        remote_digest: None,
-                        ..Default::default()
-                    },
-                );
+        let from_file = |f: &OnDisk| BlobRecord {
+            size: f.size,
+            added: now,
+            media_type: f.media_type.clone(),
+            ..Default::default()
+        };
+        for d in &wanted {
+            if let (None, Some(f)) = (state.blobs.get(d), on_disk.get(d)) {
+                state.blobs.insert(*d, from_file(f));
                 report.blob_records_from_files += 1;
             }
         }
+        // Every blob file that no name points at and no named image lists as a part is
+        // kept under a recovered name, pinned: its name may be what the damage lost, and
+        // gc must not take it (invariant 8). The user names it again, or removes it. A
+        // file an add or pull holds a staged link to is theirs, named by their commit or
+        // (killed) never named, and so is one only a void transaction recorded: left to
+        // them and to gc.
+        let parts: HashSet<Digest> = wanted
+            .iter()
+            .filter_map(|d| state.blobs.get(d))
+            .flat_map(|b| b.parts.iter().copied())
+            .collect();
+        let mut loose: Vec<(&Digest, &OnDisk)> = on_disk
+            .iter()
+            .filter(|(d, f)| {
+                let killed_writers = f.in_flight
+                    || (replayed.never_committed.contains(d) && !state.blobs.contains_key(d));
+                !killed_writers && !wanted.contains(d) && !parts.contains(d)
+            })
+            .collect();
+        loose.sort_by_key(|(d, _)| d.hex());
+        for (d, f) in loose {
+            let name = recovered_name(d);
+            if !state.blobs.contains_key(d) {
+                state.blobs.insert(*d, from_file(f));
+                report.blob_records_from_files += 1;
+            }
+            state.refs.insert(
+                name.clone(),
+                RefRecord {
+                    digest: *d,
+                    added: now,
+                    source: None,
+                    labels: BTreeMap::new(),
+                },
+            );
+            state.pins.insert(name.clone(), now);
+            report.recovered.push(Recovered {
+                name,
+                digest: *d,
+                size: f.size,
+                media_type: f.media_type.clone(),
+            });
+        }
+        // The journal must rebuild what the new index holds: a fresh snapshot of it, when
+        // that differs from what the journal replays. A journal with lines that could not
+        // be read is kept aside first, as the damaged index is.
+        let rewrite =
+            journal_missing || !report.recovered.is_empty() || !report.skipped_lines.is_empty();
+        if rewrite && !report.skipped_lines.is_empty() {
+            let aside = self
+                .journal_path
+                .with_file_name(format!("index.journal.damaged-{now}"));
+            std::fs::copy(&self.journal_path, &aside)
+                .map_err(|e| rebuild_err(format!("cannot keep `{}`: {e}", aside.display())))?;
+            report.journal_aside = Some(aside);
+        }
+        let base = if rewrite {
+            Some(
+                journal::write_snapshot(&self.journal_path, &state, replayed.seq, self.file_mode)
+                    .map_err(|e| {
+                    rebuild_err(format!(
+                        "cannot write `{}`: {e}",
+                        self.journal_path.display()
+                    ))
+                })?,
+            )
+        } else {
+            None
+        };
         if self.db_path.exists() {
             // A name no earlier repair used: a damaged index is kept, never replaced.
             let aside = (0..)
@@ -861,7 +1048,8 @@ impl Index {
             })?;
             report.moved_aside = Some(aside);
         }
-        let base = std::fs::metadata(&self.journal_path).map_or(0, |m| m.len());
+        let base =
+            base.unwrap_or_else(|| std::fs::metadata(&self.journal_path).map_or(0, |m| m.len()));
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
             self.build_fresh(|txn| {
@@ -1686,7 +1874,29 @@ impl IndexWriter {
 
     /// [`commit`](IndexWriter::commit), then run `after` while the exclusive lock is still
     /// held (to remove what the commit made redundant, with no reader or writer between).
-    pub fn commit_then<T>(mut self, after: impl FnOnce() -> T) -> Result<T, IndexError> {
+    pub fn commit_then<T>(self, after: impl FnOnce() -> T) -> Result<T, IndexError> {
+        self.commit_then_else(after, || ())
+    }
+
+    /// [`commit_then`](IndexWriter::commit_then), and if the commit fails, run `failed`
+    /// while the exclusive lock is still held (to take out what the failed transaction
+    /// had put in `blobs/`, with no writer between: invariant 8 of the design).
+    pub fn commit_then_else<T>(
+        mut self,
+        after: impl FnOnce() -> T,
+        failed: impl FnOnce(),
+    ) -> Result<T, IndexError> {
+        let done = self.commit_inner();
+        match done {
+            Ok(()) => Ok(after()),
+            Err(e) => {
+                failed();
+                Err(e)
+            }
+        }
+    }
+
+    fn commit_inner(&mut self) -> Result<(), IndexError> {
         let ops = self.ops.take();
         let seq = self.seq.get() + 1;
         let journaled = !ops.is_empty();
@@ -1723,8 +1933,7 @@ impl IndexWriter {
             };
             let _ = self.append(&void, false);
         }
-        committed?;
-        Ok(after())
+        committed
     }
 }
 

@@ -93,7 +93,7 @@ pub use collect::{Snapshot, Victims};
 pub use health::Repaired;
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
-    RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
+    Recovered, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught, recovered_name,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub use settings::{Settings, SettingsError};
@@ -801,7 +801,7 @@ impl Cache {
             .blob_path(&digest)
             .parent()
             .is_some_and(Path::is_dir);
-        staged.place(&self.store);
+        let linked = staged.place(&self.store);
         testhook::pause("add-staged");
         // The pin check reads the index in the open that checks this build may write it,
         // before the read-write open: a refusal leaves the index file as it was, and the
@@ -825,6 +825,13 @@ impl Cache {
             Ok(w) => w,
             Err(e) => {
                 store::unlink_now(&refused_aside);
+                // The index refused the writer (damaged, missing, newer): the blob this
+                // command linked in must not stay unknown to it (invariant 8).
+                if linked
+                    && matches!(&e, CacheError::Index(ie) if !matches!(ie, IndexError::Lock(_)))
+                {
+                    self.take_back(&[digest]);
+                }
                 return Err(e);
             }
         };
@@ -835,10 +842,56 @@ impl Cache {
             store::unlink_now(&aside);
             return Err(e);
         }
-        let entry = self.put_staged(&mut w, staged, parts, key, prov, now)?;
+        let new_parts = parts.iter().filter_map(|p| match p {
+            Part::New { content, .. } => Some(content.digest()),
+            Part::Known(_) => None,
+        });
+        let fresh = unknown_to(&w, std::iter::once(digest).chain(new_parts))?;
+        let entry = match self.put_staged(&mut w, staged, parts, key, prov, now) {
+            Ok(entry) => entry,
+            Err(e) => {
+                let aside = self.take_out(&fresh);
+                drop(w);
+                store::unlink_now(&aside);
+                return Err(e);
+            }
+        };
         testhook::pause("add-index-uncommitted");
-        w.commit()?;
+        let mut aside = Vec::new();
+        let committed = w.commit_then_else(|| (), || aside = self.take_out(&fresh));
+        store::unlink_now(&aside);
+        committed?;
         Ok(entry)
+    }
+
+    /// Move the files of `ds` out of `blobs/` into `tmp/` (the caller holds the exclusive
+    /// lock, and its transaction, which alone knew them, failed): the paths to
+    /// [`store::unlink_now`] once the lock is released.
+    fn take_out(&self, ds: &[Digest]) -> Vec<PathBuf> {
+        ds.iter()
+            .filter_map(|d| self.store.unlink_later(d).ok().flatten())
+            .collect()
+    }
+
+    /// A command that linked `linked` into `blobs/` failed before it could open its write
+    /// transaction (the index is damaged, missing or refuses this build): under the
+    /// exclusive lock, take out each of them that the index does not know, or every one
+    /// when the index cannot be read (no writer can name anything then). These links are
+    /// this command's own (the blob was not there before), so nothing else was handed them;
+    /// a concurrent add of the same content puts the blob back from its staged file as it
+    /// commits ([`store::Staged::commit`]).
+    fn take_back(&self, linked: &[Digest]) {
+        let aside = self.index.view_exclusive(|view| {
+            let gone: Vec<Digest> = linked
+                .iter()
+                .filter(|d| view.is_none_or(|v| !matches!(v.get_blob(d), Ok(Some(_)))))
+                .copied()
+                .collect();
+            self.take_out(&gone)
+        });
+        if let Ok(aside) = aside {
+            store::unlink_now(&aside);
+        }
     }
 
     /// Under the exclusive lock, before `staged` is committed under `key`: refuse to
@@ -1356,6 +1409,21 @@ fn pull_lock_name(remote: &str) -> String {
 }
 
 /// Refuse `r` when it carries a digest and its name points to other content.
+/// Of `ds`, those the open transaction `w` has no record of (each once): what it must take
+/// out of `blobs/` again if it fails.
+fn unknown_to(
+    w: &IndexWriter,
+    ds: impl IntoIterator<Item = Digest>,
+) -> Result<Vec<Digest>, IndexError> {
+    let mut out: Vec<Digest> = Vec::new();
+    for d in ds {
+        if !out.contains(&d) && w.get_blob(&d)?.is_none() {
+            out.push(d);
+        }
+    }
+    Ok(out)
+}
+
 pub(crate) fn check_digest(r: &Reference, rec: &RefRecord) -> Result<(), CacheError> {
     match r.digest() {
         Some(want) if *want != rec.digest => Err(CacheError::DigestMismatch {

@@ -122,9 +122,14 @@ impl Staged {
     /// index transaction alone). Until the name is committed the blob is unreferenced, and
     /// gc may remove it; `commit` then puts it back from the staged file, which is kept
     /// until then.
-    pub fn place(&self, store: &Store) {
-        if let Some(dir) = self.place_unsynced(store) {
-            let _ = sync_dir(&dir);
+    /// Returns whether this call made the link (the blob was not there before).
+    pub fn place(&self, store: &Store) -> bool {
+        match self.place_unsynced(store) {
+            Some(dir) => {
+                let _ = sync_dir(&dir);
+                true
+            }
+            None => false,
         }
     }
 

@@ -295,6 +295,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     if readable {
         out.push(journal_check(cache));
     }
+    out.push(blobs_check(cache, readable));
 
     // Leftovers.
     let tmp = cache.tmp_files().unwrap_or_default();
@@ -390,6 +391,58 @@ fn index_check(cache: &Cache, read_only: bool) -> Check {
             ),
         ),
         Err(e) => check("index", Fail, e.to_string()),
+    }
+}
+
+/// The image files under `blobs/` that the index does not know (invariant 8: none should
+/// be, but a command killed between storing an image and naming it leaves one; a lost or
+/// deleted index leaves them all).
+fn blobs_check(cache: &Cache, readable: bool) -> Check {
+    use Status::*;
+    let blobs = cache.blobs_dir().display().to_string();
+    let on_disk: Vec<_> = match cache.blobs_on_disk() {
+        Ok(found) => found.into_iter().filter(|f| f.digest.is_some()).collect(),
+        Err(e) => return check("blobs", Warn, e.to_string()),
+    };
+    let known: Option<std::collections::HashSet<_>> = if readable {
+        cache
+            .snapshot()
+            .ok()
+            .map(|(_, records)| records.into_iter().map(|(d, _)| d).collect())
+    } else {
+        None
+    };
+    let Some(known) = known else {
+        return check(
+            "blobs",
+            if on_disk.is_empty() { Pass } else { Warn },
+            format!(
+                "{} image file(s) in `{blobs}` that the index cannot account for until it is repaired (`sregistry doctor --repair-index` keeps every one)",
+                on_disk.len()
+            ),
+        );
+    };
+    let unknown: Vec<_> = on_disk
+        .iter()
+        .filter(|f| f.digest.is_some_and(|d| !known.contains(&d)))
+        .collect();
+    if unknown.is_empty() {
+        check(
+            "blobs",
+            Pass,
+            format!("{} image file(s), each known to the index", on_disk.len()),
+        )
+    } else {
+        check(
+            "blobs",
+            Warn,
+            format!(
+                "{} of {} image file(s) in `{blobs}` are unknown to the index ({} bytes): left by a command killed between storing and naming them (none was ever named); `sregistry verify` lists them and `sregistry gc` removes them",
+                unknown.len(),
+                on_disk.len(),
+                unknown.iter().map(|f| f.size).sum::<u64>()
+            ),
+        )
     }
 }
 

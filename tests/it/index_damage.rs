@@ -328,7 +328,10 @@ fn a_repair_without_a_readable_journal_refuses_and_changes_nothing() {
         1,
         "snapshot line",
     );
-    assert_eq!(env.snapshot(), before);
+    // The lock repairs take turns on is the one file it may leave.
+    let mut after = env.snapshot();
+    after.remove(&env.cache.join("v1/locks/index-repair.lock"));
+    assert_eq!(after, before);
 }
 
 /// Danger: an index deleted (or restored from an old copy) beside its journal was taken

@@ -8,6 +8,7 @@ mod contention;
 mod convert;
 mod crash;
 mod docker;
+mod forget_nothing;
 mod gc;
 mod images;
 mod index_damage;

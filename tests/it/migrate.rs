@@ -556,3 +556,92 @@ fn a_move_killed_before_its_batch_commits_loses_nothing() {
         fs::read(fixture("one-group.sif")).unwrap()
     );
 }
+
+/// Danger: the first `migrate` of 30 images into a small filesystem staged and linked
+/// every image, then its index write failed with ENOSPC and left the blobs behind: the
+/// disk stayed full, and every later command failed with ENOSPC (invariant 8).
+#[test]
+fn a_migrate_whose_index_write_finds_no_space_takes_its_blobs_out() {
+    if crate::common::skip_unless_root(
+        "a_migrate_whose_index_write_finds_no_space_takes_its_blobs_out",
+        "mounts a tmpfs",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let small = env.path("small");
+    let mnt = crate::common::Tmpfs::mount(&small, "4m");
+    let cache = small.join("cache");
+    // 30 images that fill the filesystem but for a few pages: too few for a new index.
+    let free = {
+        use std::os::unix::ffi::OsStrExt;
+        let c = std::ffi::CString::new(small.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a zeroed statvfs is valid storage; statvfs fills it.
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+        st.f_bavail as usize * st.f_frsize as usize
+    };
+    let each = (free - 12 * 4096) / 30 / 4096 * 4096;
+    let files: Vec<(PathBuf, String)> = (0..30)
+        .map(|i| {
+            let mut content = vec![i as u8; each];
+            content[0] = b'#';
+            (
+                env.file(&format!("img{i}"), &content),
+                format!("lab/img{i}:1"),
+            )
+        })
+        .collect();
+    let old = Old::new(&env);
+    let pairs: Vec<(&Path, &str)> = files
+        .iter()
+        .map(|(f, n)| (f.as_path(), n.as_str()))
+        .collect();
+    old.add(&pairs);
+    let out = env
+        .std_cmd()
+        .env("SREGISTRY_CACHE", &cache)
+        .arg("migrate")
+        .arg("--from")
+        .arg(&old.db_dir)
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left"), "{err}");
+    let under = |sub: &str| -> usize {
+        fn count(p: &Path) -> usize {
+            fs::read_dir(p).map_or(0, |rd| {
+                rd.flatten()
+                    .map(|e| {
+                        if e.path().is_dir() {
+                            count(&e.path())
+                        } else {
+                            1
+                        }
+                    })
+                    .sum()
+            })
+        }
+        count(&cache.join("v1").join(sub))
+    };
+    assert_eq!(under("blobs"), 0, "the failed migrate left blobs behind");
+    assert_eq!(under("tmp"), 0);
+    // With a larger filesystem, the same migrate brings every image in.
+    crate::common::run(
+        StdCommand::new("mount")
+            .args(["-o", "remount,size=8m"])
+            .arg(&small),
+    );
+    let out = env
+        .std_cmd()
+        .env("SREGISTRY_CACHE", &cache)
+        .arg("migrate")
+        .arg("--from")
+        .arg(&old.db_dir)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(under("blobs"), 30);
+    drop(mnt);
+}

@@ -137,6 +137,10 @@ pub struct Replayed {
     pub voided: u64,
     /// Line numbers (from 1) that could not be parsed and were skipped.
     pub skipped: Vec<usize>,
+    /// Blobs recorded only by transactions marked void: a writer that died (or failed)
+    /// between its append and its commit linked them, and no name was ever committed for
+    /// them.
+    pub never_committed: std::collections::BTreeSet<Digest>,
 }
 
 /// The last complete line of the journal, read by a writer to check that the journal and
@@ -200,8 +204,14 @@ pub fn replay(path: &Path) -> Result<Replayed, ReplayError> {
                 out.skipped.push(i + 1);
             }
         } else if line.void {
-            if txns.last().is_some_and(|(s, _)| *s == line.seq) {
-                txns.pop();
+            if txns.last().is_some_and(|(s, _)| *s == line.seq)
+                && let Some((_, ops)) = txns.pop()
+            {
+                out.never_committed
+                    .extend(ops.iter().filter_map(|op| match op {
+                        Op::PutBlob { digest, .. } => Some(*digest),
+                        _ => None,
+                    }));
             }
             out.voided += 1;
         } else {

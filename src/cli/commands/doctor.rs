@@ -38,7 +38,9 @@ pub fn run(ctx: &Ctx, args: &DoctorArgs) -> Result<()> {
     Ok(())
 }
 
-/// Rebuild the index; exit 4 when names are left whose image file is missing.
+/// Rebuild the index; exit 4 when the rebuild could not account for everything: journal
+/// lines skipped, image files kept under recovered names, or names whose image file is
+/// missing.
 fn repair(ctx: &Ctx) -> Result<()> {
     let db = ctx.cache.index_path().display();
     let journal = ctx.cache.journal_path().display();
@@ -66,10 +68,17 @@ fn repair(ctx: &Ctx) -> Result<()> {
     if ctx.json {
         output::json(&serde_json::json!({ "repaired": "index", "rebuilt": r }))?;
     } else {
-        output::line(format!(
-            "rebuilt `{db}` from `{journal}`: {} names, {} blobs, {} pins ({} transactions replayed)",
-            r.names, r.blobs, r.pins, r.replayed
-        ))?;
+        if r.from_blobs_alone {
+            output::line(format!(
+                "rebuilt `{db}` from the image files alone (there is no journal `{journal}`): {} names, {} blobs, {} pins",
+                r.names, r.blobs, r.pins
+            ))?;
+        } else {
+            output::line(format!(
+                "rebuilt `{db}` from `{journal}`: {} names, {} blobs, {} pins ({} transactions replayed)",
+                r.names, r.blobs, r.pins, r.replayed
+            ))?;
+        }
         if let Some(aside) = &r.moved_aside {
             output::line(format!(
                 "the damaged index is kept as `{}`",
@@ -84,9 +93,31 @@ fn repair(ctx: &Ctx) -> Result<()> {
         }
         if !r.skipped_lines.is_empty() {
             output::line(format!(
-                "warn: journal line(s) {:?} could not be read and were skipped",
-                r.skipped_lines
+                "warn: journal line(s) {:?} could not be read and were skipped (the journal is kept as `{}`); the names they held may be among the recovered images below",
+                r.skipped_lines,
+                r.journal_aside
+                    .as_deref()
+                    .unwrap_or(ctx.cache.journal_path())
+                    .display()
             ))?;
+        }
+        if !r.recovered.is_empty() {
+            output::line(format!(
+                "warn: {} image file(s) had no name and are kept, pinned, under recovered names (`sregistry tag` one to name it, `sregistry unpin` and `sregistry rm` what you do not need):",
+                r.recovered.len()
+            ))?;
+            for rec in &r.recovered {
+                output::line(format!(
+                    "  {}  {} bytes{}",
+                    rec.name,
+                    rec.size,
+                    if rec.media_type.is_some() {
+                        "  SIF"
+                    } else {
+                        ""
+                    }
+                ))?;
+            }
         }
         if !r.missing_blobs.is_empty() {
             output::line(format!(
@@ -96,7 +127,7 @@ fn repair(ctx: &Ctx) -> Result<()> {
             ))?;
         }
     }
-    if !r.missing_blobs.is_empty() {
+    if !r.missing_blobs.is_empty() || !r.skipped_lines.is_empty() || !r.recovered.is_empty() {
         return Err(Reported {
             status: ExitStatus::Problem,
         }
