@@ -146,3 +146,55 @@ impl Drop for Registration {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    #[test]
+    fn a_fork_while_other_threads_are_inside_the_gate_leaves_the_child_free_to_enter_it() {
+        // Threads register and unregister descriptors without a pause (each a pass
+        // through the registry's mutex) while this thread forks; every child must be able
+        // to take that mutex itself at once. A child that found it held by a thread it
+        // does not have would hang until its alarm killed it.
+        let stop = Arc::new(AtomicBool::new(false));
+        let busy: Vec<_> = (0..2)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        let opened = open(|| std::fs::File::open("/dev/null"));
+                        drop(opened);
+                    }
+                })
+            })
+            .collect();
+        let mut hung = None;
+        for n in 1..=200 {
+            // SAFETY: the child runs the library's registry code (what a forked Python
+            // child does) under an alarm, then leaves with _exit.
+            let pid = unsafe { libc::fork() };
+            assert!(pid >= 0);
+            if pid == 0 {
+                // SAFETY: alarm and _exit are async-signal-safe.
+                unsafe { libc::alarm(5) };
+                let ok = open(|| std::fs::File::open("/dev/null")).is_ok();
+                unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+            }
+            let mut status = 0;
+            // SAFETY: our own child.
+            unsafe { libc::waitpid(pid, &mut status, 0) };
+            if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+                hung = Some(n);
+                break;
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        for t in busy {
+            t.join().unwrap();
+        }
+        assert_eq!(hung, None, "a child hung on a mutex it inherited held");
+    }
+}
