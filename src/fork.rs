@@ -158,7 +158,7 @@ mod tests {
         // Threads register and unregister descriptors without a pause (each a pass
         // through the registry's mutex) while this thread forks; every child must be able
         // to take that mutex itself at once. A child that found it held by a thread it
-        // does not have would hang until its alarm killed it.
+        // does not have would hang for ever.
         let stop = Arc::new(AtomicBool::new(false));
         let busy: Vec<_> = (0..2)
             .map(|_| {
@@ -174,18 +174,33 @@ mod tests {
         let mut hung = None;
         for n in 1..=200 {
             // SAFETY: the child runs the library's registry code (what a forked Python
-            // child does) under an alarm, then leaves with _exit.
+            // child does), then leaves with _exit.
             let pid = unsafe { libc::fork() };
             assert!(pid >= 0);
             if pid == 0 {
-                // SAFETY: alarm and _exit are async-signal-safe.
-                unsafe { libc::alarm(5) };
                 let ok = open(|| std::fs::File::open("/dev/null")).is_ok();
+                // SAFETY: _exit is async-signal-safe.
                 unsafe { libc::_exit(if ok { 0 } else { 1 }) };
             }
+            // A bounded wait: a child that hangs (in the fork handler itself, which takes
+            // the registry's mutex) is killed and counted.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             let mut status = 0;
-            // SAFETY: our own child.
-            unsafe { libc::waitpid(pid, &mut status, 0) };
+            loop {
+                // SAFETY: our own child.
+                if unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) } == pid {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    // SAFETY: our own child.
+                    unsafe {
+                        libc::kill(pid, libc::SIGKILL);
+                        libc::waitpid(pid, &mut status, 0);
+                    }
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
             if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
                 hung = Some(n);
                 break;
