@@ -30,6 +30,7 @@
 
 pub mod cache;
 pub mod convert;
+pub(crate) mod fork;
 pub mod format;
 pub mod maintain;
 pub mod remote;

@@ -53,6 +53,7 @@ fn cache_error_class(e: &CacheError) -> &'static str {
         | CacheError::Remove { .. }
         | CacheError::NoRoot
         | CacheError::Stopped { .. }
+        | CacheError::Reentered { .. }
         | CacheError::Settings(_)
         | CacheError::Store(_) => "Error",
     }

@@ -16,13 +16,14 @@ every place the behaviour differs from the old client, and why.
 """
 
 import datetime
+import hashlib
 import json
 import os
 import re
 import shutil
 import sys
 
-from sregistry._errors import InvalidInput, NotFound
+from sregistry._errors import Error, InvalidInput, NotFound
 from sregistry._native import Cache, is_remote
 
 # Labels that keep what the old client kept in its database row and the cache has no
@@ -33,6 +34,11 @@ URL_LABEL = "org.sregistry.migrate.url"
 METRICS_LABEL = "org.sregistry.migrate.metrics"
 ROW_LABEL = "org.sregistry.migrate.row"
 CREATED_LABEL = "org.sregistry.migrate.created"
+
+# A superseded version's name: the tag, `.v.`, and 16 hex digits of the version's SHA-256
+# (see `_kept_name`).
+_KEPT_TAG = re.compile(r"^(?P<tag>.+)[.]v[.](?P<hash>[0-9a-f]{16})$")
+_TAG_MAX = 128
 
 _EXTENSION = re.compile(r"[.](img|simg|sif)")
 _SCHEME = re.compile(r"^.+://")
@@ -70,6 +76,21 @@ def _parse(uri, tag=None, version=None):
         "name": name,
         "uri": uri,
     }
+
+
+def _version_hash(version):
+    return hashlib.sha256(version.encode()).hexdigest()[:16]
+
+
+def _kept_name(name, version):
+    """The name that keeps ``version`` of ``name`` (``collection/image:tag``) once ``name``
+    points to another version: ``collection/image:tag.v.<16 hex digits of the version's
+    SHA-256>``. The old client kept one row and one file per version, found by
+    ``name:tag@version``; here each superseded version keeps a name of its own in the
+    cache, so ``get`` finds it, ``images`` lists it, and gc spares it as any named image."""
+    repo, _, tag = name.rpartition(":")
+    suffix = ".v." + _version_hash(version)
+    return "%s:%s%s" % (repo, tag[: _TAG_MAX - len(suffix)], suffix)
 
 
 def _created(label, added):
@@ -125,9 +146,14 @@ class Container:
         self.id = int(row) if row and row.isdigit() else None
         self.collection = Collection(collection)
         self.collection_id = None
+        version = labels.get(VERSION_LABEL) or img.digest
+        kept = _KEPT_TAG.match(tag)
+        if kept and kept.group("hash") == _version_hash(version):
+            # A superseded version (see `_kept_name`): shown under the tag it had.
+            tag = kept.group("tag")
         self.name = name
         self.tag = tag
-        self.version = labels.get(VERSION_LABEL) or img.digest
+        self.version = version
         self.image = img.path
         self.url = labels.get(URL_LABEL) or (
             img.source if img.source and is_remote(img.source) else None
@@ -180,17 +206,52 @@ class Client:
     # -- names -------------------------------------------------------------------------
 
     def _find(self, name):
-        """The record of ``name``, or None when the cache has no such name (or it holds
-        another version than the one asked for)."""
+        """The record of ``name``, or None when the cache has no such name. With a version
+        (``name:tag@version``), the record of that version: the name's own, or a superseded
+        one kept under its version's name (`_kept_name`)."""
         names = _parse(name)
+        wanted = [names["name"]]
+        if names["version"]:
+            wanted.append(_kept_name(names["name"], names["version"]))
+        for cache_name in wanted:
+            try:
+                img = self.cache.inspect(cache_name, sif=False)
+            except NotFound:
+                continue
+            record = Container(img)
+            if not names["version"] or names["version"] == record.version:
+                return record
+        return None
+
+    def _keep_current(self, name, version=None):
+        """Before ``name`` is pointed at other content: give the version it holds now a
+        name of its own (`_kept_name`), unless it is ``version`` (the one about to
+        replace it). Returns the name made, or None."""
+        for _ in range(10):
+            try:
+                img = self.cache.inspect(name, sif=False)
+            except NotFound:
+                return None
+            current = Container(img).version
+            if version is not None and current == version:
+                return None
+            kept = _kept_name(name, current)
+            try:
+                # `name@digest`: only the content looked at, even if the name moves now.
+                self.cache.tag("%s@%s" % (name, img.digest), kept)
+                return kept
+            except NotFound:
+                continue  # re-pointed or removed meanwhile: look again
+        raise Error(
+            "`%s` kept changing while its current version was being kept; try again" % name
+        )
+
+    def _forget_kept(self, kept):
+        """Remove a kept version's name (its content stays when another name uses it)."""
         try:
-            img = self.cache.inspect(names["name"], sif=False)
+            self.cache.remove(kept, keep_blobs=True)
         except NotFound:
-            return None
-        record = Container(img)
-        if names["version"] and names["version"] != record.version:
-            return None
-        return record
+            pass
 
     # -- the old client's methods ------------------------------------------------------
 
@@ -226,7 +287,17 @@ class Client:
         if metadata:
             labels[METRICS_LABEL] = json.dumps(metadata, sort_keys=True)
         moving = save and not copy
-        img = self.cache.add(image_path, names["name"], move=moving, labels=labels)
+        # The version the name holds now stays reachable as `name@version` (as the old
+        # client's row and file per version did): kept under a name of its own first.
+        kept = self._keep_current(names["name"], names["version"])
+        try:
+            img = self.cache.add(image_path, names["name"], move=moving, labels=labels)
+        except BaseException:
+            if kept is not None:
+                self._forget_kept(kept)
+            raise
+        # The version now current needs no second name.
+        self._forget_kept(_kept_name(names["name"], Container(img).version))
         if moving and os.path.exists(image_path):
             # The cache copies when it cannot take the file itself (another filesystem,
             # other links to it); the old client's add left nothing behind either way.
@@ -240,7 +311,7 @@ class Client:
         record = self._find(name)
         if record is not None:
             # The path from `get` itself: it checks the file and records the use.
-            record.image = self.cache.get(_parse(name)["name"])
+            record.image = self.cache.get(record._image.name)
             if not quiet:
                 print(record.image)
         return record
@@ -262,7 +333,10 @@ class Client:
         """The record of ``name`` as a dict (printed as JSON unless quiet). Raises
         ``sregistry.NotFound`` (a ``KeyError``) when there is none."""
         names = _parse(name)
-        img = self.cache.inspect(names["name"])
+        found = self._find(name)
+        if found is None and names["version"]:
+            raise NotFound("no image `%s` in the cache" % names["uri"])
+        img = self.cache.inspect(names["name"] if found is None else found._image.name)
         record = Container(img)
         try:
             metrics = json.loads(record.metrics)
@@ -294,7 +368,7 @@ class Client:
         record = self._find(image_name)
         if record is None:
             return None
-        self.cache.remove(_parse(image_name)["name"])
+        self.cache.remove(record._image.name)
         self._say("[rm] %s" % record.uri)
         return record.image
 
@@ -338,10 +412,19 @@ class Client:
         if container is None:
             print("%s not found" % image_name, file=sys.stderr)
             return None
-        old, new = _parse(image_name)["name"], _parse(path)["name"]
-        self.cache.tag(old, new)
-        if old != new:
-            self.cache.remove(old, keep_blobs=True)
+        old, new = container._image.name, _parse(path)["name"]
+        if old == new:
+            return container
+        # What `new` holds now stays reachable as `new@version`, as after `add`.
+        kept = self._keep_current(new, container.version)
+        try:
+            self.cache.tag("%s@%s" % (old, container._image.digest), new)
+        except BaseException:
+            if kept is not None:
+                self._forget_kept(kept)
+            raise
+        self.cache.remove(old, keep_blobs=True)
+        self._forget_kept(_kept_name(new, container.version))
         return self._find(new)
 
     def pull(self, images, file_name=None, save=True, **kwargs):

@@ -174,3 +174,125 @@ def test_a_migrated_image_reads_back_with_its_old_record(tmp_path):
     assert rec.url == "https://example.org/old.sif"
     assert rec.id == int(row)
     assert rec.uri == "lab/old:1.0@" + version
+
+
+def test_a_second_add_under_one_uri_keeps_the_first_version(client, make_file):
+    """Danger: the second add under a uri re-pointing the name and dropping the first
+    image: `get(uri@version)` answering None and the next gc deleting the only copy of a
+    file the add had moved in (the old client kept one row and one file per version)."""
+    a = make_file("a.sif", 5000, seed=31)
+    a_bytes = a.read_bytes()
+    b = make_file("b.sif", 5000, seed=32)
+    ra = client.add(image_path=str(a), image_uri="lab/tool:1")
+    rb = client.add(image_path=str(b), image_uri="lab/tool:1")
+    assert not a.exists() and ra.version != rb.version
+    assert client.get("lab/tool:1", quiet=True).version == rb.version
+    first = client.get("lab/tool:1@" + ra.version, quiet=True)
+    assert first is not None, "the first version is gone"
+    assert (first.collection, first.name, first.tag, first.version) == (
+        "lab", "tool", "1", ra.version)
+    assert first.uri == "lab/tool:1@" + ra.version
+    with open(first.image, "rb") as f:
+        assert f.read() == a_bytes
+    # Both versions are records, as two rows were.
+    assert sorted(r.uri for r in client.images()) == sorted(
+        ["lab/tool:1@" + ra.version, "lab/tool:1@" + rb.version])
+    # gc (nothing idle spared) keeps what a name reaches.
+    client.cache.gc(min_idle=0)
+    kept = client.get("lab/tool:1@" + ra.version, quiet=True)
+    with open(kept.image, "rb") as f:
+        assert f.read() == a_bytes
+    # The same version added again is one record, not two.
+    again = make_file("a2.sif", 5000, seed=31)
+    client.add(image_path=str(again), image_uri="lab/tool:1")
+    assert sorted(r.uri for r in client.images()) == sorted(
+        ["lab/tool:1@" + ra.version, "lab/tool:1@" + rb.version])
+    assert client.get("lab/tool:1", quiet=True).version == ra.version
+    assert client.get("lab/tool:1@" + rb.version, quiet=True).version == rb.version
+    # rm of one version leaves the other.
+    assert client.rm("lab/tool:1@" + rb.version) is not None
+    assert client.get("lab/tool:1@" + rb.version, quiet=True) is None
+    assert client.get("lab/tool:1", quiet=True).version == ra.version
+
+
+def test_a_given_version_is_kept_apart_from_the_next(client, make_file):
+    """Danger: versions given in the uri (`name:tag@v1`, then `@v2`) replacing each other."""
+    client.add(image_path=str(make_file("v1.sif", 3000, seed=41)), image_uri="lab/v:1@v1")
+    client.add(image_path=str(make_file("v2.sif", 3000, seed=42)), image_uri="lab/v:1@v2")
+    assert client.get("lab/v:1@v1", quiet=True).version == "v1"
+    assert client.get("lab/v:1@v2", quiet=True).version == "v2"
+    assert client.get("lab/v:1", quiet=True).version == "v2"
+    assert client.inspect("lab/v:1@v1")["version"] == "v1"
+
+
+def test_rename_onto_an_existing_uri_keeps_what_it_held(client, make_file):
+    """Danger: rename re-pointing the target's name and dropping its image, which the next
+    gc then deletes."""
+    t = make_file("t.sif", 4000, seed=51)
+    t_bytes = t.read_bytes()
+    rt = client.add(image_path=str(t), image_uri="lab/tool:1")
+    ra = client.add(image_path=str(make_file("ra.sif", 4000, seed=52)), image_uri="lab/a:1")
+    renamed = client.rename("lab/a:1", "lab/tool:1")
+    assert renamed.version == ra.version and renamed.uri == "lab/tool:1@" + ra.version
+    assert client.get("lab/a:1", quiet=True) is None
+    client.cache.gc(min_idle=0)
+    old = client.get("lab/tool:1@" + rt.version, quiet=True)
+    assert old is not None, "the target's image is gone"
+    with open(old.image, "rb") as f:
+        assert f.read() == t_bytes
+    assert client.get("lab/tool:1", quiet=True).version == ra.version
+
+
+VERSIONS_SCRIPT = '''
+import os, sys
+from sregistry.main import get_client
+
+work = sys.argv[1]
+
+
+def image_file(name, text):
+    path = os.path.join(work, name)
+    with open(path, "wb") as f:
+        f.write((text * 20000).encode())
+    return path
+
+
+client = get_client(quiet=True)
+ra = client.add(image_path=image_file("a.sif", "first "), image_uri="lab/tool:1")
+rb = client.add(image_path=image_file("b.sif", "second "), image_uri="lab/tool:1")
+assert ra.version != rb.version
+for rec, text in ((ra, "first "), (rb, "second ")):
+    found = client.get("lab/tool:1@" + rec.version, quiet=True)
+    assert found is not None, rec.version
+    assert (found.name, found.tag, found.version) == ("tool", "1", rec.version)
+    with open(found.image, "rb") as f:
+        assert f.read() == (text * 20000).encode()
+assert sorted(c.version for c in client.images()) == sorted([ra.version, rb.version])
+print("versions: ok")
+'''
+
+
+@pytest.mark.parametrize("which", ["ours", "old"])
+def test_versions_under_one_uri_as_the_old_client_keeps_them(tmp_path, which):
+    """The behaviour `add` keeps, checked against the real old client (0.2.39) too: two
+    adds under one uri leave two records, each found by `uri@version` with its content."""
+    work = tmp_path / "work"
+    work.mkdir()
+    script = tmp_path / "versions.py"
+    script.write_text(VERSIONS_SCRIPT)
+    env = dict(os.environ, SREGISTRY_CACHE=str(tmp_path / "cache"))
+    python = sys.executable
+    if which == "old":
+        python = os.environ.get("SREGISTRY_OLD_CLIENT")
+        if not python:
+            if os.environ.get("CI"):
+                pytest.fail("SREGISTRY_OLD_CLIENT is not set (make test-python sets it)")
+            pytest.skip("SREGISTRY_OLD_CLIENT is not set (make test-python sets it)")
+        db = tmp_path / "db"
+        db.mkdir()
+        env.update(SREGISTRY_DATABASE=str(db), SREGISTRY_STORAGE=str(db / "shub"),
+                   SREGISTRY_CREDENTIALS_CACHE=str(db))
+    out = subprocess.run([python, str(script), str(work)], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "versions: ok" in out.stdout

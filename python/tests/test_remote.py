@@ -227,3 +227,76 @@ def test_a_forked_child_pulls_after_its_parent_did(tmp_path, pushed):
     os.close(read)
     assert os.WIFEXITED(status), "the child was killed (hung on the parent's runtime?)"
     assert answer.startswith("ok " + str(tmp_path / "child")), answer
+
+
+@pytest.fixture
+def small_remote(registry, tmp_path, make_file):
+    """Another image in the registry, of its own name per test (`oras://...`)."""
+    cache = sregistry.Cache(tmp_path / "pusher")
+    cache.add(make_file("small.sif", 300000, seed=os.getpid()), "py/small:1")
+    remote = "oras://%s/py/small-%s:1" % (registry.addr, tmp_path.name.lower())
+    cache.push("py/small:1", remote)
+    return remote
+
+
+def _bounded(call, limit=120):
+    """Run `call` on a daemon thread; its result, or fail if it has not returned within
+    `limit` seconds (it hangs)."""
+    out = {}
+
+    def run():
+        try:
+            out["value"] = call()
+        except BaseException as e:  # noqa: BLE001 (re-raised below)
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(limit)
+    assert not t.is_alive(), "the call hangs"
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def test_a_progress_callback_that_pulls_another_remote_gets_it(tmp_path, pushed, small_remote):
+    """Danger: a callback that pulls deadlocking the pull it reports on (its work spawned
+    onto the runtime thread the callback blocks, where no other worker takes it)."""
+    remote, _ = pushed
+    cache = sregistry.Cache(tmp_path / "c", lock_timeout=600)
+    inner = []
+
+    def progress(done, total):
+        if not inner:
+            inner.append(cache.pull(small_remote, name="lab/inner:1"))
+
+    outer = _bounded(lambda: cache.pull(remote, name="lab/outer:1", progress=progress))
+    assert outer.size == BIG
+    assert inner[0].name == "lab/inner:1" and inner[0].source == small_remote
+    assert cache.get("lab/inner:1") == inner[0].path
+
+
+def test_a_progress_callback_that_gets_its_own_remote_is_refused_at_once(tmp_path, pushed):
+    """Danger: a callback that gets (or pulls) the remote being pulled waiting the whole
+    lock timeout for its own caller's per-pull lock, then blaming another process."""
+    remote, _ = pushed
+    cache = sregistry.Cache(tmp_path / "c", lock_timeout=600)
+    refused = []
+
+    def progress(done, total):
+        if not refused:
+            for call in (lambda: cache.get(remote), lambda: cache.pull(remote)):
+                try:
+                    call()
+                    refused.append(None)
+                except sregistry.Error as e:
+                    refused.append(e)
+
+    img = _bounded(lambda: cache.pull(remote, progress=progress))
+    assert img.size == BIG
+    assert len(refused) == 2
+    for e in refused:
+        assert e is not None and not isinstance(e, sregistry.LockTimeout), repr(e)
+        assert remote in str(e) and "progress callback" in str(e), str(e)
+    # Outside the callback the same call works, from the cache.
+    assert cache.get(remote) == img.path

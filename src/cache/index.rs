@@ -416,20 +416,24 @@ fn from_redb(path: &Path, source: redb::Error) -> IndexError {
 /// The index and journal a writer opened and fenced as it took the lock (`None`: the
 /// file did not exist).
 struct Fenced {
-    db: Option<std::fs::File>,
-    journal: Option<std::fs::File>,
+    db: Option<FencedFile>,
+    journal: Option<FencedFile>,
 }
 
+/// A file and its fence (`lock::fence`). The fence drops first (the tuple's order): it is
+/// unlocked while the descriptor is still open, then the file closes.
+type FencedFile = (lock::Held, std::fs::File);
+
 /// Open the journal at `path` for appending and fence it; `None` when there is none.
-fn fence_journal(path: &Path, opts: &LockOptions) -> Result<Option<std::fs::File>, IndexError> {
+fn fence_journal(path: &Path, opts: &LockOptions) -> Result<Option<FencedFile>, IndexError> {
     let journal_err = |source| IndexError::Journal {
         path: path.to_path_buf(),
         source,
     };
-    match journal::open_for_append(path) {
-        Ok(file) => {
-            lock::fence(&file, path, opts)?;
-            Ok(Some(file))
+    match crate::fork::open(|| journal::open_for_append(path)) {
+        Ok((file, registration)) => {
+            let fence = lock::fence(&file, registration, path, opts)?;
+            Ok(Some((fence, file)))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(journal_err(e)),
@@ -639,8 +643,8 @@ impl Index {
     ///
     /// Every write goes through a fenced descriptor (`lock::fence`): `fenced`, the one the
     /// writer fenced as it took the lock, or a new one fenced here.
-    fn open_rw(&self, fenced: Option<std::fs::File>) -> Result<Database, IndexError> {
-        let file = match fenced {
+    fn open_rw(&self, fenced: Option<FencedFile>) -> Result<Database, IndexError> {
+        let (fence, file) = match fenced {
             Some(file) => file,
             None => {
                 if !self.db_path.exists() {
@@ -652,7 +656,8 @@ impl Index {
                 self.open_db_fenced()?
             }
         };
-        let backend = UnderOurLock::open_file(file, true).map_err(|e| self.db_err()(e.into()))?;
+        let backend =
+            UnderOurLock::open_file(file, true, fence).map_err(|e| self.db_err()(e.into()))?;
         redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
@@ -660,14 +665,16 @@ impl Index {
     }
 
     /// `index.redb` opened read-write and fenced (`lock::fence`).
-    fn open_db_fenced(&self) -> Result<std::fs::File, IndexError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.db_path)
-            .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))?;
-        lock::fence(&file, &self.db_path, &self.lock_opts)?;
-        Ok(file)
+    fn open_db_fenced(&self) -> Result<FencedFile, IndexError> {
+        let (file, registration) = crate::fork::open(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.db_path)
+        })
+        .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))?;
+        let fence = lock::fence(&file, registration, &self.db_path, &self.lock_opts)?;
+        Ok((fence, file))
     }
 
     /// Fence the index and its journal for a writer that has just taken the exclusive
@@ -1526,7 +1533,7 @@ pub struct IndexWriter {
     /// The journal, opened and fenced (`lock::fence`); `None` until it exists, and again
     /// after a snapshot replaced the file. Closed before the lock is released (field
     /// order), which on NFS sends its last line to the server first.
-    journal_file: RefCell<Option<std::fs::File>>,
+    journal_file: RefCell<Option<FencedFile>>,
     lock_opts: LockOptions,
     _lock: LockGuard,
     path: PathBuf,
@@ -1566,7 +1573,7 @@ impl IndexWriter {
             *file = fence_journal(&self.journal, &self.lock_opts)?;
         }
         match file.as_ref() {
-            Some(f) => journal::append_to(f, line, torn).map_err(self.journal_err()),
+            Some((_, f)) => journal::append_to(f, line, torn).map_err(self.journal_err()),
             None => Err(self.journal_err()(std::io::Error::from(
                 std::io::ErrorKind::NotFound,
             ))),
@@ -2037,22 +2044,29 @@ mod tests {
         );
         // Another writer whose fence is held (the old writer's, given back by a restarted
         // server while its lock on index.lock was not) waits for it and gives up.
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(idx.db_path())
-            .unwrap();
+        let open = || {
+            crate::fork::open(|| {
+                std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(idx.db_path())
+            })
+            .unwrap()
+        };
         let quick = LockOptions {
             timeout: std::time::Duration::from_millis(50),
             on_wait: None,
             ..LockOptions::default()
         };
+        let (file, registration) = open();
         assert!(matches!(
-            lock::fence(&file, idx.db_path(), &quick),
+            lock::fence(&file, registration, idx.db_path(), &quick),
             Err(LockError::Timeout { .. })
         ));
         w.commit().unwrap();
-        lock::fence(&file, idx.db_path(), &quick).expect("the fence goes with the writer");
+        let (file, registration) = open();
+        let _fence = lock::fence(&file, registration, idx.db_path(), &quick)
+            .expect("the fence goes with the writer");
     }
 
     pub(super) fn record(n: u8) -> RefRecord {

@@ -26,6 +26,18 @@
 //!
 //! `SREGISTRY_LOCK=flock` switches to whole-file `flock(2)` locks (no turnstile) for
 //! filesystems without working `fcntl` locks; `sregistry doctor` says when that is needed.
+//!
+//! # Letting go, and `fork`
+//!
+//! A lock is released explicitly (an unlock of the whole file, then the close), never by
+//! the close alone: an OFD or `flock` lock belongs to the open file description, which a
+//! child made by `fork` shares with its parent, and a close releases it only when the last
+//! descriptor of the description closes. Unlocked explicitly, the lock is gone when the
+//! guard drops, whatever children hold a copy. Every descriptor that carries a lock (the
+//! lock file, the twin a waiting thread uses, a fenced file) is registered with
+//! [`crate::fork`] from before it is locked until after it is unlocked, so that a child
+//! closes its copy at once (without unlocking it, which would release the parent's lock):
+//! a parent that dies leaves no lock behind in its children.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -159,9 +171,11 @@ pub enum LockError {
     },
 }
 
-/// A held lock; released when dropped (closing the file releases an OFD lock).
+/// A held lock; released when dropped (unlocked, then the file closed).
 #[derive(Debug)]
 pub struct LockGuard {
+    // Dropped before the file: unlocks and unregisters while the descriptor is open.
+    _held: Held,
     _file: File,
     path: PathBuf,
     mode: Mode,
@@ -170,6 +184,16 @@ pub struct LockGuard {
 impl LockGuard {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The calls a callback run on behalf of this lock's holder would be nested in: this
+    /// lock, and those the current thread is already inside (see [`Reentry`]).
+    pub fn reentry(&self) -> Reentry {
+        let mut held = INSIDE
+            .with(|c| c.borrow().as_ref().map(|r| r.0.to_vec()))
+            .unwrap_or_default();
+        held.push(self.path.clone());
+        Reentry(std::sync::Arc::from(held))
     }
     pub fn mode(&self) -> Mode {
         self.mode
@@ -186,10 +210,52 @@ impl LockGuard {
     }
 }
 
+/// The lock files held by calls that wait for this thread to return: this thread runs a
+/// callback (a progress hook) on their behalf. A lock of this process on another
+/// descriptor excludes this one like another process's would, so taking one of these
+/// here would wait for the caller that waits for us: see [`held_by_caller`].
+///
+/// Set around each hook call by whoever holds the lock ([`Reentry::enter`]); the chain
+/// carries over to calls nested deeper (a hook that pulls another remote, whose hook
+/// pulls again).
+#[derive(Clone, Debug)]
+pub struct Reentry(std::sync::Arc<[PathBuf]>);
+
+thread_local! {
+    static INSIDE: std::cell::RefCell<Option<Reentry>> = const { std::cell::RefCell::new(None) };
+}
+
+/// While the returned value lives, this thread counts as running a callback for the
+/// holders of [`Reentry`]'s locks.
+pub struct Entered(Option<Reentry>);
+
+impl Reentry {
+    pub fn enter(&self) -> Entered {
+        Entered(INSIDE.with(|c| c.replace(Some(self.clone()))))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        let before = self.0.take();
+        INSIDE.with(|c| *c.borrow_mut() = before);
+    }
+}
+
+/// Whether `path` is held by a call that waits for this thread (see [`Reentry`]).
+pub(super) fn held_by_caller(path: &Path) -> bool {
+    INSIDE.with(|c| {
+        c.borrow()
+            .as_ref()
+            .is_some_and(|r| r.0.iter().any(|p| p == path))
+    })
+}
+
 /// Take `mode` on the lock file at `path`, creating it if needed, waiting at most
 /// `opts.timeout`.
 pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, LockError> {
-    let file = open_lock_file(path, opts, mode)?;
+    let (file, registration) = crate::fork::open(|| open_lock_file(path, opts, mode))?;
+    let held = Held::new(&file, opts.kind, None, registration);
     let deadline = Instant::now() + opts.timeout;
     let start = Instant::now();
     let mut announced = false;
@@ -233,6 +299,7 @@ pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGu
         },
     }
     Ok(LockGuard {
+        _held: held,
         _file: file,
         path: path.to_path_buf(),
         mode,
@@ -259,12 +326,22 @@ const FENCE: i64 = 1 << 62;
 /// whose lock the server forgot fails instead of writing over the next writer's work.
 /// (And a fence the server did give back keeps the next writer waiting here until the
 /// old one is done, even if its lock on `index.lock` was lost.)
-pub(super) fn fence(file: &File, path: &Path, opts: &LockOptions) -> Result<(), LockError> {
+///
+/// `file` was opened with [`crate::fork::open`], which gave `registration`. The fence
+/// lasts as long as the returned [`Held`], which must be dropped before `file` is closed
+/// (it unlocks the fence; see "Letting go" above).
+pub(super) fn fence(
+    file: &File,
+    registration: crate::fork::Registration,
+    path: &Path,
+    opts: &LockOptions,
+) -> Result<Held, LockError> {
     let start = Instant::now();
     let req = match opts.kind {
         Kind::Ofd => Req::Ofd(libc::F_WRLCK as i16, FENCE),
         Kind::Flock => Req::Flock(libc::LOCK_EX),
     };
+    let held = Held::new(file, opts.kind, Some(FENCE), registration);
     acquire(
         file,
         req,
@@ -273,7 +350,51 @@ pub(super) fn fence(file: &File, path: &Path, opts: &LockOptions) -> Result<(), 
         start,
         start + opts.timeout,
         &mut false,
-    )
+    )?;
+    Ok(held)
+}
+
+/// Locks of ours on one descriptor, which something else owns and closes: registered
+/// with [`crate::fork`] while this lives; dropped, it unlocks them (the byte `only`, else
+/// the whole file) and unregisters the descriptor. Drop it before the descriptor closes.
+#[derive(Debug)]
+pub(crate) struct Held {
+    fd: std::os::fd::RawFd,
+    kind: Kind,
+    only: Option<i64>,
+    _registration: crate::fork::Registration,
+}
+
+impl Held {
+    fn new(
+        file: &File,
+        kind: Kind,
+        only: Option<i64>,
+        registration: crate::fork::Registration,
+    ) -> Held {
+        Held {
+            fd: file.as_raw_fd(),
+            kind,
+            only,
+            _registration: registration,
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        // Errors are ignored: there is nothing to do about them, and the close follows.
+        match self.kind {
+            Kind::Ofd => {
+                let (start, len) = self.only.map_or((0, 0), |b| (b, 1));
+                let _ = ofd_fd(self.fd, libc::F_OFD_SETLK, libc::F_UNLCK as i16, start, len);
+            }
+            Kind::Flock => {
+                // SAFETY: the descriptor is open until after this value drops.
+                unsafe { libc::flock(self.fd, libc::LOCK_UN) };
+            }
+        }
+    }
 }
 
 /// Whether some open file description (another process's, on any node, or another open
@@ -402,6 +523,25 @@ fn open_lock_file_rw(path: &Path, opts: &LockOptions) -> Result<File, LockError>
     }
 }
 
+/// A second descriptor of a lock file's open description, for a waiting thread: the lock
+/// it takes is the caller's. Registered with [`crate::fork`] (a child's copy would hold
+/// the description open), but never unlocked when dropped: that would release the
+/// caller's lock.
+struct Twin {
+    _registration: crate::fork::Registration,
+    file: File,
+}
+
+impl Twin {
+    fn of(file: &File) -> io::Result<Twin> {
+        let (file, registration) = crate::fork::open(|| file.try_clone())?;
+        Ok(Twin {
+            _registration: registration,
+            file,
+        })
+    }
+}
+
 #[derive(Clone, Copy)]
 enum Req {
     /// `fcntl` OFD lock of one byte: (type, offset).
@@ -443,17 +583,17 @@ fn acquire(
     // past the guard's drop. If we give up, the thread releases what it got and closes
     // the twin itself. (It stays blocked until the lock frees; a process that exits after
     // a timeout takes the pending wait with it.)
-    let twin = file.try_clone().map_err(lock_err)?;
-    let (tx, rx) = mpsc::channel::<(io::Result<()>, File)>();
+    let twin = Twin::of(file).map_err(lock_err)?;
+    let (tx, rx) = mpsc::channel::<(io::Result<()>, Twin)>();
     #[cfg(test)]
     let waiting = path.to_path_buf();
     std::thread::spawn(move || {
         #[cfg(test)]
         tests::waits::started(&waiting);
-        let res = wait_blocking(&twin, req);
+        let res = wait_blocking(&twin.file, req);
         if let Err(mpsc::SendError((Ok(()), twin))) = tx.send((res, twin)) {
             // Nobody waits any more: undo the lock we were too late to hand over.
-            let _ = undo(&twin, req);
+            let _ = undo(&twin.file, req);
         }
     });
     loop {
@@ -524,15 +664,26 @@ fn undo(file: &File, req: Req) -> io::Result<()> {
 }
 
 fn ofd(file: &File, cmd: libc::c_int, ty: i16, offset: i64) -> io::Result<()> {
+    ofd_fd(file.as_raw_fd(), cmd, ty, offset, 1)
+}
+
+/// An OFD `fcntl` on `len` bytes from `offset` (0: to the end of the file).
+fn ofd_fd(
+    fd: std::os::fd::RawFd,
+    cmd: libc::c_int,
+    ty: i16,
+    offset: i64,
+    len: i64,
+) -> io::Result<()> {
     // SAFETY: an all-zero `flock` struct is a valid value; the fields we need are set
     // below, and `l_pid` must stay 0 for OFD locks.
     let mut fl: libc::flock = unsafe { std::mem::zeroed() };
     fl.l_type = ty;
     fl.l_whence = libc::SEEK_SET as i16;
     fl.l_start = offset;
-    fl.l_len = 1;
-    // SAFETY: the descriptor is open for the lifetime of `file`; `fl` is a valid flock.
-    let rc = unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl as *mut libc::flock) };
+    fl.l_len = len;
+    // SAFETY: the caller keeps the descriptor open; `fl` is a valid flock.
+    let rc = unsafe { libc::fcntl(fd, cmd, &mut fl as *mut libc::flock) };
     if rc == -1 {
         Err(io::Error::last_os_error())
     } else {
@@ -721,6 +872,92 @@ mod tests {
         assert_eq!(parse_timeout("0.5s"), Some(Duration::from_millis(500)));
         assert_eq!(parse_timeout("-1"), None);
         assert_eq!(parse_timeout("soon"), None);
+    }
+
+    #[test]
+    fn a_lock_is_released_at_its_guards_drop_though_a_copy_of_its_descriptor_lives() {
+        // A child made by fork holds such a copy; closing alone would leave the lock held
+        // until the copy closes too.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        for kind in [Kind::Ofd, Kind::Flock] {
+            let o = LockOptions { kind, ..opts(50) };
+            for mode in [Mode::Shared, Mode::Exclusive] {
+                let g = lock(&p, mode, &o).unwrap();
+                // SAFETY: dup of a descriptor open for the guard's lifetime.
+                let copy = unsafe { libc::dup(g._file.as_raw_fd()) };
+                assert!(copy >= 0);
+                drop(g);
+                let free = try_lock(&p, Mode::Exclusive, &o).unwrap().is_some();
+                // SAFETY: our own descriptor from dup.
+                unsafe { libc::close(copy) };
+                assert!(free, "{kind:?} {mode:?} lock outlived its guard");
+            }
+        }
+    }
+
+    #[test]
+    fn a_forked_child_lets_go_of_the_locks_it_inherited() {
+        // The parent takes a lock and forks; the child lives on (blocked on a pipe). The
+        // parent then closes its descriptor without unlocking, as a parent that dies does:
+        // the lock must be free, so the child must have closed its copy by itself.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let o = opts(50);
+        let g = lock(&p, Mode::Exclusive, &o).unwrap();
+        let (fence_file, registration) =
+            crate::fork::open(|| File::create(dir.path().join("fenced"))).unwrap();
+        let fence = fence(&fence_file, registration, &dir.path().join("fenced"), &o).unwrap();
+        let (mut fds, mut ready) = ([0; 2], [0; 2]);
+        // SAFETY: valid arrays of two descriptors for pipe(2).
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        assert_eq!(unsafe { libc::pipe(ready.as_mut_ptr()) }, 0);
+        // SAFETY: the child calls only async-signal-safe functions (close, read, _exit)
+        // after the fork handlers have run.
+        let pid = unsafe { libc::fork() };
+        assert!(pid >= 0);
+        if pid == 0 {
+            let mut b = [0u8; 1];
+            // SAFETY: our own descriptors; a valid buffer.
+            unsafe {
+                libc::close(fds[1]);
+                // The fork handlers have run by now: say so, then live on.
+                libc::write(ready[1], b.as_ptr().cast(), 1);
+                libc::read(fds[0], b.as_mut_ptr().cast(), 1);
+                libc::_exit(0);
+            }
+        }
+        let mut b = [0u8; 1];
+        // SAFETY: our own descriptors; a valid buffer.
+        unsafe {
+            libc::close(ready[1]);
+            assert_eq!(libc::read(ready[0], b.as_mut_ptr().cast(), 1), 1);
+            libc::close(ready[0]);
+        }
+        // The parent "dies": its descriptors close without an unlock.
+        let (lock_fd, fenced_fd) = (g._file.as_raw_fd(), fence_file.as_raw_fd());
+        std::mem::forget(g);
+        std::mem::forget(fence);
+        std::mem::forget(fence_file);
+        // SAFETY: descriptors whose owners were forgotten above.
+        unsafe {
+            libc::close(lock_fd);
+            libc::close(fenced_fd);
+        }
+        let lock_free = try_lock(&p, Mode::Exclusive, &o).unwrap().is_some();
+        let probe = OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("fenced"))
+            .unwrap();
+        let fence_free = try_once(&probe, Req::Ofd(libc::F_WRLCK as i16, FENCE)).unwrap();
+        // SAFETY: our own descriptors; the child exits when the pipe closes.
+        unsafe {
+            libc::close(fds[1]);
+            libc::close(fds[0]);
+            libc::waitpid(pid, std::ptr::null_mut(), 0);
+        }
+        assert!(lock_free, "the child kept the lock it inherited");
+        assert!(fence_free, "the child kept the fence it inherited");
     }
 
     #[test]

@@ -194,6 +194,10 @@ pub enum CacheError {
     NoRoot,
     #[error("{what} was stopped by its progress receiver before it changed anything")]
     Stopped { what: &'static str },
+    #[error(
+        "`{remote}` is being pulled by the call whose progress callback made this call: that pull holds `{path}` and waits for the callback to return, so this call would wait for itself; make it after that pull returns"
+    )]
+    Reentered { remote: String, path: PathBuf },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
@@ -218,7 +222,9 @@ impl CacheError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            CacheError::DigestOnTarget { .. } | CacheError::MoveFromCache { .. }
+            CacheError::DigestOnTarget { .. }
+                | CacheError::MoveFromCache { .. }
+                | CacheError::Reentered { .. }
         )
     }
 
@@ -1025,6 +1031,14 @@ impl Cache {
     /// nothing behind once the next one runs here.
     pub fn pull_lock(&self, remote: &str) -> Result<crate::cache::lock::LockGuard, CacheError> {
         let path = self.locks_dir().join(pull_lock_name(remote));
+        if crate::cache::lock::held_by_caller(&path) {
+            // A callback of the pull holding it (see `LockGuard::reentry`): waiting would
+            // be waiting for ourselves, the whole lock timeout, then blaming another process.
+            return Err(CacheError::Reentered {
+                remote: remote.to_string(),
+                path,
+            });
+        }
         let guard = crate::cache::lock::lock(
             &path,
             crate::cache::lock::Mode::Exclusive,

@@ -218,21 +218,26 @@ impl Drop for Staged {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// The files this process is writing in `tmp/` and has not yet committed or removed, for
-/// [`remove_unfinished`].
+/// [`remove_unfinished`]. Touched only inside [`crate::fork::gate`], so a child made by
+/// `fork` never finds it locked by a thread it does not have.
 static UNFINISHED: std::sync::Mutex<Vec<PathBuf>> = std::sync::Mutex::new(Vec::new());
 
 fn track(path: &Path) {
-    if let Ok(mut v) = UNFINISHED.lock() {
-        v.push(path.to_path_buf());
-    }
+    crate::fork::gate(|| {
+        if let Ok(mut v) = UNFINISHED.lock() {
+            v.push(path.to_path_buf());
+        }
+    });
 }
 
 pub(super) fn untrack(path: &Path) {
-    if let Ok(mut v) = UNFINISHED.lock()
-        && let Some(i) = v.iter().rposition(|p| p == path)
-    {
-        v.swap_remove(i);
-    }
+    crate::fork::gate(|| {
+        if let Ok(mut v) = UNFINISHED.lock()
+            && let Some(i) = v.iter().rposition(|p| p == path)
+        {
+            v.swap_remove(i);
+        }
+    });
 }
 
 /// Remove every file this process is still writing or holding in `tmp/` (its partial
@@ -240,8 +245,8 @@ pub(super) fn untrack(path: &Path) {
 /// file already renamed into `blobs/` is no longer at its `tmp/` path, and a committed
 /// blob that is also linked there keeps its other link.
 pub fn remove_unfinished() {
-    let paths = match UNFINISHED.lock() {
-        Ok(mut v) => std::mem::take(&mut *v),
+    let paths = match crate::fork::gate(|| UNFINISHED.lock().map(|mut v| std::mem::take(&mut *v))) {
+        Ok(paths) => paths,
         Err(_) => return,
     };
     for p in paths {
@@ -270,27 +275,31 @@ pub fn unique_name(prefix: &str) -> String {
 /// This machine's name as `tmp/` names carry it: letters, digits, `.` and `-` only.
 pub(super) fn host_tag() -> &'static str {
     static HOST: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    HOST.get_or_init(|| {
-        let mut buf = [0u8; 256];
-        // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
-        // or truncates, and we read up to the first NUL only.
-        let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
-        let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
-        let name: String = String::from_utf8_lossy(if ok { &buf[..end] } else { b"" })
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
-                    c
-                } else {
-                    '-'
-                }
-            })
-            .collect();
-        if name.is_empty() {
-            "host".to_string()
-        } else {
-            name
-        }
+    // Made inside the gate: a fork while another thread makes it would leave the child a
+    // `OnceLock` for ever being made.
+    crate::fork::gate(|| {
+        HOST.get_or_init(|| {
+            let mut buf = [0u8; 256];
+            // SAFETY: the buffer is valid for its length; gethostname NUL-terminates within it
+            // or truncates, and we read up to the first NUL only.
+            let ok = unsafe { libc::gethostname(buf.as_mut_ptr().cast(), buf.len() - 1) } == 0;
+            let end = buf.iter().position(|&b| b == 0).unwrap_or(0);
+            let name: String = String::from_utf8_lossy(if ok { &buf[..end] } else { b"" })
+                .chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                        c
+                    } else {
+                        '-'
+                    }
+                })
+                .collect();
+            if name.is_empty() {
+                "host".to_string()
+            } else {
+                name
+            }
+        })
     })
 }
 

@@ -52,13 +52,29 @@ static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
 
 /// The token (`<pid>-<salt>`) of this process's writer lock in `locks`, taking the lock
 /// first if this process holds none there; `None` when it cannot be taken.
+///
+/// `HELD` is entered only inside [`crate::fork::gate`] (a child made by `fork` while
+/// another thread is in here must find it free), and the lock is taken outside it (taking
+/// a lock enters the gate itself, and the gate does not nest).
 pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<String> {
     let pid = std::process::id();
-    let mut held = HELD.lock().ok()?;
-    // A forked child closes what it inherited (the parent keeps its lock).
-    held.retain(|h| h.pid == pid);
-    if let Some(h) = held.iter().find(|h| h.locks == locks) {
-        return Some(h.token.clone());
+    let known = || {
+        crate::fork::gate(|| {
+            let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+            // A forked child lets go of what it inherited (the parent keeps its lock):
+            // dropped outside the gate, below.
+            let inherited: Vec<Held> = held.extract_if(.., |h| h.pid != pid).collect();
+            let found = held
+                .iter()
+                .find(|h| h.locks == locks)
+                .map(|h| h.token.clone());
+            (found, inherited)
+        })
+    };
+    let (found, inherited) = known();
+    drop(inherited);
+    if found.is_some() {
+        return found;
     }
     if !locks.is_dir() {
         return None;
@@ -74,13 +90,27 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
         let token = format!("{pid}-{}", &salt.hex()[..12]);
         let guard = lock::lock(&lock_path(locks, &token, host), Mode::Exclusive, &opts).ok()?;
         if guard.still_at_path() {
-            held.push(Held {
+            // Another thread of this process may have taken one meanwhile: use the first.
+            let held = Held {
                 pid,
                 locks: locks.to_path_buf(),
                 token: token.clone(),
                 _guard: guard,
+            };
+            let (chosen, spare) = crate::fork::gate(|| {
+                let mut all = HELD.lock().unwrap_or_else(|p| p.into_inner());
+                match all.iter().find(|h| h.pid == pid && h.locks == locks) {
+                    Some(h) => (h.token.clone(), Some(held)),
+                    None => {
+                        all.push(held);
+                        (token, None)
+                    }
+                }
             });
-            return Some(token);
+            if let Some(spare) = spare {
+                let _ = std::fs::remove_file(spare._guard.path());
+            }
+            return Some(chosen);
         }
     }
     None
@@ -90,13 +120,15 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
 /// and let the locks go, so that a command leaves none behind. For a process about to
 /// end (the command line calls it once its command has finished, and on a signal after
 /// removing its unfinished files); a later write takes a new lock. Never waits: if
-/// another thread is taking a lock just now, nothing is removed (gc will).
+/// another thread is in the list just now, nothing is removed (gc will).
 pub fn release_all() {
     let pid = std::process::id();
-    let Ok(mut held) = HELD.try_lock() else {
-        return;
-    };
-    for h in held.drain(..) {
+    let taken: Vec<Held> = crate::fork::gate(|| match HELD.try_lock() {
+        Ok(mut held) => held.drain(..).collect(),
+        Err(_) => Vec::new(),
+    });
+    // Outside the gate: letting a lock go unregisters its descriptor, through the gate.
+    for h in taken {
         if h.pid == pid {
             let _ = std::fs::remove_file(h._guard.path());
         }

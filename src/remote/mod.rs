@@ -468,6 +468,36 @@ pub trait Progress: Send + Sync {
     }
 }
 
+/// A pull's progress hook, each call marked as made on behalf of the pull lock's holder
+/// (see `under_pull_lock`).
+struct InsidePull {
+    hook: std::sync::Arc<dyn Progress>,
+    reentry: crate::cache::lock::Reentry,
+}
+
+impl Progress for InsidePull {
+    fn start(&self, total: Option<u64>, at: u64) {
+        let _inside = self.reentry.enter();
+        self.hook.start(total, at);
+    }
+    fn advance(&self, done: u64) {
+        let _inside = self.reentry.enter();
+        self.hook.advance(done);
+    }
+    fn finish(&self) {
+        let _inside = self.reentry.enter();
+        self.hook.finish();
+    }
+    fn waiting(&self, what: &str) {
+        let _inside = self.reentry.enter();
+        self.hook.waiting(what);
+    }
+    fn stop(&self) -> bool {
+        let _inside = self.reentry.enter();
+        self.hook.stop()
+    }
+}
+
 /// A shared [`Progress`] receiver in [`RemoteOptions`].
 #[derive(Clone)]
 pub struct ProgressHook(pub std::sync::Arc<dyn Progress>);
@@ -599,11 +629,12 @@ pub fn get_or_pull(
     under_pull_lock(
         cache,
         lock_key(remote, opts),
+        opts,
         || {
             // Whoever held the lock before us may have pulled it.
             cached_from(cache, &name, remote, opts)
         },
-        || {
+        |opts| {
             refuse_taken_name(cache, &name, remote, opts)?;
             Ok(pull_locked(cache, remote, &name, opts)?.entry.path)
         },
@@ -615,15 +646,30 @@ pub fn get_or_pull(
 /// with its message (a thousand jobs waiting on a dead remote do not each wait it out
 /// again); else `pull()`, whose failure (the remote's, not the cache's refusal) is
 /// recorded for the processes waiting now.
+///
+/// `pull` gets `opts` with its progress hook wrapped so that each call of the hook runs
+/// marked as a callback of this lock's holder (`LockGuard::reentry`): a hook that calls
+/// into the library for the same remote is refused at once (`CacheError::Reentered`)
+/// instead of waiting for the lock its own caller holds.
 fn under_pull_lock<T>(
     cache: &Cache,
     key: String,
+    opts: &RemoteOptions,
     found: impl FnOnce() -> Result<Option<T>, RemoteError>,
-    pull: impl FnOnce() -> Result<T, RemoteError>,
+    pull: impl FnOnce(&RemoteOptions) -> Result<T, RemoteError>,
 ) -> Result<T, RemoteError> {
     cache.ensure_layout()?;
     let (before, _) = cache.pull_failures(&key);
-    let _lock = cache.pull_lock(&key)?;
+    let lock = cache.pull_lock(&key)?;
+    let opts = RemoteOptions {
+        progress: opts.progress.as_ref().map(|hook| {
+            ProgressHook(std::sync::Arc::new(InsidePull {
+                hook: hook.0.clone(),
+                reentry: lock.reentry(),
+            }))
+        }),
+        ..opts.clone()
+    };
     if let Some(t) = found()? {
         return Ok(t);
     }
@@ -634,7 +680,7 @@ fn under_pull_lock<T>(
             detail,
         });
     }
-    let out = pull();
+    let out = pull(&opts);
     // The remote's failures only: a refusal by the cache (a pinned name) is each caller's.
     if let Err(e) = &out
         && !e.is_usage()
@@ -747,8 +793,9 @@ pub fn pull(
     under_pull_lock(
         cache,
         lock_key(remote, opts),
+        opts,
         || Ok(None),
-        || {
+        |opts| {
             if default {
                 refuse_taken_name(cache, &name, remote, opts)?;
             }

@@ -21,7 +21,9 @@ use super::RemoteError;
 /// Something made once per process: kept with the id of the process that made it. A
 /// child made by `fork` (a Python program's `multiprocessing`, say) inherits the parent's
 /// memory but none of its threads: the parent's runtime would never run the child's work,
-/// and the parent's connections are not the child's to use. So a child makes its own.
+/// and the parent's connections are not the child's to use. So a child makes its own. The
+/// mutex is held only inside [`crate::fork::gate`], so no fork finds it held by a thread
+/// the child does not have.
 struct PerProcess<T>(Mutex<Option<(u32, T)>>);
 
 impl<T: Clone> PerProcess<T> {
@@ -30,6 +32,10 @@ impl<T: Clone> PerProcess<T> {
     }
 
     fn get_or_make(&self, make: impl FnOnce() -> T) -> T {
+        crate::fork::gate(|| self.get_or_make_gated(make))
+    }
+
+    fn get_or_make_gated(&self, make: impl FnOnce() -> T) -> T {
         let pid = std::process::id();
         let mut held = self.0.lock().unwrap_or_else(|p| p.into_inner());
         match &*held {
@@ -74,11 +80,32 @@ fn handle() -> Result<tokio::runtime::Handle, RemoteError> {
 }
 
 /// Run `work` on the shared runtime and wait for its result.
+///
+/// Called on one of the runtime's own threads (a progress hook runs there, and an
+/// embedding program's hook may call into the library again: a Python callback that pulls
+/// another remote), the wait is made with [`tokio::task::block_in_place`]: the thread
+/// hands its queue of tasks to a new worker before it blocks, so the work is spawned onto
+/// the shared queue and runs, and the runtime keeps its number of workers. Spawned from a
+/// worker and waited for there, the work would sit in that worker's own slot, which no
+/// other worker takes, for ever.
 pub fn run<T: Send + 'static>(
     work: impl Future<Output = Result<T, RemoteError>> + Send + 'static,
 ) -> Result<T, RemoteError> {
+    let handle = handle()?;
+    let on_ours = tokio::runtime::Handle::try_current().is_ok_and(|h| h.id() == handle.id());
+    if on_ours {
+        tokio::task::block_in_place(|| spawn_and_wait(&handle, work))
+    } else {
+        spawn_and_wait(&handle, work)
+    }
+}
+
+fn spawn_and_wait<T: Send + 'static>(
+    handle: &tokio::runtime::Handle,
+    work: impl Future<Output = Result<T, RemoteError>> + Send + 'static,
+) -> Result<T, RemoteError> {
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
-    handle()?.spawn(async move {
+    handle.spawn(async move {
         let _ = tx.send(work.await);
     });
     rx.recv().map_err(|_| RemoteError::Io {
@@ -177,5 +204,23 @@ mod tests {
         // Even called straight from async code, it answers (it blocks that thread).
         let direct = outer.block_on(async { run(async { Ok(41 + 1) }) }).unwrap();
         assert_eq!(direct, 42);
+    }
+
+    #[test]
+    fn a_call_from_inside_the_runtimes_own_work_answers() {
+        // What a progress hook that pulls does: `run` from a task of the runtime itself,
+        // nested deeper than it has workers, each level blocking its worker thread.
+        fn nest(depth: u32) -> Result<u32, RemoteError> {
+            if depth == 0 {
+                return Ok(0);
+            }
+            run(async move { nest(depth - 1).map(|d| d + 1) })
+        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || tx.send(nest(8)));
+        let got = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a nested call never answered");
+        assert_eq!(got.unwrap(), 8);
     }
 }

@@ -51,6 +51,9 @@ use redb::BackendError;
 /// hold `index.lock` nobody else changes the file.
 #[derive(Debug)]
 pub(super) struct UnderOurLock {
+    /// A writer's fence on the file, or a reader's registration; let go as this drops,
+    /// before the file closes (field order).
+    _held: Hold,
     file: redb::backends::FileBackend,
     /// What may be unflushed: [`NOTHING`], [`LENGTH`], [`HEADER`] or [`PAGES`].
     unflushed: std::sync::atomic::AtomicU8,
@@ -63,6 +66,33 @@ pub(super) struct UnderOurLock {
     len: std::sync::atomic::AtomicU64,
     /// Flushes that reached the file (for tests).
     flushes: std::sync::atomic::AtomicU32,
+}
+
+/// What ties the index's descriptor to [`crate::fork`]: a writer's fence (`lock::fence`,
+/// which unlocks and unregisters), a reader's registration (a child made by `fork` closes
+/// its copy of the index too: it carries no lock, but the child has no use for it), or
+/// nothing (a new index being built under a temporary name).
+#[derive(Debug)]
+pub(super) enum Hold {
+    Fence {
+        _held: crate::cache::lock::Held,
+    },
+    Registered {
+        _registration: crate::fork::Registration,
+    },
+    None,
+}
+
+impl From<crate::cache::lock::Held> for Hold {
+    fn from(h: crate::cache::lock::Held) -> Hold {
+        Hold::Fence { _held: h }
+    }
+}
+
+impl From<crate::fork::Registration> for Hold {
+    fn from(r: crate::fork::Registration) -> Hold {
+        Hold::Registered { _registration: r }
+    }
 }
 
 /// [`UnderOurLock::unflushed`]: nothing written since the last flush.
@@ -98,21 +128,25 @@ fn header_is_clean(head: &[u8]) -> bool {
 impl UnderOurLock {
     /// Open an existing index; `write` for the read-write open.
     pub(super) fn open(path: &Path, write: bool) -> Result<UnderOurLock, redb::StorageError> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(write)
-            .open(path)
-            .map_err(redb::StorageError::Io)?;
-        Self::open_file(file, write)
+        let (file, registration) = crate::fork::open(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(write)
+                .open(path)
+        })
+        .map_err(redb::StorageError::Io)?;
+        Self::open_file(file, write, registration)
     }
 
-    /// [`UnderOurLock::open`] for a file already open (a writer's fenced descriptor: see
-    /// `lock::fence`); `write` when it is open read-write.
+    /// [`UnderOurLock::open`] for a file already open: a writer's fenced descriptor (its
+    /// `fence` a `lock::Held`, see `lock::fence`), or one opened with `crate::fork::open`
+    /// (its `Registration`); `write` when it is open read-write.
     pub(super) fn open_file(
         file: std::fs::File,
         write: bool,
+        held: impl Into<Hold>,
     ) -> Result<UnderOurLock, redb::StorageError> {
-        let backend = Self::wrap(file)?;
+        let backend = Self::wrap_fenced(file, held.into())?;
         let len = backend.len.load(std::sync::atomic::Ordering::SeqCst);
         // `create_with_backend` would initialise an empty file as a new, empty index: an
         // empty `index.redb` is damage to report (as `open` does), not a cache to restart.
@@ -139,9 +173,21 @@ impl UnderOurLock {
     /// Wrap an open file. Every flush reaches the disk until [`UnderOurLock::open`] finds
     /// the header clean.
     pub(super) fn wrap(file: std::fs::File) -> Result<UnderOurLock, redb::StorageError> {
-        let len = file.metadata().map_err(redb::StorageError::Io)?.len();
+        Self::wrap_fenced(file, Hold::None)
+    }
+
+    fn wrap_fenced(file: std::fs::File, held: Hold) -> Result<UnderOurLock, redb::StorageError> {
+        let len = match file.metadata() {
+            Ok(m) => m.len(),
+            Err(e) => {
+                // Let go of the fence while its descriptor is still open.
+                drop(held);
+                return Err(redb::StorageError::Io(e));
+            }
+        };
         match redb::backends::FileBackend::new(file) {
             Ok(file) => Ok(UnderOurLock {
+                _held: held,
                 file,
                 unflushed: std::sync::atomic::AtomicU8::new(PAGES),
                 defer_header: std::sync::atomic::AtomicBool::new(false),
