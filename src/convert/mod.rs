@@ -387,9 +387,11 @@ pub fn write_sif_watched(
         layers,
         &plan,
         view.root.unwrap_or(merge::Meta::IMPLICIT_DIR),
-        out,
-        squash_at,
-        time,
+        Squash {
+            out,
+            offset: squash_at,
+            time,
+        },
         opts,
         watch,
     )?;
@@ -566,17 +568,24 @@ fn watch_room(watch: &SpaceWatch, pid: libc::pid_t, stop: std::sync::mpsc::Recei
     }
 }
 
+/// Where pass 2 writes: the file, the squashfs' offset in it, and the conversion's one
+/// time (see "Reproducible" above).
+struct Squash<'a> {
+    out: &'a Path,
+    offset: u64,
+    time: u64,
+}
+
 /// Pass 2 into `mksquashfs -tar`, which writes the squashfs into `out` at `offset`.
 fn run_mksquashfs(
     layers: &[LayerFile<'_>],
     plan: &emit::Plan<'_>,
     root: merge::Meta,
-    out: &Path,
-    offset: u64,
-    time: u64,
+    to: Squash<'_>,
     opts: &ConvertOptions,
     watch: Option<&SpaceWatch>,
 ) -> Result<(), ConvertError> {
+    let Squash { out, offset, time } = to;
     let mut cmd = Command::new("mksquashfs");
     cmd.arg("-").arg(out).args([
         "-tar",

@@ -13,6 +13,16 @@ fn docker(reg: &Registry, repo_tag: &str) -> String {
     format!("docker://{}/{repo_tag}", reg.addr)
 }
 
+/// A real registry, and a layout holding a busybox base layer `bb` (nothing pushed yet).
+pub(crate) fn registry_with_busybox_base(env: &Env) -> (Registry, Layout) {
+    let reg = Registry::anonymous();
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let mut l = Layout::new(&work);
+    l.layer("base", "bb", images::busybox_root);
+    (reg, l)
+}
+
 /// The registry with the `app` image pushed as `lab/app:1`; the layout it came from.
 fn registry_with_app(env: &Env) -> (Registry, Layout) {
     let reg = Registry::anonymous();
@@ -131,11 +141,7 @@ fn concurrent_docker_gets_download_and_convert_once() {
 #[test]
 fn images_sharing_a_base_layer_download_only_their_own_layers() {
     let env = Env::new();
-    let reg = Registry::anonymous();
-    let work = env.path("img");
-    fs::create_dir_all(&work).unwrap();
-    let mut l = Layout::new(&work);
-    l.layer("base", "bb", images::busybox_root);
+    let (reg, mut l) = registry_with_busybox_base(&env);
     l.layer("bb", "one", |root| {
         fs::write(root.join("one"), "1").unwrap()
     });
@@ -358,11 +364,7 @@ fn file_in_sif(env: &Env, sif: &str, inner: &str) -> String {
 #[test]
 fn the_platform_asked_for_is_chosen_from_an_index_and_recorded() {
     let env = Env::new();
-    let reg = Registry::anonymous();
-    let work = env.path("img");
-    fs::create_dir_all(&work).unwrap();
-    let mut l = Layout::new(&work);
-    l.layer("base", "bb", images::busybox_root);
+    let (reg, mut l) = registry_with_busybox_base(&env);
     let reference = docker(&reg, "lab/multi:1");
     let (amd, arm) = push_two_platform_index(&mut l, &reference);
     let host = stdout_of(env.cmd().args(["get", &reference]));
@@ -484,11 +486,7 @@ fn an_ordinary_users_conversion_records_owners_and_setuid_as_roots_does() {
     }
     use std::os::unix::fs::{PermissionsExt, chown};
     let (env, bin, cache) = crate::shared::shared_cache_for_the_users();
-    let reg = Registry::anonymous();
-    let work = env.path("img");
-    fs::create_dir_all(&work).unwrap();
-    let mut l = Layout::new(&work);
-    l.layer("base", "bb", images::busybox_root);
+    let (reg, mut l) = registry_with_busybox_base(&env);
     l.layer("bb", "owned", |root| {
         let su = root.join("bin/su-tool");
         fs::write(&su, "#!/bin/sh\nid\n").unwrap();
@@ -689,11 +687,7 @@ fn child_named(parent: u32, name: &str) -> Option<u32> {
 #[test]
 fn a_pull_killed_during_the_conversion_leaves_nothing_and_the_next_converts_afresh() {
     let env = Env::new();
-    let reg = Registry::anonymous();
-    let work = env.path("img");
-    fs::create_dir_all(&work).unwrap();
-    let mut l = Layout::new(&work);
-    l.layer("base", "bb", images::busybox_root);
+    let (reg, mut l) = registry_with_busybox_base(&env);
     // Enough incompressible data that mksquashfs runs for a while.
     l.layer("bb", "big", |root| {
         let mut next = xorshift(7);
@@ -769,11 +763,7 @@ fn blob_downloads(reg: &Registry) -> usize {
 #[test]
 fn each_platform_is_its_own_image_and_gc_keeps_both() {
     let env = Env::new();
-    let reg = Registry::anonymous();
-    let work = env.path("img");
-    fs::create_dir_all(&work).unwrap();
-    let mut l = Layout::new(&work);
-    l.layer("base", "bb", images::busybox_root);
+    let (reg, mut l) = registry_with_busybox_base(&env);
     let reference = docker(&reg, "lab/multi:1");
     push_two_platform_index(&mut l, &reference);
     let amd = stdout_of(

@@ -148,11 +148,7 @@ fn verify_does_not_report_a_live_pulls_files_as_stray() {
 #[test]
 fn concurrent_gets_survive_a_looping_gc() {
     let env = Env::new();
-    let reg = Registry::anonymous();
-    let work = env.path("img");
-    fs::create_dir_all(&work).unwrap();
-    let mut l = Layout::new(&work);
-    l.layer("base", "bb", images::busybox_root);
+    let (reg, mut l) = crate::docker::registry_with_busybox_base(&env);
     let mut rand = xorshift(20);
     for tag in ["a", "b", "c", "d"] {
         let data: Vec<u8> = (0..(8 << 20) / 8)
