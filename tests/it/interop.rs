@@ -548,6 +548,8 @@ fn s3_push_draws_its_progress_on_a_terminal() {
         }
     }
     let out = cmd
+        // A terminal has a TERM (CI's environment may have none).
+        .env("TERM", "xterm")
         .env("SREGISTRY_CACHE", &env.cache)
         .env("SREGISTRY_CONFIG_DIR", env.path("config"))
         .env("AWS_ACCESS_KEY_ID", ACCESS_KEY)

@@ -208,6 +208,8 @@ fn progress_bar_is_drawn_on_a_terminal_only_and_never_when_quiet() {
         );
         let out = std::process::Command::new("script")
             .args(["-q", "-e", "-c", &line, "/dev/null"])
+            // A terminal has a TERM (CI's environment may have none).
+            .env("TERM", "xterm")
             .env("SREGISTRY_CACHE", &env.cache)
             .env("SREGISTRY_CONFIG_DIR", env.path("config"))
             .env("DOCKER_CONFIG", env.path("docker"))

@@ -951,6 +951,8 @@ fn a_silent_server_is_announced_on_a_terminal() {
     let out = output_within(
         std::process::Command::new("script")
             .args(["-q", "-e", "-c", &line, "/dev/null"])
+            // A terminal has a TERM (CI's environment may have none).
+            .env("TERM", "xterm")
             .env("SREGISTRY_CACHE", &env.cache)
             .env("SREGISTRY_CONFIG_DIR", env.path("config"))
             .env("DOCKER_CONFIG", env.path("docker"))
