@@ -45,6 +45,10 @@
 //! time, the squashfs's creation time, its root directory's time and the generated
 //! `/.singularity.d/` files' time; it reaches `mksquashfs` as `SOURCE_DATE_EPOCH` (the
 //! caller's is not passed on), which clamps times to it and so changes none a layer gave.
+//! It clamps only times *later* than it, and 4.5.1 stamps the root directory with the
+//! moment it starts: a conversion waits until the clock has passed that one time (at
+//! most [`MAX_CLOCK_WAIT`]; an image made seconds ago, or on a node whose clock is ahead),
+//! or the root's time, and the digest, would be the moment's.
 //! The SIF's UUID is derived from [`ConvertOptions::identity`] (the manifest digest and
 //! platform) and the compression. The tar stream's order is fixed by the view.
 //! `mksquashfs -reproducible -no-tailends` writes the same bytes on any number of threads
@@ -101,6 +105,33 @@ const PIPE_BUF: usize = 1 << 20;
 const STDERR_KEEP: usize = 4096;
 /// How often [`SpaceWatch`] is asked while `mksquashfs` runs.
 pub const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+/// How far in the future an image's time may be for a conversion to wait for the clock to
+/// reach it (see [`wait_for_the_clock_to_pass`]).
+const MAX_CLOCK_WAIT: u64 = 10;
+
+/// Wait until this machine's clock has reached `time` (at most [`MAX_CLOCK_WAIT`]
+/// seconds). `mksquashfs` 4.5.1 stamps the root directory with the moment it starts (tar
+/// mode ignores `-root-time`) and clamps only *later* times to `SOURCE_DATE_EPOCH`: a
+/// conversion that starts before `time` (an image made seconds ago, a node whose clock is
+/// a little behind the one that built it) would give the root directory the moment's time,
+/// and the SIF another digest than every other node's. An image further in the future is
+/// converted at once (and its root time is then the moment's). The real clock, not
+/// `format::clock`: it is mksquashfs's clock that matters.
+fn wait_for_the_clock_to_pass(time: u64) {
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    };
+    let ahead = time.saturating_sub(now());
+    if ahead == 0 || ahead > MAX_CLOCK_WAIT {
+        return;
+    }
+    while now() < time {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
 
 /// How many more bytes the SIF being written may take (`None`: unknown, no bound); asked
 /// before `mksquashfs` starts and every [`WATCH_EVERY`] while it runs.
@@ -381,6 +412,7 @@ pub fn write_sif_watched(
         return Err(ConvertError::Compression(opts.compression.clone()));
     }
     let (view, time) = build_view(layers, &image, config_created(config))?;
+    wait_for_the_clock_to_pass(time);
     let plan = emit::Plan::new(&view);
     let squash_at = (DATA_OFFSET + config.len() as u64).div_ceil(PARTITION_ALIGN) * PARTITION_ALIGN;
     run_mksquashfs(
