@@ -38,16 +38,22 @@ def _cli(root, *args):
 
 
 def _cache_fds(pid, root):
-    """The descriptors of process `pid` of the cache's lock files and index: `index.lock`,
-    `index.redb`, `index.journal` and the per-pull locks in `locks/`."""
+    """The descriptors of process `pid` of the cache's lock files and index that it did not
+    take itself: `index.lock`, `index.redb`, `index.journal`, the per-pull locks and other
+    processes' writer locks in `locks/`. A process that wrote into the cache holds its own
+    writer lock (`locks/writer-<its pid>-...`) for as long as it lives, by design: that
+    is how gc knows its `tmp/` files are live (src/cache/writer.rs)."""
     v1 = os.path.realpath(os.path.join(str(root), "v1"))
     index = {os.path.join(v1, f) for f in ("index.lock", "index.redb", "index.journal")}
+    own = os.path.join(v1, "locks", "writer-%d-" % pid)
     found = []
     fd_dir = "/proc/%d/fd" % pid
     for fd in os.listdir(fd_dir):
         try:
             target = os.readlink(os.path.join(fd_dir, fd))
         except OSError:
+            continue
+        if target.startswith(own):
             continue
         if target in index or target.startswith(os.path.join(v1, "locks") + "/"):
             found.append(target)
