@@ -15,10 +15,6 @@ use super::index::{IndexError, IndexStats, JournalStatus, OnDisk, Rebuilt};
 use super::{Cache, CacheError};
 use crate::format::digest::Digest;
 
-/// The media type a rebuild records for a blob file that is a SIF (as `oras://` pulls
-/// record it).
-const SIF_MEDIA_TYPE: &str = "application/vnd.sylabs.sif.layer.v1.sif";
-
 /// What [`Cache::repair_index`] did.
 #[derive(Clone, Debug)]
 pub enum Repaired {
@@ -156,7 +152,7 @@ impl Cache {
             .into_iter()
             .filter_map(|f| {
                 let media_type = matches!(crate::format::sif::read_if_sif(&f.path), Some(Ok(_)))
-                    .then(|| SIF_MEDIA_TYPE.to_string());
+                    .then(|| crate::format::sif::MEDIA_TYPE.to_string());
                 let in_flight = fs::metadata(&f.path).is_ok_and(|m| m.nlink() > 1);
                 f.digest.map(|d| {
                     (

@@ -820,7 +820,7 @@ impl Cache {
             .inspect_err(|_| {
                 if matches!(rd.get_blob(&digest), Ok(None)) {
                     let blob = self.store.blob_path(&digest);
-                    refused_aside.extend(self.store.unlink_later(&digest).ok().flatten());
+                    refused_aside.extend(self.take_out(&[digest]));
                     if !fan_dir_existed && let Some(dir) = blob.parent() {
                         let _ = fs::remove_dir(dir);
                     }
@@ -914,7 +914,7 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let refused = refuse_repoint(key, digest, repoint, w.get_ref(key)?, || w.is_pinned(key));
         if refused.is_err() && w.get_blob(digest)?.is_none() {
-            aside.extend(self.store.unlink_later(digest).ok().flatten());
+            aside.extend(self.take_out(&[*digest]));
         }
         refused
     }
@@ -1422,7 +1422,6 @@ fn pull_lock_name(remote: &str) -> String {
     format!("{}.lock", &Digest::of(remote.as_bytes()).hex()[..32])
 }
 
-/// Refuse `r` when it carries a digest and its name points to other content.
 /// Of `ds`, those the open transaction `w` has no record of (each once): what it must take
 /// out of `blobs/` again if it fails.
 fn unknown_to(
@@ -1438,6 +1437,7 @@ fn unknown_to(
     Ok(out)
 }
 
+/// Refuse `r` when it carries a digest and its name points to other content.
 pub(crate) fn check_digest(r: &Reference, rec: &RefRecord) -> Result<(), CacheError> {
     match r.digest() {
         Some(want) if *want != rec.digest => Err(CacheError::DigestMismatch {

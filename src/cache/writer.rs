@@ -58,20 +58,17 @@ static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
 /// a lock enters the gate itself, and the gate does not nest).
 pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<String> {
     let pid = std::process::id();
-    let known = || {
-        crate::fork::gate(|| {
-            let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
-            // A forked child lets go of what it inherited (the parent keeps its lock):
-            // dropped outside the gate, below.
-            let inherited: Vec<Held> = held.extract_if(.., |h| h.pid != pid).collect();
-            let found = held
-                .iter()
-                .find(|h| h.locks == locks)
-                .map(|h| h.token.clone());
-            (found, inherited)
-        })
-    };
-    let (found, inherited) = known();
+    let (found, inherited) = crate::fork::gate(|| {
+        let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
+        // A forked child lets go of what it inherited (the parent keeps its lock):
+        // dropped outside the gate, below.
+        let inherited: Vec<Held> = held.extract_if(.., |h| h.pid != pid).collect();
+        let found = held
+            .iter()
+            .find(|h| h.locks == locks)
+            .map(|h| h.token.clone());
+        (found, inherited)
+    });
     drop(inherited);
     if found.is_some() {
         return found;

@@ -25,6 +25,9 @@ use serde::Serialize;
 
 /// The magic string at offset 32 (followed by a NUL in the file).
 pub const MAGIC: &[u8] = b"SIF_MAGIC";
+/// The media type of a SIF file as an OCI layer (`apptainer push oras://`), and as the
+/// cache records a SIF it made or recovered.
+pub const MEDIA_TYPE: &str = "application/vnd.sylabs.sif.layer.v1.sif";
 /// Largest descriptor table accepted (the tools create 48 entries by default).
 pub const MAX_DESCRIPTORS: i64 = 100_000;
 /// Largest text object whose content is read into [`Descriptor::content`].

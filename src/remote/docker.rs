@@ -66,7 +66,7 @@ use crate::format::reference::Reference;
 /// A Docker manifest list (the Docker name for an image index).
 pub const MANIFEST_LIST_DOCKER: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The media type recorded for the SIF a conversion makes.
-pub const SIF_MEDIA_TYPE: &str = "application/vnd.sylabs.sif.layer.v1.sif";
+pub const SIF_MEDIA_TYPE: &str = crate::format::sif::MEDIA_TYPE;
 /// Docker Hub, as it is named in references, and where its API answers.
 const HUB: &str = "docker.io";
 const HUB_API: &str = "registry-1.docker.io";

@@ -342,12 +342,9 @@ impl RemoteRef {
                         let (host, lossless) = endpoint_host(&ep);
                         let exact = format!("{ep} {plain}");
                         let named = format!("{host}/{plain}");
-                        let reduced = sanitize_path(&named);
-                        if lossless {
-                            unique_name(reduced, &named, &exact)
-                        } else {
-                            unique_name(reduced, "", &exact)
-                        }
+                        // A path on the endpoint is lost from the name: always hashed.
+                        let plain = if lossless { named.as_str() } else { "" };
+                        unique_name(sanitize_path(&named), plain, &exact)
                     }
                 }
             }
@@ -748,13 +745,14 @@ fn refuse_taken_name(
     let Some(held) = entry.source.filter(|s| is_remote(s)) else {
         return Ok(());
     };
-    if held == remote.source(opts) {
+    let wanted = remote.source(opts);
+    if held == wanted {
         return Ok(());
     }
     Err(RemoteError::NameTaken {
         name: name.key(),
         held,
-        wanted: remote.source(opts),
+        wanted,
     })
 }
 

@@ -42,7 +42,7 @@ pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 pub const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
 pub const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
-pub const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
+pub const SIF_LAYER: &str = crate::format::sif::MEDIA_TYPE;
 /// The prototype layer type of Singularity before 3.7 (sic).
 pub const SIF_LAYER_PROTO: &str = "appliciation/vnd.sylabs.sif.layer.tar";
 pub const TITLE: &str = "org.opencontainers.image.title";

@@ -400,23 +400,11 @@ fn the_platform_asked_for_is_chosen_from_an_index_and_recorded() {
 fn zstd_and_docker_schema_2_images_convert_to_the_same_tree() {
     let env = Env::new();
     let (reg, layout) = registry_with_app(&env);
-    // Recompressed into a second layout first: pushed straight to the registry, skopeo
-    // would reuse the gzip blobs it already holds.
-    let zstd = env.path("zstd-layout");
-    run(std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--dest-compress-format",
-            "zstd",
-            "--dest-compress",
-        ])
-        .arg(format!("oci:{}:app", layout.dir.display()))
-        .arg(format!("oci:{}:app", zstd.display())));
-    run(std::process::Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:app", zstd.display()))
-        .arg(docker(&reg, "lab/app:zstd")));
+    layout.push_zstd(
+        "app",
+        &env.path("zstd-layout"),
+        &docker(&reg, "lab/app:zstd"),
+    );
     layout.push("app", &docker(&reg, "lab/app:v2s2"), &["--format", "v2s2"]);
     let listing = |tag: &str| {
         let sif = stdout_of(

@@ -79,6 +79,26 @@ impl Layout {
             .arg(dest));
     }
 
+    /// Push `tag` with its layers recompressed as zstd: copied into a second layout at
+    /// `via` first (pushed straight to the registry, skopeo would reuse the gzip blobs
+    /// the registry already holds).
+    pub fn push_zstd(&self, tag: &str, via: &Path, dest: &str) {
+        run(Command::new("skopeo")
+            .args([
+                "copy",
+                "--quiet",
+                "--dest-compress-format",
+                "zstd",
+                "--dest-compress",
+            ])
+            .arg(format!("oci:{}", self.image(tag)))
+            .arg(format!("oci:{}:{tag}", via.display())));
+        run(Command::new("skopeo")
+            .args(["copy", "--quiet", "--dest-tls-verify=false"])
+            .arg(format!("oci:{}:{tag}", via.display()))
+            .arg(dest));
+    }
+
     /// The manifest digest of `tag` in the layout.
     pub fn manifest_digest(&self, tag: &str) -> String {
         let idx: serde_json::Value =

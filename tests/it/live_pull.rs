@@ -264,21 +264,7 @@ fn registry_with_big_image(env: &Env) -> Registry {
             f.write_all(&chunk).unwrap();
         }
     });
-    let zstd = env.path("zstd-layout");
-    run(std::process::Command::new("skopeo")
-        .args([
-            "copy",
-            "--quiet",
-            "--dest-compress-format",
-            "zstd",
-            "--dest-compress",
-        ])
-        .arg(format!("oci:{}:big", l.dir.display()))
-        .arg(format!("oci:{}:big", zstd.display())));
-    run(std::process::Command::new("skopeo")
-        .args(["copy", "--quiet", "--dest-tls-verify=false"])
-        .arg(format!("oci:{}:big", zstd.display()))
-        .arg(docker(&reg, "lab/big:1")));
+    l.push_zstd("big", &env.path("zstd-layout"), &docker(&reg, "lab/big:1"));
     reg
 }
 
