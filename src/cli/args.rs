@@ -213,7 +213,8 @@ pub struct DockerArgs {
     pub squashfs_comp: Option<String>,
 }
 
-/// List cached images: name, short digest, size, when added and last used.
+/// List cached images: name, platform (docker:// images), short digest, size, when added
+/// and last used.
 ///
 /// PATTERN filters names: with `*` or `?` it is a glob over the whole name
 /// (`'lab/*:1.*'`), otherwise a substring (`lab/`). Sorted by name. --json prints every
@@ -408,9 +409,11 @@ pub struct LogoutArgs {
 /// Remove what is not needed, to keep the cache bounded (run it from cron).
 ///
 /// Always removes content no name uses and leftovers of interrupted commands in tmp/
-/// (older than --tmp-grace). With --max-age, removes names not used for that long; with
-/// --max-size, removes least recently used names until the content fits. Never removes
-/// pinned names or names used within --min-idle. `get` waits at most milliseconds while gc
+/// (older than --tmp-grace; never the files of a command still running, on any node).
+/// With --max-age, removes names not used for that long; with --max-size, removes least
+/// recently used names until the content fits. Never removes pinned names or names used
+/// within --min-idle, nor, within --min-idle of its last use, what a name held before it
+/// was re-pointed (`rm` of the name, or --min-idle 0, frees that at once). `get` waits at most milliseconds while gc
 /// runs; a job that has an image open keeps reading it.
 ///
 /// Sizes: 500G, 1.5TiB (binary), 200GB (decimal). Durations: 90d, 12h, 1d12h, 30m.
