@@ -34,6 +34,7 @@ pub(crate) mod fork;
 pub mod format;
 pub mod maintain;
 pub mod remote;
+pub mod settings;
 pub(crate) mod testhook;
 
 pub use cache::Cache;

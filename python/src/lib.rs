@@ -62,7 +62,7 @@ fn cache_error_class(e: &CacheError) -> &'static str {
 fn index_error_class(e: &IndexError) -> &'static str {
     match e {
         IndexError::Lock(LockError::Timeout { .. }) => "LockTimeout",
-        IndexError::Lock(LockError::BadSetting { .. }) => "InvalidInput",
+        IndexError::Lock(LockError::Setting(_)) => "InvalidInput",
         IndexError::Lock(LockError::Open { .. } | LockError::Lock { .. }) => "Error",
         // A damaged (or missing) index: `sregistry doctor --repair-index` rebuilds it.
         IndexError::Corrupt { .. }
@@ -83,7 +83,9 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         RemoteError::Cache(c) => cache_error_class(c),
         RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
         RemoteError::NotFound { .. } => "NotFound",
-        RemoteError::Insecure { .. } | RemoteError::NameTaken { .. } => "InvalidInput",
+        RemoteError::Insecure { .. }
+        | RemoteError::NameTaken { .. }
+        | RemoteError::Setting(_) => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }

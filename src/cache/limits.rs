@@ -13,12 +13,10 @@ use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use crate::format::units::{UnitError, parse_size};
-
 /// Environment variable: the most a download that declares no size may write.
-pub const MAX_DOWNLOAD_ENV: &str = "SREGISTRY_MAX_DOWNLOAD";
+pub const MAX_DOWNLOAD_ENV: &str = crate::settings::MAX_DOWNLOAD.name;
 /// Environment variable: the free space a download must leave on the cache's filesystem.
-pub const MIN_FREE_ENV: &str = "SREGISTRY_MIN_FREE";
+pub const MIN_FREE_ENV: &str = crate::settings::MIN_FREE.name;
 /// Default for [`Limits::max_download`].
 pub const DEFAULT_MAX_DOWNLOAD: u64 = 64 << 30;
 /// Default for [`Limits::min_free`].
@@ -43,28 +41,18 @@ impl Default for Limits {
 }
 
 /// A limit set to something that is not a size.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {source}")]
-pub struct LimitError {
-    pub var: &'static str,
-    pub source: UnitError,
-}
+pub type LimitError = crate::settings::SettingError;
 
 impl Limits {
     /// Defaults, overridden by `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (sizes:
     /// `500M`, `10G`, `0`).
     pub fn from_env() -> Result<Limits, LimitError> {
-        let mut l = Limits::default();
-        for (var, slot) in [
-            (MAX_DOWNLOAD_ENV, &mut l.max_download),
-            (MIN_FREE_ENV, &mut l.min_free),
-        ] {
-            if let Some(v) = std::env::var_os(var).filter(|v| !v.is_empty()) {
-                *slot = parse_size(&v.to_string_lossy())
-                    .map_err(|source| LimitError { var, source })?;
-            }
-        }
-        Ok(l)
+        use crate::settings::{MAX_DOWNLOAD, MIN_FREE, size};
+        let d = Limits::default();
+        Ok(Limits {
+            max_download: size(&MAX_DOWNLOAD)?.unwrap_or(d.max_download),
+            min_free: size(&MIN_FREE)?.unwrap_or(d.min_free),
+        })
     }
 }
 

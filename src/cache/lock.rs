@@ -48,9 +48,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Environment variable bounding every lock wait.
-pub const TIMEOUT_ENV: &str = "SREGISTRY_LOCK_TIMEOUT";
+pub const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.name;
 /// Environment variable choosing the lock primitive (`ofd`, the default, or `flock`).
-pub const KIND_ENV: &str = "SREGISTRY_LOCK";
+pub const KIND_ENV: &str = crate::settings::LOCK.name;
 /// Default bound on a lock wait.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a wait goes on before [`LockOptions::on_wait`] hears of it.
@@ -111,49 +111,22 @@ impl Default for LockOptions {
 impl LockOptions {
     /// Defaults, overridden by `SREGISTRY_LOCK_TIMEOUT` and `SREGISTRY_LOCK`.
     pub fn from_env() -> Result<LockOptions, LockError> {
+        use crate::settings;
         let mut o = LockOptions::default();
-        if let Some(v) = std::env::var_os(TIMEOUT_ENV) {
-            let v = v.to_string_lossy().into_owned();
-            o.timeout = parse_timeout(&v).ok_or(LockError::BadSetting {
-                var: TIMEOUT_ENV,
-                value: v,
-                hint: "a number of seconds, or a number with `s`, `m` or `h`",
-            })?;
+        if let Some(t) = settings::duration(&settings::LOCK_TIMEOUT)? {
+            o.timeout = t;
         }
-        if let Some(v) = std::env::var_os(KIND_ENV) {
-            o.kind = match v.to_string_lossy().as_ref() {
-                "ofd" | "fcntl" | "" => Kind::Ofd,
-                "flock" => Kind::Flock,
-                other => {
-                    return Err(LockError::BadSetting {
-                        var: KIND_ENV,
-                        value: other.to_string(),
-                        hint: "`ofd` or `flock`",
-                    });
-                }
-            };
+        if let Some(k) = settings::one_of(&settings::LOCK)? {
+            o.kind = if k == "flock" { Kind::Flock } else { Kind::Ofd };
         }
         Ok(o)
     }
 }
 
-fn parse_timeout(v: &str) -> Option<Duration> {
-    let v = v.trim();
-    let (num, mult) = match v.as_bytes().last()? {
-        b's' => (&v[..v.len() - 1], 1.0),
-        b'm' => (&v[..v.len() - 1], 60.0),
-        b'h' => (&v[..v.len() - 1], 3600.0),
-        _ => (v, 1.0),
-    };
-    let secs: f64 = num.trim().parse().ok()?;
-    (secs.is_finite() && secs >= 0.0 && secs * mult < 1e9)
-        .then(|| Duration::from_secs_f64(secs * mult))
-}
-
 /// Lock failures, each naming the lock file.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
-    #[error("timed out after {secs} s waiting for lock on `{path}` (another sregistry process holds it; raise {TIMEOUT_ENV} to wait longer)", secs = .waited.as_secs())]
+    #[error("timed out after {waited} waiting for lock on `{path}` (another sregistry process holds it; raise {TIMEOUT_ENV} to wait longer)", waited = crate::settings::format_duration(*.waited))]
     Timeout { path: PathBuf, waited: Duration },
     #[error(
         "cannot open lock file `{path}`: {source} (see `sregistry doctor` for the cache's permissions)"
@@ -163,12 +136,8 @@ pub enum LockError {
         "cannot lock `{path}`: {source} (if this filesystem lacks fcntl locks, try {KIND_ENV}=flock; see `sregistry doctor`)"
     )]
     Lock { path: PathBuf, source: io::Error },
-    #[error("{var}=`{value}` is not valid: expected {hint}")]
-    BadSetting {
-        var: &'static str,
-        value: String,
-        hint: &'static str,
-    },
+    #[error(transparent)]
+    Setting(#[from] crate::settings::SettingError),
 }
 
 /// A held lock; released when dropped (unlocked, then the file closed).
@@ -863,15 +832,6 @@ mod tests {
         };
         let _w = lock(&p, Mode::Exclusive, &o).unwrap();
         assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_none());
-    }
-
-    #[test]
-    fn timeouts_parse_with_units() {
-        assert_eq!(parse_timeout("90"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_timeout("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_timeout("0.5s"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_timeout("-1"), None);
-        assert_eq!(parse_timeout("soon"), None);
     }
 
     #[test]

@@ -149,13 +149,15 @@ pub enum RemoteError {
     #[error("`{url}` sent an empty body; nothing was stored (an image is never empty)")]
     Empty { url: String },
     #[error(
-        "`{url}` sent nothing for {secs} s, on each of {attempts} attempts (the server accepts connections but does not answer); nothing was stored (SREGISTRY_TIMEOUT sets the wait)"
+        "`{url}` sent nothing for {waited}, on each of {attempts} attempts (the server accepts connections but does not answer); nothing was stored (SREGISTRY_TIMEOUT sets the wait)", waited = crate::settings::format_duration(*.waited)
     )]
     Stalled {
         url: String,
-        secs: u64,
+        waited: std::time::Duration,
         attempts: u32,
     },
+    #[error(transparent)]
+    Setting(#[from] crate::settings::SettingError),
     #[error(
         "another process's pull of `{remote}` failed while this one waited for it, so this one did not try again: {detail}"
     )]
@@ -216,8 +218,10 @@ impl RemoteError {
 
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, RemoteError::BadRef { .. } | RemoteError::Reference(_))
-            || matches!(self, RemoteError::Cache(c) if c.is_usage())
+        matches!(
+            self,
+            RemoteError::BadRef { .. } | RemoteError::Reference(_) | RemoteError::Setting(_)
+        ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
 

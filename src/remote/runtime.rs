@@ -114,27 +114,16 @@ fn spawn_and_wait<T: Send + 'static>(
     })?
 }
 
-/// Environment variable: how long a connection may stay silent (no answer, no body
-/// bytes) before the request counts as stalled; seconds or a duration (`90s`, `2m`).
-pub const TIMEOUT_ENV: &str = "SREGISTRY_TIMEOUT";
-/// Default for [`TIMEOUT_ENV`].
+/// Default for `SREGISTRY_TIMEOUT` (how long a connection may stay silent: no answer, no
+/// body bytes).
 const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 /// Longest wait for a TCP (and TLS) connection to be set up.
 const CONNECT: Duration = Duration::from_secs(10);
 
 /// How long a connection may stay silent: `SREGISTRY_TIMEOUT`, else 30 s. A value that
-/// does not parse is refused when the client is made.
-pub fn idle_timeout() -> Result<Duration, String> {
-    match std::env::var(TIMEOUT_ENV) {
-        Ok(v) if !v.trim().is_empty() => crate::format::units::parse_duration(&v)
-            .ok()
-            .filter(|s| *s > 0)
-            .map(Duration::from_secs)
-            .ok_or_else(|| {
-                format!("{TIMEOUT_ENV}=`{v}` is not a duration (examples: 30, 90s, 2m)")
-            }),
-        _ => Ok(DEFAULT_IDLE),
-    }
+/// does not parse is refused.
+pub fn idle_timeout() -> Result<Duration, crate::settings::SettingError> {
+    Ok(crate::settings::duration(&crate::settings::TIMEOUT)?.unwrap_or(DEFAULT_IDLE))
 }
 
 /// Clients without and with `--insecure`.
@@ -144,8 +133,8 @@ static CLIENTS: [PerProcess<Result<reqwest::Client, String>>; 2] =
 /// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
 /// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
 pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
+    let idle = idle_timeout()?;
     let made = CLIENTS[usize::from(insecure)].get_or_make(|| {
-        let idle = idle_timeout()?;
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
             if attempt.previous().len() >= 10 {
                 return attempt.error(TooManyRedirects);

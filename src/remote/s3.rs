@@ -45,10 +45,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
     // a whole transfer (object_store's default, 30 s per request, would cut off a large
     // image that is still streaming). Set before the endpoint, whose `allow_http` lives
     // in the same client options.
-    let idle = super::runtime::idle_timeout().map_err(|detail| RemoteError::S3 {
-        url: format!("s3://{bucket}"),
-        detail,
-    })?;
+    let idle = super::runtime::idle_timeout()?;
     let mut client = object_store::ClientOptions::new()
         .with_timeout_disabled()
         .with_connect_timeout(idle.min(std::time::Duration::from_secs(10)))

@@ -27,6 +27,9 @@ const ANNOUNCE_AFTER: Duration = Duration::from_secs(3);
 /// Time-outs of one request before it is given up.
 const MAX_TIMEOUTS: u32 = 2;
 
+/// Retries of a request when `SREGISTRY_RETRIES` is unset.
+const DEFAULT_RETRIES: u32 = 3;
+
 /// The shared client and retry policy.
 pub struct Transport {
     client: reqwest::Client,
@@ -39,12 +42,8 @@ impl Transport {
     pub fn new(opts: &RemoteOptions) -> Result<Transport, RemoteError> {
         let insecure = opts.insecure;
         let client = super::runtime::client(insecure)?;
-        let attempts = std::env::var("SREGISTRY_RETRIES")
-            .ok()
-            .and_then(|v| v.parse::<u32>().ok())
-            .map(|n| n + 1)
-            .unwrap_or(4)
-            .clamp(1, 20);
+        let retries = crate::settings::count(&crate::settings::RETRIES)?.unwrap_or(DEFAULT_RETRIES);
+        let attempts = retries + 1;
         Ok(Transport {
             client,
             attempts,
@@ -73,7 +72,7 @@ impl Transport {
     pub fn stalled(&self, url: &str, attempts: u32) -> RemoteError {
         RemoteError::Stalled {
             url: shown(url),
-            secs: super::runtime::idle_timeout().map_or(0, |d| d.as_secs()),
+            waited: super::runtime::idle_timeout().unwrap_or_default(),
             attempts,
         }
     }

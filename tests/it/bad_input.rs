@@ -378,3 +378,83 @@ fn a_read_only_cache_refuses_writes_cleanly() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert_eq!(env.snapshot_of(&cache), before);
 }
+
+/// A setting that is set to something it cannot be exits 2 with one line naming the
+/// variable and its value, before anything is done; none is ignored for its default (a
+/// `SREGISTRY_RETRIES` of `-1` once was), none overflows, and none is blamed on something
+/// else (a bad `SREGISTRY_TIMEOUT` once spoke of missing CA certificates and exited 1).
+#[test]
+fn bad_settings_are_usage_errors_that_name_the_variable() {
+    let env = seeded();
+    let before = env.snapshot();
+    let f = env.file("in.img", b"input");
+    let bad = [
+        ("SREGISTRY_TIMEOUT", "abc"),
+        ("SREGISTRY_TIMEOUT", "0"),
+        ("SREGISTRY_TIMEOUT", "-5"),
+        ("SREGISTRY_LOCK_TIMEOUT", "abc"),
+        ("SREGISTRY_LOCK_TIMEOUT", "-1"),
+        ("SREGISTRY_LOCK", "posix"),
+        ("SREGISTRY_RETRIES", "abc"),
+        ("SREGISTRY_RETRIES", "-1"),
+        ("SREGISTRY_RETRIES", "4294967295"),
+        ("SREGISTRY_RETRIES", "21"),
+        ("SREGISTRY_MAX_DOWNLOAD", "lots"),
+        ("SREGISTRY_MIN_FREE", "1X"),
+        ("SREGISTRY_NOW", "yesterday"),
+    ];
+    for (var, value) in bad {
+        for args in [
+            vec!["get".to_string(), "seed:1".to_string()],
+            vec![
+                "add".to_string(),
+                f.display().to_string(),
+                "--name".to_string(),
+                "new:1".to_string(),
+            ],
+            vec!["pull".to_string(), "https://127.0.0.1:9/x.sif".to_string()],
+        ] {
+            let err = assert_fails(env.cmd().args(&args).env(var, value), 2, var);
+            assert!(err.contains(&format!("`{value}`")), "{var}={value}: {err}");
+            assert!(!err.contains("CA certificates"), "{var}={value}: {err}");
+        }
+    }
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a refused command changed the cache"
+    );
+    // The same values, well formed, are taken.
+    for (var, value) in [
+        ("SREGISTRY_TIMEOUT", "0.5"),
+        ("SREGISTRY_LOCK_TIMEOUT", "0"),
+        ("SREGISTRY_LOCK", "flock"),
+        ("SREGISTRY_RETRIES", "20"),
+        ("SREGISTRY_MIN_FREE", "0"),
+    ] {
+        stdout_of(env.cmd().args(["get", "seed:1"]).env(var, value));
+    }
+}
+
+/// Every `SREGISTRY_*` variable the library reads is in docs/commands.md's table, and the
+/// table names no variable the library does not read.
+#[test]
+fn the_environment_table_in_the_docs_is_the_settings_table() {
+    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md")).unwrap();
+    let table = doc
+        .split("## Environment")
+        .nth(1)
+        .expect("docs/commands.md has an Environment section");
+    let mut documented: Vec<&str> = table
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `SREGISTRY_"))
+        .map(|l| &l[..l.find('`').unwrap()])
+        .collect();
+    documented.sort();
+    let mut read: Vec<&str> = sregistry::settings::VARS
+        .iter()
+        .map(|v| v.name.strip_prefix("SREGISTRY_").unwrap())
+        .collect();
+    read.sort();
+    assert_eq!(documented, read);
+}

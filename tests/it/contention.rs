@@ -155,6 +155,8 @@ fn a_stuck_writer_makes_readers_time_out_with_a_clear_message() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("waiting for lock on"), "{err}");
+    // The wait is reported as it was set, not rounded down to whole seconds.
+    assert!(err.contains("timed out after 1.5 s"), "{err}");
     assert!(
         err.contains("index.lock") && err.contains("SREGISTRY_LOCK_TIMEOUT"),
         "{err}"

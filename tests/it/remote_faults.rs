@@ -1500,3 +1500,34 @@ fn a_silent_s3_endpoint_fails_within_a_few_timeouts() {
     );
     assert_nothing_stored(&env);
 }
+
+/// `SREGISTRY_RETRIES` is obeyed exactly: a blob that always fails with 500 is asked for
+/// once with 0 retries and three times with 2. (A value it cannot read was once ignored
+/// for the default of 3: `bad_settings_are_usage_errors_that_name_the_variable`.)
+#[test]
+fn retries_setting_sets_the_number_of_attempts() {
+    let source = source_sif();
+    for (retries, attempts) in [("0", 1), ("2", 3)] {
+        let server = artifact_server(
+            "failing",
+            &source,
+            Box::new(|_, _| Reply::new(500).body(b"no")),
+        );
+        let env = Env::new();
+        let out = env
+            .cmd()
+            .args(["pull", &oras(&server, "failing")])
+            .env("SREGISTRY_RETRIES", retries)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let blob = blob_path("failing", &source);
+        assert_eq!(
+            server.requests("GET", &blob).len(),
+            attempts,
+            "SREGISTRY_RETRIES={retries}: {:#?}",
+            server.seen()
+        );
+        assert_nothing_stored(&env);
+    }
+}

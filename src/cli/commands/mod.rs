@@ -110,6 +110,9 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Completions(args) = &cli.command {
         return completions::run(args);
     }
+    // A setting that is set to nonsense is refused before anything is done, whichever
+    // setting this command would read.
+    sregistry::settings::check().map_err(|e| crate::cli::exit::UsageError(e.to_string()))?;
     let mut lock = LockOptions::from_env()?;
     if !cli.global.quiet {
         lock.on_wait = Some(sregistry::cache::lock::OnWait(std::sync::Arc::new(
