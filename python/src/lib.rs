@@ -99,6 +99,7 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::NoSpaceConverting { .. }
         | RemoteError::Empty { .. }
         | RemoteError::Stalled { .. }
+        | RemoteError::Repointed { .. }
         | RemoteError::FailedElsewhere { .. }
         | RemoteError::BrokeOff { .. }
         | RemoteError::Truncated { .. }

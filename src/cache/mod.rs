@@ -1115,37 +1115,8 @@ impl Cache {
                 }
                 _ => rec.digest,
             };
-            let path = self.store.blob_path(&digest);
-            let Some(size) = std::fs::metadata(&path)
-                .ok()
-                .filter(|m| m.is_file())
-                .map(|m| m.len())
-            else {
-                if let Some(q) = self.quarantined(&digest) {
-                    return Err(CacheError::Quarantined { name: key, path: q });
-                }
-                return Err(CacheError::BlobMissing { name: key, path });
-            };
-            // A file cut short (or grown) from outside is never handed out.
-            if let Some(b) = rd.get_blob(&digest)?
-                && b.size != size
-            {
-                return Err(CacheError::WrongSize {
-                    name: key,
-                    path,
-                    size,
-                    recorded: b.size,
-                });
-            }
-            let now = clock::now();
-            let stale = rd
-                .last_use(&key)?
-                .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
-            if stale {
-                // Under the shared lock, so that no gc can choose this name between the
-                // lookup and the record of its use (see `crate::cache::uses`).
-                let _ = self.uses.record(&key, now, LAST_USE_RESOLUTION);
-            }
+            let path = self.checked_path(&rd, &key, &digest)?;
+            let stale = self.note_use(&rd, &key)?;
             (path, stale)
         };
         if stale {
@@ -1153,6 +1124,60 @@ impl Cache {
             self.touch(&key);
         }
         Ok(Some(path))
+    }
+
+    /// The path of `digest`'s blob for the name `key`, checked under the caller's shared
+    /// lock: there, a regular file, of its recorded size (a file cut short or grown from
+    /// outside is never handed out); else why not.
+    fn checked_path(
+        &self,
+        rd: &index::IndexReader,
+        key: &str,
+        digest: &Digest,
+    ) -> Result<PathBuf, CacheError> {
+        let path = self.store.blob_path(digest);
+        let Some(size) = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+        else {
+            if let Some(q) = self.quarantined(digest) {
+                return Err(CacheError::Quarantined {
+                    name: key.to_string(),
+                    path: q,
+                });
+            }
+            return Err(CacheError::BlobMissing {
+                name: key.to_string(),
+                path,
+            });
+        };
+        if let Some(b) = rd.get_blob(digest)?
+            && b.size != size
+        {
+            return Err(CacheError::WrongSize {
+                name: key.to_string(),
+                path,
+                size,
+                recorded: b.size,
+            });
+        }
+        Ok(path)
+    }
+
+    /// Record a use of `key` in its marker when the stored time is stale, under the
+    /// caller's shared lock, so that no gc can choose the name between the lookup and the
+    /// record of its use (see `crate::cache::uses`). True when the caller should then
+    /// fold it into the index ([`Cache::touch`]).
+    fn note_use(&self, rd: &index::IndexReader, key: &str) -> Result<bool, CacheError> {
+        let now = clock::now();
+        let stale = rd
+            .last_use(key)?
+            .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
+        if stale {
+            let _ = self.uses.record(key, now, LAST_USE_RESOLUTION);
+        }
+        Ok(stale)
     }
 
     /// [`Cache::get`], then re-hash the file before answering (`get --verify`).
@@ -1232,8 +1257,12 @@ impl Cache {
         if !self.exists() {
             return Err(self.not_found(r));
         }
-        let key = r.key();
         let rd = self.index.read()?;
+        self.entry_under(&rd, r)
+    }
+
+    fn entry_under(&self, rd: &index::IndexReader, r: &Reference) -> Result<Entry, CacheError> {
+        let key = r.key();
         let record = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
         check_digest(r, &record)?;
         let blob = rd.get_blob(&record.digest)?;
@@ -1249,6 +1278,78 @@ impl Cache {
             last_use,
             pinned,
         }))
+    }
+
+    /// The entry of `r` and its file, opened, from one lookup under the shared lock: the
+    /// open file holds the content the entry describes, whatever re-points the name or gc
+    /// removes next (an [`Cache::entry`] then a [`Cache::get`] could see two contents, and
+    /// a path can vanish). A file that is missing, quarantined or not of its recorded size
+    /// is the error [`Cache::get`] gives. For `push`, which reads the file and records the
+    /// entry's digest.
+    pub fn open_entry(&self, r: &Reference) -> Result<(Entry, fs::File), CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let rd = self.index.read()?;
+        let entry = self.entry_under(&rd, r)?;
+        let file = fs::File::open(&entry.path).map_err(|source| {
+            if source.kind() != io::ErrorKind::NotFound {
+                CacheError::Open {
+                    path: entry.path.clone(),
+                    source,
+                }
+            } else if let Some(q) = self.quarantined(&entry.digest) {
+                CacheError::Quarantined {
+                    name: entry.name.clone(),
+                    path: q,
+                }
+            } else {
+                CacheError::BlobMissing {
+                    name: entry.name.clone(),
+                    path: entry.path.clone(),
+                }
+            }
+        })?;
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Some(recorded) = entry.size
+            && recorded != size
+        {
+            return Err(CacheError::WrongSize {
+                name: entry.name.clone(),
+                path: entry.path.clone(),
+                size,
+                recorded,
+            });
+        }
+        Ok((entry, file))
+    }
+
+    /// [`Cache::entry`] and [`Cache::get`] in one lookup: the entry of `r` when it passes
+    /// `check`, its file checked in place and its use recorded as `get` does; `Ok(None)`
+    /// when it does not pass. What `check` saw is what the caller gets, even if the name
+    /// is re-pointed the moment after.
+    pub fn entry_in_use(
+        &self,
+        r: &Reference,
+        check: impl FnOnce(&Entry) -> bool,
+    ) -> Result<Option<Entry>, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let (entry, stale) = {
+            let rd = self.index.read()?;
+            let entry = self.entry_under(&rd, r)?;
+            if !check(&entry) {
+                return Ok(None);
+            }
+            self.checked_path(&rd, &entry.name, &entry.digest)?;
+            let stale = self.note_use(&rd, &entry.name)?;
+            (entry, stale)
+        };
+        if stale {
+            self.touch(&entry.name);
+        }
+        Ok(Some(entry))
     }
 
     /// Fail with "not found" (or a digest the name does not point to, or "pinned") under

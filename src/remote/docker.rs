@@ -549,10 +549,14 @@ struct Downloaded {
 /// is kept (a conversion would give the same bytes), and `pull --force` fetches them again
 /// for `export`.
 fn unchanged(cache: &Cache, name: &Reference, source: &str, manifest: &str) -> Option<Entry> {
-    let e = cache.entry(name).ok()?;
-    let same = e.source.as_deref() == Some(source)
-        && e.labels.get(LABEL_MANIFEST).map(String::as_str) == Some(manifest);
-    (same && cache.get(name).is_ok()).then_some(e)
+    // One lookup: the entry compared is the one whose file is checked and handed out.
+    cache
+        .entry_in_use(name, |e| {
+            e.source.as_deref() == Some(source)
+                && e.labels.get(LABEL_MANIFEST).map(String::as_str) == Some(manifest)
+        })
+        .ok()
+        .flatten()
 }
 
 /// Whether an image of platform `is` is what `asked` asks for: the same os and

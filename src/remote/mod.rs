@@ -159,6 +159,10 @@ pub enum RemoteError {
     #[error(transparent)]
     Setting(#[from] crate::settings::SettingError),
     #[error(
+        "`{name}` was pointed at other content while this pull of `{remote}` checked it; nothing was changed (run the pull again)"
+    )]
+    Repointed { name: String, remote: String },
+    #[error(
         "another process's pull of `{remote}` failed while this one waited for it, so this one did not try again: {detail}"
     )]
     FailedElsewhere { remote: String, detail: String },
@@ -836,10 +840,18 @@ fn pull_locked(
     let (ingested, fetched) = match pulled {
         Pulled::Fresh(i, f) => (i, f),
         Pulled::Unchanged => {
-            // `get` checks the file is still there and records the use.
-            cache.get(name)?;
+            // One lookup: the file is checked in place and the use recorded, for the entry
+            // reported. A name re-pointed away from this remote meanwhile is not reported as
+            // its content.
+            let source = remote.source(opts);
+            let entry = cache
+                .entry_in_use(name, |e| e.source.as_deref() == Some(source.as_str()))?
+                .ok_or_else(|| RemoteError::Repointed {
+                    name: name.key(),
+                    remote: source.clone(),
+                })?;
             return Ok(PullOutcome {
-                entry: cache.entry(name)?,
+                entry,
                 downloaded: false,
             });
         }
@@ -911,14 +923,16 @@ pub fn push(
             "a push needs a tag (oras://HOST/REPOSITORY:TAG), not a digest: the registry names the pushed manifest by its own digest",
         ));
     }
-    let entry = cache.entry(name)?;
-    let path = cache.get(name)?;
+    // One lookup: the entry and the open file are the same content, whatever happens to
+    // the name or to the blob's path while the upload runs.
+    let (entry, file) = cache.open_entry(name)?;
+    crate::testhook::pause("push-opened");
     let (e, remote_, o) = (entry.clone(), remote.clone(), opts.clone());
     let (where_, sha) = runtime::run(async move {
         let (entry, opts) = (&e, &o);
         let transport = transport::Transport::new(opts)?;
         match &remote_ {
-            RemoteRef::Oras(r) => oci::push(&transport, &path, entry, r, opts).await,
+            RemoteRef::Oras(r) => oci::push(&transport, &file, entry, r, opts).await,
             RemoteRef::Docker(_) => Err(bad_ref(
                 &remote_.to_string(),
                 "pushing to docker:// is not supported; push the SIF to oras:// (Apptainer pulls it from there)",
@@ -927,7 +941,7 @@ pub fn push(
                 shown: url.clone(),
                 reason: "pushing to a plain URL is not supported; push to oras:// or s3://".into(),
             }),
-            RemoteRef::S3 { bucket, key } => s3::push(&path, bucket, key, opts).await,
+            RemoteRef::S3 { bucket, key } => s3::push(&file, &entry.path, bucket, key, opts).await,
         }
     })?;
     if let Some(sha) = sha {
@@ -1002,14 +1016,13 @@ pub fn login(
     auth::store_credentials(host, Some(&creds))
 }
 
-/// A blob digest as the remote knows it, e.g. `sha256:<hex>`.
-pub fn sha256_of_file(path: &std::path::Path) -> Result<String, RemoteError> {
+/// The sha256 of what `f` reads (`path` names it in errors), as a remote knows a blob:
+/// `sha256:<hex>`.
+pub fn sha256_of(
+    f: &mut impl std::io::Read,
+    path: &std::path::Path,
+) -> Result<String, RemoteError> {
     use sha2::Digest as _;
-    use std::io::Read;
-    let mut f = std::fs::File::open(path).map_err(|source| RemoteError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
     let mut h = sha2::Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     loop {
@@ -1023,6 +1036,23 @@ pub fn sha256_of_file(path: &std::path::Path) -> Result<String, RemoteError> {
         h.update(&buf[..n]);
     }
     Ok(format!("sha256:{}", hex(&h.finalize())))
+}
+
+/// `file` opened again, with a read position of its own at the start: each attempt of an
+/// upload reads it whole, and never shares an offset with an earlier attempt's reader. The
+/// open file is reached through `/proc/self/fd`, so this works after the path was removed
+/// or re-pointed; where `/proc` is not mounted, a duplicate rewound to the start.
+pub(crate) fn reopen(file: &std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    use std::os::fd::AsRawFd;
+    match std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        Ok(f) => Ok(f),
+        Err(_) => {
+            let mut f = file.try_clone()?;
+            f.rewind()?;
+            Ok(f)
+        }
+    }
 }
 
 pub(crate) fn hex(bytes: &[u8]) -> String {

@@ -669,7 +669,7 @@ pub async fn download(
 /// Upload a cached image as a SIF artifact; returns where it went and its sha256.
 pub async fn push(
     t: &Transport,
-    path: &Path,
+    file: &std::fs::File,
     entry: &Entry,
     r: &OciRef,
     opts: &RemoteOptions,
@@ -677,15 +677,14 @@ pub async fn push(
     let creds = auth::credentials_for(&r.host)?;
     let mut s = Session::new(t, &r.host, creds);
     let scope = push_scope(&r.repository);
-    let size = std::fs::metadata(path)
-        .map_err(|source| RemoteError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?
-        .len();
+    let io_err = |source| RemoteError::Io {
+        path: entry.path.clone(),
+        source,
+    };
+    let size = file.metadata().map_err(io_err)?.len();
     let layer_digest = match &entry.remote_digest {
         Some(d) if d.starts_with("sha256:") => d.clone(),
-        _ => super::sha256_of_file(path)?,
+        _ => super::sha256_of(&mut super::reopen(file).map_err(io_err)?, &entry.path)?,
     };
     let config = b"{}".to_vec();
     let config_digest = {
@@ -706,7 +705,7 @@ pub async fn push(
         &scope,
         &r.repository,
         &layer_digest,
-        Body::File(path.to_path_buf(), size),
+        Body::File(file, size),
         opts,
     )
     .await?;
@@ -765,9 +764,10 @@ pub async fn push(
     ))
 }
 
-enum Body {
+enum Body<'a> {
     Bytes(Vec<u8>),
-    File(std::path::PathBuf, u64),
+    /// An open file (read from its start by each attempt) and its size.
+    File(&'a std::fs::File, u64),
 }
 
 /// `HEAD` the blob; if missing, `POST` an upload and `PUT` the content to its location.
@@ -778,7 +778,7 @@ async fn upload_blob(
     scope: &str,
     repo: &str,
     digest: &str,
-    body: Body,
+    body: Body<'_>,
     opts: &RemoteOptions,
 ) -> Result<(), RemoteError> {
     let head_url = s.url(&format!("/v2/{repo}/blobs/{digest}"));
@@ -831,7 +831,7 @@ async fn upload_blob(
             .header(CONTENT_TYPE, "application/octet-stream");
         match &body {
             Body::Bytes(b) => rb.header(CONTENT_LENGTH, b.len()).body(b.clone()),
-            Body::File(p, size) => match std::fs::File::open(p) {
+            Body::File(f, size) => match super::reopen(f) {
                 Ok(f) => {
                     let f = tokio::fs::File::from_std(f);
                     let stream = tokio_util::io::ReaderStream::with_capacity(f, 1 << 20);

@@ -172,7 +172,8 @@ pub async fn pull(
 /// Upload a file to `s3://bucket/key` (multipart), telling the progress hook as it goes
 /// (a hook that asks to stop aborts the upload: nothing is left under the key).
 pub async fn push(
-    file: &Path,
+    file: &std::fs::File,
+    shown: &Path,
     bucket: &str,
     key: &str,
     opts: &RemoteOptions,
@@ -186,12 +187,11 @@ pub async fn push(
         .await
         .map_err(|e| s3_err(&url, e))?;
     let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
-    let mut f = tokio::fs::File::open(file)
-        .await
-        .map_err(|source| RemoteError::Io {
-            path: file.to_path_buf(),
+    let mut f =
+        tokio::fs::File::from_std(super::reopen(file).map_err(|source| RemoteError::Io {
+            path: shown.to_path_buf(),
             source,
-        })?;
+        })?);
     let size = f.metadata().await.ok().map(|m| m.len());
     let mut buf = vec![0u8; 4 << 20];
     // On any failure (or a progress hook asking to stop), abort the multipart upload so no
@@ -201,7 +201,7 @@ pub async fn push(
         let mut done = 0u64;
         loop {
             let n = f.read(&mut buf).await.map_err(|source| RemoteError::Io {
-                path: file.to_path_buf(),
+                path: shown.to_path_buf(),
                 source,
             })?;
             if n == 0 {

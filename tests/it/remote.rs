@@ -584,3 +584,62 @@ fn search_lists_every_page_of_the_catalog() {
         "{pages} catalog requests for 5 repositories in pages of 2"
     );
 }
+
+/// `push` looked the name up twice (its entry, then its path): a name re-pointed in
+/// between sent the new content under the old content's digest, or recorded the registry's
+/// digest of one content against the other. Now one lookup opens the file: re-pointed and
+/// its old blob removed by gc while the push waits, the push still sends exactly the
+/// content it looked up, and records its digest against that content only.
+#[test]
+fn push_sends_the_content_it_looked_up_though_the_name_moves_and_gc_runs() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let first = env.sif("first.sif", "the content looked up");
+    let second = env.sif("second.sif", "the content the name moved to");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&first)
+            .args(["--name", "lab/moving:1"]),
+    );
+    let first_blob = inspect_json(&env, "lab/moving:1")["path"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let go = env.path("go");
+    let target = reg.oras("lab/moving:1");
+    let paused = env.spawn_paused(
+        "push-opened",
+        Some(&go),
+        &["push".as_ref(), "lab/moving:1".as_ref(), target.as_ref()],
+    );
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&second)
+            .args(["--name", "lab/moving:1"]),
+    );
+    stdout_of(env.cmd().args(["gc", "--max-size", "0", "--min-idle", "0"]));
+    assert!(
+        !std::path::Path::new(&first_blob).exists(),
+        "gc did not remove the first content's blob: the test proves nothing"
+    );
+    fs::write(&go, b"").unwrap();
+    let out = paused.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other = Env::new();
+    let path = stdout_of(other.cmd().args(["pull", &target]));
+    assert_eq!(fs::read(&path).unwrap(), fs::read(&first).unwrap());
+    // The name's current content (the second) was never sent, so it has no remote digest
+    // of the first's.
+    let now = inspect_json(&env, "lab/moving:1");
+    assert_ne!(now["remote_digest"], sha256_of(&first).as_str(), "{now}");
+}
+
+fn inspect_json(env: &Env, name: &str) -> serde_json::Value {
+    serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
+}
