@@ -134,10 +134,17 @@ fn cache_err(e: CacheError) -> PyErr {
     Python::attach(|py| raise(py, cache_error_class(&e), cache_message(&e)))
 }
 
-/// The library's message, with the command line's `--move` told as the Python argument
-/// `move=True`.
+/// The library's message, with the command line's flags told as the Python arguments
+/// that do the same (`--move`: `move=True`, `--force`: `force=True`, `--cache`: `root`).
 fn cache_message(e: &CacheError) -> String {
     match e {
+        CacheError::PinnedRepoint { name, pinned, new } => format!(
+            "image `{name}` is pinned to {pinned}; it was not re-pointed to {new} (pass force=True to add, tag or pull to re-point it, which leaves the old content unprotected, or unpin it first)"
+        ),
+        CacheError::NoRoot => format!(
+            "no cache directory given: set {}, give sregistry.Cache a root, or set HOME",
+            sregistry::cache::CACHE_ENV
+        ),
         CacheError::MoveSymlink { path } => format!(
             "`{}` is a symbolic link; move=True would move the link, not the image (add it with move=False)",
             path.display()
@@ -154,6 +161,9 @@ fn cache_message(e: &CacheError) -> String {
 fn remote_err(e: RemoteError) -> PyErr {
     let message = match &e {
         RemoteError::Cache(c) => cache_message(c),
+        RemoteError::Insecure { host } => format!(
+            "plain HTTP to `{host}` is refused: use https (loopback addresses are allowed; only the command line's --insecure allows others)"
+        ),
         _ => e.to_string(),
     };
     Python::attach(|py| raise(py, remote_error_class(&e), message))

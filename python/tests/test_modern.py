@@ -411,3 +411,22 @@ def test_moving_a_symlink_in_names_the_python_argument(cache, make_file, tmp_pat
     assert "--" not in str(e.value)
     assert link.is_symlink() and target.exists()
     assert cache.add(link, "lab/link:1").size == 700
+
+
+def test_errors_name_python_arguments_not_command_line_flags(cache, make_file, tmp_path):
+    """Danger: a Python caller told to pass `--force` or `--cache`, flags of a command it
+    never ran."""
+    cache.add(make_file("p1.bin", 500, seed=92), "lab/p:1")
+    cache.pin("lab/p:1")
+    with pytest.raises(sregistry.Pinned) as e:
+        cache.add(make_file("p2.bin", 500, seed=93), "lab/p:1")
+    assert "force=True" in str(e.value) and "--" not in str(e.value)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SREGISTRY_CACHE", "XDG_CACHE_HOME", "HOME")}
+    out = subprocess.run(
+        [sys.executable, "-c", "import sregistry; sregistry.Cache()"],
+        env=env, capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "SREGISTRY_CACHE" in last and "root" in last and "--cache" not in last, last

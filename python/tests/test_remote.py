@@ -394,3 +394,13 @@ def test_a_download_limit_that_is_not_a_size_is_refused_naming_it(
         assert isinstance(e.value, ValueError)
         assert var in str(e.value) and "plenty" in str(e.value)
     assert cache.list() == []
+
+
+def test_plain_http_refused_names_no_flag_python_cannot_pass(tmp_path):
+    """Danger: a Python caller told to "pass --insecure", a flag of a command it never ran
+    (the package has no way to allow plain HTTP to a host that is not loopback)."""
+    cache = sregistry.Cache(tmp_path / "c")
+    with pytest.raises(sregistry.InvalidInput) as e:
+        cache.pull("http://example.org/x.sif")
+    assert "use https" in str(e.value) and "pass --insecure" not in str(e.value)
+    assert "example.org" in str(e.value)
