@@ -292,6 +292,13 @@ class Client:
                 "the link, not the image (give copy=True to copy the image it points to)"
                 % image_path
             )
+        root = os.path.realpath(self.cache.root)
+        if moving and os.path.realpath(image_path).startswith(root + os.sep):
+            raise InvalidInput(
+                "`%s` is inside the cache `%s`; add moves files from outside it (give "
+                "copy=True to give a cached image another name, or use rename)"
+                % (image_path, root)
+            )
         labels = {}
         if names["version"]:
             labels[VERSION_LABEL] = names["version"]

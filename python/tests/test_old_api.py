@@ -312,6 +312,19 @@ def test_old_add_of_a_symlink_names_the_python_argument(client, make_file, tmp_p
     assert os.path.getsize(rec.image) == 900 and target.exists()
 
 
+def test_old_add_of_a_file_inside_the_cache_names_the_python_argument(client, make_file):
+    """Danger: the old API's add (which moves) refusing a file of the cache itself with
+    advice about `move=True`, an argument of another API its caller never gave."""
+    rec = client.add(image_path=str(make_file("in.sif", 800, seed=66)), image_uri="lab/in:1")
+    with pytest.raises(sregistry.InvalidInput) as e:
+        client.add(image_path=rec.image, image_uri="lab/in:2")
+    assert "copy=True" in str(e.value) and "move=" not in str(e.value)
+    assert "--" not in str(e.value)
+    again = client.add(image_path=rec.image, image_uri="lab/in:2", copy=True)
+    assert again.image == rec.image and os.path.exists(rec.image)
+    assert client.cache.verify().clean
+
+
 def test_old_add_of_a_missing_file_is_file_not_found(client, tmp_path):
     """Danger: the old API and the modern one raising different classes for one mistake."""
     with pytest.raises(FileNotFoundError) as e:
