@@ -563,11 +563,12 @@ impl PyCache {
         Ok(Image::of(entry.map_err(cache_err)?))
     }
 
-    /// Add many files at once: one index transaction per `batch` names (0: the
-    /// library's default, 500), with every check of `add`. `items` are `(path, name)` or
-    /// `(path, name, labels)`. Returns one result per item, in order: its `Image`, or the
-    /// `sregistry.Error` that refused it (not raised: the others go on). Raises only for
-    /// what stops everything (the index cannot be written); the batches before it stay.
+    /// Add many files at once: one index transaction per `batch` names (None or 0: the
+    /// library's default, 500), with every check of `add`. `items` is any iterable of
+    /// `(path, name)` or `(path, name, labels)`. Returns one result per item, in order:
+    /// its `Image`, or the `sregistry.Error` that refused it (not raised: the others go
+    /// on). Raises only for what stops everything (the index cannot be written); the
+    /// batches before it stay.
     /// `progress(done, total)` is told the items done after each batch; an exception in
     /// it stops before the next batch (those done stay added) and is raised.
     #[pyo3(signature = (items, r#move=false, batch=None, progress=None))]

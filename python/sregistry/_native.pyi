@@ -71,7 +71,7 @@ class Cache:
         self,
         items: Iterable[Union[Tuple[Path, str], Tuple[Path, str, Dict[str, str]]]],
         move: bool = False,
-        batch: int = 0,
+        batch: Optional[int] = None,
         progress: Optional[Progress] = None,
     ) -> List[Union[Image, Error]]: ...
     def get(self, name: str, progress: Optional[Progress] = None) -> str: ...
