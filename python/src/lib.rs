@@ -7,14 +7,17 @@
 //! `KeyError`); [`raise`] looks them up by name.
 
 use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pyo3::exceptions::PyRuntimeError;
+use pyo3::exceptions::{PyRuntimeError, PyTypeError};
 use pyo3::prelude::*;
-use pyo3::types::PyType;
+use pyo3::types::{PyBytes, PyInt, PyType};
 
+use sregistry::cache::limits::Limits;
 use sregistry::cache::lock::{LockError, LockOptions};
 use sregistry::cache::{
     AddItem, AddOptions, CacheError, CopyProgress, DEFAULT_ADD_BATCH, Entry, IndexError, Repoint,
@@ -43,6 +46,10 @@ fn cache_error_class(e: &CacheError) -> &'static str {
         | CacheError::Corrupt { .. } => "Corrupt",
         CacheError::Pinned { .. } | CacheError::PinnedRepoint { .. } => "Pinned",
         CacheError::DigestOnTarget { .. } => "InvalidName",
+        // The file to add is not there: also a `FileNotFoundError`.
+        CacheError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+            "NoSuchFile"
+        }
         CacheError::NotAFile { .. }
         | CacheError::Empty { .. }
         | CacheError::MoveSymlink { .. }
@@ -127,11 +134,42 @@ fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
 }
 
 fn cache_err(e: CacheError) -> PyErr {
-    Python::attach(|py| raise(py, cache_error_class(&e), e.to_string()))
+    Python::attach(|py| raise(py, cache_error_class(&e), cache_message(&e)))
+}
+
+/// The library's message, with the command line's flags told as the Python arguments
+/// that do the same (`--move`: `move=True`, `--force`: `force=True`, `--cache`: `root`).
+fn cache_message(e: &CacheError) -> String {
+    match e {
+        CacheError::PinnedRepoint { name, pinned, new } => format!(
+            "image `{name}` is pinned to {pinned}; it was not re-pointed to {new} (pass force=True to add, tag or pull to re-point it, which leaves the old content unprotected, or unpin it first)"
+        ),
+        CacheError::NoRoot => format!(
+            "no cache directory given: set {}, give sregistry.Cache a root, or set HOME",
+            sregistry::cache::CACHE_ENV
+        ),
+        CacheError::MoveSymlink { path } => format!(
+            "`{}` is a symbolic link; move=True would move the link, not the image (add it with move=False)",
+            path.display()
+        ),
+        CacheError::MoveFromCache { path, cache } => format!(
+            "`{}` is inside the cache `{}`; move=True takes files from outside it (to give a cached image another name, use Cache.tag)",
+            path.display(),
+            cache.display()
+        ),
+        _ => e.to_string(),
+    }
 }
 
 fn remote_err(e: RemoteError) -> PyErr {
-    Python::attach(|py| raise(py, remote_error_class(&e), e.to_string()))
+    let message = match &e {
+        RemoteError::Cache(c) => cache_message(c),
+        RemoteError::Insecure { host } => format!(
+            "plain HTTP to `{host}` is refused: use https (loopback addresses are allowed; only the command line's --insecure allows others)"
+        ),
+        _ => e.to_string(),
+    };
+    Python::attach(|py| raise(py, remote_error_class(&e), message))
 }
 
 fn unit_err(e: UnitError) -> PyErr {
@@ -148,6 +186,21 @@ fn parse_name(s: &str) -> PyResult<Reference> {
 
 fn parse_remote(s: &str) -> PyResult<RemoteRef> {
     RemoteRef::parse(s).map_err(remote_err)
+}
+
+/// A path argument, taken as `open` takes one: `str`, `bytes`, or an `os.PathLike` of
+/// either (bytes are the file name's bytes, whatever their encoding).
+fn path_arg(v: &Bound<'_, PyAny>, what: &str) -> PyResult<PathBuf> {
+    let py = v.py();
+    let fspath = py
+        .import("os")?
+        .getattr("fspath")?
+        .call1((v,))
+        .map_err(|e| PyTypeError::new_err(format!("{what}: {}", e.value(py))))?;
+    if let Ok(b) = fspath.cast::<PyBytes>() {
+        return Ok(PathBuf::from(OsString::from_vec(b.as_bytes().to_vec())));
+    }
+    fspath.extract()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -260,11 +313,15 @@ fn raise_failed(failed: &Mutex<Option<PyErr>>) -> PyResult<()> {
 }
 
 /// Remote options with `progress` installed, and the receiver to ask afterwards whether
-/// the callback failed.
+/// the callback failed. The download limits are the command line's, read at each call:
+/// `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (a value that is not a size raises
+/// `InvalidInput`, naming the variable).
 fn remote_opts(
     progress: Option<Py<PyAny>>,
     force: bool,
-) -> (RemoteOptions, Option<Arc<PyProgress>>) {
+) -> PyResult<(RemoteOptions, Option<Arc<PyProgress>>)> {
+    let limits = Limits::from_env()
+        .map_err(|e| Python::attach(|py| raise(py, "InvalidInput", e.to_string())))?;
     let hook = progress.map(|callback| {
         Arc::new(PyProgress {
             callback,
@@ -275,9 +332,10 @@ fn remote_opts(
         progress: hook.clone().map(|h| ProgressHook(h as Arc<dyn Progress>)),
         repoint: Repoint::from_force(force),
         refetch: force,
+        limits,
         ..RemoteOptions::default()
     };
-    (opts, hook)
+    Ok((opts, hook))
 }
 
 /// The callback's own exception when it failed (the library then stopped with
@@ -399,19 +457,34 @@ fn report(py: Python<'_>, kind: &str, v: impl serde::Serialize) -> PyResult<Py<P
 }
 
 /// A size (`int` bytes, or text such as `"500G"`) or a duration (`int` seconds, or text
-/// such as `"30d"`).
+/// such as `"30d"`), for the argument `what`.
 fn size_arg(
     v: Option<&Bound<'_, PyAny>>,
+    what: &str,
     parse: fn(&str) -> Result<u64, UnitError>,
 ) -> PyResult<Option<u64>> {
     let Some(v) = v else { return Ok(None) };
     if v.is_none() {
         return Ok(None);
     }
-    if let Ok(n) = v.extract::<u64>() {
-        return Ok(Some(n));
+    if v.is_instance_of::<PyInt>() {
+        return v.extract::<u64>().map(Some).map_err(|_| {
+            raise(
+                v.py(),
+                "InvalidInput",
+                format!("{what}={v}: give a whole number from 0 to {}, or text such as \"500G\" or \"30d\"", u64::MAX),
+            )
+        });
     }
-    let s: String = v.extract()?;
+    let s: String = v.extract().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{what}: give an int or text such as \"500G\" or \"30d\", not {}",
+            v.get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
+        ))
+    })?;
     parse(&s).map(Some).map_err(unit_err)
 }
 
@@ -419,7 +492,11 @@ fn size_arg(
 impl PyCache {
     #[new]
     #[pyo3(signature = (root=None, lock_timeout=None))]
-    fn new(root: Option<PathBuf>, lock_timeout: Option<f64>) -> PyResult<PyCache> {
+    fn new(root: Option<&Bound<'_, PyAny>>, lock_timeout: Option<f64>) -> PyResult<PyCache> {
+        let root = root
+            .filter(|r| !r.is_none())
+            .map(|r| path_arg(r, "root"))
+            .transpose()?;
         let root = Cache::resolve_root(root.as_deref()).map_err(cache_err)?;
         let mut locks = LockOptions::from_env().map_err(lock_err)?;
         if let Some(t) = lock_timeout {
@@ -437,6 +514,24 @@ impl PyCache {
         self.inner.root().display().to_string()
     }
 
+    /// The index file (`v1/index.redb`): names, digests, labels, pins.
+    #[getter]
+    fn index_path(&self) -> String {
+        self.inner.index_path().display().to_string()
+    }
+
+    /// Where the images are stored, one file per content (`v1/blobs/blake3`).
+    #[getter]
+    fn blobs_dir(&self) -> String {
+        self.inner.blobs_dir().display().to_string()
+    }
+
+    /// Where adds and downloads are written before they are stored (`v1/tmp`).
+    #[getter]
+    fn tmp_dir(&self) -> String {
+        self.inner.tmp_dir().display().to_string()
+    }
+
     /// Add the file at `path` under `name` and return its `Image`. The file is copied,
     /// unless `move=True`, which hands the file itself to the cache where it can (same
     /// filesystem, no other link, nobody writing it) and removes it from `path`.
@@ -449,13 +544,14 @@ impl PyCache {
     fn add(
         &self,
         py: Python<'_>,
-        path: PathBuf,
+        path: &Bound<'_, PyAny>,
         name: &str,
         r#move: bool,
         labels: Option<BTreeMap<String, String>>,
         force: bool,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Image> {
+        let path = path_arg(path, "path")?;
         let name = parse_name(name)?;
         let (told, failed) = told_by(progress);
         let opts = AddOptions {
@@ -470,31 +566,51 @@ impl PyCache {
         Ok(Image::of(entry.map_err(cache_err)?))
     }
 
-    /// Add many files at once: one index transaction per `batch` names (0: the
-    /// library's default, 500), with every check of `add`. `items` are `(path, name)` or
-    /// `(path, name, labels)`. Returns one result per item, in order: its `Image`, or the
-    /// `sregistry.Error` that refused it (not raised: the others go on). Raises only for
-    /// what stops everything (the index cannot be written); the batches before it stay.
+    /// Add many files at once: one index transaction per `batch` names (None or 0: the
+    /// library's default, 500), with every check of `add`. `items` is any iterable of
+    /// `(path, name)` or `(path, name, labels)`. Returns one result per item, in order:
+    /// its `Image`, or the `sregistry.Error` that refused it (not raised: the others go
+    /// on). Raises only for what stops everything (the index cannot be written); the
+    /// batches before it stay.
     /// `progress(done, total)` is told the items done after each batch; an exception in
     /// it stops before the next batch (those done stay added) and is raised.
-    #[pyo3(signature = (items, r#move=false, batch=0, progress=None))]
+    #[pyo3(signature = (items, r#move=false, batch=None, progress=None))]
     fn add_many(
         &self,
         py: Python<'_>,
-        items: Vec<Bound<'_, PyAny>>,
+        items: &Bound<'_, PyAny>,
         r#move: bool,
-        batch: usize,
+        batch: Option<&Bound<'_, PyAny>>,
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Vec<Py<PyAny>>> {
-        // An item whose name does not parse is refused in its place, like the library's.
-        let mut out: Vec<Option<Py<PyAny>>> = Vec::with_capacity(items.len());
-        let mut todo = Vec::with_capacity(items.len());
-        for item in &items {
-            let (path, name, labels): (PathBuf, String, Option<BTreeMap<String, String>>) =
-                match item.extract::<(PathBuf, String)>() {
+        let batch = match batch.filter(|b| !b.is_none()) {
+            None => 0,
+            Some(b) => match b.extract::<usize>() {
+                Ok(n) => n,
+                Err(_) if b.is_instance_of::<PyInt>() => {
+                    return Err(raise(
+                        py,
+                        "InvalidInput",
+                        format!(
+                            "batch={b}: give the names per index transaction, 1 or more (0: 500)"
+                        ),
+                    ));
+                }
+                Err(e) => return Err(e),
+            },
+        };
+        // Any iterable (a list, a generator), read once. An item whose name does not
+        // parse is refused in its place, like the library's.
+        let mut out: Vec<Option<Py<PyAny>>> = Vec::new();
+        let mut todo = Vec::new();
+        for item in items.try_iter()? {
+            let item = item?;
+            let (path, name, labels): (Bound<'_, PyAny>, String, Option<BTreeMap<String, String>>) =
+                match item.extract::<(Bound<'_, PyAny>, String)>() {
                     Ok((p, n)) => (p, n, None),
                     Err(_) => item.extract()?,
                 };
+            let path = path_arg(&path, "add_many item path")?;
             match parse_name(&name) {
                 Ok(name) => {
                     out.push(None);
@@ -548,7 +664,7 @@ impl PyCache {
     fn get(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
         if remote::is_remote(name) {
             let remote = parse_remote(name)?;
-            let (opts, hook) = remote_opts(progress, false);
+            let (opts, hook) = remote_opts(progress, false)?;
             let r = py.detach(|| remote::get_or_pull(&self.inner, &remote, &opts));
             return finish_remote(r, &hook).map(|p| p.display().to_string());
         }
@@ -657,7 +773,7 @@ impl PyCache {
     ) -> PyResult<Image> {
         let remote = parse_remote(remote)?;
         let name = name.map(parse_name).transpose()?;
-        let (opts, hook) = remote_opts(progress, force);
+        let (opts, hook) = remote_opts(progress, force)?;
         let r = py.detach(|| remote::pull(&self.inner, &remote, name.as_ref(), &opts));
         finish_remote(r, &hook).map(|o| Image::of(o.entry))
     }
@@ -677,7 +793,7 @@ impl PyCache {
     ) -> PyResult<String> {
         let r = parse_name(name)?;
         let remote = parse_remote(remote)?;
-        let (opts, hook) = remote_opts(progress, false);
+        let (opts, hook) = remote_opts(progress, false)?;
         let out = py.detach(|| remote::push(&self.inner, &r, &remote, &opts));
         finish_remote(out, &hook)
     }
@@ -704,9 +820,10 @@ impl PyCache {
             .map(|f| maintain::Told(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
         let defaults = gc::GcOptions::default();
         let opts = gc::GcOptions {
-            max_size: size_arg(max_size, units::parse_size)?,
-            max_age: size_arg(max_age, units::parse_duration)?,
-            min_idle: size_arg(min_idle, units::parse_duration)?.unwrap_or(defaults.min_idle),
+            max_size: size_arg(max_size, "max_size", units::parse_size)?,
+            max_age: size_arg(max_age, "max_age", units::parse_duration)?,
+            min_idle: size_arg(min_idle, "min_idle", units::parse_duration)?
+                .unwrap_or(defaults.min_idle),
             dry_run,
             progress: told,
             ..defaults
@@ -759,11 +876,33 @@ fn is_remote(s: &str) -> bool {
     remote::is_remote(s)
 }
 
+/// The file `sregistry login` keeps registry credentials in
+/// (`$SREGISTRY_CONFIG_DIR/credentials.json`, else under `${XDG_CONFIG_HOME:-~/.config}/sregistry`),
+/// or `None` when neither that nor `HOME` is set.
+#[pyfunction]
+fn credentials_path() -> Option<String> {
+    remote::auth::credentials_path().map(|p| p.display().to_string())
+}
+
+/// The name a pull of `remote` gives the image when no name is given (as `sregistry
+/// pull` does; `s3://` through an endpoint includes the endpoint's host).
+#[pyfunction]
+fn default_name(remote: &str) -> PyResult<String> {
+    let remote = parse_remote(remote)?;
+    let (opts, _) = remote_opts(None, false)?;
+    remote
+        .default_name(&opts)
+        .map(|r| r.to_string())
+        .map_err(remote_err)
+}
+
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyCache>()?;
     m.add_class::<Image>()?;
     m.add_function(wrap_pyfunction!(is_remote, m)?)?;
+    m.add_function(wrap_pyfunction!(credentials_path, m)?)?;
+    m.add_function(wrap_pyfunction!(default_name, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -19,6 +19,7 @@ from sregistry._errors import (
     InvalidInput,
     InvalidName,
     LockTimeout,
+    NoSuchFile,
     NotFound,
     Pinned,
     RemoteError,

@@ -31,6 +31,11 @@ class InvalidInput(Error, ValueError):
     given with ``move=True``, a size or duration that does not parse."""
 
 
+class NoSuchFile(InvalidInput, FileNotFoundError):
+    """The file to add is not there: an ``InvalidInput`` that is also a
+    ``FileNotFoundError`` (an ``OSError``), as ``open`` would raise."""
+
+
 class LockTimeout(Error, TimeoutError):
     """Another process held the cache's lock for longer than the lock timeout."""
 
@@ -75,6 +80,7 @@ __all__ = [
     "NotFound",
     "InvalidName",
     "InvalidInput",
+    "NoSuchFile",
     "LockTimeout",
     "Corrupt",
     "Pinned",

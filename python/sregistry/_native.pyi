@@ -1,7 +1,7 @@
 """Type stubs of the native module (python/src/lib.rs)."""
 
 import os
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
 
 from sregistry._errors import Error, Report
 
@@ -9,6 +9,9 @@ __version__: str
 
 Progress = Callable[[int, Optional[int]], Any]
 """progress(done, total): bytes in so far, and the size when known."""
+
+Path = Union[str, bytes, "os.PathLike[str]", "os.PathLike[bytes]"]
+"""A path, as ``open`` takes one."""
 
 class Image:
     """One name in the cache and everything known about it."""
@@ -44,14 +47,20 @@ class Cache:
 
     def __init__(
         self,
-        root: Union[str, "os.PathLike[str]", None] = None,
+        root: Optional[Path] = None,
         lock_timeout: Optional[float] = None,
     ) -> None: ...
     @property
     def root(self) -> str: ...
+    @property
+    def index_path(self) -> str: ...
+    @property
+    def blobs_dir(self) -> str: ...
+    @property
+    def tmp_dir(self) -> str: ...
     def add(
         self,
-        path: Union[str, "os.PathLike[str]"],
+        path: Path,
         name: str,
         move: bool = False,
         labels: Optional[Dict[str, str]] = None,
@@ -60,9 +69,9 @@ class Cache:
     ) -> Image: ...
     def add_many(
         self,
-        items: List[Union[Tuple[str, str], Tuple[str, str, Dict[str, str]]]],
+        items: Iterable[Union[Tuple[Path, str], Tuple[Path, str, Dict[str, str]]]],
         move: bool = False,
-        batch: int = 0,
+        batch: Optional[int] = None,
         progress: Optional[Progress] = None,
     ) -> List[Union[Image, Error]]: ...
     def get(self, name: str, progress: Optional[Progress] = None) -> str: ...
@@ -96,3 +105,5 @@ class Cache:
     ) -> Report: ...
 
 def is_remote(s: str) -> bool: ...
+def credentials_path() -> Optional[str]: ...
+def default_name(remote: str) -> str: ...

@@ -23,8 +23,8 @@ import re
 import shutil
 import sys
 
-from sregistry._errors import Error, InvalidInput, NotFound
-from sregistry._native import Cache, is_remote
+from sregistry._errors import Error, InvalidInput, NoSuchFile, NotFound
+from sregistry._native import Cache, default_name, is_remote
 
 # Labels that keep what the old client kept in its database row and the cache has no
 # field for: the labels `sregistry migrate` records for the rows it brings over
@@ -91,6 +91,11 @@ def _kept_name(name, version):
     repo, _, tag = name.rpartition(":")
     suffix = ".v." + _version_hash(version)
     return "%s:%s%s" % (repo, tag[: _TAG_MAX - len(suffix)], suffix)
+
+
+def _path(path):
+    """A path argument as ``open`` takes one (``str``, ``bytes``, ``os.PathLike``), as text."""
+    return os.fsdecode(os.fspath(path))
 
 
 def _created(label, added):
@@ -275,9 +280,24 @@ class Client:
                 "`%s`: the cache keeps images, not bare records; give image_path (the file to add)"
                 % names["uri"]
             )
-        if not os.path.exists(image_path):
-            raise InvalidInput(
+        image_path = _path(image_path)
+        moving = save and not copy
+        if not os.path.lexists(image_path):
+            raise NoSuchFile(
                 "`%s` does not exist; give the path of an image file" % image_path
+            )
+        if moving and os.path.islink(image_path):
+            raise InvalidInput(
+                "`%s` is a symbolic link; add moves the file it is given, which would move "
+                "the link, not the image (give copy=True to copy the image it points to)"
+                % image_path
+            )
+        root = os.path.realpath(self.cache.root)
+        if moving and os.path.realpath(image_path).startswith(root + os.sep):
+            raise InvalidInput(
+                "`%s` is inside the cache `%s`; add moves files from outside it (give "
+                "copy=True to give a cached image another name, or use rename)"
+                % (image_path, root)
             )
         labels = {}
         if names["version"]:
@@ -286,7 +306,6 @@ class Client:
             labels[URL_LABEL] = str(url)
         if metadata:
             labels[METRICS_LABEL] = json.dumps(metadata, sort_keys=True)
-        moving = save and not copy
         # The version the name holds now stays reachable as `name@version` (as the old
         # client's row and file per version did): kept under a name of its own first.
         kept = self._keep_current(names["name"], names["version"])
@@ -383,6 +402,7 @@ class Client:
             container = self._find(image_name)
             if container is None:
                 raise NotFound("no image `%s` in the cache" % image_name)
+        move_to = _path(move_to)
         dirname = os.path.dirname(move_to) or "."
         if not os.path.isdir(dirname):
             raise InvalidInput("`%s` does not exist; make it first" % dirname)
@@ -392,14 +412,16 @@ class Client:
         return container
 
     def mv(self, image_name, path):
-        """Put a copy of the image at ``path`` (a directory, or a file name); returns the
+        """Put a copy of the image at ``path``: a file name, or a directory, where the
+        copy is named ``TAG@VERSION.sif`` as the old client named its files. Returns the
         record with ``.image`` set to it. The cache keeps its own copy and the name."""
         container = self._find(image_name)
         if container is None:
             print("%s not found" % image_name, file=sys.stderr)
             return None
-        filename = os.path.basename(container.image)
+        path = _path(path)
         if os.path.isdir(path):
+            filename = "%s@%s.sif" % (container.tag, container.version)
             target = os.path.join(os.path.abspath(path), filename)
         else:
             target = os.path.abspath(path)
@@ -454,27 +476,26 @@ class Client:
 
     def push(self, path, name, tag=None):
         """Upload the file at ``path`` to ``name`` (``oras://HOST/REPO`` or
-        ``s3://BUCKET/KEY``), with ``tag`` (default: the tag in ``name``, else
-        ``latest``). The file is added to the cache first (copied), as the cache pushes
-        only what it holds."""
+        ``s3://BUCKET/KEY``), with ``tag`` for ``oras://`` (default: the tag in ``name``,
+        else ``latest``; an S3 key has no tag). The file is added to the cache first
+        (copied), as the cache pushes only what it holds, under the name a pull of the
+        remote gives it."""
         if not is_remote(name):
             raise InvalidInput(
                 "`%s` is not a remote reference: push to oras://HOST/REPO or s3://BUCKET/KEY"
                 % name
             )
         scheme, rest = name.split("://", 1)
+        remote = name
         if scheme == "oras":
             slash = rest.rfind("/")
             colon = rest.rfind(":")
             if colon > slash:
                 rest, found = rest[:colon], rest[colon + 1 :]
                 tag = tag or found
-            tag = tag or "latest"
-            remote = "oras://%s:%s" % (rest, tag)
-            local = "%s:%s" % (rest.lower(), tag)
-        else:
-            remote = name
-            local = _parse(name, tag=tag)["name"]
+            remote = "oras://%s:%s" % (rest, tag or "latest")
+        # The name `pull` gives what it fetches from there, so a later pull finds it.
+        local = default_name(remote)
         self.cache.add(path, local)
         return self.cache.push(local, remote)
 

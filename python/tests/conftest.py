@@ -126,3 +126,62 @@ def registry(tmp_path_factory):
     reg = Registry(tmp_path_factory.mktemp("registry"))
     yield reg
     reg.stop()
+
+
+S3_BUCKET = "sifs"
+
+
+class S3Server:
+    """A running `s3s-fs` (a real S3 server over a directory) with one empty bucket."""
+
+    ACCESS_KEY = "sregistry-test-access"
+    SECRET_KEY = "sregistry-test-secret-0123456789"
+
+    def __init__(self, base):
+        root = base / "root"
+        (root / S3_BUCKET).mkdir(parents=True)
+        self.port = _free_port()
+        self.log = base / "s3s-fs.log"
+        with open(self.log, "wb") as out:
+            self.proc = subprocess.Popen(
+                ["s3s-fs", "--host", "127.0.0.1", "--port", str(self.port),
+                 "--access-key", self.ACCESS_KEY, "--secret-key", self.SECRET_KEY, str(root)],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL,
+            )
+        deadline = time.time() + 15
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
+                break
+            except OSError:
+                if self.proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("s3s-fs did not start: %s" % self.log.read_text())
+                time.sleep(0.05)
+
+    @property
+    def endpoint(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
+@pytest.fixture
+def s3(tmp_path, monkeypatch):
+    """s3s-fs on loopback, and the environment the library reads to reach it (its
+    endpoint and credentials, no other AWS_* setting)."""
+    if shutil.which("s3s-fs") is None:
+        pytest.fail("s3s-fs is not installed (scripts/install-deps.sh test installs it)")
+    for k in list(os.environ):
+        if k.startswith("AWS_"):
+            monkeypatch.delenv(k)
+    base = tmp_path / "s3"
+    base.mkdir()
+    server = S3Server(base)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", S3Server.ACCESS_KEY)
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", S3Server.SECRET_KEY)
+    monkeypatch.setenv("AWS_REGION", "us-east-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint)
+    yield server
+    server.stop()

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 
@@ -302,3 +303,130 @@ def test_add_tells_progress_and_an_exception_stops_it_storing_nothing(cache, mak
     tmp = os.path.join(cache.root, "v1", "tmp")
     assert [f for f in os.listdir(tmp) if not f.startswith(".")] == []
     assert not os.path.exists(img.path)
+
+
+def test_paths_are_taken_as_open_takes_them_bytes_and_pathlike_included(tmp_path, make_file):
+    """Danger: a message that lists `bytes` among the path types a call takes, and a bytes
+    path then refused by another message (a script that walks a tree with `os.walk(b".")`
+    could not add what it found)."""
+    root = os.fsencode(tmp_path / "bytes-cache")
+    cache = sregistry.Cache(root)
+    assert cache.root == str(tmp_path / "bytes-cache")
+    src = make_file("b.bin", 2000, seed=61)
+    img = cache.add(os.fsencode(src), "lab/bytes:1")
+    assert cache.get("lab/bytes:1") == img.path
+
+    class BytesPath:
+        def __init__(self, p):
+            self.p = p
+
+        def __fspath__(self):
+            return self.p
+
+    img2 = cache.add(BytesPath(os.fsencode(make_file("c.bin", 2000, seed=62))), "lab/bytes:2")
+    assert img2.size == 2000
+    results = cache.add_many([(os.fsencode(make_file("d.bin", 2000, seed=63)), "lab/bytes:3")])
+    assert [r.name for r in results] == ["lab/bytes:3"]
+    assert sregistry.Cache(BytesPath(root)).root == cache.root
+    # What the error for a wrong type lists, the call takes.
+    with pytest.raises(TypeError) as e:
+        cache.add(12, "lab/bytes:4")
+    assert "bytes" in str(e.value) and "path" in str(e.value)
+
+
+def test_adding_a_file_that_is_not_there_is_file_not_found(cache, tmp_path):
+    """Danger: a missing file raised as the base `sregistry.Error`, so neither
+    `except FileNotFoundError` nor `except ValueError` catches it."""
+    missing = tmp_path / "nonexistent.sif"
+    for call in (lambda: cache.add(missing, "lab/missing:1"),
+                 lambda: cache.add(missing, "lab/missing:1", move=True)):
+        with pytest.raises(FileNotFoundError) as e:
+            call()
+        assert isinstance(e.value, sregistry.InvalidInput)
+        assert isinstance(e.value, sregistry.NoSuchFile)
+        assert str(missing) in str(e.value)
+    # add_many returns it in its place, with the same class.
+    [result] = cache.add_many([(missing, "lab/missing:1")])
+    assert isinstance(result, FileNotFoundError) and isinstance(result, sregistry.InvalidInput)
+    assert cache.list() == []
+
+
+def test_gc_takes_sizes_and_durations_as_ints(cache, make_file, monkeypatch):
+    """Danger: `gc(max_size=10**9)` refused (only text such as "1G" taken) or an int read
+    in another unit than bytes or seconds. Three names added an hour apart (the library's
+    clock pinned with SREGISTRY_NOW), 3000 bytes each."""
+    now = int(time.time())
+    for i, hours in enumerate((3, 2, 1)):
+        monkeypatch.setenv("SREGISTRY_NOW", str(now - hours * 3600))
+        cache.add(make_file("f%d.bin" % i, 3000, seed=71 + i), "lab/f:%d" % i)
+    monkeypatch.setenv("SREGISTRY_NOW", str(now))
+    assert cache.gc(max_size=10**9, max_age=10**6, min_idle=0).names == []
+    # 2.5 hours, in seconds: the name added 3 hours ago goes.
+    report = cache.gc(max_age=9000, min_idle=0)
+    assert [n["name"] for n in report.names] == ["lab/f:0"], report
+    # 4000 bytes: room for one of the two left; the least recently used goes.
+    report = cache.gc(max_size=4000, min_idle=0)
+    assert [n["name"] for n in report.names] == ["lab/f:1"], report
+    assert [i.name for i in cache.list()] == ["lab/f:2"]
+    # An int min_idle is seconds too: 2 hours spares the name added an hour ago.
+    assert cache.gc(max_size=0, min_idle=7200).names == []
+    for bad in ({"max_size": -1}, {"max_age": -5}, {"min_idle": 2**64}):
+        with pytest.raises(sregistry.InvalidInput) as e:
+            cache.gc(**bad)
+        assert list(bad)[0] in str(e.value)
+    with pytest.raises(TypeError):
+        cache.gc(max_size=1.5)
+
+
+def test_add_many_takes_any_iterable(cache, make_file):
+    """Danger: `add_many(generator)` raising TypeError (only a list or tuple taken), so a
+    migration script must build the whole list of a million files first."""
+    files = [make_file("g%d.bin" % i, 500 + i, seed=80 + i) for i in range(3)]
+    results = cache.add_many((f, "lab/g:%d" % i) for i, f in enumerate(files))
+    assert [r.name for r in results] == ["lab/g:0", "lab/g:1", "lab/g:2"]
+    results = cache.add_many(iter([(files[0], "lab/h:0", {"k": "v"})]), batch=1)
+    assert results[0].labels == {"k": "v"}
+
+
+def test_add_many_refuses_a_negative_batch_naming_it(cache, make_file):
+    """Danger: `batch=-1` raising a bare OverflowError from the binding, which names
+    nothing and is not a ValueError."""
+    f = make_file("n.bin", 500, seed=90)
+    for bad in (-1, -(2**70)):
+        with pytest.raises(sregistry.InvalidInput) as e:
+            cache.add_many([(f, "lab/n:1")], batch=bad)
+        assert isinstance(e.value, ValueError)
+        assert "batch" in str(e.value)
+    assert cache.list() == []
+
+
+def test_moving_a_symlink_in_names_the_python_argument(cache, make_file, tmp_path):
+    """Danger: a Python caller told to drop a command-line flag (`--move`) it never gave."""
+    target = make_file("t.bin", 700, seed=91)
+    link = tmp_path / "link.sif"
+    link.symlink_to(target)
+    with pytest.raises(sregistry.InvalidInput) as e:
+        cache.add(link, "lab/link:1", move=True)
+    assert "move=True" in str(e.value) and "move=False" in str(e.value)
+    assert "--" not in str(e.value)
+    assert link.is_symlink() and target.exists()
+    assert cache.add(link, "lab/link:1").size == 700
+
+
+def test_errors_name_python_arguments_not_command_line_flags(cache, make_file, tmp_path):
+    """Danger: a Python caller told to pass `--force` or `--cache`, flags of a command it
+    never ran."""
+    cache.add(make_file("p1.bin", 500, seed=92), "lab/p:1")
+    cache.pin("lab/p:1")
+    with pytest.raises(sregistry.Pinned) as e:
+        cache.add(make_file("p2.bin", 500, seed=93), "lab/p:1")
+    assert "force=True" in str(e.value) and "--" not in str(e.value)
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SREGISTRY_CACHE", "XDG_CACHE_HOME", "HOME")}
+    out = subprocess.run(
+        [sys.executable, "-c", "import sregistry; sregistry.Cache()"],
+        env=env, capture_output=True, text=True,
+    )
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert "SREGISTRY_CACHE" in last and "root" in last and "--cache" not in last, last

@@ -100,7 +100,7 @@ def test_rename_mv_and_rmi(client, make_file, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     moved = client.mv("lab/renamed:1", str(out))
-    assert moved.image == str(out / os.path.basename(rec.image))
+    assert moved.image == str(out / ("1@%s.sif" % renamed.version))
     assert os.path.getsize(moved.image) == 3000
     # The cache keeps its file and the name.
     assert os.path.exists(rec.image)
@@ -296,3 +296,178 @@ def test_versions_under_one_uri_as_the_old_client_keeps_them(tmp_path, which):
                          text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "versions: ok" in out.stdout
+
+
+def test_old_add_of_a_symlink_names_the_python_argument(client, make_file, tmp_path):
+    """Danger: the old API's add (which moves) refusing a symbolic link with advice about a
+    command-line flag (`--move`) its caller never gave."""
+    target = make_file("t.sif", 900, seed=61)
+    link = tmp_path / "link.sif"
+    link.symlink_to(target)
+    with pytest.raises(sregistry.InvalidInput) as e:
+        client.add(image_path=str(link), image_uri="lab/link:1")
+    assert "copy=True" in str(e.value) and "--" not in str(e.value)
+    assert link.is_symlink() and target.exists()
+    rec = client.add(image_path=str(link), image_uri="lab/link:1", copy=True)
+    assert os.path.getsize(rec.image) == 900 and target.exists()
+
+
+def test_old_add_of_a_file_inside_the_cache_names_the_python_argument(client, make_file):
+    """Danger: the old API's add (which moves) refusing a file of the cache itself with
+    advice about `move=True`, an argument of another API its caller never gave."""
+    rec = client.add(image_path=str(make_file("in.sif", 800, seed=66)), image_uri="lab/in:1")
+    with pytest.raises(sregistry.InvalidInput) as e:
+        client.add(image_path=rec.image, image_uri="lab/in:2")
+    assert "copy=True" in str(e.value) and "move=" not in str(e.value)
+    assert "--" not in str(e.value)
+    again = client.add(image_path=rec.image, image_uri="lab/in:2", copy=True)
+    assert again.image == rec.image and os.path.exists(rec.image)
+    assert client.cache.verify().clean
+
+
+def test_old_add_of_a_missing_file_is_file_not_found(client, tmp_path):
+    """Danger: the old API and the modern one raising different classes for one mistake."""
+    with pytest.raises(FileNotFoundError) as e:
+        client.add(image_path=str(tmp_path / "absent.sif"), image_uri="lab/absent:1")
+    assert isinstance(e.value, sregistry.InvalidInput)
+    assert "absent.sif" in str(e.value)
+
+
+def test_old_paths_may_be_bytes_or_pathlike(client, make_file, tmp_path):
+    """Danger: the old API taking str paths only where the modern one takes bytes too."""
+    src = make_file("b.sif", 1200, seed=62)
+    rec = client.add(image_path=os.fsencode(src), image_uri="lab/b:1", copy=True)
+    out = tmp_path / "out"
+    out.mkdir()
+    moved = client.mv("lab/b:1", os.fsencode(out))
+    assert os.path.getsize(moved.image) == 1200
+    copied = client.cp(out / "c.sif", image_name="lab/b:1")
+    assert copied.image == str(out / "c.sif")
+    assert os.path.exists(rec.image)
+
+
+MV_SCRIPT = '''
+import os, sys
+from sregistry.main import get_client
+
+work = sys.argv[1]
+src = os.path.join(work, "a.sif")
+with open(src, "wb") as f:
+    f.write(b"mv " * 3000)
+out = os.path.join(work, "out")
+os.mkdir(out)
+client = get_client(quiet=True)
+client.add(image_path=src, image_uri="lab/a:1.0@v7")
+moved = client.mv("lab/a:1.0@v7", out)
+print(sorted(os.listdir(out)), moved.image)
+'''
+
+
+@pytest.mark.parametrize("which", ["ours", "old"])
+def test_old_mv_into_a_directory_names_the_file_as_the_old_client(tmp_path, which):
+    """Danger: `mv(name, dir)` writing a file named by the cache's digest, without `.sif`
+    (Singularity and scripts expect `TAG@VERSION.sif`, the name the real 0.2.39 gives it:
+    checked here against it)."""
+    work = tmp_path / "work"
+    work.mkdir()
+    script = tmp_path / "mv.py"
+    script.write_text(MV_SCRIPT)
+    env = dict(os.environ, SREGISTRY_CACHE=str(tmp_path / "cache"))
+    python = sys.executable
+    if which == "old":
+        python = os.environ.get("SREGISTRY_OLD_CLIENT")
+        if not python:
+            if os.environ.get("CI"):
+                pytest.fail("SREGISTRY_OLD_CLIENT is not set (make test-python sets it)")
+            pytest.skip("SREGISTRY_OLD_CLIENT is not set (make test-python sets it)")
+        db = tmp_path / "db"
+        db.mkdir()
+        env.update(SREGISTRY_DATABASE=str(db), SREGISTRY_STORAGE=str(db / "shub"),
+                   SREGISTRY_CREDENTIALS_CACHE=str(db))
+    out = subprocess.run([python, str(script), str(work)], env=env, capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    listed, image = out.stdout.strip().splitlines()[-1].rsplit(" ", 1)
+    assert listed == "['1.0@v7.sif']"
+    assert image == str(work / "out" / "1.0@v7.sif")
+    assert (work / "out" / "1.0@v7.sif").read_bytes() == b"mv " * 3000
+
+
+def test_old_cp_copies_out_and_the_cache_keeps_the_name(client, make_file, tmp_path):
+    """Danger (docs/python.md: `cp` copies the image out and leaves the name): cp handing
+    out or moving the cache's own file, which every name with that content shares."""
+    src = make_file("cp.sif", 4000, seed=63)
+    data = src.read_bytes()
+    rec = client.add(image_path=str(src), image_uri="lab/cp:1")
+    dest = tmp_path / "copy.sif"
+    copied = client.cp(str(dest), image_name="lab/cp:1")
+    assert copied.image == str(dest) and copied.uri == rec.uri
+    assert dest.read_bytes() == data
+    assert os.stat(dest).st_ino != os.stat(rec.image).st_ino
+    # The cache's file and the name are as they were.
+    assert client.get("lab/cp:1", quiet=True).image == rec.image
+    with open(rec.image, "rb") as f:
+        assert f.read() == data
+    assert client.cache.verify().clean
+    # Writing the copy leaves the cache's file alone.
+    with open(dest, "ab") as f:
+        f.write(b"changed")
+    assert client.cache.verify().clean
+    # By record, as mv and rename call it.
+    again = client.cp(str(tmp_path / "again.sif"), container=client.get("lab/cp:1", quiet=True))
+    assert (tmp_path / "again.sif").read_bytes() == data and again.image.endswith("again.sif")
+    with pytest.raises(sregistry.NotFound):
+        client.cp(str(tmp_path / "x.sif"), image_name="lab/none:1")
+    with pytest.raises(sregistry.InvalidInput):
+        client.cp(str(tmp_path / "no-dir" / "x.sif"), image_name="lab/cp:1")
+
+
+def test_get_client_is_one_client_whatever_image_or_SREGISTRY_CLIENT_say(
+    tmp_path, monkeypatch, registry, make_file
+):
+    """Danger (docs/python.md: `get_client` always gives the same client, whatever `image`
+    or `SREGISTRY_CLIENT` say): the real 0.2.39 picked a backend by `image`'s scheme,
+    else by `SREGISTRY_CLIENT` (`docker`, `s3`, `hub`, ...), else Singularity Hub; a
+    script passing either must still get the client over the cache, which reaches every
+    supported remote by the reference's scheme."""
+    monkeypatch.setenv("SREGISTRY_CACHE", str(tmp_path / "dflt"))
+    src = make_file("gc.sif", 3000, seed=64)
+    sregistry.Cache(tmp_path / "pusher").add(src, "gc/one:1")
+    remote = "oras://%s/gc/one:1" % registry.addr
+    sregistry.Cache(tmp_path / "pusher").push("gc/one:1", remote)
+    clients = []
+    for setting in (None, "docker", "s3", "hub", "no-such-backend"):
+        if setting is None:
+            monkeypatch.delenv("SREGISTRY_CLIENT", raising=False)
+        else:
+            monkeypatch.setenv("SREGISTRY_CLIENT", setting)
+        for image in (None, "docker://busybox:latest", "s3://bucket/key.sif", remote,
+                      "shub://vsoch/hello-world"):
+            c = get_client(image=image, quiet=True)
+            assert type(c) is Client and c.client_name == "sregistry"
+            assert c.cache.root == str(tmp_path / "dflt")
+            clients.append(c)
+    # One cache behind every one of them: what one pulls (here the one asked for with an
+    # s3:// image under SREGISTRY_CLIENT=docker), the others find.
+    path = clients[7].pull(remote)
+    assert path == clients[-1].get("%s/gc/one:1" % registry.addr, quiet=True).image
+    assert src.read_bytes() == open(path, "rb").read()
+    assert [r.uri.split("@")[0] for r in clients[0].images()] == [
+        "%s/gc/one:1" % registry.addr]
+
+
+def test_old_push_to_s3_is_stored_under_the_name_pull_gives(client, s3, make_file):
+    """Danger: the old API's S3 push naming its copy in the cache otherwise than `pull`
+    of the same key does, so a pull after a push fetches the object again and the cache
+    keeps two names for one image."""
+    src = make_file("s3.sif", 5000, seed=65)
+    remote = "s3://%s/lab/tool.sif" % "sifs"
+    client.push(str(src), remote, tag="ignored")
+    pushed = [i.name for i in client.cache.list()]
+    assert len(pushed) == 1
+    path = client.pull(remote)
+    assert [i.name for i in client.cache.list()] == pushed
+    assert open(path, "rb").read() == src.read_bytes()
+    # The name the command line's pull gives: the endpoint's host, then s3/BUCKET/KEY.
+    fresh = sregistry.Cache(client.cache.root + "-fresh").pull(remote)
+    assert fresh.name == pushed[0]

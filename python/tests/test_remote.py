@@ -2,6 +2,7 @@
 at once, the GIL released during I/O, progress callbacks."""
 
 import hashlib
+import http.server
 import os
 import threading
 import time
@@ -300,3 +301,106 @@ def test_a_progress_callback_that_gets_its_own_remote_is_refused_at_once(tmp_pat
         assert remote in str(e) and "progress callback" in str(e), str(e)
     # Outside the callback the same call works, from the cache.
     assert cache.get(remote) == img.path
+
+
+def _tmp_left(root):
+    tmp = root / "v1" / "tmp"
+    return os.listdir(tmp) if tmp.exists() else []
+
+
+def test_pulls_keep_the_free_space_SREGISTRY_MIN_FREE_asks_for(tmp_path, pushed, monkeypatch):
+    """Danger: the Python package's pulls ignoring SREGISTRY_MIN_FREE, which the command
+    line honours, and filling the disk every job on the node shares. Asked to keep the
+    whole filesystem free, a pull and a get of a remote are refused before the download,
+    name the setting, and store nothing."""
+    remote, _ = pushed
+    cache = sregistry.Cache(tmp_path / "c")
+    fs = os.statvfs(tmp_path)
+    monkeypatch.setenv("SREGISTRY_MIN_FREE", str(fs.f_blocks * fs.f_frsize))
+    for call in (lambda: cache.pull(remote), lambda: cache.get(remote)):
+        with pytest.raises(sregistry.RemoteError) as e:
+            call()
+        assert "not enough space" in str(e.value) and "SREGISTRY_MIN_FREE" in str(e.value)
+    assert cache.list() == []
+    assert _tmp_left(tmp_path / "c") == []
+    monkeypatch.setenv("SREGISTRY_MIN_FREE", "0")
+    assert cache.pull(remote).size == BIG
+
+
+class _NoLength(http.server.BaseHTTPRequestHandler):
+    """Sends 4 MiB with no Content-Length (the end is the connection's close): a remote
+    that declares no size, which a real registry or S3 server never is."""
+
+    protocol_version = "HTTP/1.0"
+    BODY = 4 << 20
+
+    def _head(self):
+        self.send_response(200)
+        self.send_header("Content-Type", "application/octet-stream")
+        self.end_headers()
+
+    def do_HEAD(self):
+        self._head()
+
+    def do_GET(self):
+        self._head()
+        chunk = b"n" * (1 << 16)
+        for _ in range(self.BODY // len(chunk)):
+            self.wfile.write(chunk)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def no_length_url():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _NoLength)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield "http://127.0.0.1:%d/image.sif" % server.server_address[1]
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_download_that_declares_no_size_stops_at_SREGISTRY_MAX_DOWNLOAD(
+    tmp_path, no_length_url, monkeypatch
+):
+    """Danger: the Python package's pulls ignoring SREGISTRY_MAX_DOWNLOAD, so an endless
+    body with no length fills the disk (the command line stops it at the setting)."""
+    cache = sregistry.Cache(tmp_path / "c")
+    monkeypatch.setenv("SREGISTRY_MAX_DOWNLOAD", "1M")
+    with pytest.raises(sregistry.RemoteError) as e:
+        cache.pull(no_length_url)
+    assert "SREGISTRY_MAX_DOWNLOAD" in str(e.value) and "1 MiB" in str(e.value)
+    assert cache.list() == []
+    assert _tmp_left(tmp_path / "c") == []
+    # Within the setting, the same download is taken whole.
+    monkeypatch.setenv("SREGISTRY_MAX_DOWNLOAD", "8M")
+    assert cache.pull(no_length_url).size == _NoLength.BODY
+
+
+@pytest.mark.parametrize("var", ["SREGISTRY_MAX_DOWNLOAD", "SREGISTRY_MIN_FREE"])
+def test_a_download_limit_that_is_not_a_size_is_refused_naming_it(
+    tmp_path, pushed, monkeypatch, var
+):
+    """Danger: a typo in a download limit silently ignored (the limit not applied) where
+    the command line refuses it as a usage error."""
+    remote, _ = pushed
+    cache = sregistry.Cache(tmp_path / "c")
+    monkeypatch.setenv(var, "plenty")
+    for call in (lambda: cache.pull(remote), lambda: cache.get(remote)):
+        with pytest.raises(sregistry.InvalidInput) as e:
+            call()
+        assert isinstance(e.value, ValueError)
+        assert var in str(e.value) and "plenty" in str(e.value)
+    assert cache.list() == []
+
+
+def test_plain_http_refused_names_no_flag_python_cannot_pass(tmp_path):
+    """Danger: a Python caller told to "pass --insecure", a flag of a command it never ran
+    (the package has no way to allow plain HTTP to a host that is not loopback)."""
+    cache = sregistry.Cache(tmp_path / "c")
+    with pytest.raises(sregistry.InvalidInput) as e:
+        cache.pull("http://example.org/x.sif")
+    assert "use https" in str(e.value) and "pass --insecure" not in str(e.value)
+    assert "example.org" in str(e.value)

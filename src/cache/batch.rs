@@ -72,6 +72,9 @@ impl Cache {
         items: Vec<AddItem>,
         batch: usize,
     ) -> Result<Vec<Result<Entry, CacheError>>, CacheError> {
+        // Before any item is checked: a batch whose every item is refused still opens
+        // the index, whose lock file a new cache does not have yet.
+        self.ensure_layout()?;
         let batch = if batch == 0 { DEFAULT_ADD_BATCH } else { batch };
         let mut out = Vec::with_capacity(items.len());
         let mut items = items.into_iter().peekable();
@@ -265,6 +268,20 @@ mod tests {
 
     fn tmp_entries(c: &Cache) -> usize {
         fs::read_dir(c.root().join("v1/tmp")).unwrap().count()
+    }
+
+    /// The danger: a batch into a new cache whose every item is refused failing as a
+    /// whole ("cannot open lock file"), where each item should get its own error.
+    #[test]
+    fn a_batch_of_refused_items_into_a_new_cache_refuses_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(&dir.path().join("new"));
+        let gone = dir.path().join("gone.sif");
+        let out = c
+            .add_many(vec![item(&gone, "lab/gone:1", AddOptions::default())], 0)
+            .unwrap();
+        assert!(matches!(out[..], [Err(CacheError::Open { .. })]), "{out:?}");
+        assert!(names(&c).is_empty());
     }
 
     /// The danger: one bad file among many (missing, empty, a directory) aborting an
