@@ -7,9 +7,16 @@
 //! `--insecure`. A pull whose object has the ETag the cache holds from it downloads
 //! nothing (one `HEAD`). Downloads stream through the verifying [`Sink`] with the object's size as
 //! the limit; uploads are multipart, 16 MiB at a time.
+//!
+//! An upload that fails, or that its progress hook stops, is aborted: the parts already
+//! sent are deleted on the server, and nothing is left under the key. A process about to
+//! end on a signal calls [`abort_uploads`] (the command line does, from its signal
+//! thread): every upload in flight is aborted the same way, and the process ends once the
+//! server has answered the aborts (see [`abort_uploads`] for the bound on that wait).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -172,23 +179,60 @@ pub async fn pull(
     ))
 }
 
+/// Multipart uploads in flight in this process (counted from before the upload is made
+/// until its abort has been answered), and the token that tells them to abort.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static ABORT: LazyLock<tokio_util::sync::CancellationToken> =
+    LazyLock::new(tokio_util::sync::CancellationToken::new);
+
+/// One upload counted in [`IN_FLIGHT`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// For a process about to end on a signal: tell every `s3://` upload in flight (and any
+/// that starts later) to abort its multipart upload, so that no part is left on the
+/// server, and return how many have not yet finished aborting ([`uploads_in_flight`]
+/// says when that reaches 0). An upload told so never returns to its caller: it aborts,
+/// then waits for the process to end. Not for a process that means to go on.
+pub fn abort_uploads() -> usize {
+    ABORT.cancel();
+    uploads_in_flight()
+}
+
+/// How many `s3://` uploads of this process are in flight (or still aborting).
+pub fn uploads_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
 /// Upload a file to `s3://bucket/key` (multipart), telling the progress hook as it goes
-/// (a hook that asks to stop aborts the upload: nothing is left under the key).
+/// (a hook that asks to stop aborts the upload: nothing is left under the key; so does
+/// any failure, and [`abort_uploads`]).
 pub async fn push(
     file: &Path,
     bucket: &str,
     key: &str,
     opts: &RemoteOptions,
 ) -> Result<(String, Option<String>), RemoteError> {
+    use futures_util::future::{Either, select};
     use tokio::io::AsyncReadExt;
+    let in_flight = InFlight::enter();
     let (store, _) = open(bucket, opts)?;
     let url = format!("s3://{bucket}/{key}");
     let path = object_path(key);
-    let upload = store
-        .put_multipart(&path)
-        .await
-        .map_err(|e| s3_err(&url, e))?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+    // Opened before the upload is made, so that a file that cannot be read leaves no
+    // upload behind.
     let mut f = tokio::fs::File::open(file)
         .await
         .map_err(|source| RemoteError::Io {
@@ -196,10 +240,13 @@ pub async fn push(
             source,
         })?;
     let size = f.metadata().await.ok().map(|m| m.len());
+    let upload = store
+        .put_multipart(&path)
+        .await
+        .map_err(|e| s3_err(&url, e))?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
     let mut buf = vec![0u8; 4 << 20];
-    // On any failure (or a progress hook asking to stop), abort the multipart upload so no
-    // parts are left on the server.
-    let fed: Result<(), RemoteError> = async {
+    let fed = async {
         let report = super::Report::start(opts, &url, size, 0);
         let mut done = 0u64;
         loop {
@@ -212,15 +259,41 @@ pub async fn push(
             }
             w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
             w.write(&buf[..n]);
+            let first_part = done < PART as u64 && done + n as u64 >= PART as u64;
             done += n as u64;
             report.advance(done)?;
+            if first_part {
+                // The first part is on its way: the signal tests stop here (on a thread
+                // of its own, so that the part goes on and a signal is still heard).
+                #[cfg(feature = "test-hooks")]
+                let _ =
+                    tokio::task::spawn_blocking(|| crate::testhook::pause("s3-push-part")).await;
+            }
         }
-    }
-    .await;
-    if let Err(e) = fed {
-        let _ = w.abort().await;
-        return Err(e);
+    };
+    // On any failure (or a progress hook asking to stop, or `abort_uploads`), abort the
+    // multipart upload so no parts are left on the server.
+    let fed: Option<Result<(), RemoteError>> =
+        match select(std::pin::pin!(fed), std::pin::pin!(ABORT.cancelled())).await {
+            Either::Left((fed, _)) => Some(fed),
+            Either::Right(_) => None,
+        };
+    match fed {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        None => {
+            let _ = w.abort().await;
+            drop(in_flight);
+            // The process is ending on a signal: its signal thread ends it.
+            return std::future::pending().await;
+        }
     }
     w.finish().await.map_err(|e| s3_err(&url, e))?;
     Ok((url, None))
 }
+
+/// The size of each part of an upload.
+const PART: usize = 16 << 20;
