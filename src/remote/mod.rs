@@ -194,6 +194,21 @@ pub enum RemoteError {
     Protocol { url: String, detail: String },
     #[error("S3 `{url}`: {detail}")]
     S3 { url: String, detail: String },
+    #[error(
+        "invalid S3 endpoint `{shown}` (from {from}): {reason}; give a URL such as `https://s3.example.org` or `http://127.0.0.1:9000`"
+    )]
+    BadEndpoint {
+        shown: String,
+        /// `--endpoint`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`.
+        from: &'static str,
+        reason: String,
+    },
+    /// A remote operation panicked: a bug (here or in a library it uses), reported as one
+    /// instead of as a lost answer.
+    #[error(
+        "internal error in a remote operation: {detail} (this is a bug in sregistry; please report it)"
+    )]
+    Panicked { detail: String },
     #[error("credentials file `{path}`: {detail}")]
     Credentials { path: PathBuf, detail: String },
     #[error("cannot write the download into the cache at `{path}`: {source}")]
@@ -216,8 +231,12 @@ impl RemoteError {
 
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, RemoteError::BadRef { .. } | RemoteError::Reference(_))
-            || matches!(self, RemoteError::Cache(c) if c.is_usage())
+        matches!(
+            self,
+            RemoteError::BadRef { .. }
+                | RemoteError::BadEndpoint { .. }
+                | RemoteError::Reference(_)
+        ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
 
@@ -336,7 +355,7 @@ impl RemoteRef {
             }
             RemoteRef::S3 { bucket, key } => {
                 let plain = format!("s3/{bucket}/{key}");
-                match s3::endpoint(opts) {
+                match s3::checked_endpoint(opts)? {
                     None => unique_name(sanitize_path(&plain), &plain, &plain),
                     Some(ep) => {
                         let (host, lossless) = endpoint_host(&ep);
@@ -781,6 +800,10 @@ pub fn pull(
     name: Option<&Reference>,
     opts: &RemoteOptions,
 ) -> Result<PullOutcome, RemoteError> {
+    if let RemoteRef::S3 { .. } = remote {
+        // Before the pull lock is named after it.
+        s3::checked_endpoint(opts)?;
+    }
     let (name, default) = match name {
         Some(n) => {
             crate::cache::refuse_digest_on_target(n)?;

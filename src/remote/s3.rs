@@ -28,13 +28,86 @@ use crate::cache::Cache;
 
 /// The endpoint an `s3://` remote is reached through: `--endpoint`, else
 /// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`); `None` for AWS itself. It is part of the image's
-/// name and recorded source (see `RemoteRef::default_name`).
+/// name and recorded source (see `RemoteRef::default_name`). Not checked: see
+/// [`checked_endpoint`].
 pub fn endpoint(opts: &RemoteOptions) -> Option<String> {
-    opts.endpoint.clone().filter(|e| !e.is_empty()).or_else(|| {
-        ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    })
+    endpoint_and_origin(opts).map(|(ep, _)| ep)
+}
+
+/// The endpoint and where it was given.
+fn endpoint_and_origin(opts: &RemoteOptions) -> Option<(String, &'static str)> {
+    opts.endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .map(|e| (e, "--endpoint"))
+        .or_else(|| {
+            ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().find_map(|k| {
+                std::env::var(k)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, *k))
+            })
+        })
+}
+
+/// [`endpoint`], refused (a usage error, [`RemoteError::BadEndpoint`]) unless it is an
+/// `http://` or `https://` URL with a host, an optional port from 1 to 65535 and an
+/// optional path, written in the characters a URL allows: no user or password (S3 signs
+/// with the AWS credentials), no query or fragment. Checked before any request, so a typo
+/// never reaches the S3 client.
+pub fn checked_endpoint(opts: &RemoteOptions) -> Result<Option<String>, RemoteError> {
+    let Some((ep, from)) = endpoint_and_origin(opts) else {
+        return Ok(None);
+    };
+    match endpoint_problem(&ep) {
+        None => Ok(Some(ep)),
+        Some(reason) => Err(RemoteError::BadEndpoint {
+            shown: super::transport::shown(&ep),
+            from,
+            reason,
+        }),
+    }
+}
+
+/// What is wrong with `ep` as an S3 endpoint, if anything.
+fn endpoint_problem(ep: &str) -> Option<String> {
+    let Some((scheme, _)) = ep.split_once("://") else {
+        return Some("it has no scheme (http:// or https://)".into());
+    };
+    if scheme != "http" && scheme != "https" {
+        return Some(format!(
+            "the scheme is `{scheme}://`, not http:// or https://"
+        ));
+    }
+    const ALLOWED: &str = "-._~:/?#[]@!$&'()*+,;=%";
+    if let Some(c) = ep
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !ALLOWED.contains(*c))
+    {
+        return Some(format!(
+            "it contains {c:?}, which a URL cannot hold as written"
+        ));
+    }
+    let url = match reqwest::Url::parse(ep) {
+        Ok(u) => u,
+        Err(e) => return Some(format!("it is not a URL ({e})")),
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return Some("it has no host".into());
+    }
+    if url.port() == Some(0) {
+        return Some("its port is 0 (a port is 1 to 65535)".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some(
+            "it carries a user or password (S3 requests are signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead)"
+                .into(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Some("it has a query (`?`) or fragment (`#`)".into());
+    }
+    None
 }
 
 /// The object's key as S3 knows it: the key exactly as given (`col/a?b.sif` is that key,
@@ -77,7 +150,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
             max_retries: 3,
             retry_timeout: idle * 2,
         });
-    if let Some(ep) = &endpoint(opts) {
+    if let Some(ep) = &checked_endpoint(opts)? {
         let host = ep
             .split_once("://")
             .map(|x| x.1)

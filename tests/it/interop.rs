@@ -570,7 +570,7 @@ fn s3_push_draws_its_progress_on_a_terminal() {
     );
 }
 
-/// `sregistry ARGS` against `s3` through `AWS_ENDPOINT_URL` (`get` takes no `--endpoint`).
+/// `sregistry ARGS` against `s3` through `AWS_ENDPOINT_URL` (not `--endpoint`).
 fn s3_env_cmd(env: &Env, s3: &S3Server, args: &[&str]) -> assert_cmd::Command {
     let mut c = env.cmd();
     for (k, _) in std::env::vars_os() {

@@ -106,3 +106,92 @@ fn a_signal_during_an_s3_push_leaves_no_parts_on_the_server() {
         );
     }
 }
+
+/// A mistyped S3 endpoint, from `--endpoint` or `AWS_ENDPOINT_URL`, given to `pull`,
+/// `get` or `push`, is a usage error (exit 2) in one line that names it (never its
+/// password) and shows a good one; never a panic inside the S3 client ("internal error",
+/// "(tokio runtime)"), in plain or `--json` output; and nothing is written to the cache.
+#[test]
+fn a_mistyped_s3_endpoint_is_a_usage_error_that_names_it_never_a_panic() {
+    let env = env_with_lab_tool();
+    let names = env.names();
+    let cases = [
+        ("127.0.0.1:19000", "127.0.0.1:19000", "no scheme"),
+        ("notaurl", "notaurl", "no scheme"),
+        ("http://", "http://", "empty host"),
+        (
+            "http://127.0.0.1:99999",
+            "http://127.0.0.1:99999",
+            "invalid port",
+        ),
+        ("http://127.0.0.1:0", "http://127.0.0.1:0", "port is 0"),
+        ("ftp://127.0.0.1:9000", "ftp://127.0.0.1:9000", "`ftp://`"),
+        (
+            "https://me:hunter2@127.0.0.1:9000",
+            "https://***@127.0.0.1:9000",
+            "user or password",
+        ),
+        (
+            "http://127.0.0.1:9000/?x=1",
+            "http://127.0.0.1:9000/?x=1",
+            "query",
+        ),
+        (
+            "http://127.0.0.1:9000/a b",
+            "http://127.0.0.1:9000/a b",
+            "' '",
+        ),
+        ("http://bücher.example", "http://bücher.example", "'ü'"),
+    ];
+    for (ep, shown, why) in cases {
+        for from in ["--endpoint", "AWS_ENDPOINT_URL"] {
+            for args in [
+                &["pull", "s3://bucket/k.sif"][..],
+                &["pull", "s3://bucket/k.sif", "--name", "lab/k:1"],
+                &["get", "s3://bucket/k.sif"],
+                &["push", "lab/tool:1", "s3://bucket/k.sif"],
+                &["--json", "pull", "s3://bucket/k.sif"],
+            ] {
+                let mut c = env.cmd();
+                for (k, _) in std::env::vars_os() {
+                    if k.to_string_lossy().starts_with("AWS_") {
+                        c.env_remove(k);
+                    }
+                }
+                c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+                    .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
+                    .args(args);
+                if from == "--endpoint" {
+                    c.args(["--endpoint", ep]);
+                } else {
+                    c.env("AWS_ENDPOINT_URL", ep);
+                }
+                let out = c.output().unwrap();
+                let err = String::from_utf8_lossy(&out.stderr);
+                let said = format!("{ep} from {from}, {args:?}");
+                assert_eq!(out.status.code(), Some(2), "{said}: {err}");
+                assert_eq!(err.trim_end().lines().count(), 1, "{said}: {err}");
+                let want = format!("invalid S3 endpoint `{shown}` (from {from})");
+                assert!(err.contains(&want), "{said}: lacks {want}: {err}");
+                assert!(err.contains(why), "{said}: lacks {why}: {err}");
+                assert!(err.contains("`http://127.0.0.1:9000`"), "{said}: {err}");
+                let stdout = String::from_utf8_lossy(&out.stdout);
+                for text in [&err, &stdout] {
+                    assert!(!text.contains("internal error"), "{said}: {text}");
+                    assert!(!text.contains("tokio"), "{said}: {text}");
+                    assert!(!text.contains("hunter2"), "{said}: {text}");
+                }
+                if args[0] == "--json" {
+                    let v: serde_json::Value = serde_json::from_str(stdout.trim())
+                        .unwrap_or_else(|e| panic!("{said}: {e}: {stdout}"));
+                    assert_eq!(v["exit_code"], 2, "{said}: {v}");
+                    assert!(v["error"].as_str().unwrap().contains(&want), "{said}: {v}");
+                } else {
+                    assert!(stdout.is_empty(), "{said}: {stdout}");
+                }
+            }
+        }
+    }
+    assert_eq!(env.names(), names);
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+}
