@@ -255,7 +255,11 @@ pub fn is_remote(s: &str) -> bool {
 impl RemoteRef {
     /// Parse `oras://`, `https://`, `http://` and `s3://` references.
     pub fn parse(s: &str) -> Result<RemoteRef, RemoteError> {
-        if s.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        // An S3 key may hold spaces, as any other object store client writes them.
+        let space_ok = s.starts_with("s3://");
+        if s.chars()
+            .any(|c| c.is_ascii_control() || (c == ' ' && !space_ok))
+        {
             return Err(bad_ref(s, "it contains spaces or control characters"));
         }
         if let Some(rest) = s.strip_prefix("oras://") {
@@ -292,6 +296,14 @@ impl RemoteRef {
             }
             if key.is_empty() || key.split('/').any(|c| c == ".." || c == ".") {
                 return Err(bad_ref(s, "the key is empty or has `.`/`..` parts"));
+            }
+            // The S3 client (object_store) cannot send such a key as written: it would
+            // drop the empty part and read or write another object (`dir/` as `dir`).
+            if key.split('/').any(str::is_empty) {
+                return Err(bad_ref(
+                    s,
+                    "the key has an empty part (a leading or trailing `/`, or `//`), which sregistry cannot send as written; copy the object to a key without one",
+                ));
             }
             return Ok(RemoteRef::S3 {
                 bucket: bucket.to_string(),

@@ -112,8 +112,9 @@ fn endpoint_problem(ep: &str) -> Option<String> {
 
 /// The object's key as S3 knows it: the key exactly as given (`col/a?b.sif` is that key,
 /// as every other S3 client reads and writes it), not percent-encoded the way
-/// `Path::from` encodes characters some stores advise against. Only a key that
-/// object_store cannot hold as written (an empty part, `a//b`) falls back to that.
+/// `Path::from` encodes characters some stores advise against. A key object_store cannot
+/// hold as written (an empty part: `a//b`, `dir/`) is refused by `RemoteRef::parse`; the
+/// fallback is never reached from there.
 fn object_path(key: &str) -> object_store::path::Path {
     object_store::path::Path::parse(key).unwrap_or_else(|_| object_store::path::Path::from(key))
 }

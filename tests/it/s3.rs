@@ -195,3 +195,157 @@ fn a_mistyped_s3_endpoint_is_a_usage_error_that_names_it_never_a_panic() {
     assert_eq!(env.names(), names);
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
 }
+
+/// `key` as the AWS CLI (botocore) puts it in a request's path: every byte but the
+/// unreserved ones (`A-Z a-z 0-9 - . _ ~`) and `/` as `%XX`, upper-case, UTF-8.
+fn aws_cli_encoded(key: &str) -> String {
+    key.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' | b'/' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `curl --aws-sigv4` (a second S3 client, signing itself) against `s3`: `GET` the object
+/// under `key` (`put` None), or `PUT` `put` there; the key is sent as the AWS CLI encodes it
+/// ([`aws_cli_encoded`]). Returns the body of a `GET`.
+fn curl_s3(s3: &S3Server, key: &str, put: Option<&std::path::Path>) -> Vec<u8> {
+    use sha2::Digest as _;
+    let url = format!("{}/{BUCKET}/{}", s3.endpoint(), aws_cli_encoded(key));
+    let mut c = StdCommand::new("curl");
+    c.args([
+        "-sS",
+        "--fail-with-body",
+        "--aws-sigv4",
+        "aws:amz:us-east-1:s3",
+    ])
+    .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")]);
+    match put {
+        Some(file) => {
+            let sha = sha2::Sha256::digest(fs::read(file).unwrap());
+            c.args(["-H", &format!("x-amz-content-sha256: {sha:x}")])
+                .arg("-T")
+                .arg(file);
+        }
+        None => {
+            c.args(["-H", "x-amz-content-sha256: UNSIGNED-PAYLOAD"]);
+        }
+    }
+    let out = c.arg(&url).output().expect("curl");
+    assert!(
+        out.status.success(),
+        "curl {url}: {}{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+        s3.log()
+    );
+    out.stdout
+}
+
+/// Keys that need encoding in a URL, each a different object: non-ASCII, a literal `%`
+/// (and `%25`), `?`, `#`, `&`, `=`, `{`, `}`, `+`, spaces, and the other characters S3
+/// allows.
+const ODD_KEYS: [&str; 8] = [
+    "uni/ñandú 𝄞.sif",
+    "pct/100%25 and 50%.sif",
+    "q/a?b=c&d.sif",
+    "h/a#b.sif",
+    "br/{x}.sif",
+    "sp/a b  c.sif",
+    "plus/a+b.sif",
+    "misc/~!$'()*,;=@:[].sif",
+];
+
+/// S3 keys are sent as written, so they round-trip with another client: what
+/// `sregistry push` writes under an odd key, curl reads under that same key (and s3s-fs
+/// holds under that exact name on disk), and what curl writes under an odd key,
+/// `sregistry pull` reads.
+#[test]
+fn odd_s3_keys_round_trip_with_another_client() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    for (i, key) in ODD_KEYS.iter().enumerate() {
+        // sregistry writes, curl reads.
+        let pushed = env.file(
+            &format!("pushed-{i}.img"),
+            format!("pushed to {key}").as_bytes(),
+        );
+        let name = format!("lab/pushed:{i}");
+        stdout_of(env.cmd().arg("add").arg(&pushed).args(["--name", &name]));
+        let remote = format!("s3://{BUCKET}/{key}");
+        let out = s3_std(&env, &s3, &["push", &name, &remote])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "push to {key}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(s3.object(key).is_file(), "{key}: {:?}", s3.objects());
+        assert_eq!(curl_s3(&s3, key, None), fs::read(&pushed).unwrap(), "{key}");
+        // curl writes, sregistry reads.
+        let other = format!("{key}.other");
+        let theirs = env.file(
+            &format!("theirs-{i}.img"),
+            format!("curl put {other}").as_bytes(),
+        );
+        curl_s3(&s3, &other, Some(&theirs));
+        let remote = format!("s3://{BUCKET}/{other}");
+        let out = s3_std(
+            &env,
+            &s3,
+            &["pull", &remote, "--name", &format!("lab/theirs:{i}")],
+        )
+        .output()
+        .unwrap();
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert!(
+            out.status.success(),
+            "pull of {other}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            fs::read(&theirs).unwrap(),
+            "{other}"
+        );
+    }
+}
+
+/// A key with an empty part (`dir/`, `/dir`, `a//dir`) is refused in one line (exit 2),
+/// by `pull`, `get` and `push` alike: the S3 client would send it without its empty part
+/// and so read or overwrite another object (`dir/` as `dir`), which is there.
+#[test]
+fn an_s3_key_with_an_empty_part_is_refused_never_read_as_another() {
+    let s3 = S3Server::start();
+    let env = env_with_lab_tool();
+    let other = env.file("other.img", b"the object under another key");
+    for key in ["dir", "a/dir"] {
+        curl_s3(&s3, key, Some(&other));
+    }
+    let names = env.names();
+    for key in ["dir/", "/dir", "a//dir"] {
+        let remote = format!("s3://{BUCKET}/{key}");
+        for args in [
+            &["pull", &remote][..],
+            &["pull", &remote, "--name", "lab/x:1"],
+            &["get", &remote],
+            &["push", "lab/tool:1", &remote],
+        ] {
+            let out = s3_std(&env, &s3, args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+            assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
+            assert!(err.contains(&format!("`{remote}`")), "{args:?}: {err}");
+            assert!(err.contains("empty part"), "{args:?}: {err}");
+            assert!(out.stdout.is_empty(), "{args:?}");
+        }
+    }
+    assert_eq!(env.names(), names);
+    for key in ["dir", "a/dir"] {
+        assert_eq!(curl_s3(&s3, key, None), fs::read(&other).unwrap(), "{key}");
+    }
+}
