@@ -349,3 +349,38 @@ fn an_s3_key_with_an_empty_part_is_refused_never_read_as_another() {
         assert_eq!(curl_s3(&s3, key, None), fs::read(&other).unwrap(), "{key}");
     }
 }
+
+/// `get` (which takes no `--name`) fetches an object under any key, with `--endpoint`:
+/// each key gives a valid default name, also those that gave none (`n/x-.sif`, `x_-y`,
+/// non-ASCII); a second `get` answers from the cache, and `pull` without `--name` names it
+/// the same. (Keys over 245 characters, which s3s-fs cannot hold, are the unit tests'
+/// `every_s3_key_gives_a_valid_default_name_and_valid_ones_keep_theirs`.)
+#[test]
+fn get_fetches_an_s3_object_under_any_key() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    let mut keys: Vec<String> = ODD_KEYS.iter().map(|k| k.to_string()).collect();
+    keys.extend(["n/x-.sif", "x_-y", "a._b/-_-.sif", "ÅÄÖ/𝄞"].map(String::from));
+    for (i, key) in keys.iter().enumerate() {
+        let data = env.file(&format!("o{i}.img"), format!("object {key}").as_bytes());
+        curl_s3(&s3, key, Some(&data));
+        let remote = format!("s3://{BUCKET}/{key}");
+        let run = |args: &[&str]| {
+            let out = s3_std(&env, &s3, args).output().unwrap();
+            assert!(
+                out.status.success(),
+                "{args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let path = run(&["get", &remote]);
+        assert_eq!(fs::read(&path).unwrap(), fs::read(&data).unwrap(), "{key}");
+        let again: serde_json::Value =
+            serde_json::from_str(&run(&["--json", "get", &remote])).unwrap();
+        assert_eq!(again["path"], path.as_str(), "{key}");
+        let name = again["name"].as_str().unwrap().to_string();
+        assert_eq!(run(&["pull", &remote]), path, "{key}");
+        assert!(env.names().contains(&name), "{key}: {name}");
+    }
+}
