@@ -174,12 +174,36 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
     {
         b = b.with_region("us-east-1");
     }
+    if anonymous() {
+        // No credentials given: unsigned requests (a public bucket answers them), never
+        // object_store's fallback to the EC2 instance metadata service, which off EC2 is
+        // a stranger's address (or a wait). AWS_EC2_METADATA_DISABLED=false asks for it.
+        b = b.with_skip_signature(true);
+    }
     let url = format!("s3://{bucket}");
     let store = b.build().map_err(|e| RemoteError::S3 {
         url: url.clone(),
         detail: e.to_string(),
     })?;
     Ok((Arc::new(store), url))
+}
+
+/// Whether requests go unsigned: no access key, web identity or container credentials
+/// in the environment, and the EC2 instance metadata service not asked for
+/// (`AWS_EC2_METADATA_DISABLED=false`).
+fn anonymous() -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let credentials = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|k| set(k));
+    let metadata_asked = std::env::var("AWS_EC2_METADATA_DISABLED")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    !credentials && !metadata_asked
 }
 
 fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
@@ -198,7 +222,11 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
                 || text.contains("InvalidAccessKeyId")
                 || text.contains("403")
             {
-                " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                if anonymous() {
+                    " (no AWS credentials were given, so the request was sent unsigned: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                } else {
+                    " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                }
             } else {
                 ""
             };

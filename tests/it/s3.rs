@@ -384,3 +384,45 @@ fn get_fetches_an_s3_object_under_any_key() {
         assert!(env.names().contains(&name), "{key}: {name}");
     }
 }
+
+/// Without AWS credentials a request goes unsigned (and the refusal says that no
+/// credentials were given), and nothing connects to the EC2 instance metadata service
+/// (here a local listener where both object_store's and the AWS SDKs' variables point):
+/// off EC2 that address is a stranger's. Only `AWS_EC2_METADATA_DISABLED=false` asks for
+/// it, and then it is asked (the control, showing the listener would have seen it).
+#[test]
+fn without_aws_credentials_nothing_asks_the_ec2_metadata_service() {
+    let s3 = S3Server::start();
+    let env = Env::new();
+    fs::write(s3.object("pub.sif"), b"public").unwrap();
+    let remote = format!("s3://{BUCKET}/pub.sif");
+    for asked in [false, true] {
+        let metadata = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = format!("http://{}", metadata.local_addr().unwrap());
+        let mut c = env.cmd();
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("AWS_METADATA_ENDPOINT", &at)
+            .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &at)
+            .env("SREGISTRY_TIMEOUT", "2")
+            .args(["pull", &remote, "--endpoint", &s3.endpoint()]);
+        if asked {
+            c.env("AWS_EC2_METADATA_DISABLED", "false");
+        }
+        let out = c.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "asked {asked}: {err}");
+        // A connection made while the process ran waits in the backlog.
+        metadata.set_nonblocking(true).unwrap();
+        let connected = metadata.accept().is_ok();
+        assert_eq!(connected, asked, "asked {asked}: {err}");
+        if !asked {
+            assert!(err.contains("no AWS credentials were given"), "{err}");
+            assert!(err.contains("Signature is required"), "{err}");
+        }
+    }
+    assert!(env.names().is_empty());
+}
