@@ -82,8 +82,10 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
     match e {
         RemoteError::Cache(c) => cache_error_class(c),
         RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
-        RemoteError::NotFound { .. } => "NotFound",
-        RemoteError::Insecure { .. } | RemoteError::NameTaken { .. } => "InvalidInput",
+        RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. } => "NotFound",
+        RemoteError::Insecure { .. }
+        | RemoteError::NameTaken { .. }
+        | RemoteError::BadEndpoint { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }
@@ -106,6 +108,7 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::NotSif { .. }
         | RemoteError::Protocol { .. }
         | RemoteError::S3 { .. }
+        | RemoteError::Panicked { .. }
         | RemoteError::Credentials { .. }
         | RemoteError::Io { .. } => "RemoteError",
     }

@@ -88,6 +88,10 @@ pub enum RemoteError {
     },
     #[error("`{what}` was not found on `{host}`")]
     NotFound { host: String, what: String },
+    #[error(
+        "there is no S3 bucket `{bucket}` (so no `{key}` in it): check the bucket's name, and the endpoint (--endpoint, AWS_ENDPOINT_URL)"
+    )]
+    NoSuchBucket { bucket: String, key: String },
     #[error("`{host}` refused the credentials{user}: {detail} (run `sregistry login {host}`)", user = .user.as_ref().map(|u| format!(" of `{u}`")).unwrap_or_default())]
     Unauthorized {
         host: String,
@@ -225,8 +229,10 @@ pub enum RemoteError {
 impl RemoteError {
     /// Errors that mean "no such image" (exit code 3).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RemoteError::NotFound { .. })
-            || matches!(self, RemoteError::Cache(c) if c.is_not_found())
+        matches!(
+            self,
+            RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. }
+        ) || matches!(self, RemoteError::Cache(c) if c.is_not_found())
     }
 
     /// Errors about what the user typed (exit code 2).

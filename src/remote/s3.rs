@@ -211,6 +211,14 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
         object_store::Error::NotFound { .. } => {
             let rest = url.strip_prefix("s3://").unwrap_or(url);
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            // S3 says which is missing in the body of its 404 (a HEAD has none: there
+            // the key is blamed, as S3 itself cannot tell).
+            if super::transport::error_chain(&e).contains("NoSuchBucket") {
+                return RemoteError::NoSuchBucket {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                };
+            }
             RemoteError::NotFound {
                 host: format!("S3 bucket {bucket}"),
                 what: key.to_string(),
