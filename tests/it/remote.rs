@@ -584,3 +584,20 @@ fn search_lists_every_page_of_the_catalog() {
         "{pages} catalog requests for 5 repositories in pages of 2"
     );
 }
+
+/// A credentials file that cannot be read (here a directory, which even root cannot read
+/// as a file) stops a pull that needs no credentials in one line that names the file, why,
+/// and what to do, instead of a bare system error.
+#[test]
+fn an_unreadable_credentials_file_is_named_with_what_to_do() {
+    let env = Env::new();
+    let creds = env.path("config/credentials.json");
+    fs::create_dir_all(&creds).unwrap();
+    let err = assert_fails(
+        env.cmd().args(["pull", "oras://127.0.0.1:9/lab/tool:1"]),
+        1,
+        &format!("credentials file `{}`", creds.display()),
+    );
+    assert!(err.contains("cannot read it"), "{err}");
+    assert!(err.contains("move it away"), "{err}");
+}
