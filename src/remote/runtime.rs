@@ -9,7 +9,9 @@
 //! can call in too (from async code, through `spawn_blocking`, as any blocking call), and
 //! nothing builds a runtime per call. The HTTP client (connection pool, TLS roots) is
 //! made once and cloned (a handle) into each [`super::transport::Transport`], always used
-//! from this runtime.
+//! from this runtime. A panic inside the work (a bug, here or in a library it calls) is
+//! caught on the runtime and answered as [`RemoteError::Panicked`] with its message; the
+//! runtime goes on serving other calls.
 
 use std::future::Future;
 use std::path::PathBuf;
