@@ -79,20 +79,24 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether `command` writes files into the cache's `tmp/` that a signal could leave behind.
+/// Whether `command` writes files into the cache's `tmp/` that a signal could leave behind,
+/// or uploads parts to S3 that a signal must not leave on the server.
 fn writes_tmp(command: &Command) -> bool {
     match command {
         Command::Add(_) | Command::Pull(_) | Command::Verify(_) | Command::Migrate(_) => true,
         Command::Get(a) => sregistry::remote::is_remote(&a.reference),
+        Command::Push(a) => a.remote.starts_with("s3://"),
         _ => false,
     }
 }
 
 /// Ctrl-C, a batch system's time limit (SIGTERM) or a closed terminal (SIGHUP) must not
 /// leave a partial download or copy in the cache's `tmp/` (gc would only clear it after
-/// its grace period): these signals are blocked in every thread and taken by one that
-/// removes this process's unfinished files, then ends the process by the same signal, as
-/// if it had not been caught. Called right after the arguments are parsed, before any
+/// its grace period), nor the parts of an `s3://` upload on the server: these signals are
+/// blocked in every thread and taken by one that aborts the uploads in flight (waiting at
+/// most [`ABORT_WAIT`] for the server's answers, or until a second signal), removes this
+/// process's unfinished files, then ends the process by the first signal, as if it had
+/// not been caught. Called right after the arguments are parsed, before any
 /// thread exists, so every thread inherits the mask; child processes get an empty mask
 /// from `std::process`.
 fn clean_up_on_signals() {
@@ -115,6 +119,22 @@ fn clean_up_on_signals() {
             let mut sig = 0;
             // SAFETY: `set` is initialised; sigwait writes the signal number into `sig`.
             while unsafe { libc::sigwait(&set, &mut sig) } != 0 {}
+            if sregistry::remote::s3::abort_uploads() > 0 {
+                let deadline = std::time::Instant::now() + ABORT_WAIT;
+                let tick = libc::timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000_000,
+                };
+                while sregistry::remote::s3::uploads_in_flight() > 0
+                    && std::time::Instant::now() < deadline
+                {
+                    // SAFETY: `set` is initialised; a null info pointer is allowed. A
+                    // second signal (the user insists) ends the wait.
+                    if unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &tick) } > 0 {
+                        break;
+                    }
+                }
+            }
             sregistry::cache::remove_unfinished();
             sregistry::cache::release_writer_locks();
             // SAFETY: restore the default action and unblock the signal in this thread
@@ -137,6 +157,10 @@ fn clean_up_on_signals() {
         }
     }
 }
+
+/// How long a signal waits for the server to answer the aborts of the `s3://` uploads in
+/// flight before the process ends anyway.
+const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
 /// The error and its causes on one line, each cause once.
 fn one_line(e: &anyhow::Error) -> String {

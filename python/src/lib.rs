@@ -89,10 +89,11 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
     match e {
         RemoteError::Cache(c) => cache_error_class(c),
         RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
-        RemoteError::NotFound { .. } => "NotFound",
+        RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. } => "NotFound",
         RemoteError::Insecure { .. }
         | RemoteError::NameTaken { .. }
-        | RemoteError::Setting(_) => "InvalidInput",
+        | RemoteError::Setting(_)
+        | RemoteError::BadEndpoint { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }
@@ -116,6 +117,7 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::NotSif { .. }
         | RemoteError::Protocol { .. }
         | RemoteError::S3 { .. }
+        | RemoteError::Panicked { .. }
         | RemoteError::Credentials { .. }
         | RemoteError::Io { .. } => "RemoteError",
     }

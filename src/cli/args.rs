@@ -195,6 +195,9 @@ pub struct GetArgs {
     /// Allow plain HTTP to a remote that is not on this machine
     #[arg(long)]
     pub insecure: bool,
+    /// S3 endpoint URL (else AWS_ENDPOINT_URL)
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
     /// Re-hash the file before answering; exit 4 if it does not match its digest
     #[arg(long)]
     pub verify: bool,

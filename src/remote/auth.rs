@@ -237,10 +237,19 @@ fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
         path: path.clone(),
         detail,
     };
+    // Read for every remote, with credentials or not: say what to do with it.
+    let unreadable = |e: std::io::Error| {
+        cred_err(format!(
+            "cannot read it ({e}); it holds the logins `sregistry login` stores: make it a file you can read, or move it away to go on without them"
+        ))
+    };
     let meta = match fs::metadata(path) {
+        Ok(m) if m.is_dir() => {
+            return Err(unreadable(std::io::Error::from_raw_os_error(libc::EISDIR)));
+        }
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::default()),
-        Err(e) => return Err(cred_err(e.to_string())),
+        Err(e) => return Err(unreadable(e)),
     };
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(cred_err(format!(
@@ -249,7 +258,7 @@ fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
             path.display()
         )));
     }
-    let bytes = fs::read(path).map_err(|e| cred_err(e.to_string()))?;
+    let bytes = fs::read(path).map_err(unreadable)?;
     serde_json::from_slice(&bytes).map_err(|e| cred_err(format!("not valid JSON: {e}")))
 }
 

@@ -88,6 +88,10 @@ pub enum RemoteError {
     },
     #[error("`{what}` was not found on `{host}`")]
     NotFound { host: String, what: String },
+    #[error(
+        "there is no S3 bucket `{bucket}` (so no `{key}` in it): check the bucket's name, and the endpoint (--endpoint, AWS_ENDPOINT_URL)"
+    )]
+    NoSuchBucket { bucket: String, key: String },
     #[error("`{host}` refused the credentials{user}: {detail} (run `sregistry login {host}`)", user = .user.as_ref().map(|u| format!(" of `{u}`")).unwrap_or_default())]
     Unauthorized {
         host: String,
@@ -200,6 +204,21 @@ pub enum RemoteError {
     Protocol { url: String, detail: String },
     #[error("S3 `{url}`: {detail}")]
     S3 { url: String, detail: String },
+    #[error(
+        "invalid S3 endpoint `{shown}` (from {from}): {reason}; give a URL such as `https://s3.example.org` or `http://127.0.0.1:9000`"
+    )]
+    BadEndpoint {
+        shown: String,
+        /// `--endpoint`, `AWS_ENDPOINT_URL` or `AWS_ENDPOINT`.
+        from: &'static str,
+        reason: String,
+    },
+    /// A remote operation panicked: a bug (here or in a library it uses), reported as one
+    /// instead of as a lost answer.
+    #[error(
+        "internal error in a remote operation: {detail} (this is a bug in sregistry; please report it)"
+    )]
+    Panicked { detail: String },
     #[error("credentials file `{path}`: {detail}")]
     Credentials { path: PathBuf, detail: String },
     #[error("cannot write the download into the cache at `{path}`: {source}")]
@@ -216,15 +235,20 @@ pub enum RemoteError {
 impl RemoteError {
     /// Errors that mean "no such image" (exit code 3).
     pub fn is_not_found(&self) -> bool {
-        matches!(self, RemoteError::NotFound { .. })
-            || matches!(self, RemoteError::Cache(c) if c.is_not_found())
+        matches!(
+            self,
+            RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. }
+        ) || matches!(self, RemoteError::Cache(c) if c.is_not_found())
     }
 
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RemoteError::BadRef { .. } | RemoteError::Reference(_) | RemoteError::Setting(_)
+            RemoteError::BadRef { .. }
+                | RemoteError::BadEndpoint { .. }
+                | RemoteError::Reference(_)
+                | RemoteError::Setting(_)
         ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
@@ -244,7 +268,11 @@ pub fn is_remote(s: &str) -> bool {
 impl RemoteRef {
     /// Parse `oras://`, `https://`, `http://` and `s3://` references.
     pub fn parse(s: &str) -> Result<RemoteRef, RemoteError> {
-        if s.chars().any(|c| c.is_ascii_control() || c == ' ') {
+        // An S3 key may hold spaces, as any other object store client writes them.
+        let space_ok = s.starts_with("s3://");
+        if s.chars()
+            .any(|c| c.is_ascii_control() || (c == ' ' && !space_ok))
+        {
             return Err(bad_ref(s, "it contains spaces or control characters"));
         }
         if let Some(rest) = s.strip_prefix("oras://") {
@@ -282,6 +310,14 @@ impl RemoteRef {
             if key.is_empty() || key.split('/').any(|c| c == ".." || c == ".") {
                 return Err(bad_ref(s, "the key is empty or has `.`/`..` parts"));
             }
+            // The S3 client (object_store) cannot send such a key as written: it would
+            // drop the empty part and read or write another object (`dir/` as `dir`).
+            if key.split('/').any(str::is_empty) {
+                return Err(bad_ref(
+                    s,
+                    "the key has an empty part (a leading or trailing `/`, or `//`), which sregistry cannot send as written; copy the object to a key without one",
+                ));
+            }
             return Ok(RemoteRef::S3 {
                 bucket: bucket.to_string(),
                 key: key.to_string(),
@@ -305,9 +341,11 @@ impl RemoteRef {
     ///   platform is its own image, named the same on every node whatever its own
     ///   platform;
     /// * `https://`, `s3://`: the host (or `s3/BUCKET`) and the path, lower-cased and
-    ///   reduced to the grammar; when that lost anything (case, characters, a query, the
-    ///   `..` of a file name), the last part ends with `-` and 12 hex digits of a hash of
-    ///   the whole reference, so two URLs that reduce alike keep apart names;
+    ///   reduced to the grammar (see `sanitize_path`; cut to 255 characters); when that
+    ///   lost anything (case, characters, a query, the `..` of a file name, length), the
+    ///   last part ends with `-` and 12 hex digits of a hash of the whole reference, so
+    ///   two URLs that reduce alike keep apart names. Every `s3://` key gives a valid
+    ///   name;
     /// * `s3://` through an endpoint (`--endpoint`, `AWS_ENDPOINT_URL`): the endpoint's
     ///   host and port first (`127.0.0.1:9000/s3/BUCKET/KEY`), so one bucket and key on two
     ///   stores are two images.
@@ -344,7 +382,7 @@ impl RemoteRef {
             }
             RemoteRef::S3 { bucket, key } => {
                 let plain = format!("s3/{bucket}/{key}");
-                match s3::endpoint(opts) {
+                match s3::checked_endpoint(opts)? {
                     None => unique_name(sanitize_path(&plain), &plain, &plain),
                     Some(ep) => {
                         let (host, lossless) = endpoint_host(&ep);
@@ -357,7 +395,12 @@ impl RemoteRef {
                 }
             }
         };
-        Ok(Reference::parse(&text)?)
+        Reference::parse(&text).map_err(|e| {
+            bad_ref(
+                &self.to_string(),
+                format!("it gives no valid default name ({e}); pull it under a name of its own with `--name NAME`"),
+            )
+        })
     }
 
     /// What a pull from here records as the image's source (and what a later pull
@@ -377,9 +420,18 @@ impl RemoteRef {
 /// (nothing was lost), else with `-` and 12 hex digits of the BLAKE3 hash of `exact` (the
 /// whole reference) after its last part: references that reduce to the same text keep
 /// names of their own.
-fn unique_name(reduced: String, plain: &str, exact: &str) -> String {
-    if reduced == plain {
+fn unique_name(mut reduced: String, plain: &str, exact: &str) -> String {
+    use crate::format::reference::MAX_NAME_LEN;
+    if reduced == plain && reduced.len() <= MAX_NAME_LEN {
         return reduced;
+    }
+    // Too long with the hash: cut (the hash keeps it apart), at a letter or digit.
+    if reduced.len() > MAX_NAME_LEN - 13 {
+        reduced.truncate(MAX_NAME_LEN - 13);
+        let end = reduced
+            .trim_end_matches(|c: char| !c.is_ascii_alphanumeric())
+            .len();
+        reduced.truncate(end);
     }
     let h = blake3::hash(exact.as_bytes()).to_hex();
     format!("{reduced}-{}", &h.as_str()[..12])
@@ -411,7 +463,9 @@ impl fmt::Display for RemoteRef {
 }
 
 /// Turn a URL path (`host:port/a/b/File.sif`) into a valid local name: lower-case, each
-/// part reduced to the OCI grammar (other characters become `-`).
+/// part reduced to the OCI grammar (other characters become `-`; a run of separators
+/// that the grammar does not allow, such as `-.` or `_-`, becomes one `-`; `..` becomes
+/// `.` and `___` becomes `__`; separators at either end are dropped).
 fn sanitize_path(p: &str) -> String {
     let mut parts: Vec<String> = Vec::new();
     for (i, part) in p.split('/').filter(|x| !x.is_empty()).enumerate() {
@@ -420,7 +474,7 @@ fn sanitize_path(p: &str) -> String {
             parts.push(part.to_ascii_lowercase());
             continue;
         }
-        let mut s: String = part
+        let mapped: String = part
             .to_ascii_lowercase()
             .chars()
             .map(|c| {
@@ -431,12 +485,18 @@ fn sanitize_path(p: &str) -> String {
                 }
             })
             .collect();
-        while s.contains("..") {
-            s = s.replace("..", ".");
+        let mut s = String::with_capacity(mapped.len());
+        let mut run = String::new();
+        for c in mapped.chars().chain(std::iter::once('a')) {
+            if c.is_ascii_alphanumeric() {
+                s.push_str(&separator(&run));
+                run.clear();
+                s.push(c);
+            } else {
+                run.push(c);
+            }
         }
-        while s.contains("___") {
-            s = s.replace("___", "__");
-        }
+        s.pop();
         let s = s
             .trim_matches(|c: char| !c.is_ascii_alphanumeric())
             .to_string();
@@ -448,6 +508,20 @@ fn sanitize_path(p: &str) -> String {
         parts.push("image".into());
     }
     parts.join("/")
+}
+
+/// A run of `.`, `_` and `-` between two letters or digits, as the name grammar allows it:
+/// only dots, one `.`; only underscores, `_` or `__`; only dashes, as it is; a mix, `-`.
+fn separator(run: &str) -> String {
+    if run.is_empty() || run.bytes().all(|b| b == b'-') {
+        run.to_string()
+    } else if run.bytes().all(|b| b == b'.') {
+        ".".into()
+    } else if run.bytes().all(|b| b == b'_') {
+        if run.len() == 1 { "_" } else { "__" }.into()
+    } else {
+        "-".into()
+    }
 }
 
 /// How a download (or an `oras://` upload) advances, for a caller that shows it. The
@@ -789,6 +863,10 @@ pub fn pull(
     name: Option<&Reference>,
     opts: &RemoteOptions,
 ) -> Result<PullOutcome, RemoteError> {
+    if let RemoteRef::S3 { .. } = remote {
+        // Before the pull lock is named after it.
+        s3::checked_endpoint(opts)?;
+    }
     let (name, default) = match name {
         Some(n) => {
             crate::cache::refuse_digest_on_target(n)?;
@@ -1091,12 +1169,10 @@ mod tests {
             endpoint: Some("http://u:secret@127.0.0.1:9000".into()),
             ..RemoteOptions::default()
         };
-        let name = r.default_name(&through).unwrap().key();
-        assert!(
-            name.starts_with("127.0.0.1:9000/s3/bucket-1/images/tool.sif"),
-            "{name}"
-        );
-        assert!(!name.contains("secret"), "{name}");
+        // An endpoint with user-info is refused, and the refusal does not show the secret.
+        let refused = r.default_name(&through).unwrap_err().to_string();
+        assert!(refused.contains("user or password"), "{refused}");
+        assert!(!refused.contains("secret"), "{refused}");
         assert_eq!(
             r.source(&through),
             "s3://bucket-1/images/tool.sif (endpoint http://***@127.0.0.1:9000)"
@@ -1119,6 +1195,62 @@ mod tests {
             "oras://h/a b",
         ] {
             assert!(RemoteRef::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// The keys the issue found naming nothing, and names valid keys gave before, kept.
+    #[test]
+    fn every_s3_key_gives_a_valid_default_name_and_valid_ones_keep_theirs() {
+        let opts = RemoteOptions::default();
+        let name = |key: &str| {
+            RemoteRef::parse(&format!("s3://bucket/{key}"))
+                .unwrap()
+                .default_name(&opts)
+                .map(|r| r.key())
+        };
+        let long = "k".repeat(300) + ".sif";
+        for key in [
+            "n/x-.sif",
+            "x_-y",
+            "a._b",
+            "uni/ñandú 𝄞.sif",
+            "-_-/.-.",
+            "𝄞",
+            long.as_str(),
+        ] {
+            let n = name(key).unwrap_or_else(|e| panic!("{key}: {e}"));
+            assert!(n.len() <= 255 + ":latest".len(), "{key}: {n}");
+        }
+        // Names valid keys gave before this change.
+        for (key, was) in [
+            ("images/tool.sif", "s3/bucket/images/tool.sif:latest"),
+            ("a/b--c.sif", "s3/bucket/a/b--c.sif:latest"),
+            ("a/b__c.sif", "s3/bucket/a/b__c.sif:latest"),
+            ("Tool.sif", "s3/bucket/tool.sif-"),
+            ("a..b.sif", "s3/bucket/a.b.sif-"),
+            ("a___b", "s3/bucket/a__b-"),
+            ("x y.sif", "s3/bucket/x-y.sif-"),
+        ] {
+            let n = name(key).unwrap();
+            assert!(n.starts_with(was), "{key}: {n}, was {was}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Any key `s3://` accepts gives a valid default name, through an endpoint or not.
+        #[test]
+        fn any_s3_key_gives_a_valid_default_name(
+            key in "[a-zA-Z0-9._~ /%?#{}+!$'()*,;=@:ñ𝄞-]{1,300}",
+            through in proptest::bool::ANY,
+        ) {
+            let opts = RemoteOptions {
+                endpoint: through.then(|| "http://127.0.0.1:9000".to_string()),
+                ..RemoteOptions::default()
+            };
+            if let Ok(r) = RemoteRef::parse(&format!("s3://bucket/{key}")) {
+                let named = r.default_name(&opts);
+                proptest::prop_assert!(named.is_ok(), "{key:?}: {:?}", named.err());
+            }
         }
     }
 }

@@ -9,7 +9,9 @@
 //! can call in too (from async code, through `spawn_blocking`, as any blocking call), and
 //! nothing builds a runtime per call. The HTTP client (connection pool, TLS roots) is
 //! made once and cloned (a handle) into each [`super::transport::Transport`], always used
-//! from this runtime.
+//! from this runtime. A panic inside the work (a bug, here or in a library it calls) is
+//! caught on the runtime and answered as [`RemoteError::Panicked`] with its message; the
+//! runtime goes on serving other calls.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -104,14 +106,35 @@ fn spawn_and_wait<T: Send + 'static>(
     handle: &tokio::runtime::Handle,
     work: impl Future<Output = Result<T, RemoteError>> + Send + 'static,
 ) -> Result<T, RemoteError> {
+    use futures_util::FutureExt;
     let (tx, rx) = std::sync::mpsc::sync_channel(1);
     handle.spawn(async move {
-        let _ = tx.send(work.await);
+        // A panic inside the work (a bug here or in a library it calls) is its answer
+        // too, said as what it is.
+        let answer = std::panic::AssertUnwindSafe(work)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|payload| {
+                Err(RemoteError::Panicked {
+                    detail: panic_message(payload.as_ref()),
+                })
+            });
+        let _ = tx.send(answer);
     });
-    rx.recv().map_err(|_| RemoteError::Io {
-        path: PathBuf::from("(tokio runtime)"),
-        source: std::io::Error::other("the remote operation was dropped before it finished"),
-    })?
+    rx.recv().unwrap_or_else(|_| {
+        Err(RemoteError::Panicked {
+            detail: "the remote operation ended without an answer".into(),
+        })
+    })
+}
+
+/// The text a panic was raised with.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Default for `SREGISTRY_TIMEOUT` (how long a connection may stay silent: no answer, no
@@ -193,6 +216,19 @@ mod tests {
         // Even called straight from async code, it answers (it blocks that thread).
         let direct = outer.block_on(async { run(async { Ok(41 + 1) }) }).unwrap();
         assert_eq!(direct, 42);
+    }
+
+    #[test]
+    fn a_panicking_remote_operation_is_reported_as_a_bug_not_as_a_lost_answer() {
+        let err = run::<()>(async { panic!("request valid: InvalidUri") })
+            .expect_err("a panic answered Ok");
+        let text = err.to_string();
+        assert!(matches!(err, RemoteError::Panicked { .. }), "{err:?}");
+        assert!(text.contains("request valid: InvalidUri"), "{text}");
+        assert!(text.contains("this is a bug"), "{text}");
+        assert!(!text.contains("tokio runtime"), "{text}");
+        // The runtime is still there for the next call.
+        assert_eq!(run(async { Ok(7) }).unwrap(), 7);
     }
 
     #[test]

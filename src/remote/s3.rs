@@ -7,9 +7,16 @@
 //! `--insecure`. A pull whose object has the ETag the cache holds from it downloads
 //! nothing (one `HEAD`). Downloads stream through the verifying [`Sink`] with the object's size as
 //! the limit; uploads are multipart, 16 MiB at a time.
+//!
+//! An upload that fails, or that its progress hook stops, is aborted: the parts already
+//! sent are deleted on the server, and nothing is left under the key. A process about to
+//! end on a signal calls [`abort_uploads`] (the command line does, from its signal
+//! thread): every upload in flight is aborted the same way, and the process ends once the
+//! server has answered the aborts (see [`abort_uploads`] for the bound on that wait).
 
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock};
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
@@ -21,19 +28,93 @@ use crate::cache::Cache;
 
 /// The endpoint an `s3://` remote is reached through: `--endpoint`, else
 /// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`); `None` for AWS itself. It is part of the image's
-/// name and recorded source (see `RemoteRef::default_name`).
+/// name and recorded source (see `RemoteRef::default_name`). Not checked: see
+/// [`checked_endpoint`].
 pub fn endpoint(opts: &RemoteOptions) -> Option<String> {
-    opts.endpoint.clone().filter(|e| !e.is_empty()).or_else(|| {
-        ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"]
-            .iter()
-            .find_map(|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
-    })
+    endpoint_and_origin(opts).map(|(ep, _)| ep)
+}
+
+/// The endpoint and where it was given.
+fn endpoint_and_origin(opts: &RemoteOptions) -> Option<(String, &'static str)> {
+    opts.endpoint
+        .clone()
+        .filter(|e| !e.is_empty())
+        .map(|e| (e, "--endpoint"))
+        .or_else(|| {
+            ["AWS_ENDPOINT_URL", "AWS_ENDPOINT"].iter().find_map(|k| {
+                std::env::var(k)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+                    .map(|v| (v, *k))
+            })
+        })
+}
+
+/// [`endpoint`], refused (a usage error, [`RemoteError::BadEndpoint`]) unless it is an
+/// `http://` or `https://` URL with a host, an optional port from 1 to 65535 and an
+/// optional path, written in the characters a URL allows: no user or password (S3 signs
+/// with the AWS credentials), no query or fragment. Checked before any request, so a typo
+/// never reaches the S3 client.
+pub fn checked_endpoint(opts: &RemoteOptions) -> Result<Option<String>, RemoteError> {
+    let Some((ep, from)) = endpoint_and_origin(opts) else {
+        return Ok(None);
+    };
+    match endpoint_problem(&ep) {
+        None => Ok(Some(ep)),
+        Some(reason) => Err(RemoteError::BadEndpoint {
+            shown: super::transport::shown(&ep),
+            from,
+            reason,
+        }),
+    }
+}
+
+/// What is wrong with `ep` as an S3 endpoint, if anything.
+fn endpoint_problem(ep: &str) -> Option<String> {
+    let Some((scheme, _)) = ep.split_once("://") else {
+        return Some("it has no scheme (http:// or https://)".into());
+    };
+    if scheme != "http" && scheme != "https" {
+        return Some(format!(
+            "the scheme is `{scheme}://`, not http:// or https://"
+        ));
+    }
+    const ALLOWED: &str = "-._~:/?#[]@!$&'()*+,;=%";
+    if let Some(c) = ep
+        .chars()
+        .find(|c| !c.is_ascii_alphanumeric() && !ALLOWED.contains(*c))
+    {
+        return Some(format!(
+            "it contains {c:?}, which a URL cannot hold as written"
+        ));
+    }
+    let url = match reqwest::Url::parse(ep) {
+        Ok(u) => u,
+        Err(e) => return Some(format!("it is not a URL ({e})")),
+    };
+    if url.host_str().is_none_or(str::is_empty) {
+        return Some("it has no host".into());
+    }
+    if url.port() == Some(0) {
+        return Some("its port is 0 (a port is 1 to 65535)".into());
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Some(
+            "it carries a user or password (S3 requests are signed with AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY instead)"
+                .into(),
+        );
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Some("it has a query (`?`) or fragment (`#`)".into());
+    }
+    None
 }
 
 /// The object's key as S3 knows it: the key exactly as given (`col/a?b.sif` is that key,
 /// as every other S3 client reads and writes it), not percent-encoded the way
-/// `Path::from` encodes characters some stores advise against. Only a key that
-/// object_store cannot hold as written (an empty part, `a//b`) falls back to that.
+/// `Path::from` encodes characters some stores advise against. A key object_store cannot
+/// hold as written (an empty part: `a//b`, `dir/`) is refused by `RemoteRef::parse`; the
+/// fallback is never reached from there.
 fn object_path(key: &str) -> object_store::path::Path {
     object_store::path::Path::parse(key).unwrap_or_else(|_| object_store::path::Path::from(key))
 }
@@ -67,7 +148,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
             max_retries: 3,
             retry_timeout: idle * 2,
         });
-    if let Some(ep) = &endpoint(opts) {
+    if let Some(ep) = &checked_endpoint(opts)? {
         let host = ep
             .split_once("://")
             .map(|x| x.1)
@@ -90,6 +171,12 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
     {
         b = b.with_region("us-east-1");
     }
+    if anonymous() {
+        // No credentials given: unsigned requests (a public bucket answers them), never
+        // object_store's fallback to the EC2 instance metadata service, which off EC2 is
+        // a stranger's address (or a wait). AWS_EC2_METADATA_DISABLED=false asks for it.
+        b = b.with_skip_signature(true);
+    }
     let url = format!("s3://{bucket}");
     let store = b.build().map_err(|e| RemoteError::S3 {
         url: url.clone(),
@@ -98,11 +185,37 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
     Ok((Arc::new(store), url))
 }
 
+/// Whether requests go unsigned: no access key, web identity or container credentials
+/// in the environment, and the EC2 instance metadata service not asked for
+/// (`AWS_EC2_METADATA_DISABLED=false`).
+fn anonymous() -> bool {
+    let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+    let credentials = [
+        "AWS_ACCESS_KEY_ID",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ]
+    .iter()
+    .any(|k| set(k));
+    let metadata_asked = std::env::var("AWS_EC2_METADATA_DISABLED")
+        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("false"));
+    !credentials && !metadata_asked
+}
+
 fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
     match e {
         object_store::Error::NotFound { .. } => {
             let rest = url.strip_prefix("s3://").unwrap_or(url);
             let (bucket, key) = rest.split_once('/').unwrap_or((rest, ""));
+            // S3 says which is missing in the body of its 404 (a HEAD has none: there
+            // the key is blamed, as S3 itself cannot tell).
+            if super::transport::error_chain(&e).contains("NoSuchBucket") {
+                return RemoteError::NoSuchBucket {
+                    bucket: bucket.to_string(),
+                    key: key.to_string(),
+                };
+            }
             RemoteError::NotFound {
                 host: format!("S3 bucket {bucket}"),
                 what: key.to_string(),
@@ -114,7 +227,11 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
                 || text.contains("InvalidAccessKeyId")
                 || text.contains("403")
             {
-                " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                if anonymous() {
+                    " (no AWS credentials were given, so the request was sent unsigned: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                } else {
+                    " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                }
             } else {
                 ""
             };
@@ -169,8 +286,46 @@ pub async fn pull(
     ))
 }
 
+/// Multipart uploads in flight in this process (counted from before the upload is made
+/// until its abort has been answered), and the token that tells them to abort.
+static IN_FLIGHT: AtomicUsize = AtomicUsize::new(0);
+static ABORT: LazyLock<tokio_util::sync::CancellationToken> =
+    LazyLock::new(tokio_util::sync::CancellationToken::new);
+
+/// One upload counted in [`IN_FLIGHT`] while it lives.
+struct InFlight;
+
+impl InFlight {
+    fn enter() -> InFlight {
+        IN_FLIGHT.fetch_add(1, Ordering::SeqCst);
+        InFlight
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        IN_FLIGHT.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// For a process about to end on a signal: tell every `s3://` upload in flight (and any
+/// that starts later) to abort its multipart upload, so that no part is left on the
+/// server, and return how many have not yet finished aborting ([`uploads_in_flight`]
+/// says when that reaches 0). An upload told so never returns to its caller: it aborts,
+/// then waits for the process to end. Not for a process that means to go on.
+pub fn abort_uploads() -> usize {
+    ABORT.cancel();
+    uploads_in_flight()
+}
+
+/// How many `s3://` uploads of this process are in flight (or still aborting).
+pub fn uploads_in_flight() -> usize {
+    IN_FLIGHT.load(Ordering::SeqCst)
+}
+
 /// Upload a file to `s3://bucket/key` (multipart), telling the progress hook as it goes
-/// (a hook that asks to stop aborts the upload: nothing is left under the key).
+/// (a hook that asks to stop aborts the upload: nothing is left under the key; so does
+/// any failure, and [`abort_uploads`]).
 pub async fn push(
     file: &std::fs::File,
     shown: &Path,
@@ -178,25 +333,27 @@ pub async fn push(
     key: &str,
     opts: &RemoteOptions,
 ) -> Result<(String, Option<String>), RemoteError> {
+    use futures_util::future::{Either, select};
     use tokio::io::AsyncReadExt;
+    let in_flight = InFlight::enter();
     let (store, _) = open(bucket, opts)?;
     let url = format!("s3://{bucket}/{key}");
     let path = object_path(key);
-    let upload = store
-        .put_multipart(&path)
-        .await
-        .map_err(|e| s3_err(&url, e))?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, 16 << 20);
+    // Opened before the upload is made, so that a file that cannot be read leaves no
+    // upload behind.
     let mut f =
         tokio::fs::File::from_std(super::reopen(file).map_err(|source| RemoteError::Io {
             path: shown.to_path_buf(),
             source,
         })?);
     let size = f.metadata().await.ok().map(|m| m.len());
+    let upload = store
+        .put_multipart(&path)
+        .await
+        .map_err(|e| s3_err(&url, e))?;
+    let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
     let mut buf = vec![0u8; 4 << 20];
-    // On any failure (or a progress hook asking to stop), abort the multipart upload so no
-    // parts are left on the server.
-    let fed: Result<(), RemoteError> = async {
+    let fed = async {
         let report = super::Report::start(opts, &url, size, 0);
         let mut done = 0u64;
         loop {
@@ -209,15 +366,41 @@ pub async fn push(
             }
             w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
             w.write(&buf[..n]);
+            let first_part = done < PART as u64 && done + n as u64 >= PART as u64;
             done += n as u64;
             report.advance(done)?;
+            if first_part {
+                // The first part is on its way: the signal tests stop here (on a thread
+                // of its own, so that the part goes on and a signal is still heard).
+                #[cfg(feature = "test-hooks")]
+                let _ =
+                    tokio::task::spawn_blocking(|| crate::testhook::pause("s3-push-part")).await;
+            }
         }
-    }
-    .await;
-    if let Err(e) = fed {
-        let _ = w.abort().await;
-        return Err(e);
+    };
+    // On any failure (or a progress hook asking to stop, or `abort_uploads`), abort the
+    // multipart upload so no parts are left on the server.
+    let fed: Option<Result<(), RemoteError>> =
+        match select(std::pin::pin!(fed), std::pin::pin!(ABORT.cancelled())).await {
+            Either::Left((fed, _)) => Some(fed),
+            Either::Right(_) => None,
+        };
+    match fed {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            let _ = w.abort().await;
+            return Err(e);
+        }
+        None => {
+            let _ = w.abort().await;
+            drop(in_flight);
+            // The process is ending on a signal: its signal thread ends it.
+            return std::future::pending().await;
+        }
     }
     w.finish().await.map_err(|e| s3_err(&url, e))?;
     Ok((url, None))
 }
+
+/// The size of each part of an upload.
+const PART: usize = 16 << 20;

@@ -233,15 +233,15 @@ fn sif_pushed_by_pypi_oras_with_apptainer_media_types_is_pulled_by_sregistry() {
 // ---------------------------------------------------------------------------------------
 // S3 against s3s-fs
 
-const BUCKET: &str = "sifs";
-const ACCESS_KEY: &str = "sregistry-test-access";
-const SECRET_KEY: &str = "sregistry-test-secret-0123456789";
+pub(crate) const BUCKET: &str = "sifs";
+pub(crate) const ACCESS_KEY: &str = "sregistry-test-access";
+pub(crate) const SECRET_KEY: &str = "sregistry-test-secret-0123456789";
 
 /// `s3s-fs` on 127.0.0.1, serving a temp root whose directories are buckets. Killed when
 /// dropped.
-struct S3Server {
+pub(crate) struct S3Server {
     _dir: tempfile::TempDir,
-    root: PathBuf,
+    pub(crate) root: PathBuf,
     port: u16,
     log: PathBuf,
     child: Child,
@@ -249,7 +249,7 @@ struct S3Server {
 
 impl S3Server {
     /// A server with one (empty) bucket, [`BUCKET`].
-    fn start() -> S3Server {
+    pub(crate) fn start() -> S3Server {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("root");
         fs::create_dir_all(root.join(BUCKET)).unwrap();
@@ -294,18 +294,18 @@ impl S3Server {
         }
     }
 
-    fn endpoint(&self) -> String {
+    pub(crate) fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.port)
     }
 
     /// Where s3s-fs keeps `s3://BUCKET/key`.
-    fn object(&self, key: &str) -> PathBuf {
+    pub(crate) fn object(&self, key: &str) -> PathBuf {
         self.root.join(BUCKET).join(key)
     }
 
     /// Every regular file under the bucket, relative to it (s3s-fs may keep its own
     /// bookkeeping elsewhere under the root).
-    fn objects(&self) -> Vec<PathBuf> {
+    pub(crate) fn objects(&self) -> Vec<PathBuf> {
         fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
             for e in fs::read_dir(dir).unwrap().flatten() {
                 let p = e.path();
@@ -323,7 +323,7 @@ impl S3Server {
         out
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
@@ -337,7 +337,7 @@ impl Drop for S3Server {
 
 /// `sregistry ARGS... --endpoint` against `s3`, with these credentials and no other AWS_*
 /// variable from the caller's environment.
-fn s3_cmd(env: &Env, s3: &S3Server, secret: &str, args: &[&str]) -> assert_cmd::Command {
+pub(crate) fn s3_cmd(env: &Env, s3: &S3Server, secret: &str, args: &[&str]) -> assert_cmd::Command {
     let mut c = env.cmd();
     for (k, _) in std::env::vars_os() {
         if k.to_string_lossy().starts_with("AWS_") {
@@ -570,7 +570,7 @@ fn s3_push_draws_its_progress_on_a_terminal() {
     );
 }
 
-/// `sregistry ARGS` against `s3` through `AWS_ENDPOINT_URL` (`get` takes no `--endpoint`).
+/// `sregistry ARGS` against `s3` through `AWS_ENDPOINT_URL` (not `--endpoint`).
 fn s3_env_cmd(env: &Env, s3: &S3Server, args: &[&str]) -> assert_cmd::Command {
     let mut c = env.cmd();
     for (k, _) in std::env::vars_os() {

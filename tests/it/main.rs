@@ -25,6 +25,7 @@ mod registry;
 mod remote;
 mod remote_faults;
 mod reproducible;
+mod s3;
 mod shared;
 mod shared_init;
 mod uses;

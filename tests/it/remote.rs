@@ -643,3 +643,20 @@ fn push_sends_the_content_it_looked_up_though_the_name_moves_and_gc_runs() {
 fn inspect_json(env: &Env, name: &str) -> serde_json::Value {
     serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
 }
+
+/// A credentials file that cannot be read (here a directory, which even root cannot read
+/// as a file) stops a pull that needs no credentials in one line that names the file, why,
+/// and what to do, instead of a bare system error.
+#[test]
+fn an_unreadable_credentials_file_is_named_with_what_to_do() {
+    let env = Env::new();
+    let creds = env.path("config/credentials.json");
+    fs::create_dir_all(&creds).unwrap();
+    let err = assert_fails(
+        env.cmd().args(["pull", "oras://127.0.0.1:9/lab/tool:1"]),
+        1,
+        &format!("credentials file `{}`", creds.display()),
+    );
+    assert!(err.contains("cannot read it"), "{err}");
+    assert!(err.contains("move it away"), "{err}");
+}

@@ -1531,3 +1531,48 @@ fn retries_setting_sets_the_number_of_attempts() {
         assert_nothing_stored(&env);
     }
 }
+
+/// A missing S3 bucket is reported as the bucket (exit 3), not as a missing key. A fake
+/// server, because s3s-fs answers `NoSuchKey` for a bucket it does not have; the answers
+/// are S3's own (`404` with `NoSuchBucket` or `NoSuchKey` in the body).
+#[test]
+fn a_missing_s3_bucket_is_reported_as_the_bucket() {
+    let no_bucket: Handler = Box::new(|_, _| {
+        Reply::new(404)
+            .header("Content-Type", "application/xml")
+            .body(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchBucket</Code><Message>The specified bucket does not exist</Message><BucketName>gone</BucketName></Error>")
+    });
+    let no_key: Handler = Box::new(|_, _| {
+        Reply::new(404)
+            .header("Content-Type", "application/xml")
+            .body(b"<?xml version=\"1.0\" encoding=\"UTF-8\"?><Error><Code>NoSuchKey</Code><Message>The specified key does not exist.</Message><Key>x.sif</Key></Error>")
+    });
+    let server = FaultServer::start(vec![
+        ("/gone/x.sif".to_string(), no_bucket),
+        ("/bucket/x.sif".to_string(), no_key),
+    ]);
+    let env = Env::new();
+    let run = |args: &[&str]| {
+        output_within(
+            env.std_cmd()
+                .args(args)
+                .args(["--endpoint", &server.url("")])
+                .env("AWS_ACCESS_KEY_ID", "k")
+                .env("AWS_SECRET_ACCESS_KEY", "s")
+                .env("AWS_REGION", "us-east-1"),
+            40,
+        )
+    };
+    for cmd in ["pull", "get"] {
+        let out = run(&[cmd, "s3://gone/x.sif"]);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(3), "{cmd}: {err}");
+        assert!(err.contains("there is no S3 bucket `gone`"), "{cmd}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{cmd}: {err}");
+    }
+    let out = run(&["pull", "s3://bucket/x.sif"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(err.contains("`x.sif` was not found"), "{err}");
+    assert!(!err.contains("no S3 bucket"), "{err}");
+}

@@ -8,7 +8,7 @@ use crate::cli::GetArgs;
 pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
     if sregistry::remote::is_remote(&args.reference) {
         let remote = sregistry::remote::RemoteRef::parse(&args.reference)?;
-        let mut opts = super::remote_options(ctx, args.insecure, None)?;
+        let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
         opts.platform = args.docker.platform.clone();
         opts.squashfs_comp = args.docker.squashfs_comp.clone();
         let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
