@@ -228,7 +228,7 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
                 || text.contains("403")
             {
                 if anonymous() {
-                    " (no AWS credentials were given, so the request was sent unsigned: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+                    " (no AWS credentials were given, so the request was sent unsigned: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or on EC2 AWS_EC2_METADATA_DISABLED=false for the instance role)"
                 } else {
                     " (check AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
                 }
