@@ -253,7 +253,10 @@ fn gc_racing_adds_of_the_same_content_never_leaves_a_dangling_name() {
     env.assert_blobs_verify();
 }
 
-/// 64 concurrent readers while a writer adds and gc runs: every get succeeds.
+/// 64 concurrent readers while a writer adds and gc runs: every get succeeds. The writer's
+/// names are added as if two hours ago, so each `gc --max-size 0` really evicts them (their
+/// blobs are gone once it exits) while the name the readers use is kept by its recorded
+/// uses (`--min-idle` 1h), not by luck: gc deletes while the gets run.
 #[test]
 fn concurrent_gets_never_fail_while_a_writer_adds_and_gc_runs() {
     let env = Env::new();
@@ -265,16 +268,25 @@ fn concurrent_gets_never_fail_while_a_writer_adds_and_gc_runs() {
     let writer_env = inputs.clone();
     let cache = env.cache.clone();
     let bin = env!("CARGO_BIN_EXE_sregistry");
+    let two_hours_ago = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        - 7200;
     let writer = std::thread::spawn(move || {
+        let mut evicted = 0;
         for (i, f) in writer_env.iter().enumerate() {
             let out = std::process::Command::new(bin)
                 .env("SREGISTRY_CACHE", &cache)
+                .env("SREGISTRY_NOW", two_hours_ago.to_string())
                 .arg("add")
                 .arg(f)
                 .args(["--name", &format!("w/{i}")])
                 .output()
                 .unwrap();
             assert!(out.status.success());
+            let added = String::from_utf8(out.stdout).unwrap().trim().to_string();
+            assert!(std::path::Path::new(&added).exists());
             let out = std::process::Command::new(bin)
                 .env("SREGISTRY_CACHE", &cache)
                 .args(["gc", "-q", "--max-size", "0"])
@@ -285,7 +297,11 @@ fn concurrent_gets_never_fail_while_a_writer_adds_and_gc_runs() {
                 "{}",
                 String::from_utf8_lossy(&out.stderr)
             );
+            if !std::path::Path::new(&added).exists() {
+                evicted += 1;
+            }
         }
+        evicted
     });
     let readers: Vec<_> = (0..64)
         .map(|_| {
@@ -305,16 +321,41 @@ fn concurrent_gets_never_fail_while_a_writer_adds_and_gc_runs() {
             failures.push(String::from_utf8_lossy(&out.stderr).to_string());
         }
     }
-    writer.join().unwrap();
+    let evicted = writer.join().unwrap();
     assert!(
         failures.is_empty(),
         "{} gets failed: {failures:?}",
         failures.len()
     );
+    assert_eq!(evicted, 10, "gc --max-size 0 left the idle names' blobs");
+    assert_eq!(env.names(), ["library/hot:latest"]);
+    assert_eq!(fs::read(&hot).unwrap(), b"hot image");
+}
+
+/// What a command may leave in the cache when killed: the files in `tmp/` and `blobs/`,
+/// and the journal's length.
+struct Traces {
+    files: std::collections::BTreeSet<std::path::PathBuf>,
+    journal: u64,
+}
+
+impl Traces {
+    /// Whether anything was written since `before`: a new file, or journal lines.
+    fn touched_since(&self, before: &Traces) -> bool {
+        self.journal != before.journal || !self.files.is_subset(&before.files)
+    }
+}
+
+fn traces(env: &Env) -> Traces {
+    let mut files: std::collections::BTreeSet<_> = env.tmp_entries().into_iter().collect();
+    files.extend(env.blobs());
+    let journal = fs::metadata(env.cache.join("v1/index.journal")).map_or(0, |m| m.len());
+    Traces { files, journal }
 }
 
 /// Kill add and gc at random moments, many times: afterwards a gc and a verify are clean
-/// and every add that reported success is still there. `SREGISTRY_CRASH_ITERATIONS`
+/// and every add that reported success is still there. Only kills that landed after the
+/// command wrote into the cache are counted, and enough of them must have. `SREGISTRY_CRASH_ITERATIONS`
 /// raises the count for a long run (`make soak`).
 #[test]
 fn crash_loop_of_killed_adds_and_gcs_leaves_a_verifiable_cache() {
@@ -363,6 +404,7 @@ fn crash_loop_of_killed_adds_and_gcs_leaves_a_verifiable_cache() {
                 .arg(&inputs[(r % 8) as usize])
                 .args(["--name", &name]);
         }
+        let before = traces(&env);
         let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -375,7 +417,9 @@ fn crash_loop_of_killed_adds_and_gcs_leaves_a_verifiable_cache() {
         }
         let out = child.wait_with_output().unwrap();
         use std::os::unix::process::ExitStatusExt;
-        if out.status.signal().is_some() {
+        // A kill counts only if it landed after the command had touched the cache: it
+        // left a file in tmp/ or blobs/ that was not there, or a journal line.
+        if out.status.signal().is_some() && traces(&env).touched_since(&before) {
             killed += 1;
         }
         if out.status.success() && r % 4 != 0 {
@@ -423,7 +467,7 @@ fn crash_loop_of_killed_adds_and_gcs_leaves_a_verifiable_cache() {
     );
     assert!(
         killed >= iterations / 10,
-        "only {killed} of {iterations} were killed mid-way"
+        "only {killed} of {iterations} were killed after touching the cache"
     );
     env.assert_blobs_verify();
 }
