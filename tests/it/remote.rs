@@ -108,7 +108,9 @@ fn push_skips_blobs_the_registry_already_has() {
     assert_eq!(other.names(), ["mine/tool:b"]);
 }
 
-/// 32 jobs ask for the same uncached image at once: one download, one path.
+/// 32 jobs ask for the same uncached image at once: one download, one path. The first
+/// is held just after taking the per-pull lock until each of the other 31 has said it
+/// waits on that lock, so the single download is the lock's doing, not the timing's.
 #[test]
 fn concurrent_gets_of_one_uncached_image_download_once() {
     let reg = Registry::anonymous();
@@ -121,27 +123,26 @@ fn concurrent_gets_of_one_uncached_image_download_once() {
     );
     let jobs = Env::new();
     let remote = reg.oras("lab/tool:1");
-    let children: Vec<_> = (0..32)
-        .map(|_| {
-            jobs.std_cmd()
-                .args(["get", &remote])
-                .env("SREGISTRY_CONFIG_DIR", jobs.dir.path().join("config"))
-                .env("DOCKER_CONFIG", jobs.dir.path().join("docker"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+    let resume = jobs.path("resume");
+    let holder = jobs.spawn_paused(
+        "pull-locked",
+        Some(&resume),
+        &["get".as_ref(), remote.as_ref()],
+    );
+    let started: Vec<_> = (0..31)
+        .map(|_| PullWaiter::spawn(jobs.std_cmd().args(["get", &remote])))
         .collect();
+    let waiters: Vec<_> = started.into_iter().map(PullWaiter::waiting).collect();
+    assert_eq!(reg.blob_gets(&sha256_of(&sif)), 0, "{}", reg.log());
+    fs::write(&resume, b"").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert!(out.status.success(), "the holder: {:?}", out.status);
     let mut paths = std::collections::BTreeSet::new();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    for w in waiters {
+        let (status, stdout, err) = w.finish();
+        assert!(status.success(), "{err}");
+        paths.insert(stdout.trim().to_string());
     }
     assert_eq!(paths.len(), 1, "different paths: {paths:?}");
     let path = paths.into_iter().next().unwrap();
