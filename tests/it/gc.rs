@@ -521,3 +521,76 @@ fn a_gc_killed_around_its_commit_never_leaves_a_name_without_its_file() {
         );
     }
 }
+
+/// Danger: `get` waits while gc deletes files (minutes for many large images on NFS).
+/// docs/shared-cache.md: "`get` waits at most for gc's index transaction (milliseconds to
+/// a second or two on a very large cache), never for its file deletions." gc is held
+/// after its commit with the evicted image moved aside in `tmp/` and not yet deleted;
+/// meanwhile `get` of a kept name prints its path without waiting, `get` of the evicted
+/// name says it is gone, and an `add` lands; then gc finishes the deletion.
+#[test]
+fn get_never_waits_for_gcs_deletions() {
+    let env = Env::new();
+    let now = T0 + 400 * DAY;
+    let old = env.file("old.img", &[7u8; 4096]);
+    let old_path = env.add_at(T0, &old, "old");
+    let hot = env.file("hot.img", b"hot");
+    let hot_path = env.add_at(now, &hot, "hot");
+    let resume = env.path("resume");
+    let mut gc = env
+        .std_cmd()
+        .env("SREGISTRY_NOW", now.to_string())
+        .env("SREGISTRY_TEST_PAUSE", "gc-deleting")
+        .env("SREGISTRY_TEST_RESUME", &resume)
+        .args(["gc", "--max-size", "0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::contention::wait_for_pause(&mut gc);
+    assert!(!std::path::Path::new(&old_path).exists());
+    let aside: Vec<_> = env
+        .tmp_entries()
+        .into_iter()
+        .filter(|p| fs::read(p).is_ok_and(|b| b == [7u8; 4096]))
+        .collect();
+    assert_eq!(
+        aside.len(),
+        1,
+        "the evicted file is not waiting for deletion"
+    );
+
+    let quick = |args: &[&str]| {
+        at(&env, now)
+            .env("SREGISTRY_LOCK_TIMEOUT", "60")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = quick(&["get", "hot"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("waiting for"), "get waited: {err}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), hot_path);
+    let out = quick(&["get", "old"]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new = env.file("new.img", b"added while gc deletes");
+    let out = quick(&["add", new.to_str().unwrap(), "--name", "new"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && !err.contains("waiting for"),
+        "{err}"
+    );
+    assert!(aside[0].exists(), "the deletion was not still pending");
+
+    fs::write(&resume, b"").unwrap();
+    let out = gc.wait_with_output().unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    assert!(!aside[0].exists(), "gc did not finish its deletion");
+    assert_eq!(env.names(), ["library/hot:latest", "library/new:latest"]);
+}
