@@ -594,3 +594,54 @@ fn get_never_waits_for_gcs_deletions() {
     assert!(!aside[0].exists(), "gc did not finish its deletion");
     assert_eq!(env.names(), ["library/hot:latest", "library/new:latest"]);
 }
+
+/// Danger: gc removes an image a running job is reading, and the job reads garbage or
+/// a short file. docs/shared-cache.md: "A job that has an image open keeps reading it
+/// even if gc removes its name: the file is renamed aside and unlinked, and Unix keeps an
+/// open file's data until it is closed." A job (a shell) opens the image, reads its first
+/// MiB, and waits; gc evicts the image and deletes its file; the job reads the rest, and
+/// the two parts are the image, whole.
+#[test]
+fn a_job_reading_an_image_gc_removes_keeps_reading_it_whole() {
+    use std::io::{BufRead, BufReader, Write};
+    let env = Env::new();
+    let data: Vec<u8> = (0..24usize << 20).map(|i| (i % 241) as u8).collect();
+    let f = env.file("job.img", &data);
+    let path = env.add_at(T0, &f, "job");
+    let (first, rest) = (env.path("first"), env.path("rest"));
+    let mut job = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 3<\"$1\"; dd bs=1M count=1 <&3 >\"$2\" 2>/dev/null; echo ready; read go; cat <&3 >\"$3\"",
+            "job",
+        ])
+        .arg(&path)
+        .arg(&first)
+        .arg(&rest)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(job.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "ready\n");
+    stdout_of(at(&env, T0 + 400 * DAY).args(["gc", "-q", "--max-size", "0"]));
+    assert!(env.names().is_empty(), "gc did not evict the image");
+    assert!(
+        !std::path::Path::new(&path).exists(),
+        "the file is still there"
+    );
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
+    job.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(job.wait().unwrap().success());
+    let mut read = fs::read(&first).unwrap();
+    assert_eq!(read.len(), 1 << 20, "the job's first read");
+    read.extend(fs::read(&rest).unwrap());
+    assert!(
+        read == data,
+        "the job read {} bytes, not the image",
+        read.len()
+    );
+}
