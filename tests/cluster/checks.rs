@@ -465,9 +465,9 @@ done"#
     // Every caller says it waits for the download another process (node1's) is making.
     for n in &cl.clients {
         n.sh_timeout(
-            "i=0; while [ $(grep -l 'waiting for another process that is downloading the same image' /tmp/t4/err.* 2>/dev/null | wc -l) -lt 8 ] && [ $i -lt 600 ]; do sleep 0.2; i=$((i+1)); done
+            "i=0; while [ $(grep -l 'waiting for another process that is downloading the same image' /tmp/t4/err.* 2>/dev/null | wc -l) -lt 8 ] && [ $i -lt 300 ]; do sleep 0.2; i=$((i+1)); done
              [ $(grep -l 'waiting for another process that is downloading the same image' /tmp/t4/err.* | wc -l) = 8 ] || { head /tmp/t4/*; exit 1; }",
-            Duration::from_secs(150),
+            Duration::from_secs(240),
         )
         .ok();
     }
