@@ -297,6 +297,7 @@ impl Cache {
             })?;
             out
         };
+        testhook::pause("gc-deleting");
         match told {
             None => store::unlink_now(&aside),
             Some(told) => {

@@ -740,6 +740,7 @@ fn under_pull_lock<T>(
     cache.ensure_layout()?;
     let (before, _) = cache.pull_failures(&key);
     let lock = cache.pull_lock(&key)?;
+    crate::testhook::pause("pull-locked");
     let opts = RemoteOptions {
         progress: opts.progress.as_ref().map(|hook| {
             ProgressHook(std::sync::Arc::new(InsidePull {

@@ -141,7 +141,12 @@ impl Sink {
             self.space_checked = next;
         }
         let path = self.path();
-        self.ingest.write(chunk).map_err(Self::io(path))
+        let first = self.ingest.written() == 0;
+        self.ingest.write(chunk).map_err(Self::io(path))?;
+        if first {
+            crate::testhook::pause("download-started");
+        }
+        Ok(())
     }
 
     /// Start over from byte 0 (the server ignored a Range request).

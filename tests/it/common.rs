@@ -392,3 +392,57 @@ impl Env {
         )
     }
 }
+
+/// What a `get` or `pull` of a remote prints when another process holds that remote's
+/// per-pull lock (after one second of waiting).
+pub const WAITS_ON_PULL_LOCK: &str =
+    "waiting for another process that is downloading the same image";
+
+/// A process started with stderr piped, read until it said it waits on the per-pull
+/// lock of the remote: proof that it found the lock held. The rest of its stderr is
+/// gathered in the background.
+pub struct PullWaiter {
+    child: std::process::Child,
+    err: std::thread::JoinHandle<String>,
+}
+
+impl PullWaiter {
+    /// Spawn `c` (stdout and stderr piped).
+    pub fn spawn(c: &mut StdCommand) -> std::process::Child {
+        c.stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Read `child`'s stderr until it says it waits on the pull lock; fails the test if
+    /// it ends or says anything else first.
+    pub fn waiting(mut child: std::process::Child) -> PullWaiter {
+        use std::io::{BufRead, BufReader};
+        let mut lines = BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+        match lines.next() {
+            Some(Ok(l)) if l.contains(WAITS_ON_PULL_LOCK) => {}
+            other => {
+                let _ = child.kill();
+                panic!("did not wait on the pull lock, it said: {other:?}")
+            }
+        }
+        let err = std::thread::spawn(move || {
+            lines
+                .map_while(Result::ok)
+                .map(|l| l + "\n")
+                .collect::<String>()
+        });
+        PullWaiter { child, err }
+    }
+
+    /// Exit status, stdout, and stderr after the waiting line.
+    pub fn finish(self) -> (std::process::ExitStatus, String, String) {
+        let out = self.child.wait_with_output().unwrap();
+        (
+            out.status,
+            String::from_utf8(out.stdout).unwrap(),
+            self.err.join().unwrap(),
+        )
+    }
+}

@@ -88,15 +88,21 @@ fn adds_and_gets_under_contention(lock_kind: &str) {
 }
 
 /// Concurrent writers to the same name: the name ends up pointing at one of the contents,
-/// and every get during the race returned a path that existed.
+/// and every get during the race printed one path that still exists (re-pointed content
+/// stays for `--min-idle`), is the blob of the digest it is named by, and holds one of
+/// the contents the name was given, whole.
 #[test]
 fn concurrent_writers_to_one_name_leave_it_consistent() {
     let env = Env::new();
     let first = env.file("first.img", b"first");
     stdout_of(env.cmd().arg("add").arg(&first).args(["--name", "hot"]));
-    let mut children = Vec::new();
+    let mut contents = vec![b"first".to_vec()];
+    let mut adds = Vec::new();
+    let mut gets = Vec::new();
     for i in 0..16 {
-        let f = env.file(&format!("v{i}.img"), format!("version {i}").as_bytes());
+        let content = format!("version {i}").into_bytes();
+        let f = env.file(&format!("v{i}.img"), &content);
+        contents.push(content);
         let c = env
             .std_cmd()
             .arg("add")
@@ -106,7 +112,7 @@ fn concurrent_writers_to_one_name_leave_it_consistent() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        children.push((format!("add {i}"), c));
+        adds.push((format!("add {i}"), c));
         let g = env
             .std_cmd()
             .args(["get", "hot"])
@@ -114,9 +120,34 @@ fn concurrent_writers_to_one_name_leave_it_consistent() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        children.push((format!("get {i}"), g));
+        gets.push(g);
     }
-    wait_all(children);
+    wait_all(adds);
+    for (i, g) in gets.into_iter().enumerate() {
+        let out = g.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "get {i}: {:?}: {err}", out.status);
+        let printed = String::from_utf8(out.stdout).unwrap();
+        let lines: Vec<&str> = printed.lines().collect();
+        assert_eq!(lines.len(), 1, "get {i} printed {printed:?}");
+        let path = std::path::Path::new(lines[0]);
+        assert!(
+            path.starts_with(env.cache.join("v1/blobs/blake3")),
+            "{path:?}"
+        );
+        let bytes = std::fs::read(path)
+            .unwrap_or_else(|e| panic!("get {i} printed {path:?}, which is gone: {e}"));
+        assert!(
+            contents.contains(&bytes),
+            "get {i}: {path:?} holds {:?}, none of the contents added",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(
+            path.file_name().unwrap().to_str().unwrap(),
+            sregistry::Digest::of(&bytes).hex(),
+            "get {i}: {path:?} is not the blob of its content"
+        );
+    }
     let p = stdout_of(env.cmd().args(["get", "hot"]));
     let content = String::from_utf8(std::fs::read(p).unwrap()).unwrap();
     assert!(content.starts_with("version "), "{content}");

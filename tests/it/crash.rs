@@ -181,3 +181,46 @@ fn repeated_random_kills_during_add_never_corrupt_the_cache() {
         stdout_of(env.cmd().args(["get", &n]));
     }
 }
+
+/// Danger: an `add` interrupted by Ctrl-C, a batch system's time limit or a closed
+/// terminal leaves its partial copy in `tmp/`, or loses the user's file. docs/commands.md:
+/// "Interrupted by SIGINT, SIGTERM or SIGHUP, `pull` and `get` (and `add`) remove their
+/// partial file from `tmp/` and end by that signal". The signal lands mid-copy, with the
+/// partial file in `tmp/` (checked before it is sent).
+#[test]
+fn an_add_interrupted_by_sigint_sigterm_or_sighup_removes_its_partial_file() {
+    use std::os::unix::process::ExitStatusExt;
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        let env = Env::new();
+        let data: Vec<u8> = (0..40usize << 20).map(|i| (i % 251) as u8).collect();
+        let f = env.file("victim.img", &data);
+        let mut child = env.spawn_paused(
+            "add-mid-copy",
+            None,
+            &[
+                "add".as_ref(),
+                f.as_os_str(),
+                "--name".as_ref(),
+                "victim".as_ref(),
+            ],
+        );
+        let partial = env.tmp_entries();
+        assert!(!partial.is_empty(), "paused mid-copy with nothing in tmp/");
+        // SAFETY: kill(2) on the child's pid, which is still running (paused).
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let status = child.wait().unwrap();
+        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        assert!(
+            env.tmp_entries().is_empty(),
+            "signal {sig} left {:?} in tmp/",
+            env.tmp_entries()
+        );
+        assert!(env.blobs().is_empty(), "signal {sig}: a blob landed");
+        assert!(env.names().is_empty(), "signal {sig}: a name landed");
+        assert_eq!(
+            std::fs::read(&f).unwrap(),
+            data,
+            "signal {sig}: the user's file changed"
+        );
+    }
+}

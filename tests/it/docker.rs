@@ -100,32 +100,81 @@ fn docker_get_converts_to_a_sif_and_records_what_the_image_runs() {
     assert_eq!(report["unreferenced"], 0, "{report}");
 }
 
+/// 32 jobs `get` one uncached `docker://` image: its layers are downloaded once and it is
+/// converted once. The first is held with its layers downloaded (per-pull lock held) until
+/// each of the other 31 has said it waits on that lock; `mksquashfs` is a wrapper on
+/// `PATH` that counts its runs before running the real one.
 #[test]
 fn concurrent_docker_gets_download_and_convert_once() {
+    use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
     let (reg, layout) = registry_with_app(&env);
     let reference = docker(&reg, "lab/app:1");
-    let children: Vec<_> = (0..32)
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v mksquashfs"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let (bin, runs) = (env.path("counting-bin"), env.path("mksquashfs-runs"));
+    fs::create_dir_all(&bin).unwrap();
+    let wrapper = bin.join("mksquashfs");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho run >> '{}'\nexec '{}' \"$@\"\n",
+            runs.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).unwrap();
+    let path_var = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let resume = env.path("resume");
+    let mut holder = env
+        .std_cmd()
+        .env("PATH", &path_var)
+        .env("SREGISTRY_TEST_PAUSE", "docker-downloaded")
+        .env("SREGISTRY_TEST_RESUME", &resume)
+        .args(["get", &reference])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::contention::wait_for_pause(&mut holder);
+    let started: Vec<_> = (0..31)
         .map(|_| {
-            env.std_cmd()
-                .args(["get", &reference])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
+            PullWaiter::spawn(
+                env.std_cmd()
+                    .env("PATH", &path_var)
+                    .args(["get", &reference]),
+            )
         })
         .collect();
+    let waiters: Vec<_> = started.into_iter().map(PullWaiter::waiting).collect();
+    assert!(!runs.exists(), "converted before the holder went on");
+    fs::write(&resume, b"").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert!(out.status.success(), "the holder: {:?}", out.status);
     let mut paths = HashSet::new();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    for w in waiters {
+        let (status, stdout, err) = w.finish();
+        assert!(status.success(), "{err}");
+        paths.insert(stdout.trim().to_string());
     }
     assert_eq!(paths.len(), 1, "{paths:?}");
+    assert_eq!(
+        fs::read_to_string(&runs).unwrap(),
+        "run\n",
+        "mksquashfs ran other than once"
+    );
     for layer in layout.layers("app") {
         assert_eq!(
             reg.blob_gets(&layer),

@@ -494,7 +494,10 @@ fn rebuilt_equals_before(env: &Env) {
 }
 
 /// Danger: concurrent writers from many processes interleave or lose journal lines, so a
-/// rebuild brings back another set of names than the index had.
+/// rebuild brings back another set of names than the index had. The writers' own results
+/// are checked too: every add landed, every `rm` that said so removed its name, and every
+/// `pin` that said so left its name pinned, so the
+/// rebuild is compared against an index that really holds the concurrent writes.
 #[test]
 fn the_journal_of_many_concurrent_writers_rebuilds_the_same_names_and_pins() {
     let env = Env::new();
@@ -502,22 +505,74 @@ fn the_journal_of_many_concurrent_writers_rebuilds_the_same_names_and_pins() {
     let mut children = Vec::new();
     for i in 0..24 {
         let f = env.file(&format!("c{i}"), format!("concurrent {i}\n").as_bytes());
-        let name = format!("lab/c{i}:1");
         let mut c = env.std_cmd();
-        match i % 4 {
-            0 | 1 => c.arg("add").arg(&f).args(["--name", &name]),
-            2 => c.args(["pin", &format!("lab/img{}:1", i % 6)]),
-            _ => c.args(["rm", &format!("lab/img{}:1", i % 6)]),
+        let (verb, name) = match i % 4 {
+            0 | 1 => ("add", format!("lab/c{i}:1")),
+            2 => ("pin", format!("lab/img{}:1", i % 6)),
+            _ => ("rm", format!("lab/img{}:1", i % 6)),
         };
-        children.push(
-            c.stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
+        match verb {
+            "add" => c.arg("add").arg(&f).args(["--name", &name]),
+            _ => c.args([verb, &name]),
+        };
+        let child = c
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        children.push((i, verb, name, child));
+    }
+    let mut added = BTreeSet::new();
+    let mut removed = BTreeSet::new();
+    let mut pinned = BTreeSet::new();
+    for (i, verb, name, c) in children {
+        let out = c.wait_with_output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        match verb {
+            "add" => {
+                assert!(out.status.success(), "add {name}: {:?}: {err}", out.status);
+                added.insert((i, name));
+            }
+            _ if out.status.success() => {
+                if verb == "rm" {
+                    removed.insert(name);
+                } else {
+                    pinned.insert(name);
+                }
+            }
+            _ => {
+                // A pin of a name an rm took first (3), an rm of a pinned name or one
+                // another rm took (1 or 3): refused, in one line naming the name.
+                assert!(
+                    matches!(out.status.code(), Some(1 | 3)),
+                    "{verb} {name}: {:?}: {err}",
+                    out.status
+                );
+                assert_eq!(err.trim_end().lines().count(), 1, "{verb} {name}: {err}");
+                assert!(err.contains(&name), "{verb} {name}: {err}");
+            }
+        }
+    }
+    // The pins fall on img0, img2, img4 (img0 already pinned); the rms on img1, img5 (each
+    // taken by one of its two rms) and img3 (pinned by cache_with: refused).
+    let set = |v: &[&str]| -> BTreeSet<String> { v.iter().map(|s| s.to_string()).collect() };
+    assert_eq!(removed, set(&["lab/img1:1", "lab/img5:1"]));
+    assert_eq!(pinned, set(&["lab/img0:1", "lab/img2:1", "lab/img4:1"]));
+    let (names, pins) = names_of(&env, &env.cache);
+    for (i, name) in &added {
+        assert!(names.contains(name), "the add of {name} did not land");
+        let path = stdout_of(env.cmd().args(["get", name]));
+        assert_eq!(
+            fs::read(&path).unwrap(),
+            format!("concurrent {i}\n").into_bytes(),
+            "{name}"
         );
     }
-    for mut c in children {
-        c.wait().unwrap();
+    for name in &removed {
+        assert!(!names.contains(name), "{name} said removed but is listed");
+    }
+    for name in &pinned {
+        assert!(pins.contains(name), "{name} said pinned but is not");
     }
     rebuilt_equals_before(&env);
 }

@@ -151,20 +151,31 @@ fn unpin_help_describes_unpinning() {
 }
 
 /// `get` printed the path of a blob truncated to 0 bytes from outside. The recorded size
-/// is checked: exit 4 and what to run, no path.
+/// is checked: exit 4 and what to run, no path. The same for a blob cut part way and for
+/// one grown from outside (bytes appended).
 #[test]
 fn get_refuses_a_blob_cut_short_from_outside() {
-    let env = Env::new();
-    let f = env.file("a.img", b"content of a");
-    let path = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
-    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-    fs::write(&path, b"").unwrap();
-    let err = assert_fails(
-        env.cmd().args(["get", "a"]),
-        4,
-        "has 0 bytes, not the 12 recorded",
-    );
-    assert!(err.contains("sregistry verify"), "{err}");
+    for (what, cut, want) in [
+        (
+            "cut to nothing",
+            Some(0),
+            "has 0 bytes, not the 12 recorded",
+        ),
+        ("cut part way", Some(5), "has 5 bytes, not the 12 recorded"),
+        ("grown", None, "has 21 bytes, not the 12 recorded"),
+    ] {
+        let env = Env::new();
+        let f = env.file("a.img", b"content of a");
+        let path = stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "a"]));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        match cut {
+            Some(n) => fs::write(&path, &b"content of a"[..n]).unwrap(),
+            None => fs::write(&path, b"content of a appended").unwrap(),
+        }
+        let err = assert_fails(env.cmd().args(["get", "a"]), 4, want);
+        assert!(err.contains("sregistry verify"), "{what}: {err}");
+        assert!(err.contains(&path), "{what}: the path is not named: {err}");
+    }
 }
 
 /// gc reported freeing a non-empty directory in `tmp/` on every run and never removed it.

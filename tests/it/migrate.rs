@@ -345,14 +345,55 @@ fn a_second_run_adds_nothing() {
     assert!(!stdout.contains("imported"), "{stdout}");
 }
 
+/// The old database as a writer would leave traces of it: its bytes, its mtime, and the
+/// listing and mtime of its directory (a `-journal`, `-wal` or `-shm` file created and
+/// removed again still changes the directory's mtime).
+#[derive(Debug, PartialEq)]
+struct OldDbState {
+    /// sha256 of its bytes.
+    bytes: String,
+    mtime: std::time::SystemTime,
+    dir_mtime: std::time::SystemTime,
+    listing: Vec<std::ffi::OsString>,
+}
+
+fn old_db_state(old: &Old) -> OldDbState {
+    let mut listing: Vec<_> = fs::read_dir(&old.db_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    listing.sort();
+    OldDbState {
+        bytes: sha256_hex(&old.db_bytes()),
+        mtime: fs::metadata(old.db()).unwrap().modified().unwrap(),
+        dir_mtime: fs::metadata(&old.db_dir).unwrap().modified().unwrap(),
+        listing,
+    }
+}
+
 /// The danger: a dry run that writes. Against no cache it creates none; against a cache
-/// it changes nothing in it, nor in the old storage, and says what it would import.
+/// it changes nothing in it, nor in the old storage, and says what it would import. The
+/// old database is never written, by the dry run or by the import (docs/commands.md:
+/// "The database is opened read-only and **never written**, whatever the options"):
+/// same bytes, same mtime, and no side file (`-journal`, `-wal`, `-shm`) in its
+/// directory, not even for a moment.
 #[test]
 fn dry_run_writes_nothing() {
     let env = Env::new();
     let old = Old::new(&env);
     let stored = old.add(&[(&fixture("one-group.sif"), "lab/one:1")]);
+    assert_eq!(
+        old_db_state(&old).listing,
+        ["sregistry.db"],
+        "the old client left a side file"
+    );
+    let db_before = old_db_state(&old);
     let out = migrate(&env, &old, &["--dry-run", "--move"], 0);
+    assert_eq!(
+        old_db_state(&old),
+        db_before,
+        "a dry run wrote the old database"
+    );
     assert!(
         text(&out.stdout).contains("would import lab/one:1"),
         "{}",
@@ -362,10 +403,21 @@ fn dry_run_writes_nothing() {
     assert!(stored[0].is_file(), "a dry run with --move moved the file");
 
     migrate(&env, &old, &[], 0);
+    assert_eq!(
+        old_db_state(&old),
+        db_before,
+        "an import wrote the old database"
+    );
     old.add(&[(&fixture("two-groups.sif"), "lab/two:1")]);
     let cache_before = env.snapshot();
     let storage_before = env.snapshot_of(&old.storage);
+    let db_before = old_db_state(&old);
     let out = migrate(&env, &old, &["--dry-run", "--move"], 0);
+    assert_eq!(
+        old_db_state(&old),
+        db_before,
+        "a dry run wrote the old database"
+    );
     assert!(
         text(&out.stdout).contains("would import lab/two:1"),
         "{}",

@@ -108,7 +108,9 @@ fn push_skips_blobs_the_registry_already_has() {
     assert_eq!(other.names(), ["mine/tool:b"]);
 }
 
-/// 32 jobs ask for the same uncached image at once: one download, one path.
+/// 32 jobs ask for the same uncached image at once: one download, one path. The first
+/// is held just after taking the per-pull lock until each of the other 31 has said it
+/// waits on that lock, so the single download is the lock's doing, not the timing's.
 #[test]
 fn concurrent_gets_of_one_uncached_image_download_once() {
     let reg = Registry::anonymous();
@@ -121,27 +123,26 @@ fn concurrent_gets_of_one_uncached_image_download_once() {
     );
     let jobs = Env::new();
     let remote = reg.oras("lab/tool:1");
-    let children: Vec<_> = (0..32)
-        .map(|_| {
-            jobs.std_cmd()
-                .args(["get", &remote])
-                .env("SREGISTRY_CONFIG_DIR", jobs.dir.path().join("config"))
-                .env("DOCKER_CONFIG", jobs.dir.path().join("docker"))
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap()
-        })
+    let resume = jobs.path("resume");
+    let holder = jobs.spawn_paused(
+        "pull-locked",
+        Some(&resume),
+        &["get".as_ref(), remote.as_ref()],
+    );
+    let started: Vec<_> = (0..31)
+        .map(|_| PullWaiter::spawn(jobs.std_cmd().args(["get", &remote])))
         .collect();
+    let waiters: Vec<_> = started.into_iter().map(PullWaiter::waiting).collect();
+    assert_eq!(reg.blob_gets(&sha256_of(&sif)), 0, "{}", reg.log());
+    fs::write(&resume, b"").unwrap();
+    let out = holder.wait_with_output().unwrap();
+    assert!(out.status.success(), "the holder: {:?}", out.status);
     let mut paths = std::collections::BTreeSet::new();
-    for c in children {
-        let out = c.wait_with_output().unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    paths.insert(String::from_utf8(out.stdout).unwrap().trim().to_string());
+    for w in waiters {
+        let (status, stdout, err) = w.finish();
+        assert!(status.success(), "{err}");
+        paths.insert(stdout.trim().to_string());
     }
     assert_eq!(paths.len(), 1, "different paths: {paths:?}");
     let path = paths.into_iter().next().unwrap();
@@ -659,4 +660,92 @@ fn an_unreadable_credentials_file_is_named_with_what_to_do() {
     );
     assert!(err.contains("cannot read it"), "{err}");
     assert!(err.contains("move it away"), "{err}");
+}
+
+/// Danger: a download or a copy into the cache holds the index lock, so every other
+/// user's `get`, `add` and `list` waits for it (minutes, for a large image).
+/// docs/shared-cache.md: "Copying, hashing and downloading never hold it." A `get` of a
+/// remote is held with its first bytes downloaded into `tmp/`, and an `add` with its copy
+/// begun; meanwhile other processes add, get, list, tag, rm and gc, each without waiting
+/// for a lock (none says it waits), and gc leaves both live files in `tmp/`; then both
+/// finish with the right content.
+#[test]
+fn downloads_and_copies_never_hold_the_index_lock() {
+    let reg = Registry::anonymous();
+    let src = Env::new();
+    let sif = src.sif("tool.sif", &"downloaded while others work ".repeat(100_000));
+    stdout_of(src.cmd().arg("add").arg(&sif).args(["--name", "lab/tool"]));
+    stdout_of(
+        src.cmd()
+            .args(["push", "lab/tool", &reg.oras("lab/tool:1")]),
+    );
+    let remote = reg.oras("lab/tool:1");
+
+    let env = Env::new();
+    let seed = env.file("seed.img", b"seed");
+    stdout_of(env.cmd().arg("add").arg(&seed).args(["--name", "seed"]));
+    let resume = env.path("resume");
+    let download = env.spawn_paused(
+        "download-started",
+        Some(&resume),
+        &["get".as_ref(), remote.as_ref()],
+    );
+    let data: Vec<u8> = (0..40usize << 20).map(|i| (i % 253) as u8).collect();
+    let big = env.file("big.img", &data);
+    let copy = env.spawn_paused(
+        "add-mid-copy",
+        Some(&resume),
+        &[
+            "add".as_ref(),
+            big.as_os_str(),
+            "--name".as_ref(),
+            "big".as_ref(),
+        ],
+    );
+    let live = env.tmp_entries();
+    assert_eq!(live.len(), 2, "the download and the copy in tmp/: {live:?}");
+
+    let meanwhile = |args: &[&std::ffi::OsStr]| -> String {
+        let out = env
+            .cmd()
+            .env("SREGISTRY_LOCK_TIMEOUT", "60")
+            .args(args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {err}");
+        assert!(!err.contains("waiting for"), "{args:?} waited: {err}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let small = env.file("small.img", b"added meanwhile");
+    meanwhile(&[
+        "add".as_ref(),
+        small.as_os_str(),
+        "--name".as_ref(),
+        "meanwhile".as_ref(),
+    ]);
+    meanwhile(&["get".as_ref(), "seed".as_ref()]);
+    meanwhile(&["tag".as_ref(), "seed".as_ref(), "seed2".as_ref()]);
+    meanwhile(&["rm".as_ref(), "seed2".as_ref()]);
+    meanwhile(&["gc".as_ref(), "--tmp-grace".as_ref(), "0".as_ref()]);
+    let list = meanwhile(&["list".as_ref()]);
+    assert!(list.contains("library/meanwhile:latest"), "{list}");
+    assert!(!list.contains("big"), "{list}");
+    let mut still = env.tmp_entries();
+    still.sort();
+    let mut live = live;
+    live.sort();
+    assert_eq!(still, live, "gc touched a live download or copy");
+
+    fs::write(&resume, b"").unwrap();
+    for (what, child, want) in [
+        ("the download", download, fs::read(&sif).unwrap()),
+        ("the copy", copy, data),
+    ] {
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{what}: {:?}", out.status);
+        let path = String::from_utf8(out.stdout).unwrap();
+        assert_eq!(fs::read(path.trim()).unwrap(), want, "{what}");
+    }
+    assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
 }

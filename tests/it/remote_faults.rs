@@ -1034,17 +1034,27 @@ fn waiters_on_a_dead_remote_fail_with_the_pullers_error() {
 }
 
 /// Ctrl-C or a batch system's time limit during a pull left the partial file in `tmp/`
-/// (1.5 GB) until gc's grace period. On SIGINT and SIGTERM the partial file is removed,
-/// and the process still ends by that signal (so the shell or the scheduler sees it).
+/// (1.5 GB) until gc's grace period. On SIGINT, SIGTERM and SIGHUP the partial file is
+/// removed, and the process still ends by that signal (so the shell or the scheduler sees
+/// it), for `pull` and for a `get` that pulls. docs/commands.md: "Interrupted by SIGINT,
+/// SIGTERM or SIGHUP, `pull` and `get` (and `add`) remove their partial file from `tmp/`
+/// and end by that signal".
 #[test]
 fn an_interrupted_pull_leaves_nothing_in_tmp() {
     use std::os::unix::process::ExitStatusExt;
-    for sig in [libc::SIGINT, libc::SIGTERM] {
+    for (verb, sig) in [
+        ("pull", libc::SIGINT),
+        ("pull", libc::SIGTERM),
+        ("pull", libc::SIGHUP),
+        ("get", libc::SIGINT),
+        ("get", libc::SIGTERM),
+        ("get", libc::SIGHUP),
+    ] {
         let server = endless_server();
         let env = Env::new();
         let mut child = env
             .std_cmd()
-            .args(["pull", &server.url(FILE)])
+            .args([verb, &server.url(FILE)])
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
@@ -1068,10 +1078,10 @@ fn an_interrupted_pull_leaves_nothing_in_tmp() {
         // SAFETY: kill(2) on the child's pid, which is still running.
         unsafe { libc::kill(child.id() as i32, sig) };
         let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(sig), "{status:?}");
+        assert_eq!(status.signal(), Some(sig), "{verb}: {status:?}");
         assert!(
             env.tmp_entries().is_empty(),
-            "signal {sig} left {:?} in tmp/ ({partial} bytes were written)",
+            "{verb}: signal {sig} left {:?} in tmp/ ({partial} bytes were written)",
             env.tmp_entries()
         );
     }

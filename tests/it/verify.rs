@@ -111,19 +111,65 @@ fn verify_of_named_images_checks_only_those() {
     assert_fails(env.cmd().args(["verify", "ghost"]), 3, "ghost");
 }
 
-/// Large blobs go through the multi-threaded path; the result must be the same.
+/// Large blobs (32 MiB or more) go through the multi-threaded path; the result must be
+/// the same: a sound one passes, and damage anywhere in one, at its last byte or in its
+/// middle, is found and named, while the sound large blob beside them is not.
 #[test]
 fn verify_checks_large_blobs_on_all_threads() {
     let env = Env::new();
-    let data: Vec<u8> = (0..40u32 << 20)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
-        .collect();
-    let f = env.file("big.img", &data);
-    stdout_of(env.cmd().arg("add").arg(&f).args(["--name", "big"]));
+    let big = |seed: u32| -> Vec<u8> {
+        (0..40u32 << 20)
+            .map(|i| ((i ^ seed).wrapping_mul(2_654_435_761) >> 24) as u8)
+            .collect()
+    };
+    let mut paths = Vec::new();
+    for (k, name) in ["big", "tail", "middle"].iter().enumerate() {
+        let f = env.file(&format!("{name}.img"), &big(k as u32 * 7919));
+        paths.push(stdout_of(
+            env.cmd().arg("add").arg(&f).args(["--name", name]),
+        ));
+    }
+    let total = 3 * (40u64 << 20);
     let v: serde_json::Value =
         serde_json::from_str(&stdout_of(env.cmd().args(["verify", "--json"]))).unwrap();
-    assert_eq!(v["bytes_checked"], data.len() as u64);
+    assert_eq!(v["bytes_checked"], total);
     assert!(v["problems"].as_array().unwrap().is_empty());
+
+    // One flipped bit at the very end of one, one in the middle of another.
+    for (path, at) in [(&paths[1], (40usize << 20) - 1), (&paths[2], 20 << 20)] {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o644)).unwrap();
+        let mut bytes = fs::read(path).unwrap();
+        bytes[at] ^= 0x01;
+        fs::write(path, &bytes).unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(0o444)).unwrap();
+    }
+    let out = env.cmd().args(["verify", "--json"]).output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["bytes_checked"], total);
+    let mut corrupt: Vec<(String, String)> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["path"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    corrupt.sort();
+    let mut want = vec![
+        ("corrupt".to_string(), paths[1].clone()),
+        ("corrupt".to_string(), paths[2].clone()),
+    ];
+    want.sort();
+    assert_eq!(corrupt, want, "{v:#}");
 }
 
 /// `verify` on a cache in use (adds, rms and gc in loops) exited 4 in about one run in
