@@ -11,8 +11,8 @@
 //! 10 hops, and credentials are not carried to another host. TLS is rustls with the
 //! platform's roots; plain HTTP is allowed only to loopback hosts or with `--insecure`, on
 //! every hop: the first URL, each redirect, a token realm and an upload `Location`. The
-//! host is the URL's host, never its user-info, and user-info is never printed
-//! ([`shown`]).
+//! host is the URL's host, never its user-info, and neither user-info nor a query value
+//! is ever printed ([`shown`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -193,16 +193,41 @@ fn find_cause<'e, T: std::error::Error + 'static>(
     None
 }
 
-/// A URL as it may be printed or recorded: user-info (`user:password@`) becomes `***@`.
+/// A URL as it may be printed or recorded: user-info (`user:password@`) becomes `***@`,
+/// each query value `***` (a query may carry a signature or a token: `?X-Amz-Signature=***`),
+/// and the fragment is dropped. Nothing else is changed.
 pub fn shown(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+    let rest = rest.split('#').next().unwrap_or(rest);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&hide_values(q.split('&').filter(|p| !p.is_empty())));
     }
+    out
+}
+
+/// Query parameters as `NAME=***` (a parameter without a value stays as it is).
+pub(crate) fn hide_values<'a>(params: impl Iterator<Item = &'a str>) -> String {
+    params
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) => format!("{k}=***"),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
@@ -252,9 +277,10 @@ mod tests {
     #[test]
     fn user_info_is_never_shown() {
         assert_eq!(
-            shown("https://alice:s3cret@example.org/a/b.sif?x=1"),
-            "https://***@example.org/a/b.sif?x=1"
+            shown("https://alice:s3cret@example.org/a/b.sif?x=1&X-Amz-Signature=abc&flag#frag"),
+            "https://***@example.org/a/b.sif?x=***&X-Amz-Signature=***&flag"
         );
+        assert_eq!(shown("https://h/a?=v&&k=v=w"), "https://h/a?=***&k=***");
         assert_eq!(shown("https://tok@h/x"), "https://***@h/x");
         assert_eq!(shown("https://h/x@y"), "https://h/x@y");
         assert_eq!(shown("s3://bucket/key"), "s3://bucket/key");
