@@ -83,10 +83,13 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         RemoteError::Cache(c) => cache_error_class(c),
         RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
         RemoteError::NotFound { .. } => "NotFound",
-        RemoteError::Insecure { .. } | RemoteError::NameTaken { .. } => "InvalidInput",
+        RemoteError::Insecure { .. }
+        | RemoteError::NameTaken { .. }
+        | RemoteError::CertPath { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }
+        | RemoteError::Tls { .. }
         | RemoteError::ClientSetup { .. }
         | RemoteError::Status { .. }
         | RemoteError::Unauthorized { .. }

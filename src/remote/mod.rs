@@ -82,6 +82,22 @@ pub enum RemoteError {
         "cannot set up the HTTP client: {detail} (TLS needs the system's CA certificates: install the `ca-certificates` package, or point SSL_CERT_FILE at a bundle)"
     )]
     ClientSetup { detail: String },
+    /// The TLS handshake failed: the server's certificate, or TLS itself. Not retried: the
+    /// next attempt meets the same certificate.
+    #[error("cannot connect securely to `{url}`: {problem} (not retried; {hint})")]
+    Tls {
+        url: String,
+        problem: String,
+        hint: &'static str,
+    },
+    /// `SSL_CERT_FILE` or `SSL_CERT_DIR` names what cannot be read: rustls would go on
+    /// without it, and every certificate would then be "unknown".
+    #[error("{var}=`{}` {detail} (point it at a readable PEM bundle of CA certificates, or unset it to use the system's)", .path.display())]
+    CertPath {
+        var: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
     #[error("`{url}` answered {status}{detail}")]
     Status {
         url: String,
@@ -218,8 +234,10 @@ impl RemoteError {
 
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
-        matches!(self, RemoteError::BadRef { .. } | RemoteError::Reference(_))
-            || matches!(self, RemoteError::Cache(c) if c.is_usage())
+        matches!(
+            self,
+            RemoteError::BadRef { .. } | RemoteError::Reference(_) | RemoteError::CertPath { .. }
+        ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
 

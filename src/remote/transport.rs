@@ -9,7 +9,9 @@
 //! answers costs about a minute, not four times two. After a few seconds of silence the
 //! caller's [`super::Progress`] hook hears what is awaited. Redirects are followed up to
 //! 10 hops, and credentials are not carried to another host. TLS is rustls with the
-//! platform's roots; plain HTTP is allowed only to loopback hosts or with `--insecure`, on
+//! platform's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` naming nothing readable is refused);
+//! a failed handshake (unknown CA, another name, expired) is said in words and never
+//! retried ([`RemoteError::Tls`]); plain HTTP is allowed only to loopback hosts or with `--insecure`, on
 //! every hop: the first URL, each redirect, a token realm and an upload `Location`. The
 //! host is the URL's host, never its user-info, and neither user-info nor a query value
 //! is ever printed ([`shown`]).
@@ -155,6 +157,9 @@ impl Transport {
                             detail: "too many redirects (more than 10)".into(),
                         });
                     }
+                    if let Some(tls) = find_cause::<rustls::Error>(&e) {
+                        return Err(tls_failure(url, tls));
+                    }
                     if e.is_timeout() {
                         timeouts += 1;
                         if Self::give_up_after_timeouts(timeouts) {
@@ -179,6 +184,48 @@ impl Transport {
     }
 }
 
+/// What a failed TLS handshake with `url` means, in words, with what to do.
+fn tls_failure(url: &str, e: &rustls::Error) -> RemoteError {
+    use rustls::CertificateError as C;
+    let (problem, hint) = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => (
+                "the server's certificate is signed by an unknown certificate authority",
+                "if the server uses a private CA, point SSL_CERT_FILE at a bundle that holds it",
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => (
+                "the server's certificate is for another name than the host in the address",
+                "use the host name the certificate names",
+            ),
+            C::Expired | C::ExpiredContext { .. } => (
+                "the server's certificate has expired",
+                "its administrator must renew it; check this machine's clock",
+            ),
+            C::NotValidYet | C::NotValidYetContext { .. } => (
+                "the server's certificate is not valid yet",
+                "check this machine's clock",
+            ),
+            C::Revoked => (
+                "the server's certificate has been revoked",
+                "its administrator must replace it",
+            ),
+            _ => (
+                "the server's certificate was refused",
+                "its administrator must replace it",
+            ),
+        },
+        _ => (
+            "the TLS handshake failed",
+            "the server may not speak TLS on this port, or no version or cipher is shared",
+        ),
+    };
+    RemoteError::Tls {
+        url: shown(url),
+        problem: format!("{problem} ({e})"),
+        hint,
+    }
+}
+
 /// The first cause of `e` that is a `T`.
 fn find_cause<'e, T: std::error::Error + 'static>(
     e: &'e (dyn std::error::Error + 'static),
@@ -187,6 +234,15 @@ fn find_cause<'e, T: std::error::Error + 'static>(
     while let Some(c) = cur {
         if let Some(t) = c.downcast_ref::<T>() {
             return Some(t);
+        }
+        // An `io::Error` holding another error (TLS under a connection does this, in two
+        // layers) gives that error's source, not the error itself, as its own source.
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            cur = Some(inner);
+            continue;
         }
         cur = c.source();
     }

@@ -27,5 +27,6 @@ mod remote_faults;
 mod reproducible;
 mod shared;
 mod shared_init;
+mod tls;
 mod uses;
 mod verify;
