@@ -232,6 +232,28 @@ impl RemoteError {
             || matches!(self, RemoteError::Cache(c) if c.is_not_found())
     }
 
+    /// Errors about the credentials this process used, or their absence: the remote
+    /// refused them (`401`, `403`, a refused S3 signature or key), or they could not be
+    /// read. Another process, another user's, may succeed with its own: a waiter on the
+    /// pull lock tries for itself after such a failure instead of failing with it.
+    pub fn is_about_credentials(&self) -> bool {
+        match self {
+            RemoteError::Unauthorized { .. }
+            | RemoteError::Denied { .. }
+            | RemoteError::Credentials { .. } => true,
+            RemoteError::Status { status, .. } => matches!(status, 401 | 403),
+            RemoteError::S3 { detail, .. } => [
+                "SignatureDoesNotMatch",
+                "InvalidAccessKeyId",
+                "AccessDenied",
+                "403",
+            ]
+            .iter()
+            .any(|w| detail.contains(w)),
+            _ => false,
+        }
+    }
+
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -726,7 +748,8 @@ pub fn get_or_pull(
 /// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
 /// ready, if anything); else, if a pull failed while this process waited, fail at once
 /// with its message (a thousand jobs waiting on a dead remote do not each wait it out
-/// again); else `pull()`, whose failure (the remote's, not the cache's refusal) is
+/// again); else `pull()`, whose failure (the remote's: not the cache's refusal, nor a
+/// refusal of this process's own credentials, [`RemoteError::is_about_credentials`]) is
 /// recorded for the processes waiting now.
 ///
 /// `pull` gets `opts` with its progress hook wrapped so that each call of the hook runs
@@ -763,9 +786,14 @@ fn under_pull_lock<T>(
         });
     }
     let out = pull(&opts);
-    // The remote's failures only: a refusal by the cache (a pinned name) is each caller's.
+    if out.is_err() {
+        crate::testhook::pause("pull-failed");
+    }
+    // The remote's failures only: a refusal by the cache (a pinned name) is each caller's,
+    // and so is a refusal of this process's credentials (another user's may be good).
     if let Err(e) = &out
         && !e.is_usage()
+        && !e.is_about_credentials()
         && !matches!(e, RemoteError::Cache(_) | RemoteError::NameTaken { .. })
     {
         cache.record_pull_failure(&key, &e.to_string());

@@ -7,6 +7,7 @@ mod bad_input;
 mod contention;
 mod convert;
 mod crash;
+mod credentials;
 mod docker;
 mod forget_nothing;
 mod gc;
