@@ -85,7 +85,8 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         RemoteError::NotFound { .. } => "NotFound",
         RemoteError::Insecure { .. }
         | RemoteError::NameTaken { .. }
-        | RemoteError::CertPath { .. } => "InvalidInput",
+        | RemoteError::CertPath { .. }
+        | RemoteError::BadLogin { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }

@@ -212,6 +212,9 @@ pub enum RemoteError {
     Protocol { url: String, detail: String },
     #[error("S3 `{url}`: {detail}")]
     S3 { url: String, detail: String },
+    /// A user name or password `login` will not store.
+    #[error("cannot log in to `{host}`: {detail}")]
+    BadLogin { host: String, detail: &'static str },
     #[error("credentials file `{path}`: {detail}")]
     Credentials { path: PathBuf, detail: String },
     #[error("cannot write the download into the cache at `{path}`: {source}")]
@@ -258,7 +261,10 @@ impl RemoteError {
     pub fn is_usage(&self) -> bool {
         matches!(
             self,
-            RemoteError::BadRef { .. } | RemoteError::Reference(_) | RemoteError::CertPath { .. }
+            RemoteError::BadRef { .. }
+                | RemoteError::Reference(_)
+                | RemoteError::CertPath { .. }
+                | RemoteError::BadLogin { .. }
         ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
@@ -1091,7 +1097,8 @@ pub fn logout(host: &str) -> Result<(PathBuf, bool), RemoteError> {
     auth::remove_credentials(&registry_host(host)?)
 }
 
-/// `login HOST`: check the credentials against the registry, then store them.
+/// `login HOST`: check the credentials against the registry, then store them. An empty
+/// user name or password, or a user name with `:`, is refused before anything is sent.
 pub fn login(
     host: &str,
     user: &str,
@@ -1099,6 +1106,25 @@ pub fn login(
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
     let host = &registry_host(host)?;
+    let refuse = |detail| {
+        Err(RemoteError::BadLogin {
+            host: host.clone(),
+            detail,
+        })
+    };
+    if user.is_empty() {
+        return refuse("the user name is empty (give it with -u USER)");
+    }
+    if user.contains(':') {
+        return refuse(
+            "the user name contains `:`, which Basic authentication cannot carry (it separates the user from the password)",
+        );
+    }
+    if password.is_empty() {
+        return refuse(
+            "the password is empty (give it on stdin with --password-stdin, or in SREGISTRY_PASSWORD)",
+        );
+    }
     let creds = auth::Credentials {
         username: user.to_string(),
         password: password.to_string(),
