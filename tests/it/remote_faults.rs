@@ -68,6 +68,8 @@ struct Reply {
     endless: Option<Duration>,
     /// Read the request, then say nothing (a server that accepts and never answers).
     silent: bool,
+    /// Send the body in this many pieces, this long apart.
+    trickle: Option<(usize, Duration)>,
 }
 
 impl Reply {
@@ -80,7 +82,13 @@ impl Reply {
             close_delimited: false,
             endless: None,
             silent: false,
+            trickle: None,
         }
+    }
+
+    fn trickle(mut self, pieces: usize, pace: Duration) -> Reply {
+        self.trickle = Some((pieces, pace));
+        self
     }
 
     fn endless(mut self, pace: Duration) -> Reply {
@@ -218,7 +226,21 @@ fn serve(mut conn: TcpStream, routes: &HashMap<String, Handler>, seen: &Mutex<Ve
     }
     head.push_str("Connection: close\r\n\r\n");
     let mut out = head.into_bytes();
-    if req.method != "HEAD" {
+    if let (Some((pieces, pace)), true) = (reply.trickle, req.method != "HEAD") {
+        if conn.write_all(&out).is_err() {
+            return;
+        }
+        for piece in reply
+            .body
+            .chunks(reply.body.len().div_ceil(pieces.max(1)).max(1))
+        {
+            thread::sleep(pace);
+            if conn.write_all(piece).and_then(|_| conn.flush()).is_err() {
+                return;
+            }
+        }
+        out.clear();
+    } else if req.method != "HEAD" {
         let n = reply.cut.unwrap_or(reply.body.len()).min(reply.body.len());
         out.extend_from_slice(&reply.body[..n]);
     }
@@ -1762,4 +1784,41 @@ fn pull_json_says_whether_it_downloaded() {
     changed[100] ^= 0xff;
     *content.lock().unwrap() = (2, changed);
     assert_eq!(pull()["downloaded"], true);
+}
+
+/// docs/remotes.md promises that a transfer that keeps streaming is never cut off, however
+/// long it takes: `SREGISTRY_TIMEOUT` bounds a silence, not a whole transfer. A body sent
+/// in ten pieces half a second apart (five seconds in all, against a timeout of two) must
+/// arrive whole, in one `GET` (a cut would show as a resumed `GET` or a failure).
+#[test]
+fn a_stream_longer_than_the_timeout_but_never_silent_that_long_is_not_cut_off() {
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |req, _| {
+        Reply::new(200).body(&body).header("ETag", ETAG).trickle(
+            if req.method == "GET" { 10 } else { 1 },
+            Duration::from_millis(500),
+        )
+    });
+    let server = FaultServer::start(vec![(FILE.to_string(), file)]);
+    let env = Env::new();
+    let out = env
+        .cmd()
+        .env("SREGISTRY_TIMEOUT", "2")
+        .args(["pull", &server.url(FILE)])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    assert_eq!(fs::read(path).unwrap(), source);
+    assert_eq!(
+        server.requests("GET", FILE).len(),
+        1,
+        "{:#?}",
+        server.seen()
+    );
 }
