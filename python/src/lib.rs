@@ -93,10 +93,13 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         RemoteError::Insecure { .. }
         | RemoteError::NameTaken { .. }
         | RemoteError::Setting(_)
-        | RemoteError::BadEndpoint { .. } => "InvalidInput",
+        | RemoteError::BadEndpoint { .. }
+        | RemoteError::CertPath { .. }
+        | RemoteError::BadLogin { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }
+        | RemoteError::Tls { .. }
         | RemoteError::ClientSetup { .. }
         | RemoteError::Status { .. }
         | RemoteError::Unauthorized { .. }

@@ -465,7 +465,10 @@ class Client:
             img = self.cache.pull(image)
             path = img.path
             if not save:
-                target = file_name or "%s.sif" % _parse(image)["name"].replace(
+                # Without the query or fragment: their values (a signature, a token)
+                # never become part of a file name, nor of what is printed.
+                plain = image.split("#", 1)[0].split("?", 1)[0]
+                target = file_name or "%s.sif" % _parse(plain)["name"].replace(
                     "/", "-"
                 ).replace(":", "-")
                 shutil.copyfile(path, target)

@@ -471,3 +471,55 @@ def test_old_push_to_s3_is_stored_under_the_name_pull_gives(client, s3, make_fil
     # The name the command line's pull gives: the endpoint's host, then s3/BUCKET/KEY.
     fresh = sregistry.Cache(client.cache.root + "-fresh").pull(remote)
     assert fresh.name == pushed[0]
+
+
+def test_an_old_api_pull_of_a_signed_url_never_shows_its_query(tmp_path, make_file, capsys):
+    """Danger: `pull(url, save=False)` naming the copy after the whole URL, query and all,
+    so a pre-signed URL's signature lands in a file name in the working directory and in
+    the "Success!" line."""
+    import http.server
+    import threading
+
+    data = make_file("served.sif", 5000, seed=3).read_bytes()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _head(self):
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(data)))
+            self.send_header("ETag", '"v1"')
+            self.end_headers()
+
+        def do_HEAD(self):
+            self._head()
+
+        def do_GET(self):
+            self._head()
+            self.wfile.write(data)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = "http://127.0.0.1:%d/files/tool.sif?X-Amz-Signature=SIGSECRET&token=TOKSECRET" % (
+            server.server_address[1]
+        )
+        work = tmp_path / "work"
+        work.mkdir()
+        os.chdir(work)
+        client = Client(quiet=False, cache=str(tmp_path / "cache"))
+        out = client.pull(url, save=False)
+        with open(out, "rb") as f:
+            assert f.read() == data
+        printed = capsys.readouterr()
+        for secret in ("SIGSECRET", "TOKSECRET", "sigsecret", "toksecret"):
+            assert secret not in out
+            assert secret not in printed.out + printed.err
+            assert not any(secret in n for n in os.listdir(work))
+            for root, _, files in os.walk(tmp_path / "cache"):
+                for n in files:
+                    with open(os.path.join(root, n), "rb") as f:
+                        assert secret.encode() not in f.read(), os.path.join(root, n)
+    finally:
+        server.shutdown()

@@ -300,8 +300,9 @@ pub struct InfoArgs {}
 /// broken transfer is resumed. A docker:// image's layers are kept with it, so another
 /// image with the same base layers downloads only its own. A remote unchanged since the
 /// name was pulled from it is not downloaded again (only the manifest, or a conditional
-/// HEAD, is asked for; --force downloads again). The image is named after REMOTE without its scheme unless
-/// --name says otherwise. Credentials come from `sregistry login` or ~/.docker/config.json
+/// HEAD, is asked for; --force downloads again; --json says `"downloaded": false`). The image is named after REMOTE without its scheme unless
+/// --name says otherwise. A URL's query values (a signature, a token) are never stored or
+/// shown, and a re-signed URL is the same image. Credentials come from `sregistry login` or ~/.docker/config.json
 /// (and the credential helpers it names); S3 settings from the AWS_* environment variables.
 ///
 /// Example: sregistry pull oras://registry.example.org/lab/tool:1.2
@@ -382,9 +383,10 @@ pub struct SearchArgs {
 
 /// Store credentials for a registry, after checking them against it.
 ///
-/// Saved in ~/.config/sregistry/credentials.json with mode 0600 (a file others can read is
-/// refused). The password is read from stdin with --password-stdin, else from
-/// SREGISTRY_PASSWORD.
+/// Saved in ~/.config/sregistry/credentials.json with mode 0600 (a file group or others
+/// have any access to is refused), keeping other hosts' entries. The password is read
+/// from stdin with --password-stdin, else from SREGISTRY_PASSWORD; an empty user or
+/// password, or a user with `:`, is refused. It is never printed.
 #[derive(Debug, Args)]
 pub struct LoginArgs {
     /// Registry host[:port]

@@ -3,7 +3,11 @@
 //! # Where credentials come from (first match wins)
 //!
 //! 1. `sregistry login HOST`: `${SREGISTRY_CONFIG_DIR:-${XDG_CONFIG_HOME:-~/.config}/sregistry}/credentials.json`,
-//!    written with mode 0600; refused (with the `chmod` to run) if group or others can read it.
+//!    written with mode 0600 (read, changed and replaced under an exclusive lock of
+//!    `.credentials.json.lock` beside it, through a temporary file of the writer's own, so
+//!    concurrent logins keep each other's entries); refused (with the `chmod` to run) if
+//!    group or others have any access to it. A relative `XDG_CONFIG_HOME` or `HOME` is
+//!    ignored, as the XDG specification says. An empty user name or password is never sent.
 //! 2. `${DOCKER_CONFIG:-~/.docker}/config.json`, as `docker login` and `oras login` write
 //!    it, in Docker's order: the helper named for the host in `credHelpers`, else the one
 //!    in `credsStore`, else `auths.HOST.auth` (base64 `user:password`). A helper is the
@@ -205,15 +209,21 @@ struct DockerAuth {
     password: Option<String>,
 }
 
+/// `HOME` or `XDG_CONFIG_HOME` when set to an absolute path. A relative one is ignored, as
+/// the XDG Base Directory specification says: it would name another file in every
+/// directory the command runs from.
+fn absolute_env(k: &str) -> Option<PathBuf> {
+    std::env::var_os(k)
+        .map(PathBuf::from)
+        .filter(|p| p.is_absolute())
+}
+
 fn config_dir() -> Option<PathBuf> {
-    let env = |k: &str| {
-        std::env::var_os(k)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    env("SREGISTRY_CONFIG_DIR")
-        .or_else(|| env("XDG_CONFIG_HOME").map(|p| p.join("sregistry")))
-        .or_else(|| env("HOME").map(|h| h.join(".config").join("sregistry")))
+    std::env::var_os("SREGISTRY_CONFIG_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| absolute_env("XDG_CONFIG_HOME").map(|p| p.join("sregistry")))
+        .or_else(|| absolute_env("HOME").map(|h| h.join(".config").join("sregistry")))
 }
 
 /// The file `sregistry login` writes.
@@ -229,7 +239,7 @@ fn docker_config_path() -> Option<PathBuf> {
     };
     env("DOCKER_CONFIG")
         .map(|d| d.join("config.json"))
-        .or_else(|| env("HOME").map(|h| h.join(".docker").join("config.json")))
+        .or_else(|| absolute_env("HOME").map(|h| h.join(".docker").join("config.json")))
 }
 
 fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
@@ -251,10 +261,11 @@ fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Store::default()),
         Err(e) => return Err(unreadable(e)),
     };
-    if meta.permissions().mode() & 0o077 != 0 {
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
         return Err(cred_err(format!(
-            "group or others can read it (mode {:o}); run `chmod 600 {}`",
-            meta.permissions().mode() & 0o777,
+            "{} it (mode {mode:o}), and it holds passwords; run `chmod 600 {}`",
+            who_else_can(mode),
             path.display()
         )));
     }
@@ -262,8 +273,34 @@ fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
     serde_json::from_slice(&bytes).map_err(|e| cred_err(format!("not valid JSON: {e}")))
 }
 
-/// Credentials for `host` (`host[:port]`), if any are stored.
+/// What a file's `mode` lets its group and others do: `the group can read and write,
+/// others can read`.
+fn who_else_can(mode: u32) -> String {
+    let can = |bits: u32| {
+        [(4, "read"), (2, "write"), (1, "execute")]
+            .iter()
+            .filter(|(b, _)| bits & b != 0)
+            .map(|(_, w)| *w)
+            .collect::<Vec<_>>()
+            .join(" and ")
+    };
+    let mut parts = Vec::new();
+    if mode & 0o070 != 0 {
+        parts.push(format!("the group can {}", can((mode >> 3) & 7)));
+    }
+    if mode & 0o007 != 0 {
+        parts.push(format!("others can {}", can(mode & 7)));
+    }
+    parts.join(", ")
+}
+
+/// Credentials for `host` (`host[:port]`), if any are stored. An empty user name or
+/// password counts as none: it is never sent.
 pub fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
+    Ok(stored_credentials_for(host)?.filter(|c| !c.username.is_empty() && !c.password.is_empty()))
+}
+
+fn stored_credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
     if let Some(path) = credentials_path()
         && let Some(a) = read_store(&path)?.auths.get(host)
     {
@@ -447,12 +484,29 @@ pub fn remove_credentials(host: &str) -> Result<(PathBuf, bool), RemoteError> {
 pub fn store_credentials(host: &str, creds: Option<&Credentials>) -> Result<PathBuf, RemoteError> {
     let path = credentials_path().ok_or_else(|| RemoteError::Credentials {
         path: PathBuf::from("~/.config/sregistry/credentials.json"),
-        detail: "no home directory: set HOME or SREGISTRY_CONFIG_DIR".into(),
+        detail: "no home directory (HOME is unset or not an absolute path): set HOME or SREGISTRY_CONFIG_DIR".into(),
     })?;
     let cred_err = |detail: String| RemoteError::Credentials {
         path: path.clone(),
         detail,
     };
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| cred_err(e.to_string()))?;
+    // Read, change and replace under an exclusive lock of a file beside it: two logins at
+    // once (to different hosts) each keep the other's entry.
+    let lock = {
+        use std::os::unix::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(dir.join(".credentials.json.lock"))
+            .map_err(|e| cred_err(format!("cannot open its lock file: {e}")))?
+    };
+    lock.lock()
+        .map_err(|e| cred_err(format!("cannot lock it: {e}")))?;
     let mut store = read_store(&path)?;
     match creds {
         Some(c) => {
@@ -468,11 +522,11 @@ pub fn store_credentials(host: &str, creds: Option<&Credentials>) -> Result<Path
             store.auths.remove(host);
         }
     }
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    fs::create_dir_all(dir).map_err(|e| cred_err(e.to_string()))?;
-    let tmp = dir.join(".credentials.json.tmp");
+    // A temporary name of this process's own: a process killed between writing and
+    // renaming leaves it behind, never in another's way.
+    let tmp = dir.join(format!(".credentials.json.{}.tmp", std::process::id()));
     let body = serde_json::to_vec_pretty(&store).map_err(|e| cred_err(e.to_string()))?;
-    {
+    let written = (|| {
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
         let _ = fs::remove_file(&tmp);
@@ -480,12 +534,16 @@ pub fn store_credentials(host: &str, creds: Option<&Credentials>) -> Result<Path
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(&tmp)
-            .map_err(|e| cred_err(e.to_string()))?;
-        f.write_all(&body).map_err(|e| cred_err(e.to_string()))?;
-        f.sync_all().map_err(|e| cred_err(e.to_string()))?;
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &path)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&tmp);
+        return Err(cred_err(e.to_string()));
     }
-    fs::rename(&tmp, &path).map_err(|e| cred_err(e.to_string()))?;
+    drop(lock);
     Ok(path)
 }
 

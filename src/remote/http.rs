@@ -5,7 +5,10 @@
 //! resumed with `Range: bytes=N-` (a server that answers `200` instead of `206` makes the
 //! download start over). `ETag` and `Last-Modified` are recorded with the name, and the
 //! next pull's `HEAD` is conditional on them (`If-None-Match`, else `If-Modified-Since`):
-//! `304 Not Modified`, or the same `ETag`, means nothing is downloaded. There is
+//! `304 Not Modified`, or the same `ETag`, means nothing is downloaded; a server that
+//! refuses the `HEAD` (a pre-signed URL is signed for `GET` only) is asked the same with a
+//! conditional `GET`, whose body is read only when the content changed. A `HEAD` that says
+//! `Content-Length: 0` declares no size: the `GET`'s own length holds. There is
 //! no digest to check against (a URL names no content), so the BLAKE3 digest computed on
 //! the way in becomes the content's identity from then on.
 
@@ -54,7 +57,11 @@ pub async fn pull(
     }
     let (mut size, mut validators) = (None, Validators::default());
     if head.status().is_success() {
-        size = header_str(&head, CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
+        // `Content-Length: 0` on a HEAD is what some servers say when they do not know
+        // (an image is never empty): the GET's own length is trusted instead.
+        size = header_str(&head, CONTENT_LENGTH)
+            .and_then(|v| v.parse::<u64>().ok())
+            .filter(|&n| n > 0);
         validators = Validators::of(&head);
         // A server that ignores conditional HEADs still names its version.
         if etag.is_some() && validators.etag == etag {
@@ -62,6 +69,25 @@ pub async fn pull(
         }
     } else if head.status().as_u16() == 404 {
         return Err(RemoteError::NotFound { host, what: shown });
+    } else if etag.is_some() || modified.is_some() {
+        // A HEAD refused (a pre-signed URL is signed for GET only): ask with a
+        // conditional GET whether the content changed, and read its body only if so.
+        let get = t
+            .send(url, &|| {
+                let rb = client.get(url);
+                match (&etag, &modified) {
+                    (Some(e), _) => rb.header(IF_NONE_MATCH, e.as_str()),
+                    (None, Some(m)) => rb.header(IF_MODIFIED_SINCE, m.as_str()),
+                    (None, None) => rb,
+                }
+            })
+            .await?;
+        if get.status() == StatusCode::NOT_MODIFIED
+            || (get.status().is_success() && etag.is_some() && Validators::of(&get).etag == etag)
+        {
+            return Ok(Pulled::Unchanged);
+        }
+        // Changed: downloaded below, resumable (this answer's body is not read).
     }
     let mut sink = Sink::new(cache, &shown, size, &opts.limits)?;
     let mut s = Session::new(t, &host, None);

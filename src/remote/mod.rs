@@ -26,7 +26,9 @@
 //! * `get REMOTE` and `pull REMOTE` take a per-pull lock (`v1/locks/<hash>.lock`,
 //!   exclusive for the whole download) before contacting the remote: N concurrent calls
 //!   for one image download it once; the others wait, then find it in the index.
-//! * The remote source is recorded with the name (`inspect`, `list --json`).
+//! * The remote source is recorded with the name (`inspect`, `list --json`): never a
+//!   password or a query value, and for `https://` without the parameters that sign the
+//!   request, so every new signature of a URL is the same image ([`RemoteRef::source`]).
 
 pub mod auth;
 pub mod docker;
@@ -80,6 +82,22 @@ pub enum RemoteError {
         "cannot set up the HTTP client: {detail} (TLS needs the system's CA certificates: install the `ca-certificates` package, or point SSL_CERT_FILE at a bundle)"
     )]
     ClientSetup { detail: String },
+    /// The TLS handshake failed: the server's certificate, or TLS itself. Not retried: the
+    /// next attempt meets the same certificate.
+    #[error("cannot connect securely to `{url}`: {problem} (not retried; {hint})")]
+    Tls {
+        url: String,
+        problem: String,
+        hint: &'static str,
+    },
+    /// `SSL_CERT_FILE` or `SSL_CERT_DIR` names what cannot be read: rustls would go on
+    /// without it, and every certificate would then be "unknown".
+    #[error("{var}=`{}` {detail} (point it at a readable PEM bundle of CA certificates, or unset it to use the system's)", .path.display())]
+    CertPath {
+        var: &'static str,
+        path: PathBuf,
+        detail: String,
+    },
     #[error("`{url}` answered {status}{detail}")]
     Status {
         url: String,
@@ -219,6 +237,9 @@ pub enum RemoteError {
         "internal error in a remote operation: {detail} (this is a bug in sregistry; please report it)"
     )]
     Panicked { detail: String },
+    /// A user name or password `login` will not store.
+    #[error("cannot log in to `{host}`: {detail}")]
+    BadLogin { host: String, detail: &'static str },
     #[error("credentials file `{path}`: {detail}")]
     Credentials { path: PathBuf, detail: String },
     #[error("cannot write the download into the cache at `{path}`: {source}")]
@@ -241,6 +262,28 @@ impl RemoteError {
         ) || matches!(self, RemoteError::Cache(c) if c.is_not_found())
     }
 
+    /// Errors about the credentials this process used, or their absence: the remote
+    /// refused them (`401`, `403`, a refused S3 signature or key), or they could not be
+    /// read. Another process, another user's, may succeed with its own: a waiter on the
+    /// pull lock tries for itself after such a failure instead of failing with it.
+    pub fn is_about_credentials(&self) -> bool {
+        match self {
+            RemoteError::Unauthorized { .. }
+            | RemoteError::Denied { .. }
+            | RemoteError::Credentials { .. } => true,
+            RemoteError::Status { status, .. } => matches!(status, 401 | 403),
+            RemoteError::S3 { detail, .. } => [
+                "SignatureDoesNotMatch",
+                "InvalidAccessKeyId",
+                "AccessDenied",
+                "403",
+            ]
+            .iter()
+            .any(|w| detail.contains(w)),
+            _ => false,
+        }
+    }
+
     /// Errors about what the user typed (exit code 2).
     pub fn is_usage(&self) -> bool {
         matches!(
@@ -249,13 +292,15 @@ impl RemoteError {
                 | RemoteError::BadEndpoint { .. }
                 | RemoteError::Reference(_)
                 | RemoteError::Setting(_)
+                | RemoteError::CertPath { .. }
+                | RemoteError::BadLogin { .. }
         ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }
 
 pub(crate) fn bad_ref(input: &str, reason: impl Into<String>) -> RemoteError {
     RemoteError::BadRef {
-        shown: crate::format::reference::shown(input),
+        shown: crate::format::reference::shown(&transport::shown(input)),
         reason: reason.into(),
     }
 }
@@ -368,17 +413,21 @@ impl RemoteRef {
                     },
                     None => after.rsplit_once('@').map_or(after, |x| x.1),
                 };
-                // The fragment is never sent: it does not tell two objects apart.
-                let exact = after.split('#').next().unwrap_or(after);
-                let no_query = exact.split('?').next().unwrap_or(exact);
+                // Neither the fragment (never sent) nor a signature tells two objects
+                // apart; the other query parameters name another object as much as a
+                // path does, and their values never become part of a name: they always
+                // count as lost, and are hashed with the rest.
+                let no_query = after.split(['?', '#']).next().unwrap_or(after);
                 let (host, path) = no_query.split_at(no_query.find('/').unwrap_or(no_query.len()));
-                // A query names another object as much as a path does, and its values
-                // never become part of a name: it always counts as lost.
-                let plain = match exact.contains('?') {
-                    true => String::new(),
-                    false => format!("{}{path}", host.to_ascii_lowercase()),
+                let kept = object_params(url);
+                let (plain, exact) = match kept.is_empty() {
+                    true => (
+                        format!("{}{path}", host.to_ascii_lowercase()),
+                        no_query.to_string(),
+                    ),
+                    false => (String::new(), format!("{no_query}?{}", kept.join("&"))),
                 };
-                unique_name(sanitize_path(no_query), &plain, exact)
+                unique_name(sanitize_path(no_query), &plain, &exact)
             }
             RemoteRef::S3 { bucket, key } => {
                 let plain = format!("s3/{bucket}/{key}");
@@ -405,7 +454,12 @@ impl RemoteRef {
 
     /// What a pull from here records as the image's source (and what a later pull
     /// compares with): the reference as shown, and for `s3://` through an endpoint the
-    /// endpoint too (`s3://BUCKET/KEY (endpoint URL)`), without user-info.
+    /// endpoint too (`s3://BUCKET/KEY (endpoint URL)`), without user-info. For `https://`,
+    /// never a query value: the parameters that sign or authorize the request
+    /// ([`is_signature_param`]) are left out, so every new signature of one URL is the
+    /// same source, and the others are shown as `NAME=***` followed by 12 hex digits of a
+    /// hash of them (`https://h/f.sif?version=*** (query 0123456789ab)`), so URLs that
+    /// differ only in them are sources of their own.
     pub fn source(&self, opts: &RemoteOptions) -> String {
         match (self, s3::endpoint(opts)) {
             (RemoteRef::S3 { .. }, Some(ep)) => {
@@ -437,6 +491,62 @@ fn unique_name(mut reduced: String, plain: &str, exact: &str) -> String {
     format!("{reduced}-{}", &h.as_str()[..12])
 }
 
+/// Whether the query parameter `name` (lower-case) signs or authorizes one request rather
+/// than naming the object: AWS (`X-Amz-*`, and `AWSAccessKeyId`, `Signature`, `Expires`
+/// of the older signature), Google Cloud Storage (`X-Goog-*`, `GoogleAccessId`), a bare
+/// `token` or `access_token`, and when the query has `sig` an Azure shared access
+/// signature (`sig`, `se`, `st`, `sv`, `sp`, `sr`, `spr`, `srt`, `ss`, `si`, `sip`, `skoid`,
+/// `sktid`, `skt`, `ske`, `sks`, `skv`).
+fn is_signature_param(name: &str, azure: bool) -> bool {
+    const ALWAYS: [&str; 6] = [
+        "awsaccesskeyid",
+        "signature",
+        "expires",
+        "googleaccessid",
+        "token",
+        "access_token",
+    ];
+    const AZURE: [&str; 17] = [
+        "sig", "se", "st", "sv", "sp", "sr", "spr", "srt", "ss", "si", "sip", "skoid", "sktid",
+        "skt", "ske", "sks", "skv",
+    ];
+    name.starts_with("x-amz-")
+        || name.starts_with("x-goog-")
+        || ALWAYS.contains(&name)
+        || (azure && AZURE.contains(&name))
+}
+
+/// The query parameters of `url` that name the object (all but those that sign or
+/// authorize the request), as given, in order.
+fn object_params(url: &str) -> Vec<&str> {
+    let url = url.split('#').next().unwrap_or(url);
+    let Some((_, query)) = url.split_once('?') else {
+        return Vec::new();
+    };
+    let params: Vec<&str> = query.split('&').filter(|p| !p.is_empty()).collect();
+    let name = |p: &str| p.split('=').next().unwrap_or(p).to_ascii_lowercase();
+    let azure = params.iter().any(|p| name(p) == "sig");
+    params
+        .into_iter()
+        .filter(|p| !is_signature_param(&name(p), azure))
+        .collect()
+}
+
+/// The source an `https://` URL is recorded and shown as (see [`RemoteRef::source`]).
+fn http_source(url: &str) -> String {
+    let base = transport::shown(url.split(['?', '#']).next().unwrap_or(url));
+    let kept = object_params(url);
+    if kept.is_empty() {
+        return base;
+    }
+    let h = blake3::hash(kept.join("&").as_bytes()).to_hex();
+    format!(
+        "{base}?{} (query {})",
+        transport::hide_values(kept.iter().copied()),
+        &h.as_str()[..12]
+    )
+}
+
 /// The `HOST[:PORT]` of an S3 endpoint URL, lower-case, without user-info; and whether
 /// that is all the URL says (no path), so the name loses nothing of it.
 fn endpoint_host(ep: &str) -> (String, bool) {
@@ -456,7 +566,7 @@ impl fmt::Display for RemoteRef {
         match self {
             RemoteRef::Oras(r) => write!(f, "oras://{r}"),
             RemoteRef::Docker(r) => write!(f, "docker://{r}"),
-            RemoteRef::Http(u) => f.write_str(&transport::shown(u)),
+            RemoteRef::Http(u) => f.write_str(&http_source(u)),
             RemoteRef::S3 { bucket, key } => write!(f, "s3://{bucket}/{key}"),
         }
     }
@@ -723,7 +833,8 @@ pub fn get_or_pull(
 /// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
 /// ready, if anything); else, if a pull failed while this process waited, fail at once
 /// with its message (a thousand jobs waiting on a dead remote do not each wait it out
-/// again); else `pull()`, whose failure (the remote's, not the cache's refusal) is
+/// again); else `pull()`, whose failure (the remote's: not the cache's refusal, nor a
+/// refusal of this process's own credentials, [`RemoteError::is_about_credentials`]) is
 /// recorded for the processes waiting now.
 ///
 /// `pull` gets `opts` with its progress hook wrapped so that each call of the hook runs
@@ -761,9 +872,14 @@ fn under_pull_lock<T>(
         });
     }
     let out = pull(&opts);
-    // The remote's failures only: a refusal by the cache (a pinned name) is each caller's.
+    if out.is_err() {
+        crate::testhook::pause("pull-failed");
+    }
+    // The remote's failures only: a refusal by the cache (a pinned name) is each caller's,
+    // and so is a refusal of this process's credentials (another user's may be good).
     if let Err(e) = &out
         && !e.is_usage()
+        && !e.is_about_credentials()
         && !matches!(e, RemoteError::Cache(_) | RemoteError::NameTaken { .. })
     {
         cache.record_pull_failure(&key, &e.to_string());
@@ -1016,8 +1132,8 @@ pub fn push(
                 &remote_.to_string(),
                 "pushing to docker:// is not supported; push the SIF to oras:// (Apptainer pulls it from there)",
             )),
-            RemoteRef::Http(url) => Err(RemoteError::BadRef {
-                shown: url.clone(),
+            RemoteRef::Http(_) => Err(RemoteError::BadRef {
+                shown: remote_.to_string(),
                 reason: "pushing to a plain URL is not supported; push to oras:// or s3://".into(),
             }),
             RemoteRef::S3 { bucket, key } => s3::push(&file, &entry.path, bucket, key, opts).await,
@@ -1075,7 +1191,8 @@ pub fn logout(host: &str) -> Result<(PathBuf, bool), RemoteError> {
     auth::remove_credentials(&registry_host(host)?)
 }
 
-/// `login HOST`: check the credentials against the registry, then store them.
+/// `login HOST`: check the credentials against the registry, then store them. An empty
+/// user name or password, or a user name with `:`, is refused before anything is sent.
 pub fn login(
     host: &str,
     user: &str,
@@ -1083,6 +1200,25 @@ pub fn login(
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
     let host = &registry_host(host)?;
+    let refuse = |detail| {
+        Err(RemoteError::BadLogin {
+            host: host.clone(),
+            detail,
+        })
+    };
+    if user.is_empty() {
+        return refuse("the user name is empty (give it with -u USER)");
+    }
+    if user.contains(':') {
+        return refuse(
+            "the user name contains `:`, which Basic authentication cannot carry (it separates the user from the password)",
+        );
+    }
+    if password.is_empty() {
+        return refuse(
+            "the password is empty (give it on stdin with --password-stdin, or in SREGISTRY_PASSWORD)",
+        );
+    }
     let creds = auth::Credentials {
         username: user.to_string(),
         password: password.to_string(),

@@ -156,6 +156,7 @@ static CLIENTS: [PerProcess<Result<reqwest::Client, String>>; 2] =
 /// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
 /// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
 pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
+    check_cert_paths()?;
     let idle = idle_timeout()?;
     let made = CLIENTS[usize::from(insecure)].get_or_make(|| {
         let policy = reqwest::redirect::Policy::custom(move |attempt| {
@@ -179,6 +180,42 @@ pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
             .map_err(|e| super::transport::error_chain(&e))
     });
     made.map_err(|detail| RemoteError::ClientSetup { detail })
+}
+
+/// Refuse an `SSL_CERT_FILE` that is not a readable file, or an `SSL_CERT_DIR` entry that
+/// is not a directory: the TLS roots are read from them alone when set, and a typo would
+/// otherwise surface only as "unknown certificate authority" at the first request.
+fn check_cert_paths() -> Result<(), RemoteError> {
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(file);
+        let detail = match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some("is not a file".to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("does not exist".to_string())
+            }
+            Err(e) => Some(format!("cannot be read: {e}")),
+        };
+        if let Some(detail) = detail {
+            return Err(RemoteError::CertPath {
+                var: "SSL_CERT_FILE",
+                path,
+                detail,
+            });
+        }
+    }
+    if let Some(dirs) = std::env::var_os("SSL_CERT_DIR") {
+        for path in std::env::split_paths(&dirs).filter(|p| !p.as_os_str().is_empty()) {
+            if std::fs::read_dir(&path).is_err() {
+                return Err(RemoteError::CertPath {
+                    var: "SSL_CERT_DIR",
+                    detail: "is not a readable directory".into(),
+                    path,
+                });
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A redirect chain longer than 10 hops.

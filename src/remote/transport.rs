@@ -9,10 +9,12 @@
 //! answers costs about a minute, not four times two. After a few seconds of silence the
 //! caller's [`super::Progress`] hook hears what is awaited. Redirects are followed up to
 //! 10 hops, and credentials are not carried to another host. TLS is rustls with the
-//! platform's roots; plain HTTP is allowed only to loopback hosts or with `--insecure`, on
+//! platform's roots (`SSL_CERT_FILE`/`SSL_CERT_DIR` naming nothing readable is refused);
+//! a failed handshake (unknown CA, another name, expired) is said in words and never
+//! retried ([`RemoteError::Tls`]); plain HTTP is allowed only to loopback hosts or with `--insecure`, on
 //! every hop: the first URL, each redirect, a token realm and an upload `Location`. The
-//! host is the URL's host, never its user-info, and user-info is never printed
-//! ([`shown`]).
+//! host is the URL's host, never its user-info, and neither user-info nor a query value
+//! is ever printed ([`shown`]).
 
 use std::future::Future;
 use std::time::Duration;
@@ -154,6 +156,9 @@ impl Transport {
                             detail: "too many redirects (more than 10)".into(),
                         });
                     }
+                    if let Some(tls) = find_cause::<rustls::Error>(&e) {
+                        return Err(tls_failure(url, tls));
+                    }
                     if e.is_timeout() {
                         timeouts += 1;
                         if Self::give_up_after_timeouts(timeouts) {
@@ -178,6 +183,48 @@ impl Transport {
     }
 }
 
+/// What a failed TLS handshake with `url` means, in words, with what to do.
+fn tls_failure(url: &str, e: &rustls::Error) -> RemoteError {
+    use rustls::CertificateError as C;
+    let (problem, hint) = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::UnknownIssuer => (
+                "the server's certificate is signed by an unknown certificate authority",
+                "if the server uses a private CA, point SSL_CERT_FILE at a bundle that holds it",
+            ),
+            C::NotValidForName | C::NotValidForNameContext { .. } => (
+                "the server's certificate is for another name than the host in the address",
+                "use the host name the certificate names",
+            ),
+            C::Expired | C::ExpiredContext { .. } => (
+                "the server's certificate has expired",
+                "its administrator must renew it; check this machine's clock",
+            ),
+            C::NotValidYet | C::NotValidYetContext { .. } => (
+                "the server's certificate is not valid yet",
+                "check this machine's clock",
+            ),
+            C::Revoked => (
+                "the server's certificate has been revoked",
+                "its administrator must replace it",
+            ),
+            _ => (
+                "the server's certificate was refused",
+                "its administrator must replace it",
+            ),
+        },
+        _ => (
+            "the TLS handshake failed",
+            "the server may not speak TLS on this port, or no version or cipher is shared",
+        ),
+    };
+    RemoteError::Tls {
+        url: shown(url),
+        problem: format!("{problem} ({e})"),
+        hint,
+    }
+}
+
 /// The first cause of `e` that is a `T`.
 fn find_cause<'e, T: std::error::Error + 'static>(
     e: &'e (dyn std::error::Error + 'static),
@@ -187,21 +234,55 @@ fn find_cause<'e, T: std::error::Error + 'static>(
         if let Some(t) = c.downcast_ref::<T>() {
             return Some(t);
         }
+        // An `io::Error` holding another error (TLS under a connection does this, in two
+        // layers) gives that error's source, not the error itself, as its own source.
+        if let Some(inner) = c
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            cur = Some(inner);
+            continue;
+        }
         cur = c.source();
     }
     None
 }
 
-/// A URL as it may be printed or recorded: user-info (`user:password@`) becomes `***@`.
+/// A URL as it may be printed or recorded: user-info (`user:password@`) becomes `***@`,
+/// each query value `***` (a query may carry a signature or a token: `?X-Amz-Signature=***`),
+/// and the fragment is dropped. Nothing else is changed.
 pub fn shown(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..end].rfind('@') {
-        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
-        None => url.to_string(),
+    let rest = rest.split('#').next().unwrap_or(rest);
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let authority = match authority.rfind('@') {
+        Some(at) => format!("***@{}", &authority[at + 1..]),
+        None => authority.to_string(),
+    };
+    let (path, query) = match tail.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (tail, None),
+    };
+    let mut out = format!("{scheme}://{authority}{path}");
+    if let Some(q) = query {
+        out.push('?');
+        out.push_str(&hide_values(q.split('&').filter(|p| !p.is_empty())));
     }
+    out
+}
+
+/// Query parameters as `NAME=***` (a parameter without a value stays as it is).
+pub(crate) fn hide_values<'a>(params: impl Iterator<Item = &'a str>) -> String {
+    params
+        .map(|p| match p.split_once('=') {
+            Some((k, _)) => format!("{k}=***"),
+            None => p.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("&")
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
@@ -251,9 +332,10 @@ mod tests {
     #[test]
     fn user_info_is_never_shown() {
         assert_eq!(
-            shown("https://alice:s3cret@example.org/a/b.sif?x=1"),
-            "https://***@example.org/a/b.sif?x=1"
+            shown("https://alice:s3cret@example.org/a/b.sif?x=1&X-Amz-Signature=abc&flag#frag"),
+            "https://***@example.org/a/b.sif?x=***&X-Amz-Signature=***&flag"
         );
+        assert_eq!(shown("https://h/a?=v&&k=v=w"), "https://h/a?=***&k=***");
         assert_eq!(shown("https://tok@h/x"), "https://***@h/x");
         assert_eq!(shown("https://h/x@y"), "https://h/x@y");
         assert_eq!(shown("s3://bucket/key"), "s3://bucket/key");

@@ -669,3 +669,63 @@ fn s3_objects_that_reduce_alike_or_sit_on_two_endpoints_are_images_of_their_own(
         );
     }
 }
+
+/// Bad S3 credentials made other users' concurrent pulls of the same object fail at once,
+/// each told to check its own `AWS_ACCESS_KEY_ID`: the `.failed` note beside the pull
+/// lock did not depend on who failed, or why. A refused signature is the puller's own
+/// failure; a waiter with good keys takes the lock and pulls. (The first pull stops,
+/// holding the lock, just before it would note its failure, until the second is seen
+/// waiting.)
+#[test]
+fn one_users_bad_s3_secret_does_not_fail_another_users_waiting_pull() {
+    use std::io::{BufRead, BufReader, Read};
+    let s3 = S3Server::start();
+    let env = env_with_lab_tool();
+    let remote = format!("s3://{BUCKET}/lab/tool.sif");
+    s3_cmd(&env, &s3, SECRET_KEY, &["push", "lab/tool:1", &remote])
+        .assert()
+        .success();
+    let pull = |secret: &str| {
+        let mut c = env.std_cmd();
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("AWS_") {
+                c.env_remove(k);
+            }
+        }
+        c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
+            .env("AWS_SECRET_ACCESS_KEY", secret)
+            .env("AWS_REGION", "us-east-1")
+            .args(["pull", &remote, "--endpoint", &s3.endpoint()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        c
+    };
+    let resume = env.path("resume");
+    let mut first = pull("not-the-secret")
+        .env("SREGISTRY_TEST_PAUSE", "pull-failed")
+        .env("SREGISTRY_TEST_RESUME", &resume)
+        .spawn()
+        .unwrap();
+    let mut first_err = BufReader::new(first.stderr.take().unwrap());
+    let mut line = String::new();
+    first_err.read_line(&mut line).unwrap();
+    assert!(line.contains("paused at pull-failed"), "{line}");
+    let mut second = pull(SECRET_KEY).spawn().unwrap();
+    let mut second_err = BufReader::new(second.stderr.take().unwrap());
+    let mut said = String::new();
+    second_err.read_line(&mut said).unwrap();
+    assert!(said.contains("waiting for another process"), "{said}");
+    fs::write(&resume, "").unwrap();
+
+    let mut rest = String::new();
+    first_err.read_to_string(&mut rest).unwrap();
+    assert_eq!(first.wait().unwrap().code(), Some(1), "{rest}");
+    assert!(rest.contains("AWS_SECRET_ACCESS_KEY"), "{rest}");
+    let mut rest = String::new();
+    second_err.read_to_string(&mut rest).unwrap();
+    let out = second.wait_with_output().unwrap();
+    assert!(out.status.success(), "{said}{rest}\n{}", s3.log());
+    let path = String::from_utf8_lossy(&out.stdout).trim_end().to_string();
+    let held = stdout_of(env.cmd().args(["get", "lab/tool:1"]));
+    assert_eq!(fs::read(path).unwrap(), fs::read(held).unwrap());
+}

@@ -89,6 +89,16 @@ impl Registry {
         )
     }
 
+    /// No authentication, over TLS with this certificate chain and key (PEM files).
+    pub fn tls(cert: &Path, key: &Path) -> Registry {
+        let tls = format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            cert.display(),
+            key.display()
+        );
+        Registry::start(&tls, tempfile::tempdir().unwrap(), None)
+    }
+
     /// Basic auth against an htpasswd file (bcrypt, as the registry requires).
     pub fn htpasswd(user: &str, password: &str) -> Registry {
         let dir = tempfile::tempdir().unwrap();

@@ -27,6 +27,14 @@ pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
     let opts = super::remote_options(ctx, args.insecure, None)?;
     let host = remote::registry_host(&args.host)?;
     let path = remote::login(&host, &args.username, &password, &opts)?;
+    if ctx.json {
+        super::output::json(&serde_json::json!({
+            "host": host,
+            "username": args.username,
+            "credentials_file": path,
+        }))?;
+        return Ok(());
+    }
     ctx.say(format!(
         "logged in to {} as {} (saved in {})",
         host,
@@ -39,6 +47,14 @@ pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
 pub fn logout(ctx: &Ctx, args: &LogoutArgs) -> Result<()> {
     let host = remote::registry_host(&args.host)?;
     let (path, removed) = remote::logout(&host)?;
+    if ctx.json {
+        super::output::json(&serde_json::json!({
+            "host": host,
+            "removed": removed,
+            "credentials_file": path,
+        }))?;
+        return Ok(());
+    }
     if removed {
         ctx.say(format!(
             "removed the credentials for {host} from {}",

@@ -18,7 +18,17 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     let pulled = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
     let entry = &pulled.entry;
     if ctx.json {
-        output::json(&output::EntryJson::from(entry))?;
+        // The entry, and whether this pull downloaded it or found the remote unchanged.
+        #[derive(serde::Serialize)]
+        struct Pulled<'a> {
+            #[serde(flatten)]
+            entry: output::EntryJson<'a>,
+            downloaded: bool,
+        }
+        output::json(&Pulled {
+            entry: output::EntryJson::from(entry),
+            downloaded: pulled.downloaded,
+        })?;
     } else {
         ctx.say(format!(
             "{} {} as {} ({})",
