@@ -133,7 +133,8 @@ fn a_mistyped_s3_endpoint_is_a_usage_error_that_names_it_never_a_panic() {
         ),
         (
             "http://127.0.0.1:9000/?x=1",
-            "http://127.0.0.1:9000/?x=1",
+            // A query value is never shown, an endpoint's neither.
+            "http://127.0.0.1:9000/?x=***",
             "query",
         ),
         (
