@@ -285,6 +285,67 @@ fn gone_and_changed_files_are_reported_and_not_imported() {
     assert_has(&lines[1], &["lab/changed:1@", &file, "changed", &now]);
 }
 
+/// The danger: rows whose `collection` row is gone silently left out ("0 not imported",
+/// exit 0, the image not in the cache). A row whose collection row was deleted by hand
+/// comes over under the collection its `uri` names (its stdout line says so); one whose
+/// `uri` names none either is reported on its own line (exit 4). The old database stays
+/// as it was.
+#[test]
+fn rows_whose_collection_row_is_gone_are_imported_or_reported() {
+    let env = Env::new();
+    let old = Old::new(&env);
+    old.add(&[
+        (&fixture("one-group.sif"), "lost/one:1"),
+        (&fixture("two-groups.sif"), "gone/two:2"),
+        (&fixture("empty.sif"), "kept/three:3"),
+    ]);
+    // Delete two collection rows, and take the uri of one of their rows, with Python's
+    // own sqlite3 (not the code under test).
+    let script = "import sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1])\n\
+        c.execute(\"DELETE FROM collection WHERE name IN ('lost', 'gone')\")\n\
+        c.execute(\"UPDATE container SET uri = NULL WHERE name = 'two'\")\n\
+        c.commit()";
+    let out = StdCommand::new(old_python())
+        .args(["-c", script])
+        .arg(old.db())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = old.rows();
+    let db_before = old.db_bytes();
+    let out = migrate(&env, &old, &[], 4);
+    assert_eq!(env.names(), vec!["kept/three:3", "lost/one:1"]);
+    assert_eq!(
+        get_bytes(&env, "lost/one:1"),
+        fs::read(fixture("one-group.sif")).unwrap()
+    );
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("imported lost/one:1"))
+        .unwrap_or_else(|| panic!("no line for lost/one:1: {stdout}"));
+    assert_has(line, &["collection row is gone", "from its uri"]);
+    let lines = not_imported(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let two = rows.iter().find(|r| r["name"] == "two").unwrap();
+    assert_has(
+        &lines[0],
+        &[
+            &format!("row {} `two:2`", two["id"]),
+            "collection row is gone",
+            "sregistry add",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("2 imported, 0 already there, 1 not imported"),
+        "{stderr}"
+    );
+    assert_eq!(old.db_bytes(), db_before, "the old database was written");
+    env.assert_blobs_verify();
+}
+
 /// The danger: images under names the old client accepted and ours refuses silently left
 /// behind, or imported under a name that clashes with another image. A name with a space
 /// and `!` comes over normalised (said on its line); one whose normalised name is another

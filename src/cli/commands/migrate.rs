@@ -37,10 +37,13 @@ pub fn run(ctx: &Ctx, args: &MigrateArgs) -> Result<()> {
                 name,
                 normalized_from,
             } if !ctx.json && !ctx.quiet => {
-                let note = normalized_from
+                let mut note = normalized_from
                     .as_ref()
                     .map(|old| format!(", name normalised from `{old}`"))
                     .unwrap_or_default();
+                if r.collection_from_uri {
+                    note.push_str(", its collection row is gone: collection taken from its uri");
+                }
                 output::line(format!("{verb} {name} (row {} `{}`{note})", r.id, r.uri))?;
             }
             Outcome::AlreadyThere { name } if !ctx.json && !ctx.quiet => {

@@ -9,6 +9,9 @@
 //!   (normalised where ours refuses the old name, see [`names`]), with its facts as
 //!   labels: [`LABEL_VERSION`], [`LABEL_URL`], [`LABEL_URI`], [`LABEL_METRICS`],
 //!   [`LABEL_ROW`], [`LABEL_CREATED`] (a NULL column gives no label).
+//! * A row whose `collection` row is gone takes its collection from its `uri` (the report
+//!   says so: [`RowReport::collection_from_uri`]); one whose `uri` names none either is
+//!   [`Outcome::NoCollection`], never left out of the report.
 //! * Several rows for one name: the newest (`created_at`, then `id`) that can be imported
 //!   wins; the rows after it are [`Outcome::Superseded`], the newer ones that could not be
 //!   imported say why.
@@ -100,6 +103,8 @@ pub enum Outcome {
     Superseded { by: i64 },
     /// The row names no file.
     NoFile,
+    /// The row's collection row is gone and its `uri` names no collection either.
+    NoCollection,
     /// The row's file does not exist any more.
     FileGone,
     /// The row's version is a sha256 the file no longer matches.
@@ -134,6 +139,7 @@ impl Outcome {
                 "a newer row ({by}) has the same name and was imported instead (one name holds one image)"
             ),
             Outcome::NoFile => "the row names no image file".into(),
+            Outcome::NoCollection => "its collection row is gone from the old database and its uri names no collection; add the file by hand (`sregistry add FILE --name COLLECTION/NAME:TAG`)".into(),
             Outcome::FileGone => "its file does not exist any more".into(),
             Outcome::Changed { sha256 } => format!(
                 "its file changed since the old client added it (sha256 now {sha256}, not the row's version); check it, then add it by hand if it is right"
@@ -160,6 +166,9 @@ pub struct RowReport {
     /// The row as the old client showed it (its `uri`).
     pub uri: String,
     pub file: Option<PathBuf>,
+    /// The row's collection row is gone: its collection was taken from its `uri`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub collection_from_uri: bool,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -219,6 +228,10 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
     // Rows by the name they want, newest first; the first that can be imported wins.
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
+        if r.collection_gone && r.collection.is_empty() {
+            outcomes[i] = Some(Outcome::NoCollection);
+            continue;
+        }
         groups.entry(r.wanted_name()).or_default().push(i);
     }
     let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
@@ -284,7 +297,11 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
 
     // A normalised name is taken only if it is no other row's name (whether or not that
     // row can be imported) and no other normalised name.
-    let wanted: HashSet<String> = rows.iter().map(OldRow::wanted_name).collect();
+    let wanted: HashSet<String> = rows
+        .iter()
+        .filter(|r| !(r.collection_gone && r.collection.is_empty()))
+        .map(OldRow::wanted_name)
+        .collect();
     let mut normalized: HashMap<&str, Vec<usize>> = HashMap::new();
     for (p, pick) in picks.iter().enumerate() {
         if let Target::Normalized(k) = &pick.target {
@@ -403,6 +420,7 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             id: row.id,
             uri: row.shown(),
             file,
+            collection_from_uri: row.collection_gone && !row.collection.is_empty(),
             outcome,
         });
     }
