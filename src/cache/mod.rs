@@ -339,6 +339,24 @@ pub struct AddOptions {
     /// Told how the copy advances, and can stop it; `None` tells nobody. A file moved in
     /// by hard link is not copied, and tells nothing.
     pub progress: Option<CopyProgress>,
+    /// With `move_file`: told when the name is committed but the file's path could not be
+    /// removed (its directory not writable, a read-only filesystem). The image is in the
+    /// cache and the user's file is still at its path; `None` tells nobody.
+    pub not_removed: Option<NotRemoved>,
+}
+
+/// Told `(path, why)` when a moved file's name is committed but its path could not be
+/// removed ([`AddOptions::not_removed`]).
+#[derive(Clone)]
+pub struct NotRemoved(pub std::sync::Arc<NotRemovedFn>);
+
+/// The function behind [`NotRemoved`].
+pub type NotRemovedFn = dyn Fn(&Path, &io::Error) + Send + Sync;
+
+impl std::fmt::Debug for NotRemoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotRemoved(..)")
+    }
 }
 
 /// A file checked and staged in `tmp/` for a name, not yet committed (the first half of
@@ -359,19 +377,29 @@ struct MovedFile {
     dev: u64,
     ino: u64,
     claim: Option<MoveClaim>,
+    /// Told when the path cannot be removed.
+    not_removed: Option<NotRemoved>,
 }
 
 impl MovedFile {
     /// The name is committed: the file is the cache's. Leave its inode read-only (when it
     /// was handed over) and remove the user's path, but only if it still holds the file
-    /// that was added, not one put there since.
+    /// that was added, not one put there since. A path that cannot be removed is told to
+    /// [`AddOptions::not_removed`].
     fn release(self) {
         if let Some(c) = self.claim {
             c.keep();
         }
         if fs::symlink_metadata(&self.src).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
         {
-            let _ = fs::remove_file(&self.src);
+            match fs::remove_file(&self.src) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    if let Some(told) = &self.not_removed {
+                        (told.0)(&self.src, &e);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -410,18 +438,32 @@ struct MoveClaim {
 
 impl MoveClaim {
     fn take(
+        src: &Path,
         file: &fs::File,
         meta: &fs::Metadata,
         store: &Store,
         settings: &Settings,
     ) -> Option<MoveClaim> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::PermissionsExt;
         let same_fs = fs::metadata(store.tmp_dir()).is_ok_and(|t| t.dev() == meta.dev());
         // A shared cache's blobs belong to its group; a file of another group is copied
         // (which gives the copy the cache's group) rather than re-grouped.
         let group_ok = !settings.shared || settings.gid.is_none_or(|g| g == meta.gid());
         if meta.nlink() != 1 || !same_fs || !group_ok {
+            return None;
+        }
+        // A path that could not be removed after the commit would stay a second link to
+        // the blob, which its owner could make writable again: a file whose directory we
+        // cannot write is copied.
+        let dir = match src.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: access reads a NUL-terminated string that outlives the call.
+        if unsafe { libc::access(dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
             return None;
         }
         let file = file.try_clone().ok()?;
@@ -623,7 +665,7 @@ impl Cache {
         let mut claim = None;
         let staged = match opts
             .move_file
-            .then(|| MoveClaim::take(&file, &meta, &self.store, &self.settings))
+            .then(|| MoveClaim::take(src, &file, &meta, &self.store, &self.settings))
         {
             Some(Some(c)) => match self.store.stage_link(src) {
                 Ok(s) => {
@@ -664,6 +706,7 @@ impl Cache {
                 dev: meta.dev(),
                 ino: meta.ino(),
                 claim,
+                not_removed: opts.not_removed.clone(),
             }),
         })
     }

@@ -166,7 +166,7 @@ pub struct AddArgs {
     pub name: String,
     /// Move the file into the cache: no copy when it is on the cache's filesystem, has no
     /// other link and nobody has it open for writing (else a copy); the path is removed
-    /// once the name is committed
+    /// once the name is committed (exit 1 with a warning if it cannot be)
     #[arg(long = "move")]
     pub move_file: bool,
     /// Attach a label (repeatable)
@@ -465,7 +465,8 @@ pub struct MigrateArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Move the files into the cache (the rules of `add --move`) instead of copying them;
-    /// the old database still lists them
+    /// the old database still lists them (exit 1 with a warning per file that cannot be
+    /// removed)
     #[arg(long = "move")]
     pub move_files: bool,
 }

@@ -473,6 +473,48 @@ fn move_takes_the_files_and_a_second_run_adds_nothing() {
     env.assert_blobs_verify();
 }
 
+/// The danger: `migrate --move` saying "files moved" (exit 0) when the old files cannot
+/// be removed (their filesystem read-only here; a directory the user cannot write is the
+/// same). Each row is imported, a warning per file names it, the summary counts them,
+/// the files stay whole at their paths, and the exit status is 1.
+#[test]
+fn a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1() {
+    if crate::common::skip_unless_root(
+        "a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1",
+        "mounting a tmpfs needs root",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let old = Old::new(&env);
+    let storage = crate::common::Tmpfs::mount(&old.storage, "20m");
+    let stored = old.add(&[
+        (&fixture("one-group.sif"), "lab/one:1"),
+        (&fixture("two-groups.sif"), "lab/two:1"),
+    ]);
+    storage.remount_read_only();
+    let out = migrate(&env, &old, &["--move"], 1);
+    assert_eq!(env.names(), vec!["lab/one:1", "lab/two:1"]);
+    let stderr = text(&out.stderr);
+    for (p, (f, name)) in stored.iter().zip([
+        ("one-group.sif", "lab/one:1"),
+        ("two-groups.sif", "lab/two:1"),
+    ]) {
+        assert_eq!(fs::read(p).unwrap(), fs::read(fixture(f)).unwrap());
+        assert_eq!(get_bytes(&env, name), fs::read(fixture(f)).unwrap());
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("warning:") && l.contains(&format!("`{}`", p.display())))
+            .unwrap_or_else(|| panic!("no warning names `{}`: {stderr}", p.display()));
+        assert_has(line, &[&format!("`{name}`"), "copied, not moved"]);
+    }
+    assert!(
+        stderr.contains("2 imported") && stderr.contains("2 copied and not removed"),
+        "{stderr}"
+    );
+    env.assert_blobs_verify();
+}
+
 /// The danger: migrate overwriting what the user already keeps in the cache. A name
 /// that points to other content (not put there by migrate) is left alone, and a pinned
 /// one too; each is reported (exit 4) and the other rows are imported.

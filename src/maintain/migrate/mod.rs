@@ -24,6 +24,10 @@
 //!   [`Outcome::Taken`] and left alone.
 //! * The names are committed through [`Cache::add_many`], a batch of names per index
 //!   transaction; a dry run plans the same and commits nothing.
+//! * With `move_files`, a row whose file could not be removed from its old path once its
+//!   name was committed (its directory not writable) says so
+//!   ([`RowReport::not_removed`], counted in [`Report::not_removed`]): its image is in the
+//!   cache, and the file was copied, not moved.
 
 mod names;
 mod olddb;
@@ -35,7 +39,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::cache::{AddItem, AddOptions, Cache, CacheError, Entry};
+use crate::cache::{AddItem, AddOptions, Cache, CacheError, Entry, NotRemoved};
 use crate::format::reference::Reference;
 pub use names::{Target, target};
 pub use olddb::{DB_FILE, OldDbError, OldRow, read_rows};
@@ -169,6 +173,10 @@ pub struct RowReport {
     /// The row's collection row is gone: its collection was taken from its `uri`.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub collection_from_uri: bool,
+    /// With `--move`: the row's image is in the cache, but its old path could not be
+    /// removed (why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_removed: Option<String>,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -182,6 +190,8 @@ pub struct Report {
     pub imported: usize,
     pub already_there: usize,
     pub not_imported: usize,
+    /// With `--move`: rows imported whose old path could not be removed.
+    pub not_removed: usize,
     pub rows: Vec<RowReport>,
 }
 
@@ -329,6 +339,7 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
     // What is already in the cache, and what to add.
     let mut items = Vec::new();
     let mut item_rows = Vec::new();
+    let kept: std::sync::Arc<std::sync::Mutex<HashMap<usize, String>>> = Default::default();
     for (p, pick) in picks.iter().enumerate() {
         if collided[p] {
             continue;
@@ -379,6 +390,14 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             opts: AddOptions {
                 move_file: opts.move_files,
                 labels: labels_of(row),
+                not_removed: Some(NotRemoved({
+                    let (kept, row) = (kept.clone(), pick.row);
+                    std::sync::Arc::new(move |_, e| {
+                        kept.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(row, e.to_string());
+                    })
+                })),
                 ..AddOptions::default()
             },
         });
@@ -407,9 +426,11 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
         imported: 0,
         already_there: 0,
         not_imported: 0,
+        not_removed: 0,
         rows: Vec::with_capacity(rows.len()),
     };
-    for ((row, file), outcome) in rows.into_iter().zip(files).zip(outcomes) {
+    let mut kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
+    for (i, ((row, file), outcome)) in rows.into_iter().zip(files).zip(outcomes).enumerate() {
         let outcome = outcome.unwrap_or(Outcome::NoFile);
         match outcome {
             Outcome::Imported { .. } => report.imported += 1,
@@ -421,6 +442,7 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             uri: row.shown(),
             file,
             collection_from_uri: row.collection_gone && !row.collection.is_empty(),
+            not_removed: kept.remove(&i).inspect(|_| report.not_removed += 1),
             outcome,
         });
     }
