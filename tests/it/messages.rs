@@ -288,3 +288,58 @@ fn doctor_outside_the_group_says_reads_work_and_blames_permissions() {
     );
     assert_eq!(out.status.code(), Some(0), "{v:#}");
 }
+
+/// The danger: a remote reference given to a command that takes a cached image's name
+/// (`inspect docker://...`) being answered "remote pulls are not supported yet", which
+/// sends the user away from `pull`. Each such command exits 2 with one line that says
+/// to pull first and names the local name the pull gives, which `get` then finds after a
+/// real pull from a real registry.
+#[test]
+fn a_remote_reference_given_to_a_local_command_names_its_local_name() {
+    let reg = crate::registry::Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "remote for local commands");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/tool:1"]),
+    );
+    let remote = reg.oras("lab/tool:1");
+    stdout_of(env.cmd().args(["push", "lab/tool:1", &remote]));
+    let out_dir = env.path("layout");
+    let before = env.snapshot();
+    let mut named = Vec::new();
+    for args in [
+        vec!["inspect", &remote],
+        vec!["rm", &remote],
+        vec!["pin", &remote],
+        vec!["unpin", &remote],
+        vec!["tag", &remote, "lab/other:1"],
+        vec!["export", &remote, out_dir.to_str().unwrap()],
+        vec!["verify", &remote],
+        vec!["push", &remote, &remote],
+    ] {
+        let err = assert_fails(env.cmd().args(&args), 2, "is a remote reference");
+        assert!(!err.contains("not supported"), "{args:?}: {err}");
+        assert!(err.contains("sregistry pull"), "{args:?}: {err}");
+        let name = err
+            .split("(by default `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .unwrap_or_else(|| panic!("{args:?} names no local name: {err}"));
+        named.push(name.to_string());
+    }
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a refused command changed the cache"
+    );
+    assert!(!out_dir.exists(), "export wrote into its target");
+    // The name they give is the one a pull gives.
+    let other = Env::new();
+    let pulled = stdout_of(other.cmd().args(["pull", &remote]));
+    for name in named {
+        assert_eq!(stdout_of(other.cmd().args(["get", &name])), pulled);
+    }
+}
