@@ -83,7 +83,10 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         RemoteError::Cache(c) => cache_error_class(c),
         RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
         RemoteError::NotFound { .. } => "NotFound",
-        RemoteError::Insecure { .. } | RemoteError::NameTaken { .. } => "InvalidInput",
+        RemoteError::Insecure { .. }
+        | RemoteError::NameTaken { .. }
+        | RemoteError::ExportTarget { .. }
+        | RemoteError::ExportTag { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }
@@ -107,7 +110,8 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::Protocol { .. }
         | RemoteError::S3 { .. }
         | RemoteError::Credentials { .. }
-        | RemoteError::Io { .. } => "RemoteError",
+        | RemoteError::Io { .. }
+        | RemoteError::ExportIo { .. } => "RemoteError",
     }
 }
 

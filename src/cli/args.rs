@@ -328,7 +328,7 @@ pub struct PullArgs {
 /// DIR gets `oci-layout`, `index.json` (TAG in `org.opencontainers.image.ref.name`) and
 /// `blobs/sha256/`: the image's config and layers, hard-linked from the cache where the
 /// filesystem allows, copied where it does not, and an OCI manifest for them. DIR must be
-/// new, empty, or an OCI layout already (TAG is added or re-pointed). `skopeo copy
+/// new, empty, or an OCI layout already (TAG is added or re-pointed; else exit 2). `skopeo copy
 /// oci:DIR:TAG ...` and `umoci unpack --image DIR:TAG` read it. Fails (exit 1, nothing
 /// written) when gc has dropped a layer; `pull --force` of the source fetches it again.
 #[derive(Debug, Args)]
@@ -339,7 +339,8 @@ pub struct ExportArgs {
     /// The OCI layout directory to write
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// The tag in the layout (default: the name's tag)
+    /// The tag in the layout (default: the name's tag): letters and digits in parts
+    /// separated by one of `-._:@+`, `--` or `/` (the OCI layout's ref.name grammar)
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
 }

@@ -1013,3 +1013,67 @@ fn an_index_whose_platform_entry_is_an_index_says_so() {
     let path = stdout_of(env.cmd().args(["pull", &by_digest]));
     assert!(std::path::Path::new(&path).is_file());
 }
+
+/// The danger: `export` into a directory of other files, or onto a file, answered with
+/// "invalid remote reference" or "cannot write the download into the cache", which send
+/// the user to the wrong place; and a `--tag` outside the OCI layout's `ref.name` grammar
+/// written into `index.json`, where skopeo and umoci cannot name it. Each is one line
+/// that names the target and what is wrong with it (exit 2), and nothing is written; a
+/// tag the grammar allows is then exported and read back by skopeo under that tag.
+#[test]
+fn export_says_what_is_wrong_with_its_target_and_refuses_bad_tags() {
+    let env = Env::new();
+    let (reg, _layout) = registry_with_app(&env);
+    stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")]));
+    let name = format!("{}/lab/app:1", reg.addr);
+    let export = |dir: &std::path::Path, tag: &str| {
+        let mut c = env.cmd();
+        c.args(["export", &name])
+            .arg(dir)
+            .arg(format!("--tag={tag}"));
+        c
+    };
+    let wrong = |err: &str| {
+        for lie in ["remote reference", "download into the cache"] {
+            assert!(!err.contains(lie), "`{lie}`: {err}");
+        }
+    };
+    // A directory of other files.
+    let other = env.path("notes");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("todo.txt"), "mine").unwrap();
+    let err = assert_fails(&mut export(&other, "v1"), 2, "not an OCI image layout");
+    assert!(
+        err.contains(&format!("cannot export into `{}`", other.display())),
+        "{err}"
+    );
+    wrong(&err);
+    assert_eq!(fs::read_dir(&other).unwrap().count(), 1);
+    // A file, and a path under a file.
+    let file = env.file("image.tar", b"a user's file");
+    for target in [file.clone(), file.join("sub")] {
+        let err = assert_fails(&mut export(&target, "v1"), 2, "not a directory");
+        assert!(err.contains(&format!("`{}`", target.display())), "{err}");
+        wrong(&err);
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"a user's file");
+    // Tags outside the grammar.
+    let dir = env.path("layout");
+    for tag in ["-v1", "v1-", "a..b", "a b", "v1/", "_x", "ü"] {
+        let err = assert_fails(&mut export(&dir, tag), 2, "invalid layout tag");
+        assert!(err.contains("--tag"), "{err}");
+        assert!(!dir.exists(), "{tag}: the layout was written");
+    }
+    // One the grammar allows.
+    stdout_of(&mut export(&dir, "v1.0-rc1+b2"));
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:v1.0-rc1+b2", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
