@@ -515,6 +515,76 @@ fn a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1() {
     env.assert_blobs_verify();
 }
 
+/// The danger: an old database with a hot rollback journal (the old client killed in
+/// the middle of a write) answered "attempt to write a readonly database", which names
+/// neither the cause nor the fix. A real one is made by killing Python's sqlite3 in the
+/// middle of a transaction that spilled into the file; migrate exits 1 with one line
+/// naming the journal, the unfinished transaction and how to roll it back, writes neither
+/// file, and after the fix it names (`PRAGMA integrity_check` as the owner) imports all.
+#[test]
+fn a_hot_journal_is_named_with_how_to_roll_it_back() {
+    let env = Env::new();
+    let old = Old::new(&env);
+    old.add(&[(&fixture("one-group.sif"), "lab/one:1")]);
+    let script = "import os, signal, sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+        c.execute('PRAGMA cache_size=1')\n\
+        c.execute('BEGIN')\n\
+        c.execute('CREATE TABLE junk(x)')\n\
+        for i in range(500): c.execute('INSERT INTO junk VALUES (randomblob(2000))')\n\
+        c.execute(\"UPDATE container SET metrics = 'half-written'\")\n\
+        os.kill(os.getpid(), signal.SIGKILL)";
+    let killed = StdCommand::new(old_python())
+        .args(["-c", script])
+        .arg(old.db())
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(libc::SIGKILL),
+        "{}",
+        text(&killed.stderr)
+    );
+    let journal = old.db_dir.join("sregistry.db-journal");
+    let journal_before = fs::read(&journal).expect("the kill left no journal");
+    assert!(!journal_before.is_empty());
+    let db_before = old.db_bytes();
+    let out = migrate(&env, &old, &[], 1);
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_has(
+        &err,
+        &[
+            &format!("`{}`", journal.display()),
+            "unfinished transaction",
+            "PRAGMA integrity_check",
+        ],
+    );
+    assert!(!err.contains("readonly"), "{err}");
+    assert_eq!(old.db_bytes(), db_before, "the old database was written");
+    assert_eq!(
+        fs::read(&journal).unwrap(),
+        journal_before,
+        "the journal was written"
+    );
+    assert!(env.names().is_empty());
+    // The fix it names: open it once as its owner, which rolls the transaction back.
+    let fix = "import sqlite3, sys\n\
+        print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])";
+    let fixed = StdCommand::new(old_python())
+        .args(["-c", fix])
+        .arg(old.db())
+        .output()
+        .unwrap();
+    assert_eq!(text(&fixed.stdout).trim(), "ok", "{}", text(&fixed.stderr));
+    migrate(&env, &old, &[], 0);
+    assert_eq!(env.names(), vec!["lab/one:1"]);
+    assert_ne!(
+        inspect(&env, "lab/one:1")["labels"]["org.sregistry.migrate.metrics"],
+        "half-written"
+    );
+}
+
 /// The danger: migrate overwriting what the user already keeps in the cache. A name
 /// that points to other content (not put there by migrate) is left alone, and a pinned
 /// one too; each is reported (exit 4) and the other rows are imported.

@@ -17,6 +17,12 @@
 //!   whose `collection` row is gone (deleted by hand, or a `collection_id` that names
 //!   none) still says its collection: [`read_rows`] reads every row (an outer join) and
 //!   takes the collection from the `uri` when the join finds none.
+//!
+//! An old client killed in the middle of a write leaves a hot rollback journal
+//! (`sregistry.db-journal`): SQLite must roll the unfinished transaction back before
+//! anyone reads the file, which a read-only open cannot do. That is
+//! [`OldDbError::HotJournal`], naming the journal and how to roll it back; migrate never
+//! does it itself (that would write the old database).
 
 use std::path::{Path, PathBuf};
 
@@ -76,6 +82,10 @@ pub enum OldDbError {
         "`{path}` is a SQLite database but not the old sregistry client's: {detail} (give the directory that holds the old client's sregistry.db with --from DIR)"
     )]
     NotSregistry { path: PathBuf, detail: String },
+    #[error(
+        "the old sregistry database `{path}` has an unfinished transaction in `{journal}` (the old client was interrupted in the middle of a write), and migrate opens it read-only, so it cannot roll it back: as the database's owner, roll it back by opening it once (`sqlite3 {path} 'PRAGMA integrity_check'`, or any command of the old client, such as `sregistry images`), then run migrate again"
+    )]
+    HotJournal { path: PathBuf, journal: PathBuf },
 }
 
 /// Every container row of the database at `path`, by id.
@@ -100,9 +110,26 @@ pub fn read_rows(path: &Path) -> Result<Vec<OldRow>, OldDbError> {
         }
         Ok(_) => {}
     }
-    let unreadable = |e: rusqlite::Error| OldDbError::Unreadable {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
+    let journal = {
+        let mut j = path.as_os_str().to_owned();
+        j.push("-journal");
+        PathBuf::from(j)
+    };
+    let unreadable = |e: rusqlite::Error| match &e {
+        // SQLite's answer when a read-only connection finds a hot journal to roll back.
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+                || (f.code == rusqlite::ErrorCode::ReadOnly && journal.exists()) =>
+        {
+            OldDbError::HotJournal {
+                path: path.to_path_buf(),
+                journal: journal.clone(),
+            }
+        }
+        _ => OldDbError::Unreadable {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
     };
     let conn = Connection::open_with_flags(
         path,
