@@ -52,6 +52,7 @@ fn cache_error_class(e: &CacheError) -> &'static str {
         | CacheError::Layout { .. }
         | CacheError::Remove { .. }
         | CacheError::NoRoot
+        | CacheError::NotADirectory { .. }
         | CacheError::Stopped { .. }
         | CacheError::Reentered { .. }
         | CacheError::Settings(_)

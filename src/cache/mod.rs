@@ -192,6 +192,11 @@ pub enum CacheError {
     Remove { path: PathBuf, source: io::Error },
     #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
     NoRoot,
+    /// The cache root is a file, or lies under one.
+    #[error(
+        "the cache `{root}` cannot be used: `{path}` is not a directory; give a directory (--cache DIR or {CACHE_ENV})"
+    )]
+    NotADirectory { root: PathBuf, path: PathBuf },
     #[error("{what} was stopped by its progress receiver before it changed anything")]
     Stopped { what: &'static str },
     #[error(
@@ -530,7 +535,20 @@ impl Cache {
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);
-        let settings = Settings::load(&v1)?;
+        // Looked at only when the settings cannot be read, so a `get` pays nothing for it.
+        let settings = Settings::load(&v1).map_err(|e| {
+            match root
+                .ancestors()
+                .find(|p| p.exists())
+                .filter(|p| !p.is_dir())
+            {
+                Some(file) => CacheError::NotADirectory {
+                    root: root.to_path_buf(),
+                    path: file.to_path_buf(),
+                },
+                None => e.into(),
+            }
+        })?;
         Ok(Cache::with_settings(root, lock_opts, settings))
     }
 

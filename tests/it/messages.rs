@@ -343,3 +343,38 @@ fn a_remote_reference_given_to_a_local_command_names_its_local_name() {
         assert_eq!(stdout_of(other.cmd().args(["get", &name])), pulled);
     }
 }
+
+/// The danger: `--cache FILE` (a regular file) answered with "cannot read the cache
+/// settings `FILE/v1/settings.json`: Not a directory ... fix or remove the file", which
+/// points at a file that does not exist and invites removing the user's own. Every
+/// command, with `--cache` or `SREGISTRY_CACHE`, the file itself or a path under it,
+/// says that FILE is not a directory (exit 1, one line), and the file is left as it was.
+#[test]
+fn a_cache_that_is_a_file_is_named_as_not_a_directory() {
+    let env = Env::new();
+    let file = env.file("not-a-cache", b"the user's file");
+    let input = env.file("in.sif", b"content");
+    for root in [file.clone(), file.join("sub")] {
+        for args in [
+            vec!["list"],
+            vec!["get", "lab/tool:1"],
+            vec!["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+            vec!["gc"],
+            vec!["verify"],
+        ] {
+            let mut by_flag = env.cmd();
+            by_flag.arg("--cache").arg(&root).args(&args);
+            let mut by_env = env.cmd();
+            by_env.env("SREGISTRY_CACHE", &root).args(&args);
+            for c in [&mut by_flag, &mut by_env] {
+                let err = assert_fails(c, 1, "is not a directory");
+                assert!(
+                    err.contains(&format!("`{}` is not a directory", file.display())),
+                    "{err}"
+                );
+                assert!(!err.contains("settings.json"), "{err}");
+            }
+        }
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"the user's file");
+}
