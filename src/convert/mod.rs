@@ -218,10 +218,10 @@ pub enum ConvertError {
         entry: Option<String>,
         source: io::Error,
     },
-    /// The layer's bytes (which matched its digest) do not read as the tar archive its
-    /// media type declares: the image is malformed, not the copy damaged.
+    /// The layer's bytes (checked against its digest when downloaded) do not read as the
+    /// tar archive its media type declares: the image is malformed.
     #[error(
-        "layer `{digest}` (media type `{media_type}`) does not read as a tar archive{}: {source}; its bytes match its digest, so the image itself is malformed: push it again from a good copy",
+        "layer `{digest}` (media type `{media_type}`) does not read as a tar archive{}: {source}; its bytes were checked against that digest when they were downloaded, so the image itself is malformed: push it again from a good copy (`sregistry verify` checks the cache's copy, if in doubt)",
         at(entry)
     )]
     NotTar {

@@ -935,6 +935,7 @@ fn a_layer_that_is_not_a_tar_archive_is_named_as_such() {
             assert!(err.contains(&part), "{media_type}: `{part}` missing: {err}");
         }
         assert!(!err.contains("damaged"), "{err}");
+        assert!(err.contains("malformed"), "{err}");
         assert!(env.names().is_empty(), "{:?}", env.names());
         let verify = env.cmd().arg("verify").output().unwrap();
         assert_eq!(verify.status.code(), Some(0), "{verify:?}");
