@@ -192,7 +192,7 @@ pub enum CacheError {
     Remove { path: PathBuf, source: io::Error },
     #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
     NoRoot,
-    /// The cache root is a file, or lies under one.
+    /// The cache root (or its `v1/`) is a file, or lies under one.
     #[error(
         "the cache `{root}` cannot be used: `{path}` is not a directory; give a directory (--cache DIR or {CACHE_ENV})"
     )]
@@ -537,11 +537,7 @@ impl Cache {
         let v1 = root.join(FORMAT_DIR);
         // Looked at only when the settings cannot be read, so a `get` pays nothing for it.
         let settings = Settings::load(&v1).map_err(|e| {
-            match root
-                .ancestors()
-                .find(|p| p.exists())
-                .filter(|p| !p.is_dir())
-            {
+            match v1.ancestors().find(|p| p.exists()).filter(|p| !p.is_dir()) {
                 Some(file) => CacheError::NotADirectory {
                     root: root.to_path_buf(),
                     path: file.to_path_buf(),

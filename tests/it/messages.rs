@@ -377,4 +377,20 @@ fn a_cache_that_is_a_file_is_named_as_not_a_directory() {
         }
     }
     assert_eq!(fs::read(&file).unwrap(), b"the user's file");
+    // A cache directory whose `v1` is a file: that file is named.
+    let cache = env.path("odd-cache");
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join("v1"), b"not a format directory").unwrap();
+    let err = assert_fails(
+        env.cmd().arg("--cache").arg(&cache).arg("list"),
+        1,
+        "is not a directory",
+    );
+    assert!(
+        err.contains(&format!(
+            "`{}` is not a directory",
+            cache.join("v1").display()
+        )),
+        "{err}"
+    );
 }
