@@ -336,6 +336,10 @@ fn a_remote_reference_given_to_a_local_command_names_its_local_name() {
         "a refused command changed the cache"
     );
     assert!(!out_dir.exists(), "export wrote into its target");
+    // A pre-signed URL: the same line, and the query's values are not shown.
+    let signed = "https://127.0.0.1:9/lab/tool.sif?X-Amz-Signature=s3cr3t&token=t0k3n";
+    let err = assert_fails(env.cmd().args(["inspect", signed]), 2, "sregistry pull");
+    assert!(!err.contains("s3cr3t") && !err.contains("t0k3n"), "{err}");
     // The name they give is the one a pull gives.
     let other = Env::new();
     let pulled = stdout_of(other.cmd().args(["pull", &remote]));

@@ -102,8 +102,14 @@ pub fn parse_ref(s: &str) -> Result<Reference> {
                 .default_name(&sregistry::remote::RemoteOptions::default())
                 .map(|n| format!(" (by default `{}`)", n.key()))
                 .unwrap_or_default();
+            // A query's values (a pre-signed URL's signature) are never shown.
+            let shown = remote.to_string();
+            let shown = match shown.split_once('?') {
+                Some((before, _)) => format!("{before}?..."),
+                None => shown,
+            };
             crate::cli::exit::UsageError(format!(
-                "`{remote}` is a remote reference, and this command takes the name of an image in the cache: `sregistry pull` it first, then give the name it has in the cache{named}; `sregistry get` takes a remote reference and pulls it"
+                "`{shown}` is a remote reference, and this command takes the name of an image in the cache: `sregistry pull` it first, then give the name it has in the cache{named}; `sregistry get` takes a remote reference and pulls it"
             ))
             .into()
         }
