@@ -447,13 +447,15 @@ pub struct GcArgs {
 /// several rows, the newest that can be imported wins. A name already in the cache that
 /// points to other content is left alone unless an earlier migrate put it there. A row whose file is gone, whose file no longer matches
 /// its sha256 version, or whose name is not valid here even normalised (lower case, odd
-/// characters turned into `-`) is not imported. A name normalised is said per row. Running
+/// characters turned into `-`) is not imported. A name normalised is said per row; so is
+/// a collection taken from the row's uri because its collection row is gone. Running
 /// it again adds nothing. Without --move the old files stay where they are.
 ///
 /// Prints one line per imported row on stdout, one line per row not imported (why, the
 /// row's uri and id, its file) on stderr. Exit 0 when every row is in the cache, 4 when
 /// some row was not imported, 3 when there is no sregistry.db in DIR, 1 when it cannot be
-/// read or is not the old client's.
+/// read, is not the old client's, has an unfinished transaction (a hot sregistry.db-journal:
+/// the message says how to roll it back), or a --move could not remove a file.
 ///
 /// Example: sregistry migrate --from ~/.singularity --dry-run
 #[derive(Debug, Args)]
