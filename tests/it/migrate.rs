@@ -493,7 +493,12 @@ fn a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1() {
         (&fixture("two-groups.sif"), "lab/two:1"),
     ]);
     storage.remount_read_only();
-    let out = migrate(&env, &old, &["--move"], 1);
+    let out = migrate(&env, &old, &["--move", "--json"], 1);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["not_removed"], 2, "{report:#}");
+    for row in report["rows"].as_array().unwrap() {
+        assert!(row["not_removed"].is_string(), "{row:#}");
+    }
     assert_eq!(env.names(), vec!["lab/one:1", "lab/two:1"]);
     let stderr = text(&out.stderr);
     for (p, (f, name)) in stored.iter().zip([
