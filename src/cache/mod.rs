@@ -34,9 +34,12 @@
 //!
 //! The file is hard-linked into `tmp/` (never renamed away) and its path is unlinked only
 //! after the name is committed: a failure or a kill at any instant leaves it at its path.
-//! Its inode is handed over only when nobody else can write it (`MoveClaim`); otherwise
-//! it is copied. A kill before the commit may leave it read-only (mode 0444), never
-//! changed; a failure gives its mode back.
+//! Its inode is handed over only when nobody else can write it and its directory is ours
+//! to write (`MoveClaim`: a path that could not be unlinked would stay a second link to
+//! the blob); otherwise it is copied. A kill before the commit may leave it read-only
+//! (mode 0444), never changed; a failure gives its mode back. A path that cannot be
+//! unlinked after the commit (a read-only filesystem, say) keeps its copied file and is
+//! told to `AddOptions::not_removed`; the name stays committed.
 //!
 //! # Invariants kept here
 //!
