@@ -59,6 +59,7 @@ fn cache_error_class(e: &CacheError) -> &'static str {
         | CacheError::Layout { .. }
         | CacheError::Remove { .. }
         | CacheError::NoRoot
+        | CacheError::NotADirectory { .. }
         | CacheError::Stopped { .. }
         | CacheError::Reentered { .. }
         | CacheError::Settings(_)
@@ -95,7 +96,9 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::Setting(_)
         | RemoteError::BadEndpoint { .. }
         | RemoteError::CertPath { .. }
-        | RemoteError::BadLogin { .. } => "InvalidInput",
+        | RemoteError::BadLogin { .. }
+        | RemoteError::ExportTarget { .. }
+        | RemoteError::ExportTag { .. } => "InvalidInput",
         // What came was not what was asked for; nothing was stored.
         RemoteError::DigestMismatch { .. } => "Corrupt",
         RemoteError::Network { .. }
@@ -122,7 +125,8 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
         | RemoteError::S3 { .. }
         | RemoteError::Panicked { .. }
         | RemoteError::Credentials { .. }
-        | RemoteError::Io { .. } => "RemoteError",
+        | RemoteError::Io { .. }
+        | RemoteError::ExportIo { .. } => "RemoteError",
     }
 }
 

@@ -34,9 +34,12 @@
 //!
 //! The file is hard-linked into `tmp/` (never renamed away) and its path is unlinked only
 //! after the name is committed: a failure or a kill at any instant leaves it at its path.
-//! Its inode is handed over only when nobody else can write it (`MoveClaim`); otherwise
-//! it is copied. A kill before the commit may leave it read-only (mode 0444), never
-//! changed; a failure gives its mode back.
+//! Its inode is handed over only when nobody else can write it and its directory is ours
+//! to write (`MoveClaim`: a path that could not be unlinked would stay a second link to
+//! the blob); otherwise it is copied. A kill before the commit may leave it read-only
+//! (mode 0444), never changed; a failure gives its mode back. A path that cannot be
+//! unlinked after the commit (a read-only filesystem, say) keeps its copied file and is
+//! told to `AddOptions::not_removed`; the name stays committed.
 //!
 //! # Invariants kept here
 //!
@@ -192,6 +195,11 @@ pub enum CacheError {
     Remove { path: PathBuf, source: io::Error },
     #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
     NoRoot,
+    /// The cache root (or its `v1/`) is a file, or lies under one.
+    #[error(
+        "the cache `{root}` cannot be used: `{path}` is not a directory; give a directory (--cache DIR or {CACHE_ENV})"
+    )]
+    NotADirectory { root: PathBuf, path: PathBuf },
     #[error("{what} was stopped by its progress receiver before it changed anything")]
     Stopped { what: &'static str },
     #[error(
@@ -339,6 +347,24 @@ pub struct AddOptions {
     /// Told how the copy advances, and can stop it; `None` tells nobody. A file moved in
     /// by hard link is not copied, and tells nothing.
     pub progress: Option<CopyProgress>,
+    /// With `move_file`: told when the name is committed but the file's path could not be
+    /// removed (its directory not writable, a read-only filesystem). The image is in the
+    /// cache and the user's file is still at its path; `None` tells nobody.
+    pub not_removed: Option<NotRemoved>,
+}
+
+/// Told `(path, why)` when a moved file's name is committed but its path could not be
+/// removed ([`AddOptions::not_removed`]).
+#[derive(Clone)]
+pub struct NotRemoved(pub std::sync::Arc<NotRemovedFn>);
+
+/// The function behind [`NotRemoved`].
+pub type NotRemovedFn = dyn Fn(&Path, &io::Error) + Send + Sync;
+
+impl std::fmt::Debug for NotRemoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NotRemoved(..)")
+    }
 }
 
 /// A file checked and staged in `tmp/` for a name, not yet committed (the first half of
@@ -359,19 +385,29 @@ struct MovedFile {
     dev: u64,
     ino: u64,
     claim: Option<MoveClaim>,
+    /// Told when the path cannot be removed.
+    not_removed: Option<NotRemoved>,
 }
 
 impl MovedFile {
     /// The name is committed: the file is the cache's. Leave its inode read-only (when it
     /// was handed over) and remove the user's path, but only if it still holds the file
-    /// that was added, not one put there since.
+    /// that was added, not one put there since. A path that cannot be removed is told to
+    /// [`AddOptions::not_removed`].
     fn release(self) {
         if let Some(c) = self.claim {
             c.keep();
         }
         if fs::symlink_metadata(&self.src).is_ok_and(|m| m.dev() == self.dev && m.ino() == self.ino)
         {
-            let _ = fs::remove_file(&self.src);
+            match fs::remove_file(&self.src) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    if let Some(told) = &self.not_removed {
+                        (told.0)(&self.src, &e);
+                    }
+                }
+                _ => {}
+            }
         }
     }
 }
@@ -410,18 +446,32 @@ struct MoveClaim {
 
 impl MoveClaim {
     fn take(
+        src: &Path,
         file: &fs::File,
         meta: &fs::Metadata,
         store: &Store,
         settings: &Settings,
     ) -> Option<MoveClaim> {
         use std::os::fd::AsRawFd;
+        use std::os::unix::ffi::OsStrExt;
         use std::os::unix::fs::PermissionsExt;
         let same_fs = fs::metadata(store.tmp_dir()).is_ok_and(|t| t.dev() == meta.dev());
         // A shared cache's blobs belong to its group; a file of another group is copied
         // (which gives the copy the cache's group) rather than re-grouped.
         let group_ok = !settings.shared || settings.gid.is_none_or(|g| g == meta.gid());
         if meta.nlink() != 1 || !same_fs || !group_ok {
+            return None;
+        }
+        // A path that could not be removed after the commit would stay a second link to
+        // the blob, which its owner could make writable again: a file whose directory we
+        // cannot write is copied.
+        let dir = match src.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+        // SAFETY: access reads a NUL-terminated string that outlives the call.
+        if unsafe { libc::access(dir.as_ptr(), libc::W_OK | libc::X_OK) } != 0 {
             return None;
         }
         let file = file.try_clone().ok()?;
@@ -488,7 +538,16 @@ impl Cache {
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);
-        let settings = Settings::load(&v1)?;
+        // Looked at only when the settings cannot be read, so a `get` pays nothing for it.
+        let settings = Settings::load(&v1).map_err(|e| {
+            match v1.ancestors().find(|p| p.exists()).filter(|p| !p.is_dir()) {
+                Some(file) => CacheError::NotADirectory {
+                    root: root.to_path_buf(),
+                    path: file.to_path_buf(),
+                },
+                None => e.into(),
+            }
+        })?;
         Ok(Cache::with_settings(root, lock_opts, settings))
     }
 
@@ -623,7 +682,7 @@ impl Cache {
         let mut claim = None;
         let staged = match opts
             .move_file
-            .then(|| MoveClaim::take(&file, &meta, &self.store, &self.settings))
+            .then(|| MoveClaim::take(src, &file, &meta, &self.store, &self.settings))
         {
             Some(Some(c)) => match self.store.stage_link(src) {
                 Ok(s) => {
@@ -664,6 +723,7 @@ impl Cache {
                 dev: meta.dev(),
                 ino: meta.ino(),
                 claim,
+                not_removed: opts.not_removed.clone(),
             }),
         })
     }

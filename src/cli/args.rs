@@ -166,7 +166,7 @@ pub struct AddArgs {
     pub name: String,
     /// Move the file into the cache: no copy when it is on the cache's filesystem, has no
     /// other link and nobody has it open for writing (else a copy); the path is removed
-    /// once the name is committed
+    /// once the name is committed (exit 1 with a warning if it cannot be)
     #[arg(long = "move")]
     pub move_file: bool,
     /// Attach a label (repeatable)
@@ -332,7 +332,7 @@ pub struct PullArgs {
 /// DIR gets `oci-layout`, `index.json` (TAG in `org.opencontainers.image.ref.name`) and
 /// `blobs/sha256/`: the image's config and layers, hard-linked from the cache where the
 /// filesystem allows, copied where it does not, and an OCI manifest for them. DIR must be
-/// new, empty, or an OCI layout already (TAG is added or re-pointed). `skopeo copy
+/// new, empty, or an OCI layout already (TAG is added or re-pointed; else exit 2). `skopeo copy
 /// oci:DIR:TAG ...` and `umoci unpack --image DIR:TAG` read it. Fails (exit 1, nothing
 /// written) when gc has dropped a layer; `pull --force` of the source fetches it again.
 #[derive(Debug, Args)]
@@ -343,7 +343,8 @@ pub struct ExportArgs {
     /// The OCI layout directory to write
     #[arg(value_name = "DIR")]
     pub dir: PathBuf,
-    /// The tag in the layout (default: the name's tag)
+    /// The tag in the layout (default: the name's tag): letters and digits in parts
+    /// separated by one of `-._:@+`, `--` or `/` (the OCI layout's ref.name grammar)
     #[arg(long, value_name = "TAG")]
     pub tag: Option<String>,
 }
@@ -451,13 +452,15 @@ pub struct GcArgs {
 /// several rows, the newest that can be imported wins. A name already in the cache that
 /// points to other content is left alone unless an earlier migrate put it there. A row whose file is gone, whose file no longer matches
 /// its sha256 version, or whose name is not valid here even normalised (lower case, odd
-/// characters turned into `-`) is not imported. A name normalised is said per row. Running
+/// characters turned into `-`) is not imported. A name normalised is said per row; so is
+/// a collection taken from the row's uri because its collection row is gone. Running
 /// it again adds nothing. Without --move the old files stay where they are.
 ///
 /// Prints one line per imported row on stdout, one line per row not imported (why, the
 /// row's uri and id, its file) on stderr. Exit 0 when every row is in the cache, 4 when
 /// some row was not imported, 3 when there is no sregistry.db in DIR, 1 when it cannot be
-/// read or is not the old client's.
+/// read, is not the old client's, has an unfinished transaction (a hot sregistry.db-journal:
+/// the message says how to roll it back), or a --move could not remove a file.
 ///
 /// Example: sregistry migrate --from ~/.singularity --dry-run
 #[derive(Debug, Args)]
@@ -470,7 +473,8 @@ pub struct MigrateArgs {
     #[arg(long, short = 'n')]
     pub dry_run: bool,
     /// Move the files into the cache (the rules of `add --move`) instead of copying them;
-    /// the old database still lists them
+    /// the old database still lists them (exit 1 with a warning per file that cannot be
+    /// removed)
     #[arg(long = "move")]
     pub move_files: bool,
 }

@@ -3,7 +3,7 @@
 //! | code | meaning |
 //! |------|---------|
 //! | 0 | success |
-//! | 1 | error (I/O, permissions, damaged cache, lock timeout, ...) |
+//! | 1 | error (I/O, permissions, damaged cache, lock timeout, `--move` that could not remove a file, ...) |
 //! | 2 | usage: bad arguments or a malformed name |
 //! | 3 | not found: the image is not in the cache, or its name does not point to the digest given; `migrate`: no old database |
 //! | 4 | verify found a problem; `migrate`: some row was not imported |

@@ -12,10 +12,13 @@
 //!    directory's own attributes (its children stay); anything else replaces what was at
 //!    the path, a whole subtree included.
 //!
-//! Every entry's parent is resolved through the view as it stands, following symlinks the
-//! layers laid down with `..` and absolute targets held inside the root (as `umoci` does):
-//! an entry written "through" a symlink to `/` or `../../..` lands inside the root. A name
-//! that `..` takes above the root, and a hardlink whose target does so, are refused; missing
+//! An absolute entry name (`/etc/x`) is read relative to the root, as `tar` and `umoci`
+//! read it: it is kept, not refused. Every entry's parent is resolved through the view as
+//! it stands, following symlinks the layers laid down with `..` and absolute targets held
+//! inside the root (as `umoci` does): an entry written "through" a symlink to `/`, `/etc`
+//! or `../../..` lands inside the root, not refused either. Both are safe: nothing is
+//! written to disk here, and every path of the view is inside the root. A name that `..`
+//! takes above the root, and a hardlink whose target does so, are refused; missing
 //! parents are made as directories (0755, root). Regular files become inodes: a hardlink
 //! shares its target's inode as it stood when the link was applied, so the link keeps the
 //! original content even when a later layer replaces or deletes the target path. Device

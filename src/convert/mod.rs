@@ -218,6 +218,18 @@ pub enum ConvertError {
         entry: Option<String>,
         source: io::Error,
     },
+    /// The layer's bytes (checked against its digest when downloaded) do not read as the
+    /// tar archive its media type declares: the image is malformed.
+    #[error(
+        "layer `{digest}` (media type `{media_type}`) does not read as a tar archive{}: {source}; its bytes were checked against that digest when they were downloaded, so the image itself is malformed: push it again from a good copy (`sregistry verify` checks the cache's copy, if in doubt)",
+        at(entry)
+    )]
+    NotTar {
+        digest: String,
+        media_type: String,
+        entry: Option<String>,
+        source: io::Error,
+    },
     #[error(
         "layer `{digest}`: entry `{entry}` {problem}; the image is malformed or hostile and is not converted"
     )]
@@ -374,7 +386,20 @@ pub(crate) fn build_view(
     let mut view = merge::View::default();
     for (i, l) in layers.iter().enumerate() {
         let (tar, end) = layer::open(l)?;
-        let entries = read_entries(l.digest, tar, &end)?;
+        // An error the system gave (EIO) may be damage; any other is the archive's own.
+        let entries = read_entries(l.digest, tar, &end).map_err(|e| match e {
+            ConvertError::LayerRead {
+                digest,
+                entry,
+                source,
+            } if source.raw_os_error().is_none() => ConvertError::NotTar {
+                digest,
+                media_type: l.media_type.to_string(),
+                entry,
+                source,
+            },
+            e => e,
+        })?;
         view.apply_layer(i, &entries)
             .map_err(|(entry, problem)| ConvertError::Entry {
                 digest: l.digest.to_string(),

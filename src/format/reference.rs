@@ -78,9 +78,7 @@ impl Reference {
             return Err(err("it is empty"));
         }
         if input.contains("://") {
-            return Err(err(
-                "it is a remote reference; local names have no scheme (remote pulls are not supported yet)",
-            ));
+            return Err(err("it is a remote reference; local names have no scheme"));
         }
         if let Some(c) = input
             .chars()

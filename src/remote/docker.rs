@@ -338,13 +338,29 @@ fn check_layer(d: &Descriptor) -> Result<(), String> {
     ))
 }
 
+/// What a Docker schema 1 manifest is told (it has no `config` and is signed: nothing
+/// reads it as an image manifest).
+const SCHEMA_1: &str = "it is a Docker schema 1 manifest (schemaVersion 1, deprecated since 2017), which sregistry does not read; push the image again with a current client (docker push, podman push or skopeo copy write schema 2 or OCI manifests), then pull it";
+
 /// Parse an image manifest body (OCI or Docker v2 schema 2). Public for fuzzing.
 pub fn parse_image_manifest(body: &[u8]) -> Result<(Descriptor, Vec<Descriptor>), String> {
+    // The version first: a schema 1 manifest lacks the fields of the others.
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Version {
+        schema_version: Option<u32>,
+    }
+    if let Ok(Version {
+        schema_version: Some(1),
+    }) = serde_json::from_slice(body)
+    {
+        return Err(SCHEMA_1.into());
+    }
     let m: ImageManifest =
         serde_json::from_slice(body).map_err(|e| format!("not an image manifest: {e}"))?;
     if m.schema_version != 2 {
         return Err(format!(
-            "schemaVersion {} (only 2 is known; schema 1 images must be re-pushed)",
+            "schemaVersion {} (only 2 is known)",
             m.schema_version
         ));
     }
@@ -371,7 +387,16 @@ pub fn choose_platform(body: &[u8], platform: &Platform) -> Result<(String, u64)
     }
     let idx: Index = serde_json::from_slice(body).map_err(|e| format!("not an index: {e}"))?;
     let mut offered = Vec::new();
+    // Entries for the platform that are indexes themselves (not followed).
+    let mut nested = Vec::new();
     for m in &idx.manifests {
+        let index = m
+            .media_type
+            .as_deref()
+            .is_some_and(|t| t == INDEX_OCI || t == MANIFEST_LIST_DOCKER);
+        if index && m.platform.as_ref().is_none_or(|p| platform.matches(p)) {
+            nested.push(m.digest.as_str());
+        }
         let Some(p) = &m.platform else { continue };
         let image = m
             .media_type
@@ -389,6 +414,11 @@ pub fn choose_platform(body: &[u8], platform: &Platform) -> Result<(String, u64)
             .map(|v| format!("/{v}"))
             .unwrap_or_default();
         offered.push(format!("{}/{}{v}", p.os, p.architecture));
+    }
+    if let Some(inner) = nested.first() {
+        return Err(format!(
+            "no image for platform {platform} in the index itself: its entry `{inner}` (for {platform}, or for no platform) is another index, which is not followed; pull that index by its digest (`@{inner}` in place of the tag) to choose from it"
+        ));
     }
     Err(format!(
         "no image for platform {platform} (the index offers {}); choose one with --platform",

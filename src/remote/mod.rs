@@ -214,6 +214,21 @@ pub enum RemoteError {
     },
     #[error("cannot export `{name}`: {detail}")]
     Export { name: String, detail: String },
+    /// `export`'s DIR cannot hold an OCI image layout (a file, a directory of other
+    /// files, a layout whose index cannot be read).
+    #[error("cannot export into `{dir}`: {reason}")]
+    ExportTarget { dir: PathBuf, reason: String },
+    /// `export`'s tag is outside the OCI image layout's `ref.name` grammar.
+    #[error(
+        "invalid layout tag `{tag}`: {reason} (an OCI image layout's tag, `org.opencontainers.image.ref.name`, is letters and digits in parts separated by one of `-._:@+`, `--` or `/`, for example `1.0` or `v2-rc1`; give one with --tag)"
+    )]
+    ExportTag { tag: String, reason: String },
+    /// Writing the OCI image layout failed.
+    #[error("cannot write the OCI image layout at `{path}`: {source}")]
+    ExportIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cannot convert `{image}` to SIF: {detail}")]
     Convert { image: String, detail: String },
     #[error("`{url}` is not a SIF artifact: {detail}")]
@@ -294,6 +309,8 @@ impl RemoteError {
                 | RemoteError::Setting(_)
                 | RemoteError::CertPath { .. }
                 | RemoteError::BadLogin { .. }
+                | RemoteError::ExportTarget { .. }
+                | RemoteError::ExportTag { .. }
         ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
     }
 }

@@ -7,7 +7,9 @@
 //! manifest made from them (the layers' and config's digests, sizes and media types, the
 //! Docker ones given their OCI names), and `DIR/index.json` listing that manifest with
 //! `org.opencontainers.image.ref.name` = TAG. DIR must be new or empty, or an OCI layout
-//! already: then the blobs are added and TAG is (re)pointed in its index.
+//! already: then the blobs are added and TAG is (re)pointed in its index. TAG must fit the
+//! image layout spec's `ref.name` grammar ([`valid_ref_name`]); a bad TAG, and a DIR that
+//! is a file or a directory of other files, are refused before anything is written.
 //!
 //! # Promises
 //!
@@ -63,17 +65,51 @@ fn oci_media_type(t: &str) -> &str {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> RemoteError + '_ {
-    move |source| RemoteError::Io {
+    move |source| RemoteError::ExportIo {
         path: path.to_path_buf(),
         source,
     }
 }
 
 fn refuse(dir: &Path, reason: impl Into<String>) -> RemoteError {
-    RemoteError::BadRef {
-        shown: dir.display().to_string(),
+    RemoteError::ExportTarget {
+        dir: dir.to_path_buf(),
         reason: reason.into(),
     }
+}
+
+/// Whether `tag` fits the OCI image layout spec's grammar for
+/// `org.opencontainers.image.ref.name`:
+///
+/// ```text
+/// ref       ::= component ("/" component)*
+/// component ::= alphanum (separator alphanum)*
+/// alphanum  ::= [A-Za-z0-9]+
+/// separator ::= [-._:@+] | "--"
+/// ```
+pub fn valid_ref_name(tag: &str) -> bool {
+    tag.split('/').all(|c| {
+        let b = c.as_bytes();
+        if !b.first().is_some_and(u8::is_ascii_alphanumeric) {
+            return false;
+        }
+        let mut i = 0;
+        while i < b.len() {
+            if b[i].is_ascii_alphanumeric() {
+                i += 1;
+                continue;
+            }
+            i += match (b[i], b.get(i + 1)) {
+                (b'-', Some(b'-')) => 2,
+                (c, _) if b"-._:@+".contains(&c) => 1,
+                _ => return false,
+            };
+            if !b.get(i).is_some_and(u8::is_ascii_alphanumeric) {
+                return false;
+            }
+        }
+        true
+    })
 }
 
 /// Write the image `name` into the OCI layout `dir` under `tag`.
@@ -83,6 +119,12 @@ pub fn export(
     dir: &Path,
     tag: &str,
 ) -> Result<Exported, RemoteError> {
+    if !valid_ref_name(tag) {
+        return Err(RemoteError::ExportTag {
+            tag: crate::format::reference::shown(tag),
+            reason: "it does not fit the grammar".into(),
+        });
+    }
     let parts = cache.open_parts(name)?;
     if parts.len() < 2 {
         return Err(RemoteError::Export {
@@ -197,8 +239,12 @@ fn prepare_dir(dir: &Path) -> Result<(), RemoteError> {
             }
         }
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            fs::create_dir_all(dir).map_err(io_err(dir))?;
+            fs::create_dir_all(dir).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOTDIR) => not_a_dir(dir),
+                _ => io_err(dir)(e),
+            })?;
         }
+        Err(e) if e.raw_os_error() == Some(libc::ENOTDIR) => return Err(not_a_dir(dir)),
         Err(e) => return Err(io_err(dir)(e)),
     }
     let layout = dir.join(LAYOUT_FILE);
@@ -206,6 +252,13 @@ fn prepare_dir(dir: &Path) -> Result<(), RemoteError> {
         write_atomically(&layout, br#"{"imageLayoutVersion":"1.0.0"}"#)?;
     }
     Ok(())
+}
+
+fn not_a_dir(dir: &Path) -> RemoteError {
+    refuse(
+        dir,
+        "it is not a directory (a file is there, or in its path); give a new or empty directory, or an OCI image layout",
+    )
 }
 
 /// Copy a part from its open file into `dest` (through a temporary name).
@@ -233,4 +286,36 @@ fn write_atomically(path: &Path, body: &[u8]) -> Result<(), RemoteError> {
         return Err(io_err(path)(e));
     }
     fs::rename(&tmp, path).map_err(io_err(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_ref_name;
+
+    /// The image layout spec's `ref.name` grammar, case by case.
+    #[test]
+    fn layout_tags_follow_the_ref_name_grammar() {
+        for ok in [
+            "1",
+            "latest",
+            "1.0",
+            "v2-rc1",
+            "a--b",
+            "a_b",
+            "a:b",
+            "a@b",
+            "a+b",
+            "lab/tool",
+            "Lab/Tool/1.0",
+            "UPPER",
+        ] {
+            assert!(valid_ref_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "-a", "a-", "_a", ".a", "a..b", "a._b", "a---b", "a b", "a/", "/a", "a//b", "a#b",
+            "a%b", "ñ", "a\nb",
+        ] {
+            assert!(!valid_ref_name(bad), "{bad:?}");
+        }
+    }
 }

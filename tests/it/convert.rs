@@ -521,9 +521,10 @@ fn hostile_layers_are_refused_naming_layer_and_entry() {
     }
 }
 
-/// Entries written through symlinks to `/` and to `../..`, and absolute names, land inside
-/// the root; a device node is skipped and reported, and the squashfs holds nothing outside
-/// the root and no device.
+/// The promise of docs/remotes.md: entries written through symlinks to `/`, to `/etc` and
+/// to `../..`, and absolute names, are kept and land inside the root (not refused, and
+/// not outside it: nothing of theirs appears on this machine); a device node is skipped and
+/// reported, and the squashfs holds nothing outside the root and no device.
 #[test]
 fn hostile_layers_stay_inside_the_root() {
     let work = tempfile::tempdir().unwrap();
@@ -534,6 +535,7 @@ fn hostile_layers_stay_inside_the_root() {
         &[
             Raw("root-link", T::Symlink, b"/", 0o777),
             Raw("up", T::Symlink, b"../../..", 0o777),
+            Raw("etc-link", T::Symlink, b"/etc", 0o777),
             Raw("dev/", T::Directory, b"", 0o755),
         ],
     );
@@ -544,6 +546,7 @@ fn hostile_layers_stay_inside_the_root() {
             Raw("root-link/etc/evil", T::Regular, b"1", 0o644),
             Raw("up/tmp/evil2", T::Regular, b"2", 0o644),
             Raw("/abs/file", T::Regular, b"3", 0o644),
+            Raw("etc-link/sregistry-evil4", T::Regular, b"4", 0o644),
             Raw("dev/null", T::Char, b"", 0o666),
         ],
     );
@@ -551,6 +554,15 @@ fn hostile_layers_stay_inside_the_root() {
     assert_eq!(fs::read(root.join("etc/evil")).unwrap(), b"1");
     assert_eq!(fs::read(root.join("tmp/evil2")).unwrap(), b"2");
     assert_eq!(fs::read(root.join("abs/file")).unwrap(), b"3");
+    assert_eq!(fs::read(root.join("etc/sregistry-evil4")).unwrap(), b"4");
+    for outside in [
+        "/etc/evil",
+        "/tmp/evil2",
+        "/abs/file",
+        "/etc/sregistry-evil4",
+    ] {
+        assert!(!Path::new(outside).exists(), "`{outside}` was written");
+    }
     assert_eq!(
         fs::read_link(root.join("root-link")).unwrap(),
         Path::new("/")

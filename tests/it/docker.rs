@@ -869,3 +869,261 @@ fn each_platform_is_its_own_image_and_gc_keeps_both() {
     );
     env.assert_blobs_verify();
 }
+
+/// Upload `bytes` as a blob of `repo` with curl (POST, then PUT with the digest, as the
+/// registry wants it); its digest.
+fn curl_blob(env: &Env, reg: &Registry, repo: &str, bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+    let file = env.path(&format!("upload-{}", &digest[7..19]));
+    fs::write(&file, bytes).unwrap();
+    let head = std::process::Command::new("curl")
+        .args(["-sSf", "-o", "/dev/null", "-D", "-", "-X", "POST"])
+        .arg(format!("http://{}/v2/{repo}/blobs/uploads/", reg.addr))
+        .output()
+        .unwrap();
+    assert!(head.status.success(), "{head:?}");
+    let head = String::from_utf8(head.stdout).unwrap();
+    let location = head
+        .lines()
+        .find_map(|l| {
+            l.split_once(':')
+                .filter(|(k, _)| k.eq_ignore_ascii_case("location"))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no Location: {head}"));
+    let sep = if location.contains('?') { '&' } else { '?' };
+    run(std::process::Command::new("curl")
+        .args(["-sSf", "-o", "/dev/null", "-X", "PUT"])
+        .args(["-H", "Content-Type: application/octet-stream"])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!("{location}{sep}digest={digest}")));
+    digest
+}
+
+/// PUT `body` as the manifest `repo:reference` with its media type, with curl.
+fn curl_manifest(
+    env: &Env,
+    reg: &Registry,
+    repo: &str,
+    reference: &str,
+    media_type: &str,
+    body: &[u8],
+) {
+    let file = env.path("manifest-upload.json");
+    fs::write(&file, body).unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-w", "%{http_code}", "-X", "PUT"])
+        .args(["-H", &format!("Content-Type: {media_type}")])
+        .arg("--data-binary")
+        .arg(format!("@{}", file.display()))
+        .arg(format!(
+            "http://{}/v2/{repo}/manifests/{reference}",
+            reg.addr
+        ))
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        said.ends_with("201"),
+        "the registry refused the manifest: {said}"
+    );
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
+}
+
+/// The danger: a layer whose bytes match its digest but are not a tar archive reported as
+/// "the blob may be damaged (`sregistry verify` checks it)", when verify finds nothing
+/// and the image itself is malformed. The real registry holds the image (curl pushed it);
+/// the one line names the layer's digest and media type and says it is not a tar
+/// archive; nothing is named, and verify is clean.
+#[test]
+fn a_layer_that_is_not_a_tar_archive_is_named_as_such() {
+    let env = Env::new();
+    let reg = Registry::anonymous();
+    let config = br#"{"architecture":"amd64","os":"linux","config":{},"rootfs":{"type":"layers","diff_ids":[]}}"#;
+    let text: Vec<u8> = "this is a text file, not a tar archive\n"
+        .repeat(100)
+        .into_bytes();
+    for (media_type, layer) in [
+        ("application/vnd.oci.image.layer.v1.tar", text.clone()),
+        ("application/vnd.oci.image.layer.v1.tar+gzip", {
+            use std::io::Write as _;
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            gz.write_all(&text).unwrap();
+            gz.finish().unwrap()
+        }),
+    ] {
+        let config_digest = curl_blob(&env, &reg, "lab/nottar", config);
+        let layer_digest = curl_blob(&env, &reg, "lab/nottar", &layer);
+        let manifest = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config.len()},
+            "layers": [{"mediaType": media_type, "digest": layer_digest, "size": layer.len()}],
+        });
+        let body = serde_json::to_vec(&manifest).unwrap();
+        curl_manifest(
+            &env,
+            &reg,
+            "lab/nottar",
+            "1",
+            "application/vnd.oci.image.manifest.v1+json",
+            &body,
+        );
+        let err = assert_fails(
+            env.cmd().args(["pull", &docker(&reg, "lab/nottar:1")]),
+            1,
+            "does not read as a tar archive",
+        );
+        for part in [format!("`{layer_digest}`"), format!("`{media_type}`")] {
+            assert!(err.contains(&part), "{media_type}: `{part}` missing: {err}");
+        }
+        assert!(!err.contains("damaged"), "{err}");
+        assert!(err.contains("malformed"), "{err}");
+        assert!(env.names().is_empty(), "{:?}", env.names());
+        let verify = env.cmd().arg("verify").output().unwrap();
+        assert_eq!(verify.status.code(), Some(0), "{verify:?}");
+    }
+}
+
+/// The danger: a Docker schema 1 image reported as "not an image manifest: missing field
+/// `config`". A real registry that accepts schema 1 holds one (skopeo wrote it, signed);
+/// the pull says "schema 1" and to push the image again with a current client.
+#[test]
+fn a_schema_1_image_is_named_as_such_with_what_to_do() {
+    let env = Env::new();
+    let reg = Registry::anonymous_with_schema1();
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let l = images::app_image(&work);
+    l.push("app", &docker(&reg, "lab/old:1"), &["--format", "v2s1"]);
+    let err = assert_fails(
+        env.cmd().args(["pull", &docker(&reg, "lab/old:1")]),
+        1,
+        "schema 1",
+    );
+    assert!(err.contains("push the image again"), "{err}");
+    assert!(env.names().is_empty(), "{:?}", env.names());
+}
+
+/// The danger: an index whose linux/amd64 entry is itself an index answered "no image for
+/// platform linux/amd64 (the index offers none)", which is false. A real registry holds
+/// the nested index (curl pushed it over an image skopeo pushed); the line says the entry
+/// is another index and how to pull it, and the pull it names works.
+#[test]
+fn an_index_whose_platform_entry_is_an_index_says_so() {
+    let env = Env::new();
+    let (reg, _layout) = registry_with_app(&env);
+    let inner_ref = docker(&reg, "lab/app:1");
+    // The inner index: the app's manifest for linux/amd64.
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sSf",
+            "-H",
+            "Accept: application/vnd.oci.image.manifest.v1+json",
+        ])
+        .arg(format!("http://{}/v2/lab/app/manifests/1", reg.addr))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let manifest = out.stdout;
+    let index_of = |digest: String, size: usize, media_type: &str| {
+        serde_json::to_vec(&serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "manifests": [{"mediaType": media_type, "digest": digest, "size": size,
+                           "platform": {"architecture": "amd64", "os": "linux"}}],
+        }))
+        .unwrap()
+    };
+    let oci_index = "application/vnd.oci.image.index.v1+json";
+    let inner = index_of(
+        sha256_of(&manifest),
+        manifest.len(),
+        "application/vnd.oci.image.manifest.v1+json",
+    );
+    let inner_digest = sha256_of(&inner);
+    curl_manifest(&env, &reg, "lab/app", &inner_digest, oci_index, &inner);
+    let outer = index_of(inner_digest.clone(), inner.len(), oci_index);
+    curl_manifest(&env, &reg, "lab/app", "nested", oci_index, &outer);
+    let err = assert_fails(
+        env.cmd().args(["pull", &docker(&reg, "lab/app:nested")]),
+        1,
+        "another index",
+    );
+    assert!(!err.contains("offers none"), "{err}");
+    assert!(err.contains(&format!("`{inner_digest}`")), "{err}");
+    // What it says to do works: the inner index by its digest.
+    let by_digest = inner_ref.replace(":1", &format!("@{inner_digest}"));
+    let path = stdout_of(env.cmd().args(["pull", &by_digest]));
+    assert!(std::path::Path::new(&path).is_file());
+}
+
+/// The danger: `export` into a directory of other files, or onto a file, answered with
+/// "invalid remote reference" or "cannot write the download into the cache", which send
+/// the user to the wrong place; and a `--tag` outside the OCI layout's `ref.name` grammar
+/// written into `index.json`, where skopeo and umoci cannot name it. Each is one line
+/// that names the target and what is wrong with it (exit 2), and nothing is written; a
+/// tag the grammar allows is then exported and read back by skopeo under that tag.
+#[test]
+fn export_says_what_is_wrong_with_its_target_and_refuses_bad_tags() {
+    let env = Env::new();
+    let (reg, _layout) = registry_with_app(&env);
+    stdout_of(env.cmd().args(["get", &docker(&reg, "lab/app:1")]));
+    let name = format!("{}/lab/app:1", reg.addr);
+    let export = |dir: &std::path::Path, tag: &str| {
+        let mut c = env.cmd();
+        c.args(["export", &name])
+            .arg(dir)
+            .arg(format!("--tag={tag}"));
+        c
+    };
+    let wrong = |err: &str| {
+        for lie in ["remote reference", "download into the cache"] {
+            assert!(!err.contains(lie), "`{lie}`: {err}");
+        }
+    };
+    // A directory of other files.
+    let other = env.path("notes");
+    fs::create_dir(&other).unwrap();
+    fs::write(other.join("todo.txt"), "mine").unwrap();
+    let err = assert_fails(&mut export(&other, "v1"), 2, "not an OCI image layout");
+    assert!(
+        err.contains(&format!("cannot export into `{}`", other.display())),
+        "{err}"
+    );
+    wrong(&err);
+    assert_eq!(fs::read_dir(&other).unwrap().count(), 1);
+    // A file, and a path under a file.
+    let file = env.file("image.tar", b"a user's file");
+    for target in [file.clone(), file.join("sub")] {
+        let err = assert_fails(&mut export(&target, "v1"), 2, "not a directory");
+        assert!(err.contains(&format!("`{}`", target.display())), "{err}");
+        wrong(&err);
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"a user's file");
+    // Tags outside the grammar.
+    let dir = env.path("layout");
+    for tag in ["-v1", "v1-", "a..b", "a b", "v1/", "_x", "ü"] {
+        let err = assert_fails(&mut export(&dir, tag), 2, "invalid layout tag");
+        assert!(err.contains("--tag"), "{err}");
+        assert!(!dir.exists(), "{tag}: the layout was written");
+    }
+    // One the grammar allows.
+    stdout_of(&mut export(&dir, "v1.0-rc1+b2"));
+    let out = std::process::Command::new("skopeo")
+        .args(["inspect", "--raw"])
+        .arg(format!("oci:{}:v1.0-rc1+b2", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

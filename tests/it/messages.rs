@@ -299,3 +299,113 @@ fn doctor_outside_the_group_says_reads_work_and_blames_permissions() {
     );
     assert_eq!(out.status.code(), Some(0), "{v:#}");
 }
+
+/// The danger: a remote reference given to a command that takes a cached image's name
+/// (`inspect docker://...`) being answered "remote pulls are not supported yet", which
+/// sends the user away from `pull`. Each such command exits 2 with one line that says
+/// to pull first and names the local name the pull gives, which `get` then finds after a
+/// real pull from a real registry.
+#[test]
+fn a_remote_reference_given_to_a_local_command_names_its_local_name() {
+    let reg = crate::registry::Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "remote for local commands");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/tool:1"]),
+    );
+    let remote = reg.oras("lab/tool:1");
+    stdout_of(env.cmd().args(["push", "lab/tool:1", &remote]));
+    let out_dir = env.path("layout");
+    let before = env.snapshot();
+    let mut named = Vec::new();
+    for args in [
+        vec!["inspect", &remote],
+        vec!["rm", &remote],
+        vec!["pin", &remote],
+        vec!["unpin", &remote],
+        vec!["tag", &remote, "lab/other:1"],
+        vec!["export", &remote, out_dir.to_str().unwrap()],
+        vec!["verify", &remote],
+        vec!["push", &remote, &remote],
+    ] {
+        let err = assert_fails(env.cmd().args(&args), 2, "is a remote reference");
+        assert!(!err.contains("not supported"), "{args:?}: {err}");
+        assert!(err.contains("sregistry pull"), "{args:?}: {err}");
+        let name = err
+            .split("(by default `")
+            .nth(1)
+            .and_then(|r| r.split('`').next())
+            .unwrap_or_else(|| panic!("{args:?} names no local name: {err}"));
+        named.push(name.to_string());
+    }
+    assert_eq!(
+        env.snapshot(),
+        before,
+        "a refused command changed the cache"
+    );
+    assert!(!out_dir.exists(), "export wrote into its target");
+    // A pre-signed URL: the same line, and the query's values are not shown.
+    let signed = "https://127.0.0.1:9/lab/tool.sif?X-Amz-Signature=s3cr3t&token=t0k3n";
+    let err = assert_fails(env.cmd().args(["inspect", signed]), 2, "sregistry pull");
+    assert!(!err.contains("s3cr3t") && !err.contains("t0k3n"), "{err}");
+    // The name they give is the one a pull gives.
+    let other = Env::new();
+    let pulled = stdout_of(other.cmd().args(["pull", &remote]));
+    for name in named {
+        assert_eq!(stdout_of(other.cmd().args(["get", &name])), pulled);
+    }
+}
+
+/// The danger: `--cache FILE` (a regular file) answered with "cannot read the cache
+/// settings `FILE/v1/settings.json`: Not a directory ... fix or remove the file", which
+/// points at a file that does not exist and invites removing the user's own. Every
+/// command, with `--cache` or `SREGISTRY_CACHE`, the file itself or a path under it,
+/// says that FILE is not a directory (exit 1, one line), and the file is left as it was.
+#[test]
+fn a_cache_that_is_a_file_is_named_as_not_a_directory() {
+    let env = Env::new();
+    let file = env.file("not-a-cache", b"the user's file");
+    let input = env.file("in.sif", b"content");
+    for root in [file.clone(), file.join("sub")] {
+        for args in [
+            vec!["list"],
+            vec!["get", "lab/tool:1"],
+            vec!["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+            vec!["gc"],
+            vec!["verify"],
+        ] {
+            let mut by_flag = env.cmd();
+            by_flag.arg("--cache").arg(&root).args(&args);
+            let mut by_env = env.cmd();
+            by_env.env("SREGISTRY_CACHE", &root).args(&args);
+            for c in [&mut by_flag, &mut by_env] {
+                let err = assert_fails(c, 1, "is not a directory");
+                assert!(
+                    err.contains(&format!("`{}` is not a directory", file.display())),
+                    "{err}"
+                );
+                assert!(!err.contains("settings.json"), "{err}");
+            }
+        }
+    }
+    assert_eq!(fs::read(&file).unwrap(), b"the user's file");
+    // A cache directory whose `v1` is a file: that file is named.
+    let cache = env.path("odd-cache");
+    fs::create_dir(&cache).unwrap();
+    fs::write(cache.join("v1"), b"not a format directory").unwrap();
+    let err = assert_fails(
+        env.cmd().arg("--cache").arg(&cache).arg("list"),
+        1,
+        "is not a directory",
+    );
+    assert!(
+        err.contains(&format!(
+            "`{}` is not a directory",
+            cache.join("v1").display()
+        )),
+        "{err}"
+    );
+}

@@ -285,6 +285,67 @@ fn gone_and_changed_files_are_reported_and_not_imported() {
     assert_has(&lines[1], &["lab/changed:1@", &file, "changed", &now]);
 }
 
+/// The danger: rows whose `collection` row is gone silently left out ("0 not imported",
+/// exit 0, the image not in the cache). A row whose collection row was deleted by hand
+/// comes over under the collection its `uri` names (its stdout line says so); one whose
+/// `uri` names none either is reported on its own line (exit 4). The old database stays
+/// as it was.
+#[test]
+fn rows_whose_collection_row_is_gone_are_imported_or_reported() {
+    let env = Env::new();
+    let old = Old::new(&env);
+    old.add(&[
+        (&fixture("one-group.sif"), "lost/one:1"),
+        (&fixture("two-groups.sif"), "gone/two:2"),
+        (&fixture("empty.sif"), "kept/three:3"),
+    ]);
+    // Delete two collection rows, and take the uri of one of their rows, with Python's
+    // own sqlite3 (not the code under test).
+    let script = "import sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1])\n\
+        c.execute(\"DELETE FROM collection WHERE name IN ('lost', 'gone')\")\n\
+        c.execute(\"UPDATE container SET uri = NULL WHERE name = 'two'\")\n\
+        c.commit()";
+    let out = StdCommand::new(old_python())
+        .args(["-c", script])
+        .arg(old.db())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rows = old.rows();
+    let db_before = old.db_bytes();
+    let out = migrate(&env, &old, &[], 4);
+    assert_eq!(env.names(), vec!["kept/three:3", "lost/one:1"]);
+    assert_eq!(
+        get_bytes(&env, "lost/one:1"),
+        fs::read(fixture("one-group.sif")).unwrap()
+    );
+    let stdout = text(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("imported lost/one:1"))
+        .unwrap_or_else(|| panic!("no line for lost/one:1: {stdout}"));
+    assert_has(line, &["collection row is gone", "from its uri"]);
+    let lines = not_imported(&out);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    let two = rows.iter().find(|r| r["name"] == "two").unwrap();
+    assert_has(
+        &lines[0],
+        &[
+            &format!("row {} `two:2`", two["id"]),
+            "collection row is gone",
+            "sregistry add",
+        ],
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("2 imported, 0 already there, 1 not imported"),
+        "{stderr}"
+    );
+    assert_eq!(old.db_bytes(), db_before, "the old database was written");
+    env.assert_blobs_verify();
+}
+
 /// The danger: images under names the old client accepted and ours refuses silently left
 /// behind, or imported under a name that clashes with another image. A name with a space
 /// and `!` comes over normalised (said on its line); one whose normalised name is another
@@ -462,6 +523,123 @@ fn move_takes_the_files_and_a_second_run_adds_nothing() {
     assert_eq!(text(&again.stdout).matches("already there").count(), 2);
     assert_eq!(env.snapshot(), before);
     env.assert_blobs_verify();
+}
+
+/// The danger: `migrate --move` saying "files moved" (exit 0) when the old files cannot
+/// be removed (their filesystem read-only here; a directory the user cannot write is the
+/// same). Each row is imported, a warning per file names it, the summary counts them,
+/// the files stay whole at their paths, and the exit status is 1.
+#[test]
+fn a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1() {
+    if crate::common::skip_unless_root(
+        "a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1",
+        "mounting a tmpfs needs root",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let old = Old::new(&env);
+    let storage = crate::common::Tmpfs::mount(&old.storage, "20m");
+    let stored = old.add(&[
+        (&fixture("one-group.sif"), "lab/one:1"),
+        (&fixture("two-groups.sif"), "lab/two:1"),
+    ]);
+    storage.remount_read_only();
+    let out = migrate(&env, &old, &["--move", "--json"], 1);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["not_removed"], 2, "{report:#}");
+    for row in report["rows"].as_array().unwrap() {
+        assert!(row["not_removed"].is_string(), "{row:#}");
+    }
+    assert_eq!(env.names(), vec!["lab/one:1", "lab/two:1"]);
+    let stderr = text(&out.stderr);
+    for (p, (f, name)) in stored.iter().zip([
+        ("one-group.sif", "lab/one:1"),
+        ("two-groups.sif", "lab/two:1"),
+    ]) {
+        assert_eq!(fs::read(p).unwrap(), fs::read(fixture(f)).unwrap());
+        assert_eq!(get_bytes(&env, name), fs::read(fixture(f)).unwrap());
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("warning:") && l.contains(&format!("`{}`", p.display())))
+            .unwrap_or_else(|| panic!("no warning names `{}`: {stderr}", p.display()));
+        assert_has(line, &[&format!("`{name}`"), "copied, not moved"]);
+    }
+    assert!(
+        stderr.contains("2 imported") && stderr.contains("2 copied and not removed"),
+        "{stderr}"
+    );
+    env.assert_blobs_verify();
+}
+
+/// The danger: an old database with a hot rollback journal (the old client killed in
+/// the middle of a write) answered "attempt to write a readonly database", which names
+/// neither the cause nor the fix. A real one is made by killing Python's sqlite3 in the
+/// middle of a transaction that spilled into the file; migrate exits 1 with one line
+/// naming the journal, the unfinished transaction and how to roll it back, writes neither
+/// file, and after the fix it names (`PRAGMA integrity_check` as the owner) imports all.
+#[test]
+fn a_hot_journal_is_named_with_how_to_roll_it_back() {
+    let env = Env::new();
+    let old = Old::new(&env);
+    old.add(&[(&fixture("one-group.sif"), "lab/one:1")]);
+    let script = "import os, signal, sqlite3, sys\n\
+        c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+        c.execute('PRAGMA cache_size=1')\n\
+        c.execute('BEGIN')\n\
+        c.execute('CREATE TABLE junk(x)')\n\
+        for i in range(500): c.execute('INSERT INTO junk VALUES (randomblob(2000))')\n\
+        c.execute(\"UPDATE container SET metrics = 'half-written'\")\n\
+        os.kill(os.getpid(), signal.SIGKILL)";
+    let killed = StdCommand::new(old_python())
+        .args(["-c", script])
+        .arg(old.db())
+        .output()
+        .unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&killed.status),
+        Some(libc::SIGKILL),
+        "{}",
+        text(&killed.stderr)
+    );
+    let journal = old.db_dir.join("sregistry.db-journal");
+    let journal_before = fs::read(&journal).expect("the kill left no journal");
+    assert!(!journal_before.is_empty());
+    let db_before = old.db_bytes();
+    let out = migrate(&env, &old, &[], 1);
+    let err = text(&out.stderr);
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert_has(
+        &err,
+        &[
+            &format!("`{}`", journal.display()),
+            "unfinished transaction",
+            "PRAGMA integrity_check",
+        ],
+    );
+    assert!(!err.contains("readonly"), "{err}");
+    assert_eq!(old.db_bytes(), db_before, "the old database was written");
+    assert_eq!(
+        fs::read(&journal).unwrap(),
+        journal_before,
+        "the journal was written"
+    );
+    assert!(env.names().is_empty());
+    // The fix it names: open it once as its owner, which rolls the transaction back.
+    let fix = "import sqlite3, sys\n\
+        print(sqlite3.connect(sys.argv[1]).execute('PRAGMA integrity_check').fetchone()[0])";
+    let fixed = StdCommand::new(old_python())
+        .args(["-c", fix])
+        .arg(old.db())
+        .output()
+        .unwrap();
+    assert_eq!(text(&fixed.stdout).trim(), "ok", "{}", text(&fixed.stderr));
+    migrate(&env, &old, &[], 0);
+    assert_eq!(env.names(), vec!["lab/one:1"]);
+    assert_ne!(
+        inspect(&env, "lab/one:1")["labels"]["org.sregistry.migrate.metrics"],
+        "half-written"
+    );
 }
 
 /// The danger: migrate overwriting what the user already keeps in the cache. A name

@@ -315,3 +315,62 @@ fn a_move_into_a_shared_cache_gives_the_blob_the_cache_group() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// The danger: `add --move` saying all is well (exit 0) when the file's directory is not
+/// the user's to write, so its path cannot be removed; and, on the cache's filesystem,
+/// the path then staying a second link to the blob, which its owner could make writable
+/// again. As a user who owns the file but not its directory: the file is copied, the name
+/// is committed, the path keeps the file (its own inode, its mode), a warning names it,
+/// and the exit status is 1.
+#[test]
+fn a_move_whose_file_cannot_be_removed_warns_and_exits_1() {
+    if skip_unless_root(
+        "a_move_whose_file_cannot_be_removed_warns_and_exits_1",
+        "running as another user needs root",
+    ) {
+        return;
+    }
+    use crate::shared::{USERS, as_user, ensure_users, public_binary};
+    ensure_users();
+    let env = Env::new();
+    fs::set_permissions(env.dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let bin = public_binary(env.dir.path());
+    let cache = env.path("user-cache");
+    let dir = env.path("not-yours");
+    fs::create_dir(&cache).unwrap();
+    fs::create_dir(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+    let data = content();
+    let file = dir.join("tool.sif");
+    fs::write(&file, &data).unwrap();
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).unwrap();
+    run(std::process::Command::new("chown")
+        .arg(USERS[0])
+        .arg(&cache)
+        .arg(&file));
+    let out = as_user(
+        USERS[0],
+        &bin,
+        &cache,
+        &[
+            "add",
+            "--move",
+            file.to_str().unwrap(),
+            "--name",
+            "lab/kept:1",
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    let warning = format!("`{}` is in the cache as `lab/kept:1`", file.display());
+    assert!(stderr.contains(&warning), "{stderr}");
+    assert!(stderr.contains("copied, not moved"), "{stderr}");
+    let meta = fs::metadata(&file).expect("the file is gone from its path");
+    assert_eq!(fs::read(&file).unwrap(), data);
+    assert_eq!(meta.nlink(), 1, "the path is a second link to the blob");
+    assert_eq!(meta.mode() & 0o777, 0o644, "the file's mode changed");
+    let path = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(fs::read(path.trim()).unwrap(), data);
+    let got = as_user(USERS[0], &bin, &cache, &["get", "--verify", "lab/kept:1"]);
+    assert!(got.status.success(), "{got:?}");
+}

@@ -79,6 +79,16 @@ impl Registry {
         Registry::start("", tempfile::tempdir().unwrap(), None)
     }
 
+    /// No authentication, and Docker schema 1 manifests accepted (distribution refuses
+    /// them by default since 2.8).
+    pub fn anonymous_with_schema1() -> Registry {
+        Registry::start(
+            "compatibility:\n  schema1:\n    enabled: true\n",
+            tempfile::tempdir().unwrap(),
+            None,
+        )
+    }
+
     /// No authentication, and a catalog page holds at most `n` repositories (the registry
     /// then answers with `Link: <...>; rel="next"`).
     pub fn anonymous_with_catalog_pages_of(n: usize) -> Registry {

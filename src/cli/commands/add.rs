@@ -6,8 +6,8 @@ use anyhow::{Context, Result};
 
 use super::{Ctx, output, parse_target_ref};
 use crate::cli::AddArgs;
-use crate::cli::exit::UsageError;
-use sregistry::cache::{AddOptions, Repoint};
+use crate::cli::exit::{ExitStatus, Reported, UsageError};
+use sregistry::cache::{AddOptions, NotRemoved, Repoint};
 
 /// Parse `KEY=VALUE` labels; keys are non-empty and have no `=`.
 pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageError> {
@@ -31,10 +31,16 @@ pub fn parse_labels(raw: &[String]) -> Result<BTreeMap<String, String>, UsageErr
 pub fn run(ctx: &Ctx, args: &AddArgs) -> Result<()> {
     let name = parse_target_ref(&args.name)?;
     let labels = parse_labels(&args.labels)?;
+    // `--move`: why the file's path could not be removed once its name was committed.
+    let kept = std::sync::Arc::new(std::sync::Mutex::new(None::<String>));
+    let told = kept.clone();
     let opts = AddOptions {
         move_file: args.move_file,
         repoint: Repoint::from_force(args.force),
         labels,
+        not_removed: Some(NotRemoved(std::sync::Arc::new(move |_, e| {
+            *told.lock().unwrap_or_else(|p| p.into_inner()) = Some(e.to_string());
+        }))),
         ..AddOptions::default()
     };
     let entry = ctx
@@ -45,6 +51,17 @@ pub fn run(ctx: &Ctx, args: &AddArgs) -> Result<()> {
         output::json(&output::EntryJson::from(&entry))?;
     } else {
         output::line(entry.path.display())?;
+    }
+    if let Some(why) = kept.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        eprintln!(
+            "warning: `{}` is in the cache as `{}`, but the file was copied, not moved: it cannot be removed ({why}); remove it by hand, or make its directory writable",
+            args.file.display(),
+            name.key()
+        );
+        return Err(Reported {
+            status: ExitStatus::Failure,
+        }
+        .into());
     }
     Ok(())
 }

@@ -37,10 +37,13 @@ pub fn run(ctx: &Ctx, args: &MigrateArgs) -> Result<()> {
                 name,
                 normalized_from,
             } if !ctx.json && !ctx.quiet => {
-                let note = normalized_from
+                let mut note = normalized_from
                     .as_ref()
                     .map(|old| format!(", name normalised from `{old}`"))
                     .unwrap_or_default();
+                if r.collection_from_uri {
+                    note.push_str(", its collection row is gone: collection taken from its uri");
+                }
                 output::line(format!("{verb} {name} (row {} `{}`{note})", r.id, r.uri))?;
             }
             Outcome::AlreadyThere { name } if !ctx.json && !ctx.quiet => {
@@ -57,6 +60,13 @@ pub fn run(ctx: &Ctx, args: &MigrateArgs) -> Result<()> {
             }
             _ => {}
         }
+        if let (Some(why), Outcome::Imported { name, .. }) = (&r.not_removed, &r.outcome) {
+            // Even under -q: the exit status is about it.
+            eprintln!(
+                "warning: row {} `{}`: {file} is in the cache as `{name}`, but was copied, not moved: it cannot be removed ({why}); remove it by hand, or make its directory writable",
+                r.id, r.uri
+            );
+        }
     }
     if ctx.json {
         output::json(&report)?;
@@ -68,12 +78,20 @@ pub fn run(ctx: &Ctx, args: &MigrateArgs) -> Result<()> {
         report.already_there,
         report.not_imported,
         report.database.display(),
-        if report.moved && !report.dry_run {
-            " (files moved; the old database still lists them)"
-        } else {
-            ""
+        match (report.moved && !report.dry_run, report.not_removed) {
+            (false, _) => String::new(),
+            (true, 0) => " (files moved; the old database still lists them)".into(),
+            (true, n) => format!(
+                " (files moved, but {n} copied and not removed from their old paths, see the warnings; the old database still lists them)"
+            ),
         }
     ));
+    if report.not_removed > 0 {
+        return Err(Reported {
+            status: ExitStatus::Failure,
+        }
+        .into());
+    }
     if report.not_imported > 0 {
         return Err(Reported {
             status: ExitStatus::Problem,

@@ -92,15 +92,35 @@ fn keep_heap_for_transfers() {
     }
 }
 
-/// Parse a local reference given on the command line.
+/// Parse a local reference given on the command line. A remote reference given where a
+/// cached image is meant (`inspect docker://...`) is a usage error that names the local
+/// name `pull` gives it.
 pub fn parse_ref(s: &str) -> Result<Reference> {
-    Ok(Reference::parse(s)?)
+    Reference::parse(s).map_err(|e| match sregistry::remote::RemoteRef::parse(s) {
+        Ok(remote) => {
+            let named = remote
+                .default_name(&sregistry::remote::RemoteOptions::default())
+                .map(|n| format!(" (by default `{}`)", n.key()))
+                .unwrap_or_default();
+            // A query's values (a pre-signed URL's signature) are never shown.
+            let shown = remote.to_string();
+            let shown = match shown.split_once('?') {
+                Some((before, _)) => format!("{before}?..."),
+                None => shown,
+            };
+            crate::cli::exit::UsageError(format!(
+                "`{shown}` is a remote reference, and this command takes the name of an image in the cache: `sregistry pull` it first, then give the name it has in the cache{named}; `sregistry get` takes a remote reference and pulls it"
+            ))
+            .into()
+        }
+        Err(_) => e.into(),
+    })
 }
 
 /// Parse a name a command will point at content (`add --name`, `tag`'s DST, `pull
 /// --name`): it cannot carry a digest (exit 2, before any work is done).
 pub fn parse_target_ref(s: &str) -> Result<Reference> {
-    let r = parse_ref(s)?;
+    let r = Reference::parse(s)?;
     sregistry::cache::refuse_digest_on_target(&r)?;
     Ok(r)
 }

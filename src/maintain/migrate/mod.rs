@@ -9,6 +9,9 @@
 //!   (normalised where ours refuses the old name, see [`names`]), with its facts as
 //!   labels: [`LABEL_VERSION`], [`LABEL_URL`], [`LABEL_URI`], [`LABEL_METRICS`],
 //!   [`LABEL_ROW`], [`LABEL_CREATED`] (a NULL column gives no label).
+//! * A row whose `collection` row is gone takes its collection from its `uri` (the report
+//!   says so: [`RowReport::collection_from_uri`]); one whose `uri` names none either is
+//!   [`Outcome::NoCollection`], never left out of the report.
 //! * Several rows for one name: the newest (`created_at`, then `id`) that can be imported
 //!   wins; the rows after it are [`Outcome::Superseded`], the newer ones that could not be
 //!   imported say why.
@@ -21,6 +24,10 @@
 //!   [`Outcome::Taken`] and left alone.
 //! * The names are committed through [`Cache::add_many`], a batch of names per index
 //!   transaction; a dry run plans the same and commits nothing.
+//! * With `move_files`, a row whose file could not be removed from its old path once its
+//!   name was committed (its directory not writable) says so
+//!   ([`RowReport::not_removed`], counted in [`Report::not_removed`]): its image is in the
+//!   cache, and the file was copied, not moved.
 
 mod names;
 mod olddb;
@@ -32,7 +39,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::Digest as _;
 
-use crate::cache::{AddItem, AddOptions, Cache, CacheError, Entry};
+use crate::cache::{AddItem, AddOptions, Cache, CacheError, Entry, NotRemoved};
 use crate::format::reference::Reference;
 pub use names::{Target, target};
 pub use olddb::{DB_FILE, OldDbError, OldRow, read_rows};
@@ -100,6 +107,8 @@ pub enum Outcome {
     Superseded { by: i64 },
     /// The row names no file.
     NoFile,
+    /// The row's collection row is gone and its `uri` names no collection either.
+    NoCollection,
     /// The row's file does not exist any more.
     FileGone,
     /// The row's version is a sha256 the file no longer matches.
@@ -134,6 +143,7 @@ impl Outcome {
                 "a newer row ({by}) has the same name and was imported instead (one name holds one image)"
             ),
             Outcome::NoFile => "the row names no image file".into(),
+            Outcome::NoCollection => "its collection row is gone from the old database and its uri names no collection; add the file by hand (`sregistry add FILE --name COLLECTION/NAME:TAG`)".into(),
             Outcome::FileGone => "its file does not exist any more".into(),
             Outcome::Changed { sha256 } => format!(
                 "its file changed since the old client added it (sha256 now {sha256}, not the row's version); check it, then add it by hand if it is right"
@@ -160,6 +170,13 @@ pub struct RowReport {
     /// The row as the old client showed it (its `uri`).
     pub uri: String,
     pub file: Option<PathBuf>,
+    /// The row's collection row is gone: its collection was taken from its `uri`.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub collection_from_uri: bool,
+    /// With `--move`: the row's image is in the cache, but its old path could not be
+    /// removed (why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_removed: Option<String>,
     #[serde(flatten)]
     pub outcome: Outcome,
 }
@@ -173,6 +190,8 @@ pub struct Report {
     pub imported: usize,
     pub already_there: usize,
     pub not_imported: usize,
+    /// With `--move`: rows imported whose old path could not be removed.
+    pub not_removed: usize,
     pub rows: Vec<RowReport>,
 }
 
@@ -219,6 +238,10 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
     // Rows by the name they want, newest first; the first that can be imported wins.
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
+        if r.collection_gone && r.collection.is_empty() {
+            outcomes[i] = Some(Outcome::NoCollection);
+            continue;
+        }
         groups.entry(r.wanted_name()).or_default().push(i);
     }
     let mut groups: Vec<Vec<usize>> = groups.into_values().collect();
@@ -284,7 +307,11 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
 
     // A normalised name is taken only if it is no other row's name (whether or not that
     // row can be imported) and no other normalised name.
-    let wanted: HashSet<String> = rows.iter().map(OldRow::wanted_name).collect();
+    let wanted: HashSet<String> = rows
+        .iter()
+        .filter(|r| !(r.collection_gone && r.collection.is_empty()))
+        .map(OldRow::wanted_name)
+        .collect();
     let mut normalized: HashMap<&str, Vec<usize>> = HashMap::new();
     for (p, pick) in picks.iter().enumerate() {
         if let Target::Normalized(k) = &pick.target {
@@ -312,6 +339,7 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
     // What is already in the cache, and what to add.
     let mut items = Vec::new();
     let mut item_rows = Vec::new();
+    let kept: std::sync::Arc<std::sync::Mutex<HashMap<usize, String>>> = Default::default();
     for (p, pick) in picks.iter().enumerate() {
         if collided[p] {
             continue;
@@ -362,6 +390,14 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             opts: AddOptions {
                 move_file: opts.move_files,
                 labels: labels_of(row),
+                not_removed: Some(NotRemoved({
+                    let (kept, row) = (kept.clone(), pick.row);
+                    std::sync::Arc::new(move |_, e| {
+                        kept.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(row, e.to_string());
+                    })
+                })),
                 ..AddOptions::default()
             },
         });
@@ -390,9 +426,11 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
         imported: 0,
         already_there: 0,
         not_imported: 0,
+        not_removed: 0,
         rows: Vec::with_capacity(rows.len()),
     };
-    for ((row, file), outcome) in rows.into_iter().zip(files).zip(outcomes) {
+    let mut kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
+    for (i, ((row, file), outcome)) in rows.into_iter().zip(files).zip(outcomes).enumerate() {
         let outcome = outcome.unwrap_or(Outcome::NoFile);
         match outcome {
             Outcome::Imported { .. } => report.imported += 1,
@@ -403,6 +441,8 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             id: row.id,
             uri: row.shown(),
             file,
+            collection_from_uri: row.collection_gone && !row.collection.is_empty(),
+            not_removed: kept.remove(&i).inspect(|_| report.not_removed += 1),
             outcome,
         });
     }

@@ -12,7 +12,17 @@
 //!   (`$SREGISTRY_STORAGE/<collection>/<name>/<tag>@<version>.sif`), or NULL for a
 //!   record without a file;
 //! * `created_at` is SQLite's `CURRENT_TIMESTAMP` text, `YYYY-MM-DD HH:MM:SS` (UTC), so
-//!   text order is time order.
+//!   text order is time order;
+//! * `uri` is `[registry/]collection/name:tag@version` (`parse_image_name`), so a row
+//!   whose `collection` row is gone (deleted by hand, or a `collection_id` that names
+//!   none) still says its collection: [`read_rows`] reads every row (an outer join) and
+//!   takes the collection from the `uri` when the join finds none.
+//!
+//! An old client killed in the middle of a write leaves a hot rollback journal
+//! (`sregistry.db-journal`): SQLite must roll the unfinished transaction back before
+//! anyone reads the file, which a read-only open cannot do. That is
+//! [`OldDbError::HotJournal`], naming the journal and how to roll it back; migrate never
+//! does it itself (that would write the old database).
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +46,9 @@ pub struct OldRow {
     pub version: Option<String>,
     pub metrics: String,
     pub created_at: Option<String>,
+    /// The row's `collection` row is gone: `collection` was taken from the `uri` (empty
+    /// when the `uri` does not end in `/name:tag[@version]` and names none).
+    pub collection_gone: bool,
 }
 
 impl OldRow {
@@ -43,6 +56,7 @@ impl OldRow {
     pub fn shown(&self) -> String {
         match &self.uri {
             Some(u) if !u.is_empty() => u.clone(),
+            _ if self.collection.is_empty() => format!("{}:{}", self.name, self.tag),
             _ => format!("{}/{}:{}", self.collection, self.name, self.tag),
         }
     }
@@ -68,6 +82,10 @@ pub enum OldDbError {
         "`{path}` is a SQLite database but not the old sregistry client's: {detail} (give the directory that holds the old client's sregistry.db with --from DIR)"
     )]
     NotSregistry { path: PathBuf, detail: String },
+    #[error(
+        "the old sregistry database `{path}` has an unfinished transaction in `{journal}` (the old client was interrupted in the middle of a write), and migrate opens it read-only, so it cannot roll it back: as the database's owner, roll it back by opening it once (`sqlite3 {path} 'PRAGMA integrity_check'`, or any command of the old client, such as `sregistry images`), then run migrate again"
+    )]
+    HotJournal { path: PathBuf, journal: PathBuf },
 }
 
 /// Every container row of the database at `path`, by id.
@@ -92,9 +110,26 @@ pub fn read_rows(path: &Path) -> Result<Vec<OldRow>, OldDbError> {
         }
         Ok(_) => {}
     }
-    let unreadable = |e: rusqlite::Error| OldDbError::Unreadable {
-        path: path.to_path_buf(),
-        detail: e.to_string(),
+    let journal = {
+        let mut j = path.as_os_str().to_owned();
+        j.push("-journal");
+        PathBuf::from(j)
+    };
+    let unreadable = |e: rusqlite::Error| match &e {
+        // SQLite's answer when a read-only connection finds a hot journal to roll back.
+        rusqlite::Error::SqliteFailure(f, _)
+            if f.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK
+                || (f.code == rusqlite::ErrorCode::ReadOnly && journal.exists()) =>
+        {
+            OldDbError::HotJournal {
+                path: path.to_path_buf(),
+                journal: journal.clone(),
+            }
+        }
+        _ => OldDbError::Unreadable {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        },
     };
     let conn = Connection::open_with_flags(
         path,
@@ -127,14 +162,14 @@ pub fn read_rows(path: &Path) -> Result<Vec<OldRow>, OldDbError> {
     let mut stmt = conn
         .prepare(
             "SELECT c.id, k.name, c.name, c.tag, c.image, c.url, c.uri, c.version, c.metrics,
-                    CAST(c.created_at AS TEXT)
-             FROM container c JOIN collection k ON k.id = c.collection_id
+                    CAST(c.created_at AS TEXT), k.id IS NULL
+             FROM container c LEFT JOIN collection k ON k.id = c.collection_id
              ORDER BY c.id",
         )
         .map_err(not_ours)?;
     let rows = stmt
         .query_map([], |r| {
-            Ok(OldRow {
+            let mut row = OldRow {
                 id: r.get(0)?,
                 collection: r.get::<_, Option<String>>(1)?.unwrap_or_default(),
                 name: r.get(2)?,
@@ -145,9 +180,26 @@ pub fn read_rows(path: &Path) -> Result<Vec<OldRow>, OldDbError> {
                 version: r.get(7)?,
                 metrics: r.get::<_, Option<String>>(8)?.unwrap_or_default(),
                 created_at: r.get(9)?,
-            })
+                collection_gone: r.get(10)?,
+            };
+            if row.collection_gone {
+                row.collection = collection_of_uri(&row).unwrap_or_default();
+            }
+            Ok(row)
         })
         .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
         .map_err(unreadable)?;
     Ok(rows)
+}
+
+/// The collection a row's `uri` names: what comes before `/name:tag`, once the
+/// `@version` the row records is taken off the end.
+fn collection_of_uri(row: &OldRow) -> Option<String> {
+    let uri = row.uri.as_deref()?;
+    let uri = match &row.version {
+        Some(v) => uri.strip_suffix(&format!("@{v}"))?,
+        None => uri,
+    };
+    let collection = uri.strip_suffix(&format!("/{}:{}", row.name, row.tag))?;
+    (!collection.is_empty()).then(|| collection.to_string())
 }
