@@ -402,7 +402,7 @@ impl Image {
             added: e.added,
             last_used: e.last_used,
             pinned: e.pinned,
-            source: e.source,
+            source: e.source.as_deref().map(sregistry::remote::shown_source),
             labels: e.labels,
             media_type: e.media_type,
             remote_digest: e.remote_digest,

@@ -20,7 +20,9 @@ pub struct EntryJson<'a> {
     pub added: String,
     pub last_used: Option<String>,
     pub pinned: bool,
-    pub source: Option<&'a str>,
+    /// As recorded, except that an older version's record of an `https://` query shows
+    /// no values ([`sregistry::remote::shown_source`]).
+    pub source: Option<String>,
     /// The platform of an image pulled from `docker://` (`os/arch[/variant]`).
     pub platform: Option<&'a str>,
     pub labels: &'a std::collections::BTreeMap<String, String>,
@@ -37,7 +39,7 @@ impl<'a> From<&'a Entry> for EntryJson<'a> {
             added: clock::rfc3339(e.added),
             last_used: e.last_used.map(clock::rfc3339),
             pinned: e.pinned,
-            source: e.source.as_deref(),
+            source: e.source.as_deref().map(sregistry::remote::shown_source),
             platform: platform_of(e),
             labels: &e.labels,
             media_type: e.media_type.as_deref(),

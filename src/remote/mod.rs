@@ -485,6 +485,40 @@ impl RemoteRef {
             _ => self.to_string(),
         }
     }
+
+    /// Whether `held`, a source recorded in the index, is this remote's: its
+    /// [`RemoteRef::source`], or for an `https://` URL with a query the form earlier
+    /// versions recorded (the URL as given, user-info hidden, query values kept), so that a
+    /// cache filled before query values were hidden still finds its images and its names
+    /// are not taken for another remote's.
+    pub fn is_source(&self, held: &str, opts: &RemoteOptions) -> bool {
+        held == self.source(opts)
+            || matches!(self, RemoteRef::Http(u) if u.contains('?') && held == legacy_http_source(u))
+    }
+}
+
+/// The source earlier versions recorded for an `https://` URL: user-info as `***@`, the
+/// rest as given (query values too, which is why it is no longer recorded).
+fn legacy_http_source(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+/// A recorded source as `list` and `inspect` show it: one recorded by an earlier version
+/// with an `https://` URL's query values has them hidden, as every source recorded now
+/// has; others as recorded.
+pub fn shown_source(held: &str) -> String {
+    if held.starts_with("http") && held.contains('?') && !held.contains(" (query ") {
+        transport::shown(held)
+    } else {
+        held.to_string()
+    }
 }
 
 /// `reduced` (a name [`sanitize_path`] made), kept as it is when it is exactly `plain`
@@ -924,7 +958,11 @@ fn docker_platform_of(opts: &RemoteOptions) -> Result<docker::Platform, String> 
 
 /// Whether `rec` was pulled from `remote` (for `docker://`, for the platform asked for).
 fn pulled_from(rec: &crate::cache::RefRecord, remote: &RemoteRef, opts: &RemoteOptions) -> bool {
-    if rec.source.as_deref() != Some(remote.source(opts).as_str()) {
+    if !rec
+        .source
+        .as_deref()
+        .is_some_and(|s| remote.is_source(s, opts))
+    {
         return false;
     }
     match (remote, docker_platform_of(opts)) {
@@ -961,10 +999,10 @@ fn refuse_taken_name(
     let Some(held) = entry.source.filter(|s| is_remote(s)) else {
         return Ok(());
     };
-    let wanted = remote.source(opts);
-    if held == wanted {
+    if remote.is_source(&held, opts) {
         return Ok(());
     }
+    let wanted = remote.source(opts);
     Err(RemoteError::NameTaken {
         name: name.key(),
         held,
@@ -1057,7 +1095,11 @@ fn pull_locked(
             // its content.
             let source = remote.source(opts);
             let entry = cache
-                .entry_in_use(name, |e| e.source.as_deref() == Some(source.as_str()))?
+                .entry_in_use(name, |e| {
+                    e.source
+                        .as_deref()
+                        .is_some_and(|s| remote.is_source(s, opts))
+                })?
                 .ok_or_else(|| RemoteError::Repointed {
                     name: name.key(),
                     remote: source.clone(),
@@ -1105,7 +1147,12 @@ fn known_from(
         Err(e) if e.is_not_found() => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    if entry.source.as_deref() != Some(remote.source(opts).as_str()) || !entry.path.is_file() {
+    if !entry
+        .source
+        .as_deref()
+        .is_some_and(|s| remote.is_source(s, opts))
+        || !entry.path.is_file()
+    {
         return Ok(None);
     }
     Ok(Some(Known {

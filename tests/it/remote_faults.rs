@@ -1908,3 +1908,88 @@ fn a_stream_longer_than_the_timeout_but_never_silent_that_long_is_not_cut_off() 
         server.seen()
     );
 }
+
+/// A cache filled by an earlier version recorded an `https://` URL's query as given
+/// (`?version=1` and its value). Hiding query values from then on must not cost that cache
+/// its images: the same URL is still found as the same remote (before, `get` and `pull`
+/// refused its own name as "held by another remote"), a re-pull asks the remote and
+/// downloads nothing when unchanged, and `list` and `inspect` show the old record without
+/// its values.
+#[test]
+fn a_query_url_recorded_by_an_earlier_version_is_still_the_same_remote() {
+    use sregistry::remote::{RemoteOptions, RemoteRef};
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |req, _| {
+        if req.header("If-None-Match") == Some(ETAG) {
+            return Reply::new(304).header("ETag", ETAG);
+        }
+        with_range(req, &body).header("ETag", ETAG)
+    });
+    let server = FaultServer::start(vec![(FILE.to_string(), file)]);
+    let env = Env::new();
+    let url = format!("{}?version=OLDVALUE1", server.url(FILE));
+    // What the earlier version left: the content under the URL's default name, its source
+    // the URL as given, its ETag recorded.
+    let name = RemoteRef::parse(&url)
+        .unwrap()
+        .default_name(&RemoteOptions::default())
+        .unwrap();
+    let other = env.file("other.img", b"another image");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&other)
+            .args(["--name", "lab/other:1"]),
+    );
+    {
+        let cache = sregistry::Cache::open(&env.cache, Default::default()).unwrap();
+        let mut ingest = cache.ingest(()).unwrap();
+        ingest.write(source.clone().into()).unwrap();
+        let ingested = ingest.seal().unwrap();
+        let labels = [(sregistry::remote::ETAG_LABEL.to_string(), ETAG.to_string())]
+            .into_iter()
+            .collect();
+        cache
+            .commit_ingested(
+                ingested,
+                &name,
+                sregistry::cache::Provenance {
+                    source: url.clone(),
+                    labels,
+                    media_type: None,
+                    remote_digest: None,
+                },
+                Default::default(),
+            )
+            .unwrap();
+    }
+    let got = stdout_of(env.cmd().args(["get", &url]));
+    assert_eq!(fs::read(&got).unwrap(), source);
+    assert!(
+        server.requests("GET", FILE).is_empty(),
+        "{:#?}",
+        server.seen()
+    );
+    let pulled = stdout_of(env.cmd().args(["pull", &url]));
+    assert_eq!(pulled, got);
+    // Asked (a HEAD that finds the recorded ETag), nothing downloaded.
+    assert_eq!(
+        server.requests("HEAD", FILE).len(),
+        1,
+        "{:#?}",
+        server.seen()
+    );
+    assert!(
+        server.requests("GET", FILE).is_empty(),
+        "{:#?}",
+        server.seen()
+    );
+    assert_eq!(env.names(), [name.key(), "lab/other:1".to_string()]);
+    let listed = stdout_of(env.cmd().args(["list", "--json"]));
+    let inspected = stdout_of(env.cmd().args(["inspect", &name.key()]));
+    for text in [&listed, &inspected] {
+        assert!(!text.contains("OLDVALUE1"), "{text}");
+        assert!(text.contains("version=***"), "{text}");
+    }
+}

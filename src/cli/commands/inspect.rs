@@ -57,7 +57,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         );
         kv("pinned:", if entry.pinned { "yes" } else { "no" }.into());
         if let Some(src) = &entry.source {
-            kv("source:", src.clone());
+            kv("source:", sregistry::remote::shown_source(src));
         }
         if let Some(p) = output::platform_of(&entry) {
             kv("platform:", p.to_string());
