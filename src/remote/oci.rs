@@ -64,6 +64,13 @@ impl OciRef {
         let (host, rest) = s
             .split_once('/')
             .ok_or("expected oras://HOST/REPOSITORY[:TAG]")?;
+        if host.contains('@') {
+            // Never echoed: what stands before `@` may be a password.
+            return Err(
+                "a user name or password does not belong in the reference; store them with `sregistry login HOST`"
+                    .into(),
+            );
+        }
         if host.is_empty()
             || host
                 .bytes()

@@ -409,3 +409,38 @@ fn a_cache_that_is_a_file_is_named_as_not_a_directory() {
         "{err}"
     );
 }
+
+/// A remote reference that is not valid, given to a command that takes a cached image's
+/// name or to one that pulls, was echoed whole in its error ("invalid image name
+/// `oras://user:PASSWORD@host/x`", "`user:PASSWORD@host` is not a host name"). However it
+/// is wrong, a password or a query value never appears in what is printed.
+#[test]
+fn a_bad_remote_reference_never_echoes_its_password_or_query() {
+    let env = Env::new();
+    let refs = [
+        "oras://user:pw-SECRET@host/x",
+        "docker://user:pw-SECRET@host/x:1",
+        "https://user:pw-SECRET@host/x.sif?sig=SIG-SECRET",
+        "https://user:pw SECRET@host/x.sif?sig=SIG-SECRET",
+        "https://host/x y.sif?X-Amz-Signature=SIG-SECRET",
+    ];
+    for r in refs {
+        for args in [
+            vec!["inspect", r],
+            vec!["rm", r],
+            vec!["pin", r],
+            vec!["pull", r],
+            vec!["get", r],
+            vec!["push", "lab/x:1", r],
+        ] {
+            let out = env.cmd().args(&args).output().unwrap();
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!out.status.success(), "{args:?}: {text}");
+            assert!(!text.contains("SECRET"), "{args:?}: {text}");
+        }
+    }
+}

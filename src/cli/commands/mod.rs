@@ -113,6 +113,15 @@ pub fn parse_ref(s: &str) -> Result<Reference> {
             ))
             .into()
         }
+        // A reference with a scheme that is not a valid remote one: its reason, which never
+        // echoes a password or a query value, rather than the name grammar's message, which
+        // would echo the input whole.
+        Err(remote) if sregistry::remote::is_remote(s) => {
+            crate::cli::exit::UsageError(format!(
+                "{remote}; this command takes the name of an image in the cache"
+            ))
+            .into()
+        }
         Err(_) => e.into(),
     })
 }
