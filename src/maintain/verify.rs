@@ -395,10 +395,19 @@ fn quarantine_and_repair(
             let names = users.get(&d).cloned().unwrap_or_default();
             let source = cache.first_source(&names)?;
             match source {
-                Some(src) if src.contains("://") => report.not_repaired.push(format!(
-                    "{}: its source `{src}` is remote, and pulling is not supported yet; add it again",
-                    names.join(", ")
-                )),
+                Some(src) if src.contains("://") => {
+                    // A source recorded with a query (by an earlier version) keeps its
+                    // values out of the report.
+                    let shown = match src.split_once('?') {
+                        Some((before, _)) => format!("{before}?..."),
+                        None => src.clone(),
+                    };
+                    report.not_repaired.push(format!(
+                        "{}: its source `{shown}` is remote, and --repair copies local files only; pull it again (`sregistry pull --force REMOTE --name {}`)",
+                        names.join(", "),
+                        names.first().map(String::as_str).unwrap_or("NAME"),
+                    ))
+                }
                 Some(src) => {
                     let path = PathBuf::from(&src);
                     let fresh = cache.copy_in(&path);
@@ -414,9 +423,10 @@ fn quarantine_and_repair(
                         )),
                     }
                 }
-                None => report
-                    .not_repaired
-                    .push(format!("{}: no source recorded; add it again", names.join(", "))),
+                None => report.not_repaired.push(format!(
+                    "{}: no source recorded; add it again",
+                    names.join(", ")
+                )),
             }
         }
     }

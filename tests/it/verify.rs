@@ -257,3 +257,49 @@ fn verify_on_a_busy_cache_reports_only_what_is_still_wrong() {
         let _ = fs::remove_file(env.cache.join("v1/tmp/delete-0-just-now"));
     }
 }
+
+/// `verify --repair` of a pulled image said "pulling is not supported yet", though pull
+/// has worked for long: it says that it copies local files only, and how to pull the
+/// image again, which then mends it.
+#[test]
+fn verify_repair_of_a_pulled_image_says_how_to_pull_it_again() {
+    let reg = crate::registry::Registry::anonymous();
+    let env = Env::new();
+    let sif = env.sif("tool.sif", "pulled then damaged");
+    stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/tool:1"]),
+    );
+    let remote = reg.oras("lab/tool:1");
+    stdout_of(env.cmd().args(["push", "lab/tool:1", &remote]));
+    let other = Env::new();
+    let path = stdout_of(
+        other
+            .cmd()
+            .args(["pull", &remote, "--name", "lab/pulled:1"]),
+    );
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(&path).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    fs::write(&path, &bytes).unwrap();
+    let out = other.cmd().args(["verify", "--repair"]).output().unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(4), "{text}");
+    assert!(!text.contains("not supported"), "{text}");
+    assert!(
+        text.contains("copies local files only")
+            && text.contains("sregistry pull --force REMOTE --name lab/pulled:1"),
+        "{text}"
+    );
+    // The advice works.
+    stdout_of(
+        other
+            .cmd()
+            .args(["pull", "--force", &remote, "--name", "lab/pulled:1"]),
+    );
+    stdout_of(other.cmd().args(["verify"]));
+}
