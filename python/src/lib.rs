@@ -130,6 +130,46 @@ fn remote_error_class(e: &RemoteError) -> &'static str {
     }
 }
 
+/// The files a `move=True` add put into the cache but could not remove from their paths
+/// (a directory the caller cannot write, a read-only filesystem): each becomes a
+/// `UserWarning` naming it, since the image is in the cache and nothing failed, but the
+/// file was copied, not moved.
+#[derive(Clone, Default)]
+struct KeptFiles(Arc<Mutex<Vec<String>>>);
+
+impl KeptFiles {
+    fn hook(&self) -> sregistry::cache::NotRemoved {
+        let kept = self.0.clone();
+        sregistry::cache::NotRemoved(Arc::new(move |path, why| {
+            if let Ok(mut k) = kept.lock() {
+                k.push(format!(
+                    "`{}` was copied into the cache, not moved: it could not be removed from its path ({why}); remove it yourself",
+                    path.display()
+                ));
+            }
+        }))
+    }
+
+    /// Issue a warning for each file told so far, and forget them.
+    fn warn(&self, py: Python<'_>) -> PyResult<()> {
+        let told = match self.0.lock() {
+            Ok(mut k) => std::mem::take(&mut *k),
+            Err(_) => Vec::new(),
+        };
+        for msg in told {
+            let msg = std::ffi::CString::new(msg.replace('\0', ""))
+                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+            PyErr::warn(
+                py,
+                &py.get_type::<pyo3::exceptions::PyUserWarning>(),
+                &msg,
+                1,
+            )?;
+        }
+        Ok(())
+    }
+}
+
 /// An instance of `sregistry._errors.<class>` carrying `message`.
 fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
     let found = py
@@ -563,16 +603,20 @@ impl PyCache {
         let path = path_arg(path, "path")?;
         let name = parse_name(name)?;
         let (told, failed) = told_by(progress);
+        let kept = KeptFiles::default();
         let opts = AddOptions {
             move_file: r#move,
             repoint: Repoint::from_force(force),
             labels: labels.unwrap_or_default(),
             progress: told.map(CopyProgress),
+            not_removed: r#move.then(|| kept.hook()),
             ..AddOptions::default()
         };
         let entry = py.detach(|| self.inner.add(&path, &name, &opts));
         raise_failed(&failed)?;
-        Ok(Image::of(entry.map_err(cache_err)?))
+        let image = Image::of(entry.map_err(cache_err)?);
+        kept.warn(py)?;
+        Ok(image)
     }
 
     /// Add many files at once: one index transaction per `batch` names (None or 0: the
@@ -611,6 +655,7 @@ impl PyCache {
         // Any iterable (a list, a generator), read once. An item whose name does not
         // parse is refused in its place, like the library's.
         let mut out: Vec<Option<Py<PyAny>>> = Vec::new();
+        let kept = KeptFiles::default();
         let mut todo = Vec::new();
         for item in items.try_iter()? {
             let item = item?;
@@ -629,6 +674,7 @@ impl PyCache {
                         opts: AddOptions {
                             move_file: r#move,
                             labels: labels.unwrap_or_default(),
+                            not_removed: r#move.then(|| kept.hook()),
                             ..AddOptions::default()
                         },
                     });
@@ -647,6 +693,7 @@ impl PyCache {
                 .detach(|| self.inner.add_many(chunk, batch))
                 .map_err(cache_err)?;
             results.extend(done);
+            kept.warn(py)?;
             if let Some(callback) = &progress {
                 callback.call1(py, (results.len(), total))?;
             }

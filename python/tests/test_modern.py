@@ -430,3 +430,37 @@ def test_errors_name_python_arguments_not_command_line_flags(cache, make_file, t
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert "SREGISTRY_CACHE" in last and "root" in last and "--cache" not in last, last
+
+
+def test_a_move_whose_file_cannot_be_removed_warns_naming_it(cache, tmp_path):
+    """Danger: `add(move=True)` of a file whose path cannot be removed (a read-only
+    filesystem, a directory the caller cannot write) leaving it in place with no word: the
+    caller believes it moved, and the disk holds it twice. The image is added; a
+    UserWarning names the file (also from add_many)."""
+    import warnings
+
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("this test mounts a read-only tmpfs and needs root")
+        pytest.skip("needs root to mount a read-only tmpfs")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "none", str(ro)], check=True)
+    try:
+        one, two = ro / "one.sif", ro / "two.sif"
+        one.write_bytes(b"one " * 500)
+        two.write_bytes(b"two " * 500)
+        subprocess.run(["mount", "-o", "remount,ro", str(ro)], check=True)
+        with warnings.catch_warnings(record=True) as seen:
+            warnings.simplefilter("always")
+            image = cache.add(one, "lab/kept:1", move=True)
+            results = cache.add_many([(two, "lab/kept:2")], move=True)
+        assert image.size == 2000 and one.read_bytes() == b"one " * 500
+        assert results[0].size == 2000 and two.exists()
+        said = [str(w.message) for w in seen if issubclass(w.category, UserWarning)]
+        assert len(said) == 2, said
+        assert str(one) in said[0] and "copied into the cache, not moved" in said[0]
+        assert str(two) in said[1]
+        assert cache.verify().clean
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)
