@@ -20,7 +20,7 @@ use std::sync::{Arc, LazyLock};
 
 use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt};
 
 use super::sink::Sink;
 use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
@@ -311,8 +311,10 @@ impl Drop for InFlight {
 /// For a process about to end on a signal: tell every `s3://` upload in flight (and any
 /// that starts later) to abort its multipart upload, so that no part is left on the
 /// server, and return how many have not yet finished aborting ([`uploads_in_flight`]
-/// says when that reaches 0). An upload told so never returns to its caller: it aborts,
-/// then waits for the process to end. Not for a process that means to go on.
+/// says when that reaches 0). An upload told so before all its parts are on the server
+/// never returns to its caller: it lets the parts in flight finish, aborts, then waits for
+/// the process to end; one told while the server completes it finishes. Not for a
+/// process that means to go on.
 pub fn abort_uploads() -> usize {
     ABORT.cancel();
     uploads_in_flight()
@@ -347,60 +349,112 @@ pub async fn push(
             source,
         })?);
     let size = f.metadata().await.ok().map(|m| m.len());
-    let upload = store
+    let mut upload = store
         .put_multipart(&path)
         .await
         .map_err(|e| s3_err(&url, e))?;
-    let mut w = WriteMultipart::new_with_chunk_size(upload, PART);
-    let mut buf = vec![0u8; 4 << 20];
+    // The parts in flight, outside the work below, so that after a signal or a failure
+    // they can be stopped and waited for before the abort: a part still arriving after
+    // the abort would be left on the server.
+    let mut parts: tokio::task::JoinSet<object_store::Result<()>> = tokio::task::JoinSet::new();
     let fed = async {
         let report = super::Report::start(opts, &url, size, 0);
         let mut done = 0u64;
+        let mut chunk: Vec<u8> = Vec::with_capacity(PART);
+        let mut sent_parts = 0usize;
+        let mut buf = vec![0u8; 4 << 20];
         loop {
             let n = f.read(&mut buf).await.map_err(|source| RemoteError::Io {
                 path: shown.to_path_buf(),
                 source,
             })?;
-            if n == 0 {
-                return Ok(());
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let take = rest.len().min(PART - chunk.len());
+                chunk.extend_from_slice(&rest[..take]);
+                rest = &rest[take..];
+                if chunk.len() == PART {
+                    while parts.len() >= MAX_PARTS_IN_FLIGHT {
+                        finished_part(&mut parts, &url).await?;
+                    }
+                    let full = std::mem::replace(&mut chunk, Vec::with_capacity(PART));
+                    parts.spawn(upload.put_part(full.into()));
+                    sent_parts += 1;
+                    if sent_parts == 1 {
+                        // The first part is on its way: the signal tests stop here (on a
+                        // thread of its own, so that the part goes on and a signal is
+                        // still heard).
+                        #[cfg(feature = "test-hooks")]
+                        let _ =
+                            tokio::task::spawn_blocking(|| crate::testhook::pause("s3-push-part"))
+                                .await;
+                    }
+                }
             }
-            w.wait_for_capacity(4).await.map_err(|e| s3_err(&url, e))?;
-            w.write(&buf[..n]);
-            let first_part = done < PART as u64 && done + n as u64 >= PART as u64;
             done += n as u64;
             report.advance(done)?;
-            if first_part {
-                // The first part is on its way: the signal tests stop here (on a thread
-                // of its own, so that the part goes on and a signal is still heard).
-                #[cfg(feature = "test-hooks")]
-                let _ =
-                    tokio::task::spawn_blocking(|| crate::testhook::pause("s3-push-part")).await;
+            if n == 0 {
+                break;
             }
         }
+        // The last part (S3 takes an upload of one part, however small).
+        if !chunk.is_empty() || sent_parts == 0 {
+            parts.spawn(upload.put_part(chunk.into()));
+        }
+        // Every part is on its way, none waited for: the signal tests stop here too.
+        #[cfg(feature = "test-hooks")]
+        let _ = tokio::task::spawn_blocking(|| crate::testhook::pause("s3-push-last-part")).await;
+        while !parts.is_empty() {
+            finished_part(&mut parts, &url).await?;
+        }
+        Ok(())
     };
-    // On any failure (or a progress hook asking to stop, or `abort_uploads`), abort the
-    // multipart upload so no parts are left on the server.
+    // On any failure (or a progress hook asking to stop, or `abort_uploads`) before every
+    // part is on the server, abort the multipart upload, so no part is left there. Once
+    // they are, the upload is completed whatever comes: a completion cut off half way
+    // could leave parts that no abort removes. A signal then is too late, and the object
+    // is whole.
     let fed: Option<Result<(), RemoteError>> =
         match select(std::pin::pin!(fed), std::pin::pin!(ABORT.cancelled())).await {
             Either::Left((fed, _)) => Some(fed),
             Either::Right(_) => None,
         };
+    if let Some(Ok(())) = fed {
+        upload.complete().await.map_err(|e| s3_err(&url, e))?;
+        return Ok((url, None));
+    }
+    // The parts in flight are let finish (the process's signal thread waits at most
+    // `ABORT_WAIT` for this) before the abort: a part cut off on our side may still be
+    // whole on the server and land there after the abort, left over for ever.
+    while parts.join_next().await.is_some() {}
+    let _ = upload.abort().await;
     match fed {
-        Some(Ok(())) => {}
-        Some(Err(e)) => {
-            let _ = w.abort().await;
-            return Err(e);
-        }
-        None => {
-            let _ = w.abort().await;
+        Some(Err(e)) => Err(e),
+        _ => {
             drop(in_flight);
             // The process is ending on a signal: its signal thread ends it.
-            return std::future::pending().await;
+            std::future::pending().await
         }
     }
-    w.finish().await.map_err(|e| s3_err(&url, e))?;
-    Ok((url, None))
 }
+
+/// Wait for one part of an upload to finish; its failure is the upload's.
+async fn finished_part(
+    parts: &mut tokio::task::JoinSet<object_store::Result<()>>,
+    url: &str,
+) -> Result<(), RemoteError> {
+    match parts.join_next().await {
+        Some(Ok(Ok(()))) | None => Ok(()),
+        Some(Ok(Err(e))) => Err(s3_err(url, e)),
+        Some(Err(e)) => Err(RemoteError::S3 {
+            url: url.to_string(),
+            detail: format!("a part's upload stopped: {e}"),
+        }),
+    }
+}
+
+/// How many parts of one upload are sent at once.
+const MAX_PARTS_IN_FLIGHT: usize = 4;
 
 /// The size of each part of an upload.
 const PART: usize = 16 << 20;

@@ -42,8 +42,10 @@ fn upload_files(s3: &S3Server) -> Vec<String> {
 }
 
 /// A push to S3 ended by SIGINT, SIGTERM or SIGHUP while its parts go up (the first 16
-/// MiB part on the server, two more to come) aborts the multipart upload: no part, no
-/// upload record and no object is left on the server, and the process ends by the signal.
+/// MiB part on the server, two more to come; or every part sent and none yet waited for,
+/// where the signal was once not heard and the object was published) aborts the multipart
+/// upload: no part, no upload record and no object is left on the server, and the process
+/// ends by the signal.
 #[test]
 fn a_signal_during_an_s3_push_leaves_no_parts_on_the_server() {
     let env = Env::new();
@@ -58,15 +60,18 @@ fn a_signal_during_an_s3_push_leaves_no_parts_on_the_server() {
             .arg(&file)
             .args(["--name", "lab/big:1"]),
     );
-    for (sig, name) in [
-        (libc::SIGINT, "SIGINT"),
-        (libc::SIGTERM, "SIGTERM"),
-        (libc::SIGHUP, "SIGHUP"),
+    for (sig, name, point) in [
+        (libc::SIGINT, "SIGINT", "s3-push-part"),
+        (libc::SIGTERM, "SIGTERM", "s3-push-part"),
+        (libc::SIGHUP, "SIGHUP", "s3-push-part"),
+        (libc::SIGINT, "SIGINT", "s3-push-last-part"),
+        (libc::SIGTERM, "SIGTERM", "s3-push-last-part"),
     ] {
+        let name = format!("{name} at {point}");
         let s3 = S3Server::start();
         let remote = format!("s3://{BUCKET}/images/big.img");
         let mut child = s3_std(&env, &s3, &["push", "lab/big:1", &remote])
-            .env("SREGISTRY_TEST_PAUSE", "s3-push-part")
+            .env("SREGISTRY_TEST_PAUSE", point)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
