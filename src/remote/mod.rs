@@ -511,10 +511,11 @@ fn legacy_http_source(url: &str) -> String {
 }
 
 /// A recorded source as `list` and `inspect` show it: one recorded by an earlier version
-/// with an `https://` URL's query values has them hidden, as every source recorded now
-/// has; others as recorded.
+/// with an `https://` URL's user-info, query values or fragment has them hidden, as every
+/// source recorded now has; others as recorded.
 pub fn shown_source(held: &str) -> String {
-    if held.starts_with("http") && held.contains('?') && !held.contains(" (query ") {
+    let url = held.starts_with("https://") || held.starts_with("http://");
+    if url && !held.contains(" (query ") {
         transport::shown(held)
     } else {
         held.to_string()

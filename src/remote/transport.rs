@@ -274,12 +274,13 @@ pub fn shown(url: &str) -> String {
     out
 }
 
-/// Query parameters as `NAME=***` (a parameter without a value stays as it is).
+/// Query parameters as `NAME=***`; a parameter without `=` as `***`.
 pub(crate) fn hide_values<'a>(params: impl Iterator<Item = &'a str>) -> String {
     params
         .map(|p| match p.split_once('=') {
             Some((k, _)) => format!("{k}=***"),
-            None => p.to_string(),
+            // A parameter without `=` may be a token itself (`?<token>`).
+            None => "***".to_string(),
         })
         .collect::<Vec<_>>()
         .join("&")
@@ -333,7 +334,7 @@ mod tests {
     fn user_info_is_never_shown() {
         assert_eq!(
             shown("https://alice:s3cret@example.org/a/b.sif?x=1&X-Amz-Signature=abc&flag#frag"),
-            "https://***@example.org/a/b.sif?x=***&X-Amz-Signature=***&flag"
+            "https://***@example.org/a/b.sif?x=***&X-Amz-Signature=***&***"
         );
         assert_eq!(shown("https://h/a?=v&&k=v=w"), "https://h/a?=***&k=***");
         assert_eq!(shown("https://tok@h/x"), "https://***@h/x");

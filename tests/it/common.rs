@@ -204,7 +204,7 @@ impl Env {
     }
 }
 
-fn walk(dir: &Path) -> Vec<PathBuf> {
+pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_path_buf()];
     if let Ok(rd) = fs::read_dir(dir) {
         for e in rd.flatten() {

@@ -1992,4 +1992,72 @@ fn a_query_url_recorded_by_an_earlier_version_is_still_the_same_remote() {
         assert!(!text.contains("OLDVALUE1"), "{text}");
         assert!(text.contains("version=***"), "{text}");
     }
+    // An earlier version kept a password or a fragment in a source too: shown hidden.
+    for (old, secret) in [
+        ("https://user:OLDPASSWORD@h.example/z.sif", "OLDPASSWORD"),
+        ("https://h.example/w.sif#OLDFRAGMENT", "OLDFRAGMENT"),
+    ] {
+        let cache = sregistry::Cache::open(&env.cache, Default::default()).unwrap();
+        let mut ingest = cache.ingest(()).unwrap();
+        ingest.write(secret.as_bytes().to_vec().into()).unwrap();
+        let name: sregistry::Reference = format!("old/{}:1", secret.to_ascii_lowercase())
+            .parse()
+            .unwrap();
+        cache
+            .commit_ingested(
+                ingest.seal().unwrap(),
+                &name,
+                sregistry::cache::Provenance {
+                    source: old.to_string(),
+                    labels: Default::default(),
+                    media_type: None,
+                    remote_digest: None,
+                },
+                Default::default(),
+            )
+            .unwrap();
+        let listed = stdout_of(env.cmd().args(["list", "--json"]));
+        let inspected = stdout_of(env.cmd().args(["inspect", &name.key()]));
+        for text in [&listed, &inspected] {
+            assert!(!text.contains(secret), "{text}");
+        }
+    }
+}
+
+/// A query parameter without `=` (`?<token>`, a common way to carry a token) was recorded
+/// and shown whole, in the source, `list --json`, `inspect` and stderr. It is hidden as a
+/// value is, and still tells two URLs apart.
+#[test]
+fn a_query_parameter_without_a_value_is_hidden_too() {
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |req, _| with_range(req, &body));
+    let server = FaultServer::start(vec![(FILE.to_string(), file)]);
+    let env = Env::new();
+    let mut printed = String::new();
+    for token in ["BARETOKEN1", "BARETOKEN2"] {
+        let url = format!("{}?{token}&x", server.url(FILE));
+        let out = env.cmd().args(["pull", &url]).output().unwrap();
+        printed.push_str(&String::from_utf8_lossy(&out.stdout));
+        printed.push_str(&String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{printed}");
+    }
+    let names = env.names();
+    assert_eq!(names.len(), 2, "two tokens, two images: {names:?}");
+    printed.push_str(&stdout_of(env.cmd().args(["list", "--json"])));
+    for n in &names {
+        printed.push_str(&stdout_of(env.cmd().args(["inspect", n])));
+    }
+    assert!(!printed.contains("BARETOKEN"), "{printed}");
+    assert!(printed.contains("?***&***"), "{printed}");
+    for f in walk(&env.cache) {
+        if f.is_file() {
+            let bytes = fs::read(&f).unwrap();
+            assert!(
+                !bytes.windows(9).any(|w| w == b"BARETOKEN"),
+                "{} holds the token",
+                f.display()
+            );
+        }
+    }
 }
