@@ -120,7 +120,20 @@ fn object_path(key: &str) -> object_store::path::Path {
 }
 
 fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, String), RemoteError> {
-    let mut b = AmazonS3Builder::from_env().with_bucket_name(bucket);
+    // The `AWS_*` settings from the environment, as the S3 client's own `from_env` reads
+    // them, except that an empty one counts as unset (an empty `AWS_ENDPOINT_URL` made
+    // the client panic).
+    let mut b = AmazonS3Builder::new();
+    for (k, v) in std::env::vars_os() {
+        if let (Some(k), Some(v)) = (k.to_str(), v.to_str())
+            && k.starts_with("AWS_")
+            && !v.is_empty()
+            && let Ok(key) = k.to_ascii_lowercase().parse::<AmazonS3ConfigKey>()
+        {
+            b = b.with_config(key, v);
+        }
+    }
+    let mut b = b.with_bucket_name(bucket);
     // The same bounds as every other remote: a silent connection times out after
     // SREGISTRY_TIMEOUT and the request is given up after about two of them; no bound on
     // a whole transfer (object_store's default, 30 s per request, would cut off a large
@@ -145,7 +158,8 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
         .with_client_options(client)
         .with_retry(object_store::RetryConfig {
             backoff: Default::default(),
-            max_retries: 3,
+            // SREGISTRY_RETRIES, as for every other remote (it was 3 whatever was set).
+            max_retries: super::transport::retries()? as usize,
             retry_timeout: idle * 2,
         });
     if let Some(ep) = &checked_endpoint(opts)? {

@@ -32,6 +32,11 @@ const MAX_TIMEOUTS: u32 = 2;
 /// Retries of a request when `SREGISTRY_RETRIES` is unset.
 const DEFAULT_RETRIES: u32 = 3;
 
+/// Retries of a remote request: `SREGISTRY_RETRIES`, else 3.
+pub fn retries() -> Result<u32, crate::settings::SettingError> {
+    Ok(crate::settings::count(&crate::settings::RETRIES)?.unwrap_or(DEFAULT_RETRIES))
+}
+
 /// The shared client and retry policy.
 pub struct Transport {
     client: reqwest::Client,
@@ -44,8 +49,7 @@ impl Transport {
     pub fn new(opts: &RemoteOptions) -> Result<Transport, RemoteError> {
         let insecure = opts.insecure;
         let client = super::runtime::client(insecure)?;
-        let retries = crate::settings::count(&crate::settings::RETRIES)?.unwrap_or(DEFAULT_RETRIES);
-        let attempts = retries + 1;
+        let attempts = retries()? + 1;
         Ok(Transport {
             client,
             attempts,

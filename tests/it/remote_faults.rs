@@ -2061,3 +2061,78 @@ fn a_query_parameter_without_a_value_is_hidden_too() {
         }
     }
 }
+
+/// `SREGISTRY_RETRIES` held for every remote but s3://, whose client retried 3 times
+/// whatever it said. An S3 server that answers 503 to everything is asked once with 0
+/// retries and three times with 2.
+#[test]
+fn retries_setting_holds_for_s3_too() {
+    for (retries, attempts) in [("0", 1), ("2", 3)] {
+        let failing: Handler = Box::new(|_, _| Reply::new(503).body(b"slow down"));
+        let server = FaultServer::start(vec![("/bucket/x.sif".to_string(), failing)]);
+        let env = Env::new();
+        let out = output_within(
+            env.std_cmd()
+                .args(["pull", "s3://bucket/x.sif", "--endpoint", &server.url("")])
+                .env("AWS_ACCESS_KEY_ID", "k")
+                .env("AWS_SECRET_ACCESS_KEY", "s")
+                .env("AWS_REGION", "us-east-1")
+                .env("SREGISTRY_RETRIES", retries),
+            60,
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(
+            server.seen().len(),
+            attempts,
+            "SREGISTRY_RETRIES={retries}: {:#?}",
+            server.seen()
+        );
+        assert_nothing_stored(&env);
+    }
+}
+
+/// An empty `AWS_ENDPOINT_URL` (an empty variable counts as unset) made the S3 client
+/// panic ("internal error ... RelativeUrlWithoutBase"). Unset or empty, the endpoint is
+/// AWS's; here another variable gives the real one, and the pull works.
+#[test]
+fn an_empty_aws_endpoint_url_counts_as_unset() {
+    let source = source_sif();
+    let body = source.clone();
+    let file: Handler = Box::new(move |req, _| with_range(req, &body));
+    let server = FaultServer::start(vec![("/bucket/x.sif".to_string(), file)]);
+    let env = Env::new();
+    // No endpoint at all: AWS's own, which this machine cannot reach; a failure that says
+    // so, not a panic.
+    let out = output_within(
+        env.std_cmd()
+            .args(["pull", "s3://bucket/x.sif"])
+            .env("AWS_ENDPOINT_URL", "")
+            .env_remove("AWS_ENDPOINT")
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env("AWS_REGION", "us-east-1")
+            .env("SREGISTRY_RETRIES", "0")
+            .env("SREGISTRY_TIMEOUT", "2"),
+        60,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(!err.contains("internal error"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    let out = output_within(
+        env.std_cmd()
+            .args(["pull", "s3://bucket/x.sif"])
+            .env("AWS_ENDPOINT_URL", "")
+            .env("AWS_ENDPOINT", server.url(""))
+            .env("AWS_ACCESS_KEY_ID", "k")
+            .env("AWS_SECRET_ACCESS_KEY", "s")
+            .env("AWS_REGION", "us-east-1"),
+        60,
+    );
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("internal error"), "{err}");
+    let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(fs::read(&path).unwrap(), source);
+}
