@@ -338,6 +338,12 @@ impl Tmpfs {
             .args(["-o", "remount,ro"])
             .arg(&self.0));
     }
+
+    pub fn remount_read_write(&self) {
+        run(StdCommand::new("mount")
+            .args(["-o", "remount,rw"])
+            .arg(&self.0));
+    }
 }
 
 impl Drop for Tmpfs {

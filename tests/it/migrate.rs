@@ -570,6 +570,27 @@ fn a_move_whose_files_cannot_be_removed_warns_per_file_and_exits_1() {
         "{stderr}"
     );
     env.assert_blobs_verify();
+    // Run again, the storage still read-only: the rows are already there, and their files
+    // still cannot be handed over; that is said again (it once said "files moved" and
+    // exited 0).
+    let out = migrate(&env, &old, &["--move", "--json"], 1);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["already_there"], 2, "{report:#}");
+    assert_eq!(report["not_removed"], 2, "{report:#}");
+    assert!(text(&out.stderr).contains("2 copied and not removed"));
+    // Writable again: the files already in the cache are handed over.
+    storage.remount_read_write();
+    let out = migrate(&env, &old, &["--move"], 0);
+    assert!(
+        text(&out.stderr).contains("2 already there"),
+        "{}",
+        text(&out.stderr)
+    );
+    for p in &stored {
+        assert!(!p.exists(), "`{}` was not handed over", p.display());
+    }
+    assert_eq!(env.names(), vec!["lab/one:1", "lab/two:1"]);
+    env.assert_blobs_verify();
 }
 
 /// The danger: an old database with a hot rollback journal (the old client killed in

@@ -358,6 +358,18 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
                     outcomes[pick.row] = Some(Outcome::AlreadyThere {
                         name: key.to_string(),
                     });
+                    // Its content is in the cache already: with `move_files` the file is
+                    // handed over as an import's would be (a run after one that could not
+                    // remove it said "files moved" and left it).
+                    if opts.move_files
+                        && !opts.dry_run
+                        && let Err(err) = std::fs::remove_file(file)
+                        && err.kind() != std::io::ErrorKind::NotFound
+                    {
+                        kept.lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .insert(pick.row, err.to_string());
+                    }
                     continue;
                 }
                 Ok(_) if !e.labels.contains_key(LABEL_ROW) => {
