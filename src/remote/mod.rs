@@ -69,7 +69,7 @@ pub enum RemoteError {
     )]
     Insecure { host: String },
     #[error(
-        "cannot reach `{url}`: {detail} (check the address and the network; {attempts} attempts)"
+        "cannot reach `{url}`: {detail} (check the address and the network; {})", tries(*.attempts)
     )]
     Network {
         url: String,
@@ -171,7 +171,7 @@ pub enum RemoteError {
     #[error("`{url}` sent an empty body; nothing was stored (an image is never empty)")]
     Empty { url: String },
     #[error(
-        "`{url}` sent nothing for {waited}, on each of {attempts} attempts (the server accepts connections but does not answer); nothing was stored (SREGISTRY_TIMEOUT sets the wait)", waited = crate::settings::format_duration(*.waited)
+        "`{url}` sent nothing for {waited}, {} (the server accepts connections but does not answer); nothing was stored (SREGISTRY_TIMEOUT sets the wait)", on_each(*.attempts), waited = crate::settings::format_duration(*.waited)
     )]
     Stalled {
         url: String,
@@ -189,7 +189,7 @@ pub enum RemoteError {
     )]
     FailedElsewhere { remote: String, detail: String },
     #[error(
-        "`{url}` ended after {got} bytes on each of {attempts} attempts (the connection broke off); nothing was stored"
+        "`{url}` ended after {got} bytes {} (the connection broke off); nothing was stored", on_each(*.attempts)
     )]
     BrokeOff {
         url: String,
@@ -312,6 +312,22 @@ impl RemoteError {
                 | RemoteError::ExportTarget { .. }
                 | RemoteError::ExportTag { .. }
         ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
+    }
+}
+
+/// `1 attempt`, `3 attempts`.
+fn tries(n: u32) -> String {
+    match n {
+        1 => "1 attempt".into(),
+        n => format!("{n} attempts"),
+    }
+}
+
+/// `on its one attempt`, `on each of 3 attempts`.
+fn on_each(n: u32) -> String {
+    match n {
+        1 => "on its one attempt".into(),
+        n => format!("on each of {n} attempts"),
     }
 }
 

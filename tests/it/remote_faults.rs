@@ -2136,3 +2136,25 @@ fn an_empty_aws_endpoint_url_counts_as_unset() {
     let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
     assert_eq!(fs::read(&path).unwrap(), source);
 }
+
+/// With `SREGISTRY_RETRIES=0` a failure said "1 attempts": the count of tries reads as
+/// English whatever it is.
+#[test]
+fn a_single_attempt_is_counted_in_english() {
+    let server = silent_server();
+    let env = Env::new();
+    let out = output_within(
+        env.std_cmd()
+            .args(["pull", &server.url(FILE)])
+            .env("SREGISTRY_TIMEOUT", "1")
+            .env("SREGISTRY_RETRIES", "0"),
+        30,
+    );
+    let err = failed_line(&out);
+    assert!(
+        err.contains("(check the address and the network; 1 attempt)")
+            || err.contains("on its one attempt"),
+        "{err}"
+    );
+    assert!(!err.contains("1 attempts"), "{err}");
+}
