@@ -594,9 +594,11 @@ fn acquire(
     if let Ok((Ok(()), _twin)) = rx.try_recv() {
         return Ok(());
     }
+    // The bound the user set (`SREGISTRY_LOCK_TIMEOUT`), not the time measured, which a
+    // busy machine makes a little longer.
     Err(LockError::Timeout {
         path: path.to_path_buf(),
-        waited: start.elapsed(),
+        waited: opts.timeout,
     })
 }
 
