@@ -458,3 +458,29 @@ fn the_environment_table_in_the_docs_is_the_settings_table() {
     read.sort();
     assert_eq!(documented, read);
 }
+
+/// Every pause point the source stops at (`testhook::pause("...")`) is listed in
+/// docs/development.md, which tests that kill or race a command at one rely on.
+#[test]
+fn every_pause_point_is_documented() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let doc = fs::read_to_string(root.join("docs/development.md")).unwrap();
+    let mut points = std::collections::BTreeSet::new();
+    for f in walk(&root.join("src")) {
+        if f.extension().is_some_and(|e| e == "rs") {
+            let text = fs::read_to_string(&f).unwrap();
+            for part in text.split("testhook::pause(\"").skip(1) {
+                points.insert(part.split('"').next().unwrap().to_string());
+            }
+        }
+    }
+    assert!(points.len() > 20, "found only {points:?}");
+    let missing: Vec<_> = points
+        .iter()
+        .filter(|p| !doc.contains(&format!("`{p}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "not in docs/development.md: {missing:?}"
+    );
+}

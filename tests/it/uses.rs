@@ -1,5 +1,5 @@
 //! A `get` that printed a path has made its use count for gc, whatever the lock
-//! contention: gc never removes what a job was just handed (`src/uses.rs`).
+//! contention: gc never removes what a job was just handed (`src/cache/uses.rs`).
 
 use std::collections::BTreeSet;
 use std::fs;
