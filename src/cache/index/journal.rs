@@ -246,8 +246,11 @@ pub fn replay(path: &Path) -> Result<Replayed, ReplayError> {
 /// Read the journal's last complete line; `Ok(None)` when there is no journal (or it is
 /// empty).
 pub fn tail(path: &Path) -> io::Result<Option<Tail>> {
-    let f = match std::fs::File::open(path) {
-        Ok(f) => f,
+    // Registered with `fork` while open, as every descriptor of the index is: a child
+    // forked meanwhile closes its copy (a writer reads the tail under the index lock).
+    // The registration drops first, then the file closes.
+    let (f, _registered) = match crate::fork::open(|| std::fs::File::open(path)) {
+        Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
