@@ -1352,35 +1352,10 @@ impl Cache {
         }
         let rd = self.index.read()?;
         let entry = self.entry_under(&rd, r)?;
-        let file = fs::File::open(&entry.path).map_err(|source| {
-            if source.kind() != io::ErrorKind::NotFound {
-                CacheError::Open {
-                    path: entry.path.clone(),
-                    source,
-                }
-            } else if let Some(q) = self.quarantined(&entry.digest) {
-                CacheError::Quarantined {
-                    name: entry.name.clone(),
-                    path: q,
-                }
-            } else {
-                CacheError::BlobMissing {
-                    name: entry.name.clone(),
-                    path: entry.path.clone(),
-                }
-            }
-        })?;
-        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-        if let Some(recorded) = entry.size
-            && recorded != size
-        {
-            return Err(CacheError::WrongSize {
-                name: entry.name.clone(),
-                path: entry.path.clone(),
-                size,
-                recorded,
-            });
-        }
+        // There, a regular file, of its recorded size (the errors `get` gives), then
+        // opened while the shared lock still holds.
+        let path = self.checked_path(&rd, &entry.name, &entry.digest)?;
+        let file = fs::File::open(&path).map_err(|source| CacheError::Open { path, source })?;
         Ok((entry, file))
     }
 

@@ -1942,28 +1942,10 @@ fn a_query_url_recorded_by_an_earlier_version_is_still_the_same_remote() {
             .arg(&other)
             .args(["--name", "lab/other:1"]),
     );
-    {
-        let cache = sregistry::Cache::open(&env.cache, Default::default()).unwrap();
-        let mut ingest = cache.ingest(()).unwrap();
-        ingest.write(source.clone().into()).unwrap();
-        let ingested = ingest.seal().unwrap();
-        let labels = [(sregistry::remote::ETAG_LABEL.to_string(), ETAG.to_string())]
-            .into_iter()
-            .collect();
-        cache
-            .commit_ingested(
-                ingested,
-                &name,
-                sregistry::cache::Provenance {
-                    source: url.clone(),
-                    labels,
-                    media_type: None,
-                    remote_digest: None,
-                },
-                Default::default(),
-            )
-            .unwrap();
-    }
+    let labels = [(sregistry::remote::ETAG_LABEL.to_string(), ETAG.to_string())]
+        .into_iter()
+        .collect();
+    commit_as_an_earlier_version(&env, &source, &name, &url, labels);
     let got = stdout_of(env.cmd().args(["get", &url]));
     assert_eq!(fs::read(&got).unwrap(), source);
     assert!(
@@ -1997,31 +1979,43 @@ fn a_query_url_recorded_by_an_earlier_version_is_still_the_same_remote() {
         ("https://user:OLDPASSWORD@h.example/z.sif", "OLDPASSWORD"),
         ("https://h.example/w.sif#OLDFRAGMENT", "OLDFRAGMENT"),
     ] {
-        let cache = sregistry::Cache::open(&env.cache, Default::default()).unwrap();
-        let mut ingest = cache.ingest(()).unwrap();
-        ingest.write(secret.as_bytes().to_vec().into()).unwrap();
         let name: sregistry::Reference = format!("old/{}:1", secret.to_ascii_lowercase())
             .parse()
             .unwrap();
-        cache
-            .commit_ingested(
-                ingest.seal().unwrap(),
-                &name,
-                sregistry::cache::Provenance {
-                    source: old.to_string(),
-                    labels: Default::default(),
-                    media_type: None,
-                    remote_digest: None,
-                },
-                Default::default(),
-            )
-            .unwrap();
+        commit_as_an_earlier_version(&env, secret.as_bytes(), &name, old, Default::default());
         let listed = stdout_of(env.cmd().args(["list", "--json"]));
         let inspected = stdout_of(env.cmd().args(["inspect", &name.key()]));
         for text in [&listed, &inspected] {
             assert!(!text.contains(secret), "{text}");
         }
     }
+}
+
+/// `content` under `name` with the recorded `source` and `labels`, committed through the
+/// library as an earlier version's pull left it (the cache must exist already).
+fn commit_as_an_earlier_version(
+    env: &Env,
+    content: &[u8],
+    name: &sregistry::Reference,
+    source: &str,
+    labels: std::collections::BTreeMap<String, String>,
+) {
+    let cache = sregistry::Cache::open(&env.cache, Default::default()).unwrap();
+    let mut ingest = cache.ingest(()).unwrap();
+    ingest.write(content.to_vec().into()).unwrap();
+    cache
+        .commit_ingested(
+            ingest.seal().unwrap(),
+            name,
+            sregistry::cache::Provenance {
+                source: source.to_string(),
+                labels,
+                media_type: None,
+                remote_digest: None,
+            },
+            Default::default(),
+        )
+        .unwrap();
 }
 
 /// A query parameter without `=` (`?<token>`, a common way to carry a token) was recorded
