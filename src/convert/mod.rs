@@ -85,10 +85,8 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use sha2::{Digest as _, Sha256};
-
-use crate::format::clock;
 use crate::format::sif_write::{self, DATA_OFFSET, Object, ObjectKind, PARTITION_ALIGN};
+use crate::format::{clock, digest};
 pub use singularity::ImageConfig;
 
 /// gzip level used when [`ConvertOptions::level`] is `None`: 6, not mksquashfs' own 9.
@@ -540,21 +538,21 @@ fn image_time(created: u64, view: &merge::View) -> u64 {
 /// config and layers) and the settings that change the bytes: the same input always gets
 /// the same UUID, another image or other settings another one, without a random source.
 fn image_id(layers: &[LayerFile<'_>], config: &[u8], opts: &ConvertOptions) -> [u8; 16] {
-    let mut h = Sha256::new();
+    let mut input = Vec::new();
     match &opts.identity {
-        Some(identity) => h.update(identity.as_bytes()),
+        Some(identity) => input.extend_from_slice(identity.as_bytes()),
         None => {
-            h.update(config);
+            input.extend_from_slice(config);
             for l in layers {
-                h.update(l.digest.as_bytes());
+                input.extend_from_slice(l.digest.as_bytes());
             }
         }
     }
-    h.update([0]);
-    h.update(opts.compression.as_bytes());
-    h.update(format!("/{:?}", effective_level(opts)).as_bytes());
+    input.push(0);
+    input.extend_from_slice(opts.compression.as_bytes());
+    input.extend_from_slice(format!("/{:?}", effective_level(opts)).as_bytes());
     let mut id = [0u8; 16];
-    id.copy_from_slice(&h.finalize()[..16]);
+    id.copy_from_slice(&digest::sha256(&input)[..16]);
     id[6] = (id[6] & 0x0f) | 0x40;
     id[8] = (id[8] & 0x3f) | 0x80;
     id

@@ -4,6 +4,10 @@
 //! form. [`HashingWriter`] hashes bytes in the same pass that writes them, so content is
 //! never read twice on the way into the store; [`hash_file`] re-hashes a file already on
 //! disk (memory-mapped, multi-threaded for large files).
+//!
+//! Remotes name content by sha256 instead: [`sha256`], [`sha256_hex`] and
+//! [`sha256_reader`] are the crate's one way to compute it, printed as `sha256:<64 lower-case
+//! hex>` (the form registries and OCI layouts use).
 
 use std::fmt;
 use std::io::{self, Write};
@@ -182,6 +186,45 @@ pub fn hash_file_single(path: &Path) -> io::Result<(Digest, u64)> {
     Ok((Digest(*h.finalize().as_bytes()), h.count()))
 }
 
+/// The sha256 of `bytes`.
+pub fn sha256(bytes: &[u8]) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(bytes).into()
+}
+
+/// The sha256 of `bytes` as remotes name content: `sha256:<64 lower-case hex>`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    sha256_display(&sha256(bytes))
+}
+
+/// The sha256 of everything `reader` yields, read in 1 MiB pieces, as
+/// `sha256:<64 lower-case hex>`.
+pub fn sha256_reader(reader: &mut impl io::Read) -> io::Result<String> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        h.update(&buf[..n]);
+    }
+    Ok(sha256_display(&h.finalize().into()))
+}
+
+fn sha256_display(bytes: &[u8; 32]) -> String {
+    let mut s = String::with_capacity(7 + 64);
+    s.push_str("sha256:");
+    for b in bytes {
+        s.push(char::from(HEX[(b >> 4) as usize]));
+        s.push(char::from(HEX[(b & 0xf) as usize]));
+    }
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -193,6 +236,21 @@ mod tests {
             Digest::of(b"").to_string(),
             "blake3:af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
         );
+    }
+
+    #[test]
+    fn sha256_helpers_give_the_published_values() {
+        // FIPS 180-2's "abc" vector and the empty input.
+        let abc = "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad";
+        let empty = "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855";
+        assert_eq!(sha256_hex(b"abc"), abc);
+        assert_eq!(sha256_hex(b""), empty);
+        assert_eq!(sha256(b"abc")[..4], [0xba, 0x78, 0x16, 0xbf]);
+        assert_eq!(sha256_reader(&mut &b"abc"[..]).unwrap(), abc);
+        assert_eq!(sha256_reader(&mut io::empty()).unwrap(), empty);
+        // Across the 1 MiB read size, the streaming form agrees with the one-shot one.
+        let big: Vec<u8> = (0..(1 << 20) * 2 + 3).map(|i| (i * 7) as u8).collect();
+        assert_eq!(sha256_reader(&mut &big[..]).unwrap(), sha256_hex(&big));
     }
 
     #[test]

@@ -33,13 +33,12 @@ mod names;
 mod olddb;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use sha2::Digest as _;
 
 use crate::cache::{AddItem, AddOptions, Cache, CacheError, Entry, NotRemoved};
+use crate::format::digest;
 use crate::format::reference::Reference;
 pub use names::{Target, target};
 pub use olddb::{DB_FILE, OldDbError, OldRow, read_rows};
@@ -503,18 +502,10 @@ fn sha256_of_version(v: &str) -> Option<String> {
     (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then_some(hex)
 }
 
+/// The bare hex of the file's sha256, as the old client wrote versions.
 fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut f = std::fs::File::open(path)?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+    let hex = digest::sha256_reader(&mut std::fs::File::open(path)?)?;
+    Ok(hex.trim_start_matches("sha256:").to_string())
 }
 
 /// A name an earlier migrate filled from this very row (its file since moved in).
