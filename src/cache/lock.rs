@@ -123,22 +123,7 @@ impl LockOptions {
     }
 }
 
-/// Lock failures, each naming the lock file.
-#[derive(Debug, thiserror::Error)]
-pub enum LockError {
-    #[error("timed out after {waited} waiting for lock on `{path}` (another sregistry process holds it; raise {TIMEOUT_ENV} to wait longer)", waited = crate::settings::format_duration(*.waited))]
-    Timeout { path: PathBuf, waited: Duration },
-    #[error(
-        "cannot open lock file `{path}`: {source} (see `sregistry doctor` for the cache's permissions)"
-    )]
-    Open { path: PathBuf, source: io::Error },
-    #[error(
-        "cannot lock `{path}`: {source} (if this filesystem lacks fcntl locks, try {KIND_ENV}=flock; see `sregistry doctor`)"
-    )]
-    Lock { path: PathBuf, source: io::Error },
-    #[error(transparent)]
-    Setting(#[from] crate::settings::SettingError),
-}
+pub use super::error::LockError;
 
 /// A held lock; released when dropped (unlocked, then the file closed).
 #[derive(Debug)]

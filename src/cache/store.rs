@@ -49,39 +49,7 @@ pub const NFS_SILLY_PREFIX: &str = ".nfs";
 /// Size of the copy buffer.
 const COPY_BUF: usize = 4 << 20;
 
-/// Store failures, each naming the file involved.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot read `{path}`: {source}")]
-    Read { path: PathBuf, source: io::Error },
-    #[error("cannot write into the cache at `{path}`: {source}{hint}", hint = space_hint(.source))]
-    Write { path: PathBuf, source: io::Error },
-    #[error(
-        "`{path}` changed size while it was being added ({before} bytes, then {after}); add it again when nothing writes to it"
-    )]
-    Changed {
-        path: PathBuf,
-        before: u64,
-        after: u64,
-    },
-    #[error("`{path}` and the cache are on different filesystems, so it cannot be moved in")]
-    CrossDevice { path: PathBuf },
-    #[error("`{path}` cannot be hard-linked into the cache, so it cannot be moved in")]
-    NoLink { path: PathBuf },
-    #[error("the add of `{path}` was stopped by its progress receiver; nothing was stored")]
-    Stopped { path: PathBuf },
-}
-
-fn space_hint(e: &io::Error) -> &'static str {
-    match e.raw_os_error() {
-        Some(libc::ENOSPC) | Some(libc::EDQUOT) => " (free space or quota, or run `sregistry gc`)",
-        Some(libc::EFBIG) => " (the file is larger than this process may write)",
-        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
-            " (check the cache's permissions with `sregistry doctor`)"
-        }
-        _ => "",
-    }
-}
+pub use super::error::StoreError;
 
 /// The blob store under `<cache>/v1`.
 #[derive(Clone, Debug)]

@@ -1,0 +1,273 @@
+//! The cache's error types, in one place: [`CacheError`] (what [`super::Cache`] returns),
+//! [`IndexError`] (the index), [`LockError`] (lock files) and [`StoreError`] (the blob
+//! store). Each message names the file or image involved and says what to do.
+//!
+//! Definitions only: the modules that raise them re-export them where they were
+//! (`cache::lock::LockError`, `cache::IndexError`, ...).
+
+use std::io;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::CACHE_ENV;
+use super::index::{SCHEMA_VERSION, VERSION};
+use super::lock::{KIND_ENV, TIMEOUT_ENV};
+use super::settings::SettingsError;
+use crate::format::digest::Digest;
+
+/// Cache failures. Each names the image or path involved and says what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error(
+        "no image `{name}` in the cache `{cache}` (see `sregistry list`, or add it with `sregistry add FILE --name {name}`)"
+    )]
+    NotFound { name: String, cache: PathBuf },
+    #[error(
+        "image `{name}` now points to {current}, and blob {wanted} is not in the cache `{cache}`"
+    )]
+    DigestNotFound {
+        name: String,
+        wanted: Digest,
+        current: Digest,
+        cache: PathBuf,
+    },
+    #[error(
+        "image `{name}` is in the index but its file `{path}` is missing (removed from outside sregistry); run `sregistry verify`, then add or pull it again"
+    )]
+    BlobMissing { name: String, path: PathBuf },
+    #[error(
+        "image `{name}` was quarantined by verify because its content no longer matches its digest (now at `{path}`); run `sregistry verify --repair`, or add it again"
+    )]
+    Quarantined { name: String, path: PathBuf },
+    #[error(
+        "image `{name}` is damaged: `{path}` has {size} bytes, not the {recorded} recorded (changed from outside sregistry); run `sregistry verify` to quarantine it"
+    )]
+    WrongSize {
+        name: String,
+        path: PathBuf,
+        size: u64,
+        recorded: u64,
+    },
+    #[error(
+        "image `{name}` is corrupt: `{path}` hashes to {actual}, not its name; run `sregistry verify` to quarantine it"
+    )]
+    Corrupt {
+        name: String,
+        path: PathBuf,
+        actual: Digest,
+    },
+    #[error("image `{name}` is pinned; run `sregistry unpin {name}` first")]
+    Pinned { name: String },
+    #[error(
+        "image `{name}` is pinned to {pinned}; it was not re-pointed to {new} (give `add`, `tag` or `pull` --force to re-point it, which leaves the old content unprotected, or run `sregistry unpin {name}` first)"
+    )]
+    PinnedRepoint {
+        name: String,
+        pinned: Digest,
+        new: Digest,
+    },
+    #[error(
+        "image `{name}` points to {current}, not to the {wanted} given; nothing was done (see `sregistry inspect {name}`)"
+    )]
+    DigestMismatch {
+        name: String,
+        wanted: Digest,
+        current: Digest,
+    },
+    #[error(
+        "`{name}@{digest}`: the name to write cannot carry a digest (a digest only selects existing content); give `{name}` without `@{digest}`"
+    )]
+    DigestOnTarget { name: String, digest: Digest },
+    #[error("`{path}` is {what}, not a regular file; give the path of an image file")]
+    NotAFile { path: PathBuf, what: &'static str },
+    #[error("`{path}` is empty; an image file has content")]
+    Empty { path: PathBuf },
+    #[error(
+        "`{path}` is a symbolic link; --move would move the link, not the image (add it without --move)"
+    )]
+    MoveSymlink { path: PathBuf },
+    #[error(
+        "`{path}` is inside the cache `{cache}`; --move takes files from outside it (to give a cached image another name, use `sregistry tag`)"
+    )]
+    MoveFromCache { path: PathBuf, cache: PathBuf },
+    #[error("cannot open `{path}`: {source}")]
+    Open { path: PathBuf, source: io::Error },
+    #[error("cannot prepare the cache at `{path}`: {source}")]
+    Layout { path: PathBuf, source: io::Error },
+    #[error("cannot remove a blob from the cache: {source} (at `{path}`)")]
+    Remove { path: PathBuf, source: io::Error },
+    #[error("no cache directory given: set {CACHE_ENV}, pass --cache DIR, or set HOME")]
+    NoRoot,
+    /// The cache root (or its `v1/`) is a file, or lies under one.
+    #[error(
+        "the cache `{root}` cannot be used: `{path}` is not a directory; give a directory (--cache DIR or {CACHE_ENV})"
+    )]
+    NotADirectory { root: PathBuf, path: PathBuf },
+    #[error("{what} was stopped by its progress receiver before it changed anything")]
+    Stopped { what: &'static str },
+    #[error(
+        "`{remote}` is being pulled by the call whose progress callback made this call: that pull holds `{path}` and waits for the callback to return, so this call would wait for itself; make it after that pull returns"
+    )]
+    Reentered { remote: String, path: PathBuf },
+    #[error(transparent)]
+    Settings(#[from] SettingsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Index(#[from] IndexError),
+}
+
+impl CacheError {
+    /// True for errors that mean "no such image" (exit code 3).
+    pub fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            CacheError::NotFound { .. }
+                | CacheError::DigestNotFound { .. }
+                | CacheError::DigestMismatch { .. }
+        )
+    }
+
+    /// True for a request that can never succeed as given (exit code 2): a reference with
+    /// a digest where a name is written, a `--move` from inside the cache.
+    pub fn is_usage(&self) -> bool {
+        matches!(
+            self,
+            CacheError::DigestOnTarget { .. }
+                | CacheError::MoveFromCache { .. }
+                | CacheError::Reentered { .. }
+        )
+    }
+
+    /// True for content that failed verification (exit code 4).
+    pub fn is_verify_problem(&self) -> bool {
+        matches!(
+            self,
+            CacheError::Corrupt { .. }
+                | CacheError::Quarantined { .. }
+                | CacheError::WrongSize { .. }
+        )
+    }
+}
+/// Index failures, each naming the index file.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error("the index `{path}` cannot be read: {source} (run `sregistry doctor`)")]
+    Db { path: PathBuf, source: redb::Error },
+    #[error(
+        "the index `{path}` has a damaged record for `{key}`: {detail}; run `sregistry doctor --repair-index` (names are rebuilt from `index.journal`; no image is lost)"
+    )]
+    Corrupt {
+        path: PathBuf,
+        key: String,
+        detail: String,
+    },
+    #[error(
+        "the index `{path}` is damaged; run `sregistry doctor --repair-index` (names are rebuilt from `{journal}`; no image is lost)"
+    )]
+    Damaged { path: PathBuf, journal: PathBuf },
+    #[error(
+        "the index `{path}` is missing or older than its journal `{journal}` (deleted, or restored from a copy); run `sregistry doctor --repair-index` to rebuild it from the journal"
+    )]
+    BehindJournal { path: PathBuf, journal: PathBuf },
+    #[error(
+        "the index `{path}` is missing, but `{blobs}` holds image files (the index was deleted, or part of the cache restored); run `sregistry doctor --repair-index` to rebuild it (every image is kept; names come back from the journal where it has them)"
+    )]
+    Missing { path: PathBuf, blobs: PathBuf },
+    #[error(
+        "I/O error on `{path}`: {source} (on NFS: the server restarted and did not give back this client's lock, so the write was refused; run the command again, then `sregistry verify`)"
+    )]
+    Refused {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "cannot write the index `{path}`: {source}; nothing was changed (free space on its filesystem: remove other files there, or run `sregistry gc`, which needs a little room for its own index write)"
+    )]
+    NoSpace {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot write the index journal `{path}`: {source}")]
+    Journal {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(
+        "the index `{path}` needs sregistry with index schema >= {need} to {access} it (it has schema {schema}, written by sregistry {by}); this is sregistry {VERSION} with schema {SCHEMA_VERSION}: upgrade sregistry"
+    )]
+    NeedsNewer {
+        path: PathBuf,
+        /// `read` or `change`.
+        access: &'static str,
+        need: u64,
+        schema: u64,
+        by: String,
+    },
+    #[error("cannot rebuild the index `{path}` from its journal: {detail}")]
+    Rebuild { path: PathBuf, detail: String },
+}
+
+impl IndexError {
+    /// True when the index must be rebuilt (`doctor --repair-index`).
+    pub fn needs_repair(&self) -> bool {
+        matches!(
+            self,
+            IndexError::Damaged { .. }
+                | IndexError::Corrupt { .. }
+                | IndexError::BehindJournal { .. }
+                | IndexError::Missing { .. }
+        )
+    }
+}
+/// Lock failures, each naming the lock file.
+#[derive(Debug, thiserror::Error)]
+pub enum LockError {
+    #[error("timed out after {waited} waiting for lock on `{path}` (another sregistry process holds it; raise {TIMEOUT_ENV} to wait longer)", waited = crate::settings::format_duration(*.waited))]
+    Timeout { path: PathBuf, waited: Duration },
+    #[error(
+        "cannot open lock file `{path}`: {source} (see `sregistry doctor` for the cache's permissions)"
+    )]
+    Open { path: PathBuf, source: io::Error },
+    #[error(
+        "cannot lock `{path}`: {source} (if this filesystem lacks fcntl locks, try {KIND_ENV}=flock; see `sregistry doctor`)"
+    )]
+    Lock { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Setting(#[from] crate::settings::SettingError),
+}
+/// Store failures, each naming the file involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot read `{path}`: {source}")]
+    Read { path: PathBuf, source: io::Error },
+    #[error("cannot write into the cache at `{path}`: {source}{hint}", hint = space_hint(.source))]
+    Write { path: PathBuf, source: io::Error },
+    #[error(
+        "`{path}` changed size while it was being added ({before} bytes, then {after}); add it again when nothing writes to it"
+    )]
+    Changed {
+        path: PathBuf,
+        before: u64,
+        after: u64,
+    },
+    #[error("`{path}` and the cache are on different filesystems, so it cannot be moved in")]
+    CrossDevice { path: PathBuf },
+    #[error("`{path}` cannot be hard-linked into the cache, so it cannot be moved in")]
+    NoLink { path: PathBuf },
+    #[error("the add of `{path}` was stopped by its progress receiver; nothing was stored")]
+    Stopped { path: PathBuf },
+}
+
+fn space_hint(e: &io::Error) -> &'static str {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) => " (free space or quota, or run `sregistry gc`)",
+        Some(libc::EFBIG) => " (the file is larger than this process may write)",
+        Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => {
+            " (check the cache's permissions with `sregistry doctor`)"
+        }
+        _ => "",
+    }
+}

@@ -1,0 +1,344 @@
+//! `get` and the other lookups (`list`, `inspect`, the entry a push or pull reads, a
+//! docker pull's cached parts), each under the shared index lock. See "A `get` that
+//! printed a path has made its use count" in [`super`]: `get` hands out only a path it
+//! has just seen exist with its recorded size, and records a stale use in the name's
+//! marker before it lets go of the shared lock, then folds it into the index only if the
+//! exclusive lock is free at once.
+
+use std::collections::HashMap;
+use std::fs;
+use std::path::PathBuf;
+
+use super::{
+    BlobRecord, Cache, CacheError, Entry, LAST_USE_RESOLUTION, Named, RefRecord, check_digest,
+    collect, index,
+};
+use crate::format::clock;
+use crate::format::digest::Digest;
+use crate::format::reference::Reference;
+use crate::testhook;
+
+/// A part of an image, opened by [`Cache::open_parts`]: `record` and `file` are `None`
+/// when gc has dropped it.
+pub struct OpenPart {
+    pub digest: Digest,
+    pub record: Option<BlobRecord>,
+    pub file: Option<fs::File>,
+    /// Where the blob lives in the store (for a hard link; read through `file`).
+    pub path: PathBuf,
+}
+impl Cache {
+    /// The blobs already in the cache whose remote digest (`sha256:...`) is one of
+    /// `wanted`, opened under the shared lock: the open files stay readable whatever gc
+    /// does next. Reads every blob record (not a hot path: once per image pull).
+    pub fn open_by_remote_digest(
+        &self,
+        wanted: &[&str],
+    ) -> Result<HashMap<String, (Digest, fs::File)>, CacheError> {
+        let mut out = HashMap::new();
+        if wanted.is_empty() || !self.exists() {
+            return Ok(out);
+        }
+        let rd = self.index.read()?;
+        for (d, b) in rd.blobs()? {
+            let Some(remote) = b.remote_digest.as_deref() else {
+                continue;
+            };
+            if wanted.contains(&remote)
+                && !out.contains_key(remote)
+                && let Ok(f) = fs::File::open(self.store.blob_path(&d))
+                && f.metadata().is_ok_and(|m| m.len() == b.size)
+            {
+                out.insert(remote.to_string(), (d, f));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The parts of the image `r` names (its layers, bottom first, then its config), each
+    /// opened under the shared lock, so they stay readable whatever gc does next. A part
+    /// gc has dropped (under size pressure) is `None`: the image needs a pull to export.
+    pub fn open_parts(&self, r: &Reference) -> Result<Vec<OpenPart>, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let key = r.key();
+        let rd = self.index.read()?;
+        let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+        check_digest(r, &rec)?;
+        let blob = rd.get_blob(&rec.digest)?.unwrap_or_default();
+        let mut out = Vec::with_capacity(blob.parts.len());
+        for d in blob.parts {
+            let path = self.store.blob_path(&d);
+            let file = rd.get_blob(&d)?.and_then(|b| {
+                let f = fs::File::open(&path).ok()?;
+                Some((b, f))
+            });
+            out.push(match file {
+                Some((record, file)) => OpenPart {
+                    digest: d,
+                    record: Some(record),
+                    file: Some(file),
+                    path,
+                },
+                None => OpenPart {
+                    digest: d,
+                    record: None,
+                    file: None,
+                    path,
+                },
+            });
+        }
+        Ok(out)
+    }
+
+    /// The path of the blob `r` names: the hot path. Takes the shared lock for a lookup,
+    /// checks the file exists, and records the use when the stored time is stale.
+    pub fn get(&self, r: &Reference) -> Result<PathBuf, CacheError> {
+        self.get_where(r, |_| true)?
+            .ok_or_else(|| self.not_found(r))
+    }
+
+    /// [`Cache::get`] when the name's record passes `check` (for example: it was pulled
+    /// from this remote), in the same lookup; `Ok(None)` when it does not.
+    pub fn get_where(
+        &self,
+        r: &Reference,
+        check: impl FnOnce(&RefRecord) -> bool,
+    ) -> Result<Option<PathBuf>, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let key = r.key();
+        let (path, stale) = {
+            let rd = self.index.read()?;
+            let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+            if !check(&rec) {
+                return Ok(None);
+            }
+            let digest = match r.digest() {
+                Some(want) if *want != rec.digest => {
+                    if rd.get_blob(want)?.is_none() {
+                        return Err(CacheError::DigestNotFound {
+                            name: key,
+                            wanted: *want,
+                            current: rec.digest,
+                            cache: self.root.clone(),
+                        });
+                    }
+                    *want
+                }
+                _ => rec.digest,
+            };
+            let path = self.checked_path(&rd, &key, &digest)?;
+            let stale = self.note_use(&rd, &key)?;
+            (path, stale)
+        };
+        if stale {
+            testhook::pause("get-before-touch");
+            self.touch(&key);
+        }
+        Ok(Some(path))
+    }
+
+    /// The path of `digest`'s blob for the name `key`, checked under the caller's shared
+    /// lock: there, a regular file, of its recorded size (a file cut short or grown from
+    /// outside is never handed out); else why not.
+    fn checked_path(
+        &self,
+        rd: &index::IndexReader,
+        key: &str,
+        digest: &Digest,
+    ) -> Result<PathBuf, CacheError> {
+        let path = self.store.blob_path(digest);
+        let Some(size) = std::fs::metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .map(|m| m.len())
+        else {
+            if let Some(q) = self.quarantined(digest) {
+                return Err(CacheError::Quarantined {
+                    name: key.to_string(),
+                    path: q,
+                });
+            }
+            return Err(CacheError::BlobMissing {
+                name: key.to_string(),
+                path,
+            });
+        };
+        if let Some(b) = rd.get_blob(digest)?
+            && b.size != size
+        {
+            return Err(CacheError::WrongSize {
+                name: key.to_string(),
+                path,
+                size,
+                recorded: b.size,
+            });
+        }
+        Ok(path)
+    }
+
+    /// Record a use of `key` in its marker when the stored time is stale, under the
+    /// caller's shared lock, so that no gc can choose the name between the lookup and the
+    /// record of its use (see `crate::cache::uses`). True when the caller should then
+    /// fold it into the index ([`Cache::touch`]).
+    fn note_use(&self, rd: &index::IndexReader, key: &str) -> Result<bool, CacheError> {
+        let now = clock::now();
+        let stale = rd
+            .last_use(key)?
+            .is_none_or(|t| now.saturating_sub(t) >= LAST_USE_RESOLUTION);
+        if stale {
+            let _ = self.uses.record(key, now, LAST_USE_RESOLUTION);
+        }
+        Ok(stale)
+    }
+
+    /// [`Cache::get`], then re-hash the file before answering (`get --verify`).
+    pub fn get_verified(&self, r: &Reference) -> Result<PathBuf, CacheError> {
+        let path = self.get(r)?;
+        let (actual, _) =
+            crate::format::digest::hash_file(&path).map_err(|source| CacheError::Open {
+                path: path.clone(),
+                source,
+            })?;
+        let expected = path
+            .file_name()
+            .and_then(|n| Digest::from_hex(&n.to_string_lossy()));
+        if expected != Some(actual) {
+            return Err(CacheError::Corrupt {
+                name: r.key(),
+                path,
+                actual,
+            });
+        }
+        Ok(path)
+    }
+
+    /// Move a use of `key` from its marker into the index if the index lock is free within
+    /// milliseconds; a busy index means someone else is writing, and the marker `get` left
+    /// under the shared lock keeps the use until a writer folds it in.
+    pub(super) fn touch(&self, key: &str) {
+        let Ok(Some(mut w)) = self.index.try_write(std::time::Duration::from_millis(50)) else {
+            return;
+        };
+        let when = clock::now().max(self.uses.read(key).unwrap_or(0));
+        if matches!(w.get_ref(key), Ok(Some(_))) && w.set_last_use(key, when).is_ok() {
+            let _ = w.commit_then(|| self.uses.remove_folded(key, when));
+        }
+    }
+
+    /// The later of the index's last use and the marker's, for each of `names`.
+    fn with_marked_uses(&self, names: &mut [Named]) {
+        collect::fold_marks(names, &self.uses.all());
+    }
+
+    pub(super) fn entry_of(&self, n: Named) -> Entry {
+        Entry {
+            path: self.store.blob_path(&n.record.digest),
+            digest: n.record.digest,
+            size: n.blob.as_ref().map(|b| b.size),
+            added: n.record.added,
+            last_used: n.last_use,
+            pinned: n.pinned,
+            source: n.record.source,
+            labels: n.record.labels,
+            media_type: n.blob.as_ref().and_then(|b| b.media_type.clone()),
+            remote_digest: n.blob.and_then(|b| b.remote_digest),
+            name: n.name,
+        }
+    }
+
+    /// Every name (sorted), or those matching `pattern` (a glob with `*`/`?`, else a
+    /// substring).
+    pub fn list(&self, pattern: Option<&str>) -> Result<Vec<Entry>, CacheError> {
+        if !self.exists() {
+            return Ok(Vec::new());
+        }
+        let mut all = self.index.read()?.all()?;
+        self.with_marked_uses(&mut all);
+        Ok(all
+            .into_iter()
+            .filter(|n| {
+                pattern.is_none_or(|p| crate::format::reference::matches_pattern(p, &n.name))
+            })
+            .map(|n| self.entry_of(n))
+            .collect())
+    }
+
+    /// Everything known about one name.
+    pub fn entry(&self, r: &Reference) -> Result<Entry, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let rd = self.index.read()?;
+        self.entry_under(&rd, r)
+    }
+
+    fn entry_under(&self, rd: &index::IndexReader, r: &Reference) -> Result<Entry, CacheError> {
+        let key = r.key();
+        let record = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
+        check_digest(r, &record)?;
+        let blob = rd.get_blob(&record.digest)?;
+        let last_use = match (rd.last_use(&key)?, self.uses.read(&key)) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        let pinned = rd.is_pinned(&key)?;
+        Ok(self.entry_of(Named {
+            name: key,
+            record,
+            blob,
+            last_use,
+            pinned,
+        }))
+    }
+
+    /// The entry of `r` and its file, opened, from one lookup under the shared lock: the
+    /// open file holds the content the entry describes, whatever re-points the name or gc
+    /// removes next (an [`Cache::entry`] then a [`Cache::get`] could see two contents, and
+    /// a path can vanish). A file that is missing, quarantined or not of its recorded size
+    /// is the error [`Cache::get`] gives. For `push`, which reads the file and records the
+    /// entry's digest.
+    pub fn open_entry(&self, r: &Reference) -> Result<(Entry, fs::File), CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let rd = self.index.read()?;
+        let entry = self.entry_under(&rd, r)?;
+        // There, a regular file, of its recorded size (the errors `get` gives), then
+        // opened while the shared lock still holds.
+        let path = self.checked_path(&rd, &entry.name, &entry.digest)?;
+        let file = fs::File::open(&path).map_err(|source| CacheError::Open { path, source })?;
+        Ok((entry, file))
+    }
+
+    /// [`Cache::entry`] and [`Cache::get`] in one lookup: the entry of `r` when it passes
+    /// `check`, its file checked in place and its use recorded as `get` does; `Ok(None)`
+    /// when it does not pass. What `check` saw is what the caller gets, even if the name
+    /// is re-pointed the moment after.
+    pub fn entry_in_use(
+        &self,
+        r: &Reference,
+        check: impl FnOnce(&Entry) -> bool,
+    ) -> Result<Option<Entry>, CacheError> {
+        if !self.exists() {
+            return Err(self.not_found(r));
+        }
+        let (entry, stale) = {
+            let rd = self.index.read()?;
+            let entry = self.entry_under(&rd, r)?;
+            if !check(&entry) {
+                return Ok(None);
+            }
+            self.checked_path(&rd, &entry.name, &entry.digest)?;
+            let stale = self.note_use(&rd, &entry.name)?;
+            (entry, stale)
+        };
+        if stale {
+            self.touch(&entry.name);
+        }
+        Ok(Some(entry))
+    }
+}

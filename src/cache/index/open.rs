@@ -1,0 +1,459 @@
+//! Opening the index (see "Protocol" in [`super`]): [`Index`], the handle, opens
+//! `index.redb` only under `index.lock`: read-only under the shared lock
+//! ([`Index::read`]), read-write under the exclusive one ([`Index::write`] and its
+//! variants), after fencing the index and its journal (`lock::fence`) and checking that
+//! this build may change the index's schema. A read-only open that finds a writer's crash
+//! (`RepairAborted`) repairs under the exclusive lock and reads again. A missing index is
+//! built complete under a temporary name and renamed into place, and never started empty
+//! beside a journal or image files.
+
+use std::cell::{Cell, RefCell};
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableDatabase, WriteTransaction};
+
+use super::backend::UnderOurLock;
+use super::damage::{caught, from_redb, guarded};
+use super::schema::{CACHE_BYTES, MIGRATIONS, stamp_schema};
+use super::{IndexError, IndexReader, IndexWriter, journal};
+use crate::cache::lock::{self, LockError, LockGuard, LockOptions, Mode};
+
+/// The index and journal a writer opened and fenced as it took the lock (`None`: the
+/// file did not exist).
+pub(super) struct Fenced {
+    pub(super) db: Option<FencedFile>,
+    pub(super) journal: Option<FencedFile>,
+}
+
+/// A file and its fence (`lock::fence`). The fence drops first (the tuple's order): it is
+/// unlocked while the descriptor is still open, then the file closes.
+pub(super) type FencedFile = (lock::Held, std::fs::File);
+
+/// Open the journal at `path` for appending and fence it; `None` when there is none.
+pub(super) fn fence_journal(
+    path: &Path,
+    opts: &LockOptions,
+) -> Result<Option<FencedFile>, IndexError> {
+    let journal_err = |source| IndexError::Journal {
+        path: path.to_path_buf(),
+        source,
+    };
+    match crate::fork::open(|| journal::open_for_append(path)) {
+        Ok((file, registration)) => {
+            let fence = lock::fence(&file, registration, path, opts)?;
+            Ok(Some((fence, file)))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(journal_err(e)),
+    }
+}
+/// Handle on the index of one cache.
+#[derive(Clone, Debug)]
+pub struct Index {
+    pub(super) db_path: PathBuf,
+    pub(super) lock_path: PathBuf,
+    pub(super) journal_path: PathBuf,
+    pub(super) lock_opts: LockOptions,
+    pub(super) file_mode: u32,
+    /// `v1/blobs`: an index is never started empty beside image files.
+    pub(super) blobs_dir: PathBuf,
+}
+impl Index {
+    /// The index of the cache version directory `v1`.
+    pub fn new(v1: &Path, lock_opts: LockOptions, file_mode: u32) -> Index {
+        Index {
+            db_path: v1.join("index.redb"),
+            lock_path: v1.join("index.lock"),
+            journal_path: v1.join("index.journal"),
+            lock_opts,
+            file_mode,
+            blobs_dir: v1.join("blobs"),
+        }
+    }
+
+    pub fn lock_options(&self) -> &LockOptions {
+        &self.lock_opts
+    }
+
+    pub fn db_path(&self) -> &Path {
+        &self.db_path
+    }
+
+    pub fn lock_path(&self) -> &Path {
+        &self.lock_path
+    }
+
+    pub fn journal_path(&self) -> &Path {
+        &self.journal_path
+    }
+
+    fn db_err(&self) -> impl Fn(redb::Error) -> IndexError + '_ {
+        move |source| from_redb(&self.db_path, source)
+    }
+
+    /// The journal exists with something in it.
+    fn journal_exists(&self) -> bool {
+        std::fs::metadata(&self.journal_path).is_ok_and(|m| m.len() > 0)
+    }
+
+    pub(super) fn behind_journal(&self) -> IndexError {
+        IndexError::BehindJournal {
+            path: self.db_path.clone(),
+            journal: self.journal_path.clone(),
+        }
+    }
+
+    /// Why there is no `index.redb` to use, if it must not be started empty: a journal
+    /// holds names, or `blobs/` holds images (`blobs/<algorithm>/<fan-out>/<file>`) that
+    /// an empty index would leave to the next gc. A blob with a second link is an add or
+    /// pull in flight (its staged file in `tmp/` is that link; the first add of a new cache
+    /// links its blob before it creates the index), so only files with one link count.
+    /// Read only when the index is missing.
+    fn refuse_missing(&self) -> Option<IndexError> {
+        use std::os::unix::fs::MetadataExt;
+        if self.journal_exists() {
+            return Some(self.behind_journal());
+        }
+        let has_files = |dir: &Path| {
+            std::fs::read_dir(dir).is_ok_and(|rd| {
+                rd.flatten()
+                    .any(|e| e.metadata().is_ok_and(|m| m.is_file() && m.nlink() == 1))
+            })
+        };
+        let holds_images = std::fs::read_dir(&self.blobs_dir).is_ok_and(|algos| {
+            algos.flatten().any(|algo| {
+                std::fs::read_dir(algo.path())
+                    .is_ok_and(|fans| fans.flatten().any(|fan| has_files(&fan.path())))
+            })
+        });
+        holds_images.then(|| IndexError::Missing {
+            path: self.db_path.clone(),
+            blobs: self.blobs_dir.clone(),
+        })
+    }
+
+    /// Open for reading under the shared lock.
+    pub fn read(&self) -> Result<IndexReader, IndexError> {
+        let mut repaired = false;
+        loop {
+            let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
+            if !self.db_path.exists() {
+                if let Some(e) = self.refuse_missing() {
+                    return Err(e);
+                }
+                return Ok(IndexReader {
+                    txn: None,
+                    _db: None,
+                    _lock: Some(guard),
+                    path: self.db_path.clone(),
+                    poisoned: Cell::new(false),
+                });
+            }
+            let poisoned = Cell::new(false);
+            match self.open_read_only(poisoned)? {
+                Ok(mut reader) => {
+                    reader._lock = Some(guard);
+                    reader.check_schema()?;
+                    return Ok(reader);
+                }
+                Err(redb::DatabaseError::RepairAborted) if !repaired => {
+                    // A writer died mid-commit: repair under the exclusive lock, read again.
+                    drop(guard);
+                    self.repair()?;
+                    repaired = true;
+                }
+                Err(e) => return Err(self.db_err()(e.into())),
+            }
+        }
+    }
+
+    pub(super) fn repair(&self) -> Result<(), IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        let poisoned = Cell::new(false);
+        guarded(&poisoned, &self.db_path, || {
+            let db = self.open_rw(None)?;
+            db.close().map_err(|e| self.db_err()(e.into()))
+        })
+    }
+
+    /// Open read-write (caller holds the exclusive lock). A missing index is first built
+    /// complete under a temporary name and renamed into place, so a crash during creation
+    /// never leaves a half-written `index.redb` behind; but not beside a journal, which
+    /// holds names a new, empty index would forget.
+    ///
+    /// Every write goes through a fenced descriptor (`lock::fence`): `fenced`, the one the
+    /// writer fenced as it took the lock, or a new one fenced here.
+    fn open_rw(&self, fenced: Option<FencedFile>) -> Result<Database, IndexError> {
+        let (fence, file) = match fenced {
+            Some(file) => file,
+            None => {
+                if !self.db_path.exists() {
+                    if let Some(e) = self.refuse_missing() {
+                        return Err(e);
+                    }
+                    self.build_fresh(|_| Ok(()))?;
+                }
+                self.open_db_fenced()?
+            }
+        };
+        let backend =
+            UnderOurLock::open_file(file, true, fence).map_err(|e| self.db_err()(e.into()))?;
+        redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create_with_backend(backend)
+            .map_err(|e| self.db_err()(e.into()))
+    }
+
+    /// `index.redb` opened read-write and fenced (`lock::fence`).
+    fn open_db_fenced(&self) -> Result<FencedFile, IndexError> {
+        let (file, registration) = crate::fork::open(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&self.db_path)
+        })
+        .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))?;
+        let fence = lock::fence(&file, registration, &self.db_path, &self.lock_opts)?;
+        Ok((fence, file))
+    }
+
+    /// Fence the index and its journal for a writer that has just taken the exclusive
+    /// lock, before it reads anything of them (see `lock::fence`): a file that does not
+    /// exist yet is fenced when it is made.
+    pub(super) fn fence(&self) -> Result<Fenced, IndexError> {
+        let db = if self.db_path.exists() {
+            Some(self.open_db_fenced()?)
+        } else {
+            None
+        };
+        let journal = fence_journal(&self.journal_path, &self.lock_opts)?;
+        Ok(Fenced { db, journal })
+    }
+
+    /// Build a new index at this build's schema under a temporary name, let `fill` put
+    /// content in it, and rename it to `index.redb` (the caller holds the exclusive lock).
+    pub(super) fn build_fresh(
+        &self,
+        fill: impl FnOnce(&WriteTransaction) -> Result<(), IndexError>,
+    ) -> Result<(), IndexError> {
+        let dir = self.db_path.parent().unwrap_or(Path::new("."));
+        let tmp = dir.join(format!(".index.redb.new-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        let io = |source: std::io::Error| self.db_err()(redb::StorageError::Io(source).into());
+        let built = (|| {
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create_new(true)
+                .open(&tmp)
+                .map_err(io)?;
+            let backend = UnderOurLock::wrap(file).map_err(|e| self.db_err()(e.into()))?;
+            let db = redb::Builder::new()
+                .create_with_backend(backend)
+                .map_err(|e| self.db_err()(e.into()))?;
+            let txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
+            for m in MIGRATIONS {
+                (m.up)(&txn).map_err(self.db_err())?;
+            }
+            stamp_schema(&txn).map_err(self.db_err())?;
+            fill(&txn)?;
+            txn.commit().map_err(|e| self.db_err()(e.into()))?;
+            db.close().map_err(|e| self.db_err()(e.into()))?;
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(self.file_mode))
+                .map_err(io)?;
+            std::fs::File::open(&tmp)
+                .and_then(|f| f.sync_all())
+                .map_err(io)?;
+            std::fs::rename(&tmp, &self.db_path).map_err(io)?;
+            crate::cache::store::sync_dir(dir).map_err(io)
+        })();
+        if built.is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+        built
+    }
+
+    /// Check every page's checksum and rebuild the allocator state, under the exclusive
+    /// lock (`doctor`). `Ok(false)` means redb found damage and repaired what it could.
+    pub fn check_integrity(&self) -> Result<bool, IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        if !self.db_path.exists() {
+            return Ok(true);
+        }
+        let poisoned = Cell::new(false);
+        guarded(&poisoned, &self.db_path, || {
+            let mut db = self.open_rw(None)?;
+            let ok = db.check_integrity().map_err(|e| self.db_err()(e.into()))?;
+            db.close().map_err(|e| self.db_err()(e.into()))?;
+            Ok(ok)
+        })
+    }
+
+    /// Open for writing under the exclusive lock; changes land with [`IndexWriter::commit`].
+    pub fn write(&self) -> Result<IndexWriter, IndexError> {
+        let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        self.writer(guard)
+    }
+
+    /// Open for writing only if the exclusive lock is free within `wait`; `None` if not.
+    pub fn try_write(&self, wait: std::time::Duration) -> Result<Option<IndexWriter>, IndexError> {
+        let opts = LockOptions {
+            timeout: wait,
+            on_wait: None,
+            ..self.lock_opts.clone()
+        };
+        match lock::lock(&self.lock_path, Mode::Exclusive, &opts) {
+            Ok(guard) => self.writer(guard).map(Some),
+            Err(LockError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Refuse to write an index whose `write_compat` is above this build's before the
+    /// read-write open, which would rewrite its header: a refused writer leaves the file
+    /// byte for byte as it was. (The caller holds the exclusive lock.)
+    fn check_writable_before_open(&self) -> Result<(), IndexError> {
+        self.view_before_write().map(drop)
+    }
+
+    /// Open the index read-only and begin a read, as a reader without a lock of its own
+    /// (the caller holds one). The outer error is damage; the inner one is redb's refusal
+    /// to open (`RepairAborted` after a writer's crash), for the caller to handle.
+    fn open_read_only(
+        &self,
+        poisoned: Cell<bool>,
+    ) -> Result<Result<IndexReader, redb::DatabaseError>, IndexError> {
+        let opened = guarded(&poisoned, &self.db_path, || {
+            Ok(UnderOurLock::open(&self.db_path, false)
+                .map_err(redb::DatabaseError::Storage)
+                .and_then(|backend| {
+                    redb::Builder::new()
+                        .set_cache_size(CACHE_BYTES)
+                        .open_read_only_with_backend(backend)
+                }))
+        })?;
+        let db = match opened {
+            Ok(db) => db,
+            Err(e) => return Ok(Err(e)),
+        };
+        let txn = match guarded(&poisoned, &self.db_path, || {
+            db.begin_read().map_err(|e| self.db_err()(e.into()))
+        }) {
+            Ok(txn) => txn,
+            Err(e) => {
+                caught(move || drop(db));
+                return Err(e);
+            }
+        };
+        Ok(Ok(IndexReader {
+            txn: Some(txn),
+            _db: Some(db),
+            _lock: None,
+            path: self.db_path.clone(),
+            poisoned,
+        }))
+    }
+
+    /// The index as it is, opened read-only under the writer's exclusive lock, after
+    /// checking this build may change it; `None` when there is no index yet or a
+    /// writer's crash left it needing the repair the read-write open does (the
+    /// migration step checks the levels then).
+    fn view_before_write(&self) -> Result<Option<IndexReader>, IndexError> {
+        if !self.db_path.exists() {
+            return Ok(None);
+        }
+        let view = match self.open_read_only(Cell::new(false))? {
+            Ok(view) => view,
+            Err(redb::DatabaseError::RepairAborted) => return Ok(None),
+            Err(e) => return Err(self.db_err()(e.into())),
+        };
+        let levels = view.levels()?;
+        levels.require(&self.db_path, "read")?;
+        levels.require(&self.db_path, "change")?;
+        Ok(Some(view))
+    }
+
+    /// Open for writing under the exclusive lock, once `check` has accepted the index as
+    /// it is: `check` reads it in the read-only open that also checks this build may
+    /// change it, so a refusal costs no second open and leaves the file byte for byte as
+    /// it was. (Where there is nothing to view, see [`Index::view_before_write`], `check`
+    /// is not run: the writer checks again.)
+    pub fn write_checked<E: From<IndexError>>(
+        &self,
+        check: impl FnOnce(&IndexReader) -> Result<(), E>,
+    ) -> Result<IndexWriter, E> {
+        let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)
+            .map_err(IndexError::from)?;
+        let fenced = self.fence()?;
+        if let Some(view) = self.view_before_write()? {
+            check(&view)?;
+        }
+        Ok(self.writer_checked(guard, fenced)?)
+    }
+
+    pub(super) fn writer(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
+        let fenced = self.fence()?;
+        self.check_writable_before_open()?;
+        self.writer_checked(guard, fenced)
+    }
+
+    /// [`Index::writer`] once the levels were checked.
+    fn writer_checked(&self, guard: LockGuard, fenced: Fenced) -> Result<IndexWriter, IndexError> {
+        let poisoned = Cell::new(false);
+        let Fenced { db, journal } = fenced;
+        let (db, txn) = guarded(&poisoned, &self.db_path, || {
+            let db = self.open_rw(db)?;
+            let mut txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
+            // The commit itself need not reach the disk: `commit()` closes the database
+            // right after, and redb's close makes a pending commit durable (with the
+            // allocator state) in one go, saving three fsyncs per write. If the process
+            // dies in between, the change is lost, but it was never reported done either.
+            txn.set_durability(redb::Durability::None)
+                .map_err(|e| IndexError::Corrupt {
+                    path: self.db_path.clone(),
+                    key: "durability".into(),
+                    detail: e.to_string(),
+                })?;
+            Ok((db, txn))
+        })?;
+        let w = IndexWriter {
+            txn: Some(txn),
+            db: Some(db),
+            journal_file: RefCell::new(journal),
+            lock_opts: self.lock_opts.clone(),
+            _lock: guard,
+            path: self.db_path.clone(),
+            journal: self.journal_path.clone(),
+            file_mode: self.file_mode,
+            poisoned,
+            ops: RefCell::new(Vec::new()),
+            seq: Cell::new(0),
+            torn: Cell::new(false),
+        };
+        w.guard(|| {
+            w.migrate()?;
+            w.check_journal()
+        })?;
+        Ok(w)
+    }
+
+    /// Take the exclusive lock and run `f` on the index as it is, opened read-only
+    /// (`None` when it is missing, damaged or cannot be opened without a repair): for a
+    /// command that failed before its write transaction to look, with no writer between,
+    /// whether the index knows what it put in `blobs/`.
+    pub fn view_exclusive<T>(
+        &self,
+        f: impl FnOnce(Option<&IndexReader>) -> T,
+    ) -> Result<T, IndexError> {
+        let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
+        let view = if self.db_path.exists() {
+            self.open_read_only(Cell::new(false))
+                .ok()
+                .and_then(Result::ok)
+        } else {
+            None
+        };
+        Ok(f(view.as_ref()))
+    }
+}

@@ -1,0 +1,84 @@
+//! What the remotes need of the cache around a pull or push: the per-pull lock
+//! (`locks/<hash>.lock`, exclusive for a whole download, taken before the index lock and
+//! never while holding it), the note of failed pulls a waiter reads, and the remote
+//! digest a push records.
+
+use std::path::PathBuf;
+
+use super::{Cache, CacheError, IndexError};
+use crate::format::digest::Digest;
+
+impl Cache {
+    /// Record the remote's digest of a blob (after a push computed it), so later pushes
+    /// need not hash the file again.
+    pub fn record_remote_digest(&self, d: &Digest, remote: &str) -> Result<(), CacheError> {
+        let mut w = self.index.write()?;
+        if let Some(mut b) = w.get_blob(d)?
+            && b.remote_digest.as_deref() != Some(remote)
+        {
+            b.remote_digest = Some(remote.to_string());
+            w.replace_blob(d, &b)?;
+            w.commit()?;
+        }
+        Ok(())
+    }
+
+    /// The per-pull lock of a remote reference (`v1/locks/<hash>.lock`), held exclusive for
+    /// a whole download. Taken before the index lock, never while holding it.
+    ///
+    /// Once it holds the lock, it removes what killed pulls and adds on this machine left
+    /// in `tmp/` (see `store::Store::remove_dead_tmp`), so a pull killed mid-way leaves
+    /// nothing behind once the next one runs here.
+    pub fn pull_lock(&self, remote: &str) -> Result<crate::cache::lock::LockGuard, CacheError> {
+        let path = self.locks_dir().join(pull_lock_name(remote));
+        if crate::cache::lock::held_by_caller(&path) {
+            // A callback of the pull holding it (see `LockGuard::reentry`): waiting would
+            // be waiting for ourselves, the whole lock timeout, then blaming another process.
+            return Err(CacheError::Reentered {
+                remote: remote.to_string(),
+                path,
+            });
+        }
+        let guard = crate::cache::lock::lock(
+            &path,
+            crate::cache::lock::Mode::Exclusive,
+            self.index.lock_options(),
+        )
+        .map_err(IndexError::from)?;
+        self.store.remove_dead_tmp();
+        Ok(guard)
+    }
+
+    /// How many pulls of `remote` have failed so far, and the last one's message
+    /// (`0, ""` when none has). Read before waiting for the pull lock and again once it is
+    /// held, it tells a waiter whether the pull it waited for failed.
+    pub fn pull_failures(&self, remote: &str) -> (u64, String) {
+        let path = self.pull_failure_note(remote);
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let (count, detail) = text.split_once('\n').unwrap_or((&text, ""));
+        (count.trim().parse().unwrap_or(0), detail.to_string())
+    }
+
+    /// Record that a pull of `remote` failed with `detail` (call holding its pull lock).
+    /// Best effort: a note that cannot be written only makes waiters try for themselves.
+    pub fn record_pull_failure(&self, remote: &str, detail: &str) {
+        let (count, _) = self.pull_failures(remote);
+        let path = self.pull_failure_note(remote);
+        let tmp = path.with_extension(format!("failed.{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{}\n{detail}", count + 1)).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+
+    fn pull_failure_note(&self, remote: &str) -> PathBuf {
+        self.locks_dir()
+            .join(pull_lock_name(remote))
+            .with_extension("failed")
+    }
+}
+
+/// BLAKE3 of a remote reference's text: the name of its per-pull lock.
+fn pull_lock_name(remote: &str) -> String {
+    format!("{}.lock", &Digest::of(remote.as_bytes()).hex()[..32])
+}
