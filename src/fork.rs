@@ -28,8 +28,8 @@
 //!   fork falls between the two.
 //! * **In-process locks.** A mutex held by another thread at the instant of the fork stays
 //!   held in the child for ever. Every critical section of the library's process-wide
-//!   mutexes (this registry, the list of unfinished `tmp/` files, the runtime and HTTP
-//!   clients of `remote::runtime`, the host name cache) runs inside [`gate`], a shared hold
+//!   mutexes (this registry, the list of unfinished `tmp/` files, the runtime of
+//!   `remote::runtime` and the HTTP clients of `remote::transport`, the host name cache) runs inside [`gate`], a shared hold
 //!   on one read-write lock; a `fork` handler takes it exclusively before the fork (so no
 //!   thread is inside any of them at that instant) and the parent and the child each
 //!   release it after. Sections inside the gate are short, never wait for a lock file or

@@ -35,7 +35,7 @@ use std::path::PathBuf;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use super::RemoteError;
+use super::error::RemoteError;
 
 /// A user name and password (or token) for one registry.
 #[derive(Clone, PartialEq, Eq)]

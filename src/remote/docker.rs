@@ -54,12 +54,14 @@ use reqwest::header::ACCEPT;
 use serde::Deserialize;
 
 use super::auth;
-use super::oci::{
+use super::error::RemoteError;
+use super::registry::{
     self, Descriptor, INDEX_OCI, MANIFEST_DOCKER, MANIFEST_OCI, OciRef, Session, Validators,
 };
+use super::runtime;
 use super::sink::Sink;
 use super::transport::Transport;
-use super::{PullOutcome, RemoteError, RemoteOptions, runtime};
+use super::types::{PullOutcome, RemoteOptions};
 use crate::cache::{Cache, Entry, Ingested, Part, Provenance};
 use crate::format::reference::Reference;
 
@@ -432,7 +434,7 @@ pub fn choose_platform(body: &[u8], platform: &Platform) -> Result<(String, u64)
 
 fn sha256_hex(body: &[u8]) -> String {
     use sha2::Digest as _;
-    format!("sha256:{}", super::hex(&sha2::Sha256::digest(body)))
+    format!("sha256:{}", super::sink::hex(&sha2::Sha256::digest(body)))
 }
 
 /// Fetch a manifest or index by tag or digest: (body, digest, content type).
@@ -449,16 +451,18 @@ async fn fetch_manifest(
             format!("{MANIFEST_OCI}, {MANIFEST_DOCKER}, {INDEX_OCI}, {MANIFEST_LIST_DOCKER}"),
         )
     };
-    let resp = s.send(&oci::pull_scope(&r.repository), &url, &make).await?;
+    let resp = s
+        .send(&registry::pull_scope(&r.repository), &url, &make)
+        .await?;
     if resp.status() == StatusCode::NOT_FOUND {
         return Err(RemoteError::NotFound {
             host: r.host.clone(),
             what: format!("{}:{reference}", r.repository),
         });
     }
-    let resp = oci::ok_or_status(resp, &url).await?;
-    let ctype = oci::header_str(&resp, reqwest::header::CONTENT_TYPE).unwrap_or_default();
-    let body = oci::read_limited(resp, &url, oci::MAX_MANIFEST).await?;
+    let resp = registry::ok_or_status(resp, &url).await?;
+    let ctype = registry::header_str(&resp, reqwest::header::CONTENT_TYPE).unwrap_or_default();
+    let body = registry::read_limited(resp, &url, registry::MAX_MANIFEST).await?;
     let digest = sha256_hex(&body);
     if reference.starts_with("sha256:") && digest != reference {
         return Err(RemoteError::DigestMismatch {
@@ -525,9 +529,11 @@ async fn fetch_config(
     }
     let client = s.client();
     let make = || client.get(url.as_str());
-    let resp = s.send(&oci::pull_scope(&r.repository), &url, &make).await?;
-    let resp = oci::ok_or_status(resp, &url).await?;
-    let body = oci::read_limited(resp, &url, d.size).await?;
+    let resp = s
+        .send(&registry::pull_scope(&r.repository), &url, &make)
+        .await?;
+    let resp = registry::ok_or_status(resp, &url).await?;
+    let body = registry::read_limited(resp, &url, d.size).await?;
     if body.len() as u64 != d.size {
         return Err(RemoteError::Truncated {
             url,
@@ -661,7 +667,7 @@ pub fn pull_locked(
     opts: &RemoteOptions,
 ) -> Result<PullOutcome, RemoteError> {
     let platform = match &opts.platform {
-        Some(p) => Platform::parse(p).map_err(|reason| super::bad_ref(p, reason))?,
+        Some(p) => Platform::parse(p).map_err(|reason| super::transport::bad_ref(p, reason))?,
         None => Platform::host(),
     };
     let (c, r_, o, n, src, plat) = (
@@ -715,9 +721,9 @@ pub fn pull_locked(
             }
             let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, l.digest));
             let mut sink = Sink::new(cache, &url, Some(l.size), &opts.limits)?;
-            oci::download(
+            registry::download(
                 &mut s,
-                &oci::pull_scope(&r.repository),
+                &registry::pull_scope(&r.repository),
                 &url,
                 &mut sink,
                 opts,

@@ -15,10 +15,11 @@
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_LENGTH, IF_MODIFIED_SINCE, IF_NONE_MATCH};
 
-use super::oci::{Session, Validators, header_str};
+use super::error::RemoteError;
+use super::registry::{Session, Validators, header_str};
 use super::sink::Sink;
 use super::transport::Transport;
-use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
+use super::types::{Fetched, Known, Pulled, RemoteOptions};
 use crate::cache::Cache;
 
 /// Download `url` into `tmp/`, verified and resumable; nothing when the server says the
@@ -91,7 +92,7 @@ pub async fn pull(
     }
     let mut sink = Sink::new(cache, &shown, size, &opts.limits)?;
     let mut s = Session::new(t, &host, None);
-    let used = super::oci::download(&mut s, "", url, &mut sink, opts, validators).await?;
+    let used = super::registry::download(&mut s, "", url, &mut sink, opts, validators).await?;
     let (ingested, sha) = sink.finish(size, None)?;
     Ok(Pulled::Fresh(
         ingested,

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use super::RemoteError;
+use super::error::RemoteError;
 use crate::cache::{Cache, OpenPart};
 use crate::format::reference::Reference;
 
@@ -191,7 +191,7 @@ pub fn export(
     let body = serde_json::to_vec(&manifest).unwrap_or_default();
     let digest = {
         use sha2::Digest as _;
-        format!("sha256:{}", super::hex(&sha2::Sha256::digest(&body)))
+        format!("sha256:{}", super::sink::hex(&sha2::Sha256::digest(&body)))
     };
     let mpath = blobs.join(digest.trim_start_matches("sha256:"));
     write_atomically(&mpath, &body)?;

@@ -1,5 +1,6 @@
-//! The one tokio runtime and HTTP client of a process, shared by every remote call (a
-//! child made by `fork` makes its own: see `PerProcess`).
+//! The one tokio runtime of a process, shared by every remote call (a child made by
+//! `fork` makes its own: see `PerProcess`, which keeps the HTTP clients of
+//! [`super::transport`] per process too). It imports nothing of `remote/` but the error.
 //!
 //! The library's remote API is blocking, so that the command line, a Python binding and
 //! a plain Rust program can call it alike. Each call ships its work, as a `Send +
@@ -8,17 +9,16 @@
 //! The caller's thread never runs a runtime itself, so a caller that already runs tokio
 //! can call in too (from async code, through `spawn_blocking`, as any blocking call), and
 //! nothing builds a runtime per call. The HTTP client (connection pool, TLS roots) is
-//! made once and cloned (a handle) into each [`super::transport::Transport`], always used
-//! from this runtime. A panic inside the work (a bug, here or in a library it calls) is
+//! made once by the transport and cloned (a handle) into each
+//! [`super::transport::Transport`], always used from this runtime. A panic inside the work (a bug, here or in a library it calls) is
 //! caught on the runtime and answered as [`RemoteError::Panicked`] with its message; the
 //! runtime goes on serving other calls.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use super::RemoteError;
+use super::error::RemoteError;
 
 /// Something made once per process: kept with the id of the process that made it. A
 /// child made by `fork` (a Python program's `multiprocessing`, say) inherits the parent's
@@ -26,14 +26,14 @@ use super::RemoteError;
 /// and the parent's connections are not the child's to use. So a child makes its own. The
 /// mutex is held only inside [`crate::fork::gate`], so no fork finds it held by a thread
 /// the child does not have.
-struct PerProcess<T>(Mutex<Option<(u32, T)>>);
+pub(super) struct PerProcess<T>(Mutex<Option<(u32, T)>>);
 
 impl<T: Clone> PerProcess<T> {
-    const fn new() -> Self {
+    pub(super) const fn new() -> Self {
         PerProcess(Mutex::new(None))
     }
 
-    fn get_or_make(&self, make: impl FnOnce() -> T) -> T {
+    pub(super) fn get_or_make(&self, make: impl FnOnce() -> T) -> T {
         crate::fork::gate(|| self.get_or_make_gated(make))
     }
 
@@ -137,99 +137,10 @@ fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a panic without a message".into())
 }
 
-/// Default for `SREGISTRY_TIMEOUT` (how long a connection may stay silent: no answer, no
-/// body bytes).
-const DEFAULT_IDLE: Duration = Duration::from_secs(30);
-/// Longest wait for a TCP (and TLS) connection to be set up.
-const CONNECT: Duration = Duration::from_secs(10);
-
-/// How long a connection may stay silent: `SREGISTRY_TIMEOUT`, else 30 s. A value that
-/// does not parse is refused.
-pub fn idle_timeout() -> Result<Duration, crate::settings::SettingError> {
-    Ok(crate::settings::duration(&crate::settings::TIMEOUT)?.unwrap_or(DEFAULT_IDLE))
-}
-
-/// Clients without and with `--insecure`.
-static CLIENTS: [PerProcess<Result<reqwest::Client, String>>; 2] =
-    [PerProcess::new(), PerProcess::new()];
-
-/// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
-/// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
-pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
-    check_cert_paths()?;
-    let idle = idle_timeout()?;
-    let made = CLIENTS[usize::from(insecure)].get_or_make(|| {
-        let policy = reqwest::redirect::Policy::custom(move |attempt| {
-            if attempt.previous().len() >= 10 {
-                return attempt.error(TooManyRedirects);
-            }
-            let url = attempt.url();
-            let host = url.host_str().unwrap_or("");
-            if url.scheme() == "http" && !insecure && !super::transport::is_loopback(host) {
-                let host = host.to_string();
-                return attempt.error(PlainRedirect(host));
-            }
-            attempt.follow()
-        });
-        reqwest::Client::builder()
-            .user_agent(concat!("sregistry/", env!("CARGO_PKG_VERSION")))
-            .redirect(policy)
-            .connect_timeout(CONNECT.min(idle))
-            .read_timeout(idle)
-            .build()
-            .map_err(|e| super::transport::error_chain(&e))
-    });
-    made.map_err(|detail| RemoteError::ClientSetup { detail })
-}
-
-/// Refuse an `SSL_CERT_FILE` that is not a readable file, or an `SSL_CERT_DIR` entry that
-/// is not a directory: the TLS roots are read from them alone when set, and a typo would
-/// otherwise surface only as "unknown certificate authority" at the first request.
-fn check_cert_paths() -> Result<(), RemoteError> {
-    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
-        let path = PathBuf::from(file);
-        let detail = match std::fs::File::open(&path).and_then(|f| f.metadata()) {
-            Ok(m) if m.is_file() => None,
-            Ok(_) => Some("is not a file".to_string()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                Some("does not exist".to_string())
-            }
-            Err(e) => Some(format!("cannot be read: {e}")),
-        };
-        if let Some(detail) = detail {
-            return Err(RemoteError::CertPath {
-                var: "SSL_CERT_FILE",
-                path,
-                detail,
-            });
-        }
-    }
-    if let Some(dirs) = std::env::var_os("SSL_CERT_DIR") {
-        for path in std::env::split_paths(&dirs).filter(|p| !p.as_os_str().is_empty()) {
-            if std::fs::read_dir(&path).is_err() {
-                return Err(RemoteError::CertPath {
-                    var: "SSL_CERT_DIR",
-                    detail: "is not a readable directory".into(),
-                    path,
-                });
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A redirect chain longer than 10 hops.
-#[derive(Debug, thiserror::Error)]
-#[error("too many redirects (more than 10)")]
-pub struct TooManyRedirects;
-
-/// A redirect to plain HTTP on a host that is not loopback, without `--insecure`.
-#[derive(Debug, thiserror::Error)]
-#[error("redirect to plain HTTP on `{0}`")]
-pub struct PlainRedirect(pub String);
-
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     #[test]

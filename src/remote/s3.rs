@@ -22,8 +22,9 @@ use futures_util::StreamExt;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::{ObjectStore, ObjectStoreExt};
 
+use super::error::RemoteError;
 use super::sink::Sink;
-use super::{Fetched, Known, Pulled, RemoteError, RemoteOptions};
+use super::types::{Fetched, Known, Pulled, RemoteOptions};
 use crate::cache::Cache;
 
 /// The endpoint an `s3://` remote is reached through: `--endpoint`, else
@@ -139,7 +140,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
     // a whole transfer (object_store's default, 30 s per request, would cut off a large
     // image that is still streaming). Set before the endpoint, whose `allow_http` lives
     // in the same client options.
-    let idle = super::runtime::idle_timeout()?;
+    let idle = super::transport::idle_timeout()?;
     let mut client = object_store::ClientOptions::new()
         .with_timeout_disabled()
         .with_connect_timeout(idle.min(std::time::Duration::from_secs(10)))
@@ -280,7 +281,7 @@ pub async fn pull(
     let etag = res.meta.e_tag.clone();
     let modified = Some(res.meta.last_modified.to_rfc2822());
     let mut sink = Sink::new(cache, &url, Some(size), &opts.limits)?;
-    let report = super::Report::start(opts, &url, Some(size), 0);
+    let report = super::transport::Report::start(opts, &url, Some(size), 0);
     let mut stream = res.into_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = chunk.map_err(|e| s3_err(&url, e))?;
@@ -357,11 +358,12 @@ pub async fn push(
     let path = object_path(key);
     // Opened before the upload is made, so that a file that cannot be read leaves no
     // upload behind.
-    let mut f =
-        tokio::fs::File::from_std(super::reopen(file).map_err(|source| RemoteError::Io {
+    let mut f = tokio::fs::File::from_std(super::transport::reopen(file).map_err(|source| {
+        RemoteError::Io {
             path: shown.to_path_buf(),
             source,
-        })?);
+        }
+    })?);
     let size = f.metadata().await.ok().map(|m| m.len());
     let mut upload = store
         .put_multipart(&path)
@@ -372,7 +374,7 @@ pub async fn push(
     // the abort would be left on the server.
     let mut parts: tokio::task::JoinSet<object_store::Result<()>> = tokio::task::JoinSet::new();
     let fed = async {
-        let report = super::Report::start(opts, &url, size, 0);
+        let report = super::transport::Report::start(opts, &url, size, 0);
         let mut done = 0u64;
         let mut chunk: Vec<u8> = Vec::with_capacity(PART);
         let mut sent_parts = 0usize;

@@ -18,7 +18,7 @@ use std::path::PathBuf;
 use bytes::Bytes;
 use sha2::Digest as _;
 
-use super::RemoteError;
+use super::error::RemoteError;
 use crate::cache::limits::{self, Limits};
 use crate::cache::{Cache, Ingest, Ingested, Tap};
 
@@ -179,7 +179,7 @@ impl Sink {
         }
         let path = self.path();
         let sha = self.ingest.stop_hashing().map_err(Self::io(path.clone()))?;
-        let sha = format!("sha256:{}", super::hex(&sha.0.finalize()));
+        let sha = format!("sha256:{}", hex(&sha.0.finalize()));
         if let Some(want) = expected_sha
             && want != sha
         {
@@ -192,4 +192,30 @@ impl Sink {
         let ingested = self.ingest.seal().map_err(Self::io(path))?;
         Ok((ingested, sha))
     }
+}
+
+/// The sha256 of what `f` reads (`path` names it in errors), as a remote knows a blob:
+/// `sha256:<hex>`.
+pub fn sha256_of(
+    f: &mut impl std::io::Read,
+    path: &std::path::Path,
+) -> Result<String, RemoteError> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| RemoteError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(format!("sha256:{}", hex(&h.finalize())))
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

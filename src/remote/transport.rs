@@ -1,4 +1,7 @@
-//! One HTTP client for every remote, with retries.
+//! The HTTP leaf of `remote/`: one HTTP client for every remote (made once per process,
+//! kept in `runtime`'s per-process cell), its time-outs, redirect, loopback and TLS rules,
+//! and retries; how a URL is shown; a transfer's progress report ([`Report`]). It imports
+//! nothing of `remote/` but the error, the shared types and `runtime`.
 //!
 //! Requests that fail with a dropped or refused connection, a timeout, `429 Too Many
 //! Requests` or a `5xx` answer are retried with exponential backoff (0.2 s, 0.4 s,
@@ -17,12 +20,14 @@
 //! is ever printed ([`shown`]).
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use reqwest::{RequestBuilder, Response, StatusCode};
 
-use super::runtime::{PlainRedirect, TooManyRedirects};
-use super::{ProgressHook, RemoteError, RemoteOptions};
+use super::error::RemoteError;
+use super::runtime::PerProcess;
+use super::types::{Progress, ProgressHook, RemoteOptions};
 
 /// Silence longer than this is announced to the progress hook.
 const ANNOUNCE_AFTER: Duration = Duration::from_secs(3);
@@ -37,6 +42,98 @@ pub fn retries() -> Result<u32, crate::settings::SettingError> {
     Ok(crate::settings::count(&crate::settings::RETRIES)?.unwrap_or(DEFAULT_RETRIES))
 }
 
+/// Default for `SREGISTRY_TIMEOUT` (how long a connection may stay silent: no answer, no
+/// body bytes).
+const DEFAULT_IDLE: Duration = Duration::from_secs(30);
+
+/// Longest wait for a TCP (and TLS) connection to be set up.
+const CONNECT: Duration = Duration::from_secs(10);
+
+/// How long a connection may stay silent: `SREGISTRY_TIMEOUT`, else 30 s. A value that
+/// does not parse is refused.
+pub fn idle_timeout() -> Result<Duration, crate::settings::SettingError> {
+    Ok(crate::settings::duration(&crate::settings::TIMEOUT)?.unwrap_or(DEFAULT_IDLE))
+}
+
+/// Clients without and with `--insecure`.
+static CLIENTS: [PerProcess<Result<reqwest::Client, String>>; 2] =
+    [PerProcess::new(), PerProcess::new()];
+
+/// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
+/// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
+pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
+    check_cert_paths()?;
+    let idle = idle_timeout()?;
+    let made = CLIENTS[usize::from(insecure)].get_or_make(|| {
+        let policy = reqwest::redirect::Policy::custom(move |attempt| {
+            if attempt.previous().len() >= 10 {
+                return attempt.error(TooManyRedirects);
+            }
+            let url = attempt.url();
+            let host = url.host_str().unwrap_or("");
+            if url.scheme() == "http" && !insecure && !is_loopback(host) {
+                let host = host.to_string();
+                return attempt.error(PlainRedirect(host));
+            }
+            attempt.follow()
+        });
+        reqwest::Client::builder()
+            .user_agent(concat!("sregistry/", env!("CARGO_PKG_VERSION")))
+            .redirect(policy)
+            .connect_timeout(CONNECT.min(idle))
+            .read_timeout(idle)
+            .build()
+            .map_err(|e| error_chain(&e))
+    });
+    made.map_err(|detail| RemoteError::ClientSetup { detail })
+}
+
+/// Refuse an `SSL_CERT_FILE` that is not a readable file, or an `SSL_CERT_DIR` entry that
+/// is not a directory: the TLS roots are read from them alone when set, and a typo would
+/// otherwise surface only as "unknown certificate authority" at the first request.
+fn check_cert_paths() -> Result<(), RemoteError> {
+    if let Some(file) = std::env::var_os("SSL_CERT_FILE").filter(|v| !v.is_empty()) {
+        let path = PathBuf::from(file);
+        let detail = match std::fs::File::open(&path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => None,
+            Ok(_) => Some("is not a file".to_string()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                Some("does not exist".to_string())
+            }
+            Err(e) => Some(format!("cannot be read: {e}")),
+        };
+        if let Some(detail) = detail {
+            return Err(RemoteError::CertPath {
+                var: "SSL_CERT_FILE",
+                path,
+                detail,
+            });
+        }
+    }
+    if let Some(dirs) = std::env::var_os("SSL_CERT_DIR") {
+        for path in std::env::split_paths(&dirs).filter(|p| !p.as_os_str().is_empty()) {
+            if std::fs::read_dir(&path).is_err() {
+                return Err(RemoteError::CertPath {
+                    var: "SSL_CERT_DIR",
+                    detail: "is not a readable directory".into(),
+                    path,
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A redirect chain longer than 10 hops.
+#[derive(Debug, thiserror::Error)]
+#[error("too many redirects (more than 10)")]
+struct TooManyRedirects;
+
+/// A redirect to plain HTTP on a host that is not loopback, without `--insecure`.
+#[derive(Debug, thiserror::Error)]
+#[error("redirect to plain HTTP on `{0}`")]
+struct PlainRedirect(String);
+
 /// The shared client and retry policy.
 pub struct Transport {
     client: reqwest::Client,
@@ -48,7 +145,7 @@ pub struct Transport {
 impl Transport {
     pub fn new(opts: &RemoteOptions) -> Result<Transport, RemoteError> {
         let insecure = opts.insecure;
-        let client = super::runtime::client(insecure)?;
+        let client = client(insecure)?;
         let attempts = retries()? + 1;
         Ok(Transport {
             client,
@@ -78,7 +175,7 @@ impl Transport {
     pub fn stalled(&self, url: &str, attempts: u32) -> RemoteError {
         RemoteError::Stalled {
             url: shown(url),
-            waited: super::runtime::idle_timeout().unwrap_or_default(),
+            waited: idle_timeout().unwrap_or_default(),
             attempts,
         }
     }
@@ -110,7 +207,7 @@ impl Transport {
     /// the URL's own (`http://localhost:x@elsewhere/` is `elsewhere`).
     pub fn check_url(&self, url: &str) -> Result<(), RemoteError> {
         let Ok(u) = reqwest::Url::parse(url) else {
-            return Err(super::bad_ref(&shown(url), "not a valid URL"));
+            return Err(bad_ref(&shown(url), "not a valid URL"));
         };
         if u.scheme() == "http" && !self.insecure {
             let host = u.host_str().unwrap_or("");
@@ -328,6 +425,76 @@ pub fn is_loopback(host: &str) -> bool {
         || h == "::1"
         || h.parse::<std::net::Ipv4Addr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+pub(crate) fn bad_ref(input: &str, reason: impl Into<String>) -> RemoteError {
+    RemoteError::BadRef {
+        shown: crate::format::reference::shown(&shown(input)),
+        reason: reason.into(),
+    }
+}
+
+/// One download's progress: tells the hook, if any, and that it ended when dropped.
+pub(crate) struct Report {
+    hook: Option<std::sync::Arc<dyn Progress>>,
+    /// The download, as shown in an error.
+    url: String,
+}
+
+impl Report {
+    pub(crate) fn start(opts: &RemoteOptions, url: &str, total: Option<u64>, at: u64) -> Report {
+        let hook = opts.progress.as_ref().map(|h| h.0.clone());
+        if let Some(h) = &hook {
+            h.start(total, at);
+        }
+        Report {
+            hook,
+            url: shown(url),
+        }
+    }
+
+    /// Whether the hook asked to stop.
+    pub(crate) fn stopped(&self) -> bool {
+        self.hook.as_ref().is_some_and(|h| h.stop())
+    }
+
+    /// Tell the hook `done` bytes are in (or out); an error when it asks to stop.
+    pub(crate) fn advance(&self, done: u64) -> Result<(), RemoteError> {
+        if let Some(h) = &self.hook {
+            h.advance(done);
+            if h.stop() {
+                return Err(RemoteError::Stopped {
+                    url: self.url.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Report {
+    fn drop(&mut self) {
+        if let Some(h) = &self.hook {
+            h.finish();
+        }
+    }
+}
+
+/// `file` opened again, with a read position of its own at the start: each attempt of an
+/// upload reads it whole, and never shares an offset with an earlier attempt's reader. The
+/// open file is reached through `/proc/self/fd`, so this works after the path was removed
+/// or re-pointed; where `/proc` is not mounted, a duplicate rewound to the start.
+pub(crate) fn reopen(file: &std::fs::File) -> std::io::Result<std::fs::File> {
+    use std::io::Seek;
+    use std::os::fd::AsRawFd;
+    match std::fs::File::open(format!("/proc/self/fd/{}", file.as_raw_fd())) {
+        Ok(f) => Ok(f),
+        Err(_) => {
+            let mut f = file.try_clone()?;
+            f.rewind()?;
+            Ok(f)
+        }
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,101 @@
+//! The types every layer of `remote/` shares: what a caller asks for ([`RemoteOptions`],
+//! with its [`Progress`] receiver), what a protocol's pull brings back ([`Pulled`],
+//! [`Fetched`]) against what the cache held ([`Known`]), and what a pull answers
+//! ([`PullOutcome`]). Data only: it imports nothing of `remote/` but the error, so the
+//! HTTP leaf, the registry layer, the protocols and the dispatcher all use it.
+
+use crate::cache::Entry;
+
+/// How a download (or an `oras://` upload) advances, for a caller that shows it. The
+/// library prints nothing.
+pub trait Progress: Send + Sync {
+    /// A download starts (or resumes at `at` bytes); `total` is its size when known.
+    fn start(&self, total: Option<u64>, at: u64);
+    /// `done` bytes are in.
+    fn advance(&self, done: u64);
+    /// The download is over (done or failed).
+    fn finish(&self);
+    /// Nothing has come for a few seconds: `what` says what is awaited ("an answer from
+    /// `URL`"). Told once per wait.
+    fn waiting(&self, what: &str) {
+        let _ = what;
+    }
+    /// Asked after each [`Progress::advance`]: true stops the transfer with
+    /// [`RemoteError::Stopped`](super::RemoteError::Stopped), and nothing is stored (a download commits nothing; an
+    /// upload stops before a manifest names it). An embedding program's progress callback
+    /// failed, or its user cancelled.
+    fn stop(&self) -> bool {
+        false
+    }
+}
+
+/// A shared [`Progress`] receiver in [`RemoteOptions`].
+#[derive(Clone)]
+pub struct ProgressHook(pub std::sync::Arc<dyn Progress>);
+
+impl std::fmt::Debug for ProgressHook {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProgressHook(..)")
+    }
+}
+
+/// Options for pulls and pushes.
+#[derive(Clone, Debug, Default)]
+pub struct RemoteOptions {
+    /// Allow plain HTTP to hosts that are not loopback.
+    pub insecure: bool,
+    /// S3 endpoint (else `AWS_ENDPOINT_URL`, else AWS).
+    pub endpoint: Option<String>,
+    /// Told how a download advances (the command line draws a bar on a terminal); `None`
+    /// tells nobody.
+    pub progress: Option<ProgressHook>,
+    /// Labels to record.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// Whether a pull may re-point a pinned name (`pull --force`).
+    pub repoint: crate::cache::Repoint,
+    /// How much a download may write, and the free space it must leave.
+    pub limits: crate::cache::limits::Limits,
+    /// Download again even when the remote says its content is what the name already
+    /// holds (`pull --force`).
+    pub refetch: bool,
+    /// `docker://`: the platform to pull, `os/arch[/variant]` (default: this machine's).
+    pub platform: Option<String>,
+    /// `docker://`: the squashfs compression of the SIF (default gzip).
+    pub squashfs_comp: Option<String>,
+}
+
+/// What the cache holds from an earlier pull of the same remote under the same name: a
+/// pull compares it with the remote before downloading anything.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// The remote's digest of the content (`sha256:...`; oras:// compares the layer).
+    pub remote_digest: Option<String>,
+    /// The `ETag` it was served with (https:// and s3://).
+    pub etag: Option<String>,
+    /// The `Last-Modified` it was served with (https://).
+    pub last_modified: Option<String>,
+}
+
+/// What a protocol's pull brought: new content, or word that the name's content is
+/// current.
+pub enum Pulled {
+    Fresh(crate::cache::Ingested, Fetched),
+    Unchanged,
+}
+
+/// The outcome of [`pull`](super::pull): the name's entry, and whether anything was downloaded.
+#[derive(Clone, Debug)]
+pub struct PullOutcome {
+    pub entry: Entry,
+    /// False when the remote was unchanged and the cached content was kept.
+    pub downloaded: bool,
+}
+
+/// What a finished pull knows about the remote content, recorded in the index.
+#[derive(Clone, Debug, Default)]
+pub struct Fetched {
+    pub media_type: Option<String>,
+    pub remote_digest: Option<String>,
+    pub etag: Option<String>,
+    pub last_modified: Option<String>,
+}
