@@ -59,31 +59,74 @@ fn can_access(p: &Path, mode: i32) -> bool {
 
 /// Run every check on `cache`.
 pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
-    use Status::*;
-    let mut out = Vec::new();
     let root = cache.root();
     if !cache.exists() {
-        out.push(check(
+        return vec![check(
             "cache",
-            Fail,
+            Status::Fail,
             format!(
                 "no cache at `{}`; `sregistry init` creates one (so does the first `add`)",
                 root.display()
             ),
-        ));
-        return out;
+        )];
     }
-    out.push(check("cache", Pass, format!("`{}`", root.display())));
+    let mut out = vec![check(
+        "cache",
+        Status::Pass,
+        format!("`{}`", root.display()),
+    )];
     let settings = cache.settings();
     let group = settings.gid.filter(|_| settings.shared);
     let layout = cache.group_layout();
-    let fix = match (&settings.group, group, layout) {
+    let fix = init_command(cache, group, layout);
+    out.push(settings_check(cache, group, layout, &fix));
+    out.push(permissions_check(cache, group, &fix));
+    out.push(layout_check(cache));
+    let (access, read_only) = access_check(cache);
+    out.push(access);
+    out.push(locks_check(cache, lock_kind));
+    out.push(filesystem_check(root, lock_kind));
+    let limits = crate::cache::limits::Limits::from_env();
+    out.push(space_check(root, limits.as_ref().map_or(0, |l| l.min_free)));
+    out.push(downloads_check(&limits));
+    let index = index_check(cache, read_only);
+    let readable = index.status != Status::Fail;
+    out.push(index);
+    if readable {
+        out.push(journal_check(cache));
+    }
+    out.push(blobs_check(cache, readable));
+    out.push(tmp_check(cache));
+    out.push(quarantine_check(cache));
+    out
+}
+
+/// The `init --shared` command that records or applies a group for this cache, as the
+/// settings and permissions checks advise it: the recorded group, else the group the
+/// layout shows (`layout`: [`Cache::group_layout`]), else `G`.
+fn init_command(cache: &Cache, group: Option<u32>, layout: Option<(u32, u32)>) -> String {
+    let fix = match (&cache.settings().group, group, layout) {
         (Some(g), Some(_), _) => g.clone(),
         (_, None, Some((_, gid))) => format!("{gid}"),
         _ => "G".to_string(),
     };
-    let fix = format!("sregistry init --shared --group {fix} {}", root.display());
-    out.push(match (group, layout) {
+    format!(
+        "sregistry init --shared --group {fix} {}",
+        cache.root().display()
+    )
+}
+
+/// Settings against the layout: private settings on a setgid, group-writable `v1/` (as
+/// a plain `init` by an older version leaves a shared cache), or the reverse.
+fn settings_check(
+    cache: &Cache,
+    group: Option<u32>,
+    layout: Option<(u32, u32)>,
+    fix: &str,
+) -> Check {
+    use Status::*;
+    let settings = cache.settings();
+    match (group, layout) {
         (Some(gid), Some(_)) => check(
             "settings",
             Pass,
@@ -110,9 +153,12 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
                 cache.format_dir().display()
             ),
         ),
-    });
+    }
+}
 
-    // Permissions: the cache's own entries against the modes and group of its settings.
+/// Permissions: the cache's own entries against the modes and group of its settings.
+fn permissions_check(cache: &Cache, group: Option<u32>, fix: &str) -> Check {
+    let (root, settings) = (cache.root(), cache.settings());
     let mut bad = Vec::new();
     for p in cache.own_paths() {
         let Ok(meta) = std::fs::symlink_metadata(&p) else {
@@ -127,27 +173,36 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             bad.push(format!("{rel}: {problem}"));
         }
     }
-    out.push(if bad.is_empty() {
-        check("permissions", Pass, "modes and group as the settings say")
+    if bad.is_empty() {
+        check(
+            "permissions",
+            Status::Pass,
+            "modes and group as the settings say",
+        )
     } else {
         let n = bad.len();
         bad.truncate(3);
         check(
             "permissions",
-            Fail,
+            Status::Fail,
             format!(
                 "{n} path(s) off: {}; {}",
                 bad.join("; "),
                 if group.is_some() {
                     format!("`{fix}` fixes them")
                 } else {
-                    format!("`chmod` them back to what the settings say, or share the cache with `{fix}`")
+                    format!(
+                        "`chmod` them back to what the settings say, or share the cache with `{fix}`"
+                    )
                 }
             ),
         )
-    });
-    // Layout: what must be a directory is one (a file in its place passes every other
-    // check, and then every write fails).
+    }
+}
+
+/// Layout: what must be a directory is one (a file in its place passes every other
+/// check, and then every write fails).
+fn layout_check(cache: &Cache) -> Check {
     let not_dirs: Vec<String> = [
         cache.blobs_dir().to_path_buf(),
         cache.tmp_dir().to_path_buf(),
@@ -158,18 +213,28 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     .filter(|p| std::fs::symlink_metadata(p).is_ok_and(|m| !m.is_dir()))
     .map(|p| format!("`{}`", p.display()))
     .collect();
-    out.push(if not_dirs.is_empty() {
-        check("layout", Pass, "blobs/, tmp/, locks/ and quarantine/ are directories (or not made yet)")
+    if not_dirs.is_empty() {
+        check(
+            "layout",
+            Status::Pass,
+            "blobs/, tmp/, locks/ and quarantine/ are directories (or not made yet)",
+        )
     } else {
         check(
             "layout",
-            Fail,
+            Status::Fail,
             format!(
                 "{} should be a directory but is not; move it out of the cache (the next command makes the directory again)",
                 not_dirs.join(", ")
             ),
         )
-    });
+    }
+}
+
+/// Whether this user can write the cache, and whether it can at least read it (a user
+/// outside the group of a shared cache can still `get` and `list`): the check, and
+/// whether the cache is read-only to this user.
+fn access_check(cache: &Cache) -> (Check, bool) {
     let writable = [
         cache.format_dir().to_path_buf(),
         cache.tmp_dir().to_path_buf(),
@@ -179,16 +244,23 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     .filter(|p| p.exists() && !can_access(p, libc::W_OK))
     .map(|p| format!("`{}`", p.display()))
     .collect::<Vec<_>>();
-    // A user outside the group of a shared cache can still read it (`get`, `list`).
     let can_read = can_access(cache.index_path(), libc::R_OK)
         && can_access(cache.blobs_dir(), libc::R_OK | libc::X_OK);
     let read_only = !writable.is_empty() && can_read;
-    out.push(if writable.is_empty() {
-        check("access", Pass, "this user can read and write the cache")
+    let access = if writable.is_empty() {
+        check(
+            "access",
+            Status::Pass,
+            "this user can read and write the cache",
+        )
     } else {
         check(
             "access",
-            if read_only { Warn } else { Fail },
+            if read_only {
+                Status::Warn
+            } else {
+                Status::Fail
+            },
             format!(
                 "this user cannot write {}{}; ask the cache's admin to add you to its group",
                 writable.join(", "),
@@ -199,21 +271,47 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
                 }
             ),
         )
-    });
+    };
+    (access, read_only)
+}
 
-    // Locks.
-    out.push(match lock_kind {
-        lock::Kind::Flock => check("locks", Warn, "SREGISTRY_LOCK=flock: whole-file flock locks (node-local on GPFS, need `-o flock` on Lustre)"),
+/// Whether the lock kind in use excludes other holders here.
+fn locks_check(cache: &Cache, lock_kind: lock::Kind) -> Check {
+    use Status::*;
+    match lock_kind {
+        lock::Kind::Flock => check(
+            "locks",
+            Warn,
+            "SREGISTRY_LOCK=flock: whole-file flock locks (node-local on GPFS, need `-o flock` on Lustre)",
+        ),
         lock::Kind::Ofd => match cache.probe_locks() {
             Ok(true) => check("locks", Pass, "fcntl (OFD) locks exclude each other here"),
-            Ok(false) => check("locks", Fail, "fcntl locks do not exclude each other here; set SREGISTRY_LOCK=flock or move the cache"),
+            Ok(false) => check(
+                "locks",
+                Fail,
+                "fcntl locks do not exclude each other here; set SREGISTRY_LOCK=flock or move the cache",
+            ),
             // Not the filesystem: this user may not make the probe's file (see `access`).
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => check("locks", Warn, format!("not tested: this user may not create a lock file in the cache ({e}; see `access`)")),
-            Err(e) => check("locks", Fail, format!("fcntl locks fail here ({e}); set SREGISTRY_LOCK=flock or move the cache")),
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => check(
+                "locks",
+                Warn,
+                format!(
+                    "not tested: this user may not create a lock file in the cache ({e}; see `access`)"
+                ),
+            ),
+            Err(e) => check(
+                "locks",
+                Fail,
+                format!("fcntl locks fail here ({e}); set SREGISTRY_LOCK=flock or move the cache"),
+            ),
         },
-    });
+    }
+}
 
-    // Filesystem.
+/// The filesystem (NFS, Lustre, GPFS by `statfs` magic), its mount options, and what they
+/// mean for locks across nodes.
+fn filesystem_check(root: &Path, lock_kind: lock::Kind) -> Check {
+    use Status::*;
     match shared::filesystem(root) {
         Ok(fs) => {
             let opts = shared::mount_options(root).unwrap_or_default();
@@ -236,18 +334,20 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             if !opts.is_empty() && fs.cluster {
                 detail.push_str(&format!(" Mount options: {opts}."));
             }
-            out.push(check("filesystem", status, detail));
+            check("filesystem", status, detail)
         }
-        Err(e) => out.push(check(
+        Err(e) => check(
             "filesystem",
             Warn,
             format!("cannot statfs `{}`: {e}", root.display()),
-        )),
+        ),
     }
+}
 
-    // Space, and the bounds downloads are held to.
-    let limits = crate::cache::limits::Limits::from_env();
-    let min_free = limits.as_ref().map_or(0, |l| l.min_free);
+/// Free space: under 1 GiB (or `SREGISTRY_MIN_FREE`, `min_free`) fails, under a tenth of
+/// the filesystem warns.
+fn space_check(root: &Path, min_free: u64) -> Check {
+    use Status::*;
     match shared::space(root) {
         Ok((free, total)) => {
             let human = |b| crate::format::units::format_size(b);
@@ -258,7 +358,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
             } else {
                 Pass
             };
-            out.push(check(
+            check(
                 "space",
                 status,
                 format!(
@@ -271,33 +371,37 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
                         "; run `sregistry gc --max-size ...`"
                     }
                 ),
-            ));
+            )
         }
-        Err(e) => out.push(check("space", Warn, format!("cannot statvfs: {e}"))),
+        Err(e) => check("space", Warn, format!("cannot statvfs: {e}")),
     }
-    out.push(match limits {
+}
+
+/// The bounds downloads are held to (`SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE`).
+fn downloads_check(
+    limits: &Result<crate::cache::limits::Limits, crate::cache::limits::LimitError>,
+) -> Check {
+    match limits {
         Ok(l) => check(
             "downloads",
-            Pass,
+            Status::Pass,
             format!(
                 "at most {} where a remote declares no size (SREGISTRY_MAX_DOWNLOAD); {} kept free (SREGISTRY_MIN_FREE)",
                 crate::format::units::format_size(l.max_download),
                 crate::format::units::format_size(l.min_free)
             ),
         ),
-        Err(e) => check("downloads", Fail, format!("{e}; pulls refuse to start")),
-    });
-
-    // Index.
-    let index = index_check(cache, read_only);
-    let readable = index.status != Status::Fail;
-    out.push(index);
-    if readable {
-        out.push(journal_check(cache));
+        Err(e) => check(
+            "downloads",
+            Status::Fail,
+            format!("{e}; pulls refuse to start"),
+        ),
     }
-    out.push(blobs_check(cache, readable));
+}
 
-    // Leftovers.
+/// Leftovers in `tmp/`: files older than gc's default grace period, or gc's and rm's
+/// own `delete-*` files.
+fn tmp_check(cache: &Cache) -> Check {
     let tmp = cache.tmp_files().unwrap_or_default();
     let old = tmp
         .iter()
@@ -307,32 +411,38 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
                     >= crate::maintain::gc::DEFAULT_TMP_GRACE
         })
         .count();
-    out.push(if old == 0 {
-        check("tmp", Pass, format!("{} file(s) in flight", tmp.len()))
+    if old == 0 {
+        check(
+            "tmp",
+            Status::Pass,
+            format!("{} file(s) in flight", tmp.len()),
+        )
     } else {
         check(
             "tmp",
-            Warn,
+            Status::Warn,
             format!("{old} leftover file(s) of interrupted commands; `sregistry gc` removes them"),
         )
-    });
+    }
+}
+
+/// Corrupt blobs that verify moved to `quarantine/`.
+fn quarantine_check(cache: &Cache) -> Check {
     let q = cache.quarantined_count();
-    out.push(if q == 0 {
-        check("quarantine", Pass, "empty")
+    if q == 0 {
+        check("quarantine", Status::Pass, "empty")
     } else {
         check(
             "quarantine",
-            Warn,
+            Status::Warn,
             format!(
                 "{q} corrupt blob(s) kept in `{}` for inspection; delete them when done",
                 cache.quarantine_dir().display()
             ),
         )
-    });
-    out
+    }
 }
 
-/// The index's health: readable by this build, changeable by it, every page intact.
 /// Whether NFS mount options make this lock kind node-local: `nolock`, `local_lock=all`,
 /// or `local_lock=posix` (for fcntl locks) / `local_lock=flock` (for flock). Linux lists
 /// `local_lock=none`, the default, on every NFS mount: locks then go to the server.
@@ -345,6 +455,7 @@ fn nfs_locks_node_local(opts: &str, kind: lock::Kind) -> bool {
         .any(|o| o == "nolock" || o == "local_lock=all" || o == format!("local_lock={local}"))
 }
 
+/// The index's health: readable by this build, changeable by it, every page intact.
 fn index_check(cache: &Cache, read_only: bool) -> Check {
     use Status::*;
     let index = cache.index_path().display().to_string();

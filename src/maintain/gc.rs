@@ -162,6 +162,9 @@ struct Plan {
     over_budget: bool,
 }
 
+/// Choose the victims by the policy above: the names past `--max-age`; under `--max-size`
+/// parts, then least recently used names, until the rest fits; then every blob record
+/// nothing holds any more and every file under `blobs/` the index does not know.
 fn plan(
     names: &[Named],
     blob_records: &[(Digest, BlobRecord)],
@@ -169,161 +172,242 @@ fn plan(
     opts: &GcOptions,
     now: u64,
 ) -> Plan {
-    let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
     // Recorded uses are precise to LAST_USE_RESOLUTION: a name used more recently than
     // that may show an older time, so no shorter idle time protects a name. A retired
     // blob's time already allows for that (`crate::cache` on re-pointing), so an
     // explicit `--min-idle 0` gives it up.
     let idle = opts.min_idle.max(LAST_USE_RESOLUTION);
     let protected = |n: &Named| n.pinned || now.saturating_sub(used_at(n)) < idle;
-    let retired_kept: HashSet<Digest> = blob_records
+    let mut removed: HashSet<&str> = HashSet::new();
+    let mut out_names = Vec::new();
+    if let Some(age) = opts.max_age {
+        for n in names
+            .iter()
+            .filter(|n| !protected(n) && now.saturating_sub(used_at(n)) >= age)
+        {
+            removed.insert(&n.name);
+            out_names.push(removal(n, "max-age"));
+        }
+    }
+    let retired = retired_kept(blob_records, opts.min_idle, now);
+    let mut kept = Kept::of(names, &removed, blob_records, retired);
+    let mut over_budget = false;
+    if let Some(max) = opts.max_size {
+        if kept.bytes > max {
+            kept.drop_parts_to_fit(names, &removed, max);
+        }
+        out_names.extend(evict_to_fit(names, &removed, &protected, &mut kept, max));
+        over_budget = kept.bytes > max;
+    }
+    Plan {
+        names: out_names,
+        blobs: unheld_blobs(blob_records, &kept),
+        orphans: unknown_files(on_disk, blob_records),
+        bytes_kept: kept.bytes,
+        over_budget,
+    }
+}
+
+fn removal(n: &Named, reason: &'static str) -> RemovedName {
+    RemovedName {
+        name: n.name.clone(),
+        reason,
+        last_used: used_at(n),
+    }
+}
+
+/// The content once handed out under a name since re-pointed and used within `min_idle`:
+/// it stays (invariant 6), and its bytes count.
+fn retired_kept(blob_records: &[(Digest, BlobRecord)], min_idle: u64, now: u64) -> HashSet<Digest> {
+    blob_records
         .iter()
         .filter(|(_, b)| {
             b.retired
                 .as_ref()
-                .is_some_and(|r| now.saturating_sub(r.used) < opts.min_idle)
+                .is_some_and(|r| now.saturating_sub(r.used) < min_idle)
         })
         .map(|(d, _)| *d)
-        .collect();
-    let mut removed: HashSet<&str> = HashSet::new();
-    let mut out_names = Vec::new();
-    if let Some(age) = opts.max_age {
-        for n in names {
-            if !protected(n) && now.saturating_sub(used_at(n)) >= age {
-                removed.insert(&n.name);
-                out_names.push(RemovedName {
-                    name: n.name.clone(),
-                    reason: "max-age",
-                    last_used: used_at(n),
-                });
+        .collect()
+}
+
+/// What stays as the plan is made: the blobs the remaining names use (how many names use
+/// each), the parts those blobs list (how many used blobs list each), the retired content
+/// kept, and the bytes all of that takes.
+struct Kept<'a> {
+    size_of: HashMap<Digest, u64>,
+    parts_of: HashMap<Digest, &'a [Digest]>,
+    retired: HashSet<Digest>,
+    users: HashMap<Digest, usize>,
+    part_users: HashMap<Digest, usize>,
+    bytes: u64,
+}
+
+impl<'a> Kept<'a> {
+    /// What the names not `removed` hold, with the `retired` content.
+    fn of(
+        names: &[Named],
+        removed: &HashSet<&str>,
+        blob_records: &'a [(Digest, BlobRecord)],
+        retired: HashSet<Digest>,
+    ) -> Self {
+        let size_of: HashMap<Digest, u64> =
+            blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
+        // How many remaining names use each blob.
+        let mut users: HashMap<Digest, usize> = HashMap::new();
+        for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
+            *users.entry(n.record.digest).or_default() += 1;
+        }
+        // The parts (layers, config) of the blobs names use: kept with them, but only as
+        // a cache of what made them, so under size pressure they go before any image a
+        // name uses. How many used blobs list each part:
+        let parts_of: HashMap<Digest, &[Digest]> = blob_records
+            .iter()
+            .map(|(d, b)| (*d, b.parts.as_slice()))
+            .collect();
+        let mut part_users: HashMap<Digest, usize> = HashMap::new();
+        for d in users.keys() {
+            for p in parts_of.get(d).copied().unwrap_or_default() {
+                if size_of.contains_key(p) {
+                    *part_users.entry(*p).or_default() += 1;
+                }
             }
         }
-    }
-    // How many remaining names use each blob.
-    let mut users: HashMap<Digest, usize> = HashMap::new();
-    for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
-        *users.entry(n.record.digest).or_default() += 1;
-    }
-    // The parts (layers, config) of the blobs names use: kept with them, but only as a
-    // cache of what made them, so under size pressure they go before any image a name
-    // uses. How many used blobs list each part:
-    let parts_of: HashMap<Digest, &[Digest]> = blob_records
-        .iter()
-        .map(|(d, b)| (*d, b.parts.as_slice()))
-        .collect();
-    let mut part_users: HashMap<Digest, usize> = HashMap::new();
-    for d in users.keys() {
-        for p in parts_of.get(d).copied().unwrap_or_default() {
-            if size_of.contains_key(p) {
-                *part_users.entry(*p).or_default() += 1;
-            }
-        }
-    }
-    let kept_size = |users: &HashMap<Digest, usize>, part_users: &HashMap<Digest, usize>| {
-        users
+        let size = |d: &Digest| size_of.get(d).copied().unwrap_or(0);
+        let used_bytes: u64 = users
             .keys()
             .chain(part_users.keys().filter(|p| !users.contains_key(*p)))
-            .map(|d| size_of.get(d).copied().unwrap_or(0))
-            .sum::<u64>()
-    };
-    // Content handed out under a name since re-pointed stays for `--min-idle`, and counts.
-    let retired_size: u64 = retired_kept
-        .iter()
-        .filter(|d| !users.contains_key(*d) && !part_users.contains_key(*d))
-        .map(|d| size_of.get(d).copied().unwrap_or(0))
-        .sum();
-    let mut kept = kept_size(&users, &part_users) + retired_size;
-    let mut over_budget = false;
-    if let Some(max) = opts.max_size {
-        if kept > max {
-            // Parts first: those of the least recently used images first, and of those
-            // the ones fewest images share (a common base layer goes last).
-            let mut newest_use: HashMap<Digest, u64> = HashMap::new();
-            for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
-                for p in parts_of.get(&n.record.digest).copied().unwrap_or_default() {
-                    let t = newest_use.entry(*p).or_default();
-                    *t = (*t).max(used_at(n));
-                }
-            }
-            let mut parts: Vec<Digest> = part_users.keys().copied().collect();
-            parts.sort_by_key(|p| {
-                let used = newest_use.get(p).copied().unwrap_or(0);
-                (used, part_users.get(p).copied().unwrap_or(0), *p)
-            });
-            for p in parts {
-                if kept <= max {
-                    break;
-                }
-                part_users.remove(&p);
-                if !users.contains_key(&p) && !retired_kept.contains(&p) {
-                    kept -= size_of.get(&p).copied().unwrap_or(0);
-                }
+            .map(size)
+            .sum();
+        // Content handed out under a name since re-pointed stays for `--min-idle`, and
+        // counts.
+        let retired_bytes: u64 = retired
+            .iter()
+            .filter(|d| !users.contains_key(*d) && !part_users.contains_key(*d))
+            .map(size)
+            .sum();
+        Kept {
+            size_of,
+            parts_of,
+            retired,
+            users,
+            part_users,
+            bytes: used_bytes + retired_bytes,
+        }
+    }
+
+    /// Whether `d` stays: a name uses it, a used blob lists it, or it is retired content
+    /// kept.
+    fn holds(&self, d: &Digest) -> bool {
+        self.users.contains_key(d) || self.part_users.contains_key(d) || self.retired.contains(d)
+    }
+
+    /// `d` lost a holder: its bytes are freed if nothing holds it any more.
+    fn release(&mut self, d: &Digest) {
+        if !self.holds(d) {
+            self.bytes -= self.size_of.get(d).copied().unwrap_or(0);
+        }
+    }
+
+    /// Under `--max-size`: drop parts until the kept bytes fit `max`, those of the least
+    /// recently used images first, and of those the ones fewest images share (a common
+    /// base layer goes last).
+    fn drop_parts_to_fit(&mut self, names: &[Named], removed: &HashSet<&str>, max: u64) {
+        let mut newest_use: HashMap<Digest, u64> = HashMap::new();
+        for n in names.iter().filter(|n| !removed.contains(n.name.as_str())) {
+            for p in self
+                .parts_of
+                .get(&n.record.digest)
+                .copied()
+                .unwrap_or_default()
+            {
+                let t = newest_use.entry(*p).or_default();
+                *t = (*t).max(used_at(n));
             }
         }
-        let mut lru: Vec<&Named> = names
-            .iter()
-            .filter(|n| !removed.contains(n.name.as_str()) && !protected(n))
-            .collect();
-        lru.sort_by(|a, b| {
-            used_at(a)
-                .cmp(&used_at(b))
-                .then_with(|| a.name.cmp(&b.name))
+        let mut parts: Vec<Digest> = self.part_users.keys().copied().collect();
+        parts.sort_by_key(|p| {
+            let used = newest_use.get(p).copied().unwrap_or(0);
+            (used, self.part_users.get(p).copied().unwrap_or(0), *p)
         });
-        let mut i = 0;
-        while kept > max && i < lru.len() {
-            let n = lru[i];
-            i += 1;
-            removed.insert(&n.name);
-            out_names.push(RemovedName {
-                name: n.name.clone(),
-                reason: "max-size",
-                last_used: used_at(n),
-            });
-            if let Some(c) = users.get_mut(&n.record.digest) {
+        for p in parts {
+            if self.bytes <= max {
+                break;
+            }
+            self.part_users.remove(&p);
+            self.release(&p);
+        }
+    }
+
+    /// A name that used `d` goes: when it was the last, `d` and the parts only it listed
+    /// are released.
+    fn drop_user(&mut self, d: &Digest) {
+        let Some(c) = self.users.get_mut(d) else {
+            return;
+        };
+        *c -= 1;
+        if *c > 0 {
+            return;
+        }
+        self.users.remove(d);
+        self.release(d);
+        for p in self.parts_of.get(d).copied().unwrap_or_default() {
+            if let Some(c) = self.part_users.get_mut(p) {
                 *c -= 1;
                 if *c == 0 {
-                    users.remove(&n.record.digest);
-                    if !part_users.contains_key(&n.record.digest)
-                        && !retired_kept.contains(&n.record.digest)
-                    {
-                        kept -= size_of.get(&n.record.digest).copied().unwrap_or(0);
-                    }
-                    for p in parts_of.get(&n.record.digest).copied().unwrap_or_default() {
-                        if let Some(c) = part_users.get_mut(p) {
-                            *c -= 1;
-                            if *c == 0 {
-                                part_users.remove(p);
-                                if !users.contains_key(p) && !retired_kept.contains(p) {
-                                    kept -= size_of.get(p).copied().unwrap_or(0);
-                                }
-                            }
-                        }
-                    }
+                    self.part_users.remove(p);
+                    self.release(p);
                 }
             }
         }
-        over_budget = kept > max;
     }
-    let blobs: Vec<(Digest, u64)> = blob_records
+}
+
+/// Under `--max-size`: the names to evict, least recently used first (then by name),
+/// until the kept bytes fit `max`; never a `protected` one or one already `removed`.
+fn evict_to_fit(
+    names: &[Named],
+    removed: &HashSet<&str>,
+    protected: &dyn Fn(&Named) -> bool,
+    kept: &mut Kept<'_>,
+    max: u64,
+) -> Vec<RemovedName> {
+    let mut lru: Vec<&Named> = names
         .iter()
-        .filter(|(d, _)| {
-            !users.contains_key(d) && !part_users.contains_key(d) && !retired_kept.contains(d)
-        })
-        .map(|(d, b)| (*d, b.size))
+        .filter(|n| !removed.contains(n.name.as_str()) && !protected(n))
         .collect();
+    lru.sort_by(|a, b| {
+        used_at(a)
+            .cmp(&used_at(b))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut out = Vec::new();
+    for n in lru {
+        if kept.bytes <= max {
+            break;
+        }
+        out.push(removal(n, "max-size"));
+        kept.drop_user(&n.record.digest);
+    }
+    out
+}
+
+/// The blob records nothing holds any more: they go.
+fn unheld_blobs(blob_records: &[(Digest, BlobRecord)], kept: &Kept<'_>) -> Vec<(Digest, u64)> {
+    blob_records
+        .iter()
+        .filter(|(d, _)| !kept.holds(d))
+        .map(|(d, b)| (*d, b.size))
+        .collect()
+}
+
+/// The files under `blobs/` the index does not know: they go.
+fn unknown_files(on_disk: &[Found], blob_records: &[(Digest, BlobRecord)]) -> Vec<Found> {
     let known: HashSet<Digest> = blob_records.iter().map(|(d, _)| *d).collect();
-    let orphans = on_disk
+    on_disk
         .iter()
         .filter(|f| f.digest.is_some_and(|d| !known.contains(&d)))
         .cloned()
-        .collect();
-    Plan {
-        names: out_names,
-        blobs,
-        orphans,
-        bytes_kept: kept,
-        over_budget,
-    }
+        .collect()
 }
 
 /// Run gc on `cache`.

@@ -30,7 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 
 use serde::Serialize;
 
-use crate::cache::Found;
+use crate::cache::{BlobRecord, Found, Named, TmpFile};
 use crate::cache::{Cache, CacheError};
 use crate::format::clock;
 use crate::format::digest::Digest;
@@ -167,21 +167,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     }
     let (names, blob_records) = cache.snapshot()?;
     crate::testhook::pause("verify-read-index");
-    let wanted: Option<HashSet<String>> = if opts.names.is_empty() {
-        None
-    } else {
-        let keys: HashSet<String> = opts.names.iter().map(|r| r.key()).collect();
-        for r in &opts.names {
-            let Some(n) = names.iter().find(|n| n.name == r.key()) else {
-                return Err(CacheError::NotFound {
-                    name: r.key(),
-                    cache: cache.root().to_path_buf(),
-                });
-            };
-            crate::cache::check_digest(r, &n.record)?;
-        }
-        Some(keys)
-    };
+    let wanted = wanted_names(cache, &names, &opts.names)?;
     let mut users: HashMap<Digest, Vec<String>> = HashMap::new();
     for n in &names {
         users
@@ -191,25 +177,86 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     }
     let size_of: HashMap<Digest, u64> = blob_records.iter().map(|(d, b)| (*d, b.size)).collect();
     let on_disk: Vec<Found> = cache.blobs_on_disk()?;
-    let disk_set: HashSet<Digest> = on_disk.iter().filter_map(|f| f.digest).collect();
     crate::testhook::pause("verify-listed");
 
-    // Which blobs to hash.
-    let to_hash: Vec<&Found> = on_disk
+    let to_hash = blobs_to_hash(&on_disk, &wanted, &users);
+    let paths: Vec<PathBuf> = to_hash.iter().map(|f| f.path.clone()).collect();
+    let (hashed, stopped) = hash_all_told(&paths, opts.progress.as_ref());
+    if stopped {
+        return Err(CacheError::Stopped { what: "verify" });
+    }
+    let mut corrupt = judge_hashes(&to_hash, hashed, &size_of, &users, &mut report);
+    missing_blobs(cache, &on_disk, &users, &wanted, &mut report);
+    if wanted.is_none() {
+        let tmp = cache.tmp_files()?;
+        unknown_files(&on_disk, &tmp, &size_of, &mut report);
+        report.unreferenced = unreferenced(&blob_records, &users);
+        stray_tmp(tmp, opts.tmp_grace, &mut report);
+    }
+    report.problems = still_wrong(cache, std::mem::take(&mut report.problems), &wanted)?;
+    corrupt.retain(|(d, _)| {
+        report
+            .problems
+            .iter()
+            .any(|f| f.kind == "corrupt" && f.digest == Some(*d))
+    });
+    if !corrupt.is_empty() || opts.repair {
+        quarantine_and_repair(cache, &corrupt, &users, &mut report, opts.repair)?;
+    }
+    Ok(report)
+}
+
+/// The names verify is limited to (`None`: all), each checked to be in the index (and to
+/// point to the digest it was given with, if any).
+fn wanted_names(
+    cache: &Cache,
+    names: &[Named],
+    asked: &[Reference],
+) -> Result<Option<HashSet<String>>, CacheError> {
+    if asked.is_empty() {
+        return Ok(None);
+    }
+    let keys: HashSet<String> = asked.iter().map(|r| r.key()).collect();
+    for r in asked {
+        let Some(n) = names.iter().find(|n| n.name == r.key()) else {
+            return Err(CacheError::NotFound {
+                name: r.key(),
+                cache: cache.root().to_path_buf(),
+            });
+        };
+        crate::cache::check_digest(r, &n.record)?;
+    }
+    Ok(Some(keys))
+}
+
+/// The blob files to re-hash: every one with a blob name, or only those a wanted name
+/// uses.
+fn blobs_to_hash<'a>(
+    on_disk: &'a [Found],
+    wanted: &Option<HashSet<String>>,
+    users: &HashMap<Digest, Vec<String>>,
+) -> Vec<&'a Found> {
+    on_disk
         .iter()
-        .filter(|f| match (&wanted, f.digest) {
+        .filter(|f| match (wanted, f.digest) {
             (_, None) => false,
             (None, Some(_)) => true,
             (Some(w), Some(d)) => users
                 .get(&d)
                 .is_some_and(|ns| ns.iter().any(|n| w.contains(n))),
         })
-        .collect();
-    let paths: Vec<PathBuf> = to_hash.iter().map(|f| f.path.clone()).collect();
-    let (hashed, stopped) = hash_all_told(&paths, opts.progress.as_ref());
-    if stopped {
-        return Err(CacheError::Stopped { what: "verify" });
-    }
+        .collect()
+}
+
+/// Each hashed blob against its name and recorded size: `corrupt` or `unreadable`
+/// findings, counted in the report; returns the corrupt blobs.
+fn judge_hashes(
+    to_hash: &[&Found],
+    hashed: Vec<Hashed>,
+    size_of: &HashMap<Digest, u64>,
+    users: &HashMap<Digest, Vec<String>>,
+    report: &mut VerifyReport,
+) -> Vec<(Digest, PathBuf)> {
     let mut corrupt: Vec<(Digest, PathBuf)> = Vec::new();
     for (f, r) in to_hash.iter().zip(hashed) {
         let Some(d) = f.digest else { continue };
@@ -242,8 +289,19 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             }),
         }
     }
-    // Names whose blob is missing.
-    for (d, ns) in &users {
+    corrupt
+}
+
+/// `missing`: the (wanted) names whose blob has no file.
+fn missing_blobs(
+    cache: &Cache,
+    on_disk: &[Found],
+    users: &HashMap<Digest, Vec<String>>,
+    wanted: &Option<HashSet<String>>,
+    report: &mut VerifyReport,
+) {
+    let disk_set: HashSet<Digest> = on_disk.iter().filter_map(|f| f.digest).collect();
+    for (d, ns) in users {
         let ns: Vec<String> = ns
             .iter()
             .filter(|n| wanted.as_ref().is_none_or(|w| w.contains(*n)))
@@ -259,66 +317,75 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             });
         }
     }
-    if wanted.is_none() {
-        let known: HashSet<Digest> = size_of.keys().copied().collect();
-        let tmp = cache.tmp_files()?;
-        // A blob placed before its commit is its live writer's (see gc).
-        let staged: HashSet<(u64, u64)> = tmp.iter().filter(|t| t.live).map(|t| t.inode).collect();
-        for f in on_disk.iter().filter(|f| !staged.contains(&f.inode)) {
-            match f.digest {
-                None => report.problems.push(Finding {
-                    kind: "foreign",
-                    path: f.path.clone(),
-                    digest: None,
-                    names: vec![],
-                    detail: "not a blob name, or in the wrong directory".into(),
-                }),
-                Some(d) if !known.contains(&d) => report.problems.push(Finding {
-                    kind: "orphan",
-                    path: f.path.clone(),
-                    digest: Some(d),
-                    names: vec![],
-                    detail: "a file the index does not know (`sregistry gc` removes it)".into(),
-                }),
-                _ => {}
-            }
-        }
-        // The parts (layers, config) of an image a name uses are kept with it.
-        let parts: HashSet<Digest> = blob_records
-            .iter()
-            .filter(|(d, _)| users.contains_key(d))
-            .flat_map(|(_, b)| b.parts.iter().copied())
-            .collect();
-        report.unreferenced = known
-            .iter()
-            .filter(|d| !users.contains_key(d) && !parts.contains(d))
-            .count();
-        let now = clock::now();
-        for t in tmp {
-            // A `delete-*` file too: gc and rm unlink theirs a moment after their lock.
-            // A file whose writer is alive (its writer lock held) is work in progress.
-            if !t.live && now.saturating_sub(t.mtime) >= opts.tmp_grace {
-                report.problems.push(Finding {
-                    kind: "stray-tmp",
-                    path: t.path.clone(),
-                    digest: None,
-                    names: vec![],
-                    detail: "left by an interrupted command (`sregistry gc` removes it)".into(),
-                });
-            }
+}
+
+/// `foreign` files under `blobs/` (not a blob name, or in the wrong directory) and
+/// `orphan` ones (a blob the index does not know); a blob placed before its commit is its
+/// live writer's, not an orphan (see gc).
+fn unknown_files(
+    on_disk: &[Found],
+    tmp: &[TmpFile],
+    size_of: &HashMap<Digest, u64>,
+    report: &mut VerifyReport,
+) {
+    let staged: HashSet<(u64, u64)> = tmp.iter().filter(|t| t.live).map(|t| t.inode).collect();
+    for f in on_disk.iter().filter(|f| !staged.contains(&f.inode)) {
+        match f.digest {
+            None => report.problems.push(Finding {
+                kind: "foreign",
+                path: f.path.clone(),
+                digest: None,
+                names: vec![],
+                detail: "not a blob name, or in the wrong directory".into(),
+            }),
+            Some(d) if !size_of.contains_key(&d) => report.problems.push(Finding {
+                kind: "orphan",
+                path: f.path.clone(),
+                digest: Some(d),
+                names: vec![],
+                detail: "a file the index does not know (`sregistry gc` removes it)".into(),
+            }),
+            _ => {}
         }
     }
-    report.problems = still_wrong(cache, std::mem::take(&mut report.problems), &wanted)?;
-    corrupt.retain(|(d, _)| {
-        report
-            .problems
-            .iter()
-            .any(|f| f.kind == "corrupt" && f.digest == Some(*d))
-    });
-    if !corrupt.is_empty() || opts.repair {
-        quarantine_and_repair(cache, &corrupt, &users, &mut report, opts.repair)?;
+}
+
+/// How many blobs the index knows that no name uses, directly or as a part (layers,
+/// config) of the image it names: information, not a problem.
+fn unreferenced(
+    blob_records: &[(Digest, BlobRecord)],
+    users: &HashMap<Digest, Vec<String>>,
+) -> usize {
+    let parts: HashSet<Digest> = blob_records
+        .iter()
+        .filter(|(d, _)| users.contains_key(d))
+        .flat_map(|(_, b)| b.parts.iter().copied())
+        .collect();
+    blob_records
+        .iter()
+        .map(|(d, _)| d)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .filter(|d| !users.contains_key(d) && !parts.contains(d))
+        .count()
+}
+
+/// `stray-tmp`: `tmp/` entries older than `grace` whose writer is gone. A `delete-*` file
+/// too: gc and rm unlink theirs a moment after their lock. A file whose writer is alive
+/// (its writer lock held) is work in progress.
+fn stray_tmp(tmp: Vec<TmpFile>, grace: u64, report: &mut VerifyReport) {
+    let now = clock::now();
+    for t in tmp {
+        if !t.live && now.saturating_sub(t.mtime) >= grace {
+            report.problems.push(Finding {
+                kind: "stray-tmp",
+                path: t.path.clone(),
+                digest: None,
+                names: vec![],
+                detail: "left by an interrupted command (`sregistry gc` removes it)".into(),
+            });
+        }
     }
-    Ok(report)
 }
 
 /// Look again, under the shared lock (no name, blob record or blob changes meanwhile), at

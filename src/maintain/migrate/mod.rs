@@ -234,7 +234,40 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
         .collect();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; rows.len()];
 
-    // Rows by the name they want, newest first; the first that can be imported wins.
+    let groups = rows_by_name(&rows, &mut outcomes);
+    let picks = pick_winners(&rows, &files, groups, &existing, &mut outcomes);
+    let collided = mark_collisions(&rows, &picks, &mut outcomes);
+    let kept = KeptPaths::default();
+    let (items, item_rows) = adds_to_make(
+        &rows,
+        &picks,
+        &collided,
+        &existing,
+        opts,
+        &kept,
+        &mut outcomes,
+    );
+    if !opts.dry_run && !items.is_empty() {
+        let results = cache.add_many(items, opts.batch)?;
+        for (i, r) in item_rows.into_iter().zip(results) {
+            if let Err(e) = r {
+                outcomes[i] = Some(Outcome::Refused {
+                    error: e.to_string(),
+                });
+            }
+        }
+    }
+    let kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
+    Ok(report_of(db, opts, rows, files, outcomes, kept))
+}
+
+/// The rows whose old path could not be removed after their import, with why (filled by
+/// the adds, from the cache's threads).
+type KeptPaths = std::sync::Arc<std::sync::Mutex<HashMap<usize, String>>>;
+
+/// Rows by the name they want, newest (`created_at`, then `id`) first; a row that names
+/// no collection at all is [`Outcome::NoCollection`] and in no group.
+fn rows_by_name(rows: &[OldRow], outcomes: &mut [Option<Outcome>]) -> Vec<Vec<usize>> {
     let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for (i, r) in rows.iter().enumerate() {
         if r.collection_gone && r.collection.is_empty() {
@@ -250,8 +283,20 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             key(b).cmp(&key(a))
         });
     }
-    // The newest row of each name is checked (its file hashed) on every core; an older
-    // row only when the newer ones cannot be imported.
+    groups
+}
+
+/// The row each name is imported from: the first of its group (newest first) that can be
+/// imported, or that an earlier run already moved in. The newest row of each name is
+/// checked (its file hashed) on every core; an older row only when the newer ones cannot
+/// be imported.
+fn pick_winners(
+    rows: &[OldRow],
+    files: &[Option<PathBuf>],
+    groups: Vec<Vec<usize>>,
+    existing: &HashMap<String, Entry>,
+    outcomes: &mut [Option<Outcome>],
+) -> Vec<Pick> {
     let newest: Vec<usize> = groups.iter().map(|idx| idx[0]).collect();
     let mut checked: HashMap<usize, Result<(), Outcome>> = newest
         .iter()
@@ -260,52 +305,67 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             check_file(&rows[i], files[i].as_deref())
         }))
         .collect();
-    let mut picks = Vec::new();
-    for idx in groups {
-        let first = &rows[idx[0]];
-        let target = names::target(&first.collection, &first.name, &first.tag);
-        if let Target::Invalid(reason) = &target {
-            for i in idx {
-                outcomes[i] = Some(Outcome::InvalidName {
-                    reason: reason.clone(),
-                });
-            }
+    groups
+        .into_iter()
+        .filter_map(|idx| winner_of_group(rows, files, idx, existing, &mut checked, outcomes))
+        .collect()
+}
+
+/// The winner of one name's rows (newest first), if any; every other row's outcome says
+/// why it is not: an invalid name, superseded by the winner, or what its check found.
+fn winner_of_group(
+    rows: &[OldRow],
+    files: &[Option<PathBuf>],
+    idx: Vec<usize>,
+    existing: &HashMap<String, Entry>,
+    checked: &mut HashMap<usize, Result<(), Outcome>>,
+    outcomes: &mut [Option<Outcome>],
+) -> Option<Pick> {
+    let first = &rows[idx[0]];
+    let target = names::target(&first.collection, &first.name, &first.tag);
+    if let Target::Invalid(reason) = &target {
+        for i in idx {
+            outcomes[i] = Some(Outcome::InvalidName {
+                reason: reason.clone(),
+            });
+        }
+        return None;
+    }
+    let key = target.key().unwrap_or_default().to_string();
+    let mut winner: Option<Pick> = None;
+    for i in idx {
+        if let Some(w) = &winner {
+            outcomes[i] = Some(Outcome::Superseded { by: rows[w.row].id });
             continue;
         }
-        let key = target.key().unwrap_or_default().to_string();
-        let mut winner: Option<usize> = None;
-        for i in idx {
-            if let Some(w) = winner {
-                outcomes[i] = Some(Outcome::Superseded { by: rows[w].id });
-                continue;
+        let check = checked
+            .remove(&i)
+            .unwrap_or_else(|| check_file(&rows[i], files[i].as_deref()));
+        match check {
+            Ok(()) => {
+                winner = Some(Pick {
+                    row: i,
+                    target: target.clone(),
+                    file: files[i].clone(),
+                });
             }
-            let check = checked
-                .remove(&i)
-                .unwrap_or_else(|| check_file(&rows[i], files[i].as_deref()));
-            match check {
-                Ok(()) => {
-                    winner = Some(i);
-                    picks.push(Pick {
-                        row: i,
-                        target: target.clone(),
-                        file: files[i].clone(),
-                    });
-                }
-                Err(Outcome::FileGone) if moved_here(existing.get(&key), &rows[i]) => {
-                    winner = Some(i);
-                    picks.push(Pick {
-                        row: i,
-                        target: target.clone(),
-                        file: None,
-                    });
-                }
-                Err(o) => outcomes[i] = Some(o),
+            Err(Outcome::FileGone) if moved_here(existing.get(&key), &rows[i]) => {
+                winner = Some(Pick {
+                    row: i,
+                    target: target.clone(),
+                    file: None,
+                });
             }
+            Err(o) => outcomes[i] = Some(o),
         }
     }
+    winner
+}
 
-    // A normalised name is taken only if it is no other row's name (whether or not that
-    // row can be imported) and no other normalised name.
+/// Which picks may not take their normalised name, marked [`Outcome::Collides`]: a
+/// normalised name is taken only if it is no other row's name (whether or not that row can
+/// be imported) and no other normalised name.
+fn mark_collisions(rows: &[OldRow], picks: &[Pick], outcomes: &mut [Option<Outcome>]) -> Vec<bool> {
     let wanted: HashSet<String> = rows
         .iter()
         .filter(|r| !(r.collection_gone && r.collection.is_empty()))
@@ -334,11 +394,23 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             collided[p] = true;
         }
     }
+    collided
+}
 
-    // What is already in the cache, and what to add.
+/// What to add, and the row of each: every pick that did not collide, is not in the
+/// cache already, and names no other content there than an earlier migrate put. Each
+/// row's outcome is what the adds will do (a dry run stops here).
+fn adds_to_make(
+    rows: &[OldRow],
+    picks: &[Pick],
+    collided: &[bool],
+    existing: &HashMap<String, Entry>,
+    opts: &MigrateOptions,
+    kept: &KeptPaths,
+    outcomes: &mut [Option<Outcome>],
+) -> (Vec<AddItem>, Vec<usize>) {
     let mut items = Vec::new();
     let mut item_rows = Vec::new();
-    let kept: std::sync::Arc<std::sync::Mutex<HashMap<usize, String>>> = Default::default();
     for (p, pick) in picks.iter().enumerate() {
         if collided[p] {
             continue;
@@ -351,40 +423,11 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             });
             continue;
         };
-        if let Some(e) = existing.get(key) {
-            match crate::format::digest::hash_file(file) {
-                Ok((d, _)) if d == e.digest => {
-                    outcomes[pick.row] = Some(Outcome::AlreadyThere {
-                        name: key.to_string(),
-                    });
-                    // Its content is in the cache already: with `move_files` the file is
-                    // handed over as an import's would be (a run after one that could not
-                    // remove it said "files moved" and left it).
-                    if opts.move_files
-                        && !opts.dry_run
-                        && let Err(err) = std::fs::remove_file(file)
-                        && err.kind() != std::io::ErrorKind::NotFound
-                    {
-                        kept.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(pick.row, err.to_string());
-                    }
-                    continue;
-                }
-                Ok(_) if !e.labels.contains_key(LABEL_ROW) => {
-                    outcomes[pick.row] = Some(Outcome::Taken {
-                        name: key.to_string(),
-                    });
-                    continue;
-                }
-                Ok(_) => {}
-                Err(err) => {
-                    outcomes[pick.row] = Some(Outcome::Unreadable {
-                        error: err.to_string(),
-                    });
-                    continue;
-                }
-            }
+        if let Some(e) = existing.get(key)
+            && let Some(o) = against_cached(e, file, key, pick.row, opts, kept)
+        {
+            outcomes[pick.row] = Some(o);
+            continue;
         }
         let name = match Reference::parse(key) {
             Ok(r) => r,
@@ -395,23 +438,7 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
                 continue;
             }
         };
-        items.push(AddItem {
-            path: file.clone(),
-            name,
-            opts: AddOptions {
-                move_file: opts.move_files,
-                labels: labels_of(row),
-                not_removed: Some(NotRemoved({
-                    let (kept, row) = (kept.clone(), pick.row);
-                    std::sync::Arc::new(move |_, e| {
-                        kept.lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .insert(row, e.to_string());
-                    })
-                })),
-                ..AddOptions::default()
-            },
-        });
+        items.push(import_item(row, pick.row, file, name, opts, kept));
         item_rows.push(pick.row);
         outcomes[pick.row] = Some(Outcome::Imported {
             name: key.to_string(),
@@ -419,17 +446,86 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
                 .then(|| row.wanted_name()),
         });
     }
-    if !opts.dry_run && !items.is_empty() {
-        let results = cache.add_many(items, opts.batch)?;
-        for (i, r) in item_rows.into_iter().zip(results) {
-            if let Err(e) = r {
-                outcomes[i] = Some(Outcome::Refused {
-                    error: e.to_string(),
-                });
-            }
-        }
-    }
+    (items, item_rows)
+}
 
+/// The add that imports `row` (index `i`) from `file` as `name`, with the row's facts as
+/// labels; with `move_files`, a path it cannot remove is told to `kept`.
+fn import_item(
+    row: &OldRow,
+    i: usize,
+    file: &Path,
+    name: Reference,
+    opts: &MigrateOptions,
+    kept: &KeptPaths,
+) -> AddItem {
+    AddItem {
+        path: file.to_path_buf(),
+        name,
+        opts: AddOptions {
+            move_file: opts.move_files,
+            labels: labels_of(row),
+            not_removed: Some(NotRemoved({
+                let kept = kept.clone();
+                std::sync::Arc::new(move |_, e| {
+                    kept.lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .insert(i, e.to_string());
+                })
+            })),
+            ..AddOptions::default()
+        },
+    }
+}
+
+/// The outcome of a pick whose name `key` is in the cache already as `e`, or `None` when
+/// the name is to be (re-)pointed at `file`: the same content is
+/// [`Outcome::AlreadyThere`] (and with `move_files` the file is handed over as an
+/// import's would be: a run after one that could not remove it said "files moved" and left
+/// it); other content is [`Outcome::Taken`] unless an earlier migrate put it there.
+fn against_cached(
+    e: &Entry,
+    file: &Path,
+    key: &str,
+    row: usize,
+    opts: &MigrateOptions,
+    kept: &KeptPaths,
+) -> Option<Outcome> {
+    match crate::format::digest::hash_file(file) {
+        Ok((d, _)) if d == e.digest => {
+            if opts.move_files
+                && !opts.dry_run
+                && let Err(err) = std::fs::remove_file(file)
+                && err.kind() != std::io::ErrorKind::NotFound
+            {
+                kept.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(row, err.to_string());
+            }
+            Some(Outcome::AlreadyThere {
+                name: key.to_string(),
+            })
+        }
+        Ok(_) if !e.labels.contains_key(LABEL_ROW) => Some(Outcome::Taken {
+            name: key.to_string(),
+        }),
+        Ok(_) => None,
+        Err(err) => Some(Outcome::Unreadable {
+            error: err.to_string(),
+        }),
+    }
+}
+
+/// The report: every row with its outcome ([`Outcome::NoFile`] where none was decided),
+/// counted.
+fn report_of(
+    db: &Path,
+    opts: &MigrateOptions,
+    rows: Vec<OldRow>,
+    files: Vec<Option<PathBuf>>,
+    outcomes: Vec<Option<Outcome>>,
+    mut kept: HashMap<usize, String>,
+) -> Report {
     let mut report = Report {
         database: db.to_path_buf(),
         dry_run: opts.dry_run,
@@ -440,7 +536,6 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
         not_removed: 0,
         rows: Vec::with_capacity(rows.len()),
     };
-    let mut kept = std::mem::take(&mut *kept.lock().unwrap_or_else(|p| p.into_inner()));
     for (i, ((row, file), outcome)) in rows.into_iter().zip(files).zip(outcomes).enumerate() {
         let outcome = outcome.unwrap_or(Outcome::NoFile);
         match outcome {
@@ -457,7 +552,7 @@ pub fn run(cache: &Cache, db: &Path, opts: &MigrateOptions) -> Result<Report, Mi
             outcome,
         });
     }
-    Ok(report)
+    report
 }
 
 /// The row's file: its `image` path (relative to the database's directory if relative).
