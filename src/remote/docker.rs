@@ -63,6 +63,7 @@ use super::sink::Sink;
 use super::transport::Transport;
 use super::types::{PullOutcome, RemoteOptions};
 use crate::cache::{Cache, Entry, Ingested, Part, Provenance};
+use crate::format::digest::sha256_hex;
 use crate::format::reference::Reference;
 
 /// A Docker manifest list (the Docker name for an image index).
@@ -430,11 +431,6 @@ pub fn choose_platform(body: &[u8], platform: &Platform) -> Result<(String, u64)
             offered.join(", ")
         }
     ))
-}
-
-fn sha256_hex(body: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{}", super::sink::hex(&sha2::Sha256::digest(body)))
 }
 
 /// Fetch a manifest or index by tag or digest: (body, digest, content type).

@@ -30,8 +30,8 @@
 //!
 //! The imports in full: `remote_ref` -> docker, oci, s3, transport; `oci`, `docker` ->
 //! registry, auth, sink, transport (`docker` also runtime); `http` -> registry, sink,
-//! transport; `s3` -> sink, transport; `oci_layout` -> sink; `registry` -> auth, sink,
-//! transport; `transport` -> runtime; `auth`, `sink`, `runtime` -> error only; and each
+//! transport; `s3` -> sink, transport; `registry` -> auth, sink, transport;
+//! `transport` -> runtime; `auth`, `sink`, `runtime` -> error only; and each
 //! of them -> error and types where it needs them.
 //!
 //! # What it promises

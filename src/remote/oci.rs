@@ -38,6 +38,7 @@ use super::sink::Sink;
 use super::transport::Transport;
 use super::types::{Fetched, Known, Pulled, RemoteOptions};
 use crate::cache::{Cache, Entry};
+use crate::format::digest::{sha256_hex, sha256_reader};
 
 pub use super::registry::{Descriptor, OciRef};
 
@@ -125,10 +126,7 @@ pub async fn fetch_manifest(
     }
     let resp = ok_or_status(resp, &url).await?;
     let body = read_limited(resp, &url, MAX_MANIFEST).await?;
-    let digest = {
-        use sha2::Digest as _;
-        format!("sha256:{}", super::sink::hex(&sha2::Sha256::digest(&body)))
-    };
+    let digest = sha256_hex(&body);
     if let Some(want) = &r.digest
         && *want != digest
     {
@@ -206,19 +204,13 @@ pub async fn push(
     let size = file.metadata().map_err(io_err)?.len();
     let layer_digest = match &entry.remote_digest {
         Some(d) if d.starts_with("sha256:") => d.clone(),
-        _ => super::sink::sha256_of(
-            &mut super::transport::reopen(file).map_err(io_err)?,
-            &entry.path,
-        )?,
+        _ => {
+            let mut f = super::transport::reopen(file).map_err(io_err)?;
+            sha256_reader(&mut f).map_err(io_err)?
+        }
     };
     let config = b"{}".to_vec();
-    let config_digest = {
-        use sha2::Digest as _;
-        format!(
-            "sha256:{}",
-            super::sink::hex(&sha2::Sha256::digest(&config))
-        )
-    };
+    let config_digest = sha256_hex(&config);
     upload_blob(
         &mut s,
         &scope,

@@ -30,6 +30,7 @@ use serde_json::json;
 
 use super::error::RemoteError;
 use crate::cache::{Cache, OpenPart};
+use crate::format::digest::sha256_hex;
 use crate::format::reference::Reference;
 
 const LAYOUT_FILE: &str = "oci-layout";
@@ -189,10 +190,7 @@ pub fn export(
         "layers": layers.iter().map(desc).collect::<Vec<_>>(),
     });
     let body = serde_json::to_vec(&manifest).unwrap_or_default();
-    let digest = {
-        use sha2::Digest as _;
-        format!("sha256:{}", super::sink::hex(&sha2::Sha256::digest(&body)))
-    };
+    let digest = sha256_hex(&body);
     let mpath = blobs.join(digest.trim_start_matches("sha256:"));
     write_atomically(&mpath, &body)?;
     let index_path = dir.join("index.json");

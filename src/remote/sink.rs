@@ -194,28 +194,8 @@ impl Sink {
     }
 }
 
-/// The sha256 of what `f` reads (`path` names it in errors), as a remote knows a blob:
-/// `sha256:<hex>`.
-pub fn sha256_of(
-    f: &mut impl std::io::Read,
-    path: &std::path::Path,
-) -> Result<String, RemoteError> {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(|source| RemoteError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex(&h.finalize())))
-}
-
-pub(crate) fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex of the sha256 this sink computed on the ingest's hashing thread (the
+/// one-shot and reader forms are `format::digest`'s).
+fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
