@@ -95,6 +95,7 @@ impl MovedFile {
         }
     }
 }
+
 /// The right to hand a user's file to the cache by hard link (`add --move`), taken only
 /// when nobody else can change the file afterwards: it has no other hard link, it is on
 /// the cache's filesystem, it is now read-only (mode 0444, set here, which needs the
@@ -173,6 +174,7 @@ impl Drop for MoveClaim {
         }
     }
 }
+
 impl Cache {
     /// Add the file at `src` under `name`; returns the new entry. The copy (or rename)
     /// and the hashing happen before the index lock is taken.

@@ -32,6 +32,7 @@ pub enum Part {
     /// Already in the cache (see [`Cache::open_by_remote_digest`]).
     Known(Digest),
 }
+
 impl Cache {
     /// A new file in `tmp/` for content the caller writes (a download), hashed as it is
     /// written; `tap` computes a second hash of the same bytes on the same thread (use

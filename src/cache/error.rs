@@ -149,6 +149,7 @@ impl CacheError {
         )
     }
 }
+
 /// Index failures, each naming the index file.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
@@ -222,6 +223,7 @@ impl IndexError {
         )
     }
 }
+
 /// Lock failures, each naming the lock file.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -238,6 +240,7 @@ pub enum LockError {
     #[error(transparent)]
     Setting(#[from] crate::settings::SettingError),
 }
+
 /// Store failures, each naming the file involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

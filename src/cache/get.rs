@@ -27,6 +27,7 @@ pub struct OpenPart {
     /// Where the blob lives in the store (for a hard link; read through `file`).
     pub path: PathBuf,
 }
+
 impl Cache {
     /// The blobs already in the cache whose remote digest (`sha256:...`) is one of
     /// `wanted`, opened under the shared lock: the open files stay readable whatever gc

@@ -217,40 +217,18 @@ pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGu
         path: path.to_path_buf(),
         source,
     };
+    let mut take = |req| acquire(&file, req, path, opts, start, deadline, &mut announced);
     match opts.kind {
-        Kind::Flock => {
-            let op = match mode {
-                Mode::Shared => libc::LOCK_SH,
-                Mode::Exclusive => libc::LOCK_EX,
-            };
-            acquire(
-                &file,
-                Req::Flock(op),
-                path,
-                opts,
-                start,
-                deadline,
-                &mut announced,
-            )?;
+        Kind::Flock => take(Req::new(Kind::Flock, mode, MAIN))?,
+        Kind::Ofd => {
+            // The turnstile in the lock's own mode (a writer keeps new readers out while it
+            // waits; a reader only passes through), then the lock proper; the turnstile is
+            // given back whether or not the lock proper was taken.
+            take(Req::new(Kind::Ofd, mode, TURNSTILE))?;
+            let got = take(Req::new(Kind::Ofd, mode, MAIN));
+            ofd(&file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, TURNSTILE).map_err(err)?;
+            got?;
         }
-        Kind::Ofd => match mode {
-            Mode::Shared => {
-                let turn = Req::Ofd(libc::F_RDLCK as i16, TURNSTILE);
-                acquire(&file, turn, path, opts, start, deadline, &mut announced)?;
-                let main = Req::Ofd(libc::F_RDLCK as i16, MAIN);
-                let got = acquire(&file, main, path, opts, start, deadline, &mut announced);
-                ofd(&file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, TURNSTILE).map_err(err)?;
-                got?;
-            }
-            Mode::Exclusive => {
-                let turn = Req::Ofd(libc::F_WRLCK as i16, TURNSTILE);
-                acquire(&file, turn, path, opts, start, deadline, &mut announced)?;
-                let main = Req::Ofd(libc::F_WRLCK as i16, MAIN);
-                let got = acquire(&file, main, path, opts, start, deadline, &mut announced);
-                ofd(&file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, TURNSTILE).map_err(err)?;
-                got?;
-            }
-        },
     }
     Ok(LockGuard {
         _held: held,
@@ -291,10 +269,7 @@ pub(super) fn fence(
     opts: &LockOptions,
 ) -> Result<Held, LockError> {
     let start = Instant::now();
-    let req = match opts.kind {
-        Kind::Ofd => Req::Ofd(libc::F_WRLCK as i16, FENCE),
-        Kind::Flock => Req::Flock(libc::LOCK_EX),
-    };
+    let req = Req::new(opts.kind, Mode::Exclusive, FENCE);
     let held = Held::new(file, opts.kind, Some(FENCE), registration);
     acquire(
         file,
@@ -366,11 +341,7 @@ pub(super) fn is_held(path: &Path, kind: Kind) -> io::Result<Option<bool>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
-    let req = match kind {
-        Kind::Ofd => Req::Ofd(libc::F_RDLCK as i16, MAIN),
-        Kind::Flock => Req::Flock(libc::LOCK_SH),
-    };
-    Ok(Some(!try_once(&file, req)?))
+    Ok(Some(!try_once(&file, Req::new(kind, Mode::Shared, MAIN))?))
 }
 
 /// Remove the lock file `path` if nobody holds it, taking it exclusive (without waiting)
@@ -388,11 +359,7 @@ pub(super) fn remove_if_free(path: &Path, kind: Kind) -> io::Result<bool> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e),
     };
-    let req = match kind {
-        Kind::Ofd => Req::Ofd(libc::F_WRLCK as i16, MAIN),
-        Kind::Flock => Req::Flock(libc::LOCK_EX),
-    };
-    if !try_once(&file, req)? {
+    if !try_once(&file, Req::new(kind, Mode::Exclusive, MAIN))? {
         return Ok(false);
     }
     match std::fs::remove_file(path) {
@@ -502,6 +469,19 @@ enum Req {
     Ofd(i16, i64),
     /// `flock` operation.
     Flock(i32),
+}
+
+impl Req {
+    /// `mode` with the primitive `kind`: on the one byte `byte` (OFD), or on the whole
+    /// file (`flock`, which has no bytes).
+    fn new(kind: Kind, mode: Mode, byte: i64) -> Req {
+        match (kind, mode) {
+            (Kind::Ofd, Mode::Shared) => Req::Ofd(libc::F_RDLCK as i16, byte),
+            (Kind::Ofd, Mode::Exclusive) => Req::Ofd(libc::F_WRLCK as i16, byte),
+            (Kind::Flock, Mode::Shared) => Req::Flock(libc::LOCK_SH),
+            (Kind::Flock, Mode::Exclusive) => Req::Flock(libc::LOCK_EX),
+        }
+    }
 }
 
 /// Take one lock request: a non-blocking try, then (if contended) a blocking wait on a
@@ -671,7 +651,7 @@ pub(super) fn probe_ofd(dir: &Path) -> io::Result<bool> {
     let _ = std::fs::remove_file(&probe);
     let b = b?;
     ofd(&a, libc::F_OFD_SETLK, libc::F_WRLCK as i16, MAIN)?;
-    let excluded = !try_once(&b, Req::Ofd(libc::F_WRLCK as i16, MAIN))?;
+    let excluded = !try_once(&b, Req::new(Kind::Ofd, Mode::Exclusive, MAIN))?;
     Ok(excluded)
 }
 

@@ -162,6 +162,7 @@ pub struct Provenance {
     pub media_type: Option<String>,
     pub remote_digest: Option<String>,
 }
+
 /// What `info` reports.
 #[derive(Clone, Debug, Serialize)]
 pub struct Info {
@@ -172,6 +173,7 @@ pub struct Info {
     pub stats: IndexStats,
     pub lock: &'static str,
 }
+
 impl Cache {
     /// The cache root from `--cache`, else `$SREGISTRY_CACHE`, else
     /// `${XDG_CACHE_HOME:-~/.cache}/sregistry`.

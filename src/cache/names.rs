@@ -37,6 +37,7 @@ impl Repoint {
         }
     }
 }
+
 /// What [`Cache::remove`] did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Removed {
@@ -44,6 +45,7 @@ pub struct Removed {
     pub blobs: Vec<Digest>,
     pub bytes_freed: u64,
 }
+
 impl Cache {
     /// Fail with "not found" (or a digest the name does not point to, or "pinned") under
     /// the shared lock, before a write opens the index: a refused command leaves the index

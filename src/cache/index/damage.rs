@@ -78,6 +78,7 @@ pub(super) fn from_redb(path: &Path, source: redb::Error) -> IndexError {
         }
     }
 }
+
 /// Run `f` (calls into redb) for the reader or writer whose `poisoned` flag is given: a
 /// panic marks it and becomes [`IndexError::Damaged`]; once marked, nothing more runs.
 pub(super) fn guarded<T>(

@@ -47,6 +47,7 @@ pub(super) fn fence_journal(
         Err(e) => Err(journal_err(e)),
     }
 }
+
 /// Handle on the index of one cache.
 #[derive(Clone, Debug)]
 pub struct Index {
@@ -58,6 +59,7 @@ pub struct Index {
     /// `v1/blobs`: an index is never started empty beside image files.
     pub(super) blobs_dir: PathBuf,
 }
+
 impl Index {
     /// The index of the cache version directory `v1`.
     pub fn new(v1: &Path, lock_opts: LockOptions, file_mode: u32) -> Index {

@@ -165,6 +165,7 @@ pub(super) fn blobs_in(
     }
     Ok(out)
 }
+
 impl IndexReader {
     /// Run `f` under the reader's panic guard.
     pub(super) fn guard<T>(

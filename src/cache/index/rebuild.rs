@@ -69,6 +69,7 @@ pub struct OnDisk {
 pub fn recovered_name(d: &Digest) -> String {
     format!("recovered/{}:latest", d.hex())
 }
+
 impl Index {
     /// Rebuild the index from the journal (`doctor --repair-index`), under the exclusive
     /// lock: see the protocol above. `on_disk` maps each blob file found to its size.
@@ -254,6 +255,7 @@ impl Index {
         Ok(report)
     }
 }
+
 /// How the journal compares with the index (`Index::journal_status`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum JournalStatus {

@@ -159,6 +159,7 @@ pub(super) fn encode<T: Serialize>(v: &T) -> Vec<u8> {
     // Serializing these plain structs to a Vec cannot fail.
     serde_json::to_vec(v).unwrap_or_default()
 }
+
 /// Record this build's schema, its compatibility levels and version in a transaction.
 pub(super) fn stamp_schema(txn: &WriteTransaction) -> Result<(), redb::Error> {
     let (read, write) = compat_of(SCHEMA_VERSION);
@@ -170,6 +171,7 @@ pub(super) fn stamp_schema(txn: &WriteTransaction) -> Result<(), redb::Error> {
     about.insert("schema_written_by", VERSION)?;
     Ok(())
 }
+
 /// The schema levels recorded in `meta` and `about`.
 pub(super) struct Levels {
     pub(super) schema: u64,
