@@ -1,5 +1,6 @@
 //! The storage backend under redb: its file locks left to `index.lock`, and flushes that
-//! make nothing visible early left out (see [`UnderOurLock`]).
+//! make nothing visible early, or only say that a durable commit was closed cleanly, left
+//! out (see [`UnderOurLock`]).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -19,8 +20,8 @@ use redb::BackendError;
 /// # Flushes
 ///
 /// A write opens the database, commits once and closes it. redb flushes six times on that
-/// path; three reach the disk here (the two phases of the commit, the clean-shutdown
-/// header), and the three left out make nothing visible early:
+/// path; two reach the disk here (the two phases of the commit), and the four left out
+/// make nothing visible early and lose no commit:
 ///
 /// * **Length changes.** redb grows the file (the last close trimmed it) and flushes, then,
 ///   closing, trims it and flushes again before its last header write. A flush with only a
@@ -45,6 +46,21 @@ use redb::BackendError;
 ///   unclean header (a writer died mid-write) or one this code does not know keeps every
 ///   flush: the first then makes the dead writer's pages durable before anything is built
 ///   on them, as redb's recovery expects.
+/// * **The clean-shutdown header.** Closing, redb commits (both phases flushed: the commit
+///   is durable, its header with the recovery flag set), trims the file, then writes the
+///   same header with the flag cleared and flushes it. That flush (and the trim's length
+///   change with it) only tells the next opener it need not repair: a flush with nothing but a clean header
+///   ([`header_is_clean`]) behind it, after a flush reached the disk in this open, is left
+///   to the kernel's writeback, and is not owed at close. A power loss before writeback
+///   leaves the commit's own header, the flag set: the next opener repairs (quickly: the
+///   commit recorded its allocator state), and no commit is lost. redb writes a clean
+///   header nowhere else but after a repair, whose own commit is durable the same way, and
+///   when it creates a file, which is the first flush of its open and so always reaches
+///   the disk (and a new index is synced whole before it is renamed into place). A clean
+///   header newer in the page cache than on the disk is the case the recovery flag's
+///   deferral above already allows for: both name the same durable commit. On NFS the
+///   header reaches the server anyway when the fence is unlocked, still under the fence
+///   (the client flushes a file's writes before it lets go of a lock on it).
 ///
 /// The file's length is kept here rather than asked of the filesystem each time redb
 /// wants it (about six times per write, each a `statx`, on NFS a round trip): while we
@@ -63,8 +79,10 @@ pub(super) struct UnderOurLock {
     defer_header: std::sync::atomic::AtomicBool,
     /// A flush was left for later and must happen before a trim or the close.
     owed: std::sync::atomic::AtomicBool,
+    /// The last header written says the file was closed cleanly ([`header_is_clean`]).
+    clean_header: std::sync::atomic::AtomicBool,
     len: std::sync::atomic::AtomicU64,
-    /// Flushes that reached the file (for tests).
+    /// Flushes that reached the file (none yet: the next one is the first of this open).
     flushes: std::sync::atomic::AtomicU32,
 }
 
@@ -192,6 +210,7 @@ impl UnderOurLock {
                 unflushed: std::sync::atomic::AtomicU8::new(PAGES),
                 defer_header: std::sync::atomic::AtomicBool::new(false),
                 owed: std::sync::atomic::AtomicBool::new(false),
+                clean_header: std::sync::atomic::AtomicBool::new(false),
                 len: std::sync::atomic::AtomicU64::new(len),
                 flushes: std::sync::atomic::AtomicU32::new(0),
             }),
@@ -245,6 +264,13 @@ impl redb::StorageBackend for UnderOurLock {
                 self.owed.store(true, Ordering::SeqCst); // the recovery flag: see above
                 Ok(())
             }
+            // The clean-shutdown header, after a durable commit: see above.
+            HEADER
+                if self.clean_header.load(Ordering::SeqCst)
+                    && self.flushes.load(Ordering::SeqCst) > 0 =>
+            {
+                Ok(())
+            }
             _ => self.flush(),
         }
     }
@@ -252,6 +278,10 @@ impl redb::StorageBackend for UnderOurLock {
         use std::sync::atomic::Ordering;
         let end = offset + data.len() as u64;
         let what = if end <= HEADER_SECTOR { HEADER } else { PAGES };
+        if what == HEADER {
+            self.clean_header
+                .store(offset == 0 && header_is_clean(data), Ordering::SeqCst);
+        }
         self.unflushed.fetch_max(what, Ordering::SeqCst);
         self.file.write(offset, data)?;
         self.len.fetch_max(end, Ordering::SeqCst);
@@ -290,14 +320,23 @@ mod tests {
         b.flushes.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// The header at the start of `b`'s file, with the recovery flag set as redb keeps it
+    /// while a writer has the file open.
+    fn flagged_header(b: &UnderOurLock) -> Vec<u8> {
+        use redb::StorageBackend as _;
+        let mut head = vec![0u8; 320];
+        b.read(0, &mut head).unwrap();
+        head[9] |= 2;
+        head
+    }
+
     /// Replay what redb does to the file around a commit: header write and flush (the
     /// recovery flag), grow and flush, pages and header and flush (the commit's first
     /// phase), header and flush (the second).
     fn replay_commit(b: &UnderOurLock) -> Vec<u32> {
         use redb::StorageBackend as _;
         let len = b.len().unwrap();
-        let mut head = vec![0u8; 320];
-        b.read(0, &mut head).unwrap();
+        let head = flagged_header(b);
         let mut seen = Vec::new();
         b.write(0, &head).unwrap();
         b.sync_data().unwrap();
@@ -392,6 +431,54 @@ mod tests {
         assert_eq!(flushes(&b), 0);
         b.close().unwrap();
         assert_eq!(flushes(&b), 1, "closed with a flush owed");
+    }
+
+    #[test]
+    fn the_clean_shutdown_header_after_a_durable_commit_is_left_to_writeback() {
+        // Closing, redb trims the file and writes the commit's header again with the
+        // recovery flag cleared: losing that write costs the next opener a repair, never a
+        // commit, so it is neither flushed nor owed at close.
+        use redb::StorageBackend as _;
+        let (_dir, idx) = written_index();
+        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
+        let mut clean = vec![0u8; 320];
+        b.read(0, &mut clean).unwrap();
+        assert!(header_is_clean(&clean));
+        let len = b.len().unwrap();
+        assert_eq!(replay_commit(&b), vec![0, 0, 1, 2]);
+        b.set_len(len).unwrap();
+        b.sync_data().unwrap();
+        b.write(0, &clean).unwrap();
+        b.sync_data().unwrap();
+        b.close().unwrap();
+        assert_eq!(flushes(&b), 2, "the clean-shutdown header was flushed");
+        // A header with the flag set after it (another commit) is flushed as before.
+        let b = UnderOurLock::open(idx.db_path(), true).unwrap();
+        assert_eq!(replay_commit(&b), vec![0, 0, 1, 2]);
+        b.write(0, &clean).unwrap();
+        b.sync_data().unwrap();
+        b.write(0, &flagged_header(&b)).unwrap();
+        b.sync_data().unwrap();
+        assert_eq!(flushes(&b), 3);
+    }
+
+    #[test]
+    fn a_clean_header_is_flushed_when_no_flush_reached_the_disk_before_it() {
+        // A new file's first header, or a clean header written before any commit of this
+        // open was made durable, vouches for nothing yet on the disk: it is flushed.
+        use redb::StorageBackend as _;
+        let (_dir, idx) = written_index();
+        let mut clean = vec![0u8; 320];
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(idx.db_path())
+            .unwrap();
+        let b = UnderOurLock::wrap(file).unwrap();
+        b.read(0, &mut clean).unwrap();
+        b.write(0, &clean).unwrap();
+        b.sync_data().unwrap();
+        assert_eq!(flushes(&b), 1);
     }
 
     #[test]
