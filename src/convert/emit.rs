@@ -62,7 +62,7 @@ pub(crate) enum EmitError {
 }
 
 impl<'v> Plan<'v> {
-    pub fn new(view: &'v View) -> Plan<'v> {
+    pub(crate) fn new(view: &'v View) -> Plan<'v> {
         let mut plan = Plan {
             dirs: Vec::new(),
             generated: Vec::new(),
@@ -99,12 +99,12 @@ impl<'v> Plan<'v> {
     }
 
     /// Number of entries the stream holds.
-    pub fn entries(&self) -> u64 {
+    pub(crate) fn entries(&self) -> u64 {
         (self.dirs.len() + self.generated.len() + self.files.len() + self.rest.len()) as u64
     }
 
     /// Write the stream to `out`; `open(layer)` gives a layer's tar stream again.
-    pub fn write<W: Write>(
+    pub(crate) fn write<W: Write>(
         &self,
         layers: usize,
         mut open: impl FnMut(usize) -> io::Result<Box<dyn Read>>,

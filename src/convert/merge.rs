@@ -39,7 +39,7 @@ pub(crate) struct Meta {
 
 impl Meta {
     /// A directory the layers did not declare but whose children they hold.
-    pub const IMPLICIT_DIR: Meta = Meta {
+    pub(crate) const IMPLICIT_DIR: Meta = Meta {
         mode: 0o755,
         uid: 0,
         gid: 0,
@@ -204,7 +204,7 @@ fn split_last(path: &[u8]) -> (&[u8], &[u8]) {
 impl View {
     /// Apply one layer's entries (in tar order): its whiteouts first, then the rest.
     /// On a refused entry, returns its raw name and the problem.
-    pub fn apply_layer(
+    pub(crate) fn apply_layer(
         &mut self,
         layer: usize,
         entries: &[Entry],
@@ -335,7 +335,7 @@ impl View {
 
     /// The directory `path` (normalized) names, its symlinks followed inside the root;
     /// components nothing is at yet count as directories.
-    pub fn resolve_dir(&self, path: &[u8]) -> Result<Vec<u8>, Problem> {
+    pub(crate) fn resolve_dir(&self, path: &[u8]) -> Result<Vec<u8>, Problem> {
         let mut done: Vec<Vec<u8>> = Vec::new();
         let mut todo: VecDeque<Vec<u8>> = path.split(|&b| b == b'/').map(<[u8]>::to_vec).collect();
         let mut links = 0;
@@ -385,13 +385,13 @@ impl View {
     }
 
     /// Remove `path` and everything under it.
-    pub fn remove_subtree(&mut self, path: &[u8]) {
+    pub(crate) fn remove_subtree(&mut self, path: &[u8]) {
         self.nodes.remove(path);
         self.remove_children(path);
     }
 
     /// Remove everything under `dir` (the root when empty), keeping `dir`.
-    pub fn remove_children(&mut self, dir: &[u8]) {
+    pub(crate) fn remove_children(&mut self, dir: &[u8]) {
         if dir.is_empty() {
             self.nodes.clear();
             return;

@@ -21,13 +21,13 @@
 //!    SIF's partition offset, on all cores, with owners and modes from the tar headers:
 //!    the caller's uid never matters, and a user's conversion records root-owned and
 //!    setuid files as root's does (the root directory's owner, which 4.5.1 takes from
-//!    the caller, is root's through a user namespace of its own: see [`userns`]).
+//!    the caller, is root's through a user namespace of its own: see `userns`).
 //!    `sqfstar` is the same code, but 4.5.1 (Debian 12's) drops the value of every `-X`
 //!    compressor option, so it cannot set a level (squashfs-tools issue 191);
 //!    `mksquashfs -tar` parses them.
 //!
 //! Then the OCI config is written as a generic JSON object at the start of the SIF's data
-//! section and the SIF header and descriptor table go in front ([`crate::format::sif_write`]).
+//! section and the SIF header and descriptor table go in front (`format::sif_write`).
 //! Memory holds the view (a few hundred bytes per path) and the I/O buffers, never file data.
 //!
 //! Reading twice costs a second decompression (about 0.5 s per 300 MB of zstd, 1 s of
@@ -47,7 +47,7 @@
 //! caller's is not passed on), which clamps times to it and so changes none a layer gave.
 //! It clamps only times *later* than it, and 4.5.1 stamps the root directory with the
 //! moment it starts: a conversion waits until the clock has passed that one time (at
-//! most [`MAX_CLOCK_WAIT`]; an image made seconds ago, or on a node whose clock is ahead),
+//! most `MAX_CLOCK_WAIT`, 10 s; an image made seconds ago, or on a node whose clock is ahead),
 //! or the root's time, and the digest, would be the moment's.
 //! The SIF's UUID is derived from [`ConvertOptions::identity`] (the manifest digest and
 //! platform) and the compression. The tar stream's order is fixed by the view.
@@ -56,7 +56,7 @@
 //! fragments by default, and its duplicate check of those races its own threads.
 //! The same squashfs-tools and compressor library are assumed: another zlib can compress
 //! the same blocks to other bytes. Where user namespaces are disabled, the root
-//! directory's owner is the caller's (see [`userns`]), which a root conversion does not
+//! directory's owner is the caller's (see `userns`), which a root conversion does not
 //! share.
 //!
 //! **Space**: [`write_sif_watched`] takes a [`SpaceWatch`], which says how many more bytes

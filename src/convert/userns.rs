@@ -15,7 +15,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Make `cmd` run as uid 0 in a user namespace when this process is not root.
-pub fn as_root_in_user_namespace(cmd: &mut Command) {
+pub(super) fn as_root_in_user_namespace(cmd: &mut Command) {
     // SAFETY: geteuid, getuid and getgid have no preconditions.
     let (euid, uid, gid) = unsafe { (libc::geteuid(), libc::getuid(), libc::getgid()) };
     if euid == 0 {
@@ -53,7 +53,7 @@ fn write_proc(path: &std::ffi::CStr, data: &[u8]) {
 
 /// Make `cmd` end when this process does: a command killed mid-conversion (a job's time
 /// limit, Ctrl-C) must not leave `mksquashfs` compressing on for nobody.
-pub fn die_with_parent(cmd: &mut Command) {
+pub(super) fn die_with_parent(cmd: &mut Command) {
     // SAFETY: getpid has no preconditions.
     let parent = unsafe { libc::getpid() };
     // SAFETY: the closure runs between fork and exec and only calls prctl and getppid.

@@ -3,8 +3,8 @@
 
 pub mod clock;
 pub mod digest;
-pub mod par;
+pub(crate) mod par;
 pub mod reference;
 pub mod sif;
-pub mod sif_write;
+pub(crate) mod sif_write;
 pub mod units;

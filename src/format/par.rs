@@ -6,19 +6,24 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// `items.iter().map(f)`, run on up to one thread per core; results in input order. A
-/// panic in `f` is raised again here.
-pub fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+/// panic in `f` is raised again here. (Used by `migrate` only, a feature.)
+#[cfg(feature = "migrate")]
+pub(crate) fn map<T: Sync, R: Send>(items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
     map_on(cores(), items, f)
 }
 
 /// The number of cores this process may use.
-pub fn cores() -> usize {
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 /// [`map`] on up to `threads` threads: more than the cores for jobs that mostly wait
 /// (an fsync of a small file waits for the journal; many at once share its commits).
-pub fn map_on<T: Sync, R: Send>(threads: usize, items: &[T], f: impl Fn(&T) -> R + Sync) -> Vec<R> {
+pub(crate) fn map_on<T: Sync, R: Send>(
+    threads: usize,
+    items: &[T],
+    f: impl Fn(&T) -> R + Sync,
+) -> Vec<R> {
     let threads = threads.min(items.len());
     if threads <= 1 {
         return items.iter().map(f).collect();

@@ -57,25 +57,25 @@ const OCI_BLOB: i32 = 0x400b;
 #[rustfmt::skip]
 pub(super) mod names {
     use super::*;
-    pub const KINDS: &[(i32, &str)] = &[
+    pub(crate) const KINDS: &[(i32, &str)] = &[
         (DEFFILE, "Def.FILE"), (ENV_VARS, "Env.Vars"), (LABELS, "JSON.Labels"), (PARTITION, "FS"),
         (SIGNATURE, "Signature"), (GENERIC_JSON, "JSON.Generic"), (0x4007, "Generic/Raw"),
         (CRYPTO_MESSAGE, "Cryptographic Message"), (SBOM, "SBOM"),
         (OCI_ROOT_INDEX, "OCI.RootIndex"), (OCI_BLOB, "OCI.Blob"),
     ];
-    pub const FS_TYPES: &[(i32, &str)] =
+    pub(crate) const FS_TYPES: &[(i32, &str)] =
         &[(1, "Squashfs"), (2, "Ext3"), (3, "Archive"), (4, "Raw"), (5, "Encrypted squashfs")];
-    pub const PART_TYPES: &[(i32, &str)] = &[(1, "System"), (2, "*System"), (3, "Data"), (4, "Overlay")];
-    pub const HASHES: &[(i32, &str)] =
+    pub(crate) const PART_TYPES: &[(i32, &str)] = &[(1, "System"), (2, "*System"), (3, "Data"), (4, "Overlay")];
+    pub(crate) const HASHES: &[(i32, &str)] =
         &[(1, "SHA-256"), (2, "SHA-384"), (3, "SHA-512"), (4, "BLAKE2s-256"), (5, "BLAKE2b-256")];
-    pub const CRYPTO_FORMATS: &[(i32, &str)] = &[(1, "OpenPGP"), (2, "PEM")];
-    pub const CRYPTO_MESSAGES: &[(i32, &str)] = &[(0x100, "Clear Signature"), (0x200, "RSA-OAEP")];
-    pub const SBOM_FORMATS: &[(i32, &str)] = &[
+    pub(crate) const CRYPTO_FORMATS: &[(i32, &str)] = &[(1, "OpenPGP"), (2, "PEM")];
+    pub(crate) const CRYPTO_MESSAGES: &[(i32, &str)] = &[(0x100, "Clear Signature"), (0x200, "RSA-OAEP")];
+    pub(crate) const SBOM_FORMATS: &[(i32, &str)] = &[
         (1, "cyclonedx-json"), (2, "cyclonedx-xml"), (3, "github-json"), (4, "spdx-json"),
         (5, "spdx-rdf"), (6, "spdx-tag-value"), (7, "spdx-yaml"), (8, "syft-json"),
     ];
     /// Two-digit architecture codes of the header and of partitions, with Go's names.
-    pub const ARCHES: &[(&str, &str)] = &[
+    pub(crate) const ARCHES: &[(&str, &str)] = &[
         ("01", "386"), ("02", "amd64"), ("03", "arm"), ("04", "arm64"), ("05", "ppc64"),
         ("06", "ppc64le"), ("07", "mips"), ("08", "mipsle"), ("09", "mips64"),
         ("10", "mips64le"), ("11", "s390x"), ("12", "riscv64"),

@@ -13,13 +13,13 @@ use std::io::{self, Seek, SeekFrom, Write};
 use super::sif::names::ARCHES;
 
 /// Where the descriptor table starts.
-pub const DESCRIPTORS_OFFSET: u64 = 4096;
+pub(crate) const DESCRIPTORS_OFFSET: u64 = 4096;
 /// Number of descriptor records in the table (the tools' default).
-pub const DESCRIPTORS_TOTAL: u64 = 48;
+pub(crate) const DESCRIPTORS_TOTAL: u64 = 48;
 /// Where the data section starts: right after the table.
-pub const DATA_OFFSET: u64 = DESCRIPTORS_OFFSET + DESCRIPTORS_TOTAL * DESCRIPTOR_LEN as u64;
+pub(crate) const DATA_OFFSET: u64 = DESCRIPTORS_OFFSET + DESCRIPTORS_TOTAL * DESCRIPTOR_LEN as u64;
 /// Alignment of partitions inside the data section.
-pub const PARTITION_ALIGN: u64 = 4096;
+pub(crate) const PARTITION_ALIGN: u64 = 4096;
 
 const HEADER_LEN: usize = 128;
 const DESCRIPTOR_LEN: usize = 585;
@@ -32,7 +32,7 @@ const PART_PRIMARY_SYSTEM: i32 = 2;
 
 /// The SIF architecture code ("02" for amd64) of a Go architecture name, as OCI image
 /// configs spell it; `None` for one SIF has no code for.
-pub fn arch_code(goarch: &str) -> Option<&'static str> {
+pub(crate) fn arch_code(goarch: &str) -> Option<&'static str> {
     ARCHES
         .iter()
         .find(|(_, name)| *name == goarch)
@@ -41,7 +41,7 @@ pub fn arch_code(goarch: &str) -> Option<&'static str> {
 
 /// What one data object is.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ObjectKind {
+pub(crate) enum ObjectKind {
     /// A squashfs primary system partition for the architecture code (see [`arch_code`]).
     PrimarySquashfs { arch: &'static str },
     /// A generic JSON object.
@@ -50,7 +50,7 @@ pub enum ObjectKind {
 
 /// One data object already written at `offset` (inside the data section) with `size` bytes.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Object {
+pub(crate) struct Object {
     pub kind: ObjectKind,
     pub name: String,
     pub offset: u64,
@@ -61,7 +61,7 @@ pub struct Object {
 /// `file_end`. Objects get ids 1, 2, … in order, all in group 1; `arch` is the header's
 /// primary architecture code, `now` the creation and modification time (Unix seconds),
 /// `id` the image UUID.
-pub fn write_header_and_table<W: Write + Seek>(
+pub(crate) fn write_header_and_table<W: Write + Seek>(
     w: &mut W,
     objects: &[Object],
     arch: &'static str,

@@ -13,10 +13,10 @@
 //!    in `credsStore`, else `auths.HOST.auth` (base64 `user:password`). A helper is the
 //!    program `docker-credential-NAME` on `PATH`, run as `docker-credential-NAME get` with
 //!    the host on stdin, answering `{"Username": ..., "Secret": ...}` (bounded to
-//!    [`HELPER_TIMEOUT`]). A helper that is not installed, or has nothing for the host,
+//!    `HELPER_TIMEOUT`, 30 s). A helper that is not installed, or has nothing for the host,
 //!    counts as no credentials, so anonymous pulls work wherever the config came from.
 //!    An identity token (`auths.HOST.identitytoken`, or a helper answering with the user
-//!    name `<token>`) is an OAuth2 refresh token: see [`Credentials::identity_token`].
+//!    name `<token>`) is an OAuth2 refresh token: see `Credentials::identity_token`.
 //!
 //! # Challenges
 //!
@@ -39,7 +39,7 @@ use super::error::RemoteError;
 
 /// A user name and password (or token) for one registry.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Credentials {
+pub(super) struct Credentials {
     pub username: String,
     pub password: String,
 }
@@ -52,19 +52,19 @@ impl std::fmt::Debug for Credentials {
 
 /// The user name Docker records with an identity token (an OAuth2 refresh token), in
 /// `config.json` and in credential helpers' answers.
-pub const IDENTITY_TOKEN_USER: &str = "<token>";
+pub(super) const IDENTITY_TOKEN_USER: &str = "<token>";
 
 impl Credentials {
     /// An identity token (an OAuth2 refresh token, as `docker login` keeps for registries
     /// with OAuth2 token services): the password, when the user name is Docker's marker.
     /// It is exchanged at the token service with `grant_type=refresh_token`, never sent
     /// as a password.
-    pub fn identity_token(&self) -> Option<&str> {
+    pub(super) fn identity_token(&self) -> Option<&str> {
         (self.username == IDENTITY_TOKEN_USER).then_some(self.password.as_str())
     }
 
     /// The `Authorization: Basic` value.
-    pub fn basic(&self) -> String {
+    pub(super) fn basic(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
         format!(
             "Basic {}",
@@ -195,7 +195,7 @@ struct DockerConfig {
 }
 
 /// How long a credential helper may take to answer.
-pub const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+pub(super) const HELPER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, Default, Deserialize)]
 struct DockerAuth {
@@ -296,7 +296,7 @@ fn who_else_can(mode: u32) -> String {
 
 /// Credentials for `host` (`host[:port]`), if any are stored. An empty user name or
 /// password counts as none: it is never sent.
-pub fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
+pub(super) fn credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError> {
     Ok(stored_credentials_for(host)?.filter(|c| !c.username.is_empty() && !c.password.is_empty()))
 }
 
@@ -468,7 +468,7 @@ fn run_helper(name: &str, server: &str) -> Result<Option<Credentials>, String> {
 /// Store (or, with `None`, remove) the credentials for `host`; returns the file.
 /// Forget the stored credentials for `host`: the file, and whether there were any (when
 /// there were none, nothing is written).
-pub fn remove_credentials(host: &str) -> Result<(PathBuf, bool), RemoteError> {
+pub(super) fn remove_credentials(host: &str) -> Result<(PathBuf, bool), RemoteError> {
     let had = credentials_path()
         .map(|p| read_store(&p).map(|s| s.auths.contains_key(host)))
         .transpose()?
@@ -481,7 +481,10 @@ pub fn remove_credentials(host: &str) -> Result<(PathBuf, bool), RemoteError> {
     Ok((path, false))
 }
 
-pub fn store_credentials(host: &str, creds: Option<&Credentials>) -> Result<PathBuf, RemoteError> {
+pub(super) fn store_credentials(
+    host: &str,
+    creds: Option<&Credentials>,
+) -> Result<PathBuf, RemoteError> {
     let path = credentials_path().ok_or_else(|| RemoteError::Credentials {
         path: PathBuf::from("~/.config/sregistry/credentials.json"),
         detail: "no home directory (HOME is unset or not an absolute path): set HOME or SREGISTRY_CONFIG_DIR".into(),

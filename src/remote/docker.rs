@@ -25,7 +25,7 @@
 //!    architecture.
 //! 4. The config and every layer are looked up in the cache by their sha256 (blobs that
 //!    earlier pulls kept as parts of an image) and opened there; the others are
-//!    downloaded through [`Sink`] (declared size enforced, sha256 checked, BLAKE3
+//!    downloaded through the verifying `Sink` (declared size enforced, sha256 checked, BLAKE3
 //!    computed) into `tmp/`. Nothing is named yet.
 //! 5. [`crate::convert::write_sif_watched`] merges the layers into one squashfs (owners and
 //!    modes from the layers, whoever converts) inside a SIF in a `tmp/` scratch file,
@@ -67,16 +67,17 @@ use crate::format::digest::sha256_hex;
 use crate::format::reference::Reference;
 
 /// A Docker manifest list (the Docker name for an image index).
-pub const MANIFEST_LIST_DOCKER: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
+pub(super) const MANIFEST_LIST_DOCKER: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The media type recorded for the SIF a conversion makes.
-pub const SIF_MEDIA_TYPE: &str = crate::format::sif::MEDIA_TYPE;
+pub(super) const SIF_MEDIA_TYPE: &str = crate::format::sif::MEDIA_TYPE;
 /// Docker Hub, as it is named in references, and where its API answers.
 const HUB: &str = "docker.io";
 const HUB_API: &str = "registry-1.docker.io";
 /// The largest image config accepted.
 const MAX_CONFIG: u64 = 16 << 20;
 /// Label keys this module records with the name.
-pub const LABEL_MANIFEST: &str = "org.sregistry.docker.manifest";
+pub(super) const LABEL_MANIFEST: &str = "org.sregistry.docker.manifest";
 pub const LABEL_PLATFORM: &str = "org.sregistry.docker.platform";
 
 /// A parsed `docker://` reference (the part after the scheme).
@@ -91,7 +92,7 @@ pub struct DockerRef {
 
 impl DockerRef {
     /// Parse the part after `docker://`.
-    pub fn parse(s: &str) -> Result<DockerRef, String> {
+    pub(super) fn parse(s: &str) -> Result<DockerRef, String> {
         if s.is_empty() {
             return Err("expected docker://[HOST/]REPOSITORY[:TAG]".into());
         }
@@ -123,7 +124,7 @@ impl DockerRef {
     }
 
     /// Where the registry's API answers.
-    pub fn api_host(&self) -> &str {
+    pub(super) fn api_host(&self) -> &str {
         if self.host == HUB {
             HUB_API
         } else {
@@ -141,7 +142,7 @@ impl DockerRef {
     }
 
     /// The local name: `HOST/REPOSITORY:TAG` (`:sha256-<hex>` for a digest).
-    pub fn local_name(&self) -> String {
+    pub(super) fn local_name(&self) -> String {
         self.as_named().local_name()
     }
 }
@@ -198,7 +199,7 @@ impl Platform {
     }
 
     /// The platform of this machine.
-    pub fn host() -> Platform {
+    pub(super) fn host() -> Platform {
         let (architecture, variant) = match std::env::consts::ARCH {
             "x86_64" => ("amd64", None),
             "x86" => ("386", None),
@@ -221,7 +222,7 @@ impl Platform {
     /// The platform in the form that names it: `arm64` without its default variant
     /// (`linux/arm64/v8` is `linux/arm64`), `arm` with its default one (`linux/arm` is
     /// `linux/arm/v7`), as Docker matches them.
-    pub fn canonical(&self) -> Platform {
+    pub(super) fn canonical(&self) -> Platform {
         let variant = match (self.architecture.as_str(), self.variant.as_deref()) {
             ("arm64", Some("v8")) => None,
             ("arm", None) => Some("v7".to_string()),
@@ -264,14 +265,14 @@ impl fmt::Display for Platform {
 
 /// The platform every earlier version pulled on x86 machines, whose images keep the
 /// plain `HOST/REPOSITORY:TAG` name.
-pub const PLAIN_NAME_PLATFORM: &str = "linux/amd64";
+pub(super) const PLAIN_NAME_PLATFORM: &str = "linux/amd64";
 
 /// The local name of `local` (`HOST/REPOSITORY:TAG`) for `platform`: as it is for
 /// linux/amd64, else with the platform added to the tag (`:TAG-linux-arm64`,
 /// `:TAG-linux-arm-v7`). Fixed for all nodes, whatever their own platform, so that a
 /// cluster of x86 and ARM nodes keeps one image per platform and never re-points one
 /// name between them.
-pub fn platform_name(local: &str, platform: &Platform) -> String {
+pub(super) fn platform_name(local: &str, platform: &Platform) -> String {
     let p = platform.canonical();
     if p.to_string() == PLAIN_NAME_PLATFORM {
         return local.to_string();
@@ -311,7 +312,7 @@ struct ImageManifest {
 
 /// An image manifest resolved for one platform.
 #[derive(Debug)]
-pub struct Resolved {
+pub(super) struct Resolved {
     /// The digest of the platform's image manifest.
     pub digest: String,
     config: Descriptor,
@@ -655,7 +656,7 @@ fn image_platform(
 /// `pull docker://...` under the per-pull lock: resolve, download what the cache lacks,
 /// convert, commit. When the name already holds this manifest's conversion (with all its
 /// layers), nothing more is fetched and the outcome says so (unless `opts.refetch`).
-pub fn pull_locked(
+pub(super) fn pull_locked(
     cache: &Cache,
     r: &DockerRef,
     source: &str,

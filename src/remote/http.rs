@@ -24,7 +24,7 @@ use crate::cache::Cache;
 
 /// Download `url` into `tmp/`, verified and resumable; nothing when the server says the
 /// content the cache holds from it (`known`) is current.
-pub async fn pull(
+pub(super) async fn pull(
     t: &Transport,
     cache: &Cache,
     url: &str,

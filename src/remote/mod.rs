@@ -36,7 +36,7 @@
 //!
 //! # What it promises
 //!
-//! * Every byte from a remote passes through a [`sink::Sink`] before it is in the cache:
+//! * Every byte from a remote passes through a `sink::Sink` before it is in the cache:
 //!   the registry's sha256 and the declared size are checked and the BLAKE3 digest computed
 //!   in the same pass, straight into `tmp/` through [`crate::cache::Cache::ingest`]; the
 //!   content is named only by [`crate::cache::Cache::commit_ingested`]. A blob that fails any check never reaches
@@ -51,20 +51,20 @@
 pub mod auth;
 pub mod docker;
 mod error;
-pub mod http;
+mod http;
 pub mod oci;
 pub mod oci_layout;
 mod registry;
 mod remote_ref;
 mod runtime;
 pub mod s3;
-pub mod sink;
-pub mod transport;
+mod sink;
+mod transport;
 mod types;
 
 pub use error::RemoteError;
 pub use remote_ref::{RemoteRef, is_remote, shown_source};
-pub use types::{Fetched, Known, Progress, ProgressHook, PullOutcome, Pulled, RemoteOptions};
+pub use types::{Progress, ProgressHook, PullOutcome, RemoteOptions};
 
 use std::path::PathBuf;
 
@@ -72,6 +72,7 @@ use crate::cache::{Cache, CacheError};
 use crate::format::reference::Reference;
 use remote_ref::docker_platform_of;
 use transport::bad_ref;
+use types::{Known, Pulled};
 
 /// A pull's progress hook, each call marked as made on behalf of the pull lock's holder
 /// (see `under_pull_lock`).

@@ -1,5 +1,5 @@
 //! `oras://`: SIF images stored as ORAS artifacts, over the registry layer
-//! ([`super::registry`]: session, authentication, blob download and upload), which this
+//! (`registry.rs`: session, authentication, blob download and upload), which this
 //! module shares with `docker://`.
 //!
 //! # The artifact
@@ -16,7 +16,7 @@
 //! Manifests are fetched with an `Accept` header naming the OCI and Docker manifest types
 //! (the registry answers 404 without it), at most 4 MiB, and checked against the digest
 //! when pulled by digest. A layer whose digest is the one the name already holds from
-//! this reference is not fetched again. The layer is fetched as a stream through [`Sink`] (declared size
+//! this reference is not fetched again. The layer is fetched as a stream through the `Sink` (declared size
 //! enforced, sha256 checked, BLAKE3 computed); a connection that drops mid-blob is resumed
 //! with `Range` (the registry layer's `download`). Uploads (its `upload_blob`) are `POST` then `PUT <Location>&digest=` (a single-request
 //! upload is answered `202` by some registries and stores nothing); a blob the registry
@@ -42,7 +42,7 @@ use crate::format::digest::{sha256_hex, sha256_reader};
 
 pub use super::registry::{Descriptor, OciRef};
 
-pub const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
+pub(super) const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
 pub const SIF_LAYER: &str = crate::format::sif::MEDIA_TYPE;
 /// The prototype layer type of Singularity before 3.7 (sic).
 pub const SIF_LAYER_PROTO: &str = "appliciation/vnd.sylabs.sif.layer.tar";
@@ -105,7 +105,7 @@ pub fn sif_layer(m: &Manifest) -> Result<&Descriptor, String> {
 }
 
 /// Fetch and check the manifest of `r`: (manifest, its digest, its bytes).
-pub async fn fetch_manifest(
+pub(super) async fn fetch_manifest(
     s: &mut Session<'_>,
     r: &OciRef,
 ) -> Result<(Manifest, String, Vec<u8>), RemoteError> {
@@ -145,7 +145,7 @@ pub async fn fetch_manifest(
 
 /// Download the SIF layer of `r` into `tmp/`, verified; nothing when the manifest names
 /// the layer the cache already holds under this name (`known`).
-pub async fn pull(
+pub(super) async fn pull(
     t: &Transport,
     cache: &Cache,
     r: &OciRef,
@@ -187,7 +187,7 @@ pub async fn pull(
 }
 
 /// Upload a cached image as a SIF artifact; returns where it went and its sha256.
-pub async fn push(
+pub(super) async fn push(
     t: &Transport,
     file: &std::fs::File,
     entry: &Entry,
@@ -287,7 +287,7 @@ pub async fn push(
 /// Tags of a repository (`host/repo`), or the catalog of a registry (`host`), every page
 /// of it: a registry that answers with `Link: <...>; rel="next"` is asked for the next
 /// page until it gives none.
-pub async fn search(
+pub(super) async fn search(
     t: &Transport,
     target: &str,
     _opts: &RemoteOptions,
@@ -380,7 +380,7 @@ fn next_page(resp: &Response, url: &str) -> Option<String> {
 }
 
 /// Check credentials against `/v2/` (answering a challenge if there is one).
-pub async fn check_login(
+pub(super) async fn check_login(
     t: &Transport,
     host: &str,
     creds: &Credentials,

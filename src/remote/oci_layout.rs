@@ -8,7 +8,7 @@
 //! Docker ones given their OCI names), and `DIR/index.json` listing that manifest with
 //! `org.opencontainers.image.ref.name` = TAG. DIR must be new or empty, or an OCI layout
 //! already: then the blobs are added and TAG is (re)pointed in its index. TAG must fit the
-//! image layout spec's `ref.name` grammar ([`valid_ref_name`]); a bad TAG, and a DIR that
+//! image layout spec's `ref.name` grammar (`valid_ref_name`); a bad TAG, and a DIR that
 //! is a file or a directory of other files, are refused before anything is written.
 //!
 //! # Promises
@@ -88,7 +88,7 @@ fn refuse(dir: &Path, reason: impl Into<String>) -> RemoteError {
 /// alphanum  ::= [A-Za-z0-9]+
 /// separator ::= [-._:@+] | "--"
 /// ```
-pub fn valid_ref_name(tag: &str) -> bool {
+fn valid_ref_name(tag: &str) -> bool {
     tag.split('/').all(|c| {
         let b = c.as_bytes();
         if !b.first().is_some_and(u8::is_ascii_alphanumeric) {

@@ -30,11 +30,11 @@ use super::sink::Sink;
 use super::transport::Transport;
 use super::types::RemoteOptions;
 
-pub const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(super) const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 
-pub const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(super) const MANIFEST_DOCKER: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
-pub const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
+pub(super) const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
 
 /// Largest manifest accepted.
 pub(super) const MAX_MANIFEST: u64 = 4 << 20;
@@ -50,7 +50,7 @@ pub struct OciRef {
 
 impl OciRef {
     /// Parse the part after `oras://`.
-    pub fn parse(s: &str) -> Result<OciRef, String> {
+    pub(super) fn parse(s: &str) -> Result<OciRef, String> {
         let (host, rest) = s
             .split_once('/')
             .ok_or("expected oras://HOST/REPOSITORY[:TAG]")?;
@@ -154,7 +154,7 @@ pub struct Descriptor {
 }
 
 /// A registry session: base URL, credentials, and the tokens obtained so far.
-pub struct Session<'t> {
+pub(super) struct Session<'t> {
     t: &'t Transport,
     host: String,
     base: String,
@@ -164,7 +164,7 @@ pub struct Session<'t> {
 }
 
 impl<'t> Session<'t> {
-    pub fn new(t: &'t Transport, host: &str, creds: Option<Credentials>) -> Session<'t> {
+    pub(super) fn new(t: &'t Transport, host: &str, creds: Option<Credentials>) -> Session<'t> {
         Session {
             t,
             host: host.to_string(),
@@ -175,12 +175,12 @@ impl<'t> Session<'t> {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
+    pub(super) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
     /// The process's HTTP client, for building requests.
-    pub fn client(&self) -> reqwest::Client {
+    pub(super) fn client(&self) -> reqwest::Client {
         self.t.client().clone()
     }
 
@@ -198,7 +198,7 @@ impl<'t> Session<'t> {
 
     /// Send with authentication: on a `401`, answer the challenge (basic or token for
     /// `scope`) and try once more.
-    pub async fn send(
+    pub(super) async fn send(
         &mut self,
         scope: &str,
         url: &str,
@@ -401,14 +401,14 @@ pub(super) fn push_scope(repo: &str) -> String {
 
 /// The validators of the response a download was completed from.
 #[derive(Clone, Debug, Default)]
-pub struct Validators {
+pub(super) struct Validators {
     pub etag: Option<String>,
     pub last_modified: Option<String>,
 }
 
 impl Validators {
     /// The ETag and Last-Modified of a response.
-    pub fn of(resp: &Response) -> Validators {
+    pub(super) fn of(resp: &Response) -> Validators {
         Validators {
             etag: header_str(resp, reqwest::header::ETAG),
             last_modified: header_str(resp, reqwest::header::LAST_MODIFIED),
@@ -417,7 +417,7 @@ impl Validators {
 }
 
 /// A header's value, when present and printable.
-pub fn header_str(resp: &Response, name: reqwest::header::HeaderName) -> Option<String> {
+pub(super) fn header_str(resp: &Response, name: reqwest::header::HeaderName) -> Option<String> {
     resp.headers()
         .get(name)
         .and_then(|v| v.to_str().ok())
@@ -428,7 +428,7 @@ pub fn header_str(resp: &Response, name: reqwest::header::HeaderName) -> Option<
 /// carries `If-Range` with the content's validator (its ETag, else its Last-Modified), so
 /// a file replaced in between comes back whole (`200`) and the download starts over
 /// instead of splicing two versions; a `206` whose ETag differs starts over too.
-pub async fn download(
+pub(super) async fn download(
     s: &mut Session<'_>,
     scope: &str,
     url: &str,

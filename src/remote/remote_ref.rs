@@ -176,7 +176,7 @@ impl RemoteRef {
     /// compares with): the reference as shown, and for `s3://` through an endpoint the
     /// endpoint too (`s3://BUCKET/KEY (endpoint URL)`), without user-info. For `https://`,
     /// never a query value: the parameters that sign or authorize the request
-    /// ([`is_signature_param`]) are left out, so every new signature of one URL is the
+    /// (`is_signature_param`) are left out, so every new signature of one URL is the
     /// same source, and the others are shown as `NAME=***` followed by 12 hex digits of a
     /// hash of them (`https://h/f.sif?version=*** (query 0123456789ab)`), so URLs that
     /// differ only in them are sources of their own.

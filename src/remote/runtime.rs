@@ -90,7 +90,7 @@ fn handle() -> Result<tokio::runtime::Handle, RemoteError> {
 /// the shared queue and runs, and the runtime keeps its number of workers. Spawned from a
 /// worker and waited for there, the work would sit in that worker's own slot, which no
 /// other worker takes, for ever.
-pub fn run<T: Send + 'static>(
+pub(super) fn run<T: Send + 'static>(
     work: impl Future<Output = Result<T, RemoteError>> + Send + 'static,
 ) -> Result<T, RemoteError> {
     let handle = handle()?;

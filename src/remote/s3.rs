@@ -5,7 +5,7 @@
 //! `AWS_SESSION_TOKEN`, `AWS_REGION`/`AWS_DEFAULT_REGION`, `AWS_ENDPOINT_URL`), and
 //! `--endpoint URL` (which wins). Path-style requests; plain HTTP only to loopback or with
 //! `--insecure`. A pull whose object has the ETag the cache holds from it downloads
-//! nothing (one `HEAD`). Downloads stream through the verifying [`Sink`] with the object's size as
+//! nothing (one `HEAD`). Downloads stream through the verifying `Sink` with the object's size as
 //! the limit; uploads are multipart, 16 MiB at a time.
 //!
 //! An upload that fails, or that its progress hook stops, is aborted: the parts already
@@ -31,7 +31,7 @@ use crate::cache::Cache;
 /// `AWS_ENDPOINT_URL` (or `AWS_ENDPOINT`); `None` for AWS itself. It is part of the image's
 /// name and recorded source (see `RemoteRef::default_name`). Not checked: see
 /// [`checked_endpoint`].
-pub fn endpoint(opts: &RemoteOptions) -> Option<String> {
+pub(super) fn endpoint(opts: &RemoteOptions) -> Option<String> {
     endpoint_and_origin(opts).map(|(ep, _)| ep)
 }
 
@@ -56,7 +56,7 @@ fn endpoint_and_origin(opts: &RemoteOptions) -> Option<(String, &'static str)> {
 /// optional path, written in the characters a URL allows: no user or password (S3 signs
 /// with the AWS credentials), no query or fragment. Checked before any request, so a typo
 /// never reaches the S3 client.
-pub fn checked_endpoint(opts: &RemoteOptions) -> Result<Option<String>, RemoteError> {
+pub(super) fn checked_endpoint(opts: &RemoteOptions) -> Result<Option<String>, RemoteError> {
     let Some((ep, from)) = endpoint_and_origin(opts) else {
         return Ok(None);
     };
@@ -260,7 +260,7 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
 
 /// Download `s3://bucket/key` into `tmp/`, verified; nothing when the object's ETag is the
 /// one the cache holds from it (`known`).
-pub async fn pull(
+pub(super) async fn pull(
     cache: &Cache,
     bucket: &str,
     key: &str,
@@ -343,7 +343,7 @@ pub fn uploads_in_flight() -> usize {
 /// Upload a file to `s3://bucket/key` (multipart), telling the progress hook as it goes
 /// (a hook that asks to stop aborts the upload: nothing is left under the key; so does
 /// any failure, and [`abort_uploads`]).
-pub async fn push(
+pub(super) async fn push(
     file: &std::fs::File,
     shown: &Path,
     bucket: &str,

@@ -38,7 +38,7 @@ impl Tap for Sha {
 }
 
 /// Where a download is being written and what it has hashed so far.
-pub struct Sink {
+pub(super) struct Sink {
     ingest: Ingest<Sha>,
     url: String,
     /// The size the remote declared.
@@ -52,7 +52,7 @@ impl Sink {
     /// A new sink in the cache's `tmp/`, for content from `url` that must not exceed
     /// `limit` bytes (the size the remote declared, if any), held to `limits`. A declared
     /// size that would not leave `limits.min_free` is refused before anything is written.
-    pub fn new(
+    pub(super) fn new(
         cache: &Cache,
         url: &str,
         limit: Option<u64>,
@@ -95,17 +95,13 @@ impl Sink {
         Ok(())
     }
 
-    pub fn written(&self) -> u64 {
+    pub(super) fn written(&self) -> u64 {
         self.ingest.written()
     }
 
     /// The size the remote declared, if any.
-    pub fn limit(&self) -> Option<u64> {
+    pub(super) fn limit(&self) -> Option<u64> {
         self.limit
-    }
-
-    pub fn url(&self) -> &str {
-        &self.url
     }
 
     fn io(path: PathBuf) -> impl FnOnce(std::io::Error) -> RemoteError {
@@ -117,7 +113,7 @@ impl Sink {
     }
 
     /// Take the next bytes of the content.
-    pub fn write(&mut self, chunk: Bytes) -> Result<(), RemoteError> {
+    pub(super) fn write(&mut self, chunk: Bytes) -> Result<(), RemoteError> {
         let next = self.ingest.written() + chunk.len() as u64;
         match self.limit {
             Some(limit) if next > limit => {
@@ -150,14 +146,14 @@ impl Sink {
     }
 
     /// Start over from byte 0 (the server ignored a Range request).
-    pub fn reset(&mut self) -> Result<(), RemoteError> {
+    pub(super) fn reset(&mut self) -> Result<(), RemoteError> {
         let path = self.path();
         self.ingest.reset().map_err(Self::io(path))
     }
 
     /// Check size and digest; on success the content is ready for the cache to commit.
     /// `expected_sha` is `sha256:<hex>` when the remote names its content.
-    pub fn finish(
+    pub(super) fn finish(
         mut self,
         expected_size: Option<u64>,
         expected_sha: Option<&str>,

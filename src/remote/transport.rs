@@ -38,7 +38,7 @@ const MAX_TIMEOUTS: u32 = 2;
 const DEFAULT_RETRIES: u32 = 3;
 
 /// Retries of a remote request: `SREGISTRY_RETRIES`, else 3.
-pub fn retries() -> Result<u32, crate::settings::SettingError> {
+pub(super) fn retries() -> Result<u32, crate::settings::SettingError> {
     Ok(crate::settings::count(&crate::settings::RETRIES)?.unwrap_or(DEFAULT_RETRIES))
 }
 
@@ -51,7 +51,7 @@ const CONNECT: Duration = Duration::from_secs(10);
 
 /// How long a connection may stay silent: `SREGISTRY_TIMEOUT`, else 30 s. A value that
 /// does not parse is refused.
-pub fn idle_timeout() -> Result<Duration, crate::settings::SettingError> {
+pub(super) fn idle_timeout() -> Result<Duration, crate::settings::SettingError> {
     Ok(crate::settings::duration(&crate::settings::TIMEOUT)?.unwrap_or(DEFAULT_IDLE))
 }
 
@@ -61,7 +61,7 @@ static CLIENTS: [PerProcess<Result<reqwest::Client, String>>; 2] =
 
 /// The process's HTTP client: connect and idle-read time-outs, at most 10 redirects, and
 /// no redirect to plain HTTP on a host that is not loopback unless `insecure`.
-pub fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
+pub(super) fn client(insecure: bool) -> Result<reqwest::Client, RemoteError> {
     check_cert_paths()?;
     let idle = idle_timeout()?;
     let made = CLIENTS[usize::from(insecure)].get_or_make(|| {
@@ -135,7 +135,7 @@ struct TooManyRedirects;
 struct PlainRedirect(String);
 
 /// The shared client and retry policy.
-pub struct Transport {
+pub(super) struct Transport {
     client: reqwest::Client,
     attempts: u32,
     insecure: bool,
@@ -143,7 +143,7 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(opts: &RemoteOptions) -> Result<Transport, RemoteError> {
+    pub(super) fn new(opts: &RemoteOptions) -> Result<Transport, RemoteError> {
         let insecure = opts.insecure;
         let client = client(insecure)?;
         let attempts = retries()? + 1;
@@ -157,7 +157,11 @@ impl Transport {
 
     /// Await `fut`; if it takes more than a few seconds, tell the progress hook what is
     /// awaited (`what()`), once.
-    pub async fn announced<F: Future>(&self, fut: F, what: impl FnOnce() -> String) -> F::Output {
+    pub(super) async fn announced<F: Future>(
+        &self,
+        fut: F,
+        what: impl FnOnce() -> String,
+    ) -> F::Output {
         let Some(hook) = &self.progress else {
             return fut.await;
         };
@@ -172,7 +176,7 @@ impl Transport {
     }
 
     /// The error for a request that timed out [`MAX_TIMEOUTS`] times.
-    pub fn stalled(&self, url: &str, attempts: u32) -> RemoteError {
+    pub(super) fn stalled(&self, url: &str, attempts: u32) -> RemoteError {
         RemoteError::Stalled {
             url: shown(url),
             waited: idle_timeout().unwrap_or_default(),
@@ -181,21 +185,21 @@ impl Transport {
     }
 
     /// Whether a request that has timed out `n` times is given up.
-    pub fn give_up_after_timeouts(n: u32) -> bool {
+    pub(super) fn give_up_after_timeouts(n: u32) -> bool {
         n >= MAX_TIMEOUTS
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub(super) fn client(&self) -> &reqwest::Client {
         &self.client
     }
 
-    pub fn attempts(&self) -> u32 {
+    pub(super) fn attempts(&self) -> u32 {
         self.attempts
     }
 
     /// The scheme to use for a registry host: `http` for loopback or with --insecure,
     /// `https` otherwise.
-    pub fn scheme_for(&self, host: &str) -> &'static str {
+    pub(super) fn scheme_for(&self, host: &str) -> &'static str {
         if is_loopback(host) || self.insecure {
             "http"
         } else {
@@ -205,7 +209,7 @@ impl Transport {
 
     /// Refuse a plain `http://` URL to a non-loopback host unless --insecure. The host is
     /// the URL's own (`http://localhost:x@elsewhere/` is `elsewhere`).
-    pub fn check_url(&self, url: &str) -> Result<(), RemoteError> {
+    pub(super) fn check_url(&self, url: &str) -> Result<(), RemoteError> {
         let Ok(u) = reqwest::Url::parse(url) else {
             return Err(bad_ref(&shown(url), "not a valid URL"));
         };
@@ -222,7 +226,7 @@ impl Transport {
 
     /// Send a request built by `make` (called again for each attempt), retrying what is
     /// worth retrying. Other answers, success or not, are returned to the caller.
-    pub async fn send(
+    pub(super) async fn send(
         &self,
         url: &str,
         make: &(dyn Fn() -> RequestBuilder + Sync),
@@ -352,7 +356,7 @@ fn find_cause<'e, T: std::error::Error + 'static>(
 /// A URL as it may be printed or recorded: user-info (`user:password@`) becomes `***@`,
 /// each query value `***` (a query may carry a signature or a token: `?X-Amz-Signature=***`),
 /// and the fragment is dropped. Nothing else is changed.
-pub fn shown(url: &str) -> String {
+pub(super) fn shown(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return url.to_string();
     };
@@ -400,7 +404,7 @@ fn retry_after(resp: &Response) -> Option<Duration> {
 }
 
 /// An error with its causes, on one line.
-pub fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -415,7 +419,7 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// `localhost`, `127.x.y.z` and `[::1]`, with or without a port.
-pub fn is_loopback(host: &str) -> bool {
+pub(super) fn is_loopback(host: &str) -> bool {
     let h = if let Some(rest) = host.strip_prefix('[') {
         rest.split(']').next().unwrap_or("")
     } else {

@@ -67,7 +67,7 @@ pub struct RemoteOptions {
 /// What the cache holds from an earlier pull of the same remote under the same name: a
 /// pull compares it with the remote before downloading anything.
 #[derive(Clone, Debug, Default)]
-pub struct Known {
+pub(super) struct Known {
     /// The remote's digest of the content (`sha256:...`; oras:// compares the layer).
     pub remote_digest: Option<String>,
     /// The `ETag` it was served with (https:// and s3://).
@@ -78,7 +78,7 @@ pub struct Known {
 
 /// What a protocol's pull brought: new content, or word that the name's content is
 /// current.
-pub enum Pulled {
+pub(super) enum Pulled {
     Fresh(crate::cache::Ingested, Fetched),
     Unchanged,
 }
@@ -93,7 +93,7 @@ pub struct PullOutcome {
 
 /// What a finished pull knows about the remote content, recorded in the index.
 #[derive(Clone, Debug, Default)]
-pub struct Fetched {
+pub(super) struct Fetched {
     pub media_type: Option<String>,
     pub remote_digest: Option<String>,
     pub etag: Option<String>,
