@@ -61,7 +61,7 @@ static HELD: Held = Held(UnsafeCell::new(None));
 
 /// Run `f`, a short critical section of a process-wide mutex, so that no `fork` happens
 /// while it runs. `f` must not call `gate` again, nor wait for anything but that mutex.
-pub fn gate<T>(f: impl FnOnce() -> T) -> T {
+pub(crate) fn gate<T>(f: impl FnOnce() -> T) -> T {
     install();
     let _shared = GATE.read().unwrap_or_else(|p| p.into_inner());
     f()
@@ -119,11 +119,13 @@ extern "C" fn after_in_child() {
 /// value lives, so that a child made by `fork` lets go of its copy. Made by [`open`]
 /// together with the descriptor; drop it before the descriptor is closed.
 #[derive(Debug)]
-pub struct Registration(RawFd);
+pub(crate) struct Registration(RawFd);
 
 /// Open a descriptor with `open` and register it, with no fork in between: a lock taken
 /// later on a descriptor that a child got unregistered would be the child's too.
-pub fn open<F: AsRawFd, E>(open: impl FnOnce() -> Result<F, E>) -> Result<(F, Registration), E> {
+pub(crate) fn open<F: AsRawFd, E>(
+    open: impl FnOnce() -> Result<F, E>,
+) -> Result<(F, Registration), E> {
     gate(|| {
         let f = open()?;
         let fd = f.as_raw_fd();

@@ -17,11 +17,11 @@ pub const PAUSE_ENV: &str = "SREGISTRY_TEST_PAUSE";
 /// (every build but the tests'), this does nothing and reads no environment.
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]
-pub fn pause(_point: &str) {}
+pub(crate) fn pause(_point: &str) {}
 
 /// Stop here forever if the test asked for this point.
 #[cfg(feature = "test-hooks")]
-pub fn pause(point: &str) {
+pub(crate) fn pause(point: &str) {
     if std::env::var_os(PAUSE_ENV).is_some_and(|v| v == point) {
         eprintln!("paused at {point}");
         let resume = std::env::var_os("SREGISTRY_TEST_RESUME").map(std::path::PathBuf::from);

@@ -122,7 +122,7 @@
 
 mod backend;
 mod damage;
-pub mod journal;
+pub(super) mod journal;
 mod open;
 mod read;
 mod rebuild;
@@ -131,14 +131,16 @@ mod write;
 
 pub use super::error::IndexError;
 pub use damage::panic_is_caught;
-pub use open::Index;
-pub use read::{IndexReader, IndexStats, Named};
-pub use rebuild::{JournalStatus, OnDisk, Rebuilt, Recovered, recovered_name};
+pub(super) use open::Index;
+pub(super) use read::IndexReader;
+pub use read::{IndexStats, Named};
+pub(super) use rebuild::OnDisk;
+pub use rebuild::{JournalStatus, Rebuilt, Recovered, recovered_name};
 pub use schema::{
-    BlobRecord, LAST_USE_RESOLUTION, RefRecord, Retired, SCHEMA_VERSION, VERSION, decode_blob,
-    decode_ref,
+    BlobRecord, LAST_USE_RESOLUTION, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref,
 };
-pub use write::IndexWriter;
+pub(super) use schema::{Retired, VERSION};
+pub(super) use write::IndexWriter;
 
 #[cfg(test)]
 mod tests;

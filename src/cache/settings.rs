@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// File name under `v1/`.
-pub const FILE: &str = "settings.json";
+pub(super) const FILE: &str = "settings.json";
 
 /// The recorded settings.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -36,24 +36,24 @@ use crate::format::digest::{Digest, HashingWriter};
 /// Mode of every blob file.
 pub const BLOB_MODE: u32 = 0o444;
 /// Prefix of ingest files in `tmp/`.
-pub const INGEST_PREFIX: &str = "ingest-";
+pub(super) const INGEST_PREFIX: &str = "ingest-";
 /// Prefix of blobs waiting to be unlinked in `tmp/`.
-pub const DELETE_PREFIX: &str = "delete-";
+pub(super) const DELETE_PREFIX: &str = "delete-";
 
 /// What the Linux NFS client renames a file to when it is unlinked while open on the same
 /// node ("silly rename"): the data lives on until the last close there, when the client
 /// removes it. Such a file is in use, not a leftover: scans skip it, so neither gc deletes
 /// it nor verify reports it. (Deleting it takes the file from under the reader wherever
 /// the server does not keep it for an open; Linux's NFSv4 server does keep it.)
-pub const NFS_SILLY_PREFIX: &str = ".nfs";
+pub(super) const NFS_SILLY_PREFIX: &str = ".nfs";
 /// Size of the copy buffer.
 const COPY_BUF: usize = 4 << 20;
 
-pub use super::error::StoreError;
+pub(super) use super::error::StoreError;
 
 /// The blob store under `<cache>/v1`.
 #[derive(Clone, Debug)]
-pub struct Store {
+pub(super) struct Store {
     blobs: PathBuf,
     tmp: PathBuf,
     dir_mode: u32,
@@ -66,21 +66,21 @@ pub struct Store {
 /// A file in `tmp/` whose digest and size are known, not yet in `blobs/`. Dropping it
 /// removes the file.
 #[derive(Debug)]
-pub struct Staged {
+pub(super) struct Staged {
     path: Option<PathBuf>,
     digest: Digest,
     size: u64,
 }
 
 impl Staged {
-    pub fn digest(&self) -> Digest {
+    pub(super) fn digest(&self) -> Digest {
         self.digest
     }
     /// The staged file (empty once committed).
-    pub fn path(&self) -> &Path {
+    pub(super) fn path(&self) -> &Path {
         self.path.as_deref().unwrap_or(Path::new(""))
     }
-    pub fn size(&self) -> u64 {
+    pub(super) fn size(&self) -> u64 {
         self.size
     }
 
@@ -91,7 +91,7 @@ impl Staged {
     /// gc may remove it; `commit` then puts it back from the staged file, which is kept
     /// until then.
     /// Returns whether this call made the link (the blob was not there before).
-    pub fn place(&self, store: &Store) -> bool {
+    pub(super) fn place(&self, store: &Store) -> bool {
         match self.place_unsynced(store) {
             Some(dir) => {
                 let _ = sync_dir(&dir);
@@ -103,7 +103,7 @@ impl Staged {
 
     /// [`Staged::place`] without the directory sync: the directory to sync when a link
     /// was made, so that a caller placing many blobs syncs each directory once.
-    pub fn place_unsynced(&self, store: &Store) -> Option<PathBuf> {
+    pub(super) fn place_unsynced(&self, store: &Store) -> Option<PathBuf> {
         let src = self.path.as_ref()?;
         let dest = store.blob_path(&self.digest);
         if dest.exists() {
@@ -119,7 +119,7 @@ impl Staged {
     /// Put the staged file in place as the blob for its digest (or drop it when that blob
     /// exists already). Returns the blob path and whether it was new. The caller must
     /// hold the exclusive index lock.
-    pub fn commit(mut self, store: &Store) -> Result<(PathBuf, bool), StoreError> {
+    pub(super) fn commit(mut self, store: &Store) -> Result<(PathBuf, bool), StoreError> {
         let dest = store.blob_path(&self.digest);
         let Some(src) = self.path.take() else {
             return Ok((dest, false));
@@ -165,7 +165,7 @@ impl Staged {
 impl Staged {
     /// Take over a complete, read-only, fsynced file in `tmp/` whose BLAKE3 digest and
     /// size the caller computed while writing it.
-    pub fn adopt(path: PathBuf, digest: Digest, size: u64) -> Staged {
+    pub(super) fn adopt(path: PathBuf, digest: Digest, size: u64) -> Staged {
         Staged {
             path: Some(path),
             digest,
@@ -225,7 +225,7 @@ pub fn remove_unfinished() {
 /// A name in `tmp/` no other process or thread will pick:
 /// `PREFIX<pid>-<salt>@<host>`, so that a later command on the same machine can tell a
 /// file whose writer died ([`Store::remove_dead_tmp`]).
-pub fn unique_name(prefix: &str) -> String {
+pub(super) fn unique_name(prefix: &str) -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -300,7 +300,7 @@ fn written_by_dead_local_process(name: &str) -> bool {
 
 impl Store {
     /// The store of the cache version directory `v1` (it need not exist yet).
-    pub fn new(v1: &Path, dir_mode: u32) -> Store {
+    pub(super) fn new(v1: &Path, dir_mode: u32) -> Store {
         Store {
             blobs: v1.join("blobs").join(crate::format::digest::ALGORITHM),
             tmp: v1.join("tmp"),
@@ -312,7 +312,7 @@ impl Store {
 
     /// The store, with the files it writes in `tmp/` covered by this process's writer
     /// lock, taken as `opts` says (see `super::writer`).
-    pub fn with_writer_locks(self, opts: super::lock::LockOptions) -> Store {
+    pub(super) fn with_writer_locks(self, opts: super::lock::LockOptions) -> Store {
         Store {
             writer: Some(opts),
             ..self
@@ -344,7 +344,7 @@ impl Store {
 
     /// Remove the writer locks of dead writers that no `tmp/` file names any more (after
     /// gc removed their leftovers); returns how many went.
-    pub fn remove_dead_writer_locks(&self) -> usize {
+    pub(super) fn remove_dead_writer_locks(&self) -> usize {
         let named: Vec<PathBuf> = read_dir_if_present(&self.tmp)
             .ok()
             .flatten()
@@ -360,7 +360,7 @@ impl Store {
     }
 
     /// Where the blob with this digest lives.
-    pub fn blob_path(&self, d: &Digest) -> PathBuf {
+    pub(super) fn blob_path(&self, d: &Digest) -> PathBuf {
         let hex = d.hex();
         let mut p = self.blobs.join(&hex[..2]);
         p.push(hex);
@@ -368,12 +368,12 @@ impl Store {
     }
 
     /// The blobs root (`v1/blobs/blake3`).
-    pub fn blobs_dir(&self) -> &Path {
+    pub(super) fn blobs_dir(&self) -> &Path {
         &self.blobs
     }
 
     /// The staging directory (`v1/tmp`).
-    pub fn tmp_dir(&self) -> &Path {
+    pub(super) fn tmp_dir(&self) -> &Path {
         &self.tmp
     }
 
@@ -398,7 +398,7 @@ impl Store {
 
     /// A new, empty ingest file in `tmp/` (mode 0600) for a caller that writes it itself
     /// (downloads); see [`Staged::adopt`].
-    pub fn new_ingest_file(&self) -> Result<(File, PathBuf), StoreError> {
+    pub(super) fn new_ingest_file(&self) -> Result<(File, PathBuf), StoreError> {
         self.new_tmp_file()
     }
 
@@ -421,7 +421,7 @@ impl Store {
 
     /// Copy `src` into `tmp/`, hashing in the same pass. `expected` is the size the
     /// source had when opened; a different count is [`StoreError::Changed`].
-    pub fn stage_copy(
+    pub(super) fn stage_copy(
         &self,
         src: &mut dyn Read,
         src_path: &Path,
@@ -435,7 +435,7 @@ impl Store {
     /// [`Store::stage_copy`] of a file: a large one is copied inside the kernel
     /// ([`copy_in_kernel_and_hash`]) where the filesystems allow it. `progress` is told
     /// after each chunk, and can stop the copy ([`StoreError::Stopped`]).
-    pub fn stage_file(
+    pub(super) fn stage_file(
         &self,
         src: &mut File,
         src_path: &Path,
@@ -506,7 +506,7 @@ impl Store {
     /// Fails with [`StoreError::CrossDevice`] when `src` is on another filesystem, and
     /// with [`StoreError::NoLink`] where the filesystem or its settings refuse a hard link
     /// (the caller copies instead). The caller makes sure nobody else can write the file.
-    pub fn stage_link(&self, src: &Path) -> Result<Staged, StoreError> {
+    pub(super) fn stage_link(&self, src: &Path) -> Result<Staged, StoreError> {
         let path = self.tmp.join(self.writer_name(INGEST_PREFIX));
         if let Err(e) = fs::hard_link(src, &path) {
             return Err(match e.raw_os_error() {
@@ -541,7 +541,7 @@ impl Store {
 
     /// Move a blob out of `blobs/` into `tmp/` (call under the exclusive index lock);
     /// returns the new path for [`unlink_now`] once the lock is released.
-    pub fn unlink_later(&self, d: &Digest) -> io::Result<Option<PathBuf>> {
+    pub(super) fn unlink_later(&self, d: &Digest) -> io::Result<Option<PathBuf>> {
         let from = self.blob_path(d);
         let to = self.tmp.join(format!("{DELETE_PREFIX}{}", unique_name("")));
         match fs::rename(&from, &to) {
@@ -553,7 +553,7 @@ impl Store {
 
     /// Create the directories of the store with the configured mode (`blobs/` too, which
     /// `create_dir_all` of `blobs/blake3` would leave at the umask's mode).
-    pub fn create_dirs(&self) -> io::Result<()> {
+    pub(super) fn create_dirs(&self) -> io::Result<()> {
         if let Some(blobs) = self.blobs.parent() {
             self.make_dir(blobs)?;
         }
@@ -600,7 +600,7 @@ fn inode_of(m: &fs::Metadata) -> (u64, u64) {
 impl Store {
     /// Every file under `blobs/` but NFS's `.nfs*` files (no lock needed: the listing is a snapshot, and callers
     /// re-check against the index under the lock).
-    pub fn scan(&self) -> io::Result<Vec<Found>> {
+    pub(super) fn scan(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
         let Some(top) = read_dir_if_present(&self.blobs)? else {
             return Ok(out);
@@ -641,7 +641,7 @@ impl Store {
     /// an add killed mid-way); returns how many. Files of other machines, and of live
     /// processes, are left to gc's grace period. A reused pid keeps a file, never the
     /// reverse.
-    pub fn remove_dead_tmp(&self) -> usize {
+    pub(super) fn remove_dead_tmp(&self) -> usize {
         let Ok(Some(rd)) = read_dir_if_present(&self.tmp) else {
             return 0;
         };
@@ -658,7 +658,7 @@ impl Store {
 
     /// Every entry of `tmp/` but NFS's `.nfs*` files of open unlinked images, each with
     /// whether its writer is alive (its writer lock held, tested once per writer).
-    pub fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
+    pub(super) fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
         let mut writers: std::collections::HashMap<PathBuf, bool> = Default::default();
         let Some(rd) = read_dir_if_present(&self.tmp)? else {
@@ -697,7 +697,7 @@ impl Store {
 
     /// Move a file out of `blobs/` into `quarantine/` (call under the exclusive index
     /// lock). Returns where it went.
-    pub fn quarantine(&self, from: &Path, quarantine_dir: &Path) -> io::Result<PathBuf> {
+    pub(super) fn quarantine(&self, from: &Path, quarantine_dir: &Path) -> io::Result<PathBuf> {
         let name = from
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -995,7 +995,7 @@ fn read_dir_if_present(dir: &Path) -> io::Result<Option<fs::ReadDir>> {
 }
 
 /// Unlink files moved aside by [`Store::unlink_later`].
-pub fn unlink_now(paths: &[PathBuf]) {
+pub(super) fn unlink_now(paths: &[PathBuf]) {
     for p in paths {
         let _ = fs::remove_file(p);
     }
@@ -1008,7 +1008,7 @@ fn finish_file(file: &File) -> io::Result<()> {
 }
 
 /// fsync a directory so a rename in it is durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 

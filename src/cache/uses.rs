@@ -37,14 +37,14 @@ const TIME_DIGITS: usize = 20;
 
 /// The markers of one cache (`v1/uses/`).
 #[derive(Clone, Debug)]
-pub struct UseMarkers {
+pub(super) struct UseMarkers {
     dir: PathBuf,
     file_mode: u32,
     dir_mode: u32,
 }
 
 impl UseMarkers {
-    pub fn new(v1: &Path, file_mode: u32, dir_mode: u32) -> UseMarkers {
+    pub(super) fn new(v1: &Path, file_mode: u32, dir_mode: u32) -> UseMarkers {
         UseMarkers {
             dir: v1.join("uses"),
             file_mode,
@@ -53,7 +53,7 @@ impl UseMarkers {
     }
 
     /// The marker file name of `key`.
-    pub fn file_name(key: &str) -> String {
+    pub(super) fn file_name(key: &str) -> String {
         let h = blake3::hash(key.as_bytes()).to_hex();
         h.as_str()[..32].to_string()
     }
@@ -63,13 +63,13 @@ impl UseMarkers {
     }
 
     /// The time recorded for `key`, if any.
-    pub fn read(&self, key: &str) -> Option<u64> {
+    pub(super) fn read(&self, key: &str) -> Option<u64> {
         read_time(&self.path(key))
     }
 
     /// Record a use of `key` at `now` unless the marker already says a time within
     /// `resolution` of it. The caller holds the shared (or exclusive) index lock.
-    pub fn record(&self, key: &str, now: u64, resolution: u64) -> io::Result<()> {
+    pub(super) fn record(&self, key: &str, now: u64, resolution: u64) -> io::Result<()> {
         let path = self.path(key);
         let open = || {
             OpenOptions::new()
@@ -104,7 +104,7 @@ impl UseMarkers {
     }
 
     /// Every marker: file name -> time. Unreadable markers are left out.
-    pub fn all(&self) -> HashMap<String, u64> {
+    pub(super) fn all(&self) -> HashMap<String, u64> {
         let mut out = HashMap::new();
         let Ok(rd) = fs::read_dir(&self.dir) else {
             return out;
@@ -120,12 +120,12 @@ impl UseMarkers {
 
     /// Remove the marker of `key` if it says no later than `folded` (the caller holds the
     /// exclusive index lock and has just committed `folded` as the name's last use).
-    pub fn remove_folded(&self, key: &str, folded: u64) {
+    pub(super) fn remove_folded(&self, key: &str, folded: u64) {
         self.remove_file_folded(&Self::file_name(key), folded);
     }
 
     /// [`UseMarkers::remove_folded`] by file name.
-    pub fn remove_file_folded(&self, file_name: &str, folded: u64) {
+    pub(super) fn remove_file_folded(&self, file_name: &str, folded: u64) {
         let path = self.dir.join(file_name);
         if read_time(&path).is_none_or(|t| t <= folded) {
             let _ = fs::remove_file(path);

@@ -28,12 +28,12 @@ use super::{BlobRecord, RefRecord};
 use crate::format::digest::Digest;
 
 /// The journal format this build writes and reads.
-pub const FORMAT: u32 = 1;
+pub(crate) const FORMAT: u32 = 1;
 
 /// One change to the names, blobs or pins of the index.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
-pub enum Op {
+pub(crate) enum Op {
     /// A name now points at `record.digest`.
     PutRef {
         name: String,
@@ -63,7 +63,7 @@ pub enum Op {
 
 /// One line of the journal.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Line {
+pub(crate) struct Line {
     /// Present on the snapshot line only: the journal format.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub journal: Option<u32>,
@@ -76,14 +76,14 @@ pub struct Line {
 
 /// What the journal says the index holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct State {
+pub(crate) struct State {
     pub refs: BTreeMap<String, RefRecord>,
     pub blobs: BTreeMap<Digest, BlobRecord>,
     pub pins: BTreeMap<String, u64>,
 }
 
 impl State {
-    pub fn apply(&mut self, op: &Op) {
+    pub(crate) fn apply(&mut self, op: &Op) {
         match op {
             Op::PutRef { name, record } => {
                 self.refs.insert(name.clone(), record.clone());
@@ -108,7 +108,7 @@ impl State {
     }
 
     /// The state as the ops of a snapshot line: blobs, then names, then pins.
-    pub fn ops(&self) -> Vec<Op> {
+    pub(crate) fn ops(&self) -> Vec<Op> {
         let blobs = self.blobs.iter().map(|(d, r)| Op::PutBlob {
             digest: *d,
             record: r.clone(),
@@ -127,7 +127,7 @@ impl State {
 
 /// The journal read from its start.
 #[derive(Clone, Debug, Default)]
-pub struct Replayed {
+pub(crate) struct Replayed {
     pub state: State,
     /// Sequence number of the last transaction applied (or of the snapshot).
     pub seq: u64,
@@ -146,7 +146,7 @@ pub struct Replayed {
 /// The last complete line of the journal, read by a writer to check that the journal and
 /// the index agree.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Tail {
+pub(crate) struct Tail {
     /// `None` when the last complete line does not parse.
     pub last: Option<(u64, bool)>,
     /// The file does not end in a newline: a line was cut short.
@@ -156,7 +156,7 @@ pub struct Tail {
 
 /// Journal failures other than I/O.
 #[derive(Debug, thiserror::Error)]
-pub enum ReplayError {
+pub(crate) enum ReplayError {
     #[error("`{path}` does not exist")]
     Missing { path: PathBuf },
     #[error("`{path}` does not start with a snapshot line (line 1 is damaged or missing)")]
@@ -170,7 +170,7 @@ pub enum ReplayError {
 }
 
 /// Replay the journal at `path` from its snapshot.
-pub fn replay(path: &Path) -> Result<Replayed, ReplayError> {
+pub(crate) fn replay(path: &Path) -> Result<Replayed, ReplayError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
@@ -245,7 +245,7 @@ pub fn replay(path: &Path) -> Result<Replayed, ReplayError> {
 
 /// Read the journal's last complete line; `Ok(None)` when there is no journal (or it is
 /// empty).
-pub fn tail(path: &Path) -> io::Result<Option<Tail>> {
+pub(crate) fn tail(path: &Path) -> io::Result<Option<Tail>> {
     // Registered with `fork` while open, as every descriptor of the index is: a child
     // forked meanwhile closes its copy (a writer reads the tail under the index lock).
     // The registration drops first, then the file closes.
@@ -308,12 +308,12 @@ pub fn append(path: &Path, line: &Line, torn: bool) -> io::Result<()> {
 }
 
 /// Open the journal for appending (a writer fences this descriptor: see `lock::fence`).
-pub fn open_for_append(path: &Path) -> io::Result<std::fs::File> {
+pub(crate) fn open_for_append(path: &Path) -> io::Result<std::fs::File> {
     OpenOptions::new().append(true).open(path)
 }
 
 /// [`append`] through a descriptor from [`open_for_append`].
-pub fn append_to(mut f: &std::fs::File, line: &Line, torn: bool) -> io::Result<()> {
+pub(crate) fn append_to(mut f: &std::fs::File, line: &Line, torn: bool) -> io::Result<()> {
     let mut bytes = Vec::new();
     if torn {
         bytes.push(b'\n');
@@ -324,7 +324,7 @@ pub fn append_to(mut f: &std::fs::File, line: &Line, torn: bool) -> io::Result<(
 
 /// Replace the journal with a snapshot of `state` at `seq`: written to a temporary file
 /// with `mode`, synced, renamed over the journal, the directory synced. Returns its size.
-pub fn write_snapshot(path: &Path, state: &State, seq: u64, mode: u32) -> io::Result<u64> {
+pub(crate) fn write_snapshot(path: &Path, state: &State, seq: u64, mode: u32) -> io::Result<u64> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp = dir.join(format!(".index.journal.new-{}", std::process::id()));
     let _ = std::fs::remove_file(&tmp);

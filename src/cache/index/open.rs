@@ -50,7 +50,7 @@ pub(super) fn fence_journal(
 
 /// Handle on the index of one cache.
 #[derive(Clone, Debug)]
-pub struct Index {
+pub(crate) struct Index {
     pub(super) db_path: PathBuf,
     pub(super) lock_path: PathBuf,
     pub(super) journal_path: PathBuf,
@@ -62,7 +62,7 @@ pub struct Index {
 
 impl Index {
     /// The index of the cache version directory `v1`.
-    pub fn new(v1: &Path, lock_opts: LockOptions, file_mode: u32) -> Index {
+    pub(crate) fn new(v1: &Path, lock_opts: LockOptions, file_mode: u32) -> Index {
         Index {
             db_path: v1.join("index.redb"),
             lock_path: v1.join("index.lock"),
@@ -73,19 +73,19 @@ impl Index {
         }
     }
 
-    pub fn lock_options(&self) -> &LockOptions {
+    pub(crate) fn lock_options(&self) -> &LockOptions {
         &self.lock_opts
     }
 
-    pub fn db_path(&self) -> &Path {
+    pub(crate) fn db_path(&self) -> &Path {
         &self.db_path
     }
 
-    pub fn lock_path(&self) -> &Path {
+    pub(crate) fn lock_path(&self) -> &Path {
         &self.lock_path
     }
 
-    pub fn journal_path(&self) -> &Path {
+    pub(crate) fn journal_path(&self) -> &Path {
         &self.journal_path
     }
 
@@ -135,7 +135,7 @@ impl Index {
     }
 
     /// Open for reading under the shared lock.
-    pub fn read(&self) -> Result<IndexReader, IndexError> {
+    pub(crate) fn read(&self) -> Result<IndexReader, IndexError> {
         let mut repaired = false;
         loop {
             let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
@@ -278,7 +278,7 @@ impl Index {
 
     /// Check every page's checksum and rebuild the allocator state, under the exclusive
     /// lock (`doctor`). `Ok(false)` means redb found damage and repaired what it could.
-    pub fn check_integrity(&self) -> Result<bool, IndexError> {
+    pub(crate) fn check_integrity(&self) -> Result<bool, IndexError> {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         if !self.db_path.exists() {
             return Ok(true);
@@ -293,13 +293,16 @@ impl Index {
     }
 
     /// Open for writing under the exclusive lock; changes land with [`IndexWriter::commit`].
-    pub fn write(&self) -> Result<IndexWriter, IndexError> {
+    pub(crate) fn write(&self) -> Result<IndexWriter, IndexError> {
         let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         self.writer(guard)
     }
 
     /// Open for writing only if the exclusive lock is free within `wait`; `None` if not.
-    pub fn try_write(&self, wait: std::time::Duration) -> Result<Option<IndexWriter>, IndexError> {
+    pub(crate) fn try_write(
+        &self,
+        wait: std::time::Duration,
+    ) -> Result<Option<IndexWriter>, IndexError> {
         let opts = LockOptions {
             timeout: wait,
             on_wait: None,
@@ -381,7 +384,7 @@ impl Index {
     /// change it, so a refusal costs no second open and leaves the file byte for byte as
     /// it was. (Where there is nothing to view, see [`Index::view_before_write`], `check`
     /// is not run: the writer checks again.)
-    pub fn write_checked<E: From<IndexError>>(
+    pub(crate) fn write_checked<E: From<IndexError>>(
         &self,
         check: impl FnOnce(&IndexReader) -> Result<(), E>,
     ) -> Result<IndexWriter, E> {
@@ -444,7 +447,7 @@ impl Index {
     /// (`None` when it is missing, damaged or cannot be opened without a repair): for a
     /// command that failed before its write transaction to look, with no writer between,
     /// whether the index knows what it put in `blobs/`.
-    pub fn view_exclusive<T>(
+    pub(crate) fn view_exclusive<T>(
         &self,
         f: impl FnOnce(Option<&IndexReader>) -> T,
     ) -> Result<T, IndexError> {

@@ -33,7 +33,7 @@ pub struct Named {
 
 /// A read snapshot under the shared lock. Fields drop in order: transaction, database,
 /// then the lock.
-pub struct IndexReader {
+pub(crate) struct IndexReader {
     pub(super) txn: Option<ReadTransaction>,
     pub(super) _db: Option<ReadOnlyDatabase>,
     /// `None` for the view a writer checks under its own exclusive lock.
@@ -205,12 +205,12 @@ impl IndexReader {
     }
 
     /// Whether this build may change the index: the error a writer would refuse with.
-    pub fn check_writable(&self) -> Result<(), IndexError> {
+    pub(crate) fn check_writable(&self) -> Result<(), IndexError> {
         self.levels()?.require(&self.path, "change")
     }
 
     /// The record of one name.
-    pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+    pub(crate) fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
         self.guard(|| {
             self.table(REFS)?
                 .map_or(Ok(None), |t| get_ref_in(&t, key, &self.path))
@@ -218,7 +218,7 @@ impl IndexReader {
     }
 
     /// The record of one blob.
-    pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
+    pub(crate) fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
         self.guard(|| {
             self.table(BLOBS)?
                 .map_or(Ok(None), |t| get_blob_in(&t, &d.hex(), &self.path))
@@ -226,7 +226,7 @@ impl IndexReader {
     }
 
     /// When the name was last used, as recorded.
-    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
+    pub(crate) fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
         self.guard(|| {
             self.table(LAST_USE)?
                 .map_or(Ok(None), |t| get_u64_in(&t, key, &self.path))
@@ -234,7 +234,7 @@ impl IndexReader {
     }
 
     /// Whether the name is pinned.
-    pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
+    pub(crate) fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
         self.guard(|| {
             self.table(PINS)?.map_or(
                 Ok(false),
@@ -244,7 +244,7 @@ impl IndexReader {
     }
 
     /// Every name, sorted, with its blob record, last use and pin.
-    pub fn all(&self) -> Result<Vec<Named>, IndexError> {
+    pub(crate) fn all(&self) -> Result<Vec<Named>, IndexError> {
         self.guard(|| {
             let Some(refs) = self.table(REFS)? else {
                 return Ok(Vec::new());
@@ -263,7 +263,7 @@ impl IndexReader {
     }
 
     /// Every blob record.
-    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
+    pub(crate) fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
         self.guard(|| {
             self.table(BLOBS)?
                 .map_or(Ok(Vec::new()), |t| blobs_in(&t, &self.path))
@@ -271,7 +271,7 @@ impl IndexReader {
     }
 
     /// Counts for `info`: (names, blobs, total blob bytes, pins, schema version).
-    pub fn stats(&self) -> Result<IndexStats, IndexError> {
+    pub(crate) fn stats(&self) -> Result<IndexStats, IndexError> {
         self.guard(|| {
             let mut s = IndexStats::default();
             let p = &self.path;

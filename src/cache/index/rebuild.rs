@@ -56,7 +56,7 @@ pub struct Recovered {
 
 /// What a rebuild knows of a blob file from `blobs/` itself.
 #[derive(Clone, Debug, Default)]
-pub struct OnDisk {
+pub(crate) struct OnDisk {
     pub size: u64,
     /// Sniffed from the content (a SIF's header), when it tells.
     pub media_type: Option<String>,
@@ -73,7 +73,7 @@ pub fn recovered_name(d: &Digest) -> String {
 impl Index {
     /// Rebuild the index from the journal (`doctor --repair-index`), under the exclusive
     /// lock: see the protocol above. `on_disk` maps each blob file found to its size.
-    pub fn rebuild(&self, on_disk: &HashMap<Digest, OnDisk>) -> Result<Rebuilt, IndexError> {
+    pub(crate) fn rebuild(&self, on_disk: &HashMap<Digest, OnDisk>) -> Result<Rebuilt, IndexError> {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         let rebuild_err = |detail: String| IndexError::Rebuild {
             path: self.db_path.clone(),
@@ -272,14 +272,14 @@ pub enum JournalStatus {
 impl Index {
     /// Replace the journal with a snapshot of the index (`doctor --repair-index` on an
     /// intact index whose journal would not rebuild it).
-    pub fn rewrite_journal(&self) -> Result<(), IndexError> {
+    pub(crate) fn rewrite_journal(&self) -> Result<(), IndexError> {
         let w = self.write()?;
         w.guard(|| w.snapshot())?;
         w.commit()
     }
 
     /// Replay the journal and compare it with the index, under the shared lock (`doctor`).
-    pub fn journal_status(&self) -> Result<JournalStatus, IndexError> {
+    pub(crate) fn journal_status(&self) -> Result<JournalStatus, IndexError> {
         let rd = self.read()?;
         let all = rd.all()?;
         let seq = rd.guard(|| match rd.table(META)? {

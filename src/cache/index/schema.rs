@@ -36,10 +36,10 @@ pub(super) const COMPACT_RATIO: u64 = 4;
 /// ...and larger than this.
 pub(super) const COMPACT_MIN: u64 = 1 << 20;
 /// This build's version, recorded in the index when it migrates it.
-pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+pub(crate) const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One schema step: entry `i` of [`MIGRATIONS`] takes schema `i` to `i + 1`.
-pub struct Migration {
+pub(super) struct Migration {
     pub up: fn(&WriteTransaction) -> Result<(), redb::Error>,
     /// The oldest schema that can read an index at this schema safely.
     pub read_compat: u64,
@@ -49,7 +49,7 @@ pub struct Migration {
 
 /// Append-only list of schema migrations. Never remove or reorder an entry, and never
 /// lower a compatibility level an earlier entry set.
-pub const MIGRATIONS: &[Migration] = &[
+pub(super) const MIGRATIONS: &[Migration] = &[
     Migration {
         up: create_v1_tables,
         read_compat: 1,
@@ -73,7 +73,7 @@ pub const MIGRATIONS: &[Migration] = &[
 ];
 
 /// The (read, write) compatibility levels of schema `n`.
-pub fn compat_of(n: u64) -> (u64, u64) {
+pub(super) fn compat_of(n: u64) -> (u64, u64) {
     MIGRATIONS[..n as usize].iter().fold((0, 0), |(r, w), m| {
         (r.max(m.read_compat), w.max(m.write_compat))
     })

@@ -27,7 +27,7 @@ use crate::format::digest::Digest;
 
 /// One write transaction under the exclusive lock. Dropped without
 /// [`commit`](IndexWriter::commit), it changes nothing.
-pub struct IndexWriter {
+pub(crate) struct IndexWriter {
     pub(super) txn: Option<WriteTransaction>,
     pub(super) db: Option<Database>,
     /// The journal, opened and fenced (`lock::fence`); `None` until it exists, and again
@@ -215,20 +215,20 @@ impl IndexWriter {
         self.ops.borrow_mut().push(op);
     }
 
-    pub fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+    pub(crate) fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
         self.guard(|| get_ref_in(&self.table(REFS)?, key, &self.path))
     }
 
-    pub fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
+    pub(crate) fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
         self.guard(|| get_blob_in(&self.table(BLOBS)?, &d.hex(), &self.path))
     }
 
-    pub fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
+    pub(crate) fn is_pinned(&self, key: &str) -> Result<bool, IndexError> {
         self.guard(|| Ok(get_u64_in(&self.table(PINS)?, key, &self.path)?.is_some()))
     }
 
     /// Names pointing at a blob.
-    pub fn names_of(&self, d: &Digest) -> Result<Vec<String>, IndexError> {
+    pub(crate) fn names_of(&self, d: &Digest) -> Result<Vec<String>, IndexError> {
         self.guard(|| {
             let t = self.blob_refs()?;
             let mut out = Vec::new();
@@ -240,7 +240,7 @@ impl IndexWriter {
     }
 
     /// Point `key` at `record.digest`; returns the record it replaces, if any.
-    pub fn put_ref(
+    pub(crate) fn put_ref(
         &mut self,
         key: &str,
         record: &RefRecord,
@@ -266,7 +266,7 @@ impl IndexWriter {
     }
 
     /// Remove a name (with its last-use and pin entries); returns its record.
-    pub fn remove_ref(&mut self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+    pub(crate) fn remove_ref(&mut self, key: &str) -> Result<Option<RefRecord>, IndexError> {
         self.guard(|| {
             let mut refs = self.table(REFS)?;
             let old = match refs.remove(key).map_err(dberr(&self.path))? {
@@ -290,7 +290,7 @@ impl IndexWriter {
     }
 
     /// Record a blob (keeps the first `added` time when it is already known).
-    pub fn put_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
+    pub(crate) fn put_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
         if self.get_blob(d)?.is_some() {
             return Ok(());
         }
@@ -298,7 +298,11 @@ impl IndexWriter {
     }
 
     /// Overwrite a blob's record.
-    pub fn replace_blob(&mut self, d: &Digest, record: &BlobRecord) -> Result<(), IndexError> {
+    pub(crate) fn replace_blob(
+        &mut self,
+        d: &Digest,
+        record: &BlobRecord,
+    ) -> Result<(), IndexError> {
         self.guard(|| {
             let mut t = self.table(BLOBS)?;
             t.insert(d.hex().as_str(), encode(record).as_slice())
@@ -312,7 +316,7 @@ impl IndexWriter {
     }
 
     /// Forget a blob.
-    pub fn remove_blob(&mut self, d: &Digest) -> Result<(), IndexError> {
+    pub(crate) fn remove_blob(&mut self, d: &Digest) -> Result<(), IndexError> {
         self.guard(|| {
             let mut t = self.table(BLOBS)?;
             if t.remove(d.hex().as_str())
@@ -326,11 +330,11 @@ impl IndexWriter {
     }
 
     /// The recorded last use of `key` (precise to [`LAST_USE_RESOLUTION`]).
-    pub fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
+    pub(crate) fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
         self.guard(|| get_u64_in(&self.table(LAST_USE)?, key, &self.path))
     }
 
-    pub fn set_last_use(&mut self, key: &str, when: u64) -> Result<(), IndexError> {
+    pub(crate) fn set_last_use(&mut self, key: &str, when: u64) -> Result<(), IndexError> {
         self.guard(|| {
             let mut t = self.table(LAST_USE)?;
             t.insert(key, when).map_err(dberr(&self.path))?;
@@ -339,7 +343,12 @@ impl IndexWriter {
     }
 
     /// Pin or unpin a name; returns whether that changed anything.
-    pub fn set_pin(&mut self, key: &str, pinned: bool, when: u64) -> Result<bool, IndexError> {
+    pub(crate) fn set_pin(
+        &mut self,
+        key: &str,
+        pinned: bool,
+        when: u64,
+    ) -> Result<bool, IndexError> {
         self.guard(|| {
             let mut t = self.table(PINS)?;
             let changed = if pinned {
@@ -364,7 +373,7 @@ impl IndexWriter {
     }
 
     /// Every name, sorted, with its blob record, last use and pin.
-    pub fn all(&self) -> Result<Vec<Named>, IndexError> {
+    pub(crate) fn all(&self) -> Result<Vec<Named>, IndexError> {
         self.guard(|| {
             let refs = self.table(REFS)?;
             let blobs = self.table(BLOBS)?;
@@ -375,25 +384,25 @@ impl IndexWriter {
     }
 
     /// Every blob record.
-    pub fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
+    pub(crate) fn blobs(&self) -> Result<Vec<(Digest, BlobRecord)>, IndexError> {
         self.guard(|| blobs_in(&self.table(BLOBS)?, &self.path))
     }
 
     /// Journal the changes, make them durable, close the database, release the lock.
-    pub fn commit(self) -> Result<(), IndexError> {
+    pub(crate) fn commit(self) -> Result<(), IndexError> {
         self.commit_then(|| ())
     }
 
     /// [`commit`](IndexWriter::commit), then run `after` while the exclusive lock is still
     /// held (to remove what the commit made redundant, with no reader or writer between).
-    pub fn commit_then<T>(self, after: impl FnOnce() -> T) -> Result<T, IndexError> {
+    pub(crate) fn commit_then<T>(self, after: impl FnOnce() -> T) -> Result<T, IndexError> {
         self.commit_then_else(after, || ())
     }
 
     /// [`commit_then`](IndexWriter::commit_then), and if the commit fails, run `failed`
     /// while the exclusive lock is still held (to take out what the failed transaction
     /// had put in `blobs/`, with no writer between: invariant 8 of the design).
-    pub fn commit_then_else<T>(
+    pub(crate) fn commit_then_else<T>(
         mut self,
         after: impl FnOnce() -> T,
         failed: impl FnOnce(),
