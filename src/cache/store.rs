@@ -106,14 +106,13 @@ impl Staged {
     pub(super) fn place_unsynced(&self, store: &Store) -> Option<PathBuf> {
         let src = self.path.as_ref()?;
         let dest = store.blob_path(&self.digest);
-        if dest.exists() {
-            return None;
-        }
         let dir = dest.parent().unwrap_or(&store.blobs).to_path_buf();
-        if !dir.exists() && store.make_fan_dir(&dir).is_err() {
-            return None;
+        // The link itself asks whether the blob is there (refused as existing) and whether
+        // its fan-out directory is (not found: made, then linked again).
+        match link_or_make_dir(src, &dest, &dir, store) {
+            Ok(()) => Some(dir),
+            Err(_) => None,
         }
-        fs::hard_link(src, &dest).ok().map(|_| dir)
     }
 
     /// Put the staged file in place as the blob for its digest (or drop it when that blob
@@ -130,14 +129,16 @@ impl Staged {
             source,
         };
         let dir = dest.parent().unwrap_or(&store.blobs);
-        if !dir.exists() {
-            store.make_fan_dir(dir).map_err(|e| werr(dir, e))?;
-        }
         // Whether the blob is there is asked of the filesystem, not of a cache of it: on
         // NFS, `exists` may answer from what this node saw before another node's gc
         // removed the blob, while a hard link is made, or refused as existing, by the
         // server. (Where hard links are refused, `exists` and a rename.)
-        match fs::hard_link(&src, &dest) {
+        let linked = match link_or_make_dir(&src, &dest, dir, store) {
+            Err(LinkError::MakeDir(e)) => return Err(werr(dir, e)),
+            Err(LinkError::Link(e)) => Err(e),
+            Ok(()) => Ok(()),
+        };
+        match linked {
             Ok(()) => {
                 let _ = fs::remove_file(&src);
                 sync_dir(dir).map_err(|e| werr(dir, e))?;
@@ -159,6 +160,27 @@ impl Staged {
         })?;
         sync_dir(dir).map_err(|e| werr(dir, e))?;
         Ok((dest, true))
+    }
+}
+
+/// Why [`link_or_make_dir`] made no link.
+enum LinkError {
+    /// The fan-out directory was missing and could not be made.
+    MakeDir(io::Error),
+    /// The link was refused (`AlreadyExists` when the blob is there).
+    Link(io::Error),
+}
+
+/// Hard-link `src` to `dest`, making `dest`'s fan-out directory `dir` first when the link
+/// finds it missing: one call where the directory exists (nearly always), instead of a
+/// look at the directory before every link.
+fn link_or_make_dir(src: &Path, dest: &Path, dir: &Path, store: &Store) -> Result<(), LinkError> {
+    match fs::hard_link(src, dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !dir.exists() => {
+            store.make_fan_dir(dir).map_err(LinkError::MakeDir)?;
+            fs::hard_link(src, dest).map_err(LinkError::Link)
+        }
+        other => other.map_err(LinkError::Link),
     }
 }
 

@@ -73,9 +73,7 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
     if found.is_some() {
         return found;
     }
-    if !locks.is_dir() {
-        return None;
-    }
+    // No `locks/` (yet): the lock file cannot be made, and the first attempt says so.
     let opts = LockOptions {
         on_wait: None,
         ..opts.clone()
