@@ -2,11 +2,11 @@
 //! command line's bar, a Python callback). The library prints nothing.
 //!
 //! Every task reports through [`Progress`], in bytes or files done of a total: a pull's
-//! download and an `oras://` upload (`crate::remote`), an `add`'s copy ([`super::AddOptions`]),
-//! verify's hashing and gc's removals (`crate::maintain`). A task calls
-//! [`Progress::start`] once before its first [`Progress::advance`], asks
-//! [`Progress::stop`] after each advance, and calls [`Progress::finish`] when it is over
-//! (done or failed). What stopping leaves is the task's to say. [`ProgressFn`] makes one
+//! download and an `oras://` upload (the remotes), an `add`'s copy ([`super::AddOptions`]),
+//! verify's hashing and gc's removals (the maintenance tasks). A task calls
+//! [`Progress::start`] before its first [`Progress::advance`] (a download again when it
+//! resumes), asks [`Progress::stop`] after each advance, and calls [`Progress::finish`]
+//! when it is over (done or failed). What stopping leaves is the task's to say. [`ProgressFn`] makes one
 //! from a single function told `(done, total)`.
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,9 +27,9 @@ pub trait Progress: Send + Sync {
     fn waiting(&self, what: &str) {
         let _ = what;
     }
-    /// Asked after each [`Progress::advance`]: true stops the task (a download with
-    /// [`RemoteError::Stopped`](crate::remote::RemoteError::Stopped) and nothing stored, an
-    /// upload before a manifest names it; the others say what stopping leaves). An
+    /// Asked after each [`Progress::advance`]: true stops the task (a download with the
+    /// remotes' `Stopped` error and nothing stored, an upload before a manifest names it;
+    /// the others say what stopping leaves). An
     /// embedding program's progress callback failed, or its user cancelled.
     fn stop(&self) -> bool {
         false
