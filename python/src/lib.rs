@@ -20,11 +20,11 @@ use pyo3::types::{PyBytes, PyInt, PyType};
 use sregistry::cache::limits::Limits;
 use sregistry::cache::lock::{LockError, LockOptions};
 use sregistry::cache::{
-    AddItem, AddOptions, CacheError, CopyProgress, DEFAULT_ADD_BATCH, Entry, IndexError, Repoint,
+    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, IndexError, ProgressFn, Repoint,
 };
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
-use sregistry::maintain::{self, gc, verify};
+use sregistry::maintain::{gc, verify};
 use sregistry::remote::{self, Progress, ProgressHook, RemoteError, RemoteOptions, RemoteRef};
 use sregistry::{Cache, Reference};
 
@@ -608,7 +608,7 @@ impl PyCache {
             move_file: r#move,
             repoint: Repoint::from_force(force),
             labels: labels.unwrap_or_default(),
-            progress: told.map(CopyProgress),
+            progress: told.map(ProgressFn::hook),
             not_removed: r#move.then(|| kept.hook()),
             ..AddOptions::default()
         };
@@ -872,8 +872,7 @@ impl PyCache {
         progress: Option<Py<PyAny>>,
     ) -> PyResult<Py<PyAny>> {
         let (told, failed) = told_by(progress);
-        let told = told
-            .map(|f| maintain::Told(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
+        let told = told.map(ProgressFn::hook);
         let defaults = gc::GcOptions::default();
         let opts = gc::GcOptions {
             max_size: size_arg(max_size, "max_size", units::parse_size)?,
@@ -908,8 +907,7 @@ impl PyCache {
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
         let (told, failed) = told_by(progress);
-        let told = told
-            .map(|f| maintain::Told(Arc::new(move |done: u64, total: u64| f(done, Some(total)))));
+        let told = told.map(ProgressFn::hook);
         let opts = verify::VerifyOptions {
             names,
             repair,

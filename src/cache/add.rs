@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use super::store::{self, Staged, Store, StoreError};
 use super::{
-    Cache, CacheError, CopyProgress, Entry, Provenance, Repoint, Settings, refuse_digest_on_target,
+    Cache, CacheError, Entry, ProgressHook, Provenance, Repoint, Settings, refuse_digest_on_target,
 };
 use crate::format::reference::Reference;
 use crate::testhook;
@@ -28,9 +28,10 @@ pub struct AddOptions {
     /// What to record as the source (defaults to the absolute source path).
     pub source: Option<String>,
     pub media_type: Option<String>,
-    /// Told how the copy advances, and can stop it; `None` tells nobody. A file moved in
+    /// Told how the copy advances (bytes copied of the file's size), and can stop it: the
+    /// copy in `tmp/` is removed and nothing is stored; `None` tells nobody. A file moved in
     /// by hard link is not copied, and tells nothing.
-    pub progress: Option<CopyProgress>,
+    pub progress: Option<ProgressHook>,
     /// With `move_file`: told when the name is committed but the file's path could not be
     /// removed (its directory not writable, a read-only filesystem). The image is in the
     /// cache and the user's file is still at its path; `None` tells nobody.

@@ -15,7 +15,7 @@ use super::index::{BlobRecord, IndexWriter, Named};
 use super::ingest::Ingested;
 use super::store::{self, Found, TmpFile};
 use super::uses::UseMarkers;
-use super::{Cache, CacheError};
+use super::{Cache, CacheError, Progress};
 use crate::format::digest::{Digest, hash_file_single};
 use crate::testhook;
 
@@ -231,15 +231,15 @@ impl Cache {
         self.collect_told(dry_run, plan, None)
     }
 
-    /// [`Cache::collect`], telling `told(done, total)` after each removed file is
-    /// unlinked (after the lock is released: the names and records are gone by then).
-    /// When `told` returns false the unlinking stops; the files left stay in `tmp/` under
-    /// their deleting names, which the next gc removes whatever their age.
+    /// [`Cache::collect`], telling `progress` the files removed of those to remove after
+    /// each removed file is unlinked (after the lock is released: the names and records
+    /// are gone by then). When it asks to stop, the unlinking stops; the files left stay
+    /// in `tmp/` under their deleting names, which the next gc removes whatever their age.
     pub fn collect_told<T>(
         &self,
         dry_run: bool,
         plan: impl FnOnce(&mut [Named], &[(Digest, BlobRecord)]) -> (T, Victims),
-        told: Option<&dyn Fn(u64, u64) -> bool>,
+        progress: Option<&dyn Progress>,
     ) -> Result<T, CacheError> {
         if dry_run {
             let rd = self.index.read()?;
@@ -298,16 +298,19 @@ impl Cache {
             out
         };
         testhook::pause("gc-deleting");
-        match told {
+        match progress {
             None => store::unlink_now(&aside),
-            Some(told) => {
+            Some(progress) => {
                 let total = aside.len() as u64;
+                progress.start(Some(total), 0);
                 for (done, file) in (1..).zip(aside.chunks(1)) {
                     store::unlink_now(file);
-                    if !told(done, total) {
+                    progress.advance(done);
+                    if progress.stop() {
                         break;
                     }
                 }
+                progress.finish();
             }
         }
         Ok(out)

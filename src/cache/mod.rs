@@ -12,7 +12,8 @@
 //! [`Cache`] itself and its opening are here; `add.rs` checks and stages a file for
 //! [`Cache::add`]; `commit.rs` is the one commit path of `add` and every pull;
 //! `get.rs` holds [`Cache::get`] and the other lookups; `names.rs` `tag`, `rm`, `pin` and
-//! the checks on names; `pull.rs` the per-pull lock; `error.rs` the error types.
+//! the checks on names; `pull.rs` the per-pull lock; `error.rs` the error types;
+//! `progress.rs` the one progress type every task above reports through.
 //!
 //! # What each operation locks
 //!
@@ -77,6 +78,7 @@ mod layout;
 pub mod limits;
 pub mod lock;
 mod names;
+mod progress;
 mod pull;
 mod retire;
 mod settings;
@@ -113,8 +115,9 @@ pub use index::{
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
+pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, CopyProgress, Found, TmpFile, remove_unfinished};
+pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
 pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root.

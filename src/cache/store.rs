@@ -31,6 +31,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::progress::ProgressHook;
 use crate::format::digest::{Digest, HashingWriter};
 
 /// Mode of every blob file.
@@ -462,7 +463,7 @@ impl Store {
         src: &mut File,
         src_path: &Path,
         expected: Option<u64>,
-        progress: Option<&CopyProgress>,
+        progress: Option<&ProgressHook>,
     ) -> Result<Staged, StoreError> {
         self.stage_with(src_path, expected, |dst, pipelined| {
             if pipelined
@@ -885,28 +886,19 @@ fn copy_in_kernel_and_hash(
     })
 }
 
-/// Told `(bytes copied, bytes expected)` after each chunk of an `add`'s copy; returning
-/// false stops it: the copy in `tmp/` is removed and nothing is stored.
-#[derive(Clone)]
-pub struct CopyProgress(pub std::sync::Arc<dyn Fn(u64, Option<u64>) -> bool + Send + Sync>);
-
-impl std::fmt::Debug for CopyProgress {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("CopyProgress(..)")
-    }
-}
-
-/// After each chunk of a copy: the progress receiver, if any, and the `add-mid-copy` test
-/// hook ([`crate::testhook`]), a pause after the first chunk, where the crash tests kill
-/// `add`.
+/// After each chunk of a copy: the progress receiver, if any (started, with the bytes
+/// expected, at the first chunk; told the bytes copied after each; finished when the copy
+/// ends; asking it to stop removes the copy in `tmp/` and stores nothing), and the
+/// `add-mid-copy` test hook ([`crate::testhook`]), a pause after the first chunk, where
+/// the crash tests kill `add`.
 struct MidCopyHook<'a> {
     paused: bool,
-    progress: Option<&'a CopyProgress>,
+    progress: Option<&'a ProgressHook>,
     expected: Option<u64>,
 }
 
 impl<'a> MidCopyHook<'a> {
-    fn new(progress: Option<&'a CopyProgress>, expected: Option<u64>) -> Self {
+    fn new(progress: Option<&'a ProgressHook>, expected: Option<u64>) -> Self {
         MidCopyHook {
             paused: false,
             progress,
@@ -918,8 +910,24 @@ impl<'a> MidCopyHook<'a> {
     fn chunk_written(&mut self, written: u64) -> bool {
         if !std::mem::replace(&mut self.paused, true) {
             crate::testhook::pause("add-mid-copy");
+            if let Some(p) = self.progress {
+                p.0.start(self.expected, 0);
+            }
         }
-        self.progress.is_none_or(|p| (p.0)(written, self.expected))
+        self.progress.is_none_or(|p| {
+            p.0.advance(written);
+            !p.0.stop()
+        })
+    }
+}
+
+impl Drop for MidCopyHook<'_> {
+    fn drop(&mut self) {
+        if self.paused
+            && let Some(p) = self.progress
+        {
+            p.0.finish();
+        }
     }
 }
 

@@ -61,10 +61,10 @@ pub struct GcOptions {
     pub progress: Option<GcProgress>,
 }
 
-/// Told `(files removed, files to remove)` after each removed blob's file is unlinked
-/// (the names and records are already gone from the index then); returning false stops
-/// the unlinking, and the next gc removes the files left.
-pub type GcProgress = super::Told;
+/// Started with the files to remove, then told the files removed after each removed
+/// blob's file is unlinked (the names and records are already gone from the index then);
+/// asking it to stop stops the unlinking, and the next gc removes the files left.
+pub type GcProgress = crate::cache::ProgressHook;
 
 impl Default for GcOptions {
     fn default() -> Self {
@@ -433,10 +433,7 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
         .iter()
         .filter(|t| t.deleting || (!t.live && now.saturating_sub(t.mtime) >= opts.tmp_grace))
         .collect();
-    let told = opts
-        .progress
-        .as_ref()
-        .map(|p| &*p.0 as &dyn Fn(u64, u64) -> bool);
+    let told = opts.progress.as_ref().map(|p| &*p.0);
     let p = cache.collect_told(
         opts.dry_run,
         |names, blob_records| {

@@ -51,10 +51,10 @@ pub struct VerifyOptions {
     pub progress: Option<VerifyProgress>,
 }
 
-/// Told `(bytes hashed, bytes to hash)` after each blob is hashed (from the hashing
-/// threads, so possibly from several at once); returning false stops verify with
-/// [`CacheError::Stopped`] before it quarantines or repairs anything.
-pub type VerifyProgress = super::Told;
+/// Started with the bytes to hash, then told the bytes hashed after each blob is hashed
+/// (from the hashing threads, so possibly from several at once); asking it to stop stops
+/// verify with [`CacheError::Stopped`] before it quarantines or repairs anything.
+pub type VerifyProgress = crate::cache::ProgressHook;
 
 /// One finding about a blob or a name.
 #[derive(Clone, Debug, Serialize)]
@@ -107,6 +107,9 @@ fn hash_all_told(files: &[PathBuf], progress: Option<&VerifyProgress>) -> (Vec<H
     let total: u64 = sizes.iter().sum();
     let (done, stopped) = (AtomicU64::new(0), AtomicBool::new(false));
     let results: Vec<Mutex<Option<Hashed>>> = files.iter().map(|_| Mutex::new(None)).collect();
+    if let Some(p) = progress {
+        p.0.start(Some(total), 0);
+    }
     let hash = |i: usize, parallel: bool| {
         if stopped.load(Ordering::Relaxed) {
             return;
@@ -121,7 +124,8 @@ fn hash_all_told(files: &[PathBuf], progress: Option<&VerifyProgress>) -> (Vec<H
         }
         if let Some(p) = progress {
             let now = done.fetch_add(sizes[i], Ordering::Relaxed) + sizes[i];
-            if !(p.0)(now, total) {
+            p.0.advance(now);
+            if p.0.stop() {
                 stopped.store(true, Ordering::Relaxed);
             }
         }
@@ -147,6 +151,9 @@ fn hash_all_told(files: &[PathBuf], progress: Option<&VerifyProgress>) -> (Vec<H
             });
         }
     });
+    if let Some(p) = progress {
+        p.0.finish();
+    }
     let hashed = results
         .into_iter()
         .map(|m| {

@@ -1,43 +1,13 @@
 //! The types every layer of `remote/` shares: what a caller asks for ([`RemoteOptions`],
-//! with its [`Progress`] receiver), what a protocol's pull brings back ([`Pulled`],
+//! with its [`Progress`] receiver, the cache's one progress type), what a protocol's pull brings back ([`Pulled`],
 //! [`Fetched`]) against what the cache held ([`Known`]), and what a pull answers
 //! ([`PullOutcome`]). Data only: it imports nothing of `remote/` but the error, so the
 //! HTTP leaf, the registry layer, the protocols and the dispatcher all use it.
 
 use crate::cache::Entry;
 
-/// How a download (or an `oras://` upload) advances, for a caller that shows it. The
-/// library prints nothing.
-pub trait Progress: Send + Sync {
-    /// A download starts (or resumes at `at` bytes); `total` is its size when known.
-    fn start(&self, total: Option<u64>, at: u64);
-    /// `done` bytes are in.
-    fn advance(&self, done: u64);
-    /// The download is over (done or failed).
-    fn finish(&self);
-    /// Nothing has come for a few seconds: `what` says what is awaited ("an answer from
-    /// `URL`"). Told once per wait.
-    fn waiting(&self, what: &str) {
-        let _ = what;
-    }
-    /// Asked after each [`Progress::advance`]: true stops the transfer with
-    /// [`RemoteError::Stopped`](super::RemoteError::Stopped), and nothing is stored (a download commits nothing; an
-    /// upload stops before a manifest names it). An embedding program's progress callback
-    /// failed, or its user cancelled.
-    fn stop(&self) -> bool {
-        false
-    }
-}
-
-/// A shared [`Progress`] receiver in [`RemoteOptions`].
-#[derive(Clone)]
-pub struct ProgressHook(pub std::sync::Arc<dyn Progress>);
-
-impl std::fmt::Debug for ProgressHook {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ProgressHook(..)")
-    }
-}
+/// How a download (or an `oras://` upload) advances: the cache's one progress type.
+pub use crate::cache::{Progress, ProgressHook};
 
 /// Options for pulls and pushes.
 #[derive(Clone, Debug, Default)]
