@@ -69,6 +69,7 @@ mod batch;
 mod collect;
 mod commit;
 mod error;
+mod error_kind;
 mod get;
 mod health;
 mod index;
@@ -106,6 +107,7 @@ pub use commit::Part;
 pub use error::CacheError;
 pub use get::OpenPart;
 pub use health::Repaired;
+pub use index::journal::ReplayError;
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
     Recovered, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught, recovered_name,
@@ -114,7 +116,7 @@ pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, CopyProgress, Found, TmpFile, remove_unfinished};
+pub use store::{BLOB_MODE, CopyProgress, Found, StoreError, TmpFile, remove_unfinished};
 pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root.
