@@ -30,6 +30,7 @@
 
 pub mod cache;
 pub mod convert;
+pub mod error;
 pub(crate) mod fork;
 pub mod format;
 pub mod maintain;
@@ -38,5 +39,6 @@ pub mod settings;
 pub(crate) mod testhook;
 
 pub use cache::Cache;
+pub use error::ErrorKind;
 pub use format::digest::Digest;
 pub use format::reference::Reference;

@@ -11,6 +11,7 @@
 //! here is cached: the environment is read where the value is needed, by the one reader of
 //! its form.
 
+use crate::error::ErrorKind;
 use std::time::Duration;
 
 use crate::format::reference::shown;
@@ -143,6 +144,12 @@ pub struct SettingError {
     pub var: &'static str,
     pub value: String,
     pub expected: String,
+}
+
+impl SettingError {
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidInput
+    }
 }
 
 /// Read every variable of [`VARS`] whose form can be wrong: the first bad one is the error.

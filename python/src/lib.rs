@@ -26,108 +26,54 @@ use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
 use sregistry::maintain::{gc, verify};
 use sregistry::remote::{self, Progress, ProgressHook, RemoteError, RemoteOptions, RemoteRef};
-use sregistry::{Cache, Reference};
+use sregistry::{Cache, ErrorKind, Reference};
 
 // ---------------------------------------------------------------------------------------
 // Errors
 
-/// The Python exception class of each library error. Every variant is named, so that a
-/// new one is a compile error here until someone decides which class it raises.
-fn cache_error_class(e: &CacheError) -> &'static str {
-    match e {
-        CacheError::NotFound { .. }
-        | CacheError::DigestNotFound { .. }
-        | CacheError::DigestMismatch { .. } => "NotFound",
-        // The index and the store disagree, or the content no longer matches its digest:
-        // `verify` finds and repairs each of these.
-        CacheError::BlobMissing { .. }
-        | CacheError::Quarantined { .. }
-        | CacheError::WrongSize { .. }
-        | CacheError::Corrupt { .. } => "Corrupt",
-        CacheError::Pinned { .. } | CacheError::PinnedRepoint { .. } => "Pinned",
-        CacheError::DigestOnTarget { .. } => "InvalidName",
+/// The Python exception class of each kind of library error (`sregistry/_errors.py`): one
+/// exhaustive match, so that a new kind is a compile error here until someone decides
+/// which class it raises. The classes never contradict the command line's exit codes
+/// (`src/cli/exit.rs`): `NotFound` is exit code 3, `InvalidName`, `InvalidInput` and
+/// `NoSuchFile` exit code 2.
+fn class_of(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::NotFound => "NotFound",
+        ErrorKind::InvalidName => "InvalidName",
+        ErrorKind::InvalidInput | ErrorKind::Insecure => "InvalidInput",
         // The file to add is not there: also a `FileNotFoundError`.
-        CacheError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-            "NoSuchFile"
+        ErrorKind::NoSuchFile => "NoSuchFile",
+        ErrorKind::Pinned => "Pinned",
+        ErrorKind::Conflict => "Conflict",
+        // Content that does not match, a damaged index, a missing file: `verify` and
+        // `doctor` find and mend these.
+        ErrorKind::Corrupt | ErrorKind::Damaged => "Corrupt",
+        ErrorKind::LockTimeout => "LockTimeout",
+        ErrorKind::RemoteRefused | ErrorKind::RemoteFailed | ErrorKind::Unconvertible => {
+            "RemoteError"
         }
-        CacheError::NotAFile { .. }
-        | CacheError::Empty { .. }
-        | CacheError::MoveSymlink { .. }
-        | CacheError::MoveFromCache { .. } => "InvalidInput",
-        CacheError::Index(i) => index_error_class(i),
-        CacheError::Open { .. }
-        | CacheError::Layout { .. }
-        | CacheError::Remove { .. }
-        | CacheError::NoRoot
-        | CacheError::NotADirectory { .. }
-        | CacheError::Stopped { .. }
-        | CacheError::Reentered { .. }
-        | CacheError::Settings(_)
-        | CacheError::Store(_) => "Error",
+        ErrorKind::NoSpace
+        | ErrorKind::PermissionDenied
+        | ErrorKind::Unsupported
+        | ErrorKind::Io
+        | ErrorKind::Stopped
+        | ErrorKind::Reentered
+        | ErrorKind::Internal => "Error",
     }
 }
 
-fn index_error_class(e: &IndexError) -> &'static str {
-    match e {
-        IndexError::Lock(LockError::Timeout { .. }) => "LockTimeout",
-        IndexError::Lock(LockError::Setting(_)) => "InvalidInput",
-        IndexError::Lock(LockError::Open { .. } | LockError::Lock { .. }) => "Error",
-        // A damaged (or missing) index: `sregistry doctor --repair-index` rebuilds it.
-        IndexError::Corrupt { .. }
-        | IndexError::Damaged { .. }
-        | IndexError::BehindJournal { .. }
-        | IndexError::Missing { .. } => "Corrupt",
-        IndexError::Db { .. }
-        | IndexError::NoSpace { .. }
-        | IndexError::Refused { .. }
-        | IndexError::Journal { .. }
-        | IndexError::NeedsNewer { .. }
-        | IndexError::Rebuild { .. } => "Error",
-    }
-}
-
-fn remote_error_class(e: &RemoteError) -> &'static str {
-    match e {
-        RemoteError::Cache(c) => cache_error_class(c),
-        RemoteError::Reference(_) | RemoteError::BadRef { .. } => "InvalidName",
-        RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. } => "NotFound",
-        RemoteError::Insecure { .. }
-        | RemoteError::NameTaken { .. }
-        | RemoteError::Setting(_)
-        | RemoteError::BadEndpoint { .. }
-        | RemoteError::CertPath { .. }
-        | RemoteError::BadLogin { .. }
-        | RemoteError::ExportTarget { .. }
-        | RemoteError::ExportTag { .. } => "InvalidInput",
-        // What came was not what was asked for; nothing was stored.
-        RemoteError::DigestMismatch { .. } => "Corrupt",
-        RemoteError::Network { .. }
-        | RemoteError::Tls { .. }
-        | RemoteError::ClientSetup { .. }
-        | RemoteError::Status { .. }
-        | RemoteError::Unauthorized { .. }
-        | RemoteError::Denied { .. }
-        | RemoteError::TooLong { .. }
-        | RemoteError::TooLarge { .. }
-        | RemoteError::NoSpace { .. }
-        | RemoteError::NoSpaceConverting { .. }
-        | RemoteError::Empty { .. }
-        | RemoteError::Stalled { .. }
-        | RemoteError::Repointed { .. }
-        | RemoteError::FailedElsewhere { .. }
-        | RemoteError::BrokeOff { .. }
-        | RemoteError::Truncated { .. }
-        | RemoteError::Stopped { .. }
-        | RemoteError::Export { .. }
-        | RemoteError::Convert { .. }
-        | RemoteError::NotSif { .. }
-        | RemoteError::Protocol { .. }
-        | RemoteError::S3 { .. }
-        | RemoteError::Panicked { .. }
-        | RemoteError::Credentials { .. }
-        | RemoteError::Io { .. }
-        | RemoteError::ExportIo { .. } => "RemoteError",
-    }
+/// `{kind name: class}` for every kind of library error (for the tests that hold the
+/// mapping to docs/python.md's table).
+#[pyfunction]
+fn _error_classes(py: Python<'_>) -> PyResult<BTreeMap<&'static str, Bound<'_, PyType>>> {
+    let module = py.import("sregistry._errors")?;
+    ErrorKind::ALL
+        .iter()
+        .map(|&k| {
+            let class = module.getattr(class_of(k))?.cast_into::<PyType>()?;
+            Ok((k.name(), class))
+        })
+        .collect()
 }
 
 /// The files a `move=True` add put into the cache but could not remove from their paths
@@ -183,7 +129,7 @@ fn raise(py: Python<'_>, class: &str, message: String) -> PyErr {
 }
 
 fn cache_err(e: CacheError) -> PyErr {
-    Python::attach(|py| raise(py, cache_error_class(&e), cache_message(&e)))
+    Python::attach(|py| raise(py, class_of(e.kind()), cache_message(&e)))
 }
 
 /// The library's message, with the command line's flags told as the Python arguments
@@ -218,11 +164,11 @@ fn remote_err(e: RemoteError) -> PyErr {
         ),
         _ => e.to_string(),
     };
-    Python::attach(|py| raise(py, remote_error_class(&e), message))
+    Python::attach(|py| raise(py, class_of(e.kind()), message))
 }
 
 fn unit_err(e: UnitError) -> PyErr {
-    Python::attach(|py| raise(py, "InvalidInput", e.to_string()))
+    Python::attach(|py| raise(py, class_of(e.kind()), e.to_string()))
 }
 
 fn lock_err(e: LockError) -> PyErr {
@@ -370,7 +316,7 @@ fn remote_opts(
     force: bool,
 ) -> PyResult<(RemoteOptions, Option<Arc<PyProgress>>)> {
     let limits = Limits::from_env()
-        .map_err(|e| Python::attach(|py| raise(py, "InvalidInput", e.to_string())))?;
+        .map_err(|e| Python::attach(|py| raise(py, class_of(e.kind()), e.to_string())))?;
     let hook = progress.map(|callback| {
         Arc::new(PyProgress {
             callback,
@@ -957,6 +903,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(is_remote, m)?)?;
     m.add_function(wrap_pyfunction!(credentials_path, m)?)?;
     m.add_function(wrap_pyfunction!(default_name, m)?)?;
+    m.add_function(wrap_pyfunction!(_error_classes, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

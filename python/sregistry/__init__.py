@@ -14,6 +14,7 @@ Everything runs in the Rust library (``sregistry._native``); see docs/python.md.
 
 from sregistry import _errors
 from sregistry._errors import (
+    Conflict,
     Corrupt,
     Error,
     InvalidInput,

@@ -2,7 +2,7 @@
 
 Every error the library reports is an ``Error``; each message names the image or the path
 involved and says what to do. The Rust side (``sregistry._native``) picks the class by the
-kind of error (see ``python/src/lib.rs``, ``cache_error_class``).
+error's kind (``python/src/lib.rs``, ``class_of``; the table in docs/python.md).
 """
 
 
@@ -45,7 +45,13 @@ class Corrupt(Error):
     damaged index: ``Cache.verify(repair=True)`` (or ``sregistry doctor``) mends it."""
 
 
-class Pinned(Error):
+class Conflict(Error):
+    """The name or the file is not in the state the call needs: the name holds an image
+    pulled from another remote, it was re-pointed meanwhile, the file changed while it was
+    added, or the name is pinned (``Pinned``)."""
+
+
+class Pinned(Conflict):
     """The name is pinned: unpin it first (or pass ``force=True`` to re-point it)."""
 
 
@@ -83,6 +89,7 @@ __all__ = [
     "NoSuchFile",
     "LockTimeout",
     "Corrupt",
+    "Conflict",
     "Pinned",
     "RemoteError",
     "Report",

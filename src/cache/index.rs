@@ -122,7 +122,7 @@
 
 mod backend;
 mod damage;
-pub(super) mod journal;
+pub(crate) mod journal;
 mod open;
 mod read;
 mod rebuild;

@@ -70,6 +70,7 @@ mod batch;
 mod collect;
 mod commit;
 mod error;
+mod error_kind;
 mod get;
 mod health;
 mod index;
@@ -106,8 +107,10 @@ pub use batch::{AddItem, BatchName, DEFAULT_ADD_BATCH};
 pub use collect::{Snapshot, Victims};
 pub use commit::Part;
 pub use error::CacheError;
+pub use error::StoreError;
 pub use get::OpenPart;
 pub use health::Repaired;
+pub use index::journal::ReplayError;
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
     Recovered, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught, recovered_name,

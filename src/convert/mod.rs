@@ -85,6 +85,7 @@ use std::io::{self, BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use crate::error::ErrorKind;
 use crate::format::sif_write::{self, DATA_OFFSET, Object, ObjectKind, PARTITION_ALIGN};
 use crate::format::{clock, digest};
 pub use singularity::ImageConfig;
@@ -258,6 +259,26 @@ pub enum ConvertError {
         "the SIF outgrew the {room} bytes of room the filesystem had for it; `mksquashfs` was stopped"
     )]
     NoSpace { room: u64 },
+}
+
+impl ConvertError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ConvertError::MediaType { .. }
+            | ConvertError::NotTar { .. }
+            | ConvertError::Entry { .. }
+            | ConvertError::Config(_)
+            | ConvertError::Arch(_)
+            | ConvertError::Mksquashfs { .. } => ErrorKind::Unconvertible,
+            ConvertError::Changed { .. } => ErrorKind::Conflict,
+            ConvertError::Compression(_) => ErrorKind::InvalidInput,
+            ConvertError::NoMksquashfs(_) => ErrorKind::Unsupported,
+            ConvertError::LayerRead { source, .. } | ConvertError::Output { source, .. } => {
+                ErrorKind::of_io(source)
+            }
+            ConvertError::NoSpace { .. } => ErrorKind::NoSpace,
+        }
+    }
 }
 
 fn at(entry: &Option<String>) -> String {

@@ -9,6 +9,7 @@
 //! [`sha256_reader`] are the crate's one way to compute it, printed as `sha256:<64 lower-case
 //! hex>` (the form registries and OCI layouts use).
 
+use crate::error::ErrorKind;
 use std::fmt;
 use std::io::{self, Write};
 use std::path::Path;
@@ -28,6 +29,15 @@ pub enum DigestError {
     Algorithm(String),
     #[error("digest `{0}` is not 64 lower-case hex characters after `blake3:`")]
     Hex(String),
+}
+
+impl DigestError {
+    /// A digest is part of a name: [`ErrorKind::InvalidName`].
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            DigestError::Algorithm(_) | DigestError::Hex(_) => ErrorKind::InvalidName,
+        }
+    }
 }
 
 impl Digest {

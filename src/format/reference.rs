@@ -10,6 +10,7 @@
 //! * No component can be empty, `.` or `..`, and nothing outside ASCII is accepted, so a
 //!   name never becomes a filesystem path: blobs are found by digest, never by name.
 
+use crate::error::ErrorKind;
 use std::fmt;
 use std::str::FromStr;
 
@@ -50,6 +51,10 @@ impl ReferenceError {
             shown: shown(input),
             reason: reason.into(),
         }
+    }
+
+    pub fn kind(&self) -> ErrorKind {
+        ErrorKind::InvalidName
     }
 
     /// The reason alone, without the input and hint.

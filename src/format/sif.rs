@@ -17,6 +17,7 @@
 //! checked. Offsets and sizes are only validated where they are used (text content); like
 //! `siftool`, it is otherwise lenient about objects that lie outside the file.
 
+use crate::error::ErrorKind;
 use std::fmt;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::Path;
@@ -184,6 +185,17 @@ pub enum SifError {
     Malformed(String),
     #[error(transparent)]
     Io(#[from] std::io::Error),
+}
+
+impl SifError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SifError::NotSif | SifError::Truncated(_) | SifError::Malformed(_) => {
+                ErrorKind::InvalidInput
+            }
+            SifError::Io(e) => ErrorKind::of_io(e),
+        }
+    }
 }
 
 /// Parse from any seekable reader (a File, or a Cursor over bytes for fuzzing).

@@ -7,6 +7,8 @@
 //! Durations: one or more number-unit pairs, units `s`, `m`, `h`, `d`, `w`
 //! (`90d`, `1d12h`, `30m`); a bare number is seconds.
 
+use crate::error::ErrorKind;
+
 /// Why a size or duration did not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum UnitError {
@@ -14,6 +16,14 @@ pub enum UnitError {
     Size(String),
     #[error("duration `{0}` is not understood (examples: 90d, 12h, 1d12h, 30m)")]
     Duration(String),
+}
+
+impl UnitError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            UnitError::Size(_) | UnitError::Duration(_) => ErrorKind::InvalidInput,
+        }
+    }
 }
 
 /// A size for people, in binary units as `du -h` prints them: `1.50 GiB`.

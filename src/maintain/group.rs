@@ -19,6 +19,8 @@ use std::fs;
 use std::io;
 use std::process::{Command, Stdio};
 
+use crate::error::ErrorKind;
+
 /// A resolved group.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Group {
@@ -39,6 +41,16 @@ pub enum GroupError {
         "cannot look up group `{name}`: it is not in `/etc/group`, and `getent group {name}` {detail}; give the group's number instead"
     )]
     Getent { name: String, detail: String },
+}
+
+impl GroupError {
+    /// A group that does not exist is a bad argument; a lookup that failed is I/O.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            GroupError::NotFound(_) | GroupError::Invalid(..) => ErrorKind::InvalidInput,
+            GroupError::Getent { .. } => ErrorKind::Io,
+        }
+    }
 }
 
 /// The group `spec` names: a number (a gid, taken without any lookup) or a name.

@@ -45,6 +45,7 @@ use serde::Serialize;
 
 use crate::cache::Cache;
 use crate::cache::{Settings, SettingsError};
+use crate::error::ErrorKind;
 use crate::maintain::group;
 
 /// Entries a directory may hold and still count as empty: what a fresh filesystem's root
@@ -87,6 +88,20 @@ fn chown_hint(e: &io::Error) -> &'static str {
         " (you must own the files and be a member of the group, or be root)"
     } else {
         ""
+    }
+}
+
+impl SharedError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            SharedError::NotACache(_) | SharedError::HardLinked(_) => ErrorKind::Conflict,
+            SharedError::NotADirectory(_) => ErrorKind::Unsupported,
+            SharedError::Settings(e) => e.kind(),
+            SharedError::NotAMember { .. } | SharedError::NotOwner { .. } => {
+                ErrorKind::PermissionDenied
+            }
+            SharedError::Io { source, .. } => ErrorKind::of_io(source),
+        }
     }
 }
 

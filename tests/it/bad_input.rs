@@ -87,7 +87,8 @@ fn unknown_names_exit_three() {
     assert_eq!(env.snapshot(), before);
 }
 
-/// Files that are not regular, non-empty, readable files are refused up front.
+/// Files that are not regular, non-empty files are refused up front, as bad arguments
+/// (exit 2, as Python's `InvalidInput`: they exited 1 while Python said "bad input").
 #[test]
 fn add_refuses_what_is_not_an_image_file() {
     let env = seeded();
@@ -111,7 +112,7 @@ fn add_refuses_what_is_not_an_image_file() {
     for (path, needle) in cases {
         assert_fails(
             env.cmd().arg("add").arg(&path).args(["--name", "x"]),
-            1,
+            2,
             needle,
         );
     }
@@ -142,7 +143,7 @@ fn add_of_an_unreadable_file_fails_cleanly() {
     }
 }
 
-/// --move of a symlink would move the link, not the image: refused.
+/// --move of a symlink would move the link, not the image: refused as a bad argument.
 #[test]
 fn add_move_refuses_a_symlink() {
     let env = seeded();
@@ -155,7 +156,7 @@ fn add_move_refuses_a_symlink() {
             .arg("add")
             .arg(&link)
             .args(["--name", "x", "--move"]),
-        1,
+        2,
         "symbolic link",
     );
     assert_eq!(env.snapshot(), before);

@@ -9,6 +9,7 @@ mod convert;
 mod crash;
 mod credentials;
 mod docker;
+mod error_kinds;
 mod forget_nothing;
 mod gc;
 mod images;

@@ -250,7 +250,7 @@ fn unknown_remote_tag_exits_three_and_plain_http_elsewhere_is_refused() {
     );
     assert_fails(
         env.cmd().args(["pull", "http://example.org/x.sif"]),
-        1,
+        2,
         "plain HTTP",
     );
     assert_fails(

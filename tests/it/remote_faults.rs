@@ -1162,12 +1162,12 @@ fn a_redirect_to_plain_http_elsewhere_is_refused() {
     let env = Env::new();
     assert_fails(
         env.cmd().args(["pull", &oras(&server, kind)]),
-        1,
+        2,
         "plain HTTP to `blobs.invalid` is refused",
     );
     assert_fails(
         env.cmd().args(["pull", &files.url(FILE)]),
-        1,
+        2,
         "plain HTTP to `files.invalid` is refused",
     );
     assert_eq!(
@@ -1193,7 +1193,7 @@ fn an_upload_location_on_plain_http_elsewhere_is_refused() {
     let remote = format!("oras://{}/lab/tool:1", server.addr);
     assert_fails(
         env.cmd().args(["push", "lab/tool:1", &remote]),
-        1,
+        2,
         "plain HTTP to `uploads.invalid` is refused",
     );
     assert!(
@@ -1216,7 +1216,7 @@ fn credentials_in_a_url_are_never_shown_and_never_pass_for_the_host() {
             "pull",
             &format!("http://localhost:{SECRET}@files.invalid/x.sif"),
         ]),
-        1,
+        2,
         "plain HTTP to `files.invalid` is refused",
     );
     assert!(!err.contains(SECRET), "{err}");

@@ -156,7 +156,7 @@ pub(crate) struct Tail {
 
 /// Journal failures other than I/O.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ReplayError {
+pub enum ReplayError {
     #[error("`{path}` does not exist")]
     Missing { path: PathBuf },
     #[error("`{path}` does not start with a snapshot line (line 1 is damaged or missing)")]

@@ -7,7 +7,6 @@ use anyhow::{Context, Result};
 
 use super::output;
 use crate::cli::InitArgs;
-use crate::cli::exit::UsageError;
 use sregistry::cache::Cache;
 use sregistry::cache::Settings;
 use sregistry::cache::lock::LockOptions;
@@ -25,11 +24,8 @@ pub fn run(
     let want = match (&args.group, args.shared) {
         (Some(g), true) => {
             // A group that does not exist is a bad argument (exit 2); a lookup that
-            // could not be made is an error (exit 1).
-            let g = group::resolve(g).map_err(|e| match e {
-                group::GroupError::Getent { .. } => anyhow::Error::new(e),
-                _ => UsageError(e.to_string()).into(),
-            })?;
+            // could not be made is an error (exit 1): `GroupError::kind`.
+            let g = group::resolve(g)?;
             Settings::shared(&g.name, g.gid)
         }
         _ => Settings::default(),

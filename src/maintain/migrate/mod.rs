@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::cache::{AddItem, AddOptions, Cache, CacheError, Entry, NotRemoved};
+use crate::error::ErrorKind;
 use crate::format::digest;
 use crate::format::reference::Reference;
 pub use names::{Target, target};
@@ -72,9 +73,12 @@ pub enum MigrateError {
 }
 
 impl MigrateError {
-    /// True when the old database does not exist (exit code 3).
-    pub fn is_not_found(&self) -> bool {
-        matches!(self, MigrateError::OldDb(OldDbError::Missing { .. }))
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            MigrateError::OldDb(e) => e.kind(),
+            MigrateError::NoDefault => ErrorKind::Unsupported,
+            MigrateError::Cache(e) => e.kind(),
+        }
     }
 }
 

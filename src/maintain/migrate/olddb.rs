@@ -29,6 +29,8 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 use serde::Serialize;
 
+use crate::error::ErrorKind;
+
 /// File name of the old client's database, in its directory.
 pub const DB_FILE: &str = "sregistry.db";
 
@@ -86,6 +88,17 @@ pub enum OldDbError {
         "the old sregistry database `{path}` has an unfinished transaction in `{journal}` (the old client was interrupted in the middle of a write), and migrate opens it read-only, so it cannot roll it back: as the database's owner, roll it back by opening it once (`sqlite3 {path} 'PRAGMA integrity_check'`, or any command of the old client, such as `sregistry images`), then run migrate again"
     )]
     HotJournal { path: PathBuf, journal: PathBuf },
+}
+
+impl OldDbError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            OldDbError::Missing { .. } => ErrorKind::NotFound,
+            OldDbError::Unreadable { .. } => ErrorKind::Io,
+            OldDbError::NotSregistry { .. } => ErrorKind::Unsupported,
+            OldDbError::HotJournal { .. } => ErrorKind::Conflict,
+        }
+    }
 }
 
 /// Every container row of the database at `path`, by id.
