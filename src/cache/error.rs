@@ -11,9 +11,12 @@ use std::time::Duration;
 
 use super::CACHE_ENV;
 use super::index::{SCHEMA_VERSION, VERSION};
-use super::lock::{KIND_ENV, TIMEOUT_ENV};
 use super::settings::SettingsError;
 use crate::format::digest::Digest;
+
+/// The settings the lock messages name (`cache::lock` takes its constants from the same place).
+const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.name;
+const KIND_ENV: &str = crate::settings::LOCK.name;
 
 /// Cache failures. Each names the image or path involved and says what to do.
 #[derive(Debug, thiserror::Error)]

@@ -94,3 +94,8 @@ pub(super) fn guarded<T>(
         Err(damaged(path))
     })
 }
+
+/// The `map_err` of a redb storage error met reading or writing `path`.
+pub(super) fn dberr(path: &Path) -> impl Fn(redb::StorageError) -> IndexError + '_ {
+    move |e| from_redb(path, e.into())
+}

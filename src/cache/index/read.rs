@@ -15,8 +15,8 @@ use redb::{
 };
 use serde::Serialize;
 
-use super::damage::{caught, from_redb, guarded};
-use super::schema::{ABOUT, BLOBS, LAST_USE, Levels, META, PINS, REFS, levels_in};
+use super::damage::{caught, dberr, from_redb, guarded};
+use super::schema::{ABOUT, BLOBS, LAST_USE, Levels, META, PINS, REFS, get_u64_in, levels_in};
 use super::{BlobRecord, IndexError, RefRecord, decode_blob, decode_ref};
 use crate::cache::lock::LockGuard;
 use crate::format::digest::Digest;
@@ -48,10 +48,6 @@ impl Drop for IndexReader {
         let (txn, db) = (self.txn.take(), self._db.take());
         caught(move || drop((txn, db)));
     }
-}
-
-pub(super) fn dberr(path: &Path) -> impl Fn(redb::StorageError) -> IndexError + '_ {
-    move |e| from_redb(path, e.into())
 }
 
 pub(super) fn corrupt(path: &Path, key: &str, e: impl std::fmt::Display) -> IndexError {
@@ -92,14 +88,6 @@ pub(super) fn get_blob_in(
     path: &Path,
 ) -> Result<Option<BlobRecord>, IndexError> {
     get_record_in(t, hex, path, decode_blob)
-}
-
-pub(super) fn get_u64_in(
-    t: &impl ReadableTable<&'static str, u64>,
-    key: &str,
-    path: &Path,
-) -> Result<Option<u64>, IndexError> {
-    Ok(t.get(key).map_err(dberr(path))?.map(|v| v.value()))
 }
 
 /// Every name with its blob record, last use and pin, from open tables.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 use super::damage::{from_redb, guarded};
-use super::read::get_u64_in;
+use super::schema::get_u64_in;
 use super::schema::{BLOB_REFS, BLOBS, LAST_USE, META, PINS, REFS, encode};
 use super::{BlobRecord, Index, IndexError, RefRecord, journal};
 use crate::cache::lock::{self, Mode};

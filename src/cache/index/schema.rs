@@ -13,7 +13,7 @@ use redb::{MultimapTableDefinition, ReadableTable, TableDefinition, WriteTransac
 use serde::{Deserialize, Serialize};
 
 use super::IndexError;
-use super::read::{dberr, get_u64_in};
+use super::damage::dberr;
 use crate::format::digest::Digest;
 
 pub(super) const REFS: TableDefinition<&str, &[u8]> = TableDefinition::new("refs");
@@ -178,6 +178,15 @@ pub(super) struct Levels {
     pub(super) read: u64,
     pub(super) write: u64,
     pub(super) by: String,
+}
+
+/// One `u64` of a table such as `meta`, if it is there.
+pub(super) fn get_u64_in(
+    t: &impl ReadableTable<&'static str, u64>,
+    key: &str,
+    path: &Path,
+) -> Result<Option<u64>, IndexError> {
+    Ok(t.get(key).map_err(dberr(path))?.map(|v| v.value()))
 }
 
 pub(super) fn levels_in(

@@ -5,7 +5,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use super::journal::{Line, Op};
-use super::read::get_u64_in;
+use super::schema::get_u64_in;
 use super::schema::{ABOUT, COMPACT_MIN, META, compat_of};
 use super::*;
 use crate::cache::lock::{self, LockError, LockOptions};
@@ -16,18 +16,26 @@ fn locked_inodes() -> Vec<u64> {
     locks().into_iter().map(|(ino, _)| ino).collect()
 }
 
-/// Every lock in /proc/locks: the inode and the first byte locked.
+/// Every lock in /proc/locks: the inode and the first byte locked. The file is read
+/// three times and the answers joined: the kernel produces it a page at a time, and an
+/// entry can be skipped when other processes take and drop locks meanwhile (seen on a
+/// loaded machine), which would make a held lock look free.
 fn locks() -> Vec<(u64, u64)> {
-    std::fs::read_to_string("/proc/locks")
-        .unwrap()
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let at = f.iter().position(|w| w.matches(':').count() == 2)?;
-            let ino = f[at].rsplit(':').next()?.parse().ok()?;
-            Some((ino, f.get(at + 1)?.parse().ok()?))
-        })
-        .collect()
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..3 {
+        seen.extend(
+            std::fs::read_to_string("/proc/locks")
+                .unwrap()
+                .lines()
+                .filter_map(|l| {
+                    let f: Vec<&str> = l.split_whitespace().collect();
+                    let at = f.iter().position(|w| w.matches(':').count() == 2)?;
+                    let ino = f[at].rsplit(':').next()?.parse().ok()?;
+                    Some((ino, f.get(at + 1)?.parse::<u64>().ok()?))
+                }),
+        );
+    }
+    seen.into_iter().collect()
 }
 
 /// An index in a new temporary cache (keep the directory alive while it is used).

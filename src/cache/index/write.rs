@@ -13,10 +13,12 @@ use std::path::PathBuf;
 
 use redb::{Database, ReadableMultimapTable, ReadableTable, TableDefinition, WriteTransaction};
 
+use super::damage::dberr;
 use super::damage::{caught, from_redb, guarded};
 use super::journal::{self, Line, Op, State};
 use super::open::{FencedFile, fence_journal};
-use super::read::{all_in, blobs_in, corrupt, dberr, get_blob_in, get_ref_in, get_u64_in};
+use super::read::{all_in, blobs_in, corrupt, get_blob_in, get_ref_in};
+use super::schema::get_u64_in;
 use super::schema::{
     ABOUT, BLOB_REFS, BLOBS, COMPACT_MIN, COMPACT_RATIO, LAST_USE, META, MIGRATIONS, PINS, REFS,
     encode, levels_in, stamp_schema,
