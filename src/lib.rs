@@ -23,6 +23,8 @@
 //!   lock files are private to it.
 //! * [`remote`] pulls and pushes through the cache's ingest; [`maintain`] runs gc,
 //!   verify, doctor, the shared-cache set-up and migrate through the cache's API.
+//! * [`error`] is a leaf: every public error type answers `kind()` with an [`ErrorKind`],
+//!   which the command line maps to its exit code and the Python package to its class.
 //!
 //! The binary (`src/main.rs`, `src/cli/`, behind the default `cli` feature) parses
 //! arguments, prints, and maps errors to exit codes. `docs/architecture.md` says what each

@@ -2,8 +2,10 @@
 //! [`IndexError`] (the index), [`LockError`] (lock files) and [`StoreError`] (the blob
 //! store). Each message names the file or image involved and says what to do.
 //!
-//! Definitions only: the modules that raise them re-export them where they were
-//! (`cache::lock::LockError`, `cache::IndexError`, ...).
+//! Definitions, and each type's [`ErrorKind`] (one exhaustive match; a wrapping variant
+//! answers its inner error's kind), from which the command line's exit codes and the
+//! Python classes are mapped (see [`crate::error`]). The modules that raise them
+//! re-export them where they were (`cache::lock::LockError`, `cache::IndexError`, ...).
 
 use std::io;
 use std::path::PathBuf;
@@ -12,6 +14,7 @@ use std::time::Duration;
 use super::CACHE_ENV;
 use super::index::{SCHEMA_VERSION, VERSION};
 use super::settings::SettingsError;
+use crate::error::ErrorKind;
 use crate::format::digest::Digest;
 
 /// The settings the lock messages name (`cache::lock` takes its constants from the same place).
@@ -121,35 +124,42 @@ pub enum CacheError {
 }
 
 impl CacheError {
+    /// What went wrong, for the front ends' exit codes and exception classes.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            CacheError::NotFound { .. }
+            | CacheError::DigestNotFound { .. }
+            | CacheError::DigestMismatch { .. } => ErrorKind::NotFound,
+            // The index and the store disagree: `verify` finds it; the CLI's exit code 1.
+            CacheError::BlobMissing { .. } => ErrorKind::Damaged,
+            // Content found not to match what the index records: exit code 4.
+            CacheError::Quarantined { .. }
+            | CacheError::WrongSize { .. }
+            | CacheError::Corrupt { .. } => ErrorKind::Corrupt,
+            CacheError::Pinned { .. } | CacheError::PinnedRepoint { .. } => ErrorKind::Pinned,
+            CacheError::DigestOnTarget { .. } => ErrorKind::InvalidName,
+            CacheError::Open { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
+                ErrorKind::NoSuchFile
+            }
+            CacheError::Open { source, .. }
+            | CacheError::Layout { source, .. }
+            | CacheError::Remove { source, .. } => ErrorKind::of_io(source),
+            CacheError::NotAFile { .. }
+            | CacheError::Empty { .. }
+            | CacheError::MoveSymlink { .. }
+            | CacheError::MoveFromCache { .. } => ErrorKind::InvalidInput,
+            CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
+            CacheError::Stopped { .. } => ErrorKind::Stopped,
+            CacheError::Reentered { .. } => ErrorKind::Reentered,
+            CacheError::Settings(e) => e.kind(),
+            CacheError::Store(e) => e.kind(),
+            CacheError::Index(e) => e.kind(),
+        }
+    }
+
     /// True for errors that mean "no such image" (exit code 3).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            CacheError::NotFound { .. }
-                | CacheError::DigestNotFound { .. }
-                | CacheError::DigestMismatch { .. }
-        )
-    }
-
-    /// True for a request that can never succeed as given (exit code 2): a reference with
-    /// a digest where a name is written, a `--move` from inside the cache.
-    pub fn is_usage(&self) -> bool {
-        matches!(
-            self,
-            CacheError::DigestOnTarget { .. }
-                | CacheError::MoveFromCache { .. }
-                | CacheError::Reentered { .. }
-        )
-    }
-
-    /// True for content that failed verification (exit code 4).
-    pub fn is_verify_problem(&self) -> bool {
-        matches!(
-            self,
-            CacheError::Corrupt { .. }
-                | CacheError::Quarantined { .. }
-                | CacheError::WrongSize { .. }
-        )
+        self.kind() == ErrorKind::NotFound
     }
 }
 
@@ -227,6 +237,26 @@ impl IndexError {
     }
 }
 
+impl IndexError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            IndexError::Lock(e) => e.kind(),
+            // A damaged (or missing) index: `sregistry doctor --repair-index` rebuilds it.
+            IndexError::Corrupt { .. }
+            | IndexError::Damaged { .. }
+            | IndexError::BehindJournal { .. }
+            | IndexError::Missing { .. }
+            | IndexError::Rebuild { .. } => ErrorKind::Damaged,
+            IndexError::Db { .. } => ErrorKind::Io,
+            IndexError::NoSpace { .. } => ErrorKind::NoSpace,
+            IndexError::Refused { source, .. } | IndexError::Journal { source, .. } => {
+                ErrorKind::of_io(source)
+            }
+            IndexError::NeedsNewer { .. } => ErrorKind::Unsupported,
+        }
+    }
+}
+
 /// Lock failures, each naming the lock file.
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
@@ -242,6 +272,18 @@ pub enum LockError {
     Lock { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Setting(#[from] crate::settings::SettingError),
+}
+
+impl LockError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            LockError::Timeout { .. } => ErrorKind::LockTimeout,
+            LockError::Open { source, .. } | LockError::Lock { source, .. } => {
+                ErrorKind::of_io(source)
+            }
+            LockError::Setting(e) => e.kind(),
+        }
+    }
 }
 
 /// Store failures, each naming the file involved.
@@ -265,6 +307,19 @@ pub enum StoreError {
     NoLink { path: PathBuf },
     #[error("the add of `{path}` was stopped by its progress receiver; nothing was stored")]
     Stopped { path: PathBuf },
+}
+
+impl StoreError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            StoreError::Read { source, .. } | StoreError::Write { source, .. } => {
+                ErrorKind::of_io(source)
+            }
+            StoreError::Changed { .. } => ErrorKind::Conflict,
+            StoreError::CrossDevice { .. } | StoreError::NoLink { .. } => ErrorKind::Unsupported,
+            StoreError::Stopped { .. } => ErrorKind::Stopped,
+        }
+    }
 }
 
 fn space_hint(e: &io::Error) -> &'static str {

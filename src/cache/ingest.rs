@@ -108,6 +108,12 @@ pub struct IngestError {
     pub source: io::Error,
 }
 
+impl IngestError {
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::of_io(&self.source)
+    }
+}
+
 fn stopped() -> io::Error {
     io::Error::other("the hashing thread stopped")
 }

@@ -70,7 +70,6 @@ mod batch;
 mod collect;
 mod commit;
 mod error;
-mod error_kind;
 mod get;
 mod health;
 mod index;

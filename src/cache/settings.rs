@@ -55,6 +55,13 @@ pub struct SettingsError {
     pub detail: String,
 }
 
+impl SettingsError {
+    /// The cache's settings file cannot be read or does not parse.
+    pub fn kind(&self) -> crate::error::ErrorKind {
+        crate::error::ErrorKind::Io
+    }
+}
+
 impl Settings {
     /// Settings of a shared cache for group `gid`.
     pub fn shared(group: &str, gid: u32) -> Settings {

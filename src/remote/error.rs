@@ -1,10 +1,12 @@
 //! [`RemoteError`]: why a remote operation failed, one variant per cause, with the
-//! message each one prints. Moved here from `remote/mod.rs` unchanged; `crate::remote::
-//! RemoteError` still names it.
+//! message each one prints, and its [`ErrorKind`], from which the command line's exit codes
+//! and the Python classes are mapped (see [`crate::error`]). `crate::remote::RemoteError`
+//! names it.
 
 use std::path::PathBuf;
 
 use crate::cache::CacheError;
+use crate::error::ErrorKind;
 use crate::format::reference::ReferenceError;
 
 /// Why a string is not a remote reference, or cannot be used.
@@ -217,12 +219,60 @@ pub enum RemoteError {
 }
 
 impl RemoteError {
+    /// What went wrong, for the front ends' exit codes and exception classes: one
+    /// exhaustive match, [`RemoteError::Cache`], [`RemoteError::Reference`] and
+    /// [`RemoteError::Setting`] answering their inner error's kind.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            RemoteError::BadRef { .. } => ErrorKind::InvalidName,
+            RemoteError::Reference(e) => e.kind(),
+            RemoteError::Cache(e) => e.kind(),
+            RemoteError::Setting(e) => e.kind(),
+            RemoteError::Insecure { .. } => ErrorKind::Insecure,
+            RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. } => ErrorKind::NotFound,
+            RemoteError::BadEndpoint { .. }
+            | RemoteError::CertPath { .. }
+            | RemoteError::BadLogin { .. }
+            | RemoteError::ExportTarget { .. }
+            | RemoteError::ExportTag { .. } => ErrorKind::InvalidInput,
+            RemoteError::Unauthorized { .. }
+            | RemoteError::Denied { .. }
+            | RemoteError::Credentials { .. } => ErrorKind::RemoteRefused,
+            RemoteError::Status {
+                status: 401 | 403, ..
+            } => ErrorKind::RemoteRefused,
+            RemoteError::Network { .. }
+            | RemoteError::ClientSetup { .. }
+            | RemoteError::Tls { .. }
+            | RemoteError::Status { .. }
+            | RemoteError::TooLong { .. }
+            | RemoteError::TooLarge { .. }
+            | RemoteError::Empty { .. }
+            | RemoteError::Stalled { .. }
+            | RemoteError::FailedElsewhere { .. }
+            | RemoteError::BrokeOff { .. }
+            | RemoteError::Truncated { .. }
+            | RemoteError::NotSif { .. }
+            | RemoteError::Protocol { .. }
+            | RemoteError::S3 { .. } => ErrorKind::RemoteFailed,
+            // What came was not what was asked for; nothing was stored.
+            RemoteError::DigestMismatch { .. } => ErrorKind::Damaged,
+            RemoteError::NameTaken { .. } | RemoteError::Repointed { .. } => ErrorKind::Conflict,
+            RemoteError::Convert { .. } | RemoteError::Export { .. } => ErrorKind::Unconvertible,
+            RemoteError::NoSpace { .. } | RemoteError::NoSpaceConverting { .. } => {
+                ErrorKind::NoSpace
+            }
+            RemoteError::Io { source, .. } | RemoteError::ExportIo { source, .. } => {
+                ErrorKind::of_io(source)
+            }
+            RemoteError::Stopped { .. } => ErrorKind::Stopped,
+            RemoteError::Panicked { .. } => ErrorKind::Internal,
+        }
+    }
+
     /// Errors that mean "no such image" (exit code 3).
     pub fn is_not_found(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::NotFound { .. } | RemoteError::NoSuchBucket { .. }
-        ) || matches!(self, RemoteError::Cache(c) if c.is_not_found())
+        self.kind() == ErrorKind::NotFound
     }
 
     /// Errors about the credentials this process used, or their absence: the remote
@@ -247,19 +297,14 @@ impl RemoteError {
         }
     }
 
-    /// Errors about what the user typed (exit code 2).
+    /// Errors about what the user typed or set: a name, a reference, an endpoint, a
+    /// setting, a login ([`ErrorKind::InvalidName`], [`ErrorKind::InvalidInput`]). Not
+    /// plain HTTP ([`ErrorKind::Insecure`]), which a remote's redirect can cause too.
     pub fn is_usage(&self) -> bool {
         matches!(
-            self,
-            RemoteError::BadRef { .. }
-                | RemoteError::BadEndpoint { .. }
-                | RemoteError::Reference(_)
-                | RemoteError::Setting(_)
-                | RemoteError::CertPath { .. }
-                | RemoteError::BadLogin { .. }
-                | RemoteError::ExportTarget { .. }
-                | RemoteError::ExportTag { .. }
-        ) || matches!(self, RemoteError::Cache(c) if c.is_usage())
+            self.kind(),
+            ErrorKind::InvalidName | ErrorKind::InvalidInput
+        )
     }
 }
 

@@ -51,7 +51,6 @@
 pub mod auth;
 pub mod docker;
 mod error;
-mod error_kind;
 mod http;
 pub mod oci;
 pub mod oci_layout;

@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{BlobRecord, RefRecord};
+use crate::error::ErrorKind;
 use crate::format::digest::Digest;
 
 /// The journal format this build writes and reads.
@@ -167,6 +168,16 @@ pub enum ReplayError {
     Newer { path: PathBuf, format: u32 },
     #[error("cannot read `{path}`: {source}")]
     Io { path: PathBuf, source: io::Error },
+}
+
+impl ReplayError {
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            ReplayError::Missing { .. } | ReplayError::NoSnapshot { .. } => ErrorKind::Damaged,
+            ReplayError::Newer { .. } => ErrorKind::Unsupported,
+            ReplayError::Io { source, .. } => ErrorKind::of_io(source),
+        }
+    }
 }
 
 /// Replay the journal at `path` from its snapshot.
