@@ -204,7 +204,7 @@ impl Cache {
     }
 
     /// A handle on the cache at `root`, with the settings recorded in it (see
-    /// [`crate::cache::settings`]). Changes nothing on disk; writing operations create the
+    /// `cache::settings`). Changes nothing on disk; writing operations create the
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);
