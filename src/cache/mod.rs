@@ -113,7 +113,8 @@ pub use health::Repaired;
 pub use index::journal::ReplayError;
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
-    Recovered, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught, recovered_name,
+    Recovered, RefRecord, Retired, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
+    recovered_name,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
