@@ -136,10 +136,10 @@ pub(super) use read::IndexReader;
 pub use read::{IndexStats, Named};
 pub(super) use rebuild::OnDisk;
 pub use rebuild::{JournalStatus, Rebuilt, Recovered, recovered_name};
+pub(super) use schema::VERSION;
 pub use schema::{
-    BlobRecord, LAST_USE_RESOLUTION, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref,
+    BlobRecord, LAST_USE_RESOLUTION, RefRecord, Retired, SCHEMA_VERSION, decode_blob, decode_ref,
 };
-pub(super) use schema::{Retired, VERSION};
 pub(super) use write::IndexWriter;
 
 #[cfg(test)]

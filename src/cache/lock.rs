@@ -35,7 +35,7 @@
 //! descriptor of the description closes. Unlocked explicitly, the lock is gone when the
 //! guard drops, whatever children hold a copy. Every descriptor that carries a lock (the
 //! lock file, the twin a waiting thread uses, a fenced file) is registered with
-//! [`crate::fork`] from before it is locked until after it is unlocked, so that a child
+//! `crate::fork` from before it is locked until after it is unlocked, so that a child
 //! closes its copy at once (without unlocking it, which would release the parent's lock):
 //! a parent that dies leaves no lock behind in its children.
 
@@ -167,7 +167,7 @@ impl LockGuard {
 /// The lock files held by calls that wait for this thread to return: this thread runs a
 /// callback (a progress hook) on their behalf. A lock of this process on another
 /// descriptor excludes this one like another process's would, so taking one of these
-/// here would wait for the caller that waits for us: see [`held_by_caller`].
+/// here would wait for the caller that waits for us: see `held_by_caller`.
 ///
 /// Set around each hook call by whoever holds the lock ([`Reentry::enter`]); the chain
 /// carries over to calls nested deeper (a hook that pulls another remote, whose hook

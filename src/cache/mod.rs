@@ -112,7 +112,8 @@ pub use health::Repaired;
 pub use index::journal::ReplayError;
 pub use index::{
     BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
-    Recovered, RefRecord, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught, recovered_name,
+    Recovered, RefRecord, Retired, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
+    recovered_name,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
@@ -203,7 +204,7 @@ impl Cache {
     }
 
     /// A handle on the cache at `root`, with the settings recorded in it (see
-    /// [`crate::cache::settings`]). Changes nothing on disk; writing operations create the
+    /// `cache::settings`). Changes nothing on disk; writing operations create the
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);

@@ -7,7 +7,7 @@
 //! 2. Without any lock: re-hash the blobs in parallel, memory-mapped (large files with
 //!    BLAKE3's multi-threaded hasher one after another, small ones on one thread each),
 //!    and compare with their names and recorded sizes.
-//! 3. Under the shared index lock: look at each finding again ([`still_wrong`]) and keep
+//! 3. Under the shared index lock: look at each finding again (`still_wrong`) and keep
 //!    only what is still wrong, so that an `add`, `rm` or gc running meanwhile is never
 //!    reported as a problem (its blob placed before its name, a blob removed while it was
 //!    being hashed, gc's own `tmp/delete-*` files).

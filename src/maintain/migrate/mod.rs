@@ -3,10 +3,10 @@
 //!
 //! # What it promises
 //!
-//! * The old database is opened read-only and never written ([`olddb`]); without
+//! * The old database is opened read-only and never written (`olddb`); without
 //!   `move_files` the old image files are only read.
 //! * Every `container` row whose file exists is imported under `collection/name:tag`
-//!   (normalised where ours refuses the old name, see [`names`]), with its facts as
+//!   (normalised where ours refuses the old name, see `names`), with its facts as
 //!   labels: [`LABEL_VERSION`], [`LABEL_URL`], [`LABEL_URI`], [`LABEL_METRICS`],
 //!   [`LABEL_ROW`], [`LABEL_CREATED`] (a NULL column gives no label).
 //! * A row whose `collection` row is gone takes its collection from its `uri` (the report
