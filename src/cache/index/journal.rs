@@ -265,6 +265,12 @@ pub(crate) fn tail(path: &Path) -> io::Result<Option<Tail>> {
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
     };
+    tail_of(&f)
+}
+
+/// [`tail`] through a descriptor already open for reading (a writer's fenced one, from
+/// [`open_for_append`]), so that a write reads the journal without opening it again.
+pub(crate) fn tail_of(f: &std::fs::File) -> io::Result<Option<Tail>> {
     let len = f.metadata()?.len();
     if len == 0 {
         return Ok(None);
@@ -318,9 +324,10 @@ pub fn append(path: &Path, line: &Line, torn: bool) -> io::Result<()> {
     append_to(&open_for_append(path)?, line, torn)
 }
 
-/// Open the journal for appending (a writer fences this descriptor: see `lock::fence`).
+/// Open the journal for appending (a writer fences this descriptor: see `lock::fence`),
+/// and for reading its tail ([`tail_of`]).
 pub(crate) fn open_for_append(path: &Path) -> io::Result<std::fs::File> {
-    OpenOptions::new().append(true).open(path)
+    OpenOptions::new().read(true).append(true).open(path)
 }
 
 /// [`append`] through a descriptor from [`open_for_append`].

@@ -139,20 +139,24 @@ impl Index {
         let mut repaired = false;
         loop {
             let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
-            if !self.db_path.exists() {
-                if let Some(e) = self.refuse_missing() {
-                    return Err(e);
+            // The open says whether there is an index: no look at the path first.
+            let backend = match UnderOurLock::open(&self.db_path, false) {
+                Err(redb::StorageError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                    if let Some(e) = self.refuse_missing() {
+                        return Err(e);
+                    }
+                    return Ok(IndexReader {
+                        txn: None,
+                        _db: None,
+                        _lock: Some(guard),
+                        path: self.db_path.clone(),
+                        poisoned: Cell::new(false),
+                    });
                 }
-                return Ok(IndexReader {
-                    txn: None,
-                    _db: None,
-                    _lock: Some(guard),
-                    path: self.db_path.clone(),
-                    poisoned: Cell::new(false),
-                });
-            }
+                opened => opened,
+            };
             let poisoned = Cell::new(false);
-            match self.open_read_only(poisoned)? {
+            match self.open_read_only_with(poisoned, backend)? {
                 Ok(mut reader) => {
                     reader._lock = Some(guard);
                     reader.check_schema()?;
@@ -208,26 +212,33 @@ impl Index {
 
     /// `index.redb` opened read-write and fenced (`lock::fence`).
     fn open_db_fenced(&self) -> Result<FencedFile, IndexError> {
-        let (file, registration) = crate::fork::open(|| {
+        self.open_db_fenced_if_there()?.ok_or_else(|| {
+            self.db_err()(redb::StorageError::Io(std::io::ErrorKind::NotFound.into()).into())
+        })
+    }
+
+    /// [`Index::open_db_fenced`], or `None` when there is no `index.redb` (the open says
+    /// so: no look at the path first).
+    fn open_db_fenced_if_there(&self) -> Result<Option<FencedFile>, IndexError> {
+        let (file, registration) = match crate::fork::open(|| {
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&self.db_path)
-        })
-        .map_err(|e| self.db_err()(redb::StorageError::Io(e).into()))?;
+        }) {
+            Ok(opened) => opened,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(self.db_err()(redb::StorageError::Io(e).into())),
+        };
         let fence = lock::fence(&file, registration, &self.db_path, &self.lock_opts)?;
-        Ok((fence, file))
+        Ok(Some((fence, file)))
     }
 
     /// Fence the index and its journal for a writer that has just taken the exclusive
     /// lock, before it reads anything of them (see `lock::fence`): a file that does not
     /// exist yet is fenced when it is made.
     pub(super) fn fence(&self) -> Result<Fenced, IndexError> {
-        let db = if self.db_path.exists() {
-            Some(self.open_db_fenced()?)
-        } else {
-            None
-        };
+        let db = self.open_db_fenced_if_there()?;
         let journal = fence_journal(&self.journal_path, &self.lock_opts)?;
         Ok(Fenced { db, journal })
     }
@@ -318,8 +329,8 @@ impl Index {
     /// Refuse to write an index whose `write_compat` is above this build's before the
     /// read-write open, which would rewrite its header: a refused writer leaves the file
     /// byte for byte as it was. (The caller holds the exclusive lock.)
-    fn check_writable_before_open(&self) -> Result<(), IndexError> {
-        self.view_before_write().map(drop)
+    fn check_writable_before_open(&self, fenced: &Fenced) -> Result<(), IndexError> {
+        self.view_before_write(fenced).map(drop)
     }
 
     /// Open the index read-only and begin a read, as a reader without a lock of its own
@@ -329,8 +340,18 @@ impl Index {
         &self,
         poisoned: Cell<bool>,
     ) -> Result<Result<IndexReader, redb::DatabaseError>, IndexError> {
+        self.open_read_only_with(poisoned, UnderOurLock::open(&self.db_path, false))
+    }
+
+    /// [`Index::open_read_only`] on a backend the caller opened (on a descriptor it
+    /// already has, or by path).
+    fn open_read_only_with(
+        &self,
+        poisoned: Cell<bool>,
+        backend: Result<UnderOurLock, redb::StorageError>,
+    ) -> Result<Result<IndexReader, redb::DatabaseError>, IndexError> {
         let opened = guarded(&poisoned, &self.db_path, || {
-            Ok(UnderOurLock::open(&self.db_path, false)
+            Ok(backend
                 .map_err(redb::DatabaseError::Storage)
                 .and_then(|backend| {
                     redb::Builder::new()
@@ -364,11 +385,16 @@ impl Index {
     /// checking this build may change it; `None` when there is no index yet or a
     /// writer's crash left it needing the repair the read-write open does (the
     /// migration step checks the levels then).
-    fn view_before_write(&self) -> Result<Option<IndexReader>, IndexError> {
-        if !self.db_path.exists() {
+    fn view_before_write(&self, fenced: &Fenced) -> Result<Option<IndexReader>, IndexError> {
+        // Read through a second descriptor of the file the writer fenced (no open of the
+        // path again); no fenced file, no index yet.
+        let Some((_, file)) = &fenced.db else {
             return Ok(None);
-        }
-        let view = match self.open_read_only(Cell::new(false))? {
+        };
+        let backend = crate::fork::open(|| file.try_clone())
+            .map_err(redb::StorageError::Io)
+            .and_then(|(dup, registration)| UnderOurLock::open_file(dup, false, registration));
+        let view = match self.open_read_only_with(Cell::new(false), backend)? {
             Ok(view) => view,
             Err(redb::DatabaseError::RepairAborted) => return Ok(None),
             Err(e) => return Err(self.db_err()(e.into())),
@@ -391,7 +417,7 @@ impl Index {
         let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)
             .map_err(IndexError::from)?;
         let fenced = self.fence()?;
-        if let Some(view) = self.view_before_write()? {
+        if let Some(view) = self.view_before_write(&fenced)? {
             check(&view)?;
         }
         Ok(self.writer_checked(guard, fenced)?)
@@ -399,7 +425,7 @@ impl Index {
 
     pub(super) fn writer(&self, guard: LockGuard) -> Result<IndexWriter, IndexError> {
         let fenced = self.fence()?;
-        self.check_writable_before_open()?;
+        self.check_writable_before_open(&fenced)?;
         self.writer_checked(guard, fenced)
     }
 

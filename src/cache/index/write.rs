@@ -147,7 +147,13 @@ impl IndexWriter {
         let base = get_u64_in(&meta, "journal_base", &self.path)?.unwrap_or(0);
         drop(meta);
         self.seq.set(seq);
-        let tail = journal::tail(&self.journal).map_err(self.journal_err())?;
+        // Through the descriptor fenced as the lock was taken, when there is one: the
+        // journal no other writer can replace while this one holds the lock.
+        let tail = match self.journal_file.borrow().as_ref() {
+            Some((_, f)) => journal::tail_of(f),
+            None => journal::tail(&self.journal),
+        }
+        .map_err(self.journal_err())?;
         let Some(tail) = tail else {
             return self.snapshot();
         };
