@@ -1,17 +1,8 @@
 //! sregistry: a content-addressed container-image cache that a whole HPC cluster can share.
 //!
-//! Data flows in one direction, and each layer uses only those below it:
-//!
-//! ```text
-//! maintain/ (gc, verify, doctor, shared, group,     remote/ (oci, http, s3, sink)
-//!           migrate)
-//!        │                                            │
-//!        ▼                                            ▼
-//! cache/  the one door: Cache (index, store, uses, lock files: private inside)
-//!        │
-//!        ▼
-//! format/ (reference, digest, sif, units, clock)
-//! ```
+//! Data flows in one direction: format, then cache, then convert, remote and maintain,
+//! then the CLI and the Python package; each layer uses only those below it. The drawing
+//! of the layers is in `docs/architecture.md` (the one drawing; keep it there).
 //!
 //! * `format` holds the pure formats: [`format::reference`] parses what users type
 //!   (`lab/tool:1.2`) into a [`Reference`] (a name never becomes a filesystem path);
