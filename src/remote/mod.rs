@@ -25,13 +25,13 @@
 //! runtime.rs    one tokio runtime per process
 //! ─ shared by all ───────────────────────────────────────────────────────────────────────
 //! types.rs      RemoteOptions, Progress, what a pull brings and answers
-//! error.rs      RemoteError (error_kind.rs: its kind())
+//! error.rs      RemoteError and its kind()
 //! ```
 //!
 //! The imports in full: `remote_ref` -> docker, oci, s3, transport; `oci`, `docker` ->
 //! registry, auth, sink, transport (`docker` also runtime); `http` -> registry, sink,
 //! transport; `s3` -> sink, transport; `registry` -> auth, sink, transport;
-//! `transport` -> runtime; `auth`, `sink`, `runtime`, `error_kind` -> error only; and each
+//! `transport` -> runtime; `auth`, `sink`, `runtime` -> error only; and each
 //! of them -> error and types where it needs them.
 //!
 //! # What it promises
