@@ -162,13 +162,16 @@ fn clean_up_on_signals() {
 /// flight before the process ends anyway.
 const ABORT_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
 
-/// The error and its causes on one line, each cause once.
+/// The error and its causes on one line, each cause once. A cause whose message is
+/// already on the line was told by the error that carries it, and so were its own causes
+/// (a library error keeps its cause as a source and says in its message what of it
+/// matters): the walk stops there.
 fn one_line(e: &anyhow::Error) -> String {
     let mut out = String::new();
     for cause in e.chain() {
         let s = cause.to_string();
         if out.contains(&s) {
-            continue;
+            break;
         }
         if !out.is_empty() {
             out.push_str(": ");

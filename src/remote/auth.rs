@@ -246,6 +246,7 @@ fn read_store(path: &PathBuf) -> Result<Store, RemoteError> {
     let cred_err = |detail: String| RemoteError::Credentials {
         path: path.clone(),
         detail,
+        source: None,
     };
     // Read for every remote, with credentials or not: say what to do with it.
     let unreadable = |e: std::io::Error| {
@@ -319,6 +320,7 @@ fn stored_credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError
         serde_json::from_slice(&bytes).map_err(|e| RemoteError::Credentials {
             path: path.clone(),
             detail: format!("not valid JSON: {e}"),
+            source: Some(Box::new(e)),
         })?;
     let keys = [
         host.to_string(),
@@ -338,6 +340,7 @@ fn stored_credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError
         let found = run_helper(name, key).map_err(|detail| RemoteError::Credentials {
             path: path.clone(),
             detail: format!("{field} helper `docker-credential-{name}`: {detail}"),
+            source: None,
         })?;
         if found.is_some() {
             return Ok(found);
@@ -363,6 +366,7 @@ fn stored_credentials_for(host: &str) -> Result<Option<Credentials>, RemoteError
                     .map_err(|e| RemoteError::Credentials {
                         path: path.clone(),
                         detail: format!("auths.{k}.auth is not base64: {e}"),
+                        source: Some(Box::new(e)),
                     })?;
                 let raw = String::from_utf8_lossy(&raw);
                 if let Some((u, p)) = raw.split_once(':') {
@@ -488,10 +492,12 @@ pub(super) fn store_credentials(
     let path = credentials_path().ok_or_else(|| RemoteError::Credentials {
         path: PathBuf::from("~/.config/sregistry/credentials.json"),
         detail: "no home directory (HOME is unset or not an absolute path): set HOME or SREGISTRY_CONFIG_DIR".into(),
+        source: None,
     })?;
     let cred_err = |detail: String| RemoteError::Credentials {
         path: path.clone(),
         detail,
+        source: None,
     };
     let dir = path.parent().unwrap_or(std::path::Path::new("."));
     fs::create_dir_all(dir).map_err(|e| cred_err(e.to_string()))?;

@@ -483,7 +483,11 @@ async fn resolve(
         .or(r.tag.clone())
         .unwrap_or("latest".into());
     let (mut body, mut digest, ctype) = fetch_manifest(s, r, &reference).await?;
-    let bad = |url: String, detail: String| RemoteError::Protocol { url, detail };
+    let bad = |url: String, detail: String| RemoteError::Protocol {
+        url,
+        detail,
+        source: None,
+    };
     let murl = |s: &Session<'_>, reference: &str| {
         s.url(&format!("/v2/{}/manifests/{reference}", r.repository))
     };
@@ -629,6 +633,7 @@ fn image_platform(
     let c: IndexPlatform = serde_json::from_slice(config).map_err(|e| RemoteError::Convert {
         image: source.to_string(),
         detail: format!("the image config is not valid JSON: {e}"),
+        source: Some(Box::new(e)),
     })?;
     let or_asked = |v: String, a: &str| if v.is_empty() { a.to_string() } else { v };
     let is = Platform {
@@ -650,6 +655,7 @@ fn image_platform(
         detail: format!(
             "the image is {is}, not {asked} ({how}); nothing was stored (pull it with --platform {is} to convert it as what it is)"
         ),
+        source: None,
     })
 }
 
@@ -810,6 +816,7 @@ fn convert_and_commit(
             e => RemoteError::Convert {
                 image: source.to_string(),
                 detail: e.to_string(),
+                source: Some(Box::new(e)),
             },
         })?;
     let scratch_path = scratch.path().to_path_buf();

@@ -9,6 +9,11 @@ use crate::cache::CacheError;
 use crate::error::ErrorKind;
 use crate::format::reference::ReferenceError;
 
+/// The cause a variant carries as its [`std::error::Error::source`]: its message is already
+/// in the variant's own (a program walking the chain can look at it; a front end printing
+/// the chain skips what it has printed).
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Why a string is not a remote reference, or cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
@@ -25,6 +30,9 @@ pub enum RemoteError {
         url: String,
         detail: String,
         attempts: u32,
+        /// The last attempt's failure (its messages are `detail`).
+        #[source]
+        source: Option<Cause>,
     },
     /// The HTTP client could not be made, before any request: on Linux, usually no CA
     /// certificates on the machine (rustls reads the system's roots).
@@ -179,14 +187,33 @@ pub enum RemoteError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A `docker://` image that cannot be converted: `source` is the converter's
+    /// [`crate::convert::ConvertError`] (or the config's JSON error) when there is one.
     #[error("cannot convert `{image}` to SIF: {detail}")]
-    Convert { image: String, detail: String },
+    Convert {
+        image: String,
+        detail: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("`{url}` is not a SIF artifact: {detail}")]
     NotSif { url: String, detail: String },
     #[error("bad answer from `{url}`: {detail}")]
-    Protocol { url: String, detail: String },
+    Protocol {
+        url: String,
+        detail: String,
+        /// What could not parse the answer, when something did.
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("S3 `{url}`: {detail}")]
-    S3 { url: String, detail: String },
+    S3 {
+        url: String,
+        detail: String,
+        /// The S3 client's error (its messages are `detail`).
+        #[source]
+        source: Option<Cause>,
+    },
     #[error(
         "invalid S3 endpoint `{shown}` (from {from}): {reason}; give a URL such as `https://s3.example.org` or `http://127.0.0.1:9000`"
     )]
@@ -206,7 +233,13 @@ pub enum RemoteError {
     #[error("cannot log in to `{host}`: {detail}")]
     BadLogin { host: String, detail: &'static str },
     #[error("credentials file `{path}`: {detail}")]
-    Credentials { path: PathBuf, detail: String },
+    Credentials {
+        path: PathBuf,
+        detail: String,
+        /// What could not read or parse the file, when something did.
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("cannot write the download into the cache at `{path}`: {source}")]
     Io {
         path: PathBuf,

@@ -266,6 +266,7 @@ pub(super) async fn push(
     let body = serde_json::to_vec(&manifest).map_err(|e| RemoteError::Protocol {
         url: r.to_string(),
         detail: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     let tag = r.tag.clone().unwrap_or_else(|| "latest".into());
     let url = s.url(&format!("/v2/{}/manifests/{tag}", r.repository));
@@ -334,6 +335,7 @@ pub(super) async fn search(
             serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
                 url: url.clone(),
                 detail: e.to_string(),
+                source: Some(Box::new(e)),
             })?;
         if let Some(a) = v[field].as_array() {
             out.extend(a.iter().filter_map(|x| x.as_str().map(str::to_string)));
@@ -345,6 +347,7 @@ pub(super) async fn search(
                     url: n,
                     detail: "the listing's next page is one already read (a pagination loop)"
                         .into(),
+                    source: None,
                 });
             }
             Some(n) => {

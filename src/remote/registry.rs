@@ -333,6 +333,7 @@ impl<'t> Session<'t> {
                 let t: Tok = serde_json::from_slice(&body).map_err(|e| RemoteError::Protocol {
                     url: realm.clone(),
                     detail: format!("token answer is not JSON: {e}"),
+                    source: Some(Box::new(e)),
                 })?;
                 let tok = t
                     .token
@@ -340,6 +341,7 @@ impl<'t> Session<'t> {
                     .ok_or_else(|| RemoteError::Protocol {
                         url: realm.clone(),
                         detail: "token answer has no token".into(),
+                        source: None,
                     })?;
                 self.tokens.insert(scope.to_string(), tok);
                 Ok(())
@@ -375,10 +377,14 @@ pub(super) async fn read_limited(
     let mut out = Vec::new();
     let mut stream = resp.bytes_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| RemoteError::Network {
-            url: super::transport::shown(url),
-            detail: super::transport::error_chain(&e.without_url()),
-            attempts: 1,
+        let chunk = chunk.map_err(|e| {
+            let e = e.without_url();
+            RemoteError::Network {
+                url: super::transport::shown(url),
+                detail: super::transport::error_chain(&e),
+                attempts: 1,
+                source: Some(Box::new(e)),
+            }
         })?;
         if out.len() as u64 + chunk.len() as u64 > limit {
             return Err(RemoteError::TooLong {
@@ -563,6 +569,7 @@ pub(super) async fn upload_blob(
         .ok_or_else(|| RemoteError::Protocol {
             url: post_url.clone(),
             detail: "the upload answer has no Location".into(),
+            source: None,
         })?
         .to_string();
     let mut put_url = if location.starts_with("http://") || location.starts_with("https://") {

@@ -196,6 +196,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
     let store = b.build().map_err(|e| RemoteError::S3 {
         url: url.clone(),
         detail: e.to_string(),
+        source: Some(Box::new(e)),
     })?;
     Ok((Arc::new(store), url))
 }
@@ -253,6 +254,7 @@ fn s3_err(url: &str, e: object_store::Error) -> RemoteError {
             RemoteError::S3 {
                 url: url.to_string(),
                 detail: format!("{text}{hint}"),
+                source: Some(Box::new(other)),
             }
         }
     }
@@ -465,6 +467,7 @@ async fn finished_part(
         Some(Err(e)) => Err(RemoteError::S3 {
             url: url.to_string(),
             detail: format!("a part's upload stopped: {e}"),
+            source: Some(Box::new(e)),
         }),
     }
 }

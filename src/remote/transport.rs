@@ -233,6 +233,7 @@ impl Transport {
     ) -> Result<Response, RemoteError> {
         let mut delay = Duration::from_millis(200);
         let mut last = String::new();
+        let mut last_error = None;
         let mut timeouts = 0;
         for attempt in 1..=self.attempts {
             let answer = self
@@ -247,6 +248,7 @@ impl Transport {
                     }
                     let wait = retry_after(&resp).unwrap_or(delay);
                     last = format!("{s}");
+                    last_error = None;
                     tokio::time::sleep(wait).await;
                 }
                 Err(e) => {
@@ -259,6 +261,7 @@ impl Transport {
                         return Err(RemoteError::Protocol {
                             url: shown(url),
                             detail: "too many redirects (more than 10)".into(),
+                            source: None,
                         });
                     }
                     if let Some(tls) = find_cause::<rustls::Error>(&e) {
@@ -272,7 +275,9 @@ impl Transport {
                     }
                     let e = e.without_url();
                     last = error_chain(&e);
-                    if attempt == self.attempts || e.is_builder() {
+                    let builder = e.is_builder();
+                    last_error = Some(e);
+                    if attempt == self.attempts || builder {
                         break;
                     }
                     tokio::time::sleep(delay).await;
@@ -284,6 +289,7 @@ impl Transport {
             url: shown(url),
             detail: last,
             attempts: self.attempts,
+            source: last_error.map(|e| Box::new(e) as super::error::Cause),
         })
     }
 }

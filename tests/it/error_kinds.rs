@@ -44,3 +44,27 @@ fn a_wrapping_error_has_its_causes_kind() {
         ErrorKind::Pinned
     );
 }
+
+/// Danger: a cause flattened into a string, which an embedding program cannot inspect:
+/// a network failure carries the HTTP client's error as its source, and its message is
+/// the one it always was.
+#[test]
+fn a_network_failure_carries_its_cause_as_a_source() {
+    use std::error::Error as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cache = sregistry::Cache::open(&dir.path().join("cache"), Default::default()).unwrap();
+    // Nothing listens on the discard port of loopback: the connection is refused.
+    let remote = sregistry::remote::RemoteRef::parse("http://127.0.0.1:9/x.sif").unwrap();
+    let e = sregistry::remote::pull(&cache, &remote, None, &Default::default()).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::RemoteFailed, "{e}");
+    let message = e.to_string();
+    assert!(
+        message.starts_with("cannot reach `http://127.0.0.1:9/x.sif`: "),
+        "{message}"
+    );
+    let source = e.source().expect("the HTTP client's error as the source");
+    assert!(
+        message.contains(&source.to_string()),
+        "{message} / {source}"
+    );
+}
