@@ -19,7 +19,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cd "$here"
 
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
-CARGO_FUZZ=0.13.2
 all_targets=(reference remote_ref sif oci_manifest www_authenticate units index_record)
 read -r -a targets <<<"${FUZZ_TARGETS:-${all_targets[*]}}"
 # Limits every run uses: memory as the brief for sif asks, and a per-input time limit.
@@ -30,15 +29,10 @@ die() { echo "fuzz/run.sh: $*" >&2; exit 2; }
 if ! cargo "+$toolchain" --version >/dev/null 2>&1; then
     die "no '$toolchain' Rust toolchain (cargo-fuzz needs nightly: rustup toolchain install nightly)"
 fi
-# cargo-fuzz, pinned, in the build directory (fuzz/target/tools), outside the
-# repository's cargo config.
-tools="$here/target/tools"
-export PATH="$tools/bin:$PATH"
-if [[ "$(cat "$tools/.cargo-fuzz" 2>/dev/null)" != "$CARGO_FUZZ" ]] || ! cargo "+$toolchain" fuzz --help >/dev/null 2>&1; then
-    echo "fuzz/run.sh: installing cargo-fuzz $CARGO_FUZZ" >&2
-    (cd / && cargo install -q "cargo-fuzz@$CARGO_FUZZ" --locked --root "$tools")
-    echo "$CARGO_FUZZ" > "$tools/.cargo-fuzz"
-fi
+# cargo-fuzz, pinned and --locked, built once per version outside the clone
+# (scripts/install-deps.sh keeps it with the other test tools).
+fuzz_bin=$(bash ../scripts/install-deps.sh cargo-fuzz)
+export PATH="$fuzz_bin:$PATH"
 
 # Corpus and regression directories of a target that exist.
 dirs_of() {

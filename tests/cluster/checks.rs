@@ -917,8 +917,13 @@ pub fn figures(cl: &Cluster) {
     ))
     .ok();
     let get = format!("sregistry --cache {c} get t7/img3:1");
+    // What main.rs hands the nodes: this binary when set (the release build), else the test build.
+    let build = match std::env::var_os("SREGISTRY_CLUSTER_BIN") {
+        Some(_) => "the build in SREGISTRY_CLUSTER_BIN",
+        None => "the test build",
+    };
     let mut report = vec![format!(
-        "figures (kernel {}, NFSv4.2, qemu TCG, 1 vCPU and 256 MiB per node; ms):",
+        "figures ({build}; kernel {}, NFSv4.2, qemu TCG, 1 vCPU and 256 MiB per node; ms):",
         cl.kernel
     )];
     for (i, n) in cl.clients.iter().enumerate() {

@@ -43,7 +43,8 @@ const TESTS: &[(&str, Test)] = &[
 ];
 
 /// The binaries handed to the nodes: `bin/sregistry` is `$SREGISTRY_CLUSTER_BIN` (what
-/// `make test-cluster` sets: the release build), else the test build; `bin/sregistry-hooks`
+/// `make test-cluster CLUSTER_BUILD=release` sets: the release build), else the test build
+/// (plain `make test-cluster`); `bin/sregistry-hooks`
 /// is always the test build, which has the pause points (`test-hooks`).
 fn host_files(host: &Path) {
     let hooks = env!("CARGO_BIN_EXE_sregistry");
