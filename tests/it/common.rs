@@ -383,7 +383,7 @@ impl Env {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        crate::contention::wait_for_pause(&mut child);
+        crate::support::wait_for_pause(&mut child);
         child
     }
 

@@ -3,6 +3,7 @@
 use std::process::{Child, Stdio};
 
 use crate::common::*;
+use crate::support::wait_for_pause;
 
 fn wait_all(children: Vec<(String, Child)>) {
     let mut failures = Vec::new();
@@ -194,20 +195,4 @@ fn a_stuck_writer_makes_readers_time_out_with_a_clear_message() {
     );
     // Once the writer is gone, the lock is free again.
     stdout_of(env.cmd().args(["get", "x"]));
-}
-
-/// Read the child's stderr until it says it paused at its hook.
-pub fn wait_for_pause(child: &mut Child) {
-    use std::io::{BufRead, BufReader};
-    let stderr = child.stderr.take().expect("stderr piped");
-    let mut lines = BufReader::new(stderr).lines();
-    loop {
-        match lines.next() {
-            Some(Ok(l)) if l.starts_with("paused at") => break,
-            Some(Ok(_)) => continue,
-            other => panic!("child ended before pausing: {other:?}"),
-        }
-    }
-    // Keep draining in the background so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
 }

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 
 use crate::common::*;
-use crate::contention::wait_for_pause;
+use crate::support::wait_for_pause;
 
 fn kill_add_at(point: &str, size: usize) -> Env {
     let env = Env::new();

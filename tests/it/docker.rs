@@ -8,6 +8,7 @@ use std::process::Stdio;
 use crate::common::*;
 use crate::images::{self, Layout};
 use crate::registry::Registry;
+use crate::support::{sha256_hex, sha256_of};
 
 fn docker(reg: &Registry, repo_tag: &str) -> String {
     format!("docker://{}/{repo_tag}", reg.addr)
@@ -147,7 +148,7 @@ fn concurrent_docker_gets_download_and_convert_once() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    crate::contention::wait_for_pause(&mut holder);
+    crate::support::wait_for_pause(&mut holder);
     let started: Vec<_> = (0..31)
         .map(|_| {
             PullWaiter::spawn(
@@ -373,10 +374,7 @@ fn push_two_platform_index(l: &mut Layout, dest: &str) -> (String, String) {
         ]
     });
     let body = serde_json::to_vec(&index).unwrap();
-    let digest = {
-        use sha2::Digest as _;
-        format!("{:x}", sha2::Sha256::digest(&body))
-    };
+    let digest = sha256_hex(&body);
     fs::write(l.dir.join("blobs/sha256").join(&digest), &body).unwrap();
     let mut idx: serde_json::Value =
         serde_json::from_slice(&fs::read(l.dir.join("index.json")).unwrap()).unwrap();
@@ -593,8 +591,7 @@ fn export_writes_an_oci_layout_that_skopeo_and_umoci_read() {
     let mut n = 0;
     for e in fs::read_dir(&blobs).unwrap() {
         let e = e.unwrap();
-        use sha2::Digest as _;
-        let got = format!("{:x}", sha2::Sha256::digest(fs::read(e.path()).unwrap()));
+        let got = sha256_hex(&fs::read(e.path()).unwrap());
         assert_eq!(
             got,
             e.file_name().to_string_lossy(),
@@ -873,8 +870,7 @@ fn each_platform_is_its_own_image_and_gc_keeps_both() {
 /// Upload `bytes` as a blob of `repo` with curl (POST, then PUT with the digest, as the
 /// registry wants it); its digest.
 fn curl_blob(env: &Env, reg: &Registry, repo: &str, bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    let digest = format!("sha256:{:x}", sha2::Sha256::digest(bytes));
+    let digest = sha256_of(bytes);
     let file = env.path(&format!("upload-{}", &digest[7..19]));
     fs::write(&file, bytes).unwrap();
     let head = std::process::Command::new("curl")
@@ -929,11 +925,6 @@ fn curl_manifest(
         said.ends_with("201"),
         "the registry refused the manifest: {said}"
     );
-}
-
-fn sha256_of(bytes: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{:x}", sha2::Sha256::digest(bytes))
 }
 
 /// The danger: a layer whose bytes match its digest but are not a tar archive reported as

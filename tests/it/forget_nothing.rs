@@ -470,7 +470,7 @@ fn get_and_list_answer_on_a_full_disk_after_a_writer_died_mid_write() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = c.spawn().unwrap();
-    crate::contention::wait_for_pause(&mut child);
+    crate::support::wait_for_pause(&mut child);
     child.kill().unwrap();
     child.wait().unwrap();
     fill(&fs_dir.join("filler"));

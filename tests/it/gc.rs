@@ -500,7 +500,7 @@ fn a_gc_killed_around_its_commit_never_leaves_a_name_without_its_file() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        crate::contention::wait_for_pause(&mut gc);
+        crate::support::wait_for_pause(&mut gc);
         gc.kill().unwrap();
         gc.wait().unwrap();
         for n in env.names() {
@@ -558,7 +558,7 @@ fn get_never_waits_for_gcs_deletions() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    crate::contention::wait_for_pause(&mut gc);
+    crate::support::wait_for_pause(&mut gc);
     assert!(!std::path::Path::new(&old_path).exists());
     let aside: Vec<_> = env
         .tmp_entries()

@@ -6,32 +6,26 @@
 //! Every tool is required: a missing one fails the test with what to install.
 
 use std::fs;
-use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::registry::{Registry, free_port};
+use crate::registry::Registry;
+use crate::support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, s3_cmd, s3_env_cmd, s3_std};
+use crate::support::sha256_of;
 
 const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
 const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
 const TITLE: &str = "org.opencontainers.image.title";
 
 const APT_SKOPEO: &str = "apt-get install skopeo";
-const CARGO_S3S: &str = "cargo install s3s-fs --version 0.14.1 --features binary --locked";
 
 /// `tests/support/NAME`
 fn support(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/support")
         .join(name)
-}
-
-/// The sha256 digest a registry knows `data` by.
-fn sha256_of(data: &[u8]) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{:x}", sha2::Sha256::digest(data))
 }
 
 /// How long one run of another client may take: a hung tool (oras-py retries a refused
@@ -232,125 +226,6 @@ fn sif_pushed_by_pypi_oras_with_apptainer_media_types_is_pulled_by_sregistry() {
 
 // ---------------------------------------------------------------------------------------
 // S3 against s3s-fs
-
-pub(crate) const BUCKET: &str = "sifs";
-pub(crate) const ACCESS_KEY: &str = "sregistry-test-access";
-pub(crate) const SECRET_KEY: &str = "sregistry-test-secret-0123456789";
-
-/// `s3s-fs` on 127.0.0.1, serving a temp root whose directories are buckets. Killed when
-/// dropped.
-pub(crate) struct S3Server {
-    _dir: tempfile::TempDir,
-    pub(crate) root: PathBuf,
-    port: u16,
-    log: PathBuf,
-    child: Child,
-}
-
-impl S3Server {
-    /// A server with one (empty) bucket, [`BUCKET`].
-    pub(crate) fn start() -> S3Server {
-        let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("root");
-        fs::create_dir_all(root.join(BUCKET)).unwrap();
-        let log = dir.path().join("s3s-fs.log");
-        let port = free_port();
-        let out = fs::File::create(&log).unwrap();
-        let mut child = Command::new("s3s-fs")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-            .arg(&root)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(out.try_clone().unwrap())
-            .stderr(out)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run s3s-fs ({e}): {CARGO_S3S}"));
-        let addr = format!("127.0.0.1:{port}");
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if TcpStream::connect(&addr).is_ok() {
-                break;
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!(
-                    "s3s-fs exited ({status}) before listening on {addr}: {}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                );
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("s3s-fs did not start listening on {addr}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        S3Server {
-            _dir: dir,
-            root,
-            port,
-            log,
-            child,
-        }
-    }
-
-    pub(crate) fn endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Where s3s-fs keeps `s3://BUCKET/key`.
-    pub(crate) fn object(&self, key: &str) -> PathBuf {
-        self.root.join(BUCKET).join(key)
-    }
-
-    /// Every regular file under the bucket, relative to it (s3s-fs may keep its own
-    /// bookkeeping elsewhere under the root).
-    pub(crate) fn objects(&self) -> Vec<PathBuf> {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<PathBuf>) {
-            for e in fs::read_dir(dir).unwrap().flatten() {
-                let p = e.path();
-                if e.file_type().unwrap().is_dir() {
-                    walk(&p, base, out);
-                } else {
-                    out.push(p.strip_prefix(base).unwrap().to_path_buf());
-                }
-            }
-        }
-        let mut out = Vec::new();
-        let bucket = self.root.join(BUCKET);
-        walk(&bucket, &bucket, &mut out);
-        out.sort();
-        out
-    }
-
-    pub(crate) fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for S3Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// `sregistry ARGS... --endpoint` against `s3`, with these credentials and no other AWS_*
-/// variable from the caller's environment.
-pub(crate) fn s3_cmd(env: &Env, s3: &S3Server, secret: &str, args: &[&str]) -> assert_cmd::Command {
-    let mut c = env.cmd();
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", secret)
-        .env("AWS_REGION", "us-east-1")
-        .args(args)
-        .args(["--endpoint", &s3.endpoint()]);
-    c
-}
 
 #[test]
 fn s3_push_then_pull_round_trip_is_byte_identical() {
@@ -570,22 +445,6 @@ fn s3_push_draws_its_progress_on_a_terminal() {
     );
 }
 
-/// `sregistry ARGS` against `s3` through `AWS_ENDPOINT_URL` (not `--endpoint`).
-fn s3_env_cmd(env: &Env, s3: &S3Server, args: &[&str]) -> assert_cmd::Command {
-    let mut c = env.cmd();
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT_URL", s3.endpoint())
-        .args(args);
-    c
-}
-
 /// The danger: `s3://b/col/a?b.sif` and `s3://b/col/a-b.sif` reduced to one local name,
 /// and so did one bucket and key on two endpoints: each `get` downloaded again and
 /// re-pointed the name, the next gc deleted what the other `get` had printed, and with two
@@ -686,18 +545,8 @@ fn one_users_bad_s3_secret_does_not_fail_another_users_waiting_pull() {
         .assert()
         .success();
     let pull = |secret: &str| {
-        let mut c = env.std_cmd();
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("AWS_") {
-                c.env_remove(k);
-            }
-        }
-        c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-            .env("AWS_SECRET_ACCESS_KEY", secret)
-            .env("AWS_REGION", "us-east-1")
-            .args(["pull", &remote, "--endpoint", &s3.endpoint()])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
+        let mut c = s3_std(&env, &s3, secret, &["pull", &remote]);
+        c.stdout(Stdio::piped()).stderr(Stdio::piped());
         c
     };
     let resume = env.path("resume");

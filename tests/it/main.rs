@@ -2,6 +2,8 @@
 //! One test binary (see `Cargo.toml`), one module per area.
 
 mod common;
+#[path = "../support/mod.rs"]
+mod support;
 
 mod bad_input;
 mod contention;

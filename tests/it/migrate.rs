@@ -3,15 +3,15 @@
 //! from the peer corpus, a temp cache each.
 //!
 //! The old client is found at `$SREGISTRY_OLD_CLIENT` (its python; `make test` sets it),
-//! else in `target/test-tools/oldclient` where `scripts/install-deps.sh test` puts it.
+//! else where `scripts/install-deps.sh test` puts it (`scripts/install-deps.sh oldclient`
+//! prints it).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command as StdCommand, Output};
 
-use sha2::Digest as _;
-
 use crate::common::{Env, fixtures};
+use crate::support::{inspect, sha256_hex};
 
 /// The old client's python.
 fn old_python() -> PathBuf {
@@ -19,7 +19,13 @@ fn old_python() -> PathBuf {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
         .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-tools/oldclient/bin/python")
+            let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install-deps.sh");
+            let out = StdCommand::new("bash")
+                .arg(&script)
+                .arg("oldclient")
+                .output()
+                .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+            PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
         });
     assert!(
         p.is_file(),
@@ -123,31 +129,10 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).to_string()
 }
 
-fn inspect(env: &Env, name: &str) -> serde_json::Value {
-    let out = env
-        .std_cmd()
-        .args(["--json", "inspect", name])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "inspect {name}: {}",
-        text(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
-
 fn get_bytes(env: &Env, name: &str) -> Vec<u8> {
     let out = env.std_cmd().args(["get", name]).output().unwrap();
     assert!(out.status.success(), "get {name}: {}", text(&out.stderr));
     fs::read(text(&out.stdout).trim()).unwrap()
-}
-
-fn sha256_hex(b: &[u8]) -> String {
-    sha2::Sha256::digest(b)
-        .iter()
-        .map(|x| format!("{x:02x}"))
-        .collect()
 }
 
 fn fixture(name: &str) -> PathBuf {

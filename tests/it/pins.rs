@@ -6,14 +6,15 @@
 //! when its name points to that digest: `rm lab/a:1@blake3:000...` once removed `lab/a:1`.
 //! Every refusal leaves the cache exactly as it was.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
+use std::io::Read;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 
 use sregistry::Digest;
 
 use crate::common::*;
+use crate::support::fault_server::{FaultServer, Handler, Reply};
+use crate::support::inspect;
 
 /// A cache holding `gold` (pinned, content "gold v1") and `other` (content "other"), and
 /// the digests of both contents.
@@ -25,10 +26,6 @@ fn pinned_gold() -> (Env, Digest, Digest) {
     stdout_of(env.cmd().arg("add").arg(&o).args(["--name", "other"]));
     env.cmd().args(["pin", "gold"]).assert().success();
     (env, Digest::of(b"gold v1"), Digest::of(b"other"))
-}
-
-fn inspect(env: &Env, name: &str) -> serde_json::Value {
-    serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
 }
 
 /// The refusal of a re-point: exit 1, one line naming the name, the digest it is pinned
@@ -171,31 +168,11 @@ fn a_pin_taken_while_an_add_is_in_flight_still_stops_the_repoint() {
     );
 }
 
-/// A minimal HTTP server on 127.0.0.1 whose one file can be changed between requests.
-fn file_server(content: Arc<Mutex<Vec<u8>>>) -> String {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    std::thread::spawn(move || {
-        for conn in listener.incoming() {
-            let Ok(mut conn) = conn else { continue };
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && conn.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let body = content.lock().unwrap().clone();
-            let mut reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                body.len()
-            )
-            .into_bytes();
-            if !head.starts_with(b"HEAD") {
-                reply.extend_from_slice(&body);
-            }
-            let _ = conn.write_all(&reply);
-        }
-    });
-    format!("http://{addr}/image.sif")
+/// An HTTP server on 127.0.0.1 whose one file, `content`, can be changed between
+/// requests; its URL is `server.url("/image.sif")`.
+fn file_server(content: Arc<Mutex<Vec<u8>>>) -> FaultServer {
+    let file: Handler = Box::new(move |_, _| Reply::new(200).body(&content.lock().unwrap()));
+    FaultServer::start(vec![("/image.sif".to_string(), file)])
 }
 
 /// `pull` re-points a name when the remote changed: a pinned one only with `--force`.
@@ -203,7 +180,8 @@ fn file_server(content: Arc<Mutex<Vec<u8>>>) -> String {
 fn pull_refuses_to_repoint_a_pinned_name_unless_forced() {
     let env = Env::new();
     let content = Arc::new(Mutex::new(b"remote v1".to_vec()));
-    let url = file_server(content.clone());
+    let server = file_server(content.clone());
+    let url = server.url("/image.sif");
     stdout_of(env.cmd().args(["pull", &url, "--name", "gold"]));
     env.cmd().args(["pin", "gold"]).assert().success();
     *content.lock().unwrap() = b"remote v2, changed upstream".to_vec();

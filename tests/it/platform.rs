@@ -7,6 +7,7 @@ use std::fs;
 use crate::common::*;
 use crate::images::{self, Layout};
 use crate::registry::Registry;
+use crate::support::{inspect, sha256_of};
 
 fn docker(reg: &Registry, repo_tag: &str) -> String {
     format!("docker://{}/{repo_tag}", reg.addr)
@@ -61,10 +62,7 @@ fn push_index(l: &Layout, tag: &str, entries: &[(String, serde_json::Value)], de
         "manifests": manifests,
     }))
     .unwrap();
-    let digest = {
-        use sha2::Digest as _;
-        format!("sha256:{:x}", sha2::Sha256::digest(&body))
-    };
+    let digest = sha256_of(&body);
     fs::write(blob(&digest), &body).unwrap();
     let mut idx: serde_json::Value =
         serde_json::from_slice(&fs::read(l.dir.join("index.json")).unwrap()).unwrap();
@@ -78,11 +76,6 @@ fn push_index(l: &Layout, tag: &str, entries: &[(String, serde_json::Value)], de
         }));
     fs::write(l.dir.join("index.json"), serde_json::to_vec(&idx).unwrap()).unwrap();
     l.push(tag, dest, &["--all"]);
-}
-
-/// `inspect --json` of a name.
-fn inspect(env: &Env, name: &str) -> serde_json::Value {
-    serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
 }
 
 /// The danger: an image of one architecture stored as another (label and SIF header say

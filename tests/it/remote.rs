@@ -7,12 +7,7 @@ use std::process::Stdio;
 
 use crate::common::*;
 use crate::registry::Registry;
-
-/// The sha256 digest the registry knows a file by.
-fn sha256_of(path: &std::path::Path) -> String {
-    use sha2::Digest as _;
-    format!("sha256:{:x}", sha2::Sha256::digest(fs::read(path).unwrap()))
-}
+use crate::support::{inspect, sha256_of_file};
 
 fn login(env: &Env, reg: &Registry, user: &str, password: &str) -> std::process::Output {
     env.cmd()
@@ -133,7 +128,7 @@ fn concurrent_gets_of_one_uncached_image_download_once() {
         .map(|_| PullWaiter::spawn(jobs.std_cmd().args(["get", &remote])))
         .collect();
     let waiters: Vec<_> = started.into_iter().map(PullWaiter::waiting).collect();
-    assert_eq!(reg.blob_gets(&sha256_of(&sif)), 0, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of_file(&sif)), 0, "{}", reg.log());
     fs::write(&resume, b"").unwrap();
     let out = holder.wait_with_output().unwrap();
     assert!(out.status.success(), "the holder: {:?}", out.status);
@@ -148,7 +143,7 @@ fn concurrent_gets_of_one_uncached_image_download_once() {
     let path = paths.into_iter().next().unwrap();
     assert_eq!(fs::read(&path).unwrap(), fs::read(&sif).unwrap());
     assert_eq!(
-        reg.blob_gets(&sha256_of(&sif)),
+        reg.blob_gets(&sha256_of_file(&sif)),
         1,
         "the blob was downloaded more than once:\n{}",
         reg.log()
@@ -542,21 +537,21 @@ fn a_second_pull_of_an_unchanged_oras_image_downloads_nothing() {
     assert!(out.status.success(), "{err}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim_end(), first);
     assert!(err.contains("unchanged"), "{err}");
-    assert_eq!(reg.blob_gets(&sha256_of(&v1)), 1, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of_file(&v1)), 1, "{}", reg.log());
 
     // The tag moves: the new layer is downloaded once and the name follows it.
     stdout_of(env.cmd().args(["push", "lab/v:2", &remote]));
     let second = stdout_of(other.cmd().args(["pull", &remote]));
     assert_eq!(fs::read(&second).unwrap(), fs::read(&v2).unwrap());
-    assert_eq!(reg.blob_gets(&sha256_of(&v2)), 1, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of_file(&v2)), 1, "{}", reg.log());
     stdout_of(other.cmd().args(["pull", &remote]));
-    assert_eq!(reg.blob_gets(&sha256_of(&v2)), 1, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of_file(&v2)), 1, "{}", reg.log());
 
     // --force downloads again.
     let forced = stdout_of(other.cmd().args(["pull", "--force", &remote]));
     assert_eq!(forced, second);
-    assert_eq!(reg.blob_gets(&sha256_of(&v2)), 2, "{}", reg.log());
-    assert_eq!(reg.blob_gets(&sha256_of(&v1)), 1, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of_file(&v2)), 2, "{}", reg.log());
+    assert_eq!(reg.blob_gets(&sha256_of_file(&v1)), 1, "{}", reg.log());
 }
 
 /// `search oras://HOST` listed the first page of the catalog and ignored the registry's
@@ -603,7 +598,7 @@ fn push_sends_the_content_it_looked_up_though_the_name_moves_and_gc_runs() {
             .arg(&first)
             .args(["--name", "lab/moving:1"]),
     );
-    let first_blob = inspect_json(&env, "lab/moving:1")["path"]
+    let first_blob = inspect(&env, "lab/moving:1")["path"]
         .as_str()
         .unwrap()
         .to_string();
@@ -637,12 +632,12 @@ fn push_sends_the_content_it_looked_up_though_the_name_moves_and_gc_runs() {
     assert_eq!(fs::read(&path).unwrap(), fs::read(&first).unwrap());
     // The name's current content (the second) was never sent, so it has no remote digest
     // of the first's.
-    let now = inspect_json(&env, "lab/moving:1");
-    assert_ne!(now["remote_digest"], sha256_of(&first).as_str(), "{now}");
-}
-
-fn inspect_json(env: &Env, name: &str) -> serde_json::Value {
-    serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
+    let now = inspect(&env, "lab/moving:1");
+    assert_ne!(
+        now["remote_digest"],
+        sha256_of_file(&first).as_str(),
+        "{now}"
+    );
 }
 
 /// A credentials file that cannot be read (here a directory, which even root cannot read

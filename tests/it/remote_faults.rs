@@ -1,319 +1,21 @@
-//! Fault injection against pulls: a small HTTP/1.1 server of our own (std threads, one
-//! request per connection, `Connection: close`) that serves a SIF artifact the way an OCI
-//! registry does, or a plain file, and misbehaves in one chosen way per route. Each test
+//! Fault injection against pulls: a small HTTP/1.1 server of our own
+//! (`tests/support/fault_server.rs`) that serves a SIF artifact the way an OCI registry
+//! does, or a plain file, and misbehaves in one chosen way per route. Each test
 //! names the danger it guards; the failing ones check that nothing reached the cache.
 
-use std::collections::HashMap;
 use std::fs;
-use std::io::{Read, Write};
-use std::net::{Shutdown, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use sha2::Digest as _;
-
 use crate::common::*;
+use crate::support::fault_server::{FaultServer, Handler, Reply, Seen, with_range};
+use crate::support::{inspect, sha256_of};
 
 const MANIFEST_OCI: &str = "application/vnd.oci.image.manifest.v1+json";
 const INDEX_OCI: &str = "application/vnd.oci.image.index.v1+json";
 const SIF_CONFIG: &str = "application/vnd.sylabs.sif.config.v1+json";
 const SIF_LAYER: &str = "application/vnd.sylabs.sif.layer.v1.sif";
-
-// ---------------------------------------------------------------------------------------
-// The server
-// ---------------------------------------------------------------------------------------
-
-/// One request as the server saw it.
-#[derive(Clone, Debug)]
-struct Seen {
-    method: String,
-    path: String,
-    /// The query string, without its `?` (empty when there is none).
-    query: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Seen {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    /// The first byte asked for by `Range: bytes=N-`.
-    fn range_start(&self) -> Option<u64> {
-        self.header("Range")?
-            .strip_prefix("bytes=")?
-            .strip_suffix('-')?
-            .parse()
-            .ok()
-    }
-}
-
-/// What to answer. `Content-Length` is the body's length unless `close_delimited`; a
-/// `HEAD` gets the headers only.
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-    /// Send only this many bytes of the body, then close (the declared length stays).
-    cut: Option<usize>,
-    /// Declare no length: the body ends when the connection closes.
-    close_delimited: bool,
-    /// After the body, send zeros for ever, 64 KiB every this long (until the client
-    /// goes away).
-    endless: Option<Duration>,
-    /// Read the request, then say nothing (a server that accepts and never answers).
-    silent: bool,
-    /// Send the body in this many pieces, this long apart.
-    trickle: Option<(usize, Duration)>,
-}
-
-impl Reply {
-    fn new(status: u16) -> Reply {
-        Reply {
-            status,
-            headers: Vec::new(),
-            body: Vec::new(),
-            cut: None,
-            close_delimited: false,
-            endless: None,
-            silent: false,
-            trickle: None,
-        }
-    }
-
-    fn trickle(mut self, pieces: usize, pace: Duration) -> Reply {
-        self.trickle = Some((pieces, pace));
-        self
-    }
-
-    fn endless(mut self, pace: Duration) -> Reply {
-        self.endless = Some(pace);
-        self.close_delimited = true;
-        self
-    }
-
-    fn silent(mut self) -> Reply {
-        self.silent = true;
-        self
-    }
-
-    fn header(mut self, k: &str, v: &str) -> Reply {
-        self.headers.push((k.to_string(), v.to_string()));
-        self
-    }
-
-    fn body(mut self, b: &[u8]) -> Reply {
-        self.body = b.to_vec();
-        self
-    }
-
-    fn cut(mut self, n: usize) -> Reply {
-        self.cut = Some(n);
-        self
-    }
-
-    fn close_delimited(mut self) -> Reply {
-        self.close_delimited = true;
-        self
-    }
-}
-
-/// Answers one path: gets the request and how many times (1-based) this method and path
-/// were asked for, this one included.
-type Handler = Box<dyn Fn(&Seen, usize) -> Reply + Send + Sync>;
-
-/// A fault-injecting server on 127.0.0.1, stopped when dropped.
-struct FaultServer {
-    /// `127.0.0.1:PORT`
-    addr: String,
-    seen: Arc<Mutex<Vec<Seen>>>,
-    stop: Arc<AtomicBool>,
-}
-
-impl FaultServer {
-    fn start(routes: Vec<(String, Handler)>) -> FaultServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let addr = listener.local_addr().unwrap().to_string();
-        let routes: Arc<HashMap<String, Handler>> = Arc::new(routes.into_iter().collect());
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        {
-            let (seen, stop) = (seen.clone(), stop.clone());
-            thread::spawn(move || {
-                for conn in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let (routes, seen) = (routes.clone(), seen.clone());
-                    thread::spawn(move || serve(conn, &routes, &seen));
-                }
-            });
-        }
-        FaultServer { addr, seen, stop }
-    }
-
-    /// Every request so far.
-    fn seen(&self) -> Vec<Seen> {
-        self.seen.lock().unwrap().clone()
-    }
-
-    /// The requests with this method and path.
-    fn requests(&self, method: &str, path: &str) -> Vec<Seen> {
-        self.seen()
-            .into_iter()
-            .filter(|r| r.method == method && r.path == path)
-            .collect()
-    }
-
-    /// The `Range` headers sent for `path`, in order (`None` for requests without one).
-    fn ranges(&self, path: &str) -> Vec<Option<String>> {
-        self.requests("GET", path)
-            .iter()
-            .map(|r| r.header("Range").map(str::to_string))
-            .collect()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-}
-
-impl Drop for FaultServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop so it sees the flag.
-        let _ = TcpStream::connect(&self.addr);
-    }
-}
-
-/// One connection: read the request head, answer, close.
-fn serve(mut conn: TcpStream, routes: &HashMap<String, Handler>, seen: &Mutex<Vec<Seen>>) {
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = conn.set_write_timeout(Some(Duration::from_secs(5)));
-    let Some(req) = read_request(&mut conn) else {
-        return;
-    };
-    let nth = {
-        let mut s = seen.lock().unwrap();
-        s.push(req.clone());
-        s.iter()
-            .filter(|r| r.method == req.method && r.path == req.path)
-            .count()
-    };
-    let reply = match routes.get(&req.path) {
-        Some(h) => h(&req, nth),
-        None => Reply::new(404),
-    };
-    if reply.silent {
-        // Hold the connection open, answering nothing, until the client gives up.
-        let _ = conn.set_read_timeout(Some(Duration::from_secs(120)));
-        let mut scratch = [0u8; 4096];
-        while matches!(conn.read(&mut scratch), Ok(n) if n > 0) {}
-        return;
-    }
-    let mut head = format!("HTTP/1.1 {} {}\r\n", reply.status, reason(reply.status));
-    for (k, v) in &reply.headers {
-        head.push_str(&format!("{k}: {v}\r\n"));
-    }
-    if !reply.close_delimited {
-        head.push_str(&format!("Content-Length: {}\r\n", reply.body.len()));
-    }
-    head.push_str("Connection: close\r\n\r\n");
-    let mut out = head.into_bytes();
-    if let (Some((pieces, pace)), true) = (reply.trickle, req.method != "HEAD") {
-        if conn.write_all(&out).is_err() {
-            return;
-        }
-        for piece in reply
-            .body
-            .chunks(reply.body.len().div_ceil(pieces.max(1)).max(1))
-        {
-            thread::sleep(pace);
-            if conn.write_all(piece).and_then(|_| conn.flush()).is_err() {
-                return;
-            }
-        }
-        out.clear();
-    } else if req.method != "HEAD" {
-        let n = reply.cut.unwrap_or(reply.body.len()).min(reply.body.len());
-        out.extend_from_slice(&reply.body[..n]);
-    }
-    if conn.write_all(&out).and_then(|_| conn.flush()).is_err() {
-        return;
-    }
-    if let (Some(pace), true) = (reply.endless, req.method != "HEAD") {
-        let zeros = vec![0u8; 64 << 10];
-        while conn.write_all(&zeros).is_ok() {
-            thread::sleep(pace);
-        }
-        return;
-    }
-    let _ = conn.shutdown(Shutdown::Write);
-    // Let the client close first: closing with its bytes unread would send a reset, and
-    // a reset can throw away what was sent before it.
-    let mut scratch = [0u8; 4096];
-    while matches!(conn.read(&mut scratch), Ok(n) if n > 0) {}
-}
-
-fn read_request(conn: &mut TcpStream) -> Option<Seen> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = conn.read(&mut chunk).ok()?;
-        if n == 0 || buf.len() > 64 << 10 {
-            return None;
-        }
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&buf);
-    let head = text.split("\r\n\r\n").next()?;
-    let mut lines = head.split("\r\n");
-    let mut first = lines.next()?.split(' ');
-    let method = first.next()?.to_string();
-    let target = first.next()?;
-    let (path, query) = target.split_once('?').unwrap_or((target, ""));
-    let (path, query) = (path.to_string(), query.to_string());
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
-    Some(Seen {
-        method,
-        path,
-        query,
-        headers,
-    })
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        206 => "Partial Content",
-        307 => "Temporary Redirect",
-        404 => "Not Found",
-        416 => "Range Not Satisfiable",
-        500 => "Internal Server Error",
-        _ => "Other",
-    }
-}
-
-/// Serve `body` in full, or from `Range: bytes=N-` with `206` and a `Content-Range`.
-fn with_range(req: &Seen, body: &[u8]) -> Reply {
-    let len = body.len();
-    match req.range_start() {
-        Some(from) if (from as usize) < len => Reply::new(206)
-            .header("Content-Range", &format!("bytes {from}-{}/{len}", len - 1))
-            .body(&body[from as usize..]),
-        Some(_) => Reply::new(416).header("Content-Range", &format!("bytes */{len}")),
-        None => Reply::new(200).body(body),
-    }
-}
 
 // ---------------------------------------------------------------------------------------
 // The artifact
@@ -325,10 +27,6 @@ fn source_sif() -> Vec<u8> {
     fs::read(&p).unwrap_or_else(|e| panic!("cannot read the fixture {}: {e}", p.display()))
 }
 
-fn sha256(data: &[u8]) -> String {
-    format!("sha256:{:x}", sha2::Sha256::digest(data))
-}
-
 /// The ORAS manifest of a SIF artifact whose layer is `blob`.
 fn sif_manifest(blob: &[u8]) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({
@@ -336,12 +34,12 @@ fn sif_manifest(blob: &[u8]) -> Vec<u8> {
         "mediaType": MANIFEST_OCI,
         "config": {
             "mediaType": SIF_CONFIG,
-            "digest": sha256(b"{}"),
+            "digest": sha256_of(b"{}"),
             "size": 2,
         },
         "layers": [{
             "mediaType": SIF_LAYER,
-            "digest": sha256(blob),
+            "digest": sha256_of(blob),
             "size": blob.len(),
             "annotations": { "org.opencontainers.image.title": "x.sif" },
         }],
@@ -354,7 +52,7 @@ fn manifest_path(kind: &str) -> String {
 }
 
 fn blob_path(kind: &str, blob: &[u8]) -> String {
-    format!("/v2/fault/{kind}/blobs/{}", sha256(blob))
+    format!("/v2/fault/{kind}/blobs/{}", sha256_of(blob))
 }
 
 /// `oras://127.0.0.1:PORT/fault/KIND:1`
@@ -369,7 +67,7 @@ fn artifact_server(kind: &str, source: &[u8], blob: Handler) -> FaultServer {
     let serve_manifest: Handler = Box::new(move |_, _| {
         Reply::new(200)
             .header("Content-Type", MANIFEST_OCI)
-            .header("Docker-Content-Digest", &sha256(&manifest))
+            .header("Docker-Content-Digest", &sha256_of(&manifest))
             .body(&manifest)
     });
     FaultServer::start(vec![
@@ -387,11 +85,6 @@ fn assert_nothing_stored(env: &Env) {
         env.tmp_entries()
     );
     assert!(env.names().is_empty(), "names added: {:?}", env.names());
-}
-
-/// `inspect --json NAME`
-fn inspect(env: &Env, name: &str) -> serde_json::Value {
-    serde_json::from_str(&stdout_of(env.cmd().args(["inspect", "--json", name]))).unwrap()
 }
 
 // ---------------------------------------------------------------------------------------
@@ -418,8 +111,8 @@ fn blob_whose_content_does_not_match_its_digest_is_not_stored() {
         1,
         "does not match",
     );
-    assert!(err.contains(&sha256(&source)), "expected digest: {err}");
-    assert!(err.contains(&sha256(&forged)), "actual digest: {err}");
+    assert!(err.contains(&sha256_of(&source)), "expected digest: {err}");
+    assert!(err.contains(&sha256_of(&forged)), "actual digest: {err}");
     assert!(err.contains("nothing was stored"), "{err}");
     assert_nothing_stored(&env);
 }
@@ -587,7 +280,7 @@ fn oci_index_instead_of_a_manifest_is_refused() {
         "mediaType": INDEX_OCI,
         "manifests": [{
             "mediaType": MANIFEST_OCI,
-            "digest": sha256(b"elsewhere"),
+            "digest": sha256_of(b"elsewhere"),
             "size": 512,
             "platform": { "architecture": "amd64", "os": "linux" },
         }],

@@ -1,4 +1,4 @@
-//! `s3://` against a real S3 server (`s3s-fs`, files on disk; see `interop.rs`): what a
+//! `s3://` against a real S3 server (`s3s-fs`, files on disk; `tests/support/s3.rs`): what a
 //! signal leaves of an upload, endpoints as users mistype them, keys as other clients
 //! write them, and the names keys give.
 
@@ -8,24 +8,8 @@ use std::process::{Command as StdCommand, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
-use crate::interop::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY};
-
-/// The binary with this cache, against `s3` with the test's credentials and no other
-/// AWS_* variable from the caller's environment (the plain `Command` of `s3_cmd`).
-fn s3_std(env: &Env, s3: &S3Server, args: &[&str]) -> StdCommand {
-    let mut c = env.std_cmd();
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("AWS_") {
-            c.env_remove(k);
-        }
-    }
-    c.env("AWS_ACCESS_KEY_ID", ACCESS_KEY)
-        .env("AWS_SECRET_ACCESS_KEY", SECRET_KEY)
-        .env("AWS_REGION", "us-east-1")
-        .args(args)
-        .args(["--endpoint", &s3.endpoint()]);
-    c
-}
+use crate::support::s3::{ACCESS_KEY, BUCKET, S3Server, SECRET_KEY, s3_std};
+use crate::support::sha256_hex;
 
 /// The names of s3s-fs's files for multipart uploads not yet completed or aborted: the
 /// upload's record (`.upload-<id>.json`), its parts (`.upload_id-<id>.part-N`) and its
@@ -70,13 +54,13 @@ fn a_signal_during_an_s3_push_leaves_no_parts_on_the_server() {
         let name = format!("{name} at {point}");
         let s3 = S3Server::start();
         let remote = format!("s3://{BUCKET}/images/big.img");
-        let mut child = s3_std(&env, &s3, &["push", "lab/big:1", &remote])
+        let mut child = s3_std(&env, &s3, SECRET_KEY, &["push", "lab/big:1", &remote])
             .env("SREGISTRY_TEST_PAUSE", point)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        crate::contention::wait_for_pause(&mut child);
+        crate::support::wait_for_pause(&mut child);
         // Wait for the first part to land (s3s-fs renames it into place when whole).
         let deadline = Instant::now() + Duration::from_secs(60);
         while !upload_files(&s3).iter().any(|n| n.ends_with(".part-1")) {
@@ -219,7 +203,6 @@ fn aws_cli_encoded(key: &str) -> String {
 /// under `key` (`put` None), or `PUT` `put` there; the key is sent as the AWS CLI encodes it
 /// ([`aws_cli_encoded`]). Returns the body of a `GET`.
 fn curl_s3(s3: &S3Server, key: &str, put: Option<&std::path::Path>) -> Vec<u8> {
-    use sha2::Digest as _;
     let url = format!("{}/{BUCKET}/{}", s3.endpoint(), aws_cli_encoded(key));
     let mut c = StdCommand::new("curl");
     c.args([
@@ -231,8 +214,8 @@ fn curl_s3(s3: &S3Server, key: &str, put: Option<&std::path::Path>) -> Vec<u8> {
     .args(["--user", &format!("{ACCESS_KEY}:{SECRET_KEY}")]);
     match put {
         Some(file) => {
-            let sha = sha2::Sha256::digest(fs::read(file).unwrap());
-            c.args(["-H", &format!("x-amz-content-sha256: {sha:x}")])
+            let sha = sha256_hex(&fs::read(file).unwrap());
+            c.args(["-H", &format!("x-amz-content-sha256: {sha}")])
                 .arg("-T")
                 .arg(file);
         }
@@ -282,7 +265,7 @@ fn odd_s3_keys_round_trip_with_another_client() {
         let name = format!("lab/pushed:{i}");
         stdout_of(env.cmd().arg("add").arg(&pushed).args(["--name", &name]));
         let remote = format!("s3://{BUCKET}/{key}");
-        let out = s3_std(&env, &s3, &["push", &name, &remote])
+        let out = s3_std(&env, &s3, SECRET_KEY, &["push", &name, &remote])
             .output()
             .unwrap();
         assert!(
@@ -303,6 +286,7 @@ fn odd_s3_keys_round_trip_with_another_client() {
         let out = s3_std(
             &env,
             &s3,
+            SECRET_KEY,
             &["pull", &remote, "--name", &format!("lab/theirs:{i}")],
         )
         .output()
@@ -341,7 +325,7 @@ fn an_s3_key_with_an_empty_part_is_refused_never_read_as_another() {
             &["get", &remote],
             &["push", "lab/tool:1", &remote],
         ] {
-            let out = s3_std(&env, &s3, args).output().unwrap();
+            let out = s3_std(&env, &s3, SECRET_KEY, args).output().unwrap();
             let err = String::from_utf8_lossy(&out.stderr);
             assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
             assert_eq!(err.trim_end().lines().count(), 1, "{args:?}: {err}");
@@ -372,7 +356,7 @@ fn get_fetches_an_s3_object_under_any_key() {
         curl_s3(&s3, key, Some(&data));
         let remote = format!("s3://{BUCKET}/{key}");
         let run = |args: &[&str]| {
-            let out = s3_std(&env, &s3, args).output().unwrap();
+            let out = s3_std(&env, &s3, SECRET_KEY, args).output().unwrap();
             assert!(
                 out.status.success(),
                 "{args:?}: {}",
