@@ -1,0 +1,210 @@
+//! A read-only open of the index kept across lookups ([`Index::read_kept`], for
+//! `Cache::get`): a program that keeps a `Cache` and asks it again and again (the Python
+//! package, a Rust embedder) pays for redb's open once, not on every call.
+//!
+//! # Protocol
+//!
+//! Every lookup still takes `index.lock` shared, as [`Index::read`] does, and holds it
+//! until it is done: the lock, not the open, is what keeps writers out, and what a `get`
+//! records its use under. What is kept is the database redb opened (its descriptor, its
+//! header and allocator state, its page cache), together with the *stamp* of the file it
+//! opened: device, inode and the first 512 bytes (redb's header, 320 bytes).
+//!
+//! Under the shared lock, before each lookup, the file at `index.redb` is opened afresh
+//! and stamped again (an open, an `fstat`, one read of 512 bytes, a close). The kept open
+//! is used only if the stamps are equal; otherwise it is dropped and the index opened as
+//! [`Index::read`] opens it, and that open (with the new stamp) is kept instead. The stamp
+//! changes whenever a lookup could see something else:
+//!
+//! * every commit writes a new header (a new transaction id in a commit slot); so does
+//!   every open for writing (the "recovery required" flag) and every repair. A writer
+//!   commits and closes before it lets go of the exclusive lock, so a lookup under the
+//!   shared lock sees either no change since the kept open or a new header. Pages the
+//!   kept header's commit uses are never rewritten while it is the last commit (redb's
+//!   copy-on-write), so equal headers mean the same tables;
+//! * a rebuilt, restored or re-created index is another file (`doctor --repair-index`
+//!   moves the old one aside and renames the new one into place): another inode, while
+//!   the kept descriptor keeps the old one from being reused;
+//! * the fresh open is what makes this hold on NFS, where data read through a descriptor
+//!   kept open may come from the client's cache: an open revalidates the file with the
+//!   server (close-to-open), as the open of every [`Index::read`] does.
+//!
+//! A missing index, one that cannot be stamped, or an open that redb refuses
+//! (`RepairAborted`) is left to [`Index::read`], which refuses, repairs or reports as it
+//! always does. A reader of the kept open that meets any error drops it, so the next
+//! lookup opens afresh, as a new process would.
+//!
+//! # Threads and `fork`
+//!
+//! The kept open sits behind a mutex that is only ever *tried*: a thread that finds it
+//! busy (another thread is looking up) reads as [`Index::read`] does, so no thread waits
+//! for another, and a child made by `fork` while a thread held it never waits for a
+//! thread it does not have. Its descriptors are registered with [`crate::fork`] like every
+//! descriptor of the index, so a child's copies are closed at the fork. A child made by
+//! `fork` never keeps an open on a handle it inherited: its first lookup drops the copy,
+//! and every lookup reads as [`Index::read`] does, so a child holds no descriptor of the
+//! index between calls (a handle the child makes itself keeps one as usual).
+
+use std::cell::Cell;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redb::{ReadOnlyDatabase, ReadableDatabase};
+
+use super::damage::{from_redb, guarded};
+use super::{Index, IndexError, IndexReader};
+use crate::cache::lock::{self, Mode};
+
+/// How many of the file's first bytes a stamp holds: redb's header is 320 bytes.
+const HEAD: usize = 512;
+
+/// What [`Index::read_kept`] keeps: nothing for the first lookup (a command line `get`
+/// makes one, and would gain nothing from a kept open), then the open of the second.
+#[derive(Debug)]
+pub(super) struct Slot {
+    /// The process that made the handle: only it keeps an open.
+    owner: u32,
+    looked_up: bool,
+    open: Option<Kept>,
+}
+
+impl Slot {
+    pub(super) fn new() -> Slot {
+        Slot {
+            owner: std::process::id(),
+            looked_up: false,
+            open: None,
+        }
+    }
+}
+
+/// An open of the index kept by [`Index`] across lookups (see the module's protocol).
+struct Kept {
+    db: Arc<ReadOnlyDatabase>,
+    stamp: Stamp,
+    /// Set by a reader of this open that met an error: the next lookup opens afresh.
+    failed: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept")
+            .field("dev", &self.stamp.dev)
+            .field("ino", &self.stamp.ino)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What identifies the state of an index file: the file, and its header.
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: usize,
+    head: [u8; HEAD],
+}
+
+/// The stamp of the file at `path`, from a fresh open; `None` when it cannot be taken
+/// (no file there, say).
+fn stamp(path: &Path) -> Option<Stamp> {
+    let (file, registration) = crate::fork::open(|| std::fs::File::open(path)).ok()?;
+    let meta = file.metadata().ok()?;
+    let mut head = [0u8; HEAD];
+    let mut len = 0;
+    while len < HEAD {
+        match file.read_at(&mut head[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    // Unregistered before the descriptor closes, as every registration is.
+    drop(registration);
+    drop(file);
+    Some(Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len,
+        head,
+    })
+}
+
+impl Index {
+    /// [`Index::read`], through an open of the index kept across calls on this handle
+    /// (and its clones) while no writer has changed the file: see [`super::kept`]. The
+    /// lookup still holds the shared lock for as long as the reader lives.
+    pub(crate) fn read_kept(&self) -> Result<IndexReader, IndexError> {
+        let Ok(mut slot) = self.kept.try_lock() else {
+            return self.read();
+        };
+        if slot.owner != std::process::id() {
+            // A child made by `fork`: its copy of the parent's open goes (see above).
+            slot.open = None;
+            drop(slot);
+            return self.read();
+        }
+        if !std::mem::replace(&mut slot.looked_up, true) {
+            drop(slot);
+            return self.read();
+        }
+        let slot = &mut slot.open;
+        let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
+        let Some(stamp) = stamp(&self.db_path) else {
+            *slot = None;
+            drop(guard);
+            return self.read();
+        };
+        if slot
+            .as_ref()
+            .is_some_and(|k| k.stamp != stamp || k.failed.load(Ordering::Relaxed))
+        {
+            *slot = None;
+        }
+        let kept = match slot.as_ref() {
+            Some(k) => k,
+            None => {
+                let reader = match self.open_read_only(Cell::new(false))? {
+                    Ok(reader) => reader,
+                    // `read` repairs, or names what redb refused.
+                    Err(_) => {
+                        drop(guard);
+                        return self.read();
+                    }
+                };
+                let mut reader = reader;
+                reader.check_schema()?;
+                reader._lock = Some(guard);
+                if let Some(db) = reader._db.clone() {
+                    let failed = Arc::new(AtomicBool::new(false));
+                    reader.kept = Some(failed.clone());
+                    *slot = Some(Kept { db, stamp, failed });
+                }
+                return Ok(reader);
+            }
+        };
+        let poisoned = Cell::new(false);
+        let txn = guarded(&poisoned, &self.db_path, || {
+            kept.db
+                .begin_read()
+                .map_err(|e| from_redb(&self.db_path, e.into()))
+        });
+        let txn = match txn {
+            Ok(txn) => txn,
+            Err(e) => {
+                *slot = None;
+                return Err(e);
+            }
+        };
+        Ok(IndexReader {
+            txn: Some(txn),
+            _db: Some(kept.db.clone()),
+            _lock: Some(guard),
+            path: self.db_path.clone(),
+            poisoned,
+            kept: Some(kept.failed.clone()),
+        })
+    }
+}
