@@ -10,11 +10,10 @@
 //! header and allocator state, its page cache), together with the *stamp* of the file it
 //! opened: device, inode and the first 512 bytes (redb's header, 320 bytes).
 //!
-//! Under the shared lock, before each lookup, the file at `index.redb` is opened afresh
-//! and stamped again (an open, an `fstat`, one read of 512 bytes, a close). The kept open
-//! is used only if the stamps are equal; otherwise it is dropped and the index opened as
-//! [`Index::read`] opens it, and that open (with the new stamp) is kept instead. The stamp
-//! changes whenever a lookup could see something else:
+//! Under the shared lock, before each lookup, the file at `index.redb` is stamped again.
+//! The kept open is used only if the stamps are equal; otherwise it is dropped and the
+//! index opened as [`Index::read`] opens it, and that open (with the new stamp) is kept
+//! instead. The stamp changes whenever a lookup could see something else:
 //!
 //! * every commit writes a new header (a new transaction id in a commit slot); so does
 //!   every open for writing (the "recovery required" flag) and every repair. A writer
@@ -25,9 +24,14 @@
 //! * a rebuilt, restored or re-created index is another file (`doctor --repair-index`
 //!   moves the old one aside and renames the new one into place): another inode, while
 //!   the kept descriptor keeps the old one from being reused;
-//! * the fresh open is what makes this hold on NFS, where data read through a descriptor
-//!   kept open may come from the client's cache: an open revalidates the file with the
-//!   server (close-to-open), as the open of every [`Index::read`] does.
+//!
+//! How it is stamped again depends on the filesystem, told once by `fstatfs` when the open
+//! is kept. On a local one (ext2/3/4, XFS, Btrfs, tmpfs), where every descriptor of a file
+//! reads the one page cache, a `stat` of the path (is it still the same file?) and one read
+//! of 512 bytes through a descriptor kept for it. On any other (NFS above all, where data
+//! read through a descriptor kept open may come from the client's cache), the file is
+//! opened afresh, which revalidates it with the server (close-to-open) as the open of
+//! every [`Index::read`] does, then `fstat`, the read, and the close.
 //!
 //! A missing index, one that cannot be stamped, or an open that redb refuses
 //! (`RepairAborted`) is left to [`Index::read`], which refuses, repairs or reports as it
@@ -46,6 +50,8 @@
 //! index between calls (a handle the child makes itself keeps one as usual).
 
 use std::cell::Cell;
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
 use std::sync::Arc;
@@ -64,8 +70,9 @@ const HEAD: usize = 512;
 /// makes one, and would gain nothing from a kept open), then the open of the second.
 #[derive(Debug)]
 pub(super) struct Slot {
-    /// The process that made the handle: only it keeps an open.
-    owner: u32,
+    /// The process that made the handle ([`crate::fork::generation`]): only it keeps an
+    /// open.
+    owner: u64,
     looked_up: bool,
     open: Option<Kept>,
 }
@@ -73,7 +80,7 @@ pub(super) struct Slot {
 impl Slot {
     pub(super) fn new() -> Slot {
         Slot {
-            owner: std::process::id(),
+            owner: crate::fork::generation(),
             looked_up: false,
             open: None,
         }
@@ -86,6 +93,9 @@ struct Kept {
     stamp: Stamp,
     /// Set by a reader of this open that met an error: the next lookup opens afresh.
     failed: Arc<AtomicBool>,
+    /// The descriptor it was stamped through, kept on a local filesystem to stamp it again
+    /// (`None` elsewhere: every stamp is then taken through a fresh open).
+    local: Option<Opened>,
 }
 
 impl std::fmt::Debug for Kept {
@@ -106,11 +116,34 @@ struct Stamp {
     head: [u8; HEAD],
 }
 
-/// The stamp of the file at `path`, from a fresh open; `None` when it cannot be taken
-/// (no file there, say).
-fn stamp(path: &Path) -> Option<Stamp> {
-    let (file, registration) = crate::fork::open(|| std::fs::File::open(path)).ok()?;
-    let meta = file.metadata().ok()?;
+/// A descriptor of the index and its registration with [`crate::fork`], which goes
+/// before the descriptor closes (field order).
+struct Opened {
+    _registration: crate::fork::Registration,
+    file: File,
+}
+
+/// The file at `path` opened afresh and stamped, with its descriptor; `None` when it
+/// cannot be (no file there, say).
+fn open_stamped(path: &Path) -> Option<(Stamp, Opened)> {
+    let (file, registration) = crate::fork::open(|| File::open(path)).ok()?;
+    let opened = Opened {
+        _registration: registration,
+        file,
+    };
+    let meta = opened.file.metadata().ok()?;
+    let (len, head) = read_head(&opened.file)?;
+    let stamp = Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len,
+        head,
+    };
+    Some((stamp, opened))
+}
+
+/// The first [`HEAD`] bytes of `file` (fewer if it is shorter).
+fn read_head(file: &File) -> Option<(usize, [u8; HEAD])> {
     let mut head = [0u8; HEAD];
     let mut len = 0;
     while len < HEAD {
@@ -121,15 +154,40 @@ fn stamp(path: &Path) -> Option<Stamp> {
             Err(_) => return None,
         }
     }
-    // Unregistered before the descriptor closes, as every registration is.
-    drop(registration);
-    drop(file);
-    Some(Stamp {
-        dev: meta.dev(),
-        ino: meta.ino(),
-        len,
-        head,
-    })
+    Some((len, head))
+}
+
+/// Whether `file` is on a filesystem whose every descriptor of a file reads the same
+/// page cache, so that a read through a descriptor kept open is as fresh as an open:
+/// ext2/3/4, XFS, Btrfs, tmpfs (by `fstatfs` magic). Network and cluster filesystems,
+/// FUSE, overlays and anything else are not.
+fn is_local(file: &File) -> bool {
+    // SAFETY: an all-zero statfs is a valid value; fstatfs fills it for an open descriptor.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `file` is open for the duration of the call; `st` is a valid statfs.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(
+        st.f_type as u64,
+        0xEF53 | 0x5846_5342 | 0x9123_683E | 0x0102_1994
+    )
+}
+
+impl Kept {
+    /// Whether the file at `path` is still the one this open was made from, unchanged
+    /// (the caller holds the shared lock).
+    fn unchanged(&self, path: &Path) -> bool {
+        match &self.local {
+            Some(Opened { file, .. }) => {
+                std::fs::metadata(path)
+                    .is_ok_and(|m| m.dev() == self.stamp.dev && m.ino() == self.stamp.ino)
+                    && read_head(file)
+                        .is_some_and(|(len, head)| len == self.stamp.len && head == self.stamp.head)
+            }
+            None => open_stamped(path).is_some_and(|(stamp, ..)| stamp == self.stamp),
+        }
+    }
 }
 
 impl Index {
@@ -140,7 +198,7 @@ impl Index {
         let Ok(mut slot) = self.kept.try_lock() else {
             return self.read();
         };
-        if slot.owner != std::process::id() {
+        if slot.owner != crate::fork::generation() {
             // A child made by `fork`: its copy of the parent's open goes (see above).
             slot.open = None;
             drop(slot);
@@ -152,20 +210,19 @@ impl Index {
         }
         let slot = &mut slot.open;
         let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
-        let Some(stamp) = stamp(&self.db_path) else {
-            *slot = None;
-            drop(guard);
-            return self.read();
-        };
         if slot
             .as_ref()
-            .is_some_and(|k| k.stamp != stamp || k.failed.load(Ordering::Relaxed))
+            .is_some_and(|k| k.failed.load(Ordering::Relaxed) || !k.unchanged(&self.db_path))
         {
             *slot = None;
         }
         let kept = match slot.as_ref() {
             Some(k) => k,
             None => {
+                let Some((stamp, opened)) = open_stamped(&self.db_path) else {
+                    drop(guard);
+                    return self.read();
+                };
                 let reader = match self.open_read_only(Cell::new(false))? {
                     Ok(reader) => reader,
                     // `read` repairs, or names what redb refused.
@@ -180,7 +237,13 @@ impl Index {
                 if let Some(db) = reader._db.clone() {
                     let failed = Arc::new(AtomicBool::new(false));
                     reader.kept = Some(failed.clone());
-                    *slot = Some(Kept { db, stamp, failed });
+                    let local = is_local(&opened.file).then_some(opened);
+                    *slot = Some(Kept {
+                        db,
+                        stamp,
+                        failed,
+                        local,
+                    });
                 }
                 return Ok(reader);
             }
