@@ -4,17 +4,23 @@ used once a writer has committed (src/cache/index/kept.rs)."""
 
 import os
 import subprocess
+import time
 
 import pytest
 
 import sregistry
 
 
-def _cli(root, *args):
+def _cli(root, *args, env=None):
     path = os.environ.get("SREGISTRY_BIN")
     if not path:
         pytest.fail("SREGISTRY_BIN is not set (scripts/test-python.sh sets it)")
-    subprocess.run([path, "--cache", str(root), *args], check=True, capture_output=True)
+    subprocess.run(
+        [path, "--cache", str(root), *args],
+        check=True,
+        capture_output=True,
+        env=dict(os.environ, **(env or {})),
+    )
 
 
 def _answer(c, name):
@@ -46,7 +52,9 @@ def test_a_kept_cache_answers_as_a_fresh_one_after_other_processes_write(cache, 
     gone = _as_fresh(cache, "lab/a:1")
     assert isinstance(gone, tuple) and "lab/a:1" in gone[1]
     kept = _as_fresh(cache, "lab/k:1")
-    _cli(cache.root, "gc", "-q", "--max-size", "0", "--min-idle", "0")
+    # By gc's clock, the uses the kept Cache recorded are a month old.
+    month_on = {"SREGISTRY_NOW": str(int(time.time()) + 30 * 86400)}
+    _cli(cache.root, "gc", "-q", "--max-age", "15d", env=month_on)
     assert not os.path.exists(kept)
     assert isinstance(_as_fresh(cache, "lab/k:1"), tuple)
 
