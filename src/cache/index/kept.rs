@@ -33,6 +33,10 @@
 //! opened afresh, which revalidates it with the server (close-to-open) as the open of
 //! every [`Index::read`] does, then `fstat`, the read, and the close.
 //!
+//! A handle's first lookup keeps nothing (a command line `get` makes one lookup and would
+//! gain nothing). Between lookups a handle holds the kept descriptors of `index.redb`
+//! (redb's, and on a local filesystem the stamp's), never a lock.
+//!
 //! A missing index, one that cannot be stamped, or an open that redb refuses
 //! (`RepairAborted`) is left to [`Index::read`], which refuses, repairs or reports as it
 //! always does. A reader of the kept open that meets any error drops it, so the next
