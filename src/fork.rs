@@ -40,7 +40,7 @@
 
 use std::cell::UnsafeCell;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, RwLock, RwLockWriteGuard};
 
 /// Shared by every critical section of a process-wide mutex; exclusive across a fork.
@@ -50,6 +50,9 @@ static GATE: RwLock<()> = RwLock::new(());
 static REGISTERED: Mutex<Vec<RawFd>> = Mutex::new(Vec::new());
 
 static INSTALLED: AtomicBool = AtomicBool::new(false);
+
+/// Forks this process descends from since the handlers were installed (see [`generation`]).
+static FORKS: AtomicU64 = AtomicU64::new(0);
 
 /// The gate held exclusively between the prepare handler and the parent or child
 /// handler. Only the forking thread touches it, while it holds the gate: concurrent
@@ -90,6 +93,7 @@ extern "C" fn after_in_parent() {
 }
 
 extern "C" fn after_in_child() {
+    FORKS.fetch_add(1, Ordering::Relaxed);
     {
         // Nobody else is in the child; the mutex was free at the fork (gated).
         let mut fds = REGISTERED.lock().unwrap_or_else(|p| p.into_inner());
@@ -113,6 +117,14 @@ extern "C" fn after_in_child() {
     }
     // SAFETY: the child's only thread is the copy of the one that ran `prepare`.
     drop(unsafe { (*HELD.0.get()).take() });
+}
+
+/// A number that changes in a child made by `fork`: equal to one read earlier means the
+/// same process (without a system call, as `getpid` is one). It installs the handlers
+/// that count, so a value read here is compared with later ones.
+pub(crate) fn generation() -> u64 {
+    install();
+    FORKS.load(Ordering::Relaxed)
 }
 
 /// A descriptor that carries, or may come to carry, a lock of ours: registered while this

@@ -112,7 +112,7 @@ impl Cache {
         }
         let key = r.key();
         let (path, stale) = {
-            let rd = self.index.read()?;
+            let rd = self.index.read_kept()?;
             let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
             if !check(&rec) {
                 return Ok(None);

@@ -123,6 +123,7 @@
 mod backend;
 mod damage;
 pub(crate) mod journal;
+mod kept;
 mod open;
 mod read;
 mod rebuild;

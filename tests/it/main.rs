@@ -23,6 +23,7 @@ mod messages;
 mod migrate;
 mod move_add;
 mod names;
+mod open_cache;
 mod pins;
 mod platform;
 mod registry;

@@ -9,11 +9,13 @@
 
 use std::cell::{Cell, RefCell};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
 use super::backend::UnderOurLock;
 use super::damage::{caught, from_redb, guarded};
+use super::kept::Slot;
 use super::schema::{CACHE_BYTES, MIGRATIONS, stamp_schema};
 use super::{IndexError, IndexReader, IndexWriter, journal};
 use crate::cache::lock::{self, LockError, LockGuard, LockOptions, Mode};
@@ -58,6 +60,8 @@ pub(crate) struct Index {
     pub(super) file_mode: u32,
     /// `v1/blobs`: an index is never started empty beside image files.
     pub(super) blobs_dir: PathBuf,
+    /// The open [`Index::read_kept`] keeps across lookups, shared by clones.
+    pub(super) kept: Arc<Mutex<Slot>>,
 }
 
 impl Index {
@@ -70,6 +74,7 @@ impl Index {
             lock_opts,
             file_mode,
             blobs_dir: v1.join("blobs"),
+            kept: Arc::new(Mutex::new(Slot::new())),
         }
     }
 
@@ -151,6 +156,7 @@ impl Index {
                         _lock: Some(guard),
                         path: self.db_path.clone(),
                         poisoned: Cell::new(false),
+                        kept: None,
                     });
                 }
                 opened => opened,
@@ -336,7 +342,7 @@ impl Index {
     /// Open the index read-only and begin a read, as a reader without a lock of its own
     /// (the caller holds one). The outer error is damage; the inner one is redb's refusal
     /// to open (`RepairAborted` after a writer's crash), for the caller to handle.
-    fn open_read_only(
+    pub(super) fn open_read_only(
         &self,
         poisoned: Cell<bool>,
     ) -> Result<Result<IndexReader, redb::DatabaseError>, IndexError> {
@@ -374,10 +380,11 @@ impl Index {
         };
         Ok(Ok(IndexReader {
             txn: Some(txn),
-            _db: Some(db),
+            _db: Some(Arc::new(db)),
             _lock: None,
             path: self.db_path.clone(),
             poisoned,
+            kept: None,
         }))
     }
 

@@ -9,6 +9,8 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use redb::{
     ReadOnlyDatabase, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
@@ -35,11 +37,14 @@ pub struct Named {
 /// then the lock.
 pub(crate) struct IndexReader {
     pub(super) txn: Option<ReadTransaction>,
-    pub(super) _db: Option<ReadOnlyDatabase>,
+    /// Shared with the open [`super::Index::read_kept`] keeps, when it came from there.
+    pub(super) _db: Option<Arc<ReadOnlyDatabase>>,
     /// `None` for the view a writer checks under its own exclusive lock.
     pub(super) _lock: Option<LockGuard>,
     pub(super) path: PathBuf,
     pub(super) poisoned: Cell<bool>,
+    /// For a reader of a kept open: set when a call fails, so that the open is not kept.
+    pub(super) kept: Option<Arc<AtomicBool>>,
 }
 
 impl Drop for IndexReader {
@@ -160,7 +165,13 @@ impl IndexReader {
         &self,
         f: impl FnOnce() -> Result<T, IndexError>,
     ) -> Result<T, IndexError> {
-        guarded(&self.poisoned, &self.path, f)
+        let r = guarded(&self.poisoned, &self.path, f);
+        if r.is_err()
+            && let Some(failed) = &self.kept
+        {
+            failed.store(true, Ordering::Relaxed);
+        }
+        r
     }
 
     /// A table of the snapshot; `None` when the index, or the table, does not exist yet.

@@ -1,0 +1,277 @@
+//! A read-only open of the index kept across lookups ([`Index::read_kept`], for
+//! `Cache::get`): a program that keeps a `Cache` and asks it again and again (the Python
+//! package, a Rust embedder) pays for redb's open once, not on every call.
+//!
+//! # Protocol
+//!
+//! Every lookup still takes `index.lock` shared, as [`Index::read`] does, and holds it
+//! until it is done: the lock, not the open, is what keeps writers out, and what a `get`
+//! records its use under. What is kept is the database redb opened (its descriptor, its
+//! header and allocator state, its page cache), together with the *stamp* of the file it
+//! opened: device, inode and the first 512 bytes (redb's header, 320 bytes).
+//!
+//! Under the shared lock, before each lookup, the file at `index.redb` is stamped again.
+//! The kept open is used only if the stamps are equal; otherwise it is dropped and the
+//! index opened as [`Index::read`] opens it, and that open (with the new stamp) is kept
+//! instead. The stamp changes whenever a lookup could see something else:
+//!
+//! * every commit writes a new header (a new transaction id in a commit slot); so does
+//!   every open for writing (the "recovery required" flag) and every repair. A writer
+//!   commits and closes before it lets go of the exclusive lock, so a lookup under the
+//!   shared lock sees either no change since the kept open or a new header. Pages the
+//!   kept header's commit uses are never rewritten while it is the last commit (redb's
+//!   copy-on-write), so equal headers mean the same tables;
+//! * a rebuilt, restored or re-created index is another file (`doctor --repair-index`
+//!   moves the old one aside and renames the new one into place): another inode, while
+//!   the kept descriptor keeps the old one from being reused;
+//!
+//! How it is stamped again depends on the filesystem, told once by `fstatfs` when the open
+//! is kept. On a local one (ext2/3/4, XFS, Btrfs, tmpfs), where every descriptor of a file
+//! reads the one page cache, a `stat` of the path (is it still the same file?) and one read
+//! of 512 bytes through a descriptor kept for it. On any other (NFS above all, where data
+//! read through a descriptor kept open may come from the client's cache), the file is
+//! opened afresh, which revalidates it with the server (close-to-open) as the open of
+//! every [`Index::read`] does, then `fstat`, the read, and the close.
+//!
+//! A handle's first lookup keeps nothing (a command line `get` makes one lookup and would
+//! gain nothing). Between lookups a handle holds the kept descriptors of `index.redb`
+//! (redb's, and on a local filesystem the stamp's), never a lock.
+//!
+//! A missing index, one that cannot be stamped, or an open that redb refuses
+//! (`RepairAborted`) is left to [`Index::read`], which refuses, repairs or reports as it
+//! always does. A reader of the kept open that meets any error drops it, so the next
+//! lookup opens afresh, as a new process would.
+//!
+//! # Threads and `fork`
+//!
+//! The kept open sits behind a mutex that is only ever *tried*: a thread that finds it
+//! busy (another thread is looking up) reads as [`Index::read`] does, so no thread waits
+//! for another, and a child made by `fork` while a thread held it never waits for a
+//! thread it does not have. Its descriptors are registered with [`crate::fork`] like every
+//! descriptor of the index, so a child's copies are closed at the fork. A child made by
+//! `fork` never keeps an open on a handle it inherited: its first lookup drops the copy,
+//! and every lookup reads as [`Index::read`] does, so a child holds no descriptor of the
+//! index between calls (a handle the child makes itself keeps one as usual).
+
+use std::cell::Cell;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use redb::{ReadOnlyDatabase, ReadableDatabase};
+
+use super::damage::{from_redb, guarded};
+use super::{Index, IndexError, IndexReader};
+use crate::cache::lock::{self, Mode};
+
+/// How many of the file's first bytes a stamp holds: redb's header is 320 bytes.
+const HEAD: usize = 512;
+
+/// What [`Index::read_kept`] keeps: nothing for the first lookup (a command line `get`
+/// makes one, and would gain nothing from a kept open), then the open of the second.
+#[derive(Debug)]
+pub(super) struct Slot {
+    /// The process that made the handle ([`crate::fork::generation`]): only it keeps an
+    /// open.
+    owner: u64,
+    looked_up: bool,
+    open: Option<Kept>,
+}
+
+impl Slot {
+    pub(super) fn new() -> Slot {
+        Slot {
+            owner: crate::fork::generation(),
+            looked_up: false,
+            open: None,
+        }
+    }
+}
+
+/// An open of the index kept by [`Index`] across lookups (see the module's protocol).
+struct Kept {
+    db: Arc<ReadOnlyDatabase>,
+    stamp: Stamp,
+    /// Set by a reader of this open that met an error: the next lookup opens afresh.
+    failed: Arc<AtomicBool>,
+    /// The descriptor it was stamped through, kept on a local filesystem to stamp it again
+    /// (`None` elsewhere: every stamp is then taken through a fresh open).
+    local: Option<Opened>,
+}
+
+impl std::fmt::Debug for Kept {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kept")
+            .field("dev", &self.stamp.dev)
+            .field("ino", &self.stamp.ino)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What identifies the state of an index file: the file, and its header.
+#[derive(PartialEq, Eq)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    len: usize,
+    head: [u8; HEAD],
+}
+
+/// A descriptor of the index and its registration with [`crate::fork`], which goes
+/// before the descriptor closes (field order).
+struct Opened {
+    _registration: crate::fork::Registration,
+    file: File,
+}
+
+/// The file at `path` opened afresh and stamped, with its descriptor; `None` when it
+/// cannot be (no file there, say).
+fn open_stamped(path: &Path) -> Option<(Stamp, Opened)> {
+    let (file, registration) = crate::fork::open(|| File::open(path)).ok()?;
+    let opened = Opened {
+        _registration: registration,
+        file,
+    };
+    let meta = opened.file.metadata().ok()?;
+    let (len, head) = read_head(&opened.file)?;
+    let stamp = Stamp {
+        dev: meta.dev(),
+        ino: meta.ino(),
+        len,
+        head,
+    };
+    Some((stamp, opened))
+}
+
+/// The first [`HEAD`] bytes of `file` (fewer if it is shorter).
+fn read_head(file: &File) -> Option<(usize, [u8; HEAD])> {
+    let mut head = [0u8; HEAD];
+    let mut len = 0;
+    while len < HEAD {
+        match file.read_at(&mut head[len..], len as u64) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
+    Some((len, head))
+}
+
+/// Whether `file` is on a filesystem whose every descriptor of a file reads the same
+/// page cache, so that a read through a descriptor kept open is as fresh as an open:
+/// ext2/3/4, XFS, Btrfs, tmpfs (by `fstatfs` magic). Network and cluster filesystems,
+/// FUSE, overlays and anything else are not.
+fn is_local(file: &File) -> bool {
+    // SAFETY: an all-zero statfs is a valid value; fstatfs fills it for an open descriptor.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `file` is open for the duration of the call; `st` is a valid statfs.
+    if unsafe { libc::fstatfs(file.as_raw_fd(), &mut st) } != 0 {
+        return false;
+    }
+    matches!(
+        st.f_type as u64,
+        0xEF53 | 0x5846_5342 | 0x9123_683E | 0x0102_1994
+    )
+}
+
+impl Kept {
+    /// Whether the file at `path` is still the one this open was made from, unchanged
+    /// (the caller holds the shared lock).
+    fn unchanged(&self, path: &Path) -> bool {
+        match &self.local {
+            Some(Opened { file, .. }) => {
+                std::fs::metadata(path)
+                    .is_ok_and(|m| m.dev() == self.stamp.dev && m.ino() == self.stamp.ino)
+                    && read_head(file)
+                        .is_some_and(|(len, head)| len == self.stamp.len && head == self.stamp.head)
+            }
+            None => open_stamped(path).is_some_and(|(stamp, ..)| stamp == self.stamp),
+        }
+    }
+}
+
+impl Index {
+    /// [`Index::read`], through an open of the index kept across calls on this handle
+    /// (and its clones) while no writer has changed the file: see [`super::kept`]. The
+    /// lookup still holds the shared lock for as long as the reader lives.
+    pub(crate) fn read_kept(&self) -> Result<IndexReader, IndexError> {
+        let Ok(mut slot) = self.kept.try_lock() else {
+            return self.read();
+        };
+        if slot.owner != crate::fork::generation() {
+            // A child made by `fork`: its copy of the parent's open goes (see above).
+            slot.open = None;
+            drop(slot);
+            return self.read();
+        }
+        if !std::mem::replace(&mut slot.looked_up, true) {
+            drop(slot);
+            return self.read();
+        }
+        let slot = &mut slot.open;
+        let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
+        if slot
+            .as_ref()
+            .is_some_and(|k| k.failed.load(Ordering::Relaxed) || !k.unchanged(&self.db_path))
+        {
+            *slot = None;
+        }
+        let kept = match slot.as_ref() {
+            Some(k) => k,
+            None => {
+                let Some((stamp, opened)) = open_stamped(&self.db_path) else {
+                    drop(guard);
+                    return self.read();
+                };
+                let reader = match self.open_read_only(Cell::new(false))? {
+                    Ok(reader) => reader,
+                    // `read` repairs, or names what redb refused.
+                    Err(_) => {
+                        drop(guard);
+                        return self.read();
+                    }
+                };
+                let mut reader = reader;
+                reader.check_schema()?;
+                reader._lock = Some(guard);
+                if let Some(db) = reader._db.clone() {
+                    let failed = Arc::new(AtomicBool::new(false));
+                    reader.kept = Some(failed.clone());
+                    let local = is_local(&opened.file).then_some(opened);
+                    *slot = Some(Kept {
+                        db,
+                        stamp,
+                        failed,
+                        local,
+                    });
+                }
+                return Ok(reader);
+            }
+        };
+        let poisoned = Cell::new(false);
+        let txn = guarded(&poisoned, &self.db_path, || {
+            kept.db
+                .begin_read()
+                .map_err(|e| from_redb(&self.db_path, e.into()))
+        });
+        let txn = match txn {
+            Ok(txn) => txn,
+            Err(e) => {
+                *slot = None;
+                return Err(e);
+            }
+        };
+        Ok(IndexReader {
+            txn: Some(txn),
+            _db: Some(kept.db.clone()),
+            _lock: Some(guard),
+            path: self.db_path.clone(),
+            poisoned,
+            kept: Some(kept.failed.clone()),
+        })
+    }
+}

@@ -1,0 +1,155 @@
+//! A `Cache` kept open in process (as the Python package and Rust embedders keep one)
+//! answers `get` as a fresh process would, whatever other processes (the real binary)
+//! changed in between: its kept open of the index (`src/cache/index/kept.rs`) is never
+//! used once a writer has committed.
+
+use std::path::PathBuf;
+
+use sregistry::cache::lock::LockOptions;
+use sregistry::{Cache, Reference};
+
+use crate::common::*;
+
+fn open(env: &Env) -> Cache {
+    Cache::open(&env.cache, LockOptions::default()).unwrap()
+}
+
+fn name(s: &str) -> Reference {
+    Reference::parse(s).unwrap()
+}
+
+/// What `get` answers through `kept` and through a `Cache` opened afresh: the same path,
+/// or the same error.
+fn assert_answers_as_fresh(env: &Env, kept: &Cache, n: &str) -> Result<PathBuf, String> {
+    let r = name(n);
+    let got = kept.get(&r).map_err(|e| e.to_string());
+    let fresh = open(env).get(&r).map_err(|e| e.to_string());
+    assert_eq!(
+        got, fresh,
+        "`get {n}` through a kept Cache, then a fresh one"
+    );
+    got
+}
+
+/// Two `get`s, so that the second (and every later one) goes through the kept open.
+fn warm(kept: &Cache, n: &str) -> PathBuf {
+    let r = name(n);
+    kept.get(&r).unwrap();
+    kept.get(&r).unwrap()
+}
+
+#[test]
+fn a_kept_cache_does_not_hand_out_a_name_another_process_removed() {
+    let env = Env::new();
+    let a = env.file("a.img", b"content of a");
+    let b = env.file("b.img", b"content of b");
+    env.cmd()
+        .arg("add")
+        .arg(&a)
+        .args(["--name", "t/a"])
+        .assert()
+        .success();
+    env.cmd()
+        .arg("add")
+        .arg(&b)
+        .args(["--name", "t/b"])
+        .assert()
+        .success();
+    let kept = open(&env);
+    warm(&kept, "t/a");
+    warm(&kept, "t/b");
+    env.cmd().args(["rm", "t/a"]).assert().success();
+    let e = assert_answers_as_fresh(&env, &kept, "t/a").unwrap_err();
+    assert!(e.contains("no image `t/a:latest`"), "{e}");
+    assert!(assert_answers_as_fresh(&env, &kept, "t/b").is_ok());
+}
+
+#[test]
+fn a_kept_cache_follows_a_name_another_process_repointed() {
+    let env = Env::new();
+    let kept = open(&env);
+    // Many commits in quick succession (several within one tick of the file clock): each
+    // must be seen, as each changes redb's header.
+    for i in 0..20u8 {
+        let f = env.file(&format!("v{i}.img"), &[i + 1; 100]);
+        env.cmd()
+            .arg("add")
+            .arg(&f)
+            .args(["--name", "t/moving"])
+            .assert()
+            .success();
+        let path = assert_answers_as_fresh(&env, &kept, "t/moving").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), vec![i + 1; 100], "round {i}");
+        // `tag` re-points another name to it, from another process.
+        env.cmd()
+            .args(["tag", "t/moving", "t/follower"])
+            .assert()
+            .success();
+        assert_eq!(
+            assert_answers_as_fresh(&env, &kept, "t/follower").unwrap(),
+            path
+        );
+    }
+}
+
+#[test]
+fn a_kept_cache_does_not_hand_out_what_gc_evicted() {
+    let env = Env::new();
+    let old = env.file("old.img", &[7; 4096]);
+    env.cmd()
+        .arg("add")
+        .arg(&old)
+        .args(["--name", "t/old"])
+        .assert()
+        .success();
+    let kept = open(&env);
+    let path = warm(&kept, "t/old");
+    // By gc's clock, the uses the kept Cache recorded are a month old.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    env.cmd()
+        .env("SREGISTRY_NOW", (now + 30 * 86_400).to_string())
+        .args(["gc", "-q", "--max-age", "15d", "--min-idle", "0"])
+        .assert()
+        .success();
+    assert!(!path.exists(), "gc kept the evicted image's file");
+    let e = assert_answers_as_fresh(&env, &kept, "t/old").unwrap_err();
+    assert!(e.contains("no image `t/old:latest`"), "{e}");
+}
+
+#[test]
+fn a_kept_cache_reads_an_index_rebuilt_by_another_process() {
+    let env = Env::new();
+    let a = env.file("a.img", b"content of a");
+    let b = env.file("b.img", b"content of b");
+    env.cmd()
+        .arg("add")
+        .arg(&a)
+        .args(["--name", "t/a"])
+        .assert()
+        .success();
+    let kept = open(&env);
+    warm(&kept, "t/a");
+    // The index deleted (the kept Cache still has it open), then rebuilt from the
+    // journal into another file, which then changes.
+    std::fs::remove_file(env.cache.join("v1/index.redb")).unwrap();
+    let e = assert_answers_as_fresh(&env, &kept, "t/a").unwrap_err();
+    assert!(e.contains("--repair-index"), "{e}");
+    env.cmd()
+        .args(["doctor", "--repair-index"])
+        .assert()
+        .success();
+    assert!(assert_answers_as_fresh(&env, &kept, "t/a").is_ok());
+    env.cmd()
+        .arg("add")
+        .arg(&b)
+        .args(["--name", "t/a"])
+        .assert()
+        .success();
+    let path = assert_answers_as_fresh(&env, &kept, "t/a").unwrap();
+    assert_eq!(std::fs::read(path).unwrap(), b"content of b");
+    env.cmd().args(["rm", "t/a"]).assert().success();
+    assert!(assert_answers_as_fresh(&env, &kept, "t/a").is_err());
+}
