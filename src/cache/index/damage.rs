@@ -64,12 +64,10 @@ pub(super) fn from_redb(path: &Path, source: redb::Error) -> IndexError {
             path: path.to_path_buf(),
             source: std::io::Error::from_raw_os_error(os_error.unwrap_or(libc::ENOSPC)),
         }
-    } else if let redb::Error::Io(e) = &source
-        && e.raw_os_error() == Some(libc::EIO)
-    {
+    } else if let Some(errno) = os_error.filter(|&e| refused_by_the_server(e)) {
         IndexError::Refused {
             path: path.to_path_buf(),
-            source: std::io::Error::from_raw_os_error(libc::EIO),
+            source: std::io::Error::from_raw_os_error(errno),
         }
     } else {
         IndexError::Db {
@@ -98,4 +96,12 @@ pub(super) fn guarded<T>(
 /// The `map_err` of a redb storage error met reading or writing `path`.
 pub(super) fn dberr(path: &Path) -> impl Fn(redb::StorageError) -> IndexError + '_ {
     move |e| from_redb(path, e.into())
+}
+
+/// An error the NFS client gives for I/O through a descriptor whose state the server lost
+/// in a restart: `EIO` when the lock on it could not be reclaimed, `EBADF` when the open
+/// itself could not be (seen in the cluster's reboot test). The descriptor is open and
+/// ours, so neither means anything else here.
+pub(super) fn refused_by_the_server(errno: i32) -> bool {
+    errno == libc::EIO || errno == libc::EBADF
 }

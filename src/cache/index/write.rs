@@ -87,7 +87,7 @@ impl IndexWriter {
 
     pub(super) fn journal_err(&self) -> impl Fn(std::io::Error) -> IndexError + '_ {
         move |source| {
-            if source.raw_os_error() == Some(libc::EIO) {
+            if source.raw_os_error().is_some_and(super::damage::refused_by_the_server) {
                 IndexError::Refused {
                     path: self.journal.clone(),
                     source,
