@@ -87,7 +87,10 @@ impl IndexWriter {
 
     pub(super) fn journal_err(&self) -> impl Fn(std::io::Error) -> IndexError + '_ {
         move |source| {
-            if source.raw_os_error().is_some_and(super::damage::refused_by_the_server) {
+            if source
+                .raw_os_error()
+                .is_some_and(super::damage::refused_by_the_server)
+            {
                 IndexError::Refused {
                     path: self.journal.clone(),
                     source,
