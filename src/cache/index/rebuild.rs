@@ -75,21 +75,7 @@ impl Index {
     /// lock: see the protocol above. `on_disk` maps each blob file found to its size.
     pub(crate) fn rebuild(&self, on_disk: &HashMap<Digest, OnDisk>) -> Result<Rebuilt, IndexError> {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
-        let rebuild_err = |detail: String| IndexError::Rebuild {
-            path: self.db_path.clone(),
-            detail,
-        };
-        let replayed = match journal::replay(&self.journal_path) {
-            Ok(r) => r,
-            // No journal (deleted with the index, a partial restore): no name can come
-            // back, but every image does, under a recovered name.
-            Err(journal::ReplayError::Missing { .. }) => journal::Replayed::default(),
-            Err(e) => {
-                return Err(rebuild_err(format!(
-                    "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
-                )));
-            }
-        };
+        let replayed = self.replay_for_rebuild()?;
         let journal_missing = !self.journal_path.exists();
         let now = crate::format::clock::now();
         let mut state = replayed.state;
@@ -100,117 +86,117 @@ impl Index {
             from_blobs_alone: journal_missing,
             ..Rebuilt::default()
         };
-        for (name, r) in &state.refs {
-            if !on_disk.contains_key(&r.digest) {
-                report.missing_blobs.push(name.clone());
-            }
+        records_from_files(
+            &mut state,
+            on_disk,
+            &replayed.never_committed,
+            now,
+            &mut report,
+        );
+        let base = self.journal_for(&state, replayed.seq, now, &mut report)?;
+        report.moved_aside = self.move_damaged_aside(now)?;
+        let base =
+            base.unwrap_or_else(|| std::fs::metadata(&self.journal_path).map_or(0, |m| m.len()));
+        self.write_rebuilt(&state, replayed.seq, base, now)?;
+        report.names = state.refs.len() as u64;
+        report.blobs = state.blobs.len() as u64;
+        report.pins = state
+            .pins
+            .keys()
+            .filter(|n| state.refs.contains_key(*n))
+            .count() as u64;
+        Ok(report)
+    }
+
+    fn rebuild_err(&self, detail: String) -> IndexError {
+        IndexError::Rebuild {
+            path: self.db_path.clone(),
+            detail,
         }
-        let wanted: HashSet<Digest> = state.refs.values().map(|r| r.digest).collect();
-        let from_file = |f: &OnDisk| BlobRecord {
-            size: f.size,
-            added: now,
-            media_type: f.media_type.clone(),
-            ..Default::default()
-        };
-        for d in &wanted {
-            if let (None, Some(f)) = (state.blobs.get(d), on_disk.get(d)) {
-                state.blobs.insert(*d, from_file(f));
-                report.blob_records_from_files += 1;
-            }
+    }
+
+    /// The journal's names, or none when there is no journal (deleted with the index, a
+    /// partial restore: every image still comes back, under a recovered name).
+    fn replay_for_rebuild(&self) -> Result<journal::Replayed, IndexError> {
+        match journal::replay(&self.journal_path) {
+            Ok(r) => Ok(r),
+            Err(journal::ReplayError::Missing { .. }) => Ok(journal::Replayed::default()),
+            Err(e) => Err(self.rebuild_err(format!(
+                "{e}; no name can be recovered from it (the images stay in `blobs/`; add them again by name)"
+            ))),
         }
-        // Every blob file that no name points at and no named image lists as a part is
-        // kept under a recovered name, pinned: its name may be what the damage lost, and
-        // gc must not take it (invariant 8). The user names it again, or removes it. A
-        // file an add or pull holds a staged link to is theirs, named by their commit or
-        // (killed) never named, and so is one only a void transaction recorded: left to
-        // them and to gc.
-        let parts: HashSet<Digest> = wanted
-            .iter()
-            .filter_map(|d| state.blobs.get(d))
-            .flat_map(|b| b.parts.iter().copied())
-            .collect();
-        let mut loose: Vec<(&Digest, &OnDisk)> = on_disk
-            .iter()
-            .filter(|(d, f)| {
-                let killed_writers = f.in_flight
-                    || (replayed.never_committed.contains(d) && !state.blobs.contains_key(d));
-                !killed_writers && !wanted.contains(d) && !parts.contains(d)
-            })
-            .collect();
-        loose.sort_by_key(|(d, _)| d.hex());
-        for (d, f) in loose {
-            let name = recovered_name(d);
-            if !state.blobs.contains_key(d) {
-                state.blobs.insert(*d, from_file(f));
-                report.blob_records_from_files += 1;
-            }
-            state.refs.insert(
-                name.clone(),
-                RefRecord {
-                    digest: *d,
-                    added: now,
-                    source: None,
-                    labels: BTreeMap::new(),
-                },
-            );
-            state.pins.insert(name.clone(), now);
-            report.recovered.push(Recovered {
-                name,
-                digest: *d,
-                size: f.size,
-                media_type: f.media_type.clone(),
-            });
+    }
+
+    /// The journal must rebuild what the new index holds: a fresh snapshot of it, when
+    /// that differs from what the journal replays (the snapshot's length is returned, the
+    /// index's `journal_base`). A journal with lines that could not be read is kept aside
+    /// first, as the damaged index is.
+    fn journal_for(
+        &self,
+        state: &journal::State,
+        seq: u64,
+        now: u64,
+        report: &mut Rebuilt,
+    ) -> Result<Option<u64>, IndexError> {
+        let rewrite = report.from_blobs_alone
+            || !report.recovered.is_empty()
+            || !report.skipped_lines.is_empty();
+        if !rewrite {
+            return Ok(None);
         }
-        // The journal must rebuild what the new index holds: a fresh snapshot of it, when
-        // that differs from what the journal replays. A journal with lines that could not
-        // be read is kept aside first, as the damaged index is.
-        let rewrite =
-            journal_missing || !report.recovered.is_empty() || !report.skipped_lines.is_empty();
-        if rewrite && !report.skipped_lines.is_empty() {
+        if !report.skipped_lines.is_empty() {
             let aside = self
                 .journal_path
                 .with_file_name(format!("index.journal.damaged-{now}"));
             std::fs::copy(&self.journal_path, &aside)
-                .map_err(|e| rebuild_err(format!("cannot keep `{}`: {e}", aside.display())))?;
+                .map_err(|e| self.rebuild_err(format!("cannot keep `{}`: {e}", aside.display())))?;
             report.journal_aside = Some(aside);
         }
-        let base = if rewrite {
-            Some(
-                journal::write_snapshot(&self.journal_path, &state, replayed.seq, self.file_mode)
-                    .map_err(|e| {
-                    rebuild_err(format!(
-                        "cannot write `{}`: {e}",
-                        self.journal_path.display()
-                    ))
-                })?,
-            )
-        } else {
-            None
-        };
-        if self.db_path.exists() {
-            // A name no earlier repair used: a damaged index is kept, never replaced.
-            let aside = (0..)
-                .map(|n| {
-                    let suffix = if n == 0 {
-                        String::new()
-                    } else {
-                        format!(".{n}")
-                    };
-                    self.db_path
-                        .with_file_name(format!("index.redb.damaged-{now}{suffix}"))
-                })
-                .find(|p| !p.exists())
-                .unwrap_or_default();
-            std::fs::rename(&self.db_path, &aside).map_err(|e| {
-                rebuild_err(format!(
-                    "cannot move it aside to `{}`: {e}",
-                    aside.display()
+        journal::write_snapshot(&self.journal_path, state, seq, self.file_mode)
+            .map(Some)
+            .map_err(|e| {
+                self.rebuild_err(format!(
+                    "cannot write `{}`: {e}",
+                    self.journal_path.display()
                 ))
-            })?;
-            report.moved_aside = Some(aside);
+            })
+    }
+
+    /// Move a damaged index aside, under a name no earlier repair used: it is kept, never
+    /// replaced.
+    fn move_damaged_aside(&self, now: u64) -> Result<Option<PathBuf>, IndexError> {
+        if !self.db_path.exists() {
+            return Ok(None);
         }
-        let base =
-            base.unwrap_or_else(|| std::fs::metadata(&self.journal_path).map_or(0, |m| m.len()));
+        let aside = (0..)
+            .map(|n| {
+                let suffix = if n == 0 {
+                    String::new()
+                } else {
+                    format!(".{n}")
+                };
+                self.db_path
+                    .with_file_name(format!("index.redb.damaged-{now}{suffix}"))
+            })
+            .find(|p| !p.exists())
+            .unwrap_or_default();
+        std::fs::rename(&self.db_path, &aside).map_err(|e| {
+            self.rebuild_err(format!(
+                "cannot move it aside to `{}`: {e}",
+                aside.display()
+            ))
+        })?;
+        Ok(Some(aside))
+    }
+
+    /// Build the fresh index from `state` and rename it into place.
+    fn write_rebuilt(
+        &self,
+        state: &journal::State,
+        seq: u64,
+        base: u64,
+        now: u64,
+    ) -> Result<(), IndexError> {
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
             self.build_fresh(|txn| {
@@ -240,19 +226,81 @@ impl Index {
                     }
                 }
                 let mut meta = txn.open_table(META).map_err(terr)?;
-                meta.insert("journal_seq", replayed.seq).map_err(err)?;
+                meta.insert("journal_seq", seq).map_err(err)?;
                 meta.insert("journal_base", base).map_err(err)?;
                 Ok(())
             })
-        })?;
-        report.names = state.refs.len() as u64;
-        report.blobs = state.blobs.len() as u64;
-        report.pins = state
-            .pins
-            .keys()
-            .filter(|n| state.refs.contains_key(*n))
-            .count() as u64;
-        Ok(report)
+        })
+    }
+}
+
+/// Blob records for the replayed names whose blob the journal does not describe (from
+/// the files), and every blob file that no name points at and no named image lists as a
+/// part kept under a recovered name, pinned: its name may be what the damage lost, and
+/// gc must not take it (invariant 8). The user names it again, or removes it. A file an
+/// add or pull holds a staged link to is theirs, named by their commit or (killed) never
+/// named, and so is one only a void transaction recorded: left to them and to gc.
+fn records_from_files(
+    state: &mut journal::State,
+    on_disk: &HashMap<Digest, OnDisk>,
+    never_committed: &std::collections::BTreeSet<Digest>,
+    now: u64,
+    report: &mut Rebuilt,
+) {
+    for (name, r) in &state.refs {
+        if !on_disk.contains_key(&r.digest) {
+            report.missing_blobs.push(name.clone());
+        }
+    }
+    let wanted: HashSet<Digest> = state.refs.values().map(|r| r.digest).collect();
+    let from_file = |f: &OnDisk| BlobRecord {
+        size: f.size,
+        added: now,
+        media_type: f.media_type.clone(),
+        ..Default::default()
+    };
+    for d in &wanted {
+        if let (None, Some(f)) = (state.blobs.get(d), on_disk.get(d)) {
+            state.blobs.insert(*d, from_file(f));
+            report.blob_records_from_files += 1;
+        }
+    }
+    let parts: HashSet<Digest> = wanted
+        .iter()
+        .filter_map(|d| state.blobs.get(d))
+        .flat_map(|b| b.parts.iter().copied())
+        .collect();
+    let mut loose: Vec<(&Digest, &OnDisk)> = on_disk
+        .iter()
+        .filter(|(d, f)| {
+            let killed_writers =
+                f.in_flight || (never_committed.contains(d) && !state.blobs.contains_key(d));
+            !killed_writers && !wanted.contains(d) && !parts.contains(d)
+        })
+        .collect();
+    loose.sort_by_key(|(d, _)| d.hex());
+    for (d, f) in loose {
+        let name = recovered_name(d);
+        if !state.blobs.contains_key(d) {
+            state.blobs.insert(*d, from_file(f));
+            report.blob_records_from_files += 1;
+        }
+        state.refs.insert(
+            name.clone(),
+            RefRecord {
+                digest: *d,
+                added: now,
+                source: None,
+                labels: BTreeMap::new(),
+            },
+        );
+        state.pins.insert(name.clone(), now);
+        report.recovered.push(Recovered {
+            name,
+            digest: *d,
+            size: f.size,
+            media_type: f.media_type.clone(),
+        });
     }
 }
 
