@@ -652,16 +652,15 @@ struct Squash<'a> {
     time: u64,
 }
 
-/// Pass 2 into `mksquashfs -tar`, which writes the squashfs into `out` at `offset`.
-fn run_mksquashfs(
-    layers: &[LayerFile<'_>],
-    plan: &emit::Plan<'_>,
-    root: merge::Meta,
-    to: Squash<'_>,
+/// `mksquashfs -tar` as pass 2 runs it: reading the tar stream on stdin, writing the
+/// squashfs into `out` at `offset`, with the root's owner, mode and time, reproducibly.
+fn mksquashfs_command(
+    root: &merge::Meta,
+    out: &Path,
+    offset: u64,
+    time: u64,
     opts: &ConvertOptions,
-    watch: Option<&SpaceWatch>,
-) -> Result<(), ConvertError> {
-    let Squash { out, offset, time } = to;
+) -> Command {
     let mut cmd = Command::new("mksquashfs");
     cmd.arg("-").arg(out).args([
         "-tar",
@@ -699,6 +698,64 @@ fn run_mksquashfs(
         userns::as_root_in_user_namespace(&mut cmd);
     }
     userns::die_with_parent(&mut cmd);
+    cmd
+}
+
+/// Write the merged tar stream of `layers` into mksquashfs' stdin, then close it. A layer
+/// that cannot be read (or changed since it was checked) is the first answer, for which
+/// mksquashfs is then stopped; a broken pipe is the second, told only if mksquashfs
+/// itself says nothing worse.
+fn feed(
+    layers: &[LayerFile<'_>],
+    plan: &emit::Plan<'_>,
+    stdin: BufWriter<std::process::ChildStdin>,
+) -> (Option<ConvertError>, Option<io::Error>) {
+    let open = |i: usize| -> io::Result<Box<dyn Read>> {
+        layer::open(&layers[i])
+            .map(|(tar, _)| tar)
+            .map_err(|e| io::Error::other(e.to_string()))
+    };
+    let written = plan.write(layers.len(), open, stdin).and_then(|w| {
+        w.into_inner()
+            .map_err(|e| emit::EmitError::Write(e.into_error()))
+    });
+    let mut failed_write = None;
+    let failed_read = match written {
+        Ok(pipe) => {
+            drop(pipe);
+            None
+        }
+        Err(emit::EmitError::Write(e)) => {
+            failed_write = Some(e);
+            None
+        }
+        Err(emit::EmitError::Read {
+            layer,
+            entry,
+            source,
+        }) => Some(ConvertError::LayerRead {
+            digest: layers[layer].digest.to_string(),
+            entry: entry.as_deref().map(lossy),
+            source,
+        }),
+        Err(emit::EmitError::Missing { layer }) => Some(ConvertError::Changed {
+            digest: layers[layer].digest.to_string(),
+        }),
+    };
+    (failed_read, failed_write)
+}
+
+/// Pass 2 into `mksquashfs -tar`, which writes the squashfs into `out` at `offset`.
+fn run_mksquashfs(
+    layers: &[LayerFile<'_>],
+    plan: &emit::Plan<'_>,
+    root: merge::Meta,
+    to: Squash<'_>,
+    opts: &ConvertOptions,
+    watch: Option<&SpaceWatch>,
+) -> Result<(), ConvertError> {
+    let Squash { out, offset, time } = to;
+    let mut cmd = mksquashfs_command(&root, out, offset, time, opts);
     // The room for the squashfs, as a file size limit: past it, a write fails.
     let size_limit = match watch.map(|w| (w.0)()) {
         Some(Some(0)) => return Err(ConvertError::NoSpace { room: 0 }),
@@ -737,38 +794,7 @@ fn run_mksquashfs(
         buf
     });
     let stdin = BufWriter::with_capacity(PIPE_BUF, child.stdin.take().expect("piped"));
-    let open = |i: usize| -> io::Result<Box<dyn Read>> {
-        layer::open(&layers[i])
-            .map(|(tar, _)| tar)
-            .map_err(|e| io::Error::other(e.to_string()))
-    };
-    let written = plan.write(layers.len(), open, stdin).and_then(|w| {
-        w.into_inner()
-            .map_err(|e| emit::EmitError::Write(e.into_error()))
-    });
-    let mut failed_write = None;
-    let failed_read = match written {
-        Ok(pipe) => {
-            drop(pipe);
-            None
-        }
-        Err(emit::EmitError::Write(e)) => {
-            failed_write = Some(e);
-            None
-        }
-        Err(emit::EmitError::Read {
-            layer,
-            entry,
-            source,
-        }) => Some(ConvertError::LayerRead {
-            digest: layers[layer].digest.to_string(),
-            entry: entry.as_deref().map(lossy),
-            source,
-        }),
-        Err(emit::EmitError::Missing { layer }) => Some(ConvertError::Changed {
-            digest: layers[layer].digest.to_string(),
-        }),
-    };
+    let (failed_read, failed_write) = feed(layers, plan, stdin);
     if failed_read.is_some() {
         let _ = child.kill();
     }
