@@ -16,7 +16,7 @@
 //!   exclusive lock excludes, so the marker is complete when it is read here, by its own
 //!   path), plus the [`LAST_USE_RESOLUTION`] by which a recorded use may lag a real one
 //!   (never later than now), and never earlier than when the name was pointed there;
-//! * gc ([`crate::maintain::gc`]) keeps an unreferenced blob whose `retired.used` is
+//! * gc (`maintain::gc`, above the cache) keeps an unreferenced blob whose `retired.used` is
 //!   within `--min-idle` (and counts it against `--max-size` as kept), and removes it as
 //!   any unreferenced blob afterwards;
 //! * `rm NAME` gives the protection up at once: the blobs retired from that name are
