@@ -17,6 +17,7 @@ mod gc;
 mod images;
 mod index_damage;
 mod interop;
+mod layers;
 mod live_pull;
 mod local;
 mod messages;
