@@ -52,8 +52,9 @@ pub struct GlobalArgs {
 impl Cli {
     /// Parse the process's arguments.
     ///
+    /// The plain forms of `get` and `add` are read without clap ([`super::quick`]).
     /// Building clap's description of all 19 subcommands cost a `get` about a quarter of
-    /// its time, so the arguments are first parsed against a command whose subcommands
+    /// its time, so other arguments are first parsed against a command whose subcommands
     /// are only named, each built when it is the one invoked ([`lean_command`]). Help,
     /// `--version` and every error take the full parse instead, so what the user reads is
     /// exactly what the full definition says.
@@ -65,6 +66,9 @@ impl Cli {
     /// [`Cli::parse_args`] of the given arguments (the first is the program name).
     pub fn parse_from_args(args: Vec<std::ffi::OsString>) -> Result<Cli, clap::Error> {
         use clap::FromArgMatches;
+        if let Some(cli) = super::quick::parse(&args) {
+            return Ok(cli);
+        }
         if let Ok(m) = lean_command().try_get_matches_from(&args)
             && let Ok(cli) = Cli::from_arg_matches(&m)
         {
