@@ -6,7 +6,7 @@
 #   scripts/install-deps.sh test   the above, and the test servers and peers:
 #     Debian: docker-registry (a real OCI registry), apache2-utils (htpasswd -B), skopeo
 #             (interop), util-linux (setpriv), bsdutils (script: a pseudo-terminal for the
-#             progress bar test), umoci and busybox-static (docker:// conversion tests build
+#             progress bar test), strace (the order of add's fsyncs), umoci and busybox-static (docker:// conversion tests build
 #             real images), python3-venv where `python3 -m venv` is missing;
 #     PyPI:   oras, pyjwt, cryptography (interop peer, the test token server), pinned, in a
 #             virtual environment; the old Python client sregistry 0.2.39 with spython and
@@ -105,6 +105,8 @@ if [ "$mode" = test ]; then
   command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
   command -v script >/dev/null 2>&1 || need+=(bsdutils)
   command -v umoci >/dev/null 2>&1 || need+=(umoci)
+  # strace: a test watches the order of add's fsyncs, links and index writes.
+  command -v strace >/dev/null 2>&1 || need+=(strace)
   # A static busybox: the tests copy it into an image and run it there through chroot.
   dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 fi

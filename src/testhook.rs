@@ -19,6 +19,19 @@ pub const PAUSE_ENV: &str = "SREGISTRY_TEST_PAUSE";
 #[inline(always)]
 pub(crate) fn pause(_point: &str) {}
 
+/// Whether the test asked to stop at `point` (always false without `test-hooks`).
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn wants(_point: &str) -> bool {
+    false
+}
+
+/// Whether the test asked to stop at `point`.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn wants(point: &str) -> bool {
+    std::env::var_os(PAUSE_ENV).is_some_and(|v| v == point)
+}
+
 /// Stop here forever if the test asked for this point.
 #[cfg(feature = "test-hooks")]
 pub(crate) fn pause(point: &str) {

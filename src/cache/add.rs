@@ -185,7 +185,7 @@ impl Cache {
         name: &Reference,
         opts: &AddOptions,
     ) -> Result<Entry, CacheError> {
-        let p = self.prepare_add(src, name, opts)?;
+        let p = self.prepare_add(src, name, opts, true)?;
         // On an error from here on, `staged` removes its file in `tmp/` and the move's
         // claim gives the user's file its mode back.
         let entry = self.commit_staged(p.staged, Vec::new(), &p.name, p.prov, p.repoint)?;
@@ -199,12 +199,14 @@ impl Cache {
     /// The first half of [`Cache::add`] and of [`Cache::add_many`]: every check of the
     /// file and the name, then the copy (or, for `--move`, the hard link) into `tmp/` and
     /// the hashing, all before the index lock. Nothing is committed; dropping the result
-    /// removes the staged file and gives a moved file its mode back.
+    /// removes the staged file and gives a moved file its mode back. With `defer_sync`
+    /// the staged file's fsync is left to the commit ([`Staged::place_in_background`]).
     pub(super) fn prepare_add(
         &self,
         src: &Path,
         name: &Reference,
         opts: &AddOptions,
+        defer_sync: bool,
     ) -> Result<PreparedAdd, CacheError> {
         refuse_digest_on_target(name)?;
         let name = name.without_digest();
@@ -268,7 +270,7 @@ impl Cache {
             .move_file
             .then(|| MoveClaim::take(src, &file, &meta, &self.store, &self.settings))
         {
-            Some(Some(c)) => match self.store.stage_link(src) {
+            Some(Some(c)) => match self.store.stage_link(src, defer_sync) {
                 Ok(s) => {
                     claim = Some(c);
                     s
@@ -280,13 +282,18 @@ impl Cache {
                         src,
                         Some(meta.len()),
                         opts.progress.as_ref(),
+                        defer_sync,
                     )?
                 }
                 Err(e) => return Err(e.into()),
             },
-            _ => self
-                .store
-                .stage_file(&mut file, src, Some(meta.len()), opts.progress.as_ref())?,
+            _ => self.store.stage_file(
+                &mut file,
+                src,
+                Some(meta.len()),
+                opts.progress.as_ref(),
+                defer_sync,
+            )?,
         };
         let source = opts
             .source

@@ -87,9 +87,9 @@ impl Cache {
             // the batch (invariant 8).
             let mut linked = Vec::new();
             let prepared: Vec<_> = par::map_on(stage_threads(&chunk), &chunk, |it| {
-                let p = self.prepare_add(&it.path, &it.name, &it.opts);
+                let mut p = self.prepare_add(&it.path, &it.name, &it.opts, false);
                 let dir = p
-                    .as_ref()
+                    .as_mut()
                     .ok()
                     .and_then(|p| p.staged.place_unsynced(&self.store));
                 (p, dir)

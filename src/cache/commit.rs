@@ -82,7 +82,7 @@ impl Cache {
     /// transaction and listed in the blob's record.
     pub(super) fn commit_staged(
         &self,
-        staged: Staged,
+        mut staged: Staged,
         parts: Vec<Part>,
         name: &Reference,
         prov: Provenance,
@@ -97,17 +97,33 @@ impl Cache {
             .blob_path(&digest)
             .parent()
             .is_some_and(Path::is_dir);
-        let linked = staged.place(&self.store);
+        // The staged file's fsync, its link into `blobs/` and the directory's fsync run on
+        // a thread of their own while this one waits for the index lock and opens the
+        // index; settled before anything reads the blob's place or names it, and on every
+        // way out, so nothing links it after the staged file is gone.
+        let mut placing = Some(staged.place_in_background(&self.store));
+        let mut linked = false;
+        let mut settle = |staged: &mut Staged| {
+            if let Some(p) = placing.take() {
+                linked = staged.settle(p);
+            }
+            linked
+        };
+        // A test stopping here finds the blob placed, as it would be after a slow lock.
+        if testhook::wants("add-staged") {
+            settle(&mut staged);
+        }
         testhook::pause("add-staged");
         // The pin check reads the index in the open that checks this build may write it,
         // before the read-write open: a refusal leaves the index file as it was, and the
-        // blob `place` linked in (and its new fan-out directory) go again, as gc would.
+        // blob placed before the lock (and its new fan-out directory) go again, as gc would.
         let mut refused_aside = Vec::new();
         let written = self.index.write_checked(|rd| {
             refuse_repoint(&key, &digest, repoint, rd.get_ref(&key)?, || {
                 rd.is_pinned(&key)
             })
             .inspect_err(|_| {
+                settle(&mut staged);
                 if matches!(rd.get_blob(&digest), Ok(None)) {
                     let blob = self.store.blob_path(&digest);
                     refused_aside.extend(self.take_out(&[digest]));
@@ -117,6 +133,7 @@ impl Cache {
                 }
             })
         });
+        let linked = settle(&mut staged);
         let mut w = match written {
             Ok(w) => w,
             Err(e) => {
@@ -191,8 +208,8 @@ impl Cache {
     }
 
     /// Under the exclusive lock, before `staged` is committed under `key`: refuse to
-    /// re-point a pinned name (see [`Repoint`]). A refused blob that `Staged::place`
-    /// linked in before the lock is nobody's unless the index knows it: it is moved aside
+    /// re-point a pinned name (see [`Repoint`]). A refused blob that
+    /// `Staged::place_in_background` linked in before the lock is nobody's unless the index knows it: it is moved aside
     /// into `aside` (for [`store::unlink_now`] once the lock is released), as gc would.
     pub(super) fn refuse_under_lock(
         &self,

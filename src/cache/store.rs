@@ -13,12 +13,15 @@
 //!   to a new file in `tmp/` (same filesystem), is hashed in the same pass that writes it
 //!   (a large file copied inside the kernel is hashed from the staged file's own pages,
 //!   chunk by chunk, right behind the copy), is made read-only and fsynced; only then is
-//!   it renamed into place, and the directory is fsynced. A crash at any instant leaves
-//!   at most a file in `tmp/`.
-//! * [`Staged::place`] (before the lock, best effort: a hard link) and [`Staged::commit`]
-//!   (under the exclusive index lock: makes sure the blob is there) are the only ways into
-//!   `blobs/`. When the blob already exists, the staged copy is dropped: content is stored
-//!   once.
+//!   it linked into place, and the directory is fsynced; both before the index names it.
+//!   A crash at any instant leaves at most a file in `tmp/` or a blob nothing names (gc
+//!   takes it). `add` leaves the fsyncs to a thread that runs them while it waits for the
+//!   index lock ([`Staged::place_in_background`]), in the same order.
+//! * [`Staged::place_in_background`] and [`Staged::place_unsynced`] (before the lock,
+//!   best effort: a hard link) and [`Staged::commit`] (under the exclusive index lock:
+//!   makes sure the blob is there) are the only ways into `blobs/`, and each first makes
+//!   the staged file durable. When the blob already exists, the staged copy is dropped:
+//!   content is stored once.
 //! * Deleting a blob ([`Store::unlink_later`]) renames it into `tmp/` first (under the
 //!   index lock) and unlinks it after the lock is released; a process that has the file
 //!   open keeps reading it.
@@ -71,6 +74,41 @@ pub(super) struct Staged {
     path: Option<PathBuf>,
     digest: Digest,
     size: u64,
+    /// Whether the file is durable yet: `add` stages without the fsync and leaves it to
+    /// [`Staged::place_in_background`], so that it overlaps the wait for the index lock.
+    /// Nothing links a file into `blobs/` before it is durable.
+    sync: Sync,
+}
+
+/// Whether a staged file has reached the disk.
+#[derive(Debug)]
+enum Sync {
+    /// It has (or the staging synced it).
+    Done,
+    /// Not yet: the file, read-only already, to fsync.
+    Pending(File),
+    /// Its fsync failed: it must not be committed (a second fsync after a failed one may
+    /// report success for pages the kernel dropped).
+    Failed(io::ErrorKind),
+}
+
+/// A staged file on its way into `blobs/` on a thread of its own
+/// ([`Staged::place_in_background`]); [`Staged::settle`] waits for it.
+#[must_use]
+pub(super) struct Placing(Run);
+
+enum Run {
+    Running(std::thread::JoinHandle<Placed>),
+    /// Nothing to run: the staged file's fsync had failed already.
+    Refused,
+}
+
+/// What the thread of a [`Placing`] did.
+struct Placed {
+    /// The file's fsync failed: nothing was linked.
+    failed: Option<io::ErrorKind>,
+    /// The link was made (the blob was not there before).
+    linked: bool,
 }
 
 impl Staged {
@@ -85,26 +123,88 @@ impl Staged {
         self.size
     }
 
-    /// Best effort, before the index lock is taken: hard-link the staged file into place
-    /// and fsync the directory, so that [`Staged::commit`] under the lock usually finds the
-    /// blob there and only has to drop the staged copy (the lock is then held for the
-    /// index transaction alone). Until the name is committed the blob is unreferenced, and
-    /// gc may remove it; `commit` then puts it back from the staged file, which is kept
-    /// until then.
-    /// Returns whether this call made the link (the blob was not there before).
-    pub(super) fn place(&self, store: &Store) -> bool {
-        match self.place_unsynced(store) {
-            Some(dir) => {
-                let _ = sync_dir(&dir);
-                true
+    /// Best effort, before the index lock is taken: make the staged file durable if it is
+    /// not yet, hard-link it into place and fsync the directory, so that
+    /// [`Staged::commit`] under the lock usually finds the blob there and only has to drop
+    /// the staged copy (the lock is then held for the index transaction alone). Until the
+    /// name is committed the blob is unreferenced, and gc may remove it; `commit` then puts
+    /// it back from the staged file, which is kept until then.
+    ///
+    /// It runs on a thread of its own, while the caller waits for the index lock and opens
+    /// the index: the two fsyncs overlap that work instead of following it. The caller
+    /// must [`Staged::settle`] it before anything names the blob, and before it drops the
+    /// staged file.
+    pub(super) fn place_in_background(&mut self, store: &Store) -> Placing {
+        let pending = match std::mem::replace(&mut self.sync, Sync::Done) {
+            Sync::Pending(file) => Some(file),
+            Sync::Done => None,
+            failed @ Sync::Failed(_) => {
+                self.sync = failed;
+                return Placing(Run::Refused);
             }
-            None => false,
-        }
+        };
+        let src = self.path.clone();
+        let dest = store.blob_path(&self.digest);
+        let store = store.clone();
+        Placing(Run::Running(std::thread::spawn(move || {
+            if let Some(Err(e)) = pending.map(|f| f.sync_all()) {
+                return Placed {
+                    failed: Some(e.kind()),
+                    linked: false,
+                };
+            }
+            let linked = src.is_some_and(|src| {
+                let dir = dest.parent().unwrap_or(&store.blobs);
+                link_or_make_dir(&src, &dest, dir, &store).is_ok() && {
+                    let _ = sync_dir(dir);
+                    true
+                }
+            });
+            Placed {
+                failed: None,
+                linked,
+            }
+        })))
     }
 
-    /// [`Staged::place`] without the directory sync: the directory to sync when a link
-    /// was made, so that a caller placing many blobs syncs each directory once.
-    pub(super) fn place_unsynced(&self, store: &Store) -> Option<PathBuf> {
+    /// Wait for [`Staged::place_in_background`]: whether it made the link. A failed fsync
+    /// is kept, for [`Staged::commit`] to refuse.
+    pub(super) fn settle(&mut self, placing: Placing) -> bool {
+        let lost = Placed {
+            failed: Some(io::ErrorKind::Other),
+            linked: false,
+        };
+        let placed = match placing.0 {
+            Run::Running(thread) => thread.join().unwrap_or(lost),
+            Run::Refused => return false,
+        };
+        if let Some(kind) = placed.failed {
+            self.sync = Sync::Failed(kind);
+        }
+        placed.linked
+    }
+
+    /// Make the staged file durable if it is not yet.
+    fn make_durable(&mut self) -> Result<(), StoreError> {
+        let result = match std::mem::replace(&mut self.sync, Sync::Done) {
+            Sync::Done => Ok(()),
+            Sync::Pending(file) => file.sync_all(),
+            Sync::Failed(kind) => Err(io::Error::new(kind, "fsync of the staged copy failed")),
+        };
+        result.map_err(|source| {
+            self.sync = Sync::Failed(source.kind());
+            StoreError::Write {
+                path: self.path().to_path_buf(),
+                source,
+            }
+        })
+    }
+
+    /// [`Staged::place_in_background`] done here, without the directory sync: the
+    /// directory to sync when a link was made, so that a caller placing many blobs syncs
+    /// each directory once.
+    pub(super) fn place_unsynced(&mut self, store: &Store) -> Option<PathBuf> {
+        self.make_durable().ok()?;
         let src = self.path.as_ref()?;
         let dest = store.blob_path(&self.digest);
         let dir = dest.parent().unwrap_or(&store.blobs).to_path_buf();
@@ -120,6 +220,7 @@ impl Staged {
     /// exists already). Returns the blob path and whether it was new. The caller must
     /// hold the exclusive index lock.
     pub(super) fn commit(mut self, store: &Store) -> Result<(PathBuf, bool), StoreError> {
+        self.make_durable()?;
         let dest = store.blob_path(&self.digest);
         let Some(src) = self.path.take() else {
             return Ok((dest, false));
@@ -193,6 +294,7 @@ impl Staged {
             path: Some(path),
             digest,
             size,
+            sync: Sync::Done,
         }
     }
 }
@@ -450,22 +552,24 @@ impl Store {
         src_path: &Path,
         expected: Option<u64>,
     ) -> Result<Staged, StoreError> {
-        self.stage_with(src_path, expected, |dst, pipelined| {
+        self.stage_with(src_path, expected, false, |dst, pipelined| {
             copy_and_hash(src, dst, pipelined, MidCopyHook::new(None, expected))
         })
     }
 
     /// [`Store::stage_copy`] of a file: a large one is copied inside the kernel
     /// ([`copy_in_kernel_and_hash`]) where the filesystems allow it. `progress` is told
-    /// after each chunk, and can stop the copy ([`StoreError::Stopped`]).
+    /// after each chunk, and can stop the copy ([`StoreError::Stopped`]). With `defer_sync`
+    /// the copy's fsync is left to [`Staged::place_in_background`].
     pub(super) fn stage_file(
         &self,
         src: &mut File,
         src_path: &Path,
         expected: Option<u64>,
         progress: Option<&ProgressHook>,
+        defer_sync: bool,
     ) -> Result<Staged, StoreError> {
-        self.stage_with(src_path, expected, |dst, pipelined| {
+        self.stage_with(src_path, expected, defer_sync, |dst, pipelined| {
             if pipelined
                 && let Some(copied) =
                     copy_in_kernel_and_hash(src, dst, MidCopyHook::new(progress, expected))
@@ -484,6 +588,7 @@ impl Store {
         &self,
         src_path: &Path,
         expected: Option<u64>,
+        defer_sync: bool,
         copy: impl FnOnce(&mut File, bool) -> Result<(Digest, u64), CopyFail>,
     ) -> Result<Staged, StoreError> {
         let (mut file, path) = self.new_tmp_file()?;
@@ -492,6 +597,7 @@ impl Store {
             path: Some(path.clone()),
             digest: Digest::from_bytes([0; 32]),
             size: 0,
+            sync: Sync::Done,
         };
         let werr = |source| StoreError::Write {
             path: path.clone(),
@@ -517,19 +623,20 @@ impl Store {
                 after: size,
             });
         }
-        finish_file(&file).map_err(werr)?;
+        staged.sync = finish_file(file, defer_sync).map_err(werr)?;
         staged.digest = digest;
         staged.size = size;
         Ok(staged)
     }
 
-    /// Hard-link `src` into `tmp/` (no copy), then hash it there and make it durable. The
+    /// Hard-link `src` into `tmp/` (no copy), then hash it there and make it durable (or,
+    /// with `defer_sync`, leave that to [`Staged::place_in_background`]). The
     /// source path keeps the file: the caller removes it only once the name is committed,
     /// so a failure or a kill at any instant leaves the file where the user had it.
     /// Fails with [`StoreError::CrossDevice`] when `src` is on another filesystem, and
     /// with [`StoreError::NoLink`] where the filesystem or its settings refuse a hard link
     /// (the caller copies instead). The caller makes sure nobody else can write the file.
-    pub(super) fn stage_link(&self, src: &Path) -> Result<Staged, StoreError> {
+    pub(super) fn stage_link(&self, src: &Path, defer_sync: bool) -> Result<Staged, StoreError> {
         let path = self.tmp.join(self.writer_name(INGEST_PREFIX));
         if let Err(e) = fs::hard_link(src, &path) {
             return Err(match e.raw_os_error() {
@@ -549,6 +656,7 @@ impl Store {
             path: Some(path.clone()),
             digest: Digest::from_bytes([0; 32]),
             size: 0,
+            sync: Sync::Done,
         };
         let werr = |source| StoreError::Write {
             path: path.clone(),
@@ -556,7 +664,7 @@ impl Store {
         };
         let (digest, size) = crate::format::digest::hash_file(&path).map_err(werr)?;
         let file = OpenOptions::new().read(true).open(&path).map_err(werr)?;
-        finish_file(&file).map_err(werr)?;
+        staged.sync = finish_file(file, defer_sync).map_err(werr)?;
         staged.digest = digest;
         staged.size = size;
         Ok(staged)
@@ -1031,10 +1139,15 @@ pub(super) fn unlink_now(paths: &[PathBuf]) {
     }
 }
 
-/// Make a staged file read-only and durable.
-fn finish_file(file: &File) -> io::Result<()> {
+/// Make a staged file read-only and durable, or with `defer_sync` only read-only (the
+/// fsync still to do).
+fn finish_file(file: File, defer_sync: bool) -> io::Result<Sync> {
     file.set_permissions(fs::Permissions::from_mode(BLOB_MODE))?;
-    file.sync_all()
+    if defer_sync {
+        return Ok(Sync::Pending(file));
+    }
+    file.sync_all()?;
+    Ok(Sync::Done)
 }
 
 /// fsync a directory so a rename in it is durable.
@@ -1073,6 +1186,55 @@ mod tests {
         assert_eq!(tmp_entries(&s), 0);
     }
 
+    /// `add`'s way in: staged without the fsync, which a thread runs before it links the
+    /// blob; the blob is complete, read-only and linked once.
+    #[test]
+    fn a_copy_staged_without_its_fsync_is_placed_in_the_background_once() {
+        let (_d, s) = store();
+        let data = b"deferred".repeat(999);
+        let stage = |name: &str| {
+            let src = _d.path().join(name);
+            fs::write(&src, &data).unwrap();
+            let mut f = File::open(&src).unwrap();
+            s.stage_file(&mut f, &src, Some(data.len() as u64), None, true)
+                .unwrap()
+        };
+        let mut a = stage("a");
+        assert!(matches!(a.sync, Sync::Pending(_)));
+        let placing = a.place_in_background(&s);
+        assert!(a.settle(placing), "the first copy makes the link");
+        assert!(matches!(a.sync, Sync::Done));
+        let blob = s.blob_path(&Digest::of(&data));
+        assert_eq!(fs::read(&blob).unwrap(), data);
+        assert_eq!(fs::metadata(&blob).unwrap().mode() & 0o777, BLOB_MODE);
+        let mut b = stage("b");
+        let placing = b.place_in_background(&s);
+        assert!(!b.settle(placing), "the blob was there: no second link");
+        assert_eq!(a.commit(&s).unwrap(), (blob.clone(), false));
+        assert_eq!(b.commit(&s).unwrap(), (blob, false));
+        assert_eq!(tmp_entries(&s), 0);
+    }
+
+    /// A staged file whose fsync failed is never linked into `blobs/` nor committed: a
+    /// second fsync could report success for pages the kernel dropped.
+    #[test]
+    fn a_staged_file_whose_fsync_failed_never_reaches_blobs() {
+        let (_d, s) = store();
+        let data = b"lost".repeat(999);
+        let mut staged = s
+            .stage_copy(&mut &data[..], Path::new("src"), None)
+            .unwrap();
+        staged.sync = Sync::Failed(io::ErrorKind::Other);
+        let placing = staged.place_in_background(&s);
+        assert!(!staged.settle(placing));
+        assert!(staged.place_unsynced(&s).is_none());
+        let blob = s.blob_path(&Digest::of(&data));
+        assert!(!blob.exists());
+        assert!(matches!(staged.commit(&s), Err(StoreError::Write { .. })));
+        assert!(!blob.exists());
+        assert_eq!(tmp_entries(&s), 0, "the staged copy is removed");
+    }
+
     #[test]
     fn identical_content_is_stored_once() {
         let (_d, s) = store();
@@ -1094,7 +1256,7 @@ mod tests {
         let (d, s) = store();
         let src = d.path().join("image.sif");
         fs::write(&src, b"kept").unwrap();
-        drop(s.stage_link(&src).unwrap());
+        drop(s.stage_link(&src, false).unwrap());
         assert_eq!(fs::read(&src).unwrap(), b"kept");
         assert_eq!(tmp_entries(&s), 0);
     }
@@ -1143,7 +1305,7 @@ mod tests {
         fs::write(&src, &data).unwrap();
         let mut f = File::open(&src).unwrap();
         let st = s
-            .stage_file(&mut f, &src, Some(data.len() as u64), None)
+            .stage_file(&mut f, &src, Some(data.len() as u64), None, false)
             .unwrap();
         assert_eq!(st.digest(), Digest::of(&data));
         assert_eq!(st.size(), data.len() as u64);
@@ -1164,7 +1326,13 @@ mod tests {
         let feed = data.clone();
         let writer = std::thread::spawn(move || wr.write_all(&feed));
         let st = s
-            .stage_file(&mut rd, Path::new("pipe"), Some(data.len() as u64), None)
+            .stage_file(
+                &mut rd,
+                Path::new("pipe"),
+                Some(data.len() as u64),
+                None,
+                false,
+            )
             .unwrap();
         writer.join().unwrap().unwrap();
         assert_eq!(st.digest(), Digest::of(&data));
@@ -1218,7 +1386,7 @@ mod tests {
         let src = d.path().join("image.sif");
         fs::write(&src, b"moved content").unwrap();
         let ino = fs::metadata(&src).unwrap().ino();
-        let (path, _) = s.stage_link(&src).unwrap().commit(&s).unwrap();
+        let (path, _) = s.stage_link(&src, false).unwrap().commit(&s).unwrap();
         assert!(src.exists(), "the source path is the caller's to remove");
         assert_eq!(
             fs::metadata(&path).unwrap().ino(),

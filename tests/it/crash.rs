@@ -1,6 +1,8 @@
 //! SIGKILL during `add` at each stage: afterwards the cache opens, lists, and holds no
 //! partial blob; the name is either fully there or not there at all.
 
+use std::collections::BTreeMap;
+use std::fs;
 use std::process::Stdio;
 
 use crate::common::*;
@@ -223,4 +225,139 @@ fn an_add_interrupted_by_sigint_sigterm_or_sighup_removes_its_partial_file() {
             "signal {sig}: the user's file changed"
         );
     }
+}
+
+/// One system call of an `strace -f -y -ttt -T` log: its name, its arguments as printed,
+/// its result, and when it started and ended (seconds).
+#[derive(Debug)]
+struct Call {
+    name: String,
+    args: String,
+    result: String,
+    start: f64,
+    end: f64,
+}
+
+/// The calls of an strace log, a call split by another thread ("<unfinished ...>" and
+/// "<... resumed>") joined again.
+fn strace_calls(log: &str) -> Vec<Call> {
+    let mut open: BTreeMap<String, (String, String, f64)> = BTreeMap::new();
+    let mut calls = Vec::new();
+    let duration = |tail: &str| -> f64 {
+        let d = tail.rsplit_once('<').expect("strace -T duration").1;
+        d.trim_end_matches('>').parse().expect("duration")
+    };
+    for line in log.lines() {
+        let mut words = line.splitn(3, ' ');
+        let (Some(pid), Some(ts), Some(rest)) = (words.next(), words.next(), words.next()) else {
+            continue;
+        };
+        let Ok(ts) = ts.parse::<f64>() else { continue };
+        let rest = rest.trim_start();
+        if let Some(r) = rest.strip_prefix("<... ") {
+            let (name, tail) = r.split_once(" resumed>").expect("resumed line");
+            let (_, args, start) = open.remove(pid).expect("a resumed call was started");
+            let result = tail.rsplit_once(") = ").map_or("", |x| x.1);
+            calls.push(Call {
+                name: name.to_string(),
+                args: args + tail,
+                result: result.split(' ').next().unwrap_or("").to_string(),
+                start,
+                end: start + duration(tail),
+            });
+        } else if let Some((head, _)) = rest.split_once(" <unfinished ...>") {
+            let (name, args) = head.split_once('(').expect("a call");
+            open.insert(pid.to_string(), (name.to_string(), args.to_string(), ts));
+        } else if let Some((name, args)) = rest.split_once('(') {
+            let Some((args, tail)) = args.rsplit_once(") = ") else {
+                continue;
+            };
+            calls.push(Call {
+                name: name.to_string(),
+                args: args.to_string(),
+                result: tail.split(' ').next().unwrap_or("").to_string(),
+                start: ts,
+                end: ts + duration(tail),
+            });
+        }
+    }
+    calls
+}
+
+/// The blob `add` stores reaches the disk before anything names it: the staged copy's
+/// fsync, then its link into `blobs/`, then the fsync of its directory, all done before
+/// the journal's line is written and before the index's first flush. (`add` runs these
+/// fsyncs on a thread of their own while it takes the index lock; this holds it to the
+/// order a crash needs.) Watched with strace, on a new fan-out directory and an old one.
+#[test]
+fn add_makes_its_blob_durable_before_the_journal_or_the_index_names_it() {
+    let env = Env::new();
+    let seed = env.file("seed.img", b"seed");
+    stdout_of(env.cmd().arg("add").arg(&seed).args(["--name", "seed"]));
+    for i in 0..2 {
+        let f = env.file(
+            &format!("x{i}.img"),
+            format!("durable {i}").repeat(999).as_bytes(),
+        );
+        let log = env.path(&format!("strace{i}.log"));
+        let bin = env.std_cmd();
+        let mut c = std::process::Command::new("strace");
+        c.args(["-f", "-y", "-ttt", "-T", "-qq", "-e"])
+            .arg("trace=fsync,fdatasync,linkat,write")
+            .arg("-o")
+            .arg(&log)
+            .arg(bin.get_program())
+            .arg("add")
+            .arg(&f)
+            .args(["--name", &format!("x/{i}")]);
+        for (k, v) in bin.get_envs() {
+            match v {
+                Some(v) => c.env(k, v),
+                None => c.env_remove(k),
+            };
+        }
+        let out = c
+            .output()
+            .expect("strace (scripts/install-deps.sh test installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let calls = strace_calls(&fs::read_to_string(&log).unwrap());
+        let one = |what: &str, pick: &dyn Fn(&Call) -> bool| -> &Call {
+            let found: Vec<&Call> = calls.iter().filter(|c| pick(c)).collect();
+            assert!(!found.is_empty(), "no {what} in {calls:#?}");
+            found[0]
+        };
+        let staged = one("fsync of the staged copy", &|c| {
+            c.name == "fsync" && c.args.contains("/v1/tmp/ingest-") && c.result == "0"
+        });
+        let link = one("link into blobs/", &|c| {
+            c.name == "linkat" && c.args.contains("/v1/blobs/blake3/") && c.result == "0"
+        });
+        let fan = link.args.rsplit_once("/v1/blobs/blake3/").unwrap().1[..2].to_string();
+        let dir = one("fsync of the fan-out directory", &|c| {
+            c.name == "fsync" && c.args.contains(&format!("/v1/blobs/blake3/{fan}>"))
+        });
+        let journal = one("journal line", &|c| {
+            c.name == "write" && c.args.contains("/v1/index.journal>")
+        });
+        let flush = one("index flush", &|c| {
+            c.name == "fdatasync" && c.args.contains("/v1/index.redb>")
+        });
+        assert!(
+            staged.end <= link.start,
+            "linked before durable: {staged:?} {link:?}"
+        );
+        assert!(link.end <= dir.start, "{link:?} {dir:?}");
+        for named in [journal, flush] {
+            assert!(
+                dir.end <= named.start,
+                "named before durable: {dir:?} {named:?}"
+            );
+        }
+    }
+    assert_eq!(env.names().len(), 3);
+    env.assert_blobs_verify();
 }
