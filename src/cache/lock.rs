@@ -532,7 +532,7 @@ fn acquire(
     let (tx, rx) = mpsc::channel::<(io::Result<()>, Twin)>();
     #[cfg(test)]
     let waiting = path.to_path_buf();
-    std::thread::spawn(move || {
+    let spawned = std::thread::Builder::new().spawn(move || {
         #[cfg(test)]
         tests::waits::started(&waiting);
         let res = wait_blocking(&twin.file, req);
@@ -541,6 +541,11 @@ fn acquire(
             let _ = undo(&twin.file, req);
         }
     });
+    if spawned.is_err() {
+        // No thread to spare (a batch system's cap on a user's processes): ask again
+        // and again instead, until the lock is ours or the time is up.
+        return poll(file, req, path, opts, start, deadline, announced);
+    }
     loop {
         let now = Instant::now();
         if now >= deadline {
@@ -576,6 +581,46 @@ fn acquire(
         path: path.to_path_buf(),
         waited: opts.timeout,
     })
+}
+
+/// [`acquire`]'s wait without a thread: a non-blocking try every few milliseconds, with
+/// the same bound and announcement.
+fn poll(
+    file: &File,
+    req: Req,
+    path: &Path,
+    opts: &LockOptions,
+    start: Instant,
+    deadline: Instant,
+    announced: &mut bool,
+) -> Result<(), LockError> {
+    loop {
+        match try_once(file, req) {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(source) => {
+                return Err(LockError::Lock {
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(LockError::Timeout {
+                path: path.to_path_buf(),
+                waited: opts.timeout,
+            });
+        }
+        if let Some(hook) = &opts.on_wait
+            && !*announced
+            && now - start >= ANNOUNCE_AFTER
+        {
+            (hook.0)(path);
+            *announced = true;
+        }
+        std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
+    }
 }
 
 fn try_once(file: &File, req: Req) -> io::Result<bool> {

@@ -99,11 +99,44 @@ pub(super) struct Placing(Run);
 
 enum Run {
     Running(std::thread::JoinHandle<Placed>),
+    /// Run on the caller's thread (no thread could be made).
+    Done(Placed),
     /// Nothing to run: the staged file's fsync had failed already.
     Refused,
 }
 
-/// What the thread of a [`Placing`] did.
+/// The work of a [`Placing`]: fsync the staged file (when it is not yet durable), then
+/// hard-link it into `blobs/` and fsync the directory.
+struct Place {
+    pending: Option<File>,
+    src: Option<PathBuf>,
+    dest: PathBuf,
+    store: Store,
+}
+
+impl Place {
+    fn run(self) -> Placed {
+        if let Some(Err(e)) = self.pending.map(|f| f.sync_all()) {
+            return Placed {
+                failed: Some(e.kind()),
+                linked: false,
+            };
+        }
+        let linked = self.src.is_some_and(|src| {
+            let dir = self.dest.parent().unwrap_or(&self.store.blobs);
+            link_or_make_dir(&src, &self.dest, dir, &self.store).is_ok() && {
+                let _ = sync_dir(dir);
+                true
+            }
+        });
+        Placed {
+            failed: None,
+            linked,
+        }
+    }
+}
+
+/// What a [`Placing`] did.
 struct Placed {
     /// The file's fsync failed: nothing was linked.
     failed: Option<io::ErrorKind>,
@@ -143,28 +176,28 @@ impl Staged {
                 return Placing(Run::Refused);
             }
         };
-        let src = self.path.clone();
-        let dest = store.blob_path(&self.digest);
-        let store = store.clone();
-        Placing(Run::Running(std::thread::spawn(move || {
-            if let Some(Err(e)) = pending.map(|f| f.sync_all()) {
-                return Placed {
-                    failed: Some(e.kind()),
-                    linked: false,
-                };
-            }
-            let linked = src.is_some_and(|src| {
-                let dir = dest.parent().unwrap_or(&store.blobs);
-                link_or_make_dir(&src, &dest, dir, &store).is_ok() && {
-                    let _ = sync_dir(dir);
-                    true
-                }
-            });
-            Placed {
-                failed: None,
-                linked,
-            }
-        })))
+        let job = Place {
+            pending,
+            src: self.path.clone(),
+            dest: store.blob_path(&self.digest),
+            store: store.clone(),
+        };
+        // The job is handed over once the thread exists: where no thread can be made (a
+        // batch system's limit on processes), it runs here instead.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Place>(1);
+        let spawned = std::thread::Builder::new().spawn(move || {
+            rx.recv().map(Place::run).unwrap_or(Placed {
+                failed: Some(io::ErrorKind::Other),
+                linked: false,
+            })
+        });
+        match spawned {
+            Ok(thread) => match tx.send(job) {
+                Ok(()) => Placing(Run::Running(thread)),
+                Err(std::sync::mpsc::SendError(job)) => Placing(Run::Done(job.run())),
+            },
+            Err(_) => Placing(Run::Done(job.run())),
+        }
     }
 
     /// Wait for [`Staged::place_in_background`]: whether it made the link. A failed fsync
@@ -176,6 +209,7 @@ impl Staged {
         };
         let placed = match placing.0 {
             Run::Running(thread) => thread.join().unwrap_or(lost),
+            Run::Done(placed) => placed,
             Run::Refused => return false,
         };
         if let Some(kind) = placed.failed {

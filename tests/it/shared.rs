@@ -367,3 +367,119 @@ fn a_reader_outside_the_group_can_get_but_not_change_the_cache() {
         "a refused add changed the cache"
     );
 }
+
+/// Run the binary as `user` with no thread to spare (`prlimit --nproc=1`: the process
+/// itself is the user's one task), under `strace`, `env` added; the output and whether a
+/// thread was refused (EAGAIN).
+fn capped(
+    user: &str,
+    bin: &Path,
+    cache: &Path,
+    env: &[(&str, &str)],
+    args: &[&std::ffi::OsStr],
+) -> (std::process::Output, bool) {
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = Command::new("strace")
+        .args(["-f", "-qq", "-e", "trace=clone,clone3", "-o"])
+        .arg(log.path())
+        .args([
+            "setpriv",
+            "--reuid",
+            user,
+            "--regid",
+            "users",
+            "--init-groups",
+            "--",
+        ])
+        .args(["prlimit", "--nproc=1", "--"])
+        .arg(bin)
+        .args(args)
+        .env("SREGISTRY_CACHE", cache)
+        .env("HOME", "/nonexistent")
+        .envs(env.iter().copied())
+        .env_remove("SREGISTRY_CONFIG_DIR")
+        .env_remove("DOCKER_CONFIG")
+        .output()
+        .unwrap();
+    let refused = fs::read_to_string(log.path()).unwrap().contains("EAGAIN");
+    (out, refused)
+}
+
+/// A batch system may cap a user's processes and threads (`ulimit -u`): with no thread
+/// to spare, `add` does the blob's fsyncs and link on its own thread, and stores the
+/// image as ever. strace shows the thread was refused.
+#[test]
+fn add_with_no_thread_to_spare_still_stores_its_image() {
+    if skip_unless_root(
+        "add_with_no_thread_to_spare_still_stores_its_image",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let input = env.file("capped.img", &b"no thread to spare".repeat(500));
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    let (out, refused) = capped(
+        USERS[0],
+        &bin,
+        &cache,
+        &[],
+        &[
+            "add".as_ref(),
+            input.as_os_str(),
+            "--name".as_ref(),
+            "lab/capped:1".as_ref(),
+        ],
+    );
+    let path = ok(out);
+    assert!(refused, "no thread was refused");
+    assert_eq!(fs::read(&path).unwrap(), fs::read(&input).unwrap());
+    assert_eq!(
+        ok(as_user(USERS[1], &bin, &cache, &["get", "lab/capped:1"])),
+        path
+    );
+    stdout_of(env.cmd().args(["verify"]));
+}
+
+/// A `get` that finds the index locked by a writer waits for it on a thread of its own;
+/// with no thread to spare it asks again every few milliseconds instead, and answers once
+/// the writer is done (it once ended in an internal error).
+#[test]
+fn a_get_that_must_wait_for_a_writer_with_no_thread_to_spare_still_answers() {
+    if skip_unless_root(
+        "a_get_that_must_wait_for_a_writer_with_no_thread_to_spare_still_answers",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let (_, path) = alice_adds_lab_tool(&env, &bin, &cache, b"waited for");
+    let other = env.file("other.img", b"the writer's");
+    let go = env.path("go");
+    let mut writer = env.spawn_paused(
+        "add-index-uncommitted",
+        Some(&go),
+        &[
+            "add".as_ref(),
+            other.as_os_str(),
+            "--name".as_ref(),
+            "lab/other:1".as_ref(),
+        ],
+    );
+    let resume = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(400));
+        fs::write(&go, b"").unwrap();
+    });
+    let (out, refused) = capped(
+        USERS[1],
+        &bin,
+        &cache,
+        &[("SREGISTRY_LOCK_TIMEOUT", "60")],
+        &["get".as_ref(), "lab/tool:1".as_ref()],
+    );
+    resume.join().unwrap();
+    assert_eq!(ok(out), path);
+    assert!(refused, "no thread was refused");
+    assert!(writer.wait().unwrap().success());
+    stdout_of(env.cmd().args(["get", "lab/other:1"]));
+}
