@@ -97,6 +97,16 @@ enum Sync {
 #[must_use]
 pub(super) struct Placing(Run);
 
+/// Dropped unsettled (a panic on the way), it still waits for its thread: nothing links
+/// the blob after the staged file is gone.
+impl Drop for Placing {
+    fn drop(&mut self) {
+        if let Run::Running(thread) = std::mem::replace(&mut self.0, Run::Refused) {
+            let _ = thread.join();
+        }
+    }
+}
+
 enum Run {
     Running(std::thread::JoinHandle<Placed>),
     /// Run on the caller's thread (no thread could be made).
@@ -202,12 +212,12 @@ impl Staged {
 
     /// Wait for [`Staged::place_in_background`]: whether it made the link. A failed fsync
     /// is kept, for [`Staged::commit`] to refuse.
-    pub(super) fn settle(&mut self, placing: Placing) -> bool {
+    pub(super) fn settle(&mut self, mut placing: Placing) -> bool {
         let lost = Placed {
             failed: Some(io::ErrorKind::Other),
             linked: false,
         };
-        let placed = match placing.0 {
+        let placed = match std::mem::replace(&mut placing.0, Run::Refused) {
             Run::Running(thread) => thread.join().unwrap_or(lost),
             Run::Done(placed) => placed,
             Run::Refused => return false,
