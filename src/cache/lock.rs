@@ -393,7 +393,7 @@ pub(super) fn try_lock(
 /// outside the cache's group), a reader opens it read-only instead: everyone who can read
 /// a cache can `get` from it.
 fn open_lock_file(path: &Path, opts: &LockOptions, mode: Mode) -> Result<File, LockError> {
-    match open_lock_file_rw(path, opts) {
+    match open_lock_file_rw(path, opts, mode == Mode::Shared) {
         Err(LockError::Open { source, .. })
             if mode == Mode::Shared
                 && matches!(
@@ -415,11 +415,16 @@ fn open_lock_file(path: &Path, opts: &LockOptions, mode: Mode) -> Result<File, L
     }
 }
 
-/// The file is opened as it is, and created only when that finds none: the index's lock
-/// file, which every `get` and every write takes, is made once and then there, so the hot
-/// paths open it in one call (on NFS, one round trip); a lock file made just now (a pull's)
-/// costs one refused open more.
-fn open_lock_file_rw(path: &Path, opts: &LockOptions) -> Result<File, LockError> {
+/// `existing_first` (a reader's shared lock, whose file is made once and then there for
+/// every `get`): the file is opened as it is, and created only when that finds none, so
+/// the hot path opens it in one call (on NFS, one round trip). Otherwise (a writer's lock,
+/// often a file of its own made just now) it is created first, and opened as it is when
+/// it exists.
+fn open_lock_file_rw(
+    path: &Path,
+    opts: &LockOptions,
+    existing_first: bool,
+) -> Result<File, LockError> {
     let open_err = |source| LockError::Open {
         path: path.to_path_buf(),
         source,
@@ -431,9 +436,11 @@ fn open_lock_file_rw(path: &Path, opts: &LockOptions) -> Result<File, LockError>
             .custom_flags(libc::O_CLOEXEC)
             .open(path)
     };
-    match existing() {
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-        other => return other.map_err(open_err),
+    if existing_first {
+        match existing() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other.map_err(open_err),
+        }
     }
     match OpenOptions::new()
         .read(true)
