@@ -141,14 +141,16 @@ impl Cache {
                 };
                 let key = p.name.key();
                 let digest = p.staged.digest();
-                if let Err(e) = self.refuse_under_lock(&w, &key, &digest, p.repoint, &mut aside) {
+                if let Err(e) =
+                    self.refuse_under_lock(&w, &key, &digest, p.repoint, &mut aside, || ())
+                {
                     if matches!(e, CacheError::Index(_)) {
                         return failed(w, e);
                     }
                     results.push(Err(e));
                     continue;
                 }
-                match self.put_staged(&mut w, p.staged, Vec::new(), key, p.prov, now) {
+                match self.put_staged(&mut w, p.staged, Vec::new(), key, p.prov, now, None) {
                     Ok(entry) => {
                         wrote = true;
                         moved.extend(p.moved);

@@ -10,7 +10,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use super::index::IndexWriter;
-use super::store::{self, Staged};
+use super::store::{self, Placing, Staged};
 use super::{
     BlobRecord, Cache, CacheError, Entry, IndexError, Ingest, IngestError, Ingested, Provenance,
     RefRecord, Repoint, Scratch, Tap, refuse_digest_on_target, refuse_repoint,
@@ -101,17 +101,10 @@ impl Cache {
         // a thread of their own while this one waits for the index lock and opens the
         // index; settled before anything reads the blob's place or names it, and on every
         // way out, so nothing links it after the staged file is gone.
-        let mut placing = Some(staged.place_in_background(&self.store));
-        let mut linked = false;
-        let mut settle = |staged: &mut Staged| {
-            if let Some(p) = placing.take() {
-                linked = staged.settle(p);
-            }
-            linked
-        };
+        let mut placing = Placement(Some(staged.place_in_background(&self.store)), false);
         // A test stopping here finds the blob placed, as it would be after a slow lock.
         if testhook::wants("add-staged") {
-            settle(&mut staged);
+            placing.settle(&mut staged);
         }
         testhook::pause("add-staged");
         // The pin check reads the index in the open that checks this build may write it,
@@ -123,7 +116,7 @@ impl Cache {
                 rd.is_pinned(&key)
             })
             .inspect_err(|_| {
-                settle(&mut staged);
+                placing.settle(&mut staged);
                 if matches!(rd.get_blob(&digest), Ok(None)) {
                     let blob = self.store.blob_path(&digest);
                     refused_aside.extend(self.take_out(&[digest]));
@@ -133,10 +126,10 @@ impl Cache {
                 }
             })
         });
-        let linked = settle(&mut staged);
         let mut w = match written {
             Ok(w) => w,
             Err(e) => {
+                let linked = placing.settle(&mut staged);
                 store::unlink_now(&refused_aside);
                 // The index refused the writer (damaged, missing, newer): the blob this
                 // command linked in must not stay unknown to it (invariant 8).
@@ -149,7 +142,9 @@ impl Cache {
             }
         };
         let mut aside = Vec::new();
-        let refused = self.refuse_under_lock(&w, &key, &digest, repoint, &mut aside);
+        let refused = self.refuse_under_lock(&w, &key, &digest, repoint, &mut aside, || {
+            placing.settle(&mut staged);
+        });
         if let Err(e) = refused {
             drop(w);
             store::unlink_now(&aside);
@@ -160,7 +155,7 @@ impl Cache {
             Part::Known(_) => None,
         });
         let fresh = unknown_to(&w, std::iter::once(digest).chain(new_parts))?;
-        let entry = match self.put_staged(&mut w, staged, parts, key, prov, now) {
+        let entry = match self.put_staged(&mut w, staged, parts, key, prov, now, placing.0.take()) {
             Ok(entry) => entry,
             Err(e) => {
                 let aside = self.take_out(&fresh);
@@ -211,6 +206,7 @@ impl Cache {
     /// re-point a pinned name (see [`Repoint`]). A refused blob that
     /// `Staged::place_in_background` linked in before the lock is nobody's unless the index knows it: it is moved aside
     /// into `aside` (for [`store::unlink_now`] once the lock is released), as gc would.
+    /// `settle` is called before a refused blob is looked for in `blobs/`.
     pub(super) fn refuse_under_lock(
         &self,
         w: &IndexWriter,
@@ -218,9 +214,11 @@ impl Cache {
         digest: &Digest,
         repoint: Repoint,
         aside: &mut Vec<PathBuf>,
+        settle: impl FnOnce(),
     ) -> Result<(), CacheError> {
         let refused = refuse_repoint(key, digest, repoint, w.get_ref(key)?, || w.is_pinned(key));
         if refused.is_err() && w.get_blob(digest)?.is_none() {
+            settle();
             aside.extend(self.take_out(&[*digest]));
         }
         refused
@@ -228,8 +226,13 @@ impl Cache {
 
     /// In the open transaction `w` (the caller checked the pin): put the staged blob in
     /// place with the blobs it was made from, record it, point `key` at it and mark its
-    /// use. A store error leaves the transaction as it was; an index error means the
-    /// transaction must be dropped.
+    /// use. Without `placing`, a store error leaves the transaction as it was (`add_many`
+    /// goes on with the next file); an index error means the transaction must be dropped.
+    /// With `placing` (the staged file still on its way into `blobs/` on a thread of its
+    /// own), the records go first and the blob is put in place after the thread is done,
+    /// so that the thread has this time too; then any error means the transaction must be
+    /// dropped.
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn put_staged(
         &self,
         w: &mut IndexWriter,
@@ -238,6 +241,7 @@ impl Cache {
         key: String,
         prov: Provenance,
         now: u64,
+        placing: Option<Placing>,
     ) -> Result<Entry, CacheError> {
         let digest = staged.digest();
         let size = staged.size();
@@ -247,8 +251,16 @@ impl Cache {
             source: Some(prov.source),
             labels: prov.labels,
         };
-        let (path, _new) = staged.commit(&self.store)?;
-        testhook::pause("add-blob-committed");
+        // The thread first, then the staged file: dropped on an error below, the thread
+        // is waited for before the staged file is removed.
+        let (pending, path) = match placing {
+            Some(placing) => (Some((placing, staged)), self.store.blob_path(&digest)),
+            None => {
+                let (path, _new) = staged.commit(&self.store)?;
+                testhook::pause("add-blob-committed");
+                (None, path)
+            }
+        };
         let mut part_digests = Vec::with_capacity(parts.len());
         for part in parts {
             match part {
@@ -301,6 +313,11 @@ impl Cache {
         w.set_last_use(&key, now)?;
         let pinned = w.is_pinned(&key)?;
         let blob = w.get_blob(&digest)?;
+        if let Some((placing, mut staged)) = pending {
+            staged.settle(placing);
+            staged.commit(&self.store)?;
+            testhook::pause("add-blob-committed");
+        }
         Ok(Entry {
             name: key,
             digest,
@@ -314,6 +331,20 @@ impl Cache {
             remote_digest: blob.and_then(|b| b.remote_digest),
             path,
         })
+    }
+}
+
+/// The way of a staged file into `blobs/` on a thread of its own
+/// ([`Staged::place_in_background`]), until it is settled: then whether it made the link.
+struct Placement(Option<Placing>, bool);
+
+impl Placement {
+    /// Wait for the thread (once): whether it linked the blob in.
+    fn settle(&mut self, staged: &mut Staged) -> bool {
+        if let Some(p) = self.0.take() {
+            self.1 = staged.settle(p);
+        }
+        self.1
     }
 }
 
