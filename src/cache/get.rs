@@ -107,12 +107,13 @@ impl Cache {
         r: &Reference,
         check: impl FnOnce(&RefRecord) -> bool,
     ) -> Result<Option<PathBuf>, CacheError> {
-        if !self.exists() {
-            return Err(self.not_found(r));
-        }
         let key = r.key();
         let (path, stale) = {
-            let rd = self.index.read_kept()?;
+            // Whether the cache exists is asked only when the lookup cannot go by what
+            // a kept open keeps (see `index::kept`).
+            let Some(rd) = self.index.read_kept(|| self.exists())? else {
+                return Err(self.not_found(r));
+            };
             let rec = rd.get_ref(&key)?.ok_or_else(|| self.not_found(r))?;
             if !check(&rec) {
                 return Ok(None);

@@ -153,6 +153,24 @@ impl LockGuard {
         self.mode
     }
 
+    /// Whether the locked file still has a name (one `fstat`): a lock taken through a
+    /// descriptor kept from earlier ([`lock_file`]) on a file someone has removed since
+    /// excludes nobody who opens the path now.
+    pub(super) fn linked(&self) -> bool {
+        linked(&self._file)
+    }
+
+    /// Release the lock (the explicit unlock [`LockGuard`]'s drop makes) and keep the
+    /// descriptor open, still registered with [`crate::fork`], to lock again with
+    /// [`lock_file`].
+    pub(super) fn into_file(self) -> LockFile {
+        let LockGuard { _held, _file, .. } = self;
+        LockFile {
+            registration: _held.release(),
+            file: _file,
+        }
+    }
+
     /// Whether the lock file's path still names the file this guard locked (a lock file
     /// that [`remove_if_free`] unlinked before the lock was taken does not).
     pub(super) fn still_at_path(&self) -> bool {
@@ -209,7 +227,72 @@ pub(super) fn held_by_caller(path: &Path) -> bool {
 /// `opts.timeout`.
 pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGuard, LockError> {
     let (file, registration) = crate::fork::open(|| open_lock_file(path, opts, mode))?;
+    lock_file(LockFile { file, registration }, path, mode, opts)
+}
+
+/// A lock file's descriptor, open and registered with [`crate::fork`], carrying no lock:
+/// what [`LockGuard::into_file`] gives back, for a caller that takes the same lock again
+/// and again (`get` through a kept `Cache`, `crate::cache::index`'s `kept`) to lock it
+/// again with [`lock_file`] instead of opening the file each time.
+#[derive(Debug)]
+pub(super) struct LockFile {
+    file: File,
+    registration: crate::fork::Registration,
+}
+
+impl LockFile {
+    /// Whether the file still has a name: a lock file someone removed (`rm`, or the
+    /// cache's directory removed and made again) has none, and its lock excludes nobody
+    /// who opens the path now.
+    #[cfg(test)]
+    fn linked(&self) -> bool {
+        linked(&self.file)
+    }
+}
+
+fn linked(file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().is_ok_and(|m| m.nlink() > 0)
+}
+
+/// [`lock`] through `f`, a descriptor of the lock file at `path` opened before.
+pub(super) fn lock_file(
+    f: LockFile,
+    path: &Path,
+    mode: Mode,
+    opts: &LockOptions,
+) -> Result<LockGuard, LockError> {
+    let LockFile { file, registration } = f;
     let held = Held::new(&file, opts.kind, None, registration);
+    let guard = |held, file| LockGuard {
+        _held: held,
+        _file: file,
+        path: path.to_path_buf(),
+        mode,
+    };
+    // A reader's way through the turnstile in one call when neither byte is held against
+    // it: both bytes shared at once (a lock of a range is taken whole or not at all), then
+    // the turnstile given back; what it holds after is what the steps below give it.
+    // Anything else (a writer waiting or writing, an error) takes the steps below.
+    if opts.kind == Kind::Ofd
+        && mode == Mode::Shared
+        && ofd_fd(
+            file.as_raw_fd(),
+            libc::F_OFD_SETLK,
+            libc::F_RDLCK as i16,
+            TURNSTILE,
+            2,
+        )
+        .is_ok()
+    {
+        ofd(&file, libc::F_OFD_SETLK, libc::F_UNLCK as i16, TURNSTILE).map_err(|source| {
+            LockError::Lock {
+                path: path.to_path_buf(),
+                source,
+            }
+        })?;
+        return Ok(guard(held, file));
+    }
     let deadline = Instant::now() + opts.timeout;
     let start = Instant::now();
     let mut announced = false;
@@ -230,12 +313,7 @@ pub(super) fn lock(path: &Path, mode: Mode, opts: &LockOptions) -> Result<LockGu
             got?;
         }
     }
-    Ok(LockGuard {
-        _held: held,
-        _file: file,
-        path: path.to_path_buf(),
-        mode,
-    })
+    Ok(guard(held, file))
 }
 
 /// The byte a fence takes (see [`fence`]): far past the end of any file it is put on.
@@ -291,7 +369,8 @@ pub(crate) struct Held {
     fd: std::os::fd::RawFd,
     kind: Kind,
     only: Option<i64>,
-    _registration: crate::fork::Registration,
+    /// `None` once [`Held::release`] has unlocked and taken it.
+    registration: Option<crate::fork::Registration>,
 }
 
 impl Held {
@@ -305,13 +384,19 @@ impl Held {
             fd: file.as_raw_fd(),
             kind,
             only,
-            _registration: registration,
+            registration: Some(registration),
         }
     }
-}
 
-impl Drop for Held {
-    fn drop(&mut self) {
+    /// Unlock now, and hand back the registration (the descriptor stays registered).
+    fn release(mut self) -> crate::fork::Registration {
+        self.unlock();
+        self.registration
+            .take()
+            .expect("a Held is released once, by value")
+    }
+
+    fn unlock(&self) {
         // Errors are ignored: there is nothing to do about them, and the close follows.
         match self.kind {
             Kind::Ofd => {
@@ -322,6 +407,14 @@ impl Drop for Held {
                 // SAFETY: the descriptor is open until after this value drops.
                 unsafe { libc::flock(self.fd, libc::LOCK_UN) };
             }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if self.registration.is_some() {
+            self.unlock();
         }
     }
 }
@@ -805,6 +898,51 @@ mod tests {
                 t.join().unwrap(),
                 "lock still held right after its guard dropped"
             );
+        }
+    }
+
+    #[test]
+    fn a_reader_holds_the_lock_proper_and_leaves_the_turnstile_free() {
+        // However it got in (one call when nothing stood in its way, else step by step),
+        // a reader holds byte 1 shared and not byte 0, so a writer can queue behind it.
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let probe = |byte| {
+            let f = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+            try_once(&f, Req::Ofd(libc::F_WRLCK as i16, byte)).unwrap()
+        };
+        let r = lock(&p, Mode::Shared, &opts(50)).unwrap();
+        assert!(probe(TURNSTILE), "the reader kept the turnstile");
+        assert!(!probe(MAIN), "the reader does not hold the lock proper");
+        // A writer queued on the turnstile keeps a new reader out, as before.
+        let turnstile = OpenOptions::new().read(true).write(true).open(&p).unwrap();
+        assert!(try_once(&turnstile, Req::Ofd(libc::F_WRLCK as i16, TURNSTILE)).unwrap());
+        assert!(try_lock(&p, Mode::Shared, &opts(0)).unwrap().is_none());
+        drop(turnstile);
+        drop(r);
+    }
+
+    #[test]
+    fn a_kept_lock_file_locks_again_and_holds_nothing_between() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let o = opts(50);
+        for kind in [Kind::Ofd, Kind::Flock] {
+            let o = LockOptions { kind, ..o.clone() };
+            let mut kept = lock(&p, Mode::Shared, &o).unwrap().into_file();
+            for _ in 0..3 {
+                assert!(
+                    try_lock(&p, Mode::Exclusive, &o).unwrap().is_some(),
+                    "{kind:?}: a kept descriptor held its lock between uses"
+                );
+                let g = lock_file(kept, &p, Mode::Shared, &o).unwrap();
+                assert!(try_lock(&p, Mode::Exclusive, &o).unwrap().is_none());
+                assert!(try_lock(&p, Mode::Shared, &o).unwrap().is_some());
+                kept = g.into_file();
+            }
+            assert!(kept.linked());
+            std::fs::remove_file(&p).unwrap();
+            assert!(!kept.linked(), "a removed lock file still counts as named");
         }
     }
 

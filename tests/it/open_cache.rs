@@ -153,3 +153,96 @@ fn a_kept_cache_reads_an_index_rebuilt_by_another_process() {
     env.cmd().args(["rm", "t/a"]).assert().success();
     assert!(assert_answers_as_fresh(&env, &kept, "t/a").is_err());
 }
+
+/// `index.lock` at `path` (created if need be) locked exclusive through a descriptor of
+/// its own, as a writer holds it, without touching the index: what a kept `Cache` sees
+/// then is the lock alone. Let go when the file is dropped.
+fn hold_as_a_writer(path: &std::path::Path) -> std::fs::File {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    // SAFETY: an all-zero flock is valid; a whole-file write lock, l_pid 0 for OFD.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    // SAFETY: `f` is open; `fl` is a valid flock.
+    let rc = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_OFD_SETLK, &mut fl) };
+    assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+    f
+}
+
+/// A kept `Cache` locks `index.lock` through the descriptor it kept from its last
+/// lookup: that lock must still keep it out while a writer holds the index, and a lock
+/// file removed meanwhile (an admin's `rm` of a "stale" lock) must not let it in
+/// through the old file: it takes the lock on the file at the path, which the writer
+/// holds.
+#[test]
+fn a_kept_cache_waits_for_the_writer_on_the_lock_file_at_the_path() {
+    use std::time::Duration;
+    let env = Env::new();
+    let a = env.file("a.img", b"content of a");
+    env.cmd()
+        .arg("add")
+        .arg(&a)
+        .args(["--name", "t/a"])
+        .assert()
+        .success();
+    let opts = LockOptions {
+        timeout: Duration::from_millis(300),
+        ..LockOptions::default()
+    };
+    let kept = Cache::open(&env.cache, opts).unwrap();
+    let lock = env.cache.join("v1/index.lock");
+    for removed in [false, true] {
+        warm(&kept, "t/a");
+        if removed {
+            std::fs::remove_file(&lock).unwrap();
+        }
+        let writer = hold_as_a_writer(&lock);
+        let got = kept.get(&name("t/a")).map_err(|e| e.to_string());
+        drop(writer);
+        let e = got.expect_err("a get went through a lock a writer held");
+        assert!(
+            e.contains("index.lock") && e.contains("SREGISTRY_LOCK_TIMEOUT"),
+            "lock file removed: {removed}: {e}"
+        );
+        // The writer gone, the kept Cache answers again, as a fresh one.
+        assert!(assert_answers_as_fresh(&env, &kept, "t/a").is_ok());
+    }
+}
+
+/// A kept `Cache` goes by what it kept only while the index and its lock file are the
+/// ones it opened: a cache removed under it is not found, and one made again at the same
+/// place is read afresh.
+#[test]
+fn a_kept_cache_follows_its_cache_removed_and_made_again() {
+    let env = Env::new();
+    let a = env.file("a.img", b"content of a");
+    let b = env.file("b.img", b"content of b");
+    env.cmd()
+        .arg("add")
+        .arg(&a)
+        .args(["--name", "t/a"])
+        .assert()
+        .success();
+    let kept = open(&env);
+    warm(&kept, "t/a");
+    std::fs::remove_dir_all(&env.cache).unwrap();
+    let e = assert_answers_as_fresh(&env, &kept, "t/a").unwrap_err();
+    assert!(e.contains("no image `t/a:latest`"), "{e}");
+    env.cmd()
+        .arg("add")
+        .arg(&b)
+        .args(["--name", "t/a"])
+        .assert()
+        .success();
+    for _ in 0..3 {
+        let path = assert_answers_as_fresh(&env, &kept, "t/a").unwrap();
+        assert_eq!(std::fs::read(path).unwrap(), b"content of b");
+    }
+}

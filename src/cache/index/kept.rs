@@ -58,12 +58,13 @@ use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
-use redb::{ReadOnlyDatabase, ReadableDatabase};
+use redb::ReadOnlyDatabase;
 
-use super::damage::{from_redb, guarded};
+use super::damage::guarded;
+use super::read::Snapshot;
 use super::{Index, IndexError, IndexReader};
 use crate::cache::lock::{self, Mode};
 
@@ -79,6 +80,9 @@ pub(super) struct Slot {
     owner: u64,
     looked_up: bool,
     open: Option<Kept>,
+    /// `index.lock`'s descriptor between lookups, unlocked, kept with an open on a
+    /// local filesystem: the next lookup locks it again instead of opening the file.
+    lock: Option<lock::LockFile>,
 }
 
 impl Slot {
@@ -87,6 +91,7 @@ impl Slot {
             owner: crate::fork::generation(),
             looked_up: false,
             open: None,
+            lock: None,
         }
     }
 }
@@ -100,6 +105,9 @@ struct Kept {
     /// The descriptor it was stamped through, kept on a local filesystem to stamp it again
     /// (`None` elsewhere: every stamp is then taken through a fresh open).
     local: Option<Opened>,
+    /// The read transaction and tables every lookup of this open reads, made by the
+    /// first lookup through it (see the protocol).
+    snap: Option<Arc<Snapshot>>,
 }
 
 impl std::fmt::Debug for Kept {
@@ -194,45 +202,96 @@ impl Kept {
     }
 }
 
+/// Put the lock file's descriptor of `guard`, unlocked, back into `slot` for the next
+/// lookup to lock again; closed instead when another thread is in the slot, when it
+/// already has one, or in a child made by `fork` since the handle was made.
+pub(super) fn give_back(slot: &Mutex<Slot>, guard: lock::LockGuard) {
+    let file = guard.into_file();
+    if let Ok(mut slot) = slot.try_lock()
+        && slot.owner == crate::fork::generation()
+        && slot.lock.is_none()
+    {
+        slot.lock = Some(file);
+    }
+}
+
 impl Index {
     /// [`Index::read`], through an open of the index kept across calls on this handle
     /// (and its clones) while no writer has changed the file: see [`super::kept`]. The
-    /// lookup still holds the shared lock for as long as the reader lives.
-    pub(crate) fn read_kept(&self) -> Result<IndexReader, IndexError> {
+    /// lookup still holds the shared lock for as long as the reader lives. `Ok(None)`
+    /// when `exists` says there is no cache, asked whenever the lookup cannot go by
+    /// what it kept (the kept open unchanged under a lock taken through the kept
+    /// descriptor of `index.lock`).
+    pub(crate) fn read_kept(
+        &self,
+        exists: impl FnOnce() -> bool,
+    ) -> Result<Option<IndexReader>, IndexError> {
+        let read = |exists: &dyn Fn() -> bool| {
+            if exists() {
+                self.read().map(Some)
+            } else {
+                Ok(None)
+            }
+        };
         let Ok(mut slot) = self.kept.try_lock() else {
-            return self.read();
+            return read(&exists_once(exists));
         };
         if slot.owner != crate::fork::generation() {
             // A child made by `fork`: its copy of the parent's open goes (see above).
             slot.open = None;
+            slot.lock = None;
             drop(slot);
-            return self.read();
+            return read(&exists_once(exists));
         }
         if !std::mem::replace(&mut slot.looked_up, true) {
             drop(slot);
-            return self.read();
+            return read(&exists_once(exists));
         }
-        let slot = &mut slot.open;
-        let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
+        let slot = &mut *slot;
+        // The lock, through the kept descriptor when there is one and the file it
+        // locks still has a name; else opened afresh, as `read` does.
+        let kept_lock = match slot.lock.take() {
+            Some(file) => {
+                let guard = lock::lock_file(file, &self.lock_path, Mode::Shared, &self.lock_opts)?;
+                Some(guard).filter(|g| g.linked())
+            }
+            None => None,
+        };
+        let mut exists = Some(exists);
+        let mut gone = || exists.take().is_some_and(|f| !f());
+        let (guard, through_kept) = match kept_lock {
+            Some(guard) => (guard, true),
+            None => {
+                if gone() {
+                    return Ok(None);
+                }
+                let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
+                (guard, false)
+            }
+        };
         if slot
+            .open
             .as_ref()
             .is_some_and(|k| k.failed.load(Ordering::Relaxed) || !k.unchanged(&self.db_path))
         {
-            *slot = None;
+            slot.open = None;
         }
-        let kept = match slot.as_ref() {
+        let kept = match slot.open.as_mut() {
             Some(k) => k,
             None => {
+                if through_kept && gone() {
+                    return Ok(None);
+                }
                 let Some((stamp, opened)) = open_stamped(&self.db_path) else {
                     drop(guard);
-                    return self.read();
+                    return self.read().map(Some);
                 };
                 let reader = match self.open_read_only(Cell::new(false))? {
                     Ok(reader) => reader,
                     // `read` repairs, or names what redb refused.
                     Err(_) => {
                         drop(guard);
-                        return self.read();
+                        return self.read().map(Some);
                     }
                 };
                 let mut reader = reader;
@@ -242,36 +301,50 @@ impl Index {
                     let failed = Arc::new(AtomicBool::new(false));
                     reader.kept = Some(failed.clone());
                     let local = is_local(&opened.file).then_some(opened);
-                    *slot = Some(Kept {
+                    if local.is_some() {
+                        reader.keep_lock = Some(self.kept.clone());
+                    }
+                    slot.open = Some(Kept {
                         db,
                         stamp,
                         failed,
                         local,
+                        snap: None,
                     });
                 }
-                return Ok(reader);
+                return Ok(Some(reader));
             }
         };
         let poisoned = Cell::new(false);
-        let txn = guarded(&poisoned, &self.db_path, || {
-            kept.db
-                .begin_read()
-                .map_err(|e| from_redb(&self.db_path, e.into()))
-        });
-        let txn = match txn {
-            Ok(txn) => txn,
+        let snap = match &kept.snap {
+            Some(snap) => Ok(snap.clone()),
+            None => guarded(&poisoned, &self.db_path, || {
+                Snapshot::of(&kept.db, &self.db_path).map(Arc::new)
+            }),
+        };
+        let snap = match snap {
+            Ok(snap) => snap,
             Err(e) => {
-                *slot = None;
+                slot.open = None;
                 return Err(e);
             }
         };
-        Ok(IndexReader {
-            txn: Some(txn),
+        kept.snap = Some(snap.clone());
+        Ok(Some(IndexReader {
+            txn: None,
+            snap: Some(snap),
             _db: Some(kept.db.clone()),
             _lock: Some(guard),
             path: self.db_path.clone(),
             poisoned,
             kept: Some(kept.failed.clone()),
-        })
+            keep_lock: kept.local.is_some().then(|| self.kept.clone()),
+        }))
     }
+}
+
+/// `exists`, asked at most once.
+fn exists_once(exists: impl FnOnce() -> bool) -> impl Fn() -> bool {
+    let cell = std::cell::Cell::new(Some(exists));
+    move || cell.take().is_some_and(|f| f())
 }

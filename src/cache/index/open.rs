@@ -152,6 +152,8 @@ impl Index {
                     }
                     return Ok(IndexReader {
                         txn: None,
+                        snap: None,
+                        keep_lock: None,
                         _db: None,
                         _lock: Some(guard),
                         path: self.db_path.clone(),
@@ -380,6 +382,8 @@ impl Index {
         };
         Ok(Ok(IndexReader {
             txn: Some(txn),
+            snap: None,
+            keep_lock: None,
             _db: Some(Arc::new(db)),
             _lock: None,
             path: self.db_path.clone(),

@@ -9,15 +9,17 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use redb::{
-    ReadOnlyDatabase, ReadTransaction, ReadableTable, ReadableTableMetadata, TableDefinition,
+    ReadOnlyDatabase, ReadOnlyTable, ReadTransaction, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition,
 };
 use serde::Serialize;
 
 use super::damage::{caught, dberr, from_redb, guarded};
+use super::kept::Slot;
 use super::schema::{ABOUT, BLOBS, LAST_USE, Levels, META, PINS, REFS, get_u64_in, levels_in};
 use super::{BlobRecord, IndexError, RefRecord, decode_blob, decode_ref};
 use crate::cache::lock::LockGuard;
@@ -37,6 +39,9 @@ pub struct Named {
 /// then the lock.
 pub(crate) struct IndexReader {
     pub(super) txn: Option<ReadTransaction>,
+    /// Instead of `txn`: the read transaction and tables a kept open keeps while the
+    /// index is unchanged ([`super::kept`]).
+    pub(super) snap: Option<Arc<Snapshot>>,
     /// Shared with the open [`super::Index::read_kept`] keeps, when it came from there.
     pub(super) _db: Option<Arc<ReadOnlyDatabase>>,
     /// `None` for the view a writer checks under its own exclusive lock.
@@ -45,13 +50,54 @@ pub(crate) struct IndexReader {
     pub(super) poisoned: Cell<bool>,
     /// For a reader of a kept open: set when a call fails, so that the open is not kept.
     pub(super) kept: Option<Arc<AtomicBool>>,
+    /// Where the lock file's descriptor goes once the lock is released, to be locked
+    /// again by the next lookup ([`super::kept`]); `None`: it is closed.
+    pub(super) keep_lock: Option<Arc<Mutex<Slot>>>,
+}
+
+/// A read transaction of a kept open and the tables a `get` reads, opened once and
+/// read by every lookup while the index is unchanged ([`super::kept`]). `None` for a
+/// table the index does not have.
+pub(super) struct Snapshot {
+    pub(super) refs: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
+    pub(super) blobs: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
+    pub(super) last_use: Option<ReadOnlyTable<&'static str, u64>>,
+    pub(super) txn: ReadTransaction,
+}
+
+impl Snapshot {
+    /// A read of `db` and its tables (the caller holds the shared lock).
+    pub(super) fn of(db: &ReadOnlyDatabase, path: &Path) -> Result<Snapshot, IndexError> {
+        let txn = db.begin_read().map_err(|e| from_redb(path, e.into()))?;
+        let open = |def| match txn.open_table(def) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(from_redb(path, e.into())),
+        };
+        let refs = open(REFS)?;
+        let blobs = open(BLOBS)?;
+        let last_use = match txn.open_table(LAST_USE) {
+            Ok(t) => Some(t),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(from_redb(path, e.into())),
+        };
+        Ok(Snapshot {
+            refs,
+            blobs,
+            last_use,
+            txn,
+        })
+    }
 }
 
 impl Drop for IndexReader {
     fn drop(&mut self) {
         // redb may panic closing a damaged database too; the lock goes after, as declared.
-        let (txn, db) = (self.txn.take(), self._db.take());
-        caught(move || drop((txn, db)));
+        let (txn, snap, db) = (self.txn.take(), self.snap.take(), self._db.take());
+        caught(move || drop((txn, snap, db)));
+        if let (Some(slot), Some(guard)) = (self.keep_lock.take(), self._lock.take()) {
+            super::kept::give_back(&slot, guard);
+        }
     }
 }
 
@@ -179,8 +225,10 @@ impl IndexReader {
         &self,
         def: TableDefinition<K, V>,
     ) -> Result<Option<redb::ReadOnlyTable<K, V>>, IndexError> {
-        let Some(txn) = &self.txn else {
-            return Ok(None);
+        let txn = match (&self.txn, &self.snap) {
+            (Some(txn), _) => txn,
+            (None, Some(snap)) => &snap.txn,
+            (None, None) => return Ok(None),
         };
         match txn.open_table(def) {
             Ok(t) => Ok(Some(t)),
@@ -210,6 +258,13 @@ impl IndexReader {
 
     /// The record of one name.
     pub(crate) fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
+        if let Some(s) = &self.snap {
+            return self.guard(|| {
+                s.refs
+                    .as_ref()
+                    .map_or(Ok(None), |t| get_ref_in(t, key, &self.path))
+            });
+        }
         self.guard(|| {
             self.table(REFS)?
                 .map_or(Ok(None), |t| get_ref_in(&t, key, &self.path))
@@ -218,6 +273,13 @@ impl IndexReader {
 
     /// The record of one blob.
     pub(crate) fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
+        if let Some(s) = &self.snap {
+            return self.guard(|| {
+                s.blobs
+                    .as_ref()
+                    .map_or(Ok(None), |t| get_blob_in(t, &d.hex(), &self.path))
+            });
+        }
         self.guard(|| {
             self.table(BLOBS)?
                 .map_or(Ok(None), |t| get_blob_in(&t, &d.hex(), &self.path))
@@ -226,6 +288,13 @@ impl IndexReader {
 
     /// When the name was last used, as recorded.
     pub(crate) fn last_use(&self, key: &str) -> Result<Option<u64>, IndexError> {
+        if let Some(s) = &self.snap {
+            return self.guard(|| {
+                s.last_use
+                    .as_ref()
+                    .map_or(Ok(None), |t| get_u64_in(t, key, &self.path))
+            });
+        }
         self.guard(|| {
             self.table(LAST_USE)?
                 .map_or(Ok(None), |t| get_u64_in(&t, key, &self.path))
