@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -173,6 +173,14 @@ fn unit_err(e: UnitError) -> PyErr {
 
 fn lock_err(e: LockError) -> PyErr {
     cache_err(CacheError::Index(IndexError::Lock(e)))
+}
+
+/// A path as `str`, as `Path::display` writes it (the same text: a path that is not
+/// UTF-8 gets U+FFFD where its bytes are not), without formatting one that is.
+fn path_string(p: PathBuf) -> String {
+    p.into_os_string()
+        .into_string()
+        .unwrap_or_else(|os| Path::new(&os).display().to_string())
 }
 
 fn parse_name(s: &str) -> PyResult<Reference> {
@@ -672,7 +680,7 @@ impl PyCache {
         }
         let r = parse_name(name)?;
         py.detach(|| self.inner.get(&r))
-            .map(|p| p.display().to_string())
+            .map(path_string)
             .map_err(cache_err)
     }
 

@@ -19,6 +19,11 @@
 //!   stream of them.
 //! * byte 1, the *lock proper*: shared for readers, exclusive for the writer.
 //!
+//! A reader whose way is clear (neither byte held exclusive) takes both bytes shared in
+//! one call, which the kernel grants whole or not at all, and gives the turnstile back
+//! at once: two calls where the steps take three, and the same bytes held after. When
+//! that call is refused it goes step by step, waiting as above.
+//!
 //! Every wait is bounded by `SREGISTRY_LOCK_TIMEOUT` (seconds, or with a unit: `90s`,
 //! `5m`; default 5 minutes). After one second of waiting, "waiting for lock on `PATH`"
 //! goes to stderr (unless the caller asked for quiet). A timeout is an error that names
@@ -37,7 +42,10 @@
 //! lock file, the twin a waiting thread uses, a fenced file) is registered with
 //! `crate::fork` from before it is locked until after it is unlocked, so that a child
 //! closes its copy at once (without unlocking it, which would release the parent's lock):
-//! a parent that dies leaves no lock behind in its children.
+//! a parent that dies leaves no lock behind in its children. A caller that takes one lock
+//! again and again may keep the descriptor between times ([`LockGuard::into_file`]: the
+//! lock released, the descriptor open and still registered) and lock it again
+//! ([`lock_file`]); it holds no lock between times.
 
 use std::fs::{File, OpenOptions};
 use std::io;

@@ -33,9 +33,26 @@
 //! opened afresh, which revalidates it with the server (close-to-open) as the open of
 //! every [`Index::read`] does, then `fstat`, the read, and the close.
 //!
+//! Since equal stamps mean the same tables, the open keeps more than redb's state: the
+//! read transaction of its first lookup through it, the tables a `get` reads (`refs`,
+//! `blobs`, `last_use`), and the records read through them (a few hundred names' and
+//! blobs'; [`super::read::Snapshot`]). They go with the open, at the first lookup that
+//! finds the stamp changed.
+//!
+//! On a local filesystem the open also keeps `index.lock`'s descriptor between lookups,
+//! unlocked: the next lookup locks it again (`lock::lock_file`) instead of opening the
+//! file, then checks with an `fstat` that the file still has a name. One that has none
+//! (the lock file or the whole cache removed meanwhile) locks out no writer who opens the
+//! path now: the descriptor is let go and the lock taken on the file at the path, as
+//! [`Index::read`] takes it. A lookup that goes by all it kept (the lock through the kept
+//! descriptor, the stamp unchanged) does not ask whether the cache exists (`Cache::exists`
+//! looks at `v1/`): the named lock file and the index at its path, the file it opened,
+//! say so; any other lookup asks first, as before. On other filesystems the lock file is
+//! opened for every lookup, as [`Index::read`] opens it.
+//!
 //! A handle's first lookup keeps nothing (a command line `get` makes one lookup and would
 //! gain nothing). Between lookups a handle holds the kept descriptors of `index.redb`
-//! (redb's, and on a local filesystem the stamp's), never a lock.
+//! (redb's, and on a local filesystem the stamp's) and of `index.lock`, never a lock.
 //!
 //! A missing index, one that cannot be stamped, or an open that redb refuses
 //! (`RepairAborted`) is left to [`Index::read`], which refuses, repairs or reports as it
@@ -47,9 +64,14 @@
 //! The kept open sits behind a mutex that is only ever *tried*: a thread that finds it
 //! busy (another thread is looking up) reads as [`Index::read`] does, so no thread waits
 //! for another, and a child made by `fork` while a thread held it never waits for a
-//! thread it does not have. Its descriptors are registered with [`crate::fork`] like every
-//! descriptor of the index, so a child's copies are closed at the fork. A child made by
-//! `fork` never keeps an open on a handle it inherited: its first lookup drops the copy,
+//! thread it does not have. The records it keeps sit behind one too, likewise only tried.
+//! The kept lock descriptor is taken out of the slot for a lookup and put back when its
+//! lock is released ([`give_back`]; closed instead if the slot is busy or already has
+//! one), so no two lookups ever lock through one descriptor (an OFD lock belongs to the
+//! descriptor's open file, and one lookup's unlock would release the other's lock). Its
+//! descriptors are registered with [`crate::fork`] like every descriptor of the index,
+//! so a child's copies are closed at the fork. A child made by `fork` never keeps an open
+//! on a handle it inherited: its first lookup drops the copy (and the lock descriptor),
 //! and every lookup reads as [`Index::read`] does, so a child holds no descriptor of the
 //! index between calls (a handle the child makes itself keeps one as usual).
 

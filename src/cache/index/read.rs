@@ -63,7 +63,21 @@ pub(super) struct Snapshot {
     pub(super) blobs: Option<ReadOnlyTable<&'static str, &'static [u8]>>,
     pub(super) last_use: Option<ReadOnlyTable<&'static str, u64>>,
     pub(super) txn: ReadTransaction,
+    /// The records read through it so far: a read transaction sees one commit, so a
+    /// record it read once is what it would read again. Only ever tried (another
+    /// thread in it reads the tables instead), and emptied when it holds [`MEMO_MAX`].
+    memo: Mutex<Memo>,
 }
+
+/// Records a [`Snapshot`] has read (decoded), by key; `None`: not in the index.
+#[derive(Default)]
+struct Memo {
+    refs: HashMap<String, Option<RefRecord>>,
+    blobs: HashMap<Digest, Option<BlobRecord>>,
+}
+
+/// How many records a [`Snapshot`] keeps, of each table.
+const MEMO_MAX: usize = 1024;
 
 impl Snapshot {
     /// A read of `db` and its tables (the caller holds the shared lock).
@@ -86,7 +100,36 @@ impl Snapshot {
             blobs,
             last_use,
             txn,
+            memo: Mutex::new(Memo::default()),
         })
+    }
+
+    /// The record of `key` in `table` of the memo, else `read` and remembered.
+    fn recall<K, Q, T>(
+        &self,
+        table: impl Fn(&mut Memo) -> &mut HashMap<K, Option<T>>,
+        key: &Q,
+        read: impl FnOnce() -> Result<Option<T>, IndexError>,
+    ) -> Result<Option<T>, IndexError>
+    where
+        K: std::hash::Hash + Eq + std::borrow::Borrow<Q>,
+        Q: std::hash::Hash + Eq + ToOwned<Owned = K> + ?Sized,
+        T: Clone,
+    {
+        if let Ok(mut memo) = self.memo.try_lock()
+            && let Some(found) = table(&mut memo).get(key)
+        {
+            return Ok(found.clone());
+        }
+        let found = read()?;
+        if let Ok(mut memo) = self.memo.try_lock() {
+            let map = table(&mut memo);
+            if map.len() >= MEMO_MAX {
+                map.clear();
+            }
+            map.insert(key.to_owned(), found.clone());
+        }
+        Ok(found)
     }
 }
 
@@ -260,9 +303,15 @@ impl IndexReader {
     pub(crate) fn get_ref(&self, key: &str) -> Result<Option<RefRecord>, IndexError> {
         if let Some(s) = &self.snap {
             return self.guard(|| {
-                s.refs
-                    .as_ref()
-                    .map_or(Ok(None), |t| get_ref_in(t, key, &self.path))
+                s.recall(
+                    |m| &mut m.refs,
+                    key,
+                    || {
+                        s.refs
+                            .as_ref()
+                            .map_or(Ok(None), |t| get_ref_in(t, key, &self.path))
+                    },
+                )
             });
         }
         self.guard(|| {
@@ -275,9 +324,15 @@ impl IndexReader {
     pub(crate) fn get_blob(&self, d: &Digest) -> Result<Option<BlobRecord>, IndexError> {
         if let Some(s) = &self.snap {
             return self.guard(|| {
-                s.blobs
-                    .as_ref()
-                    .map_or(Ok(None), |t| get_blob_in(t, &d.hex(), &self.path))
+                s.recall(
+                    |m| &mut m.blobs,
+                    d,
+                    || {
+                        s.blobs
+                            .as_ref()
+                            .map_or(Ok(None), |t| get_blob_in(t, &d.hex(), &self.path))
+                    },
+                )
             });
         }
         self.guard(|| {
