@@ -14,6 +14,26 @@ fn open(env: &Env) -> Cache {
     Cache::open(&env.cache, LockOptions::default()).unwrap()
 }
 
+/// `sregistry add FILE --name NAME`, by the real binary, which must succeed.
+fn add(env: &Env, file: &std::path::Path, name: &str) {
+    env.cmd()
+        .arg("add")
+        .arg(file)
+        .args(["--name", name])
+        .assert()
+        .success();
+}
+
+/// `t/a` added by the real binary, a `Cache` kept open that got it twice, and a second
+/// file, `b.img`, to add.
+fn kept_with_a(env: &Env) -> (Cache, PathBuf) {
+    let a = env.file("a.img", b"content of a");
+    add(env, &a, "t/a");
+    let kept = open(env);
+    warm(&kept, "t/a");
+    (kept, env.file("b.img", b"content of b"))
+}
+
 fn name(s: &str) -> Reference {
     Reference::parse(s).unwrap()
 }
@@ -43,18 +63,8 @@ fn a_kept_cache_does_not_hand_out_a_name_another_process_removed() {
     let env = Env::new();
     let a = env.file("a.img", b"content of a");
     let b = env.file("b.img", b"content of b");
-    env.cmd()
-        .arg("add")
-        .arg(&a)
-        .args(["--name", "t/a"])
-        .assert()
-        .success();
-    env.cmd()
-        .arg("add")
-        .arg(&b)
-        .args(["--name", "t/b"])
-        .assert()
-        .success();
+    add(&env, &a, "t/a");
+    add(&env, &b, "t/b");
     let kept = open(&env);
     warm(&kept, "t/a");
     warm(&kept, "t/b");
@@ -72,12 +82,7 @@ fn a_kept_cache_follows_a_name_another_process_repointed() {
     // must be seen, as each changes redb's header.
     for i in 0..20u8 {
         let f = env.file(&format!("v{i}.img"), &[i + 1; 100]);
-        env.cmd()
-            .arg("add")
-            .arg(&f)
-            .args(["--name", "t/moving"])
-            .assert()
-            .success();
+        add(&env, &f, "t/moving");
         let path = assert_answers_as_fresh(&env, &kept, "t/moving").unwrap();
         assert_eq!(std::fs::read(&path).unwrap(), vec![i + 1; 100], "round {i}");
         // `tag` re-points another name to it, from another process.
@@ -96,12 +101,7 @@ fn a_kept_cache_follows_a_name_another_process_repointed() {
 fn a_kept_cache_does_not_hand_out_what_gc_evicted() {
     let env = Env::new();
     let old = env.file("old.img", &[7; 4096]);
-    env.cmd()
-        .arg("add")
-        .arg(&old)
-        .args(["--name", "t/old"])
-        .assert()
-        .success();
+    add(&env, &old, "t/old");
     let kept = open(&env);
     let path = warm(&kept, "t/old");
     // By gc's clock, the uses the kept Cache recorded are a month old.
@@ -122,16 +122,7 @@ fn a_kept_cache_does_not_hand_out_what_gc_evicted() {
 #[test]
 fn a_kept_cache_reads_an_index_rebuilt_by_another_process() {
     let env = Env::new();
-    let a = env.file("a.img", b"content of a");
-    let b = env.file("b.img", b"content of b");
-    env.cmd()
-        .arg("add")
-        .arg(&a)
-        .args(["--name", "t/a"])
-        .assert()
-        .success();
-    let kept = open(&env);
-    warm(&kept, "t/a");
+    let (kept, b) = kept_with_a(&env);
     // The index deleted (the kept Cache still has it open), then rebuilt from the
     // journal into another file, which then changes.
     std::fs::remove_file(env.cache.join("v1/index.redb")).unwrap();
@@ -142,12 +133,7 @@ fn a_kept_cache_reads_an_index_rebuilt_by_another_process() {
         .assert()
         .success();
     assert!(assert_answers_as_fresh(&env, &kept, "t/a").is_ok());
-    env.cmd()
-        .arg("add")
-        .arg(&b)
-        .args(["--name", "t/a"])
-        .assert()
-        .success();
+    add(&env, &b, "t/a");
     let path = assert_answers_as_fresh(&env, &kept, "t/a").unwrap();
     assert_eq!(std::fs::read(path).unwrap(), b"content of b");
     env.cmd().args(["rm", "t/a"]).assert().success();
@@ -186,12 +172,7 @@ fn a_kept_cache_waits_for_the_writer_on_the_lock_file_at_the_path() {
     use std::time::Duration;
     let env = Env::new();
     let a = env.file("a.img", b"content of a");
-    env.cmd()
-        .arg("add")
-        .arg(&a)
-        .args(["--name", "t/a"])
-        .assert()
-        .success();
+    add(&env, &a, "t/a");
     let opts = LockOptions {
         timeout: Duration::from_millis(300),
         ..LockOptions::default()
@@ -222,25 +203,11 @@ fn a_kept_cache_waits_for_the_writer_on_the_lock_file_at_the_path() {
 #[test]
 fn a_kept_cache_follows_its_cache_removed_and_made_again() {
     let env = Env::new();
-    let a = env.file("a.img", b"content of a");
-    let b = env.file("b.img", b"content of b");
-    env.cmd()
-        .arg("add")
-        .arg(&a)
-        .args(["--name", "t/a"])
-        .assert()
-        .success();
-    let kept = open(&env);
-    warm(&kept, "t/a");
+    let (kept, b) = kept_with_a(&env);
     std::fs::remove_dir_all(&env.cache).unwrap();
     let e = assert_answers_as_fresh(&env, &kept, "t/a").unwrap_err();
     assert!(e.contains("no image `t/a:latest`"), "{e}");
-    env.cmd()
-        .arg("add")
-        .arg(&b)
-        .args(["--name", "t/a"])
-        .assert()
-        .success();
+    add(&env, &b, "t/a");
     for _ in 0..3 {
         let path = assert_answers_as_fresh(&env, &kept, "t/a").unwrap();
         assert_eq!(std::fs::read(path).unwrap(), b"content of b");
