@@ -19,6 +19,24 @@ pub const PAUSE_ENV: &str = "SREGISTRY_TEST_PAUSE";
 #[inline(always)]
 pub(crate) fn pause(_point: &str) {}
 
+/// The environment variable naming an operation to fail (a fault a real filesystem
+/// seldom gives: an fsync's EIO).
+#[cfg(feature = "test-hooks")]
+pub const FAIL_ENV: &str = "SREGISTRY_TEST_FAIL";
+
+/// Whether the test asked `what` to fail (always false without `test-hooks`).
+#[cfg(not(feature = "test-hooks"))]
+#[inline(always)]
+pub(crate) fn fails(_what: &str) -> bool {
+    false
+}
+
+/// Whether the test asked `what` to fail.
+#[cfg(feature = "test-hooks")]
+pub(crate) fn fails(what: &str) -> bool {
+    std::env::var_os(FAIL_ENV).is_some_and(|v| v == what)
+}
+
 /// Whether the test asked to stop at `point` (always false without `test-hooks`).
 #[cfg(not(feature = "test-hooks"))]
 #[inline(always)]

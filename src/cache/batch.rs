@@ -150,7 +150,16 @@ impl Cache {
                     results.push(Err(e));
                     continue;
                 }
-                match self.put_staged(&mut w, p.staged, Vec::new(), key, p.prov, now, None) {
+                match self.put_staged(
+                    &mut w,
+                    p.staged,
+                    Vec::new(),
+                    key,
+                    p.prov,
+                    now,
+                    None,
+                    &Default::default(),
+                ) {
                     Ok(entry) => {
                         wrote = true;
                         moved.extend(p.moved);

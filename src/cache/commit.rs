@@ -1,6 +1,8 @@
 //! The one commit path of `add` and of every pull ([`Cache::commit_staged`]): staged
-//! content is linked into `blobs/` before the exclusive index lock, checked (and put
-//! back if gc took it) under it, and its name committed in one transaction with the
+//! content is linked into `blobs/` on a thread of its own while the exclusive index lock
+//! is taken and the transaction written, checked (and put back if gc took it) under the
+//! lock as the commit begins to reach the disk (before the index's first flush: see
+//! `IndexWriter::before_durable`), and its name committed in one transaction with the
 //! blobs a converted image was made from. A pinned name is re-pointed only with
 //! [`Repoint::Force`]; a refusal or a failed transaction takes out of `blobs/` what only
 //! it knew (moved into `tmp/` under the lock, unlinked after), so no blob is left unknown
@@ -155,7 +157,17 @@ impl Cache {
             Part::Known(_) => None,
         });
         let fresh = unknown_to(&w, std::iter::once(digest).chain(new_parts))?;
-        let entry = match self.put_staged(&mut w, staged, parts, key, prov, now, placing.0.take()) {
+        let placed_failure = PlacedFailure::default();
+        let entry = match self.put_staged(
+            &mut w,
+            staged,
+            parts,
+            key,
+            prov,
+            now,
+            placing.0.take(),
+            &placed_failure,
+        ) {
             Ok(entry) => entry,
             Err(e) => {
                 let aside = self.take_out(&fresh);
@@ -164,10 +176,24 @@ impl Cache {
                 return Err(e);
             }
         };
+        // A test stopping here finds the blob in place, as it would be after a slow
+        // transaction.
+        if testhook::wants("add-index-uncommitted") {
+            w.before_durable_now()?;
+        }
         testhook::pause("add-index-uncommitted");
         let mut aside = Vec::new();
         let committed = w.commit_then_else(|| (), || aside = self.take_out(&fresh));
         store::unlink_now(&aside);
+        if committed.is_err()
+            && let Some(e) = placed_failure
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+        {
+            // The blob could not be put in place: say so, not that the index failed.
+            return Err(e.into());
+        }
         committed?;
         Ok(entry)
     }
@@ -242,6 +268,7 @@ impl Cache {
         prov: Provenance,
         now: u64,
         placing: Option<Placing>,
+        placed_failure: &PlacedFailure,
     ) -> Result<Entry, CacheError> {
         let digest = staged.digest();
         let size = staged.size();
@@ -313,10 +340,26 @@ impl Cache {
         w.set_last_use(&key, now)?;
         let pinned = w.is_pinned(&key)?;
         let blob = w.get_blob(&digest)?;
-        if let Some((placing, mut staged)) = pending {
-            staged.settle(placing);
-            staged.commit(&self.store)?;
-            testhook::pause("add-blob-committed");
+        if let Some(pending) = pending {
+            // The blob goes in place at the commit's first flush, after the journal's line:
+            // the thread placing it has until then; the commit that names it becomes
+            // durable only with the flushes after that.
+            let (store, failed) = (self.store.clone(), placed_failure.clone());
+            w.before_durable(Box::new(move || {
+                let (placing, mut staged) = pending;
+                staged.settle(placing);
+                match staged.commit(&store) {
+                    Ok(_) => {
+                        testhook::pause("add-blob-committed");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        let io = std::io::Error::other(e.to_string());
+                        *failed.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                        Err(io)
+                    }
+                }
+            }));
         }
         Ok(Entry {
             name: key,
@@ -333,6 +376,10 @@ impl Cache {
         })
     }
 }
+
+/// Why the blob could not be put in place at the commit's first flush, for the commit's
+/// caller to report rather than the index's failed commit.
+pub(super) type PlacedFailure = std::sync::Arc<std::sync::Mutex<Option<super::StoreError>>>;
 
 /// The way of a staged file into `blobs/` on a thread of its own
 /// ([`Staged::place_in_background`]), until it is settled: then whether it made the link.

@@ -126,7 +126,13 @@ struct Place {
 
 impl Place {
     fn run(self) -> Placed {
-        if let Some(Err(e)) = self.pending.map(|f| f.sync_all()) {
+        let synced = self
+            .pending
+            .map(|f| match crate::testhook::fails("staged-fsync") {
+                true => Err(io::Error::from_raw_os_error(libc::EIO)),
+                false => f.sync_all(),
+            });
+        if let Some(Err(e)) = synced {
             return Placed {
                 failed: Some(e.kind()),
                 linked: false,

@@ -52,6 +52,7 @@ impl Env {
             "SREGISTRY_NOW",
             "SREGISTRY_LOCK",
             "SREGISTRY_TEST_PAUSE",
+            "SREGISTRY_TEST_FAIL",
             "SREGISTRY_LOCK_TIMEOUT",
             "SREGISTRY_MAX_DOWNLOAD",
             "SREGISTRY_MIN_FREE",

@@ -1,6 +1,7 @@
-//! The storage backend under redb: its file locks left to `index.lock`, and flushes that
+//! The storage backend under redb: its file locks left to `index.lock`, flushes that
 //! make nothing visible early, or only say that a durable commit was closed cleanly, left
-//! out (see [`UnderOurLock`]).
+//! out, and a writer's last work before its commit reaches the disk run at the first
+//! flush that does (see [`UnderOurLock`] and [`Hook`]).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -84,6 +85,33 @@ pub(super) struct UnderOurLock {
     len: std::sync::atomic::AtomicU64,
     /// Flushes that reached the file (none yet: the next one is the first of this open).
     flushes: std::sync::atomic::AtomicU32,
+    /// Run before the next flush that reaches the disk ([`BeforeFlush`]).
+    before_flush: BeforeFlush,
+}
+
+/// Work that must be done before anything more of the index reaches the disk, and may
+/// run until then: a writer's blob on its way into `blobs/` (the commit that names it is
+/// made durable by the flushes after it). Its error fails that flush, and so the commit.
+pub(super) type Hook = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
+
+/// The slot of a [`Hook`], shared by the backend and the writer that sets or clears it.
+#[derive(Clone, Default)]
+pub(super) struct BeforeFlush(std::sync::Arc<std::sync::Mutex<Option<Hook>>>);
+
+impl std::fmt::Debug for BeforeFlush {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BeforeFlush(..)")
+    }
+}
+
+impl BeforeFlush {
+    pub(super) fn set(&self, hook: Hook) {
+        *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+    /// Take the hook out (to run it, or to drop it unrun).
+    pub(super) fn take(&self) -> Option<Hook> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).take()
+    }
 }
 
 /// What ties the index's descriptor to [`crate::fork`]: a writer's fence (`lock::fence`,
@@ -164,7 +192,19 @@ impl UnderOurLock {
         write: bool,
         held: impl Into<Hold>,
     ) -> Result<UnderOurLock, redb::StorageError> {
-        let backend = Self::wrap_fenced(file, held.into())?;
+        Self::open_file_with(file, write, held, BeforeFlush::default())
+    }
+
+    /// [`UnderOurLock::open_file`] whose flushes first run the hook `before_flush` holds
+    /// when they are made.
+    pub(super) fn open_file_with(
+        file: std::fs::File,
+        write: bool,
+        held: impl Into<Hold>,
+        before_flush: BeforeFlush,
+    ) -> Result<UnderOurLock, redb::StorageError> {
+        let mut backend = Self::wrap_fenced(file, held.into())?;
+        backend.before_flush = before_flush;
         let len = backend.len.load(std::sync::atomic::Ordering::SeqCst);
         // `create_with_backend` would initialise an empty file as a new, empty index: an
         // empty `index.redb` is damage to report (as `open` does), not a cache to restart.
@@ -213,6 +253,7 @@ impl UnderOurLock {
                 clean_header: std::sync::atomic::AtomicBool::new(false),
                 len: std::sync::atomic::AtomicU64::new(len),
                 flushes: std::sync::atomic::AtomicU32::new(0),
+                before_flush: BeforeFlush::default(),
             }),
             Err(redb::DatabaseError::Storage(e)) => Err(e),
             Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
@@ -222,6 +263,9 @@ impl UnderOurLock {
     /// Flush to the disk, whatever is pending.
     fn flush(&self) -> Result<(), std::io::Error> {
         use std::sync::atomic::Ordering;
+        if let Some(hook) = self.before_flush.take() {
+            hook()?;
+        }
         redb::StorageBackend::sync_data(&self.file)?;
         self.flushes.fetch_add(1, Ordering::SeqCst);
         self.unflushed.store(NOTHING, Ordering::SeqCst);

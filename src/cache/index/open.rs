@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use redb::{Database, ReadableDatabase, WriteTransaction};
 
-use super::backend::UnderOurLock;
+use super::backend::{BeforeFlush, UnderOurLock};
 use super::damage::{caught, from_redb, guarded};
 use super::kept::Slot;
 use super::schema::{CACHE_BYTES, MIGRATIONS, stamp_schema};
@@ -185,7 +185,7 @@ impl Index {
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
-            let db = self.open_rw(None)?;
+            let db = self.open_rw(None, BeforeFlush::default())?;
             db.close().map_err(|e| self.db_err()(e.into()))
         })
     }
@@ -197,7 +197,11 @@ impl Index {
     ///
     /// Every write goes through a fenced descriptor (`lock::fence`): `fenced`, the one the
     /// writer fenced as it took the lock, or a new one fenced here.
-    fn open_rw(&self, fenced: Option<FencedFile>) -> Result<Database, IndexError> {
+    fn open_rw(
+        &self,
+        fenced: Option<FencedFile>,
+        before_flush: BeforeFlush,
+    ) -> Result<Database, IndexError> {
         let (fence, file) = match fenced {
             Some(file) => file,
             None => {
@@ -210,8 +214,8 @@ impl Index {
                 self.open_db_fenced()?
             }
         };
-        let backend =
-            UnderOurLock::open_file(file, true, fence).map_err(|e| self.db_err()(e.into()))?;
+        let backend = UnderOurLock::open_file_with(file, true, fence, before_flush)
+            .map_err(|e| self.db_err()(e.into()))?;
         redb::Builder::new()
             .set_cache_size(CACHE_BYTES)
             .create_with_backend(backend)
@@ -304,7 +308,7 @@ impl Index {
         }
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
-            let mut db = self.open_rw(None)?;
+            let mut db = self.open_rw(None, BeforeFlush::default())?;
             let ok = db.check_integrity().map_err(|e| self.db_err()(e.into()))?;
             db.close().map_err(|e| self.db_err()(e.into()))?;
             Ok(ok)
@@ -444,8 +448,9 @@ impl Index {
     fn writer_checked(&self, guard: LockGuard, fenced: Fenced) -> Result<IndexWriter, IndexError> {
         let poisoned = Cell::new(false);
         let Fenced { db, journal } = fenced;
+        let before_flush = BeforeFlush::default();
         let (db, txn) = guarded(&poisoned, &self.db_path, || {
-            let db = self.open_rw(db)?;
+            let db = self.open_rw(db, before_flush.clone())?;
             let mut txn = db.begin_write().map_err(|e| self.db_err()(e.into()))?;
             // The commit itself need not reach the disk: `commit()` closes the database
             // right after, and redb's close makes a pending commit durable (with the
@@ -472,6 +477,7 @@ impl Index {
             ops: RefCell::new(Vec::new()),
             seq: Cell::new(0),
             torn: Cell::new(false),
+            before_flush,
         };
         w.guard(|| {
             w.migrate()?;

@@ -48,6 +48,8 @@ pub(crate) struct IndexWriter {
     pub(super) seq: Cell<u64>,
     /// The journal ends in a line cut short: the next append ends it first.
     pub(super) torn: Cell<bool>,
+    /// What must be done before the commit's first flush ([`IndexWriter::before_durable`]).
+    pub(super) before_flush: super::backend::BeforeFlush,
 }
 
 impl IndexWriter {
@@ -410,6 +412,26 @@ impl IndexWriter {
         self.commit_then_else(after, || ())
     }
 
+    /// Run `hook` before any of this transaction reaches the disk: at the first flush of
+    /// its commit, after the journal's line is written; its error fails the commit. It may
+    /// take until then (a blob on its way into `blobs/`: the commit that names it becomes
+    /// durable only with the flushes after the hook). Dropped unrun when the transaction
+    /// is not committed, before anything else the writer does on the way out.
+    pub(crate) fn before_durable(&self, hook: super::backend::Hook) {
+        self.before_flush.set(hook);
+    }
+
+    /// Run the [`IndexWriter::before_durable`] hook now, if there is one (for a test that
+    /// stops before the commit).
+    pub(crate) fn before_durable_now(&self) -> Result<(), IndexError> {
+        match self.before_flush.take() {
+            Some(hook) => {
+                hook().map_err(|e| from_redb(&self.path, redb::StorageError::Io(e).into()))
+            }
+            None => Ok(()),
+        }
+    }
+
     /// [`commit_then`](IndexWriter::commit_then), and if the commit fails, run `failed`
     /// while the exclusive lock is still held (to take out what the failed transaction
     /// had put in `blobs/`, with no writer between: invariant 8 of the design).
@@ -418,10 +440,14 @@ impl IndexWriter {
         after: impl FnOnce() -> T,
         failed: impl FnOnce(),
     ) -> Result<T, IndexError> {
-        let done = self.commit_inner();
+        // Every commit flushes, so the hook has run; were it ever left, it runs now, late
+        // (the blob is then in place, if after its name).
+        let done = self.commit_inner().and_then(|()| self.before_durable_now());
         match done {
             Ok(()) => Ok(after()),
             Err(e) => {
+                // A hook not run yet goes first: what it would put in place is not wanted.
+                drop(self.before_flush.take());
                 failed();
                 Err(e)
             }
@@ -471,6 +497,8 @@ impl IndexWriter {
 
 impl Drop for IndexWriter {
     fn drop(&mut self) {
+        // A hook not run is dropped unrun: the abort and the close below must not run it.
+        drop(self.before_flush.take());
         // Abort an uncommitted transaction before the database and lock go; redb may
         // panic doing so on a damaged database.
         let (txn, db) = (self.txn.take(), self.db.take());
