@@ -335,6 +335,7 @@ fn pull_locked(
             // reported. A name re-pointed away from this remote meanwhile is not reported as
             // its content.
             let source = remote.source(opts);
+            crate::testhook::pause("pull-unchanged");
             let entry = cache
                 .entry_in_use(name, |e| {
                     e.source

@@ -744,3 +744,57 @@ fn downloads_and_copies_never_hold_the_index_lock() {
     }
     assert!(env.tmp_entries().is_empty(), "{:?}", env.tmp_entries());
 }
+
+/// A pull that finds its remote unchanged reports the name's image; if the name was
+/// pointed at other content in the meantime (here an `add --force` while the pull is
+/// stopped right after its check), it says so and changes nothing: exit 1 (a conflict,
+/// `sregistry.Conflict` in Python, see docs/commands.md), the name keeps the new content.
+#[test]
+fn a_name_repointed_while_a_pull_finds_its_remote_unchanged_is_a_conflict() {
+    let reg = Registry::anonymous();
+    let env = Env::new();
+    let v1 = env.sif("v1.sif", "version one");
+    let v2 = env.sif("v2.sif", "version two");
+    stdout_of(env.cmd().arg("add").arg(&v1).args(["--name", "lab/v:1"]));
+    let remote = reg.oras("lab/tool:stable");
+    stdout_of(env.cmd().args(["push", "lab/v:1", &remote]));
+    stdout_of(env.cmd().args(["pull", &remote, "--name", "lab/x:1"]));
+
+    let go = env.path("go");
+    let log = env.path("pull.err");
+    let pull = env
+        .std_cmd()
+        .env("SREGISTRY_TEST_PAUSE", "pull-unchanged")
+        .env("SREGISTRY_TEST_RESUME", &go)
+        .args(["pull", &remote, "--name", "lab/x:1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let paused = || {
+        fs::read_to_string(&log)
+            .unwrap()
+            .contains("paused at pull-unchanged")
+    };
+    let start = std::time::Instant::now();
+    while !paused() {
+        assert!(start.elapsed().as_secs() < 60, "the pull never paused");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let added = stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&v2)
+            .args(["--name", "lab/x:1", "--force"]),
+    );
+    fs::write(&go, b"").unwrap();
+    let out = pull.wait_with_output().unwrap();
+    let err = fs::read_to_string(&log).unwrap();
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("was pointed at other content while this pull"),
+        "{err}"
+    );
+    assert_eq!(stdout_of(env.cmd().args(["get", "lab/x:1"])), added);
+    assert_eq!(fs::read(&added).unwrap(), fs::read(&v2).unwrap());
+}
