@@ -536,10 +536,19 @@ impl Store {
 
     /// Where the blob with this digest lives.
     pub(super) fn blob_path(&self, d: &Digest) -> PathBuf {
-        let hex = d.hex();
-        let mut p = self.blobs.join(&hex[..2]);
-        p.push(hex);
-        p
+        // `blobs/ab/<hex>` in one allocation: every `get` asks for it.
+        use std::os::unix::ffi::{OsStrExt, OsStringExt};
+        let hex = d.hex_bytes();
+        let base = self.blobs.as_os_str().as_bytes();
+        let mut p = Vec::with_capacity(base.len() + 2 + hex.len() + 2);
+        p.extend_from_slice(base);
+        if !base.ends_with(b"/") {
+            p.push(b'/');
+        }
+        p.extend_from_slice(&hex[..2]);
+        p.push(b'/');
+        p.extend_from_slice(&hex);
+        PathBuf::from(std::ffi::OsString::from_vec(p))
     }
 
     /// The blobs root (`v1/blobs/blake3`).
@@ -1283,6 +1292,16 @@ mod tests {
         assert!(matches!(staged.commit(&s), Err(StoreError::Write { .. })));
         assert!(!blob.exists());
         assert_eq!(tmp_entries(&s), 0, "the staged copy is removed");
+    }
+
+    #[test]
+    fn a_blob_path_is_its_fan_out_directory_then_its_hex_digest() {
+        let (_d, s) = store();
+        for data in [&b""[..], b"a", b"hello sif"] {
+            let d = Digest::of(data);
+            let hex = d.hex();
+            assert_eq!(s.blob_path(&d), s.blobs.join(&hex[..2]).join(&hex));
+        }
     }
 
     #[test]

@@ -51,12 +51,19 @@ impl Digest {
 
     /// The 64-character lower-case hex form, without the algorithm prefix.
     pub fn hex(&self) -> String {
-        let mut s = String::with_capacity(64);
-        for b in self.0 {
-            s.push(char::from(HEX[(b >> 4) as usize]));
-            s.push(char::from(HEX[(b & 0xf) as usize]));
+        let bytes = self.hex_bytes();
+        // Every byte is an ASCII hex digit.
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// [`Digest::hex`] without an allocation: 64 ASCII hex digits.
+    pub fn hex_bytes(&self) -> [u8; 64] {
+        let mut out = [0u8; 64];
+        for (i, b) in self.0.iter().enumerate() {
+            out[2 * i] = HEX[(b >> 4) as usize];
+            out[2 * i + 1] = HEX[(b & 0xf) as usize];
         }
-        s
+        out
     }
 
     /// The first 12 hex characters, as `list` shows them.
