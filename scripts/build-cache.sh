@@ -66,6 +66,9 @@ kernel_is_current() { # kernel_is_current DIR
 }
 
 if [ "$mode" = restore ]; then
+  absent=no
+  for d in "${dirs[@]}"; do [ -e "$d" ] || absent=yes; done
+  [ $absent = yes ] || exit 0
   src=$entry
   [ -f "$src/.complete" ] || src=$(newest)
   if [ -z "$src" ]; then
@@ -98,26 +101,33 @@ if [ "$mode" = restore ]; then
   exit 0
 fi
 
-# save
+# save: a cache that cannot be written (a full disk) costs the next run time, not this one
+# its result.
 if [ -f "$entry/.complete" ]; then
   touch "$entry/.complete"
   exit 0
 fi
 # This repository's own packages and crates, whose outputs stay out of the cache.
+if ! own=$(
+  for manifest in Cargo.toml python/Cargo.toml fuzz/Cargo.toml; do
+    cargo metadata -q --offline --no-deps --format-version 1 --manifest-path "$manifest"
+  done | python3 -c '
+import json, sys
+for doc in sys.stdin:
+    for p in json.loads(doc)["packages"]:
+        print("package", p["name"])
+        for t in p["targets"]:
+            print("crate", t["name"].replace("-", "_"))
+'
+); then
+  log "cannot list this repository's crates (cargo metadata); nothing saved"
+  exit 0
+fi
 packages=()
 crates=()
-for manifest in Cargo.toml python/Cargo.toml fuzz/Cargo.toml; do
-  while read -r kind name; do
-    if [ "$kind" = package ]; then packages+=("$name"); else crates+=("$name"); fi
-  done < <(cargo metadata -q --offline --no-deps --format-version 1 --manifest-path "$manifest" |
-    python3 -c '
-import json, sys
-for p in json.load(sys.stdin)["packages"]:
-    print("package", p["name"])
-    for t in p["targets"]:
-        print("crate", t["name"].replace("-", "_"))
-')
-done
+while read -r kind name; do
+  if [ "$kind" = package ]; then packages+=("$name"); else crates+=("$name"); fi
+done <<<"$own"
 # Paths relative to a profile's directory (target/debug, target/<host>/release, ...).
 skip=(-path target/cluster -o -path target/test-tools -o -path python/target/wheels -o -path 'fuzz/target/*.log')
 for prof in debug release; do
@@ -135,7 +145,7 @@ done
 
 mkdir -p "$TOOLS"
 start=$(date +%s)
-(
+if ! (
   flock 9
   [ ! -f "$entry/.complete" ] || exit 0
   tmp="$entry.tmp"
@@ -150,16 +160,21 @@ start=$(date +%s)
   [ ! -f target/cluster/kernel/vmlinux ] || cp -a target/cluster/kernel "$tmp/kernel"
   mv "$tmp" "$entry"
   touch "$entry/.complete"
-) 9>"$entry.lock"
+) 9>"$entry.lock"; then
+  rm -rf "$entry.tmp"
+  log "could not save $entry; the next run builds without it"
+  exit 0
+fi
 log "saved $(basename "$entry") ($(du -sh "$entry" | cut -f1)) in $(( $(date +%s) - start )) s"
 
-# One entry per machine: the others go, each unless a clone is restoring it right now.
-for other in "$TOOLS"/build-cache-*; do
-  case "$other" in "$entry" | "$entry.lock" | *.lock) continue ;; esac
-  [ -d "$other" ] || continue
+# One entry per machine: the others go (with what a save of theirs left unfinished), each
+# unless a clone is restoring or saving it right now.
+for other in "$TOOLS"/build-cache-*.lock; do
+  other=${other%.lock}
+  [ "$other" != "$entry" ] || continue
   (
     flock -n 9 || exit 0
-    rm -rf "$other"
+    rm -rf "$other" "$other.tmp"
     rm -f "$other.lock"
   ) 9>"$other.lock"
 done
