@@ -248,8 +248,13 @@ fn strace_calls(log: &str) -> Vec<Call> {
         d.trim_end_matches('>').parse().expect("duration")
     };
     for line in log.lines() {
-        let mut words = line.splitn(3, ' ');
-        let (Some(pid), Some(ts), Some(rest)) = (words.next(), words.next(), words.next()) else {
+        // `PID TIME CALL`, the PID padded to a width (its spaces vary with its digits).
+        let mut words = line.trim_start().splitn(2, char::is_whitespace);
+        let (Some(pid), Some(rest)) = (words.next(), words.next()) else {
+            continue;
+        };
+        let mut words = rest.trim_start().splitn(2, char::is_whitespace);
+        let (Some(ts), Some(rest)) = (words.next(), words.next()) else {
             continue;
         };
         let Ok(ts) = ts.parse::<f64>() else { continue };
