@@ -50,6 +50,11 @@ struct Held {
 /// The writer locks this process holds, one per cache (`locks/` directory).
 static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
 
+/// Attempts to make a writer lock in this process, so that two threads making one at the
+/// same instant (`add_many` stages on several) never pick the same name: one would wait
+/// for the other's exclusive lock until its lock timeout.
+static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
 /// The token (`<pid>-<salt>`) of this process's writer lock in `locks`, taking the lock
 /// first if this process holds none there; `None` when it cannot be taken.
 ///
@@ -79,8 +84,9 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
         ..opts.clone()
     };
     for attempt in 0..4u32 {
+        let nth = ATTEMPTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let salt = crate::format::digest::Digest::of(
-            format!("{pid}-{attempt}-{:?}", std::time::SystemTime::now()).as_bytes(),
+            format!("{pid}-{attempt}-{nth}-{:?}", std::time::SystemTime::now()).as_bytes(),
         );
         let token = format!("{pid}-{}", &salt.hex()[..12]);
         let guard = lock::lock(&lock_path(locks, &token, host), Mode::Exclusive, &opts).ok()?;
@@ -184,6 +190,38 @@ mod tests {
         assert_eq!(lock_of(locks, "ingest-42-0123456789ab@node1"), None);
         assert_eq!(lock_of(locks, "delete-42-0123456789ab@node1"), None);
         assert_eq!(lock_of(locks, "ingest-x-abc.1@node1"), None);
+    }
+
+    /// Threads of one process asking for its writer lock at the same instant all get the
+    /// same one at once: none waits for a lock another thread made (a 30 s bound here,
+    /// where the wait was the whole lock timeout).
+    #[test]
+    fn threads_taking_the_writer_lock_at_once_share_one_without_waiting() {
+        for _ in 0..20 {
+            let dir = tempfile::tempdir().unwrap();
+            let opts = LockOptions {
+                timeout: std::time::Duration::from_secs(30),
+                ..LockOptions::default()
+            };
+            let start = std::time::Instant::now();
+            let barrier = std::sync::Barrier::new(8);
+            let tokens: Vec<String> = std::thread::scope(|s| {
+                let handles: Vec<_> = (0..8)
+                    .map(|_| {
+                        s.spawn(|| {
+                            barrier.wait();
+                            token(dir.path(), &opts, "h").unwrap()
+                        })
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            assert!(start.elapsed() < std::time::Duration::from_secs(5));
+            assert!(tokens.iter().all(|t| *t == tokens[0]), "{tokens:?}");
+            let files = std::fs::read_dir(dir.path()).unwrap().count();
+            assert_eq!(files, 1, "the spare lock files are removed");
+            release_all();
+        }
     }
 
     #[test]
