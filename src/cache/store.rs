@@ -967,23 +967,29 @@ fn copy_in_kernel_and_hash(
     use std::os::fd::AsRawFd;
     let (tx, rx) = std::sync::mpsc::sync_channel::<(u64, usize)>(8);
     std::thread::scope(|s| {
-        let hasher = s.spawn(move || -> io::Result<blake3::Hasher> {
-            let mut h = blake3::Hasher::new();
-            for (offset, len) in rx {
-                // SAFETY: a read-only mapping of the staged file, which no one else
-                // writes or truncates (mode 0600, a name no other process picks) while
-                // this chunk is hashed; all its pages are faulted in at once.
-                let chunk = unsafe {
-                    memmap2::MmapOptions::new()
-                        .offset(offset)
-                        .len(len)
-                        .populate()
-                        .map(dst)?
-                };
-                h.update(&chunk);
-            }
-            Ok(h)
-        });
+        // No thread to spare (a batch system's cap on a user's processes): nothing was
+        // copied yet, and the caller copies through a buffer on this thread.
+        let Ok(hasher) =
+            std::thread::Builder::new().spawn_scoped(s, move || -> io::Result<blake3::Hasher> {
+                let mut h = blake3::Hasher::new();
+                for (offset, len) in rx {
+                    // SAFETY: a read-only mapping of the staged file, which no one else
+                    // writes or truncates (mode 0600, a name no other process picks) while
+                    // this chunk is hashed; all its pages are faulted in at once.
+                    let chunk = unsafe {
+                        memmap2::MmapOptions::new()
+                            .offset(offset)
+                            .len(len)
+                            .populate()
+                            .map(dst)?
+                    };
+                    h.update(&chunk);
+                }
+                Ok(h)
+            })
+        else {
+            return Ok(None);
+        };
         let mut total: u64 = 0;
         let mut outcome = Ok(());
         let mut unsupported = false;
@@ -1139,8 +1145,8 @@ fn copy_and_hash(
     for _ in 0..4 {
         let _ = free_tx.send(vec![0u8; COPY_BUF]);
     }
-    std::thread::scope(|s| {
-        let hasher = s.spawn(move || {
+    let piped = std::thread::scope(|s| {
+        let hasher = std::thread::Builder::new().spawn_scoped(s, move || {
             let mut h = blake3::Hasher::new();
             for (buf, n) in work_rx {
                 h.update(&buf[..n]);
@@ -1148,6 +1154,10 @@ fn copy_and_hash(
             }
             h
         });
+        // No thread to spare: nothing was copied yet; copy on this thread (below).
+        let Ok(hasher) = hasher else {
+            return None;
+        };
         let mut total: u64 = 0;
         let mut outcome = Ok(());
         while let Ok(mut buf) = free_rx.recv() {
@@ -1174,12 +1184,18 @@ fn copy_and_hash(
             }
         }
         drop(work_tx);
-        let h = hasher
-            .join()
-            .map_err(|_| CopyFail::Write(io::Error::other("the hashing thread panicked")))?;
-        outcome?;
-        Ok((Digest::from_bytes(*h.finalize().as_bytes()), total))
-    })
+        Some((|| {
+            let h = hasher
+                .join()
+                .map_err(|_| CopyFail::Write(io::Error::other("the hashing thread panicked")))?;
+            outcome?;
+            Ok((Digest::from_bytes(*h.finalize().as_bytes()), total))
+        })())
+    });
+    match piped {
+        Some(copied) => copied,
+        None => copy_and_hash(src, dst, false, hook),
+    }
 }
 
 /// `read_dir`, with a missing directory as `None` (a cache not written to yet).

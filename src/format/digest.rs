@@ -173,7 +173,7 @@ impl<W: Write> Write for HashingWriter<W> {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.inner.write(buf)?;
         let done = &buf[..n];
-        if done.len() >= PARALLEL_CHUNK {
+        if done.len() >= PARALLEL_CHUNK && parallel() {
             self.hasher.update_rayon(done);
         } else {
             self.hasher.update(done);
@@ -187,10 +187,28 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
+/// Whether large inputs may be hashed on rayon's pool: it starts (once), or was started.
+/// Where no thread can be made (a batch system's cap on a user's processes), rayon would
+/// panic at its first use; hashing then stays on the caller's thread.
+fn parallel() -> bool {
+    static STARTED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(
+        || match rayon_core::ThreadPoolBuilder::new().build_global() {
+            Ok(()) => true,
+            // Built already (by another user of rayon in this process): usable.
+            Err(e) => e.to_string().contains("already"),
+        },
+    )
+}
+
 /// Hash a file on disk: memory-mapped and multi-threaded when it is large.
 pub fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap_rayon(path)?;
+    if parallel() {
+        hasher.update_mmap_rayon(path)?;
+    } else {
+        hasher.update_mmap(path)?;
+    }
     let size = hasher.count();
     Ok((Digest(*hasher.finalize().as_bytes()), size))
 }

@@ -406,8 +406,9 @@ fn capped(
 }
 
 /// A batch system may cap a user's processes and threads (`ulimit -u`): with no thread
-/// to spare, `add` does the blob's fsyncs and link on its own thread, and stores the
-/// image as ever. strace shows the thread was refused.
+/// to spare, `add` does the blob's fsyncs and link on its own thread (and copies and
+/// hashes a large file on it too), and stores the image as ever. strace shows the thread
+/// was refused.
 #[test]
 fn add_with_no_thread_to_spare_still_stores_its_image() {
     if skip_unless_root(
@@ -417,27 +418,33 @@ fn add_with_no_thread_to_spare_still_stores_its_image() {
         return;
     }
     let (env, bin, cache) = shared_cache_for_the_users();
-    let input = env.file("capped.img", &b"no thread to spare".repeat(500));
-    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
-    let (out, refused) = capped(
-        USERS[0],
-        &bin,
-        &cache,
-        &[],
-        &[
+    // Add `content` as `name` with no thread to spare; the path, once checked.
+    let capped_add = |file: &str, content: &[u8], name: &str| {
+        let input = env.file(file, content);
+        fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+        let args = [
             "add".as_ref(),
             input.as_os_str(),
             "--name".as_ref(),
-            "lab/capped:1".as_ref(),
-        ],
+            name.as_ref(),
+        ];
+        let (out, refused) = capped(USERS[0], &bin, &cache, &[], &args);
+        let path = ok(out);
+        assert!(refused, "no thread was refused");
+        assert_eq!(fs::read(&path).unwrap(), content);
+        path
+    };
+    let path = capped_add(
+        "capped.img",
+        &b"no thread to spare".repeat(500),
+        "lab/capped:1",
     );
-    let path = ok(out);
-    assert!(refused, "no thread was refused");
-    assert_eq!(fs::read(&path).unwrap(), fs::read(&input).unwrap());
     assert_eq!(
         ok(as_user(USERS[1], &bin, &cache, &["get", "lab/capped:1"])),
         path
     );
+    // A file of 8 MiB or more is copied and hashed on two threads: with one, on one.
+    capped_add("big.img", &vec![7u8; 9 << 20], "lab/big:1");
     stdout_of(env.cmd().args(["verify"]));
 }
 
