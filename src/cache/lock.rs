@@ -667,15 +667,7 @@ fn acquire(
         match rx.recv_timeout(step) {
             Ok((Ok(()), _twin)) => return Ok(()),
             Ok((Err(e), _twin)) => return Err(lock_err(e)),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                if let Some(hook) = &opts.on_wait
-                    && !*announced
-                    && start.elapsed() >= ANNOUNCE_AFTER
-                {
-                    (hook.0)(path);
-                    *announced = true;
-                }
-            }
+            Err(mpsc::RecvTimeoutError::Timeout) => announce_when_due(opts, path, start, announced),
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
     }
@@ -683,16 +675,31 @@ fn acquire(
     if let Ok((Ok(()), _twin)) = rx.try_recv() {
         return Ok(());
     }
-    // The bound the user set (`SREGISTRY_LOCK_TIMEOUT`), not the time measured, which a
-    // busy machine makes a little longer.
-    Err(LockError::Timeout {
-        path: path.to_path_buf(),
-        waited: opts.timeout,
-    })
+    Err(timed_out(path, opts))
 }
 
-/// [`acquire`]'s wait without a thread: a non-blocking try every few milliseconds, with
-/// the same bound and announcement.
+/// Say once, after [`ANNOUNCE_AFTER`], that this wait goes on.
+fn announce_when_due(opts: &LockOptions, path: &Path, start: Instant, announced: &mut bool) {
+    if let Some(hook) = &opts.on_wait
+        && !*announced
+        && start.elapsed() >= ANNOUNCE_AFTER
+    {
+        (hook.0)(path);
+        *announced = true;
+    }
+}
+
+/// A wait that reached its bound: the bound the user set (`SREGISTRY_LOCK_TIMEOUT`), not
+/// the time measured, which a busy machine makes a little longer.
+fn timed_out(path: &Path, opts: &LockOptions) -> LockError {
+    LockError::Timeout {
+        path: path.to_path_buf(),
+        waited: opts.timeout,
+    }
+}
+
+/// [`acquire`]'s wait without a thread, after its first try: a non-blocking try every few
+/// milliseconds, with the same bound and announcement.
 fn poll(
     file: &File,
     req: Req,
@@ -703,6 +710,12 @@ fn poll(
     announced: &mut bool,
 ) -> Result<(), LockError> {
     loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(timed_out(path, opts));
+        }
+        announce_when_due(opts, path, start, announced);
+        std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
         match try_once(file, req) {
             Ok(true) => return Ok(()),
             Ok(false) => {}
@@ -713,21 +726,6 @@ fn poll(
                 });
             }
         }
-        let now = Instant::now();
-        if now >= deadline {
-            return Err(LockError::Timeout {
-                path: path.to_path_buf(),
-                waited: opts.timeout,
-            });
-        }
-        if let Some(hook) = &opts.on_wait
-            && !*announced
-            && now - start >= ANNOUNCE_AFTER
-        {
-            (hook.0)(path);
-            *announced = true;
-        }
-        std::thread::sleep((deadline - now).min(Duration::from_millis(5)));
     }
 }
 
