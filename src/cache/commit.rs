@@ -230,9 +230,10 @@ impl Cache {
 
     /// Under the exclusive lock, before `staged` is committed under `key`: refuse to
     /// re-point a pinned name (see [`Repoint`]). A refused blob that
-    /// `Staged::place_in_background` linked in before the lock is nobody's unless the index knows it: it is moved aside
-    /// into `aside` (for [`store::unlink_now`] once the lock is released), as gc would.
-    /// `settle` is called before a refused blob is looked for in `blobs/`.
+    /// `Staged::place_in_background` linked in before the lock is nobody's unless the
+    /// index knows it: it is moved aside into `aside` (for [`store::unlink_now`] once the
+    /// lock is released), as gc would. `settle` is called before a refused blob is looked
+    /// for in `blobs/`.
     pub(super) fn refuse_under_lock(
         &self,
         w: &IndexWriter,
@@ -255,9 +256,10 @@ impl Cache {
     /// use. Without `placing`, a store error leaves the transaction as it was (`add_many`
     /// goes on with the next file); an index error means the transaction must be dropped.
     /// With `placing` (the staged file still on its way into `blobs/` on a thread of its
-    /// own), the records go first and the blob is put in place after the thread is done,
-    /// so that the thread has this time too; then any error means the transaction must be
-    /// dropped.
+    /// own), the records go in now and the blob is put in place by a hook at the commit's
+    /// first flush ([`IndexWriter::before_durable`]), so that the thread has until then;
+    /// any error means the transaction must be dropped, and a failure of the hook is left
+    /// in `placed_failure` for the caller to report.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn put_staged(
         &self,
