@@ -15,8 +15,9 @@
 //!   chunk by chunk, right behind the copy), is made read-only and fsynced; only then is
 //!   it linked into place, and the directory is fsynced; both before the index names it.
 //!   A crash at any instant leaves at most a file in `tmp/` or a blob nothing names (gc
-//!   takes it). `add` leaves the fsyncs to a thread that runs them while it waits for the
-//!   index lock ([`Staged::place_in_background`]), in the same order.
+//!   takes it). `add` leaves the fsyncs to a thread that runs them, in the same order,
+//!   while it takes the index lock and writes its transaction
+//!   ([`Staged::place_in_background`]); the commit waits for it before its first flush.
 //! * [`Staged::place_in_background`] and [`Staged::place_unsynced`] (before the lock,
 //!   best effort: a hard link) and [`Staged::commit`] (under the exclusive index lock:
 //!   makes sure the blob is there) are the only ways into `blobs/`, and each first makes
@@ -179,10 +180,11 @@ impl Staged {
     /// name is committed the blob is unreferenced, and gc may remove it; `commit` then puts
     /// it back from the staged file, which is kept until then.
     ///
-    /// It runs on a thread of its own, while the caller waits for the index lock and opens
-    /// the index: the two fsyncs overlap that work instead of following it. The caller
-    /// must [`Staged::settle`] it before anything names the blob, and before it drops the
-    /// staged file.
+    /// It runs on a thread of its own, while the caller takes the index lock and writes its
+    /// transaction: the two fsyncs overlap that work instead of preceding it. The caller
+    /// must [`Staged::settle`] it before the commit that names the blob reaches the disk
+    /// (and before it looks for the blob in `blobs/`), and before it drops the staged
+    /// file.
     pub(super) fn place_in_background(&mut self, store: &Store) -> Placing {
         let pending = match std::mem::replace(&mut self.sync, Sync::Done) {
             Sync::Pending(file) => Some(file),
