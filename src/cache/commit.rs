@@ -1,8 +1,8 @@
 //! The one commit path of `add` and of every pull ([`Cache::commit_staged`]): staged
 //! content is linked into `blobs/` on a thread of its own while the exclusive index lock
 //! is taken and the transaction written, checked (and put back if gc took it) under the
-//! lock as the commit begins to reach the disk (before the index's first flush: see
-//! `IndexWriter::before_durable`), and its name committed in one transaction with the
+//! lock before the index's header names the commit (`IndexWriter::before_durable`), and
+//! its name committed in one transaction with the
 //! blobs a converted image was made from. A pinned name is re-pointed only with
 //! [`Repoint::Force`]; a refusal or a failed transaction takes out of `blobs/` what only
 //! it knew (moved into `tmp/` under the lock, unlinked after), so no blob is left unknown
@@ -256,8 +256,9 @@ impl Cache {
     /// use. Without `placing`, a store error leaves the transaction as it was (`add_many`
     /// goes on with the next file); an index error means the transaction must be dropped.
     /// With `placing` (the staged file still on its way into `blobs/` on a thread of its
-    /// own), the records go in now and the blob is put in place by a hook at the commit's
-    /// first flush ([`IndexWriter::before_durable`]), so that the thread has until then;
+    /// own), the records go in now and the blob is put in place by a hook run before the
+    /// index's header names the commit ([`IndexWriter::before_durable`]), so that the
+    /// thread has until then;
     /// any error means the transaction must be dropped, and a failure of the hook is left
     /// in `placed_failure` for the caller to report.
     #[allow(clippy::too_many_arguments)]
@@ -343,9 +344,9 @@ impl Cache {
         let pinned = w.is_pinned(&key)?;
         let blob = w.get_blob(&digest)?;
         if let Some(pending) = pending {
-            // The blob goes in place at the commit's first flush, after the journal's line:
-            // the thread placing it has until then; the commit that names it becomes
-            // durable only with the flushes after that.
+            // The blob goes in place before the index's header names the commit, after the
+            // journal's line and the commit's first phase: the thread placing it has until
+            // then; the commit that names it becomes durable only with the flush after that.
             let (store, failed) = (self.store.clone(), placed_failure.clone());
             w.before_durable(Box::new(move || {
                 let (placing, mut staged) = pending;
@@ -379,7 +380,7 @@ impl Cache {
     }
 }
 
-/// Why the blob could not be put in place at the commit's first flush, for the commit's
+/// Why the blob could not be put in place before the commit was named, for the commit's
 /// caller to report rather than the index's failed commit.
 pub(super) type PlacedFailure = std::sync::Arc<std::sync::Mutex<Option<super::StoreError>>>;
 

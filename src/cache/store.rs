@@ -17,7 +17,8 @@
 //!   A crash at any instant leaves at most a file in `tmp/` or a blob nothing names (gc
 //!   takes it). `add` leaves the fsyncs to a thread that runs them, in the same order,
 //!   while it takes the index lock and writes its transaction
-//!   ([`Staged::place_in_background`]); the commit waits for it before its first flush.
+//!   ([`Staged::place_in_background`]); the commit waits for it before the index's header
+//!   names it.
 //! * [`Staged::place_in_background`] and [`Staged::place_unsynced`] (before the lock,
 //!   best effort: a hard link) and [`Staged::commit`] (under the exclusive index lock:
 //!   makes sure the blob is there) are the only ways into `blobs/`, and each first makes

@@ -291,10 +291,10 @@ fn strace_calls(log: &str) -> Vec<Call> {
 
 /// The blob `add` stores reaches the disk before the index names it: the staged copy's
 /// fsync, then its link into `blobs/`, then the fsync of its directory, all done before
-/// the index's first flush (the commit that names the blob is durable only after it).
-/// `add` runs these fsyncs on a thread of their own while it takes the index lock, writes
-/// its records and the journal's line and closes the index; this holds it to the order a
-/// crash needs. (The journal's line is not flushed and may come first: a line whose commit
+/// the index's header names the commit (the write that swaps its slots, after the
+/// commit's first flush; see `cache::index::backend`). `add` runs these fsyncs on a thread
+/// of their own while it takes the index lock, writes its records and the journal's line
+/// and makes the commit's first phase durable; this holds it to the order a crash needs. (The journal's line is not flushed and may come first: a line whose commit
 /// never became durable is voided by the next writer, see docs/design.md.) Watched with
 /// strace, on a new fan-out directory and an old one.
 #[test]
@@ -311,7 +311,7 @@ fn add_makes_its_blob_durable_before_the_index_names_it() {
         let bin = env.std_cmd();
         let mut c = std::process::Command::new("strace");
         c.args(["-f", "-y", "-ttt", "-T", "-qq", "-e"])
-            .arg("trace=fsync,fdatasync,linkat,write")
+            .arg("trace=fsync,fdatasync,linkat,write,pwrite64")
             .arg("-o")
             .arg(&log)
             .arg(bin.get_program())
@@ -348,8 +348,17 @@ fn add_makes_its_blob_durable_before_the_index_names_it() {
         let dir = one("fsync of the fan-out directory", &|c| {
             c.name == "fsync" && c.args.contains(&format!("/v1/blobs/blake3/{fan}>"))
         });
+        // The commit's first phase (its pages, the new commit in the header's secondary
+        // slot) may reach the disk while the blob is placed; the header write that swaps
+        // the slots, the first header write after that flush, names it.
         let flush = one("index flush", &|c| {
             c.name == "fdatasync" && c.args.contains("/v1/index.redb>")
+        });
+        let publish = one("header write after the first index flush", &|c| {
+            c.name == "pwrite64"
+                && c.args.contains("/v1/index.redb>")
+                && c.args.split(") = ").next().unwrap().ends_with(", 0")
+                && c.start >= flush.end
         });
         assert!(
             staged.end <= link.start,
@@ -357,8 +366,8 @@ fn add_makes_its_blob_durable_before_the_index_names_it() {
         );
         assert!(link.end <= dir.start, "{link:?} {dir:?}");
         assert!(
-            dir.end <= flush.start,
-            "named before durable: {dir:?} {flush:?}"
+            dir.end <= publish.start,
+            "named before durable: {dir:?} {publish:?}"
         );
     }
     assert_eq!(env.names().len(), 3);

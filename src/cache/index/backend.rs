@@ -1,7 +1,7 @@
 //! The storage backend under redb: its file locks left to `index.lock`, flushes that
 //! make nothing visible early, or only say that a durable commit was closed cleanly, left
-//! out, and a writer's last work before its commit reaches the disk run at the first
-//! flush that does (see [`UnderOurLock`] and [`Hook`]).
+//! out, and a writer's last work before its commit is named run before the first flush or
+//! header write that could name it (see [`UnderOurLock`] and [`Hook`]).
 
 use std::ops::Bound;
 use std::path::Path;
@@ -85,13 +85,24 @@ pub(super) struct UnderOurLock {
     len: std::sync::atomic::AtomicU64,
     /// Flushes that reached the file (none yet: the next one is the first of this open).
     flushes: std::sync::atomic::AtomicU32,
-    /// Run before the next flush that reaches the disk ([`BeforeFlush`]).
+    /// Run before the next flush that reaches the disk ([`BeforeFlush`]), or, when that
+    /// flush cannot publish a commit, before the header write that can ([`UnderOurLock::flush`]).
     before_flush: BeforeFlush,
+    /// The hook was let past a flush that published nothing: it runs before the next
+    /// header write or flush.
+    hook_waits: std::sync::atomic::AtomicBool,
+    /// The god byte ([`god_byte`], or [`UNKNOWN_GOD`]) of the header the last flush that
+    /// reached the disk made durable (at first, of the header read at open), and of the
+    /// last header written.
+    flushed_god: std::sync::atomic::AtomicU8,
+    last_god: std::sync::atomic::AtomicU8,
 }
 
-/// Work that must be done before anything more of the index reaches the disk, and may
-/// run until then: a writer's blob on its way into `blobs/` (the commit that names it is
-/// made durable by the flushes after it). Its error fails that flush, and so the commit.
+/// Work that must be done before the index names a commit, and may run until then: a
+/// writer's blob on its way into `blobs/` (the commit that names it is made durable by the
+/// flush after it). It runs before the first flush, or, when that flush cannot name the
+/// commit, before the next header write ([`UnderOurLock::flush`]). Its error fails that
+/// flush or write, and so the commit.
 pub(super) type Hook = Box<dyn FnOnce() -> std::io::Result<()> + Send>;
 
 /// The slot of a [`Hook`], shared by the backend and the writer that sets or clears it.
@@ -107,6 +118,9 @@ impl std::fmt::Debug for BeforeFlush {
 impl BeforeFlush {
     pub(super) fn set(&self, hook: Hook) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(hook);
+    }
+    fn is_set(&self) -> bool {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).is_some()
     }
     /// Take the hook out (to run it, or to drop it unrun).
     pub(super) fn take(&self) -> Option<Hook> {
@@ -153,22 +167,36 @@ const PAGES: u8 = 3;
 /// a header write.
 const HEADER_SECTOR: u64 = 512;
 
-/// Whether `head`, the first bytes of an index file, is a redb header this code knows
-/// that says the file was closed cleanly: redb's magic number, then the "god byte" with
-/// neither "recovery required" (2) nor "primary unflushed" (8) set and no flag this code
-/// does not know, and the primary commit slot in file format 3 (redb's header layout,
-/// `tree_store/page_store/header.rs`). Anything else keeps every flush.
-fn header_is_clean(head: &[u8]) -> bool {
+/// [`UnderOurLock::last_god`] when the last header write was not one [`god_byte`] reads.
+const UNKNOWN_GOD: u8 = 0xFF;
+/// The god byte's bits (redb's header layout, `tree_store/page_store/header.rs`): which
+/// commit slot is the primary, "recovery required", "the primary was committed in two
+/// phases", "primary unflushed".
+const GOD_PRIMARY: u8 = 1;
+const GOD_RECOVERY: u8 = 2;
+const GOD_TWO_PHASE: u8 = 4;
+const GOD_UNFLUSHED: u8 = 8;
+
+/// The "god byte" of `head`, the first bytes of an index file, when it is a redb header
+/// this code knows: redb's magic number, then a god byte with no flag this code does not
+/// know.
+fn god_byte(head: &[u8]) -> Option<u8> {
     const MAGIC: [u8; 9] = [b'r', b'e', b'd', b'b', 0x1A, 0x0A, 0xA9, 0x0D, 0x0A];
-    const KNOWN: u8 = 1 | 2 | 4 | 8;
-    let Some(&god) = head.get(MAGIC.len()) else {
+    const KNOWN: u8 = GOD_PRIMARY | GOD_RECOVERY | GOD_TWO_PHASE | GOD_UNFLUSHED;
+    let &god = head.get(MAGIC.len())?;
+    (head.starts_with(&MAGIC) && god & !KNOWN == 0).then_some(god)
+}
+
+/// Whether `head`, the first bytes of an index file, is a redb header this code knows
+/// ([`god_byte`]) that says the file was closed cleanly: neither "recovery required" nor
+/// "primary unflushed" set, and the primary commit slot in file format 3. Anything else
+/// keeps every flush.
+fn header_is_clean(head: &[u8]) -> bool {
+    let Some(god) = god_byte(head) else {
         return false;
     };
-    let slot = 64 + 128 * usize::from(god & 1);
-    head.starts_with(&MAGIC)
-        && god & !KNOWN == 0
-        && god & (2 | 8) == 0
-        && head.get(slot) == Some(&3)
+    let slot = 64 + 128 * usize::from(god & GOD_PRIMARY);
+    god & (GOD_RECOVERY | GOD_UNFLUSHED) == 0 && head.get(slot) == Some(&3)
 }
 
 impl UnderOurLock {
@@ -215,14 +243,18 @@ impl UnderOurLock {
             )));
         }
         if write {
+            use std::sync::atomic::Ordering;
             let mut head = [0u8; 320];
             if len >= head.len() as u64
                 && redb::StorageBackend::read(&backend.file, 0, &mut head).is_ok()
-                && header_is_clean(&head)
             {
-                use std::sync::atomic::Ordering;
-                backend.unflushed.store(NOTHING, Ordering::SeqCst);
-                backend.defer_header.store(true, Ordering::SeqCst);
+                if header_is_clean(&head) {
+                    backend.unflushed.store(NOTHING, Ordering::SeqCst);
+                    backend.defer_header.store(true, Ordering::SeqCst);
+                }
+                let god = god_byte(&head).unwrap_or(UNKNOWN_GOD);
+                backend.flushed_god.store(god, Ordering::SeqCst);
+                backend.last_god.store(god, Ordering::SeqCst);
             }
         }
         Ok(backend)
@@ -254,6 +286,9 @@ impl UnderOurLock {
                 len: std::sync::atomic::AtomicU64::new(len),
                 flushes: std::sync::atomic::AtomicU32::new(0),
                 before_flush: BeforeFlush::default(),
+                hook_waits: std::sync::atomic::AtomicBool::new(false),
+                flushed_god: std::sync::atomic::AtomicU8::new(UNKNOWN_GOD),
+                last_god: std::sync::atomic::AtomicU8::new(UNKNOWN_GOD),
             }),
             Err(redb::DatabaseError::Storage(e)) => Err(e),
             Err(e) => Err(redb::StorageError::Io(std::io::Error::other(e.to_string()))),
@@ -261,16 +296,49 @@ impl UnderOurLock {
     }
 
     /// Flush to the disk, whatever is pending.
+    ///
+    /// The hook runs first, unless this flush cannot publish a commit: the last header
+    /// written names, as the primary, the slot the last flush left primary (so a commit
+    /// already durable), and says it was committed in two phases. redb's recovery then keeps that primary and never
+    /// looks at the other slot, so the pages and the slot of the commit being made are
+    /// written and flushed here, but reach no reader, before or after a crash, until the
+    /// header that swaps the slots is written; the hook runs before that write
+    /// ([`UnderOurLock::write`]). This lets the commit's first phase reach the disk while
+    /// the hook's work (a blob's own flushes) is still under way.
     fn flush(&self) -> Result<(), std::io::Error> {
         use std::sync::atomic::Ordering;
-        if let Some(hook) = self.before_flush.take() {
-            hook()?;
+        if self.hook_waits.swap(false, Ordering::SeqCst) || !self.publishes_nothing() {
+            self.run_hook()?;
+        } else if self.before_flush.is_set() {
+            self.hook_waits.store(true, Ordering::SeqCst);
         }
         redb::StorageBackend::sync_data(&self.file)?;
+        self.flushed_god
+            .store(self.last_god.load(Ordering::SeqCst), Ordering::SeqCst);
         self.flushes.fetch_add(1, Ordering::SeqCst);
         self.unflushed.store(NOTHING, Ordering::SeqCst);
         self.owed.store(false, Ordering::SeqCst);
         self.defer_header.store(false, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// Whether a flush now cannot publish a commit (see [`UnderOurLock::flush`]).
+    fn publishes_nothing(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let (flushed, last) = (
+            self.flushed_god.load(Ordering::SeqCst),
+            self.last_god.load(Ordering::SeqCst),
+        );
+        flushed != UNKNOWN_GOD
+            && last != UNKNOWN_GOD
+            && last & GOD_TWO_PHASE != 0
+            && last & GOD_PRIMARY == flushed & GOD_PRIMARY
+    }
+
+    fn run_hook(&self) -> Result<(), std::io::Error> {
+        if let Some(hook) = self.before_flush.take() {
+            hook()?;
+        }
         Ok(())
     }
 
@@ -322,6 +390,16 @@ impl redb::StorageBackend for UnderOurLock {
         use std::sync::atomic::Ordering;
         let end = offset + data.len() as u64;
         let what = if end <= HEADER_SECTOR { HEADER } else { PAGES };
+        if offset < HEADER_SECTOR {
+            // A header write may publish the commit: a hook let past the last flush runs
+            // before it (see `flush`).
+            if self.hook_waits.swap(false, Ordering::SeqCst) {
+                self.run_hook()?;
+            }
+            let god = if offset == 0 { god_byte(data) } else { None };
+            self.last_god
+                .store(god.unwrap_or(UNKNOWN_GOD), Ordering::SeqCst);
+        }
         if what == HEADER {
             self.clean_header
                 .store(offset == 0 && header_is_clean(data), Ordering::SeqCst);
@@ -523,6 +601,70 @@ mod tests {
         b.write(0, &clean).unwrap();
         b.sync_data().unwrap();
         assert_eq!(flushes(&b), 1);
+    }
+
+    /// Replay a commit's two phases with a hook set that records how many flushes had
+    /// reached the disk when it ran: the recovery flag's header, the pages and the header
+    /// with the new commit in the secondary slot (`two_phase` in its god byte or not),
+    /// a flush, the header that swaps the slots, a flush.
+    fn hook_after_flushes(two_phase: bool) -> u32 {
+        use redb::StorageBackend as _;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let (_dir, idx) = written_index();
+        let before_flush = BeforeFlush::default();
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(idx.db_path())
+            .unwrap();
+        let b = UnderOurLock::open_file_with(file, true, Hold::None, before_flush.clone()).unwrap();
+        let ran_after = std::sync::Arc::new(AtomicU32::new(u32::MAX));
+        let (seen, at) = (ran_after.clone(), std::sync::Arc::new(AtomicU32::new(0)));
+        let count = at.clone();
+        before_flush.set(Box::new(move || {
+            seen.store(count.load(Ordering::SeqCst), Ordering::SeqCst);
+            Ok(())
+        }));
+        let note = |b: &UnderOurLock| at.store(flushes(b), Ordering::SeqCst);
+        let mut head = flagged_header(&b);
+        assert_ne!(
+            head[9] & GOD_TWO_PHASE,
+            0,
+            "a closed index's primary is two-phase"
+        );
+        let len = b.len().unwrap();
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        b.set_len(len + 4096).unwrap();
+        b.write(len, &[0u8; 4096]).unwrap();
+        if !two_phase {
+            head[9] &= !GOD_TWO_PHASE;
+        }
+        b.write(0, &head).unwrap();
+        note(&b);
+        b.sync_data().unwrap();
+        note(&b);
+        head[9] ^= GOD_PRIMARY;
+        b.write(0, &head).unwrap();
+        b.sync_data().unwrap();
+        assert_eq!(flushes(&b), 2);
+        ran_after.load(Ordering::SeqCst)
+    }
+
+    #[test]
+    fn a_hook_may_run_after_the_first_phase_but_before_the_header_that_publishes_it() {
+        // The first flush makes durable only pages and a secondary slot that redb's
+        // recovery never reads while the primary says it was committed in two phases:
+        // the hook (a blob's placement) may still be running, and runs before the slots
+        // are swapped.
+        assert_eq!(hook_after_flushes(true), 1);
+    }
+
+    #[test]
+    fn a_hook_runs_before_the_first_flush_when_recovery_could_read_the_new_slot() {
+        // A primary committed in one phase is checked against the other slot on
+        // recovery, which takes the newer one: the first flush could publish the commit.
+        assert_eq!(hook_after_flushes(false), 0);
     }
 
     #[test]

@@ -387,3 +387,26 @@ fn a_panic_inside_a_guarded_call_is_damage_and_poisons_the_reader() {
         Err(IndexError::Damaged { .. })
     ));
 }
+
+#[test]
+fn an_index_copied_while_the_writers_hook_runs_does_not_name_the_commit() {
+    // The hook (a blob's own flushes) may run after the commit's first phase reached the
+    // disk. A copy of the file taken as it runs is what a crash at that moment leaves:
+    // opened, it must still be the index before the commit, and whole.
+    let (dir, idx) = written_index();
+    let crashed = dir.path().join("crashed");
+    std::fs::create_dir_all(&crashed).unwrap();
+    let (from, to) = (idx.db_path().to_path_buf(), crashed.join("index.redb"));
+    let mut w = idx.write().unwrap();
+    w.put_ref("lab/new:1", &record(2)).unwrap();
+    w.before_durable(Box::new(move || std::fs::copy(&from, &to).map(drop)));
+    w.commit().unwrap();
+    assert_eq!(
+        idx.read().unwrap().get_ref("lab/new:1").unwrap(),
+        Some(record(2))
+    );
+    let copy = Index::new(&crashed, LockOptions::default(), 0o644);
+    let r = copy.read().unwrap();
+    assert_eq!(r.get_ref("lab/t:1").unwrap(), Some(record(1)));
+    assert_eq!(r.get_ref("lab/new:1").unwrap(), None);
+}

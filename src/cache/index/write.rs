@@ -48,7 +48,7 @@ pub(crate) struct IndexWriter {
     pub(super) seq: Cell<u64>,
     /// The journal ends in a line cut short: the next append ends it first.
     pub(super) torn: Cell<bool>,
-    /// What must be done before the commit's first flush ([`IndexWriter::before_durable`]).
+    /// What must be done before the commit is named ([`IndexWriter::before_durable`]).
     pub(super) before_flush: super::backend::BeforeFlush,
 }
 
@@ -412,10 +412,11 @@ impl IndexWriter {
         self.commit_then_else(after, || ())
     }
 
-    /// Run `hook` before any of this transaction reaches the disk: at the first flush of
-    /// its commit, after the journal's line is written; its error fails the commit. It may
-    /// take until then (a blob on its way into `blobs/`: the commit that names it becomes
-    /// durable only with the flushes after the hook). Dropped unrun when the transaction
+    /// Run `hook` before the index names this transaction's commit: after the journal's
+    /// line is written, before the first flush of the commit or, when that flush cannot
+    /// publish it, before the header write that does (`backend::UnderOurLock::flush`); its
+    /// error fails the commit. It may take until then (a blob on its way into `blobs/`: the
+    /// commit that names it becomes durable only with the flush after the hook). Dropped unrun when the transaction
     /// is not committed, before anything else the writer does on the way out.
     pub(crate) fn before_durable(&self, hook: super::backend::Hook) {
         self.before_flush.set(hook);
