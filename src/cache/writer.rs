@@ -25,9 +25,20 @@
 //! * A forked child inherits the descriptor (the lock then holds while either lives); it
 //!   takes a lock of its own, under its own pid, before it writes.
 //!
-//! A command that ends normally removes its writer lock files itself ([`release_all`],
-//! called by the command line after the command and on SIGINT, SIGTERM and SIGHUP),
-//! so only a killed process leaves one for gc.
+//! A command that ends normally lets its writer locks go itself ([`release_all`], called
+//! by the command line after the command and on SIGINT, SIGTERM and SIGHUP), so only a
+//! killed process leaves one for gc. It parks each lock file for the next writer on its
+//! host rather than removing it: renamed, still held, to a free slot
+//! `locks/writer-parked-<k>@<host>.lock` ([`PARKED_SLOTS`] of them; renamed without
+//! replacing, so a slot holds one file), and the next writer renames a parked file to its
+//! own new name before it locks it, instead of creating one. Creating a file costs an
+//! inode, and a file system that churns through inodes (ext4 passes over recently deleted
+//! ones) makes that up to a millisecond, more than the rest of an `add`'s file work. A
+//! parked file is no writer's: no `tmp/` file names it, so gc removes it like any dead
+//! writer's lock, and a writer that renamed it away just as gc took it finds it locked,
+//! or its path gone, and starts over with a new file. A writer also starts over when it
+//! cannot lock a parked file at once (a child its last owner forked without `exec` still
+//! holds the lock), leaving it to gc.
 //!
 //! A process that cannot take a writer lock (no `locks/` yet, a cache it may only read)
 //! names its files without one; gc gives those the grace period only.
@@ -40,9 +51,76 @@ use super::lock::{self, Kind, LockGuard, LockOptions, Mode};
 /// Prefix of writer lock files in `locks/`.
 pub(super) const PREFIX: &str = "writer-";
 
+/// Parked writer lock files a host keeps for its next writers (see the protocol above):
+/// enough for the commands a job script runs one after another, and a few at once.
+pub(super) const PARKED_SLOTS: u32 = 4;
+
+/// The parking slot `k` of `host`'s writer lock files.
+fn parked_path(locks: &Path, k: u32, host: &str) -> PathBuf {
+    locks.join(format!("{PREFIX}parked-{k}@{host}.lock"))
+}
+
+/// Move a parked lock file of `host` to `to` (this writer's new name); whether one was
+/// there to take. Slots fill from the first, so an empty one ends the search: where
+/// nothing is ever parked (NFS has no `RENAME_NOREPLACE`), a writer pays one failed
+/// rename.
+///
+/// The slots' names are known to every member of the cache's group: what was renamed must
+/// be a plain file (not a symbolic link to a FIFO, which an open would wait on), or it is
+/// removed and the search goes on.
+fn claim_parked(locks: &Path, host: &str, to: &Path) -> bool {
+    for k in 0..PARKED_SLOTS {
+        match std::fs::rename(parked_path(locks, k, host), to) {
+            Ok(()) if std::fs::symlink_metadata(to).is_ok_and(|m| m.file_type().is_file()) => {
+                return true;
+            }
+            Ok(()) => {
+                let _ = std::fs::remove_file(to);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
+            Err(_) => {}
+        }
+    }
+    false
+}
+
+/// Park the lock file at `from` (held by this process, which is done writing) in a free
+/// slot of `host`'s; false when none is free or the rename cannot be made without
+/// replacing (a file system without `RENAME_NOREPLACE`).
+fn park(locks: &Path, host: &str, from: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let Ok(from) = std::ffi::CString::new(from.as_os_str().as_bytes()) else {
+        return false;
+    };
+    for k in 0..PARKED_SLOTS {
+        let Ok(to) = std::ffi::CString::new(parked_path(locks, k, host).as_os_str().as_bytes())
+        else {
+            return false;
+        };
+        // SAFETY: two NUL-terminated paths that live across the call.
+        let r = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if r == 0 {
+            return true;
+        }
+        if std::io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+            return false;
+        }
+    }
+    false
+}
+
 struct Held {
     pid: u32,
     locks: PathBuf,
+    host: String,
     token: String,
     _guard: LockGuard,
 }
@@ -89,12 +167,25 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
             format!("{pid}-{attempt}-{nth}-{:?}", std::time::SystemTime::now()).as_bytes(),
         );
         let token = format!("{pid}-{}", &salt.hex()[..12]);
-        let guard = lock::lock(&lock_path(locks, &token, host), Mode::Exclusive, &opts).ok()?;
+        let path = lock_path(locks, &token, host);
+        let guard = if attempt == 0 && claim_parked(locks, host, &path) {
+            let at_once = LockOptions {
+                timeout: std::time::Duration::ZERO,
+                ..opts.clone()
+            };
+            match lock::lock(&path, Mode::Exclusive, &at_once) {
+                Ok(g) => g,
+                Err(_) => continue, // still held (see the protocol): gc takes it
+            }
+        } else {
+            lock::lock(&path, Mode::Exclusive, &opts).ok()?
+        };
         if guard.still_at_path() {
             // Another thread of this process may have taken one meanwhile: use the first.
             let held = Held {
                 pid,
                 locks: locks.to_path_buf(),
+                host: host.to_string(),
                 token: token.clone(),
                 _guard: guard,
             };
@@ -117,11 +208,12 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
     None
 }
 
-/// Done writing: remove this process's writer lock files (each while still holding it)
-/// and let the locks go, so that a command leaves none behind. For a process about to
-/// end (the command line calls it once its command has finished, and on a signal after
-/// removing its unfinished files); a later write takes a new lock. Never waits: if
-/// another thread is in the list just now, nothing is removed (gc will).
+/// Done writing: park this process's writer lock files for the next writer on this host,
+/// or remove them where no slot is free (each while still holding it), and let the locks
+/// go, so that a command leaves none of its own behind. For a process about to end (the
+/// command line calls it once its command has finished, and on a signal after removing
+/// its unfinished files); a later write takes a new lock. Never waits: if another thread
+/// is in the list just now, nothing is removed (gc will).
 pub fn release_all() {
     let pid = std::process::id();
     let taken: Vec<Held> = crate::fork::gate(|| match HELD.try_lock() {
@@ -130,7 +222,7 @@ pub fn release_all() {
     });
     // Outside the gate: letting a lock go unregisters its descriptor, through the gate.
     for h in taken {
-        if h.pid == pid {
+        if h.pid == pid && !park(&h.locks, &h.host, h._guard.path()) {
             let _ = std::fs::remove_file(h._guard.path());
         }
     }
@@ -257,5 +349,106 @@ mod tests {
         assert!(is_live(&path, Kind::Flock));
         assert_eq!(remove_dead(dir.path(), &[], Kind::Flock), 0);
         assert!(path.exists());
+    }
+
+    fn ino(p: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(p).unwrap().ino()
+    }
+
+    /// A command's writer lock file outlives it, parked, and the next writer on the host
+    /// takes that very file (no new inode) under a name of its own; gc still removes a
+    /// parked file, which no `tmp/` file names.
+    #[test]
+    fn the_next_writer_takes_the_parked_lock_file_instead_of_a_new_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LockOptions::default();
+        let first = token(dir.path(), &opts, "h").unwrap();
+        let inode = ino(&lock_path(dir.path(), &first, "h"));
+        release_all();
+        let parked = parked_path(dir.path(), 0, "h");
+        assert_eq!(ino(&parked), inode, "parked, not removed");
+        assert!(!is_live(&parked, Kind::Ofd), "parked files are let go");
+        let second = token(dir.path(), &opts, "h").unwrap();
+        assert_ne!(
+            first, second,
+            "a name of its own: its tmp/ files never meet the last one's"
+        );
+        let path = lock_path(dir.path(), &second, "h");
+        assert_eq!(ino(&path), inode);
+        assert!(is_live(&path, Kind::Ofd) && !parked.exists());
+        // Another host's writers do not take it.
+        release_all();
+        let other = token(dir.path(), &opts, "g").unwrap();
+        assert_ne!(ino(&lock_path(dir.path(), &other, "g")), inode);
+        release_all();
+        assert_eq!(
+            remove_dead(dir.path(), &[], Kind::Ofd),
+            2,
+            "gc takes parked files"
+        );
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    /// A parked file still locked by someone (a child its last owner forked without
+    /// `exec` keeps the lock) is not waited for: the writer makes a new file at once.
+    #[test]
+    fn a_parked_lock_file_someone_still_holds_is_not_waited_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = LockOptions {
+            timeout: std::time::Duration::from_secs(30),
+            ..LockOptions::default()
+        };
+        let parked = parked_path(dir.path(), 0, "h");
+        std::fs::write(&parked, b"").unwrap();
+        let inode = ino(&parked);
+        let holder = lock::lock(&parked, Mode::Exclusive, &opts).unwrap();
+        let start = std::time::Instant::now();
+        let t = token(dir.path(), &opts, "h").unwrap();
+        assert!(start.elapsed() < std::time::Duration::from_secs(5));
+        assert_ne!(ino(&lock_path(dir.path(), &t, "h")), inode);
+        drop(holder);
+        release_all();
+    }
+
+    /// A member of the group can put anything at a slot's known name: a symbolic link
+    /// (here to a FIFO, which an open would wait on forever) is thrown away, not opened.
+    #[test]
+    fn a_parking_slot_holding_a_symlink_is_not_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+        std::os::unix::fs::symlink(&fifo, parked_path(dir.path(), 0, "h")).unwrap();
+        let t = token(dir.path(), &LockOptions::default(), "h").unwrap();
+        let path = lock_path(dir.path(), &t, "h");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        assert!(!parked_path(dir.path(), 0, "h").exists());
+        release_all();
+    }
+
+    /// With every slot taken, a command's lock file is removed as before.
+    #[test]
+    fn with_every_parking_slot_taken_the_lock_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        for k in 0..PARKED_SLOTS {
+            std::fs::write(parked_path(dir.path(), k, "h"), b"").unwrap();
+        }
+        // The writer takes one of them, and parks it again: all slots full once more.
+        let t = token(dir.path(), &LockOptions::default(), "h").unwrap();
+        std::fs::write(parked_path(dir.path(), 0, "h"), b"").unwrap();
+        let path = lock_path(dir.path(), &t, "h");
+        release_all();
+        assert!(!path.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            PARKED_SLOTS as usize
+        );
     }
 }
