@@ -118,6 +118,13 @@ pub const TEST_PAUSE: Var = Var {
     means: "for tests: stop at a named point so a test can kill the process there",
 };
 
+/// `SREGISTRY_OFFLINE`: never contact a remote; answer from the cache.
+pub const OFFLINE: Var = Var {
+    name: "SREGISTRY_OFFLINE",
+    form: Form::OneOf(&["1", "0", "true", "false", "yes", "no"]),
+    means: "never contact a remote: remotes are answered from the cache (like --offline)",
+};
+
 /// The most retries `SREGISTRY_RETRIES` may ask for.
 pub const MAX_RETRIES: u32 = 20;
 
@@ -133,6 +140,7 @@ pub const VARS: &[Var] = &[
     TIMEOUT,
     MAX_DOWNLOAD,
     MIN_FREE,
+    OFFLINE,
     NOW,
     TEST_PAUSE,
 ];
@@ -235,6 +243,11 @@ pub fn count(v: &Var) -> Result<Option<u32>, SettingError> {
                 .ok_or_else(|| bad(v, &s))
         })
         .transpose()
+}
+
+/// A yes-or-no variable (`1`, `true`, `yes` or `0`, `false`, `no`): false when unset.
+pub fn flag(v: &Var) -> Result<bool, SettingError> {
+    Ok(one_of(v)?.is_some_and(|w| matches!(w, "1" | "true" | "yes")))
 }
 
 /// A variable that takes one of a few words: the word, trimmed.

@@ -316,14 +316,16 @@ fn raise_failed(failed: &Mutex<Option<PyErr>>) -> PyResult<()> {
 }
 
 /// Remote options with `progress` installed, and the receiver to ask afterwards whether
-/// the callback failed. The download limits are the command line's, read at each call:
-/// `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (a value that is not a size raises
-/// `InvalidInput`, naming the variable).
+/// the callback failed. The download limits and offline are the command line's, read at
+/// each call: `SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE` and `SREGISTRY_OFFLINE` (a
+/// value of the wrong form raises `InvalidInput`, naming the variable).
 fn remote_opts(
     progress: Option<Py<PyAny>>,
     force: bool,
 ) -> PyResult<(RemoteOptions, Option<Arc<PyProgress>>)> {
     let limits = Limits::from_env()
+        .map_err(|e| Python::attach(|py| raise(py, class_of(e.kind()), e.to_string())))?;
+    let offline = sregistry::settings::flag(&sregistry::settings::OFFLINE)
         .map_err(|e| Python::attach(|py| raise(py, class_of(e.kind()), e.to_string())))?;
     let hook = progress.map(|callback| {
         Arc::new(PyProgress {
@@ -336,6 +338,7 @@ fn remote_opts(
         repoint: Repoint::from_force(force),
         refetch: force,
         limits,
+        offline,
         ..RemoteOptions::default()
     };
     Ok((opts, hook))

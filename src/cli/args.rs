@@ -47,6 +47,11 @@ pub struct GlobalArgs {
     /// Print nothing on stderr but errors
     #[arg(short, long, global = true)]
     pub quiet: bool,
+
+    /// Contact no remote: `get` and `pull` answer from the cache; push, search and login
+    /// are refused [env: SREGISTRY_OFFLINE=1]
+    #[arg(long, global = true)]
+    pub offline: bool,
 }
 
 impl Cli {

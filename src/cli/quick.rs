@@ -48,6 +48,7 @@ pub(super) fn parse(args: &[OsString]) -> Option<Cli> {
         cache: global.cache.map(PathBuf::from),
         json: global.json,
         quiet: global.quiet,
+        offline: false,
     };
     let command = match sub? {
         Sub::Get { reference } => Command::Get(GetArgs {

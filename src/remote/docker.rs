@@ -751,6 +751,7 @@ pub(super) fn pull_locked(
             return Ok(PullOutcome {
                 entry,
                 downloaded: false,
+                unreached: None,
             });
         }
     };
@@ -759,6 +760,7 @@ pub(super) fn pull_locked(
     Ok(PullOutcome {
         entry: convert_and_commit(cache, d, source, name, &platform, opts)?,
         downloaded: true,
+        unreached: None,
     })
 }
 

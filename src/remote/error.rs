@@ -249,6 +249,18 @@ pub enum RemoteError {
     Cache(#[from] CacheError),
     #[error(transparent)]
     Reference(#[from] ReferenceError),
+    /// Offline (`--offline`, `SREGISTRY_OFFLINE`), and what was asked needs the remote.
+    #[error("`{remote}` {}", match .need { Need::Cached => "is not in the cache (offline): pull it where the remote can be reached, or leave out --offline and SREGISTRY_OFFLINE".to_string(), Need::Network(what) => format!("cannot be reached offline: {what} needs the network (leave out --offline and SREGISTRY_OFFLINE)") })]
+    Offline { remote: String, need: Need },
+}
+
+/// What an [`RemoteError::Offline`] call would have needed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Need {
+    /// The image in the cache: nothing is there from that remote.
+    Cached,
+    /// The network, for this command (`push`, `search`, `login`, `pull --force`).
+    Network(&'static str),
 }
 
 impl RemoteError {
@@ -299,7 +311,23 @@ impl RemoteError {
                 ErrorKind::of_io(source)
             }
             RemoteError::Stopped { .. } => ErrorKind::Stopped,
+            RemoteError::Offline {
+                need: Need::Cached, ..
+            } => ErrorKind::NotFound,
+            RemoteError::Offline { .. } => ErrorKind::InvalidInput,
             RemoteError::Panicked { .. } => ErrorKind::Internal,
+        }
+    }
+
+    /// The remote could not be reached at all (connection refused, no route, no such host,
+    /// timed out), in this process or in the one whose pull this process waited for: a
+    /// `pull` of an image the cache holds from it answers from the cache instead.
+    pub fn is_unreachable(&self) -> bool {
+        match self {
+            RemoteError::Network { .. } => true,
+            // The note the failed pull left is the message of its error.
+            RemoteError::FailedElsewhere { detail, .. } => detail.starts_with(NETWORK_PREFIX),
+            _ => false,
         }
     }
 
@@ -341,6 +369,9 @@ impl RemoteError {
     }
 }
 
+/// How [`RemoteError::Network`]'s message begins.
+const NETWORK_PREFIX: &str = "cannot reach `";
+
 /// `1 attempt`, `3 attempts`.
 fn tries(n: u32) -> String {
     match n {
@@ -354,5 +385,37 @@ fn on_each(n: u32) -> String {
     match n {
         1 => "on its one attempt".into(),
         n => format!("on each of {n} attempts"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A waiter on the pull lock learns why the pull it waited for failed only from the
+    /// note it left, the error's message: an unreachable remote is told by how that begins.
+    #[test]
+    fn a_failure_noted_for_waiters_still_says_the_remote_was_unreachable() {
+        let e = RemoteError::Network {
+            url: "https://r.example/v2/".into(),
+            detail: "connection refused".into(),
+            attempts: 1,
+            source: None,
+        };
+        assert!(e.is_unreachable());
+        let noted = RemoteError::FailedElsewhere {
+            remote: "oras://r.example/a:1".into(),
+            detail: e.to_string(),
+        };
+        assert!(noted.is_unreachable());
+        let other = RemoteError::FailedElsewhere {
+            remote: "oras://r.example/a:1".into(),
+            detail: RemoteError::NotFound {
+                host: "r.example".into(),
+                what: "a:1".into(),
+            }
+            .to_string(),
+        };
+        assert!(!other.is_unreachable());
     }
 }

@@ -62,9 +62,9 @@ mod sink;
 mod transport;
 mod types;
 
-pub use error::RemoteError;
+pub use error::{Need, RemoteError};
 pub use remote_ref::{RemoteRef, is_remote, shown_source};
-pub use types::{Progress, ProgressHook, PullOutcome, RemoteOptions};
+pub use types::{Progress, ProgressHook, PullOutcome, RemoteOptions, Unreached};
 
 use std::path::PathBuf;
 
@@ -114,6 +114,12 @@ pub fn get_or_pull(
     let name = remote.default_name(opts)?;
     if let Some(p) = cached_from(cache, &name, remote, opts)? {
         return Ok(p);
+    }
+    if opts.offline {
+        return Err(RemoteError::Offline {
+            remote: remote.source(opts),
+            need: Need::Cached,
+        });
     }
     under_pull_lock(
         cache,
@@ -199,16 +205,22 @@ fn lock_key(remote: &RemoteRef, opts: &RemoteOptions) -> String {
 
 /// Whether `rec` was pulled from `remote` (for `docker://`, for the platform asked for).
 fn pulled_from(rec: &crate::cache::RefRecord, remote: &RemoteRef, opts: &RemoteOptions) -> bool {
-    if !rec
-        .source
-        .as_deref()
-        .is_some_and(|s| remote.is_source(s, opts))
-    {
+    came_from(rec.source.as_deref(), &rec.labels, remote, opts)
+}
+
+/// Whether what was recorded with a name (its `source` and `labels`) says it was pulled
+/// from `remote` (for `docker://`, for the platform asked for).
+fn came_from(
+    source: Option<&str>,
+    labels: &std::collections::BTreeMap<String, String>,
+    remote: &RemoteRef,
+    opts: &RemoteOptions,
+) -> bool {
+    if !source.is_some_and(|s| remote.is_source(s, opts)) {
         return false;
     }
     match (remote, docker_platform_of(opts)) {
-        (RemoteRef::Docker(_), Ok(asked)) => rec
-            .labels
+        (RemoteRef::Docker(_), Ok(asked)) => labels
             .get(docker::LABEL_PLATFORM)
             .and_then(|p| docker::Platform::parse(p).ok())
             .is_some_and(|p| p.canonical() == asked.canonical()),
@@ -268,8 +280,32 @@ fn cached_from(
     }
 }
 
+/// The entry of `name` if it exists, was pulled from `remote` (for `docker://`, for the
+/// platform asked for) and its file is in place; its use is recorded.
+fn cached_entry(
+    cache: &Cache,
+    name: &Reference,
+    remote: &RemoteRef,
+    opts: &RemoteOptions,
+) -> Result<Option<crate::cache::Entry>, RemoteError> {
+    match cache.entry_in_use(name, |e| {
+        came_from(e.source.as_deref(), &e.labels, remote, opts)
+    }) {
+        Ok(e) => Ok(e),
+        Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => Ok(None),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// `pull REMOTE [--name REF]`: download, unless the name already holds what the remote
 /// offers (unless `opts.refetch`), and name it.
+///
+/// Offline (`opts.offline`), the cache answers: the image an earlier pull of `remote` put
+/// under the name, or [`RemoteError::Offline`]; `--force` is refused. Online, when the
+/// remote cannot be reached at all ([`RemoteError::is_unreachable`]) and the name holds an
+/// image pulled from it, that image answers, [`PullOutcome::unreached`] saying why
+/// (`--force` still fails).
 pub fn pull(
     cache: &Cache,
     remote: &RemoteRef,
@@ -287,7 +323,28 @@ pub fn pull(
         }
         None => (remote.default_name(opts)?, true),
     };
-    under_pull_lock(
+    let from_cache = |why: Unreached| -> Result<Option<PullOutcome>, RemoteError> {
+        Ok(
+            cached_entry(cache, &name, remote, opts)?.map(|entry| PullOutcome {
+                entry,
+                downloaded: false,
+                unreached: Some(why),
+            }),
+        )
+    };
+    if opts.offline {
+        if opts.refetch {
+            return Err(RemoteError::Offline {
+                remote: remote.source(opts),
+                need: Need::Network("pull --force"),
+            });
+        }
+        return from_cache(Unreached::Offline)?.ok_or_else(|| RemoteError::Offline {
+            remote: remote.source(opts),
+            need: Need::Cached,
+        });
+    }
+    let pulled = under_pull_lock(
         cache,
         lock_key(remote, opts),
         opts,
@@ -298,7 +355,28 @@ pub fn pull(
             }
             pull_locked(cache, remote, &name, opts)
         },
-    )
+    );
+    match pulled {
+        Err(e) if e.is_unreachable() && !opts.refetch => {
+            from_cache(Unreached::Unreachable(e.to_string()))?.ok_or(e)
+        }
+        other => other,
+    }
+}
+
+/// Refuse what needs the network when `opts.offline`.
+fn refuse_offline(
+    remote: &str,
+    what: &'static str,
+    opts: &RemoteOptions,
+) -> Result<(), RemoteError> {
+    if opts.offline {
+        return Err(RemoteError::Offline {
+            remote: remote.to_string(),
+            need: Need::Network(what),
+        });
+    }
+    Ok(())
 }
 
 fn pull_locked(
@@ -349,6 +427,7 @@ fn pull_locked(
             return Ok(PullOutcome {
                 entry,
                 downloaded: false,
+                unreached: None,
             });
         }
     };
@@ -373,6 +452,7 @@ fn pull_locked(
     Ok(PullOutcome {
         entry,
         downloaded: true,
+        unreached: None,
     })
 }
 
@@ -424,6 +504,7 @@ pub fn push(
             "a push needs a tag (oras://HOST/REPOSITORY:TAG), not a digest: the registry names the pushed manifest by its own digest",
         ));
     }
+    refuse_offline(&remote.to_string(), "push", opts)?;
     // One lookup: the entry and the open file are the same content, whatever happens to
     // the name or to the blob's path while the upload runs.
     let (entry, file) = cache.open_entry(name)?;
@@ -453,6 +534,7 @@ pub fn push(
 
 /// `search REMOTE`: tags of a repository, or the registry's catalog.
 pub fn search(remote: &str, opts: &RemoteOptions) -> Result<Vec<String>, RemoteError> {
+    refuse_offline(remote, "search", opts)?;
     let rest = remote
         .strip_prefix("oras://")
         .ok_or_else(|| bad_ref(remote, "search takes oras://HOST or oras://HOST/REPOSITORY"))?;
@@ -506,6 +588,7 @@ pub fn login(
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
     let host = &registry_host(host)?;
+    refuse_offline(host, "login", opts)?;
     let refuse = |detail| {
         Err(RemoteError::BadLogin {
             host: host.clone(),

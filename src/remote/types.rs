@@ -32,6 +32,9 @@ pub struct RemoteOptions {
     pub platform: Option<String>,
     /// `docker://`: the squashfs compression of the SIF (default gzip).
     pub squashfs_comp: Option<String>,
+    /// Contact no remote (`--offline`, `SREGISTRY_OFFLINE`): `get` and `pull` answer from
+    /// the cache, anything else that needs the network is refused.
+    pub offline: bool,
 }
 
 /// What the cache holds from an earlier pull of the same remote under the same name: a
@@ -57,8 +60,21 @@ pub(super) enum Pulled {
 #[derive(Clone, Debug)]
 pub struct PullOutcome {
     pub entry: Entry,
-    /// False when the remote was unchanged and the cached content was kept.
+    /// False when the remote was unchanged and the cached content was kept, or when the
+    /// cache answered without the remote ([`PullOutcome::unreached`]).
     pub downloaded: bool,
+    /// The cache answered without asking the remote: offline, or the remote could not be
+    /// reached (its message). The entry is what an earlier pull of it brought.
+    pub unreached: Option<Unreached>,
+}
+
+/// Why a pull answered from the cache without the remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Unreached {
+    /// `--offline` or `SREGISTRY_OFFLINE`.
+    Offline,
+    /// The remote could not be reached: the error that said so.
+    Unreachable(String),
 }
 
 /// What a finished pull knows about the remote content, recorded in the index.

@@ -60,6 +60,7 @@ impl Env {
             "SREGISTRY_RETRIES",
             "SREGISTRY_DATABASE",
             "SREGISTRY_STORAGE",
+            "SREGISTRY_OFFLINE",
         ] {
             c.env_remove(var);
         }

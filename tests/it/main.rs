@@ -24,6 +24,7 @@ mod messages;
 mod migrate;
 mod move_add;
 mod names;
+mod offline;
 mod open_cache;
 mod pins;
 mod platform;

@@ -36,6 +36,8 @@ pub struct Ctx {
     pub json: bool,
     pub quiet: bool,
     pub lock: LockOptions,
+    /// `--offline` or `SREGISTRY_OFFLINE`.
+    pub offline: bool,
 }
 
 impl Ctx {
@@ -73,6 +75,7 @@ pub fn remote_options(
         refetch: false,
         platform: None,
         squashfs_comp: None,
+        offline: ctx.offline,
     })
 }
 
@@ -173,6 +176,9 @@ pub fn run(cli: Cli) -> Result<()> {
         json: cli.global.json,
         quiet: cli.global.quiet,
         lock,
+        offline: cli.global.offline
+            || sregistry::settings::flag(&sregistry::settings::OFFLINE)
+                .map_err(|e| crate::cli::exit::UsageError(e.to_string()))?,
     };
     match &cli.command {
         Command::Add(a) => add::run(&ctx, a),

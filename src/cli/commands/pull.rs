@@ -17,6 +17,14 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
     opts.squashfs_comp = args.docker.squashfs_comp.clone();
     let pulled = remote::pull(&ctx.cache, &r, name.as_ref(), &opts)?;
     let entry = &pulled.entry;
+    if let Some(remote::Unreached::Unreachable(why)) = &pulled.unreached {
+        // Said even with --quiet: the answer may be older than the remote's.
+        eprintln!(
+            "warning: {why}; answering from the cache: `{}` was pulled {}",
+            entry.name,
+            super::output::age(entry.added)
+        );
+    }
     if ctx.json {
         // The entry, and whether this pull downloaded it or found the remote unchanged.
         #[derive(serde::Serialize)]
@@ -24,18 +32,25 @@ pub fn run(ctx: &Ctx, args: &PullArgs) -> Result<()> {
             #[serde(flatten)]
             entry: output::EntryJson<'a>,
             downloaded: bool,
+            /// Answered from the cache without the remote: `offline` or `unreachable`.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            unreached: Option<&'static str>,
         }
         output::json(&Pulled {
             entry: output::EntryJson::from(entry),
             downloaded: pulled.downloaded,
+            unreached: pulled.unreached.as_ref().map(|u| match u {
+                remote::Unreached::Offline => "offline",
+                remote::Unreached::Unreachable(_) => "unreachable",
+            }),
         })?;
     } else {
         ctx.say(format!(
             "{} {} as {} ({})",
-            if pulled.downloaded {
-                "pulled"
-            } else {
-                "unchanged:"
+            match (&pulled.unreached, pulled.downloaded) {
+                (Some(_), _) => "from the cache:",
+                (None, true) => "pulled",
+                (None, false) => "unchanged:",
             },
             r,
             entry.name,
