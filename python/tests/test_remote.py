@@ -407,3 +407,24 @@ def test_plain_http_refused_names_no_flag_python_cannot_pass(tmp_path):
         cache.pull("http://example.org/x.sif")
     assert "use https" in str(e.value) and "pass --insecure" not in str(e.value)
     assert "example.org" in str(e.value)
+
+
+def test_offline_answers_from_the_cache_and_asks_no_registry(tmp_path, pushed, registry, monkeypatch):
+    """Danger: a compute node without a route to the registry, whose jobs run with
+    SREGISTRY_OFFLINE=1, reaching for the network anyway from Python (the command line
+    would not): a cached remote must come from the cache, an uncached one must be
+    NotFound at once."""
+    remote, sha = pushed
+    cache = sregistry.Cache(tmp_path / "c")
+    path = cache.get(remote)
+    monkeypatch.setenv("SREGISTRY_OFFLINE", "1")
+    asked = registry.requests("py/big")
+    assert cache.get(remote) == path
+    assert cache.pull(remote).path == path
+    with pytest.raises(sregistry.NotFound) as e:
+        cache.get(remote.replace("py/big:1", "py/absent:1"))
+    assert "offline" in str(e.value)
+    assert registry.requests("py/big") == asked
+    monkeypatch.setenv("SREGISTRY_OFFLINE", "perhaps")
+    with pytest.raises(sregistry.InvalidInput):
+        cache.get(remote)
