@@ -41,8 +41,9 @@ class LockTimeout(Error, TimeoutError):
 
 
 class Corrupt(Error):
-    """Content that no longer matches its digest, a file missing or cut short, or a
-    damaged index: ``Cache.verify(repair=True)`` (or ``sregistry doctor``) mends it."""
+    """Content that no longer matches its digest, a file missing or cut short, a file
+    renamed or copied over a blob from outside sregistry, or a damaged index:
+    ``Cache.verify(repair=True)`` (or ``sregistry doctor``) mends it."""
 
 
 class Conflict(Error):

@@ -210,17 +210,25 @@ impl Cache {
             let mut w = self.index.write()?;
             for c in content.drain(..) {
                 let (digest, size) = (c.digest(), c.size());
-                c.staged.commit(&self.store)?;
-                w.put_blob(
-                    &digest,
-                    &BlobRecord {
-                        size,
-                        added: now,
-                        media_type: None,
-                        remote_digest: None,
-                        ..Default::default()
-                    },
-                )?;
+                let old = w.get_blob(&digest)?;
+                let (placed, own) = self.placement(old.as_ref(), &c.staged);
+                c.staged.commit(&self.store, own)?;
+                match old {
+                    None => w.put_blob(
+                        &digest,
+                        &BlobRecord {
+                            size,
+                            added: now,
+                            placed,
+                            ..Default::default()
+                        },
+                    )?,
+                    Some(mut b) if b.placed != placed => {
+                        b.placed = placed;
+                        w.replace_blob(&digest, &b)?;
+                    }
+                    Some(_) => {}
+                }
             }
             for n in names.by_ref().take(batch) {
                 refuse_digest_on_target(&n.name)?;

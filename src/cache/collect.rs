@@ -139,20 +139,26 @@ impl Cache {
 
     /// Under the exclusive lock: move each corrupt blob (`corrupt`: digest and the path
     /// where it was found) into `quarantine/`, if the file there is still the one found
-    /// corrupt (not added again meanwhile), so that `get` never hands it out again; then
-    /// put `restore`d content in place. The index is not changed.
+    /// corrupt (not added again meanwhile) or one its record says was not put there
+    /// (replaced from outside, see [`BlobRecord::placed`]), so that `get` never hands it
+    /// out again; then put `restore`d content in place. No name changes; a restored blob's
+    /// record names the file put in place.
     pub fn quarantine(
         &self,
         corrupt: &[(Digest, PathBuf)],
         restore: Vec<Ingested>,
     ) -> Result<(), CacheError> {
         let qdir = self.quarantine_dir();
-        let w = self.index.write()?;
+        let mut w = self.index.write()?;
         for (d, path) in corrupt {
             // Only if the file there is still the one we found corrupt (not re-added since).
-            if self.store.blob_path(d) == *path && path.exists() {
-                let hashed = hash_file_single(path).map(|(g, _)| g);
-                if hashed.as_ref().is_ok_and(|g| g != d) || hashed.is_err() {
+            if self.store.blob_path(d) == *path
+                && let Ok(m) = std::fs::metadata(path)
+            {
+                let replaced = w
+                    .get_blob(d)?
+                    .is_some_and(|b| self.store.replaced(&b, path, &m));
+                if replaced || hash_file_single(path).map_or(true, |(g, _)| g != *d) {
                     self.store
                         .quarantine(path, &qdir)
                         .map_err(|source| CacheError::Remove {
@@ -163,7 +169,16 @@ impl Cache {
             }
         }
         for r in restore {
-            r.staged.commit(&self.store)?;
+            let d = r.digest();
+            let old = w.get_blob(&d)?;
+            let (placed, own) = self.placement(old.as_ref(), &r.staged);
+            r.staged.commit(&self.store, own)?;
+            if let Some(mut b) = old
+                && b.placed != placed
+            {
+                b.placed = placed;
+                w.replace_blob(&d, &b)?;
+            }
         }
         w.commit()?;
         Ok(())

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use super::index::IndexWriter;
 use super::store::{self, Placing, Staged};
 use super::{
-    BlobRecord, Cache, CacheError, Entry, IndexError, Ingest, IngestError, Ingested, Provenance,
-    RefRecord, Repoint, Scratch, Tap, refuse_digest_on_target, refuse_repoint,
+    BlobRecord, Cache, CacheError, Entry, IndexError, Ingest, IngestError, Ingested, PlacedFile,
+    Provenance, RefRecord, Repoint, Scratch, Tap, refuse_digest_on_target, refuse_repoint,
 };
 use crate::format::clock;
 use crate::format::digest::Digest;
@@ -275,6 +275,8 @@ impl Cache {
     ) -> Result<Entry, CacheError> {
         let digest = staged.digest();
         let size = staged.size();
+        let old = w.get_blob(&digest)?;
+        let (placed, own) = self.placement(old.as_ref(), &staged);
         let record = RefRecord {
             digest,
             added: now,
@@ -286,7 +288,7 @@ impl Cache {
         let (pending, path) = match placing {
             Some(placing) => (Some((placing, staged)), self.store.blob_path(&digest)),
             None => {
-                let (path, _new) = staged.commit(&self.store)?;
+                let (path, _new) = staged.commit(&self.store, own)?;
                 testhook::pause("add-blob-committed");
                 (None, path)
             }
@@ -300,7 +302,8 @@ impl Cache {
                     remote_digest,
                 } => {
                     let (d, size) = (content.digest(), content.size());
-                    content.staged.commit(&self.store)?;
+                    // A part is never handed out by a `get`: no file identity recorded.
+                    content.staged.commit(&self.store, None)?;
                     w.put_blob(
                         &d,
                         &BlobRecord {
@@ -318,26 +321,29 @@ impl Cache {
                 Part::Known(d) => part_digests.push(d),
             }
         }
-        let blob_record = BlobRecord {
-            size,
-            added: now,
-            media_type: prov.media_type,
-            remote_digest: prov.remote_digest,
-            parts: part_digests,
-            retired: None,
-        };
-        match w.get_blob(&digest)? {
-            Some(old) if !blob_record.parts.is_empty() && old.parts != blob_record.parts => {
-                w.replace_blob(
-                    &digest,
-                    &BlobRecord {
-                        parts: blob_record.parts,
-                        ..old
-                    },
-                )?;
+        match old {
+            Some(old) => {
+                let mut b = old.clone();
+                if !part_digests.is_empty() {
+                    b.parts = part_digests;
+                }
+                b.placed = placed;
+                if b != old {
+                    w.replace_blob(&digest, &b)?;
+                }
             }
-            Some(_) => {}
-            None => w.put_blob(&digest, &blob_record)?,
+            None => w.put_blob(
+                &digest,
+                &BlobRecord {
+                    size,
+                    added: now,
+                    media_type: prov.media_type,
+                    remote_digest: prov.remote_digest,
+                    parts: part_digests,
+                    retired: None,
+                    placed,
+                },
+            )?,
         }
         self.point_name(w, &key, &record, now)?;
         w.set_last_use(&key, now)?;
@@ -351,7 +357,7 @@ impl Cache {
             w.before_durable(Box::new(move || {
                 let (placing, mut staged) = pending;
                 staged.settle(placing);
-                match staged.commit(&store) {
+                match staged.commit(&store, own) {
                     Ok(_) => {
                         testhook::pause("add-blob-committed");
                         Ok(())
@@ -377,6 +383,30 @@ impl Cache {
             remote_digest: blob.and_then(|b| b.remote_digest),
             path,
         })
+    }
+}
+
+impl Cache {
+    /// Which file the record of `staged`'s digest names once `staged` is committed (the
+    /// caller holds the exclusive lock; `old` is the record as it is): the one it names
+    /// now when that file is at the blob's path; else (a new blob, a record without
+    /// [`PlacedFile`] or made in a cache copied from elsewhere, a blob missing or replaced
+    /// from outside) the staged file, and then its inode number, which the commit makes
+    /// sure is the blob's ([`Staged::commit`]'s `own`): a re-add restores a replaced blob.
+    /// `(None, None)` when the staged file cannot be seen (the record then names no file,
+    /// and nothing is compared).
+    pub(super) fn placement(
+        &self,
+        old: Option<&BlobRecord>,
+        staged: &Staged,
+    ) -> (Option<PlacedFile>, Option<u64>) {
+        if let Some(p) = old.and_then(|b| b.placed)
+            && self.store.holds(&staged.digest(), &p)
+        {
+            return (Some(p), None);
+        }
+        let mine = self.store.placed(staged.path());
+        (mine, mine.map(|p| p.ino))
     }
 }
 

@@ -55,6 +55,10 @@ pub enum CacheError {
         recorded: u64,
     },
     #[error(
+        "image `{name}` is damaged: `{path}` is not the file sregistry put there (another file was renamed or copied over it from outside sregistry); run `sregistry verify` to quarantine it, then add or pull it again (or `sregistry verify --repair`)"
+    )]
+    Replaced { name: String, path: PathBuf },
+    #[error(
         "image `{name}` is corrupt: `{path}` hashes to {actual}, not its name; run `sregistry verify` to quarantine it"
     )]
     Corrupt {
@@ -135,6 +139,7 @@ impl CacheError {
             // Content found not to match what the index records: exit code 4.
             CacheError::Quarantined { .. }
             | CacheError::WrongSize { .. }
+            | CacheError::Replaced { .. }
             | CacheError::Corrupt { .. } => ErrorKind::Corrupt,
             CacheError::Pinned { .. } | CacheError::PinnedRepoint { .. } => ErrorKind::Pinned,
             CacheError::DigestOnTarget { .. } => ErrorKind::InvalidName,

@@ -145,7 +145,9 @@ impl Cache {
 
     /// The path of `digest`'s blob for the name `key`, checked under the caller's shared
     /// lock: there, a regular file, of its recorded size (a file cut short or grown from
-    /// outside is never handed out); else why not.
+    /// outside is never handed out), and the very file the commit put there, as the same
+    /// `stat` shows it (a file renamed over the blob from outside is never handed out,
+    /// see [`BlobRecord::placed`]); else why not.
     fn checked_path(
         &self,
         rd: &index::IndexReader,
@@ -153,11 +155,7 @@ impl Cache {
         digest: &Digest,
     ) -> Result<PathBuf, CacheError> {
         let path = self.store.blob_path(digest);
-        let Some(size) = std::fs::metadata(&path)
-            .ok()
-            .filter(|m| m.is_file())
-            .map(|m| m.len())
-        else {
+        let Some(meta) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) else {
             if let Some(q) = self.quarantined(digest) {
                 return Err(CacheError::Quarantined {
                     name: key.to_string(),
@@ -169,14 +167,21 @@ impl Cache {
                 path,
             });
         };
-        if let Some(b) = rd.get_blob(digest)?
-            && b.size != size
-        {
+        let Some(b) = rd.get_blob(digest)? else {
+            return Ok(path);
+        };
+        if b.size != meta.len() {
             return Err(CacheError::WrongSize {
                 name: key.to_string(),
                 path,
-                size,
+                size: meta.len(),
                 recorded: b.size,
+            });
+        }
+        if self.store.replaced(&b, &path, &meta) {
+            return Err(CacheError::Replaced {
+                name: key.to_string(),
+                path,
             });
         }
         Ok(path)
@@ -195,6 +200,13 @@ impl Cache {
             let _ = self.uses.record(key, now, LAST_USE_RESOLUTION);
         }
         Ok(stale)
+    }
+
+    /// Whether the file at `path`, the blob `record` describes, is not the one the commit
+    /// put there (another file renamed or copied over it from outside sregistry; see
+    /// [`BlobRecord::placed`]). For `verify`; `get` checks the same under its lock.
+    pub fn is_replaced(&self, record: &BlobRecord, path: &std::path::Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|m| self.store.replaced(record, path, &m))
     }
 
     /// [`Cache::get`], then re-hash the file before answering (`get --verify`).

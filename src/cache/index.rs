@@ -139,7 +139,8 @@ pub(super) use rebuild::OnDisk;
 pub use rebuild::{JournalStatus, Rebuilt, Recovered, recovered_name};
 pub(super) use schema::VERSION;
 pub use schema::{
-    BlobRecord, LAST_USE_RESOLUTION, RefRecord, Retired, SCHEMA_VERSION, decode_blob, decode_ref,
+    BlobRecord, LAST_USE_RESOLUTION, PlacedFile, RefRecord, Retired, SCHEMA_VERSION, decode_blob,
+    decode_ref, file_id,
 };
 pub(super) use write::IndexWriter;
 

@@ -111,9 +111,9 @@ pub use get::OpenPart;
 pub use health::Repaired;
 pub use index::journal::ReplayError;
 pub use index::{
-    BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, Rebuilt,
-    Recovered, RefRecord, Retired, SCHEMA_VERSION, decode_blob, decode_ref, panic_is_caught,
-    recovered_name,
+    BlobRecord, IndexError, IndexStats, JournalStatus, LAST_USE_RESOLUTION, Named, PlacedFile,
+    Rebuilt, Recovered, RefRecord, Retired, SCHEMA_VERSION, decode_blob, decode_ref,
+    panic_is_caught, recovered_name,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;

@@ -36,6 +36,7 @@ use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use super::index::{BlobRecord, PlacedFile, file_id};
 use super::progress::ProgressHook;
 use crate::format::digest::{Digest, HashingWriter};
 
@@ -272,7 +273,17 @@ impl Staged {
     /// Put the staged file in place as the blob for its digest (or drop it when that blob
     /// exists already). Returns the blob path and whether it was new. The caller must
     /// hold the exclusive index lock.
-    pub(super) fn commit(mut self, store: &Store) -> Result<(PathBuf, bool), StoreError> {
+    ///
+    /// With `own` (the inode number of the staged file, which the blob's record is about to
+    /// name, see [`PlacedFile`]), a file found at the blob's path that is another one (a
+    /// concurrent add's uncommitted link, a file renamed over the blob from outside, one
+    /// an older build put there) is replaced by the staged file, renamed over it: the
+    /// content is the same, checked by its hash, and the file is the one recorded.
+    pub(super) fn commit(
+        mut self,
+        store: &Store,
+        own: Option<u64>,
+    ) -> Result<(PathBuf, bool), StoreError> {
         self.make_durable()?;
         let dest = store.blob_path(&self.digest);
         let Some(src) = self.path.take() else {
@@ -299,13 +310,14 @@ impl Staged {
                 sync_dir(dir).map_err(|e| werr(dir, e))?;
                 return Ok((dest, true));
             }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && !is_other(&dest, own) => {
                 let _ = fs::remove_file(&src);
                 return Ok((dest, false));
             }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(_) => {}
         }
-        if dest.exists() {
+        if dest.exists() && !is_other(&dest, own) {
             let _ = fs::remove_file(&src);
             return Ok((dest, false));
         }
@@ -316,6 +328,25 @@ impl Staged {
         sync_dir(dir).map_err(|e| werr(dir, e))?;
         Ok((dest, true))
     }
+}
+
+/// Whether the file at `dest` is not the one whose inode number is `own` (never, without
+/// `own`); a file that cannot be seen is another.
+fn is_other(dest: &Path, own: Option<u64>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    own.is_some_and(|ino| opened_metadata(dest).map_or(true, |m| m.ino() != ino))
+}
+
+/// What `fstat` says of the file at `path`, opened (read-only, non-blocking: a FIFO
+/// planted there must not hang us). Where a `stat` may answer from what an NFS client
+/// cached of the name (a file another node renamed over it since), an NFSv4 open
+/// resolves the name at the server.
+fn opened_metadata(path: &Path) -> io::Result<fs::Metadata> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?
+        .metadata()
 }
 
 /// Why [`link_or_make_dir`] made no link.
@@ -557,6 +588,42 @@ impl Store {
     /// The blobs root (`v1/blobs/blake3`).
     pub(super) fn blobs_dir(&self) -> &Path {
         &self.blobs
+    }
+
+    /// What a blob record says of `file` (a staged file, or a blob) put in place now:
+    /// its inode number and birth time, and those of the blobs root (see [`PlacedFile`]);
+    /// `None` when either cannot be seen.
+    pub(super) fn placed(&self, file: &Path) -> Option<PlacedFile> {
+        let (ino, born) = file_id(&fs::metadata(file).ok()?);
+        let (store_ino, store_born) = file_id(&fs::metadata(&self.blobs).ok()?);
+        Some(PlacedFile {
+            ino,
+            born,
+            store_ino,
+            store_born,
+        })
+    }
+
+    /// Whether the blob file at `path`, which `m` (a `stat` of it) shows, is not the one
+    /// its record says was put in place, in this very store: a cache copied elsewhere (its
+    /// records made with another blobs root) and a record without [`PlacedFile`] are not
+    /// judged. Only when the `stat` shows another file are the blobs root looked at and
+    /// the file opened to ask again ([`opened_metadata`]: an NFS client may have answered
+    /// from its cache), so an unchanged blob costs no call.
+    pub(super) fn replaced(&self, record: &BlobRecord, path: &Path, m: &fs::Metadata) -> bool {
+        record.placed.is_some_and(|p| {
+            !p.is(m)
+                && fs::metadata(&self.blobs).is_ok_and(|dir| p.made_in(&dir))
+                && !opened_metadata(path).is_ok_and(|m| p.is(&m))
+        })
+    }
+
+    /// Whether the file at the blob path of `d` is the one `p` says was put in place, as
+    /// the filesystem's server has it now (opened: for a writer under the exclusive
+    /// lock), and `p` was made in this store.
+    pub(super) fn holds(&self, d: &Digest, p: &PlacedFile) -> bool {
+        opened_metadata(&self.blob_path(d)).is_ok_and(|m| p.is(&m))
+            && fs::metadata(&self.blobs).is_ok_and(|dir| p.made_in(&dir))
     }
 
     /// The staging directory (`v1/tmp`).
@@ -1256,7 +1323,7 @@ mod tests {
         let staged = s
             .stage_copy(&mut &data[..], Path::new("src"), Some(data.len() as u64))
             .unwrap();
-        let (path, new) = staged.commit(&s).unwrap();
+        let (path, new) = staged.commit(&s, None).unwrap();
         assert!(new);
         assert_eq!(fs::read(&path).unwrap(), data);
         assert_eq!(path, s.blob_path(&Digest::of(&data)));
@@ -1288,8 +1355,8 @@ mod tests {
         let mut b = stage("b");
         let placing = b.place_in_background(&s);
         assert!(!b.settle(placing), "the blob was there: no second link");
-        assert_eq!(a.commit(&s).unwrap(), (blob.clone(), false));
-        assert_eq!(b.commit(&s).unwrap(), (blob, false));
+        assert_eq!(a.commit(&s, None).unwrap(), (blob.clone(), false));
+        assert_eq!(b.commit(&s, None).unwrap(), (blob, false));
         assert_eq!(tmp_entries(&s), 0);
     }
 
@@ -1308,7 +1375,10 @@ mod tests {
         assert!(staged.place_unsynced(&s).is_none());
         let blob = s.blob_path(&Digest::of(&data));
         assert!(!blob.exists());
-        assert!(matches!(staged.commit(&s), Err(StoreError::Write { .. })));
+        assert!(matches!(
+            staged.commit(&s, None),
+            Err(StoreError::Write { .. })
+        ));
         assert!(!blob.exists());
         assert_eq!(tmp_entries(&s), 0, "the staged copy is removed");
     }
@@ -1332,8 +1402,8 @@ mod tests {
         let b = s
             .stage_copy(&mut &b"same"[..], Path::new("b"), None)
             .unwrap();
-        let (pa, new_a) = a.commit(&s).unwrap();
-        let (pb, new_b) = b.commit(&s).unwrap();
+        let (pa, new_a) = a.commit(&s, None).unwrap();
+        let (pb, new_b) = b.commit(&s, None).unwrap();
         assert_eq!(pa, pb);
         assert!(new_a && !new_b);
         assert_eq!(tmp_entries(&s), 0);
@@ -1397,7 +1467,7 @@ mod tests {
             .unwrap();
         assert_eq!(st.digest(), Digest::of(&data));
         assert_eq!(st.size(), data.len() as u64);
-        let (path, _) = st.commit(&s).unwrap();
+        let (path, _) = st.commit(&s, None).unwrap();
         assert_eq!(fs::read(path).unwrap(), data);
     }
 
@@ -1474,7 +1544,7 @@ mod tests {
         let src = d.path().join("image.sif");
         fs::write(&src, b"moved content").unwrap();
         let ino = fs::metadata(&src).unwrap().ino();
-        let (path, _) = s.stage_link(&src, false).unwrap().commit(&s).unwrap();
+        let (path, _) = s.stage_link(&src, false).unwrap().commit(&s, None).unwrap();
         assert!(src.exists(), "the source path is the caller's to remove");
         assert_eq!(
             fs::metadata(&path).unwrap().ino(),
@@ -1490,7 +1560,7 @@ mod tests {
         let (path, _) = s
             .stage_copy(&mut &b"old"[..], Path::new("o"), None)
             .unwrap()
-            .commit(&s)
+            .commit(&s, None)
             .unwrap();
         let open = File::open(&path).unwrap();
         let aside = s.unlink_later(&Digest::of(b"old")).unwrap().unwrap();

@@ -192,7 +192,11 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     if stopped {
         return Err(CacheError::Stopped { what: "verify" });
     }
-    let mut corrupt = judge_hashes(&to_hash, hashed, &size_of, &users, &mut report);
+    let records: HashMap<Digest, &BlobRecord> = blob_records.iter().map(|(d, b)| (*d, b)).collect();
+    let replaced = |d: &Digest, path: &std::path::Path| {
+        records.get(d).is_some_and(|b| cache.is_replaced(b, path))
+    };
+    let mut corrupt = judge_hashes(&to_hash, hashed, &size_of, &replaced, &users, &mut report);
     missing_blobs(cache, &on_disk, &users, &wanted, &mut report);
     if wanted.is_none() {
         let tmp = cache.tmp_files()?;
@@ -255,12 +259,14 @@ fn blobs_to_hash<'a>(
         .collect()
 }
 
-/// Each hashed blob against its name and recorded size: `corrupt` or `unreadable`
-/// findings, counted in the report; returns the corrupt blobs.
+/// Each hashed blob against its name, its recorded size and the file its record says
+/// was put in place (`replaced` answers whether a blob's file is another):
+/// `corrupt` or `unreadable` findings, counted in the report; returns the corrupt blobs.
 fn judge_hashes(
     to_hash: &[&Found],
     hashed: Vec<Hashed>,
     size_of: &HashMap<Digest, u64>,
+    replaced: &dyn Fn(&Digest, &std::path::Path) -> bool,
     users: &HashMap<Digest, Vec<String>>,
     report: &mut VerifyReport,
 ) -> Vec<(Digest, PathBuf)> {
@@ -268,33 +274,41 @@ fn judge_hashes(
     for (f, r) in to_hash.iter().zip(hashed) {
         let Some(d) = f.digest else { continue };
         report.blobs_checked += 1;
-        match r {
+        const REPLACED: &str = "not the file sregistry put there: another file was renamed or copied over it from outside sregistry";
+        let detail = match r {
             Ok((got, size)) => {
                 report.bytes_checked += size;
-                let size_ok = size_of.get(&d).is_none_or(|&s| s == size);
-                if got != d || !size_ok {
-                    corrupt.push((d, f.path.clone()));
-                    report.problems.push(Finding {
-                        kind: "corrupt",
-                        path: f.path.clone(),
-                        digest: Some(d),
-                        names: users.get(&d).cloned().unwrap_or_default(),
-                        detail: if got != d {
-                            format!("content hashes to {got}")
-                        } else {
-                            format!("size {size} differs from the recorded {}", size_of[&d])
-                        },
-                    });
+                if got != d {
+                    format!("content hashes to {got}")
+                } else if size_of.get(&d).is_some_and(|&s| s != size) {
+                    format!("size {size} differs from the recorded {}", size_of[&d])
+                } else if replaced(&d, &f.path) {
+                    REPLACED.into()
+                } else {
+                    continue;
                 }
             }
-            Err(e) => report.problems.push(Finding {
-                kind: "unreadable",
-                path: f.path.clone(),
-                digest: Some(d),
-                names: users.get(&d).cloned().unwrap_or_default(),
-                detail: e,
-            }),
-        }
+            // A file another member renamed over the blob may be one only they can read.
+            Err(_) if replaced(&d, &f.path) => REPLACED.into(),
+            Err(e) => {
+                report.problems.push(Finding {
+                    kind: "unreadable",
+                    path: f.path.clone(),
+                    digest: Some(d),
+                    names: users.get(&d).cloned().unwrap_or_default(),
+                    detail: e,
+                });
+                continue;
+            }
+        };
+        corrupt.push((d, f.path.clone()));
+        report.problems.push(Finding {
+            kind: "corrupt",
+            path: f.path.clone(),
+            digest: Some(d),
+            names: users.get(&d).cloned().unwrap_or_default(),
+            detail,
+        });
     }
     corrupt
 }

@@ -31,6 +31,7 @@ mod platform;
 mod registry;
 mod remote;
 mod remote_faults;
+mod replaced;
 mod reproducible;
 mod s3;
 mod shared;

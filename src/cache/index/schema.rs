@@ -70,6 +70,15 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         read_compat: 1,
         write_compat: 3,
     },
+    // Blob records say which file was put in place (`BlobRecord::placed`), and `get`
+    // refuses another one. Readers are unaffected; an older writer that puts a missing
+    // blob back (re-add, `verify --repair`) would leave a file the record does not
+    // describe, which this build refuses, so writers need schema 4.
+    Migration {
+        up: no_tables,
+        read_compat: 1,
+        write_compat: 4,
+    },
 ];
 
 /// The (read, write) compatibility levels of schema `n`.
@@ -134,6 +143,62 @@ pub struct BlobRecord {
     /// name refers to it any more. `rm` of that name gives the protection up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired: Option<Retired>,
+    /// Which file was put in place as this blob, as a `stat` of it showed at the commit
+    /// that put it there: `get` and `verify` refuse a file at the blob's path that is
+    /// another (renamed or copied over it from outside sregistry). `None` in records
+    /// older builds made (recorded at the next commit of the same content).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed: Option<PlacedFile>,
+}
+
+/// What tells the file put in place as a blob from any other file at its path (see
+/// [`BlobRecord::placed`]): its inode number and birth time, and the same of `blobs/`,
+/// the directory the cache's blobs were in then. Device numbers are left out: a rename
+/// cannot cross filesystems, and each NFS client numbers a mount its own way. The change
+/// time is left out: links, unlinks of the staged name, renames and `chmod` change it on
+/// honest paths.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlacedFile {
+    pub ino: u64,
+    /// Birth time (ns since the epoch) where the filesystem reports one: an inode number
+    /// reused after the blob was deleted comes with another.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub born: Option<u64>,
+    /// `blobs/`'s inode number and birth time: a cache copied elsewhere (rsync, `cp -a`,
+    /// a tier's publication) has other ones, and its records are not compared there.
+    pub store_ino: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub store_born: Option<u64>,
+}
+
+/// The inode number and birth time (ns) of a file, as [`PlacedFile`] records them.
+pub fn file_id(m: &std::fs::Metadata) -> (u64, Option<u64>) {
+    use std::os::unix::fs::MetadataExt;
+    let born = m
+        .created()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .and_then(|d| u64::try_from(d.as_nanos()).ok());
+    (m.ino(), born)
+}
+
+/// Whether two birth times can be told apart: only when both are known.
+fn born_differs(a: Option<u64>, b: Option<u64>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a != b)
+}
+
+impl PlacedFile {
+    /// Whether `m` (a `stat` of the blob's path) shows the file that was put in place.
+    pub fn is(&self, m: &std::fs::Metadata) -> bool {
+        let (ino, born) = file_id(m);
+        ino == self.ino && !born_differs(born, self.born)
+    }
+
+    /// Whether `m` (a `stat` of `blobs/`) shows the directory the record was made in.
+    pub fn made_in(&self, m: &std::fs::Metadata) -> bool {
+        let (ino, born) = file_id(m);
+        ino == self.store_ino && !born_differs(born, self.store_born)
+    }
 }
 
 /// The last use of content whose name was re-pointed (see [`BlobRecord::retired`]).
