@@ -1099,3 +1099,55 @@ pub fn live_tmp_files_across_nodes(cl: &Cluster) {
     assert_eq!(locks.trim(), "", "dead writers' locks outlived gc");
     verify_clean(n3, &c);
 }
+
+/// A file renamed over a blob on one node is refused by `get` on every node: at once on
+/// the node that renamed it and on one whose caches were dropped, and on a node that had
+/// just read the name once its NFS client looks the name up again; a re-add from a third
+/// node restores it, and every node answers at once (none refuses the file the re-add put
+/// there from what it cached of the name), with a record made on another node.
+pub fn replaced_blob_across_nodes(cl: &Cluster) {
+    let test = "t10";
+    let c = cache_with_base(cl, test);
+    let [n1, n2, n3] = [&cl.clients[0], &cl.clients[1], &cl.clients[2]];
+    let get = format!("sregistry --cache {c} get {test}/base:1");
+    let path = n2.sh(&get).ok().stdout.trim().to_string();
+    n3.sh(&format!("cmp $({get}) /host/data/g0")).ok();
+    // Node2 puts a file of the same size and other content in its place by a rename.
+    n2.sh(&format!(
+        "cp {path} {path}.swap && printf X | dd of={path}.swap bs=1 conv=notrunc 2>/dev/null \
+         && mv -f {path}.swap {path}"
+    ))
+    .ok();
+    let refused = |n: &Node| {
+        let o = n.sh(&get);
+        o.code == 4 && o.stderr.contains("is not the file sregistry put there")
+    };
+    assert!(
+        refused(n2),
+        "node2's get handed out the file it renamed over the blob"
+    );
+    n1.sh("sync; echo 3 > /proc/sys/vm/drop_caches").ok();
+    assert!(refused(n1), "node1's get handed out a replaced file");
+    // Node3 read the name a moment ago: its client may answer a `stat` from its caches
+    // (the attribute and directory cache times) before it looks the name up again.
+    let t = Instant::now();
+    while !refused(n3) {
+        assert!(
+            t.elapsed() < Duration::from_secs(90),
+            "node3 still hands out the replaced file after 90 s"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    eprintln!(
+        "cluster: node3 refused the replaced blob after {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+    n3.sh(&format!(
+        "sregistry --cache {c} add /host/data/g0 --name {test}/base:1"
+    ))
+    .ok();
+    for n in [n1, n2, n3] {
+        n.sh(&format!("cmp $({get}) /host/data/g0")).ok();
+    }
+    verify_clean(n1, &c);
+}

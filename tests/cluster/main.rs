@@ -39,6 +39,10 @@ const TESTS: &[(&str, Test)] = &[
         "live_tmp_files_across_nodes",
         checks::live_tmp_files_across_nodes,
     ),
+    (
+        "replaced_blob_across_nodes",
+        checks::replaced_blob_across_nodes,
+    ),
     ("figures", checks::figures),
 ];
 
