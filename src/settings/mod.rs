@@ -54,8 +54,9 @@ pub const CONFIG_VAR: &str = "SREGISTRY_CONFIG";
 #[cfg(feature = "test-hooks")]
 pub const TEST_SYSTEM_VAR: &str = "SREGISTRY_TEST_SYSTEM_CONFIG";
 
-/// A setting's default: a value in its form, or one worked out where it is used (a path
-/// under the home directory), described for the docs.
+/// A setting's default as the docs show it: a value in its form (the entry gives the same
+/// value typed, so that no command parses defaults; a test holds the two together), or one
+/// worked out where it is used (a path under the home directory), described.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Preset {
     Value(&'static str),
@@ -157,8 +158,8 @@ macro_rules! keys {
     ($(
         $(#[doc = $doc:literal])*
         $konst:ident $field:ident: $ty:ty,
-            var $var:literal, flag $flag:expr, form $form:expr, default $default:expr,
-            means $means:literal;
+            var $var:literal, flag $flag:expr, form $form:expr,
+            default $default:expr => $init:expr, means $means:literal;
     )*) => {
         $(
             $(#[doc = $doc])*
@@ -184,9 +185,10 @@ macro_rules! keys {
         }
 
         impl Config {
-            fn blank() -> Config {
+            /// Every setting at its default.
+            pub fn defaults() -> Config {
                 Config {
-                    $( $field: Default::default(), )*
+                    $( $field: $init, )*
                     sources: vec![Source::Default; KEYS.len()],
                     files: Vec::new(),
                 }
@@ -215,57 +217,57 @@ keys! {
     /// `cache`: the cache directory.
     CACHE cache: Option<PathBuf>,
         var "SREGISTRY_CACHE", flag Some("--cache"), form Form::Path,
-        default Preset::Derived("${XDG_CACHE_HOME:-~/.cache}/sregistry"),
+        default Preset::Derived("${XDG_CACHE_HOME:-~/.cache}/sregistry") => None,
         means "the cache directory";
     /// `database`: the old Python client's directory, for `migrate`.
     DATABASE database: Option<PathBuf>,
         var "SREGISTRY_DATABASE", flag Some("migrate --from"), form Form::Path,
-        default Preset::Derived("~/.singularity"),
+        default Preset::Derived("~/.singularity") => None,
         means "migrate: the old Python client's directory holding sregistry.db";
     /// `config_dir`: where `login` keeps credentials.
     CONFIG_DIR config_dir: Option<PathBuf>,
         var "SREGISTRY_CONFIG_DIR", flag None, form Form::Path,
-        default Preset::Derived("${XDG_CONFIG_HOME:-~/.config}/sregistry"),
+        default Preset::Derived("${XDG_CONFIG_HOME:-~/.config}/sregistry") => None,
         means "where login stores credentials";
     /// `password`: the password for `login` without `--password-stdin`.
     PASSWORD password: Option<String>,
         var "SREGISTRY_PASSWORD", flag None, form Form::Secret,
-        default Preset::Derived("none"),
+        default Preset::Derived("none") => None,
         means "the password for login without --password-stdin (never shown)";
     /// `lock_timeout`: the bound on every lock wait.
     LOCK_TIMEOUT lock_timeout: Duration,
         var "SREGISTRY_LOCK_TIMEOUT", flag None, form Form::Duration { positive: false },
-        default Preset::Value("5m"),
+        default Preset::Value("5m") => Duration::from_secs(300),
         means "bound on every lock wait (0 fails at once)";
     /// `lock`: the kind of lock.
     LOCK lock: &'static str,
         var "SREGISTRY_LOCK", flag None, form Form::OneOf(&["ofd", "fcntl", "flock"]),
-        default Preset::Value("ofd"),
+        default Preset::Value("ofd") => "ofd",
         means "ofd (fcntl is the same) or flock, for filesystems without fcntl locks";
     /// `retries`: retries of a remote request.
     RETRIES retries: u32,
         var "SREGISTRY_RETRIES", flag None, form Form::Count { max: MAX_RETRIES },
-        default Preset::Value("3"),
+        default Preset::Value("3") => 3,
         means "retries of a remote request (a request that times out twice is not retried again)";
     /// `timeout`: how long a remote may stay silent.
     TIMEOUT timeout: Duration,
         var "SREGISTRY_TIMEOUT", flag None, form Form::Duration { positive: true },
-        default Preset::Value("30s"),
+        default Preset::Value("30s") => Duration::from_secs(30),
         means "how long a remote may stay silent before a request times out";
     /// `max_download`: the most a download that declares no size may write.
     MAX_DOWNLOAD max_download: u64,
         var "SREGISTRY_MAX_DOWNLOAD", flag None, form Form::Size,
-        default Preset::Value("64G"),
+        default Preset::Value("64G") => 64 << 30,
         means "the most a download may write when the remote declares no size";
     /// `min_free`: the free space a download must leave.
     MIN_FREE min_free: u64,
         var "SREGISTRY_MIN_FREE", flag None, form Form::Size,
-        default Preset::Value("1G"),
+        default Preset::Value("1G") => 1 << 30,
         means "free space a download must leave on the cache's filesystem";
     /// `offline`: never contact a remote; answer from the cache.
     OFFLINE offline: bool,
         var "SREGISTRY_OFFLINE", flag Some("--offline"), form Form::Bool,
-        default Preset::Value("false"),
+        default Preset::Value("false") => false,
         means "never contact a remote: remotes are answered from the cache";
 }
 
@@ -273,18 +275,6 @@ keys! {
 pub const MAX_RETRIES: u32 = 20;
 
 impl Config {
-    /// Every setting at its default.
-    pub fn defaults() -> Config {
-        let mut c = Config::blank();
-        for key in KEYS {
-            if let Preset::Value(s) = key.default {
-                let v = form::from_text(key.form, s).expect("a default in its own form");
-                c.put(key.name, v);
-            }
-        }
-        c
-    }
-
     /// Where `key`'s value came from.
     pub fn source(&self, key: &Key) -> &Source {
         &self.sources[index(key)]
@@ -525,6 +515,20 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), KEYS.len());
+    }
+
+    /// The default the docs' table shows is the default a command runs with.
+    #[test]
+    fn the_defaults_are_the_ones_the_table_shows() {
+        let d = Config::defaults();
+        for k in KEYS {
+            match k.default {
+                Preset::Value(s) => {
+                    assert_eq!(form::from_text(k.form, s), d.value(k), "{}", k.name)
+                }
+                Preset::Derived(_) => assert_eq!(d.value(k), None, "{}", k.name),
+            }
+        }
     }
 
     #[test]
