@@ -36,7 +36,8 @@ pub struct Cli {
 /// The options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Cache directory [default: $SREGISTRY_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/sregistry]
+    /// Cache directory [default: $SREGISTRY_CACHE, else `cache` in a configuration file (see
+    /// `sregistry config`), else ${XDG_CACHE_HOME:-~/.cache}/sregistry]
     #[arg(long, global = true, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
