@@ -569,28 +569,15 @@ mod tests {
             e.to_string(),
             "`/f.toml` line 3: `lock = \"nfs\"` is not valid: expected one of `ofd`, `fcntl`, `flock`"
         );
-        let e = file::parse(p, "# c\ncolour = 1\n").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("`/f.toml` line 2: unknown key `colour`"),
-            "{e}"
-        );
-        let e = file::parse(p, "retries = \"3\"\n").unwrap_err();
-        assert!(
-            e.to_string().contains("line 1: `retries` takes an integer"),
-            "{e}"
-        );
-        let e = file::parse(p, "a = 1\nb = = 2\n").unwrap_err();
-        assert!(
-            e.to_string()
-                .starts_with("`/f.toml` line 2: not valid TOML"),
-            "{e}"
-        );
-        let e = file::parse(p, "[cache]\nx = 1\n").unwrap_err();
-        assert!(
-            e.to_string().contains("line 1: `cache` takes a string"),
-            "{e}"
-        );
+        for (text, starts) in [
+            ("# c\ncolour = 1\n", "line 2: unknown key `colour`"),
+            ("retries = \"3\"\n", "line 1: `retries` takes an integer"),
+            ("a = 1\nb = = 2\n", "line 2: not valid TOML"),
+            ("[cache]\nx = 1\n", "line 1: `cache` takes a string"),
+        ] {
+            let e = file::parse(p, text).unwrap_err().to_string();
+            assert!(e.starts_with(&format!("`/f.toml` {starts}")), "{e}");
+        }
         let got = file::parse(p, "min_free = \"2G\"\n\nretries = 0\n").unwrap();
         assert_eq!(got[0].line, 1);
         assert_eq!(got[1].line, 3);

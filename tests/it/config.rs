@@ -382,20 +382,11 @@ fn a_file_another_user_cannot_read_is_an_error_a_hidden_one_is_missing() {
     write(&hidden.join("sregistry/config.toml"), "retries = 1\n");
     fs::set_permissions(&hidden, fs::Permissions::from_mode(0o700)).unwrap();
     let as_nobody = |config: Option<&Path>| {
-        let mut c = std::process::Command::new("setpriv");
-        c.args([
-            "--reuid",
-            "nobody",
-            "--regid",
-            "nogroup",
-            "--init-groups",
-            "--",
-        ])
-        .arg(&bin)
-        .arg("config")
-        .env("XDG_CONFIG_HOME", &hidden)
-        .env("SREGISTRY_TEST_SYSTEM_CONFIG", env.path("etc/config.toml"))
-        .env_remove("SREGISTRY_CONFIG");
+        let mut c = crate::shared::as_nobody(&bin);
+        c.arg("config")
+            .env("XDG_CONFIG_HOME", &hidden)
+            .env("SREGISTRY_TEST_SYSTEM_CONFIG", env.path("etc/config.toml"))
+            .env_remove("SREGISTRY_CONFIG");
         if let Some(f) = config {
             c.env("SREGISTRY_CONFIG", f);
         }
