@@ -409,3 +409,23 @@ fn a_file_another_user_cannot_read_is_an_error_a_hidden_one_is_missing() {
         "{err}"
     );
 }
+
+/// `offline = true` in the site's file makes every command offline, as `--offline` and
+/// `SREGISTRY_OFFLINE=1` do, and `config` names the file; `SREGISTRY_OFFLINE=0` wins over it.
+#[test]
+fn offline_in_the_site_file_is_offline() {
+    let env = Env::new();
+    write(&system(&env), "offline = true\n");
+    let v = config_json(&mut env.cmd());
+    assert_eq!(v["settings"]["offline"]["value"], true);
+    assert_eq!(v["settings"]["offline"]["line"], 1);
+    assert_fails(
+        env.cmd().args(["get", "https://127.0.0.1:9/x.sif"]),
+        3,
+        "is not in the cache (offline)",
+    );
+    let v = config_json(env.cmd().env("SREGISTRY_OFFLINE", "0"));
+    assert_eq!(v["settings"]["offline"]["value"], false);
+    let v = config_json(env.cmd().env("SREGISTRY_OFFLINE", "0").arg("--offline"));
+    assert_eq!(v["settings"]["offline"]["source"], "flag");
+}
