@@ -18,9 +18,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyType};
 
 use sregistry::cache::limits::Limits;
-use sregistry::cache::lock::{LockError, LockOptions};
+use sregistry::cache::lock::LockOptions;
 use sregistry::cache::{
-    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, IndexError, ProgressFn, Repoint,
+    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, ProgressFn, Repoint,
 };
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
@@ -171,8 +171,12 @@ fn unit_err(e: UnitError) -> PyErr {
     Python::attach(|py| raise(py, class_of(e.kind()), e.to_string()))
 }
 
-fn lock_err(e: LockError) -> PyErr {
-    cache_err(CacheError::Index(IndexError::Lock(e)))
+/// The configuration as the command line reads it (files, then `SREGISTRY_*`), read at
+/// each call that needs it, so a change to the environment or a file between calls
+/// counts; a fault in it raises the class of its kind (`InvalidInput` for a bad value).
+fn config() -> PyResult<Arc<sregistry::settings::Config>> {
+    sregistry::settings::current()
+        .map_err(|e| Python::attach(|py| raise(py, class_of(e.kind()), e.to_string())))
 }
 
 /// A path as `str`, as `Path::display` writes it (the same text: a path that is not
@@ -317,16 +321,16 @@ fn raise_failed(failed: &Mutex<Option<PyErr>>) -> PyResult<()> {
 
 /// Remote options with `progress` installed, and the receiver to ask afterwards whether
 /// the callback failed. The download limits and offline are the command line's, read at
-/// each call: `SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE` and `SREGISTRY_OFFLINE` (a
-/// value of the wrong form raises `InvalidInput`, naming the variable).
+/// each call: `max_download`, `min_free` and `offline` of the configuration files, or
+/// `SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE` and `SREGISTRY_OFFLINE` (a value of the
+/// wrong form raises `InvalidInput`, naming the variable, or the file, line and key).
 fn remote_opts(
     progress: Option<Py<PyAny>>,
     force: bool,
 ) -> PyResult<(RemoteOptions, Option<Arc<PyProgress>>)> {
-    let limits = Limits::from_env()
-        .map_err(|e| Python::attach(|py| raise(py, class_of(e.kind()), e.to_string())))?;
-    let offline = sregistry::settings::flag(&sregistry::settings::OFFLINE)
-        .map_err(|e| Python::attach(|py| raise(py, class_of(e.kind()), e.to_string())))?;
+    let config = config()?;
+    let limits = Limits::from_config(&config);
+    let offline = config.offline;
     let hook = progress.map(|callback| {
         Arc::new(PyProgress {
             callback,
@@ -503,8 +507,9 @@ impl PyCache {
             .filter(|r| !r.is_none())
             .map(|r| path_arg(r, "root"))
             .transpose()?;
-        let root = Cache::resolve_root(root.as_deref()).map_err(cache_err)?;
-        let mut locks = LockOptions::from_env().map_err(lock_err)?;
+        let config = config()?;
+        let root = Cache::resolve_root(root.as_deref(), &config).map_err(cache_err)?;
+        let mut locks = LockOptions::from_config(&config);
         if let Some(t) = lock_timeout {
             locks.timeout = Duration::try_from_secs_f64(t).map_err(|e| {
                 Python::attach(|py| raise(py, "InvalidInput", format!("lock_timeout {t}: {e}")))
@@ -891,8 +896,9 @@ fn is_remote(s: &str) -> bool {
 /// (`$SREGISTRY_CONFIG_DIR/credentials.json`, else under `${XDG_CONFIG_HOME:-~/.config}/sregistry`),
 /// or `None` when neither that nor `HOME` is set.
 #[pyfunction]
-fn credentials_path() -> Option<String> {
-    remote::auth::credentials_path().map(|p| p.display().to_string())
+fn credentials_path() -> PyResult<Option<String>> {
+    config()?;
+    Ok(remote::auth::credentials_path().map(|p| p.display().to_string()))
 }
 
 /// The name a pull of `remote` gives the image when no name is given (as `sregistry

@@ -3,8 +3,9 @@ names, each set to what it means for the sregistry cache.
 
 The old client read each of these from an environment variable of its own and kept a
 SQLite database and its files under ``~/.singularity``. Here the cache decides where
-things live: its root is ``$SREGISTRY_CACHE``, else ``${XDG_CACHE_HOME:-~/.cache}/sregistry``
-(as for ``sregistry.Cache()`` and the command line), and the other paths are inside it.
+things live: its root is ``$SREGISTRY_CACHE``, else ``cache`` in a configuration file
+(docs/configuration.md), else ``${XDG_CACHE_HOME:-~/.cache}/sregistry`` (as for
+``sregistry.Cache()`` and the command line), and the other paths are inside it.
 The old variables (``SREGISTRY_DATABASE``, ``SREGISTRY_STORAGE``, ``SREGISTRY_CLIENT``,
 ``SINGULARITY_CACHEDIR``, ``SINGULARITY_DISABLE_CACHE``, ...) are not read;
 ``sregistry migrate --from DIR`` brings an old database's images over once.

@@ -181,7 +181,7 @@ class Client:
     """The old client's local-database methods, over a ``sregistry.Cache``.
 
     ``cache`` is the cache's root (default: the command line's, ``$SREGISTRY_CACHE``,
-    else ``~/.cache/sregistry``); the old ``SREGISTRY_DATABASE`` and ``SREGISTRY_STORAGE``
+    else ``cache`` in a configuration file, else ``~/.cache/sregistry``); the old ``SREGISTRY_DATABASE`` and ``SREGISTRY_STORAGE``
     are not read (``sregistry migrate`` brings their images over).
     """
 

@@ -382,6 +382,51 @@ def test_a_download_that_declares_no_size_stops_at_SREGISTRY_MAX_DOWNLOAD(
     assert cache.pull(no_length_url).size == _NoLength.BODY
 
 
+def test_the_download_limits_of_a_configuration_file_hold_python_pulls(
+    tmp_path, pushed, no_length_url, monkeypatch
+):
+    """Danger: the Python package honouring the download limits only as variables, while
+    the command line takes them from its configuration files too (issue 23): `min_free` in
+    the user's file and `max_download` in the file SREGISTRY_CONFIG names hold its pulls,
+    read at each call, and a variable still wins over a file."""
+    remote, _ = pushed
+    for k in ("SREGISTRY_MIN_FREE", "SREGISTRY_MAX_DOWNLOAD", "SREGISTRY_CONFIG"):
+        monkeypatch.delenv(k, raising=False)
+    xdg = tmp_path / "xdg"
+    (xdg / "sregistry").mkdir(parents=True)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(xdg))
+    cache = sregistry.Cache(tmp_path / "c")
+    fs = os.statvfs(tmp_path)
+    (xdg / "sregistry" / "config.toml").write_text(
+        "min_free = %d\n" % (fs.f_blocks * fs.f_frsize)
+    )
+    with pytest.raises(sregistry.Error) as e:
+        cache.pull(remote)
+    assert "not enough space" in str(e.value)
+    monkeypatch.setenv("SREGISTRY_MIN_FREE", "0")
+    assert cache.pull(remote).size == BIG
+    named = tmp_path / "site.toml"
+    named.write_text("# site\nmax_download = \"1M\"\n")
+    monkeypatch.setenv("SREGISTRY_CONFIG", str(named))
+    with pytest.raises(sregistry.RemoteError) as e:
+        cache.pull(no_length_url)
+    assert "1 MiB" in str(e.value)
+    assert _tmp_left(tmp_path / "c") == []
+
+
+def test_a_fault_in_a_configuration_file_raises_naming_file_line_and_key(
+    tmp_path, monkeypatch
+):
+    """Danger: a mistake in a configuration file that the package ignores while the
+    command line refuses it (exit 2)."""
+    named = tmp_path / "site.toml"
+    named.write_text("retries = 2\nmin_free = \"plenty\"\n")
+    monkeypatch.setenv("SREGISTRY_CONFIG", str(named))
+    with pytest.raises(sregistry.InvalidInput) as e:
+        sregistry.Cache(tmp_path / "c")
+    assert str(e.value).startswith("`%s` line 2: `min_free = \"plenty\"`" % named), str(e.value)
+
+
 @pytest.mark.parametrize("var", ["SREGISTRY_MAX_DOWNLOAD", "SREGISTRY_MIN_FREE"])
 def test_a_download_limit_that_is_not_a_size_is_refused_naming_it(
     tmp_path, pushed, monkeypatch, var

@@ -18,8 +18,8 @@ use crate::error::ErrorKind;
 use crate::format::digest::Digest;
 
 /// The settings the lock messages name (`cache::lock` takes its constants from the same place).
-const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.name;
-const KIND_ENV: &str = crate::settings::LOCK.name;
+const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.var;
+const KIND_ENV: &str = crate::settings::LOCK.var;
 
 /// Cache failures. Each names the image or path involved and says what to do.
 #[derive(Debug, thiserror::Error)]
@@ -276,7 +276,7 @@ pub enum LockError {
     )]
     Lock { path: PathBuf, source: io::Error },
     #[error(transparent)]
-    Setting(#[from] crate::settings::SettingError),
+    Setting(#[from] crate::settings::ConfigError),
 }
 
 impl LockError {

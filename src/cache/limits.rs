@@ -14,9 +14,9 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 /// Environment variable: the most a download that declares no size may write.
-pub const MAX_DOWNLOAD_ENV: &str = crate::settings::MAX_DOWNLOAD.name;
+pub const MAX_DOWNLOAD_ENV: &str = crate::settings::MAX_DOWNLOAD.var;
 /// Environment variable: the free space a download must leave on the cache's filesystem.
-pub const MIN_FREE_ENV: &str = crate::settings::MIN_FREE.name;
+pub const MIN_FREE_ENV: &str = crate::settings::MIN_FREE.var;
 /// Default for [`Limits::max_download`].
 pub const DEFAULT_MAX_DOWNLOAD: u64 = 64 << 30;
 /// Default for [`Limits::min_free`].
@@ -40,19 +40,14 @@ impl Default for Limits {
     }
 }
 
-/// A limit set to something that is not a size.
-pub type LimitError = crate::settings::SettingError;
-
 impl Limits {
-    /// Defaults, overridden by `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (sizes:
-    /// `500M`, `10G`, `0`).
-    pub fn from_env() -> Result<Limits, LimitError> {
-        use crate::settings::{MAX_DOWNLOAD, MIN_FREE, size};
-        let d = Limits::default();
-        Ok(Limits {
-            max_download: size(&MAX_DOWNLOAD)?.unwrap_or(d.max_download),
-            min_free: size(&MIN_FREE)?.unwrap_or(d.min_free),
-        })
+    /// The bounds of the configuration (`max_download`, `min_free`: files,
+    /// `SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE`; sizes: `500M`, `10G`, `0`).
+    pub fn from_config(c: &crate::settings::Config) -> Limits {
+        Limits {
+            max_download: c.max_download,
+            min_free: c.min_free,
+        }
     }
 }
 

@@ -56,9 +56,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Environment variable bounding every lock wait.
-pub const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.name;
+pub const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.var;
 /// Environment variable choosing the lock primitive (`ofd`, the default, or `flock`).
-pub const KIND_ENV: &str = crate::settings::LOCK.name;
+pub const KIND_ENV: &str = crate::settings::LOCK.var;
 /// Default bound on a lock wait.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a wait goes on before [`LockOptions::on_wait`] hears of it.
@@ -117,17 +117,18 @@ impl Default for LockOptions {
 }
 
 impl LockOptions {
-    /// Defaults, overridden by `SREGISTRY_LOCK_TIMEOUT` and `SREGISTRY_LOCK`.
-    pub fn from_env() -> Result<LockOptions, LockError> {
-        use crate::settings;
-        let mut o = LockOptions::default();
-        if let Some(t) = settings::duration(&settings::LOCK_TIMEOUT)? {
-            o.timeout = t;
+    /// Defaults, with the primitive and the bound of the configuration (`lock`,
+    /// `lock_timeout`: files, `SREGISTRY_LOCK`, `SREGISTRY_LOCK_TIMEOUT`).
+    pub fn from_config(c: &crate::settings::Config) -> LockOptions {
+        LockOptions {
+            timeout: c.lock_timeout,
+            kind: if c.lock == "flock" {
+                Kind::Flock
+            } else {
+                Kind::Ofd
+            },
+            ..LockOptions::default()
         }
-        if let Some(k) = settings::one_of(&settings::LOCK)? {
-            o.kind = if k == "flock" { Kind::Flock } else { Kind::Ofd };
-        }
-        Ok(o)
     }
 }
 

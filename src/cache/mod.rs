@@ -123,8 +123,8 @@ pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
 pub use writer::release_all as release_writer_locks;
 
-/// Environment variable naming the cache root.
-pub const CACHE_ENV: &str = "SREGISTRY_CACHE";
+/// Environment variable naming the cache root (the configuration's `cache`).
+pub const CACHE_ENV: &str = crate::settings::CACHE.var;
 /// Directory of the current on-disk format (a format change means a new directory).
 pub const FORMAT_DIR: &str = "v1";
 
@@ -181,18 +181,20 @@ pub struct Info {
 }
 
 impl Cache {
-    /// The cache root from `--cache`, else `$SREGISTRY_CACHE`, else
+    /// The cache root: `explicit` (a program's own argument), else the configuration's
+    /// `cache` (`--cache`, `$SREGISTRY_CACHE`, the files), else
     /// `${XDG_CACHE_HOME:-~/.cache}/sregistry`.
-    pub fn resolve_root(explicit: Option<&Path>) -> Result<PathBuf, CacheError> {
+    pub fn resolve_root(
+        explicit: Option<&Path>,
+        config: &crate::settings::Config,
+    ) -> Result<PathBuf, CacheError> {
         let nonempty = |k: &str| {
             std::env::var_os(k)
                 .filter(|v| !v.is_empty())
                 .map(PathBuf::from)
         };
-        let root = if let Some(p) = explicit {
+        let root = if let Some(p) = explicit.or(config.cache.as_deref()) {
             p.to_path_buf()
-        } else if let Some(p) = nonempty(CACHE_ENV) {
-            p
         } else if let Some(p) = nonempty("XDG_CACHE_HOME") {
             p.join("sregistry")
         } else if let Some(h) = nonempty("HOME") {

@@ -36,7 +36,8 @@ pub struct Cli {
 /// The options every subcommand takes.
 #[derive(Debug, Args)]
 pub struct GlobalArgs {
-    /// Cache directory [default: $SREGISTRY_CACHE, else ${XDG_CACHE_HOME:-~/.cache}/sregistry]
+    /// Cache directory [default: $SREGISTRY_CACHE, else `cache` in a configuration file (see
+    /// `sregistry config`), else ${XDG_CACHE_HOME:-~/.cache}/sregistry]
     #[arg(long, global = true, value_name = "DIR")]
     pub cache: Option<PathBuf>,
 
@@ -49,7 +50,7 @@ pub struct GlobalArgs {
     pub quiet: bool,
 
     /// Contact no remote: `get` and `pull` answer from the cache; push, search and login
-    /// are refused [env: SREGISTRY_OFFLINE=1]
+    /// are refused [env: SREGISTRY_OFFLINE=1; `offline = true` in a configuration file]
     #[arg(long, global = true)]
     pub offline: bool,
 }
@@ -109,6 +110,7 @@ fn lean_command() -> clap::Command {
         ("init", &[], InitArgs::augment_args),
         ("doctor", &[], DoctorArgs::augment_args),
         ("migrate", &[], MigrateArgs::augment_args),
+        ("config", &[], ConfigArgs::augment_args),
         ("completions", &[], CompletionsArgs::augment_args),
     ];
     let mut cmd = GlobalArgs::augment_args(clap::Command::new("sregistry"))
@@ -152,6 +154,7 @@ pub enum Command {
     Init(InitArgs),
     Doctor(DoctorArgs),
     Migrate(MigrateArgs),
+    Config(ConfigArgs),
     Completions(CompletionsArgs),
 }
 
@@ -553,6 +556,25 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 fn parse_duration(s: &str) -> Result<u64, String> {
     sregistry::format::units::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Print the settings in effect and where each came from, or check a configuration file.
+///
+/// A setting comes from the last of these that gives it, key by key: its default,
+/// /etc/sregistry/config.toml, $XDG_CONFIG_HOME/sregistry/config.toml (default
+/// ~/.config/sregistry/config.toml), the file $SREGISTRY_CONFIG names, its SREGISTRY_*
+/// variable, its flag. The output is TOML, each line ending in a comment that names its
+/// source (file and line, variable, flag, default); the password is never shown. Every key,
+/// its variable, flag and default: docs/configuration.md. A fault in a file (not TOML, an
+/// unknown key, a wrong type or value) exits 2 naming the file, the line and the key.
+///
+/// Example: sregistry config --check /etc/sregistry/config.toml
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// Check FILE as a configuration file, and nothing else: exit 0 and list its settings,
+    /// or exit 2 naming the line and key of its first fault
+    #[arg(long, value_name = "FILE")]
+    pub check: Option<PathBuf>,
 }
 
 /// Print a shell completion script (bash, zsh, fish, elvish, powershell).

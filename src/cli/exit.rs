@@ -26,7 +26,7 @@ use sregistry::maintain::group::GroupError;
 use sregistry::maintain::migrate::{MigrateError, OldDbError};
 use sregistry::maintain::shared::SharedError;
 use sregistry::remote::RemoteError;
-use sregistry::settings::SettingError;
+use sregistry::settings::{ConfigError, SettingError};
 
 /// The documented exit codes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -122,6 +122,7 @@ fn kind_of(e: &(dyn std::error::Error + 'static)) -> Option<ErrorKind> {
         DigestError,
         UnitError,
         SettingError,
+        ConfigError,
         SifError,
         ConvertError,
         MigrateError,

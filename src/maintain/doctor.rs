@@ -86,7 +86,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     out.push(access);
     out.push(locks_check(cache, lock_kind));
     out.push(filesystem_check(root, lock_kind));
-    let limits = crate::cache::limits::Limits::from_env();
+    let limits = crate::settings::current().map(|c| crate::cache::limits::Limits::from_config(&c));
     out.push(space_check(root, limits.as_ref().map_or(0, |l| l.min_free)));
     out.push(downloads_check(&limits));
     let index = index_check(cache, read_only);
@@ -377,16 +377,16 @@ fn space_check(root: &Path, min_free: u64) -> Check {
     }
 }
 
-/// The bounds downloads are held to (`SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE`).
+/// The bounds downloads are held to (`max_download`, `min_free`).
 fn downloads_check(
-    limits: &Result<crate::cache::limits::Limits, crate::cache::limits::LimitError>,
+    limits: &Result<crate::cache::limits::Limits, crate::settings::ConfigError>,
 ) -> Check {
     match limits {
         Ok(l) => check(
             "downloads",
             Status::Pass,
             format!(
-                "at most {} where a remote declares no size (SREGISTRY_MAX_DOWNLOAD); {} kept free (SREGISTRY_MIN_FREE)",
+                "at most {} where a remote declares no size (max_download, SREGISTRY_MAX_DOWNLOAD); {} kept free (min_free, SREGISTRY_MIN_FREE)",
                 crate::format::units::format_size(l.max_download),
                 crate::format::units::format_size(l.min_free)
             ),

@@ -218,10 +218,13 @@ fn absolute_env(k: &str) -> Option<PathBuf> {
         .filter(|p| p.is_absolute())
 }
 
+/// The configuration's `config_dir` (a configuration that cannot be read has been
+/// refused before: the command line and the Python package load it first), else the XDG
+/// default.
 fn config_dir() -> Option<PathBuf> {
-    std::env::var_os("SREGISTRY_CONFIG_DIR")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
+    crate::settings::current()
+        .ok()
+        .and_then(|c| c.config_dir.clone())
         .or_else(|| absolute_env("XDG_CONFIG_HOME").map(|p| p.join("sregistry")))
         .or_else(|| absolute_env("HOME").map(|h| h.join(".config").join("sregistry")))
 }

@@ -137,7 +137,7 @@ pub enum RemoteError {
         attempts: u32,
     },
     #[error(transparent)]
-    Setting(#[from] crate::settings::SettingError),
+    Setting(#[from] crate::settings::ConfigError),
     #[error(
         "`{name}` was pointed at other content while this pull of `{remote}` checked it; nothing was changed (run the pull again)"
     )]

@@ -34,25 +34,19 @@ const ANNOUNCE_AFTER: Duration = Duration::from_secs(3);
 /// Time-outs of one request before it is given up.
 const MAX_TIMEOUTS: u32 = 2;
 
-/// Retries of a request when `SREGISTRY_RETRIES` is unset.
-const DEFAULT_RETRIES: u32 = 3;
-
-/// Retries of a remote request: `SREGISTRY_RETRIES`, else 3.
-pub(super) fn retries() -> Result<u32, crate::settings::SettingError> {
-    Ok(crate::settings::count(&crate::settings::RETRIES)?.unwrap_or(DEFAULT_RETRIES))
+/// Retries of a remote request: the configuration's `retries` (`SREGISTRY_RETRIES`,
+/// default 3).
+pub(super) fn retries() -> Result<u32, crate::settings::ConfigError> {
+    Ok(crate::settings::current()?.retries)
 }
-
-/// Default for `SREGISTRY_TIMEOUT` (how long a connection may stay silent: no answer, no
-/// body bytes).
-const DEFAULT_IDLE: Duration = Duration::from_secs(30);
 
 /// Longest wait for a TCP (and TLS) connection to be set up.
 const CONNECT: Duration = Duration::from_secs(10);
 
-/// How long a connection may stay silent: `SREGISTRY_TIMEOUT`, else 30 s. A value that
-/// does not parse is refused.
-pub(super) fn idle_timeout() -> Result<Duration, crate::settings::SettingError> {
-    Ok(crate::settings::duration(&crate::settings::TIMEOUT)?.unwrap_or(DEFAULT_IDLE))
+/// How long a connection may stay silent (no answer, no body bytes): the configuration's
+/// `timeout` (`SREGISTRY_TIMEOUT`, default 30 s).
+pub(super) fn idle_timeout() -> Result<Duration, crate::settings::ConfigError> {
+    Ok(crate::settings::current()?.timeout)
 }
 
 /// Clients without and with `--insecure`.

@@ -437,29 +437,6 @@ fn bad_settings_are_usage_errors_that_name_the_variable() {
     }
 }
 
-/// Every `SREGISTRY_*` variable the library reads is in docs/commands.md's table, and the
-/// table names no variable the library does not read.
-#[test]
-fn the_environment_table_in_the_docs_is_the_settings_table() {
-    let doc = fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/commands.md")).unwrap();
-    let table = doc
-        .split("## Environment")
-        .nth(1)
-        .expect("docs/commands.md has an Environment section");
-    let mut documented: Vec<&str> = table
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `SREGISTRY_"))
-        .map(|l| &l[..l.find('`').unwrap()])
-        .collect();
-    documented.sort();
-    let mut read: Vec<&str> = sregistry::settings::VARS
-        .iter()
-        .map(|v| v.name.strip_prefix("SREGISTRY_").unwrap())
-        .collect();
-    read.sort();
-    assert_eq!(documented, read);
-}
-
 /// Every pause point the source stops at (`testhook::pause("...")`) is listed in
 /// docs/development.md, which tests that kill or race a command at one rely on.
 #[test]

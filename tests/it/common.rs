@@ -40,14 +40,22 @@ impl Env {
         c
     }
 
-    /// The binary with this cache; credentials come only from this test's own
-    /// directories, and no setting of the caller's environment leaks in.
+    /// The binary with this cache; credentials and configuration files come only from
+    /// this test's own directories (`etc/config.toml` in place of
+    /// `/etc/sregistry/config.toml`, `xdg/sregistry/config.toml`; none exists unless the
+    /// test writes it), and no setting of the caller's environment leaks in.
     fn scrubbed(&self) -> StdCommand {
         let mut c = StdCommand::new(env!("CARGO_BIN_EXE_sregistry"));
         c.env("SREGISTRY_CACHE", &self.cache)
             .env("SREGISTRY_CONFIG_DIR", self.dir.path().join("config"))
-            .env("DOCKER_CONFIG", self.dir.path().join("docker"));
+            .env("DOCKER_CONFIG", self.dir.path().join("docker"))
+            .env(
+                "SREGISTRY_TEST_SYSTEM_CONFIG",
+                self.dir.path().join("etc/config.toml"),
+            )
+            .env("XDG_CONFIG_HOME", self.dir.path().join("xdg"));
         for var in [
+            "SREGISTRY_CONFIG",
             "SREGISTRY_PASSWORD",
             "SREGISTRY_NOW",
             "SREGISTRY_LOCK",

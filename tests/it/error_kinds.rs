@@ -25,6 +25,7 @@ fn every_public_error_type_is_nameable_and_has_a_kind() {
     has_kind(sregistry::format::reference::ReferenceError::kind);
     has_kind(sregistry::format::units::UnitError::kind);
     has_kind(sregistry::settings::SettingError::kind);
+    has_kind(sregistry::settings::ConfigError::kind);
     has_kind(sregistry::maintain::migrate::MigrateError::kind);
     has_kind(sregistry::maintain::migrate::OldDbError::kind);
     has_kind(sregistry::maintain::shared::SharedError::kind);

@@ -6,6 +6,7 @@ mod common;
 mod support;
 
 mod bad_input;
+mod config;
 mod contention;
 mod convert;
 mod crash;

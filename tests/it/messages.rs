@@ -248,16 +248,7 @@ fn doctor_outside_the_group_says_reads_work_and_blames_permissions() {
     let (env, bin, cache) = crate::shared::shared_cache_for_the_users();
     crate::shared::alice_adds_lab_tool(&env, &bin, &cache, b"content of a");
     let as_nobody = |args: &[&str]| {
-        std::process::Command::new("setpriv")
-            .args([
-                "--reuid",
-                "nobody",
-                "--regid",
-                "nogroup",
-                "--init-groups",
-                "--",
-            ])
-            .arg(&bin)
+        crate::shared::as_nobody(&bin)
             .args(args)
             .env("SREGISTRY_CACHE", &cache)
             .output()

@@ -35,6 +35,22 @@ pub(crate) fn public_binary(dir: &Path) -> PathBuf {
     bin
 }
 
+/// The binary as `nobody` (group `nogroup`): a user in no group of the cache's, with
+/// nothing of the caller's environment changed.
+pub(crate) fn as_nobody(bin: &Path) -> Command {
+    let mut c = Command::new("setpriv");
+    c.args([
+        "--reuid",
+        "nobody",
+        "--regid",
+        "nogroup",
+        "--init-groups",
+        "--",
+    ])
+    .arg(bin);
+    c
+}
+
 /// Run the binary as `user` with umask 077.
 pub(crate) fn as_user(user: &str, bin: &Path, cache: &Path, args: &[&str]) -> std::process::Output {
     Command::new("setpriv")

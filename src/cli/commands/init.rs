@@ -15,12 +15,12 @@ use sregistry::maintain::shared::{self, Outcome};
 
 pub fn run(
     args: &InitArgs,
-    global_cache: Option<&Path>,
+    config: &sregistry::settings::Config,
     lock: &LockOptions,
     json: bool,
     quiet: bool,
 ) -> Result<()> {
-    let root = Cache::resolve_root(args.dir.as_deref().or(global_cache))?;
+    let root = Cache::resolve_root(args.dir.as_deref(), config)?;
     let want = match (&args.group, args.shared) {
         (Some(g), true) => {
             // A group that does not exist is a bad argument (exit 2); a lookup that

@@ -16,8 +16,8 @@ pub fn run(ctx: &Ctx, args: &LoginArgs) -> Result<()> {
             .read_to_string(&mut s)
             .context("cannot read the password from stdin")?;
         s.trim_end_matches(['\n', '\r']).to_string()
-    } else if let Ok(p) = std::env::var("SREGISTRY_PASSWORD") {
-        p
+    } else if let Some(p) = &ctx.config.password {
+        p.clone()
     } else {
         return Err(UsageError(
             "no password: pass --password-stdin (echo \"$TOKEN\" | sregistry login HOST -u USER --password-stdin) or set SREGISTRY_PASSWORD".into(),

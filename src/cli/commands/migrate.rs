@@ -11,7 +11,7 @@ use sregistry::maintain::migrate::{self, MigrateOptions, Outcome};
 pub fn run(ctx: &Ctx, args: &MigrateArgs) -> Result<()> {
     let dir = match &args.from {
         Some(d) => d.clone(),
-        None => migrate::default_dir()?,
+        None => migrate::default_dir(&ctx.config)?,
     };
     let db = migrate::database_path(&dir);
     let opts = MigrateOptions {

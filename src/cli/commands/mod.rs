@@ -4,6 +4,7 @@
 
 pub mod add;
 pub mod completions;
+pub mod config;
 pub mod doctor;
 pub mod export;
 pub mod gc;
@@ -29,10 +30,12 @@ use crate::cli::{Cli, Command};
 use sregistry::cache::Cache;
 use sregistry::cache::lock::LockOptions;
 use sregistry::format::reference::Reference;
+use sregistry::settings::{self, Config, Source, Value};
 
-/// What every command gets: the cache and the global output switches.
+/// What every command gets: the cache, the configuration and the global output switches.
 pub struct Ctx {
     pub cache: Cache,
+    pub config: std::sync::Arc<Config>,
     pub json: bool,
     pub quiet: bool,
     pub lock: LockOptions,
@@ -50,8 +53,8 @@ impl Ctx {
 }
 
 /// Options for remotes from the command line: a progress bar (and "waiting for ..."
-/// messages) only on a terminal and without --quiet; the download limits from
-/// `SREGISTRY_MAX_DOWNLOAD` and `SREGISTRY_MIN_FREE` (a bad value is a usage error).
+/// messages) only on a terminal and without --quiet; the download limits of the
+/// configuration (`max_download`, `min_free`).
 pub fn remote_options(
     ctx: &Ctx,
     insecure: bool,
@@ -59,8 +62,7 @@ pub fn remote_options(
 ) -> Result<sregistry::remote::RemoteOptions> {
     use std::io::IsTerminal;
     keep_heap_for_transfers();
-    let limits = sregistry::cache::limits::Limits::from_env()
-        .map_err(|e| crate::cli::exit::UsageError(e.to_string()))?;
+    let limits = sregistry::cache::limits::Limits::from_config(&ctx.config);
     Ok(sregistry::remote::RemoteOptions {
         insecure,
         endpoint,
@@ -142,10 +144,36 @@ pub fn run(cli: Cli) -> Result<()> {
     if let Command::Completions(args) = &cli.command {
         return completions::run(args);
     }
-    // A setting that is set to nonsense is refused before anything is done, whichever
-    // setting this command would read.
-    sregistry::settings::check().map_err(|e| crate::cli::exit::UsageError(e.to_string()))?;
-    let mut lock = LockOptions::from_env()?;
+    if let Command::Config(args) = &cli.command
+        && let Some(file) = &args.check
+    {
+        return config::check(file, cli.global.json);
+    }
+    // The configuration is read once, here: a setting that is set to nonsense is refused
+    // before anything is done, whichever setting this command would read.
+    let mut config = settings::load()?;
+    if let Some(dir) = &cli.global.cache {
+        config.set(
+            &settings::CACHE,
+            Value::Path(dir.clone()),
+            Source::Flag("--cache"),
+        );
+    }
+    if cli.global.offline {
+        let flag = Source::Flag("--offline");
+        config.set(&settings::OFFLINE, Value::Bool(true), flag);
+    }
+    if let Command::Migrate(a) = &cli.command
+        && let Some(dir) = &a.from
+    {
+        let flag = Source::Flag("migrate --from");
+        config.set(&settings::DATABASE, Value::Path(dir.clone()), flag);
+    }
+    let config = settings::install(config);
+    if let Command::Config(_) = &cli.command {
+        return config::show(&config, cli.global.json);
+    }
+    let mut lock = LockOptions::from_config(&config);
     if !cli.global.quiet {
         lock.on_wait = Some(sregistry::cache::lock::OnWait(std::sync::Arc::new(
             |path| {
@@ -162,23 +190,16 @@ pub fn run(cli: Cli) -> Result<()> {
         )));
     }
     if let Command::Init(args) = &cli.command {
-        return init::run(
-            args,
-            cli.global.cache.as_deref(),
-            &lock,
-            cli.global.json,
-            cli.global.quiet,
-        );
+        return init::run(args, &config, &lock, cli.global.json, cli.global.quiet);
     }
-    let root = Cache::resolve_root(cli.global.cache.as_deref())?;
+    let root = Cache::resolve_root(None, &config)?;
     let ctx = Ctx {
         cache: Cache::open(&root, lock.clone())?,
         json: cli.global.json,
         quiet: cli.global.quiet,
         lock,
-        offline: cli.global.offline
-            || sregistry::settings::flag(&sregistry::settings::OFFLINE)
-                .map_err(|e| crate::cli::exit::UsageError(e.to_string()))?,
+        offline: config.offline,
+        config,
     };
     match &cli.command {
         Command::Add(a) => add::run(&ctx, a),
@@ -200,6 +221,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Migrate(a) => migrate::run(&ctx, a),
-        Command::Completions(_) | Command::Init(_) => unreachable!("handled above"),
+        Command::Completions(_) | Command::Init(_) | Command::Config(_) => {
+            unreachable!("handled above")
+        }
     }
 }

@@ -57,7 +57,7 @@ pub const LABEL_ROW: &str = "org.sregistry.migrate.row";
 /// The row's `created_at` (`YYYY-MM-DD HH:MM:SS`, UTC).
 pub const LABEL_CREATED: &str = "org.sregistry.migrate.created";
 /// The old client's variable naming the directory that holds `sregistry.db`.
-pub const DATABASE_ENV: &str = "SREGISTRY_DATABASE";
+pub const DATABASE_ENV: &str = crate::settings::DATABASE.var;
 
 /// Why migrate could not run at all.
 #[derive(Debug, thiserror::Error)]
@@ -198,14 +198,14 @@ pub struct Report {
     pub rows: Vec<RowReport>,
 }
 
-/// The directory the old client keeps its database in: `$SREGISTRY_DATABASE`, else
-/// `~/.singularity`.
-pub fn default_dir() -> Result<PathBuf, MigrateError> {
-    let var = |k: &str| std::env::var_os(k).filter(|v| !v.is_empty());
-    if let Some(d) = var(DATABASE_ENV) {
-        return Ok(PathBuf::from(d));
+/// The directory the old client keeps its database in: the configuration's `database`
+/// (`$SREGISTRY_DATABASE`), else `~/.singularity`.
+pub fn default_dir(config: &crate::settings::Config) -> Result<PathBuf, MigrateError> {
+    if let Some(d) = &config.database {
+        return Ok(d.clone());
     }
-    var("HOME")
+    std::env::var_os("HOME")
+        .filter(|v| !v.is_empty())
         .map(|h| PathBuf::from(h).join(".singularity"))
         .ok_or(MigrateError::NoDefault)
 }
