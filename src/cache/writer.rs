@@ -75,7 +75,11 @@ fn claim_parked(locks: &Path, host: &str, to: &Path) -> bool {
                 return true;
             }
             Ok(()) => {
-                let _ = std::fs::remove_file(to);
+                // A directory goes only if empty; whatever stays now holds this writer's
+                // name, which it then leaves for a new one (`token`).
+                if std::fs::remove_file(to).is_err() {
+                    let _ = std::fs::remove_dir(to);
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return false,
             Err(_) => {}
@@ -168,7 +172,13 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
         );
         let token = format!("{pid}-{}", &salt.hex()[..12]);
         let path = lock_path(locks, &token, host);
-        let guard = if attempt == 0 && claim_parked(locks, host, &path) {
+        let claimed = attempt == 0 && claim_parked(locks, host, &path);
+        if !claimed && std::fs::symlink_metadata(&path).is_ok() {
+            // What a slot held (not a plain file, and not removable: a directory with
+            // something in it) now has this name: take another.
+            continue;
+        }
+        let guard = if claimed {
             let at_once = LockOptions {
                 timeout: std::time::Duration::ZERO,
                 ..opts.clone()
@@ -430,6 +440,40 @@ mod tests {
                 .is_file()
         );
         assert!(!parked_path(dir.path(), 0, "h").exists());
+        release_all();
+    }
+
+    /// A directory planted at a slot (any member of the group can make one) left the
+    /// writer with no lock at all: it took the directory's new name as its lock file,
+    /// could not open it, and wrote unprotected, so a gc removed its staged file under it
+    /// (found by a hostile test). It now takes a lock under a name of its own.
+    #[test]
+    fn a_parking_slot_holding_a_directory_leaves_the_writer_a_lock_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let planted = parked_path(dir.path(), 0, "h");
+        std::fs::create_dir(&planted).unwrap();
+        std::fs::write(planted.join("inside"), b"").unwrap();
+        let t = token(dir.path(), &LockOptions::default(), "h").expect("a writer lock");
+        let path = lock_path(dir.path(), &t, "h");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        assert!(is_live(&path, Kind::Ofd));
+        release_all();
+        // An empty one is removed.
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(parked_path(dir.path(), 0, "h")).unwrap();
+        let t = token(dir.path(), &LockOptions::default(), "h").expect("a writer lock");
+        assert!(is_live(&lock_path(dir.path(), &t, "h"), Kind::Ofd));
+        let dirs = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_type().unwrap().is_dir())
+            .count();
+        assert_eq!(dirs, 0);
         release_all();
     }
 

@@ -73,6 +73,49 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Given>, ConfigError> {
     Ok(out)
 }
 
+/// The most a configuration file may hold: a file of settings is a few hundred bytes.
+const MAX_FILE: u64 = 1 << 20;
+
+/// The bytes of the regular file at `path`, at most [`MAX_FILE`] of them. Opened without
+/// waiting (a FIFO or a device put there would otherwise hang every command, `get`
+/// included) and refused unless it is a regular file.
+fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.file_type().is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a regular file (a FIFO, a device or a socket is not read)",
+        ));
+    }
+    if meta.len() > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "larger than {} KiB, too large for a configuration file",
+                MAX_FILE >> 10
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "larger than {} KiB, too large for a configuration file",
+                MAX_FILE >> 10
+            ),
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Read the file at `path`: `Ok(None)` when it does not exist (nor a directory on its
 /// way), an error when it is there and cannot be read, or is not UTF-8. One `open` when it
 /// is missing. A directory on the way that this user may not search (a `HOME` of another
@@ -83,7 +126,7 @@ pub fn read(path: &Path) -> Result<Option<String>, ConfigError> {
         path: PathBuf::from(path),
         source,
     };
-    match std::fs::read(path) {
+    match read_regular(path) {
         Ok(bytes) => String::from_utf8(bytes)
             .map(Some)
             .map_err(|e| ConfigError::File {

@@ -429,3 +429,53 @@ fn offline_in_the_site_file_is_offline() {
     let v = config_json(env.cmd().env("SREGISTRY_OFFLINE", "0").arg("--offline"));
     assert_eq!(v["settings"]["offline"]["source"], "flag");
 }
+
+/// A FIFO or a device where a configuration file should be hung every command, `get`
+/// included, reading without end (found by a hostile test); a file larger than any
+/// configuration ran it out of memory. Each is now refused at once, exit 1, naming it.
+#[test]
+fn a_fifo_a_device_or_a_huge_file_as_configuration_is_refused_not_waited_on() {
+    let env = Env::new();
+    let fifo = env.path("fifo.toml");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+    fs::create_dir_all(user(&env).parent().unwrap()).unwrap();
+    std::os::unix::fs::symlink(&fifo, user(&env)).unwrap();
+    let start = std::time::Instant::now();
+    let err = assert_fails(
+        env.cmd()
+            .args(["get", "x"])
+            .timeout(std::time::Duration::from_secs(20)),
+        1,
+        "not a regular file",
+    );
+    assert!(err.contains(user(&env).to_str().unwrap()), "{err}");
+    fs::remove_file(user(&env)).unwrap();
+    for dev in ["/dev/zero", "/dev/urandom"] {
+        assert_fails(
+            env.cmd()
+                .env("SREGISTRY_CONFIG", dev)
+                .args(["get", "x"])
+                .timeout(std::time::Duration::from_secs(20)),
+            1,
+            "not a regular file",
+        );
+    }
+    assert_fails(
+        env.cmd()
+            .args(["config", "--check"])
+            .arg(&fifo)
+            .timeout(std::time::Duration::from_secs(20)),
+        1,
+        "not a regular file",
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    let huge = env.path("huge.toml");
+    fs::write(&huge, "# a comment\n".repeat(200_000)).unwrap();
+    assert_fails(
+        env.cmd().env("SREGISTRY_CONFIG", &huge).args(["get", "x"]),
+        1,
+        "too large for a configuration file",
+    );
+}
