@@ -42,7 +42,7 @@ pub enum CacheError {
     )]
     BlobMissing { name: String, path: PathBuf },
     #[error(
-        "image `{name}` was quarantined by verify because its content no longer matches its digest (now at `{path}`); run `sregistry verify --repair`, or add it again"
+        "image `{name}` was quarantined by verify: its content no longer matched its digest, or its file was not the one sregistry put there (now at `{path}`); run `sregistry verify --repair`, or add it again"
     )]
     Quarantined { name: String, path: PathBuf },
     #[error(
