@@ -61,6 +61,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Vec<Given>, ConfigError> {
                     "`{name} = {shown}` is not valid: expected {}",
                     key.form.expected()
                 ),
+                Refused::Why { shown, why } => format!("`{name} = {shown}` is not valid: {why}"),
             };
             fault(v.span().start, Some(name), problem)
         })?;

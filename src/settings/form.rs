@@ -83,7 +83,7 @@ impl Form {
 /// `s` read in `form` (a variable's or a flag's text); `None` when the form does not take it.
 pub fn from_text(form: Form, s: &str) -> Option<Value> {
     match form {
-        Form::Path => Some(Value::Path(PathBuf::from(s))),
+        Form::Path => plain_path(s).then(|| Value::Path(PathBuf::from(s))),
         Form::Text | Form::Secret => Some(Value::Text(s.to_string())),
         Form::Size => crate::format::units::parse_size(s).ok().map(Value::Size),
         Form::Duration { positive } => parse_duration(s)
@@ -129,6 +129,9 @@ pub enum Refused {
     Type { takes: &'static str, found: String },
     /// The right type, a value the form does not accept: the value as written.
     Value(String),
+    /// The right type, a value refused for a reason of its own: the value as written, and
+    /// the reason.
+    Why { shown: String, why: &'static str },
 }
 
 /// A configuration file's value read in `form`.
@@ -139,6 +142,10 @@ pub fn from_toml(form: Form, v: &DeValue<'_>) -> Result<Value, Refused> {
     };
     match (form, v) {
         (Form::Path, DeValue::String(s)) => absolute(s).map(Value::Path),
+        (Form::Secret, DeValue::String(s)) if s.is_empty() => Err(Refused::Why {
+            shown: "\"\"".into(),
+            why: "it is empty (leave the key out to leave it unset)",
+        }),
         (Form::Text | Form::Secret, DeValue::String(s)) => Ok(Value::Text(s.to_string())),
         (Form::OneOf(_), DeValue::String(s)) => {
             from_text(form, s).ok_or_else(|| Refused::Value(format!("\"{}\"", shown(s))))
@@ -174,14 +181,28 @@ pub fn from_toml(form: Form, v: &DeValue<'_>) -> Result<Value, Refused> {
 /// directory for every directory a command runs from).
 fn absolute(s: &str) -> Result<PathBuf, Refused> {
     let p = PathBuf::from(s);
-    if p.is_absolute() {
+    let refuse = |why| {
+        Err(Refused::Why {
+            shown: format!("\"{}\"", shown(s)),
+            why,
+        })
+    };
+    if !plain_path(s) {
+        refuse(NOT_PLAIN)
+    } else if p.is_absolute() {
         Ok(p)
     } else {
-        Err(Refused::Value(format!(
-            "\"{}\" (a path in a configuration file must be absolute)",
-            shown(s)
-        )))
+        refuse("a path in a configuration file must be absolute")
     }
+}
+
+/// Why a path with a NUL byte or a line break is refused.
+const NOT_PLAIN: &str = "a path cannot hold a NUL byte or a line break";
+
+/// A path the system can name and a message can show on one line: no NUL byte (no system
+/// call takes it), no line break.
+fn plain_path(s: &str) -> bool {
+    !s.contains(['\0', '\n', '\r'])
 }
 
 pub(super) fn shown(s: &str) -> String {
@@ -300,7 +321,25 @@ mod tests {
         assert_eq!(with(count, "21"), Err(Refused::Value("21".into())));
         assert!(matches!(with(count, "\"3\""), Err(Refused::Type { .. })));
         assert_eq!(with(Form::Path, "\"/x\""), Ok(Value::Path("/x".into())));
-        assert!(matches!(with(Form::Path, "\"x\""), Err(Refused::Value(_))));
+        assert!(matches!(
+            with(Form::Path, "\"x\""),
+            Err(Refused::Why { why, .. }) if why.contains("absolute")
+        ));
+        // Found by a hostile test: a NUL byte was taken, and every command then failed
+        // with it in its message; a line break split messages and `info` in two.
+        for bad in ["\"/a\\u0000b\"", "\"/a\\nb\""] {
+            assert!(matches!(
+                with(Form::Path, bad),
+                Err(Refused::Why { why: NOT_PLAIN, .. })
+            ));
+        }
+        assert_eq!(from_text(Form::Path, "/a\nb"), None);
+        assert_eq!(from_text(Form::Path, "/a\0b"), None);
+        assert!(matches!(
+            with(Form::Secret, "\"\""),
+            Err(Refused::Why { why, .. }) if why.contains("empty")
+        ));
+        assert_eq!(with(Form::Secret, "\"s\""), Ok(Value::Text("s".into())));
         assert_eq!(with(Form::Bool, "true"), Ok(Value::Bool(true)));
         assert_eq!(
             with(Form::Paths, "[\"/a\", \"/b\"]"),
