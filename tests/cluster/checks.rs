@@ -620,7 +620,7 @@ impl LoopCmd {
         let msg: Vec<&str> = self
             .err
             .lines()
-            .filter(|l| !l.starts_with("waiting for lock"))
+            .filter(|l| !l.starts_with("waiting for lock") && !l.starts_with("paused at"))
             .collect();
         let one = msg.len() == 1 && msg[0].starts_with("error: ") && !self.err.contains("panicked");
         let lost_lock = self.err.contains("did not give back this client's lock");
@@ -683,8 +683,39 @@ touch /tmp/t6/done' >/dev/null 2>&1 &"#
     // back: a command that started before the first and ended after the second was in
     // flight through the whole outage.
     let clock = |n: &Node| us(n.sh("echo $EPOCHREALTIME").ok().stdout.trim());
-    let down_at: Vec<u64> = cl.clients.iter().map(clock).collect();
+    // Read one node after another, each reading is moved on by the host's time between it
+    // and the kill, so that a command started in between counts as in flight too (with
+    // faster adds, every command running at the kill had often started after the first
+    // node's reading, and none counted).
+    let read: Vec<(u64, Instant)> = cl
+        .clients
+        .iter()
+        .map(|n| (clock(n), Instant::now()))
+        .collect();
+    // And one add certain to be in flight through the outage, whatever the loops' timing:
+    // started now on node1, paused with its file staged (no index lock held), and let go
+    // a second later, when the server is dead; it logs as the loops do.
+    n1.sh(&format!(
+        "rm -f /tmp/t6.resume; SREGISTRY_TEST_PAUSE=add-staged SREGISTRY_TEST_RESUME=/tmp/t6.resume \
+         setsid sh -c 't0=$EPOCHREALTIME; sregistry-hooks --cache {c} add /host/data/g1 \
+         --name t6/inflight:1 >/dev/null 2>/tmp/t6/err.add.inflight; rc=$?; \
+         echo \"add t6/inflight:1 g1 $rc $t0 $EPOCHREALTIME inflight\" >>/tmp/t6/log' \
+         >/dev/null 2>&1 &"
+    ))
+    .ok();
+    wait_for(
+        n1,
+        "/tmp/t6/err.add.inflight",
+        "paused at",
+        Duration::from_secs(60),
+    );
     let t = Instant::now();
+    let down_at: Vec<u64> = read
+        .iter()
+        .map(|(at, when)| at + t.duration_since(*when).as_micros() as u64)
+        .collect();
+    n1.sh("(sleep 1; touch /tmp/t6.resume) >/dev/null 2>&1 &")
+        .ok();
     cl.reboot(&cl.server, Duration::from_secs(120));
     let down = t.elapsed().as_secs_f64();
     let up_at: Vec<u64> = cl.clients.iter().map(clock).collect();
