@@ -421,6 +421,20 @@ mod tests {
         release_all();
     }
 
+    /// Take the writer lock of host `h` in `locks`: it is a plain file, held; its path.
+    fn own_plain_lock(locks: &Path) -> PathBuf {
+        let t = token(locks, &LockOptions::default(), "h").expect("a writer lock");
+        let path = lock_path(locks, &t, "h");
+        assert!(
+            std::fs::symlink_metadata(&path)
+                .unwrap()
+                .file_type()
+                .is_file()
+        );
+        assert!(is_live(&path, Kind::Ofd));
+        path
+    }
+
     /// A member of the group can put anything at a slot's known name: a symbolic link
     /// (here to a FIFO, which an open would wait on forever) is thrown away, not opened.
     #[test]
@@ -431,14 +445,7 @@ mod tests {
         // SAFETY: a NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
         std::os::unix::fs::symlink(&fifo, parked_path(dir.path(), 0, "h")).unwrap();
-        let t = token(dir.path(), &LockOptions::default(), "h").unwrap();
-        let path = lock_path(dir.path(), &t, "h");
-        assert!(
-            std::fs::symlink_metadata(&path)
-                .unwrap()
-                .file_type()
-                .is_file()
-        );
+        own_plain_lock(dir.path());
         assert!(!parked_path(dir.path(), 0, "h").exists());
         release_all();
     }
@@ -453,15 +460,7 @@ mod tests {
         let planted = parked_path(dir.path(), 0, "h");
         std::fs::create_dir(&planted).unwrap();
         std::fs::write(planted.join("inside"), b"").unwrap();
-        let t = token(dir.path(), &LockOptions::default(), "h").expect("a writer lock");
-        let path = lock_path(dir.path(), &t, "h");
-        assert!(
-            std::fs::symlink_metadata(&path)
-                .unwrap()
-                .file_type()
-                .is_file()
-        );
-        assert!(is_live(&path, Kind::Ofd));
+        own_plain_lock(dir.path());
         release_all();
         // An empty one is removed.
         let dir = tempfile::tempdir().unwrap();

@@ -272,8 +272,14 @@ fn cached_from(
     opts: &RemoteOptions,
 ) -> Result<Option<PathBuf>, RemoteError> {
     let pulled_from_here = |rec: &crate::cache::RefRecord| pulled_from(rec, remote, opts);
-    match cache.get_where(name, pulled_from_here) {
-        Ok(p) => Ok(p),
+    none_if_not_cached(cache.get_where(name, pulled_from_here))
+}
+
+/// A cache lookup's answer, with a name that is not there, or whose file is missing or
+/// quarantined, taken as nothing cached.
+fn none_if_not_cached<T>(found: Result<Option<T>, CacheError>) -> Result<Option<T>, RemoteError> {
+    match found {
+        Ok(t) => Ok(t),
         Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => Ok(None),
         Err(e) if e.is_not_found() => Ok(None),
         Err(e) => Err(e.into()),
@@ -288,14 +294,9 @@ fn cached_entry(
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<Option<crate::cache::Entry>, RemoteError> {
-    match cache.entry_in_use(name, |e| {
+    none_if_not_cached(cache.entry_in_use(name, |e| {
         came_from(e.source.as_deref(), &e.labels, remote, opts)
-    }) {
-        Ok(e) => Ok(e),
-        Err(CacheError::BlobMissing { .. }) | Err(CacheError::Quarantined { .. }) => Ok(None),
-        Err(e) if e.is_not_found() => Ok(None),
-        Err(e) => Err(e.into()),
-    }
+    }))
 }
 
 /// `pull REMOTE [--name REF]`: download, unless the name already holds what the remote

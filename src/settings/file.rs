@@ -94,16 +94,8 @@ fn read_regular(path: &Path) -> std::io::Result<Vec<u8>> {
             "not a regular file (a FIFO, a device or a socket is not read)",
         ));
     }
-    if meta.len() > MAX_FILE {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!(
-                "larger than {} KiB, too large for a configuration file",
-                MAX_FILE >> 10
-            ),
-        ));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    // The size it says, and what it gives: a file may grow between the two.
+    let mut bytes = Vec::with_capacity(meta.len().min(MAX_FILE) as usize);
     file.take(MAX_FILE + 1).read_to_end(&mut bytes)?;
     if bytes.len() as u64 > MAX_FILE {
         return Err(std::io::Error::new(
