@@ -356,7 +356,7 @@ impl Cache {
             let (store, failed) = (self.store.clone(), placed_failure.clone());
             w.before_durable(Box::new(move || {
                 let (placing, mut staged) = pending;
-                staged.settle(placing);
+                staged.settle_committing(placing);
                 match staged.commit(&store, own) {
                     Ok(_) => {
                         testhook::pause("add-blob-committed");

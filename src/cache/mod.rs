@@ -120,7 +120,7 @@ pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
+pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished, wait_for_placers};
 pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root (the configuration's `cache`).

@@ -397,7 +397,7 @@ fn unreferenced(
 fn stray_tmp(tmp: Vec<TmpFile>, grace: u64, report: &mut VerifyReport) {
     let now = clock::now();
     for t in tmp {
-        if !t.live && now.saturating_sub(t.mtime) >= grace {
+        if !t.live && !t.spare && now.saturating_sub(t.mtime) >= grace {
             report.problems.push(Finding {
                 kind: "stray-tmp",
                 path: t.path.clone(),
