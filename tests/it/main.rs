@@ -37,6 +37,7 @@ mod reproducible;
 mod s3;
 mod shared;
 mod shared_init;
+mod tiers;
 mod tls;
 mod uses;
 mod verify;
