@@ -710,7 +710,8 @@ impl PyCache {
     fn get(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
         if remote::is_remote(name) {
             let remote = parse_remote(name)?;
-            let (opts, hook) = remote_opts(progress, false)?;
+            let (mut opts, hook) = remote_opts(progress, false)?;
+            opts.tiers = self.tiers.clone();
             let r = py.detach(|| remote::get_or_pull_in(&self.caches(), &remote, &opts));
             return finish_remote(r, &hook).map(|p| p.display().to_string());
         }
@@ -822,7 +823,8 @@ impl PyCache {
     ) -> PyResult<Image> {
         let remote = parse_remote(remote)?;
         let name = name.map(parse_name).transpose()?;
-        let (opts, hook) = remote_opts(progress, force)?;
+        let (mut opts, hook) = remote_opts(progress, force)?;
+        opts.tiers = self.tiers.clone();
         let r = py.detach(|| remote::pull(&self.inner, &remote, name.as_ref(), &opts));
         finish_remote(r, &hook).map(|o| Image::of(o.entry))
     }

@@ -442,3 +442,68 @@ fn gets_during_publishes_never_fail_and_never_see_a_mix_of_versions() {
         .collect();
     assert_eq!(left.len(), 2, "{left:?}");
 }
+
+/// Danger: a tier whose index was copied while a writer had it open (its header says
+/// "recovery required") repaired in place by every reader, which on a read-only
+/// filesystem fails in obscure ways and elsewhere changes the site's copy, or read as if
+/// it were whole. Each reader refuses it with one line that says to publish it again, and
+/// the file stays byte for byte as it was.
+#[test]
+fn a_tier_index_that_needs_repair_is_refused_never_repaired() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier content")]);
+    let index = tier.join("v1/index.redb");
+    let mut bytes = fs::read(&index).unwrap();
+    assert_eq!(&bytes[..4], b"redb");
+    bytes[9] |= 2; // redb's god byte: "recovery required"
+    fs::write(&index, &bytes).unwrap();
+    let t = tier.to_str().unwrap();
+    for args in [&["get", "lab/t"][..], &["list"], &["inspect", "lab/t"]] {
+        let mut c = env.cmd();
+        c.args(["--tier", t]).args(args);
+        let err = assert_fails(&mut c, 1, "was not closed cleanly");
+        assert!(err.contains("publish it again"), "{err}");
+    }
+    assert_eq!(fs::read(&index).unwrap(), bytes);
+}
+
+/// Danger: a node downloading a base layer again that the site's tier already holds. A
+/// `docker://` image pulled into the tier, then another image on the same base pulled into
+/// the writable cache with the tier listed: the base layer is read from the tier (the
+/// registry serves it once, to the tier's pull), only the new layer is downloaded, and the
+/// writable cache's blobs verify.
+#[test]
+fn a_docker_conversion_reads_the_layers_a_tier_holds() {
+    let env = Env::new();
+    let (reg, mut l) = crate::docker::registry_with_busybox_base(&env);
+    l.layer("bb", "one", |root| {
+        fs::write(root.join("one"), "1").unwrap()
+    });
+    l.layer("bb", "two", |root| {
+        fs::write(root.join("two"), "2").unwrap()
+    });
+    let image = |tag: &str| format!("docker://{}/{tag}", reg.addr);
+    l.push("one", &image("lab/one:1"), &[]);
+    l.push("two", &image("lab/two:1"), &[]);
+    let (one, two) = (l.layers("one"), l.layers("two"));
+    assert_eq!(one[0], two[0], "the images must share their base layer");
+    let tier = env.path("tier");
+    stdout_of(
+        env.cmd()
+            .arg("--cache")
+            .arg(&tier)
+            .args(["get", &image("lab/one:1")]),
+    );
+    let before = env.snapshot_of(&tier);
+    let t = tier.to_str().unwrap();
+    let path = stdout_of(env.cmd().args(["--tier", t, "get", &image("lab/two:1")]));
+    assert!(path.starts_with(env.cache.to_str().unwrap()), "{path}");
+    assert_eq!(
+        reg.blob_gets(&one[0]),
+        1,
+        "the tier's base layer was downloaded again"
+    );
+    assert_eq!(reg.blob_gets(&two[1]), 1);
+    assert_eq!(env.snapshot_of(&tier), before);
+    env.assert_blobs_verify();
+}

@@ -85,6 +85,7 @@ pub fn remote_options(
         platform: None,
         squashfs_comp: None,
         offline: ctx.offline,
+        tiers: ctx.config.tiers.clone(),
     })
 }
 
