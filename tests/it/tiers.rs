@@ -18,14 +18,7 @@ fn with_tier(env: &Env, images: &[(&str, &str)]) -> PathBuf {
     let tier = env.path("tier");
     for (name, payload) in images {
         let f = env.file(&format!("{}.img", payload), payload.as_bytes());
-        stdout_of(
-            env.cmd()
-                .arg("--cache")
-                .arg(&tier)
-                .arg("add")
-                .arg(&f)
-                .args(["--name", name]),
-        );
+        add_to(env, &tier, &f, name);
     }
     tier
 }
@@ -307,25 +300,24 @@ fn get_of_a_remote_a_tier_holds_downloads_nothing() {
     assert_fails(env.cmd().args(["--offline", "get", &remote]), 3, "offline");
 }
 
-/// The digest of each version's `lab/x`, by the version's directory.
+/// `add --force` of `file` as `name` into the cache at `cache`; the path it printed.
+fn add_to(env: &Env, cache: &Path, file: &Path, name: &str) -> String {
+    stdout_of(
+        env.cmd()
+            .arg("--cache")
+            .arg(cache)
+            .arg("add")
+            .arg(file)
+            .args(["--name", name, "--force"]),
+    )
+}
+
+/// Publish `src` to `dest` after naming `payload` `lab/x` and `lab/y` in it: the new
+/// version's directory, and the content both names hold there.
 fn published(env: &Env, src: &Path, dest: &Path, payload: &str) -> (PathBuf, String) {
     let f = env.file(&format!("{payload}.img"), payload.as_bytes());
-    stdout_of(
-        env.cmd()
-            .arg("--cache")
-            .arg(src)
-            .arg("add")
-            .arg(&f)
-            .args(["--name", "lab/x", "--force"]),
-    );
-    stdout_of(
-        env.cmd()
-            .arg("--cache")
-            .arg(src)
-            .arg("add")
-            .arg(&f)
-            .args(["--name", "lab/y", "--force"]),
-    );
+    add_to(env, src, &f, "lab/x");
+    add_to(env, src, &f, "lab/y");
     let out = json(&stdout_of(
         env.cmd()
             .arg("--json")
@@ -420,14 +412,7 @@ fn gets_during_publishes_never_fail_and_never_see_a_mix_of_versions() {
         + 8 * 24 * 3600)
         .to_string();
     let f = env.file("late.img", b"late");
-    stdout_of(
-        env.cmd()
-            .arg("--cache")
-            .arg(&src)
-            .arg("add")
-            .arg(&f)
-            .args(["--name", "lab/x", "--force"]),
-    );
+    add_to(&env, &src, &f, "lab/x");
     stdout_of(
         env.cmd()
             .env("SREGISTRY_NOW", &later)
