@@ -389,6 +389,10 @@ struct Image {
     media_type: Option<String>,
     #[pyo3(get)]
     remote_digest: Option<String>,
+    /// The read-only tier that holds the name (as configured), `None` for the writable
+    /// cache.
+    #[pyo3(get)]
+    tier: Option<String>,
     /// The SIF description as JSON, or why the file is not a readable SIF.
     sif_json: Option<String>,
 }
@@ -407,6 +411,7 @@ impl Image {
             labels: e.labels,
             media_type: e.media_type,
             remote_digest: e.remote_digest,
+            tier: e.tier.map(|t| t.display().to_string()),
             sif_json: None,
         }
     }
@@ -445,10 +450,15 @@ impl Image {
 /// `root=None` is the command line's default: `$SREGISTRY_CACHE`, else
 /// `${XDG_CACHE_HOME:-~/.cache}/sregistry`. `lock_timeout` (seconds) is how long a call
 /// waits for another process's lock before raising `LockTimeout` (default:
-/// `$SREGISTRY_LOCK_TIMEOUT`, else the command line's default).
+/// `$SREGISTRY_LOCK_TIMEOUT`, else the command line's default). `tiers` are the read-only
+/// caches `get`, `list` and `inspect` look in after this one, in order (default: the
+/// configuration's `tiers`, `$SREGISTRY_TIERS`); they are never written, and `tag`,
+/// `remove`, `pin` and `unpin` of a name only a tier holds raise `Error` naming the tier.
 #[pyclass(frozen, module = "sregistry", name = "Cache")]
 struct PyCache {
     inner: Cache,
+    /// The tiers `get`, `list` and `inspect` look in after `inner`.
+    tiers: Vec<std::path::PathBuf>,
 }
 
 fn json_to_py<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
@@ -498,11 +508,22 @@ fn size_arg(
     parse(&s).map(Some).map_err(unit_err)
 }
 
+impl PyCache {
+    /// The caches a lookup looks in: this one, then each tier.
+    fn caches(&self) -> sregistry::cache::Caches<'_> {
+        sregistry::cache::Caches::new(&self.inner, &self.tiers)
+    }
+}
+
 #[pymethods]
 impl PyCache {
     #[new]
-    #[pyo3(signature = (root=None, lock_timeout=None))]
-    fn new(root: Option<&Bound<'_, PyAny>>, lock_timeout: Option<f64>) -> PyResult<PyCache> {
+    #[pyo3(signature = (root=None, lock_timeout=None, tiers=None))]
+    fn new(
+        root: Option<&Bound<'_, PyAny>>,
+        lock_timeout: Option<f64>,
+        tiers: Option<Vec<Bound<'_, PyAny>>>,
+    ) -> PyResult<PyCache> {
         let root = root
             .filter(|r| !r.is_none())
             .map(|r| path_arg(r, "root"))
@@ -516,7 +537,14 @@ impl PyCache {
             })?;
         }
         let inner = Cache::open(&root, locks).map_err(cache_err)?;
-        Ok(PyCache { inner })
+        let tiers = match tiers {
+            Some(given) => given
+                .iter()
+                .map(|t| path_arg(t, "tiers").map(|p| std::path::absolute(&p).unwrap_or(p)))
+                .collect::<PyResult<_>>()?,
+            None => config.tiers.clone(),
+        };
+        Ok(PyCache { inner, tiers })
     }
 
     /// The cache's root directory.
@@ -682,12 +710,13 @@ impl PyCache {
     fn get(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
         if remote::is_remote(name) {
             let remote = parse_remote(name)?;
-            let (opts, hook) = remote_opts(progress, false)?;
-            let r = py.detach(|| remote::get_or_pull(&self.inner, &remote, &opts));
+            let (mut opts, hook) = remote_opts(progress, false)?;
+            opts.tiers = self.tiers.clone();
+            let r = py.detach(|| remote::get_or_pull_in(&self.caches(), &remote, &opts));
             return finish_remote(r, &hook).map(|p| p.display().to_string());
         }
         let r = parse_name(name)?;
-        py.detach(|| self.inner.get(&r))
+        py.detach(|| self.caches().get(&r))
             .map(path_string)
             .map_err(cache_err)
     }
@@ -696,8 +725,10 @@ impl PyCache {
     /// `*` and `?`, else a substring).
     #[pyo3(signature = (pattern=None))]
     fn list(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<Image>> {
-        let all = py.detach(|| self.inner.list(pattern)).map_err(cache_err)?;
-        Ok(all.into_iter().map(Image::of).collect())
+        let all = py
+            .detach(|| self.caches().list(pattern, false))
+            .map_err(cache_err)?;
+        Ok(all.into_iter().map(|l| Image::of(l.entry)).collect())
     }
 
     /// Everything known about `name`, with the SIF header and objects in `.sif` when the
@@ -707,7 +738,7 @@ impl PyCache {
         let r = parse_name(name)?;
         let (entry, sif_json) = py
             .detach(|| {
-                let entry = self.inner.entry(&r)?;
+                let entry = self.caches().entry(&r)?;
                 if !sif {
                     return Ok((entry, None));
                 }
@@ -733,6 +764,7 @@ impl PyCache {
     fn tag(&self, py: Python<'_>, source: &str, target: &str, force: bool) -> PyResult<Image> {
         let (src, dst) = (parse_name(source)?, parse_name(target)?);
         py.detach(|| self.inner.tag(&src, &dst, Repoint::from_force(force)))
+            .map_err(|e| self.caches().refuse_in_tier(e))
             .map(Image::of)
             .map_err(cache_err)
     }
@@ -757,7 +789,7 @@ impl PyCache {
             .collect::<PyResult<Vec<_>>>()?;
         let removed = py
             .detach(|| self.inner.remove(&refs, keep_blobs))
-            .map_err(cache_err)?;
+            .map_err(|e| cache_err(self.caches().refuse_in_tier(e)))?;
         report(py, "RemoveReport", removed)
     }
 
@@ -765,14 +797,14 @@ impl PyCache {
     fn pin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
         let r = parse_name(name)?;
         py.detach(|| self.inner.set_pin(&r, true))
-            .map_err(cache_err)
+            .map_err(|e| cache_err(self.caches().refuse_in_tier(e)))
     }
 
     /// Unpin `name`; returns whether that changed anything.
     fn unpin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
         let r = parse_name(name)?;
         py.detach(|| self.inner.set_pin(&r, false))
-            .map_err(cache_err)
+            .map_err(|e| cache_err(self.caches().refuse_in_tier(e)))
     }
 
     /// Download `remote` (`oras://`, `docker://`, `https://`, `s3://`) and name it `name`
@@ -791,7 +823,8 @@ impl PyCache {
     ) -> PyResult<Image> {
         let remote = parse_remote(remote)?;
         let name = name.map(parse_name).transpose()?;
-        let (opts, hook) = remote_opts(progress, force)?;
+        let (mut opts, hook) = remote_opts(progress, force)?;
+        opts.tiers = self.tiers.clone();
         let r = py.detach(|| remote::pull(&self.inner, &remote, name.as_ref(), &opts));
         finish_remote(r, &hook).map(|o| Image::of(o.entry))
     }

@@ -382,6 +382,7 @@ impl Cache {
             media_type: blob.as_ref().and_then(|b| b.media_type.clone()),
             remote_digest: blob.and_then(|b| b.remote_digest),
             path,
+            tier: None,
         })
     }
 }

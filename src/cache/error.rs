@@ -119,6 +119,15 @@ pub enum CacheError {
         "`{remote}` is being pulled by the call whose progress callback made this call: that pull holds `{path}` and waits for the callback to return, so this call would wait for itself; make it after that pull returns"
     )]
     Reentered { remote: String, path: PathBuf },
+    /// A change asked of a name that only a read-only tier holds.
+    #[error(
+        "image `{name}` is in the read-only tier `{tier}`, not in the writable cache `{cache}`: sregistry never changes a tier (its admin publishes it); `sregistry pull` or `add` the image into the writable cache to change it there"
+    )]
+    InTier {
+        name: String,
+        tier: PathBuf,
+        cache: PathBuf,
+    },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
@@ -156,6 +165,7 @@ impl CacheError {
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::Reentered { .. } => ErrorKind::Reentered,
+            CacheError::InTier { .. } => ErrorKind::PermissionDenied,
             CacheError::Settings(e) => e.kind(),
             CacheError::Store(e) => e.kind(),
             CacheError::Index(e) => e.kind(),
@@ -227,6 +237,14 @@ pub enum IndexError {
     },
     #[error("cannot rebuild the index `{path}` from its journal: {detail}")]
     Rebuild { path: PathBuf, detail: String },
+    /// A tier's index that redb would have to repair: copied while a writer had it open.
+    #[error(
+        "the index `{path}` of a read-only tier was not closed cleanly (copied while a writer had it open): sregistry never writes a tier; publish it again from its source (`sregistry tier publish`)"
+    )]
+    TierUnclean { path: PathBuf },
+    /// A write asked of a tier's index (a bug: the tiers are only read).
+    #[error("the index `{path}` belongs to a read-only tier: sregistry never writes a tier")]
+    TierWrite { path: PathBuf },
 }
 
 impl IndexError {
@@ -258,6 +276,8 @@ impl IndexError {
                 ErrorKind::of_io(source)
             }
             IndexError::NeedsNewer { .. } => ErrorKind::Unsupported,
+            IndexError::TierUnclean { .. } => ErrorKind::Damaged,
+            IndexError::TierWrite { .. } => ErrorKind::PermissionDenied,
         }
     }
 }

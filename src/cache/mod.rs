@@ -79,10 +79,12 @@ pub mod limits;
 pub mod lock;
 mod names;
 mod progress;
+mod publish;
 mod pull;
 mod retire;
 mod settings;
 mod store;
+pub mod tiers;
 mod uses;
 mod writer;
 
@@ -119,8 +121,10 @@ pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
+pub use publish::{DEFAULT_KEEP, Published};
 pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished, wait_for_placers};
+pub use tiers::{Caches, Listed};
 pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root (the configuration's `cache`).
@@ -141,6 +145,8 @@ pub struct Cache {
     index: Index,
     uses: UseMarkers,
     settings: Settings,
+    /// A read-only tier: the path it was configured as (see [`tiers`]).
+    tier: Option<PathBuf>,
 }
 
 /// A name and everything known about it, as `list`, `inspect` and `add` report it.
@@ -158,6 +164,9 @@ pub struct Entry {
     /// The remote's digest of the content (`sha256:...`), when pulled or pushed.
     pub remote_digest: Option<String>,
     pub path: PathBuf,
+    /// The read-only tier that holds the name, as configured; `None` for the writable
+    /// cache.
+    pub tier: Option<PathBuf>,
 }
 
 /// Where content came from, recorded with its name.
@@ -237,7 +246,29 @@ impl Cache {
             uses: UseMarkers::new(&v1, settings.file_mode, settings.dir_mode),
             v1,
             settings,
+            tier: None,
         }
+    }
+
+    /// A handle on the read-only tier configured as `configured` (see [`tiers`]): its
+    /// root is the directory `configured` resolves to now (a symbolic link a publication
+    /// moves is followed once, here, so one handle reads one version whole, and the paths
+    /// it hands out stay on that version). Nothing is ever written through it: no lock, no
+    /// use marker, no directory; its index is opened read-only without a lock.
+    pub fn open_tier(configured: &Path) -> Result<Cache, CacheError> {
+        // A published tier's `current` link (see `publish.rs`), else the directory itself.
+        let root = std::fs::canonicalize(configured.join(publish::CURRENT))
+            .or_else(|_| std::fs::canonicalize(configured))
+            .unwrap_or_else(|_| configured.to_path_buf());
+        let mut cache = Cache::open(&root, LockOptions::default())?;
+        cache.index = cache.index.read_only();
+        cache.tier = Some(configured.to_path_buf());
+        Ok(cache)
+    }
+
+    /// The path this cache was configured as, when it is a read-only tier.
+    pub fn tier(&self) -> Option<&Path> {
+        self.tier.as_deref()
     }
 
     pub fn settings(&self) -> &Settings {

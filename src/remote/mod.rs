@@ -136,6 +136,28 @@ pub fn get_or_pull(
     )
 }
 
+/// [`get_or_pull`] through the caches a lookup looks in (`crate::cache::tiers`): the image
+/// an earlier pull of `remote` put under its default name in the writable cache, else in
+/// the first tier that holds it (read-only: nothing downloaded, converted or written);
+/// else pulled into the writable cache (offline: [`RemoteError::Offline`]).
+pub fn get_or_pull_in(
+    caches: &crate::cache::Caches<'_>,
+    remote: &RemoteRef,
+    opts: &RemoteOptions,
+) -> Result<PathBuf, RemoteError> {
+    let name = remote.default_name(opts)?;
+    if let Some(p) = cached_from(caches.writable(), &name, remote, opts)? {
+        return Ok(p);
+    }
+    for tier in caches.tier_paths() {
+        let tier = Cache::open_tier(tier)?;
+        if let Some(p) = cached_from(&tier, &name, remote, opts)? {
+            return Ok(p);
+        }
+    }
+    get_or_pull(caches.writable(), remote, opts)
+}
+
 /// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
 /// ready, if anything); else, if a pull failed while this process waited, fail at once
 /// with its message (a thousand jobs waiting on a dead remote do not each wait it out

@@ -35,6 +35,9 @@ pub struct RemoteOptions {
     /// Contact no remote (`--offline`, `SREGISTRY_OFFLINE`): `get` and `pull` answer from
     /// the cache, anything else that needs the network is refused.
     pub offline: bool,
+    /// Read-only tiers (`tiers`): a `docker://` conversion reads a layer one of them holds
+    /// instead of downloading it.
+    pub tiers: Vec<std::path::PathBuf>,
 }
 
 /// What the cache holds from an earlier pull of the same remote under the same name: a

@@ -148,9 +148,9 @@ field!(u32, Count, |n| n, |s| Some(Value::Count(*s)));
 field!(u64, Size, |n| n, |s| Some(Value::Size(*s)));
 field!(&'static str, Word, |w| w, |s| Some(Value::Word(s)));
 field!(bool, Bool, |b| b, |s| Some(Value::Bool(*s)));
-field!(Vec<PathBuf>, Paths, |p| p, |s| Some(Value::Paths(
-    s.clone()
-)));
+// An empty list is no value (shown as the default, "none").
+field!(Vec<PathBuf>, Paths, |p| p, |s| (!s.is_empty())
+    .then(|| Value::Paths(s.clone())));
 
 /// The table: each entry a constant [`Key`], a field of [`Config`], and a row of
 /// docs/configuration.md.
@@ -269,6 +269,11 @@ keys! {
         var "SREGISTRY_OFFLINE", flag Some("--offline"), form Form::Bool,
         default Preset::Value("false") => false,
         means "never contact a remote: remotes are answered from the cache";
+    /// `tiers`: read-only caches looked in after the writable one, in order.
+    TIERS tiers: Vec<PathBuf>,
+        var "SREGISTRY_TIERS", flag Some("--tier"), form Form::Paths,
+        default Preset::Derived("none") => Vec::new(),
+        means "read-only caches looked in, in order, after the writable cache (never written)";
 }
 
 /// The most retries `retries` may ask for.

@@ -69,6 +69,7 @@ impl Env {
             "SREGISTRY_DATABASE",
             "SREGISTRY_STORAGE",
             "SREGISTRY_OFFLINE",
+            "SREGISTRY_TIERS",
         ] {
             c.env_remove(var);
         }

@@ -38,6 +38,7 @@ mod s3;
 mod shared;
 mod shared_init;
 mod spares;
+mod tiers;
 mod tls;
 mod uses;
 mod verify;

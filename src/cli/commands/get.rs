@@ -11,10 +11,10 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
         opts.platform = args.docker.platform.clone();
         opts.squashfs_comp = args.docker.squashfs_comp.clone();
-        let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
+        let path = sregistry::remote::get_or_pull_in(&ctx.caches(), &remote, &opts)?;
         let name = remote.default_name(&opts)?;
         let path = if args.verify {
-            ctx.cache.get_verified(&name)?
+            ctx.caches().get_verified(&name)?
         } else {
             path
         };
@@ -26,10 +26,11 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         return Ok(output::line(path.display())?);
     }
     let r = parse_ref(&args.reference)?;
+    let caches = ctx.caches();
     let path = if args.verify {
-        ctx.cache.get_verified(&r)?
+        caches.get_verified(&r)?
     } else {
-        ctx.cache.get(&r)?
+        caches.get(&r)?
     };
     if ctx.json {
         output::json(&serde_json::json!({ "name": r.key(), "path": path }))?;

@@ -10,7 +10,7 @@ use sregistry::format::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let entry = ctx.cache.entry(&r)?;
+    let entry = ctx.caches().entry(&r)?;
     let present = entry.path.is_file();
     let sif_result = if present {
         sif::read_if_sif(&entry.path)
@@ -19,8 +19,10 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     };
     let quarantined = if present {
         None
-    } else {
+    } else if entry.tier.is_none() {
         ctx.cache.quarantined(&entry.digest)
+    } else {
+        None
     };
     if ctx.json {
         let mut v = serde_json::to_value(output::EntryJson::from(&entry))?;
@@ -56,6 +58,9 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
                 .unwrap_or_else(|| "never".into()),
         );
         kv("pinned:", if entry.pinned { "yes" } else { "no" }.into());
+        if let Some(t) = &entry.tier {
+            kv("tier:", format!("{} (read-only)", t.display()));
+        }
         if let Some(src) = &entry.source {
             kv("source:", sregistry::remote::shown_source(src));
         }

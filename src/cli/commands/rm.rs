@@ -11,7 +11,10 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
         .iter()
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
-    let removed = ctx.cache.remove(&refs, args.keep_blob)?;
+    let removed = ctx
+        .cache
+        .remove(&refs, args.keep_blob)
+        .map_err(|e| ctx.caches().refuse_in_tier(e))?;
     if ctx.json {
         return Ok(output::json(&removed)?);
     }

@@ -9,7 +9,10 @@ use sregistry::cache::Repoint;
 pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
     let src = parse_ref(&args.source)?;
     let dst = parse_target_ref(&args.target)?;
-    let entry = ctx.cache.tag(&src, &dst, Repoint::from_force(args.force))?;
+    let entry = ctx
+        .cache
+        .tag(&src, &dst, Repoint::from_force(args.force))
+        .map_err(|e| ctx.caches().refuse_in_tier(e))?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;
     } else {
