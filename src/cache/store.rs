@@ -38,8 +38,9 @@
 //! name the blob (a refused or failed `add` makes none), while the commit's last flush
 //! runs; the next staging of that user on that host renames it to its own name
 //! instead of making a file, and checks that what it renamed is a plain empty file of its
-//! own with one link and mode 0600 (any member of the group can put something at a
-//! known name), else removes it and makes one. A spare is nobody's and holds nothing:
+//! own with one link and mode 0600 that no other descriptor has open (a write lease,
+//! granted only then: any member of the group can rename a file another command of the
+//! user is writing to a spare's name), else removes it and makes one. A spare is nobody's and holds nothing:
 //! gc removes it after the grace period, and a rename racing that removal leaves either
 //! the spare or nothing, never half of one.
 //!
@@ -493,6 +494,23 @@ pub fn wait_for_placers() {
     own_threads(threads);
 }
 
+/// Whether no other descriptor anywhere has `f`'s file open: the kernel grants a write
+/// lease only then (taken and given back at once). A member of the group can rename
+/// another command's file being written (`tmp/` is group-writable) to a spare's name; an
+/// empty file of the user's, still open in that command, must not become this one's too.
+/// Where leases are refused (switched off, a filesystem without them) nothing is proved,
+/// and the spare is not used.
+fn open_nowhere_else(f: &File) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor open for the duration of the call; no pointers.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_WRLCK) } != 0 {
+        return false;
+    }
+    // SAFETY: as above.
+    unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETLEASE, libc::F_UNLCK) };
+    true
+}
+
 /// What [`Store::claim_spare`] found.
 enum Claim {
     /// A spare, now at the caller's name, open for writing.
@@ -728,6 +746,7 @@ impl Store {
                         && m.len() == 0
                         && m.mode() & 0o7777 == 0o600
                 })
+                && open_nowhere_else(&f)
             {
                 return Claim::Taken(f);
             }

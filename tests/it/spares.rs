@@ -128,3 +128,33 @@ fn write_0600(path: &Path, bytes: &[u8]) {
         .write_all(bytes)
         .unwrap();
 }
+
+/// A member of the group can rename a file another command of the user is still writing
+/// (empty, the user's, mode 0600, one link) to a spare's name: had the next add taken it,
+/// two adds would write one file, and one would commit the other's bytes (found by a
+/// hostile test). A file some descriptor still has open is not used.
+#[test]
+fn a_spare_another_command_still_has_open_is_not_used() {
+    let env = Env::new();
+    add(&env, &env.file("a.img", b"first image"), "lab/a:1");
+    add(&env, &env.file("b.img", b"second image"), "lab/b:1");
+    let spares = env.spares();
+    assert_eq!(spares.len(), 1, "{spares:?}");
+    let spare = spares[0].clone();
+    // The writer still holding it, as the command whose file was renamed does.
+    let held = fs::OpenOptions::new().write(true).open(&spare).unwrap();
+    let held_ino = held.metadata().unwrap().ino();
+    let blob = add(&env, &env.file("c.img", b"third image"), "lab/c:1");
+    assert_ne!(
+        fs::metadata(&blob).unwrap().ino(),
+        held_ino,
+        "the add took a file another command had open"
+    );
+    assert_eq!(fs::read(&blob).unwrap(), b"third image");
+    {
+        use std::io::Write;
+        (&held).write_all(b"the other command's bytes").unwrap();
+    }
+    assert_eq!(fs::read(&blob).unwrap(), b"third image");
+    env.assert_blobs_verify();
+}
