@@ -406,7 +406,7 @@ impl Cache {
         {
             return (Some(p), None);
         }
-        let mine = self.store.placed(staged.path());
+        let mine = self.store.placed_staged(staged);
         (mine, mine.map(|p| p.ino))
     }
 }

@@ -332,6 +332,10 @@ pub enum StoreError {
     NoLink { path: PathBuf },
     #[error("the add of `{path}` was stopped by its progress receiver; nothing was stored")]
     Stopped { path: PathBuf },
+    #[error(
+        "the staged copy `{path}` was replaced while it was being added (another member of the cache's group renamed or wrote a file there); nothing was stored: add it again, and see docs/security.md"
+    )]
+    Replaced { path: PathBuf },
 }
 
 impl StoreError {
@@ -343,6 +347,7 @@ impl StoreError {
             StoreError::Changed { .. } => ErrorKind::Conflict,
             StoreError::CrossDevice { .. } | StoreError::NoLink { .. } => ErrorKind::Unsupported,
             StoreError::Stopped { .. } => ErrorKind::Stopped,
+            StoreError::Replaced { .. } => ErrorKind::Conflict,
         }
     }
 }

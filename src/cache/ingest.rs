@@ -172,16 +172,25 @@ impl Scratch {
     pub fn seal(mut self) -> io::Result<Ingested> {
         let path = std::mem::take(&mut self.path);
         let sealed = (|| {
-            let (digest, size) = crate::format::digest::hash_file(&path)?;
+            // Opened first and hashed through that descriptor (see `Staged::adopt`).
             let f = File::open(&path)?;
+            // Made by this process (mode 0600): a file of anyone else's is not it.
+            use std::os::unix::fs::MetadataExt;
+            // SAFETY: geteuid cannot fail.
+            if f.metadata()?.uid() != unsafe { libc::geteuid() } {
+                return Err(io::Error::other(store::StoreError::Replaced {
+                    path: path.clone(),
+                }));
+            }
+            let (digest, size) = store::hash_open_file(&f, &path)?;
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(store::BLOB_MODE))?;
             f.sync_all()?;
-            Ok((digest, size))
+            Ok((digest, size, f))
         })();
         match sealed {
-            Ok((digest, size)) => Ok(Ingested {
-                staged: Staged::adopt(path, digest, size),
+            Ok((digest, size, f)) => Ok(Ingested {
+                staged: Staged::adopt(path, Some(&f), digest, size),
             }),
             Err(e) => {
                 let _ = std::fs::remove_file(&path);
@@ -282,14 +291,21 @@ impl<T: Tap> Ingest<T> {
             self.stop_hashing()?;
         }
         let digest = self.digest.ok_or_else(stopped)?;
-        if let Some(f) = self.file.take() {
+        let file = self.file.take();
+        if let Some(f) = &file {
             use std::os::unix::fs::PermissionsExt;
             f.set_permissions(std::fs::Permissions::from_mode(store::BLOB_MODE))
                 .and_then(|_| f.sync_all())?;
+            // The file holds what was hashed and nothing else (see `Staged::adopt`).
+            if f.metadata()?.len() != self.written {
+                return Err(io::Error::other(store::StoreError::Replaced {
+                    path: self.path.clone(),
+                }));
+            }
         }
         let path = std::mem::take(&mut self.path);
         Ok(Ingested {
-            staged: Staged::adopt(path, digest, self.written),
+            staged: Staged::adopt(path, file.as_ref(), digest, self.written),
         })
     }
 }

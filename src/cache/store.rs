@@ -98,10 +98,59 @@ pub(super) struct Staged {
     path: Option<PathBuf>,
     digest: Digest,
     size: u64,
+    /// The file that was written and hashed, as its own descriptor saw it: device, inode
+    /// number and birth time. `tmp/` is writable by the cache's group, so another member
+    /// can rename a file of theirs over a staged path; every link or rename of the path
+    /// into `blobs/` is checked against this, and the record names this file
+    /// ([`Staged::file_id`]). `None` where nothing could be asked (then the path is trusted).
+    id: Option<StagedId>,
     /// Whether the file is durable yet: `add` stages without the fsync and leaves it to
     /// [`Staged::place_in_background`], so that it overlaps the wait for the index lock.
     /// Nothing links a file into `blobs/` before it is durable.
     sync: Sync,
+}
+
+/// Who a staged file is: device, inode number, birth time.
+type StagedId = (u64, u64, Option<u64>);
+
+/// [`StagedId`] of the file `f` has open.
+fn staged_id(f: &File) -> Option<StagedId> {
+    use std::os::unix::fs::MetadataExt;
+    let m = f.metadata().ok()?;
+    let (ino, born) = file_id(&m);
+    Some((m.dev(), ino, born))
+}
+
+/// Whether `dest`, just linked or renamed from a staged path, is the staged file `id`
+/// (always, without an id).
+fn is_staged(dest: &Path, id: Option<StagedId>) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    id.is_none_or(|(dev, ino, _)| {
+        fs::symlink_metadata(dest).is_ok_and(|m| m.dev() == dev && m.ino() == ino)
+    })
+}
+
+/// After a link of a staged path to `dest` was made: whether it is the staged file `id`;
+/// if not (another file was renamed over the staged path), the link goes again.
+fn linked_staged(dest: &Path, id: Option<StagedId>) -> bool {
+    is_staged(dest, id) || {
+        let _ = fs::remove_file(dest);
+        false
+    }
+}
+
+/// Hash the file `f` has open (which was opened at `path`): through `/proc/self/fd`, so
+/// the bytes are the descriptor's file's even if `path` names another file now; by `path`
+/// where there is no `/proc`.
+pub(super) fn hash_open_file(f: &File, path: &Path) -> io::Result<(Digest, u64)> {
+    use std::os::fd::AsRawFd;
+    let by_fd = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+    match crate::format::digest::hash_file(&by_fd) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound && !Path::new("/proc/self").exists() => {
+            crate::format::digest::hash_file(path)
+        }
+        other => other,
+    }
 }
 
 /// Whether a staged file has reached the disk.
@@ -149,6 +198,7 @@ enum Run {
 struct Place {
     pending: Option<File>,
     src: Option<PathBuf>,
+    id: Option<StagedId>,
     dest: PathBuf,
     store: Store,
 }
@@ -167,12 +217,15 @@ impl Place {
                 linked: false,
             };
         }
+        let id = self.id;
         let linked = self.src.is_some_and(|src| {
             let dir = self.dest.parent().unwrap_or(&self.store.blobs);
-            link_or_make_dir(&src, &self.dest, dir, &self.store).is_ok() && {
-                let _ = sync_dir(dir);
-                true
-            }
+            link_or_make_dir(&src, &self.dest, dir, &self.store).is_ok()
+                && linked_staged(&self.dest, id)
+                && {
+                    let _ = sync_dir(dir);
+                    true
+                }
         });
         Placed {
             failed: None,
@@ -225,6 +278,7 @@ impl Staged {
         let job = Place {
             pending,
             src: self.path.clone(),
+            id: self.id,
             dest: store.blob_path(&self.digest),
             store: store.clone(),
         };
@@ -316,8 +370,8 @@ impl Staged {
         // The link itself asks whether the blob is there (refused as existing) and whether
         // its fan-out directory is (not found: made, then linked again).
         match link_or_make_dir(src, &dest, &dir, store) {
-            Ok(()) => Some(dir),
-            Err(_) => None,
+            Ok(()) if linked_staged(&dest, self.id) => Some(dir),
+            _ => None,
         }
     }
 
@@ -355,7 +409,9 @@ impl Staged {
             Err(LinkError::Link(e)) => Err(e),
             Ok(()) => Ok(()),
         };
+        let replaced = || StoreError::Replaced { path: src.clone() };
         match linked {
+            Ok(()) if !linked_staged(&dest, self.id) => return Err(replaced()),
             Ok(()) => {
                 let _ = fs::remove_file(&src);
                 sync_dir(dir).map_err(|e| werr(dir, e))?;
@@ -376,6 +432,9 @@ impl Staged {
             let _ = fs::remove_file(&src);
             werr(&dest, e)
         })?;
+        if !linked_staged(&dest, self.id) {
+            return Err(replaced());
+        }
         sync_dir(dir).map_err(|e| werr(dir, e))?;
         Ok((dest, true))
     }
@@ -424,11 +483,14 @@ fn link_or_make_dir(src: &Path, dest: &Path, dir: &Path, store: &Store) -> Resul
 impl Staged {
     /// Take over a complete, read-only, fsynced file in `tmp/` whose BLAKE3 digest and
     /// size the caller computed while writing it.
-    pub(super) fn adopt(path: PathBuf, digest: Digest, size: u64) -> Staged {
+    /// `file` is the file written, open: links and renames of `path` into `blobs/` are
+    /// checked to be that very file ([`Staged::id`]).
+    pub(super) fn adopt(path: PathBuf, file: Option<&File>, digest: Digest, size: u64) -> Staged {
         Staged {
             path: Some(path),
             digest,
             size,
+            id: file.and_then(staged_id),
             sync: Sync::Done,
         }
     }
@@ -806,7 +868,19 @@ impl Store {
     /// its inode number and birth time, and those of the blobs root (see [`PlacedFile`]);
     /// `None` when either cannot be seen.
     pub(super) fn placed(&self, file: &Path) -> Option<PlacedFile> {
-        let (ino, born) = file_id(&fs::metadata(file).ok()?);
+        self.placed_as(file_id(&fs::metadata(file).ok()?))
+    }
+
+    /// [`Store::placed`] of the staged file `s` (the file written, not whatever its
+    /// path names now: [`Staged::id`]).
+    pub(super) fn placed_staged(&self, s: &Staged) -> Option<PlacedFile> {
+        match s.id {
+            Some((_, ino, born)) => self.placed_as((ino, born)),
+            None => self.placed(s.path()),
+        }
+    }
+
+    fn placed_as(&self, (ino, born): (u64, Option<u64>)) -> Option<PlacedFile> {
         let (store_ino, store_born) = file_id(&fs::metadata(&self.blobs).ok()?);
         Some(PlacedFile {
             ino,
@@ -949,6 +1023,7 @@ impl Store {
             path: Some(path.clone()),
             digest: Digest::from_bytes([0; 32]),
             size: 0,
+            id: None,
             sync: Sync::Done,
         };
         let werr = |source| StoreError::Write {
@@ -975,6 +1050,13 @@ impl Store {
                 after: size,
             });
         }
+        // The file holds what was hashed and nothing else (another writer of it would
+        // have made it longer: see `Staged::id`).
+        let meta = file.metadata().map_err(werr)?;
+        if meta.len() != size {
+            return Err(StoreError::Replaced { path });
+        }
+        staged.id = staged_id(&file);
         staged.sync = finish_file(file, defer_sync).map_err(werr)?;
         staged.digest = digest;
         staged.size = size;
@@ -1008,14 +1090,18 @@ impl Store {
             path: Some(path.clone()),
             digest: Digest::from_bytes([0; 32]),
             size: 0,
+            id: None,
             sync: Sync::Done,
         };
         let werr = |source| StoreError::Write {
             path: path.clone(),
             source,
         };
-        let (digest, size) = crate::format::digest::hash_file(&path).map_err(werr)?;
+        // Opened first and hashed through that descriptor: what is hashed is the file
+        // that is linked in, whatever is renamed over the path meanwhile.
         let file = OpenOptions::new().read(true).open(&path).map_err(werr)?;
+        staged.id = staged_id(&file);
+        let (digest, size) = hash_open_file(&file, &path).map_err(werr)?;
         staged.sync = finish_file(file, defer_sync).map_err(werr)?;
         staged.digest = digest;
         staged.size = size;
