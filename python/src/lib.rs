@@ -343,6 +343,7 @@ fn remote_opts(
         refetch: force,
         limits,
         offline,
+        shared_remotes: config.shared_remotes.clone(),
         ..RemoteOptions::default()
     };
     Ok((opts, hook))

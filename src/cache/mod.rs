@@ -77,7 +77,9 @@ mod ingest;
 mod layout;
 pub mod limits;
 pub mod lock;
+mod lookup;
 mod names;
+mod private;
 mod progress;
 mod pull;
 mod retire;
@@ -116,8 +118,10 @@ pub use index::{
     panic_is_caught, recovered_name,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
+pub use lookup::{Lookup, Place};
 pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
+pub use private::PRIVATE_DIR;
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
 pub use settings::{Settings, SettingsError};
 pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
@@ -141,6 +145,7 @@ pub struct Cache {
     index: Index,
     uses: UseMarkers,
     settings: Settings,
+    lock_opts: LockOptions,
 }
 
 /// A name and everything known about it, as `list`, `inspect` and `add` report it.
@@ -233,10 +238,11 @@ impl Cache {
         Cache {
             root: root.to_path_buf(),
             store: Store::new(&v1, settings.dir_mode).with_writer_locks(lock_opts.clone()),
-            index: Index::new(&v1, lock_opts, settings.file_mode),
+            index: Index::new(&v1, lock_opts.clone(), settings.file_mode),
             uses: UseMarkers::new(&v1, settings.file_mode, settings.dir_mode),
             v1,
             settings,
+            lock_opts,
         }
     }
 

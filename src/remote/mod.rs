@@ -14,6 +14,7 @@
 //! http.rs       a plain URL, resumable with Range                   (-> registry)
 //! s3.rs         object_store over S3                                (-> transport)
 //! oci_layout.rs export into an OCI image layout (no network)
+//! privacy.rs    which cache a pull lands in: the shared one, or the puller's private one
 //! ─ registry layer ──────────────────────────────────────────────────────────────────────
 //! registry.rs   Session (auth handshake, tokens), download, upload_blob, OciRef
 //! auth.rs       credentials (`sregistry login`, ~/.docker/config.json); challenges
@@ -54,6 +55,7 @@ mod error;
 mod http;
 pub mod oci;
 pub mod oci_layout;
+mod privacy;
 mod registry;
 mod remote_ref;
 mod runtime;
@@ -68,7 +70,7 @@ pub use types::{Progress, ProgressHook, PullOutcome, RemoteOptions, Unreached};
 
 use std::path::PathBuf;
 
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, Lookup};
 use crate::format::reference::Reference;
 use remote_ref::docker_platform_of;
 use transport::bad_ref;
@@ -112,8 +114,11 @@ pub fn get_or_pull(
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
     let name = remote.default_name(opts)?;
-    if let Some(p) = cached_from(cache, &name, remote, opts)? {
-        return Ok(p);
+    let lookup = Lookup::of(cache)?;
+    for (_, c) in lookup.caches() {
+        if let Some(p) = cached_from(c, &name, remote, opts)? {
+            return Ok(p);
+        }
     }
     if opts.offline {
         return Err(RemoteError::Offline {
@@ -121,19 +126,21 @@ pub fn get_or_pull(
             need: Need::Cached,
         });
     }
-    under_pull_lock(
-        cache,
-        lock_key(remote, opts),
-        opts,
-        || {
-            // Whoever held the lock before us may have pulled it.
-            cached_from(cache, &name, remote, opts)
-        },
-        |opts| {
-            refuse_taken_name(cache, &name, remote, opts)?;
-            Ok(pull_locked(cache, remote, &name, opts)?.entry.path)
-        },
-    )
+    privacy::routed(cache, remote, opts, |cache, opts| {
+        under_pull_lock(
+            cache,
+            lock_key(remote, opts),
+            opts,
+            || {
+                // Whoever held the lock before us may have pulled it.
+                cached_from(cache, &name, remote, opts)
+            },
+            |opts| {
+                refuse_taken_name(cache, &name, remote, opts)?;
+                Ok(pull_locked(cache, remote, &name, opts)?.entry.path)
+            },
+        )
+    })
 }
 
 /// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
@@ -324,14 +331,18 @@ pub fn pull(
         }
         None => (remote.default_name(opts)?, true),
     };
+    let lookup = Lookup::of(cache)?;
     let from_cache = |why: Unreached| -> Result<Option<PullOutcome>, RemoteError> {
-        Ok(
-            cached_entry(cache, &name, remote, opts)?.map(|entry| PullOutcome {
-                entry,
-                downloaded: false,
-                unreached: Some(why),
-            }),
-        )
+        for (_, c) in lookup.caches() {
+            if let Some(entry) = cached_entry(c, &name, remote, opts)? {
+                return Ok(Some(PullOutcome {
+                    entry,
+                    downloaded: false,
+                    unreached: Some(why),
+                }));
+            }
+        }
+        Ok(None)
     };
     if opts.offline {
         if opts.refetch {
@@ -345,18 +356,20 @@ pub fn pull(
             need: Need::Cached,
         });
     }
-    let pulled = under_pull_lock(
-        cache,
-        lock_key(remote, opts),
-        opts,
-        || Ok(None),
-        |opts| {
-            if default {
-                refuse_taken_name(cache, &name, remote, opts)?;
-            }
-            pull_locked(cache, remote, &name, opts)
-        },
-    );
+    let pulled = privacy::routed(cache, remote, opts, |cache, opts| {
+        under_pull_lock(
+            cache,
+            lock_key(remote, opts),
+            opts,
+            || Ok(None),
+            |opts| {
+                if default {
+                    refuse_taken_name(cache, &name, remote, opts)?;
+                }
+                pull_locked(cache, remote, &name, opts)
+            },
+        )
+    });
     match pulled {
         Err(e) if e.is_unreachable() && !opts.refetch => {
             from_cache(Unreached::Unreachable(e.to_string()))?.ok_or(e)

@@ -4,6 +4,7 @@ use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::GetArgs;
+use sregistry::cache::Lookup;
 
 pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
     if sregistry::remote::is_remote(&args.reference) {
@@ -14,7 +15,7 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
         let name = remote.default_name(&opts)?;
         let path = if args.verify {
-            ctx.cache.get_verified(&name)?
+            Lookup::of(&ctx.cache)?.get_verified(&name)?
         } else {
             path
         };
@@ -26,10 +27,13 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         return Ok(output::line(path.display())?);
     }
     let r = parse_ref(&args.reference)?;
+    // The caller's private cache first (one failed `lstat` in a shared cache for a user
+    // who has none; nothing at all in a cache that is not shared), then the cache.
+    let lookup = Lookup::of(&ctx.cache)?;
     let path = if args.verify {
-        ctx.cache.get_verified(&r)?
+        lookup.get_verified(&r)?
     } else {
-        ctx.cache.get(&r)?
+        lookup.get(&r)?
     };
     if ctx.json {
         output::json(&serde_json::json!({ "name": r.key(), "path": path }))?;

@@ -10,7 +10,9 @@ use sregistry::format::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let entry = ctx.cache.entry(&r)?;
+    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
+    let (place, entry) = lookup.entry(&r)?;
+    let private = place == sregistry::cache::Place::Private;
     let present = entry.path.is_file();
     let sif_result = if present {
         sif::read_if_sif(&entry.path)
@@ -20,11 +22,14 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let quarantined = if present {
         None
     } else {
-        ctx.cache.quarantined(&entry.digest)
+        lookup.holder(&r).quarantined(&entry.digest)
     };
     if ctx.json {
         let mut v = serde_json::to_value(output::EntryJson::from(&entry))?;
         v["present"] = present.into();
+        if private {
+            v["private"] = true.into();
+        }
         if let Some(q) = &quarantined {
             v["quarantined"] = q.display().to_string().into();
         }
@@ -38,6 +43,12 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         let mut s = String::new();
         let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<10} {v}\n"));
         kv("name:", entry.name.clone());
+        if private {
+            kv(
+                "private:",
+                "yes (in your private cache; no other user can read it)".into(),
+            );
+        }
         kv("digest:", entry.digest.to_string());
         kv("path:", entry.path.display().to_string());
         kv(

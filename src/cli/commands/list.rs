@@ -4,13 +4,26 @@ use anyhow::Result;
 
 use super::{Ctx, output};
 use crate::cli::ListArgs;
+use sregistry::cache::{Lookup, Place};
 
 pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
-    let entries = ctx.cache.list(args.pattern.as_deref())?;
+    // The caller's private images (in a shared cache) with the cache's, by name.
+    let placed = Lookup::of(&ctx.cache)?.list(args.pattern.as_deref())?;
+    let private = |p: &Place| *p == Place::Private;
     if ctx.json {
-        let rows: Vec<output::EntryJson> = entries.iter().map(output::EntryJson::from).collect();
+        let rows: Vec<serde_json::Value> = placed
+            .iter()
+            .map(|(p, e)| {
+                let mut v = serde_json::to_value(output::EntryJson::from(e))?;
+                if private(p) {
+                    v["private"] = true.into();
+                }
+                Ok(v)
+            })
+            .collect::<Result<_>>()?;
         return Ok(output::json(&rows)?);
     }
+    let entries: Vec<&sregistry::cache::Entry> = placed.iter().map(|(_, e)| e).collect();
     if entries.is_empty() {
         ctx.say(match &args.pattern {
             Some(p) => format!("no cached image matches `{p}`"),
@@ -25,9 +38,15 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
     let platforms = entries.iter().any(|e| output::platform_of(e).is_some());
     let rows: Vec<Vec<String>> = entries
         .iter()
-        .map(|e| {
+        .zip(&placed)
+        .map(|(e, (place, _))| {
             let mut row = vec![
-                format!("{}{}", e.name, if e.pinned { " (pinned)" } else { "" }),
+                format!(
+                    "{}{}{}",
+                    e.name,
+                    if e.pinned { " (pinned)" } else { "" },
+                    if private(place) { " (private)" } else { "" }
+                ),
                 e.digest.short(),
                 e.size.map(output::size).unwrap_or_else(|| "?".into()),
                 output::age(e.added),

@@ -78,6 +78,8 @@ pub fn remote_options(
         platform: None,
         squashfs_comp: None,
         offline: ctx.offline,
+        shared_remotes: ctx.config.shared_remotes.clone(),
+        anonymous: false,
     })
 }
 

@@ -11,7 +11,24 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
         .iter()
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
-    let removed = ctx.cache.remove(&refs, args.keep_blob)?;
+    // Each name is removed from the cache that holds it: the caller's private cache first.
+    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
+    let (mine, rest): (Vec<_>, Vec<_>) = refs.into_iter().partition(|r| {
+        lookup
+            .private()
+            .is_some_and(|p| std::ptr::eq(lookup.holder(r), p))
+    });
+    let mut removed = sregistry::cache::Removed::default();
+    for (c, refs) in [(lookup.private(), mine), (Some(&ctx.cache), rest)] {
+        if let Some(c) = c
+            && !refs.is_empty()
+        {
+            let r = c.remove(&refs, args.keep_blob)?;
+            removed.names.extend(r.names);
+            removed.blobs.extend(r.blobs);
+            removed.bytes_freed += r.bytes_freed;
+        }
+    }
     if ctx.json {
         return Ok(output::json(&removed)?);
     }

@@ -33,18 +33,64 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
         .iter()
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
-    let report = verify::run(
-        &ctx.cache,
-        &VerifyOptions {
-            names,
-            repair: args.repair,
-            tmp_grace: args.tmp_grace,
-            progress: None,
-        },
-    )?;
-    if ctx.json {
-        output::json(&report)?;
+    // The caller's own private cache in a shared cache too (names given are checked in
+    // the cache that holds them); another user's is never entered.
+    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
+    let (mine, rest): (Vec<_>, Vec<_>) = names.iter().cloned().partition(|r| {
+        lookup
+            .private()
+            .is_some_and(|p| std::ptr::eq(lookup.holder(r), p))
+    });
+    let opts = |names| VerifyOptions {
+        names,
+        repair: args.repair,
+        tmp_grace: args.tmp_grace,
+        progress: None,
+    };
+    let report = if !names.is_empty() && rest.is_empty() {
+        None
     } else {
+        Some(verify::run(&ctx.cache, &opts(rest))?)
+    };
+    let private = match lookup.private() {
+        Some(p) if names.is_empty() || !mine.is_empty() => Some((verify::run(p, &opts(mine))?, p)),
+        _ => None,
+    };
+    if ctx.json {
+        let mut v = match &report {
+            Some(r) => serde_json::to_value(r)?,
+            None => serde_json::json!({}),
+        };
+        if let Some((r, _)) = &private {
+            v["private"] = serde_json::to_value(r)?;
+        }
+        output::json(&v)?;
+    }
+    let mut clean = true;
+    for (r, label) in report
+        .iter()
+        .map(|r| (r, None))
+        .chain(private.iter().map(|(r, p)| (r, Some(p.root()))))
+    {
+        if let Some(root) = label
+            && !ctx.json
+        {
+            ctx.say(format!("your private cache `{}`:", root.display()));
+        }
+        clean &= print(ctx, r)?;
+    }
+    if !clean {
+        return Err(Reported {
+            status: ExitStatus::Problem,
+        }
+        .into());
+    }
+    Ok(())
+}
+
+/// Print one cache's report (unless `--json`); whether it is clean.
+fn print(ctx: &Ctx, report: &verify::VerifyReport) -> Result<bool> {
+    if !ctx.json {
         for p in &report.problems {
             let names = if p.names.is_empty() {
                 String::new()
@@ -83,13 +129,10 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
             eprintln!(
                 "verify found {} problem(s){}",
                 report.problems.len(),
-                what_to_do(&report)
+                what_to_do(report)
             );
         }
-        return Err(Reported {
-            status: ExitStatus::Problem,
-        }
-        .into());
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
