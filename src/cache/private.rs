@@ -10,9 +10,10 @@
 //! * [`Cache::own_private`] finds the caller's private cache: for a cache that is not
 //!   shared, nothing at all (no system call); for a shared one, one `lstat` of
 //!   `private/<uid>` (which fails with `ENOENT` for a user who never pulled a private
-//!   image, the whole cost of a `get` for everyone else). A directory there that is not
-//!   the caller's own, or that others may enter, is refused rather than used: another
-//!   member could have made it to read what the caller pulls, or to shadow names.
+//!   image, the whole cost of a `get` for everyone else). A directory there of the
+//!   caller's that others may enter is refused; one that another user owns is passed
+//!   over by lookups (it cannot hold the caller's images) and refused by a pull, never
+//!   used: another member could have made it to read what the caller pulls.
 //! * [`Cache::make_own_private`] creates it on a private pull's first need:
 //!   `private/` (setgid and sticky, `3730`: members may create their own directory and
 //!   enter it, but neither list nor rename nor remove another's), then `private/<uid>`
@@ -52,10 +53,18 @@ impl Cache {
     /// `lstat` (none for a cache that is not shared). Refused when the directory is not
     /// the caller's own, or when group or others may enter it.
     pub fn own_private(&self) -> Result<Option<Cache>, CacheError> {
+        self.find_own_private(false)
+    }
+
+    /// [`Cache::own_private`]; with `strict`, a directory there that another user owns is
+    /// refused too, else it is passed over (it cannot hold the caller's images, and a
+    /// member who made one must not stop every `get` of the caller's).
+    fn find_own_private(&self, strict: bool) -> Result<Option<Cache>, CacheError> {
         let Some(dir) = self.own_private_root() else {
             return Ok(None);
         };
         match fs::symlink_metadata(&dir) {
+            Ok(m) if !strict && m.uid() != euid() => Ok(None),
             Ok(m) => {
                 check_own(&dir, &m)?;
                 Ok(Some(self.private_at(&dir)?))
@@ -77,7 +86,7 @@ impl Cache {
     /// The caller's private cache, made if it is not there yet (see the module's doc);
     /// `None` for a cache that is not shared.
     pub fn make_own_private(&self) -> Result<Option<Cache>, CacheError> {
-        if let Some(c) = self.own_private()? {
+        if let Some(c) = self.find_own_private(true)? {
             return Ok(Some(c));
         }
         let Some(dir) = self.own_private_root() else {
@@ -106,8 +115,8 @@ impl Cache {
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(layout(&dir, e)),
         }
-        // Checked again: what is there now may be another's, made in between.
-        self.own_private()
+        // Checked again: what is there now may be another's, made before or in between.
+        self.find_own_private(true)
     }
 
     fn private_at(&self, dir: &Path) -> Result<Cache, CacheError> {

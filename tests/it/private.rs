@@ -438,3 +438,155 @@ fn layers_pulled_privately_are_not_reused_for_another_user() {
     // The same conversion, the same SIF: his is built from his own download.
     assert_eq!(fs::read(&theirs).unwrap(), fs::read(&mine).unwrap());
 }
+
+/// A registry with htpasswd auth holding `lab/secret:1` (pushed by root); the image's
+/// bytes.
+fn registry_with_secret() -> (Registry, Vec<u8>) {
+    let reg = Registry::htpasswd("alice", PASSWORD);
+    let pusher = Env::new();
+    let sif = pusher.sif("secret.sif", "the lab's secret");
+    stdout_of(
+        pusher
+            .cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/secret:1"]),
+    );
+    let out = pusher
+        .cmd()
+        .args(["login", &reg.addr, "-u", "alice", "--password-stdin"])
+        .write_stdin(PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    stdout_of(
+        pusher
+            .cmd()
+            .args(["push", "lab/secret:1", &reg.oras("lab/secret:1")]),
+    );
+    (reg, fs::read(&sif).unwrap())
+}
+
+/// A directory another member made in advance at alice's `private/<uid>` (open to him)
+/// is never used: alice's pull of an image that needs credentials is refused, one line
+/// naming it, nothing is downloaded into it, and her `get`s of shared images still work.
+#[test]
+fn a_private_directory_another_member_planted_is_never_used() {
+    if skip_unless_root(
+        "a_private_directory_another_member_planted_is_never_used",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, content) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let bob_config = config_dir_of(&env, bob);
+    let input = env.file("tool.img", b"a shared tool");
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &bob_config,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    let planted = cache.join("private").join(uid_of(alice).to_string());
+    let out = sh_as(
+        bob,
+        &format!(
+            "mkdir -p '{0}' && chmod 777 '{0}' '{1}'",
+            planted.display(),
+            cache.join("private").display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let alice_config = config_dir_of(&env, alice);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let out = as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &reg.oras("lab/secret:1")],
+    );
+    refused(&out, 1, "refusing your private cache");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+    assert!(walk(&planted).iter().all(|p| !p.is_file()), "written into");
+    shared_holds_none_of(&cache, &content);
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", "lab/tool:1"],
+    ));
+}
+
+/// gc and verify: the owner's act on the shared cache and on their own private cache; a
+/// cron gc and verify as another member never enter it and do not fail on it.
+#[test]
+fn gc_and_verify_act_on_the_callers_own_private_cache_only() {
+    if skip_unless_root(
+        "gc_and_verify_act_on_the_callers_own_private_cache_only",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, _) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let alice_config = config_dir_of(&env, alice);
+    let bob_config = config_dir_of(&env, bob);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let remote = reg.oras("lab/secret:1");
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &remote],
+    ));
+    let name = format!("{}/lab/secret:1", reg.addr);
+    // Bob's cron jobs: clean, and alice's image untouched.
+    for args in [
+        &["gc", "--min-idle", "0s", "--max-age", "0s"][..],
+        &["verify"][..],
+    ] {
+        let out = as_user(bob, &bin, &cache, &bob_config, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains("private"), "{args:?}: {said}");
+    }
+    assert!(Path::new(&path).is_file());
+    // Alice's verify checks her private cache too, and finds it clean.
+    let out = as_user(alice, &bin, &cache, &alice_config, &["verify", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["private"]["blobs_checked"], 1, "{v}");
+    // Her rm removes the name from her private cache, and her gc collects it there.
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["rm", "--keep-blob", &name],
+    ));
+    assert!(Path::new(&path).is_file());
+    let out = as_user(alice, &bin, &cache, &alice_config, &["gc", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["private"]["blobs"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+    assert!(!Path::new(&path).exists());
+}
