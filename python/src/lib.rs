@@ -20,7 +20,7 @@ use pyo3::types::{PyBytes, PyInt, PyType};
 use sregistry::cache::limits::Limits;
 use sregistry::cache::lock::LockOptions;
 use sregistry::cache::{
-    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, ProgressFn, Repoint,
+    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, Lookup, ProgressFn, Repoint,
 };
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
@@ -688,7 +688,8 @@ impl PyCache {
             return finish_remote(r, &hook).map(|p| p.display().to_string());
         }
         let r = parse_name(name)?;
-        py.detach(|| self.inner.get(&r))
+        // The caller's private cache in a shared cache first, as `sregistry get` does.
+        py.detach(|| Lookup::of(&self.inner)?.get(&r))
             .map(path_string)
             .map_err(cache_err)
     }
@@ -697,8 +698,10 @@ impl PyCache {
     /// `*` and `?`, else a substring).
     #[pyo3(signature = (pattern=None))]
     fn list(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<Image>> {
-        let all = py.detach(|| self.inner.list(pattern)).map_err(cache_err)?;
-        Ok(all.into_iter().map(Image::of).collect())
+        let all = py
+            .detach(|| Lookup::of(&self.inner)?.list(pattern))
+            .map_err(cache_err)?;
+        Ok(all.into_iter().map(|(_, e)| Image::of(e)).collect())
     }
 
     /// Everything known about `name`, with the SIF header and objects in `.sif` when the
@@ -708,7 +711,7 @@ impl PyCache {
         let r = parse_name(name)?;
         let (entry, sif_json) = py
             .detach(|| {
-                let entry = self.inner.entry(&r)?;
+                let (_, entry) = Lookup::of(&self.inner)?.entry(&r)?;
                 if !sif {
                     return Ok((entry, None));
                 }
@@ -733,9 +736,13 @@ impl PyCache {
     #[pyo3(signature = (source, target, force=false))]
     fn tag(&self, py: Python<'_>, source: &str, target: &str, force: bool) -> PyResult<Image> {
         let (src, dst) = (parse_name(source)?, parse_name(target)?);
-        py.detach(|| self.inner.tag(&src, &dst, Repoint::from_force(force)))
-            .map(Image::of)
-            .map_err(cache_err)
+        py.detach(|| {
+            Lookup::of(&self.inner)?
+                .holder(&src)
+                .tag(&src, &dst, Repoint::from_force(force))
+        })
+        .map(Image::of)
+        .map_err(cache_err)
     }
 
     /// Remove one name or a list of names: all exist and are unpinned, or nothing

@@ -571,6 +571,43 @@ fn gc_and_verify_act_on_the_callers_own_private_cache_only() {
     assert!(out.status.success(), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["private"]["blobs_checked"], 1, "{v}");
+    // Her tag and pin act in her private cache: the new name is private too.
+    let other = format!("{}/lab/secret:kept", reg.addr);
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["tag", &name, &other],
+    ));
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["pin", &other],
+    ));
+    let listed = ok(as_user(alice, &bin, &cache, &alice_config, &["list"]));
+    assert!(
+        listed.contains("lab/secret:kept (pinned) (private)"),
+        "{listed}"
+    );
+    let listed = ok(as_user(bob, &bin, &cache, &bob_config, &["list"]));
+    assert!(!listed.contains("secret"), "{listed}");
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["unpin", &other],
+    ));
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["rm", "--keep-blob", &other],
+    ));
     // Her rm removes the name from her private cache, and her gc collects it there.
     ok(as_user(
         alice,

@@ -7,7 +7,8 @@ use crate::cli::PinArgs;
 
 pub fn run(ctx: &Ctx, args: &PinArgs, pin: bool) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let changed = ctx.cache.set_pin(&r, pin)?;
+    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
+    let changed = lookup.holder(&r).set_pin(&r, pin)?;
     if ctx.json {
         return Ok(output::json(&serde_json::json!({
             "name": r.key(), "pinned": pin, "changed": changed

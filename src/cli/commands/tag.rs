@@ -9,7 +9,11 @@ use sregistry::cache::Repoint;
 pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
     let src = parse_ref(&args.source)?;
     let dst = parse_target_ref(&args.target)?;
-    let entry = ctx.cache.tag(&src, &dst, Repoint::from_force(args.force))?;
+    // In the cache that holds SRC: a name given to a private image stays private.
+    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
+    let entry = lookup
+        .holder(&src)
+        .tag(&src, &dst, Repoint::from_force(args.force))?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;
     } else {
