@@ -161,32 +161,9 @@ fn an_image_that_needed_credentials_stays_with_the_user_who_pulled_it() {
     ) {
         return;
     }
-    let reg = Registry::htpasswd("alice", PASSWORD);
+    let (reg, content) = registry_with_secret();
     let (env, bin, cache) = shared_cache_for_the_users();
     let [alice, bob] = USERS;
-    // The image, pushed by root from a cache of its own.
-    let pusher = Env::new();
-    let sif = pusher.sif("secret.sif", "the lab's secret");
-    let content = fs::read(&sif).unwrap();
-    stdout_of(
-        pusher
-            .cmd()
-            .arg("add")
-            .arg(&sif)
-            .args(["--name", "lab/secret:1"]),
-    );
-    let out = pusher
-        .cmd()
-        .args(["login", &reg.addr, "-u", "alice", "--password-stdin"])
-        .write_stdin(PASSWORD)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    stdout_of(
-        pusher
-            .cmd()
-            .args(["push", "lab/secret:1", &reg.oras("lab/secret:1")]),
-    );
     let remote = reg.oras("lab/secret:1");
     let name = format!("{}/lab/secret:1", reg.addr);
 
@@ -315,36 +292,15 @@ fn a_remote_the_site_marks_shared_goes_to_the_shared_cache() {
     ) {
         return;
     }
-    let reg = Registry::htpasswd("alice", PASSWORD);
+    let (reg, _) = registry_with_secret();
     let (env, bin, cache) = shared_cache_for_the_users();
     let [alice, bob] = USERS;
-    let pusher = Env::new();
-    let sif = pusher.sif("base.sif", "the site's base image");
-    stdout_of(
-        pusher
-            .cmd()
-            .arg("add")
-            .arg(&sif)
-            .args(["--name", "lab/base:1"]),
-    );
-    let out = pusher
-        .cmd()
-        .args(["login", &reg.addr, "-u", "alice", "--password-stdin"])
-        .write_stdin(PASSWORD)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{out:?}");
-    stdout_of(
-        pusher
-            .cmd()
-            .args(["push", "lab/base:1", &reg.oras("lab/base:1")]),
-    );
     let alice_config = config_dir_of(&env, alice);
     login(alice, &bin, &cache, &alice_config, &reg, "alice");
     let site = format!("shared_remotes = [\"oras://{}/lab/*\"]\n", reg.addr);
     let site_file = env.file("site.toml", site.as_bytes());
     fs::set_permissions(&site_file, fs::Permissions::from_mode(0o644)).unwrap();
-    let remote = reg.oras("lab/base:1");
+    let remote = reg.oras("lab/secret:1");
     let path = ok(Command::new("setpriv")
         .args(["--reuid", alice, "--regid", "users", "--init-groups", "--"])
         .arg(&bin)
@@ -357,7 +313,7 @@ fn a_remote_the_site_marks_shared_goes_to_the_shared_cache() {
         .unwrap());
     assert!(Path::new(&path).starts_with(cache.join("v1")), "{path}");
     let bob_config = config_dir_of(&env, bob);
-    let name = format!("{}/lab/base:1", reg.addr);
+    let name = format!("{}/lab/secret:1", reg.addr);
     assert_eq!(
         ok(as_user(bob, &bin, &cache, &bob_config, &["get", &name])),
         path
@@ -626,4 +582,40 @@ fn gc_and_verify_act_on_the_callers_own_private_cache_only() {
         "{v}"
     );
     assert!(!Path::new(&path).exists());
+}
+
+/// `shared_remotes` is read from a file and from its variable, and a pattern that is not
+/// one is refused naming the file, line and key (exit 2), as every bad value is.
+#[test]
+fn shared_remotes_are_read_and_a_bad_pattern_is_refused() {
+    let env = Env::new();
+    let good = env.file(
+        "good.toml",
+        b"shared_remotes = [\"docker://reg.example.org:5000/lab/*\", \"oras://reg.example.org/base\"]\n",
+    );
+    let out = stdout_of(env.cmd().args(["config", "--check"]).arg(&good));
+    assert!(out.contains("docker://reg.example.org:5000/lab/*"), "{out}");
+    let bad = env.file(
+        "bad.toml",
+        b"retries = 2\nshared_remotes = [\"ftp://reg.example.org/*\"]\n",
+    );
+    let err = assert_fails(env.cmd().args(["config", "--check"]).arg(&bad), 2, "line 2");
+    assert!(err.contains("shared_remotes"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["config", "--json"]).env(
+            "SREGISTRY_SHARED_REMOTES",
+            "oras://a.example.org/x/*, s3://bucket/k",
+        )))
+        .unwrap();
+    assert_eq!(
+        v["settings"]["shared_remotes"]["value"],
+        serde_json::json!(["oras://a.example.org/x/*", "s3://bucket/k"])
+    );
+    assert_fails(
+        env.cmd()
+            .args(["get", "x"])
+            .env("SREGISTRY_SHARED_REMOTES", "oras://a.example.org/x*"),
+        2,
+        "SREGISTRY_SHARED_REMOTES",
+    );
 }
