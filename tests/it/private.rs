@@ -40,6 +40,19 @@ fn as_user_in(
     args: &[&str],
     stdin: &str,
 ) -> Output {
+    as_user_with(user, bin, cache, config, args, stdin, &[])
+}
+
+/// [`as_user_in`] with variables `envs` set too.
+fn as_user_with(
+    user: &str,
+    bin: &Path,
+    cache: &Path,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+    envs: &[(&str, &str)],
+) -> Output {
     use std::io::Write;
     let mut child = Command::new("setpriv")
         .args(["--reuid", user, "--regid", "users", "--init-groups", "--"])
@@ -53,6 +66,7 @@ fn as_user_in(
         .env_remove("SREGISTRY_NOW")
         .env_remove("SREGISTRY_CONFIG")
         .env_remove("SREGISTRY_SHARED_REMOTES")
+        .envs(envs.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -618,4 +632,73 @@ fn shared_remotes_are_read_and_a_bad_pattern_is_refused() {
         2,
         "SREGISTRY_SHARED_REMOTES",
     );
+}
+
+/// A URL that carries credentials (user and password) and an `s3://` object read with
+/// keys go to the puller's private cache; the same URL without them, to the shared cache.
+#[test]
+fn a_url_or_an_object_read_with_credentials_goes_to_the_private_cache() {
+    if skip_unless_root(
+        "a_url_or_an_object_read_with_credentials_goes_to_the_private_cache",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    use crate::support::fault_server::{FaultServer, Handler, Reply};
+    use crate::support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let alice_config = config_dir_of(&env, alice);
+    let bob_config = config_dir_of(&env, bob);
+    let content = fs::read(env.sif("img.sif", "served over http")).unwrap();
+    let body = content.clone();
+    let handler: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    let server = FaultServer::start(vec![("/img.sif".to_string(), handler)]);
+    let with_password = format!("http://user:pw@{}/img.sif", server.addr);
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &with_password],
+    ));
+    let own = cache.join("private").join(uid_of(alice).to_string());
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    shared_holds_none_of(&cache, &content);
+    let listed = ok(as_user(bob, &bin, &cache, &bob_config, &["list"]));
+    assert!(!listed.contains("img.sif"), "{listed}");
+    let plain = server.url("/img.sif");
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &plain],
+    ));
+    assert!(Path::new(&path).starts_with(cache.join("v1")), "{path}");
+
+    let s3 = S3Server::start();
+    let object = s3.object("lab/img.sif");
+    fs::create_dir_all(object.parent().unwrap()).unwrap();
+    let secret = fs::read(env.sif("s3.sif", "kept in a bucket")).unwrap();
+    fs::write(&object, &secret).unwrap();
+    let endpoint = s3.endpoint();
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let args = ["get", "s3://sifs/lab/img.sif", "--endpoint", &endpoint];
+    let path = ok(as_user_with(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &args,
+        "",
+        &keys,
+    ));
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    assert_eq!(fs::read(&path).unwrap(), secret);
+    shared_holds_none_of(&cache, &secret);
 }
