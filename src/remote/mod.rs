@@ -29,9 +29,10 @@
 //! error.rs      RemoteError and its kind()
 //! ```
 //!
-//! The imports in full: `remote_ref` -> docker, oci, s3, transport; `oci`, `docker` ->
-//! registry, auth, sink, transport (`docker` also runtime); `http` -> registry, sink,
-//! transport; `s3` -> sink, transport; `registry` -> auth, sink, transport;
+//! The imports in full: `privacy` -> auth, s3, remote_ref; `remote_ref` -> docker, oci,
+//! s3, transport; `oci`, `docker` -> registry, auth, sink, transport (`docker` also
+//! runtime); `http` -> registry, sink, transport; `s3` -> sink, transport; `registry` ->
+//! auth, sink, transport;
 //! `transport` -> runtime; `auth`, `sink`, `runtime` -> error only; and each
 //! of them -> error and types where it needs them.
 //!
