@@ -225,6 +225,16 @@ fn an_image_that_needed_credentials_stays_with_the_user_who_pulled_it() {
     let bob_config = config_dir_of(&env, bob);
     let out = as_user(bob, &bin, &cache, &bob_config, &["get", &remote]);
     refused(&out, 1, "credentials are required");
+    // The very message a cache of his own (not shared) gives.
+    let own_cache = env.path("bob-own");
+    fs::create_dir_all(&own_cache).unwrap();
+    run(Command::new("chown").arg(bob).arg(&own_cache));
+    let alone = as_user(bob, &bin, &own_cache, &bob_config, &["get", &remote]);
+    assert_eq!(alone.status.code(), out.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&alone.stderr),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = as_user(bob, &bin, &cache, &bob_config, &["pull", &remote]);
     refused(&out, 1, "credentials are required");
     // ... by the registry's digest of the manifest: refused by the registry too.
