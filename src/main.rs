@@ -54,6 +54,7 @@ fn main() -> ExitCode {
     let json = cli.global.json;
     let outcome = std::panic::catch_unwind(|| cli::commands::run(cli));
     // The command's `tmp/` files are committed or removed by now.
+    sregistry::cache::wait_for_placers();
     sregistry::cache::release_writer_locks();
     let Ok(outcome) = outcome else {
         return ExitStatus::Failure.into();

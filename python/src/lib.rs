@@ -20,7 +20,7 @@ use pyo3::types::{PyBytes, PyInt, PyType};
 use sregistry::cache::limits::Limits;
 use sregistry::cache::lock::LockOptions;
 use sregistry::cache::{
-    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, Lookup, ProgressFn, Repoint,
+    AddItem, AddOptions, CacheError, DEFAULT_ADD_BATCH, Entry, ProgressFn, Repoint,
 };
 use sregistry::format::sif;
 use sregistry::format::units::{self, UnitError};
@@ -390,6 +390,13 @@ struct Image {
     media_type: Option<String>,
     #[pyo3(get)]
     remote_digest: Option<String>,
+    /// The read-only tier that holds the name (as configured), `None` for the writable
+    /// cache.
+    #[pyo3(get)]
+    tier: Option<String>,
+    /// Whether the name is in the caller's private cache (inside a shared cache).
+    #[pyo3(get)]
+    private: bool,
     /// The SIF description as JSON, or why the file is not a readable SIF.
     sif_json: Option<String>,
 }
@@ -408,6 +415,8 @@ impl Image {
             labels: e.labels,
             media_type: e.media_type,
             remote_digest: e.remote_digest,
+            tier: e.tier.map(|t| t.display().to_string()),
+            private: e.private,
             sif_json: None,
         }
     }
@@ -446,10 +455,15 @@ impl Image {
 /// `root=None` is the command line's default: `$SREGISTRY_CACHE`, else
 /// `${XDG_CACHE_HOME:-~/.cache}/sregistry`. `lock_timeout` (seconds) is how long a call
 /// waits for another process's lock before raising `LockTimeout` (default:
-/// `$SREGISTRY_LOCK_TIMEOUT`, else the command line's default).
+/// `$SREGISTRY_LOCK_TIMEOUT`, else the command line's default). `tiers` are the read-only
+/// caches `get`, `list` and `inspect` look in after this one, in order (default: the
+/// configuration's `tiers`, `$SREGISTRY_TIERS`); they are never written, and `tag`,
+/// `remove`, `pin` and `unpin` of a name only a tier holds raise `Error` naming the tier.
 #[pyclass(frozen, module = "sregistry", name = "Cache")]
 struct PyCache {
     inner: Cache,
+    /// The tiers `get`, `list` and `inspect` look in after `inner`.
+    tiers: Vec<std::path::PathBuf>,
 }
 
 fn json_to_py<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
@@ -499,11 +513,37 @@ fn size_arg(
     parse(&s).map(Some).map_err(unit_err)
 }
 
+impl PyCache {
+    /// The caches a lookup looks in: the caller's private cache (in a shared cache), this
+    /// one, then each tier.
+    fn caches(&self) -> Result<sregistry::cache::Caches<'_>, CacheError> {
+        sregistry::cache::Caches::new(&self.inner, &self.tiers)
+    }
+
+    /// Pin or unpin `name` in the cache that holds it (the caller's private cache, else
+    /// this one); a name only a tier holds is refused naming the tier.
+    fn set_pin(&self, py: Python<'_>, name: &str, pin: bool) -> PyResult<bool> {
+        let r = parse_name(name)?;
+        py.detach(|| {
+            let caches = self.caches()?;
+            caches
+                .holder(&r)
+                .set_pin(&r, pin)
+                .map_err(|e| caches.refuse_in_tier(e))
+        })
+        .map_err(cache_err)
+    }
+}
+
 #[pymethods]
 impl PyCache {
     #[new]
-    #[pyo3(signature = (root=None, lock_timeout=None))]
-    fn new(root: Option<&Bound<'_, PyAny>>, lock_timeout: Option<f64>) -> PyResult<PyCache> {
+    #[pyo3(signature = (root=None, lock_timeout=None, tiers=None))]
+    fn new(
+        root: Option<&Bound<'_, PyAny>>,
+        lock_timeout: Option<f64>,
+        tiers: Option<Vec<Bound<'_, PyAny>>>,
+    ) -> PyResult<PyCache> {
         let root = root
             .filter(|r| !r.is_none())
             .map(|r| path_arg(r, "root"))
@@ -517,7 +557,14 @@ impl PyCache {
             })?;
         }
         let inner = Cache::open(&root, locks).map_err(cache_err)?;
-        Ok(PyCache { inner })
+        let tiers = match tiers {
+            Some(given) => given
+                .iter()
+                .map(|t| path_arg(t, "tiers").map(|p| std::path::absolute(&p).unwrap_or(p)))
+                .collect::<PyResult<_>>()?,
+            None => config.tiers.clone(),
+        };
+        Ok(PyCache { inner, tiers })
     }
 
     /// The cache's root directory.
@@ -683,13 +730,17 @@ impl PyCache {
     fn get(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
         if remote::is_remote(name) {
             let remote = parse_remote(name)?;
-            let (opts, hook) = remote_opts(progress, false)?;
-            let r = py.detach(|| remote::get_or_pull(&self.inner, &remote, &opts));
+            let (mut opts, hook) = remote_opts(progress, false)?;
+            opts.tiers = self.tiers.clone();
+            let r = py.detach(|| {
+                let caches = self.caches()?;
+                remote::get_or_pull_in(&caches, &remote, &opts)
+            });
             return finish_remote(r, &hook).map(|p| p.display().to_string());
         }
         let r = parse_name(name)?;
         // The caller's private cache in a shared cache first, as `sregistry get` does.
-        py.detach(|| Lookup::of(&self.inner)?.get(&r))
+        py.detach(|| self.caches()?.get(&r))
             .map(path_string)
             .map_err(cache_err)
     }
@@ -699,9 +750,9 @@ impl PyCache {
     #[pyo3(signature = (pattern=None))]
     fn list(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<Image>> {
         let all = py
-            .detach(|| Lookup::of(&self.inner)?.list(pattern))
+            .detach(|| self.caches()?.list(pattern, false))
             .map_err(cache_err)?;
-        Ok(all.into_iter().map(|(_, e)| Image::of(e)).collect())
+        Ok(all.into_iter().map(|l| Image::of(l.entry)).collect())
     }
 
     /// Everything known about `name`, with the SIF header and objects in `.sif` when the
@@ -711,7 +762,7 @@ impl PyCache {
         let r = parse_name(name)?;
         let (entry, sif_json) = py
             .detach(|| {
-                let (_, entry) = Lookup::of(&self.inner)?.entry(&r)?;
+                let entry = self.caches()?.entry(&r)?;
                 if !sif {
                     return Ok((entry, None));
                 }
@@ -737,9 +788,11 @@ impl PyCache {
     fn tag(&self, py: Python<'_>, source: &str, target: &str, force: bool) -> PyResult<Image> {
         let (src, dst) = (parse_name(source)?, parse_name(target)?);
         py.detach(|| {
-            Lookup::of(&self.inner)?
+            let caches = self.caches()?;
+            caches
                 .holder(&src)
                 .tag(&src, &dst, Repoint::from_force(force))
+                .map_err(|e| caches.refuse_in_tier(e))
         })
         .map(Image::of)
         .map_err(cache_err)
@@ -765,22 +818,21 @@ impl PyCache {
             .collect::<PyResult<Vec<_>>>()?;
         let removed = py
             .detach(|| self.inner.remove(&refs, keep_blobs))
-            .map_err(cache_err)?;
+            .map_err(|e| match self.caches() {
+                Ok(c) => cache_err(c.refuse_in_tier(e)),
+                Err(_) => cache_err(e),
+            })?;
         report(py, "RemoveReport", removed)
     }
 
     /// Pin `name` (gc never removes it); returns whether that changed anything.
     fn pin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
-        let r = parse_name(name)?;
-        py.detach(|| self.inner.set_pin(&r, true))
-            .map_err(cache_err)
+        self.set_pin(py, name, true)
     }
 
     /// Unpin `name`; returns whether that changed anything.
     fn unpin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
-        let r = parse_name(name)?;
-        py.detach(|| self.inner.set_pin(&r, false))
-            .map_err(cache_err)
+        self.set_pin(py, name, false)
     }
 
     /// Download `remote` (`oras://`, `docker://`, `https://`, `s3://`) and name it `name`
@@ -799,7 +851,8 @@ impl PyCache {
     ) -> PyResult<Image> {
         let remote = parse_remote(remote)?;
         let name = name.map(parse_name).transpose()?;
-        let (opts, hook) = remote_opts(progress, force)?;
+        let (mut opts, hook) = remote_opts(progress, force)?;
+        opts.tiers = self.tiers.clone();
         let r = py.detach(|| remote::pull(&self.inner, &remote, name.as_ref(), &opts));
         finish_remote(r, &hook).map(|o| Image::of(o.entry))
     }

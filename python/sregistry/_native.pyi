@@ -1,7 +1,7 @@
 """Type stubs of the native module (python/src/lib.rs)."""
 
 import os
-from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from sregistry._errors import Error, Report
 
@@ -39,6 +39,10 @@ class Image:
     @property
     def remote_digest(self) -> Optional[str]: ...
     @property
+    def tier(self) -> Optional[str]: ...
+    @property
+    def private(self) -> bool: ...
+    @property
     def sif(self) -> Optional[Dict[str, Any]]: ...
     def __fspath__(self) -> str: ...
 
@@ -49,6 +53,7 @@ class Cache:
         self,
         root: Optional[Path] = None,
         lock_timeout: Optional[float] = None,
+        tiers: Optional[Sequence[Path]] = None,
     ) -> None: ...
     @property
     def root(self) -> str: ...

@@ -356,7 +356,7 @@ impl Cache {
             let (store, failed) = (self.store.clone(), placed_failure.clone());
             w.before_durable(Box::new(move || {
                 let (placing, mut staged) = pending;
-                staged.settle(placing);
+                staged.settle_committing(placing);
                 match staged.commit(&store, own) {
                     Ok(_) => {
                         testhook::pause("add-blob-committed");
@@ -382,6 +382,8 @@ impl Cache {
             media_type: blob.as_ref().and_then(|b| b.media_type.clone()),
             remote_digest: blob.and_then(|b| b.remote_digest),
             path,
+            tier: None,
+            private: self.private,
         })
     }
 }

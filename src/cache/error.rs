@@ -124,6 +124,15 @@ pub enum CacheError {
         "refusing your private cache `{path}`: {detail}; no image is pulled into it or read from it (ask the cache's admin to look at who made it)"
     )]
     NotOwnPrivate { path: PathBuf, detail: String },
+    /// A change asked of a name that only a read-only tier holds.
+    #[error(
+        "image `{name}` is in the read-only tier `{tier}`, not in the writable cache `{cache}`: sregistry never changes a tier (its admin publishes it); `sregistry pull` or `add` the image into the writable cache to change it there"
+    )]
+    InTier {
+        name: String,
+        tier: PathBuf,
+        cache: PathBuf,
+    },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
@@ -162,6 +171,7 @@ impl CacheError {
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,
             CacheError::Reentered { .. } => ErrorKind::Reentered,
+            CacheError::InTier { .. } => ErrorKind::PermissionDenied,
             CacheError::Settings(e) => e.kind(),
             CacheError::Store(e) => e.kind(),
             CacheError::Index(e) => e.kind(),
@@ -233,6 +243,14 @@ pub enum IndexError {
     },
     #[error("cannot rebuild the index `{path}` from its journal: {detail}")]
     Rebuild { path: PathBuf, detail: String },
+    /// A tier's index that redb would have to repair: copied while a writer had it open.
+    #[error(
+        "the index `{path}` of a read-only tier was not closed cleanly (copied while a writer had it open): sregistry never writes a tier; publish it again from its source (`sregistry tier publish`)"
+    )]
+    TierUnclean { path: PathBuf },
+    /// A write asked of a tier's index (a bug: the tiers are only read).
+    #[error("the index `{path}` belongs to a read-only tier: sregistry never writes a tier")]
+    TierWrite { path: PathBuf },
 }
 
 impl IndexError {
@@ -264,6 +282,8 @@ impl IndexError {
                 ErrorKind::of_io(source)
             }
             IndexError::NeedsNewer { .. } => ErrorKind::Unsupported,
+            IndexError::TierUnclean { .. } => ErrorKind::Damaged,
+            IndexError::TierWrite { .. } => ErrorKind::PermissionDenied,
         }
     }
 }

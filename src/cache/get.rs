@@ -192,6 +192,10 @@ impl Cache {
     /// record of its use (see `crate::cache::uses`). True when the caller should then
     /// fold it into the index ([`Cache::touch`]).
     fn note_use(&self, rd: &index::IndexReader, key: &str) -> Result<bool, CacheError> {
+        if self.tier.is_some() {
+            // A tier is never written: its uses are not recorded (no gc acts on it).
+            return Ok(false);
+        }
         let now = clock::now();
         let stale = rd
             .last_use(key)?
@@ -261,6 +265,8 @@ impl Cache {
             media_type: n.blob.as_ref().and_then(|b| b.media_type.clone()),
             remote_digest: n.blob.and_then(|b| b.remote_digest),
             name: n.name,
+            tier: self.tier.clone(),
+            private: self.private,
         }
     }
 

@@ -25,6 +25,12 @@ use super::{CACHEDIR_TAG, Cache, CacheError};
 impl Cache {
     /// Create the directory layout and `CACHEDIR.TAG` if they are missing.
     pub fn ensure_layout(&self) -> Result<(), CacheError> {
+        if self.tier.is_some() {
+            return Err(super::IndexError::TierWrite {
+                path: self.index.db_path().to_path_buf(),
+            }
+            .into());
+        }
         if self.store.tmp_dir().is_dir() && self.store.blobs_dir().is_dir() {
             return Ok(());
         }

@@ -77,14 +77,15 @@ mod ingest;
 mod layout;
 pub mod limits;
 pub mod lock;
-mod lookup;
 mod names;
 mod private;
 mod progress;
+mod publish;
 mod pull;
 mod retire;
 mod settings;
 mod store;
+pub mod tiers;
 mod uses;
 mod writer;
 
@@ -118,13 +119,14 @@ pub use index::{
     panic_is_caught, recovered_name,
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
-pub use lookup::{Lookup, Place};
 pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
 pub use private::PRIVATE_DIR;
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
+pub use publish::{DEFAULT_KEEP, Published};
 pub use settings::{Settings, SettingsError};
-pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished};
+pub use store::{BLOB_MODE, Found, TmpFile, remove_unfinished, wait_for_placers};
+pub use tiers::{Caches, Listed};
 pub use writer::release_all as release_writer_locks;
 
 /// Environment variable naming the cache root (the configuration's `cache`).
@@ -146,6 +148,10 @@ pub struct Cache {
     uses: UseMarkers,
     settings: Settings,
     lock_opts: LockOptions,
+    /// A read-only tier: the path it was configured as (see [`tiers`]).
+    tier: Option<PathBuf>,
+    /// The caller's private cache inside a shared one (see `private.rs`).
+    private: bool,
 }
 
 /// A name and everything known about it, as `list`, `inspect` and `add` report it.
@@ -163,6 +169,11 @@ pub struct Entry {
     /// The remote's digest of the content (`sha256:...`), when pulled or pushed.
     pub remote_digest: Option<String>,
     pub path: PathBuf,
+    /// The read-only tier that holds the name, as configured; `None` for the writable
+    /// cache.
+    pub tier: Option<PathBuf>,
+    /// Whether the name is in the caller's private cache inside a shared cache.
+    pub private: bool,
 }
 
 /// Where content came from, recorded with its name.
@@ -243,7 +254,30 @@ impl Cache {
             v1,
             settings,
             lock_opts,
+            tier: None,
+            private: false,
         }
+    }
+
+    /// A handle on the read-only tier configured as `configured` (see [`tiers`]): its
+    /// root is the directory `configured` resolves to now (a symbolic link a publication
+    /// moves is followed once, here, so one handle reads one version whole, and the paths
+    /// it hands out stay on that version). Nothing is ever written through it: no lock, no
+    /// use marker, no directory; its index is opened read-only without a lock.
+    pub fn open_tier(configured: &Path) -> Result<Cache, CacheError> {
+        // A published tier's `current` link (see `publish.rs`), else the directory itself.
+        let root = std::fs::canonicalize(configured.join(publish::CURRENT))
+            .or_else(|_| std::fs::canonicalize(configured))
+            .unwrap_or_else(|_| configured.to_path_buf());
+        let mut cache = Cache::open(&root, LockOptions::default())?;
+        cache.index = cache.index.read_only();
+        cache.tier = Some(configured.to_path_buf());
+        Ok(cache)
+    }
+
+    /// The path this cache was configured as, when it is a read-only tier.
+    pub fn tier(&self) -> Option<&Path> {
+        self.tier.as_deref()
     }
 
     pub fn settings(&self) -> &Settings {

@@ -120,11 +120,17 @@ impl Cache {
     }
 
     fn private_at(&self, dir: &Path) -> Result<Cache, CacheError> {
-        let c = Cache::open(dir, self.lock_opts.clone())?;
+        let mut c = Cache::open(dir, self.lock_opts.clone())?;
+        c.private = true;
         if c.settings.shared {
             return Err(not_own(dir, "it is set up as a shared cache"));
         }
         Ok(c)
+    }
+
+    /// Whether this is the caller's private cache inside a shared one.
+    pub fn is_private(&self) -> bool {
+        self.private
     }
 }
 

@@ -28,6 +28,21 @@
 //!   index lock) and unlinks it after the lock is released; a process that has the file
 //!   open keeps reading it.
 //!
+//! # Spare files
+//!
+//! Making a file costs an inode, which ext4 can take up to a millisecond to find (it
+//! passes over recently deleted ones), more than the rest of an `add`'s file work. Where
+//! the host's writers recycle their lock files (`super::writer`: a local filesystem), the
+//! thread that placed an `add`'s blob makes an empty `tmp/spare-<uid>-<k>@<host>`
+//! (mode 0600, `O_EXCL`, in the first of [`SPARE_SLOTS`] free) once the commit is about to
+//! name the blob (a refused or failed `add` makes none), while the commit's last flush
+//! runs; the next staging of that user on that host renames it to its own name
+//! instead of making a file, and checks that what it renamed is a plain empty file of its
+//! own with one link and mode 0600 (any member of the group can put something at a
+//! known name), else removes it and makes one. A spare is nobody's and holds nothing:
+//! gc removes it after the grace period, and a rename racing that removal leaves either
+//! the spare or nothing, never half of one.
+//!
 //! The store never takes locks itself; [`crate::cache`] does.
 
 use std::fs::{self, File, OpenOptions};
@@ -46,6 +61,11 @@ pub const BLOB_MODE: u32 = 0o444;
 pub(super) const INGEST_PREFIX: &str = "ingest-";
 /// Prefix of blobs waiting to be unlinked in `tmp/`.
 pub(super) const DELETE_PREFIX: &str = "delete-";
+/// Prefix of spare files in `tmp/`: empty files an `add` makes for the next staging on its
+/// host (see "Spare files" in [`Store`]).
+pub(super) const SPARE_PREFIX: &str = "spare-";
+/// Spare files a user keeps per host.
+const SPARE_SLOTS: u32 = 2;
 
 /// What the Linux NFS client renames a file to when it is unlinked while open on the same
 /// node ("silly rename"): the data lives on until the last close there, when the client
@@ -100,18 +120,23 @@ enum Sync {
 #[must_use]
 pub(super) struct Placing(Run);
 
-/// Dropped unsettled (a panic on the way), it still waits for its thread: nothing links
-/// the blob after the staged file is gone.
+/// Dropped unsettled (a panic on the way), it still waits for its thread's placing:
+/// nothing links the blob after the staged file is gone.
 impl Drop for Placing {
     fn drop(&mut self) {
-        if let Run::Running(thread) = std::mem::replace(&mut self.0, Run::Refused) {
-            let _ = thread.join();
+        if let Run::Running(done, _) = std::mem::replace(&mut self.0, Run::Refused) {
+            let _ = done.recv();
         }
     }
 }
 
 enum Run {
-    Running(std::thread::JoinHandle<Placed>),
+    /// On its thread, which sends what it did, then waits to be told whether the commit
+    /// goes on to name the blob: only then does it make a spare file (not waited for).
+    Running(
+        std::sync::mpsc::Receiver<Placed>,
+        std::sync::mpsc::SyncSender<bool>,
+    ),
     /// Run on the caller's thread (no thread could be made).
     Done(Placed),
     /// Nothing to run: the staged file's fsync had failed already.
@@ -203,17 +228,27 @@ impl Staged {
             store: store.clone(),
         };
         // The job is handed over once the thread exists: where no thread can be made (a
-        // batch system's limit on processes), it runs here instead.
+        // batch system's limit on processes), it runs here instead, without a spare.
         let (tx, rx) = std::sync::mpsc::sync_channel::<Place>(1);
+        let (done_tx, done) = std::sync::mpsc::sync_channel::<Placed>(1);
+        let (go, go_rx) = std::sync::mpsc::sync_channel::<bool>(1);
         let spawned = std::thread::Builder::new().spawn(move || {
-            rx.recv().map(Place::run).unwrap_or(Placed {
-                failed: Some(io::ErrorKind::Other),
-                linked: false,
-            })
+            let Ok(job) = rx.recv() else { return };
+            let store = job.store.clone();
+            let placed = job.run();
+            let ok = placed.failed.is_none();
+            let _ = done_tx.send(placed);
+            // Told by `settle`; a placing dropped unsettled tells nothing.
+            if ok && go_rx.recv() == Ok(true) && store.recycles() {
+                store.make_spare();
+            }
         });
         match spawned {
             Ok(thread) => match tx.send(job) {
-                Ok(()) => Placing(Run::Running(thread)),
+                Ok(()) => {
+                    keep_placer(thread);
+                    Placing(Run::Running(done, go))
+                }
                 Err(std::sync::mpsc::SendError(job)) => Placing(Run::Done(job.run())),
             },
             Err(_) => Placing(Run::Done(job.run())),
@@ -222,13 +257,28 @@ impl Staged {
 
     /// Wait for [`Staged::place_in_background`]: whether it made the link. A failed fsync
     /// is kept, for [`Staged::commit`] to refuse.
-    pub(super) fn settle(&mut self, mut placing: Placing) -> bool {
+    pub(super) fn settle(&mut self, placing: Placing) -> bool {
+        self.settle_then(placing, false)
+    }
+
+    /// [`Staged::settle`] by a commit that goes on to name the blob: the thread then makes
+    /// a spare file for the next staging (see "Spare files" above), while the commit
+    /// finishes. A command that fails or is refused leaves none.
+    pub(super) fn settle_committing(&mut self, placing: Placing) -> bool {
+        self.settle_then(placing, true)
+    }
+
+    fn settle_then(&mut self, mut placing: Placing, committing: bool) -> bool {
         let lost = Placed {
             failed: Some(io::ErrorKind::Other),
             linked: false,
         };
         let placed = match std::mem::replace(&mut placing.0, Run::Refused) {
-            Run::Running(thread) => thread.join().unwrap_or(lost),
+            Run::Running(done, go) => {
+                let placed = done.recv().unwrap_or(lost);
+                let _ = go.send(committing);
+                placed
+            }
             Run::Done(placed) => placed,
             Run::Refused => return false,
         };
@@ -394,6 +444,65 @@ impl Drop for Staged {
 
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// The threads of [`Staged::place_in_background`] (with the pid that made them), which
+/// may still be making a spare file after the commit has what it waits for. Touched only
+/// inside [`crate::fork::gate`].
+static PLACERS: std::sync::Mutex<Vec<(u32, std::thread::JoinHandle<()>)>> =
+    std::sync::Mutex::new(Vec::new());
+
+/// Keep `thread` for [`wait_for_placers`], first joining those that have ended (a program
+/// that adds for days keeps a few, not one per add).
+fn keep_placer(thread: std::thread::JoinHandle<()>) {
+    let pid = std::process::id();
+    let ended = crate::fork::gate(|| {
+        let Ok(mut v) = PLACERS.lock() else {
+            return Vec::new();
+        };
+        let ended = v
+            .extract_if(.., |(p, t)| *p != pid || t.is_finished())
+            .collect::<Vec<_>>();
+        v.push((pid, thread));
+        ended
+    });
+    own_threads(ended);
+}
+
+/// Join the threads of `threads` this process made; forget those a child made by `fork`
+/// inherited (they are its parent's, not its own: joining one would wait for nothing).
+fn own_threads(threads: Vec<(u32, std::thread::JoinHandle<()>)>) {
+    let pid = std::process::id();
+    for (p, t) in threads {
+        if p == pid {
+            let _ = t.join();
+        } else {
+            std::mem::forget(t);
+        }
+    }
+}
+
+/// Wait for this process's threads that placed blobs to end (making a spare file, at most
+/// a file creation each): the command line calls it when its command is done, so that a
+/// spare is there for the next command.
+pub fn wait_for_placers() {
+    let threads = crate::fork::gate(|| {
+        PLACERS
+            .lock()
+            .map(|mut v| v.drain(..).collect::<Vec<_>>())
+            .unwrap_or_default()
+    });
+    own_threads(threads);
+}
+
+/// What [`Store::claim_spare`] found.
+enum Claim {
+    /// A spare, now at the caller's name, open for writing.
+    Taken(File),
+    /// No spare.
+    None,
+    /// Something that is no spare now holds the caller's name and could not be removed.
+    Blocked,
+}
+
 /// The files this process is writing in `tmp/` and has not yet committed or removed, for
 /// [`remove_unfinished`]. Touched only inside [`crate::fork::gate`], so a child made by
 /// `fork` never finds it locked by a thread it does not have.
@@ -531,18 +640,102 @@ impl Store {
     /// A new name in `tmp/` for a file this process writes: under its writer lock
     /// (`<prefix><pid>-<salt>.<n>@<host>`) when it can take one, else [`unique_name`].
     fn writer_name(&self, prefix: &str) -> String {
+        self.writer_name_recycling(prefix).0
+    }
+
+    /// [`Store::writer_name`], and whether this host's writers recycle files here
+    /// ([`Store::recycles`]).
+    fn writer_name_recycling(&self, prefix: &str) -> (String, bool) {
         let token = self
             .writer
             .as_ref()
             .and_then(|o| super::writer::token(&self.locks, o, host_tag()));
         match token {
-            Some(t) => format!(
-                "{prefix}{t}.{}@{}",
-                COUNTER.fetch_add(1, Ordering::Relaxed),
-                host_tag()
+            Some((t, recycled)) => (
+                format!(
+                    "{prefix}{t}.{}@{}",
+                    COUNTER.fetch_add(1, Ordering::Relaxed),
+                    host_tag()
+                ),
+                recycled,
             ),
-            None => unique_name(prefix),
+            None => (unique_name(prefix), false),
         }
+    }
+
+    /// Whether this process's writer lock here was a parked file: the filesystem renames
+    /// without replacing (so it is local: NFS cannot), and a writer of this host ran here
+    /// not long ago. Only then are spare files made and looked for.
+    fn recycles(&self) -> bool {
+        self.writer
+            .as_ref()
+            .and_then(|o| super::writer::token(&self.locks, o, host_tag()))
+            .is_some_and(|(_, recycled)| recycled)
+    }
+
+    /// The path of this user's spare file `k` on this host.
+    fn spare_path(&self, k: u32) -> PathBuf {
+        // SAFETY: geteuid cannot fail.
+        let uid = unsafe { libc::geteuid() };
+        self.tmp
+            .join(format!("{SPARE_PREFIX}{uid}-{k}@{}", host_tag()))
+    }
+
+    /// Make a spare file in the first free slot, if one is free (on the thread that
+    /// placed a blob, after telling the commit: its cost overlaps the commit's last
+    /// flush instead of the next command's staging).
+    fn make_spare(&self) {
+        for k in 0..SPARE_SLOTS {
+            let made = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .custom_flags(libc::O_CLOEXEC)
+                .open(self.spare_path(k));
+            match made {
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Take a spare file as the new file `to`: renamed to it, then opened and checked to
+    /// be what a spare is (a plain, empty file of this user's, mode 0600, one link), since
+    /// any member of the group can put something at its known name. `None` when there is
+    /// none; whatever fails the check is removed, and when it cannot be (a directory with
+    /// something in it), `to` is left taken and the caller uses another name.
+    fn claim_spare(&self, to: &Path) -> Claim {
+        use std::os::unix::fs::MetadataExt;
+        for k in 0..SPARE_SLOTS {
+            match fs::rename(self.spare_path(k), to) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Claim::None,
+                Err(_) => continue,
+            }
+            let opened = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(to);
+            // SAFETY: geteuid cannot fail.
+            let uid = unsafe { libc::geteuid() };
+            if let Ok(f) = opened
+                && f.metadata().is_ok_and(|m| {
+                    m.file_type().is_file()
+                        && m.uid() == uid
+                        && m.nlink() == 1
+                        && m.len() == 0
+                        && m.mode() & 0o7777 == 0o600
+                })
+            {
+                return Claim::Taken(f);
+            }
+            if fs::remove_file(to).is_err() && fs::remove_dir(to).is_err() {
+                return Claim::Blocked;
+            }
+        }
+        Claim::None
     }
 
     fn lock_kind(&self) -> super::lock::Kind {
@@ -657,7 +850,18 @@ impl Store {
     }
 
     fn new_tmp_file(&self) -> Result<(File, PathBuf), StoreError> {
-        let path = self.tmp.join(self.writer_name(INGEST_PREFIX));
+        let (name, recycled) = self.writer_name_recycling(INGEST_PREFIX);
+        let mut path = self.tmp.join(name);
+        if recycled {
+            match self.claim_spare(&path) {
+                Claim::Taken(f) => {
+                    track(&path);
+                    return Ok((f, path));
+                }
+                Claim::Blocked => path = self.tmp.join(self.writer_name(INGEST_PREFIX)),
+                Claim::None => {}
+            }
+        }
         let f = OpenOptions::new()
             .read(true)
             .write(true)
@@ -845,6 +1049,9 @@ pub struct TmpFile {
     pub size: u64,
     /// A blob moved aside for deletion (always safe to unlink).
     pub deleting: bool,
+    /// An empty spare file for a next staging (`spare-*`): no leftover of anything, but
+    /// removed by gc after the grace period like one.
+    pub spare: bool,
     /// Its writer holds its writer lock (`super::writer`): a file being written, never a
     /// leftover, whatever its age.
     pub live: bool,
@@ -947,6 +1154,7 @@ impl Store {
                 live,
                 inode: inode_of(&meta),
                 deleting: name.starts_with(DELETE_PREFIX),
+                spare: name.starts_with(SPARE_PREFIX),
                 path: e.path(),
                 mtime,
                 size: meta.len(),

@@ -126,6 +126,9 @@ struct Held {
     locks: PathBuf,
     host: String,
     token: String,
+    /// The lock file was a parked one: this host's writers recycle files here (a local
+    /// filesystem with `RENAME_NOREPLACE`, a writer not long ago).
+    recycled: bool,
     _guard: LockGuard,
 }
 
@@ -138,12 +141,13 @@ static HELD: Mutex<Vec<Held>> = Mutex::new(Vec::new());
 static ATTEMPTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// The token (`<pid>-<salt>`) of this process's writer lock in `locks`, taking the lock
-/// first if this process holds none there; `None` when it cannot be taken.
+/// first if this process holds none there, and whether its file was a parked one
+/// ([`Held::recycled`]); `None` when it cannot be taken.
 ///
 /// `HELD` is entered only inside [`crate::fork::gate`] (a child made by `fork` while
 /// another thread is in here must find it free), and the lock is taken outside it (taking
 /// a lock enters the gate itself, and the gate does not nest).
-pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<String> {
+pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<(String, bool)> {
     let pid = std::process::id();
     let (found, inherited) = crate::fork::gate(|| {
         let mut held = HELD.lock().unwrap_or_else(|p| p.into_inner());
@@ -153,7 +157,7 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
         let found = held
             .iter()
             .find(|h| h.locks == locks)
-            .map(|h| h.token.clone());
+            .map(|h| (h.token.clone(), h.recycled));
         (found, inherited)
     });
     drop(inherited);
@@ -197,15 +201,16 @@ pub(super) fn token(locks: &Path, opts: &LockOptions, host: &str) -> Option<Stri
                 locks: locks.to_path_buf(),
                 host: host.to_string(),
                 token: token.clone(),
+                recycled: claimed,
                 _guard: guard,
             };
             let (chosen, spare) = crate::fork::gate(|| {
                 let mut all = HELD.lock().unwrap_or_else(|p| p.into_inner());
                 match all.iter().find(|h| h.pid == pid && h.locks == locks) {
-                    Some(h) => (h.token.clone(), Some(held)),
+                    Some(h) => ((h.token.clone(), h.recycled), Some(held)),
                     None => {
                         all.push(held);
-                        (token, None)
+                        ((token, claimed), None)
                     }
                 }
             });
@@ -312,7 +317,7 @@ mod tests {
                     .map(|_| {
                         s.spawn(|| {
                             barrier.wait();
-                            token(dir.path(), &opts, "h").unwrap()
+                            token(dir.path(), &opts, "h").unwrap().0
                         })
                     })
                     .collect();
@@ -330,7 +335,7 @@ mod tests {
     fn a_held_writer_lock_is_live_and_survives_removal_a_free_one_goes() {
         let dir = tempfile::tempdir().unwrap();
         let opts = LockOptions::default();
-        let token = token(dir.path(), &opts, "h").unwrap();
+        let token = token(dir.path(), &opts, "h").unwrap().0;
         let path = lock_path(dir.path(), &token, "h");
         assert!(is_live(&path, Kind::Ofd));
         assert_eq!(remove_dead(dir.path(), &[], Kind::Ofd), 0);
@@ -354,7 +359,7 @@ mod tests {
             kind: Kind::Flock,
             ..LockOptions::default()
         };
-        let token = token(dir.path(), &opts, "h").unwrap();
+        let token = token(dir.path(), &opts, "h").unwrap().0;
         let path = lock_path(dir.path(), &token, "h");
         assert!(is_live(&path, Kind::Flock));
         assert_eq!(remove_dead(dir.path(), &[], Kind::Flock), 0);
@@ -373,13 +378,13 @@ mod tests {
     fn the_next_writer_takes_the_parked_lock_file_instead_of_a_new_one() {
         let dir = tempfile::tempdir().unwrap();
         let opts = LockOptions::default();
-        let first = token(dir.path(), &opts, "h").unwrap();
+        let first = token(dir.path(), &opts, "h").unwrap().0;
         let inode = ino(&lock_path(dir.path(), &first, "h"));
         release_all();
         let parked = parked_path(dir.path(), 0, "h");
         assert_eq!(ino(&parked), inode, "parked, not removed");
         assert!(!is_live(&parked, Kind::Ofd), "parked files are let go");
-        let second = token(dir.path(), &opts, "h").unwrap();
+        let second = token(dir.path(), &opts, "h").unwrap().0;
         assert_ne!(
             first, second,
             "a name of its own: its tmp/ files never meet the last one's"
@@ -389,7 +394,7 @@ mod tests {
         assert!(is_live(&path, Kind::Ofd) && !parked.exists());
         // Another host's writers do not take it.
         release_all();
-        let other = token(dir.path(), &opts, "g").unwrap();
+        let other = token(dir.path(), &opts, "g").unwrap().0;
         assert_ne!(ino(&lock_path(dir.path(), &other, "g")), inode);
         release_all();
         assert_eq!(
@@ -414,7 +419,7 @@ mod tests {
         let inode = ino(&parked);
         let holder = lock::lock(&parked, Mode::Exclusive, &opts).unwrap();
         let start = std::time::Instant::now();
-        let t = token(dir.path(), &opts, "h").unwrap();
+        let t = token(dir.path(), &opts, "h").unwrap().0;
         assert!(start.elapsed() < std::time::Duration::from_secs(5));
         assert_ne!(ino(&lock_path(dir.path(), &t, "h")), inode);
         drop(holder);
@@ -423,7 +428,9 @@ mod tests {
 
     /// Take the writer lock of host `h` in `locks`: it is a plain file, held; its path.
     fn own_plain_lock(locks: &Path) -> PathBuf {
-        let t = token(locks, &LockOptions::default(), "h").expect("a writer lock");
+        let t = token(locks, &LockOptions::default(), "h")
+            .expect("a writer lock")
+            .0;
         let path = lock_path(locks, &t, "h");
         assert!(
             std::fs::symlink_metadata(&path)
@@ -465,7 +472,9 @@ mod tests {
         // An empty one is removed.
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(parked_path(dir.path(), 0, "h")).unwrap();
-        let t = token(dir.path(), &LockOptions::default(), "h").expect("a writer lock");
+        let t = token(dir.path(), &LockOptions::default(), "h")
+            .expect("a writer lock")
+            .0;
         assert!(is_live(&lock_path(dir.path(), &t, "h"), Kind::Ofd));
         let dirs = std::fs::read_dir(dir.path())
             .unwrap()
@@ -484,7 +493,7 @@ mod tests {
             std::fs::write(parked_path(dir.path(), k, "h"), b"").unwrap();
         }
         // The writer takes one of them, and parks it again: all slots full once more.
-        let t = token(dir.path(), &LockOptions::default(), "h").unwrap();
+        let t = token(dir.path(), &LockOptions::default(), "h").unwrap().0;
         std::fs::write(parked_path(dir.path(), 0, "h"), b"").unwrap();
         let path = lock_path(dir.path(), &t, "h");
         release_all();

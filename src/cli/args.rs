@@ -53,6 +53,13 @@ pub struct GlobalArgs {
     /// are refused [env: SREGISTRY_OFFLINE=1; `offline = true` in a configuration file]
     #[arg(long, global = true)]
     pub offline: bool,
+
+    /// A read-only cache to look in after the writable one (and the caller's private
+    /// cache in it); repeat for more, looked in in order (replaces the configured list)
+    /// [env: SREGISTRY_TIERS, colon-separated;
+    /// `tiers = [...]` in a configuration file]
+    #[arg(long = "tier", global = true, value_name = "DIR")]
+    pub tiers: Vec<PathBuf>,
 }
 
 impl Cli {
@@ -111,6 +118,7 @@ fn lean_command() -> clap::Command {
         ("doctor", &[], DoctorArgs::augment_args),
         ("migrate", &[], MigrateArgs::augment_args),
         ("config", &[], ConfigArgs::augment_args),
+        ("tier", &[], TierArgs::augment_args),
         ("completions", &[], CompletionsArgs::augment_args),
     ];
     let mut cmd = GlobalArgs::augment_args(clap::Command::new("sregistry"))
@@ -155,6 +163,7 @@ pub enum Command {
     Doctor(DoctorArgs),
     Migrate(MigrateArgs),
     Config(ConfigArgs),
+    Tier(TierArgs),
     Completions(CompletionsArgs),
 }
 
@@ -229,16 +238,25 @@ pub struct DockerArgs {
 }
 
 /// List cached images: name, platform (docker:// images), short digest, size, when added
-/// and last used.
+/// and last used, and the tier that holds it (when one does); `(private)` after a name in
+/// the caller's private cache (in a shared cache).
 ///
 /// PATTERN filters names: with `*` or `?` it is a glob over the whole name
-/// (`'lab/*:1.*'`), otherwise a substring (`lab/`). Sorted by name. --json prints every
-/// field, with the path.
+/// (`'lab/*:1.*'`), otherwise a substring (`lab/`). Sorted by name. The caller's private
+/// cache (in a shared cache) is looked in first, then the writable cache, then each tier
+/// (--tier, `tiers`): a name shows once, from the first that has it, unless --all. --json
+/// prints every field, with the path, `tier` (the tier's path, null for the writable
+/// cache), `private` and `shadowed`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only names matching this glob or substring
     #[arg(value_name = "PATTERN")]
     pub pattern: Option<String>,
+
+    /// Also show the names that an earlier cache shadows (a name that the caller's
+    /// private cache, the writable cache or an earlier tier also has)
+    #[arg(long)]
+    pub all: bool,
 }
 
 /// Show everything recorded about an image, and its SIF header and objects.
@@ -509,6 +527,50 @@ pub struct VerifyArgs {
     /// Age after which a tmp/ file counts as stray
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "6h")]
     pub tmp_grace: u64,
+    /// Check each tier (--tier, `tiers`) instead of the writable cache, read-only: report
+    /// only, nothing quarantined or repaired (publish the tier again)
+    #[arg(long = "tiers", conflicts_with = "repair")]
+    pub check_tiers: bool,
+}
+
+/// Publish a read-only tier: the caches every node reads after its writable one.
+///
+/// A tier is a cache an admin fills as any other (add, pull), then publishes to its
+/// read-only home (CVMFS, an NFS export). Nodes list it in `tiers` (or --tier,
+/// $SREGISTRY_TIERS) and never write it.
+#[derive(Debug, Args)]
+pub struct TierArgs {
+    #[command(subcommand)]
+    pub action: TierAction,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TierAction {
+    Publish(TierPublishArgs),
+}
+
+/// Publish the cache SRC as a new version of the tier DEST, atomically.
+///
+/// SRC's index and every image it records are copied into DEST/versions/<id> (an image
+/// the current version holds is hard-linked from it, not copied), checked, and only then
+/// made current by renaming the link DEST/current: a node reads the old version or the new
+/// one whole, never a mix. Paths that `get` handed out name their version's directory,
+/// which stays until a publish finds that its successor was published more than --keep ago.
+/// Writers to SRC wait while its index is copied. Tiers list DEST (or DEST/current).
+///
+/// Example: sregistry tier publish /staging/sregistry /cvmfs/img.example.org/sregistry
+#[derive(Debug, Args)]
+pub struct TierPublishArgs {
+    /// The cache to publish
+    #[arg(value_name = "SRC")]
+    pub source: PathBuf,
+    /// The tier's directory (created if missing)
+    #[arg(value_name = "DEST")]
+    pub dest: PathBuf,
+    /// How long a version stays after a newer one replaced it (jobs may still use its
+    /// paths): removed by the first publish after that
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7d")]
+    pub keep: u64,
 }
 
 /// Create a cache; with --shared, one that a Unix group shares.

@@ -28,6 +28,11 @@ pub struct EntryJson<'a> {
     pub labels: &'a std::collections::BTreeMap<String, String>,
     pub media_type: Option<&'a str>,
     pub path: &'a PathBuf,
+    /// The read-only tier that holds the name, as configured; `null` for the writable
+    /// cache.
+    pub tier: Option<&'a PathBuf>,
+    /// Whether the name is in the caller's private cache (inside a shared cache).
+    pub private: bool,
 }
 
 impl<'a> From<&'a Entry> for EntryJson<'a> {
@@ -44,6 +49,8 @@ impl<'a> From<&'a Entry> for EntryJson<'a> {
             labels: &e.labels,
             media_type: e.media_type.as_deref(),
             path: &e.path,
+            tier: e.tier.as_ref(),
+            private: e.private,
         }
     }
 }

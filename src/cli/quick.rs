@@ -49,6 +49,7 @@ pub(super) fn parse(args: &[OsString]) -> Option<Cli> {
         json: global.json,
         quiet: global.quiet,
         offline: false,
+        tiers: Vec::new(),
     };
     let command = match sub? {
         Sub::Get { reference } => Command::Get(GetArgs {

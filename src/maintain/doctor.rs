@@ -400,9 +400,10 @@ fn downloads_check(
 }
 
 /// Leftovers in `tmp/`: files older than gc's default grace period, or gc's and rm's
-/// own `delete-*` files.
+/// own `delete-*` files. Spare files are neither.
 fn tmp_check(cache: &Cache) -> Check {
-    let tmp = cache.tmp_files().unwrap_or_default();
+    let mut tmp = cache.tmp_files().unwrap_or_default();
+    tmp.retain(|t| !t.spare);
     let old = tmp
         .iter()
         .filter(|t| {

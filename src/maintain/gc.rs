@@ -87,7 +87,7 @@ pub struct GcReport {
     pub names: Vec<RemovedName>,
     /// Blobs removed.
     pub blobs: Vec<RemovedBlob>,
-    /// Stale entries removed from `tmp/`.
+    /// Stale entries removed from `tmp/` (not counting spare files, which go too).
     pub tmp_files: usize,
     /// Bytes freed (blobs and tmp files).
     pub bytes_freed: u64,
@@ -458,8 +458,9 @@ pub fn run(cache: &Cache, opts: &GcOptions) -> Result<GcReport, CacheError> {
     } else {
         cache.remove_tmp_files(&stale_tmp)
     };
+    // A spare file goes after the grace period too, but was no leftover: not counted.
     for (t, gone) in stale_tmp.iter().zip(gone) {
-        if gone {
+        if gone && !t.spare {
             report.tmp_files += 1;
             report.bytes_freed += t.size;
         }

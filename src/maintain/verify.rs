@@ -16,6 +16,10 @@
 //!    to run). With `--repair`, put back content whose recorded local source still has the
 //!    right digest.
 //!
+//! A read-only tier (`Cache::open_tier`, `verify --tiers`) is checked the same way, and
+//! only checked: it has no writers (so no `tmp/` to judge), and nothing is quarantined or
+//! repaired there (its admin publishes it again).
+//!
 //! Problems (exit code 4): corrupt blobs, names whose blob is missing, orphan files under
 //! `blobs/` that the index does not know, foreign files there, and `tmp/` entries older
 //! than the grace period (`delete-*` files included) whose writer is gone: a file whose
@@ -198,8 +202,10 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
     };
     let mut corrupt = judge_hashes(&to_hash, hashed, &size_of, &replaced, &users, &mut report);
     missing_blobs(cache, &on_disk, &users, &wanted, &mut report);
+    let tier = cache.tier().is_some();
     if wanted.is_none() {
-        let tmp = cache.tmp_files()?;
+        // A tier has no writers: its `tmp/` (if any) is never read, nor its writer locks.
+        let tmp = if tier { Vec::new() } else { cache.tmp_files()? };
         unknown_files(&on_disk, &tmp, &size_of, &mut report);
         report.unreferenced = unreferenced(&blob_records, &users);
         stray_tmp(tmp, opts.tmp_grace, &mut report);
@@ -211,7 +217,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             .iter()
             .any(|f| f.kind == "corrupt" && f.digest == Some(*d))
     });
-    if !corrupt.is_empty() || opts.repair {
+    if !tier && (!corrupt.is_empty() || opts.repair) {
         quarantine_and_repair(cache, &corrupt, &users, &mut report, opts.repair)?;
     }
     Ok(report)
@@ -397,7 +403,7 @@ fn unreferenced(
 fn stray_tmp(tmp: Vec<TmpFile>, grace: u64, report: &mut VerifyReport) {
     let now = clock::now();
     for t in tmp {
-        if !t.live && now.saturating_sub(t.mtime) >= grace {
+        if !t.live && !t.spare && now.saturating_sub(t.mtime) >= grace {
             report.problems.push(Finding {
                 kind: "stray-tmp",
                 path: t.path.clone(),

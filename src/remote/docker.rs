@@ -700,6 +700,7 @@ pub(super) fn pull_locked(
         let mut wanted: Vec<&str> = resolved.layers.iter().map(|l| l.digest.as_str()).collect();
         wanted.push(resolved.config.digest.as_str());
         let mut known = cache.open_by_remote_digest(&wanted)?;
+        let in_tiers = in_tiers(&opts.tiers, &wanted, &known)?;
         let config = fetch_config(&mut s, r, &resolved.config).await?;
         let platform = image_platform(&config, &plat, opts.platform.is_some(), &src)?;
         let (config_part, config_known) = match known.remove(&resolved.config.digest) {
@@ -724,6 +725,10 @@ pub(super) fn pull_locked(
                     source,
                 })?;
                 layers.push(Layer::Known(*d, f));
+                continue;
+            }
+            if let Some((tier, f)) = in_tiers.get(&l.digest) {
+                layers.push(Layer::New(copy_from_tier(cache, tier, f, l, opts)?));
                 continue;
             }
             let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, l.digest));
@@ -766,6 +771,59 @@ pub(super) fn pull_locked(
         downloaded: true,
         unreached: None,
     })
+}
+
+/// The layers of `wanted` that the writable cache lacks (`known`) and a tier holds (the
+/// first in order), each with the tier and its blob opened; read-only (see
+/// `crate::cache::tiers`).
+fn in_tiers(
+    tiers: &[PathBuf],
+    wanted: &[&str],
+    known: &std::collections::HashMap<String, (crate::format::digest::Digest, std::fs::File)>,
+) -> Result<std::collections::HashMap<String, (PathBuf, std::fs::File)>, RemoteError> {
+    let mut found = std::collections::HashMap::new();
+    for tier in tiers {
+        let missing: Vec<&str> = wanted
+            .iter()
+            .copied()
+            .filter(|w| !known.contains_key(*w) && !found.contains_key(*w))
+            .collect();
+        if missing.is_empty() {
+            break;
+        }
+        let t = Cache::open_tier(tier)?;
+        for (remote, (d, f)) in t.open_by_remote_digest(&missing)? {
+            found.insert(remote, (t.blob_path(&d), f));
+        }
+    }
+    Ok(found)
+}
+
+/// A layer a tier holds, copied into the writable cache through a sink as a download
+/// would be (its size and sha256 checked), without the network.
+fn copy_from_tier(
+    cache: &Cache,
+    tier_blob: &std::path::Path,
+    file: &std::fs::File,
+    l: &Descriptor,
+    opts: &RemoteOptions,
+) -> Result<Ingested, RemoteError> {
+    use std::io::Read;
+    let from = tier_blob.display().to_string();
+    let mut sink = Sink::new(cache, &from, Some(l.size), &opts.limits)?;
+    let mut f = file;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|source| RemoteError::Io {
+            path: tier_blob.to_path_buf(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        sink.write(bytes::Bytes::copy_from_slice(&buf[..n]))?;
+    }
+    Ok(sink.finish(Some(l.size), Some(&l.digest))?.0)
 }
 
 /// Convert the downloaded image into a SIF in `tmp/` and commit it with its parts.

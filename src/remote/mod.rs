@@ -71,7 +71,7 @@ pub use types::{Progress, ProgressHook, PullOutcome, RemoteOptions, Unreached};
 
 use std::path::PathBuf;
 
-use crate::cache::{Cache, CacheError, Lookup};
+use crate::cache::{Cache, CacheError, Caches};
 use crate::format::reference::Reference;
 use remote_ref::docker_platform_of;
 use transport::bad_ref;
@@ -108,18 +108,33 @@ impl Progress for InsidePull {
 }
 
 /// `get REMOTE`: the cached path if this remote was pulled under its name before,
-/// otherwise pull it first (once, however many processes ask at the same moment).
+/// otherwise pull it first (once, however many processes ask at the same moment): looks
+/// in the one lookup order of `cache` and `opts.tiers` ([`get_or_pull_in`]).
 pub fn get_or_pull(
     cache: &Cache,
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
+    get_or_pull_in(&Caches::new(cache, &opts.tiers)?, remote, opts)
+}
+
+/// [`get_or_pull`] through the caches a lookup looks in (`crate::cache::tiers`): the image
+/// an earlier pull of `remote` put under its default name in the caller's private cache,
+/// else in the writable cache, else in the first tier that holds it (read-only: nothing
+/// downloaded, converted or written); else pulled into the writable cache, or the
+/// caller's private cache when it needed credentials (`privacy.rs`; offline:
+/// [`RemoteError::Offline`]). A tier never holds a private image (`tier publish` copies
+/// no `private/`), and the shared cache only what was pulled without credentials or
+/// from a `shared_remotes` remote, so no cache here answers a user with another's
+/// private image.
+pub fn get_or_pull_in(
+    caches: &Caches<'_>,
+    remote: &RemoteRef,
+    opts: &RemoteOptions,
+) -> Result<PathBuf, RemoteError> {
     let name = remote.default_name(opts)?;
-    let lookup = Lookup::of(cache)?;
-    for (_, c) in lookup.caches() {
-        if let Some(p) = cached_from(c, &name, remote, opts)? {
-            return Ok(p);
-        }
+    if let Some(p) = caches.find(|c| cached_from(c, &name, remote, opts))? {
+        return Ok(p);
     }
     if opts.offline {
         return Err(RemoteError::Offline {
@@ -127,7 +142,7 @@ pub fn get_or_pull(
             need: Need::Cached,
         });
     }
-    privacy::routed(cache, remote, opts, |cache, opts| {
+    privacy::routed(caches.writable(), remote, opts, |cache, opts| {
         under_pull_lock(
             cache,
             lock_key(remote, opts),
@@ -332,18 +347,16 @@ pub fn pull(
         }
         None => (remote.default_name(opts)?, true),
     };
-    let lookup = Lookup::of(cache)?;
+    // The caller's private cache, then `cache` (a pull writes, so no tier answers it).
+    let caches = Caches::new(cache, &[])?;
     let from_cache = |why: Unreached| -> Result<Option<PullOutcome>, RemoteError> {
-        for (_, c) in lookup.caches() {
-            if let Some(entry) = cached_entry(c, &name, remote, opts)? {
-                return Ok(Some(PullOutcome {
-                    entry,
-                    downloaded: false,
-                    unreached: Some(why),
-                }));
-            }
-        }
-        Ok(None)
+        Ok(caches
+            .find(|c| cached_entry(c, &name, remote, opts))?
+            .map(|entry| PullOutcome {
+                entry,
+                downloaded: false,
+                unreached: Some(why),
+            }))
     };
     if opts.offline {
         if opts.refetch {

@@ -41,6 +41,9 @@ pub struct RemoteOptions {
     /// Send no stored credentials (set by `remote::privacy` for the first, anonymous,
     /// attempt of a pull into a shared cache).
     pub anonymous: bool,
+    /// Read-only tiers (`tiers`): a `docker://` conversion reads a layer one of them holds
+    /// instead of downloading it.
+    pub tiers: Vec<std::path::PathBuf>,
 }
 
 /// What the cache holds from an earlier pull of the same remote under the same name: a

@@ -148,9 +148,9 @@ field!(u32, Count, |n| n, |s| Some(Value::Count(*s)));
 field!(u64, Size, |n| n, |s| Some(Value::Size(*s)));
 field!(&'static str, Word, |w| w, |s| Some(Value::Word(s)));
 field!(bool, Bool, |b| b, |s| Some(Value::Bool(*s)));
-field!(Vec<PathBuf>, Paths, |p| p, |s| Some(Value::Paths(
-    s.clone()
-)));
+// An empty list is no value (shown as the default, "none").
+field!(Vec<PathBuf>, Paths, |p| p, |s| (!s.is_empty())
+    .then(|| Value::Paths(s.clone())));
 field!(Vec<String>, Remotes, |p| p, |s| (!s.is_empty())
     .then(|| Value::Remotes(s.clone())));
 
@@ -277,6 +277,11 @@ keys! {
         var "SREGISTRY_SHARED_REMOTES", flag None, form Form::Remotes,
         default Preset::Derived("none") => Vec::new(),
         means "remotes whose images go to a shared cache even when they needed credentials (else to the puller's private cache)";
+    /// `tiers`: read-only caches looked in after the writable one, in order.
+    TIERS tiers: Vec<PathBuf>,
+        var "SREGISTRY_TIERS", flag Some("--tier"), form Form::Paths,
+        default Preset::Derived("none") => Vec::new(),
+        means "read-only caches looked in, in order, after the writable cache (never written)";
 }
 
 /// The most retries `retries` may ask for.

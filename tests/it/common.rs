@@ -69,6 +69,7 @@ impl Env {
             "SREGISTRY_DATABASE",
             "SREGISTRY_STORAGE",
             "SREGISTRY_OFFLINE",
+            "SREGISTRY_TIERS",
         ] {
             c.env_remove(var);
         }
@@ -143,11 +144,23 @@ impl Env {
         out
     }
 
+    /// What `tmp/` holds but spare files (empty `spare-*` files an `add` makes for the
+    /// next one: no leftover of anything, see [`Env::spares`]).
     pub fn tmp_entries(&self) -> Vec<PathBuf> {
+        let spares = self.spares();
         match fs::read_dir(self.cache.join("v1/tmp")) {
-            Ok(rd) => rd.flatten().map(|e| e.path()).collect(),
+            Ok(rd) => rd
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| !spares.contains(p))
+                .collect(),
             Err(_) => Vec::new(),
         }
+    }
+
+    /// The spare files in `tmp/`: plain, empty, mode 0600 files named `spare-*`.
+    pub fn spares(&self) -> Vec<PathBuf> {
+        spares_in(&self.cache)
     }
 
     /// Every blob's content hashes to its file name.
@@ -183,7 +196,8 @@ impl Env {
     }
 
     /// Path, size and mode of everything under the cache, with the index's content hash:
-    /// equal snapshots mean nothing changed.
+    /// equal snapshots mean nothing changed. Spare files ([`Env::spares`]: empty, the
+    /// user's, for the next `add` to rename) are left out: a command may take one.
     pub fn snapshot(&self) -> BTreeMap<PathBuf, (u64, u32, String)> {
         self.snapshot_of(&self.cache)
     }
@@ -194,7 +208,8 @@ impl Env {
         if !cache.exists() {
             return out;
         }
-        for e in walk(cache) {
+        let spares = spares_in(cache);
+        for e in walk(cache).into_iter().filter(|e| !spares.contains(e)) {
             let m = fs::symlink_metadata(&e).unwrap();
             let h = if m.is_file() {
                 sregistry::Digest::of(&fs::read(&e).unwrap()).hex()
@@ -212,6 +227,27 @@ impl Env {
         }
         out
     }
+}
+
+/// The spare files in `cache`'s `tmp/` (see [`Env::spares`]).
+pub fn spares_in(cache: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = match fs::read_dir(cache.join("v1/tmp")) {
+        Ok(rd) => rd
+            .flatten()
+            .filter(|e| {
+                e.file_name().to_string_lossy().starts_with("spare-")
+                    && fs::symlink_metadata(e.path()).is_ok_and(|m| {
+                        m.file_type().is_file()
+                            && m.len() == 0
+                            && m.permissions().mode() & 0o7777 == 0o600
+                    })
+            })
+            .map(|e| e.path())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    out.sort();
+    out
 }
 
 pub fn walk(dir: &Path) -> Vec<PathBuf> {

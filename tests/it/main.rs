@@ -38,6 +38,8 @@ mod reproducible;
 mod s3;
 mod shared;
 mod shared_init;
+mod spares;
+mod tiers;
 mod tls;
 mod uses;
 mod verify;

@@ -255,6 +255,10 @@ impl Index {
                 Ok(None)
             }
         };
+        if self.read_only {
+            // A tier keeps nothing: each lookup opens it afresh, without a lock.
+            return read(&exists_once(exists));
+        }
         let Ok(mut slot) = self.kept.try_lock() else {
             return read(&exists_once(exists));
         };

@@ -62,6 +62,8 @@ pub(crate) struct Index {
     pub(super) blobs_dir: PathBuf,
     /// The open [`Index::read_kept`] keeps across lookups, shared by clones.
     pub(super) kept: Arc<Mutex<Slot>>,
+    /// A tier's index: read without a lock, never written ([`Index::read_only`]).
+    pub(super) read_only: bool,
 }
 
 impl Index {
@@ -75,6 +77,56 @@ impl Index {
             file_mode,
             blobs_dir: v1.join("blobs"),
             kept: Arc::new(Mutex::new(Slot::new())),
+            read_only: false,
+        }
+    }
+
+    /// This index as a tier's (see "Tiers" in `crate::cache::tiers`): published whole and
+    /// never changed in place, so it is read without `index.lock` (a tier's filesystem
+    /// may be read-only, and no writer exists to exclude), opened read-only, and never
+    /// written: a read-only open redb would have to repair (`RepairAborted`, an index
+    /// copied while a writer had it open) is [`IndexError::TierUnclean`], and every write
+    /// [`IndexError::TierWrite`].
+    pub(crate) fn read_only(mut self) -> Index {
+        self.read_only = true;
+        self
+    }
+
+    /// [`Index::read`] of a tier's index: no lock, a read-only open.
+    fn read_tier(&self) -> Result<IndexReader, IndexError> {
+        let backend = match UnderOurLock::open(&self.db_path, false) {
+            Err(redb::StorageError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(IndexReader {
+                    txn: None,
+                    snap: None,
+                    keep_lock: None,
+                    _db: None,
+                    _lock: None,
+                    path: self.db_path.clone(),
+                    poisoned: Cell::new(false),
+                    kept: None,
+                });
+            }
+            opened => opened,
+        };
+        match self.open_read_only_with(Cell::new(false), backend)? {
+            Ok(reader) => {
+                reader.check_schema()?;
+                Ok(reader)
+            }
+            Err(redb::DatabaseError::RepairAborted) => Err(IndexError::TierUnclean {
+                path: self.db_path.clone(),
+            }),
+            Err(e) => Err(self.db_err()(e.into())),
+        }
+    }
+
+    fn refuse_tier_write(&self) -> Result<(), IndexError> {
+        match self.read_only {
+            true => Err(IndexError::TierWrite {
+                path: self.db_path.clone(),
+            }),
+            false => Ok(()),
         }
     }
 
@@ -141,6 +193,9 @@ impl Index {
 
     /// Open for reading under the shared lock.
     pub(crate) fn read(&self) -> Result<IndexReader, IndexError> {
+        if self.read_only {
+            return self.read_tier();
+        }
         let mut repaired = false;
         loop {
             let guard = lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?;
@@ -182,6 +237,7 @@ impl Index {
     }
 
     pub(super) fn repair(&self) -> Result<(), IndexError> {
+        self.refuse_tier_write()?;
         let _guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         let poisoned = Cell::new(false);
         guarded(&poisoned, &self.db_path, || {
@@ -317,6 +373,7 @@ impl Index {
 
     /// Open for writing under the exclusive lock; changes land with [`IndexWriter::commit`].
     pub(crate) fn write(&self) -> Result<IndexWriter, IndexError> {
+        self.refuse_tier_write()?;
         let guard = lock::lock(&self.lock_path, Mode::Exclusive, &self.lock_opts)?;
         self.writer(guard)
     }
@@ -326,6 +383,7 @@ impl Index {
         &self,
         wait: std::time::Duration,
     ) -> Result<Option<IndexWriter>, IndexError> {
+        self.refuse_tier_write()?;
         let opts = LockOptions {
             timeout: wait,
             on_wait: None,

@@ -4,7 +4,6 @@ use anyhow::Result;
 
 use super::{Ctx, output, parse_ref};
 use crate::cli::GetArgs;
-use sregistry::cache::Lookup;
 
 pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
     if sregistry::remote::is_remote(&args.reference) {
@@ -12,10 +11,10 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
         opts.platform = args.docker.platform.clone();
         opts.squashfs_comp = args.docker.squashfs_comp.clone();
-        let path = sregistry::remote::get_or_pull(&ctx.cache, &remote, &opts)?;
+        let path = sregistry::remote::get_or_pull_in(&ctx.caches()?, &remote, &opts)?;
         let name = remote.default_name(&opts)?;
         let path = if args.verify {
-            Lookup::of(&ctx.cache)?.get_verified(&name)?
+            ctx.caches()?.get_verified(&name)?
         } else {
             path
         };
@@ -27,13 +26,12 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         return Ok(output::line(path.display())?);
     }
     let r = parse_ref(&args.reference)?;
-    // The caller's private cache first (one failed `lstat` in a shared cache for a user
-    // who has none; nothing at all in a cache that is not shared), then the cache.
-    let lookup = Lookup::of(&ctx.cache)?;
+    // The caller's private cache first (in a shared cache), then the cache, then each tier.
+    let caches = ctx.caches()?;
     let path = if args.verify {
-        lookup.get_verified(&r)?
+        caches.get_verified(&r)?
     } else {
-        lookup.get(&r)?
+        caches.get(&r)?
     };
     if ctx.json {
         output::json(&serde_json::json!({ "name": r.key(), "path": path }))?;

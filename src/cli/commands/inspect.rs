@@ -10,9 +10,8 @@ use sregistry::format::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
-    let (place, entry) = lookup.entry(&r)?;
-    let private = place == sregistry::cache::Place::Private;
+    let caches = ctx.caches()?;
+    let entry = caches.entry(&r)?;
     let present = entry.path.is_file();
     let sif_result = if present {
         sif::read_if_sif(&entry.path)
@@ -21,15 +20,14 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     };
     let quarantined = if present {
         None
+    } else if entry.tier.is_none() {
+        caches.holder(&r).quarantined(&entry.digest)
     } else {
-        lookup.holder(&r).quarantined(&entry.digest)
+        None
     };
     if ctx.json {
         let mut v = serde_json::to_value(output::EntryJson::from(&entry))?;
         v["present"] = present.into();
-        if private {
-            v["private"] = true.into();
-        }
         if let Some(q) = &quarantined {
             v["quarantined"] = q.display().to_string().into();
         }
@@ -43,7 +41,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         let mut s = String::new();
         let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<10} {v}\n"));
         kv("name:", entry.name.clone());
-        if private {
+        if entry.private {
             kv(
                 "private:",
                 "yes (in your private cache; no other user can read it)".into(),
@@ -67,6 +65,9 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
                 .unwrap_or_else(|| "never".into()),
         );
         kv("pinned:", if entry.pinned { "yes" } else { "no" }.into());
+        if let Some(t) = &entry.tier {
+            kv("tier:", format!("{} (read-only)", t.display()));
+        }
         if let Some(src) = &entry.source {
             kv("source:", sregistry::remote::shown_source(src));
         }

@@ -1,30 +1,34 @@
-//! `sregistry list [PATTERN]`: the cached images, sorted by name.
+//! `sregistry list [PATTERN]`: the cached images, sorted by name, from the caller's
+//! private cache (in a shared cache), the writable cache, then each tier, in the one
+//! lookup order (`sregistry::cache::tiers`).
 
 use anyhow::Result;
+use serde::Serialize;
 
 use super::{Ctx, output};
 use crate::cli::ListArgs;
-use sregistry::cache::{Lookup, Place};
+
+/// A row of `list --json`: the entry, and whether an earlier cache has the same name.
+#[derive(Serialize)]
+struct Row<'a> {
+    #[serde(flatten)]
+    entry: output::EntryJson<'a>,
+    shadowed: bool,
+}
 
 pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
-    // The caller's private images (in a shared cache) with the cache's, by name.
-    let placed = Lookup::of(&ctx.cache)?.list(args.pattern.as_deref())?;
-    let private = |p: &Place| *p == Place::Private;
+    let listed = ctx.caches()?.list(args.pattern.as_deref(), args.all)?;
     if ctx.json {
-        let rows: Vec<serde_json::Value> = placed
+        let rows: Vec<Row> = listed
             .iter()
-            .map(|(p, e)| {
-                let mut v = serde_json::to_value(output::EntryJson::from(e))?;
-                if private(p) {
-                    v["private"] = true.into();
-                }
-                Ok(v)
+            .map(|l| Row {
+                entry: output::EntryJson::from(&l.entry),
+                shadowed: l.shadowed,
             })
-            .collect::<Result<_>>()?;
+            .collect();
         return Ok(output::json(&rows)?);
     }
-    let entries: Vec<&sregistry::cache::Entry> = placed.iter().map(|(_, e)| e).collect();
-    if entries.is_empty() {
+    if listed.is_empty() {
         ctx.say(match &args.pattern {
             Some(p) => format!("no cached image matches `{p}`"),
             None => format!(
@@ -34,19 +38,28 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
         });
         return Ok(());
     }
-    // A PLATFORM column when any image came from docker:// (each platform is an image).
-    let platforms = entries.iter().any(|e| output::platform_of(e).is_some());
-    let rows: Vec<Vec<String>> = entries
+    // A PLATFORM column when any image came from docker:// (each platform is an image),
+    // a TIER column when any comes from a tier.
+    let platforms = listed
         .iter()
-        .zip(&placed)
-        .map(|(e, (place, _))| {
+        .any(|l| output::platform_of(&l.entry).is_some());
+    let tiers = listed.iter().any(|l| l.entry.tier.is_some());
+    let rows: Vec<Vec<String>> = listed
+        .iter()
+        .map(|l| {
+            let e = &l.entry;
+            let mut name = e.name.clone();
+            if e.pinned {
+                name.push_str(" (pinned)");
+            }
+            if e.private {
+                name.push_str(" (private)");
+            }
+            if l.shadowed {
+                name.push_str(" (shadowed)");
+            }
             let mut row = vec![
-                format!(
-                    "{}{}{}",
-                    e.name,
-                    if e.pinned { " (pinned)" } else { "" },
-                    if private(place) { " (private)" } else { "" }
-                ),
+                name,
                 e.digest.short(),
                 e.size.map(output::size).unwrap_or_else(|| "?".into()),
                 output::age(e.added),
@@ -57,12 +70,21 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
             if platforms {
                 row.insert(1, output::platform_of(e).unwrap_or("-").to_string());
             }
+            if tiers {
+                row.push(match &e.tier {
+                    Some(t) => t.display().to_string(),
+                    None => "-".into(),
+                });
+            }
             row
         })
         .collect();
     let mut header = vec!["NAME", "DIGEST", "SIZE", "ADDED", "LAST USED"];
     if platforms {
         header.insert(1, "PLATFORM");
+    }
+    if tiers {
+        header.push("TIER");
     }
     Ok(output::table(&header, &rows)?)
 }

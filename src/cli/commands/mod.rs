@@ -22,6 +22,7 @@ pub mod push;
 pub mod rm;
 pub mod search;
 pub mod tag;
+pub mod tier;
 pub mod verify;
 
 use anyhow::Result;
@@ -44,6 +45,12 @@ pub struct Ctx {
 }
 
 impl Ctx {
+    /// The caches a lookup looks in: the caller's private cache (in a shared cache), the
+    /// writable cache, then each tier (`sregistry::cache::tiers`).
+    pub fn caches(&self) -> Result<sregistry::cache::Caches<'_>, sregistry::cache::CacheError> {
+        sregistry::cache::Caches::new(&self.cache, &self.config.tiers)
+    }
+
     /// Print a message for people on stderr, unless `--quiet`.
     pub fn say(&self, msg: impl std::fmt::Display) {
         if !self.quiet {
@@ -80,6 +87,7 @@ pub fn remote_options(
         offline: ctx.offline,
         shared_remotes: ctx.config.shared_remotes.clone(),
         anonymous: false,
+        tiers: ctx.config.tiers.clone(),
     })
 }
 
@@ -165,6 +173,15 @@ pub fn run(cli: Cli) -> Result<()> {
         let flag = Source::Flag("--offline");
         config.set(&settings::OFFLINE, Value::Bool(true), flag);
     }
+    if !cli.global.tiers.is_empty() {
+        let tiers = cli
+            .global
+            .tiers
+            .iter()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        let tiers = Value::Paths(tiers.collect());
+        config.set(&settings::TIERS, tiers, Source::Flag("--tier"));
+    }
     if let Command::Migrate(a) = &cli.command
         && let Some(dir) = &a.from
     {
@@ -223,6 +240,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Verify(a) => verify::run(&ctx, a),
         Command::Doctor(a) => doctor::run(&ctx, a),
         Command::Migrate(a) => migrate::run(&ctx, a),
+        Command::Tier(a) => tier::run(&ctx, a),
         Command::Completions(_) | Command::Init(_) | Command::Config(_) => {
             unreachable!("handled above")
         }

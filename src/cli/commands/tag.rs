@@ -10,10 +10,11 @@ pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
     let src = parse_ref(&args.source)?;
     let dst = parse_target_ref(&args.target)?;
     // In the cache that holds SRC: a name given to a private image stays private.
-    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
-    let entry = lookup
+    let caches = ctx.caches()?;
+    let entry = caches
         .holder(&src)
-        .tag(&src, &dst, Repoint::from_force(args.force))?;
+        .tag(&src, &dst, Repoint::from_force(args.force))
+        .map_err(|e| caches.refuse_in_tier(e))?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;
     } else {

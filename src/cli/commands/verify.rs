@@ -33,26 +33,29 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
         .iter()
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
-    // The caller's own private cache in a shared cache too (names given are checked in
-    // the cache that holds them); another user's is never entered.
-    let lookup = sregistry::cache::Lookup::of(&ctx.cache)?;
-    let (mine, rest): (Vec<_>, Vec<_>) = names.iter().cloned().partition(|r| {
-        lookup
-            .private()
-            .is_some_and(|p| std::ptr::eq(lookup.holder(r), p))
-    });
     let opts = |names| VerifyOptions {
         names,
         repair: args.repair,
         tmp_grace: args.tmp_grace,
         progress: None,
     };
+    if args.check_tiers {
+        return tiers(ctx, &opts(names));
+    }
+    // The caller's own private cache in a shared cache too (names given are checked in
+    // the cache that holds them); another user's is never entered.
+    let caches = sregistry::cache::Caches::new(&ctx.cache, &[])?;
+    let (mine, rest): (Vec<_>, Vec<_>) = names.iter().cloned().partition(|r| {
+        caches
+            .private()
+            .is_some_and(|p| std::ptr::eq(caches.holder(r), p))
+    });
     let report = if !names.is_empty() && rest.is_empty() {
         None
     } else {
         Some(verify::run(&ctx.cache, &opts(rest))?)
     };
-    let private = match lookup.private() {
+    let private = match caches.private() {
         Some(p) if names.is_empty() || !mine.is_empty() => Some((verify::run(p, &opts(mine))?, p)),
         _ => None,
     };
@@ -88,41 +91,52 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     Ok(())
 }
 
+/// `verify --tiers`: each tier checked read-only, one report per tier (exit 4 when any
+/// found a problem).
+fn tiers(ctx: &Ctx, opts: &VerifyOptions) -> Result<()> {
+    let mut reports = Vec::new();
+    for tier in &ctx.config.tiers {
+        let cache = sregistry::cache::Cache::open_tier(tier)?;
+        reports.push((tier.clone(), verify::run(&cache, opts)?));
+    }
+    if ctx.json {
+        let rows: Vec<serde_json::Value> = reports
+            .iter()
+            .map(|(t, r)| {
+                let mut v = serde_json::to_value(r).unwrap_or_default();
+                v["tier"] = t.display().to_string().into();
+                v
+            })
+            .collect();
+        output::json(&rows)?;
+    }
+    let mut clean = true;
+    for (tier, report) in &reports {
+        if !ctx.json {
+            ctx.say(format!("tier `{}`:", tier.display()));
+            print_report(ctx, report)?;
+        }
+        clean &= report.is_clean();
+    }
+    if reports.is_empty() {
+        ctx.say("no tiers are configured (--tier, $SREGISTRY_TIERS, `tiers`)");
+    }
+    if !clean {
+        eprintln!(
+            "verify found problems in a tier; sregistry never changes a tier: publish it again from a good source"
+        );
+        return Err(Reported {
+            status: ExitStatus::Problem,
+        }
+        .into());
+    }
+    Ok(())
+}
+
 /// Print one cache's report (unless `--json`); whether it is clean.
 fn print(ctx: &Ctx, report: &verify::VerifyReport) -> Result<bool> {
     if !ctx.json {
-        for p in &report.problems {
-            let names = if p.names.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", p.names.join(", "))
-            };
-            output::line(format!(
-                "{:<11} {}{names}: {}",
-                p.kind,
-                p.path.display(),
-                p.detail
-            ))?;
-        }
-        for r in &report.repaired {
-            output::line(format!("repaired    {r}"))?;
-        }
-        for r in &report.not_repaired {
-            output::line(format!("unrepaired  {r}"))?;
-        }
-        ctx.say(format!(
-            "verified {} blob{} ({}): {} problem{}{}",
-            report.blobs_checked,
-            if report.blobs_checked == 1 { "" } else { "s" },
-            output::size(report.bytes_checked),
-            report.problems.len(),
-            if report.problems.len() == 1 { "" } else { "s" },
-            if report.unreferenced > 0 {
-                format!(", {} unused blob(s) for gc", report.unreferenced)
-            } else {
-                String::new()
-            }
-        ));
+        print_report(ctx, report)?;
     }
     if !report.is_clean() {
         if !ctx.json {
@@ -135,4 +149,41 @@ fn print(ctx: &Ctx, report: &verify::VerifyReport) -> Result<bool> {
         return Ok(false);
     }
     Ok(true)
+}
+
+/// A report as text: one line per problem, repair and unrepaired name, then a summary.
+fn print_report(ctx: &Ctx, report: &verify::VerifyReport) -> Result<()> {
+    for p in &report.problems {
+        let names = if p.names.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", p.names.join(", "))
+        };
+        output::line(format!(
+            "{:<11} {}{names}: {}",
+            p.kind,
+            p.path.display(),
+            p.detail
+        ))?;
+    }
+    for r in &report.repaired {
+        output::line(format!("repaired    {r}"))?;
+    }
+    for r in &report.not_repaired {
+        output::line(format!("unrepaired  {r}"))?;
+    }
+    ctx.say(format!(
+        "verified {} blob{} ({}): {} problem{}{}",
+        report.blobs_checked,
+        if report.blobs_checked == 1 { "" } else { "s" },
+        output::size(report.bytes_checked),
+        report.problems.len(),
+        if report.problems.len() == 1 { "" } else { "s" },
+        if report.unreferenced > 0 {
+            format!(", {} unused blob(s) for gc", report.unreferenced)
+        } else {
+            String::new()
+        }
+    ));
+    Ok(())
 }

@@ -1,0 +1,625 @@
+//! Tiers: read-only caches looked in after the writable one (`tiers`, `$SREGISTRY_TIERS`,
+//! `--tier`). The writable cache answers first, then each tier in order; a tier is never
+//! written (tested on a real read-only bind mount, under strace); changes to a name only a
+//! tier holds are refused; a remote a tier holds is answered without a download; a
+//! publication is seen whole or not at all.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command as StdCommand;
+
+use crate::common::*;
+use crate::registry::Registry;
+
+/// A tier filled as a cache is (`add` into its own directory), and an `Env` whose writable
+/// cache is separate.
+fn with_tier(env: &Env, images: &[(&str, &str)]) -> PathBuf {
+    let tier = env.path("tier");
+    for (name, payload) in images {
+        let f = env.file(&format!("{}.img", payload), payload.as_bytes());
+        add_to(env, &tier, &f, name);
+    }
+    tier
+}
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("{e}: {s}"))
+}
+
+/// Danger: a tier's image handed out in place of the user's own, or a tier's name not
+/// found at all. The writable cache answers first, a tier only what it lacks; `list` says
+/// where each name is (a column; `tier` in --json, null for the writable cache) and shows
+/// a shadowed name only with --all; `inspect` names the tier. The tiers come from the
+/// flag, the variable or a configuration file alike.
+#[test]
+fn the_writable_cache_answers_first_and_a_tier_only_what_it_lacks() {
+    let env = Env::new();
+    let tier = with_tier(
+        &env,
+        &[
+            ("lab/shared", "in the tier"),
+            ("lab/only-tier", "tier only"),
+        ],
+    );
+    let mine = env.file("mine.img", b"in the writable cache");
+    let own = stdout_of(
+        env.cmd()
+            .arg("add")
+            .arg(&mine)
+            .args(["--name", "lab/shared"]),
+    );
+    let t = tier.to_str().unwrap();
+    let config = env.path("xdg/sregistry/config.toml");
+    fs::create_dir_all(config.parent().unwrap()).unwrap();
+    for how in ["flag", "variable", "file"] {
+        let cmd = || {
+            let mut c = env.cmd();
+            match how {
+                "flag" => {
+                    c.args(["--tier", t]);
+                }
+                "variable" => {
+                    c.env("SREGISTRY_TIERS", format!("/nonexistent/tier:{t}"));
+                }
+                _ => {
+                    fs::write(&config, format!("tiers = [\"{t}\"]\n")).unwrap();
+                }
+            }
+            c
+        };
+        assert_eq!(stdout_of(cmd().args(["get", "lab/shared"])), own, "{how}");
+        let from_tier = stdout_of(cmd().args(["get", "lab/only-tier"]));
+        assert!(from_tier.starts_with(t), "{how}: {from_tier}");
+        assert_eq!(fs::read(&from_tier).unwrap(), b"tier only");
+        let listed = json(&stdout_of(cmd().args(["--json", "list"])));
+        let rows: Vec<(String, serde_json::Value)> = listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| (r["name"].as_str().unwrap().to_string(), r["tier"].clone()))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![
+                ("lab/only-tier:latest".into(), serde_json::json!(t)),
+                ("lab/shared:latest".into(), serde_json::Value::Null),
+            ],
+            "{how}"
+        );
+        let all = json(&stdout_of(cmd().args(["--json", "list", "--all"])));
+        let shadowed: Vec<(&str, bool)> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["path"].as_str().unwrap(),
+                    r["shadowed"].as_bool().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(shadowed.len(), 3, "{how}: {all}");
+        assert_eq!(shadowed[1], (own.as_str(), false));
+        assert!(shadowed[2].0.starts_with(t) && shadowed[2].1, "{all}");
+        let table = stdout_of(cmd().args(["list", "--all"]));
+        assert!(table.lines().next().unwrap().contains("TIER"), "{table}");
+        assert!(table.contains("(shadowed)") && table.contains(t), "{table}");
+        let inspected = stdout_of(cmd().args(["inspect", "lab/only-tier"]));
+        assert!(
+            inspected
+                .lines()
+                .any(|l| l.starts_with("tier:") && l.ends_with(&format!("{t} (read-only)"))),
+            "{inspected}"
+        );
+        fs::remove_file(&config).ok();
+    }
+    // Without tiers, the tier's name is not found (exit 3), as before.
+    assert_fails(env.cmd().args(["get", "lab/only-tier"]), 3, "no image");
+}
+
+/// Trace `sregistry` with `args` inside a mount namespace of its own, where `tier` is
+/// bind-mounted read-only at `at`; the output and every call of the trace that could write.
+fn on_read_only_mount(
+    env: &Env,
+    tier: &Path,
+    at: &Path,
+    args: &[&str],
+) -> (std::process::Output, Vec<String>) {
+    fs::create_dir_all(at).unwrap();
+    let log = env.path(&format!("trace-{}.log", args.join("_").replace('/', "_")));
+    let bin = env.std_cmd();
+    let mut script = format!(
+        "set -e; mount --bind '{}' '{}'; mount -o remount,bind,ro '{}'; exec strace -f -qq -o '{}' -e trace=open,openat,openat2,creat,mkdir,mkdirat,rename,renameat,renameat2,unlink,unlinkat,rmdir,link,linkat,symlink,symlinkat,truncate,ftruncate,fcntl,flock,chmod,fchmod,fchmodat '{}'",
+        tier.display(),
+        at.display(),
+        at.display(),
+        log.display(),
+        bin.get_program().to_string_lossy()
+    );
+    for a in args {
+        script.push_str(&format!(" '{a}'"));
+    }
+    let mut c = StdCommand::new("unshare");
+    c.args(["-m", "--propagation", "private", "sh", "-c", &script]);
+    for (k, v) in bin.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    let out = c.output().expect("unshare");
+    let trace = fs::read_to_string(&log).unwrap_or_default();
+    let at_s = at.to_str().unwrap();
+    let writes = trace
+        .lines()
+        .filter(|l| l.contains(at_s))
+        .filter(|l| {
+            l.contains("O_WRONLY")
+                || l.contains("O_RDWR")
+                || l.contains("O_CREAT")
+                || l.contains("O_TRUNC")
+                || [
+                    "mkdir", "rename", "unlink", "rmdir", "link(", "linkat", "symlink", "truncate",
+                    "chmod", "creat(",
+                ]
+                .iter()
+                .any(|w| l.contains(w))
+        })
+        .map(str::to_string)
+        .collect::<Vec<_>>();
+    // Locks: any F_SETLK/F_OFD_SETLK or flock in the trace (our locks are on files we
+    // open read-write, which the filter above already catches; this catches a lock on a
+    // read-only descriptor too).
+    let locks = trace
+        .lines()
+        .filter(|l| l.contains("SETLK") || l.starts_with("flock") || l.contains(" flock("))
+        .map(str::to_string);
+    (out, writes.into_iter().chain(locks).collect())
+}
+
+/// Danger: a tier on CVMFS or a read-only export that fails because sregistry tries to
+/// take a lock, record a use or make a directory there. On a real read-only bind mount,
+/// `get`, `list`, `inspect` and `verify --tiers` of a tier's names succeed, and strace
+/// shows no open for writing, no create, mkdir, rename, unlink, chmod and no lock under
+/// the tier, and no lock at all (the writable cache is empty, so nothing else is locked).
+/// The tier's files are byte for byte as before.
+#[test]
+fn a_tier_on_a_read_only_mount_is_read_without_any_write_or_lock() {
+    if skip_unless_root("a_tier_on_a_read_only_mount", "bind mounts need root") {
+        return;
+    }
+    let env = Env::new();
+    let tier = with_tier(
+        &env,
+        &[("lab/tool:1", "tool one"), ("lab/tool:2", "tool two")],
+    );
+    let before = env.snapshot_of(&tier);
+    let at = env.path("ro-tier");
+    let t = at.to_str().unwrap();
+    for args in [
+        &["--tier", t, "get", "lab/tool:1"][..],
+        &["--tier", t, "--json", "list"],
+        &["--tier", t, "inspect", "lab/tool:2"],
+        &["--tier", t, "get", "--verify", "lab/tool:2"],
+        &["--tier", t, "verify", "--tiers"],
+    ] {
+        let (out, writes) = on_read_only_mount(&env, &tier, &at, args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(writes.is_empty(), "{args:?} wrote or locked: {writes:#?}");
+        if args[2] == "get" {
+            let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(path.starts_with(t), "{path}");
+        }
+    }
+    assert_eq!(env.snapshot_of(&tier), before);
+    assert!(!env.cache.exists(), "the writable cache was made by a read");
+}
+
+/// Danger: `rm`, `tag`, `pin` of a name only a tier holds reported as "no such image" (the
+/// user sees it in `list`), or worse, changing the tier. Each is refused with one line
+/// naming the name and the tier (exit 1), and the tier is unchanged; a name the writable
+/// cache has too is changed there only, and the tier's then shows through.
+#[test]
+fn a_change_to_a_name_only_a_tier_holds_is_refused_naming_the_tier() {
+    let env = Env::new();
+    let tier = with_tier(
+        &env,
+        &[("lab/t", "tier content"), ("lab/both", "tier both")],
+    );
+    let both = env.file("both.img", b"writable both");
+    stdout_of(env.cmd().arg("add").arg(&both).args(["--name", "lab/both"]));
+    let before = env.snapshot_of(&tier);
+    let t = tier.to_str().unwrap();
+    for args in [
+        &["rm", "lab/t"][..],
+        &["tag", "lab/t", "lab/copy"],
+        &["pin", "lab/t"],
+        &["unpin", "lab/t"],
+        &["rm", "lab/both", "lab/t"],
+    ] {
+        let mut c = env.cmd();
+        c.args(["--tier", t]).args(args);
+        let err = assert_fails(&mut c, 1, "`lab/t:latest`");
+        assert!(
+            err.contains(&format!("read-only tier `{t}`")),
+            "{args:?}: {err}"
+        );
+        assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    }
+    // Unknown everywhere: still "not found", exit 3.
+    assert_fails(
+        env.cmd().args(["--tier", t, "rm", "lab/none"]),
+        3,
+        "no image",
+    );
+    // A name in both: removed from the writable cache; the tier's answers next.
+    stdout_of(env.cmd().args(["--tier", t, "rm", "lab/both"]));
+    let now = stdout_of(env.cmd().args(["--tier", t, "get", "lab/both"]));
+    assert_eq!(fs::read(now).unwrap(), b"tier both");
+    // gc acts on the writable cache only.
+    stdout_of(
+        env.cmd()
+            .args(["--tier", t, "gc", "--max-age", "0s", "--min-idle", "0s"]),
+    );
+    assert_eq!(env.snapshot_of(&tier), before);
+}
+
+/// Danger: a node that downloads (or, offline, fails on) an image the site's tier
+/// already holds. `get REMOTE` with the remote's image in a tier (pulled there by the
+/// admin) answers the tier's file, with the registry gone and with --offline, and puts
+/// nothing in the writable cache.
+#[test]
+fn get_of_a_remote_a_tier_holds_downloads_nothing() {
+    let env = Env::new();
+    let tier = env.path("tier");
+    let remote = {
+        let reg = Registry::anonymous();
+        let sif = env.sif("tool.sif", "pulled into the tier");
+        stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/seed"]));
+        let remote = reg.oras("lab/tool:1");
+        stdout_of(env.cmd().args(["push", "lab/seed", &remote]));
+        stdout_of(env.cmd().arg("--cache").arg(&tier).args(["pull", &remote]));
+        remote
+    };
+    stdout_of(env.cmd().args(["rm", "lab/seed"]));
+    let t = tier.to_str().unwrap();
+    let before = env.snapshot();
+    for offline in [false, true] {
+        let mut c = env.cmd();
+        c.args(["--tier", t]);
+        if offline {
+            c.arg("--offline");
+        }
+        let path = stdout_of(c.args(["get", &remote]));
+        assert!(path.starts_with(t), "{path}");
+    }
+    assert_eq!(env.snapshot(), before, "the writable cache changed");
+    // Without the tier, offline: not cached.
+    assert_fails(env.cmd().args(["--offline", "get", &remote]), 3, "offline");
+}
+
+/// `add --force` of `file` as `name` into the cache at `cache`; the path it printed.
+fn add_to(env: &Env, cache: &Path, file: &Path, name: &str) -> String {
+    stdout_of(
+        env.cmd()
+            .arg("--cache")
+            .arg(cache)
+            .arg("add")
+            .arg(file)
+            .args(["--name", name, "--force"]),
+    )
+}
+
+/// Publish `src` to `dest` after naming `payload` `lab/x` and `lab/y` in it: the new
+/// version's directory, and the content both names hold there.
+fn published(env: &Env, src: &Path, dest: &Path, payload: &str) -> (PathBuf, String) {
+    let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+    add_to(env, src, &f, "lab/x");
+    add_to(env, src, &f, "lab/y");
+    let out = json(&stdout_of(
+        env.cmd()
+            .arg("--json")
+            .args(["tier", "publish"])
+            .arg(src)
+            .arg(dest),
+    ));
+    let version = PathBuf::from(out["version"].as_str().unwrap());
+    (version, payload.to_string())
+}
+
+/// Danger: a job that asks while the admin publishes gets an error, or an index of one
+/// version with a blob of another (or a half-copied index). `get`s run in a loop while ten
+/// versions are published one after the other; every one succeeds, and the file it names
+/// is in one version's directory and holds that version's content for both names asked in
+/// one `list`. Old versions stay (their paths may be in use) until --keep has passed since
+/// their successor was published.
+#[test]
+fn gets_during_publishes_never_fail_and_never_see_a_mix_of_versions() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let dest = env.path("site/sregistry");
+    let mut versions: BTreeMap<PathBuf, String> = BTreeMap::new();
+    let (v, p) = published(&env, &src, &dest, "version-0");
+    versions.insert(v, p);
+    let stop = env.path("stop");
+    let t = dest.to_str().unwrap().to_string();
+    // One reader runs `get lab/x`, the other `list --all` (both names at once).
+    let readers: Vec<_> = [&["get", "lab/x"][..], &["--json", "list", "--all"]]
+        .into_iter()
+        .map(|asked| {
+            let mut get = env.std_cmd();
+            get.args(["--tier", &t]).args(asked);
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.exists() {
+                    let out = get.output().unwrap();
+                    assert!(
+                        out.status.success(),
+                        "{}",
+                        String::from_utf8_lossy(&out.stderr)
+                    );
+                    let paths: Vec<PathBuf> = match serde_json::from_slice(&out.stdout) {
+                        Ok(serde_json::Value::Array(rows)) => rows
+                            .iter()
+                            .map(|r| PathBuf::from(r["path"].as_str().unwrap()))
+                            .collect(),
+                        _ => vec![PathBuf::from(
+                            String::from_utf8_lossy(&out.stdout).trim().to_string(),
+                        )],
+                    };
+                    // Read at once, as a job would: the content of every name.
+                    let contents: Vec<Vec<u8>> =
+                        paths.iter().map(|p| fs::read(p).unwrap()).collect();
+                    seen.push((paths, contents));
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut gets = env.std_cmd();
+    gets.args(["--tier", &t, "get", "lab/x"]);
+    for i in 1..=10 {
+        let (v, p) = published(&env, &src, &dest, &format!("version-{i}"));
+        versions.insert(v, p);
+        let out = gets.output().unwrap();
+        assert!(out.status.success());
+        let path = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(fs::read(&path).unwrap(), format!("version-{i}").as_bytes());
+    }
+    fs::write(&stop, b"").unwrap();
+    let mut looked = 0;
+    for (r, names) in readers.into_iter().zip([1, 2]) {
+        for (paths, contents) in r.join().unwrap() {
+            looked += 1;
+            assert_eq!(paths.len(), names, "{paths:?}");
+            let version = paths[0].ancestors().nth(5).unwrap().to_path_buf();
+            let want = &versions[&version];
+            for (p, c) in paths.iter().zip(&contents) {
+                assert!(p.starts_with(&version), "a mix: {paths:?}");
+                assert_eq!(c, want.as_bytes(), "{p:?}");
+            }
+        }
+    }
+    assert!(looked > 5, "the readers ran {looked} times only");
+    // Every version is still there (default --keep: 7 days) ...
+    for v in versions.keys() {
+        assert!(v.join("v1/index.redb").exists(), "{v:?}");
+    }
+    // ... until a publish more than a week later removes those replaced a week before.
+    let later = (std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 8 * 24 * 3600)
+        .to_string();
+    let f = env.file("late.img", b"late");
+    add_to(&env, &src, &f, "lab/x");
+    stdout_of(
+        env.cmd()
+            .env("SREGISTRY_NOW", &later)
+            .args(["tier", "publish"])
+            .arg(&src)
+            .arg(&dest),
+    );
+    // The version current until then stays (its paths were handed out a moment ago).
+    let left: Vec<_> = fs::read_dir(dest.join("versions"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert_eq!(left.len(), 2, "{left:?}");
+}
+
+/// Danger: a tier whose index was copied while a writer had it open (its header says
+/// "recovery required") repaired in place by every reader, which on a read-only
+/// filesystem fails in obscure ways and elsewhere changes the site's copy, or read as if
+/// it were whole. Each reader refuses it with one line that says to publish it again, and
+/// the file stays byte for byte as it was.
+#[test]
+fn a_tier_index_that_needs_repair_is_refused_never_repaired() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier content")]);
+    let index = tier.join("v1/index.redb");
+    let mut bytes = fs::read(&index).unwrap();
+    assert_eq!(&bytes[..4], b"redb");
+    bytes[9] |= 2; // redb's god byte: "recovery required"
+    fs::write(&index, &bytes).unwrap();
+    let t = tier.to_str().unwrap();
+    for args in [&["get", "lab/t"][..], &["list"], &["inspect", "lab/t"]] {
+        let mut c = env.cmd();
+        c.args(["--tier", t]).args(args);
+        let err = assert_fails(&mut c, 1, "was not closed cleanly");
+        assert!(err.contains("publish it again"), "{err}");
+    }
+    assert_eq!(fs::read(&index).unwrap(), bytes);
+}
+
+/// Danger: a node downloading a base layer again that the site's tier already holds. A
+/// `docker://` image pulled into the tier, then another image on the same base pulled into
+/// the writable cache with the tier listed: the base layer is read from the tier (the
+/// registry serves it once, to the tier's pull), only the new layer is downloaded, and the
+/// writable cache's blobs verify.
+#[test]
+fn a_docker_conversion_reads_the_layers_a_tier_holds() {
+    let env = Env::new();
+    let (reg, mut l) = crate::docker::registry_with_busybox_base(&env);
+    l.layer("bb", "one", |root| {
+        fs::write(root.join("one"), "1").unwrap()
+    });
+    l.layer("bb", "two", |root| {
+        fs::write(root.join("two"), "2").unwrap()
+    });
+    let image = |tag: &str| format!("docker://{}/{tag}", reg.addr);
+    l.push("one", &image("lab/one:1"), &[]);
+    l.push("two", &image("lab/two:1"), &[]);
+    let (one, two) = (l.layers("one"), l.layers("two"));
+    assert_eq!(one[0], two[0], "the images must share their base layer");
+    let tier = env.path("tier");
+    stdout_of(
+        env.cmd()
+            .arg("--cache")
+            .arg(&tier)
+            .args(["get", &image("lab/one:1")]),
+    );
+    let before = env.snapshot_of(&tier);
+    let t = tier.to_str().unwrap();
+    let path = stdout_of(env.cmd().args(["--tier", t, "get", &image("lab/two:1")]));
+    assert!(path.starts_with(env.cache.to_str().unwrap()), "{path}");
+    assert_eq!(
+        reg.blob_gets(&one[0]),
+        1,
+        "the tier's base layer was downloaded again"
+    );
+    assert_eq!(reg.blob_gets(&two[1]), 1);
+    assert_eq!(env.snapshot_of(&tier), before);
+    env.assert_blobs_verify();
+}
+
+/// Danger: the private cache, the shared cache and the tiers answering in different
+/// orders for different commands, or a write landing in the wrong one. One order for
+/// every reader: the caller's private cache, the shared (writable) cache, then each tier.
+/// `list` shows each name once, from the first that has it, `(private)` and the TIER
+/// column saying where; `--all` shows the shadowed copies of all three, and `--json`
+/// carries `private` and `tier` on each row. `pin` of a name the private cache holds acts
+/// there; `rm` of a name only a tier holds is refused naming the tier. `tier publish` of a
+/// shared cache never publishes its `private/`.
+#[test]
+fn one_order_private_then_shared_then_each_tier() {
+    let env = Env::new();
+    let tier = with_tier(
+        &env,
+        &[
+            ("lab/all", "tier all"),
+            ("lab/two", "tier two"),
+            ("lab/t", "tier only"),
+        ],
+    );
+    stdout_of(
+        env.cmd()
+            .args(["init", "--shared", "--group", "0"])
+            .arg(&env.cache),
+    );
+    for (name, payload) in [("lab/all", "shared all"), ("lab/two", "shared two")] {
+        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+        add_to(&env, &env.cache, &f, name);
+    }
+    // The caller's (root's) private cache, as a private pull makes it.
+    let own = env.cache.join("private").join("0");
+    let f = env.file("private all.img", b"private all");
+    add_to(&env, &own, &f, "lab/all");
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
+    let t = tier.to_str().unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.args(["--tier", t]);
+        c
+    };
+    for (name, want) in [
+        ("lab/all", "private all"),
+        ("lab/two", "shared two"),
+        ("lab/t", "tier only"),
+    ] {
+        let path = stdout_of(cmd().args(["get", name]));
+        assert_eq!(fs::read(&path).unwrap(), want.as_bytes(), "{name}");
+        let v = json(&stdout_of(cmd().args(["--json", "inspect", name])));
+        assert_eq!(v["private"], name == "lab/all", "{v}");
+        assert_eq!(v["tier"].is_string(), name == "lab/t", "{v}");
+    }
+    let listed = stdout_of(cmd().arg("list"));
+    assert!(listed.contains("lab/all:latest (private)"), "{listed}");
+    assert_eq!(listed.matches("lab/all:latest").count(), 1, "{listed}");
+    assert!(listed.contains("TIER"), "{listed}");
+    let rows = json(&stdout_of(cmd().args(["--json", "list", "--all"])));
+    let rows: Vec<(String, bool, bool, bool)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["private"].as_bool().unwrap(),
+                r["tier"].is_string(),
+                r["shadowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let all = |n: &str| format!("lab/{n}:latest");
+    assert_eq!(
+        rows,
+        vec![
+            (all("all"), true, false, false),
+            (all("all"), false, false, true),
+            (all("all"), false, true, true),
+            (all("t"), false, true, false),
+            (all("two"), false, false, false),
+            (all("two"), false, true, true),
+        ]
+    );
+    let text = stdout_of(cmd().args(["list", "--all", "lab/all"]));
+    assert_eq!(text.matches("(shadowed)").count(), 2, "{text}");
+    // pin acts in the private cache, which holds the name; the shared copy stays unpinned.
+    stdout_of(cmd().args(["pin", "lab/all"]));
+    let v = json(&stdout_of(
+        env.cmd()
+            .arg("--cache")
+            .arg(&own)
+            .args(["--json", "inspect", "lab/all"]),
+    ));
+    assert_eq!(v["pinned"], true, "{v}");
+    let shared = json(&stdout_of(
+        env.cmd()
+            .args(["--json", "--tier", "/nonexistent"])
+            .args(["list", "--all", "lab/all"]),
+    ));
+    assert_eq!(shared[1]["pinned"], false, "{shared}");
+    // A name only the tier holds: refused naming the tier.
+    let err = assert_fails(cmd().args(["rm", "lab/t"]), 1, "`lab/t:latest`");
+    assert!(err.contains(&format!("read-only tier `{t}`")), "{err}");
+    // Published from the shared cache: its names, never the private cache's.
+    let dest = env.path("published");
+    let out = json(&stdout_of(
+        env.cmd()
+            .arg("--json")
+            .args(["tier", "publish"])
+            .arg(&env.cache)
+            .arg(&dest),
+    ));
+    let version = PathBuf::from(out["version"].as_str().unwrap());
+    assert!(!version.join("private").exists());
+    for file in walk(&version) {
+        if file.is_file() {
+            assert_ne!(fs::read(&file).unwrap(), b"private all", "{file:?}");
+        }
+    }
+    let d = dest.to_str().unwrap();
+    let got = stdout_of(
+        env.cmd()
+            .args(["--cache"])
+            .arg(env.path("empty"))
+            .args(["--tier", d, "get", "lab/all"]),
+    );
+    assert_eq!(fs::read(got).unwrap(), b"shared all");
+}
