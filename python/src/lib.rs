@@ -817,11 +817,8 @@ impl PyCache {
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
         let removed = py
-            .detach(|| self.inner.remove(&refs, keep_blobs))
-            .map_err(|e| match self.caches() {
-                Ok(c) => cache_err(c.refuse_in_tier(e)),
-                Err(_) => cache_err(e),
-            })?;
+            .detach(|| self.caches()?.remove(&refs, keep_blobs))
+            .map_err(cache_err)?;
         report(py, "RemoveReport", removed)
     }
 

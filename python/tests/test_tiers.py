@@ -57,7 +57,7 @@ def test_one_order_private_then_shared_then_each_tier(tmp_path, make_file):
         capture_output=True,
     )
     shared = sregistry.Cache(shared_dir)
-    shared.add(make_file("sa.img", 4096, seed=3), "lab/all")
+    shared_all = shared.add(make_file("sa.img", 4096, seed=3), "lab/all")
     in_shared = shared.add(make_file("st.img", 4096, seed=4), "lab/two")
     own_dir = shared_dir / "private" / str(os.geteuid())
     mine = sregistry.Cache(own_dir).add(make_file("pa.img", 4096, seed=5), "lab/all")
@@ -84,3 +84,7 @@ def test_one_order_private_then_shared_then_each_tier(tmp_path, make_file):
         capture_output=True,
     ).stdout
     assert [(r["private"], r["pinned"]) for r in json.loads(rows)] == [(True, True), (False, False)]
+    # remove acts where the name is: the private copy, then the shared one answers.
+    cache.unpin("lab/all")
+    cache.remove("lab/all")
+    assert cache.get("lab/all") == shared_all.path

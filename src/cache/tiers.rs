@@ -45,7 +45,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{Cache, CacheError, Entry};
+use super::{Cache, CacheError, Entry, Removed};
 use crate::format::reference::Reference;
 
 /// One place a lookup looks in.
@@ -183,6 +183,37 @@ impl<'a> Caches<'a> {
             Some(p) if p.holds(r) => p,
             _ => self.writable(),
         }
+    }
+
+    /// `refs` split by the cache that holds each ([`Caches::holder`]): the caller's private
+    /// cache's, then the writable cache's.
+    pub fn split_private(&self, refs: &[Reference]) -> (Vec<Reference>, Vec<Reference>) {
+        let private = self.private();
+        refs.iter()
+            .cloned()
+            .partition(|r| private.is_some_and(|p| std::ptr::eq(self.holder(r), p)))
+    }
+
+    /// [`Cache::remove`] of each name in the cache that holds it ([`Caches::holder`]): the
+    /// caller's private cache's names first, then the writable cache's; a name only a tier
+    /// holds is refused naming the tier. Each cache's removal is all or nothing, as
+    /// [`Cache::remove`] is.
+    pub fn remove(&self, refs: &[Reference], keep_blob: bool) -> Result<Removed, CacheError> {
+        let (mine, rest) = self.split_private(refs);
+        let mut removed = Removed::default();
+        for (c, refs) in [(self.private(), mine), (Some(self.writable()), rest)] {
+            if let Some(c) = c
+                && !refs.is_empty()
+            {
+                let r = c
+                    .remove(&refs, keep_blob)
+                    .map_err(|e| self.refuse_in_tier(e))?;
+                removed.names.extend(r.names);
+                removed.blobs.extend(r.blobs);
+                removed.bytes_freed += r.bytes_freed;
+            }
+        }
+        Ok(removed)
     }
 
     /// [`Cache::list`] of every cache, sorted by name, each name from the first cache

@@ -622,4 +622,11 @@ fn one_order_private_then_shared_then_each_tier() {
             .args(["--tier", d, "get", "lab/all"]),
     );
     assert_eq!(fs::read(got).unwrap(), b"shared all");
+    // rm acts where the name is: the private copy, then the shared one; the tier's stays.
+    stdout_of(cmd().args(["unpin", "lab/all"]));
+    for next in ["shared all", "tier all"] {
+        stdout_of(cmd().args(["rm", "lab/all"]));
+        let path = stdout_of(cmd().args(["get", "lab/all"]));
+        assert_eq!(fs::read(&path).unwrap(), next.as_bytes());
+    }
 }

@@ -12,25 +12,7 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
     // Each name is removed from the cache that holds it: the caller's private cache first.
-    let caches = ctx.caches()?;
-    let (mine, rest): (Vec<_>, Vec<_>) = refs.into_iter().partition(|r| {
-        caches
-            .private()
-            .is_some_and(|p| std::ptr::eq(caches.holder(r), p))
-    });
-    let mut removed = sregistry::cache::Removed::default();
-    for (c, refs) in [(caches.private(), mine), (Some(&ctx.cache), rest)] {
-        if let Some(c) = c
-            && !refs.is_empty()
-        {
-            let r = c
-                .remove(&refs, args.keep_blob)
-                .map_err(|e| caches.refuse_in_tier(e))?;
-            removed.names.extend(r.names);
-            removed.blobs.extend(r.blobs);
-            removed.bytes_freed += r.bytes_freed;
-        }
-    }
+    let removed = ctx.caches()?.remove(&refs, args.keep_blob)?;
     if ctx.json {
         return Ok(output::json(&removed)?);
     }

@@ -45,11 +45,7 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     // The caller's own private cache in a shared cache too (names given are checked in
     // the cache that holds them); another user's is never entered.
     let caches = sregistry::cache::Caches::new(&ctx.cache, &[])?;
-    let (mine, rest): (Vec<_>, Vec<_>) = names.iter().cloned().partition(|r| {
-        caches
-            .private()
-            .is_some_and(|p| std::ptr::eq(caches.holder(r), p))
-    });
+    let (mine, rest) = caches.split_private(&names);
     let report = if !names.is_empty() && rest.is_empty() {
         None
     } else {
