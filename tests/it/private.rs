@@ -181,7 +181,8 @@ fn an_image_that_needed_credentials_stays_with_the_user_who_pulled_it() {
     let remote = reg.oras("lab/secret:1");
     let name = format!("{}/lab/secret:1", reg.addr);
 
-    // Alice pulls with her credentials: the file is in her private cache, 0700 all the way.
+    // Alice pulls with her credentials: the file is in her private cache, 0700 all the way
+    // (--verify: the lookup after the pull finds the private cache the pull made).
     let alice_config = config_dir_of(&env, alice);
     login(alice, &bin, &cache, &alice_config, &reg, "alice");
     let path = ok(as_user(
@@ -189,7 +190,7 @@ fn an_image_that_needed_credentials_stays_with_the_user_who_pulled_it() {
         &bin,
         &cache,
         &alice_config,
-        &["get", &remote],
+        &["get", "--verify", &remote],
     ));
     let own = cache.join("private").join(uid_of(alice).to_string());
     assert!(

@@ -14,6 +14,7 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         let path = sregistry::remote::get_or_pull_in(&ctx.caches()?, &remote, &opts)?;
         let name = remote.default_name(&opts)?;
         let path = if args.verify {
+            // Looked up afresh: the pull may have just made the caller's private cache.
             ctx.caches()?.get_verified(&name)?
         } else {
             path
