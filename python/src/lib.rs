@@ -343,6 +343,7 @@ fn remote_opts(
         refetch: force,
         limits,
         offline,
+        shared_remotes: config.shared_remotes.clone(),
         ..RemoteOptions::default()
     };
     Ok((opts, hook))
@@ -393,6 +394,9 @@ struct Image {
     /// cache.
     #[pyo3(get)]
     tier: Option<String>,
+    /// Whether the name is in the caller's private cache (inside a shared cache).
+    #[pyo3(get)]
+    private: bool,
     /// The SIF description as JSON, or why the file is not a readable SIF.
     sif_json: Option<String>,
 }
@@ -412,6 +416,7 @@ impl Image {
             media_type: e.media_type,
             remote_digest: e.remote_digest,
             tier: e.tier.map(|t| t.display().to_string()),
+            private: e.private,
             sif_json: None,
         }
     }
@@ -509,9 +514,24 @@ fn size_arg(
 }
 
 impl PyCache {
-    /// The caches a lookup looks in: this one, then each tier.
-    fn caches(&self) -> sregistry::cache::Caches<'_> {
+    /// The caches a lookup looks in: the caller's private cache (in a shared cache), this
+    /// one, then each tier.
+    fn caches(&self) -> Result<sregistry::cache::Caches<'_>, CacheError> {
         sregistry::cache::Caches::new(&self.inner, &self.tiers)
+    }
+
+    /// Pin or unpin `name` in the cache that holds it (the caller's private cache, else
+    /// this one); a name only a tier holds is refused naming the tier.
+    fn set_pin(&self, py: Python<'_>, name: &str, pin: bool) -> PyResult<bool> {
+        let r = parse_name(name)?;
+        py.detach(|| {
+            let caches = self.caches()?;
+            caches
+                .holder(&r)
+                .set_pin(&r, pin)
+                .map_err(|e| caches.refuse_in_tier(e))
+        })
+        .map_err(cache_err)
     }
 }
 
@@ -712,11 +732,15 @@ impl PyCache {
             let remote = parse_remote(name)?;
             let (mut opts, hook) = remote_opts(progress, false)?;
             opts.tiers = self.tiers.clone();
-            let r = py.detach(|| remote::get_or_pull_in(&self.caches(), &remote, &opts));
+            let r = py.detach(|| {
+                let caches = self.caches()?;
+                remote::get_or_pull_in(&caches, &remote, &opts)
+            });
             return finish_remote(r, &hook).map(|p| p.display().to_string());
         }
         let r = parse_name(name)?;
-        py.detach(|| self.caches().get(&r))
+        // The caller's private cache in a shared cache first, as `sregistry get` does.
+        py.detach(|| self.caches()?.get(&r))
             .map(path_string)
             .map_err(cache_err)
     }
@@ -726,7 +750,7 @@ impl PyCache {
     #[pyo3(signature = (pattern=None))]
     fn list(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<Image>> {
         let all = py
-            .detach(|| self.caches().list(pattern, false))
+            .detach(|| self.caches()?.list(pattern, false))
             .map_err(cache_err)?;
         Ok(all.into_iter().map(|l| Image::of(l.entry)).collect())
     }
@@ -738,7 +762,7 @@ impl PyCache {
         let r = parse_name(name)?;
         let (entry, sif_json) = py
             .detach(|| {
-                let entry = self.caches().entry(&r)?;
+                let entry = self.caches()?.entry(&r)?;
                 if !sif {
                     return Ok((entry, None));
                 }
@@ -763,10 +787,15 @@ impl PyCache {
     #[pyo3(signature = (source, target, force=false))]
     fn tag(&self, py: Python<'_>, source: &str, target: &str, force: bool) -> PyResult<Image> {
         let (src, dst) = (parse_name(source)?, parse_name(target)?);
-        py.detach(|| self.inner.tag(&src, &dst, Repoint::from_force(force)))
-            .map_err(|e| self.caches().refuse_in_tier(e))
-            .map(Image::of)
-            .map_err(cache_err)
+        py.detach(|| {
+            let caches = self.caches()?;
+            caches
+                .holder(&src)
+                .tag(&src, &dst, Repoint::from_force(force))
+                .map_err(|e| caches.refuse_in_tier(e))
+        })
+        .map(Image::of)
+        .map_err(cache_err)
     }
 
     /// Remove one name or a list of names: all exist and are unpinned, or nothing
@@ -788,23 +817,19 @@ impl PyCache {
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
         let removed = py
-            .detach(|| self.inner.remove(&refs, keep_blobs))
-            .map_err(|e| cache_err(self.caches().refuse_in_tier(e)))?;
+            .detach(|| self.caches()?.remove(&refs, keep_blobs))
+            .map_err(cache_err)?;
         report(py, "RemoveReport", removed)
     }
 
     /// Pin `name` (gc never removes it); returns whether that changed anything.
     fn pin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
-        let r = parse_name(name)?;
-        py.detach(|| self.inner.set_pin(&r, true))
-            .map_err(|e| cache_err(self.caches().refuse_in_tier(e)))
+        self.set_pin(py, name, true)
     }
 
     /// Unpin `name`; returns whether that changed anything.
     fn unpin(&self, py: Python<'_>, name: &str) -> PyResult<bool> {
-        let r = parse_name(name)?;
-        py.detach(|| self.inner.set_pin(&r, false))
-            .map_err(|e| cache_err(self.caches().refuse_in_tier(e)))
+        self.set_pin(py, name, false)
     }
 
     /// Download `remote` (`oras://`, `docker://`, `https://`, `s3://`) and name it `name`

@@ -383,6 +383,7 @@ impl Cache {
             remote_digest: blob.and_then(|b| b.remote_digest),
             path,
             tier: None,
+            private: self.private,
         })
     }
 }

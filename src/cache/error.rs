@@ -119,6 +119,11 @@ pub enum CacheError {
         "`{remote}` is being pulled by the call whose progress callback made this call: that pull holds `{path}` and waits for the callback to return, so this call would wait for itself; make it after that pull returns"
     )]
     Reentered { remote: String, path: PathBuf },
+    /// The caller's private cache in a shared cache is not the caller's own.
+    #[error(
+        "refusing your private cache `{path}`: {detail}; no image is pulled into it or read from it (ask the cache's admin to look at who made it)"
+    )]
+    NotOwnPrivate { path: PathBuf, detail: String },
     /// A change asked of a name that only a read-only tier holds.
     #[error(
         "image `{name}` is in the read-only tier `{tier}`, not in the writable cache `{cache}`: sregistry never changes a tier (its admin publishes it); `sregistry pull` or `add` the image into the writable cache to change it there"
@@ -164,6 +169,7 @@ impl CacheError {
             | CacheError::MoveFromCache { .. } => ErrorKind::InvalidInput,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
+            CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,
             CacheError::Reentered { .. } => ErrorKind::Reentered,
             CacheError::InTier { .. } => ErrorKind::PermissionDenied,
             CacheError::Settings(e) => e.kind(),

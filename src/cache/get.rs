@@ -266,6 +266,7 @@ impl Cache {
             remote_digest: n.blob.and_then(|b| b.remote_digest),
             name: n.name,
             tier: self.tier.clone(),
+            private: self.private,
         }
     }
 

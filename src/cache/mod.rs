@@ -78,6 +78,7 @@ mod layout;
 pub mod limits;
 pub mod lock;
 mod names;
+mod private;
 mod progress;
 mod publish;
 mod pull;
@@ -120,6 +121,7 @@ pub use index::{
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
 pub use names::{Removed, Repoint, refuse_digest_on_target};
+pub use private::PRIVATE_DIR;
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
 pub use publish::{DEFAULT_KEEP, Published};
 pub use settings::{Settings, SettingsError};
@@ -145,8 +147,11 @@ pub struct Cache {
     index: Index,
     uses: UseMarkers,
     settings: Settings,
+    lock_opts: LockOptions,
     /// A read-only tier: the path it was configured as (see [`tiers`]).
     tier: Option<PathBuf>,
+    /// The caller's private cache inside a shared one (see `private.rs`).
+    private: bool,
 }
 
 /// A name and everything known about it, as `list`, `inspect` and `add` report it.
@@ -167,6 +172,8 @@ pub struct Entry {
     /// The read-only tier that holds the name, as configured; `None` for the writable
     /// cache.
     pub tier: Option<PathBuf>,
+    /// Whether the name is in the caller's private cache inside a shared cache.
+    pub private: bool,
 }
 
 /// Where content came from, recorded with its name.
@@ -242,11 +249,13 @@ impl Cache {
         Cache {
             root: root.to_path_buf(),
             store: Store::new(&v1, settings.dir_mode).with_writer_locks(lock_opts.clone()),
-            index: Index::new(&v1, lock_opts, settings.file_mode),
+            index: Index::new(&v1, lock_opts.clone(), settings.file_mode),
             uses: UseMarkers::new(&v1, settings.file_mode, settings.dir_mode),
             v1,
             settings,
+            lock_opts,
             tier: None,
+            private: false,
         }
     }
 

@@ -3,14 +3,26 @@
 //!
 //! # Lookup order, in one place
 //!
-//! [`Caches`] is the list of caches a lookup looks in, in order: the writable cache first,
-//! then each tier as configured (`tiers`, `$SREGISTRY_TIERS`, `--tier`). The first that has
-//! the name answers, with whatever it answers (a path, or its own error: a missing or
-//! damaged file of a name it holds is its answer, never a reason to hand out another
-//! cache's image of that name); only "no such name" passes the question on. So a name in
-//! the writable cache shadows the same name in a tier, and an earlier tier a later one.
+//! [`Caches`] is the list of caches a lookup looks in, in order: the caller's private
+//! cache inside a shared cache (when the caller has one, see `private.rs`), then the
+//! writable cache (the shared one, or the user's own), then each tier as configured
+//! (`tiers`, `$SREGISTRY_TIERS`, `--tier`). The first that has the name answers, with
+//! whatever it answers (a path, or its own error: a missing or damaged file of a name it
+//! holds is its answer, never a reason to hand out another cache's image of that name);
+//! only "no such name" passes the question on, and when no cache has the name the
+//! writable cache's "not found" is the answer. So a private name shadows the same name in
+//! the shared cache, the writable cache's a tier's, and an earlier tier a later one.
 //! `list` shows the first of each name, or with `all` every one, the shadowed marked.
-//! Another cache to look in (a private one) is one more place in this list.
+//! Every reader of a name goes through it: `get`, `inspect`, `list`, `get REMOTE`, and the
+//! Python package's `get`, `list`, `inspect`.
+//!
+//! A change to a name (`rm`, `tag`, `pin`, `unpin`, `push`, `export`) acts in the cache
+//! that holds it ([`Caches::holder`]): the private cache or the writable one; a name only
+//! a tier holds is refused naming the tier ([`Caches::refuse_in_tier`]).
+//!
+//! A tier never holds a private image: `tier publish` copies the names of its source
+//! cache's own index, never `private/` (each private cache has an index of its own), so
+//! the privacy of `private.rs` holds for tiers with nothing more to check.
 //!
 //! # A tier is never written
 //!
@@ -28,31 +40,37 @@
 //! A tier's files are checked as the writable cache's are (there, a regular file, of its
 //! recorded size); the record of the file its commit put in place does not apply to a
 //! copy (`BlobRecord::placed` names another `blobs/`), so a tier is judged by `verify`'s
-//! hashes ([`crate::maintain::verify`], `verify --tiers`).
+//! hashes (`src/maintain/verify.rs`, `verify --tiers`).
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{Cache, CacheError, Entry};
+use super::{Cache, CacheError, Entry, Removed};
 use crate::format::reference::Reference;
 
 /// One place a lookup looks in.
 #[derive(Clone, Debug)]
 enum Place<'a> {
-    /// A cache open already: the writable one.
-    Open(&'a Cache),
+    /// The caller's private cache inside the writable (shared) cache.
+    Private(Box<Cache>),
+    /// The writable cache, open already.
+    Writable(&'a Cache),
     /// A tier, opened by each lookup that reaches it ([`Cache::open_tier`]).
     Tier(PathBuf),
 }
 
-/// The caches a lookup looks in, in order: the writable cache, then each tier.
+/// The caches a lookup looks in, in order: the caller's private cache (if any), the
+/// writable cache, then each tier.
 #[derive(Clone, Debug)]
 pub struct Caches<'a> {
     places: Vec<Place<'a>>,
+    /// Index of the writable cache in `places`.
+    writable: usize,
 }
 
-/// A name as `list` shows it: its entry (`Entry::tier` says where it is), and whether a
-/// cache looked in earlier has the same name (shown only by `list --all`).
+/// A name as `list` shows it: its entry (`Entry::tier` and `Entry::private` say where it
+/// is), and whether a cache looked in earlier has the same name (shown only by `list
+/// --all`).
 #[derive(Clone, Debug)]
 pub struct Listed {
     pub entry: Entry,
@@ -60,41 +78,81 @@ pub struct Listed {
 }
 
 impl<'a> Caches<'a> {
-    /// `writable`, then the tiers at `tiers`, in order.
-    pub fn new(writable: &'a Cache, tiers: &[PathBuf]) -> Caches<'a> {
-        let mut places = vec![Place::Open(writable)];
+    /// The caller's private cache inside `writable` (for a shared cache, one `lstat`; for
+    /// one that is not shared, no system call), `writable`, then the tiers at `tiers`, in
+    /// order. Fails when the caller's private cache is there but not the caller's own.
+    pub fn new(writable: &'a Cache, tiers: &[PathBuf]) -> Result<Caches<'a>, CacheError> {
+        let mut places = Vec::with_capacity(2 + tiers.len());
+        if let Some(p) = writable.own_private()? {
+            places.push(Place::Private(Box::new(p)));
+        }
+        let at = places.len();
+        places.push(Place::Writable(writable));
         places.extend(tiers.iter().cloned().map(Place::Tier));
-        Caches { places }
+        Ok(Caches {
+            places,
+            writable: at,
+        })
     }
 
-    /// The writable cache: where every change goes.
+    /// The writable cache: where every change to a name it holds, and every pull, goes.
     pub fn writable(&self) -> &'a Cache {
-        match self.places[0] {
-            Place::Open(c) => c,
-            Place::Tier(_) => unreachable!("the writable cache comes first"),
+        match self.places[self.writable] {
+            Place::Writable(c) => c,
+            _ => unreachable!("`writable` indexes the writable cache"),
         }
+    }
+
+    /// The caller's private cache, if the caller has one.
+    pub fn private(&self) -> Option<&Cache> {
+        self.places.iter().find_map(|p| match p {
+            Place::Private(c) => Some(&**c),
+            _ => None,
+        })
     }
 
     /// The tiers, as configured, in order.
     pub fn tier_paths(&self) -> impl Iterator<Item = &Path> {
         self.places.iter().filter_map(|p| match p {
             Place::Tier(t) => Some(t.as_path()),
-            Place::Open(_) => None,
+            _ => None,
         })
+    }
+
+    /// Ask `f` of each cache in order, opening a tier only when the lookup reaches it,
+    /// until one answers `Some`.
+    pub fn find<T, E: From<CacheError>>(
+        &self,
+        mut f: impl FnMut(&Cache) -> Result<Option<T>, E>,
+    ) -> Result<Option<T>, E> {
+        for place in &self.places {
+            let answer = match place {
+                Place::Private(c) => f(c)?,
+                Place::Writable(c) => f(c)?,
+                Place::Tier(t) => f(&Cache::open_tier(t)?)?,
+            };
+            if answer.is_some() {
+                return Ok(answer);
+            }
+        }
+        Ok(None)
     }
 
     /// Ask `f` of each cache in order; the first answer that is not "no such name" wins.
     /// When none has the name, the writable cache's answer.
     pub fn first<T>(&self, f: impl Fn(&Cache) -> Result<T, CacheError>) -> Result<T, CacheError> {
         let mut missing = None;
-        for place in &self.places {
+        for (i, place) in self.places.iter().enumerate() {
             let answer = match place {
-                Place::Open(c) => f(c),
+                Place::Private(c) => f(c),
+                Place::Writable(c) => f(c),
                 Place::Tier(t) => f(&Cache::open_tier(t)?),
             };
             match answer {
                 Err(e @ CacheError::NotFound { .. }) => {
-                    missing.get_or_insert(e);
+                    if i == self.writable {
+                        missing = Some(e);
+                    }
                 }
                 other => return other,
             }
@@ -117,6 +175,47 @@ impl<'a> Caches<'a> {
         self.first(|c| c.entry(r))
     }
 
+    /// The cache a change to `r` acts in: the caller's private cache when it holds the
+    /// name, else the writable cache (whose refusal of a name only a tier holds
+    /// [`Caches::refuse_in_tier`] turns into [`CacheError::InTier`]).
+    pub fn holder(&self, r: &Reference) -> &Cache {
+        match self.private() {
+            Some(p) if p.holds(r) => p,
+            _ => self.writable(),
+        }
+    }
+
+    /// `refs` split by the cache that holds each ([`Caches::holder`]): the caller's private
+    /// cache's, then the writable cache's.
+    pub fn split_private(&self, refs: &[Reference]) -> (Vec<Reference>, Vec<Reference>) {
+        let private = self.private();
+        refs.iter()
+            .cloned()
+            .partition(|r| private.is_some_and(|p| std::ptr::eq(self.holder(r), p)))
+    }
+
+    /// [`Cache::remove`] of each name in the cache that holds it ([`Caches::holder`]): the
+    /// caller's private cache's names first, then the writable cache's; a name only a tier
+    /// holds is refused naming the tier. Each cache's removal is all or nothing, as
+    /// [`Cache::remove`] is.
+    pub fn remove(&self, refs: &[Reference], keep_blob: bool) -> Result<Removed, CacheError> {
+        let (mine, rest) = self.split_private(refs);
+        let mut removed = Removed::default();
+        for (c, refs) in [(self.private(), mine), (Some(self.writable()), rest)] {
+            if let Some(c) = c
+                && !refs.is_empty()
+            {
+                let r = c
+                    .remove(&refs, keep_blob)
+                    .map_err(|e| self.refuse_in_tier(e))?;
+                removed.names.extend(r.names);
+                removed.blobs.extend(r.blobs);
+                removed.bytes_freed += r.bytes_freed;
+            }
+        }
+        Ok(removed)
+    }
+
     /// [`Cache::list`] of every cache, sorted by name, each name from the first cache
     /// that has it; with `all`, also the names earlier caches shadow (after the one that
     /// answers, marked).
@@ -125,7 +224,8 @@ impl<'a> Caches<'a> {
         let mut out = Vec::new();
         for place in &self.places {
             let entries = match place {
-                Place::Open(c) => c.list(pattern)?,
+                Place::Private(c) => c.list(pattern)?,
+                Place::Writable(c) => c.list(pattern)?,
                 Place::Tier(t) => Cache::open_tier(t)?.list(pattern)?,
             };
             for entry in entries {
@@ -160,5 +260,13 @@ impl<'a> Caches<'a> {
             }
         }
         CacheError::NotFound { name, cache }
+    }
+}
+
+impl Cache {
+    /// Whether the index has the name `r` (whatever its file's state); false when the
+    /// index cannot be read.
+    fn holds(&self, r: &Reference) -> bool {
+        self.exists() && self.entry(&r.without_digest()).is_ok()
     }
 }

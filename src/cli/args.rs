@@ -54,8 +54,9 @@ pub struct GlobalArgs {
     #[arg(long, global = true)]
     pub offline: bool,
 
-    /// A read-only cache to look in after the writable one (repeat for more, looked in
-    /// in order; replaces the configured list) [env: SREGISTRY_TIERS, colon-separated;
+    /// A read-only cache to look in after the writable one (and the caller's private
+    /// cache in it); repeat for more, looked in in order (replaces the configured list)
+    /// [env: SREGISTRY_TIERS, colon-separated;
     /// `tiers = [...]` in a configuration file]
     #[arg(long = "tier", global = true, value_name = "DIR")]
     pub tiers: Vec<PathBuf>,
@@ -237,21 +238,23 @@ pub struct DockerArgs {
 }
 
 /// List cached images: name, platform (docker:// images), short digest, size, when added
-/// and last used, and the tier that holds it (when one does).
+/// and last used, and the tier that holds it (when one does); `(private)` after a name in
+/// the caller's private cache (in a shared cache).
 ///
 /// PATTERN filters names: with `*` or `?` it is a glob over the whole name
-/// (`'lab/*:1.*'`), otherwise a substring (`lab/`). Sorted by name. The writable cache
-/// is looked in first, then each tier (--tier, `tiers`): a name shows once, from the first
-/// that has it, unless --all. --json prints every field, with the path, `tier` (the
-/// tier's path, null for the writable cache) and `shadowed`.
+/// (`'lab/*:1.*'`), otherwise a substring (`lab/`). Sorted by name. The caller's private
+/// cache (in a shared cache) is looked in first, then the writable cache, then each tier
+/// (--tier, `tiers`): a name shows once, from the first that has it, unless --all. --json
+/// prints every field, with the path, `tier` (the tier's path, null for the writable
+/// cache), `private` and `shadowed`.
 #[derive(Debug, Args)]
 pub struct ListArgs {
     /// Only names matching this glob or substring
     #[arg(value_name = "PATTERN")]
     pub pattern: Option<String>,
 
-    /// Also show the names that an earlier cache shadows (a tier's name that the
-    /// writable cache or an earlier tier also has)
+    /// Also show the names that an earlier cache shadows (a name that the caller's
+    /// private cache, the writable cache or an earlier tier also has)
     #[arg(long)]
     pub all: bool,
 }

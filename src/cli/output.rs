@@ -31,6 +31,8 @@ pub struct EntryJson<'a> {
     /// The read-only tier that holds the name, as configured; `null` for the writable
     /// cache.
     pub tier: Option<&'a PathBuf>,
+    /// Whether the name is in the caller's private cache (inside a shared cache).
+    pub private: bool,
 }
 
 impl<'a> From<&'a Entry> for EntryJson<'a> {
@@ -48,6 +50,7 @@ impl<'a> From<&'a Entry> for EntryJson<'a> {
             media_type: e.media_type.as_deref(),
             path: &e.path,
             tier: e.tier.as_ref(),
+            private: e.private,
         }
     }
 }

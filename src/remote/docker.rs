@@ -684,7 +684,11 @@ pub(super) fn pull_locked(
     let step = runtime::run(async move {
         let (cache, r, opts) = (&c, &r_, &o);
         let transport = Transport::new(opts)?;
-        let creds = auth::credentials_for(&r.host)?;
+        let creds = if opts.anonymous {
+            None
+        } else {
+            auth::credentials_for(&r.host)?
+        };
         let mut s = Session::new(&transport, r.api_host(), creds);
         let resolved = resolve(&mut s, r, &plat).await?;
         if !opts.refetch

@@ -14,6 +14,7 @@
 //! http.rs       a plain URL, resumable with Range                   (-> registry)
 //! s3.rs         object_store over S3                                (-> transport)
 //! oci_layout.rs export into an OCI image layout (no network)
+//! privacy.rs    which cache a pull lands in: the shared one, or the puller's private one
 //! ─ registry layer ──────────────────────────────────────────────────────────────────────
 //! registry.rs   Session (auth handshake, tokens), download, upload_blob, OciRef
 //! auth.rs       credentials (`sregistry login`, ~/.docker/config.json); challenges
@@ -28,9 +29,10 @@
 //! error.rs      RemoteError and its kind()
 //! ```
 //!
-//! The imports in full: `remote_ref` -> docker, oci, s3, transport; `oci`, `docker` ->
-//! registry, auth, sink, transport (`docker` also runtime); `http` -> registry, sink,
-//! transport; `s3` -> sink, transport; `registry` -> auth, sink, transport;
+//! The imports in full: `privacy` -> auth, s3, remote_ref; `remote_ref` -> docker, oci,
+//! s3, transport; `oci`, `docker` -> registry, auth, sink, transport (`docker` also
+//! runtime); `http` -> registry, sink, transport; `s3` -> sink, transport; `registry` ->
+//! auth, sink, transport;
 //! `transport` -> runtime; `auth`, `sink`, `runtime` -> error only; and each
 //! of them -> error and types where it needs them.
 //!
@@ -54,6 +56,7 @@ mod error;
 mod http;
 pub mod oci;
 pub mod oci_layout;
+mod privacy;
 mod registry;
 mod remote_ref;
 mod runtime;
@@ -68,7 +71,7 @@ pub use types::{Progress, ProgressHook, PullOutcome, RemoteOptions, Unreached};
 
 use std::path::PathBuf;
 
-use crate::cache::{Cache, CacheError};
+use crate::cache::{Cache, CacheError, Caches};
 use crate::format::reference::Reference;
 use remote_ref::docker_platform_of;
 use transport::bad_ref;
@@ -105,14 +108,32 @@ impl Progress for InsidePull {
 }
 
 /// `get REMOTE`: the cached path if this remote was pulled under its name before,
-/// otherwise pull it first (once, however many processes ask at the same moment).
+/// otherwise pull it first (once, however many processes ask at the same moment): looks
+/// in the one lookup order of `cache` and `opts.tiers` ([`get_or_pull_in`]).
 pub fn get_or_pull(
     cache: &Cache,
     remote: &RemoteRef,
     opts: &RemoteOptions,
 ) -> Result<PathBuf, RemoteError> {
+    get_or_pull_in(&Caches::new(cache, &opts.tiers)?, remote, opts)
+}
+
+/// [`get_or_pull`] through the caches a lookup looks in (`crate::cache::tiers`): the image
+/// an earlier pull of `remote` put under its default name in the caller's private cache,
+/// else in the writable cache, else in the first tier that holds it (read-only: nothing
+/// downloaded, converted or written); else pulled into the writable cache, or the
+/// caller's private cache when it needed credentials (`privacy.rs`; offline:
+/// [`RemoteError::Offline`]). A tier never holds a private image (`tier publish` copies
+/// no `private/`), and the shared cache only what was pulled without credentials or
+/// from a `shared_remotes` remote, so no cache here answers a user with another's
+/// private image.
+pub fn get_or_pull_in(
+    caches: &Caches<'_>,
+    remote: &RemoteRef,
+    opts: &RemoteOptions,
+) -> Result<PathBuf, RemoteError> {
     let name = remote.default_name(opts)?;
-    if let Some(p) = cached_from(cache, &name, remote, opts)? {
+    if let Some(p) = caches.find(|c| cached_from(c, &name, remote, opts))? {
         return Ok(p);
     }
     if opts.offline {
@@ -121,41 +142,21 @@ pub fn get_or_pull(
             need: Need::Cached,
         });
     }
-    under_pull_lock(
-        cache,
-        lock_key(remote, opts),
-        opts,
-        || {
-            // Whoever held the lock before us may have pulled it.
-            cached_from(cache, &name, remote, opts)
-        },
-        |opts| {
-            refuse_taken_name(cache, &name, remote, opts)?;
-            Ok(pull_locked(cache, remote, &name, opts)?.entry.path)
-        },
-    )
-}
-
-/// [`get_or_pull`] through the caches a lookup looks in (`crate::cache::tiers`): the image
-/// an earlier pull of `remote` put under its default name in the writable cache, else in
-/// the first tier that holds it (read-only: nothing downloaded, converted or written);
-/// else pulled into the writable cache (offline: [`RemoteError::Offline`]).
-pub fn get_or_pull_in(
-    caches: &crate::cache::Caches<'_>,
-    remote: &RemoteRef,
-    opts: &RemoteOptions,
-) -> Result<PathBuf, RemoteError> {
-    let name = remote.default_name(opts)?;
-    if let Some(p) = cached_from(caches.writable(), &name, remote, opts)? {
-        return Ok(p);
-    }
-    for tier in caches.tier_paths() {
-        let tier = Cache::open_tier(tier)?;
-        if let Some(p) = cached_from(&tier, &name, remote, opts)? {
-            return Ok(p);
-        }
-    }
-    get_or_pull(caches.writable(), remote, opts)
+    privacy::routed(caches.writable(), remote, opts, |cache, opts| {
+        under_pull_lock(
+            cache,
+            lock_key(remote, opts),
+            opts,
+            || {
+                // Whoever held the lock before us may have pulled it.
+                cached_from(cache, &name, remote, opts)
+            },
+            |opts| {
+                refuse_taken_name(cache, &name, remote, opts)?;
+                Ok(pull_locked(cache, remote, &name, opts)?.entry.path)
+            },
+        )
+    })
 }
 
 /// Take the per-pull lock `key` (see [`lock_key`]), then: `found()` (what an earlier holder left
@@ -346,14 +347,16 @@ pub fn pull(
         }
         None => (remote.default_name(opts)?, true),
     };
+    // The caller's private cache, then `cache` (a pull writes, so no tier answers it).
+    let caches = Caches::new(cache, &[])?;
     let from_cache = |why: Unreached| -> Result<Option<PullOutcome>, RemoteError> {
-        Ok(
-            cached_entry(cache, &name, remote, opts)?.map(|entry| PullOutcome {
+        Ok(caches
+            .find(|c| cached_entry(c, &name, remote, opts))?
+            .map(|entry| PullOutcome {
                 entry,
                 downloaded: false,
                 unreached: Some(why),
-            }),
-        )
+            }))
     };
     if opts.offline {
         if opts.refetch {
@@ -367,18 +370,20 @@ pub fn pull(
             need: Need::Cached,
         });
     }
-    let pulled = under_pull_lock(
-        cache,
-        lock_key(remote, opts),
-        opts,
-        || Ok(None),
-        |opts| {
-            if default {
-                refuse_taken_name(cache, &name, remote, opts)?;
-            }
-            pull_locked(cache, remote, &name, opts)
-        },
-    );
+    let pulled = privacy::routed(cache, remote, opts, |cache, opts| {
+        under_pull_lock(
+            cache,
+            lock_key(remote, opts),
+            opts,
+            || Ok(None),
+            |opts| {
+                if default {
+                    refuse_taken_name(cache, &name, remote, opts)?;
+                }
+                pull_locked(cache, remote, &name, opts)
+            },
+        )
+    });
     match pulled {
         Err(e) if e.is_unreachable() && !opts.refetch => {
             from_cache(Unreached::Unreachable(e.to_string()))?.ok_or(e)

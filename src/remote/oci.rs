@@ -152,7 +152,11 @@ pub(super) async fn pull(
     opts: &RemoteOptions,
     known: Option<&Known>,
 ) -> Result<Pulled, RemoteError> {
-    let creds = auth::credentials_for(&r.host)?;
+    let creds = if opts.anonymous {
+        None
+    } else {
+        auth::credentials_for(&r.host)?
+    };
     let mut s = Session::new(t, &r.host, creds);
     let (m, _mdigest, _) = fetch_manifest(&mut s, r).await?;
     let layer = sif_layer(&m)

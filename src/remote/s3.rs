@@ -204,7 +204,7 @@ fn open(bucket: &str, opts: &RemoteOptions) -> Result<(Arc<dyn ObjectStore>, Str
 /// Whether requests go unsigned: no access key, web identity or container credentials
 /// in the environment, and the EC2 instance metadata service not asked for
 /// (`AWS_EC2_METADATA_DISABLED=false`).
-fn anonymous() -> bool {
+pub(super) fn anonymous() -> bool {
     let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
     let credentials = [
         "AWS_ACCESS_KEY_ID",

@@ -35,6 +35,12 @@ pub struct RemoteOptions {
     /// Contact no remote (`--offline`, `SREGISTRY_OFFLINE`): `get` and `pull` answer from
     /// the cache, anything else that needs the network is refused.
     pub offline: bool,
+    /// Remotes whose images go to a shared cache even when pulling them needed
+    /// credentials (the configuration's `shared_remotes`; see `remote::privacy`).
+    pub shared_remotes: Vec<String>,
+    /// Send no stored credentials (set by `remote::privacy` for the first, anonymous,
+    /// attempt of a pull into a shared cache).
+    pub anonymous: bool,
     /// Read-only tiers (`tiers`): a `docker://` conversion reads a layer one of them holds
     /// instead of downloading it.
     pub tiers: Vec<std::path::PathBuf>,

@@ -30,6 +30,9 @@ pub enum Form {
     Bool,
     /// A list of absolute paths (in a variable, separated by `:`).
     Paths,
+    /// A list of remote patterns, `SCHEME://HOST[:PORT][/PATH]` with an optional `/*` at
+    /// the end (in a variable, separated by spaces or commas).
+    Remotes,
 }
 
 /// A setting's value, read in its form.
@@ -43,6 +46,7 @@ pub enum Value {
     Word(&'static str),
     Bool(bool),
     Paths(Vec<PathBuf>),
+    Remotes(Vec<String>),
 }
 
 impl Form {
@@ -65,6 +69,9 @@ impl Form {
             }
             Form::Bool => "true or false (a variable also takes 1, 0, yes, no)".to_string(),
             Form::Paths => "a list of absolute paths".to_string(),
+            Form::Remotes => {
+                "a list of remotes, SCHEME://HOST[/PATH] with an optional /* at the end (examples: oras://reg.example.org/lab/*, docker://reg.example.org:5000/base)".to_string()
+            }
         }
     }
 
@@ -75,7 +82,7 @@ impl Form {
             Form::Size | Form::Duration { .. } => "a string or a number",
             Form::Count { .. } => "an integer",
             Form::Bool => "a boolean",
-            Form::Paths => "an array of strings",
+            Form::Paths | Form::Remotes => "an array of strings",
         }
     }
 }
@@ -119,7 +126,32 @@ pub fn from_text(form: Form, s: &str) -> Option<Value> {
                 .all(|p| p.is_absolute())
                 .then_some(Value::Paths(paths))
         }
+        Form::Remotes => {
+            let items: Vec<String> = s
+                .split([' ', ',', '\t'])
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect();
+            items
+                .iter()
+                .all(|p| remote_pattern(p))
+                .then_some(Value::Remotes(items))
+        }
     }
+}
+
+/// Whether `p` is a remote pattern: `SCHEME://HOST[:PORT][/PATH]` (a scheme sregistry
+/// pulls from, a host, no space, no user-info), `/*` allowed only at the end.
+pub fn remote_pattern(p: &str) -> bool {
+    let Some((scheme, rest)) = p.split_once("://") else {
+        return false;
+    };
+    let body = rest.strip_suffix("/*").unwrap_or(rest);
+    let host = body.split('/').next().unwrap_or("");
+    ["oras", "docker", "https", "http", "s3"].contains(&scheme)
+        && !host.is_empty()
+        && !body.contains(['*', '@', '?', '#'])
+        && !body.chars().any(|c| c.is_whitespace() || c.is_control())
 }
 
 /// Why a file's value was not taken.
@@ -173,6 +205,18 @@ pub fn from_toml(form: Form, v: &DeValue<'_>) -> Result<Value, Refused> {
             })
             .collect::<Result<Vec<_>, _>>()
             .map(Value::Paths),
+        (Form::Remotes, DeValue::Array(items)) => items
+            .iter()
+            .map(|item| match item.get_ref() {
+                DeValue::String(s) if remote_pattern(s) => Ok(s.to_string()),
+                DeValue::String(s) => Err(Refused::Why {
+                    shown: format!("\"{}\"", shown(s)),
+                    why: "a remote pattern is SCHEME://HOST[/PATH], with an optional /* at the end",
+                }),
+                _ => Err(wrong()),
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map(Value::Remotes),
         _ => Err(wrong()),
     }
 }

@@ -151,6 +151,8 @@ field!(bool, Bool, |b| b, |s| Some(Value::Bool(*s)));
 // An empty list is no value (shown as the default, "none").
 field!(Vec<PathBuf>, Paths, |p| p, |s| (!s.is_empty())
     .then(|| Value::Paths(s.clone())));
+field!(Vec<String>, Remotes, |p| p, |s| (!s.is_empty())
+    .then(|| Value::Remotes(s.clone())));
 
 /// The table: each entry a constant [`Key`], a field of [`Config`], and a row of
 /// docs/configuration.md.
@@ -269,6 +271,12 @@ keys! {
         var "SREGISTRY_OFFLINE", flag Some("--offline"), form Form::Bool,
         default Preset::Value("false") => false,
         means "never contact a remote: remotes are answered from the cache";
+    /// `shared_remotes`: remotes whose images go to the shared cache even when pulling
+    /// them needed credentials.
+    SHARED_REMOTES shared_remotes: Vec<String>,
+        var "SREGISTRY_SHARED_REMOTES", flag None, form Form::Remotes,
+        default Preset::Derived("none") => Vec::new(),
+        means "remotes whose images go to a shared cache even when they needed credentials (else to the puller's private cache)";
     /// `tiers`: read-only caches looked in after the writable one, in order.
     TIERS tiers: Vec<PathBuf>,
         var "SREGISTRY_TIERS", flag Some("--tier"), form Form::Paths,
@@ -555,6 +563,7 @@ mod tests {
         for k in KEYS {
             let sample = match k.form {
                 Form::Path | Form::Paths => "/x",
+                Form::Remotes => "oras://h/x/*",
                 Form::Text | Form::Secret => "t",
                 Form::Size | Form::Duration { .. } | Form::Count { .. } => "1",
                 Form::OneOf(words) => words[0],

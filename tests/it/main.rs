@@ -29,6 +29,7 @@ mod offline;
 mod open_cache;
 mod pins;
 mod platform;
+mod private;
 mod registry;
 mod remote;
 mod remote_faults;

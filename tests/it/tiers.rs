@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command as StdCommand;
 
@@ -495,4 +496,137 @@ fn a_docker_conversion_reads_the_layers_a_tier_holds() {
     assert_eq!(reg.blob_gets(&two[1]), 1);
     assert_eq!(env.snapshot_of(&tier), before);
     env.assert_blobs_verify();
+}
+
+/// Danger: the private cache, the shared cache and the tiers answering in different
+/// orders for different commands, or a write landing in the wrong one. One order for
+/// every reader: the caller's private cache, the shared (writable) cache, then each tier.
+/// `list` shows each name once, from the first that has it, `(private)` and the TIER
+/// column saying where; `--all` shows the shadowed copies of all three, and `--json`
+/// carries `private` and `tier` on each row. `pin` of a name the private cache holds acts
+/// there; `rm` of a name only a tier holds is refused naming the tier. `tier publish` of a
+/// shared cache never publishes its `private/`.
+#[test]
+fn one_order_private_then_shared_then_each_tier() {
+    let env = Env::new();
+    let tier = with_tier(
+        &env,
+        &[
+            ("lab/all", "tier all"),
+            ("lab/two", "tier two"),
+            ("lab/t", "tier only"),
+        ],
+    );
+    stdout_of(
+        env.cmd()
+            .args(["init", "--shared", "--group", "0"])
+            .arg(&env.cache),
+    );
+    for (name, payload) in [("lab/all", "shared all"), ("lab/two", "shared two")] {
+        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+        add_to(&env, &env.cache, &f, name);
+    }
+    // The caller's (root's) private cache, as a private pull makes it.
+    let own = env.cache.join("private").join("0");
+    let f = env.file("private all.img", b"private all");
+    add_to(&env, &own, &f, "lab/all");
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
+    let t = tier.to_str().unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.args(["--tier", t]);
+        c
+    };
+    for (name, want) in [
+        ("lab/all", "private all"),
+        ("lab/two", "shared two"),
+        ("lab/t", "tier only"),
+    ] {
+        let path = stdout_of(cmd().args(["get", name]));
+        assert_eq!(fs::read(&path).unwrap(), want.as_bytes(), "{name}");
+        let v = json(&stdout_of(cmd().args(["--json", "inspect", name])));
+        assert_eq!(v["private"], name == "lab/all", "{v}");
+        assert_eq!(v["tier"].is_string(), name == "lab/t", "{v}");
+    }
+    let listed = stdout_of(cmd().arg("list"));
+    assert!(listed.contains("lab/all:latest (private)"), "{listed}");
+    assert_eq!(listed.matches("lab/all:latest").count(), 1, "{listed}");
+    assert!(listed.contains("TIER"), "{listed}");
+    let rows = json(&stdout_of(cmd().args(["--json", "list", "--all"])));
+    let rows: Vec<(String, bool, bool, bool)> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["name"].as_str().unwrap().to_string(),
+                r["private"].as_bool().unwrap(),
+                r["tier"].is_string(),
+                r["shadowed"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    let all = |n: &str| format!("lab/{n}:latest");
+    assert_eq!(
+        rows,
+        vec![
+            (all("all"), true, false, false),
+            (all("all"), false, false, true),
+            (all("all"), false, true, true),
+            (all("t"), false, true, false),
+            (all("two"), false, false, false),
+            (all("two"), false, true, true),
+        ]
+    );
+    let text = stdout_of(cmd().args(["list", "--all", "lab/all"]));
+    assert_eq!(text.matches("(shadowed)").count(), 2, "{text}");
+    // pin acts in the private cache, which holds the name; the shared copy stays unpinned.
+    stdout_of(cmd().args(["pin", "lab/all"]));
+    let v = json(&stdout_of(
+        env.cmd()
+            .arg("--cache")
+            .arg(&own)
+            .args(["--json", "inspect", "lab/all"]),
+    ));
+    assert_eq!(v["pinned"], true, "{v}");
+    let shared = json(&stdout_of(
+        env.cmd()
+            .args(["--json", "--tier", "/nonexistent"])
+            .args(["list", "--all", "lab/all"]),
+    ));
+    assert_eq!(shared[1]["pinned"], false, "{shared}");
+    // A name only the tier holds: refused naming the tier.
+    let err = assert_fails(cmd().args(["rm", "lab/t"]), 1, "`lab/t:latest`");
+    assert!(err.contains(&format!("read-only tier `{t}`")), "{err}");
+    // Published from the shared cache: its names, never the private cache's.
+    let dest = env.path("published");
+    let out = json(&stdout_of(
+        env.cmd()
+            .arg("--json")
+            .args(["tier", "publish"])
+            .arg(&env.cache)
+            .arg(&dest),
+    ));
+    let version = PathBuf::from(out["version"].as_str().unwrap());
+    assert!(!version.join("private").exists());
+    for file in walk(&version) {
+        if file.is_file() {
+            assert_ne!(fs::read(&file).unwrap(), b"private all", "{file:?}");
+        }
+    }
+    let d = dest.to_str().unwrap();
+    let got = stdout_of(
+        env.cmd()
+            .args(["--cache"])
+            .arg(env.path("empty"))
+            .args(["--tier", d, "get", "lab/all"]),
+    );
+    assert_eq!(fs::read(got).unwrap(), b"shared all");
+    // rm acts where the name is: the private copy, then the shared one; the tier's stays.
+    stdout_of(cmd().args(["unpin", "lab/all"]));
+    for next in ["shared all", "tier all"] {
+        stdout_of(cmd().args(["rm", "lab/all"]));
+        let path = stdout_of(cmd().args(["get", "lab/all"]));
+        assert_eq!(fs::read(&path).unwrap(), next.as_bytes());
+    }
 }

@@ -113,6 +113,10 @@ fn toml_value(key: &Key, v: &Value) -> String {
             let items: Vec<String> = ps.iter().map(|p| quoted(&p.to_string_lossy())).collect();
             format!("[{}]", items.join(", "))
         }
+        Value::Remotes(rs) => {
+            let items: Vec<String> = rs.iter().map(|r| quoted(r)).collect();
+            format!("[{}]", items.join(", "))
+        }
     }
 }
 
@@ -128,6 +132,7 @@ fn json_value(key: &Key, v: &Value) -> serde_json::Value {
         Value::Word(w) => json!(w),
         Value::Bool(b) => json!(b),
         Value::Paths(ps) => json!(ps),
+        Value::Remotes(rs) => json!(rs),
     }
 }
 

@@ -16,9 +16,28 @@ pub fn run(ctx: &Ctx, args: &GcArgs) -> Result<()> {
         progress: None,
     };
     let report = gc::run(&ctx.cache, &opts)?;
+    // The caller's own private cache in a shared cache, after it (another user's is
+    // never entered: it is not this user's to read).
+    let private = match ctx.cache.own_private()? {
+        Some(p) => Some((gc::run(&p, &opts)?, p)),
+        None => None,
+    };
     if ctx.json {
-        return Ok(output::json(&report)?);
+        let mut v = serde_json::to_value(&report)?;
+        if let Some((r, _)) = &private {
+            v["private"] = serde_json::to_value(r)?;
+        }
+        return Ok(output::json(&v)?);
     }
+    print(ctx, &report)?;
+    if let Some((r, p)) = &private {
+        ctx.say(format!("your private cache `{}`:", p.root().display()));
+        print(ctx, r)?;
+    }
+    Ok(())
+}
+
+fn print(ctx: &Ctx, report: &gc::GcReport) -> Result<()> {
     let verb = if report.dry_run {
         "would remove"
     } else {

@@ -11,10 +11,11 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         let mut opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
         opts.platform = args.docker.platform.clone();
         opts.squashfs_comp = args.docker.squashfs_comp.clone();
-        let path = sregistry::remote::get_or_pull_in(&ctx.caches(), &remote, &opts)?;
+        let path = sregistry::remote::get_or_pull_in(&ctx.caches()?, &remote, &opts)?;
         let name = remote.default_name(&opts)?;
         let path = if args.verify {
-            ctx.caches().get_verified(&name)?
+            // Looked up afresh: the pull may have just made the caller's private cache.
+            ctx.caches()?.get_verified(&name)?
         } else {
             path
         };
@@ -26,7 +27,8 @@ pub fn run(ctx: &Ctx, args: &GetArgs) -> Result<()> {
         return Ok(output::line(path.display())?);
     }
     let r = parse_ref(&args.reference)?;
-    let caches = ctx.caches();
+    // The caller's private cache first (in a shared cache), then the cache, then each tier.
+    let caches = ctx.caches()?;
     let path = if args.verify {
         caches.get_verified(&r)?
     } else {

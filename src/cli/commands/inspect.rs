@@ -10,7 +10,8 @@ use sregistry::format::sif;
 
 pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let entry = ctx.caches().entry(&r)?;
+    let caches = ctx.caches()?;
+    let entry = caches.entry(&r)?;
     let present = entry.path.is_file();
     let sif_result = if present {
         sif::read_if_sif(&entry.path)
@@ -20,7 +21,7 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
     let quarantined = if present {
         None
     } else if entry.tier.is_none() {
-        ctx.cache.quarantined(&entry.digest)
+        caches.holder(&r).quarantined(&entry.digest)
     } else {
         None
     };
@@ -40,6 +41,12 @@ pub fn run(ctx: &Ctx, args: &InspectArgs) -> Result<()> {
         let mut s = String::new();
         let mut kv = |k: &str, v: String| s.push_str(&format!("{k:<10} {v}\n"));
         kv("name:", entry.name.clone());
+        if entry.private {
+            kv(
+                "private:",
+                "yes (in your private cache; no other user can read it)".into(),
+            );
+        }
         kv("digest:", entry.digest.to_string());
         kv("path:", entry.path.display().to_string());
         kv(

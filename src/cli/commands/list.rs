@@ -1,5 +1,6 @@
-//! `sregistry list [PATTERN]`: the cached images, sorted by name, from the writable cache
-//! and then each tier (`sregistry::cache::tiers`).
+//! `sregistry list [PATTERN]`: the cached images, sorted by name, from the caller's
+//! private cache (in a shared cache), the writable cache, then each tier, in the one
+//! lookup order (`sregistry::cache::tiers`).
 
 use anyhow::Result;
 use serde::Serialize;
@@ -16,7 +17,7 @@ struct Row<'a> {
 }
 
 pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
-    let listed = ctx.caches().list(args.pattern.as_deref(), args.all)?;
+    let listed = ctx.caches()?.list(args.pattern.as_deref(), args.all)?;
     if ctx.json {
         let rows: Vec<Row> = listed
             .iter()
@@ -50,6 +51,9 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
             let mut name = e.name.clone();
             if e.pinned {
                 name.push_str(" (pinned)");
+            }
+            if e.private {
+                name.push_str(" (private)");
             }
             if l.shadowed {
                 name.push_str(" (shadowed)");

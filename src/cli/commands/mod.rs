@@ -45,9 +45,9 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// The caches a lookup looks in: the writable cache, then each tier
-    /// (`sregistry::cache::tiers`).
-    pub fn caches(&self) -> sregistry::cache::Caches<'_> {
+    /// The caches a lookup looks in: the caller's private cache (in a shared cache), the
+    /// writable cache, then each tier (`sregistry::cache::tiers`).
+    pub fn caches(&self) -> Result<sregistry::cache::Caches<'_>, sregistry::cache::CacheError> {
         sregistry::cache::Caches::new(&self.cache, &self.config.tiers)
     }
 
@@ -85,6 +85,8 @@ pub fn remote_options(
         platform: None,
         squashfs_comp: None,
         offline: ctx.offline,
+        shared_remotes: ctx.config.shared_remotes.clone(),
+        anonymous: false,
         tiers: ctx.config.tiers.clone(),
     })
 }

@@ -7,10 +7,11 @@ use crate::cli::PinArgs;
 
 pub fn run(ctx: &Ctx, args: &PinArgs, pin: bool) -> Result<()> {
     let r = parse_ref(&args.reference)?;
-    let changed = ctx
-        .cache
+    let caches = ctx.caches()?;
+    let changed = caches
+        .holder(&r)
         .set_pin(&r, pin)
-        .map_err(|e| ctx.caches().refuse_in_tier(e))?;
+        .map_err(|e| caches.refuse_in_tier(e))?;
     if ctx.json {
         return Ok(output::json(&serde_json::json!({
             "name": r.key(), "pinned": pin, "changed": changed

@@ -10,7 +10,8 @@ pub fn run(ctx: &Ctx, args: &PushArgs) -> Result<()> {
     let name = parse_ref(&args.reference)?;
     let r = RemoteRef::parse(&args.remote)?;
     let opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
-    let to = remote::push(&ctx.cache, &name, &r, &opts)?;
+    let lookup = ctx.caches()?;
+    let to = remote::push(lookup.holder(&name), &name, &r, &opts)?;
     if ctx.json {
         output::json(&serde_json::json!({ "name": name.key(), "remote": to }))?;
     } else {

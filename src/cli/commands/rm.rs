@@ -11,10 +11,8 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
         .iter()
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
-    let removed = ctx
-        .cache
-        .remove(&refs, args.keep_blob)
-        .map_err(|e| ctx.caches().refuse_in_tier(e))?;
+    // Each name is removed from the cache that holds it: the caller's private cache first.
+    let removed = ctx.caches()?.remove(&refs, args.keep_blob)?;
     if ctx.json {
         return Ok(output::json(&removed)?);
     }

@@ -9,10 +9,12 @@ use sregistry::cache::Repoint;
 pub fn run(ctx: &Ctx, args: &TagArgs) -> Result<()> {
     let src = parse_ref(&args.source)?;
     let dst = parse_target_ref(&args.target)?;
-    let entry = ctx
-        .cache
+    // In the cache that holds SRC: a name given to a private image stays private.
+    let caches = ctx.caches()?;
+    let entry = caches
+        .holder(&src)
         .tag(&src, &dst, Repoint::from_force(args.force))
-        .map_err(|e| ctx.caches().refuse_in_tier(e))?;
+        .map_err(|e| caches.refuse_in_tier(e))?;
     if ctx.json {
         output::json(&output::EntryJson::from(&entry))?;
     } else {

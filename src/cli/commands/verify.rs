@@ -33,26 +33,67 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
         .iter()
         .map(|s| parse_ref(s))
         .collect::<Result<Vec<_>>>()?;
-    let opts = VerifyOptions {
+    let opts = |names| VerifyOptions {
         names,
         repair: args.repair,
         tmp_grace: args.tmp_grace,
         progress: None,
     };
     if args.check_tiers {
-        return tiers(ctx, &opts);
+        return tiers(ctx, &opts(names));
     }
-    let report = verify::run(&ctx.cache, &opts)?;
-    show(ctx, &report)
+    // The caller's own private cache in a shared cache too (names given are checked in
+    // the cache that holds them); another user's is never entered.
+    let caches = sregistry::cache::Caches::new(&ctx.cache, &[])?;
+    let (mine, rest) = caches.split_private(&names);
+    let report = if !names.is_empty() && rest.is_empty() {
+        None
+    } else {
+        Some(verify::run(&ctx.cache, &opts(rest))?)
+    };
+    let private = match caches.private() {
+        Some(p) if names.is_empty() || !mine.is_empty() => Some((verify::run(p, &opts(mine))?, p)),
+        _ => None,
+    };
+    if ctx.json {
+        let mut v = match &report {
+            Some(r) => serde_json::to_value(r)?,
+            None => serde_json::json!({}),
+        };
+        if let Some((r, _)) = &private {
+            v["private"] = serde_json::to_value(r)?;
+        }
+        output::json(&v)?;
+    }
+    let mut clean = true;
+    for (r, label) in report
+        .iter()
+        .map(|r| (r, None))
+        .chain(private.iter().map(|(r, p)| (r, Some(p.root()))))
+    {
+        if let Some(root) = label
+            && !ctx.json
+        {
+            ctx.say(format!("your private cache `{}`:", root.display()));
+        }
+        clean &= print(ctx, r)?;
+    }
+    if !clean {
+        return Err(Reported {
+            status: ExitStatus::Problem,
+        }
+        .into());
+    }
+    Ok(())
 }
 
 /// `verify --tiers`: each tier checked read-only, one report per tier (exit 4 when any
 /// found a problem).
 fn tiers(ctx: &Ctx, opts: &VerifyOptions) -> Result<()> {
     let mut reports = Vec::new();
-    for tier in ctx.caches().tier_paths() {
+    for tier in &ctx.config.tiers {
         let cache = sregistry::cache::Cache::open_tier(tier)?;
-        reports.push((tier.to_path_buf(), verify::run(&cache, opts)?));
+        reports.push((tier.clone(), verify::run(&cache, opts)?));
     }
     if ctx.json {
         let rows: Vec<serde_json::Value> = reports
@@ -88,10 +129,9 @@ fn tiers(ctx: &Ctx, opts: &VerifyOptions) -> Result<()> {
     Ok(())
 }
 
-fn show(ctx: &Ctx, report: &verify::VerifyReport) -> Result<()> {
-    if ctx.json {
-        output::json(report)?;
-    } else {
+/// Print one cache's report (unless `--json`); whether it is clean.
+fn print(ctx: &Ctx, report: &verify::VerifyReport) -> Result<bool> {
+    if !ctx.json {
         print_report(ctx, report)?;
     }
     if !report.is_clean() {
@@ -102,12 +142,9 @@ fn show(ctx: &Ctx, report: &verify::VerifyReport) -> Result<()> {
                 what_to_do(report)
             );
         }
-        return Err(Reported {
-            status: ExitStatus::Problem,
-        }
-        .into());
+        return Ok(false);
     }
-    Ok(())
+    Ok(true)
 }
 
 /// A report as text: one line per problem, repair and unrepaired name, then a summary.

@@ -1,0 +1,715 @@
+//! Private images stay private (issue 23): in a shared cache, an image that needed
+//! credentials to pull goes to the puller's private cache (`<cache>/private/<uid>/`, 0700),
+//! and no other member reaches it through the cache: not by name, not by digest, not by
+//! path, not through a shared layer, not in `list`. Real users of one group
+//! (`sregtest-alice`, `sregtest-bob`), a real registry with htpasswd authentication.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use crate::common::*;
+use crate::images;
+use crate::registry::Registry;
+use crate::shared::{USERS, ok, shared_cache_for_the_users};
+use crate::support::sha256_of;
+
+const PASSWORD: &str = "correct-horse";
+
+/// A user's own configuration directory (credentials), mode 0700.
+fn config_dir_of(env: &Env, user: &str) -> PathBuf {
+    let dir = env.path(&format!("config-{user}"));
+    fs::create_dir_all(&dir).unwrap();
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o700)).unwrap();
+    run(Command::new("chown").arg(user).arg(&dir));
+    dir
+}
+
+/// The binary as `user` (umask 077) on `cache`, with `config` as its configuration
+/// directory (its credentials), `stdin` given.
+fn as_user(user: &str, bin: &Path, cache: &Path, config: &Path, args: &[&str]) -> Output {
+    as_user_in(user, bin, cache, config, args, "")
+}
+
+fn as_user_in(
+    user: &str,
+    bin: &Path,
+    cache: &Path,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+) -> Output {
+    as_user_with(user, bin, cache, config, args, stdin, &[])
+}
+
+/// [`as_user_in`] with variables `envs` set too.
+fn as_user_with(
+    user: &str,
+    bin: &Path,
+    cache: &Path,
+    config: &Path,
+    args: &[&str],
+    stdin: &str,
+    envs: &[(&str, &str)],
+) -> Output {
+    use std::io::Write;
+    let mut child = Command::new("setpriv")
+        .args(["--reuid", user, "--regid", "users", "--init-groups", "--"])
+        .args(["sh", "-c", "umask 077; exec \"$0\" \"$@\""])
+        .arg(bin)
+        .args(args)
+        .env("SREGISTRY_CACHE", cache)
+        .env("SREGISTRY_CONFIG_DIR", config)
+        .env("HOME", "/nonexistent")
+        .env("DOCKER_CONFIG", "/nonexistent")
+        .env_remove("SREGISTRY_NOW")
+        .env_remove("SREGISTRY_CONFIG")
+        .env_remove("SREGISTRY_SHARED_REMOTES")
+        .envs(envs.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// `script` run by `sh` as `user`.
+fn sh_as(user: &str, script: &str) -> Output {
+    Command::new("setpriv")
+        .args(["--reuid", user, "--regid", "users", "--init-groups", "--"])
+        .args(["sh", "-c", script])
+        .output()
+        .unwrap()
+}
+
+/// `user` logs in to `reg` as `login` with `password`.
+fn login(user: &str, bin: &Path, cache: &Path, config: &Path, reg: &Registry, login: &str) {
+    ok(as_user_in(
+        user,
+        bin,
+        cache,
+        config,
+        &["login", &reg.addr, "-u", login, "--password-stdin"],
+        PASSWORD,
+    ));
+}
+
+/// `out` failed with `code`, its stderr holding `needle`; nothing on stdout.
+fn refused(out: &Output, code: i32, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    assert!(out.stdout.is_empty(), "stdout: {:?}", out.stdout);
+    assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
+}
+
+/// The uid of `user`.
+fn uid_of(user: &str) -> u32 {
+    let out = Command::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Every regular file under the shared cache's own `v1/` (not the private caches).
+fn shared_files(cache: &Path) -> Vec<PathBuf> {
+    walk(&cache.join("v1"))
+        .into_iter()
+        .filter(|p| p.is_file())
+        .collect()
+}
+
+/// No file of the shared cache holds `content`.
+fn shared_holds_none_of(cache: &Path, content: &[u8]) {
+    for f in shared_files(cache) {
+        assert_ne!(
+            fs::read(&f).unwrap_or_default(),
+            content,
+            "the shared cache holds the private image at `{}`",
+            f.display()
+        );
+    }
+}
+
+/// The requests the registry served, and the bytes of blobs it sent, since `from` lines.
+fn served_since(reg: &Registry, from: usize) -> (usize, u64) {
+    let log = reg.log();
+    let lines: Vec<&str> = log.lines().filter(|l| l.contains(" HTTP/1.1\" ")).collect();
+    let mut bytes = 0;
+    for l in &lines[from.min(lines.len())..] {
+        if l.contains("/blobs/") && (l.contains("\" 200 ") || l.contains("\" 206 ")) {
+            let after = l.split("HTTP/1.1\" ").nth(1).unwrap_or("");
+            bytes += after
+                .split(' ')
+                .nth(1)
+                .and_then(|n| n.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    (lines.len().saturating_sub(from), bytes)
+}
+
+fn requests_so_far(reg: &Registry) -> usize {
+    served_since(reg, 0).0
+}
+
+/// A SIF artifact needing credentials (`lab/secret:1`), pulled by alice into a shared
+/// cache, is in her private cache only. Bob without credentials gets the registry's
+/// refusal, and cannot reach it by name, by digest (ours or the registry's), by path or
+/// in `list`. Bob with valid credentials pulls it from the registry himself, into his
+/// own private cache.
+#[test]
+fn an_image_that_needed_credentials_stays_with_the_user_who_pulled_it() {
+    if skip_unless_root(
+        "an_image_that_needed_credentials_stays_with_the_user_who_pulled_it",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, content) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let remote = reg.oras("lab/secret:1");
+    let name = format!("{}/lab/secret:1", reg.addr);
+
+    // Alice pulls with her credentials: the file is in her private cache, 0700 all the way
+    // (--verify: the lookup after the pull finds the private cache the pull made).
+    let alice_config = config_dir_of(&env, alice);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", "--verify", &remote],
+    ));
+    let own = cache.join("private").join(uid_of(alice).to_string());
+    assert!(
+        Path::new(&path).starts_with(&own),
+        "{path} is not under {}",
+        own.display()
+    );
+    assert_eq!(fs::read(&path).unwrap(), content);
+    let m = fs::metadata(&own).unwrap();
+    assert_eq!(m.uid(), uid_of(alice));
+    assert_eq!(m.mode() & 0o777, 0o700);
+    // Her own get by name, and her list, find it.
+    assert_eq!(
+        ok(as_user(alice, &bin, &cache, &alice_config, &["get", &name])),
+        path
+    );
+    let listed = ok(as_user(alice, &bin, &cache, &alice_config, &["list"]));
+    assert!(listed.contains("lab/secret:1 (private)"), "{listed}");
+    // Nothing of it in the shared cache: no name, no blob, no tmp file.
+    shared_holds_none_of(&cache, &content);
+    let entry: serde_json::Value = serde_json::from_str(&ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["inspect", "--json", &name],
+    )))
+    .unwrap();
+    assert_eq!(entry["private"], true);
+    let blake3 = entry["digest"].as_str().unwrap().to_string();
+
+    // Bob, without credentials: the registry's refusal, as from any cache.
+    let bob_config = config_dir_of(&env, bob);
+    let out = as_user(bob, &bin, &cache, &bob_config, &["get", &remote]);
+    refused(&out, 1, "credentials are required");
+    // The very message a cache of his own (not shared) gives.
+    let own_cache = env.path("bob-own");
+    fs::create_dir_all(&own_cache).unwrap();
+    run(Command::new("chown").arg(bob).arg(&own_cache));
+    let alone = as_user(bob, &bin, &own_cache, &bob_config, &["get", &remote]);
+    assert_eq!(alone.status.code(), out.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&alone.stderr),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_user(bob, &bin, &cache, &bob_config, &["pull", &remote]);
+    refused(&out, 1, "credentials are required");
+    // ... by the registry's digest of the manifest: refused by the registry too.
+    let manifest_digest = Command::new("curl")
+        .args([
+            "-sf",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%header{docker-content-digest}",
+        ])
+        .args(["-u", &format!("alice:{PASSWORD}")])
+        .args(["-H", "Accept: application/vnd.oci.image.manifest.v1+json"])
+        .arg(format!("http://{}/v2/lab/secret/manifests/1", reg.addr))
+        .output()
+        .unwrap();
+    let manifest_digest = String::from_utf8(manifest_digest.stdout).unwrap();
+    assert!(manifest_digest.starts_with("sha256:"), "{manifest_digest}");
+    let by_digest = reg.oras(&format!("lab/secret@{manifest_digest}"));
+    let out = as_user(bob, &bin, &cache, &bob_config, &["get", &by_digest]);
+    refused(&out, 1, "credentials are required");
+    // ... by name, and by name with our digest: not in the cache he can see.
+    let out = as_user(bob, &bin, &cache, &bob_config, &["get", &name]);
+    refused(&out, 3, "no image");
+    let out = as_user(
+        bob,
+        &bin,
+        &cache,
+        &bob_config,
+        &["get", &format!("{name}@{blake3}")],
+    );
+    refused(&out, 3, "no image");
+    let out = as_user(bob, &bin, &cache, &bob_config, &["inspect", &name]);
+    refused(&out, 3, "no image");
+    // ... by path: neither the file nor the directories that lead to it.
+    let out = sh_as(bob, &format!("cat '{path}'"));
+    assert!(!out.status.success(), "bob read the file: {out:?}");
+    let out = sh_as(bob, &format!("ls '{}'", cache.join("private").display()));
+    assert!(!out.status.success(), "bob listed private/: {out:?}");
+    // ... in list: not shown.
+    let listed = ok(as_user(bob, &bin, &cache, &bob_config, &["list", "--json"]));
+    assert!(!listed.contains("secret"), "{listed}");
+    // His refused attempts left nothing of it anywhere he can read.
+    shared_holds_none_of(&cache, &content);
+    assert!(!cache.join("private").join(uid_of(bob).to_string()).exists());
+
+    // Bob with valid credentials (alice's password, given to him): he asks the registry
+    // and gets the image, into his own private cache; the figure is reported.
+    login(bob, &bin, &cache, &bob_config, &reg, "alice");
+    let before = requests_so_far(&reg);
+    let t = std::time::Instant::now();
+    let bob_path = ok(as_user(bob, &bin, &cache, &bob_config, &["get", &remote]));
+    let took = t.elapsed();
+    let (requests, bytes) = served_since(&reg, before);
+    eprintln!(
+        "a third user with valid credentials: {requests} requests, {bytes} blob bytes downloaded ({} bytes image), {took:?}",
+        content.len()
+    );
+    assert!(Path::new(&bob_path).starts_with(cache.join("private").join(uid_of(bob).to_string())));
+    assert_eq!(fs::read(&bob_path).unwrap(), content);
+    assert_eq!(
+        bytes,
+        content.len() as u64,
+        "bob downloaded it himself, once"
+    );
+    // Each sees only their own copy.
+    let out = sh_as(alice, &format!("cat '{bob_path}'"));
+    assert!(!out.status.success(), "alice read bob's file: {out:?}");
+    shared_holds_none_of(&cache, &content);
+}
+
+/// A registry the site lists in `shared_remotes` keeps today's behaviour: the image that
+/// needed credentials goes to the shared cache, and every member gets it by name.
+#[test]
+fn a_remote_the_site_marks_shared_goes_to_the_shared_cache() {
+    if skip_unless_root(
+        "a_remote_the_site_marks_shared_goes_to_the_shared_cache",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, _) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let alice_config = config_dir_of(&env, alice);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let site = format!("shared_remotes = [\"oras://{}/lab/*\"]\n", reg.addr);
+    let site_file = env.file("site.toml", site.as_bytes());
+    fs::set_permissions(&site_file, fs::Permissions::from_mode(0o644)).unwrap();
+    let remote = reg.oras("lab/secret:1");
+    let path = ok(Command::new("setpriv")
+        .args(["--reuid", alice, "--regid", "users", "--init-groups", "--"])
+        .arg(&bin)
+        .args(["get", &remote])
+        .env("SREGISTRY_CACHE", &cache)
+        .env("SREGISTRY_CONFIG_DIR", &alice_config)
+        .env("SREGISTRY_CONFIG", &site_file)
+        .env("HOME", "/nonexistent")
+        .output()
+        .unwrap());
+    assert!(Path::new(&path).starts_with(cache.join("v1")), "{path}");
+    let bob_config = config_dir_of(&env, bob);
+    let name = format!("{}/lab/secret:1", reg.addr);
+    assert_eq!(
+        ok(as_user(bob, &bin, &cache, &bob_config, &["get", &name])),
+        path
+    );
+}
+
+/// The layers of a `docker://` image alice pulled with her credentials are hers: bob's
+/// conversion of a public image made of the same layers downloads every layer itself
+/// (the public registry serves each once) instead of reading hers.
+#[test]
+fn layers_pulled_privately_are_not_reused_for_another_user() {
+    if skip_unless_root(
+        "layers_pulled_privately_are_not_reused_for_another_user",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let private_reg = Registry::htpasswd("alice", PASSWORD);
+    let public_reg = Registry::anonymous();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let work = env.path("img");
+    fs::create_dir_all(&work).unwrap();
+    let layout = images::app_image(&work);
+    let creds = format!("alice:{PASSWORD}");
+    layout.push(
+        "app",
+        &format!("docker://{}/lab/app:1", private_reg.addr),
+        &["--dest-creds", &creds],
+    );
+    layout.push(
+        "app",
+        &format!("docker://{}/pub/app:1", public_reg.addr),
+        &[],
+    );
+    let alice_config = config_dir_of(&env, alice);
+    login(alice, &bin, &cache, &alice_config, &private_reg, "alice");
+    let mine = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &format!("docker://{}/lab/app:1", private_reg.addr)],
+    ));
+    assert!(
+        Path::new(&mine).starts_with(cache.join("private")),
+        "{mine}"
+    );
+    let layers = layout.layers("app");
+    for l in &layers {
+        assert_eq!(private_reg.blob_gets(l), 1, "alice fetched {l}");
+    }
+    // Nothing of hers in the shared cache: no layer under its sha256.
+    for f in shared_files(&cache) {
+        let digest = sha256_of(&fs::read(&f).unwrap_or_default());
+        assert!(
+            !layers.contains(&digest),
+            "layer {digest} at {}",
+            f.display()
+        );
+    }
+    let bob_config = config_dir_of(&env, bob);
+    let theirs = ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &bob_config,
+        &["get", &format!("docker://{}/pub/app:1", public_reg.addr)],
+    ));
+    assert!(Path::new(&theirs).starts_with(cache.join("v1")), "{theirs}");
+    for l in &layers {
+        assert_eq!(
+            public_reg.blob_gets(l),
+            1,
+            "bob's conversion did not download {l}: it read a layer alice pulled privately"
+        );
+    }
+    // The same conversion, the same SIF: his is built from his own download.
+    assert_eq!(fs::read(&theirs).unwrap(), fs::read(&mine).unwrap());
+}
+
+/// A registry with htpasswd auth holding `lab/secret:1` (pushed by root); the image's
+/// bytes.
+fn registry_with_secret() -> (Registry, Vec<u8>) {
+    let reg = Registry::htpasswd("alice", PASSWORD);
+    let pusher = Env::new();
+    let sif = pusher.sif("secret.sif", "the lab's secret");
+    stdout_of(
+        pusher
+            .cmd()
+            .arg("add")
+            .arg(&sif)
+            .args(["--name", "lab/secret:1"]),
+    );
+    let out = pusher
+        .cmd()
+        .args(["login", &reg.addr, "-u", "alice", "--password-stdin"])
+        .write_stdin(PASSWORD)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    stdout_of(
+        pusher
+            .cmd()
+            .args(["push", "lab/secret:1", &reg.oras("lab/secret:1")]),
+    );
+    (reg, fs::read(&sif).unwrap())
+}
+
+/// A directory another member made in advance at alice's `private/<uid>` (open to him)
+/// is never used: alice's pull of an image that needs credentials is refused, one line
+/// naming it, nothing is downloaded into it, and her `get`s of shared images still work.
+#[test]
+fn a_private_directory_another_member_planted_is_never_used() {
+    if skip_unless_root(
+        "a_private_directory_another_member_planted_is_never_used",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, content) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let bob_config = config_dir_of(&env, bob);
+    let input = env.file("tool.img", b"a shared tool");
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &bob_config,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    let planted = cache.join("private").join(uid_of(alice).to_string());
+    let out = sh_as(
+        bob,
+        &format!(
+            "mkdir -p '{0}' && chmod 777 '{0}' '{1}'",
+            planted.display(),
+            cache.join("private").display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let alice_config = config_dir_of(&env, alice);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let out = as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &reg.oras("lab/secret:1")],
+    );
+    refused(&out, 1, "refusing your private cache");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr)
+            .trim_end()
+            .lines()
+            .count(),
+        1
+    );
+    assert!(walk(&planted).iter().all(|p| !p.is_file()), "written into");
+    shared_holds_none_of(&cache, &content);
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", "lab/tool:1"],
+    ));
+}
+
+/// gc and verify: the owner's act on the shared cache and on their own private cache; a
+/// cron gc and verify as another member never enter it and do not fail on it.
+#[test]
+fn gc_and_verify_act_on_the_callers_own_private_cache_only() {
+    if skip_unless_root(
+        "gc_and_verify_act_on_the_callers_own_private_cache_only",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, _) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let alice_config = config_dir_of(&env, alice);
+    let bob_config = config_dir_of(&env, bob);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let remote = reg.oras("lab/secret:1");
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &remote],
+    ));
+    let name = format!("{}/lab/secret:1", reg.addr);
+    // Bob's cron jobs: clean, and alice's image untouched.
+    for args in [
+        &["gc", "--min-idle", "0s", "--max-age", "0s"][..],
+        &["verify"][..],
+    ] {
+        let out = as_user(bob, &bin, &cache, &bob_config, args);
+        assert!(out.status.success(), "{args:?}: {out:?}");
+        let said = String::from_utf8_lossy(&out.stdout).to_string()
+            + &String::from_utf8_lossy(&out.stderr);
+        assert!(!said.contains("private"), "{args:?}: {said}");
+    }
+    assert!(Path::new(&path).is_file());
+    // Alice's verify checks her private cache too, and finds it clean.
+    let out = as_user(alice, &bin, &cache, &alice_config, &["verify", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["private"]["blobs_checked"], 1, "{v}");
+    // Her tag and pin act in her private cache: the new name is private too.
+    let other = format!("{}/lab/secret:kept", reg.addr);
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["tag", &name, &other],
+    ));
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["pin", &other],
+    ));
+    let listed = ok(as_user(alice, &bin, &cache, &alice_config, &["list"]));
+    assert!(
+        listed.contains("lab/secret:kept (pinned) (private)"),
+        "{listed}"
+    );
+    let listed = ok(as_user(bob, &bin, &cache, &bob_config, &["list"]));
+    assert!(!listed.contains("secret"), "{listed}");
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["unpin", &other],
+    ));
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["rm", "--keep-blob", &other],
+    ));
+    // Her rm removes the name from her private cache, and her gc collects it there.
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["rm", "--keep-blob", &name],
+    ));
+    assert!(Path::new(&path).is_file());
+    let out = as_user(alice, &bin, &cache, &alice_config, &["gc", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        v["private"]["blobs"].as_array().map(Vec::len),
+        Some(1),
+        "{v}"
+    );
+    assert!(!Path::new(&path).exists());
+}
+
+/// `shared_remotes` is read from a file and from its variable, and a pattern that is not
+/// one is refused naming the file, line and key (exit 2), as every bad value is.
+#[test]
+fn shared_remotes_are_read_and_a_bad_pattern_is_refused() {
+    let env = Env::new();
+    let good = env.file(
+        "good.toml",
+        b"shared_remotes = [\"docker://reg.example.org:5000/lab/*\", \"oras://reg.example.org/base\"]\n",
+    );
+    let out = stdout_of(env.cmd().args(["config", "--check"]).arg(&good));
+    assert!(out.contains("docker://reg.example.org:5000/lab/*"), "{out}");
+    let bad = env.file(
+        "bad.toml",
+        b"retries = 2\nshared_remotes = [\"ftp://reg.example.org/*\"]\n",
+    );
+    let err = assert_fails(env.cmd().args(["config", "--check"]).arg(&bad), 2, "line 2");
+    assert!(err.contains("shared_remotes"), "{err}");
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout_of(env.cmd().args(["config", "--json"]).env(
+            "SREGISTRY_SHARED_REMOTES",
+            "oras://a.example.org/x/*, s3://bucket/k",
+        )))
+        .unwrap();
+    assert_eq!(
+        v["settings"]["shared_remotes"]["value"],
+        serde_json::json!(["oras://a.example.org/x/*", "s3://bucket/k"])
+    );
+    assert_fails(
+        env.cmd()
+            .args(["get", "x"])
+            .env("SREGISTRY_SHARED_REMOTES", "oras://a.example.org/x*"),
+        2,
+        "SREGISTRY_SHARED_REMOTES",
+    );
+}
+
+/// A URL that carries credentials (user and password) and an `s3://` object read with
+/// keys go to the puller's private cache; the same URL without them, to the shared cache.
+#[test]
+fn a_url_or_an_object_read_with_credentials_goes_to_the_private_cache() {
+    if skip_unless_root(
+        "a_url_or_an_object_read_with_credentials_goes_to_the_private_cache",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    use crate::support::fault_server::{FaultServer, Handler, Reply};
+    use crate::support::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let alice_config = config_dir_of(&env, alice);
+    let bob_config = config_dir_of(&env, bob);
+    let content = fs::read(env.sif("img.sif", "served over http")).unwrap();
+    let body = content.clone();
+    let handler: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    let server = FaultServer::start(vec![("/img.sif".to_string(), handler)]);
+    let with_password = format!("http://user:pw@{}/img.sif", server.addr);
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &with_password],
+    ));
+    let own = cache.join("private").join(uid_of(alice).to_string());
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    shared_holds_none_of(&cache, &content);
+    let listed = ok(as_user(bob, &bin, &cache, &bob_config, &["list"]));
+    assert!(!listed.contains("img.sif"), "{listed}");
+    let plain = server.url("/img.sif");
+    let path = ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", &plain],
+    ));
+    assert!(Path::new(&path).starts_with(cache.join("v1")), "{path}");
+
+    let s3 = S3Server::start();
+    let object = s3.object("lab/img.sif");
+    fs::create_dir_all(object.parent().unwrap()).unwrap();
+    let secret = fs::read(env.sif("s3.sif", "kept in a bucket")).unwrap();
+    fs::write(&object, &secret).unwrap();
+    let endpoint = s3.endpoint();
+    let keys = [
+        ("AWS_ACCESS_KEY_ID", ACCESS_KEY),
+        ("AWS_SECRET_ACCESS_KEY", SECRET_KEY),
+        ("AWS_REGION", "us-east-1"),
+    ];
+    let args = ["get", "s3://sifs/lab/img.sif", "--endpoint", &endpoint];
+    let path = ok(as_user_with(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &args,
+        "",
+        &keys,
+    ));
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    assert_eq!(fs::read(&path).unwrap(), secret);
+    shared_holds_none_of(&cache, &secret);
+}
