@@ -212,21 +212,7 @@ fn add_of_a_file_that_shrinks_while_being_added_fails_cleanly() {
     let f = env.file("shrinking.img", &vec![9u8; 40 << 20]);
     let resume = env.path("resume");
     let before = env.snapshot();
-    let mut child = env
-        .std_cmd()
-        .env("SREGISTRY_TEST_PAUSE", "add-mid-copy")
-        .env("SREGISTRY_TEST_RESUME", &resume)
-        .arg("add")
-        .arg(&f)
-        .args(["--name", "x"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
-    assert!(line.starts_with("paused at"), "{line}");
+    let (mut child, mut stderr) = env.add_paused("add-mid-copy", &resume, &f, "x");
     // Shrink the file under the running add, then let it go on.
     fs::OpenOptions::new()
         .write(true)

@@ -433,6 +433,36 @@ impl Env {
         child
     }
 
+    /// `sregistry add FILE --name NAME` stopped at the pause point `point` (announced on
+    /// its stderr, read here) until `resume` exists; the rest of its stderr is the reader's.
+    pub fn add_paused(
+        &self,
+        point: &str,
+        resume: &Path,
+        file: &Path,
+        name: &str,
+    ) -> (
+        std::process::Child,
+        std::io::BufReader<std::process::ChildStderr>,
+    ) {
+        let mut child = self
+            .std_cmd()
+            .env("SREGISTRY_TEST_PAUSE", point)
+            .env("SREGISTRY_TEST_RESUME", resume)
+            .arg("add")
+            .arg(file)
+            .args(["--name", name])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+        assert!(line.starts_with("paused at"), "{line}");
+        (child, stderr)
+    }
+
     /// `sregistry add FILE --name NAME` as if at Unix time `t`; returns the path.
     pub fn add_at(&self, t: u64, file: &Path, name: &str) -> String {
         stdout_of(

@@ -289,27 +289,7 @@ fn a_file_renamed_over_an_adds_staged_copy_is_never_committed() {
     let data: Vec<u8> = (0..65_536u32).map(|i| (i % 251) as u8).collect();
     let f = env.file("victim.img", &data);
     let resume = env.path("resume");
-    // Its stderr to a file: the pause is announced there, and the refusal after it.
-    let log = env.path("add.err");
-    let mut child = env
-        .std_cmd()
-        .env("SREGISTRY_TEST_PAUSE", "add-mid-copy")
-        .env("SREGISTRY_TEST_RESUME", &resume)
-        .arg("add")
-        .arg(&f)
-        .args(["--name", "victim"])
-        .stdout(std::process::Stdio::null())
-        .stderr(fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let start = std::time::Instant::now();
-    while !fs::read_to_string(&log)
-        .unwrap_or_default()
-        .contains("paused at")
-    {
-        assert!(start.elapsed().as_secs() < 60, "the add never paused");
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let (mut child, mut stderr) = env.add_paused("add-mid-copy", &resume, &f, "victim");
     let tmp = env.cache.join("v1/tmp");
     let staged: Vec<_> = fs::read_dir(&tmp)
         .unwrap()
@@ -330,8 +310,9 @@ fn a_file_renamed_over_an_adds_staged_copy_is_never_committed() {
     fs::set_permissions(&planted, fs::Permissions::from_mode(0o666)).unwrap();
     fs::rename(&planted, &staged[0]).unwrap();
     fs::write(&resume, b"").unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut stderr, &mut err).unwrap();
     let status = child.wait().unwrap();
-    let err = fs::read_to_string(&log).unwrap();
     assert_eq!(status.code(), Some(1), "{err}");
     assert!(
         err.contains("was replaced while it was being added"),
