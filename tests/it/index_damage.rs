@@ -678,3 +678,48 @@ fn a_repair_names_what_lost_its_image_and_exits_4() {
     assert_eq!(env.names().len(), 3);
     assert_fails(env.cmd().args(["get", &victim.0]), 1, "lab/img2:1");
 }
+
+/// Any member of a shared cache's group can rename a FIFO over `index.redb`: every command
+/// then waited for ever in the index's open, `doctor` too (found by a hostile test). Each
+/// now fails at once, naming the index.
+#[test]
+fn a_fifo_at_the_index_name_fails_every_command_at_once() {
+    let env = Env::new();
+    cache_with(&env, 2);
+    let index = env.cache.join("v1/index.redb");
+    let fifo = env.cache.join("v1/fifo");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o666) }, 0);
+    fs::rename(&fifo, &index).unwrap();
+    let f = env.file("new.img", b"new image");
+    let commands: [&[&str]; 5] = [
+        &["get", "lab/img0:1"],
+        &["list"],
+        &["inspect", "lab/img1:1"],
+        &["add", f.to_str().unwrap(), "--name", "lab/new:1"],
+        &["gc"],
+    ];
+    for args in commands {
+        let out = env
+            .cmd()
+            .args(args)
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.code().is_some_and(|c| c != 0), "{args:?}: {err}");
+        assert!(err.contains("index.redb"), "{args:?}: {err}");
+    }
+    let out = env
+        .cmd()
+        .args(["doctor"])
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.code().is_some(),
+        "doctor was killed by the timeout"
+    );
+    assert_ne!(out.status.code(), Some(0));
+}

@@ -203,9 +203,13 @@ impl UnderOurLock {
     /// Open an existing index; `write` for the read-write open.
     pub(super) fn open(path: &Path, write: bool) -> Result<UnderOurLock, redb::StorageError> {
         let (file, registration) = crate::fork::open(|| {
+            // Non-blocking: a FIFO put at the index's name (any member of a shared
+            // cache's group can) must not hang the open; `wrap_fenced` refuses it.
+            use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(write)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(path)
         })
         .map_err(redb::StorageError::Io)?;
@@ -268,7 +272,14 @@ impl UnderOurLock {
 
     fn wrap_fenced(file: std::fs::File, held: Hold) -> Result<UnderOurLock, redb::StorageError> {
         let len = match file.metadata() {
-            Ok(m) => m.len(),
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => {
+                drop(held);
+                return Err(redb::StorageError::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "not a regular file (something was put at the index's name)",
+                )));
+            }
             Err(e) => {
                 // Let go of the fence while its descriptor is still open.
                 drop(held);

@@ -160,7 +160,14 @@ struct Opened {
 /// The file at `path` opened afresh and stamped, with its descriptor; `None` when it
 /// cannot be (no file there, say).
 fn open_stamped(path: &Path) -> Option<(Stamp, Opened)> {
-    let (file, registration) = crate::fork::open(|| File::open(path)).ok()?;
+    let (file, registration) = crate::fork::open(|| {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+    })
+    .ok()?;
     let opened = Opened {
         _registration: registration,
         file,

@@ -289,9 +289,11 @@ impl Index {
     /// so: no look at the path first).
     fn open_db_fenced_if_there(&self) -> Result<Option<FencedFile>, IndexError> {
         let (file, registration) = match crate::fork::open(|| {
+            use std::os::unix::fs::OpenOptionsExt;
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
+                .custom_flags(libc::O_NONBLOCK)
                 .open(&self.db_path)
         }) {
             Ok(opened) => opened,
