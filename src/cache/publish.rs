@@ -29,10 +29,13 @@
 //! # Old versions
 //!
 //! A path `get` printed (`DEST/versions/<id>/v1/blobs/...`) may be used by a job for
-//! hours. A version is removed only by a later publish, and only when its successor was
-//! published more than `keep` ago (default 7 days, `--keep`): that long after a version
+//! hours. A version is removed only by a later publish, and only when `current` stopped
+//! naming it more than `keep` ago (default 7 days, `--keep`): that long after a version
 //! stopped being current, no `get` can have handed out one of its paths more recently.
-//! `.partial/` leftovers of a killed publish older than `keep` go the same way. On CVMFS
+//! The time is recorded in `DEST/.retired/<id>` just before the switch (a publish that
+//! dies before it leaves a record the next one overwrites), never guessed from the next
+//! id: a version `current` never named (a publish killed between its rename into
+//! `versions/` and the switch) is a leftover, aged by its own id, as `.partial/` ones are. On CVMFS
 //! the same command runs inside a transaction (`cvmfs_server transaction` ... `publish`),
 //! which makes the whole change appear at once; the versions still keep paths handed out
 //! before it valid.
@@ -55,6 +58,8 @@ pub const CURRENT: &str = "current";
 /// The directory holding every published version.
 pub const VERSIONS: &str = "versions";
 const PARTIAL: &str = ".partial";
+/// `DEST/.retired/<id>`: when version `<id>` stopped being current (seconds).
+const RETIRED: &str = ".retired";
 /// How long a version stays after it stopped being current, by default.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -129,12 +134,18 @@ impl Cache {
         let version = versions.join(&id);
         fs::rename(&partial, &version).map_err(io_at(&version))?;
         sync_dir(&versions).map_err(io_at(&versions))?;
+        // The version current until now retires at this switch: recorded first, so a
+        // publish that dies before the switch leaves a record the next one overwrites.
+        let previous = current_id(dest);
+        if let Some(prev) = &previous {
+            record_retired(dest, prev, now)?;
+        }
         let link = dest.join(".current.new");
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(Path::new(VERSIONS).join(&id), &link).map_err(io_at(&link))?;
         fs::rename(&link, dest.join(CURRENT)).map_err(io_at(dest))?;
         sync_dir(dest).map_err(io_at(dest))?;
-        let removed = prune(dest, &id, now, keep);
+        let removed = prune(dest, &id, previous.as_deref(), now, keep);
         Ok(Published {
             version,
             names,
@@ -208,15 +219,70 @@ impl Cache {
     }
 }
 
-/// Remove the versions of `dest` (other than `current`, just published) whose successor
-/// was published at least `keep` before `now`, and `.partial/` leftovers as old.
-fn prune(dest: &Path, current: &str, now: u64, keep: Duration) -> Vec<PathBuf> {
+/// Whether `name` has exactly the form publish gives a version (and a `.partial/`
+/// directory): ten digits of time, `-`, the publisher's process id. Nothing else in
+/// `versions/` or `.partial/` is publish's to remove.
+fn is_id(name: &str) -> bool {
+    let Some((time, pid)) = name.split_once('-') else {
+        return false;
+    };
+    time.len() == 10
+        && !pid.is_empty()
+        && time.bytes().chain(pid.bytes()).all(|b| b.is_ascii_digit())
+}
+
+/// The id of the version `DEST/current` names, if it names one.
+fn current_id(dest: &Path) -> Option<String> {
+    let target = fs::read_link(dest.join(CURRENT)).ok()?;
+    let id = target.file_name()?.to_str()?.to_string();
+    (target == Path::new(VERSIONS).join(&id) && is_id(&id)).then_some(id)
+}
+
+/// Record that version `id` stopped being current at `at` (`DEST/.retired/<id>`).
+fn record_retired(dest: &Path, id: &str, at: u64) -> Result<(), CacheError> {
+    let dir = dest.join(RETIRED);
+    if !dir.is_dir() {
+        make_dir(&dir)?;
+    }
+    let record = dir.join(id);
+    let tmp = dir.join(format!(".{id}.new"));
+    fs::write(&tmp, format!("{at}\n")).map_err(io_at(&tmp))?;
+    fs::File::open(&tmp)
+        .and_then(|f| f.sync_all())
+        .map_err(io_at(&tmp))?;
+    fs::rename(&tmp, &record).map_err(io_at(&record))?;
+    sync_dir(&dir).map_err(io_at(&dir))
+}
+
+/// When version `id` stopped being current, as recorded.
+fn retired_at(dest: &Path, id: &str) -> Option<u64> {
+    fs::read_to_string(dest.join(RETIRED).join(id))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Remove the versions of `dest` (other than `current`, just published) that stopped
+/// being current at least `keep` before `now` (as recorded at each switch), versions
+/// that never were current (newer than `previous`, the one current until this publish:
+/// what a killed publish leaves) and `.partial/` leftovers as old. A version with no
+/// record that may have been current (older than `previous`) gets one now: it is kept
+/// `keep` from this publish. Only names of publish's own form are touched.
+fn prune(
+    dest: &Path,
+    current: &str,
+    previous: Option<&str>,
+    now: u64,
+    keep: Duration,
+) -> Vec<PathBuf> {
     let time_of = |id: &str| id.split('-').next().and_then(|t| t.parse::<u64>().ok());
     let listed = |dir: &Path| -> Vec<String> {
         let mut ids: Vec<String> = fs::read_dir(dir)
             .map(|rd| {
                 rd.flatten()
                     .filter_map(|e| e.file_name().into_string().ok())
+                    .filter(|n| is_id(n))
                     .collect()
             })
             .unwrap_or_default();
@@ -227,17 +293,30 @@ fn prune(dest: &Path, current: &str, now: u64, keep: Duration) -> Vec<PathBuf> {
     let mut removed = Vec::new();
     let versions = dest.join(VERSIONS);
     let ids = listed(&versions);
-    for (i, id) in ids.iter().enumerate() {
+    for id in &ids {
         if id == current {
             continue;
         }
-        // Retired when the next version was published.
-        let retired = ids.get(i + 1).and_then(|next| time_of(next));
+        let retired = match retired_at(dest, id) {
+            Some(t) => Some(t),
+            // Never current: its age is its own.
+            None if previous.is_some_and(|p| id.as_str() > p) => time_of(id),
+            None => {
+                let _ = record_retired(dest, id, now);
+                None
+            }
+        };
         if retired.is_some_and(old_enough) {
             let dir = versions.join(id);
             if fs::remove_dir_all(&dir).is_ok() {
                 removed.push(dir);
             }
+        }
+    }
+    // Records of versions no longer there.
+    for id in listed(&dest.join(RETIRED)) {
+        if !ids.contains(&id) || removed.contains(&versions.join(&id)) {
+            let _ = fs::remove_file(dest.join(RETIRED).join(&id));
         }
     }
     let partials = dest.join(PARTIAL);

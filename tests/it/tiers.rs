@@ -630,3 +630,49 @@ fn one_order_private_then_shared_then_each_tier() {
         assert_eq!(fs::read(&path).unwrap(), next.as_bytes());
     }
 }
+
+/// The id a publish at `t` would give its version, as a killed publish leaves it.
+fn version_dir_at(dest: &Path, t: u64) -> PathBuf {
+    dest.join("versions").join(format!("{t:010}-4242"))
+}
+
+/// Danger: a publish that died after its version appeared but before `current` named it
+/// (killed, or the link's write failed) made the next publish remove the version that was
+/// current until that moment, under the jobs using its paths. A version's retirement is
+/// when `current` stopped naming it; a version never current is a leftover.
+#[test]
+fn a_killed_publish_never_makes_the_next_remove_the_version_current_until_then() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let dest = env.path("site/tier");
+    let t0: u64 = 1_796_000_000;
+    let f = env.file("a.img", b"version zero");
+    add_to(&env, &src, &f, "lab/a");
+    let publish = |t: u64| {
+        stdout_of(
+            env.cmd()
+                .env("SREGISTRY_NOW", t.to_string())
+                .args(["tier", "publish"])
+                .arg(&src)
+                .arg(&dest),
+        )
+    };
+    publish(t0);
+    let held = stdout_of(env.cmd().env("SREGISTRY_NOW", t0.to_string()).args([
+        "--tier",
+        dest.to_str().unwrap(),
+        "get",
+        "lab/a",
+    ]));
+    let held = PathBuf::from(held.trim());
+    // What a publish killed a day later leaves: a whole version `current` never named.
+    let current = fs::canonicalize(dest.join("current")).unwrap();
+    let leftover = version_dir_at(&dest, t0 + 86400);
+    run(StdCommand::new("cp").arg("-a").arg(&current).arg(&leftover));
+    publish(t0 + 9 * 86400);
+    assert!(held.exists(), "the version current until now was removed");
+    assert!(!leftover.exists(), "a never-current version is a leftover");
+    // A week after it stopped being current, it goes.
+    publish(t0 + 16 * 86400 + 1);
+    assert!(!held.exists());
+}
