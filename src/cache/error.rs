@@ -133,6 +133,9 @@ pub enum CacheError {
         tier: PathBuf,
         cache: PathBuf,
     },
+    /// `tier publish` into a place it must not write (see `publish.rs`).
+    #[error("refusing to publish into `{dest}`: {why}")]
+    PublishRefused { dest: PathBuf, why: String },
     #[error(transparent)]
     Settings(#[from] SettingsError),
     #[error(transparent)]
@@ -166,7 +169,8 @@ impl CacheError {
             CacheError::NotAFile { .. }
             | CacheError::Empty { .. }
             | CacheError::MoveSymlink { .. }
-            | CacheError::MoveFromCache { .. } => ErrorKind::InvalidInput,
+            | CacheError::MoveFromCache { .. }
+            | CacheError::PublishRefused { .. } => ErrorKind::InvalidInput,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,

@@ -85,9 +85,81 @@ fn io_at(path: &Path) -> impl Fn(io::Error) -> CacheError + '_ {
     }
 }
 
+/// Make `dir` (mode 0755) unless it exists: a directory that exists keeps its mode.
 fn make_dir(dir: &Path) -> Result<(), CacheError> {
+    if dir.is_dir() {
+        return Ok(());
+    }
     fs::create_dir_all(dir).map_err(io_at(dir))?;
     fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).map_err(io_at(dir))
+}
+
+/// The (device, inode) of `dir` and of each directory above it that exists, after
+/// resolving links: what decides whether one directory is inside another, whatever path
+/// (a link, a bind mount seen twice) names it.
+fn identities(dir: &Path) -> Vec<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    let start = dir.ancestors().find(|p| p.exists()).unwrap_or(dir);
+    let start = fs::canonicalize(start).unwrap_or_else(|_| start.to_path_buf());
+    start
+        .ancestors()
+        .filter_map(|p| fs::metadata(p).ok())
+        .map(|m| (m.dev(), m.ino()))
+        .collect()
+}
+
+/// Refuse a `dest` publish must not write: one that exists, holds anything and is not a
+/// tier (no `current`, no `versions/`), one inside the cache at `src` (its gc would take
+/// it for leftovers) or one holding `src` (a published version published into its own
+/// tier).
+fn check_dest(src: &Path, dest: &Path) -> Result<(), CacheError> {
+    let refuse = |why: String| CacheError::PublishRefused {
+        dest: dest.to_path_buf(),
+        why,
+    };
+    let src_ids = identities(src);
+    let dest_ids = identities(dest);
+    let (Some(src_id), Some(dest_id)) = (src_ids.first(), dest_ids.first()) else {
+        return Ok(());
+    };
+    if dest.exists() && src_ids.contains(dest_id) {
+        return Err(refuse(format!(
+            "the cache `{}` is inside it (a tier is published next to its source, never around it)",
+            src.display()
+        )));
+    }
+    if dest_ids.contains(src_id) {
+        return Err(refuse(format!(
+            "it is inside the cache `{}` it would publish (its gc would remove it); give a directory outside it",
+            src.display()
+        )));
+    }
+    match fs::symlink_metadata(dest) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_at(dest)(e)),
+        Ok(m) if !m.is_dir() => Err(refuse("it is not a directory".into())),
+        Ok(_) => {
+            // Publish's own: `current` naming one of its versions, or (a first publish
+            // killed before its switch) `versions/` and `.partial/` holding only its ids.
+            let only_ids = |dir: &Path| {
+                fs::read_dir(dir).is_ok_and(|rd| {
+                    rd.flatten()
+                        .all(|e| e.file_name().to_str().is_some_and(is_id))
+                })
+            };
+            let tier = current_id(dest).is_some()
+                || (only_ids(&dest.join(VERSIONS))
+                    && (!dest.join(PARTIAL).exists() || only_ids(&dest.join(PARTIAL))));
+            let empty = fs::read_dir(dest).map_err(io_at(dest))?.next().is_none();
+            if tier || empty {
+                Ok(())
+            } else {
+                Err(refuse(
+                    "it is not a tier (no `current` naming one of `versions/<id>`) and not empty; give a new or empty directory, or an existing tier".into(),
+                ))
+            }
+        }
+    }
 }
 
 /// Copy `from` to `to` (which does not exist), read-only and fsynced.
@@ -109,6 +181,7 @@ impl Cache {
         keep: Duration,
         lock_opts: &LockOptions,
     ) -> Result<Published, CacheError> {
+        check_dest(self.root(), dest)?;
         make_dir(dest)?;
         let _publishing = lock::lock(&dest.join(".publish.lock"), Mode::Exclusive, lock_opts)
             .map_err(super::IndexError::from)?;

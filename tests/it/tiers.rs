@@ -676,3 +676,54 @@ fn a_killed_publish_never_makes_the_next_remove_the_version_current_until_then()
     publish(t0 + 16 * 86400 + 1);
     assert!(!held.exists());
 }
+
+/// Danger: `tier publish` into a directory that is not a tier deleted the user's
+/// `versions/2023-release` and `.partial/2022-draft` as old versions and opened a 0700 or
+/// sticky directory to 0755; into a directory inside SRC (whose gc then removes the whole
+/// tier as tmp files), or from a published version into its own tier. Each is refused
+/// before anything is written, and an existing empty directory keeps its mode.
+#[test]
+fn publish_refuses_a_foreign_dest_and_one_inside_src_and_never_chmods_a_directory() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("staging");
+    let f = env.file("a.img", b"a");
+    add_to(&env, &src, &f, "lab/a");
+    let publish = |from: &Path, to: &Path| {
+        let mut c = env.cmd();
+        c.args(["tier", "publish"]).arg(from).arg(to);
+        c
+    };
+    // A user's project directory.
+    let proj = env.path("proj");
+    fs::create_dir_all(proj.join("versions/2023-release")).unwrap();
+    fs::create_dir_all(proj.join(".partial/2022-draft")).unwrap();
+    fs::write(proj.join("versions/2023-release/data"), b"x").unwrap();
+    let before = env.snapshot_of(&proj);
+    assert_fails(&mut publish(&src, &proj), 2, "not a tier");
+    assert_eq!(env.snapshot_of(&proj), before);
+    assert!(proj.join("versions/2023-release/data").exists());
+    // Existing empty directories keep their modes.
+    for mode in [0o1777, 0o700] {
+        let d = env.path(&format!("d{mode:o}"));
+        fs::create_dir(&d).unwrap();
+        fs::set_permissions(&d, fs::Permissions::from_mode(mode)).unwrap();
+        stdout_of(&mut publish(&src, &d));
+        let got = fs::metadata(&d).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(got, mode, "{d:?}");
+    }
+    // DEST inside SRC, and SRC inside DEST (through a link, too).
+    for inside in ["v1/tmp/tierx", "v1/blobs/blake3", "."] {
+        let dest = src.join(inside);
+        assert_fails(&mut publish(&src, &dest), 2, "inside");
+        assert!(!src.join("v1/tmp/tierx").exists());
+    }
+    let tier = env.path("tier");
+    stdout_of(&mut publish(&src, &tier));
+    let version = fs::canonicalize(tier.join("current")).unwrap();
+    let snap = env.snapshot_of(&tier);
+    for from in [tier.join("current"), version] {
+        assert_fails(&mut publish(&from, &tier), 2, "inside");
+    }
+    assert_eq!(env.snapshot_of(&tier), snap);
+}
