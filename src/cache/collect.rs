@@ -16,7 +16,7 @@ use super::ingest::Ingested;
 use super::store::{self, Found, TmpFile};
 use super::uses::UseMarkers;
 use super::{Cache, CacheError, Progress};
-use crate::format::digest::{Digest, hash_file_single};
+use crate::format::digest::{Digest, hash_blob};
 use crate::testhook;
 
 /// What a collection removes, chosen by the caller's plan from a consistent view.
@@ -158,7 +158,7 @@ impl Cache {
                 let replaced = w
                     .get_blob(d)?
                     .is_some_and(|b| self.store.replaced(&b, path, &m));
-                if replaced || hash_file_single(path).map_or(true, |(g, _)| g != *d) {
+                if replaced || hash_blob(path, false).map_or(true, |(g, _)| g != *d) {
                     self.store
                         .quarantine(path, &qdir)
                         .map_err(|source| CacheError::Remove {

@@ -133,6 +133,16 @@ pub enum CacheError {
         tier: PathBuf,
         cache: PathBuf,
     },
+    /// `tier publish` could not take a blob of its source.
+    #[error(
+        "cannot publish `{cache}`: the file of {names} (`{path}`) is unusable: {why}; nothing was published (run `sregistry --cache {cache} verify`, then add or pull that image again)"
+    )]
+    PublishSource {
+        path: PathBuf,
+        names: String,
+        cache: PathBuf,
+        why: String,
+    },
     /// `tier publish` into a place it must not write (see `publish.rs`).
     #[error("refusing to publish into `{dest}`: {why}")]
     PublishRefused { dest: PathBuf, why: String },
@@ -171,6 +181,7 @@ impl CacheError {
             | CacheError::MoveSymlink { .. }
             | CacheError::MoveFromCache { .. }
             | CacheError::PublishRefused { .. } => ErrorKind::InvalidInput,
+            CacheError::PublishSource { .. } => ErrorKind::Damaged,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,

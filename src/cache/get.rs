@@ -14,7 +14,7 @@ use super::{
     collect, index,
 };
 use crate::format::clock;
-use crate::format::digest::Digest;
+use crate::format::digest::{Digest, open_blob};
 use crate::format::reference::Reference;
 use crate::testhook;
 
@@ -47,7 +47,7 @@ impl Cache {
             };
             if wanted.contains(&remote)
                 && !out.contains_key(remote)
-                && let Ok(f) = fs::File::open(self.store.blob_path(&d))
+                && let Ok(f) = open_blob(&self.store.blob_path(&d))
                 && f.metadata().is_ok_and(|m| m.len() == b.size)
             {
                 out.insert(remote.to_string(), (d, f));
@@ -72,7 +72,7 @@ impl Cache {
         for d in blob.parts {
             let path = self.store.blob_path(&d);
             let file = rd.get_blob(&d)?.and_then(|b| {
-                let f = fs::File::open(&path).ok()?;
+                let f = open_blob(&path).ok()?;
                 Some((b, f))
             });
             out.push(match file {
@@ -217,7 +217,7 @@ impl Cache {
     pub fn get_verified(&self, r: &Reference) -> Result<PathBuf, CacheError> {
         let path = self.get(r)?;
         let (actual, _) =
-            crate::format::digest::hash_file(&path).map_err(|source| CacheError::Open {
+            crate::format::digest::hash_blob(&path, true).map_err(|source| CacheError::Open {
                 path: path.clone(),
                 source,
             })?;
@@ -330,7 +330,7 @@ impl Cache {
         // There, a regular file, of its recorded size (the errors `get` gives), then
         // opened while the shared lock still holds.
         let path = self.checked_path(&rd, &entry.name, &entry.digest)?;
-        let file = fs::File::open(&path).map_err(|source| CacheError::Open { path, source })?;
+        let file = open_blob(&path).map_err(|source| CacheError::Open { path, source })?;
         Ok((entry, file))
     }
 

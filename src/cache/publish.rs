@@ -11,11 +11,17 @@
 //! DEST/.publish.lock              one publisher at a time
 //! ```
 //!
-//! 1. Under `DEST/.publish.lock` (exclusive) and SRC's shared index lock (so no writer
-//!    commits to SRC meanwhile, and SRC's index is a clean, closed file), every blob SRC's
-//!    index records and the index itself are copied into `DEST/.partial/<id>/`: a blob
-//!    the current version already holds is hard-linked from it (same content, same
-//!    name; blobs are never changed), any other copied; mode 0444, each file fsynced,
+//! 1. Under `DEST/.publish.lock` (exclusive), SRC's index is read and copied under SRC's
+//!    shared index lock (so no writer commits meanwhile, and the copy is a clean, closed
+//!    file of the commit the list of blobs came from); the lock is then released, and
+//!    every blob that index records is copied into `DEST/.partial/<id>/` (a blob is never
+//!    changed in place; one gc removed meanwhile fails the publish, naming it): a blob
+//!    the current version already holds (a regular file of the recorded size) is
+//!    hard-linked from it (same content, same name; blobs are never changed), unless
+//!    `--copy` (a tier's file damaged in place is replaced only so), any other copied;
+//!    each source blob is opened non-blocking, without following a link, and must be a
+//!    regular file of its recorded size (a FIFO there fails the publish at once, never
+//!    holds it, nor SRC's lock); mode 0444, each file fsynced,
 //!    each directory fsynced. Nothing else of SRC is copied (`tmp/`, `locks/`, use
 //!    markers, the journal, `quarantine/`).
 //! 2. The copied index is opened as a tier's is (read-only, no lock): a copy redb would
@@ -52,6 +58,7 @@ use super::lock::{self, LockOptions, Mode};
 use super::store::{BLOB_MODE, sync_dir};
 use super::{CACHEDIR_TAG, Cache, CacheError, FORMAT_DIR};
 use crate::format::clock;
+use crate::format::digest::open_blob;
 
 /// The link readers follow to the current version.
 pub const CURRENT: &str = "current";
@@ -162,23 +169,43 @@ fn check_dest(src: &Path, dest: &Path) -> Result<(), CacheError> {
     }
 }
 
-/// Copy `from` to `to` (which does not exist), read-only and fsynced.
+/// Copy `from` (a file of the source cache's own: its index, its settings) to `to`
+/// (which does not exist), read-only and fsynced.
 fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<u64, CacheError> {
-    let n = fs::copy(from, to).map_err(io_at(to))?;
-    fs::set_permissions(to, fs::Permissions::from_mode(mode)).map_err(io_at(to))?;
-    fs::File::open(to)
-        .and_then(|f| f.sync_all())
+    let mut src = open_blob(from).map_err(|source| CacheError::Open {
+        path: from.to_path_buf(),
+        source,
+    })?;
+    copy_synced_from(&mut src, to, mode)
+}
+
+/// Copy what `src` holds to `to` (made here; it does not exist), mode `mode`, fsynced.
+fn copy_synced_from(src: &mut fs::File, to: &Path, mode: u32) -> Result<u64, CacheError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(to)
         .map_err(io_at(to))?;
+    let n = io::copy(src, &mut out).map_err(io_at(to))?;
+    // The mode asked for whatever the umask.
+    out.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_at(to))?;
+    out.sync_all().map_err(io_at(to))?;
     Ok(n)
 }
 
 impl Cache {
     /// Publish this cache as a new version of the tier at `dest` (see the module's doc);
-    /// versions that stopped being current more than `keep` ago are removed.
+    /// versions that stopped being current more than `keep` ago are removed. With `copy`,
+    /// every blob is copied from this cache, none linked from the version before.
     pub fn publish_tier(
         &self,
         dest: &Path,
         keep: Duration,
+        copy: bool,
         lock_opts: &LockOptions,
     ) -> Result<Published, CacheError> {
         check_dest(self.root(), dest)?;
@@ -189,7 +216,7 @@ impl Cache {
         let id = format!("{now:010}-{}", std::process::id());
         let partial = dest.join(PARTIAL).join(&id);
         let _ = fs::remove_dir_all(&partial);
-        let result = self.fill_version(dest, &partial);
+        let result = self.fill_version(dest, &partial, copy);
         let (names, blobs, bytes, linked) = match result {
             Ok(counts) => counts,
             Err(e) => {
@@ -229,23 +256,34 @@ impl Cache {
         })
     }
 
-    /// Copy the index and every recorded blob into `partial`, under this cache's shared
-    /// index lock; blobs the current version of `dest` holds are hard-linked from it.
+    /// Copy the index and every recorded blob into `partial`; blobs the current version
+    /// of `dest` holds are hard-linked from it. This cache's shared index lock is held only
+    /// while its index is read and copied (so the list of blobs and the copied index are
+    /// of one commit); the blobs are copied after (a blob is never changed in place), each
+    /// opened as a blob ([`open_blob`]: a FIFO or link there is refused, never waited on)
+    /// and required to have its recorded size.
     fn fill_version(
         &self,
         dest: &Path,
         partial: &Path,
+        copy: bool,
     ) -> Result<(usize, usize, u64, usize), CacheError> {
         let v1 = partial.join(FORMAT_DIR);
         let blobs_dir = v1.join("blobs").join("blake3");
         make_dir(&blobs_dir)?;
         let previous = fs::canonicalize(dest.join(CURRENT)).ok();
-        // The shared lock, held until the index is copied: no writer commits meanwhile.
-        let rd = self.index.read()?;
-        let names = rd.all()?.len();
-        let records = rd.blobs()?;
+        let (named, records) = {
+            let rd = self.index.read()?;
+            let named = rd.all()?;
+            let records = rd.blobs()?;
+            if self.index.db_path().exists() {
+                copy_synced(self.index.db_path(), &v1.join("index.redb"), 0o444)?;
+            }
+            (named, records)
+        };
+        let names = named.len();
         let (mut bytes, mut linked) = (0, 0);
-        for (digest, _) in &records {
+        for (digest, record) in &records {
             let hex = digest.hex();
             let fan = blobs_dir.join(&hex[..2]);
             if !fan.is_dir() {
@@ -258,12 +296,42 @@ impl Cache {
                     .join(&hex[..2])
                     .join(&hex)
             });
+            // Only a regular file of the recorded size (a FIFO or a truncated file there
+            // is not carried on); with `copy`, never.
+            let old = old.filter(|o| {
+                !copy
+                    && fs::symlink_metadata(o).is_ok_and(|m| m.is_file() && m.len() == record.size)
+            });
             if let Some(old) = old.filter(|o| fs::hard_link(o, &to).is_ok()) {
                 bytes += fs::metadata(&old).map(|m| m.len()).unwrap_or(0);
                 linked += 1;
                 continue;
             }
-            bytes += copy_synced(&self.store.blob_path(digest), &to, BLOB_MODE)?;
+            let from = self.store.blob_path(digest);
+            let users: Vec<&str> = named
+                .iter()
+                .filter(|n| n.record.digest == *digest)
+                .map(|n| n.name.as_str())
+                .collect();
+            let bad = |why: String| CacheError::PublishSource {
+                path: from.clone(),
+                names: if users.is_empty() {
+                    "a part of an image".into()
+                } else {
+                    users.join(", ")
+                },
+                cache: self.root().to_path_buf(),
+                why,
+            };
+            let mut src = open_blob(&from).map_err(|e| bad(e.to_string()))?;
+            let size = src.metadata().map_err(|e| bad(e.to_string()))?.len();
+            if size != record.size {
+                return Err(bad(format!(
+                    "{size} bytes, not the {} recorded",
+                    record.size
+                )));
+            }
+            bytes += copy_synced_from(&mut src, &to, BLOB_MODE)?;
         }
         let mut fans: Vec<PathBuf> = fs::read_dir(&blobs_dir)
             .map_err(io_at(&blobs_dir))?
@@ -275,10 +343,6 @@ impl Cache {
             sync_dir(fan).map_err(io_at(fan))?;
         }
         sync_dir(&blobs_dir).map_err(io_at(&blobs_dir))?;
-        if self.index.db_path().exists() {
-            copy_synced(self.index.db_path(), &v1.join("index.redb"), 0o444)?;
-        }
-        drop(rd);
         let settings = self.settings_path();
         if settings.exists() {
             copy_synced(&settings, &v1.join(super::settings::FILE), 0o444)?;

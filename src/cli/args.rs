@@ -552,11 +552,12 @@ pub enum TierAction {
 /// Publish the cache SRC as a new version of the tier DEST, atomically.
 ///
 /// SRC's index and every image it records are copied into DEST/versions/<id> (an image
-/// the current version holds is hard-linked from it, not copied), checked, and only then
-/// made current by renaming the link DEST/current: a node reads the old version or the new
-/// one whole, never a mix. Paths that `get` handed out name their version's directory,
-/// which stays until a publish finds that its successor was published more than --keep ago.
-/// Writers to SRC wait while its index is copied. Tiers list DEST (or DEST/current).
+/// the current version holds whole is hard-linked from it, unless --copy), checked, and
+/// only then made current by renaming the link DEST/current: a node reads the old version
+/// or the new one whole, never a mix. Paths that `get` handed out name their version's
+/// directory, which stays until --keep after `current` stopped naming it. DEST must be new,
+/// empty or a tier, and neither inside SRC nor around it. Writers to SRC wait while its
+/// index is copied. Tiers list DEST (or DEST/current).
 ///
 /// Example: sregistry tier publish /staging/sregistry /cvmfs/img.example.org/sregistry
 #[derive(Debug, Args)]
@@ -571,6 +572,10 @@ pub struct TierPublishArgs {
     /// paths): removed by the first publish after that
     #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "7d")]
     pub keep: u64,
+    /// Copy every image from SRC, linking none from the version before (the way to
+    /// replace a tier's damaged file that `verify --tiers` found)
+    #[arg(long)]
+    pub copy: bool,
 }
 
 /// Create a cache; with --shared, one that a Unix group shares.

@@ -213,6 +213,62 @@ pub fn hash_file(path: &Path) -> io::Result<(Digest, u64)> {
     Ok((Digest(*hasher.finalize().as_bytes()), size))
 }
 
+/// What the error of [`open_blob`] says of a path that is no regular file.
+pub const NOT_REGULAR: &str = "not a regular file";
+
+/// Open a blob (a file in a cache's or a tier's `blobs/`) for reading: non-blocking and
+/// without following a symbolic link, so a FIFO or a link planted at a blob's path is an
+/// error at once (naming what it is), never a read that waits for a writer forever or a
+/// file read from elsewhere.
+pub fn open_blob(path: &Path) -> io::Result<std::fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let not_regular = |what: &str| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{what}, {NOT_REGULAR}"),
+        )
+    };
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) => not_regular("a symbolic link"),
+            _ => e,
+        })?;
+    let t = file.metadata()?.file_type();
+    if t.is_file() {
+        return Ok(file);
+    }
+    Err(not_regular(if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "a device"
+    }))
+}
+
+/// Hash a blob on disk ([`open_blob`]: a FIFO or a link there is an error, never a hang),
+/// memory-mapped, on the rayon pool when `parallel` (for large files), else on this thread.
+pub fn hash_blob(path: &Path, on_pool: bool) -> io::Result<(Digest, u64)> {
+    let file = open_blob(path)?;
+    let mut h = blake3::Hasher::new();
+    if file.metadata()?.len() > 0 {
+        // SAFETY: a blob is never written in place (it is replaced by rename, whole), and
+        // a file truncated under the map is a SIGBUS as for blake3's own `update_mmap`.
+        let map = unsafe { memmap2::Mmap::map(&file)? };
+        if on_pool && parallel() {
+            h.update_rayon(&map);
+        } else {
+            h.update(&map);
+        }
+    }
+    Ok((Digest(*h.finalize().as_bytes()), h.count()))
+}
+
 /// Hash a file on disk on this thread alone (memory-mapped), for callers that run many
 /// at once.
 pub fn hash_file_single(path: &Path) -> io::Result<(Digest, u64)> {

@@ -118,11 +118,7 @@ fn hash_all_told(files: &[PathBuf], progress: Option<&VerifyProgress>) -> (Vec<H
         if stopped.load(Ordering::Relaxed) {
             return;
         }
-        let r = if parallel {
-            crate::format::digest::hash_file(&files[i])
-        } else {
-            crate::format::digest::hash_file_single(&files[i])
-        };
+        let r = crate::format::digest::hash_blob(&files[i], parallel);
         if let Ok(mut slot) = results[i].lock() {
             *slot = Some(r.map_err(|e| e.to_string()));
         }
@@ -293,6 +289,17 @@ fn judge_hashes(
                 } else {
                     continue;
                 }
+            }
+            // A FIFO, a link, a directory at a blob's name: never waited on, never read.
+            Err(e) if e.contains(crate::format::digest::NOT_REGULAR) => {
+                report.problems.push(Finding {
+                    kind: "foreign",
+                    path: f.path.clone(),
+                    digest: Some(d),
+                    names: users.get(&d).cloned().unwrap_or_default(),
+                    detail: e,
+                });
+                continue;
             }
             // A file another member renamed over the blob may be one only they can read.
             Err(_) if replaced(&d, &f.path) => REPLACED.into(),

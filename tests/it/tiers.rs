@@ -727,3 +727,53 @@ fn publish_refuses_a_foreign_dest_and_one_inside_src_and_never_chmods_a_director
     }
     assert_eq!(env.snapshot_of(&tier), snap);
 }
+
+/// Danger: a FIFO at a blob's path in SRC made `tier publish` wait forever while holding
+/// SRC's index lock (every add to SRC timed out) and `DEST/.publish.lock`; one in a tier
+/// made `verify --tiers` wait forever. Publish refuses it at once, naming the image and
+/// saying to verify SRC; `verify --tiers` reports it; SRC's writers were never held up.
+#[test]
+fn publish_and_verify_tiers_never_wait_on_a_fifo_at_a_blob_path() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let f = env.file("a.img", b"content a");
+    let blob = PathBuf::from(add_to(&env, &src, &f, "lab/a").trim());
+    let tier = env.path("tier");
+    stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&tier));
+    // In the tier: verify --tiers reports it, at once.
+    let current = fs::canonicalize(tier.join("current")).unwrap();
+    let in_tier = current.join(blob.strip_prefix(&src).unwrap());
+    fs::remove_file(&in_tier).unwrap();
+    run(StdCommand::new("mkfifo").arg(&in_tier));
+    let out = env
+        .cmd()
+        .args(["--tier", tier.to_str().unwrap(), "verify", "--tiers"])
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("FIFO"),
+        "{out:?}"
+    );
+    // In SRC: publish refuses at once, and leaves no partial version.
+    fs::remove_file(&blob).unwrap();
+    run(StdCommand::new("mkfifo").arg(&blob));
+    let out = env
+        .cmd()
+        .args(["tier", "publish"])
+        .arg(&src)
+        .arg(&tier)
+        .timeout(std::time::Duration::from_secs(30))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("library/lab/a") || err.contains("lab/a"),
+        "{err}"
+    );
+    assert!(err.contains("FIFO") && err.contains("verify"), "{err}");
+    assert_eq!(fs::read_dir(tier.join(".partial")).unwrap().count(), 0);
+    assert_eq!(fs::canonicalize(tier.join("current")).unwrap(), current);
+}

@@ -2,6 +2,7 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
+use std::process::Command as StdCommand;
 
 use crate::common::*;
 
@@ -302,4 +303,50 @@ fn verify_repair_of_a_pulled_image_says_how_to_pull_it_again() {
             .args(["pull", "--force", &remote, "--name", "lab/pulled:1"]),
     );
     stdout_of(other.cmd().args(["verify"]));
+}
+
+/// Danger: a FIFO a group member planted in `blobs/` (at a name the index does not know,
+/// or at a recorded blob's path) makes `verify` wait forever for a writer: the weekly
+/// cron verify never ends and piles up. Each is reported `foreign` at once; a symbolic link
+/// at a blob's path is not followed.
+#[test]
+fn verify_never_waits_on_a_fifo_or_follows_a_link_in_blobs() {
+    let env = Env::new();
+    let a = env.file("a.img", b"content of a");
+    let b = env.file("b.img", b"content of b");
+    let pa = stdout_of(env.cmd().arg("add").arg(&a).args(["--name", "a"]));
+    let pb = stdout_of(env.cmd().arg("add").arg(&b).args(["--name", "b"]));
+    let fan = env.path("cache/v1/blobs/blake3/00");
+    fs::create_dir_all(&fan).unwrap();
+    let planted = fan.join("0".repeat(64));
+    run(StdCommand::new("mkfifo").arg(&planted));
+    fs::remove_file(pa.trim()).unwrap();
+    run(StdCommand::new("mkfifo").arg(pa.trim()));
+    fs::remove_file(pb.trim()).unwrap();
+    std::os::unix::fs::symlink(&b, pb.trim()).unwrap();
+    for args in [&["--json", "verify"][..], &["--json", "verify", "a"]] {
+        let out = env
+            .cmd()
+            .args(args)
+            .timeout(std::time::Duration::from_secs(30))
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(4), "{out:?}");
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let foreign: Vec<String> = report["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["kind"] == "foreign")
+            .map(|p| p["path"].as_str().unwrap().to_string())
+            .collect();
+        assert!(foreign.contains(&pa.trim().to_string()), "{report}");
+        if args.len() == 2 {
+            assert!(foreign.contains(&pb.trim().to_string()), "{report}");
+            assert!(
+                foreign.iter().any(|p| p.ends_with(&"0".repeat(64))),
+                "{report}"
+            );
+        }
+    }
 }

@@ -20,7 +20,7 @@ pub fn run(ctx: &Ctx, args: &TierArgs) -> Result<()> {
                 )));
             }
             let dest = std::path::absolute(&a.dest)?;
-            let done = src.publish_tier(&dest, Duration::from_secs(a.keep), &ctx.lock)?;
+            let done = src.publish_tier(&dest, Duration::from_secs(a.keep), a.copy, &ctx.lock)?;
             if ctx.json {
                 return Ok(output::json(&done)?);
             }

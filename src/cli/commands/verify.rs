@@ -119,7 +119,7 @@ fn tiers(ctx: &Ctx, opts: &VerifyOptions) -> Result<()> {
     }
     if !clean {
         eprintln!(
-            "verify found problems in a tier; sregistry never changes a tier: publish it again from a good source"
+            "verify found problems in a tier; sregistry never changes a tier: its admin publishes it again from a good source with `sregistry tier publish --copy SRC TIER` (a plain publish links the files the tier holds, damaged or not)"
         );
         return Err(Reported {
             status: ExitStatus::Problem,
