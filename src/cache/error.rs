@@ -133,6 +133,17 @@ pub enum CacheError {
         tier: PathBuf,
         cache: PathBuf,
     },
+    /// A tier's file found damaged by a reader (`get`, `get --verify`).
+    #[error(
+        "image `{name}` in the read-only tier `{tier}` is damaged: `{path}` {what}; sregistry never changes a tier: tell its admin (`sregistry --tier {tier} verify --tiers` checks it; `sregistry tier publish --copy SRC {tier}` from a good source replaces it)"
+    )]
+    TierDamaged {
+        name: String,
+        path: PathBuf,
+        tier: PathBuf,
+        what: String,
+        corrupt: bool,
+    },
     /// `tier publish` could not take a blob of its source.
     #[error(
         "cannot publish `{cache}`: the file of {names} (`{path}`) is unusable: {why}; nothing was published (run `sregistry --cache {cache} verify`, then add or pull that image again)"
@@ -182,6 +193,8 @@ impl CacheError {
             | CacheError::MoveFromCache { .. }
             | CacheError::PublishRefused { .. } => ErrorKind::InvalidInput,
             CacheError::PublishSource { .. } => ErrorKind::Damaged,
+            CacheError::TierDamaged { corrupt: true, .. } => ErrorKind::Corrupt,
+            CacheError::TierDamaged { .. } => ErrorKind::Damaged,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,

@@ -154,6 +154,57 @@ impl Cache {
         key: &str,
         digest: &Digest,
     ) -> Result<PathBuf, CacheError> {
+        self.checked_path_here(rd, key, digest)
+            .map_err(|e| self.tier_damage(e))
+    }
+
+    /// A damaged file `e` reports, as a tier's reader should read it when this handle is
+    /// a tier's: `verify` never repairs a tier; its admin publishes it again.
+    fn tier_damage(&self, e: CacheError) -> CacheError {
+        let Some(tier) = self.tier() else {
+            return e;
+        };
+        let (name, path, what, corrupt) = match e {
+            CacheError::BlobMissing { name, path } => {
+                (name, path, "is missing or not a regular file".into(), false)
+            }
+            CacheError::WrongSize {
+                name,
+                path,
+                size,
+                recorded,
+            } => (
+                name,
+                path,
+                format!("has {size} bytes, not the {recorded} recorded"),
+                true,
+            ),
+            CacheError::Replaced { name, path } => {
+                (name, path, "is not the file published there".into(), true)
+            }
+            CacheError::Corrupt { name, path, actual } => (
+                name,
+                path,
+                format!("hashes to {actual}, not its name"),
+                true,
+            ),
+            other => return other,
+        };
+        CacheError::TierDamaged {
+            name,
+            path,
+            tier: tier.to_path_buf(),
+            what,
+            corrupt,
+        }
+    }
+
+    fn checked_path_here(
+        &self,
+        rd: &index::IndexReader,
+        key: &str,
+        digest: &Digest,
+    ) -> Result<PathBuf, CacheError> {
         let path = self.store.blob_path(digest);
         let Some(meta) = std::fs::metadata(&path).ok().filter(|m| m.is_file()) else {
             if let Some(q) = self.quarantined(digest) {
@@ -225,11 +276,11 @@ impl Cache {
             .file_name()
             .and_then(|n| Digest::from_hex(&n.to_string_lossy()));
         if expected != Some(actual) {
-            return Err(CacheError::Corrupt {
+            return Err(self.tier_damage(CacheError::Corrupt {
                 name: r.key(),
                 path,
                 actual,
-            });
+            }));
         }
         Ok(path)
     }

@@ -777,3 +777,62 @@ fn publish_and_verify_tiers_never_wait_on_a_fifo_at_a_blob_path() {
     assert_eq!(fs::read_dir(tier.join(".partial")).unwrap().count(), 0);
     assert_eq!(fs::canonicalize(tier.join("current")).unwrap(), current);
 }
+
+/// Danger: a tier's file damaged in place survived every publish (each hard-linked the
+/// damaged file from the version before), so the advice "publish it again" could not
+/// repair it; and `get --verify` of it told the user to run `sregistry verify`, which
+/// never touches a tier. `tier publish --copy` replaces it; the reader's message names the
+/// tier and its admin's remedy.
+#[test]
+fn a_damaged_tier_file_is_replaced_by_publish_copy_and_readers_are_told_so() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    let src = env.path("staging");
+    let f = env.file("a.img", b"content of a, published");
+    let blob = PathBuf::from(add_to(&env, &src, &f, "lab/a").trim());
+    let tier = env.path("tier");
+    let t = tier.to_str().unwrap().to_string();
+    let publish = |copy: bool| {
+        let mut c = env.cmd();
+        c.args(["tier", "publish"]).arg(&src).arg(&tier);
+        if copy {
+            c.arg("--copy");
+        }
+        stdout_of(&mut c);
+    };
+    publish(false);
+    let in_tier = fs::canonicalize(tier.join("current"))
+        .unwrap()
+        .join(blob.strip_prefix(&src).unwrap());
+    fs::set_permissions(&in_tier, fs::Permissions::from_mode(0o644)).unwrap();
+    let mut bytes = fs::read(&in_tier).unwrap();
+    bytes[3] ^= 1;
+    fs::write(&in_tier, &bytes).unwrap();
+    let verify = || {
+        env.cmd()
+            .args(["--tier", &t, "verify", "--tiers"])
+            .output()
+            .unwrap()
+    };
+    let out = verify();
+    assert_eq!(out.status.code(), Some(4));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--copy"),
+        "{out:?}"
+    );
+    let err = assert_fails(
+        env.cmd().args(["--tier", &t, "get", "--verify", "lab/a"]),
+        4,
+        "tier",
+    );
+    assert!(err.contains(&t) && err.contains("--copy"), "{err}");
+    assert!(!err.contains("run `sregistry verify`"), "{err}");
+    // A plain publish links what the tier holds (same size): still damaged ...
+    publish(false);
+    assert_eq!(verify().status.code(), Some(4));
+    // ... --copy takes every file from SRC.
+    publish(true);
+    let out = verify();
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    stdout_of(env.cmd().args(["--tier", &t, "get", "--verify", "lab/a"]));
+}
