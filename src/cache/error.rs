@@ -133,6 +133,11 @@ pub enum CacheError {
         tier: PathBuf,
         cache: PathBuf,
     },
+    /// A configured tier that cannot be read at all.
+    #[error(
+        "the tier `{tier}` cannot be used: {why}; sregistry does not look past a configured tier it cannot read (remove it from `tiers`, SREGISTRY_TIERS or --tier to go on without it)"
+    )]
+    TierUnusable { tier: PathBuf, why: String },
     /// A tier's file found damaged by a reader (`get`, `get --verify`).
     #[error(
         "image `{name}` in the read-only tier `{tier}` is damaged: `{path}` {what}; sregistry never changes a tier: tell its admin (`sregistry --tier {tier} verify --tiers` checks it; `sregistry tier publish --copy SRC {tier}` from a good source replaces it)"
@@ -195,6 +200,7 @@ impl CacheError {
             CacheError::PublishSource { .. } => ErrorKind::Damaged,
             CacheError::TierDamaged { corrupt: true, .. } => ErrorKind::Corrupt,
             CacheError::TierDamaged { .. } => ErrorKind::Damaged,
+            CacheError::TierUnusable { .. } => ErrorKind::Io,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,

@@ -266,9 +266,32 @@ impl Cache {
     /// use marker, no directory; its index is opened read-only without a lock.
     pub fn open_tier(configured: &Path) -> Result<Cache, CacheError> {
         // A published tier's `current` link (see `publish.rs`), else the directory itself.
-        let root = std::fs::canonicalize(configured.join(publish::CURRENT))
-            .or_else(|_| std::fs::canonicalize(configured))
-            .unwrap_or_else(|_| configured.to_path_buf());
+        // A tier whose `current` does not resolve, or that is no directory, is an error
+        // naming it: read as an empty cache, every name of it would be "not found". A tier
+        // that does not exist reads as empty (a site's configuration lists it on nodes
+        // without its mount too); the CLI warns of it (`Ctx::caches`).
+        let unusable = |why: String| CacheError::TierUnusable {
+            tier: configured.to_path_buf(),
+            why,
+        };
+        let current = configured.join(publish::CURRENT);
+        let root = match std::fs::canonicalize(&current) {
+            Ok(root) => root,
+            Err(e) if std::fs::symlink_metadata(&current).is_ok() => {
+                return Err(unusable(format!(
+                    "its `current` link does not resolve ({e}); its admin publishes it again"
+                )));
+            }
+            Err(_) => match std::fs::metadata(configured) {
+                Ok(m) if m.is_dir() => {
+                    std::fs::canonicalize(configured).unwrap_or_else(|_| configured.to_path_buf())
+                }
+                Ok(_) => return Err(unusable("it is not a directory".into())),
+                // Not there (a node without the mount): read as empty; the CLI warns.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => configured.to_path_buf(),
+                Err(e) => return Err(unusable(e.to_string())),
+            },
+        };
         let mut cache = Cache::open(&root, LockOptions::default())?;
         cache.index = cache.index.read_only();
         cache.tier = Some(configured.to_path_buf());

@@ -836,3 +836,45 @@ fn a_damaged_tier_file_is_replaced_by_publish_copy_and_readers_are_told_so() {
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     stdout_of(env.cmd().args(["--tier", &t, "get", "--verify", "lab/a"]));
 }
+
+/// Danger: a tier whose `current` does not resolve (dangling, a loop) or that does not
+/// exist (a node whose CVMFS mount is missing) was read as an empty cache: every name of it
+/// "not found ... add it", `list` silently without it. A tier that does not resolve is an
+/// error naming it; one that does not exist, a one-line warning naming it (a site's
+/// configuration lists it on nodes without the mount too), the lookup going on.
+#[test]
+fn a_tier_that_does_not_resolve_is_an_error_naming_it_never_silently_empty() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let f = env.file("a.img", b"a");
+    add_to(&env, &src, &f, "lab/a");
+    let dangling = env.path("dangling");
+    stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&dangling));
+    let link = |d: &Path, to: &str| {
+        fs::remove_file(d.join("current")).unwrap();
+        std::os::unix::fs::symlink(to, d.join("current")).unwrap();
+    };
+    link(&dangling, "versions/nothere");
+    let looped = env.path("looped");
+    stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&looped));
+    link(&looped, "current");
+    let missing = env.path("not/mounted");
+    let m = missing.to_str().unwrap();
+    for (args, code) in [(&["get", "lab/a"][..], 3), (&["list"], 0)] {
+        let out = env.cmd().args(["--tier", m]).args(args).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{args:?}: {err}");
+        let warned: Vec<_> = err.lines().filter(|l| l.starts_with("warning")).collect();
+        assert_eq!(warned.len(), 1, "{err}");
+        assert!(warned[0].contains(m), "{err}");
+    }
+    for tier in [&dangling, &looped] {
+        let t = tier.to_str().unwrap();
+        for args in [&["get", "lab/a"][..], &["list"], &["get", "lab/zzz"]] {
+            let out = env.cmd().args(["--tier", t]).args(args).output().unwrap();
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{args:?} {t}: {err}");
+            assert!(err.contains(t) && err.contains("tier"), "{err}");
+        }
+    }
+}

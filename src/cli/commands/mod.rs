@@ -46,8 +46,23 @@ pub struct Ctx {
 
 impl Ctx {
     /// The caches a lookup looks in: the caller's private cache (in a shared cache), the
-    /// writable cache, then each tier (`sregistry::cache::tiers`).
+    /// writable cache, then each tier (`sregistry::cache::tiers`). A configured tier that
+    /// does not exist is warned of on stderr, once per command (even with --quiet): a job
+    /// on a node whose mount is missing learns it.
     pub fn caches(&self) -> Result<sregistry::cache::Caches<'_>, sregistry::cache::CacheError> {
+        static WARNED: std::sync::Once = std::sync::Once::new();
+        WARNED.call_once(|| {
+            for t in &self.config.tiers {
+                if std::fs::symlink_metadata(t)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+                {
+                    eprintln!(
+                        "warning: the tier `{}` does not exist (is its filesystem mounted on this node?); looking without it",
+                        t.display()
+                    );
+                }
+            }
+        });
         sregistry::cache::Caches::new(&self.cache, &self.config.tiers)
     }
 
