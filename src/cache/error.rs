@@ -133,6 +133,11 @@ pub enum CacheError {
         tier: PathBuf,
         cache: PathBuf,
     },
+    /// A published version of a tier given as the writable cache.
+    #[error(
+        "`{root}` is a published version of a tier (read-only, never changed in place): give its tier with --tier or `tiers`, and a writable cache of your own with --cache or SREGISTRY_CACHE"
+    )]
+    PublishedVersion { root: PathBuf },
     /// A configured tier that cannot be read at all.
     #[error(
         "the tier `{tier}` cannot be used: {why}; sregistry does not look past a configured tier it cannot read (remove it from `tiers`, SREGISTRY_TIERS or --tier to go on without it)"
@@ -201,6 +206,7 @@ impl CacheError {
             CacheError::TierDamaged { corrupt: true, .. } => ErrorKind::Corrupt,
             CacheError::TierDamaged { .. } => ErrorKind::Damaged,
             CacheError::TierUnusable { .. } => ErrorKind::Io,
+            CacheError::PublishedVersion { .. } => ErrorKind::InvalidInput,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
             CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,

@@ -236,7 +236,24 @@ impl Cache {
                 None => e.into(),
             }
         })?;
+        if settings.published {
+            return Err(CacheError::PublishedVersion {
+                root: root.to_path_buf(),
+            });
+        }
         Ok(Cache::with_settings(root, lock_opts, settings))
+    }
+
+    /// [`Cache::open`] of what may be a published version (a tier's: read only).
+    fn open_published(root: &Path) -> Result<Cache, CacheError> {
+        match Cache::open(root, LockOptions::default()) {
+            Err(CacheError::PublishedVersion { .. }) => {
+                let v1 = root.join(FORMAT_DIR);
+                let settings = Settings::load(&v1)?;
+                Ok(Cache::with_settings(root, LockOptions::default(), settings))
+            }
+            other => other,
+        }
     }
 
     /// A handle with the given settings (used by `init` before they are recorded).
@@ -292,7 +309,7 @@ impl Cache {
                 Err(e) => return Err(unusable(e.to_string())),
             },
         };
-        let mut cache = Cache::open(&root, LockOptions::default())?;
+        let mut cache = Cache::open_published(&root)?;
         cache.index = cache.index.read_only();
         cache.tier = Some(configured.to_path_buf());
         Ok(cache)

@@ -179,6 +179,23 @@ fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<u64, CacheError> {
     copy_synced_from(&mut src, to, mode)
 }
 
+/// Write `body` to `to` (made here), mode `mode`, fsynced.
+fn copy_synced_from_bytes(body: &[u8], to: &Path, mode: u32) -> Result<u64, CacheError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut out = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(to)
+        .map_err(io_at(to))?;
+    io::Write::write_all(&mut out, body).map_err(io_at(to))?;
+    out.set_permissions(fs::Permissions::from_mode(mode))
+        .map_err(io_at(to))?;
+    out.sync_all().map_err(io_at(to))?;
+    Ok(body.len() as u64)
+}
+
 /// Copy what `src` holds to `to` (made here; it does not exist), mode `mode`, fsynced.
 fn copy_synced_from(src: &mut fs::File, to: &Path, mode: u32) -> Result<u64, CacheError> {
     use std::os::unix::fs::OpenOptionsExt;
@@ -343,10 +360,15 @@ impl Cache {
             sync_dir(fan).map_err(io_at(fan))?;
         }
         sync_dir(&blobs_dir).map_err(io_at(&blobs_dir))?;
-        let settings = self.settings_path();
-        if settings.exists() {
-            copy_synced(&settings, &v1.join(super::settings::FILE), 0o444)?;
-        }
+        // SRC's settings, marked: a version is never opened as a writable cache.
+        let marked = super::Settings {
+            published: true,
+            ..self.settings().clone()
+        };
+        let settings = v1.join(super::settings::FILE);
+        let body = serde_json::to_vec_pretty(&marked)
+            .map_err(|e| io_at(&settings)(io::Error::other(e)))?;
+        copy_synced_from_bytes(&body, &settings, 0o444)?;
         let tag = partial.join("CACHEDIR.TAG");
         fs::write(&tag, CACHEDIR_TAG).map_err(io_at(&tag))?;
         for dir in [v1.join("blobs"), v1.clone(), partial.to_path_buf()] {

@@ -31,6 +31,10 @@ pub struct Settings {
     pub dir_mode: u32,
     /// Mode of the index and lock files.
     pub file_mode: u32,
+    /// A version `tier publish` made (`DEST/versions/<id>`): read only as a tier, never
+    /// opened as a writable cache (`Cache::open` refuses it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub published: bool,
 }
 
 impl Default for Settings {
@@ -41,6 +45,7 @@ impl Default for Settings {
             gid: None,
             dir_mode: 0o755,
             file_mode: 0o644,
+            published: false,
         }
     }
 }
@@ -71,6 +76,7 @@ impl Settings {
             gid: Some(gid),
             dir_mode: 0o2775,
             file_mode: 0o664,
+            published: false,
         }
     }
 

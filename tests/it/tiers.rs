@@ -723,7 +723,11 @@ fn publish_refuses_a_foreign_dest_and_one_inside_src_and_never_chmods_a_director
     let version = fs::canonicalize(tier.join("current")).unwrap();
     let snap = env.snapshot_of(&tier);
     for from in [tier.join("current"), version] {
-        assert_fails(&mut publish(&from, &tier), 2, "inside");
+        let err = assert_fails(&mut publish(&from, &tier), 2, "");
+        assert!(
+            err.contains("inside") || err.contains("published version"),
+            "{err}"
+        );
     }
     assert_eq!(env.snapshot_of(&tier), snap);
 }
@@ -877,4 +881,40 @@ fn a_tier_that_does_not_resolve_is_an_error_naming_it_never_silently_empty() {
             assert!(err.contains(t) && err.contains("tier"), "{err}");
         }
     }
+}
+
+/// Danger: a published version given as the writable cache (`--cache DEST/current` or
+/// `DEST/versions/<id>`) was changed in place: `add` and `rm` succeeded as root (the rm
+/// unlinked a file under every job using it; every node then saw the new name). Every
+/// command refuses it, saying to give it as a tier, and nothing in it changes.
+#[test]
+fn a_published_version_is_never_opened_as_a_writable_cache() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let f = env.file("a.img", b"a");
+    add_to(&env, &src, &f, "lab/a");
+    let tier = env.path("tier");
+    stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&tier));
+    let version = fs::canonicalize(tier.join("current")).unwrap();
+    let snap = env.snapshot_of(&tier);
+    let g = env.file("evil.img", b"evil");
+    for root in [tier.join("current"), version] {
+        for args in [
+            &["add", g.to_str().unwrap(), "--name", "evil"][..],
+            &["rm", "lab/a"],
+            &["get", "lab/a"],
+            &["gc"],
+        ] {
+            let mut c = env.cmd();
+            c.arg("--cache").arg(&root).args(args);
+            let err = assert_fails(&mut c, 2, "published version of a tier");
+            assert!(err.contains("--tier"), "{err}");
+        }
+    }
+    assert_eq!(env.snapshot_of(&tier), snap);
+    // As a tier, it reads.
+    stdout_of(
+        env.cmd()
+            .args(["--tier", tier.to_str().unwrap(), "get", "lab/a"]),
+    );
 }
