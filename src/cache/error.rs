@@ -285,7 +285,7 @@ pub enum IndexError {
     Rebuild { path: PathBuf, detail: String },
     /// A tier's index that redb would have to repair: copied while a writer had it open.
     #[error(
-        "the index `{path}` of a read-only tier was not closed cleanly (copied while a writer had it open): sregistry never writes a tier; publish it again from its source (`sregistry tier publish`)"
+        "the index `{path}` of a read-only tier was not closed cleanly (copied while a writer had it open, or a live cache being written on a mount where its lock cannot be taken): sregistry never writes a tier; publish it again from its source (`sregistry tier publish`)"
     )]
     TierUnclean { path: PathBuf },
     /// A write asked of a tier's index (a bug: the tiers are only read).

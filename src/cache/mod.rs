@@ -311,6 +311,10 @@ impl Cache {
         };
         let mut cache = Cache::open_published(&root)?;
         cache.index = cache.index.read_only();
+        if !cache.settings.published {
+            // A plain cache as a tier: it may have writers (see `Index::locked_when_writable`).
+            cache.index = cache.index.locked_when_writable();
+        }
         cache.tier = Some(configured.to_path_buf());
         Ok(cache)
     }

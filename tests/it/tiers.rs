@@ -918,3 +918,64 @@ fn a_published_version_is_never_opened_as_a_writable_cache() {
             .args(["--tier", tier.to_str().unwrap(), "get", "lab/a"]),
     );
 }
+
+/// Danger: a group's live cache configured as a tier (no `current`: not published) was
+/// read without its lock, so a `get` racing one of its commits failed ("was not closed
+/// cleanly ... publish it again") for a name never touched: half the jobs failed while
+/// the group added. On a writable filesystem such a tier is read under its shared lock:
+/// every `get` succeeds while adds and removals go on.
+#[test]
+fn a_live_cache_as_a_tier_is_read_under_its_lock_and_no_get_fails_while_it_is_written() {
+    let env = Env::new();
+    let live = env.path("live");
+    let f = env.file("keep.img", b"kept");
+    add_to(&env, &live, &f, "lab/keep");
+    let stop = env.path("stop");
+    let writer = {
+        let files: Vec<PathBuf> = (0..20)
+            .map(|i| env.file(&format!("w{i}.img"), format!("w{i}").as_bytes()))
+            .collect();
+        let live = live.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let cmd = |args: &[&std::ffi::OsStr]| {
+                let out = StdCommand::new(env!("CARGO_BIN_EXE_sregistry"))
+                    .env("SREGISTRY_CACHE", &live)
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert!(out.status.success(), "{out:?}");
+            };
+            for (i, f) in files.iter().enumerate() {
+                let name = format!("lab/w{i}");
+                cmd(&[
+                    "add".as_ref(),
+                    f.as_os_str(),
+                    "--name".as_ref(),
+                    name.as_ref(),
+                ]);
+                cmd(&["rm".as_ref(), name.as_ref()]);
+            }
+            fs::write(&stop, b"").unwrap();
+        })
+    };
+    let mut get = env.std_cmd();
+    get.args(["--tier", live.to_str().unwrap(), "get", "lab/keep"]);
+    let (mut ok, mut failed) = (0, Vec::new());
+    while !stop.exists() {
+        let out = get.output().unwrap();
+        if out.status.success() {
+            ok += 1;
+        } else {
+            failed.push(String::from_utf8_lossy(&out.stderr).to_string());
+        }
+    }
+    writer.join().unwrap();
+    assert!(
+        failed.is_empty(),
+        "{ok} ok, {} failed: {:?}",
+        failed.len(),
+        failed.first()
+    );
+    assert!(ok > 5, "{ok}");
+}

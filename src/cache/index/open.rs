@@ -64,6 +64,9 @@ pub(crate) struct Index {
     pub(super) kept: Arc<Mutex<Slot>>,
     /// A tier's index: read without a lock, never written ([`Index::read_only`]).
     pub(super) read_only: bool,
+    /// A tier that is a plain cache (no `current`): read under the shared lock when its
+    /// `index.lock` can be opened for writing ([`Index::locked_when_writable`]).
+    pub(super) lock_if_writable: bool,
 }
 
 impl Index {
@@ -78,7 +81,18 @@ impl Index {
             blobs_dir: v1.join("blobs"),
             kept: Arc::new(Mutex::new(Slot::new())),
             read_only: false,
+            lock_if_writable: false,
         }
+    }
+
+    /// A tier's index that may have writers: a plain cache (not a published version)
+    /// configured as a tier, such as a group's live cache. Its readers take the shared
+    /// lock when `index.lock` is there and opens for writing (a writable filesystem), so
+    /// they never open it while a writer commits; on a read-only mount there is no writer
+    /// on this node to exclude, and no lock is taken (nothing is ever written there).
+    pub(crate) fn locked_when_writable(mut self) -> Index {
+        self.lock_if_writable = true;
+        self
     }
 
     /// This index as a tier's (see "Tiers" in `crate::cache::tiers`): published whole and
@@ -94,6 +108,18 @@ impl Index {
 
     /// [`Index::read`] of a tier's index: no lock, a read-only open.
     fn read_tier(&self) -> Result<IndexReader, IndexError> {
+        // Asked with access(2), which opens nothing: on a read-only mount, no open for
+        // writing is even tried.
+        let writable = || {
+            use std::os::unix::ffi::OsStrExt;
+            std::ffi::CString::new(self.lock_path.as_os_str().as_bytes())
+                // SAFETY: a valid NUL-terminated path; access(2) only reads it.
+                .is_ok_and(|p| unsafe { libc::access(p.as_ptr(), libc::W_OK) } == 0)
+        };
+        let guard = match self.lock_if_writable && writable() {
+            true => Some(lock::lock(&self.lock_path, Mode::Shared, &self.lock_opts)?),
+            false => None,
+        };
         let backend = match UnderOurLock::open(&self.db_path, false) {
             Err(redb::StorageError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Ok(IndexReader {
@@ -110,7 +136,8 @@ impl Index {
             opened => opened,
         };
         match self.open_read_only_with(Cell::new(false), backend)? {
-            Ok(reader) => {
+            Ok(mut reader) => {
+                reader._lock = guard;
                 reader.check_schema()?;
                 Ok(reader)
             }
