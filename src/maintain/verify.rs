@@ -170,6 +170,13 @@ fn hash_all_told(files: &[PathBuf], progress: Option<&VerifyProgress>) -> (Vec<H
 pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheError> {
     let mut report = VerifyReport::default();
     if !cache.exists() {
+        // No cache: nothing to check, but a name asked for is not in it.
+        if let Some(r) = opts.names.first() {
+            return Err(CacheError::NotFound {
+                name: r.key(),
+                cache: cache.root().to_path_buf(),
+            });
+        }
         return Ok(report);
     }
     let (names, blob_records) = cache.snapshot()?;

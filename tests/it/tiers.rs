@@ -979,3 +979,18 @@ fn a_live_cache_as_a_tier_is_read_under_its_lock_and_no_get_fails_while_it_is_wr
     );
     assert!(ok > 5, "{ok}");
 }
+
+/// Danger: `verify NAME` of a name only a tier holds said "no image ... add it" (exit 3)
+/// though `list` shows it. It says the name is in the tier and to use `verify --tiers`.
+#[test]
+fn verify_of_a_name_only_a_tier_holds_points_to_verify_tiers() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier content")]);
+    let t = tier.to_str().unwrap();
+    for args in [&["verify", "lab/t"][..], &["verify", "--repair", "lab/t"]] {
+        let mut c = env.cmd();
+        c.args(["--tier", t]).args(args);
+        let err = assert_fails(&mut c, 1, "verify --tiers");
+        assert!(err.contains(t), "{err}");
+    }
+}

@@ -49,7 +49,19 @@ pub fn run(ctx: &Ctx, args: &VerifyArgs) -> Result<()> {
     let report = if !names.is_empty() && rest.is_empty() {
         None
     } else {
-        Some(verify::run(&ctx.cache, &opts(rest))?)
+        // A name only a tier holds: verify checks the writable cache; say where it is.
+        Some(
+            verify::run(&ctx.cache, &opts(rest)).map_err(|e| {
+                match ctx.caches().map(|c| c.refuse_in_tier(e)) {
+                    Ok(sregistry::cache::CacheError::InTier { name, tier, .. }) => anyhow::anyhow!(
+                        "image `{name}` is in the read-only tier `{}`, not in the writable cache: check it with `sregistry verify --tiers` (sregistry never repairs a tier; its admin publishes it again)",
+                        tier.display()
+                    ),
+                    Ok(e) => e.into(),
+                    Err(e) => e.into(),
+                }
+            })?,
+        )
     };
     let private = match caches.private() {
         Some(p) if names.is_empty() || !mine.is_empty() => Some((verify::run(p, &opts(mine))?, p)),
