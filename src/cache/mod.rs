@@ -225,6 +225,17 @@ impl Cache {
     /// `cache::settings`). Changes nothing on disk; writing operations create the
     /// layout when they first need it.
     pub fn open(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
+        let cache = Cache::open_published(root, lock_opts)?;
+        if cache.settings.published {
+            return Err(CacheError::PublishedVersion {
+                root: root.to_path_buf(),
+            });
+        }
+        Ok(cache)
+    }
+
+    /// [`Cache::open`] of what may also be a published version (a tier's: read only).
+    fn open_published(root: &Path, lock_opts: LockOptions) -> Result<Cache, CacheError> {
         let v1 = root.join(FORMAT_DIR);
         // Looked at only when the settings cannot be read, so a `get` pays nothing for it.
         let settings = Settings::load(&v1).map_err(|e| {
@@ -236,24 +247,7 @@ impl Cache {
                 None => e.into(),
             }
         })?;
-        if settings.published {
-            return Err(CacheError::PublishedVersion {
-                root: root.to_path_buf(),
-            });
-        }
         Ok(Cache::with_settings(root, lock_opts, settings))
-    }
-
-    /// [`Cache::open`] of what may be a published version (a tier's: read only).
-    fn open_published(root: &Path) -> Result<Cache, CacheError> {
-        match Cache::open(root, LockOptions::default()) {
-            Err(CacheError::PublishedVersion { .. }) => {
-                let v1 = root.join(FORMAT_DIR);
-                let settings = Settings::load(&v1)?;
-                Ok(Cache::with_settings(root, LockOptions::default(), settings))
-            }
-            other => other,
-        }
     }
 
     /// A handle with the given settings (used by `init` before they are recorded).
@@ -309,7 +303,7 @@ impl Cache {
                 Err(e) => return Err(unusable(e.to_string())),
             },
         };
-        let mut cache = Cache::open_published(&root)?;
+        let mut cache = Cache::open_published(&root, LockOptions::default())?;
         cache.index = cache.index.read_only();
         if !cache.settings.published {
             // A plain cache as a tier: it may have writers (see `Index::locked_when_writable`).
