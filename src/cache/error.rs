@@ -154,6 +154,9 @@ pub enum CacheError {
         what: String,
         corrupt: bool,
     },
+    /// `tier publish` could not write the tier (a read-only DEST, no space, ...).
+    #[error("cannot write the tier at `{path}`: {source}")]
+    PublishWrite { path: PathBuf, source: io::Error },
     /// `tier publish` could not take a blob of its source.
     #[error(
         "cannot publish `{cache}`: the file of {names} (`{path}`) is unusable: {why}; nothing was published (run `sregistry --cache {cache} verify`, then add or pull that image again)"
@@ -196,6 +199,7 @@ impl CacheError {
             }
             CacheError::Open { source, .. }
             | CacheError::Layout { source, .. }
+            | CacheError::PublishWrite { source, .. }
             | CacheError::Remove { source, .. } => ErrorKind::of_io(source),
             CacheError::NotAFile { .. }
             | CacheError::Empty { .. }

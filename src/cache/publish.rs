@@ -86,7 +86,7 @@ pub struct Published {
 }
 
 fn io_at(path: &Path) -> impl Fn(io::Error) -> CacheError + '_ {
-    move |source| CacheError::Layout {
+    move |source| CacheError::PublishWrite {
         path: path.to_path_buf(),
         source,
     }

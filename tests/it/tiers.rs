@@ -994,3 +994,18 @@ fn verify_of_a_name_only_a_tier_holds_points_to_verify_tiers() {
         assert!(err.contains(t), "{err}");
     }
 }
+
+/// Danger: a publish that cannot write its DEST said "cannot prepare the cache at DEST",
+/// as if the admin's writable cache were broken. It names the tier.
+#[test]
+fn a_publish_that_cannot_write_dest_names_the_tier_not_a_cache() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let f = env.file("a.img", b"a");
+    add_to(&env, &src, &f, "lab/a");
+    let file = env.file("afile", b"not a directory");
+    let mut c = env.cmd();
+    c.args(["tier", "publish"]).arg(&src).arg(file.join("tier"));
+    let err = assert_fails(&mut c, 1, "cannot write the tier at");
+    assert!(!err.contains("cannot prepare the cache"), "{err}");
+}
