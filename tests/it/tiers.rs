@@ -631,6 +631,14 @@ fn one_order_private_then_shared_then_each_tier() {
     }
 }
 
+/// A cache to publish (`staging`) holding `lab/a`.
+fn staging_with_one_image(env: &Env) -> PathBuf {
+    let src = env.path("staging");
+    let f = env.file("a.img", b"a");
+    add_to(env, &src, &f, "lab/a");
+    src
+}
+
 /// The id a publish at `t` would give its version, as a killed publish leaves it.
 fn version_dir_at(dest: &Path, t: u64) -> PathBuf {
     dest.join("versions").join(format!("{t:010}-4242"))
@@ -686,9 +694,7 @@ fn a_killed_publish_never_makes_the_next_remove_the_version_current_until_then()
 fn publish_refuses_a_foreign_dest_and_one_inside_src_and_never_chmods_a_directory() {
     use std::os::unix::fs::PermissionsExt;
     let env = Env::new();
-    let src = env.path("staging");
-    let f = env.file("a.img", b"a");
-    add_to(&env, &src, &f, "lab/a");
+    let src = staging_with_one_image(&env);
     let publish = |from: &Path, to: &Path| {
         let mut c = env.cmd();
         c.args(["tier", "publish"]).arg(from).arg(to);
@@ -849,9 +855,7 @@ fn a_damaged_tier_file_is_replaced_by_publish_copy_and_readers_are_told_so() {
 #[test]
 fn a_tier_that_does_not_resolve_is_an_error_naming_it_never_silently_empty() {
     let env = Env::new();
-    let src = env.path("staging");
-    let f = env.file("a.img", b"a");
-    add_to(&env, &src, &f, "lab/a");
+    let src = staging_with_one_image(&env);
     let dangling = env.path("dangling");
     stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&dangling));
     let link = |d: &Path, to: &str| {
@@ -890,9 +894,7 @@ fn a_tier_that_does_not_resolve_is_an_error_naming_it_never_silently_empty() {
 #[test]
 fn a_published_version_is_never_opened_as_a_writable_cache() {
     let env = Env::new();
-    let src = env.path("staging");
-    let f = env.file("a.img", b"a");
-    add_to(&env, &src, &f, "lab/a");
+    let src = staging_with_one_image(&env);
     let tier = env.path("tier");
     stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&tier));
     let version = fs::canonicalize(tier.join("current")).unwrap();
@@ -1000,9 +1002,7 @@ fn verify_of_a_name_only_a_tier_holds_points_to_verify_tiers() {
 #[test]
 fn a_publish_that_cannot_write_dest_names_the_tier_not_a_cache() {
     let env = Env::new();
-    let src = env.path("staging");
-    let f = env.file("a.img", b"a");
-    add_to(&env, &src, &f, "lab/a");
+    let src = staging_with_one_image(&env);
     let file = env.file("afile", b"not a directory");
     let mut c = env.cmd();
     c.args(["tier", "publish"]).arg(&src).arg(file.join("tier"));
