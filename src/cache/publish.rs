@@ -19,8 +19,9 @@
 //!    the current version already holds (a regular file of the recorded size) is
 //!    hard-linked from it (same content, same name; blobs are never changed), unless
 //!    `--copy` (a tier's file damaged in place is replaced only so), any other copied;
-//!    each source blob is opened non-blocking, without following a link, and must be a
-//!    regular file of its recorded size (a FIFO there fails the publish at once, never
+//!    each source blob is opened non-blocking, without following a link, is hashed as
+//!    it is copied and must hash to its name (a file renamed over a blob from outside
+//!    never goes out to every node), and must be a regular file of its recorded size (a FIFO there fails the publish at once, never
 //!    holds it, nor SRC's lock); mode 0444, each file fsynced,
 //!    each directory fsynced. Nothing else of SRC is copied (`tmp/`, `locks/`, use
 //!    markers, the journal, `quarantine/`).
@@ -58,7 +59,7 @@ use super::lock::{self, LockOptions, Mode};
 use super::store::{BLOB_MODE, sync_dir};
 use super::{CACHEDIR_TAG, Cache, CacheError, FORMAT_DIR};
 use crate::format::clock;
-use crate::format::digest::open_blob;
+use crate::format::digest::{Digest, HashingWriter, open_blob};
 
 /// The link readers follow to the current version.
 pub const CURRENT: &str = "current";
@@ -67,6 +68,10 @@ pub const VERSIONS: &str = "versions";
 const PARTIAL: &str = ".partial";
 /// `DEST/.retired/<id>`: when version `<id>` stopped being current (seconds).
 const RETIRED: &str = ".retired";
+/// One publisher at a time.
+const LOCK: &str = ".publish.lock";
+/// The new link, before it is renamed over `current`.
+const NEW_CURRENT: &str = ".current.new";
 /// How long a version stays after it stopped being current, by default.
 pub const DEFAULT_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
@@ -147,16 +152,23 @@ fn check_dest(src: &Path, dest: &Path) -> Result<(), CacheError> {
         Ok(m) if !m.is_dir() => Err(refuse("it is not a directory".into())),
         Ok(_) => {
             // Publish's own: `current` naming one of its versions, or (a first publish
-            // killed before its switch) `versions/` and `.partial/` holding only its ids.
-            let only_ids = |dir: &Path| {
-                fs::read_dir(dir).is_ok_and(|rd| {
-                    rd.flatten()
-                        .all(|e| e.file_name().to_str().is_some_and(is_id))
-                })
+            // that failed or was killed before its switch) nothing but publish's own
+            // entries, `versions/` and `.partial/` holding only its ids.
+            let only_ids = |dir: &Path| match fs::read_dir(dir) {
+                Ok(rd) => rd
+                    .flatten()
+                    .all(|e| e.file_name().to_str().is_some_and(is_id)),
+                Err(e) => e.kind() == io::ErrorKind::NotFound,
             };
+            let only_own = fs::read_dir(dest).is_ok_and(|rd| {
+                rd.flatten().all(|e| {
+                    e.file_name().to_str().is_some_and(|n| {
+                        [CURRENT, VERSIONS, PARTIAL, RETIRED, LOCK, NEW_CURRENT].contains(&n)
+                    })
+                })
+            });
             let tier = current_id(dest).is_some()
-                || (only_ids(&dest.join(VERSIONS))
-                    && (!dest.join(PARTIAL).exists() || only_ids(&dest.join(PARTIAL))));
+                || (only_own && only_ids(&dest.join(VERSIONS)) && only_ids(&dest.join(PARTIAL)));
             let empty = fs::read_dir(dest).map_err(io_at(dest))?.next().is_none();
             if tier || empty {
                 Ok(())
@@ -198,20 +210,27 @@ fn copy_synced_from_bytes(body: &[u8], to: &Path, mode: u32) -> Result<u64, Cach
 
 /// Copy what `src` holds to `to` (made here; it does not exist), mode `mode`, fsynced.
 fn copy_synced_from(src: &mut fs::File, to: &Path, mode: u32) -> Result<u64, CacheError> {
+    copy_hashed_from(src, to, mode).map(|(n, _)| n)
+}
+
+/// [`copy_synced_from`], hashing the bytes as they are copied: their count and digest.
+fn copy_hashed_from(src: &mut fs::File, to: &Path, mode: u32) -> Result<(u64, Digest), CacheError> {
     use std::os::unix::fs::OpenOptionsExt;
-    let mut out = fs::OpenOptions::new()
+    let out = fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(mode)
         .custom_flags(libc::O_CLOEXEC)
         .open(to)
         .map_err(io_at(to))?;
-    let n = io::copy(src, &mut out).map_err(io_at(to))?;
+    let mut hashing = HashingWriter::new(out);
+    io::copy(src, &mut hashing).map_err(io_at(to))?;
+    let (digest, n, out) = hashing.finish();
     // The mode asked for whatever the umask.
     out.set_permissions(fs::Permissions::from_mode(mode))
         .map_err(io_at(to))?;
     out.sync_all().map_err(io_at(to))?;
-    Ok(n)
+    Ok((n, digest))
 }
 
 impl Cache {
@@ -227,7 +246,7 @@ impl Cache {
     ) -> Result<Published, CacheError> {
         check_dest(self.root(), dest)?;
         make_dir(dest)?;
-        let _publishing = lock::lock(&dest.join(".publish.lock"), Mode::Exclusive, lock_opts)
+        let _publishing = lock::lock(&dest.join(LOCK), Mode::Exclusive, lock_opts)
             .map_err(super::IndexError::from)?;
         let now = clock::now();
         let id = format!("{now:010}-{}", std::process::id());
@@ -257,7 +276,7 @@ impl Cache {
         if let Some(prev) = &previous {
             record_retired(dest, prev, now)?;
         }
-        let link = dest.join(".current.new");
+        let link = dest.join(NEW_CURRENT);
         let _ = fs::remove_file(&link);
         std::os::unix::fs::symlink(Path::new(VERSIONS).join(&id), &link).map_err(io_at(&link))?;
         fs::rename(&link, dest.join(CURRENT)).map_err(io_at(dest))?;
@@ -348,7 +367,17 @@ impl Cache {
                     record.size
                 )));
             }
-            bytes += copy_synced_from(&mut src, &to, BLOB_MODE)?;
+            // Hashed as it is copied: a file put at the blob's path from outside (a member
+            // of a shared cache's group can rename one there), or damaged, never goes out
+            // to every node that reads the tier.
+            let (n, got) = copy_hashed_from(&mut src, &to, BLOB_MODE)?;
+            if got != *digest {
+                let _ = fs::remove_file(&to);
+                return Err(bad(format!(
+                    "its content hashes to {got}, not to its name (damaged, or replaced from outside sregistry)"
+                )));
+            }
+            bytes += n;
         }
         let mut fans: Vec<PathBuf> = fs::read_dir(&blobs_dir)
             .map_err(io_at(&blobs_dir))?

@@ -1009,3 +1009,68 @@ fn a_publish_that_cannot_write_dest_names_the_tier_not_a_cache() {
     let err = assert_fails(&mut c, 1, "cannot write the tier at");
     assert!(!err.contains("cannot prepare the cache"), "{err}");
 }
+
+/// Danger: a member of a shared cache's group renames a file of the same size over a blob
+/// (which `get` refuses there), or a link to a secret the publisher can read; a publish
+/// then copied it into the tier, served on every node (found by a hostile test: a link to
+/// `/etc/shadow` went out world-readable). Every blob is hashed as it is copied, and opened
+/// without following links; the publish fails, naming the image, and no version appears.
+#[test]
+fn publish_never_carries_a_replaced_blob_or_a_link_into_the_tier() {
+    let env = Env::new();
+    let src = env.path("staging");
+    let blob = PathBuf::from(add_to(
+        &env,
+        &src,
+        &env.file("a.img", b"the real image"),
+        "lab/a",
+    ));
+    let dest = env.path("site/tier");
+    let secret = env.file("secret", b"root's secret!");
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o600)).unwrap();
+    let planted = env.file("planted", b"not the image!");
+    type Plant = fn(&Path, &Path, &Path);
+    let plants: [(&str, Plant); 2] = [
+        ("same-size file", |blob, planted, _| {
+            fs::rename(planted, blob).unwrap()
+        }),
+        ("link to a secret", |blob, _, secret| {
+            fs::remove_file(blob).unwrap();
+            std::os::unix::fs::symlink(secret, blob).unwrap();
+        }),
+    ];
+    for (what, plant) in plants {
+        let kept = env.path("kept");
+        fs::copy(&blob, &kept).unwrap();
+        plant(&blob, &planted, &secret);
+        let err = assert_fails(
+            env.cmd().args(["tier", "publish"]).arg(&src).arg(&dest),
+            1,
+            "lab/a:latest",
+        );
+        assert!(
+            !dest.join("current").exists(),
+            "{what}: a version was published: {err}"
+        );
+        let copies: Vec<_> = walk(&dest)
+            .into_iter()
+            .filter(|p| {
+                p.is_file()
+                    && fs::read(p).is_ok_and(|b| b == b"not the image!" || b == b"root's secret!")
+            })
+            .collect();
+        assert!(
+            copies.is_empty(),
+            "{what}: copied into the tier: {copies:?}"
+        );
+        // Put the real file back for the next plant.
+        let _ = fs::remove_file(&blob);
+        fs::rename(&kept, &blob).unwrap();
+        if !planted.exists() {
+            fs::write(&planted, b"not the image!").unwrap();
+        }
+    }
+    // With the real file back, the publish goes through.
+    stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&dest));
+    assert!(dest.join("current").exists());
+}
