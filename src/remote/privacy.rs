@@ -102,20 +102,25 @@ fn carries_credentials(url: &str) -> bool {
 
 /// What a pattern of `shared_remotes` is compared with: `SCHEME://HOST/REPOSITORY` (no
 /// tag or digest) for a registry, the URL without user-info, query or fragment, or
-/// `s3://BUCKET/KEY`.
-fn matched_as(remote: &RemoteRef) -> String {
-    match remote {
+/// `s3://BUCKET/KEY`. `None` for a URL whose path the request would not send as written
+/// (a `.` or `..` segment, a percent-encoding, a backslash): what it reaches is not what a
+/// pattern can be compared with, so it is never taken as shared.
+fn matched_as(remote: &RemoteRef) -> Option<String> {
+    Some(match remote {
         RemoteRef::Oras(r) => format!("oras://{}/{}", r.host, r.repository),
         RemoteRef::Docker(r) => format!("docker://{}/{}", r.host, r.repository),
         RemoteRef::Http(url) => {
             let (scheme, after) = url.split_once("://").unwrap_or(("https", url));
             let after = after.split(['?', '#']).next().unwrap_or(after);
             let (authority, path) = after.split_at(after.find('/').unwrap_or(after.len()));
+            if path.contains(['%', '\\']) || path.split('/').any(|s| s == "." || s == "..") {
+                return None;
+            }
             let host = authority.rsplit_once('@').map_or(authority, |x| x.1);
             format!("{scheme}://{}{path}", host.to_ascii_lowercase())
         }
         RemoteRef::S3 { bucket, key } => format!("s3://{bucket}/{key}"),
-    }
+    })
 }
 
 /// Whether `remote` is listed in `patterns`: a pattern ending in `/*` takes everything
@@ -124,7 +129,9 @@ pub(super) fn is_shared_remote(remote: &RemoteRef, patterns: &[String]) -> bool 
     if patterns.is_empty() {
         return false;
     }
-    let id = matched_as(remote);
+    let Some(id) = matched_as(remote) else {
+        return false;
+    };
     patterns.iter().any(|p| match p.strip_suffix("/*") {
         Some(prefix) => id
             .strip_prefix(prefix)
@@ -166,6 +173,20 @@ mod tests {
             &["https://files.example.org/img/*"]
         ));
         assert!(!shared("oras://reg.example.org/base:1", &[]));
+        // What the request would reach is not the text: never shared (found by a hostile
+        // test: `img/../secret/s.sif?sig=2` went to the shared cache under `img/*`).
+        let img = ["http://127.0.0.1:5066/img/*"];
+        assert!(shared("http://127.0.0.1:5066/img/s.sif?sig=2", &img));
+        for sneaky in [
+            "http://127.0.0.1:5066/img/../secret/s.sif?sig=2",
+            "http://127.0.0.1:5066/img/%2e%2e/secret/s.sif",
+            "http://127.0.0.1:5066/img/%2E%2E/secret/s.sif",
+            "http://127.0.0.1:5066/img/./../secret/s.sif",
+            "http://127.0.0.1:5066/img/..\\secret/s.sif",
+        ] {
+            let r = RemoteRef::parse(sneaky).unwrap();
+            assert!(!is_shared_remote(&r, &img.map(String::from)), "{sneaky}");
+        }
     }
 
     #[test]
