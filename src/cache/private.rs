@@ -79,6 +79,9 @@ impl Cache {
             {
                 Ok(None)
             }
+            // `private` is not a directory (a file, a link loop, put there by a member):
+            // it holds nobody's images, and must not stop every lookup in the cache.
+            Err(_) if !strict => Ok(None),
             Err(source) => Err(CacheError::Open { path: dir, source }),
         }
     }
@@ -97,6 +100,17 @@ impl Cache {
             path: path.to_path_buf(),
             source,
         };
+        // A link or anything else at `private` (a member can put one there) is never
+        // followed: the pull would write wherever it points.
+        match fs::symlink_metadata(&parent) {
+            Ok(m) if !m.file_type().is_dir() => {
+                return Err(not_own(
+                    &parent,
+                    "it is not a directory (a link or a file put there); the cache's owner removes it and runs `sregistry init --shared` again",
+                ));
+            }
+            _ => {}
+        }
         match fs::DirBuilder::new().mode(0o700).create(&parent) {
             Ok(()) => {
                 if let Some(gid) = self.settings.gid {

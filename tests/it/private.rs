@@ -510,6 +510,75 @@ fn a_private_directory_another_member_planted_is_never_used() {
     ));
 }
 
+/// A member can put a file or a link at `private` itself (the cache root is
+/// group-writable): a file made every command of every user fail, shared images
+/// included, and a link made a private pull write wherever it pointed (found by a hostile
+/// test). Lookups now pass it over; a private pull is refused naming it, and writes
+/// nothing where the link points.
+#[test]
+fn a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed() {
+    if skip_unless_root(
+        "a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (reg, content) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let bob_config = config_dir_of(&env, bob);
+    let input = env.file("tool.img", b"a shared tool");
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &bob_config,
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    let alice_config = config_dir_of(&env, alice);
+    login(alice, &bin, &cache, &alice_config, &reg, "alice");
+    let private = cache.join("private");
+    let elsewhere = env.path("elsewhere");
+    fs::create_dir(&elsewhere).unwrap();
+    fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
+    let plants = [
+        ("a file", format!("touch '{}'", private.display())),
+        (
+            "a link",
+            format!("ln -s '{}' '{}'", elsewhere.display(), private.display()),
+        ),
+    ];
+    for (what, plant) in plants {
+        let _ = fs::remove_file(&private);
+        let out = sh_as(bob, &plant);
+        assert!(out.status.success(), "{what}: {out:?}");
+        for user in [alice, bob] {
+            ok(as_user(
+                user,
+                &bin,
+                &cache,
+                &config_dir_of(&env, user),
+                &["get", "lab/tool:1"],
+            ));
+        }
+        let out = as_user(
+            alice,
+            &bin,
+            &cache,
+            &alice_config,
+            &["get", &reg.oras("lab/secret:1")],
+        );
+        assert!(!out.status.success(), "{what}: {out:?}");
+        assert!(
+            walk(&elsewhere).iter().all(|p| p == &elsewhere),
+            "{what}: written where the link points: {:?}",
+            walk(&elsewhere)
+        );
+        shared_holds_none_of(&cache, &content);
+    }
+}
+
 /// gc and verify: the owner's act on the shared cache and on their own private cache; a
 /// cron gc and verify as another member never enter it and do not fail on it.
 #[test]
