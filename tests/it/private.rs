@@ -459,19 +459,8 @@ fn a_private_directory_another_member_planted_is_never_used() {
     ) {
         return;
     }
-    let (reg, content) = registry_with_secret();
-    let (env, bin, cache) = shared_cache_for_the_users();
+    let (reg, content, env, bin, cache) = bob_shares_a_tool();
     let [alice, bob] = USERS;
-    let bob_config = config_dir_of(&env, bob);
-    let input = env.file("tool.img", b"a shared tool");
-    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
-    ok(as_user(
-        bob,
-        &bin,
-        &cache,
-        &bob_config,
-        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
-    ));
     let planted = cache.join("private").join(uid_of(alice).to_string());
     let out = sh_as(
         bob,
@@ -510,6 +499,25 @@ fn a_private_directory_another_member_planted_is_never_used() {
     ));
 }
 
+/// A shared cache for the users, a registry holding alice's secret image, and a shared
+/// image `lab/tool:1` bob added: the registry, the secret's content, the test's `Env`, the
+/// binary and the cache.
+fn bob_shares_a_tool() -> (Registry, Vec<u8>, Env, PathBuf, PathBuf) {
+    let (reg, content) = registry_with_secret();
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let bob = USERS[1];
+    let input = env.file("tool.img", b"a shared tool");
+    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &config_dir_of(&env, bob),
+        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    (reg, content, env, bin, cache)
+}
+
 /// A member can put a file or a link at `private` itself (the cache root is
 /// group-writable): a file made every command of every user fail, shared images
 /// included, and a link made a private pull write wherever it pointed (found by a hostile
@@ -523,19 +531,8 @@ fn a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed() {
     ) {
         return;
     }
-    let (reg, content) = registry_with_secret();
-    let (env, bin, cache) = shared_cache_for_the_users();
+    let (reg, content, env, bin, cache) = bob_shares_a_tool();
     let [alice, bob] = USERS;
-    let bob_config = config_dir_of(&env, bob);
-    let input = env.file("tool.img", b"a shared tool");
-    fs::set_permissions(&input, fs::Permissions::from_mode(0o644)).unwrap();
-    ok(as_user(
-        bob,
-        &bin,
-        &cache,
-        &bob_config,
-        &["add", input.to_str().unwrap(), "--name", "lab/tool:1"],
-    ));
     let alice_config = config_dir_of(&env, alice);
     login(alice, &bin, &cache, &alice_config, &reg, "alice");
     let private = cache.join("private");
