@@ -286,6 +286,11 @@ fn plan(cache: &Cache, gid: u32, action: &str) -> Result<Vec<Change>, SharedErro
         };
         let mode = meta.permissions().mode() & 0o7777;
         let target = kind.mode(cache.settings()).unwrap_or(mode);
+        // A sticky bit an admin set on the root stays.
+        let target = match kind {
+            Kind::Root => target | (mode & 0o1000),
+            _ => target,
+        };
         let change = Change {
             chgrp: meta.gid() != gid,
             mode: (mode != target).then_some(target),
@@ -297,7 +302,7 @@ fn plan(cache: &Cache, gid: u32, action: &str) -> Result<Vec<Change>, SharedErro
             continue;
         }
         // A member could link a file of root's into the cache for root's `init` to open up.
-        if kind != Kind::Dir && meta.nlink() > 1 {
+        if !matches!(kind, Kind::Dir | Kind::Root) && meta.nlink() > 1 {
             return Err(SharedError::HardLinked(change.path));
         }
         if euid != 0 && meta.uid() != euid {
@@ -367,6 +372,9 @@ fn apply(changes: &[Change], gid: u32) -> Result<usize, SharedError> {
 /// What a path of the cache is, for the mode it should have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
+    /// The cache's own directory: as any directory, but it may also be sticky (an admin's
+    /// choice: members then cannot rename `private/` or `v1/` away; docs/shared-cache.md).
+    Root,
     Dir,
     /// An image file under `blobs/`: always `0444`.
     Blob,
@@ -381,7 +389,9 @@ impl Kind {
     /// special files, which sregistry never makes and `init` leaves alone.
     pub fn of(cache: &Cache, path: &Path, meta: &fs::Metadata) -> Option<Kind> {
         let t = meta.file_type();
-        Some(if t.is_dir() {
+        Some(if t.is_dir() && path == cache.root() {
+            Kind::Root
+        } else if t.is_dir() {
             Kind::Dir
         } else if !t.is_file() {
             return None;
@@ -397,7 +407,7 @@ impl Kind {
     /// The mode `init` gives this kind of path under `settings` (`None`: left as it is).
     pub fn mode(self, settings: &Settings) -> Option<u32> {
         match self {
-            Kind::Dir => Some(settings.dir_mode),
+            Kind::Root | Kind::Dir => Some(settings.dir_mode),
             Kind::Blob => Some(crate::cache::BLOB_MODE),
             Kind::Staged => None,
             Kind::File => Some(settings.file_mode),
@@ -415,6 +425,7 @@ impl Kind {
             // A setgid bit alone is harmless (a private cache made in a setgid project
             // directory inherits it); group-write without the settings asking is not.
             Kind::Dir => ((target & 0o2070) | 0o700, 0o5022 & !target),
+            Kind::Root => ((target & 0o2070) | 0o700, 0o4022 & !target),
             Kind::File => ((target & 0o060) | 0o600, 0o7002 & !target),
             _ => (target, !target & 0o7777),
         };

@@ -34,6 +34,15 @@ fn state(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, u32, String)> {
     out
 }
 
+/// `sregistry init --shared --group GID` of the test's cache.
+fn init_shared(env: &Env, gid: u32) {
+    stdout_of(
+        env.cmd()
+            .args(["init", "--shared", "--group", &gid.to_string()])
+            .arg(&env.cache),
+    );
+}
+
 fn mode(p: &Path) -> u32 {
     fs::symlink_metadata(p).unwrap().permissions().mode() & 0o7777
 }
@@ -357,11 +366,7 @@ fn a_plain_init_by_a_member_leaves_a_shared_cache_shared() {
 fn doctor_fails_settings_that_disagree_with_the_layout() {
     let env = Env::new();
     let g = egid();
-    stdout_of(
-        env.cmd()
-            .args(["init", "--shared", "--group", &g.to_string()])
-            .arg(&env.cache),
-    );
+    init_shared(&env, g);
     stdout_of(env.cmd().arg("doctor"));
     fs::write(
         env.cache.join("v1/settings.json"),
@@ -702,4 +707,25 @@ fn the_static_binary_links_no_user_or_group_lookup() {
         })
         .collect();
     assert!(lookups.is_empty(), "linked in: {lookups:?}");
+}
+
+/// An admin who sets the sticky bit on a shared cache's root (so that no member can
+/// rename `private/` or `v1/` away: docs/shared-cache.md, "Private images") keeps it: doctor
+/// took it for a wrong mode and `init --shared` again took it off. Only the root may
+/// carry it: a sticky `v1/` would stop members removing each other's files.
+#[test]
+fn a_sticky_bit_on_the_roots_directory_stays_and_is_no_problem() {
+    let env = Env::new();
+    let g = egid();
+    init_shared(&env, g);
+    fs::set_permissions(&env.cache, fs::Permissions::from_mode(0o3775)).unwrap();
+    let (check, code) = doctor_check(&mut env.cmd(), "permissions");
+    assert_eq!(check["status"], "ok", "{check}");
+    assert_eq!(code, Some(0));
+    init_shared(&env, g);
+    assert_eq!(mode(&env.cache), 0o3775, "init took the sticky bit off");
+    let v1 = env.cache.join("v1");
+    fs::set_permissions(&v1, fs::Permissions::from_mode(0o3775)).unwrap();
+    let (check, _) = doctor_check(&mut env.cmd(), "permissions");
+    assert_ne!(check["status"], "ok", "a sticky v1/ passed: {check}");
 }
