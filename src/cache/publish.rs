@@ -193,19 +193,7 @@ fn copy_synced(from: &Path, to: &Path, mode: u32) -> Result<u64, CacheError> {
 
 /// Write `body` to `to` (made here), mode `mode`, fsynced.
 fn copy_synced_from_bytes(body: &[u8], to: &Path, mode: u32) -> Result<u64, CacheError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut out = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_CLOEXEC)
-        .open(to)
-        .map_err(io_at(to))?;
-    io::Write::write_all(&mut out, body).map_err(io_at(to))?;
-    out.set_permissions(fs::Permissions::from_mode(mode))
-        .map_err(io_at(to))?;
-    out.sync_all().map_err(io_at(to))?;
-    Ok(body.len() as u64)
+    copy_hashed_from(&mut &body[..], to, mode).map(|(n, _)| n)
 }
 
 /// Copy what `src` holds to `to` (made here; it does not exist), mode `mode`, fsynced.
@@ -214,7 +202,11 @@ fn copy_synced_from(src: &mut fs::File, to: &Path, mode: u32) -> Result<u64, Cac
 }
 
 /// [`copy_synced_from`], hashing the bytes as they are copied: their count and digest.
-fn copy_hashed_from(src: &mut fs::File, to: &Path, mode: u32) -> Result<(u64, Digest), CacheError> {
+fn copy_hashed_from(
+    src: &mut impl io::Read,
+    to: &Path,
+    mode: u32,
+) -> Result<(u64, Digest), CacheError> {
     use std::os::unix::fs::OpenOptionsExt;
     let out = fs::OpenOptions::new()
         .write(true)

@@ -250,6 +250,16 @@ pub fn spares_in(cache: &Path) -> Vec<PathBuf> {
     out
 }
 
+/// The uid of `user`, as `id -u` says.
+pub fn uid_of(user: &str) -> u32 {
+    let out = StdCommand::new("id").args(["-u", user]).output().unwrap();
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
 pub fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = vec![dir.to_path_buf()];
     if let Ok(rd) = fs::read_dir(dir) {

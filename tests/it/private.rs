@@ -110,16 +110,6 @@ fn refused(out: &Output, code: i32, needle: &str) {
     assert!(err.contains(needle), "stderr lacks `{needle}`: {err}");
 }
 
-/// The uid of `user`.
-fn uid_of(user: &str) -> u32 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Every regular file under the shared cache's own `v1/` (not the private caches).
 fn shared_files(cache: &Path) -> Vec<PathBuf> {
     walk(&cache.join("v1"))

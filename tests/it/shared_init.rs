@@ -70,15 +70,6 @@ fn settings_of(cache: &Path) -> serde_json::Value {
     serde_json::from_slice(&fs::read(cache.join("v1/settings.json")).unwrap()).unwrap()
 }
 
-fn uid_of(user: &str) -> u32 {
-    let out = Command::new("id").args(["-u", user]).output().unwrap();
-    String::from_utf8(out.stdout)
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// Create `group` (if missing) and add `user` to it; retried, since other tests may be
 /// editing `/etc/group` at the same moment.
 fn ensure_member(group: &str, user: &str) {
