@@ -124,6 +124,16 @@ pub enum CacheError {
         "refusing your private cache `{path}`: {detail}; no image is pulled into it or read from it (ask the cache's admin to look at who made it)"
     )]
     NotOwnPrivate { path: PathBuf, detail: String },
+    /// A directory between a shared cache's root and the private caches may be changed by
+    /// other members (private.rs, "The chain of directories").
+    #[error(
+        "private images are not safe in this shared cache: `{path}` {why}; no image is pulled into a private cache here or read from one ({fix})"
+    )]
+    PrivateUnsafe {
+        path: PathBuf,
+        why: String,
+        fix: String,
+    },
     /// A change asked of a name that only a read-only tier holds.
     #[error(
         "image `{name}` is in the read-only tier `{tier}`, not in the writable cache `{cache}`: sregistry never changes a tier (its admin publishes it); `sregistry pull` or `add` the image into the writable cache to change it there"
@@ -213,7 +223,9 @@ impl CacheError {
             CacheError::PublishedVersion { .. } => ErrorKind::InvalidInput,
             CacheError::NoRoot | CacheError::NotADirectory { .. } => ErrorKind::Unsupported,
             CacheError::Stopped { .. } => ErrorKind::Stopped,
-            CacheError::NotOwnPrivate { .. } => ErrorKind::PermissionDenied,
+            CacheError::NotOwnPrivate { .. } | CacheError::PrivateUnsafe { .. } => {
+                ErrorKind::PermissionDenied
+            }
             CacheError::Reentered { .. } => ErrorKind::Reentered,
             CacheError::InTier { .. } => ErrorKind::PermissionDenied,
             CacheError::Settings(e) => e.kind(),

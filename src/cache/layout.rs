@@ -79,6 +79,10 @@ impl Cache {
     /// directory may hold (`lost+found`) belongs to the cache.
     pub fn own_paths(&self) -> Vec<PathBuf> {
         let mut out = vec![self.root.clone(), self.root.join("CACHEDIR.TAG")];
+        // A shared cache's `private/` itself, never what is in it (each user's own).
+        if self.settings.shared {
+            out.push(self.root.join(super::PRIVATE_DIR));
+        }
         out.extend(walk(&self.v1));
         out
     }

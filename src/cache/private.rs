@@ -7,17 +7,35 @@
 //! so no other member can reach it by name, by digest, by path or through a shared layer
 //! (docs/shared-cache.md, "Private images", gives the reasons for this layout).
 //!
+//! # The chain of directories, and why paths are safe to use
+//!
+//! A member may not rename, replace or remove any directory between the cache's root and
+//! a user's private cache, or that user's names would vanish (and the same names in the
+//! shared cache answer instead), or a pull would write into a tree the member reads. So
+//! every use checks the chain ([`Cache::private_chain`]):
+//!
+//! * the cache's root is sticky (members cannot rename or remove what they do not own in
+//!   it: `private/`, `v1/`);
+//! * `private/` is a directory (not a link), owned by the root's owner or by root, sticky
+//!   (members cannot rename or remove one another's directories in it), closed to others
+//!   and not listable by the group (mode `3730`, made by `init --shared`);
+//! * `private/<uid>` is a directory (not a link) of the caller's, mode 0700.
+//!
+//! Each link of the chain can then change only by the hand of the caller, the cache's
+//! owner or root, whom the caller trusts anyway, so the paths checked stay the paths used
+//! for the rest of the command, and no descriptor needs to be carried.
+//!
 //! * [`Cache::own_private`] finds the caller's private cache: for a cache that is not
 //!   shared, nothing at all (no system call); for a shared one, one `lstat` of
 //!   `private/<uid>` (which fails with `ENOENT` for a user who never pulled a private
-//!   image, the whole cost of a `get` for everyone else). A directory there of the
-//!   caller's that others may enter is refused; one that another user owns is passed
-//!   over by lookups (it cannot hold the caller's images) and refused by a pull, never
-//!   used: another member could have made it to read what the caller pulls.
-//! * [`Cache::make_own_private`] creates it on a private pull's first need:
-//!   `private/` (setgid and sticky, `3730`: members may create their own directory and
-//!   enter it, but neither list nor rename nor remove another's), then `private/<uid>`
-//!   (0700).
+//!   image, the whole cost of a `get` for everyone else). A directory there that another
+//!   user owns, or anything else at `private` (a file, a link), is passed over by lookups
+//!   (it cannot hold the caller's images) and refused by a pull. A directory of the
+//!   caller's in a chain that does not hold is refused for lookups too: passed over, the
+//!   caller's names would silently become whatever the shared cache holds under them.
+//! * [`Cache::make_own_private`] creates `private/<uid>` (0700) on a private pull's first
+//!   need, in a chain that holds; `private/` itself is made only by `init --shared` (or
+//!   by a pull of the root's owner), never by another member.
 
 use std::fs;
 use std::io;
@@ -28,9 +46,9 @@ use super::{Cache, CacheError};
 
 /// The directory of the private caches, under a shared cache's root.
 pub const PRIVATE_DIR: &str = "private";
-/// Mode of `private/`: setgid, sticky, the owner everything, the group write and search
-/// (create one's own directory, enter it), others nothing.
-const PARENT_MODE: u32 = 0o3730;
+/// Mode of `private/` (made by `init --shared`): setgid, sticky, the owner everything, the
+/// group write and search (create one's own directory, enter it), others nothing.
+pub const PRIVATE_DIR_MODE: u32 = 0o3730;
 /// Mode of `private/<uid>`.
 const OWN_MODE: u32 = 0o700;
 
@@ -50,15 +68,16 @@ impl Cache {
     }
 
     /// The caller's private cache, if this cache is shared and the caller has one; one
-    /// `lstat` (none for a cache that is not shared). Refused when the directory is not
-    /// the caller's own, or when group or others may enter it.
+    /// `lstat` for a caller who has none (none at all for a cache that is not shared).
+    /// Refused when the directory is the caller's but others may enter it, or when the
+    /// chain above it does not hold (see the module's doc).
     pub fn own_private(&self) -> Result<Option<Cache>, CacheError> {
         self.find_own_private(false)
     }
 
-    /// [`Cache::own_private`]; with `strict`, a directory there that another user owns is
-    /// refused too, else it is passed over (it cannot hold the caller's images, and a
-    /// member who made one must not stop every `get` of the caller's).
+    /// [`Cache::own_private`]; with `strict` (a pull), a directory there that another user
+    /// owns is refused too, else it is passed over (it cannot hold the caller's images,
+    /// and a member who made one must not stop every `get` of the caller's).
     fn find_own_private(&self, strict: bool) -> Result<Option<Cache>, CacheError> {
         let Some(dir) = self.own_private_root() else {
             return Ok(None);
@@ -67,6 +86,7 @@ impl Cache {
             Ok(m) if !strict && m.uid() != euid() => Ok(None),
             Ok(m) => {
                 check_own(&dir, &m)?;
+                self.private_chain()?;
                 Ok(Some(self.private_at(&dir)?))
             }
             // Never made, or `private/` closed to this user (not in the group: such a
@@ -79,49 +99,100 @@ impl Cache {
             {
                 Ok(None)
             }
-            // `private` is not a directory (a file, a link loop, put there by a member):
-            // it holds nobody's images, and must not stop every lookup in the cache.
+            // `private` is not a directory (a file, a link loop, put there by a member in
+            // a cache set up before `init --shared` made it): it holds nobody's images,
+            // and must not stop every lookup in the cache.
             Err(_) if !strict => Ok(None),
             Err(source) => Err(CacheError::Open { path: dir, source }),
         }
     }
 
-    /// The caller's private cache, made if it is not there yet (see the module's doc);
-    /// `None` for a cache that is not shared.
-    pub fn make_own_private(&self) -> Result<Option<Cache>, CacheError> {
-        if let Some(c) = self.find_own_private(true)? {
-            return Ok(Some(c));
+    /// Whether the directories from the cache's root to `private/` are safe from other
+    /// members (see the module's doc): an error naming the first that is not, and what
+    /// to do.
+    pub fn private_chain(&self) -> Result<(), CacheError> {
+        let fix = format!(
+            "the cache's owner runs `sregistry init --shared --group {} {}` to set it right",
+            self.settings.group.as_deref().unwrap_or("GROUP"),
+            self.root.display()
+        );
+        let not_safe = |path: &Path, why: String| CacheError::PrivateUnsafe {
+            path: path.to_path_buf(),
+            why,
+            fix: fix.clone(),
+        };
+        let open = |path: &Path, source| CacheError::Open {
+            path: path.to_path_buf(),
+            source,
+        };
+        // The root as its admin named it: a link there is the admin's, followed.
+        let root = fs::metadata(&self.root).map_err(|e| open(&self.root, e))?;
+        if root.mode() & 0o1000 == 0 {
+            return Err(not_safe(
+                &self.root,
+                "is not sticky, so any member may rename `private/` away".into(),
+            ));
         }
+        let parent = self.root.join(PRIVATE_DIR);
+        let m = match fs::symlink_metadata(&parent) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(not_safe(&parent, "does not exist".into()));
+            }
+            Err(e) => return Err(open(&parent, e)),
+        };
+        if !m.file_type().is_dir() {
+            return Err(not_safe(
+                &parent,
+                "is not a directory (a link or a file put there)".into(),
+            ));
+        }
+        if m.uid() != root.uid() && m.uid() != 0 {
+            return Err(not_safe(
+                &parent,
+                format!(
+                    "belongs to uid {}, not to the cache's owner (uid {}), so that user may rename anyone's private cache in it",
+                    m.uid(),
+                    root.uid()
+                ),
+            ));
+        }
+        let mode = m.mode() & 0o7777;
+        if mode & 0o1000 == 0 || mode & 0o047 != 0 {
+            return Err(not_safe(
+                &parent,
+                format!(
+                    "has mode {mode:04o}, which lets members rename one another's private caches, or list them, or lets others in (it must be {PRIVATE_DIR_MODE:04o})"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Make this shared cache's `private/` ([`PRIVATE_DIR_MODE`], the cache's group) if it
+    /// is not there (`init --shared`); one that is there is left for
+    /// [`Cache::private_chain`] to judge.
+    pub fn make_private_dir(&self) -> Result<(), CacheError> {
+        make_private_parent(&self.root.join(PRIVATE_DIR), self.settings.gid)
+    }
+
+    /// The caller's private cache, made if it is not there yet (see the module's doc);
+    /// `None` for a cache that is not shared. Refused unless the chain above it holds.
+    pub fn make_own_private(&self) -> Result<Option<Cache>, CacheError> {
         let Some(dir) = self.own_private_root() else {
             return Ok(None);
         };
         let parent = self.root.join(PRIVATE_DIR);
-        let layout = |path: &Path, source| CacheError::Layout {
-            path: path.to_path_buf(),
-            source,
-        };
-        // A link or anything else at `private` (a member can put one there) is never
-        // followed: the pull would write wherever it points.
-        match fs::symlink_metadata(&parent) {
-            Ok(m) if !m.file_type().is_dir() => {
-                return Err(not_own(
-                    &parent,
-                    "it is not a directory (a link or a file put there); the cache's owner removes it and runs `sregistry init --shared` again",
-                ));
-            }
-            _ => {}
+        // A cache shared before `init --shared` made `private/`: its owner (or root) may
+        // make it on a first private pull; nobody else, who would then own it.
+        if matches!(fs::symlink_metadata(&parent), Err(e) if e.kind() == io::ErrorKind::NotFound)
+            && fs::metadata(&self.root).is_ok_and(|m| m.uid() == euid() || euid() == 0)
+        {
+            make_private_parent(&parent, self.settings.gid)?;
         }
-        match fs::DirBuilder::new().mode(0o700).create(&parent) {
-            Ok(()) => {
-                if let Some(gid) = self.settings.gid {
-                    std::os::unix::fs::chown(&parent, None, Some(gid))
-                        .map_err(|e| layout(&parent, e))?;
-                }
-                fs::set_permissions(&parent, fs::Permissions::from_mode(PARENT_MODE))
-                    .map_err(|e| layout(&parent, e))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(layout(&parent, e)),
+        self.private_chain()?;
+        if let Some(c) = self.find_own_private(true)? {
+            return Ok(Some(c));
         }
         match fs::DirBuilder::new().mode(OWN_MODE).create(&dir) {
             Ok(()) => fs::set_permissions(&dir, fs::Permissions::from_mode(OWN_MODE))
@@ -145,6 +216,29 @@ impl Cache {
     /// Whether this is the caller's private cache inside a shared one.
     pub fn is_private(&self) -> bool {
         self.private
+    }
+}
+
+fn layout(path: &Path, source: io::Error) -> CacheError {
+    CacheError::Layout {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// Make `private/` (`parent`), of mode [`PRIVATE_DIR_MODE`] and group `gid`; one that is
+/// there already is left for [`Cache::private_chain`] to judge.
+fn make_private_parent(parent: &Path, gid: Option<u32>) -> Result<(), CacheError> {
+    match fs::DirBuilder::new().mode(0o700).create(parent) {
+        Ok(()) => {
+            if let Some(gid) = gid {
+                std::os::unix::fs::chown(parent, None, Some(gid)).map_err(|e| layout(parent, e))?;
+            }
+            fs::set_permissions(parent, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
+                .map_err(|e| layout(parent, e))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(layout(parent, e)),
     }
 }
 

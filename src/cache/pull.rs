@@ -49,23 +49,55 @@ impl Cache {
         Ok(guard)
     }
 
-    /// How many pulls of `remote` have failed so far, and the last one's message
-    /// (`0, ""` when none has). Read before waiting for the pull lock and again once it is
-    /// held, it tells a waiter whether the pull it waited for failed.
+    /// How many pulls of `remote` by this user have failed so far, and the last one's
+    /// message (`0, ""` when none has). Read before waiting for the pull lock and again
+    /// once it is held, it tells a waiter whether the pull it waited for failed.
+    ///
+    /// Only the caller's own note counts: in a shared cache another member can write a
+    /// note at that name (to put words in this user's error), and a note of another
+    /// user's names a remote that user pulled, so notes are `0600` and a waiter of
+    /// another user finds none and tries the pull itself.
     pub fn pull_failures(&self, remote: &str) -> (u64, String) {
+        use std::io::Read;
+        use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
         let path = self.pull_failure_note(remote);
-        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let mut text = String::new();
+        let own = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+            .open(path)
+            .and_then(|mut f| {
+                let m = f.metadata()?;
+                // SAFETY: geteuid has no preconditions.
+                if m.is_file() && m.uid() == unsafe { libc::geteuid() } {
+                    f.by_ref().take(64 << 10).read_to_string(&mut text)?;
+                }
+                Ok(())
+            });
+        if own.is_err() {
+            text.clear();
+        }
         let (count, detail) = text.split_once('\n').unwrap_or((&text, ""));
         (count.trim().parse().unwrap_or(0), detail.to_string())
     }
 
-    /// Record that a pull of `remote` failed with `detail` (call holding its pull lock).
-    /// Best effort: a note that cannot be written only makes waiters try for themselves.
+    /// Record that a pull of `remote` failed with `detail` (call holding its pull lock),
+    /// in a note only this user reads (see [`Cache::pull_failures`]). Best effort: a
+    /// note that cannot be written only makes waiters try for themselves.
     pub fn record_pull_failure(&self, remote: &str, detail: &str) {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
         let (count, _) = self.pull_failures(remote);
         let path = self.pull_failure_note(remote);
         let tmp = path.with_extension(format!("failed.{}", std::process::id()));
-        if std::fs::write(&tmp, format!("{}\n{detail}", count + 1)).is_ok() {
+        let _ = std::fs::remove_file(&tmp);
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| f.write_all(format!("{}\n{detail}", count + 1).as_bytes()));
+        if written.is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }
         let _ = std::fs::remove_file(&tmp);

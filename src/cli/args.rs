@@ -581,8 +581,10 @@ pub struct TierPublishArgs {
 /// Create a cache; with --shared, one that a Unix group shares.
 ///
 /// A shared cache gets setgid, group-writable directories, group-writable index and lock
-/// files, and read-only content, with modes set explicitly whatever each user's umask. The
-/// settings are recorded in the cache, so every later command by any member keeps them.
+/// files, and read-only content, with modes set explicitly whatever each user's umask; its
+/// root is sticky and holds `private/` (3730, the caller's), where members' private caches
+/// live, so that no member can move another's. The settings are recorded in the cache, so
+/// every later command by any member keeps them.
 /// Only a new or empty directory becomes a cache. On an existing cache, --shared re-applies
 /// its group and modes, or gives it to another group (root, or a user who owns every file
 /// that must change); a plain init never makes a shared cache private.

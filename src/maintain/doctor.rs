@@ -6,7 +6,8 @@
 //! leaves a shared cache, or the reverse); permissions (every entry of the cache against
 //! the modes and group its settings ask for, see [`crate::maintain::shared::Kind::problem`], and
 //! that this user can write); that `blobs/`, `tmp/`, `locks/` and `quarantine/` are
-//! directories; that `fcntl` locks exclude each
+//! directories; in a shared cache, that no member can move `private/` or another's
+//! private cache (see `Cache::private_chain`); that `fcntl` locks exclude each
 //! other here; the filesystem (NFS, Lustre, GPFS by `statfs` magic, with mount options) and
 //! what it means for locks across nodes; free space, and the bounds downloads are held to
 //! (`SREGISTRY_MAX_DOWNLOAD`, `SREGISTRY_MIN_FREE`); the index's integrity; leftovers in
@@ -82,6 +83,9 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     out.push(settings_check(cache, group, layout, &fix));
     out.push(permissions_check(cache, group, &fix));
     out.push(layout_check(cache));
+    if cache.settings().shared {
+        out.push(private_check(cache));
+    }
     let (access, read_only) = access_check(cache);
     out.push(access);
     out.push(locks_check(cache, lock_kind));
@@ -197,6 +201,19 @@ fn permissions_check(cache: &Cache, group: Option<u32>, fix: &str) -> Check {
                 }
             ),
         )
+    }
+}
+
+/// Private caches (a shared cache only): the directories from the root to `private/`
+/// are safe from other members (src/cache/private.rs, "The chain of directories").
+fn private_check(cache: &Cache) -> Check {
+    match cache.private_chain() {
+        Ok(()) => check(
+            "private",
+            Status::Pass,
+            "the root is sticky and `private/` is the owner's, 3730: members cannot move one another's private caches",
+        ),
+        Err(e) => check("private", Status::Fail, e.to_string()),
     }
 }
 

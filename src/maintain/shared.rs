@@ -79,6 +79,10 @@ pub enum SharedError {
         "`{0}` has another hard link, so it may be a file outside the cache; `init` changes no such file, so nothing was changed (remove the extra link, or copy the file back in place of it)"
     )]
     HardLinked(PathBuf),
+    #[error(
+        "`{0}` is not a directory (a member may have put a file or a link there before `init --shared` made it); remove it and run `init --shared` again"
+    )]
+    PrivateNotADirectory(PathBuf),
     #[error("cannot set up `{path}`: {source}{hint}", hint = chown_hint(.source))]
     Io { path: PathBuf, source: io::Error },
 }
@@ -94,7 +98,9 @@ fn chown_hint(e: &io::Error) -> &'static str {
 impl SharedError {
     pub fn kind(&self) -> ErrorKind {
         match self {
-            SharedError::NotACache(_) | SharedError::HardLinked(_) => ErrorKind::Conflict,
+            SharedError::NotACache(_)
+            | SharedError::HardLinked(_)
+            | SharedError::PrivateNotADirectory(_) => ErrorKind::Conflict,
             SharedError::NotADirectory(_) => ErrorKind::Unsupported,
             SharedError::Settings(e) => e.kind(),
             SharedError::NotAMember { .. } | SharedError::NotOwner { .. } => {
@@ -192,6 +198,10 @@ pub fn init(
         apply(&plan(&cache, gid, &what)?, gid)
     };
     let mut changed = 0;
+    let private = root.join(crate::cache::PRIVATE_DIR);
+    if want.shared && fs::symlink_metadata(&private).is_ok_and(|m| !m.file_type().is_dir()) {
+        return Err(SharedError::PrivateNotADirectory(private));
+    }
     // Group and modes first (the root's setgid bit before anything is created in it),
     // then the layout, the index and the settings, then whatever those created.
     if let Some(gid) = want.gid {
@@ -210,6 +220,11 @@ pub fn init(
         cache
             .save_settings(want)
             .map_err(io_err(&cache.settings_path()))?;
+    }
+    if want.shared {
+        cache
+            .make_private_dir()
+            .map_err(|e| layout_err(&private, &e))?;
     }
     if let Some(gid) = want.gid {
         changed += regroup(gid)?;
@@ -266,6 +281,8 @@ struct Change {
     ino: u64,
     chgrp: bool,
     mode: Option<u32>,
+    /// A new owner (`private/` of someone other than the root's owner or root).
+    chown: Option<u32>,
 }
 
 /// What must change for the cache's own entries to have group `gid` and the modes of
@@ -274,6 +291,9 @@ struct Change {
 fn plan(cache: &Cache, gid: u32, action: &str) -> Result<Vec<Change>, SharedError> {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
+    let root_uid = fs::metadata(cache.root())
+        .map_err(io_err(cache.root()))?
+        .uid();
     let mut out = Vec::new();
     for path in cache.own_paths() {
         let meta = match fs::symlink_metadata(&path) {
@@ -294,18 +314,20 @@ fn plan(cache: &Cache, gid: u32, action: &str) -> Result<Vec<Change>, SharedErro
         let change = Change {
             chgrp: meta.gid() != gid,
             mode: (mode != target).then_some(target),
+            chown: (kind == Kind::Private && meta.uid() != root_uid && meta.uid() != 0)
+                .then_some(root_uid),
             dev: meta.dev(),
             ino: meta.ino(),
             path,
         };
-        if !change.chgrp && change.mode.is_none() {
+        if !change.chgrp && change.mode.is_none() && change.chown.is_none() {
             continue;
         }
         // A member could link a file of root's into the cache for root's `init` to open up.
-        if !matches!(kind, Kind::Dir | Kind::Root) && meta.nlink() > 1 {
+        if !matches!(kind, Kind::Dir | Kind::Root | Kind::Private) && meta.nlink() > 1 {
             return Err(SharedError::HardLinked(change.path));
         }
-        if euid != 0 && meta.uid() != euid {
+        if euid != 0 && (meta.uid() != euid || change.chown.is_some()) {
             return Err(SharedError::NotOwner {
                 action: action.to_string(),
                 path: change.path,
@@ -338,14 +360,14 @@ fn apply(changes: &[Change], gid: u32) -> Result<usize, SharedError> {
         if (now.dev(), now.ino()) != (c.dev, c.ino) {
             continue;
         }
-        if c.chgrp {
+        if c.chgrp || c.chown.is_some() {
             // SAFETY: a valid descriptor and an empty path with AT_EMPTY_PATH; uid -1
             // leaves the owner as it is.
             let rc = unsafe {
                 libc::fchownat(
                     file.as_raw_fd(),
                     c"".as_ptr(),
-                    u32::MAX,
+                    c.chown.unwrap_or(u32::MAX),
                     gid,
                     libc::AT_EMPTY_PATH,
                 )
@@ -372,13 +394,18 @@ fn apply(changes: &[Change], gid: u32) -> Result<usize, SharedError> {
 /// What a path of the cache is, for the mode it should have.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
-    /// The cache's own directory: as any directory, but it may also be sticky (an admin's
-    /// choice: members then cannot rename `private/` or `v1/` away; docs/shared-cache.md).
+    /// The cache's own directory: as any directory, and sticky in a shared cache (members
+    /// then cannot rename `private/` or `v1/` away; src/cache/private.rs); an admin's
+    /// sticky bit on a cache that is not shared stays too.
     Root,
+    /// A shared cache's `private/`: [`crate::cache::PRIVATE_DIR_MODE`], owned by the
+    /// root's owner (or root).
+    Private,
     Dir,
     /// An image file under `blobs/`: always `0444`.
     Blob,
-    /// A file in `tmp/` or `quarantine/`: its mode is its writer's business.
+    /// A file in `tmp/` or `quarantine/`, or a failed pull's note in `locks/` (`0600`,
+    /// see `Cache::pull_failures`): its mode is its writer's business.
     Staged,
     /// The index, lock files, settings, `CACHEDIR.TAG`.
     File,
@@ -391,13 +418,22 @@ impl Kind {
         let t = meta.file_type();
         Some(if t.is_dir() && path == cache.root() {
             Kind::Root
+        } else if t.is_dir()
+            && cache.settings().shared
+            && path == cache.root().join(crate::cache::PRIVATE_DIR)
+        {
+            Kind::Private
         } else if t.is_dir() {
             Kind::Dir
         } else if !t.is_file() {
             return None;
         } else if path.starts_with(cache.blobs_dir()) {
             Kind::Blob
-        } else if path.starts_with(cache.tmp_dir()) || path.starts_with(cache.quarantine_dir()) {
+        } else if path.starts_with(cache.tmp_dir())
+            || path.starts_with(cache.quarantine_dir())
+            || (path.starts_with(cache.locks_dir())
+                && path.extension().is_some_and(|e| e == "failed"))
+        {
             Kind::Staged
         } else {
             Kind::File
@@ -407,7 +443,9 @@ impl Kind {
     /// The mode `init` gives this kind of path under `settings` (`None`: left as it is).
     pub fn mode(self, settings: &Settings) -> Option<u32> {
         match self {
+            Kind::Root if settings.shared => Some(settings.dir_mode | 0o1000),
             Kind::Root | Kind::Dir => Some(settings.dir_mode),
+            Kind::Private => Some(crate::cache::PRIVATE_DIR_MODE),
             Kind::Blob => Some(crate::cache::BLOB_MODE),
             Kind::Staged => None,
             Kind::File => Some(settings.file_mode),
@@ -425,7 +463,8 @@ impl Kind {
             // A setgid bit alone is harmless (a private cache made in a setgid project
             // directory inherits it); group-write without the settings asking is not.
             Kind::Dir => ((target & 0o2070) | 0o700, 0o5022 & !target),
-            Kind::Root => ((target & 0o2070) | 0o700, 0o4022 & !target),
+            Kind::Root => ((target & 0o3070) | 0o700, 0o4022 & !target),
+            Kind::Private => (0o1730, 0o4047),
             Kind::File => ((target & 0o060) | 0o600, 0o7002 & !target),
             _ => (target, !target & 0o7777),
         };

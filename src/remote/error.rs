@@ -68,7 +68,7 @@ pub enum RemoteError {
         "there is no S3 bucket `{bucket}` (so no `{key}` in it): check the bucket's name, and the endpoint (--endpoint, AWS_ENDPOINT_URL)"
     )]
     NoSuchBucket { bucket: String, key: String },
-    #[error("`{host}` refused the credentials{user}: {detail} (run `sregistry login {host}`)", user = .user.as_ref().map(|u| format!(" of `{u}`")).unwrap_or_default())]
+    #[error("`{host}` {}: {detail} (run `sregistry login {host}`)", match .user { Some(u) => format!("refused the credentials of `{u}`"), None => "asks for credentials, and none were sent (you have none stored for it)".to_string() })]
     Unauthorized {
         host: String,
         user: Option<String>,

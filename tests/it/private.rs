@@ -216,6 +216,8 @@ fn an_image_that_needed_credentials_stays_with_the_user_who_pulled_it() {
     let bob_config = config_dir_of(&env, bob);
     let out = as_user(bob, &bin, &cache, &bob_config, &["get", &remote]);
     refused(&out, 1, "credentials are required");
+    // He sent none, and is told so (it said "refused the credentials").
+    refused(&out, 1, "asks for credentials, and none were sent");
     // The very message a cache of his own (not shared) gives.
     let own_cache = env.path("bob-own");
     fs::create_dir_all(&own_cache).unwrap();
@@ -454,11 +456,7 @@ fn a_private_directory_another_member_planted_is_never_used() {
     let planted = cache.join("private").join(uid_of(alice).to_string());
     let out = sh_as(
         bob,
-        &format!(
-            "mkdir -p '{0}' && chmod 777 '{0}' '{1}'",
-            planted.display(),
-            cache.join("private").display()
-        ),
+        &format!("mkdir '{0}' && chmod 777 '{0}'", planted.display(),),
     );
     assert!(out.status.success(), "{out:?}");
     let alice_config = config_dir_of(&env, alice);
@@ -508,7 +506,8 @@ fn bob_shares_a_tool() -> (Registry, Vec<u8>, Env, PathBuf, PathBuf) {
     (reg, content, env, bin, cache)
 }
 
-/// A member can put a file or a link at `private` itself (the cache root is
+/// In a cache shared before `init --shared` made `private/` (and the root sticky), a
+/// member can put a file or a link at `private` itself (the cache root is
 /// group-writable): a file made every command of every user fail, shared images
 /// included, and a link made a private pull write wherever it pointed (found by a hostile
 /// test). Lookups now pass it over; a private pull is refused naming it, and writes
@@ -526,6 +525,9 @@ fn a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed() {
     let alice_config = config_dir_of(&env, alice);
     login(alice, &bin, &cache, &alice_config, &reg, "alice");
     let private = cache.join("private");
+    fs::remove_dir(&private).unwrap();
+    let root_mode = fs::metadata(&cache).unwrap().mode() & 0o7777;
+    fs::set_permissions(&cache, fs::Permissions::from_mode(root_mode & !0o1000)).unwrap();
     let elsewhere = env.path("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
     fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
@@ -563,6 +565,15 @@ fn a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed() {
             walk(&elsewhere)
         );
         shared_holds_none_of(&cache, &content);
+        // Root's `init --shared` does not take it for `private/`: it says what to remove.
+        let out = env
+            .cmd()
+            .args(["init", "--shared", "--group", crate::shared::GROUP])
+            .arg(&cache)
+            .output()
+            .unwrap();
+        refused(&out, 1, "is not a directory");
+        assert!(walk(&elsewhere).iter().all(|p| p == &elsewhere), "{what}");
     }
 }
 
@@ -768,4 +779,261 @@ fn a_url_or_an_object_read_with_credentials_goes_to_the_private_cache() {
     assert!(Path::new(&path).starts_with(&own), "{path}");
     assert_eq!(fs::read(&path).unwrap(), secret);
     shared_holds_none_of(&cache, &secret);
+}
+
+/// The doctor's line for `check`, run as root on `cache`.
+fn doctor_line(env: &Env, cache: &Path, check: &str) -> String {
+    let out = env
+        .cmd()
+        .env("SREGISTRY_CACHE", cache)
+        .arg("doctor")
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find(|l| l.get(5..).is_some_and(|rest| rest.starts_with(check)))
+        .unwrap_or_else(|| panic!("no `{check}` line: {out:?}"))
+        .to_string()
+}
+
+/// A server of one image at `/img.sif`; a URL with a password to it goes to the private
+/// cache.
+fn serve_an_image(env: &Env) -> (crate::support::fault_server::FaultServer, Vec<u8>) {
+    use crate::support::fault_server::{FaultServer, Handler, Reply};
+    let content = fs::read(env.sif("img.sif", "alice's own image")).unwrap();
+    let body = content.clone();
+    let handler: Handler = Box::new(move |_, _| Reply::new(200).body(&body));
+    (
+        FaultServer::start(vec![("/img.sif".to_string(), handler)]),
+        content,
+    )
+}
+
+/// `init --shared` makes `private/` (3730, the cache owner's) and the cache's root sticky,
+/// so no member can rename, remove or list `private/`, `v1/` or another member's private
+/// cache: before, whoever pulled privately first owned `private/` and could move anyone's
+/// private cache away, and any member could rename `private/` itself (found by a hostile
+/// test), and the victim's names then answered with whatever the shared cache held.
+#[test]
+fn members_cannot_move_private_or_another_members_private_cache() {
+    if skip_unless_root(
+        "members_cannot_move_private_or_another_members_private_cache",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let private = cache.join("private");
+    let root_meta = fs::metadata(&cache).unwrap();
+    let meta = fs::symlink_metadata(&private).unwrap();
+    assert_eq!(root_meta.mode() & 0o1000, 0o1000, "the root is not sticky");
+    assert_eq!(meta.mode() & 0o7777, 0o3730);
+    assert_eq!(meta.uid(), root_meta.uid());
+    assert_eq!(meta.gid(), root_meta.gid());
+    let (server, content) = serve_an_image(&env);
+    let url = format!("http://user:pw@{}/img.sif", server.addr);
+    let alice_config = config_dir_of(&env, alice);
+    let path = ok(as_user(alice, &bin, &cache, &alice_config, &["get", &url]));
+    let own = private.join(uid_of(alice).to_string());
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    let c = cache.display();
+    for attack in [
+        format!("mv '{c}/private' '{c}/p2'"),
+        format!("rm -rf '{c}/private'"),
+        format!("mv '{c}/private/{}' '{c}/private/gone'", uid_of(alice)),
+        format!("ls '{c}/private'"),
+        format!("mv '{c}/v1' '{c}/v2'"),
+        format!("chmod 777 '{c}/private'"),
+    ] {
+        let out = sh_as(bob, &attack);
+        assert!(!out.status.success(), "bob could: {attack}");
+    }
+    assert_eq!(
+        ok(as_user(alice, &bin, &cache, &alice_config, &["get", &url])),
+        path
+    );
+    assert_eq!(fs::read(&path).unwrap(), content);
+    shared_holds_none_of(&cache, &content);
+    let line = doctor_line(&env, &cache, "private");
+    assert!(line.starts_with("ok"), "{line}");
+}
+
+/// A chain a member can change (a cache shared before `init --shared` made `private/`,
+/// the root not sticky, `private/` made by a member) is refused, one line naming it, for
+/// a private pull (nothing is written under it, nothing goes to the shared cache) and for
+/// a lookup of a user who has a private cache there (passed over, her names would answer
+/// with the shared cache's images under them, a member's for all she knows); `doctor`
+/// names it; root's `init --shared` mends it and both work again.
+#[test]
+fn a_private_cache_a_member_could_move_is_refused_until_init_mends_the_chain() {
+    if skip_unless_root(
+        "a_private_cache_a_member_could_move_is_refused_until_init_mends_the_chain",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let private = cache.join("private");
+    // What a cache shared by the previous version looks like.
+    fs::remove_dir(&private).unwrap();
+    let root_mode = fs::metadata(&cache).unwrap().mode() & 0o7777;
+    fs::set_permissions(&cache, fs::Permissions::from_mode(root_mode & !0o1000)).unwrap();
+    let bob_config = config_dir_of(&env, bob);
+    let tool = env.file("tool.img", b"bob's tool");
+    fs::set_permissions(&tool, fs::Permissions::from_mode(0o644)).unwrap();
+    ok(as_user(
+        bob,
+        &bin,
+        &cache,
+        &bob_config,
+        &["add", tool.to_str().unwrap(), "--name", "lab/tool:1"],
+    ));
+    let out = sh_as(
+        bob,
+        &format!("mkdir '{0}' && chmod 777 '{0}'", private.display()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let (server, content) = serve_an_image(&env);
+    let url = format!("http://user:pw@{}/img.sif", server.addr);
+    let alice_config = config_dir_of(&env, alice);
+    let out = as_user(alice, &bin, &cache, &alice_config, &["get", &url]);
+    refused(&out, 1, "private images are not safe in this shared cache");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not sticky"), "{err}");
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(walk(&private).iter().all(|p| p == &private), "written into");
+    shared_holds_none_of(&cache, &content);
+    // The root sticky, `private/` still bob's: named for what it is.
+    fs::set_permissions(&cache, fs::Permissions::from_mode(root_mode)).unwrap();
+    let out = as_user(alice, &bin, &cache, &alice_config, &["get", &url]);
+    refused(
+        &out,
+        1,
+        &format!("belongs to uid {}, not to the cache's owner", uid_of(bob)),
+    );
+    // A private cache of alice's under bob's `private/`: her lookups stop, they do not
+    // fall through to the shared cache.
+    let own = private.join(uid_of(alice).to_string());
+    let out = sh_as(alice, &format!("mkdir -m 700 '{}'", own.display()));
+    assert!(out.status.success(), "{out:?}");
+    let out = as_user(alice, &bin, &cache, &alice_config, &["get", "lab/tool:1"]);
+    refused(&out, 1, "private images are not safe in this shared cache");
+    let line = doctor_line(&env, &cache, "private");
+    assert!(
+        line.starts_with("FAIL") && line.contains(&format!("belongs to uid {}", uid_of(bob))),
+        "{line}"
+    );
+    // Root mends it: `private/` becomes the owner's, 3730.
+    let out = env
+        .cmd()
+        .args(["init", "--shared", "--group", crate::shared::GROUP])
+        .arg(&cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let meta = fs::symlink_metadata(&private).unwrap();
+    assert_eq!(meta.uid(), fs::metadata(&cache).unwrap().uid());
+    assert_eq!(meta.mode() & 0o7777, 0o3730);
+    let out = sh_as(
+        bob,
+        &format!("mv '{}' '{}/gone'", own.display(), private.display()),
+    );
+    assert!(
+        !out.status.success(),
+        "bob can still move alice's private cache"
+    );
+    ok(as_user(
+        alice,
+        &bin,
+        &cache,
+        &alice_config,
+        &["get", "lab/tool:1"],
+    ));
+    let path = ok(as_user(alice, &bin, &cache, &alice_config, &["get", &url]));
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    let line = doctor_line(&env, &cache, "private");
+    assert!(line.starts_with("ok"), "{line}");
+}
+
+/// A failed pull's note (`locks/<hash>.failed`, read by whoever waited for that pull) is
+/// the puller's alone: `0600`, so no member reads which remote failed for whom, and a note
+/// another member wrote there while holding the pull's lock is not read, so it cannot put
+/// words in the waiter's error (found by a hostile test: "the registry is gone; use the
+/// copy at ..."); the waiter pulls for itself.
+#[test]
+fn a_note_another_member_left_about_a_failed_pull_is_neither_shown_nor_readable() {
+    if skip_unless_root(
+        "a_note_another_member_left_about_a_failed_pull_is_neither_shown_nor_readable",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    use crate::support::fault_server::{FaultServer, Handler, Reply};
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let [alice, bob] = USERS;
+    let content = fs::read(env.sif("pub.sif", "a public image")).unwrap();
+    let body = content.clone();
+    let failing = Arc::new(AtomicBool::new(true));
+    let f = failing.clone();
+    let handler: Handler = Box::new(move |_, _| {
+        if f.load(Ordering::SeqCst) {
+            Reply::new(404)
+        } else {
+            Reply::new(200).body(&body)
+        }
+    });
+    let server = FaultServer::start(vec![("/pub.sif".to_string(), handler)]);
+    let url = server.url("/pub.sif");
+    let alice_config = config_dir_of(&env, alice);
+    let out = as_user(alice, &bin, &cache, &alice_config, &["get", &url]);
+    assert!(!out.status.success(), "{out:?}");
+    let locks = cache.join("v1/locks");
+    let note = walk(&locks)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "failed"))
+        .expect("a note of the failed pull");
+    let meta = fs::metadata(&note).unwrap();
+    assert_eq!(meta.uid(), uid_of(alice));
+    assert_eq!(meta.mode() & 0o077, 0, "others may read the note");
+    let out = sh_as(bob, &format!("cat '{}'", note.display()));
+    assert!(!out.status.success(), "bob read alice's note");
+    fs::remove_file(&note).unwrap();
+    // Bob takes the pull's lock, and writes his note while alice waits for it.
+    let lock = note.with_extension("lock");
+    let marker = env.path("bob-holds-it");
+    let script = format!(
+        "import fcntl, os, time\n\
+         f = open('{lock}', 'a')\n\
+         fcntl.lockf(f, fcntl.LOCK_EX)\n\
+         open('{marker}', 'w').close()\n\
+         time.sleep(2)\n\
+         open('{note}.tmp', 'w').write('1\\nthe registry is gone; use the copy at /tmp/evil.sif')\n\
+         os.rename('{note}.tmp', '{note}')\n",
+        lock = lock.display(),
+        marker = marker.display(),
+        note = note.display(),
+    );
+    let dir = env.path("");
+    fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+    let mut bob_holds = Command::new("setpriv")
+        .args(["--reuid", bob, "--regid", "users", "--init-groups", "--"])
+        .args(["python3", "-c", &script])
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    while !marker.exists() {
+        assert!(t0.elapsed().as_secs() < 20, "bob never took the lock");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    failing.store(false, Ordering::SeqCst);
+    let out = as_user(alice, &bin, &cache, &alice_config, &["get", &url]);
+    assert!(bob_holds.wait().unwrap().success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("evil"), "bob's words in alice's error: {err}");
+    let path = ok(out);
+    assert_eq!(fs::read(&path).unwrap(), content);
 }

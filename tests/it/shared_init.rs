@@ -121,7 +121,10 @@ fn init_shared_takes_a_numeric_gid_that_etc_group_does_not_know() {
     ] {
         assert_eq!(gid(&env.cache.join(p)), g, "{p}");
     }
-    assert_eq!(mode(&env.cache), 0o2775);
+    // Sticky: no member renames `private/` or `v1/` away (src/cache/private.rs).
+    assert_eq!(mode(&env.cache), 0o3775);
+    assert_eq!(mode(&env.cache.join("private")), 0o3730);
+    assert_eq!(gid(&env.cache.join("private")), g);
     assert_eq!(mode(&env.cache.join("v1/index.redb")), 0o664);
     assert_eq!(settings_of(&env.cache)["gid"], g);
     let f = env.file("a.img", b"an image for an LDAP group");

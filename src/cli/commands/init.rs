@@ -51,7 +51,8 @@ fn message(root: &Path, done: &shared::Initialised) -> String {
     let root = root.display();
     let settings = done.cache.settings();
     let group = settings.group.as_deref().unwrap_or("?");
-    let modes = "directories 2775, index and locks 664, images 444";
+    let modes =
+        "directories 2775 (the root 3775, sticky), private/ 3730, index and locks 664, images 444";
     let previous_group = done.previous.as_ref().and_then(|p| p.group.as_deref());
     match (done.outcome, settings.shared) {
         (Outcome::Created, true) => {
