@@ -697,6 +697,12 @@ pub(super) fn pull_locked(
         {
             return Ok(Err(e));
         }
+        if let Some(e) = super::held_by_a_tier(opts, |e| {
+            e.labels.get(LABEL_MANIFEST) == Some(&resolved.digest)
+                && recorded_platform_agrees(e, &plat)
+        })? {
+            return Ok(Err(e));
+        }
         let mut wanted: Vec<&str> = resolved.layers.iter().map(|l| l.digest.as_str()).collect();
         wanted.push(resolved.config.digest.as_str());
         let mut known = cache.open_by_remote_digest(&wanted)?;

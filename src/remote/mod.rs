@@ -142,6 +142,10 @@ pub fn get_or_pull_in(
             need: Need::Cached,
         });
     }
+    let opts = &RemoteOptions {
+        answer_from_tiers: true,
+        ..opts.clone()
+    };
     privacy::routed(caches.writable(), remote, opts, |cache, opts| {
         under_pull_lock(
             cache,
@@ -436,6 +440,13 @@ fn pull_locked(
     })?;
     let (ingested, fetched) = match pulled {
         Pulled::Fresh(i, f) => (i, f),
+        Pulled::InTier(entry) => {
+            return Ok(PullOutcome {
+                entry,
+                downloaded: false,
+                unreached: None,
+            });
+        }
         Pulled::Unchanged => {
             // One lookup: the file is checked in place and the use recorded, for the entry
             // reported. A name re-pointed away from this remote meanwhile is not reported as
@@ -646,4 +657,33 @@ pub fn login(
         oci::check_login(&transport, &h, &c, &o).await
     })?;
     auth::store_credentials(host, Some(&creds))
+}
+
+/// The first image a tier holds (under any name; tiers in order, names sorted) that
+/// `same` takes for the content the remote names now, its file checked in place: for
+/// [`RemoteOptions::answer_from_tiers`]. A tier's name whose file is missing or damaged
+/// answers nothing (the pull goes on as without it); a tier that cannot be read is its
+/// error, as for every lookup (`crate::cache::tiers`).
+pub(super) fn held_by_a_tier(
+    opts: &RemoteOptions,
+    same: impl Fn(&crate::cache::Entry) -> bool,
+) -> Result<Option<crate::cache::Entry>, RemoteError> {
+    if !opts.answer_from_tiers || opts.refetch {
+        return Ok(None);
+    }
+    for tier in &opts.tiers {
+        let t = Cache::open_tier(tier)?;
+        for e in t.list(None)? {
+            if !same(&e) {
+                continue;
+            }
+            let Ok(name) = Reference::parse(&e.name) else {
+                continue;
+            };
+            if let Ok(Some(found)) = t.entry_in_use(&name, |x| x.digest == e.digest && same(x)) {
+                return Ok(Some(found));
+            }
+        }
+    }
+    Ok(None)
 }

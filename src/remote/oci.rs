@@ -168,6 +168,11 @@ pub(super) async fn pull(
     if known.and_then(|k| k.remote_digest.as_deref()) == Some(layer.digest.as_str()) {
         return Ok(Pulled::Unchanged);
     }
+    if let Some(e) = super::held_by_a_tier(opts, |e| {
+        e.remote_digest.as_deref() == Some(layer.digest.as_str())
+    })? {
+        return Ok(Pulled::InTier(e));
+    }
     let url = s.url(&format!("/v2/{}/blobs/{}", r.repository, layer.digest));
     let mut sink = Sink::new(cache, &url, Some(layer.size), &opts.limits)?;
     download(

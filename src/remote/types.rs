@@ -44,6 +44,11 @@ pub struct RemoteOptions {
     /// Read-only tiers (`tiers`): a `docker://` conversion reads a layer one of them holds
     /// instead of downloading it.
     pub tiers: Vec<std::path::PathBuf>,
+    /// `get REMOTE` (set by [`super::get_or_pull_in`], never by `pull`, which names what it
+    /// pulls in the writable cache): an image a tier holds under any name, from the same
+    /// `docker://` manifest (and platform) or the same `oras://` layer digest the remote
+    /// names now, answers as it is, nothing downloaded, converted or written.
+    pub answer_from_tiers: bool,
 }
 
 /// What the cache holds from an earlier pull of the same remote under the same name: a
@@ -63,6 +68,8 @@ pub(super) struct Known {
 pub(super) enum Pulled {
     Fresh(crate::cache::Ingested, Fetched),
     Unchanged,
+    /// A tier's image of the same content ([`RemoteOptions::answer_from_tiers`]).
+    InTier(Entry),
 }
 
 /// The outcome of [`pull`](super::pull): the name's entry, and whether anything was downloaded.

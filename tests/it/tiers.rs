@@ -301,6 +301,68 @@ fn get_of_a_remote_a_tier_holds_downloads_nothing() {
     assert_fails(env.cmd().args(["--offline", "get", &remote]), 3, "offline");
 }
 
+/// Danger: a node that downloads and converts again an image the site's tier holds under
+/// a name of the admin's choosing (`pull --name`), or answers a tier's image the remote no
+/// longer names. `get REMOTE` answers the tier's file when the tier holds the very content
+/// the remote names now (the same `docker://` manifest for this platform, the same
+/// `oras://` layer digest), under any name: the registry serves the manifests and no blob,
+/// and the writable cache is not written. Once the tag moves, the tier's old image does
+/// not answer: the new one is pulled into the writable cache.
+#[test]
+fn get_of_a_remote_a_tier_holds_under_another_name_downloads_and_converts_nothing() {
+    let env = Env::new();
+    let (reg, mut l) = crate::docker::registry_with_busybox_base(&env);
+    l.layer("bb", "one", |root| {
+        fs::write(root.join("one"), "1").unwrap()
+    });
+    let docker = format!("docker://{}/lab/one:1", reg.addr);
+    l.push("one", &docker, &[]);
+    let sif = env.sif("tool.sif", "an oras artifact");
+    stdout_of(env.cmd().arg("add").arg(&sif).args(["--name", "lab/seed"]));
+    let oras = reg.oras("lab/tool:1");
+    stdout_of(env.cmd().args(["push", "lab/seed", &oras]));
+    stdout_of(env.cmd().args(["rm", "lab/seed"]));
+    let tier = env.path("tier");
+    for (remote, name) in [(&docker, "site/one:1"), (&oras, "site/tool:1")] {
+        stdout_of(
+            env.cmd()
+                .arg("--cache")
+                .arg(&tier)
+                .args(["pull", remote, "--name", name]),
+        );
+    }
+    let t = tier.to_str().unwrap();
+    let tier_path = |name: &str| stdout_of(env.cmd().arg("--cache").arg(&tier).args(["get", name]));
+    let blobs_before: usize = l.layers("one").iter().map(|d| reg.blob_gets(d)).sum();
+    let before = env.snapshot();
+    for (remote, name) in [(&docker, "site/one:1"), (&oras, "site/tool:1")] {
+        let path = stdout_of(env.cmd().args(["--tier", t, "get", remote]));
+        assert_eq!(path, tier_path(name), "{remote}");
+    }
+    let blobs_after: usize = l.layers("one").iter().map(|d| reg.blob_gets(d)).sum();
+    assert_eq!(blobs_after, blobs_before, "a layer was downloaded again");
+    // Nothing but the per-pull lock files the questions to the registry were asked under.
+    let locks = env.cache.join("v1/locks");
+    let mut now = env.snapshot();
+    now.retain(|p, _| {
+        !(p.parent() == Some(locks.as_path())
+            && p.file_name()
+                .is_some_and(|n| n.len() == 37 && n.to_string_lossy().ends_with(".lock")))
+    });
+    assert_eq!(now, before, "the writable cache changed");
+    // `pull` names what it pulls in the writable cache: not answered by the tier.
+    stdout_of(env.cmd().args(["--tier", t, "pull", &oras]));
+    assert_ne!(env.snapshot(), before);
+    // The tag moves: the tier's image is no longer what the remote names.
+    l.layer("one", "one-b", |root| {
+        fs::write(root.join("b"), "b").unwrap()
+    });
+    l.push("one-b", &docker, &[]);
+    let path = stdout_of(env.cmd().args(["--tier", t, "get", &docker]));
+    assert!(path.starts_with(env.cache.to_str().unwrap()), "{path}");
+    assert_ne!(path, tier_path("site/one:1"));
+}
+
 /// `add --force` of `file` as `name` into the cache at `cache`; the path it printed.
 fn add_to(env: &Env, cache: &Path, file: &Path, name: &str) -> String {
     stdout_of(

@@ -103,6 +103,7 @@ pub fn remote_options(
         shared_remotes: ctx.config.shared_remotes.clone(),
         anonymous: false,
         tiers: ctx.config.tiers.clone(),
+        answer_from_tiers: false,
     })
 }
 
