@@ -870,7 +870,11 @@ impl PyCache {
         let r = parse_name(name)?;
         let remote = parse_remote(remote)?;
         let (opts, hook) = remote_opts(progress, false)?;
-        let out = py.detach(|| remote::push(&self.inner, &r, &remote, &opts));
+        // The cache that holds the name: the caller's private one, this one, or a tier.
+        let out = py.detach(|| -> Result<String, RemoteError> {
+            let cache = self.caches()?.reader(&r)?;
+            remote::push(&cache, &r, &remote, &opts)
+        });
         finish_remote(out, &hook)
     }
 

@@ -121,7 +121,7 @@ pub enum CacheError {
     Reentered { remote: String, path: PathBuf },
     /// The caller's private cache in a shared cache is not the caller's own.
     #[error(
-        "refusing your private cache `{path}`: {detail}; no image is pulled into it or read from it (ask the cache's admin to look at who made it)"
+        "refusing your private cache `{path}`: {detail}; no image is pulled into it or read from it (ask the cache's admin to look at who made or changed it)"
     )]
     NotOwnPrivate { path: PathBuf, detail: String },
     /// A directory between a shared cache's root and the private caches may be changed by

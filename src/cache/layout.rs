@@ -31,25 +31,28 @@ impl Cache {
             }
             .into());
         }
-        if self.store.tmp_dir().is_dir() && self.store.blobs_dir().is_dir() {
-            return Ok(());
-        }
         let layout = |path: &Path| {
             let p = path.to_path_buf();
             move |source| CacheError::Layout { path: p, source }
         };
+        // Each a directory itself: nothing is written through a link (`super::dirs`).
+        if self.store.real_layout().map_err(layout(&self.v1))? {
+            return Ok(());
+        }
+        // The root may be a link its admin made (`/shared/containers` -> `/gpfs/...`).
+        if !self.root.is_dir() {
+            fs::create_dir_all(&self.root).map_err(layout(&self.root))?;
+            let _ = fs::set_permissions(
+                &self.root,
+                fs::Permissions::from_mode(self.settings.dir_mode),
+            );
+        }
         for dir in [
-            self.root.clone(),
             self.v1.clone(),
             self.v1.join("locks"),
             self.v1.join("quarantine"),
         ] {
-            if !dir.is_dir() {
-                fs::create_dir_all(&dir).map_err(layout(&dir))?;
-                use std::os::unix::fs::PermissionsExt;
-                let _ =
-                    fs::set_permissions(&dir, fs::Permissions::from_mode(self.settings.dir_mode));
-            }
+            super::dirs::make_dir(&dir, self.settings.dir_mode).map_err(layout(&dir))?;
         }
         self.store.create_dirs().map_err(layout(&self.v1))?;
         let tag = self.root.join("CACHEDIR.TAG");

@@ -69,6 +69,7 @@ mod add;
 mod batch;
 mod collect;
 mod commit;
+mod dirs;
 mod error;
 mod get;
 mod health;

@@ -25,10 +25,11 @@
 //! owner or root, whom the caller trusts anyway, so the paths checked stay the paths used
 //! for the rest of the command, and no descriptor needs to be carried.
 //!
-//! * [`Cache::own_private`] finds the caller's private cache: for a cache that is not
-//!   shared, nothing at all (no system call); for a shared one, one `lstat` of
+//! * [`Cache::own_private`] finds the caller's private cache: one `lstat` of
 //!   `private/<uid>` (which fails with `ENOENT` for a user who never pulled a private
-//!   image, the whole cost of a `get` for everyone else). A directory there that another
+//!   image, the whole cost of a `get` for everyone else), in every cache: whether a cache
+//!   is shared is in `v1/settings.json`, which any member can replace, so it never
+//!   decides that a private cache is not looked at. A directory there that another
 //!   user owns, or anything else at `private` (a file, a link), is passed over by lookups
 //!   (it cannot hold the caller's images) and refused by a pull. A directory of the
 //!   caller's in a chain that does not hold is refused for lookups too: passed over, the
@@ -59,16 +60,28 @@ fn euid() -> u32 {
 }
 
 impl Cache {
-    /// Where the caller's private cache is (or would be), for a shared cache; `None` for
-    /// a cache that is not shared, which has no private caches.
+    /// Where the caller's private cache is (or would be). Asked of every cache, shared or
+    /// not: whether a cache is shared is written in `v1/settings.json`, which any member
+    /// can replace (found by a hostile test: settings that said "not shared" hid every
+    /// private cache, and the same names in the shared cache answered), so a lookup never
+    /// trusts it to skip a private cache that is there. A cache that is not shared has no
+    /// `private/`: the one `lstat` fails.
     pub fn own_private_root(&self) -> Option<PathBuf> {
-        self.settings
-            .shared
-            .then(|| self.root.join(PRIVATE_DIR).join(euid().to_string()))
+        Some(self.root.join(PRIVATE_DIR).join(euid().to_string()))
+    }
+
+    /// Whether pulls that need credentials go to private caches here: the settings say the
+    /// cache is shared, or it has a `private/` (which members cannot remove from a sticky
+    /// root), or its `v1/` is laid out for a group (which only its owner can change). Not
+    /// the settings alone: any member can replace them (see [`Cache::own_private_root`]).
+    pub fn keeps_private_images(&self) -> bool {
+        self.settings.shared
+            || fs::symlink_metadata(self.root.join(PRIVATE_DIR)).is_ok()
+            || self.group_layout().is_some()
     }
 
     /// The caller's private cache, if this cache is shared and the caller has one; one
-    /// `lstat` for a caller who has none (none at all for a cache that is not shared).
+    /// `lstat` for a caller who has none.
     /// Refused when the directory is the caller's but others may enter it, or when the
     /// chain above it does not hold (see the module's doc).
     pub fn own_private(&self) -> Result<Option<Cache>, CacheError> {
@@ -157,6 +170,12 @@ impl Cache {
                 ),
             ));
         }
+        if has_acl(&parent) {
+            return Err(not_safe(
+                &parent,
+                "has an access control list (ACL), which may let others in whatever its mode says, and which every private cache made in it inherits".into(),
+            ));
+        }
         let mode = m.mode() & 0o7777;
         if mode & 0o1000 == 0 || mode & 0o047 != 0 {
             return Err(not_safe(
@@ -167,6 +186,43 @@ impl Cache {
             ));
         }
         Ok(())
+    }
+
+    /// What is wrong with the directories the cache's root lies in, for `doctor`: one that
+    /// users other than its owner may write and that is not sticky lets them rename the
+    /// whole cache away and put one of their own in its place (its `private/` then theirs,
+    /// and every name answered from it). Checks the directory holding the root as named
+    /// and as resolved (a link there is the admin's). `None` when both are safe.
+    pub fn root_parent_problem(&self) -> Option<String> {
+        let resolved = fs::canonicalize(&self.root).ok();
+        [Some(self.root.clone()), resolved]
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p.parent().map(Path::to_path_buf))
+            .find_map(|parent| {
+                let m = fs::metadata(&parent).ok()?;
+                let mode = m.mode() & 0o7777;
+                (mode & 0o022 != 0 && mode & 0o1000 == 0).then(|| {
+                    format!(
+                        "`{}` (mode {mode:04o}) lets users other than its owner rename the cache itself away and put one of their own in its place; make it sticky (`chmod +t`) or writable by its owner only",
+                        parent.display()
+                    )
+                })
+            })
+    }
+
+    /// Remove any access control list from this shared cache's `private/` (`init
+    /// --shared`: a `private/` a member made may carry one that lets them into every
+    /// private cache made in it). Best effort: a caller who may not change it leaves it,
+    /// and [`Cache::private_chain`] refuses it.
+    pub fn clear_private_dir_acls(&self) {
+        let Ok(c) = path_cstr(&self.root.join(PRIVATE_DIR)) else {
+            return;
+        };
+        for name in ACL_XATTRS {
+            // SAFETY: valid NUL-terminated strings; lremovexattr does not follow a link.
+            unsafe { libc::lremovexattr(c.as_ptr(), name.as_ptr()) };
+        }
     }
 
     /// Make this shared cache's `private/` ([`PRIVATE_DIR_MODE`], the cache's group) if it
@@ -217,6 +273,25 @@ impl Cache {
     pub fn is_private(&self) -> bool {
         self.private
     }
+}
+
+/// The extended attributes that hold POSIX ACLs.
+const ACL_XATTRS: [&std::ffi::CStr; 2] = [c"system.posix_acl_access", c"system.posix_acl_default"];
+
+fn path_cstr(p: &Path) -> Result<std::ffi::CString, std::ffi::NulError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes())
+}
+
+/// Whether `p` (not followed) carries an access or default ACL.
+fn has_acl(p: &Path) -> bool {
+    let Ok(c) = path_cstr(p) else {
+        return false;
+    };
+    ACL_XATTRS.iter().any(|name| {
+        // SAFETY: valid NUL-terminated strings; a null buffer of size 0 asks the size.
+        unsafe { libc::lgetxattr(c.as_ptr(), name.as_ptr(), std::ptr::null_mut(), 0) > 0 }
+    })
 }
 
 fn layout(path: &Path, source: io::Error) -> CacheError {

@@ -39,11 +39,27 @@ impl Cache {
                 path,
             });
         }
-        let guard = crate::cache::lock::lock(
-            &path,
-            crate::cache::lock::Mode::Exclusive,
-            self.index.lock_options(),
-        )
+        let take = |path: &std::path::Path| {
+            crate::cache::lock::lock(
+                path,
+                crate::cache::lock::Mode::Exclusive,
+                self.index.lock_options(),
+            )
+        };
+        let guard = match take(&path) {
+            // A lock file this user may not open for writing: in a shared cache, one that
+            // another member made with a mode of their own (found by a hostile test: every
+            // pull of that remote failed at once). This user's pulls of it then take a lock
+            // of their own: they happen once among this user's processes, not the group's.
+            Err(crate::cache::lock::LockError::Open { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                // SAFETY: geteuid has no preconditions.
+                let uid = unsafe { libc::geteuid() };
+                take(&path.with_extension(format!("{uid}.lock")))
+            }
+            r => r,
+        }
         .map_err(IndexError::from)?;
         self.store.remove_dead_tmp();
         Ok(guard)
@@ -53,10 +69,12 @@ impl Cache {
     /// message (`0, ""` when none has). Read before waiting for the pull lock and again
     /// once it is held, it tells a waiter whether the pull it waited for failed.
     ///
-    /// Only the caller's own note counts: in a shared cache another member can write a
-    /// note at that name (to put words in this user's error), and a note of another
-    /// user's names a remote that user pulled, so notes are `0600` and a waiter of
-    /// another user finds none and tries the pull itself.
+    /// Only the caller's own note about this very remote counts: in a shared cache another
+    /// member can write a note at that name (to put words in this user's error), or rename
+    /// one of this user's notes about another remote to it, and a note of another user's
+    /// names a remote that user pulled, so notes are `0600`, name their remote (`count`,
+    /// the remote, the message, one line each), and a waiter of another user finds none
+    /// and tries the pull itself.
     pub fn pull_failures(&self, remote: &str) -> (u64, String) {
         use std::io::Read;
         use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -77,7 +95,17 @@ impl Cache {
         if own.is_err() {
             text.clear();
         }
-        let (count, detail) = text.split_once('\n').unwrap_or((&text, ""));
+        // The note names its remote: one of this user's notes about another remote, that a
+        // member renamed to this remote's name (`locks/` is not sticky), is not this one's.
+        let mut lines = text.splitn(3, '\n');
+        let (count, about, detail) = (
+            lines.next().unwrap_or(""),
+            lines.next().unwrap_or(""),
+            lines.next().unwrap_or(""),
+        );
+        if about != remote {
+            return (0, String::new());
+        }
         (count.trim().parse().unwrap_or(0), detail.to_string())
     }
 
@@ -96,7 +124,10 @@ impl Cache {
             .create_new(true)
             .mode(0o600)
             .open(&tmp)
-            .and_then(|mut f| f.write_all(format!("{}\n{detail}", count + 1).as_bytes()));
+            .and_then(|mut f| {
+                let remote = remote.replace('\n', " ");
+                f.write_all(format!("{}\n{remote}\n{detail}", count + 1).as_bytes())
+            });
         if written.is_ok() {
             let _ = std::fs::rename(&tmp, &path);
         }

@@ -83,7 +83,25 @@ impl Settings {
     /// Read `v1/settings.json`, or the defaults when there is none.
     pub fn load(v1: &Path) -> Result<Settings, SettingsError> {
         let path = v1.join(FILE);
-        match fs::read(&path) {
+        // Without waiting on a FIFO or following a link a member put there (found by a
+        // hostile test: a FIFO hung every command, `doctor` and root's `init` too).
+        let read = || -> io::Result<Vec<u8>> {
+            use std::io::Read;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
+                .open(&path)?;
+            if !f.metadata()?.is_file() {
+                return Err(io::Error::other(
+                    "it is not a regular file (a member may have put it there; `sregistry init --shared` by the cache's owner writes it again)",
+                ));
+            }
+            let mut bytes = Vec::new();
+            f.by_ref().take(1 << 20).read_to_end(&mut bytes)?;
+            Ok(bytes)
+        };
+        match read() {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| SettingsError {
                 path,
                 detail: e.to_string(),
@@ -101,9 +119,23 @@ impl Settings {
         let path = v1.join(FILE);
         let tmp = v1.join(format!(".{FILE}.tmp"));
         let body = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
-        fs::write(&tmp, body)?;
-        use std::os::unix::fs::PermissionsExt;
-        fs::set_permissions(&tmp, fs::Permissions::from_mode(self.file_mode))?;
+        // A new file, never through a link a member put at the temporary name (root's
+        // `init` would write and chmod what it names), its mode set on the descriptor.
+        use std::io::Write;
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        match fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)?;
+        f.write_all(&body)?;
+        f.set_permissions(fs::Permissions::from_mode(self.file_mode))?;
+        drop(f);
         fs::rename(&tmp, &path)
     }
 }

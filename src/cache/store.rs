@@ -828,6 +828,9 @@ impl Store {
     /// Remove the writer locks of dead writers that no `tmp/` file names any more (after
     /// gc removed their leftovers); returns how many went.
     pub(super) fn remove_dead_writer_locks(&self) -> usize {
+        if self.real_layout().is_err() {
+            return 0;
+        }
         let named: Vec<PathBuf> = read_dir_if_present(&self.tmp)
             .ok()
             .flatten()
@@ -917,15 +920,17 @@ impl Store {
         &self.tmp
     }
 
+    /// Make `dir` with the settings' mode, never through a link (see `super::dirs`).
     fn make_dir(&self, dir: &Path) -> io::Result<()> {
-        match fs::create_dir_all(dir) {
-            Ok(()) => {
-                // Explicit mode, whatever the umask (ignored when another user owns it).
-                let _ = fs::set_permissions(dir, fs::Permissions::from_mode(self.dir_mode));
-                Ok(())
-            }
-            Err(e) => Err(e),
-        }
+        super::dirs::make_dir(dir, self.dir_mode)
+    }
+
+    /// Whether `blobs/`, `blobs/blake3/`, `tmp/` and `locks/` are there, each a directory
+    /// itself; an error naming the first that is a link or not a directory (see
+    /// `super::dirs`).
+    pub(super) fn real_layout(&self) -> io::Result<bool> {
+        let parent = self.blobs.parent().unwrap_or(&self.blobs);
+        super::dirs::real_dirs(&[parent, &self.blobs, &self.tmp, &self.locks])
     }
 
     /// Create the fan-out directory `dir` of a first blob, and make its entry in
@@ -1174,6 +1179,8 @@ impl Store {
     /// re-check against the index under the lock).
     pub(super) fn scan(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
+        // Never a listing (and then removals) through a link a member put at `blobs/`.
+        self.real_layout()?;
         let Some(top) = read_dir_if_present(&self.blobs)? else {
             return Ok(out);
         };
@@ -1214,6 +1221,9 @@ impl Store {
     /// processes, are left to gc's grace period. A reused pid keeps a file, never the
     /// reverse.
     pub(super) fn remove_dead_tmp(&self) -> usize {
+        if self.real_layout().is_err() {
+            return 0;
+        }
         let Ok(Some(rd)) = read_dir_if_present(&self.tmp) else {
             return 0;
         };
@@ -1233,6 +1243,7 @@ impl Store {
     pub(super) fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
         let mut writers: std::collections::HashMap<PathBuf, bool> = Default::default();
+        self.real_layout()?;
         let Some(rd) = read_dir_if_present(&self.tmp)? else {
             return Ok(out);
         };

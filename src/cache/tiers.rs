@@ -185,6 +185,24 @@ impl<'a> Caches<'a> {
         }
     }
 
+    /// The cache whose copy of `r` a command that only reads it uses (`push`, `export`):
+    /// the first in the lookup order that has the name, a tier's opened read-only; the
+    /// writable cache when none has it (its "no such image" is the answer).
+    pub fn reader(&self, r: &Reference) -> Result<Cache, CacheError> {
+        let bare = r.without_digest();
+        for place in &self.places {
+            let c = match place {
+                Place::Private(c) => (**c).clone(),
+                Place::Writable(c) => (*c).clone(),
+                Place::Tier(t) => Cache::open_tier(t)?,
+            };
+            if c.holds(&bare) {
+                return Ok(c);
+            }
+        }
+        Ok(self.writable().clone())
+    }
+
     /// `refs` split by the cache that holds each ([`Caches::holder`]): the caller's private
     /// cache's, then the writable cache's.
     pub fn split_private(&self, refs: &[Reference]) -> (Vec<Reference>, Vec<Reference>) {

@@ -83,7 +83,7 @@ pub fn run(cache: &Cache, lock_kind: lock::Kind) -> Vec<Check> {
     out.push(settings_check(cache, group, layout, &fix));
     out.push(permissions_check(cache, group, &fix));
     out.push(layout_check(cache));
-    if cache.settings().shared {
+    if cache.keeps_private_images() {
         out.push(private_check(cache));
     }
     let (access, read_only) = access_check(cache);
@@ -207,6 +207,9 @@ fn permissions_check(cache: &Cache, group: Option<u32>, fix: &str) -> Check {
 /// Private caches (a shared cache only): the directories from the root to `private/`
 /// are safe from other members (src/cache/private.rs, "The chain of directories").
 fn private_check(cache: &Cache) -> Check {
+    if let Some(problem) = cache.root_parent_problem() {
+        return check("private", Status::Fail, problem);
+    }
     match cache.private_chain() {
         Ok(()) => check(
             "private",

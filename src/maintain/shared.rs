@@ -225,6 +225,7 @@ pub fn init(
         cache
             .make_private_dir()
             .map_err(|e| layout_err(&private, &e))?;
+        cache.clear_private_dir_acls();
     }
     if let Some(gid) = want.gid {
         changed += regroup(gid)?;

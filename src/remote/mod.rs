@@ -565,7 +565,10 @@ pub fn push(
             RemoteRef::S3 { bucket, key } => s3::push(&file, &entry.path, bucket, key, opts).await,
         }
     })?;
-    if let Some(sha) = sha {
+    // A tier is never written: its blobs' digests stay as its admin published them.
+    if let Some(sha) = sha
+        && cache.tier().is_none()
+    {
         cache.record_remote_digest(&entry.digest, &sha)?;
     }
     Ok(where_)

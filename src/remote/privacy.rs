@@ -17,7 +17,9 @@
 //! * `s3://`: requests signed with keys (any AWS credential in the environment) go to the
 //!   private cache; unsigned ones to the shared cache.
 //!
-//! A cache that is not shared is untouched: everything goes where it went before.
+//! A cache that keeps no private images (`Cache::keeps_private_images`: not shared, no
+//! `private/`, no group layout; never the settings alone, which any member can replace)
+//! is untouched: everything goes where it went before.
 
 use super::error::RemoteError;
 use super::remote_ref::RemoteRef;
@@ -41,7 +43,7 @@ pub(super) enum Route {
 
 /// Where a pull of `remote` into `cache` goes.
 pub(super) fn route(cache: &Cache, remote: &RemoteRef, opts: &RemoteOptions) -> Route {
-    if !cache.settings().shared || is_shared_remote(remote, &opts.shared_remotes) {
+    if !cache.keeps_private_images() || is_shared_remote(remote, &opts.shared_remotes) {
         return Route::Given;
     }
     match remote {

@@ -1002,38 +1002,429 @@ fn a_note_another_member_left_about_a_failed_pull_is_neither_shown_nor_readable(
     let out = sh_as(bob, &format!("cat '{}'", note.display()));
     assert!(!out.status.success(), "bob read alice's note");
     fs::remove_file(&note).unwrap();
-    // Bob takes the pull's lock, and writes his note while alice waits for it.
-    let lock = note.with_extension("lock");
-    let marker = env.path("bob-holds-it");
-    let script = format!(
-        "import fcntl, os, time\n\
-         f = open('{lock}', 'a')\n\
-         fcntl.lockf(f, fcntl.LOCK_EX)\n\
-         open('{marker}', 'w').close()\n\
-         time.sleep(2)\n\
-         open('{note}.tmp', 'w').write('1\\nthe registry is gone; use the copy at /tmp/evil.sif')\n\
-         os.rename('{note}.tmp', '{note}')\n",
-        lock = lock.display(),
-        marker = marker.display(),
-        note = note.display(),
-    );
     let dir = env.path("");
     fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
-    let mut bob_holds = Command::new("setpriv")
-        .args(["--reuid", bob, "--regid", "users", "--init-groups", "--"])
-        .args(["python3", "-c", &script])
-        .spawn()
-        .unwrap();
-    let t0 = std::time::Instant::now();
-    while !marker.exists() {
-        assert!(t0.elapsed().as_secs() < 20, "bob never took the lock");
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let lock = note.with_extension("lock");
+    // Bob takes the pull's lock and runs `then` (python) while alice's `get` waits for it.
+    let round = |k: usize, then: &str| -> Output {
+        let marker = env.path(&format!("bob-holds-it-{k}"));
+        let script = format!(
+            "import fcntl, os, time\n\
+             f = open('{lock}', 'a')\n\
+             fcntl.lockf(f, fcntl.LOCK_EX)\n\
+             open('{marker}', 'w').close()\n\
+             time.sleep(2)\n\
+             {then}\n",
+            lock = lock.display(),
+            marker = marker.display(),
+        );
+        let mut bob_holds = Command::new("setpriv")
+            .args(["--reuid", bob, "--regid", "users", "--init-groups", "--"])
+            .args(["python3", "-c", &script])
+            .spawn()
+            .unwrap();
+        let t0 = std::time::Instant::now();
+        while !marker.exists() {
+            assert!(t0.elapsed().as_secs() < 20, "bob never took the lock");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let out = as_user(alice, &bin, &cache, &alice_config, &["get", &url]);
+        assert!(bob_holds.wait().unwrap().success());
+        out
+    };
+    let forget = || {
+        let listed = ok(as_user(
+            alice,
+            &bin,
+            &cache,
+            &alice_config,
+            &["list", "--json"],
+        ));
+        let v: serde_json::Value = serde_json::from_str(&listed).unwrap();
+        for e in v.as_array().unwrap() {
+            ok(as_user(
+                alice,
+                &bin,
+                &cache,
+                &alice_config,
+                &["rm", e["name"].as_str().unwrap()],
+            ));
+        }
+    };
     failing.store(false, Ordering::SeqCst);
-    let out = as_user(alice, &bin, &cache, &alice_config, &["get", &url]);
-    assert!(bob_holds.wait().unwrap().success());
+    // 1. Bob writes his own note.
+    let out = round(
+        1,
+        &format!(
+            "open('{n}.tmp', 'w').write('1\\n{url}\\nthe registry is gone; use the copy at /tmp/evil.sif')\n\
+             os.rename('{n}.tmp', '{n}')",
+            n = note.display()
+        ),
+    );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("evil"), "bob's words in alice's error: {err}");
     let path = ok(out);
     assert_eq!(fs::read(&path).unwrap(), content);
+    // 2. Bob renames alice's own note about another remote to this remote's note.
+    forget();
+    let missing = server.url("/missing.sif");
+    let out = as_user(alice, &bin, &cache, &alice_config, &["get", &missing]);
+    assert!(!out.status.success(), "{out:?}");
+    let other = walk(&locks)
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "failed") && *p != note)
+        .expect("alice's note about the missing image");
+    let _ = fs::remove_file(&note);
+    let out = round(
+        2,
+        &format!("os.rename('{}', '{}')", other.display(), note.display()),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !err.contains("missing.sif"),
+        "another remote's failure: {err}"
+    );
+    ok(out);
+    // 3. Bob made the pull's lock file himself, with a mode that shuts alice out: her
+    //    pull takes a lock of her own instead of failing.
+    forget();
+    fs::remove_file(&lock).unwrap();
+    let out = sh_as(
+        bob,
+        &format!("touch '{0}' && chmod 644 '{0}'", lock.display()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let path = ok(as_user(alice, &bin, &cache, &alice_config, &["get", &url]));
+    assert_eq!(fs::read(&path).unwrap(), content);
+}
+
+/// A shared cache for the users in which alice pulled `img.sif` with a password (so into
+/// her private cache): the test's `Env`, the binary, the cache, the server (kept alive),
+/// the URL, the image's content, alice's config and the path her pull printed.
+struct AlicePulledPrivately {
+    env: Env,
+    bin: PathBuf,
+    cache: PathBuf,
+    _server: crate::support::fault_server::FaultServer,
+    url: String,
+    content: Vec<u8>,
+    config: PathBuf,
+    path: String,
+}
+
+fn alice_pulled_privately() -> AlicePulledPrivately {
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let (server, content) = serve_an_image(&env);
+    let url = format!("http://user:pw@{}/img.sif", server.addr);
+    let config = config_dir_of(&env, USERS[0]);
+    let path = ok(as_user(USERS[0], &bin, &cache, &config, &["get", &url]));
+    let own = cache.join("private").join(uid_of(USERS[0]).to_string());
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    AlicePulledPrivately {
+        env,
+        bin,
+        cache,
+        _server: server,
+        url,
+        content,
+        config,
+        path,
+    }
+}
+
+/// Whether a cache is shared is written in `v1/settings.json`, which any member can
+/// replace: a member who rewrote it to say "not shared" hid alice's private cache (her
+/// names then answered with his image of the same name in the shared cache), and her next
+/// pull that needed credentials went into the shared cache, where he read it (found by a
+/// hostile test). Her private cache is looked at and pulled into whatever the settings
+/// say.
+#[test]
+fn settings_a_member_rewrote_neither_hide_a_private_cache_nor_send_a_private_pull_to_the_group() {
+    if skip_unless_root("settings_a_member_rewrote", "needs root to create users") {
+        return;
+    }
+    let a = alice_pulled_privately();
+    let [alice, bob] = USERS;
+    let settings = a.cache.join("v1/settings.json");
+    let out = sh_as(
+        bob,
+        &format!(
+            "printf '{{\"shared\":false,\"dir_mode\":1533,\"file_mode\":436}}' > '{0}.x' && mv '{0}.x' '{0}'",
+            settings.display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let listed: serde_json::Value = serde_json::from_str(&ok(as_user(
+        alice,
+        &a.bin,
+        &a.cache,
+        &a.config,
+        &["list", "--json"],
+    )))
+    .unwrap();
+    let name = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["private"] == true)
+        .expect("alice's private name")["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let trojan = a.env.file("trojan.img", b"bob's trojan");
+    fs::set_permissions(&trojan, fs::Permissions::from_mode(0o644)).unwrap();
+    let bob_config = config_dir_of(&a.env, bob);
+    ok(as_user(
+        bob,
+        &a.bin,
+        &a.cache,
+        &bob_config,
+        &["add", trojan.to_str().unwrap(), "--name", &name, "--force"],
+    ));
+    let got = ok(as_user(alice, &a.bin, &a.cache, &a.config, &["get", &name]));
+    assert_eq!(got, a.path, "alice's name answered with another image");
+    // A new private pull still goes to her private cache.
+    let again = format!("{}?v=2", a.url);
+    let path = ok(as_user(
+        alice,
+        &a.bin,
+        &a.cache,
+        &a.config,
+        &["get", &again],
+    ));
+    let own = a.cache.join("private").join(uid_of(alice).to_string());
+    assert!(Path::new(&path).starts_with(&own), "{path}");
+    shared_holds_none_of(&a.cache, &a.content);
+}
+
+/// `v1/` is group-writable, so a member can put a link where the cache keeps a directory
+/// (`tmp/`, `blobs/`) or its settings' temporary file. Root's `init --shared` made and
+/// `chmod`ed what such links named (a user's home became 2775, a root file was
+/// overwritten), and alice's own pull opened her private cache to the group (found by a
+/// hostile test). Nothing is made, written or `chmod`ed through a link: the command
+/// refuses naming it, and what it names is unchanged.
+#[test]
+fn nothing_is_made_written_or_chmoded_through_a_link_a_member_put_in_the_cache() {
+    if skip_unless_root(
+        "nothing_is_made_written_or_chmoded_through_a_link",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let a = alice_pulled_privately();
+    let [alice, bob] = USERS;
+    let own = a.cache.join("private").join(uid_of(alice).to_string());
+    let home = a.env.path("alice-home");
+    fs::create_dir(&home).unwrap();
+    run(Command::new("chown").arg(alice).arg(&home));
+    fs::set_permissions(&home, fs::Permissions::from_mode(0o700)).unwrap();
+    let victim = a.env.path("root-file");
+    fs::write(&victim, "root's own").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let v1 = a.cache.join("v1");
+    let out = sh_as(
+        bob,
+        &format!(
+            "cd '{v1}' && mv tmp tmp.x && ln -s '{home}' tmp && mv blobs blobs.x && ln -s '{own}/v1' blobs && ln -s '{victim}' .settings.json.tmp",
+            v1 = v1.display(),
+            home = home.display(),
+            own = own.display(),
+            victim = victim.display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let modes = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
+    let (home_mode, own_mode, own_v1_mode) = (modes(&home), modes(&own), modes(&own.join("v1")));
+    // Root's init: refused, naming the link.
+    let out = a
+        .env
+        .cmd()
+        .args(["init", "--shared", "--group", crate::shared::GROUP])
+        .arg(&a.cache)
+        .output()
+        .unwrap();
+    refused(&out, 1, "is a symbolic link or not a directory");
+    // Alice's own pull of a public image: refused, naming the link.
+    let public = a.url.replace("user:pw@", "");
+    let out = as_user(alice, &a.bin, &a.cache, &a.config, &["get", &public]);
+    refused(&out, 1, "is a symbolic link or not a directory");
+    assert_eq!(modes(&home), home_mode, "alice's home was chmoded");
+    assert_eq!(modes(&own), own_mode, "alice's private cache was chmoded");
+    assert_eq!(modes(&own.join("v1")), own_v1_mode);
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's own");
+    assert_eq!(modes(&victim), 0o600);
+    // Her private image is hers still, and gc as alice removes nothing of it.
+    let _ = as_user(alice, &a.bin, &a.cache, &a.config, &["gc"]);
+    assert_eq!(fs::read(&a.path).unwrap(), a.content);
+    // Once the links are gone, root's init settles the cache again.
+    let out = sh_as(
+        bob,
+        &format!(
+            "cd '{}' && rm tmp blobs .settings.json.tmp && mv tmp.x tmp && mv blobs.x blobs",
+            v1.display()
+        ),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = a
+        .env
+        .cmd()
+        .args(["init", "--shared", "--group", crate::shared::GROUP])
+        .arg(&a.cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        ok(as_user(
+            alice,
+            &a.bin,
+            &a.cache,
+            &a.config,
+            &["get", &a.url]
+        )),
+        a.path
+    );
+}
+
+/// A FIFO a member put at `v1/settings.json` hung every command of every user, `doctor`
+/// and root's `init` too (found by a hostile test). They now fail at once, naming it.
+#[test]
+fn a_fifo_at_the_settings_hangs_no_command() {
+    if skip_unless_root(
+        "a_fifo_at_the_settings_hangs_no_command",
+        "needs root to create users",
+    ) {
+        return;
+    }
+    let (env, bin, cache) = shared_cache_for_the_users();
+    let settings = cache.join("v1/settings.json");
+    fs::rename(&settings, cache.join("v1/settings.x")).unwrap();
+    run(Command::new("mkfifo").arg(&settings));
+    let config = config_dir_of(&env, USERS[0]);
+    for args in [vec!["get", "lab/tool:1"], vec!["list"], vec!["doctor"]] {
+        let t0 = std::time::Instant::now();
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg("setpriv")
+            .args([
+                "--reuid",
+                USERS[0],
+                "--regid",
+                "users",
+                "--init-groups",
+                "--",
+            ])
+            .arg(&bin)
+            .args(&args)
+            .env("SREGISTRY_CACHE", &cache)
+            .env("SREGISTRY_CONFIG_DIR", &config)
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(124), "{args:?} hung");
+        assert!(t0.elapsed().as_secs() < 15, "{args:?} waited");
+        assert!(!out.status.success(), "{args:?}: {out:?}");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(said.contains("not a regular file"), "{args:?}: {said}");
+    }
+}
+
+/// A POSIX ACL (`system.posix_acl_*`) that lets `uid` read, write and enter, as the raw
+/// extended attribute the kernel takes.
+fn acl_letting_in(uid: u32) -> Vec<u8> {
+    let mut v = 2u32.to_le_bytes().to_vec();
+    let undefined = u32::MAX;
+    // USER_OBJ, USER(uid), GROUP_OBJ, MASK, OTHER
+    for (tag, perm, id) in [
+        (0x01u16, 7u16, undefined),
+        (0x02, 7, uid),
+        (0x04, 7, undefined),
+        (0x10, 7, undefined),
+        (0x20, 0, undefined),
+    ] {
+        v.extend(tag.to_le_bytes());
+        v.extend(perm.to_le_bytes());
+        v.extend(id.to_le_bytes());
+    }
+    v
+}
+
+/// Set the extended attribute `name` of `path` to `value` (as root).
+fn set_xattr(path: &Path, name: &str, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid NUL-terminated strings and a buffer of `value.len()` bytes.
+    let rc = unsafe {
+        libc::setxattr(
+            p.as_ptr(),
+            n.as_ptr(),
+            value.as_ptr().cast(),
+            value.len(),
+            0,
+        )
+    };
+    assert_eq!(
+        rc,
+        0,
+        "setxattr {name}: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Whether `path` carries the extended attribute `name`.
+fn has_xattr(path: &Path, name: &str) -> bool {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let n = std::ffi::CString::new(name).unwrap();
+    // SAFETY: valid strings; a null buffer of size 0 asks the size.
+    unsafe { libc::lgetxattr(p.as_ptr(), n.as_ptr(), std::ptr::null_mut(), 0) > 0 }
+}
+
+/// An ACL on `private/` lets a member in whatever its mode says, and a default ACL is
+/// inherited by every private cache made in it: a `private/` a member made with one kept
+/// it when root's `init --shared` mended it (found by a hostile test). `init --shared`
+/// removes it, and a `private/` that carries one is refused.
+#[test]
+fn an_acl_on_private_is_removed_by_init_and_refused_by_every_use() {
+    if skip_unless_root("an_acl_on_private", "needs root to create users") {
+        return;
+    }
+    let a = alice_pulled_privately();
+    let [alice, bob] = USERS;
+    let private = a.cache.join("private");
+    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        set_xattr(&private, name, &acl_letting_in(uid_of(bob)));
+        assert!(has_xattr(&private, name));
+    }
+    let out = as_user(alice, &a.bin, &a.cache, &a.config, &["get", &a.url]);
+    refused(&out, 1, "has an access control list");
+    let line = doctor_line(&a.env, &a.cache, "private");
+    assert!(
+        line.starts_with("FAIL") && line.contains("access control list"),
+        "{line}"
+    );
+    let out = a
+        .env
+        .cmd()
+        .args(["init", "--shared", "--group", crate::shared::GROUP])
+        .arg(&a.cache)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for name in ["system.posix_acl_access", "system.posix_acl_default"] {
+        assert!(!has_xattr(&private, name), "{name} kept");
+    }
+    assert_eq!(
+        ok(as_user(
+            alice,
+            &a.bin,
+            &a.cache,
+            &a.config,
+            &["get", &a.url]
+        )),
+        a.path
+    );
 }

@@ -10,7 +10,7 @@ pub fn run(ctx: &Ctx, args: &ExportArgs) -> Result<()> {
     let name = parse_ref(&args.reference)?;
     let tag = args.tag.clone().unwrap_or_else(|| name.tag().to_string());
     let lookup = ctx.caches()?;
-    let done = oci_layout::export(lookup.holder(&name), &name, &args.dir, &tag)?;
+    let done = oci_layout::export(&lookup.reader(&name)?, &name, &args.dir, &tag)?;
     if ctx.json {
         output::json(&serde_json::json!({
             "name": name.key(),

@@ -11,7 +11,7 @@ pub fn run(ctx: &Ctx, args: &PushArgs) -> Result<()> {
     let r = RemoteRef::parse(&args.remote)?;
     let opts = super::remote_options(ctx, args.insecure, args.endpoint.clone())?;
     let lookup = ctx.caches()?;
-    let to = remote::push(lookup.holder(&name), &name, &r, &opts)?;
+    let to = remote::push(&lookup.reader(&name)?, &name, &r, &opts)?;
     if ctx.json {
         output::json(&serde_json::json!({ "name": name.key(), "remote": to }))?;
     } else {

@@ -1,0 +1,86 @@
+//! The directories the cache makes inside itself, never through a link.
+//!
+//! In a shared cache `v1/` is group-writable, so any member can rename `blobs/`, `tmp/`,
+//! `locks/` or a fan-out directory away and put a symbolic link in its place. A command
+//! that then made or `chmod`ed that directory by path would work on whatever the link
+//! names: root's `init --shared` opening a user's home to the group, a user's own pull
+//! opening their private cache (found by a hostile test). So:
+//!
+//! * [`make_dir`] creates one directory at a time, gives the mode only to a directory it
+//!   has just created, through a descriptor opened without following a link, and takes
+//!   an existing entry only when it is a directory itself (not a link to one);
+//! * [`real_dirs`] tells whether the store's directories are there, each a directory
+//!   itself: what `ensure_layout`, `gc`, `verify` and `doctor` ask before they write in
+//!   them, scan them or remove from them, so that none of them follows a link out of the
+//!   cache.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+/// The error for a link (or anything not a directory) where the cache keeps a directory.
+pub(super) fn linked(dir: &Path) -> io::Error {
+    io::Error::other(format!(
+        "`{}` is a symbolic link or not a directory; sregistry never writes through one (a member may have put it there: remove it, and the next command makes the directory again)",
+        dir.display()
+    ))
+}
+
+/// Create `dir` (and its missing parents) with `mode`, never through a link: an entry
+/// that exists is taken only when it is a directory itself, and only a directory this
+/// call created gets `mode` (an existing one keeps whatever its owner gave it).
+pub(super) fn make_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    match fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {
+            // Opened without following a link: a member who swapped the new directory
+            // for one in between gets no chmod of what the link names.
+            let d = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(dir)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ELOOP) | Some(libc::ENOTDIR) => linked(dir),
+                    _ => e,
+                })?;
+            d.set_permissions(fs::Permissions::from_mode(mode))
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match real_dir(dir)? {
+            true => Ok(()),
+            false => Err(linked(dir)),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            let parent = dir.parent().filter(|p| !p.as_os_str().is_empty());
+            match parent {
+                Some(p) if p != dir => {
+                    make_dir(p, mode)?;
+                    make_dir(dir, mode)
+                }
+                _ => Err(e),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether `dir` is there as a directory itself (`Ok(false)`: nothing there); a link or
+/// any other file there is an error naming it.
+pub(super) fn real_dir(dir: &Path) -> io::Result<bool> {
+    match fs::symlink_metadata(dir) {
+        Ok(m) if m.is_dir() => Ok(true),
+        Ok(_) => Err(linked(dir)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether each of `dirs` is there, each a directory itself (see [`real_dir`]): `Ok(true)`
+/// when all are, `Ok(false)` when one is missing, an error naming the first that is a link
+/// or not a directory.
+pub(super) fn real_dirs(dirs: &[&Path]) -> io::Result<bool> {
+    let mut all = true;
+    for d in dirs {
+        all &= real_dir(d)?;
+    }
+    Ok(all)
+}
