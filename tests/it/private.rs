@@ -566,12 +566,7 @@ fn a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed() {
         );
         shared_holds_none_of(&cache, &content);
         // Root's `init --shared` does not take it for `private/`: it says what to remove.
-        let out = env
-            .cmd()
-            .args(["init", "--shared", "--group", crate::shared::GROUP])
-            .arg(&cache)
-            .output()
-            .unwrap();
+        let out = init_shared_as_root(&env, &cache);
         refused(&out, 1, "is not a directory");
         assert!(walk(&elsewhere).iter().all(|p| p == &elsewhere), "{what}");
     }
@@ -926,12 +921,7 @@ fn a_private_cache_a_member_could_move_is_refused_until_init_mends_the_chain() {
         "{line}"
     );
     // Root mends it: `private/` becomes the owner's, 3730.
-    let out = env
-        .cmd()
-        .args(["init", "--shared", "--group", crate::shared::GROUP])
-        .arg(&cache)
-        .output()
-        .unwrap();
+    let out = init_shared_as_root(&env, &cache);
     assert!(out.status.success(), "{out:?}");
     let meta = fs::symlink_metadata(&private).unwrap();
     assert_eq!(meta.uid(), fs::metadata(&cache).unwrap().uid());
@@ -1236,13 +1226,7 @@ fn nothing_is_made_written_or_chmoded_through_a_link_a_member_put_in_the_cache()
     let modes = |p: &Path| fs::symlink_metadata(p).unwrap().mode() & 0o7777;
     let (home_mode, own_mode, own_v1_mode) = (modes(&home), modes(&own), modes(&own.join("v1")));
     // Root's init: refused, naming the link.
-    let out = a
-        .env
-        .cmd()
-        .args(["init", "--shared", "--group", crate::shared::GROUP])
-        .arg(&a.cache)
-        .output()
-        .unwrap();
+    let out = init_shared_as_root(&a.env, &a.cache);
     refused(&out, 1, "is a symbolic link or not a directory");
     // Alice's own pull of a public image: refused, naming the link.
     let public = a.url.replace("user:pw@", "");
@@ -1265,13 +1249,7 @@ fn nothing_is_made_written_or_chmoded_through_a_link_a_member_put_in_the_cache()
         ),
     );
     assert!(out.status.success(), "{out:?}");
-    let out = a
-        .env
-        .cmd()
-        .args(["init", "--shared", "--group", crate::shared::GROUP])
-        .arg(&a.cache)
-        .output()
-        .unwrap();
+    let out = init_shared_as_root(&a.env, &a.cache);
     assert!(out.status.success(), "{out:?}");
     assert_eq!(
         ok(as_user(
@@ -1406,13 +1384,7 @@ fn an_acl_on_private_is_removed_by_init_and_refused_by_every_use() {
         line.starts_with("FAIL") && line.contains("access control list"),
         "{line}"
     );
-    let out = a
-        .env
-        .cmd()
-        .args(["init", "--shared", "--group", crate::shared::GROUP])
-        .arg(&a.cache)
-        .output()
-        .unwrap();
+    let out = init_shared_as_root(&a.env, &a.cache);
     assert!(out.status.success(), "{out:?}");
     for name in ["system.posix_acl_access", "system.posix_acl_default"] {
         assert!(!has_xattr(&private, name), "{name} kept");
@@ -1427,4 +1399,13 @@ fn an_acl_on_private_is_removed_by_init_and_refused_by_every_use() {
         )),
         a.path
     );
+}
+
+/// Root's `init --shared` of `cache` for the test's group.
+fn init_shared_as_root(env: &Env, cache: &Path) -> Output {
+    env.cmd()
+        .args(["init", "--shared", "--group", crate::shared::GROUP])
+        .arg(cache)
+        .output()
+        .unwrap()
 }
