@@ -1182,3 +1182,92 @@ pub fn replaced_blob_across_nodes(cl: &Cluster) {
     }
     verify_clean(n1, &c);
 }
+
+/// Danger: a job on a node that fails, or reads one version's index with another's file,
+/// while the site's admin publishes the tier on the NFS server (issue 23: a tier on an NFS
+/// export, read-only on the nodes). The server publishes versions of a tier into its
+/// export (its own disk); each client reads it over NFS through a read-only bind mount,
+/// listing both names and reading both files in a loop while the versions change. Every
+/// command succeeds, the two files of one `list` are in one version's directory and hold
+/// the same content, and every client saw more than one version.
+pub fn tier_published_over_nfs(cl: &Cluster) {
+    let publish = |v: u32| {
+        format!(
+            "set -e; S=/export/t10src; printf 'version {v}\\n' >/tmp/p.img
+/host/bin/sregistry --cache $S add --force /tmp/p.img --name lab/x:1 >/dev/null
+/host/bin/sregistry --cache $S add --force /tmp/p.img --name lab/y:1 >/dev/null
+/host/bin/sregistry tier publish --keep 1h $S /export/t10tier >/dev/null"
+        )
+    };
+    cl.server.sh(&publish(0)).ok();
+    let secs = 40;
+    let reader = format!(
+        r#"set -u; mkdir -p /t10 /tmp/t10w
+mount --bind /mnt/nfs/t10tier /t10 && mount -o remount,bind,ro /t10 || {{ echo "no read-only bind mount" >&2; exit 9; }}
+end=$(( $(date +%s) + {secs} ))
+while [ "$(date +%s)" -lt "$end" ]; do
+  l=$(sregistry --cache /tmp/t10w --tier /t10 list --json 2>&1) || {{ echo "FAIL list: $l"; continue; }}
+  set -- $(printf '%s' "$l" | grep -o '"path": *"[^"]*"' | sed 's/.*"\([^"]*\)"$/\1/')
+  [ "$#" -eq 2 ] || {{ echo "FAIL paths: $l"; continue; }}
+  g=$(sregistry --cache /tmp/t10w --tier /t10 get lab/x:1 2>&1) || {{ echo "FAIL get: $g"; continue; }}
+  echo "R $1 $2 $(cat "$1" | tr ' ' _) $(cat "$2" | tr ' ' _)"
+done
+umount /t10 || true"#
+    );
+    let (outs, published) = std::thread::scope(|s| {
+        let readers: Vec<_> = cl
+            .clients
+            .iter()
+            .map(|n| {
+                let r = reader.clone();
+                s.spawn(move || n.sh_timeout(&r, Duration::from_secs(secs + 120)))
+            })
+            .collect();
+        let t0 = Instant::now();
+        let mut v = 0;
+        while t0.elapsed() < Duration::from_secs(secs - 8) {
+            v += 1;
+            cl.server.sh(&publish(v)).ok();
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        let outs: Vec<Out> = readers.into_iter().map(|h| h.join().unwrap()).collect();
+        (outs, v)
+    });
+    assert!(published >= 5, "only {published} versions published");
+    let version_dir = |p: &str| {
+        let (before, after) = p.split_once("/versions/").unwrap_or((p, ""));
+        format!(
+            "{before}/versions/{}",
+            after.split('/').next().unwrap_or("")
+        )
+    };
+    for (n, o) in cl.clients.iter().zip(&outs) {
+        assert_eq!(o.code, 0, "{}: {}", n.name, o.stderr);
+        let mut seen = BTreeSet::new();
+        let mut reads = 0;
+        for l in o.stdout.lines() {
+            assert!(!l.starts_with("FAIL"), "{}: {l}\n{}", n.name, o.stdout);
+            let f: Vec<&str> = l.split(' ').collect();
+            if f.first() != Some(&"R") {
+                continue;
+            }
+            assert_eq!(f.len(), 5, "{}: {l}", n.name);
+            assert!(
+                f[1].contains("/versions/"),
+                "{}: not a published version: {l}",
+                n.name
+            );
+            assert_eq!(
+                version_dir(f[1]),
+                version_dir(f[2]),
+                "{}: a mix of versions: {l}",
+                n.name
+            );
+            assert_eq!(f[3], f[4], "{}: two contents in one version: {l}", n.name);
+            seen.insert(f[3].to_string());
+            reads += 1;
+        }
+        assert!(reads >= 5, "{}: only {reads} reads\n{}", n.name, o.stderr);
+        assert!(seen.len() > 1, "{}: saw one version only: {seen:?}", n.name);
+    }
+}

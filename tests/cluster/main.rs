@@ -43,6 +43,7 @@ const TESTS: &[(&str, Test)] = &[
         "replaced_blob_across_nodes",
         checks::replaced_blob_across_nodes,
     ),
+    ("tier_published_over_nfs", checks::tier_published_over_nfs),
     ("figures", checks::figures),
 ];
 
