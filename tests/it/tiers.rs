@@ -1074,3 +1074,22 @@ fn publish_never_carries_a_replaced_blob_or_a_link_into_the_tier() {
     stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&dest));
     assert!(dest.join("current").exists());
 }
+
+/// Danger: a tier's path with a line break (or another control character) breaking
+/// `list`'s table into rows that are not rows: a script reading it sees a name that is
+/// not there. The TIER column shows the path escaped (`\n`), `--json` the path as it is.
+#[test]
+fn a_control_character_in_a_tier_path_never_breaks_the_list_table() {
+    let env = Env::new();
+    let made = with_tier(&env, &[("lab/t", "tier only")]);
+    let tier = env.path("odd\ntier\u{1b}[31m");
+    fs::rename(&made, &tier).unwrap();
+    let t = tier.to_str().unwrap();
+    let text = stdout_of(env.cmd().args(["--tier", t, "list"]));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    let row = text.lines().nth(1).unwrap();
+    assert!(row.ends_with("odd\\ntier\\u{1b}[31m"), "{row:?}");
+    let rows = json(&stdout_of(env.cmd().args(["--json", "--tier", t, "list"])));
+    assert_eq!(rows[0]["tier"], t, "{rows}");
+}
