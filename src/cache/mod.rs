@@ -340,6 +340,7 @@ impl Cache {
         CacheError::NotFound {
             name: r.without_digest().to_string(),
             cache: self.root.clone(),
+            tiers: Vec::new(),
         }
     }
 

@@ -157,7 +157,7 @@ impl<'a> Caches<'a> {
                 other => return other,
             }
         }
-        Err(missing.expect("the writable cache is looked in"))
+        Err(self.looked_in_tiers(missing.expect("the writable cache is looked in")))
     }
 
     /// [`Cache::get`] in the first cache that has the name.
@@ -244,11 +244,18 @@ impl<'a> Caches<'a> {
     /// a name the writable cache does not have but a tier does is [`CacheError::InTier`]
     /// (sregistry never changes a tier), not "no such image".
     pub fn refuse_in_tier(&self, e: CacheError) -> CacheError {
-        let CacheError::NotFound { name, cache } = e else {
+        let CacheError::NotFound { name, cache, .. } = e else {
             return e;
         };
+        let not_found = |name, cache| {
+            self.looked_in_tiers(CacheError::NotFound {
+                name,
+                cache,
+                tiers: Vec::new(),
+            })
+        };
         let Ok(r) = Reference::parse(&name) else {
-            return CacheError::NotFound { name, cache };
+            return not_found(name, cache);
         };
         for tier in self.tier_paths() {
             if Cache::open_tier(tier).is_ok_and(|c| c.entry(&r).is_ok()) {
@@ -259,7 +266,19 @@ impl<'a> Caches<'a> {
                 };
             }
         }
-        CacheError::NotFound { name, cache }
+        not_found(name, cache)
+    }
+
+    /// The writable cache's "no image" `e` saying that the tiers were looked in too.
+    fn looked_in_tiers(&self, e: CacheError) -> CacheError {
+        match e {
+            CacheError::NotFound { name, cache, .. } => CacheError::NotFound {
+                name,
+                cache,
+                tiers: self.tier_paths().map(Path::to_path_buf).collect(),
+            },
+            other => other,
+        }
     }
 }
 

@@ -1093,3 +1093,46 @@ fn a_control_character_in_a_tier_path_never_breaks_the_list_table() {
     let rows = json(&stdout_of(env.cmd().args(["--json", "--tier", t, "list"])));
     assert_eq!(rows[0]["tier"], t, "{rows}");
 }
+
+/// Danger: "no image `NAME` in the cache `C`" when tiers were looked in too: the user
+/// looks for the image in the wrong place, or thinks the tier was never read. The message
+/// (still one line, exit 3) says the name was looked for in the writable cache and in each
+/// tier, naming them when few, counting them when many.
+#[test]
+fn not_found_says_every_tier_was_looked_in_too() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier only")]);
+    let t = tier.to_str().unwrap();
+    let second = env.path("second");
+    fs::create_dir_all(&second).unwrap();
+    let s = second.to_str().unwrap();
+    for args in [
+        &["get", "lab/none"][..],
+        &["inspect", "lab/none"],
+        &["rm", "lab/none"],
+    ] {
+        let err = assert_fails(env.cmd().args(["--tier", t]).args(args), 3, "no image");
+        assert!(err.contains(&format!("tier `{t}`")), "{args:?}: {err}");
+        let err = assert_fails(
+            env.cmd().args(["--tier", t, "--tier", s]).args(args),
+            3,
+            "no image",
+        );
+        assert!(
+            err.contains(&format!("2 tiers `{t}`, `{s}`")),
+            "{args:?}: {err}"
+        );
+    }
+    let mut c = env.cmd();
+    for i in 0..5 {
+        c.arg("--tier").arg(env.path(&format!("many{i}")));
+    }
+    for i in 0..5 {
+        fs::create_dir_all(env.path(&format!("many{i}"))).unwrap();
+    }
+    let err = assert_fails(c.args(["get", "lab/none"]), 3, "no image");
+    assert!(err.contains("5 tiers"), "{err}");
+    // Without tiers the message is as it was.
+    let err = assert_fails(env.cmd().args(["get", "lab/none"]), 3, "no image");
+    assert!(!err.contains("tier"), "{err}");
+}
