@@ -120,7 +120,7 @@ pub use index::{
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
-pub use names::{Removed, Repoint, refuse_digest_on_target};
+pub use names::{Removed, Repoint, Revealed, refuse_digest_on_target};
 pub use private::{PRIVATE_DIR, PRIVATE_DIR_MODE};
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
 pub use publish::{DEFAULT_KEEP, Published};

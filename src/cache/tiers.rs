@@ -45,7 +45,7 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{Cache, CacheError, Entry, Removed};
+use super::{Cache, CacheError, Entry, Removed, Revealed};
 use crate::format::reference::Reference;
 
 /// One place a lookup looks in.
@@ -197,7 +197,9 @@ impl<'a> Caches<'a> {
     /// [`Cache::remove`] of each name in the cache that holds it ([`Caches::holder`]): the
     /// caller's private cache's names first, then the writable cache's; a name only a tier
     /// holds is refused naming the tier. Each cache's removal is all or nothing, as
-    /// [`Cache::remove`] is.
+    /// [`Cache::remove`] is. A removed name that a cache looked in later still has (the
+    /// copy removed shadowed it) is in [`Removed::revealed`]: `get` now answers it from
+    /// there, and the caller is told so.
     pub fn remove(&self, refs: &[Reference], keep_blob: bool) -> Result<Removed, CacheError> {
         let (mine, rest) = self.split_private(refs);
         let mut removed = Removed::default();
@@ -213,7 +215,27 @@ impl<'a> Caches<'a> {
                 removed.bytes_freed += r.bytes_freed;
             }
         }
+        if self.places.len() > 1 {
+            removed.revealed = self.revealed(&removed.names);
+        }
         Ok(removed)
+    }
+
+    /// Which of the just removed `names` a cache still answers, and which cache: a lookup
+    /// in the one order, so the answer is what `get` now hands out. A cache that cannot
+    /// be read is left out (the removal is done; `get` reports it).
+    fn revealed(&self, names: &[String]) -> Vec<Revealed> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let r = Reference::parse(n).ok()?;
+                let e = self.entry(&r).ok()?;
+                Some(Revealed {
+                    name: n.clone(),
+                    tier: e.tier,
+                })
+            })
+            .collect()
     }
 
     /// [`Cache::list`] of every cache, sorted by name, each name from the first cache

@@ -1094,6 +1094,71 @@ fn a_control_character_in_a_tier_path_never_breaks_the_list_table() {
     assert_eq!(rows[0]["tier"], t, "{rows}");
 }
 
+/// Danger: `rm NAME` says "removed" while `get NAME` then silently answers a tier's
+/// image of the same name (or the shared cache's, once the caller's private copy is gone):
+/// a job runs another image than the one its user thinks is gone. `rm` says, on stderr,
+/// which cache now answers the name, and `--json` gives it in `revealed`.
+#[test]
+fn rm_of_a_name_that_shadowed_another_says_what_the_name_answers_now() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/both", "tier both")]);
+    stdout_of(
+        env.cmd()
+            .args(["init", "--shared", "--group", "0"])
+            .arg(&env.cache),
+    );
+    for (name, payload) in [("lab/both", "shared both"), ("lab/only", "shared only")] {
+        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+        add_to(&env, &env.cache, &f, name);
+    }
+    let own = env.cache.join("private").join("0");
+    let f = env.file("private both.img", b"private both");
+    add_to(&env, &own, &f, "lab/both");
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
+    let t = tier.to_str().unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.args(["--tier", t]);
+        c
+    };
+    // The private copy goes: the shared cache's answers now.
+    let out = cmd().args(["rm", "lab/both"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed lab/both:latest"
+    );
+    assert!(
+        err.contains("`lab/both:latest`") && err.contains("shared cache"),
+        "{err}"
+    );
+    assert!(!err.contains(t), "{err}");
+    // The shared copy goes: the tier's answers now, and says so in --json too.
+    let v = json(&stdout_of(
+        cmd().args(["--json", "rm", "lab/both", "lab/only"]),
+    ));
+    assert_eq!(
+        v["revealed"],
+        serde_json::json!([{"name": "lab/both:latest", "tier": t}]),
+        "{v}"
+    );
+    assert_eq!(v["names"].as_array().unwrap().len(), 2, "{v}");
+    let got = stdout_of(cmd().args(["get", "lab/both"]));
+    assert_eq!(fs::read(got).unwrap(), b"tier both");
+    // Nothing else answers a name removed from the only cache that had it.
+    let f = env.file("again.img", b"again");
+    add_to(&env, &env.cache, &f, "lab/only");
+    let out = cmd().args(["rm", "lab/only"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("now resolves"), "{err}");
+    let f = env.file("again2.img", b"again2");
+    add_to(&env, &env.cache, &f, "lab/only");
+    let v = json(&stdout_of(cmd().args(["--json", "rm", "lab/only"])));
+    assert_eq!(v["revealed"], serde_json::json!([]), "{v}");
+}
+
 /// Danger: "no image `NAME` in the cache `C`" when tiers were looked in too: the user
 /// looks for the image in the wrong place, or thinks the tier was never read. The message
 /// (still one line, exit 3) says the name was looked for in the writable cache and in each
