@@ -1075,6 +1075,39 @@ fn publish_never_carries_a_replaced_blob_or_a_link_into_the_tier() {
     assert!(dest.join("current").exists());
 }
 
+/// Danger: a relative `--tier DIR` naming another directory for each directory a command
+/// runs in, or passed on relative to code that changes directory. A flag is resolved once,
+/// against the working directory it is given in (the variable and the files, which outlive
+/// one command line, refuse a relative path); `list --json` shows the absolute path.
+#[test]
+fn a_relative_tier_flag_is_the_directory_it_names_where_it_is_given() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier only")]);
+    let base = tier.parent().unwrap();
+    let name = tier.file_name().unwrap().to_str().unwrap();
+    let rows = json(&stdout_of(
+        env.cmd()
+            .current_dir(base)
+            .args(["--json", "--tier", name, "list"]),
+    ));
+    assert_eq!(rows[0]["tier"], tier.to_str().unwrap(), "{rows}");
+    let got = stdout_of(
+        env.cmd()
+            .current_dir(base)
+            .args(["--tier", name, "get", "lab/t"]),
+    );
+    assert_eq!(fs::read(got).unwrap(), b"tier only");
+    // The variable refuses a relative path.
+    let out = env
+        .cmd()
+        .current_dir(base)
+        .env("SREGISTRY_TIERS", name)
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
 /// Danger: a tier's path with a line break (or another control character) breaking
 /// `list`'s table into rows that are not rows: a script reading it sees a name that is
 /// not there. The TIER column shows the path escaped (`\n`), `--json` the path as it is.
