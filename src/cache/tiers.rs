@@ -48,6 +48,32 @@ use std::path::{Path, PathBuf};
 use super::{Cache, CacheError, Entry, Removed, Revealed};
 use crate::format::reference::Reference;
 
+/// The configured `tiers` that are not there (`lstat` finds nothing): a lookup goes on
+/// without each, as an empty tier, and its caller warns of it ([`MissingTier`]), since a
+/// node whose mount is missing should still answer from its writable cache, but say so.
+pub fn missing_tiers(tiers: &[PathBuf]) -> impl Iterator<Item = &Path> {
+    tiers
+        .iter()
+        .filter(|t| {
+            std::fs::symlink_metadata(t).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(PathBuf::as_path)
+}
+
+/// The warning about a tier that is not there ([`missing_tiers`]), as the command line
+/// and the Python package give it.
+pub struct MissingTier<'a>(pub &'a Path);
+
+impl std::fmt::Display for MissingTier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the tier `{}` does not exist (is its filesystem mounted on this node?); looking without it",
+            self.0.display()
+        )
+    }
+}
+
 /// One place a lookup looks in.
 #[derive(Clone, Debug)]
 enum Place<'a> {
