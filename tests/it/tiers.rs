@@ -498,6 +498,27 @@ fn a_docker_conversion_reads_the_layers_a_tier_holds() {
     env.assert_blobs_verify();
 }
 
+/// `env.cache` made a shared cache holding `shared` (name, payload), and the caller's
+/// (root's) private cache in it, as a private pull makes it, holding `private`; returns
+/// the private cache's directory.
+fn shared_with_private(env: &Env, shared: &[(&str, &str)], private: (&str, &str)) -> PathBuf {
+    stdout_of(
+        env.cmd()
+            .args(["init", "--shared", "--group", "0"])
+            .arg(&env.cache),
+    );
+    for (name, payload) in shared {
+        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+        add_to(env, &env.cache, &f, name);
+    }
+    let own = env.cache.join("private").join("0");
+    let (name, payload) = private;
+    let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+    add_to(env, &own, &f, name);
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
+    own
+}
+
 /// Danger: the private cache, the shared cache and the tiers answering in different
 /// orders for different commands, or a write landing in the wrong one. One order for
 /// every reader: the caller's private cache, the shared (writable) cache, then each tier.
@@ -517,20 +538,11 @@ fn one_order_private_then_shared_then_each_tier() {
             ("lab/t", "tier only"),
         ],
     );
-    stdout_of(
-        env.cmd()
-            .args(["init", "--shared", "--group", "0"])
-            .arg(&env.cache),
+    let own = shared_with_private(
+        &env,
+        &[("lab/all", "shared all"), ("lab/two", "shared two")],
+        ("lab/all", "private all"),
     );
-    for (name, payload) in [("lab/all", "shared all"), ("lab/two", "shared two")] {
-        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
-        add_to(&env, &env.cache, &f, name);
-    }
-    // The caller's (root's) private cache, as a private pull makes it.
-    let own = env.cache.join("private").join("0");
-    let f = env.file("private all.img", b"private all");
-    add_to(&env, &own, &f, "lab/all");
-    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
     let t = tier.to_str().unwrap();
     let cmd = || {
         let mut c = env.cmd();
@@ -1135,19 +1147,11 @@ fn a_control_character_in_a_tier_path_never_breaks_the_list_table() {
 fn rm_of_a_name_that_shadowed_another_says_what_the_name_answers_now() {
     let env = Env::new();
     let tier = with_tier(&env, &[("lab/both", "tier both")]);
-    stdout_of(
-        env.cmd()
-            .args(["init", "--shared", "--group", "0"])
-            .arg(&env.cache),
+    shared_with_private(
+        &env,
+        &[("lab/both", "shared both"), ("lab/only", "shared only")],
+        ("lab/both", "private both"),
     );
-    for (name, payload) in [("lab/both", "shared both"), ("lab/only", "shared only")] {
-        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
-        add_to(&env, &env.cache, &f, name);
-    }
-    let own = env.cache.join("private").join("0");
-    let f = env.file("private both.img", b"private both");
-    add_to(&env, &own, &f, "lab/both");
-    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
     let t = tier.to_str().unwrap();
     let cmd = || {
         let mut c = env.cmd();
