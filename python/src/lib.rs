@@ -103,17 +103,22 @@ impl KeptFiles {
             Err(_) => Vec::new(),
         };
         for msg in told {
-            let msg = std::ffi::CString::new(msg.replace('\0', ""))
-                .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
-            PyErr::warn(
-                py,
-                &py.get_type::<pyo3::exceptions::PyUserWarning>(),
-                &msg,
-                1,
-            )?;
+            user_warning(py, msg)?;
         }
         Ok(())
     }
+}
+
+/// Issue a `UserWarning` carrying `msg`.
+fn user_warning(py: Python<'_>, msg: String) -> PyResult<()> {
+    let msg = std::ffi::CString::new(msg.replace('\0', ""))
+        .map_err(|e| PyRuntimeError::new_err(e.to_string()))?;
+    PyErr::warn(
+        py,
+        &py.get_type::<pyo3::exceptions::PyUserWarning>(),
+        &msg,
+        1,
+    )
 }
 
 /// An instance of `sregistry._errors.<class>` carrying `message`.
@@ -464,6 +469,8 @@ struct PyCache {
     inner: Cache,
     /// The tiers `get`, `list` and `inspect` look in after `inner`.
     tiers: Vec<std::path::PathBuf>,
+    /// Whether the first lookup has looked for missing tiers ([`PyCache::warn_missing_tiers`]).
+    tiers_checked: std::sync::atomic::AtomicBool,
 }
 
 fn json_to_py<T: serde::Serialize>(py: Python<'_>, v: &T) -> PyResult<Py<PyAny>> {
@@ -520,9 +527,24 @@ impl PyCache {
         sregistry::cache::Caches::new(&self.inner, &self.tiers)
     }
 
+    /// At this object's first lookup, a `UserWarning` for each configured tier that is not
+    /// there (the lookup goes on without it), as the command line warns on stderr once per
+    /// command: a job on a node whose mount is missing learns it. Once per `Cache`.
+    fn warn_missing_tiers(&self, py: Python<'_>) -> PyResult<()> {
+        use std::sync::atomic::Ordering;
+        if self.tiers.is_empty() || self.tiers_checked.swap(true, Ordering::Relaxed) {
+            return Ok(());
+        }
+        for t in sregistry::cache::tiers::missing_tiers(&self.tiers) {
+            user_warning(py, sregistry::cache::tiers::MissingTier(t).to_string())?;
+        }
+        Ok(())
+    }
+
     /// Pin or unpin `name` in the cache that holds it (the caller's private cache, else
     /// this one); a name only a tier holds is refused naming the tier.
     fn set_pin(&self, py: Python<'_>, name: &str, pin: bool) -> PyResult<bool> {
+        self.warn_missing_tiers(py)?;
         let r = parse_name(name)?;
         py.detach(|| {
             let caches = self.caches()?;
@@ -564,7 +586,11 @@ impl PyCache {
                 .collect::<PyResult<_>>()?,
             None => config.tiers.clone(),
         };
-        Ok(PyCache { inner, tiers })
+        Ok(PyCache {
+            inner,
+            tiers,
+            tiers_checked: Default::default(),
+        })
     }
 
     /// The cache's root directory.
@@ -728,6 +754,7 @@ impl PyCache {
     /// `sregistry get` does; `progress(done, total)` is told how its download advances.
     #[pyo3(signature = (name, progress=None))]
     fn get(&self, py: Python<'_>, name: &str, progress: Option<Py<PyAny>>) -> PyResult<String> {
+        self.warn_missing_tiers(py)?;
         if remote::is_remote(name) {
             let remote = parse_remote(name)?;
             let (mut opts, hook) = remote_opts(progress, false)?;
@@ -749,6 +776,7 @@ impl PyCache {
     /// `*` and `?`, else a substring).
     #[pyo3(signature = (pattern=None))]
     fn list(&self, py: Python<'_>, pattern: Option<&str>) -> PyResult<Vec<Image>> {
+        self.warn_missing_tiers(py)?;
         let all = py
             .detach(|| self.caches()?.list(pattern, false))
             .map_err(cache_err)?;
@@ -759,6 +787,7 @@ impl PyCache {
     /// file is a SIF image (`sif=False` skips reading the file).
     #[pyo3(signature = (name, sif=true))]
     fn inspect(&self, py: Python<'_>, name: &str, sif: bool) -> PyResult<Image> {
+        self.warn_missing_tiers(py)?;
         let r = parse_name(name)?;
         let (entry, sif_json) = py
             .detach(|| {
@@ -786,6 +815,7 @@ impl PyCache {
     /// `force=True` re-points a pinned target.
     #[pyo3(signature = (source, target, force=false))]
     fn tag(&self, py: Python<'_>, source: &str, target: &str, force: bool) -> PyResult<Image> {
+        self.warn_missing_tiers(py)?;
         let (src, dst) = (parse_name(source)?, parse_name(target)?);
         py.detach(|| {
             let caches = self.caches()?;
@@ -800,7 +830,9 @@ impl PyCache {
 
     /// Remove one name or a list of names: all exist and are unpinned, or nothing
     /// changes. Content no other name uses is deleted too, unless `keep_blobs=True`.
-    /// Returns a report: `names`, `blobs`, `bytes_freed`.
+    /// Returns a report: `names`, `blobs`, `bytes_freed`, and `revealed`: the removed
+    /// names another cache still answers (`name`, `tier`: a tier's path, or `None` for the
+    /// shared cache).
     #[pyo3(signature = (names, keep_blobs=false))]
     fn remove(
         &self,
@@ -816,6 +848,7 @@ impl PyCache {
             .iter()
             .map(|n| parse_name(n))
             .collect::<PyResult<Vec<_>>>()?;
+        self.warn_missing_tiers(py)?;
         let removed = py
             .detach(|| self.caches()?.remove(&refs, keep_blobs))
             .map_err(cache_err)?;
@@ -850,6 +883,7 @@ impl PyCache {
         let name = name.map(parse_name).transpose()?;
         let (mut opts, hook) = remote_opts(progress, force)?;
         opts.tiers = self.tiers.clone();
+        self.warn_missing_tiers(py)?;
         let r = py.detach(|| remote::pull(&self.inner, &remote, name.as_ref(), &opts));
         finish_remote(r, &hook).map(|o| Image::of(o.entry))
     }

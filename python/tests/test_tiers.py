@@ -88,3 +88,52 @@ def test_one_order_private_then_shared_then_each_tier(tmp_path, make_file):
     cache.unpin("lab/all")
     cache.remove("lab/all")
     assert cache.get("lab/all") == shared_all.path
+
+
+def test_a_missing_tier_is_warned_of_once_per_cache_naming_it(tmp_path, make_file):
+    """Danger: a node whose tier's mount is missing reads the tier as empty, and a job
+    learns only "not found" for the site's images, never that the tier was not there.
+    The first lookup of each `Cache` warns (a `UserWarning`) naming each missing tier, as
+    the command line warns on stderr; a tier that is there is never warned of."""
+    import warnings
+
+    missing = tmp_path / "not" / "mounted"
+    tier_dir = tmp_path / "tier"
+    sregistry.Cache(tier_dir).add(make_file("t.img", 4096, seed=1), "lab/t")
+    cache = sregistry.Cache(tmp_path / "cache", tiers=[missing, tier_dir])
+    cache.add(make_file("a.img", 4096, seed=2), "lab/a")
+
+    def warned(f):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            f()
+        return [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+
+    def lookups():
+        assert cache.get("lab/a")
+        assert cache.get("lab/t")
+        assert [i.name for i in cache.list()] == ["lab/a:latest", "lab/t:latest"]
+        with pytest.raises(sregistry.NotFound):
+            cache.get("lab/none")
+
+    told = warned(lookups)
+    assert len(told) == 1, told
+    assert str(missing) in told[0] and "does not exist" in told[0], told
+    assert warned(lookups) == []
+    # Another Cache warns again; one whose tiers are all there never does.
+    told = warned(lambda: sregistry.Cache(tmp_path / "cache", tiers=[missing]).inspect("lab/a"))
+    assert len(told) == 1 and str(missing) in told[0], told
+    assert warned(lambda: sregistry.Cache(tmp_path / "cache", tiers=[tier_dir]).list()) == []
+
+
+def test_remove_of_a_name_that_shadowed_a_tiers_says_the_tier_now_answers(tmp_path, make_file):
+    """Danger: `remove` reports the name gone while `get` now answers a tier's image of
+    the same name. The report's `revealed` names the tier."""
+    tier_dir = tmp_path / "tier"
+    in_tier = sregistry.Cache(tier_dir).add(make_file("t.img", 4096, seed=1), "lab/both")
+    cache = sregistry.Cache(tmp_path / "cache", tiers=[tier_dir])
+    cache.add(make_file("o.img", 4096, seed=2), "lab/both")
+    cache.add(make_file("x.img", 4096, seed=3), "lab/mine")
+    report = cache.remove(["lab/both", "lab/mine"])
+    assert report.revealed == [{"name": "lab/both:latest", "tier": str(tier_dir)}]
+    assert cache.get("lab/both") == in_tier.path

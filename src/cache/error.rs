@@ -21,13 +21,46 @@ use crate::format::digest::Digest;
 const TIMEOUT_ENV: &str = crate::settings::LOCK_TIMEOUT.var;
 const KIND_ENV: &str = crate::settings::LOCK.var;
 
+/// The tiers a lookup also looked in, as "no image" names them: each when there are at
+/// most three, else how many (`sregistry config` lists them).
+struct NotIn<'a>(&'a [PathBuf]);
+
+impl std::fmt::Display for NotIn<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            [] => Ok(()),
+            [one] => write!(f, " nor in its tier `{}`", one.display()),
+            few if few.len() <= 3 => {
+                write!(f, " nor in its {} tiers ", few.len())?;
+                for (i, t) in few.iter().enumerate() {
+                    let sep = if i == 0 { "" } else { ", " };
+                    write!(f, "{sep}`{}`", t.display())?;
+                }
+                Ok(())
+            }
+            many => write!(
+                f,
+                " nor in its {} tiers (`sregistry config` lists them)",
+                many.len()
+            ),
+        }
+    }
+}
+
 /// Cache failures. Each names the image or path involved and says what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// No cache looked in has the name: the writable cache `cache` and, when a lookup
+    /// went on to them, the `tiers` (empty when it did not).
     #[error(
-        "no image `{name}` in the cache `{cache}` (see `sregistry list`, or add it with `sregistry add FILE --name {name}`)"
+        "no image `{name}` in the cache `{cache}`{} (see `sregistry list`, or add it with `sregistry add FILE --name {name}`)",
+        NotIn(.tiers)
     )]
-    NotFound { name: String, cache: PathBuf },
+    NotFound {
+        name: String,
+        cache: PathBuf,
+        tiers: Vec<PathBuf>,
+    },
     #[error(
         "image `{name}` now points to {current}, and blob {wanted} is not in the cache `{cache}`"
     )]

@@ -121,7 +121,7 @@ pub use index::{
 };
 pub use ingest::{Ingest, IngestError, Ingested, Scratch, Tap};
 pub(crate) use names::check_digest;
-pub use names::{Removed, Repoint, refuse_digest_on_target};
+pub use names::{Removed, Repoint, Revealed, refuse_digest_on_target};
 pub use private::{PRIVATE_DIR, PRIVATE_DIR_MODE};
 pub use progress::{Progress, ProgressFn, ProgressFnBody, ProgressHook};
 pub use publish::{DEFAULT_KEEP, Published};
@@ -341,6 +341,7 @@ impl Cache {
         CacheError::NotFound {
             name: r.without_digest().to_string(),
             cache: self.root.clone(),
+            tiers: Vec::new(),
         }
     }
 

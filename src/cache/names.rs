@@ -44,6 +44,21 @@ pub struct Removed {
     pub names: Vec<String>,
     pub blobs: Vec<Digest>,
     pub bytes_freed: u64,
+    /// The removed names that another cache still answers ([`Caches::remove`]): the
+    /// removed copy shadowed it, and `get NAME` now hands out that cache's image.
+    ///
+    /// [`Caches::remove`]: super::Caches::remove
+    pub revealed: Vec<Revealed>,
+}
+
+/// A removed name that a cache looked in later still has: after the caller's private
+/// cache, the shared (writable) cache (`tier` is `None`) or a tier; after the writable
+/// cache, a tier.
+#[derive(Clone, Debug, Serialize)]
+pub struct Revealed {
+    pub name: String,
+    /// The tier that now answers the name, as configured; `None` for the writable cache.
+    pub tier: Option<std::path::PathBuf>,
 }
 
 impl Cache {

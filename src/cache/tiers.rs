@@ -45,8 +45,34 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use super::{Cache, CacheError, Entry, Removed};
+use super::{Cache, CacheError, Entry, Removed, Revealed};
 use crate::format::reference::Reference;
+
+/// The configured `tiers` that are not there (`lstat` finds nothing): a lookup goes on
+/// without each, as an empty tier, and its caller warns of it ([`MissingTier`]), since a
+/// node whose mount is missing should still answer from its writable cache, but say so.
+pub fn missing_tiers(tiers: &[PathBuf]) -> impl Iterator<Item = &Path> {
+    tiers
+        .iter()
+        .filter(|t| {
+            std::fs::symlink_metadata(t).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        })
+        .map(PathBuf::as_path)
+}
+
+/// The warning about a tier that is not there ([`missing_tiers`]), as the command line
+/// and the Python package give it.
+pub struct MissingTier<'a>(pub &'a Path);
+
+impl std::fmt::Display for MissingTier<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the tier `{}` does not exist (is its filesystem mounted on this node?); looking without it",
+            self.0.display()
+        )
+    }
+}
 
 /// One place a lookup looks in.
 #[derive(Clone, Debug)]
@@ -157,7 +183,7 @@ impl<'a> Caches<'a> {
                 other => return other,
             }
         }
-        Err(missing.expect("the writable cache is looked in"))
+        Err(self.looked_in_tiers(missing.expect("the writable cache is looked in")))
     }
 
     /// [`Cache::get`] in the first cache that has the name.
@@ -215,7 +241,9 @@ impl<'a> Caches<'a> {
     /// [`Cache::remove`] of each name in the cache that holds it ([`Caches::holder`]): the
     /// caller's private cache's names first, then the writable cache's; a name only a tier
     /// holds is refused naming the tier. Each cache's removal is all or nothing, as
-    /// [`Cache::remove`] is.
+    /// [`Cache::remove`] is. A removed name that a cache looked in later still has (the
+    /// copy removed shadowed it) is in [`Removed::revealed`]: `get` now answers it from
+    /// there, and the caller is told so.
     pub fn remove(&self, refs: &[Reference], keep_blob: bool) -> Result<Removed, CacheError> {
         let (mine, rest) = self.split_private(refs);
         let mut removed = Removed::default();
@@ -231,7 +259,27 @@ impl<'a> Caches<'a> {
                 removed.bytes_freed += r.bytes_freed;
             }
         }
+        if self.places.len() > 1 {
+            removed.revealed = self.revealed(&removed.names);
+        }
         Ok(removed)
+    }
+
+    /// Which of the just removed `names` a cache still answers, and which cache: a lookup
+    /// in the one order, so the answer is what `get` now hands out. A cache that cannot
+    /// be read is left out (the removal is done; `get` reports it).
+    fn revealed(&self, names: &[String]) -> Vec<Revealed> {
+        names
+            .iter()
+            .filter_map(|n| {
+                let r = Reference::parse(n).ok()?;
+                let e = self.entry(&r).ok()?;
+                Some(Revealed {
+                    name: n.clone(),
+                    tier: e.tier,
+                })
+            })
+            .collect()
     }
 
     /// [`Cache::list`] of every cache, sorted by name, each name from the first cache
@@ -262,11 +310,18 @@ impl<'a> Caches<'a> {
     /// a name the writable cache does not have but a tier does is [`CacheError::InTier`]
     /// (sregistry never changes a tier), not "no such image".
     pub fn refuse_in_tier(&self, e: CacheError) -> CacheError {
-        let CacheError::NotFound { name, cache } = e else {
+        let CacheError::NotFound { name, cache, .. } = e else {
             return e;
         };
+        let not_found = |name, cache| {
+            self.looked_in_tiers(CacheError::NotFound {
+                name,
+                cache,
+                tiers: Vec::new(),
+            })
+        };
         let Ok(r) = Reference::parse(&name) else {
-            return CacheError::NotFound { name, cache };
+            return not_found(name, cache);
         };
         for tier in self.tier_paths() {
             if Cache::open_tier(tier).is_ok_and(|c| c.entry(&r).is_ok()) {
@@ -277,7 +332,19 @@ impl<'a> Caches<'a> {
                 };
             }
         }
-        CacheError::NotFound { name, cache }
+        not_found(name, cache)
+    }
+
+    /// The writable cache's "no image" `e` saying that the tiers were looked in too.
+    fn looked_in_tiers(&self, e: CacheError) -> CacheError {
+        match e {
+            CacheError::NotFound { name, cache, .. } => CacheError::NotFound {
+                name,
+                cache,
+                tiers: self.tier_paths().map(Path::to_path_buf).collect(),
+            },
+            other => other,
+        }
     }
 }
 

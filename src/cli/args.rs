@@ -55,8 +55,9 @@ pub struct GlobalArgs {
     pub offline: bool,
 
     /// A read-only cache to look in after the writable one (and the caller's private
-    /// cache in it); repeat for more, looked in in order (replaces the configured list)
-    /// [env: SREGISTRY_TIERS, colon-separated;
+    /// cache in it); repeat for more, looked in in order (replaces the configured list; a
+    /// relative DIR is taken from the working directory) [env: SREGISTRY_TIERS,
+    /// colon-separated, absolute;
     /// `tiers = [...]` in a configuration file]
     #[arg(long = "tier", global = true, value_name = "DIR")]
     pub tiers: Vec<PathBuf>,

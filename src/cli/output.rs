@@ -55,6 +55,26 @@ impl<'a> From<&'a Entry> for EntryJson<'a> {
     }
 }
 
+/// A path as a table cell shows it: on one line, each control character escaped as Rust
+/// writes it (`\n`, `\u{1b}`), the rest as it is (a line break in a tier's path would
+/// otherwise split a row in two). `--json` gives the path unchanged.
+pub fn cell_path(p: &std::path::Path) -> String {
+    let shown = p.display().to_string();
+    if !shown.chars().any(char::is_control) {
+        return shown;
+    }
+    shown
+        .chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// The platform of an image pulled from `docker://`, as its name records it.
 pub fn platform_of(e: &Entry) -> Option<&str> {
     e.labels

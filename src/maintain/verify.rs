@@ -175,6 +175,7 @@ pub fn run(cache: &Cache, opts: &VerifyOptions) -> Result<VerifyReport, CacheErr
             return Err(CacheError::NotFound {
                 name: r.key(),
                 cache: cache.root().to_path_buf(),
+                tiers: Vec::new(),
             });
         }
         return Ok(report);
@@ -242,6 +243,7 @@ fn wanted_names(
             return Err(CacheError::NotFound {
                 name: r.key(),
                 cache: cache.root().to_path_buf(),
+                tiers: Vec::new(),
             });
         };
         crate::cache::check_digest(r, &n.record)?;

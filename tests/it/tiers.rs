@@ -560,6 +560,27 @@ fn a_docker_conversion_reads_the_layers_a_tier_holds() {
     env.assert_blobs_verify();
 }
 
+/// `env.cache` made a shared cache holding `shared` (name, payload), and the caller's
+/// (root's) private cache in it, as a private pull makes it, holding `private`; returns
+/// the private cache's directory.
+fn shared_with_private(env: &Env, shared: &[(&str, &str)], private: (&str, &str)) -> PathBuf {
+    stdout_of(
+        env.cmd()
+            .args(["init", "--shared", "--group", "0"])
+            .arg(&env.cache),
+    );
+    for (name, payload) in shared {
+        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+        add_to(env, &env.cache, &f, name);
+    }
+    let own = env.cache.join("private").join("0");
+    let (name, payload) = private;
+    let f = env.file(&format!("{payload}.img"), payload.as_bytes());
+    add_to(env, &own, &f, name);
+    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
+    own
+}
+
 /// Danger: the private cache, the shared cache and the tiers answering in different
 /// orders for different commands, or a write landing in the wrong one. One order for
 /// every reader: the caller's private cache, the shared (writable) cache, then each tier.
@@ -579,20 +600,11 @@ fn one_order_private_then_shared_then_each_tier() {
             ("lab/t", "tier only"),
         ],
     );
-    stdout_of(
-        env.cmd()
-            .args(["init", "--shared", "--group", "0"])
-            .arg(&env.cache),
+    let own = shared_with_private(
+        &env,
+        &[("lab/all", "shared all"), ("lab/two", "shared two")],
+        ("lab/all", "private all"),
     );
-    for (name, payload) in [("lab/all", "shared all"), ("lab/two", "shared two")] {
-        let f = env.file(&format!("{payload}.img"), payload.as_bytes());
-        add_to(&env, &env.cache, &f, name);
-    }
-    // The caller's (root's) private cache, as a private pull makes it.
-    let own = env.cache.join("private").join("0");
-    let f = env.file("private all.img", b"private all");
-    add_to(&env, &own, &f, "lab/all");
-    fs::set_permissions(&own, fs::Permissions::from_mode(0o700)).unwrap();
     let t = tier.to_str().unwrap();
     let cmd = || {
         let mut c = env.cmd();
@@ -1135,4 +1147,156 @@ fn publish_never_carries_a_replaced_blob_or_a_link_into_the_tier() {
     // With the real file back, the publish goes through.
     stdout_of(env.cmd().args(["tier", "publish"]).arg(&src).arg(&dest));
     assert!(dest.join("current").exists());
+}
+
+/// Danger: a relative `--tier DIR` naming another directory for each directory a command
+/// runs in, or passed on relative to code that changes directory. A flag is resolved once,
+/// against the working directory it is given in (the variable and the files, which outlive
+/// one command line, refuse a relative path); `list --json` shows the absolute path.
+#[test]
+fn a_relative_tier_flag_is_the_directory_it_names_where_it_is_given() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier only")]);
+    let base = tier.parent().unwrap();
+    let name = tier.file_name().unwrap().to_str().unwrap();
+    let rows = json(&stdout_of(
+        env.cmd()
+            .current_dir(base)
+            .args(["--json", "--tier", name, "list"]),
+    ));
+    assert_eq!(rows[0]["tier"], tier.to_str().unwrap(), "{rows}");
+    let got = stdout_of(
+        env.cmd()
+            .current_dir(base)
+            .args(["--tier", name, "get", "lab/t"]),
+    );
+    assert_eq!(fs::read(got).unwrap(), b"tier only");
+    // The variable refuses a relative path.
+    let out = env
+        .cmd()
+        .current_dir(base)
+        .env("SREGISTRY_TIERS", name)
+        .args(["list"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+}
+
+/// Danger: a tier's path with a line break (or another control character) breaking
+/// `list`'s table into rows that are not rows: a script reading it sees a name that is
+/// not there. The TIER column shows the path escaped (`\n`), `--json` the path as it is.
+#[test]
+fn a_control_character_in_a_tier_path_never_breaks_the_list_table() {
+    let env = Env::new();
+    let made = with_tier(&env, &[("lab/t", "tier only")]);
+    let tier = env.path("odd\ntier\u{1b}[31m");
+    fs::rename(&made, &tier).unwrap();
+    let t = tier.to_str().unwrap();
+    let text = stdout_of(env.cmd().args(["--tier", t, "list"]));
+    assert_eq!(text.lines().count(), 2, "{text}");
+    assert!(!text.contains('\u{1b}'), "{text:?}");
+    let row = text.lines().nth(1).unwrap();
+    assert!(row.ends_with("odd\\ntier\\u{1b}[31m"), "{row:?}");
+    let rows = json(&stdout_of(env.cmd().args(["--json", "--tier", t, "list"])));
+    assert_eq!(rows[0]["tier"], t, "{rows}");
+}
+
+/// Danger: `rm NAME` says "removed" while `get NAME` then silently answers a tier's
+/// image of the same name (or the shared cache's, once the caller's private copy is gone):
+/// a job runs another image than the one its user thinks is gone. `rm` says, on stderr,
+/// which cache now answers the name, and `--json` gives it in `revealed`.
+#[test]
+fn rm_of_a_name_that_shadowed_another_says_what_the_name_answers_now() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/both", "tier both")]);
+    shared_with_private(
+        &env,
+        &[("lab/both", "shared both"), ("lab/only", "shared only")],
+        ("lab/both", "private both"),
+    );
+    let t = tier.to_str().unwrap();
+    let cmd = || {
+        let mut c = env.cmd();
+        c.args(["--tier", t]);
+        c
+    };
+    // The private copy goes: the shared cache's answers now.
+    let out = cmd().args(["rm", "lab/both"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "removed lab/both:latest"
+    );
+    assert!(
+        err.contains("`lab/both:latest`") && err.contains("shared cache"),
+        "{err}"
+    );
+    assert!(!err.contains(t), "{err}");
+    // The shared copy goes: the tier's answers now, and says so in --json too.
+    let v = json(&stdout_of(
+        cmd().args(["--json", "rm", "lab/both", "lab/only"]),
+    ));
+    assert_eq!(
+        v["revealed"],
+        serde_json::json!([{"name": "lab/both:latest", "tier": t}]),
+        "{v}"
+    );
+    assert_eq!(v["names"].as_array().unwrap().len(), 2, "{v}");
+    let got = stdout_of(cmd().args(["get", "lab/both"]));
+    assert_eq!(fs::read(got).unwrap(), b"tier both");
+    // Nothing else answers a name removed from the only cache that had it.
+    let f = env.file("again.img", b"again");
+    add_to(&env, &env.cache, &f, "lab/only");
+    let out = cmd().args(["rm", "lab/only"]).output().unwrap();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("now resolves"), "{err}");
+    let f = env.file("again2.img", b"again2");
+    add_to(&env, &env.cache, &f, "lab/only");
+    let v = json(&stdout_of(cmd().args(["--json", "rm", "lab/only"])));
+    assert_eq!(v["revealed"], serde_json::json!([]), "{v}");
+}
+
+/// Danger: "no image `NAME` in the cache `C`" when tiers were looked in too: the user
+/// looks for the image in the wrong place, or thinks the tier was never read. The message
+/// (still one line, exit 3) says the name was looked for in the writable cache and in each
+/// tier, naming them when few, counting them when many.
+#[test]
+fn not_found_says_every_tier_was_looked_in_too() {
+    let env = Env::new();
+    let tier = with_tier(&env, &[("lab/t", "tier only")]);
+    let t = tier.to_str().unwrap();
+    let second = env.path("second");
+    fs::create_dir_all(&second).unwrap();
+    let s = second.to_str().unwrap();
+    for args in [
+        &["get", "lab/none"][..],
+        &["inspect", "lab/none"],
+        &["rm", "lab/none"],
+    ] {
+        let err = assert_fails(env.cmd().args(["--tier", t]).args(args), 3, "no image");
+        assert!(err.contains(&format!("tier `{t}`")), "{args:?}: {err}");
+        let err = assert_fails(
+            env.cmd().args(["--tier", t, "--tier", s]).args(args),
+            3,
+            "no image",
+        );
+        assert!(
+            err.contains(&format!("2 tiers `{t}`, `{s}`")),
+            "{args:?}: {err}"
+        );
+    }
+    let mut c = env.cmd();
+    for i in 0..5 {
+        c.arg("--tier").arg(env.path(&format!("many{i}")));
+    }
+    for i in 0..5 {
+        fs::create_dir_all(env.path(&format!("many{i}"))).unwrap();
+    }
+    let err = assert_fails(c.args(["get", "lab/none"]), 3, "no image");
+    assert!(err.contains("5 tiers"), "{err}");
+    // Without tiers the message is as it was.
+    let err = assert_fails(env.cmd().args(["get", "lab/none"]), 3, "no image");
+    assert!(!err.contains("tier"), "{err}");
 }

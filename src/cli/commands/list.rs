@@ -72,7 +72,7 @@ pub fn run(ctx: &Ctx, args: &ListArgs) -> Result<()> {
             }
             if tiers {
                 row.push(match &e.tier {
-                    Some(t) => t.display().to_string(),
+                    Some(t) => output::cell_path(t),
                     None => "-".into(),
                 });
             }

@@ -52,15 +52,8 @@ impl Ctx {
     pub fn caches(&self) -> Result<sregistry::cache::Caches<'_>, sregistry::cache::CacheError> {
         static WARNED: std::sync::Once = std::sync::Once::new();
         WARNED.call_once(|| {
-            for t in &self.config.tiers {
-                if std::fs::symlink_metadata(t)
-                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-                {
-                    eprintln!(
-                        "warning: the tier `{}` does not exist (is its filesystem mounted on this node?); looking without it",
-                        t.display()
-                    );
-                }
+            for t in sregistry::cache::tiers::missing_tiers(&self.config.tiers) {
+                eprintln!("warning: {}", sregistry::cache::tiers::MissingTier(t));
             }
         });
         sregistry::cache::Caches::new(&self.cache, &self.config.tiers)

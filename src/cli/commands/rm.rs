@@ -21,6 +21,18 @@ pub fn run(ctx: &Ctx, args: &RmArgs) -> Result<()> {
             output::line(format!("removed {n}"))?;
         }
     }
+    // The removed copy shadowed another: `get` now answers that one. Said even with
+    // --quiet: a job would otherwise run another image than the one its user removed.
+    for r in &removed.revealed {
+        eprintln!(
+            "note: `{}` now resolves to the same name in {}",
+            r.name,
+            match &r.tier {
+                Some(t) => format!("the read-only tier `{}`", t.display()),
+                None => format!("the shared cache `{}`", ctx.cache.root().display()),
+            }
+        );
+    }
     if !removed.blobs.is_empty() {
         ctx.say(format!(
             "deleted {} blob{}, freed {}",
