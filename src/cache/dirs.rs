@@ -84,3 +84,67 @@ pub(super) fn real_dirs(dirs: &[&Path]) -> io::Result<bool> {
     }
     Ok(all)
 }
+
+/// Open `rel` (a path inside the directory `base`, without `..`) never through a link: no
+/// component of `rel`, the last one included, may be a symbolic link, and nothing outside
+/// `base` is reached (`openat2` with `RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH`; on a kernel
+/// without it, each component opened in turn with `O_NOFOLLOW`). `base` itself is opened as
+/// named (a link there is its admin's). `flags` as for `open(2)`; a link on the way is
+/// `ELOOP`. For what root's `init --shared` changes: a member who swaps a directory of
+/// the walk for a link between the listing and the change gets `ELOOP`, not a change of
+/// what the link names (found by a hostile test).
+pub fn open_beneath(base: &Path, rel: &Path, flags: i32) -> io::Result<fs::File> {
+    use std::ffi::CString;
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let dir = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY)
+        .open(base)?;
+    let c = CString::new(rel.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a zeroed open_how is valid; its fields are set below.
+    let mut how: libc::open_how = unsafe { std::mem::zeroed() };
+    how.flags = (flags | libc::O_CLOEXEC) as u64;
+    how.resolve = libc::RESOLVE_NO_SYMLINKS | libc::RESOLVE_BENEATH;
+    // SAFETY: a valid directory descriptor, NUL-terminated path and open_how of its size.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir.as_raw_fd(),
+            c.as_ptr(),
+            &how as *const libc::open_how,
+            std::mem::size_of::<libc::open_how>(),
+        )
+    };
+    if fd >= 0 {
+        // SAFETY: a descriptor openat2 just returned, owned by nobody else.
+        return Ok(unsafe { fs::File::from_raw_fd(fd as i32) });
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(err);
+    }
+    // No openat2: one component at a time, none followed.
+    let mut cur = dir;
+    let parts: Vec<_> = rel.components().collect();
+    for (i, part) in parts.iter().enumerate() {
+        let std::path::Component::Normal(name) = part else {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        };
+        let last = i + 1 == parts.len();
+        let f = if last {
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        } else {
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC
+        };
+        let n = CString::new(name.as_bytes()).map_err(io::Error::other)?;
+        // SAFETY: a valid directory descriptor and NUL-terminated name.
+        let fd = unsafe { libc::openat(cur.as_raw_fd(), n.as_ptr(), f, 0) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a descriptor openat just returned, owned by nobody else.
+        cur = unsafe { fs::File::from_raw_fd(fd) };
+    }
+    Ok(cur)
+}

@@ -55,9 +55,21 @@ impl Cache {
             super::dirs::make_dir(&dir, self.settings.dir_mode).map_err(layout(&dir))?;
         }
         self.store.create_dirs().map_err(layout(&self.v1))?;
+        // Made new, never written through a link a member put at its name.
         let tag = self.root.join("CACHEDIR.TAG");
-        if !tag.exists() {
-            fs::write(&tag, CACHEDIR_TAG).map_err(layout(&tag))?;
+        if fs::symlink_metadata(&tag).is_err() {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&tag)
+            {
+                Ok(mut f) => f.write_all(CACHEDIR_TAG.as_bytes()).map_err(layout(&tag))?,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(layout(&tag)(e)),
+            }
         }
         // The new entries durable, deepest first, before any blob or name relies on them.
         // A directory this user may not read (a root another user made, mode 0711) cannot

@@ -109,6 +109,7 @@ pub use add::{AddOptions, NotRemoved, NotRemovedFn};
 pub use batch::{AddItem, BatchName, DEFAULT_ADD_BATCH};
 pub use collect::{Snapshot, Victims};
 pub use commit::Part;
+pub use dirs::open_beneath;
 pub use error::CacheError;
 pub use error::StoreError;
 pub use get::OpenPart;

@@ -87,7 +87,9 @@ impl Cache {
             .and_then(|mut f| {
                 let m = f.metadata()?;
                 // SAFETY: geteuid has no preconditions.
-                if m.is_file() && m.uid() == unsafe { libc::geteuid() } {
+                // A note this user wrote is 0600: a lock file of theirs (0664), which any
+                // member may rewrite and rename to a note's name, is not one.
+                if m.is_file() && m.uid() == unsafe { libc::geteuid() } && m.mode() & 0o077 == 0 {
                     f.by_ref().take(64 << 10).read_to_string(&mut text)?;
                 }
                 Ok(())

@@ -1287,6 +1287,12 @@ impl Store {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "unknown".into());
         let to = quarantine_dir.join(format!("{name}.{}", unique_name("")));
+        // Never into a link a member put at `quarantine/` (found by a hostile test: root's
+        // verify moved a member's file into a directory of root's).
+        if !super::dirs::real_dir(quarantine_dir)? {
+            self.make_dir(quarantine_dir)?;
+        }
+        self.real_layout()?;
         fs::rename(from, &to)?;
         Ok(to)
     }

@@ -82,8 +82,8 @@ impl UseMarkers {
         };
         let file = match open() {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(&self.dir)?;
-                let _ = fs::set_permissions(&self.dir, fs::Permissions::from_mode(self.dir_mode));
+                // Never made or chmoded through a link a member put there (`super::dirs`).
+                super::dirs::make_dir(&self.dir, self.dir_mode)?;
                 open()?
             }
             r => r?,

@@ -723,3 +723,63 @@ fn a_sticky_bit_on_the_roots_directory_stays_and_is_no_problem() {
     let (check, _) = doctor_check(&mut env.cmd(), "permissions");
     assert_ne!(check["status"], "ok", "a sticky v1/ passed: {check}");
 }
+
+/// Danger: root's `init --shared` giving a file outside the cache to the group. A member
+/// swaps a directory of `v1/` that `init` has just listed for a link to a directory of
+/// root's: `init` then looked at (and planned to change) root's file through the link, and
+/// changed it, because only the last component was opened without following a link (found
+/// by a hostile test: any file, `/etc/shadow` too, became `root:users 0664`). No
+/// component of a path `init` changes may now be a link: root's file stays as it was.
+#[test]
+fn init_never_changes_a_file_through_a_directory_swapped_for_a_link() {
+    if skip_unless_root(
+        "init_never_changes_a_file_through_a_directory_swapped_for_a_link",
+        "changes groups",
+    ) {
+        return;
+    }
+    let env = Env::new();
+    let c = env.cache.to_str().unwrap().to_string();
+    let init = |env: &Env| {
+        let out = env
+            .cmd()
+            .args(["init", "--shared", "--group", GROUP, &c])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    init(&env);
+    let evil = env.cache.join("v1/evil");
+    fs::create_dir(&evil).unwrap();
+    fs::write(evil.join("victim"), "a member's").unwrap();
+    fs::set_permissions(evil.join("victim"), fs::Permissions::from_mode(0o600)).unwrap();
+    let roots = env.path("roots");
+    fs::create_dir(&roots).unwrap();
+    fs::set_permissions(&roots, fs::Permissions::from_mode(0o700)).unwrap();
+    let victim = roots.join("victim");
+    fs::write(&victim, "root's own").unwrap();
+    fs::set_permissions(&victim, fs::Permissions::from_mode(0o600)).unwrap();
+    let before = (mode(&victim), gid(&victim), mode(&roots), gid(&roots));
+    let resume = env.path("resume");
+    let child = env.spawn_paused(
+        "init-listed",
+        Some(&resume),
+        &[
+            "init".as_ref(),
+            "--shared".as_ref(),
+            "--group".as_ref(),
+            GROUP.as_ref(),
+            c.as_ref(),
+        ],
+    );
+    fs::rename(&evil, env.cache.join("v1/evil.x")).unwrap();
+    std::os::unix::fs::symlink(&roots, &evil).unwrap();
+    fs::write(&resume, "").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(
+        (mode(&victim), gid(&victim), mode(&roots), gid(&roots)),
+        before,
+        "root's file changed through the link: {out:?}"
+    );
+    assert_eq!(fs::read_to_string(&victim).unwrap(), "root's own");
+}

@@ -357,6 +357,11 @@ impl Index {
                 .create_new(true)
                 .open(&tmp)
                 .map_err(io)?;
+            // Its mode, its sync and the check after the rename go through this
+            // descriptor, never the name: in a shared cache a member can put a link at the
+            // name meanwhile (found by a hostile test: root's repair made the file the
+            // link named 0664, and renamed the link into place).
+            let kept = file.try_clone().map_err(io)?;
             let backend = UnderOurLock::wrap(file).map_err(|e| self.db_err()(e.into()))?;
             let db = redb::Builder::new()
                 .create_with_backend(backend)
@@ -369,13 +374,20 @@ impl Index {
             fill(&txn)?;
             txn.commit().map_err(|e| self.db_err()(e.into()))?;
             db.close().map_err(|e| self.db_err()(e.into()))?;
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(self.file_mode))
+            use std::os::unix::fs::{MetadataExt, PermissionsExt};
+            kept.set_permissions(std::fs::Permissions::from_mode(self.file_mode))
                 .map_err(io)?;
-            std::fs::File::open(&tmp)
-                .and_then(|f| f.sync_all())
-                .map_err(io)?;
+            kept.sync_all().map_err(io)?;
+            let ours = kept.metadata().map_err(io)?;
             std::fs::rename(&tmp, &self.db_path).map_err(io)?;
+            let placed = std::fs::symlink_metadata(&self.db_path).map_err(io)?;
+            if (placed.dev(), placed.ino()) != (ours.dev(), ours.ino()) {
+                let _ = std::fs::remove_file(&self.db_path);
+                return Err(io(std::io::Error::other(format!(
+                    "`{}` was replaced by another file while it was built (a member may have put a link at its temporary name); nothing was rebuilt, run the command again",
+                    tmp.display()
+                ))));
+            }
             crate::cache::store::sync_dir(dir).map_err(io)
         })();
         if built.is_err() {
