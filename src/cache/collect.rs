@@ -213,12 +213,13 @@ impl Cache {
         files
             .iter()
             .map(|t| {
-                let removed = match std::fs::symlink_metadata(&t.path) {
-                    Ok(m) if m.is_dir() => std::fs::remove_dir_all(&t.path),
-                    Ok(_) => std::fs::remove_file(&t.path),
-                    Err(e) => Err(e),
+                let Some(name) = t.path.file_name() else {
+                    return false;
                 };
-                removed.is_ok() || !t.path.exists()
+                match self.store.remove_tmp_entry(name) {
+                    Ok(()) => true,
+                    Err(e) => e.kind() == std::io::ErrorKind::NotFound,
+                }
             })
             .collect()
     }

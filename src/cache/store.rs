@@ -1117,10 +1117,55 @@ impl Store {
     /// returns the new path for [`unlink_now`] once the lock is released.
     pub(super) fn unlink_later(&self, d: &Digest) -> io::Result<Option<PathBuf>> {
         let from = self.blob_path(d);
-        let to = self.tmp.join(format!("{DELETE_PREFIX}{}", unique_name("")));
-        match fs::rename(&from, &to) {
+        let name = format!("{DELETE_PREFIX}{}", unique_name(""));
+        let to = self.tmp.join(&name);
+        // From the blob's own directory into `tmp/`, each opened without following a link
+        // anywhere below `v1/`: a member who swaps `blobs/blake3/`, a fan-out directory or
+        // `tmp/` for a link while gc runs moves nothing of what the link names (found by a
+        // hostile test: gc moved a user's private images into the shared `tmp/`).
+        let (Some(fan), Some(file)) = (from.parent(), from.file_name()) else {
+            return Ok(None);
+        };
+        let (fan_dir, tmp_dir) = match (self.pinned(fan), self.pinned(&self.tmp)) {
+            (Ok(f), Ok(t)) => (f, t),
+            (Err(e), _) | (_, Err(e)) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        match renameat(&fan_dir, Path::new(file), &tmp_dir, Path::new(&name)) {
             Ok(()) => Ok(Some(to)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The directory `dir` of the store (under `v1/`), opened without following a link
+    /// anywhere below `v1/` (`super::dirs::open_beneath`); a link on the way is the error
+    /// naming it.
+    fn pinned(&self, dir: &Path) -> io::Result<File> {
+        let v1 = self.tmp.parent().unwrap_or(Path::new("."));
+        let rel = dir.strip_prefix(v1).map_err(io::Error::other)?;
+        super::dirs::open_beneath(v1, rel, libc::O_DIRECTORY | libc::O_PATH).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ELOOP) | Some(libc::ENOTDIR) | Some(libc::EXDEV) => {
+                    super::dirs::linked(dir)
+                }
+                _ => e,
+            }
+        })
+    }
+
+    /// Remove the entry `name` of `tmp/` (a directory with what it holds) through `tmp/`
+    /// opened without following a link (see [`Store::unlink_later`]).
+    pub(super) fn remove_tmp_entry(&self, name: &std::ffi::OsStr) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let tmp = self.pinned(&self.tmp)?;
+        // The opened directory itself, whatever its name now names.
+        let at = Path::new("/proc/self/fd")
+            .join(tmp.as_raw_fd().to_string())
+            .join(name);
+        match fs::symlink_metadata(&at) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&at),
+            Ok(_) => fs::remove_file(&at),
             Err(e) => Err(e),
         }
     }
@@ -1628,6 +1673,29 @@ fn finish_file(file: File, defer_sync: bool) -> io::Result<Sync> {
 /// fsync a directory so a rename in it is durable.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// `renameat(2)` of `from` in the directory `from_dir` to `to` in `to_dir`.
+fn renameat(from_dir: &File, from: &Path, to_dir: &File, to: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let f = CString::new(from.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let t = CString::new(to.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: valid directory descriptors and NUL-terminated names.
+    let rc = unsafe {
+        libc::renameat(
+            from_dir.as_raw_fd(),
+            f.as_ptr(),
+            to_dir.as_raw_fd(),
+            t.as_ptr(),
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

@@ -656,3 +656,51 @@ fn a_job_reading_an_image_gc_removes_keeps_reading_it_whole() {
         read.len()
     );
 }
+
+/// Danger: a gc that removes what a link names. In a shared cache a member can swap
+/// `blobs/blake3/` or `tmp/` for a link (to another user's private cache, say) between gc's
+/// listing and its removals: gc then moved the files the link named into `tmp/` and
+/// deleted them, and removed what `tmp/`'s link named (found by a hostile test). gc is
+/// held after its commit; both are swapped for links to directories holding files of the
+/// very names gc removes; gc goes on: every one of those files is still there.
+#[test]
+fn gc_removes_nothing_through_a_directory_swapped_for_a_link() {
+    let env = aged_cache();
+    let v1 = env.cache.join("v1");
+    let blobs = v1.join("blobs/blake3");
+    let stale = v1.join("tmp/ingest-left-behind");
+    fs::write(&stale, b"a leftover").unwrap();
+    run(std::process::Command::new("touch")
+        .arg("-d")
+        .arg(format!("@{T0}"))
+        .arg(&stale));
+    // The victims: copies of the blob tree and of tmp/, elsewhere.
+    let victim = env.path("victim");
+    let copy = |from: &std::path::Path, to: &std::path::Path| {
+        run(std::process::Command::new("cp").arg("-a").arg(from).arg(to));
+    };
+    fs::create_dir(&victim).unwrap();
+    copy(&blobs, &victim.join("blake3"));
+    copy(&v1.join("tmp"), &victim.join("tmp"));
+    let before = walk(&victim);
+    assert!(before.iter().filter(|p| p.is_file()).count() >= 5);
+    let resume = env.path("resume");
+    let mut gc = env
+        .std_cmd()
+        .env("SREGISTRY_NOW", (T0 + 400 * DAY).to_string())
+        .env("SREGISTRY_TEST_PAUSE", "gc-committed")
+        .env("SREGISTRY_TEST_RESUME", &resume)
+        .args(["gc", "--max-size", "0", "--tmp-grace", "1s"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::support::wait_for_pause(&mut gc);
+    fs::rename(&blobs, v1.join("blobs/blake3.x")).unwrap();
+    std::os::unix::fs::symlink(victim.join("blake3"), &blobs).unwrap();
+    fs::rename(v1.join("tmp"), v1.join("tmp.x")).unwrap();
+    std::os::unix::fs::symlink(victim.join("tmp"), v1.join("tmp")).unwrap();
+    fs::write(&resume, "").unwrap();
+    gc.wait().unwrap();
+    assert_eq!(walk(&victim), before, "gc removed files through a link");
+}
