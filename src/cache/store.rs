@@ -1331,14 +1331,20 @@ impl Store {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "unknown".into());
-        let to = quarantine_dir.join(format!("{name}.{}", unique_name("")));
+        let to_name = format!("{name}.{}", unique_name(""));
+        let to = quarantine_dir.join(&to_name);
         // Never into a link a member put at `quarantine/` (found by a hostile test: root's
-        // verify moved a member's file into a directory of root's).
+        // verify moved a member's file into a directory of root's), nor out of a
+        // directory swapped for a link since it was listed: both opened without following
+        // a link below `v1/`, the file moved with `renameat`.
         if !super::dirs::real_dir(quarantine_dir)? {
             self.make_dir(quarantine_dir)?;
         }
-        self.real_layout()?;
-        fs::rename(from, &to)?;
+        let (Some(dir), Some(file)) = (from.parent(), from.file_name()) else {
+            return Err(io::Error::from(io::ErrorKind::NotFound));
+        };
+        let (from_dir, q) = (self.pinned(dir)?, self.pinned(quarantine_dir)?);
+        renameat(&from_dir, Path::new(file), &q, Path::new(&to_name))?;
         Ok(to)
     }
 }
