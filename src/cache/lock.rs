@@ -436,7 +436,7 @@ impl Drop for Held {
 pub(super) fn is_held(path: &Path, kind: Kind) -> io::Result<Option<bool>> {
     let file = match OpenOptions::new()
         .read(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
     {
         Ok(f) => f,
@@ -454,7 +454,7 @@ pub(super) fn remove_if_free(path: &Path, kind: Kind) -> io::Result<bool> {
     let file = match OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
     {
         Ok(f) => f,
@@ -505,7 +505,7 @@ fn open_lock_file(path: &Path, opts: &LockOptions, mode: Mode) -> Result<File, L
         {
             OpenOptions::new()
                 .read(true)
-                .custom_flags(libc::O_CLOEXEC)
+                .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
                 .open(path)
                 // Report the first refusal: it says why the file could not be written.
                 .map_err(|_| LockError::Open {
@@ -535,7 +535,7 @@ fn open_lock_file_rw(
         OpenOptions::new()
             .read(true)
             .write(true)
-            .custom_flags(libc::O_CLOEXEC)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
             .open(path)
     };
     if existing_first {
@@ -549,7 +549,7 @@ fn open_lock_file_rw(
         .write(true)
         .create_new(true)
         .mode(opts.file_mode)
-        .custom_flags(libc::O_CLOEXEC)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
         .open(path)
     {
         Ok(f) => {

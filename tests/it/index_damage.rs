@@ -723,3 +723,32 @@ fn a_fifo_at_the_index_name_fails_every_command_at_once() {
     );
     assert_ne!(out.status.code(), Some(0));
 }
+
+/// Danger: a write through a link a member of a shared cache put at the index's own
+/// files (`v1/` is group-writable). A link at `index.journal` had the next writer's commit
+/// appended to the file it named (another user's private journal, found by a hostile
+/// test), and one at `index.lock` had it locked. Neither is followed: the command is
+/// refused, and the file the link names is unchanged.
+#[test]
+fn no_write_goes_through_a_link_at_the_index_journal_or_lock() {
+    for file in ["index.journal", "index.lock"] {
+        let env = Env::new();
+        cache_with(&env, 1);
+        let at = env.cache.join("v1").join(file);
+        let victim = env.path("victim");
+        fs::write(&victim, b"someone else's").unwrap();
+        fs::remove_file(&at).unwrap();
+        std::os::unix::fs::symlink(&victim, &at).unwrap();
+        let f = env.file("b.img", b"another image");
+        let out = env
+            .cmd()
+            .arg("add")
+            .arg(&f)
+            .args(["--name", "lab/b:1"])
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{file}: {out:?}");
+        assert_eq!(fs::read(&victim).unwrap(), b"someone else's", "{file}");
+        assert!(fs::symlink_metadata(&at).unwrap().file_type().is_symlink());
+    }
+}

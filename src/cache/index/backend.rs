@@ -209,7 +209,7 @@ impl UnderOurLock {
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(write)
-                .custom_flags(libc::O_NONBLOCK)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
                 .open(path)
         })
         .map_err(redb::StorageError::Io)?;

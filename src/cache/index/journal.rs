@@ -180,9 +180,21 @@ impl ReplayError {
     }
 }
 
+/// The journal at `path`, opened for reading without following a link a member put at its
+/// name or waiting on a FIFO.
+fn open_plain(path: &Path) -> io::Result<std::fs::File> {
+    OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+}
+
 /// Replay the journal at `path` from its snapshot.
 pub(crate) fn replay(path: &Path) -> Result<Replayed, ReplayError> {
-    let text = match std::fs::read(path) {
+    let text = match open_plain(path).and_then(|mut f| {
+        let mut t = Vec::new();
+        std::io::Read::read_to_end(&mut f, &mut t).map(|_| t)
+    }) {
         Ok(t) => t,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             return Err(ReplayError::Missing {
@@ -260,7 +272,7 @@ pub(crate) fn tail(path: &Path) -> io::Result<Option<Tail>> {
     // Registered with `fork` while open, as every descriptor of the index is: a child
     // forked meanwhile closes its copy (a writer reads the tail under the index lock).
     // The registration drops first, then the file closes.
-    let (f, _registered) = match crate::fork::open(|| std::fs::File::open(path)) {
+    let (f, _registered) = match crate::fork::open(|| open_plain(path)) {
         Ok(opened) => opened,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e),
@@ -327,7 +339,13 @@ pub fn append(path: &Path, line: &Line, torn: bool) -> io::Result<()> {
 /// Open the journal for appending (a writer fences this descriptor: see `lock::fence`),
 /// and for reading its tail ([`tail_of`]).
 pub(crate) fn open_for_append(path: &Path) -> io::Result<std::fs::File> {
-    OpenOptions::new().read(true).append(true).open(path)
+    // Never through a link a member put at its name (found by a hostile test: a link to a
+    // user's private journal had that user's shared commits appended to it).
+    OpenOptions::new()
+        .read(true)
+        .append(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
 }
 
 /// [`append`] through a descriptor from [`open_for_append`].

@@ -164,7 +164,7 @@ fn open_stamped(path: &Path) -> Option<(Stamp, Opened)> {
         use std::os::unix::fs::OpenOptionsExt;
         std::fs::OpenOptions::new()
             .read(true)
-            .custom_flags(libc::O_NONBLOCK)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
             .open(path)
     })
     .ok()?;

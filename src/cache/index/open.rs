@@ -320,7 +320,7 @@ impl Index {
             std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
-                .custom_flags(libc::O_NONBLOCK)
+                .custom_flags(libc::O_NONBLOCK | libc::O_NOFOLLOW)
                 .open(&self.db_path)
         }) {
             Ok(opened) => opened,
