@@ -1224,25 +1224,41 @@ impl Store {
     /// re-check against the index under the lock).
     pub(super) fn scan(&self) -> io::Result<Vec<Found>> {
         let mut out = Vec::new();
-        // Never a listing (and then removals) through a link a member put at `blobs/`.
+        // Never a listing through a link a member put at `blobs/`, `blobs/blake3/` or a
+        // fan-out directory, nor one swapped in while the listing runs: each directory is
+        // opened without following a link below `v1/` and listed through its descriptor;
+        // the paths reported are the store's own.
         self.real_layout()?;
-        let Some(top) = read_dir_if_present(&self.blobs)? else {
-            return Ok(out);
+        let top = match self.pinned(&self.blobs) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
         };
-        for fan in top {
+        for fan in fs::read_dir(through(&top))? {
             let fan = fan?;
             let fan_name = fan.file_name().to_string_lossy().into_owned();
-            if !fan.file_type()?.is_dir() {
-                let meta = fan.metadata().ok();
-                out.push(Found {
-                    size: meta.as_ref().map_or(0, |m| m.len()),
-                    inode: meta.as_ref().map_or((0, 0), inode_of),
-                    path: fan.path(),
-                    digest: None,
-                });
-                continue;
-            }
-            for f in fs::read_dir(fan.path())? {
+            let fan_path = self.blobs.join(fan.file_name());
+            let fan_dir = match fan.file_type()?.is_dir() {
+                true => openat_dir(&top, &fan.file_name()),
+                false => Err(io::Error::from_raw_os_error(libc::ENOTDIR)),
+            };
+            let fan_dir = match fan_dir {
+                Ok(d) => d,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                // Not a directory (or a link put there since it was listed): a foreign
+                // file, reported as such.
+                Err(_) => {
+                    let meta = fan.metadata().ok();
+                    out.push(Found {
+                        size: meta.as_ref().map_or(0, |m| m.len()),
+                        inode: meta.as_ref().map_or((0, 0), inode_of),
+                        path: fan_path,
+                        digest: None,
+                    });
+                    continue;
+                }
+            };
+            for f in fs::read_dir(through(&fan_dir))? {
                 let f = f?;
                 let name = f.file_name().to_string_lossy().into_owned();
                 if name.starts_with(NFS_SILLY_PREFIX) {
@@ -1251,7 +1267,7 @@ impl Store {
                 let digest = Digest::from_hex(&name).filter(|_| name.starts_with(&fan_name));
                 let meta = f.metadata().ok();
                 out.push(Found {
-                    path: f.path(),
+                    path: fan_path.join(f.file_name()),
                     digest,
                     size: meta.as_ref().map_or(0, |m| m.len()),
                     inode: meta.as_ref().map_or((0, 0), inode_of),
@@ -1288,11 +1304,14 @@ impl Store {
     pub(super) fn scan_tmp(&self) -> io::Result<Vec<TmpFile>> {
         let mut out = Vec::new();
         let mut writers: std::collections::HashMap<PathBuf, bool> = Default::default();
+        // Listed through `tmp/` opened without following a link (see [`Store::scan`]).
         self.real_layout()?;
-        let Some(rd) = read_dir_if_present(&self.tmp)? else {
-            return Ok(out);
+        let tmp = match self.pinned(&self.tmp) {
+            Ok(t) => t,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(e),
         };
-        for e in rd {
+        for e in fs::read_dir(through(&tmp))? {
             let e = e?;
             if e.file_name()
                 .to_string_lossy()
@@ -1316,7 +1335,7 @@ impl Store {
                 inode: inode_of(&meta),
                 deleting: name.starts_with(DELETE_PREFIX),
                 spare: name.starts_with(SPARE_PREFIX),
-                path: e.path(),
+                path: self.tmp.join(e.file_name()),
                 mtime,
                 size: meta.len(),
             });
@@ -1679,6 +1698,32 @@ fn finish_file(file: File, defer_sync: bool) -> io::Result<Sync> {
 /// fsync a directory so a rename in it is durable.
 pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// The path that names the directory open at `dir` itself, whatever its name names now.
+fn through(dir: &File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()))
+}
+
+/// The directory `name` in the directory open at `dir`, opened without following a link.
+fn openat_dir(dir: &File, name: &std::ffi::OsStr) -> io::Result<File> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    use std::os::unix::ffi::OsStrExt;
+    let n = std::ffi::CString::new(name.as_bytes()).map_err(io::Error::other)?;
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        libc::openat(
+            dir.as_raw_fd(),
+            n.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a descriptor openat just returned, owned by nobody else.
+    Ok(unsafe { File::from_raw_fd(fd) })
 }
 
 /// `renameat(2)` of `from` in the directory `from_dir` to `to` in `to_dir`.
