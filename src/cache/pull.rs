@@ -56,7 +56,23 @@ impl Cache {
             {
                 // SAFETY: geteuid has no preconditions.
                 let uid = unsafe { libc::geteuid() };
-                take(&path.with_extension(format!("{uid}.lock")))
+                let own = path.with_extension(format!("{uid}.lock"));
+                match take(&own) {
+                    // Another member made that one too. No process of this user can hold
+                    // a lock on a file this user cannot open for writing, so it holds
+                    // nothing of theirs: removed (`locks/` is the group's), and made again.
+                    Err(crate::cache::lock::LockError::Open { source, .. })
+                        if source.kind() == std::io::ErrorKind::PermissionDenied
+                            && std::fs::symlink_metadata(&own).is_ok_and(|m| {
+                                use std::os::unix::fs::MetadataExt;
+                                m.uid() != uid
+                            }) =>
+                    {
+                        let _ = std::fs::remove_file(&own);
+                        take(&own)
+                    }
+                    r => r,
+                }
             }
             r => r,
         }

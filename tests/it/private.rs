@@ -1086,6 +1086,17 @@ fn a_note_another_member_left_about_a_failed_pull_is_neither_shown_nor_readable(
     assert!(out.status.success(), "{out:?}");
     let path = ok(as_user(alice, &bin, &cache, &alice_config, &["get", &url]));
     assert_eq!(fs::read(&path).unwrap(), content);
+    // 4. ... and her own fallback lock too, before she ever made it.
+    forget();
+    let own = lock.with_extension(format!("{}.lock", uid_of(alice)));
+    let _ = fs::remove_file(&own);
+    let out = sh_as(
+        bob,
+        &format!("touch '{0}' && chmod 644 '{0}'", own.display()),
+    );
+    assert!(out.status.success(), "{out:?}");
+    let path = ok(as_user(alice, &bin, &cache, &alice_config, &["get", &url]));
+    assert_eq!(fs::read(&path).unwrap(), content);
 }
 
 /// A shared cache for the users in which alice pulled `img.sif` with a password (so into
