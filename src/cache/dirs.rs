@@ -32,19 +32,7 @@ pub(super) fn linked(dir: &Path) -> io::Error {
 /// call created gets `mode` (an existing one keeps whatever its owner gave it).
 pub(super) fn make_dir(dir: &Path, mode: u32) -> io::Result<()> {
     match fs::DirBuilder::new().mode(0o700).create(dir) {
-        Ok(()) => {
-            // Opened without following a link: a member who swapped the new directory
-            // for one in between gets no chmod of what the link names.
-            let d = fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-                .open(dir)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ELOOP) | Some(libc::ENOTDIR) => linked(dir),
-                    _ => e,
-                })?;
-            d.set_permissions(fs::Permissions::from_mode(mode))
-        }
+        Ok(()) => set_up_new_dir(dir, None, mode),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => match real_dir(dir)? {
             true => Ok(()),
             false => Err(linked(dir)),
@@ -61,6 +49,24 @@ pub(super) fn make_dir(dir: &Path, mode: u32) -> io::Result<()> {
         }
         Err(e) => Err(e),
     }
+}
+
+/// Give the directory `dir` this call has just made group `gid` (if any), then `mode`,
+/// through a descriptor opened without following a link: a member who swapped the new
+/// directory for a link in between gets no change of what the link names.
+pub(super) fn set_up_new_dir(dir: &Path, gid: Option<u32>, mode: u32) -> io::Result<()> {
+    let d = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+        .open(dir)
+        .map_err(|e| match e.raw_os_error() {
+            Some(libc::ELOOP) | Some(libc::ENOTDIR) => linked(dir),
+            _ => e,
+        })?;
+    if let Some(gid) = gid {
+        std::os::unix::fs::fchown(&d, None, Some(gid))?;
+    }
+    d.set_permissions(fs::Permissions::from_mode(mode))
 }
 
 /// Whether `dir` is there as a directory itself (`Ok(false)`: nothing there); a link or

@@ -305,13 +305,10 @@ fn layout(path: &Path, source: io::Error) -> CacheError {
 /// there already is left for [`Cache::private_chain`] to judge.
 fn make_private_parent(parent: &Path, gid: Option<u32>) -> Result<(), CacheError> {
     match fs::DirBuilder::new().mode(0o700).create(parent) {
-        Ok(()) => {
-            if let Some(gid) = gid {
-                std::os::unix::fs::chown(parent, None, Some(gid)).map_err(|e| layout(parent, e))?;
-            }
-            fs::set_permissions(parent, fs::Permissions::from_mode(PRIVATE_DIR_MODE))
-                .map_err(|e| layout(parent, e))
-        }
+        // Group and mode through a descriptor: in a cache whose root is not yet sticky a
+        // member could swap the new directory for a link before they are given.
+        Ok(()) => super::dirs::set_up_new_dir(parent, gid, PRIVATE_DIR_MODE)
+            .map_err(|e| layout(parent, e)),
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(layout(parent, e)),
     }

@@ -1157,12 +1157,9 @@ impl Store {
     /// Remove the entry `name` of `tmp/` (a directory with what it holds) through `tmp/`
     /// opened without following a link (see [`Store::unlink_later`]).
     pub(super) fn remove_tmp_entry(&self, name: &std::ffi::OsStr) -> io::Result<()> {
-        use std::os::fd::AsRawFd;
         let tmp = self.pinned(&self.tmp)?;
         // The opened directory itself, whatever its name now names.
-        let at = Path::new("/proc/self/fd")
-            .join(tmp.as_raw_fd().to_string())
-            .join(name);
+        let at = through(&tmp).join(name);
         match fs::symlink_metadata(&at) {
             Ok(m) if m.is_dir() => fs::remove_dir_all(&at),
             Ok(_) => fs::remove_file(&at),
@@ -1285,13 +1282,18 @@ impl Store {
         if self.real_layout().is_err() {
             return 0;
         }
-        let Ok(Some(rd)) = read_dir_if_present(&self.tmp) else {
+        // Listed and removed through `tmp/` opened without following a link, as gc's
+        // removals are ([`Store::remove_tmp_entry`]).
+        let Ok(tmp) = self.pinned(&self.tmp) else {
+            return 0;
+        };
+        let Ok(rd) = fs::read_dir(through(&tmp)) else {
             return 0;
         };
         let mut n = 0;
         for e in rd.flatten() {
             if written_by_dead_local_process(&e.file_name().to_string_lossy())
-                && fs::remove_file(e.path()).is_ok()
+                && fs::remove_file(through(&tmp).join(e.file_name())).is_ok()
             {
                 n += 1;
             }

@@ -525,9 +525,7 @@ fn a_file_or_a_link_at_private_stops_no_lookup_and_is_never_followed() {
     let alice_config = config_dir_of(&env, alice);
     login(alice, &bin, &cache, &alice_config, &reg, "alice");
     let private = cache.join("private");
-    fs::remove_dir(&private).unwrap();
-    let root_mode = fs::metadata(&cache).unwrap().mode() & 0o7777;
-    fs::set_permissions(&cache, fs::Permissions::from_mode(root_mode & !0o1000)).unwrap();
+    as_shared_by_an_earlier_version(&cache);
     let elsewhere = env.path("elsewhere");
     fs::create_dir(&elsewhere).unwrap();
     fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o777)).unwrap();
@@ -872,9 +870,7 @@ fn a_private_cache_a_member_could_move_is_refused_until_init_mends_the_chain() {
     let [alice, bob] = USERS;
     let private = cache.join("private");
     // What a cache shared by the previous version looks like.
-    fs::remove_dir(&private).unwrap();
-    let root_mode = fs::metadata(&cache).unwrap().mode() & 0o7777;
-    fs::set_permissions(&cache, fs::Permissions::from_mode(root_mode & !0o1000)).unwrap();
+    let root_mode = as_shared_by_an_earlier_version(&cache);
     let bob_config = config_dir_of(&env, bob);
     let tool = env.file("tool.img", b"bob's tool");
     fs::set_permissions(&tool, fs::Permissions::from_mode(0o644)).unwrap();
@@ -1419,4 +1415,14 @@ fn init_shared_as_root(env: &Env, cache: &Path) -> Output {
         .arg(cache)
         .output()
         .unwrap()
+}
+
+/// Make the shared cache at `cache` look as one shared by the version before `init
+/// --shared` made `private/`: no `private/`, the root not sticky. Returns the root's mode
+/// as `init` left it.
+fn as_shared_by_an_earlier_version(cache: &Path) -> u32 {
+    fs::remove_dir(cache.join("private")).unwrap();
+    let root_mode = fs::metadata(cache).unwrap().mode() & 0o7777;
+    fs::set_permissions(cache, fs::Permissions::from_mode(root_mode & !0o1000)).unwrap();
+    root_mode
 }
